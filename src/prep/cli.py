@@ -1,0 +1,111 @@
+"""The `prep` command: a thin shell over the Python API (same verb names).
+
+Exit codes everywhere: 0 done, 1 done but some rows rejected (or findings), 2 could not run.
+User data never produces a traceback; set PREP_DEBUG=1 to see one for a bug in prep itself."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from prep import __version__
+from prep.files import CONTAINERS, TXT_SPLITS
+from prep.findings import PrepError, Tally
+from prep.formats import READABLE, WRITABLE
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except PrepError as e:
+            click.echo(f"prep: {e}", err=True)
+            ctx.exit(2)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(0)
+        except KeyboardInterrupt:
+            click.echo("prep: interrupted; no output was left half-written", err=True)
+            ctx.exit(130)
+        except Exception as e:
+            if os.environ.get("PREP_DEBUG"):
+                raise
+            click.echo(f"prep: internal error ({type(e).__name__}: {e}); this is a bug in prep, please report it "
+                       "with PREP_DEBUG=1 set to include the traceback", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="prep")
+def main() -> None:
+    """Turn fine-tuning data into validated, token-exact training shards."""
+
+
+def _report_rejects(tally: Tally, rejects_file: str | None) -> None:
+    """The first rejects of each reason, so a run without --rejects still says what went wrong where."""
+    for rej in tally.examples:
+        f = rej.findings[0]
+        click.echo(f"  {rej.source} {f.path} {f.code}: {f.message}" + (f" ({f.hint})" if f.hint else ""), err=True)
+    if tally.rejected_total > len(tally.examples):
+        click.echo(f"  … and {tally.rejected_total - len(tally.examples)} more", err=True)
+    if tally.rejected_total and not rejects_file:
+        click.echo("  keep every rejected row with its reasons: --rejects FILE", err=True)
+
+
+@main.command()
+@click.argument("args", nargs=-1, metavar="[FROM] INPUT...")
+@click.option("--to", "to", required=True, type=click.Choice(WRITABLE), help="Format to write.")
+@click.option("-o", "--output", default="-", show_default=True,
+              help="Output file (.jsonl .json .csv .tsv .parquet, optionally .gz/.zst); - for stdout.")
+@click.option("--from", "source", type=click.Choice(("auto", *READABLE)), help="Input format (same as FROM).")
+@click.option("--rejects", type=click.Path(dir_okay=False), help="Keep rejected rows with their reasons (JSONL).")
+@click.option("--dataset-info", type=click.Path(), help="A LLaMA-Factory dataset_info.json (or its folder).")
+@click.option("--dataset", "datasets", multiple=True, help="Entry of --dataset-info to read (repeatable).")
+@click.option("--input-type", type=click.Choice(CONTAINERS), help="File type when the name does not tell.")
+@click.option("--txt-split", type=click.Choice(TXT_SPLITS), default="file", show_default=True,
+              help="A .txt file is one document, or one per blank-line-separated paragraph, or per line.")
+@click.option("--system", help="CoQA system prompt; {story} is replaced by the story.")
+@click.option("--text-column", help="AutoTrain: dialogue/chosen column [text].")
+@click.option("--rejected-text-column", help="AutoTrain: rejected column [rejected_text].")
+@click.option("--prompt-text-column", help="AutoTrain: prompt column [prompt].")
+@click.option("--human-prefix", help="AutoTrain: user turn prefix [human:].")
+@click.option("--bot-prefix", help="AutoTrain: assistant turn prefix [bot:].")
+@click.option("--ids/--no-ids", default=True, show_default=True, help="Write each row's id.")
+@click.option("--seed", default=42, show_default=True, help="Seed for dataset_info num_samples.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+def convert(args: tuple[str, ...], to: str, output: str, source: str | None, rejects: str | None,
+            dataset_info: str | None, datasets: tuple[str, ...], input_type: str | None, txt_split: str,
+            system: str | None, text_column: str | None, rejected_text_column: str | None,
+            prompt_text_column: str | None, human_prefix: str | None, bot_prefix: str | None,
+            ids: bool, seed: int, quiet: bool) -> None:
+    """Convert INPUT files (or --dataset entries) to another format.
+
+    FROM is `auto` (default: detected per file) or one of: alpaca, sharegpt, openai, trl,
+    autotrain, coqa, text. Example: prep convert coqa coqa-dev-v1.0.json --to openai -o coqa.jsonl
+    """
+    from prep.convert import Inputs
+    from prep.convert import convert as run
+
+    files = list(args)
+    if files and files[0] in ("auto", *READABLE) and not os.path.exists(files[0]):
+        if source and source != files[0]:
+            raise click.UsageError(f"FROM {files[0]!r} and --from {source!r} disagree")
+        source = files.pop(0)
+    if not files and not datasets:
+        raise click.UsageError("give INPUT files, or --dataset-info FILE --dataset NAME")
+    settings = {k: v for k, v in dict(system=system, text_column=text_column, rejected_text_column=rejected_text_column,
+                                      prompt_text_column=prompt_text_column, human_prefix=human_prefix,
+                                      bot_prefix=bot_prefix).items() if v is not None}
+    inputs = Inputs(files, source or "auto", settings, input_type, txt_split, dataset_info, datasets, seed)
+    result = run(inputs, to, output, rejects=rejects, ids=ids)
+    if not quiet:
+        for path, fmt in result.formats.items():
+            click.echo(f"{path}: read as {fmt}", err=True)
+        click.echo(result.tally.summary() + ("" if output == "-" else f" -> {output}"), err=True)
+        _report_rejects(result.tally, rejects)
+    sys.exit(1 if result.tally.rejected_total else 0)

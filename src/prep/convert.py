@@ -1,0 +1,84 @@
+"""`prep convert`: rows of any known format in, rows of one format out, every row accounted for.
+
+`read_inputs` is also the front of every later verb: files (format detected per file unless
+named) and LLaMA-Factory registry entries, as one stream of canonical record batches."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any
+
+from prep.files import RowWriter, read_rows
+from prep.findings import Batch, PrepError, Tally
+from prep.formats import WRITABLE, from_records, make_options, read_records, to_records
+from prep.formats import llamafactory as lf
+from prep.records import Record
+
+
+@dataclass
+class Inputs:
+    """What to read: files and/or registry entries, and how."""
+
+    files: Sequence[str] = ()
+    format: str = "auto"
+    settings: dict[str, Any] = field(default_factory=dict)
+    container: str | None = None
+    txt_split: str = "file"
+    registry: str | None = None
+    datasets: Sequence[str] = ()
+    seed: int = 42
+
+
+def read_inputs(inputs: Inputs, formats_seen: dict[str, str] | None = None) -> Iterator[Batch[Record]]:
+    """Canonical record batches from every input; `formats_seen` collects the format read per file."""
+    if not inputs.files and not inputs.datasets:
+        raise PrepError("nothing to read: give input files or --dataset-info with --dataset")
+    if inputs.datasets and not inputs.registry:
+        raise PrepError("--dataset needs --dataset-info PATH/dataset_info.json")
+    entries = [lf.load_entry(inputs.registry, name) for name in inputs.datasets]  # fail early on a bad entry
+
+    def note(path: str, fmt: str) -> None:
+        if formats_seen is not None:
+            formats_seen[path] = fmt
+
+    yield from read_records(inputs.files, inputs.format, inputs.settings, inputs.container, inputs.txt_split, note)
+    for entry in entries:
+        rows: Iterator[Batch[Any]] = chain.from_iterable(read_rows(f) for f in entry.files)
+        if entry.num_samples:
+            total = sum(len(b.items) + len(b.rejects) for f in entry.files for b in read_rows(f))
+            rows = lf.sample(rows, lf.sample_plan(total, entry.num_samples, inputs.seed))
+        for f in entry.files:
+            note(f, f"{entry.format} (dataset_info: {entry.name})")
+        yield from to_records(rows, entry.format, make_options(entry.format, entry.settings))
+
+
+@dataclass
+class ConvertResult:
+    tally: Tally
+    formats: dict[str, str]
+    output: str
+
+
+def convert(inputs: Inputs, to: str, output: str = "-", *, rejects: str | None = None,
+            settings: dict[str, Any] | None = None, ids: bool = True) -> ConvertResult:
+    """Convert `inputs` to format `to` in `output` (`-`: stdout); refused rows go to `rejects`.
+
+    `settings` are the writer's options (e.g. AutoTrain column names); output files appear only
+    when the whole run succeeds."""
+    if to not in WRITABLE:
+        raise PrepError(f"cannot write {to!r}; one of {', '.join(WRITABLE)}")
+    result = ConvertResult(Tally(), {}, output)
+    records = read_inputs(inputs, result.formats)
+    rows = from_records(records, to, make_options(to, settings if settings is not None else inputs.settings), ids)
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(RowWriter(output))
+        bad = stack.enter_context(RowWriter(rejects, "jsonl")) if rejects else None
+        for batch in rows:
+            out.write(batch.items)
+            if bad:
+                bad.write(r.to_dict() for r in batch.rejects)
+            result.tally.count(batch)
+    return result

@@ -1,0 +1,536 @@
+"""Rows in and out of files: .jsonl .json .csv .tsv .parquet .txt, optionally .gz/.zst, and `-`.
+
+Readers stream (a 2 GB JSONL never sits in memory) and turn a broken line into a `Reject` with its
+line number instead of stopping. Writers write to a temporary name and rename on success, so a
+failed run never leaves half a file behind.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import csv
+import gzip
+import io
+import json
+import os
+import re
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from prep.findings import Batch, Finding, PrepError, Source
+
+CONTAINERS = ("jsonl", "json", "csv", "tsv", "parquet", "txt")
+TXT_SPLITS = ("file", "paragraph", "line")
+_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
+             ".parquet": "parquet", ".txt": "txt", ".text": "txt"}
+_COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
+# A top-level JSON object whose value under one of these keys is an array is a container of rows
+# (CoQA's {"version", "data": [...]}, exports with "rows"/"examples"); any other object is one row.
+CONTAINER_KEYS = ("data", "rows", "examples", "records", "instances", "items", "train")
+BATCH_ROWS = 1024
+_UTF8_BOM = codecs.BOM_UTF8
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+_ENCODING_HINT = "re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT`"
+
+_BLANKS = re.compile(r"[ \t\r\n]*")
+
+csv.field_size_limit(2**31 - 1)
+
+
+def display_name(path: str) -> str:
+    return "<stdin>" if path == "-" else path
+
+
+def split_suffix(path: str) -> tuple[str | None, str | None]:
+    """(container, compression) named by a path's suffixes, e.g. `a.jsonl.zst` -> ("jsonl", "zstd")."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    compression = _COMPRESSIONS.get(suffixes[-1]) if suffixes else None
+    if compression:
+        suffixes = suffixes[:-1]
+    return (_SUFFIXES.get(suffixes[-1]) if suffixes else None), compression
+
+
+def _open_binary(path: str) -> IO[bytes]:
+    if path == "-":
+        return sys.stdin.buffer
+    _, compression = split_suffix(path)
+    try:
+        if compression == "gzip":
+            return gzip.open(path, "rb")
+        if compression == "zstd":
+            return io.BufferedReader(pa.CompressedInputStream(pa.OSFile(path, "rb"), "zstd"))
+        return open(path, "rb")  # noqa: SIM115 - closed by the caller's ExitStack
+    except OSError as e:
+        raise PrepError(f"{path}: cannot open: {e.strerror or e}") from None
+
+
+def _sniff_container(stream: IO[bytes], name: str) -> str:
+    """For stdin or a file without a known suffix: `[` means a JSON array, `{` means JSONL."""
+    head = stream.peek(4096)[:4096] if hasattr(stream, "peek") else b""
+    text = head.lstrip(_UTF8_BOM).lstrip()
+    if text.startswith(b"["):
+        return "json"
+    if text.startswith(b"{"):
+        return "jsonl"
+    raise PrepError(f"{name}: cannot tell the file type from its name or first bytes; "
+                    "give a .jsonl/.json/.csv/.tsv/.parquet/.txt name or pass --input-type")
+
+
+def _binary_lines(stream: IO[bytes]) -> Iterator[bytes]:
+    """Lines as UTF-8 bytes: a UTF-8 BOM is dropped, a UTF-16 file (with BOM) is transcoded."""
+    first = stream.readline()
+    if first.startswith(_UTF16_BOMS):
+        rest = first + stream.read()
+        try:
+            text = rest.decode("utf-16")
+        except UnicodeDecodeError as e:
+            raise PrepError(f"invalid UTF-16 at byte {e.start}; {_ENCODING_HINT}") from None
+        for line in io.StringIO(text, newline=None):
+            yield line.encode("utf-8")
+        return
+    if first.startswith(_UTF8_BOM):
+        first = first[len(_UTF8_BOM):]
+    if first:
+        yield first
+    yield from stream
+
+
+def _decoded(raw: bytes, offset: int, where: str) -> tuple[str, Finding | None]:
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as e:
+        return raw.decode("utf-8", "replace"), Finding(
+            "invalid_utf8", f"invalid UTF-8 at byte {offset + e.start} of the file ({where})", _ENCODING_HINT)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_JSON = json.JSONDecoder(parse_constant=_no_constant)
+Item = tuple[Source, Any, "Finding | None"]
+
+
+def _read_jsonl(stream: IO[bytes], name: str) -> Iterator[Item]:
+    offset, row = 0, 0
+    for lineno, raw in enumerate(_binary_lines(stream), 1):
+        start, offset = offset, offset + len(raw)
+        if not raw.strip():
+            continue
+        row += 1
+        source = Source(name, lineno, row)
+        text, bad = _decoded(raw.rstrip(b"\r\n"), start, f"line {lineno}")
+        if bad:
+            yield source, text, bad
+            continue
+        try:
+            yield source, _JSON.decode(text), None
+        except ValueError as e:
+            msg = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
+            yield source, text, Finding(
+                "bad_json", f"line is not valid JSON: {msg}", "fix or remove the line; each line must hold one JSON object")
+
+
+class _JsonText:
+    """Incremental reader over a JSON document: decodes one value at a time, counting lines."""
+
+    def __init__(self, stream: IO[bytes], name: str) -> None:
+        self.stream, self.name = stream, name
+        self.decoder = codecs.getincrementaldecoder("utf-8")()
+        self.buf, self.pos, self.line, self.bytes, self.eof = "", 0, 1, 0, False
+        self.started = False
+
+    def _fill(self, size: int = 1 << 20) -> bool:
+        if self.eof:
+            return False
+        chunk = self.stream.read(max(size, 1 << 20))
+        try:
+            if not self.started:
+                self.started = True
+                if chunk.startswith(_UTF16_BOMS):
+                    raise PrepError(f"{self.name}: the file is UTF-16; {_ENCODING_HINT.replace('latin1', 'utf-16')}")
+                chunk = chunk.removeprefix(_UTF8_BOM)
+            text = self.decoder.decode(chunk, final=not chunk)
+        except UnicodeDecodeError as e:
+            raise PrepError(f"{self.name}: invalid UTF-8 at byte {self.bytes + e.start}; {_ENCODING_HINT}") from None
+        self.bytes += len(chunk)
+        self.eof = not chunk
+        self.buf = self.buf[self.pos:] + text
+        self.pos = 0
+        return bool(chunk)
+
+    def _advance(self, end: int) -> None:
+        self.line += self.buf.count("\n", self.pos, end)
+        self.pos = end
+
+    def peek(self) -> str:
+        """The next non-blank character ('' at the end), consuming the blanks before it."""
+        while True:
+            self._advance(_BLANKS.match(self.buf, self.pos).end())
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self._fill():
+                return ""
+
+    def take(self, char: str) -> None:
+        found = self.peek()
+        if found != char:
+            self.fail(f"expected {char!r} but found {found!r}" if found else f"expected {char!r} but the file ended")
+        self._advance(self.pos + 1)
+
+    def value(self) -> Any:
+        self.peek()
+        while True:
+            try:
+                value, end = _JSON.raw_decode(self.buf, self.pos)
+                if end < len(self.buf) or self.eof:
+                    self._advance(end)
+                    return value
+            except ValueError as e:
+                if self.eof:
+                    self.fail(e.msg if isinstance(e, json.JSONDecodeError) else str(e))
+            self._fill(len(self.buf))  # a value may end past the buffer: read on and try again
+
+    def fail(self, message: str) -> None:
+        raise PrepError(f"{self.name}:{self.line}: invalid JSON ({message}); the rest of the file cannot be read, "
+                        "fix it there or convert the file to JSONL so bad lines can be skipped")
+
+
+def _read_json(stream: IO[bytes], name: str) -> Iterator[Item]:
+    doc = _JsonText(stream, name)
+    first = doc.peek()
+    row = 0
+
+    def elements() -> Iterator[Item]:
+        nonlocal row
+        doc.take("[")
+        if doc.peek() == "]":
+            doc.take("]")
+            return
+        while True:
+            row += 1
+            doc.peek()
+            line = doc.line
+            yield Source(name, line, row), doc.value(), None
+            if doc.peek() == ",":
+                doc.take(",")
+            else:
+                doc.take("]")
+                return
+
+    if first == "[":
+        yield from elements()
+    elif first == "{":
+        doc.take("{")
+        whole: dict[str, Any] = {}
+        streamed = False
+        while doc.peek() != "}":
+            if whole or streamed:
+                doc.take(",")
+            key = doc.value()
+            doc.take(":")
+            if key in CONTAINER_KEYS and not streamed and doc.peek() == "[":
+                streamed = True
+                yield from elements()
+            else:
+                whole[key] = doc.value()
+        doc.take("}")
+        if not streamed:
+            yield Source(name, 1, 1), whole, None
+    elif first:
+        doc.fail("a .json file must hold an array of rows or an object")
+    if doc.peek():
+        doc.fail("extra data after the end of the JSON document")
+
+
+def _read_csv(stream: IO[bytes], name: str, delimiter: str) -> Iterator[Item]:
+    bad: dict[int, Finding] = {}
+
+    def text_lines() -> Iterator[str]:
+        offset = 0
+        for lineno, raw in enumerate(_binary_lines(stream), 1):
+            text, finding = _decoded(raw, offset, f"line {lineno}")
+            offset += len(raw)
+            if finding:
+                bad[lineno] = finding
+            yield text
+
+    reader = csv.reader(text_lines(), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as e:
+        raise PrepError(f"{name}:1: cannot read the header: {e}") from None
+    if len(set(header)) != len(header) or "" in header:
+        raise PrepError(f"{name}:1: the header must name each column once, without blanks: {header}")
+    end, row = reader.line_num, 0
+    while True:
+        start = end + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            row += 1
+            end = reader.line_num
+            yield Source(name, start, row), "", Finding("bad_csv", f"unreadable record: {e}", "fix the quoting on this line")
+            continue
+        end = reader.line_num
+        if not cells:
+            continue
+        row += 1
+        source = Source(name, start, row)
+        broken = next((bad[n] for n in range(start, end + 1) if n in bad), None)
+        if broken:
+            yield source, delimiter.join(cells), broken
+        elif len(cells) != len(header):
+            yield source, cells, Finding(
+                "csv_field_count", f"record has {len(cells)} fields but the header has {len(header)}",
+                "quote fields that contain the delimiter or a line break")
+        else:
+            yield source, dict(zip(header, cells, strict=True)), None
+
+
+def drop_nulls(value: Any) -> Any:
+    """Arrow structs give every row every field; a null field in a Parquet row means 'absent'."""
+    if isinstance(value, dict):
+        return {k: drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [drop_nulls(v) for v in value]
+    return value
+
+
+def _read_parquet(path: str, name: str) -> Iterator[Item]:
+    if path == "-" or split_suffix(path)[1]:
+        raise PrepError(f"{name}: Parquet is read from a plain file (it is compressed inside already)")
+    try:
+        pfile = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as e:
+        raise PrepError(f"{name}: not a readable Parquet file: {e}") from None
+    row = 0
+    for table in pfile.iter_batches(batch_size=BATCH_ROWS):
+        for value in table.to_pylist():
+            row += 1
+            yield Source(name, row, row), drop_nulls(value), None
+
+
+def _read_txt(stream: IO[bytes], name: str, split: str) -> Iterator[Item]:
+    if split == "file":
+        raw = b"".join(_binary_lines(stream))
+        text, bad = _decoded(raw, 0, "text file")
+        if text.strip():
+            yield Source(name, 1, 1), text if bad else {"text": text}, bad
+        return
+    block: list[str] = []
+    block_start, offset, row = 0, 0, 0
+    problem: Finding | None = None
+
+    def flush() -> Iterator[Item]:
+        nonlocal row, problem
+        if block:
+            row += 1
+            text = "".join(block).rstrip("\r\n")
+            yield Source(name, block_start, row), text if problem else {"text": text}, problem
+        block.clear()
+        problem = None
+
+    for lineno, raw in enumerate(_binary_lines(stream), 1):
+        text, bad = _decoded(raw, offset, f"line {lineno}")
+        offset += len(raw)
+        if not text.strip():
+            yield from flush()
+            continue
+        if not block:
+            block_start = lineno
+        block.append(text)
+        problem = problem or bad
+        if split == "line":
+            yield from flush()
+    yield from flush()
+
+
+def read_rows(path: str, container: str | None = None, txt_split: str = "file",
+              batch_rows: int = BATCH_ROWS) -> Iterator[Batch[Any]]:
+    """Stream one file as batches of parsed rows; rows that do not parse come as rejects."""
+    name = display_name(path)
+    if path != "-" and not os.path.isfile(path):
+        raise PrepError(f"{name}: no such file")
+    container = container or split_suffix(path)[0]
+    with contextlib.ExitStack() as stack:
+        if container == "parquet":
+            items = _read_parquet(path, name)
+        else:
+            stream = stack.enter_context(_open_binary(path)) if path != "-" else _open_binary(path)
+            container = container or _sniff_container(stream, name)
+            if container == "jsonl":
+                items = _read_jsonl(stream, name)
+            elif container == "json":
+                items = _read_json(stream, name)
+            elif container in ("csv", "tsv"):
+                items = _read_csv(stream, name, "," if container == "csv" else "\t")
+            elif container == "txt":
+                items = _read_txt(stream, name, txt_split)
+            else:
+                raise PrepError(f"{name}: unknown input type {container!r}; one of {', '.join(CONTAINERS)}")
+        batch: Batch[Any] = Batch()
+        try:
+            for source, value, finding in items:
+                if finding:
+                    batch.reject(source, [finding], value)
+                else:
+                    batch.add(value, source)
+                if len(batch.items) + len(batch.rejects) >= batch_rows:
+                    yield batch
+                    batch = Batch()
+        except (OSError, EOFError, pa.ArrowException) as e:
+            raise PrepError(f"{name}: read failed: {e}") from None
+        if batch.items or batch.rejects:
+            yield batch
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _cell(value: Any) -> str:
+    """A CSV cell: strings as they are, everything else as JSON (so lists and booleans round-trip)."""
+    if isinstance(value, str):
+        return value
+    return "" if value is None else json.dumps(value, ensure_ascii=False)
+
+
+class RowWriter:
+    """Writes rows to a temporary file beside `path`; `close()` renames it into place."""
+
+    def __init__(self, path: str, container: str | None = None) -> None:
+        self.path = path
+        suffix_container, self.compression = split_suffix(path) if path != "-" else (None, None)
+        self.container = container or suffix_container or "jsonl"
+        if self.container not in CONTAINERS or self.container == "txt":
+            raise PrepError(f"{path}: cannot write {self.container!r}; write .jsonl, .json, .csv, .tsv or .parquet")
+        if path == "-" and self.container == "parquet":
+            raise PrepError("Parquet cannot be written to stdout; give -o FILE.parquet")
+        self.rows = 0
+        self.tmp = None if path == "-" else _temp_name(path, "tmp")
+        # CSV needs every column before the header, Parquet one schema: both spool rows as JSONL first.
+        self.spool = _temp_name(path, "spool") if self.container in ("csv", "tsv", "parquet") else None
+        target = self.spool or self.tmp
+        if target is None:
+            self.out: IO[bytes] = sys.stdout.buffer
+        else:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            self.out = self._open_out(target, compress=self.spool is None)
+        if self.container == "json":
+            self.out.write(b"[")
+
+    def _open_out(self, path: str, compress: bool) -> IO[bytes]:
+        if compress and self.compression == "gzip":
+            return gzip.GzipFile(path, "wb", mtime=0)  # mtime 0: same rows, same bytes
+        if compress and self.compression == "zstd":
+            return pa.CompressedOutputStream(pa.OSFile(path, "wb"), "zstd")
+        return open(path, "wb")  # noqa: SIM115 - closed in close()/abort()
+
+    def write(self, rows: Iterable[Any]) -> None:
+        lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+        if not lines:
+            return
+        if self.container == "json":
+            data = ("\n" if self.rows == 0 else ",\n") + ",\n".join(lines)
+        else:
+            data = "\n".join(lines) + "\n"
+        self.out.write(data.encode("utf-8"))
+        self.rows += len(lines)
+
+    def close(self) -> None:
+        """Finish the file and move it into place."""
+        if self.container == "json":
+            self.out.write(b"\n]\n" if self.rows else b"]\n")
+        if self.out is sys.stdout.buffer:
+            self.out.flush()
+            return
+        self.out.close()
+        if self.spool:
+            if self.container == "parquet":
+                _spool_to_parquet(self.spool, self.tmp)
+            else:
+                with self._open_out(self.tmp, compress=True) as out:
+                    _spool_to_csv(self.spool, out, "," if self.container == "csv" else "\t")
+            os.unlink(self.spool)
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        """Drop whatever was written: no half-written output is left behind."""
+        if self.out is not sys.stdout.buffer:
+            with contextlib.suppress(Exception):
+                self.out.close()
+        for name in (self.spool, self.tmp):
+            if name and os.path.exists(name):
+                os.unlink(name)
+
+    def __enter__(self) -> RowWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _temp_name(path: str, tag: str) -> str:
+    p = Path(path)
+    return str(p.with_name(f".{p.name}.{tag}-{os.getpid()}"))
+
+
+def _spooled(spool: str) -> Iterator[list[dict[str, Any]]]:
+    with open(spool, "rb") as f:
+        chunk: list[dict[str, Any]] = []
+        for line in f:
+            chunk.append(json.loads(line))
+            if len(chunk) >= BATCH_ROWS * 8:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+
+def _spool_to_csv(spool: str, out: IO[bytes], delimiter: str) -> None:
+    columns: dict[str, None] = {}
+    for chunk in _spooled(spool):
+        for row in chunk:
+            columns.update(dict.fromkeys(row))
+    text = io.TextIOWrapper(out, encoding="utf-8", newline="")
+    writer = csv.writer(text, delimiter=delimiter, lineterminator="\n")
+    writer.writerow(columns)
+    for chunk in _spooled(spool):
+        writer.writerows([_cell(row.get(c)) for c in columns] for row in chunk)
+    text.flush()
+    text.detach()
+
+
+def _spool_to_parquet(spool: str, out: str) -> None:
+    schemas = [pa.Table.from_pylist(chunk).schema for chunk in _spooled(spool)]
+    try:
+        schema = pa.unify_schemas(schemas, promote_options="permissive") if schemas else pa.schema([])
+        tables = (pa.Table.from_pylist(chunk, schema=schema) for chunk in _spooled(spool))
+        _write_parquet(tables, schema, out)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        # Rows whose nested values cannot share one Arrow type: store those values as JSON text.
+        def as_json(chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [{k: json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v
+                     for k, v in row.items()} for row in chunk]
+        schema = pa.unify_schemas([pa.Table.from_pylist(as_json(c)).schema for c in _spooled(spool)],
+                                  promote_options="permissive")
+        _write_parquet((pa.Table.from_pylist(as_json(c), schema=schema) for c in _spooled(spool)), schema, out)
+
+
+def _write_parquet(tables: Iterable[pa.Table], schema: pa.Schema, out: str) -> None:
+    with pq.ParquetWriter(out, schema, compression="zstd") as writer:
+        for table in tables:
+            writer.write_table(table)

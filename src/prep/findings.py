@@ -1,0 +1,148 @@
+"""Where a row came from, what is wrong with it, and the tally that proves no row was lost.
+
+Every stage speaks this vocabulary: a row that cannot go on becomes a `Reject` carrying its
+`Finding`s, and `Tally` checks rows read = rows written + rows rejected at the end of a run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+EXAMPLES_PER_REASON = 3
+
+
+class PrepError(Exception):
+    """The run cannot go on (missing file, bad option, unreadable input): exit code 2."""
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A row's place: its file, the line it starts on, and its 1-based ordinal in the file."""
+
+    file: str
+    line: int
+    row: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One problem: a stable snake_case `code`, where it is, and what to do about it."""
+
+    code: str
+    message: str
+    hint: str = ""
+    path: str = "$"
+    severity: str = "error"
+    file: str = ""
+    line: int = 0
+
+    def at(self, source: Source) -> Finding:
+        """The same finding placed at `source` (readers raise findings before they know the file)."""
+        return Finding(self.code, self.message, self.hint, self.path, self.severity, source.file, source.line)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.file else ""
+        text = f"{where} {self.path} {self.code}: {self.message}".strip()
+        return f"{text} ({self.hint})" if self.hint else text
+
+
+class RowError(Exception):
+    """Raised by a format reader or writer: this row cannot be converted, for these reasons."""
+
+    def __init__(self, *findings: Finding) -> None:
+        super().__init__("; ".join(str(f) for f in findings))
+        self.findings = list(findings)
+
+
+def row_error(code: str, message: str, hint: str = "", path: str = "$") -> RowError:
+    """Shorthand for the common case of one finding."""
+    return RowError(Finding(code, message, hint, path))
+
+
+@dataclass(slots=True)
+class Reject:
+    """A row that did not make it, the raw value (so it can be fixed and fed again) and why."""
+
+    source: Source
+    findings: list[Finding]
+    row: Any
+
+    @property
+    def reason(self) -> str:
+        return self.findings[0].code
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.source.file,
+            "line": self.source.line,
+            "row_number": self.source.row,
+            "reasons": [{k: v for k, v in f.to_dict().items() if k not in ("file", "line")} for f in self.findings],
+            "row": self.row,
+        }
+
+
+@dataclass(slots=True)
+class Batch(Generic[T]):
+    """What flows between stages: items with their sources, and the rows rejected so far."""
+
+    items: list[T] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+
+    def add(self, item: T, source: Source) -> None:
+        self.items.append(item)
+        self.sources.append(source)
+
+    def reject(self, source: Source, findings: list[Finding], row: Any) -> None:
+        self.rejects.append(Reject(source, [f.at(source) for f in findings], row))
+
+
+@dataclass(slots=True)
+class Tally:
+    """Counts for the end-of-run line; `balanced` is the invariant every command checks."""
+
+    read: int = 0
+    written: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    examples: list[Reject] = field(default_factory=list)  # the first few rejects of each reason, to show
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+    @property
+    def balanced(self) -> bool:
+        return self.read == self.written + self.rejected_total
+
+    def count(self, batch: Batch[Any]) -> None:
+        """Account for a batch at the end of a pipeline: its items were written, its rejects not."""
+        self.read += len(batch.items) + len(batch.rejects)
+        self.written += len(batch.items)
+        for reject in batch.rejects:
+            self.rejected[reject.reason] += 1
+            if self.rejected[reject.reason] <= EXAMPLES_PER_REASON:
+                self.examples.append(reject)
+
+    def summary(self) -> str:
+        text = f"read {self.read}, wrote {self.written}, rejected {self.rejected_total}"
+        if self.rejected:
+            text += " (" + ", ".join(f"{code}: {n}" for code, n in sorted(self.rejected.items())) + ")"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"read": self.read, "written": self.written, "rejected": dict(sorted(self.rejected.items()))}
+
+
+def reject_line(reject: Reject) -> str:
+    """One JSON line for a rejects file."""
+    return json.dumps(reject.to_dict(), ensure_ascii=False, default=str)

@@ -1,0 +1,130 @@
+"""Alpaca as LLaMA-Factory reads it: instruction/input/output with optional system and history
+([prompt, response] pairs), chosen/rejected for preference rows and a boolean kto_tag.
+The user turn is `instruction`, a newline, then `input` (either may be empty), as LLaMA-Factory
+joins them. A row with only the prompt column (e.g. LLaMA-Factory's c4_demo entry, whose
+`columns` map just `prompt`) is pretraining text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from prep import records as r
+
+NAME = "alpaca"
+KINDS = ("chat", "preference", "feedback", "text")
+
+
+@dataclass
+class Options:
+    prompt: str | None = "instruction"
+    query: str | None = "input"
+    response: str | None = "output"
+    system: str | None = "system"
+    history: str | None = "history"
+    chosen: str | None = "chosen"
+    rejected: str | None = "rejected"
+    kto_tag: str | None = "kto_tag"
+
+
+def detect(row: dict[str, Any]) -> bool:
+    return "instruction" in row and any(k in row for k in ("output", "chosen", "kto_tag", "input"))
+
+
+def _field(row: dict[str, Any], column: str | None) -> str | None:
+    if not column or row.get(column) is None:
+        return None
+    return r.text(row[column], f"$.{column}")
+
+
+def read(row: Any, options: Options) -> r.Record:
+    row = r.require_object(row, "alpaca")
+    o = options
+    if o.prompt:
+        r.get(row, o.prompt, hint=f"every alpaca row needs {o.prompt!r} (the instruction)")
+    if not o.response and not o.chosen and not o.kto_tag:
+        return {"text": _field(row, o.prompt) or ""}
+    prompt: list[r.Message] = []
+    if system := _field(row, o.system):
+        prompt.append(r.message("system", system))
+    if o.history and row.get(o.history) not in (None, "", []):
+        pairs = r.json_value(row[o.history], f"$.{o.history}", list)
+        for i, pair in enumerate(pairs):
+            where = f"$.{o.history}[{i}]"
+            if not (isinstance(pair, list) and len(pair) == 2):
+                raise r.row_error("wrong_type", "a history entry must be a [prompt, response] pair",
+                                  "write history as [[\"question\", \"answer\"], ...]", where)
+            prompt.append(r.message("user", r.text(pair[0], f"{where}[0]")))
+            prompt.append(r.message("assistant", r.text(pair[1], f"{where}[1]")))
+    query = [q for q in (_field(row, o.prompt), _field(row, o.query)) if q]
+    prompt.append(r.message("user", "\n".join(query)))
+
+    if o.kto_tag and row.get(o.kto_tag) is not None:
+        label = r.boolean(row[o.kto_tag], f"$.{o.kto_tag}")
+        answer = r.text(r.get(row, o.response), f"$.{o.response}")
+        return {"prompt": prompt, "completion": [r.message("assistant", answer)], "label": label}
+    if o.chosen and o.rejected and (row.get(o.chosen) is not None or row.get(o.rejected) is not None):
+        chosen = r.text(r.get(row, o.chosen), f"$.{o.chosen}")
+        rejected = r.text(r.get(row, o.rejected), f"$.{o.rejected}")
+        return {"prompt": prompt, "chosen": [r.message("assistant", chosen)],
+                "rejected": [r.message("assistant", rejected)]}
+    output = r.get(row, o.response, hint=f"every alpaca row needs {o.response!r} (the answer)")
+    if isinstance(output, list) and len(output) == 2:  # old LLaMA-Factory ranking rows: output = [chosen, rejected]
+        return {"prompt": prompt, "chosen": [r.message("assistant", r.text(output[0], f"$.{o.response}[0]"))],
+                "rejected": [r.message("assistant", r.text(output[1], f"$.{o.response}[1]"))]}
+    return {"messages": [*prompt, r.message("assistant", r.text(output, f"$.{o.response}"))]}
+
+
+def _prompt_columns(prompt: list[r.Message], o: Options, path: str) -> dict[str, Any]:
+    """system + alternating user/assistant pairs + a final user turn -> alpaca columns."""
+    out: dict[str, Any] = {}
+    for i, m in enumerate(prompt):
+        if set(m) - {"role", "content"} - ({"weight"} if m.get("weight") == 1 else set()):
+            extra = sorted(set(m) - {"role", "content", "weight"}) or ["weight"]
+            raise r.not_expressible(NAME, f"message fields {extra} (tools, names or weights)", path=f"{path}[{i}]")
+    if prompt and prompt[0]["role"] == "system":
+        out[o.system] = prompt[0]["content"]
+        prompt = prompt[1:]
+    roles = [m["role"] for m in prompt]
+    if roles != ["user", "assistant"] * (len(roles) // 2) + ["user"]:
+        raise r.not_expressible(NAME, f"this role order ({', '.join(roles) or 'empty'})",
+                                "alpaca holds an optional system, user/assistant pairs, then one user turn", path)
+    out[o.prompt] = prompt[-1]["content"]
+    out[o.query] = ""
+    if len(prompt) > 1:
+        out[o.history] = [[prompt[i]["content"], prompt[i + 1]["content"]] for i in range(0, len(prompt) - 1, 2)]
+    return out
+
+
+def _single_answer(side: list[r.Message], path: str) -> str:
+    if len(side) != 1 or side[0]["role"] != "assistant" or set(side[0]) - {"role", "content", "weight"}:
+        raise r.not_expressible(NAME, "an answer that is not a single plain assistant message", path=path)
+    return side[0]["content"]
+
+
+def write(record: r.Record, options: Options) -> dict[str, Any]:
+    o = options
+    kind = r.kind_of(record)
+    r.refuse_media(record, NAME)
+    if kind == "text":
+        raise r.not_expressible(NAME, "plain text (pretraining) records", "convert text records to trl or text")
+    if kind == "chat":
+        messages = record["messages"]
+        if record.get("tools"):
+            raise r.not_expressible(NAME, "tool definitions", path="$.tools")
+        if not messages or messages[-1]["role"] != "assistant":
+            raise r.not_expressible(NAME, "a conversation that does not end with an assistant answer",
+                                    path="$.messages")
+        out = _prompt_columns(messages[:-1], o, "$.messages")
+        out[o.response] = _single_answer(messages[-1:], f"$.messages[{len(messages) - 1}]")
+        return out
+    if record.get("tools"):
+        raise r.not_expressible(NAME, "tool definitions", path="$.tools")
+    out = _prompt_columns(record["prompt"], o, "$.prompt")
+    if kind == "preference":
+        out[o.chosen] = _single_answer(record["chosen"], "$.chosen")
+        out[o.rejected] = _single_answer(record["rejected"], "$.rejected")
+    else:
+        out[o.response] = _single_answer(record["completion"], "$.completion")
+        out[o.kto_tag] = record["label"]
+    return out

@@ -1,0 +1,187 @@
+"""ShareGPT as LLaMA-Factory reads it: `conversations` of {from, value} turns (human, gpt,
+function_call, observation, system), optional `system` and `tools` columns, the preference
+variant (`chosen`/`rejected` single turns) and a boolean KTO tag. Column names and tags are
+options, as in a `dataset_info.json` entry.
+
+A `function_call` turn becomes an assistant message with `tool_calls` (ids `call_<n>`, since
+ShareGPT has none); an `observation` becomes a `tool` message answering the oldest open call."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from prep import records as r
+
+NAME = "sharegpt"
+KINDS = ("chat", "preference", "feedback")
+
+
+@dataclass
+class Options:
+    messages: str | None = "conversations"
+    system: str | None = "system"
+    tools: str | None = "tools"
+    chosen: str | None = "chosen"
+    rejected: str | None = "rejected"
+    kto_tag: str | None = "label"
+    images: str | None = "images"
+    videos: str | None = "videos"
+    audios: str | None = "audios"
+    role_tag: str = "from"
+    content_tag: str = "value"
+    user_tag: str = "human"
+    assistant_tag: str = "gpt"
+    observation_tag: str = "observation"
+    function_tag: str = "function_call"
+    system_tag: str = "system"
+    # The spellings seen in ShareGPT dumps besides LLaMA-Factory's own, accepted by default.
+    lenient: bool = True
+
+
+_ALIASES = {"user": "human", "assistant": "gpt", "chatgpt": "gpt", "model": "gpt", "bing": "gpt", "bard": "gpt",
+            "tool": "observation", "function": "function_call"}
+
+
+def detect(row: dict[str, Any]) -> bool:
+    return isinstance(row.get("conversations"), list)
+
+
+def read(row: Any, options: Options) -> r.Record:
+    row = r.require_object(row, "sharegpt")
+    path = f"$.{options.messages}"
+    turns = r.json_value(r.get(row, options.messages), path, list)
+    o = options
+    if o.lenient and turns and isinstance(turns[0], dict) and o.role_tag not in turns[0] and "role" in turns[0]:
+        o = Options(**{**vars(options), "role_tag": "role", "content_tag": "content"})
+    messages: list[r.Message] = []
+    system = row.get(o.system) if o.system else None
+    if system:
+        messages.append(r.message("system", r.text(system, f"$.{o.system}")))
+    state = _Calls()
+    for i, turn in enumerate(turns):
+        messages.extend(_turn(turn, f"{path}[{i}]", o, state))
+    tools = r.tools(row.get(o.tools), f"$.{o.tools}") if o.tools else None
+    media = r.media(row, {k: getattr(o, k) for k in r.MEDIA})
+
+    if o.chosen and o.rejected and row.get(o.chosen) is not None and row.get(o.rejected) is not None:
+        sides = [_turn(row[col], f"$.{col}", o, state.copy()) for col in (o.chosen, o.rejected)]
+        for col, side in zip((o.chosen, o.rejected), sides, strict=True):
+            if side[0]["role"] != "assistant":
+                raise r.row_error("bad_preference", f"{col} must be an assistant turn ({o.assistant_tag} or "
+                                  f"{o.function_tag})", "give the two candidate answers as assistant turns", f"$.{col}")
+        record: r.Record = {"prompt": messages, "chosen": sides[0], "rejected": sides[1]}
+    elif o.kto_tag and row.get(o.kto_tag) is not None:
+        label = r.boolean(row[o.kto_tag], f"$.{o.kto_tag}")
+        r.require_messages(messages, path)
+        if messages[-1]["role"] != "assistant":
+            raise r.row_error("bad_feedback", "the last turn of a labelled row must be the assistant's answer",
+                              "end the conversation with the answer the label judges", path)
+        record = {"prompt": messages[:-1], "completion": messages[-1:], "label": label}
+    else:
+        record = {"messages": r.require_messages(messages, path)}
+    return {**r.with_tools(record, tools), **media}
+
+
+class _Calls:
+    """Numbers tool calls within one conversation and remembers which are still unanswered."""
+
+    def __init__(self) -> None:
+        self.count, self.open = 0, []
+
+    def copy(self) -> _Calls:
+        other = _Calls()
+        other.count, other.open = self.count, list(self.open)
+        return other
+
+
+def _turn(turn: Any, where: str, o: Options, calls: _Calls) -> list[r.Message]:
+    turn = r.json_value(turn, where, dict)
+    tag = r.get(turn, o.role_tag, where)
+    value = r.text(r.get(turn, o.content_tag, where), f"{where}.{o.content_tag}")
+    if o.lenient and tag not in (o.user_tag, o.assistant_tag, o.observation_tag, o.function_tag, o.system_tag):
+        tag = _ALIASES.get(tag, tag)
+    if tag == o.user_tag:
+        return [r.message("user", value)]
+    if tag == o.assistant_tag:
+        return [r.message("assistant", value)]
+    if tag == o.system_tag:
+        return [r.message("system", value)]
+    if tag == o.observation_tag:
+        call_id = calls.open.pop(0) if calls.open else None
+        return [r.message("tool", value, tool_call_id=call_id)]
+    if tag == o.function_tag:
+        try:
+            parsed = json.loads(value)
+        except ValueError as e:
+            raise r.row_error("bad_tool_call", f"{o.function_tag} value is not JSON: {e}",
+                              "write the call as {\"name\": ..., \"arguments\": {...}}", f"{where}.{o.content_tag}") from None
+        tool_calls = []
+        for k, call in enumerate(parsed if isinstance(parsed, list) else [parsed]):
+            cw = f"{where}.{o.content_tag}" + (f"[{k}]" if isinstance(parsed, list) else "")
+            if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+                raise r.row_error("bad_tool_call", "a function call needs a string name",
+                                  "write the call as {\"name\": ..., \"arguments\": {...}}", cw)
+            call_id = f"call_{calls.count}"
+            calls.count += 1
+            calls.open.append(call_id)
+            tool_calls.append(r.tool_call(call["name"], r.arguments(call.get("arguments", {}), f"{cw}.arguments"),
+                                          call_id))
+        return [r.message("assistant", "", tool_calls=tool_calls)]
+    raise r.row_error("bad_role", f"unknown turn tag {tag!r}",
+                      f"use {o.user_tag}, {o.assistant_tag}, {o.function_tag}, {o.observation_tag} or {o.system_tag}",
+                      f"{where}.{o.role_tag}")
+
+
+def _dump_turns(messages: list[r.Message], o: Options, path: str) -> list[dict[str, str]]:
+    turns = []
+    for i, m in enumerate(messages):
+        where = f"{path}[{i}]"
+        if m.get("weight") == 0:
+            raise r.not_expressible(NAME, "an untrained (weight 0) assistant turn", path=f"{where}.weight")
+        if m.get("name"):
+            raise r.not_expressible(NAME, "a message name", path=f"{where}.name")
+        if m["role"] == "tool" and i > 0 and messages[i - 1]["role"] == "tool":
+            raise r.not_expressible(NAME, "several tool results in a row (one observation per function call)",
+                                    path=where)
+        if m.get("tool_calls"):
+            if m["content"]:
+                raise r.not_expressible(NAME, "an assistant message with both text and tool calls", path=where)
+            calls = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]} for c in m["tool_calls"]]
+            value = json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)
+            turns.append({o.role_tag: o.function_tag, o.content_tag: value})
+            continue
+        tag = {"user": o.user_tag, "assistant": o.assistant_tag, "tool": o.observation_tag,
+               "system": o.system_tag}[m["role"]]
+        turns.append({o.role_tag: tag, o.content_tag: m["content"]})
+    return turns
+
+
+def write(record: r.Record, options: Options) -> dict[str, Any]:
+    kind = r.kind_of(record)
+    if kind == "text":
+        raise r.not_expressible(NAME, "plain text (pretraining) records", "convert text records to trl or text")
+    o = options
+    head = record["messages"] if kind == "chat" else record["prompt"]
+    out: dict[str, Any] = {}
+    if head and head[0]["role"] == "system" and o.system:
+        out[o.system] = head[0]["content"]
+        head = head[1:]
+    if kind == "chat":
+        out[o.messages] = _dump_turns(head, o, "$.messages")
+    elif kind == "preference":
+        out[o.messages] = _dump_turns(head, o, "$.prompt")
+        for col, key in ((o.chosen, "chosen"), (o.rejected, "rejected")):
+            if len(record[key]) != 1:
+                raise r.not_expressible(NAME, f"a {key} side of more than one message", path=f"$.{key}")
+            out[col] = _dump_turns(record[key], o, f"$.{key}")[0]
+    else:
+        out[o.messages] = _dump_turns(head + record["completion"], o, "$.prompt")
+        out[o.kto_tag] = record["label"]
+    if record.get("tools"):
+        out[o.tools] = json.dumps([t["function"] for t in record["tools"]], ensure_ascii=False)
+    for k in r.MEDIA:
+        if record.get(k):
+            out[getattr(o, k)] = record[k]
+    return out
