@@ -1,0 +1,30 @@
+"""Shared test helpers: where the real fixtures are, and running the CLI as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+FIXTURES = Path(os.environ.get("PREP_FIXTURES", ROOT.parent / "shared" / "fixtures"))
+LLAMAFACTORY = FIXTURES / "data" / "llamafactory"
+TOKENIZERS = FIXTURES / "tokenizers"
+
+
+def fixture(*parts: str) -> Path:
+    """A file under $PREP_FIXTURES, or skip the test saying what is missing."""
+    path = FIXTURES.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"fixture {path} not found (set PREP_FIXTURES to the shared fixtures folder)")
+    return path
+
+
+def run_prep(*args: str, input: bytes | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`prep ARGS` in a subprocess, as a user runs it (stdout and stderr captured as bytes)."""
+    return subprocess.run([sys.executable, "-m", "prep", *args], input=input, capture_output=True,
+                          cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
