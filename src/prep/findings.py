@@ -81,8 +81,9 @@ class Reject:
     def reason(self) -> str:
         return self.findings[0].code
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, written: bool = False) -> dict[str, Any]:
         return {
+            "written": written,
             "file": self.source.file,
             "line": self.source.line,
             "row_number": self.source.row,
@@ -98,6 +99,9 @@ class Batch(Generic[T]):
     items: list[T] = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+    # Rows that went on but were changed on the way (truncated, trailing turns dropped): counted and kept
+    # beside the rejects so nothing is altered silently.
+    altered: list[Reject] = field(default_factory=list)
 
     def add(self, item: T, source: Source) -> None:
         self.items.append(item)
@@ -105,6 +109,13 @@ class Batch(Generic[T]):
 
     def reject(self, source: Source, findings: list[Finding], row: Any) -> None:
         self.rejects.append(Reject(source, [f.at(source) for f in findings], row))
+
+    def alter(self, source: Source, findings: list[Finding], row: Any) -> None:
+        self.altered.append(Reject(source, [f.at(source) for f in findings], row))
+
+    def carry(self) -> Batch[Any]:
+        """An empty batch for the next stage that keeps this one's rejects and alterations."""
+        return Batch(rejects=self.rejects, altered=self.altered)
 
 
 @dataclass(slots=True)
@@ -114,6 +125,7 @@ class Tally:
     read: int = 0
     written: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    altered: Counter[str] = field(default_factory=Counter)
     examples: list[Reject] = field(default_factory=list)  # the first few rejects of each reason, to show
 
     @property
@@ -132,15 +144,19 @@ class Tally:
             self.rejected[reject.reason] += 1
             if self.rejected[reject.reason] <= EXAMPLES_PER_REASON:
                 self.examples.append(reject)
+        self.altered.update(a.reason for a in batch.altered)
 
     def summary(self) -> str:
         text = f"read {self.read}, wrote {self.written}, rejected {self.rejected_total}"
         if self.rejected:
             text += " (" + ", ".join(f"{code}: {n}" for code, n in sorted(self.rejected.items())) + ")"
+        if self.altered:
+            text += "; altered " + ", ".join(f"{code}: {n}" for code, n in sorted(self.altered.items()))
         return text
 
     def to_dict(self) -> dict[str, Any]:
-        return {"read": self.read, "written": self.written, "rejected": dict(sorted(self.rejected.items()))}
+        return {"read": self.read, "written": self.written, "rejected": dict(sorted(self.rejected.items())),
+                "altered": dict(sorted(self.altered.items()))}
 
 
 def reject_line(reject: Reject) -> str:

@@ -43,7 +43,7 @@ def to_records(batches: Iterable[Batch[Any]], fmt: str, options: Any) -> Iterato
     """Stage: raw rows -> canonical records; a row the reader refuses becomes a reject."""
     read = module(fmt).read
     for batch in batches:
-        out: Batch[Record] = Batch(rejects=batch.rejects)
+        out: Batch[Record] = batch.carry()
         for row, source in zip(batch.items, batch.sources, strict=True):
             try:
                 out.add({"id": record_id(row, source), **read(row, options)}, source)
@@ -58,7 +58,7 @@ def from_records(batches: Iterable[Batch[Record]], fmt: str, options: Any, ids: 
     if not hasattr(mod, "write"):
         raise PrepError(f"{fmt} is read-only; write one of {', '.join(WRITABLE)}")
     for batch in batches:
-        out: Batch[Any] = Batch(rejects=batch.rejects)
+        out: Batch[Any] = batch.carry()
         for record, source in zip(batch.items, batch.sources, strict=True):
             try:
                 row = mod.write(record, options)
