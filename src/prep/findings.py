@@ -6,7 +6,6 @@ Every stage speaks this vocabulary: a row that cannot go on becomes a `Reject` c
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Generic, TypeVar
@@ -158,7 +157,3 @@ class Tally:
         return {"read": self.read, "written": self.written, "rejected": dict(sorted(self.rejected.items())),
                 "altered": dict(sorted(self.altered.items()))}
 
-
-def reject_line(reject: Reject) -> str:
-    """One JSON line for a rejects file."""
-    return json.dumps(reject.to_dict(), ensure_ascii=False, default=str)
