@@ -11,6 +11,7 @@ import codecs
 import contextlib
 import csv
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -41,6 +42,15 @@ _ENCODING_HINT = "re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 IN
 _BLANKS = re.compile(r"[ \t\r\n]*")
 
 csv.field_size_limit(2**31 - 1)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (inputs, shards and tokenizer files are fingerprinted)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def display_name(path: str) -> str:
