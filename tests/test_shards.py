@@ -1,0 +1,96 @@
+"""Shard folders: schema, manifest accounting, determinism, atomicity, loading with `datasets`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from prep.files import sha256_file
+from prep.findings import Batch, Finding, PrepError, Source
+from prep.shards import MANIFEST, ShardWriter, iter_tables, read_manifest
+
+META = {"tokenizer": {"name": "t", "vocab_size": 100}, "max_len": 16, "train_on": "assistant"}
+
+
+def sft_row(i: int) -> dict:
+    ids = list(range(1, 2 + i % 7))
+    labels = [-100] * (len(ids) // 2) + ids[len(ids) // 2:]
+    return {"input_ids": ids, "labels": labels, "seq_lengths": [len(ids)], "num_tokens": len(ids),
+            "num_loss_tokens": sum(x != -100 for x in labels), "ids": [f"f.jsonl:{i + 1}"]}
+
+
+def batches(n: int, size: int) -> list[Batch[dict]]:
+    out = []
+    for start in range(0, n, size):
+        b: Batch[dict] = Batch()
+        for i in range(start, min(n, start + size)):
+            b.add(sft_row(i), Source("f.jsonl", i + 1, i + 1))
+        out.append(b)
+    return out
+
+
+def write(folder: Path, parts: list[Batch[dict]], **kw) -> dict:
+    with ShardWriter(folder, "sft", META, **kw) as w:
+        for b in parts:
+            w.write(b)
+    return read_manifest(folder)
+
+
+def test_manifest_accounts_for_rows_tokens_and_shards(tmp_path: Path) -> None:
+    parts = batches(250, 64)
+    bad = parts[0]
+    bad.reject(Source("f.jsonl", 999, 999), [Finding("too_long", "row has 40 tokens")], {"id": "x"})
+    bad.alter(Source("f.jsonl", 1, 1), [Finding("truncated", "cut to 16 tokens", severity="warning")], {"id": "y"})
+    manifest = write(tmp_path / "out", parts, shard_rows=100, rejects=str(tmp_path / "rejects.jsonl"))
+    assert manifest["counts"] == {"read": 251, "written": 250, "rejected": {"too_long": 1},
+                                  "altered": {"truncated": 1}}
+    assert [s["rows"] for s in manifest["shards"]] == [100, 100, 50]
+    expected_tokens = sum(sft_row(i)["num_tokens"] for i in range(250))
+    assert manifest["tokens"]["total"] == expected_tokens == sum(s["tokens"] for s in manifest["shards"])
+    for shard in manifest["shards"]:
+        path = tmp_path / "out" / shard["path"]
+        assert sha256_file(path) == shard["sha256"] and path.stat().st_size == shard["bytes"]
+        assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"
+    assert manifest["tokenizer"] == META["tokenizer"] and manifest["kind"] == "sft"
+    kept = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]
+    assert [(k["reasons"][0]["code"], k["written"], k["line"]) for k in kept] == [("too_long", False, 999),
+                                                                                 ("truncated", True, 1)]
+    rows = [r for t in iter_tables(tmp_path / "out") for r in t.to_pylist()]
+    assert rows == [sft_row(i) for i in range(250)]
+
+
+def test_same_rows_give_same_bytes_whatever_the_batching(tmp_path: Path) -> None:
+    a = write(tmp_path / "a", batches(5000, 1000))
+    b = write(tmp_path / "b", batches(5000, 37))
+    assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
+
+
+def test_failed_run_leaves_no_manifest_and_no_partial_shard(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    write(out, batches(10, 10))
+    with pytest.raises(RuntimeError), ShardWriter(out, "sft", META) as w:
+        w.write(batches(10, 10)[0])
+        raise RuntimeError("killed")
+    assert not (out / MANIFEST).exists()
+    assert not list((out / "data").glob("*.tmp"))
+    with pytest.raises(PrepError, match="not a finished shard folder"):
+        read_manifest(out)
+
+
+def test_rerun_with_fewer_rows_drops_stale_shards(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    write(out, batches(30, 10), shard_rows=10)
+    manifest = write(out, batches(10, 10), shard_rows=10)
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["shard-00000.parquet"]
+    assert len(manifest["shards"]) == 1
+
+
+def test_datasets_loads_the_shards(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    write(tmp_path / "out", batches(20, 7), shard_rows=8)
+    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "out" / "data" / "*.parquet"), split="train")
+    assert len(ds) == 20 and ds[3]["input_ids"] == sft_row(3)["input_ids"]
+    assert ds.features["input_ids"].feature.dtype == "int32"
