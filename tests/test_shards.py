@@ -46,7 +46,7 @@ def test_manifest_accounts_for_rows_tokens_and_shards(tmp_path: Path) -> None:
     bad.alter(Source("f.jsonl", 1, 1), [Finding("truncated", "cut to 16 tokens", severity="warning")], {"id": "y"})
     manifest = write(tmp_path / "out", parts, shard_rows=100, rejects=str(tmp_path / "rejects.jsonl"))
     assert manifest["counts"] == {"read": 251, "written": 250, "rejected": {"too_long": 1},
-                                  "altered": {"truncated": 1}}
+                                  "altered": {"truncated": 1}, "rows": 250}
     assert [s["rows"] for s in manifest["shards"]] == [100, 100, 50]
     expected_tokens = sum(sft_row(i)["num_tokens"] for i in range(250))
     assert manifest["tokens"]["total"] == expected_tokens == sum(s["tokens"] for s in manifest["shards"])
@@ -94,3 +94,40 @@ def test_datasets_loads_the_shards(tmp_path: Path) -> None:
     ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "out" / "data" / "*.parquet"), split="train")
     assert len(ds) == 20 and ds[3]["input_ids"] == sft_row(3)["input_ids"]
     assert ds.features["input_ids"].feature.dtype == "int32"
+
+
+def test_interrupted_run_resumes_reusing_verified_shards(tmp_path: Path) -> None:
+    """Kill the writer mid-way, run again with the same key: same bytes, finished shards not rewritten."""
+    whole = write(tmp_path / "whole", batches(95, 10), shard_rows=20)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt), ShardWriter(out, "sft", META, shard_rows=20, resume_key="k1") as w:
+        for i, b in enumerate(batches(95, 10)):
+            if i == 5:
+                raise KeyboardInterrupt
+            w.write(b)
+    done = sorted(p.name for p in (out / "data").glob("*.parquet"))
+    assert done == ["shard-00000.parquet", "shard-00001.parquet"]
+    first_mtime = (out / "data" / done[0]).stat().st_mtime_ns
+    with ShardWriter(out, "sft", META, shard_rows=20, resume_key="k1") as w:
+        for b in batches(95, 10):
+            w.write(b)
+    assert w.reused == 2 and (out / "data" / done[0]).stat().st_mtime_ns == first_mtime
+    assert read_manifest(out)["shards"] == whole["shards"]
+    assert not (out / ".journal.json").exists()
+
+
+def test_resume_rewrites_a_shard_that_no_longer_verifies(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt), ShardWriter(out, "sft", META, shard_rows=20, resume_key="k") as w:
+        for b in batches(60, 10):
+            w.write(b)
+        raise KeyboardInterrupt
+    shard = out / "data" / "shard-00000.parquet"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with ShardWriter(out, "sft", META, shard_rows=20, resume_key="k") as w:
+        for b in batches(60, 10):
+            w.write(b)
+    assert w.reused == 0
+    assert read_manifest(out)["shards"] == write(tmp_path / "ref", batches(60, 10), shard_rows=20)["shards"]
