@@ -109,3 +109,64 @@ def convert(args: tuple[str, ...], to: str, output: str, source: str | None, rej
         click.echo(result.tally.summary() + ("" if output == "-" else f" -> {output}"), err=True)
         _report_rejects(result.tally, rejects)
     sys.exit(1 if result.tally.rejected_total else 0)
+
+
+def _parse_size(text: str) -> tuple[int, float]:
+    """`--shard-size`: `256MB`, `2GB` or `50000rows` -> (max rows, max MB)."""
+    t = text.strip().lower().replace(" ", "")
+    units = {"rows": None, "kb": 1 / 1024, "mb": 1.0, "gb": 1024.0}
+    for unit, mb in units.items():
+        if t.endswith(unit) and t[: -len(unit)].replace(".", "", 1).isdigit():
+            n = float(t[: -len(unit)])
+            if n > 0:
+                return (int(n), 1e12) if mb is None else (2**62, n * mb)
+    raise click.BadParameter(f"{text!r}: give a size like 256MB, 2GB or 50000rows", param_hint="--shard-size")
+
+
+@main.command()
+@click.argument("indir", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False), help="Folder for packed shards.")
+@click.option("--max-len", required=True, type=click.IntRange(min=2), help="Tokens per packed row.")
+@click.option("--strategy", type=click.Choice(("bfd", "wrap")), default="bfd", show_default=True,
+              help="bfd: whole documents, best-fit decreasing; wrap: concatenate and cut (pretraining).")
+@click.option("--seed", default=0, show_default=True, help="Seed for the order of packed rows.")
+@click.option("--window", default=100_000, show_default=True, type=click.IntRange(min=0),
+              help="Documents packed together (0: the whole input at once).")
+@click.option("--shard-size", default="256MB", show_default=True, help="Shard bound: 256MB, 2GB or 50000rows.")
+@click.option("--rejects", type=click.Path(dir_okay=False), help="Keep rows too long to pack, with reasons.")
+@click.option("-q", "--quiet", is_flag=True)
+def pack(indir: str, outdir: str, max_len: int, strategy: str, seed: int, window: int, shard_size: str,
+         rejects: str | None, quiet: bool) -> None:
+    """Pack tokenized shards in INDIR into rows of at most --max-len tokens."""
+    from prep.pack import pack as run
+
+    rows, mb = _parse_size(shard_size)
+    manifest = run(indir, outdir, max_len, strategy=strategy, seed=seed, window=window, shard_rows=rows,
+                   shard_mb=mb, rejects=rejects)
+    counts = manifest["counts"]
+    if not quiet:
+        packing = manifest["packing"]
+        click.echo(f"read {counts['read']} documents, packed {counts['written']} into {counts['rows']} rows of "
+                   f"<= {max_len} tokens ({packing['strategy']}, efficiency {packing.get('efficiency', 0):.2%}), "
+                   f"rejected {sum(counts['rejected'].values())} -> {outdir}", err=True)
+    sys.exit(1 if counts["rejected"] else 0)
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("-q", "--quiet", is_flag=True, help="Print only the findings.")
+def verify(folder: str, quiet: bool) -> None:
+    """Check a shard folder against its manifest: sha256 of every shard, schema, row invariants, counts."""
+    from prep.verify import verify as run
+
+    result = run(folder)
+    for f in result.findings:
+        click.echo(f"{f.file}:{f.line} {f.path} {f.code}: {f.message}" if f.line else f"{f.file} {f.path} {f.code}: "
+                   f"{f.message}", err=True)
+    hidden = sum(result.counts.values()) - len(result.findings)
+    if hidden:
+        click.echo(f"… and {hidden} more", err=True)
+    if not quiet:
+        verdict = "OK" if result.ok else f"FAILED ({result.errors} errors)"
+        click.echo(f"{folder}: {verdict}: {result.rows} rows, {result.tokens} tokens checked", err=True)
+    sys.exit(0 if result.ok else 1)
