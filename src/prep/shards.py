@@ -41,6 +41,12 @@ SCHEMAS: dict[str, pa.Schema] = {
 KINDS = tuple(SCHEMAS)
 
 
+def position_ids(seq_lengths: list[int]) -> list[int]:
+    """Position ids for a packed row: they restart at 0 for every document, which is what keeps
+    documents from attending to each other (transformers derives the block mask from them)."""
+    return [p for n in seq_lengths for p in range(n)]
+
+
 def shard_name(index: int) -> str:
     return f"{DATA_DIR}/shard-{index:05d}.parquet"
 
