@@ -170,3 +170,41 @@ def verify(folder: str, quiet: bool) -> None:
         verdict = "OK" if result.ok else f"FAILED ({result.errors} errors)"
         click.echo(f"{folder}: {verdict}: {result.rows} rows, {result.tokens} tokens checked", err=True)
     sys.exit(0 if result.ok else 1)
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--row", default=0, show_default=True, type=click.IntRange(min=0), help="Row to show (0-based).")
+@click.option("--ids", "show_ids", is_flag=True, help="Show every token with its id.")
+@click.option("--tokenizer", help="Tokenizer folder, if the one recorded in the manifest has moved.")
+def inspect(folder: str, row: int, show_ids: bool, tokenizer: str | None) -> None:
+    """Decode one shard row: trained tokens in colour, document boundaries marked."""
+    from rich.console import Console
+
+    from prep.inspection import inspect_row
+
+    inspect_row(folder, row, tokenizer=tokenizer, show_ids=show_ids, console=Console(highlight=False))
+
+
+@main.command()
+@click.argument("targets", nargs=-1, required=True, metavar="INPUT_OR_DIR...")
+@click.option("--from", "source", type=click.Choice(("auto", *READABLE)), default="auto",
+              help="Input format, for input files.")
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
+def stats(targets: tuple[str, ...], source: str, as_json: bool) -> None:
+    """Counts, token-length histogram, packing efficiency and trained share of a shard folder
+    (or records, messages and characters of input files)."""
+    import json
+
+    from rich.console import Console
+
+    from prep.convert import Inputs
+    from prep.stats import print_stats
+    from prep.stats import stats as run
+
+    target = targets[0] if len(targets) == 1 else list(targets)
+    result = run(target, Inputs(files=list(targets), format=source))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        print_stats(result, Console(highlight=False))
