@@ -99,6 +99,8 @@ def _prompt_columns(prompt: list[r.Message], o: Options, path: str) -> dict[str,
 def _single_answer(side: list[r.Message], path: str) -> str:
     if len(side) != 1 or side[0]["role"] != "assistant" or set(side[0]) - {"role", "content", "weight"}:
         raise r.not_expressible(NAME, "an answer that is not a single plain assistant message", path=path)
+    if side[0].get("weight", 1) != 1:  # alpaca trains every answer: an untrained one would silently become trained
+        raise r.not_expressible(NAME, "an untrained (weight 0) answer", path=f"{path}.weight")
     return side[0]["content"]
 
 
