@@ -92,18 +92,35 @@ def _sniff_container(stream: IO[bytes], name: str) -> str:
                     "give a .jsonl/.json/.csv/.tsv/.parquet/.txt name or pass --input-type")
 
 
-def _binary_lines(stream: IO[bytes]) -> Iterator[bytes]:
-    """Lines as UTF-8 bytes: a UTF-8 BOM is dropped, a UTF-16 file (with BOM) is transcoded."""
-    first = stream.readline()
-    if first.startswith(_UTF16_BOMS):
-        rest = first + stream.read()
+def _text_encoding(head: bytes, name: str) -> str:
+    """"utf-8" or "utf-16" (with a BOM) from a file's first bytes; refuse text in other encodings
+    that would otherwise come out as a column of garbage rows (NUL bytes: UTF-16/32 without a BOM)."""
+    if head.startswith(_UTF16_BOMS):
+        return "utf-16"
+    if b"\x00" in head:
+        raise PrepError(f"{name}: NUL bytes at the start: this is UTF-16 or UTF-32 without a byte-order mark, "
+                        f"or not a text file; {_ENCODING_HINT.replace('latin1', 'utf-16le')}")
+    return "utf-8"
+
+
+def _head(stream: IO[bytes]) -> bytes:
+    return stream.peek(64)[:64] if hasattr(stream, "peek") else b""
+
+
+def _binary_lines(stream: IO[bytes], name: str) -> Iterator[bytes]:
+    """Lines as UTF-8 bytes: a UTF-8 BOM is dropped, a UTF-16 file (with BOM) is transcoded as it streams."""
+    if _text_encoding(_head(stream), name) == "utf-16":
+        text = io.TextIOWrapper(stream, encoding="utf-16", newline=None)
         try:
-            text = rest.decode("utf-16")
+            for line in text:
+                yield line.encode("utf-8")
         except UnicodeDecodeError as e:
-            raise PrepError(f"invalid UTF-16 at byte {e.start}; {_ENCODING_HINT}") from None
-        for line in io.StringIO(text, newline=None):
-            yield line.encode("utf-8")
+            raise PrepError(f"{name}: invalid UTF-16 ({e.reason}); {_ENCODING_HINT.replace('latin1', 'utf-16')}") \
+                from None
+        finally:
+            text.detach()  # the caller owns (and closes) the stream
         return
+    first = stream.readline()
     if first.startswith(_UTF8_BOM):
         first = first[len(_UTF8_BOM):]
     if first:
@@ -129,7 +146,7 @@ Item = tuple[Source, Any, "Finding | None"]
 
 def _read_jsonl(stream: IO[bytes], name: str) -> Iterator[Item]:
     offset, row = 0, 0
-    for lineno, raw in enumerate(_binary_lines(stream), 1):
+    for lineno, raw in enumerate(_binary_lines(stream, name), 1):
         start, offset = offset, offset + len(raw)
         if not raw.strip():
             continue
@@ -152,7 +169,8 @@ class _JsonText:
 
     def __init__(self, stream: IO[bytes], name: str) -> None:
         self.stream, self.name = stream, name
-        self.decoder = codecs.getincrementaldecoder("utf-8")()
+        self.encoding = "utf-8"
+        self.decoder = codecs.getincrementaldecoder(self.encoding)()
         self.buf, self.pos, self.line, self.bytes, self.eof = "", 0, 1, 0, False
         self.started = False
 
@@ -163,12 +181,13 @@ class _JsonText:
         try:
             if not self.started:
                 self.started = True
-                if chunk.startswith(_UTF16_BOMS):
-                    raise PrepError(f"{self.name}: the file is UTF-16; {_ENCODING_HINT.replace('latin1', 'utf-16')}")
+                self.encoding = _text_encoding(chunk[:64], self.name)
+                self.decoder = codecs.getincrementaldecoder(self.encoding)()
                 chunk = chunk.removeprefix(_UTF8_BOM)
             text = self.decoder.decode(chunk, final=not chunk)
         except UnicodeDecodeError as e:
-            raise PrepError(f"{self.name}: invalid UTF-8 at byte {self.bytes + e.start}; {_ENCODING_HINT}") from None
+            raise PrepError(f"{self.name}: invalid {self.encoding.upper()} at byte {self.bytes + e.start}; "
+                            f"{_ENCODING_HINT}") from None
         self.bytes += len(chunk)
         self.eof = not chunk
         self.buf = self.buf[self.pos:] + text
@@ -260,18 +279,28 @@ def _read_json(stream: IO[bytes], name: str) -> Iterator[Item]:
 
 
 def _read_csv(stream: IO[bytes], name: str, delimiter: str) -> Iterator[Item]:
+    """Rows as {column: cell}; a record that cannot be read is rejected with its raw lines.
+
+    Strict quoting: a stray quote must not silently swallow the records after it into one cell."""
     bad: dict[int, Finding] = {}
+    pending: dict[int, str] = {}  # the raw lines of the record being read, for rejects
 
     def text_lines() -> Iterator[str]:
         offset = 0
-        for lineno, raw in enumerate(_binary_lines(stream), 1):
+        for lineno, raw in enumerate(_binary_lines(stream, name), 1):
             text, finding = _decoded(raw, offset, f"line {lineno}")
             offset += len(raw)
             if finding:
                 bad[lineno] = finding
+            pending[lineno] = text
             yield text
 
-    reader = csv.reader(text_lines(), delimiter=delimiter)
+    def raw_record(first: int, last: int) -> str:
+        text = "".join(pending.pop(n, "") for n in range(first, last + 1))
+        pending.clear()
+        return text
+
+    reader = csv.reader(text_lines(), delimiter=delimiter, strict=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -281,6 +310,7 @@ def _read_csv(stream: IO[bytes], name: str, delimiter: str) -> Iterator[Item]:
     if len(set(header)) != len(header) or "" in header:
         raise PrepError(f"{name}:1: the header must name each column once, without blanks: {header}")
     end, row = reader.line_num, 0
+    pending.clear()
     while True:
         start = end + 1
         try:
@@ -290,21 +320,30 @@ def _read_csv(stream: IO[bytes], name: str, delimiter: str) -> Iterator[Item]:
         except csv.Error as e:
             row += 1
             end = reader.line_num
-            yield Source(name, start, row), "", Finding("bad_csv", f"unreadable record: {e}", "fix the quoting on this line")
+            if str(e) == "unexpected end of data":
+                finding = Finding("bad_csv", f"a quoted field opened in this record is never closed, so lines "
+                                  f"{start}-{end} (the rest of the file) were read as one record",
+                                  "close the quote, or double a quote that is part of the text (\"\")")
+            else:
+                finding = Finding("bad_csv", f"unreadable record: {e}",
+                                  "quote the whole field, and double quotes inside it (\"\")")
+            yield Source(name, start, row), raw_record(start, end), finding
             continue
         end = reader.line_num
         if not cells:
+            pending.clear()
             continue
         row += 1
         source = Source(name, start, row)
-        broken = next((bad[n] for n in range(start, end + 1) if n in bad), None)
+        broken = next((bad.pop(n) for n in range(start, end + 1) if n in bad), None)
         if broken:
-            yield source, delimiter.join(cells), broken
+            yield source, raw_record(start, end), broken
         elif len(cells) != len(header):
-            yield source, cells, Finding(
+            yield source, raw_record(start, end), Finding(
                 "csv_field_count", f"record has {len(cells)} fields but the header has {len(header)}",
                 "quote fields that contain the delimiter or a line break")
         else:
+            pending.clear()
             yield source, dict(zip(header, cells, strict=True)), None
 
 
@@ -333,7 +372,7 @@ def _read_parquet(path: str, name: str) -> Iterator[Item]:
 
 def _read_txt(stream: IO[bytes], name: str, split: str) -> Iterator[Item]:
     if split == "file":
-        raw = b"".join(_binary_lines(stream))
+        raw = b"".join(_binary_lines(stream, name))
         text, bad = _decoded(raw, 0, "text file")
         if text.strip():
             yield Source(name, 1, 1), text if bad else {"text": text}, bad
@@ -351,7 +390,7 @@ def _read_txt(stream: IO[bytes], name: str, split: str) -> Iterator[Item]:
         block.clear()
         problem = None
 
-    for lineno, raw in enumerate(_binary_lines(stream), 1):
+    for lineno, raw in enumerate(_binary_lines(stream, name), 1):
         text, bad = _decoded(raw, offset, f"line {lineno}")
         offset += len(raw)
         if not text.strip():
@@ -371,7 +410,7 @@ def read_rows(path: str, container: str | None = None, txt_split: str = "file",
     """Stream one file as batches of parsed rows; rows that do not parse come as rejects."""
     name = display_name(path)
     if path != "-" and not os.path.isfile(path):
-        raise PrepError(f"{name}: no such file")
+        raise PrepError(f"{name}: " + ("is a folder; give the files in it" if os.path.isdir(path) else "no such file"))
     container = container or split_suffix(path)[0]
     with contextlib.ExitStack() as stack:
         if container == "parquet":
@@ -440,10 +479,10 @@ class RowWriter:
             self.out.write(b"[")
 
     def _open_out(self, path: str, compress: bool) -> IO[bytes]:
-        if compress and self.compression == "gzip":
-            return gzip.GzipFile(path, "wb", mtime=0)  # mtime 0: same rows, same bytes
-        if compress and self.compression == "zstd":
-            return pa.CompressedOutputStream(pa.OSFile(path, "wb"), "zstd")
+        if compress and self.compression:
+            # Arrow's gzip header has no file name and no time (Python's gzip would record the
+            # temporary name): same rows, same bytes.
+            return pa.CompressedOutputStream(pa.OSFile(path, "wb"), self.compression)
         return open(path, "wb")  # noqa: SIM115 - closed in close()/abort()
 
     def write(self, rows: Iterable[Any]) -> None:
@@ -525,19 +564,38 @@ def _spool_to_csv(spool: str, out: IO[bytes], delimiter: str) -> None:
 
 
 def _spool_to_parquet(spool: str, out: str) -> None:
-    schemas = [pa.Table.from_pylist(chunk).schema for chunk in _spooled(spool)]
-    try:
-        schema = pa.unify_schemas(schemas, promote_options="permissive") if schemas else pa.schema([])
-        tables = (pa.Table.from_pylist(chunk, schema=schema) for chunk in _spooled(spool))
-        _write_parquet(tables, schema, out)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        # Rows whose nested values cannot share one Arrow type: store those values as JSON text.
-        def as_json(chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            return [{k: json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v
-                     for k, v in row.items()} for row in chunk]
-        schema = pa.unify_schemas([pa.Table.from_pylist(as_json(c)).schema for c in _spooled(spool)],
-                                  promote_options="permissive")
-        _write_parquet((pa.Table.from_pylist(as_json(c), schema=schema) for c in _spooled(spool)), schema, out)
+    """One schema for all rows: every column any row has (absent: null), each column's Arrow
+    type unified over all rows; a column whose values cannot share a type (tool arguments of
+    different shapes, numbers beside strings) is stored as JSON text instead."""
+    columns: dict[str, None] = {}
+    for chunk in _spooled(spool):
+        for row in chunk:
+            columns.update(dict.fromkeys(row))
+    types: dict[str, pa.DataType | None] = {}  # None: JSON text
+    for chunk in _spooled(spool):
+        for c in columns:
+            if c in types and types[c] is None:
+                continue
+            try:
+                found = pa.array([row.get(c) for row in chunk]).type
+                if c in types:
+                    found = pa.unify_schemas([pa.schema([(c, types[c])]), pa.schema([(c, found)])],
+                                             promote_options="permissive").field(c).type
+                types[c] = found
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
+                types[c] = None
+    schema = pa.schema([(c, types.get(c) or pa.string()) for c in columns])
+
+    def table(chunk: list[dict[str, Any]]) -> pa.Table:
+        arrays = [pa.array([row.get(c) if types.get(c) else _json_text(row.get(c)) for row in chunk],
+                           type=schema.field(c).type) for c in columns]
+        return pa.Table.from_arrays(arrays, schema=schema)
+
+    _write_parquet((table(chunk) for chunk in _spooled(spool)), schema, out)
+
+
+def _json_text(value: Any) -> str | None:
+    return value if value is None or isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def _write_parquet(tables: Iterable[pa.Table], schema: pa.Schema, out: str) -> None:
