@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
-from prep.files import RowWriter, read_rows
+from prep.files import RowWriter, display_name, read_rows
 from prep.findings import Batch, PrepError, Tally
 from prep.formats import WRITABLE, from_records, make_options, read_records, to_records
 from prep.formats import llamafactory as lf
@@ -42,7 +42,7 @@ def read_inputs(inputs: Inputs, formats_seen: dict[str, str] | None = None) -> I
 
     def note(path: str, fmt: str) -> None:
         if formats_seen is not None:
-            formats_seen[path] = fmt
+            formats_seen[display_name(path)] = fmt
 
     yield from read_records(inputs.files, inputs.format, inputs.settings, inputs.container, inputs.txt_split, note)
     for entry in entries:
