@@ -78,6 +78,7 @@ def convert(inputs: Inputs, to: str, output: str = "-", *, rejects: str | None =
         bad = stack.enter_context(RowWriter(rejects, "jsonl")) if rejects else None
         for batch in rows:
             out.write(batch.items)
+            batch.rejects.sort(key=lambda r: r.source.row)  # unreadable lines first otherwise: keep file order
             if bad:
                 bad.write(r.to_dict() for r in batch.rejects)
             result.tally.count(batch)
