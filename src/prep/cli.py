@@ -21,6 +21,10 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:  # one line, like every other refusal
+            where = e.ctx.command_path if e.ctx else ctx.command_path
+            click.echo(f"{where}: {' '.join(e.format_message().split())} (see '{where} --help')", err=True)
+            ctx.exit(2)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except PrepError as e:
@@ -85,8 +89,15 @@ def convert(args: tuple[str, ...], to: str, output: str, source: str | None, rej
             ids: bool, seed: int, quiet: bool) -> None:
     """Convert INPUT files (or --dataset entries) to another format.
 
-    FROM is `auto` (default: detected per file) or one of: alpaca, sharegpt, openai, trl,
-    autotrain, coqa, text. Example: prep convert coqa coqa-dev-v1.0.json --to openai -o coqa.jsonl
+    FROM is `auto` (the default: detected per file) or one of alpaca, sharegpt, openai, trl,
+    autotrain, coqa, text. Rows that cannot be converted are counted, shown and kept with
+    --rejects; exit code 0: all converted, 1: some rejected, 2: could not run.
+
+    \b
+    Examples:
+      prep convert coqa coqa-dev-v1.0.json --to openai -o coqa.jsonl
+      prep convert autotrain chats.csv --text-column dialogue --to sharegpt -o chats.jsonl
+      prep convert --dataset-info data/dataset_info.json --dataset glaive_toolcall_en_demo --to openai
     """
     from prep.convert import Inputs
     from prep.convert import convert as run
