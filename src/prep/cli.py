@@ -122,6 +122,59 @@ def convert(args: tuple[str, ...], to: str, output: str, source: str | None, rej
     sys.exit(1 if result.tally.rejected_total else 0)
 
 
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("--format", "fmt", type=click.Choice(("auto", *READABLE)), default="auto", show_default=True,
+              help="Input format; detected per file by default.")
+@click.option("--kind", type=click.Choice(("sft", "dpo", "kto", "pretrain")), help="Require rows of this kind.")
+@click.option("--validation", multiple=True, type=click.Path(dir_okay=False),
+              help="A validation file: checked too, and for near-duplicates of the training rows (repeatable). "
+                   "Inputs named *val*/*valid*/*dev*/*eval*/*test* given beside others count as validation files.")
+@click.option("--strict", is_flag=True, help="Warnings fail the run too (exit 1).")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Write every finding and the summary as JSON (- for stdout).")
+@click.option("--rejects", type=click.Path(dir_okay=False), help="Keep the rows with errors, with their findings (JSONL).")
+@click.option("--min-rows", default=1, show_default=True, type=click.IntRange(min=0),
+              help="Fewest usable rows a file may have.")
+@click.option("--max-findings", default=10_000, show_default=True, type=click.IntRange(min=0),
+              help="Findings kept for the report; counts stay exact.")
+@click.option("--max-chars", default=32_000, show_default=True, type=click.IntRange(min=1),
+              help="Warn about rows longer than this many characters.")
+@click.option("--input-type", type=click.Choice(CONTAINERS), help="File type when the name does not tell.")
+@click.option("--txt-split", type=click.Choice(TXT_SPLITS), default="file", show_default=True,
+              help="A .txt file is one document, or one per paragraph, or per line.")
+@click.option("--text-column", help="AutoTrain: dialogue/chosen column [text].")
+@click.option("--rejected-text-column", help="AutoTrain: rejected column [rejected_text].")
+@click.option("--prompt-text-column", help="AutoTrain: prompt column [prompt].")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the summary line.")
+def validate(inputs: tuple[str, ...], fmt: str, kind: str | None, validation: tuple[str, ...], strict: bool,
+             report_file: str | None, rejects: str | None, min_rows: int, max_findings: int, max_chars: int,
+             input_type: str | None, txt_split: str, text_column: str | None, rejected_text_column: str | None,
+             prompt_text_column: str | None, quiet: bool) -> None:
+    """Check INPUT files row by row and report every problem with its line, JSON path and a hint.
+
+    Exit 0: no errors; 1: errors (or warnings with --strict); 2: could not run.
+    Example: prep validate train.jsonl --validation valid.jsonl --report report.json --rejects bad.jsonl
+    """
+    from prep.validate import report as show
+    from prep.validate import validate as run
+
+    settings = {k: v for k, v in dict(text_column=text_column, rejected_text_column=rejected_text_column,
+                                      prompt_text_column=prompt_text_column).items() if v is not None}
+    result = run(inputs, validation=validation, format=fmt, kind=kind, settings=settings, container=input_type,
+                 txt_split=txt_split, strict=strict, rejects=rejects, min_rows=min_rows, max_findings=max_findings,
+                 max_chars=max_chars)
+    out = sys.stderr if report_file == "-" else sys.stdout
+    if hasattr(out, "reconfigure"):
+        out.reconfigure(errors="backslashreplace")  # a file name that is not UTF-8 must not crash the report
+    show.show(result, out, quiet)
+    if report_file == "-":
+        sys.stdout.write(show.dumps(result))
+    elif report_file:
+        show.write_json(result, report_file)
+    sys.exit(result.exit_code)
+
+
 def _parse_size(text: str) -> tuple[int, float]:
     """`--shard-size`: `256MB`, `2GB` or `50000rows` -> (max rows, max MB)."""
     t = text.strip().lower().replace(" ", "")

@@ -1,0 +1,217 @@
+"""Conversation rules on a canonical record: role order, tool calls and their results, weights,
+empty messages, and the shape of preference and feedback rows.
+
+The grammar (after an optional leading system message): user, then assistant; an assistant
+message with tool calls is followed by one tool message per call, then the assistant again;
+repeat. A preference or feedback prompt must end where an answer can follow (a user turn or
+tool results), and each answer continues the prompt under the same grammar.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from prep.findings import Finding
+from prep.records import Message, Record, kind_of
+from prep.validate.codes import finding
+from prep.validate.locate import Loc, Locs
+from prep.validate.schemas import show
+
+_PLACEHOLDERS = {"images": "<image>", "videos": "<video>", "audios": "<audio>"}
+_INDEX = re.compile(r"\[\d+\]$")
+
+
+def _role(loc: Loc) -> str:
+    return loc[0] + loc[1]
+
+
+def _content(loc: Loc) -> str:
+    return loc[0] + loc[2]
+
+
+def _field(loc: Loc, field: str) -> str:
+    """A message field's path; in formats that keep the message in one string, the string itself."""
+    return loc[0] + field if loc[1] == ".role" else _content(loc)
+
+
+def _list_path(locs: list[Loc]) -> str:
+    return _INDEX.sub("", locs[0][0]) if locs and _INDEX.search(locs[0][0]) else "$"
+
+
+class _Walk:
+    """The grammar as a state machine over one conversation (copied to continue a prompt twice)."""
+
+    def __init__(self, out: list[Finding], tools: set[str] | None) -> None:
+        self.out, self.tools = out, tools
+        self.state, self.position = "start", 0
+        self.open: list[str] = []
+        self.calls_at: Loc | None = None
+        self.ids: set[str] = set()
+        self.warned_tools = False
+
+    def copy(self) -> _Walk:
+        other = _Walk(self.out, self.tools)
+        other.state, other.position, other.open = self.state, self.position, list(self.open)
+        other.calls_at, other.ids, other.warned_tools = self.calls_at, set(self.ids), self.warned_tools
+        return other
+
+    def add(self, code: str, message: str, path: str) -> None:
+        self.out.append(finding(code, message, path))
+
+    def step(self, m: Message, loc: Loc) -> None:
+        role = m["role"]
+        if role == "system":
+            if self.position:
+                self.add("misplaced_system", "a system message after the start of the conversation", _role(loc))
+            self.position += 1
+            return
+        if self.state == "calls" and role != "tool" and self.open and self.calls_at:
+            self.add("unanswered_tool_call", f"tool call(s) {', '.join(map(show, self.open))} get no tool result "
+                     f"before the next {role} message", _field(self.calls_at, ".tool_calls"))
+            # Judge this message as if the results had come: one defect, one finding.
+            self.open, self.state = [], "tool_done" if role == "assistant" else "assistant"
+        if role == "user":
+            if self.state == "user":
+                self.add("role_order", "two user messages in a row", _role(loc))
+            elif self.state == "tool_done":
+                self.add("role_order", "a user message right after tool results; the assistant answers them first",
+                         _role(loc))
+            self.state = "user"
+        elif role == "assistant":
+            if self.state == "start":
+                self.add("role_order", "the conversation starts with an assistant message; start with a user "
+                         "message (after an optional system message)", _role(loc))
+            elif self.state == "assistant":
+                self.add("role_order", "two assistant messages in a row", _role(loc))
+            self._calls(m, loc)
+        elif role == "tool":
+            self._result(m, loc)
+        self.position += 1
+
+    def _calls(self, m: Message, loc: Loc) -> None:
+        calls = m.get("tool_calls") or []
+        if not calls:
+            self.state = "assistant"
+            return
+        self.open, self.calls_at, self.state = [], loc, "calls"
+        for j, call in enumerate(calls):
+            if call["id"] in self.ids:
+                self.add("duplicate_tool_call_id", f"tool call id {show(call['id'])} is used twice in this row",
+                         _field(loc, f".tool_calls[{j}].id"))
+            self.ids.add(call["id"])
+            self.open.append(call["id"])
+            name = call["function"]["name"]
+            if self.tools is None:
+                if not self.warned_tools:
+                    self.warned_tools = True
+                    self.add("no_tools_declared", f"the row calls {show(name)} but declares no tools",
+                             _field(loc, f".tool_calls[{j}].function.name"))
+            elif name not in self.tools:
+                self.add("unknown_tool", f"calls {show(name)}, which is not among the row's tools "
+                         f"({', '.join(sorted(self.tools)) or 'none'})", _field(loc, f".tool_calls[{j}].function.name"))
+
+    def _result(self, m: Message, loc: Loc) -> None:
+        call_id = m.get("tool_call_id")
+        if self.open:
+            if call_id in self.open:
+                self.open.remove(call_id)
+            elif call_id is None:
+                self.open.pop(0)
+            else:
+                self.add("unknown_tool_call_id", f"tool_call_id {show(call_id)} answers no pending call (pending: "
+                         f"{', '.join(map(show, self.open))})", _field(loc, ".tool_call_id"))
+                self.open.pop(0)  # taken as the answer to the oldest call, so what follows is judged on its own
+            self.state = "calls" if self.open else "tool_done"
+        elif self.state == "tool_done" and call_id is not None:
+            self.add("unknown_tool_call_id", f"tool_call_id {show(call_id)} answers no pending call (every call "
+                     "already has its result)", _field(loc, ".tool_call_id"))
+        else:
+            self.add("role_order", "a tool result with no assistant tool call before it", _role(loc))
+            self.state = "tool_done"
+
+    def run(self, messages: list[Message], locs: list[Loc]) -> None:
+        for m, loc in zip(messages, locs, strict=True):
+            self.step(m, loc)
+
+
+def check(record: Record, locs: Locs, ending: str = "ends_without_answer") -> list[Finding]:
+    """Every conversation finding for one record. `ending` is the code for a conversation that does not
+    end with an answer: a warning in general, an error (`unpaired_turn`) where LLaMA-Factory drops the row."""
+    out: list[Finding] = []
+    kind = kind_of(record)
+    if kind == "text":
+        return out
+    tools = record.get("tools")
+    names = {t["function"]["name"] for t in tools} if tools else None
+    for key in ("messages", "prompt", "chosen", "rejected", "completion"):
+        for m, loc in zip(record.get(key, []), locs.get(key, []), strict=False):
+            if not m["content"].strip() and not m.get("tool_calls"):
+                out.append(finding("empty_content", f"the {m['role']} message is empty", _content(loc)))
+    walk = _Walk(out, names)
+    if kind == "chat":
+        messages, where = record["messages"], locs["messages"]
+        walk.run(messages, where)
+        assistants = [m for m in messages if m["role"] == "assistant"]
+        if not assistants:
+            out.append(finding("no_assistant", "the conversation has no assistant message", _list_path(where)))
+        elif all(m.get("weight") == 0 for m in assistants):
+            out.append(finding("nothing_to_train", "every assistant message has weight 0", _list_path(where)))
+        elif walk.state in ("user", "tool_done"):
+            last = messages[-1]
+            out.append(finding(ending, f"the conversation ends with a {last['role']} message", _role(where[-1])))
+    else:
+        _answers(record, locs, walk, kind, out)
+    _media(record, out)
+    return out
+
+
+def _answers(record: Record, locs: Locs, walk: _Walk, kind: str, out: list[Finding]) -> None:
+    """Preference and feedback rows: a prompt that an answer can follow, and answers that continue it."""
+    prompt, where = record["prompt"], locs["prompt"]
+    code = "bad_preference" if kind == "preference" else "bad_feedback"
+    walk.run(prompt, where)
+    if not [m for m in prompt if m["role"] != "system"]:
+        out.append(finding(code, "the prompt has no user message", _list_path(where) if where else "$"))
+        walk.state = "user"
+    elif walk.state not in ("user", "tool_done"):
+        out.append(finding(code, f"the prompt ends with an {prompt[-1]['role']} message; the answer must follow a "
+                           "user turn", _role(where[-1])))
+        walk.state, walk.open = "user", []
+    sides = ("chosen", "rejected") if kind == "preference" else ("completion",)
+    for side in sides:
+        walk.copy().run(record[side], locs[side])
+    if kind == "preference" and _same(record["chosen"], record["rejected"]):
+        out.append(finding("identical_preference", "chosen and rejected are identical", _content(locs["chosen"][0])))
+
+
+def _same(a: list[Message], b: list[Message]) -> bool:
+    strip = ("weight",)
+    return [{k: v for k, v in m.items() if k not in strip} for m in a] == \
+           [{k: v for k, v in m.items() if k not in strip} for m in b]
+
+
+def _media(record: Record, out: list[Finding]) -> None:
+    """LLaMA-Factory's rule: one <image> (<video>, <audio>) placeholder per file in the column."""
+    for key, token in _PLACEHOLDERS.items():
+        files = record.get(key)
+        if not files:
+            continue
+        used = sum(m["content"].count(token) for side in ("messages", "prompt", "chosen", "completion")
+                   for m in record.get(side, []))
+        if used != len(files):
+            out.append(finding("image_count_mismatch", f"{len(files)} file(s) in {key} but {used} {token} "
+                               "placeholder(s) in the messages", f"$.{key}"))
+
+
+def raw_messages(row: Any, fmt: str) -> list[tuple[str, Any]]:
+    """OpenAI-style raw message lists in a row (with their paths), for the checks made before reading."""
+    if not isinstance(row, dict) or fmt not in ("openai", "trl"):
+        return []
+    out = []
+    for key in ("messages", "prompt", "completion", "chosen", "rejected", "preferred_output", "non_preferred_output"):
+        if isinstance(row.get(key), list):
+            out.append((f"$.{key}", row[key]))
+    if isinstance(row.get("input"), dict) and isinstance(row["input"].get("messages"), list):
+        out.append(("$.input.messages", row["input"]["messages"]))
+    return out

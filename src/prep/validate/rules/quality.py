@@ -1,0 +1,190 @@
+"""Quality warnings, as the legacy OpenAI data tool gave them and a little further: exact duplicate
+rows, near-duplicates between a training and a validation file, rows longer than a character
+limit, answers in capitals, and (over a whole file) answers that are all identical or all share a
+prefix or suffix.
+
+Near-duplicates: word-bigram shingles of the row's text, a bottom-k MinHash sketch (k=64) per row,
+and an inverted index over the validation rows' sketches; a training row whose estimated Jaccard
+similarity to a validation row is at least 0.7 makes that validation row a near-duplicate.
+Memory grows with the validation file (64 hashes per row) and with one 8-byte key per row for the
+exact-duplicate check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import re
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+
+from prep.findings import Finding, Source
+from prep.records import Record, kind_of
+from prep.validate.codes import finding
+from prep.validate.locate import Locs
+
+SKETCH = 64
+NEAR = 0.7
+MIN_ROWS_FOR_PATTERNS = 5
+MIN_AFFIX = 4
+_WORD = re.compile(r"\w+")
+_UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_LOWER = _UPPER.lower()
+
+
+def content_key(record: Record) -> int:
+    """64-bit hash of the record's content (its id left out): equal keys, equal rows."""
+    body = json.dumps({k: v for k, v in record.items() if k != "id"}, sort_keys=True, ensure_ascii=False)
+    return int.from_bytes(hashlib.blake2b(body.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+def all_text(record: Record) -> str:
+    if isinstance(record.get("text"), str):
+        return record["text"]
+    return "\n".join(m["content"] for key in ("messages", "prompt", "chosen", "rejected", "completion")
+                     for m in record.get(key, []))
+
+
+def answer(record: Record) -> str | None:
+    """The text the model is trained to produce last: what the legacy tool called the completion."""
+    kind = kind_of(record)
+    side = {"chat": "messages", "preference": "chosen", "feedback": "completion"}.get(kind)
+    if side is None:
+        return None
+    texts = [m["content"] for m in record[side] if m["role"] == "assistant" and m["content"]]
+    return texts[-1] if texts else None
+
+
+def row_checks(record: Record, locs: Locs, max_chars: int) -> list[Finding]:
+    out = []
+    size = len(all_text(record))
+    if size > max_chars:
+        out.append(finding("too_long_text", f"the row holds {size:,} characters (limit {max_chars:,})", "$"))
+    for key in ("messages", "chosen", "completion"):
+        for m, loc in zip(record.get(key, []), locs.get(key, []), strict=False):
+            if m["role"] == "assistant" and _shouting(m["content"]):
+                out.append(finding("mostly_uppercase", "the answer is mostly in capitals", loc[0] + loc[2]))
+    return out
+
+
+def _shouting(text: str) -> bool:
+    ascii_text = text.encode("ascii", "ignore")
+    upper = len(ascii_text) - len(ascii_text.translate(None, _UPPER))
+    lower = len(ascii_text) - len(ascii_text.translate(None, _LOWER))
+    return upper + lower >= 20 and upper > 0.7 * (upper + lower)
+
+
+class Duplicates:
+    """Exact duplicates within one split (the training files, or the validation files)."""
+
+    def __init__(self) -> None:
+        self.first: dict[int, Source] = {}
+
+    def check(self, key: int, source: Source) -> Finding | None:
+        earlier = self.first.setdefault(key, source)
+        if earlier is source:
+            return None
+        where = f"line {earlier.line}" if earlier.file == source.file else str(earlier)
+        return finding("duplicate_row", f"the row repeats {where}", "$").at(source)
+
+
+@dataclass
+class Answers:
+    """Running state over a file's answers: are they all the same, and what do they all start/end with."""
+
+    rows: int = 0
+    first: str | None = None
+    same: bool = True
+    prefix: str = ""
+    suffix: str = ""
+
+    def add(self, text: str | None) -> None:
+        if text is None:
+            return
+        self.rows += 1
+        if self.first is None:
+            self.first, self.prefix, self.suffix = text, text, text[::-1]
+            return
+        self.same = self.same and text == self.first
+        self.prefix = _common(self.prefix, text)
+        self.suffix = _common(self.suffix, text[::-1])
+
+    def findings(self, name: str) -> list[Finding]:
+        if self.rows < MIN_ROWS_FOR_PATTERNS:
+            return []
+        where = Source(name, 0, 0)
+        if self.same:
+            return [finding("identical_completions", f"all {self.rows} answers are the same text").at(where)]
+        out = []
+        if len(self.prefix.strip()) >= MIN_AFFIX:
+            out.append(finding("common_prefix", f"all {self.rows} answers start with "
+                               f"{json.dumps(self.prefix[:40])}").at(where))
+        suffix = self.suffix[::-1]
+        if len(suffix.strip()) >= MIN_AFFIX:
+            out.append(finding("common_suffix", f"all {self.rows} answers end with "
+                               f"{json.dumps(suffix[-40:])}").at(where))
+        return out
+
+
+def _common(a: str, b: str) -> str:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return a[:i]
+
+
+def sketch(text: str) -> list[int]:
+    """Bottom-k MinHash sketch over word bigrams (single words for one-word texts), sorted."""
+    words = _WORD.findall(text.casefold())
+    grams = {" ".join(words[i:i + 2]) for i in range(max(len(words) - 1, 1))} if words else {""}
+    return sorted(heapq.nsmallest(SKETCH, {zlib.crc32(g.encode("utf-8", "surrogatepass")) for g in grams}))
+
+
+def similarity(a: list[int], b: list[int]) -> float:
+    """Estimated Jaccard similarity of two texts from their sketches."""
+    union = sorted(set(a) | set(b))[:SKETCH]
+    both = set(a) & set(b)
+    return sum(1 for h in union if h in both) / len(union)
+
+
+@dataclass
+class _Entry:
+    sketch: list[int]
+    key: int
+    source: Source
+    reported: bool = False
+
+
+@dataclass
+class NearDuplicates:
+    """Validation rows indexed by sketch; training rows are looked up as they stream by."""
+
+    entries: list[_Entry] = field(default_factory=list)
+    index: dict[int, list[int]] = field(default_factory=dict)
+
+    def add(self, record: Record, key: int, source: Source) -> None:
+        entry = _Entry(sketch(all_text(record)), key, source)
+        for h in entry.sketch:
+            self.index.setdefault(h, []).append(len(self.entries))
+        self.entries.append(entry)
+
+    def check(self, record: Record, key: int, source: Source) -> Finding | None:
+        """A finding placed at the validation row this training row (nearly) repeats, once per such row."""
+        if not self.entries:
+            return None
+        mine = sketch(all_text(record))
+        hits = Counter(i for h in mine for i in self.index.get(h, ()))
+        for i, shared in hits.most_common():
+            entry = self.entries[i]
+            if entry.reported or shared < 0.5 * min(len(mine), len(entry.sketch)):
+                continue
+            score = 1.0 if entry.key == key else similarity(mine, entry.sketch)
+            if score >= NEAR:
+                entry.reported = True
+                how = "repeats" if entry.key == key else f"is ~{score:.0%} similar to"
+                return finding("near_duplicate", f"this validation row {how} training row {source}",
+                               "$").at(entry.source)
+        return None
