@@ -18,7 +18,7 @@ The helpers below are what format readers use to pull typed fields out of a row 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
 from typing import Any
 
 from prep.findings import RowError, Source, row_error
@@ -49,7 +49,7 @@ def record_id(row: Any, source: Source, key: str = "id") -> str:
         own = row.get(key)
         if isinstance(own, (str, int)) and not isinstance(own, bool) and str(own).strip():
             return str(own)
-    return f"{Path(source.file).name}:{source.row}"
+    return f"{os.path.basename(source.file)}:{source.row}"  # not pathlib: this runs once per row
 
 
 def require_object(row: Any, what: str) -> dict[str, Any]:
