@@ -93,6 +93,23 @@ def test_alpaca_preference_feedback_and_legacy_ranking() -> None:
     assert read("alpaca", {"instruction": "q", "output": ["good", "bad"]})["chosen"] == [bot("good")]
 
 
+def finding(fn: Any, *args: Any, **kw: Any) -> str:
+    """The RowError `fn` raises, as a user sees it."""
+    with pytest.raises(RowError) as e:
+        fn(*args, **kw)
+    return str(e.value.findings[0])
+
+
+def test_messages_read_well() -> None:
+    assert finding(read, "sharegpt", {"conversations": [{"from": "human"}]}) == (
+        "$.conversations[0].value missing_field: required field 'value' is missing (add 'value' to $.conversations[0])")
+    assert finding(read, "openai", {"other": 1}) == (
+        "$.messages missing_field: required field 'messages' is missing (add 'messages' to the row)")
+    assert finding(write, "autotrain", {"id": "1", "messages": [{"role": "system", "content": "s"}]}) == (
+        "$.messages[0] not_expressible: autotrain cannot express a message with role 'system' or fields beyond "
+        "role/content (convert to openai or trl, which hold every record kind but text)")
+
+
 def test_alpaca_reader_refusals() -> None:
     assert refused(read, "alpaca", {"input": "x", "output": "y"}) == ("missing_field", "$.instruction")
     assert refused(read, "alpaca", {"instruction": "q"}) == ("missing_field", "$.output")

@@ -68,7 +68,7 @@ def get(row: dict[str, Any], key: str, path: str = "$", *, required: bool = True
     """row[key], or a `missing_field` finding; null counts as absent (Arrow fills absent fields with null)."""
     value = row.get(key)
     if value is None and required:
-        raise row_error("missing_field", f"required field {key!r} is missing", hint or f"add {key!r} to the row",
+        raise row_error("missing_field", f"required field {key!r} is missing", hint or f"add {key!r} to " + ("the row" if path == "$" else path),
                         f"{path}.{key}")
     return value
 
@@ -265,4 +265,4 @@ def refuse_media(record: Record, fmt: str) -> None:
 def not_expressible(fmt: str, what: str, hint: str = "", path: str = "$") -> RowError:
     """A writer's refusal: the target format cannot hold this record without losing something."""
     return row_error("not_expressible", f"{fmt} cannot express {what}",
-                     hint or "convert to openai (or trl), which can hold it", path)
+                     hint or "convert to openai or trl, which hold every record kind but text", path)
