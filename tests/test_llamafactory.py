@@ -161,6 +161,9 @@ def test_num_samples_subset_is_seeded(tmp_path: Path) -> None:
     _, other = through_registry(reg, "a", tmp_path, seed=7)
     assert (tally.read, tally.written) == (50, 50) and len(set(ids(first))) == 50
     assert ids(first) == ids(again) and ids(first) != ids(other)
+    done = run_prep("convert", "--dataset-info", str(reg), "--dataset", "a", "--to", "openai", "-o",
+                    str(tmp_path / "cli.jsonl"))
+    assert "(dataset_info: a, num_samples 50 of 999 rows)" in done.stderr.decode()
     numbers = [int(i.split(":")[1]) for i in ids(first)]
     assert numbers == sorted(numbers)  # a subset kept in file order
 

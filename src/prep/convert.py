@@ -6,6 +6,7 @@ named) and LLaMA-Factory registry entries, as one stream of canonical record bat
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -47,11 +48,13 @@ def read_inputs(inputs: Inputs, formats_seen: dict[str, str] | None = None) -> I
     yield from read_records(inputs.files, inputs.format, inputs.settings, inputs.container, inputs.txt_split, note)
     for entry in entries:
         rows: Iterator[Batch[Any]] = chain.from_iterable(read_rows(f) for f in entry.files)
+        sampled = ""
         if entry.num_samples:
             total = sum(len(b.items) + len(b.rejects) for f in entry.files for b in read_rows(f))
             rows = lf.sample(rows, lf.sample_plan(total, entry.num_samples, inputs.seed))
+            sampled = f", num_samples {entry.num_samples} of {total} rows"  # why `read` differs from the file
         for f in entry.files:
-            note(f, f"{entry.format} (dataset_info: {entry.name})")
+            note(f, f"{entry.format} (dataset_info: {entry.name}{sampled})")
         yield from to_records(rows, entry.format, make_options(entry.format, entry.settings))
 
 
@@ -70,6 +73,8 @@ def convert(inputs: Inputs, to: str, output: str = "-", *, rejects: str | None =
     when the whole run succeeds."""
     if to not in WRITABLE:
         raise PrepError(f"cannot write {to!r}; one of {', '.join(WRITABLE)}")
+    if rejects and os.path.abspath(rejects) == os.path.abspath(output):
+        raise PrepError(f"{rejects}: the output and the rejects file must differ")
     result = ConvertResult(Tally(), {}, output)
     records = read_inputs(inputs, result.formats)
     rows = from_records(records, to, make_options(to, settings if settings is not None else inputs.settings), ids)
