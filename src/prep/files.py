@@ -19,12 +19,12 @@ import re
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import IO, TYPE_CHECKING, Any
 
 from prep.findings import Batch, Finding, PrepError, Source
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 CONTAINERS = ("jsonl", "json", "csv", "tsv", "parquet", "txt")
 TXT_SPLITS = ("file", "paragraph", "line")
@@ -42,6 +42,19 @@ _ENCODING_HINT = "re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 IN
 _BLANKS = re.compile(r"[ \t\r\n]*")
 
 csv.field_size_limit(2**31 - 1)
+
+
+def _arrow() -> Any:
+    """pyarrow, imported on first use: it costs a quarter second at start-up, and plain
+    JSONL/CSV runs never need it."""
+    import pyarrow
+
+    return pyarrow
+
+
+def _arrow_errors() -> tuple[type[Exception], ...]:
+    """Arrow's exceptions, if Arrow is in use (it cannot have raised anything otherwise)."""
+    return (sys.modules["pyarrow"].ArrowException,) if "pyarrow" in sys.modules else ()
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -74,6 +87,7 @@ def _open_binary(path: str) -> IO[bytes]:
         if compression == "gzip":
             return gzip.open(path, "rb")
         if compression == "zstd":
+            pa = _arrow()
             return io.BufferedReader(pa.CompressedInputStream(pa.OSFile(path, "rb"), "zstd"))
         return open(path, "rb")  # noqa: SIM115 - closed by the caller's ExitStack
     except OSError as e:
@@ -360,8 +374,10 @@ def _read_parquet(path: str, name: str) -> Iterator[Item]:
     if path == "-" or split_suffix(path)[1]:
         raise PrepError(f"{name}: Parquet is read from a plain file (it is compressed inside already)")
     try:
+        import pyarrow.parquet as pq
+
         pfile = pq.ParquetFile(path)
-    except (OSError, pa.ArrowException) as e:
+    except (OSError, *_arrow_errors()) as e:
         raise PrepError(f"{name}: not a readable Parquet file: {e}") from None
     row = 0
     for table in pfile.iter_batches(batch_size=BATCH_ROWS):
@@ -438,7 +454,7 @@ def read_rows(path: str, container: str | None = None, txt_split: str = "file",
                 if len(batch.items) + len(batch.rejects) >= batch_rows:
                     yield batch
                     batch = Batch()
-        except (OSError, EOFError, pa.ArrowException) as e:
+        except (OSError, EOFError, *_arrow_errors()) as e:
             raise PrepError(f"{name}: read failed: {e}") from None
         if batch.items or batch.rejects:
             yield batch
@@ -482,6 +498,7 @@ class RowWriter:
         if compress and self.compression:
             # Arrow's gzip header has no file name and no time (Python's gzip would record the
             # temporary name): same rows, same bytes.
+            pa = _arrow()
             return pa.CompressedOutputStream(pa.OSFile(path, "wb"), self.compression)
         return open(path, "wb")  # noqa: SIM115 - closed in close()/abort()
 
@@ -567,6 +584,7 @@ def _spool_to_parquet(spool: str, out: str) -> None:
     """One schema for all rows: every column any row has (absent: null), each column's Arrow
     type unified over all rows; a column whose values cannot share a type (tool arguments of
     different shapes, numbers beside strings) is stored as JSON text instead."""
+    pa = _arrow()
     columns: dict[str, None] = {}
     for chunk in _spooled(spool):
         for row in chunk:
@@ -599,6 +617,8 @@ def _json_text(value: Any) -> str | None:
 
 
 def _write_parquet(tables: Iterable[pa.Table], schema: pa.Schema, out: str) -> None:
+    import pyarrow.parquet as pq
+
     with pq.ParquetWriter(out, schema, compression="zstd") as writer:
         for table in tables:
             writer.write_table(table)
