@@ -29,7 +29,7 @@ from prep.formats import FORMATS, READABLE, detect, make_options, module
 from prep.records import Record, kind_of, record_id, type_name
 from prep.validate import filechecks, schemas
 from prep.validate.codes import CODES, ERROR, finding, normalized
-from prep.validate.locate import locate, text_path
+from prep.validate.locate import Lazy, text_path
 from prep.validate.rules import content, conversation, quality, text
 from prep.validate.schemas import show
 from prep.validate.stats import Stats
@@ -212,9 +212,10 @@ class FileCheck:
             if not errors:
                 found += [normalized(f) for f in e.findings]
         if record is not None:
-            self.ctx.stats.add(record)
+            whole = quality.all_text(record)
+            self.ctx.stats.add(record, whole)
             if not errors:
-                found += self._semantics(row, record)
+                found += self._semantics(row, record, whole)
         return record, _unique(found)
 
     def _structure(self, row: dict[str, Any]) -> list[Finding]:
@@ -239,9 +240,9 @@ class FileCheck:
                                               f"not in the file (first row's fields: {', '.join(list(row)[:8])})",
                                               f"$.{column}").at(source))
 
-    def _semantics(self, row: dict[str, Any], record: Record) -> list[Finding]:
-        locs = locate(self.fmt, row, record, self.options)
-        found = conversation.check(record, locs, self.ending) + text.check(record, locs, self.text_path)
+    def _semantics(self, row: dict[str, Any], record: Record, whole: str) -> list[Finding]:
+        locs = Lazy(self.fmt, row, record, self.options)
+        found = conversation.check(record, locs, self.ending) + text.check(record, locs, self.text_path, whole)
         kind = kind_of(record)
         if self.ctx.kind and KINDS[self.ctx.kind] != kind:
             found.append(finding("wrong_kind", f"the row is {kind} data, not {self.ctx.kind} "
@@ -252,7 +253,7 @@ class FileCheck:
                 found.append(finding("mixed_kinds", f"the row is {kind} data but the file started with "
                                      f"{self.first_kind} rows"))
         if not any(f.severity == ERROR for f in found):
-            found += quality.row_checks(record, locs, self.ctx.max_chars)
+            found += quality.row_checks(record, locs, self.ctx.max_chars, whole)
         return found
 
     # ---- the stage

@@ -8,6 +8,7 @@ that keep a message in a plain string column have empty suffixes (`$.output`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from prep.records import Record, kind_of
@@ -32,6 +33,28 @@ def locate(fmt: str, row: Any, record: Record, options: Any) -> Locs:
         if key in out and len(locs) == len(out[key]):
             out[key] = locs
     return out
+
+
+class Lazy(Mapping[str, list[Loc]]):
+    """`locate(...)`, worked out only when a rule first asks (most rows have no finding to place)."""
+
+    def __init__(self, fmt: str, row: Any, record: Record, options: Any) -> None:
+        self._args: tuple[Any, ...] | None = (fmt, row, record, options)
+        self._locs: Locs = {}
+
+    def _all(self) -> Locs:
+        if self._args is not None:
+            self._locs, self._args = locate(*self._args), None
+        return self._locs
+
+    def __getitem__(self, key: str) -> list[Loc]:
+        return self._all()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
 
 
 def _list(path: str, n: int, role: str = ".role", content: str = ".content", start: int = 0) -> list[Loc]:

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prep.records import Record, kind_of
-from prep.validate.rules.quality import all_text
 
 
 def quantile(ordered: list[int] | list[float], q: float) -> float:
@@ -64,10 +63,11 @@ class Stats:
     assistant_characters: Distribution = field(default_factory=Distribution)
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def add(self, record: Record) -> None:
+    def add(self, record: Record, whole: str) -> None:
+        """`whole`: the record's text (`quality.all_text`)."""
         kind = kind_of(record)
         self.kinds[kind] += 1
-        self.characters.add(len(all_text(record)))
+        self.characters.add(len(whole))
         if kind == "text":
             return
         messages = conversation(record)

@@ -10,12 +10,13 @@ tool results), and each answer continues the prompt under the same grammar.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from prep.findings import Finding
 from prep.records import Message, Record, kind_of
 from prep.validate.codes import finding
-from prep.validate.locate import Loc, Locs
+from prep.validate.locate import Loc
 from prep.validate.schemas import show
 
 _PLACEHOLDERS = {"images": "<image>", "videos": "<video>", "audios": "<audio>"}
@@ -42,16 +43,16 @@ def _list_path(locs: list[Loc]) -> str:
 class _Walk:
     """The grammar as a state machine over one conversation (copied to continue a prompt twice)."""
 
-    def __init__(self, out: list[Finding], tools: set[str] | None) -> None:
-        self.out, self.tools = out, tools
+    def __init__(self, out: list[Finding], tools: set[str] | None, locs: Mapping[str, list[Loc]]) -> None:
+        self.out, self.tools, self.locs = out, tools, locs
         self.state, self.position = "start", 0
         self.open: list[str] = []
-        self.calls_at: Loc | None = None
+        self.calls_at: tuple[str, int] | None = None
         self.ids: set[str] = set()
         self.warned_tools = False
 
     def copy(self) -> _Walk:
-        other = _Walk(self.out, self.tools)
+        other = _Walk(self.out, self.tools, self.locs)
         other.state, other.position, other.open = self.state, self.position, list(self.open)
         other.calls_at, other.ids, other.warned_tools = self.calls_at, set(self.ids), self.warned_tools
         return other
@@ -59,46 +60,50 @@ class _Walk:
     def add(self, code: str, message: str, path: str) -> None:
         self.out.append(finding(code, message, path))
 
-    def step(self, m: Message, loc: Loc) -> None:
+    def step(self, m: Message, key: str, i: int) -> None:
         role = m["role"]
+        at = (key, i)
         if role == "system":
             if self.position:
-                self.add("misplaced_system", "a system message after the start of the conversation", _role(loc))
+                self.add("misplaced_system", "a system message after the start of the conversation", _role(self.loc(at)))
             self.position += 1
             return
         if self.state == "calls" and role != "tool" and self.open and self.calls_at:
             self.add("unanswered_tool_call", f"tool call(s) {', '.join(map(show, self.open))} get no tool result "
-                     f"before the next {role} message", _field(self.calls_at, ".tool_calls"))
+                     f"before the next {role} message", _field(self.loc(self.calls_at), ".tool_calls"))
             # Judge this message as if the results had come: one defect, one finding.
             self.open, self.state = [], "tool_done" if role == "assistant" else "assistant"
         if role == "user":
             if self.state == "user":
-                self.add("role_order", "two user messages in a row", _role(loc))
+                self.add("role_order", "two user messages in a row", _role(self.loc(at)))
             elif self.state == "tool_done":
                 self.add("role_order", "a user message right after tool results; the assistant answers them first",
-                         _role(loc))
+                         _role(self.loc(at)))
             self.state = "user"
         elif role == "assistant":
             if self.state == "start":
                 self.add("role_order", "the conversation starts with an assistant message; start with a user "
-                         "message (after an optional system message)", _role(loc))
+                         "message (after an optional system message)", _role(self.loc(at)))
             elif self.state == "assistant":
-                self.add("role_order", "two assistant messages in a row", _role(loc))
-            self._calls(m, loc)
+                self.add("role_order", "two assistant messages in a row", _role(self.loc(at)))
+            self._calls(m, at)
         elif role == "tool":
-            self._result(m, loc)
+            self._result(m, at)
         self.position += 1
 
-    def _calls(self, m: Message, loc: Loc) -> None:
+    def loc(self, at: tuple[str, int]) -> Loc:
+        return self.locs[at[0]][at[1]]
+
+    def _calls(self, m: Message, at: tuple[str, int]) -> None:
         calls = m.get("tool_calls") or []
         if not calls:
             self.state = "assistant"
             return
-        self.open, self.calls_at, self.state = [], loc, "calls"
+        self.open, self.calls_at, self.state = [], at, "calls"
         for j, call in enumerate(calls):
             if call["id"] in self.ids:
                 self.add("duplicate_tool_call_id", f"tool call id {show(call['id'])} is used twice in this row",
-                         _field(loc, f".tool_calls[{j}].id"))
+                         _field(self.loc(at), f".tool_calls[{j}].id"))
             self.ids.add(call["id"])
             self.open.append(call["id"])
             name = call["function"]["name"]
@@ -106,12 +111,12 @@ class _Walk:
                 if not self.warned_tools:
                     self.warned_tools = True
                     self.add("no_tools_declared", f"the row calls {show(name)} but declares no tools",
-                             _field(loc, f".tool_calls[{j}].function.name"))
+                             _field(self.loc(at), f".tool_calls[{j}].function.name"))
             elif name not in self.tools:
                 self.add("unknown_tool", f"calls {show(name)}, which is not among the row's tools "
-                         f"({', '.join(sorted(self.tools)) or 'none'})", _field(loc, f".tool_calls[{j}].function.name"))
+                         f"({', '.join(sorted(self.tools)) or 'none'})", _field(self.loc(at), f".tool_calls[{j}].function.name"))
 
-    def _result(self, m: Message, loc: Loc) -> None:
+    def _result(self, m: Message, at: tuple[str, int]) -> None:
         call_id = m.get("tool_call_id")
         if self.open:
             if call_id in self.open:
@@ -120,24 +125,25 @@ class _Walk:
                 self.open.pop(0)
             else:
                 self.add("unknown_tool_call_id", f"tool_call_id {show(call_id)} answers no pending call (pending: "
-                         f"{', '.join(map(show, self.open))})", _field(loc, ".tool_call_id"))
+                         f"{', '.join(map(show, self.open))})", _field(self.loc(at), ".tool_call_id"))
                 self.open.pop(0)  # taken as the answer to the oldest call, so what follows is judged on its own
             self.state = "calls" if self.open else "tool_done"
         elif self.state == "tool_done" and call_id is not None:
             self.add("unknown_tool_call_id", f"tool_call_id {show(call_id)} answers no pending call (every call "
-                     "already has its result)", _field(loc, ".tool_call_id"))
+                     "already has its result)", _field(self.loc(at), ".tool_call_id"))
         else:
-            self.add("role_order", "a tool result with no assistant tool call before it", _role(loc))
+            self.add("role_order", "a tool result with no assistant tool call before it", _role(self.loc(at)))
             self.state = "tool_done"
 
-    def run(self, messages: list[Message], locs: list[Loc]) -> None:
-        for m, loc in zip(messages, locs, strict=True):
-            self.step(m, loc)
+    def run(self, key: str, messages: list[Message]) -> None:
+        for i, m in enumerate(messages):
+            self.step(m, key, i)
 
 
-def check(record: Record, locs: Locs, ending: str = "ends_without_answer") -> list[Finding]:
+def check(record: Record, locs: Mapping[str, list[Loc]], ending: str = "ends_without_answer") -> list[Finding]:
     """Every conversation finding for one record. `ending` is the code for a conversation that does not
-    end with an answer: a warning in general, an error (`unpaired_turn`) where LLaMA-Factory drops the row."""
+    end with an answer: a warning in general, an error (`unpaired_turn`) where LLaMA-Factory drops the row.
+    `locs` is consulted only to place a finding."""
     out: list[Finding] = []
     kind = kind_of(record)
     if kind == "text":
@@ -145,42 +151,44 @@ def check(record: Record, locs: Locs, ending: str = "ends_without_answer") -> li
     tools = record.get("tools")
     names = {t["function"]["name"] for t in tools} if tools else None
     for key in ("messages", "prompt", "chosen", "rejected", "completion"):
-        for m, loc in zip(record.get(key, []), locs.get(key, []), strict=False):
+        for i, m in enumerate(record.get(key, ())):
             if not m["content"].strip() and not m.get("tool_calls"):
-                out.append(finding("empty_content", f"the {m['role']} message is empty", _content(loc)))
-    walk = _Walk(out, names)
+                out.append(finding("empty_content", f"the {m['role']} message is empty", _content(locs[key][i])))
+    walk = _Walk(out, names, locs)
     if kind == "chat":
-        messages, where = record["messages"], locs["messages"]
-        walk.run(messages, where)
+        messages = record["messages"]
+        walk.run("messages", messages)
         assistants = [m for m in messages if m["role"] == "assistant"]
         if not assistants:
-            out.append(finding("no_assistant", "the conversation has no assistant message", _list_path(where)))
+            out.append(finding("no_assistant", "the conversation has no assistant message",
+                               _list_path(locs["messages"])))
         elif all(m.get("weight") == 0 for m in assistants):
-            out.append(finding("nothing_to_train", "every assistant message has weight 0", _list_path(where)))
+            out.append(finding("nothing_to_train", "every assistant message has weight 0",
+                               _list_path(locs["messages"])))
         elif walk.state in ("user", "tool_done"):
-            last = messages[-1]
-            out.append(finding(ending, f"the conversation ends with a {last['role']} message", _role(where[-1])))
+            out.append(finding(ending, f"the conversation ends with a {messages[-1]['role']} message",
+                               _role(locs["messages"][-1])))
     else:
         _answers(record, locs, walk, kind, out)
     _media(record, out)
     return out
 
 
-def _answers(record: Record, locs: Locs, walk: _Walk, kind: str, out: list[Finding]) -> None:
+def _answers(record: Record, locs: Mapping[str, list[Loc]], walk: _Walk, kind: str, out: list[Finding]) -> None:
     """Preference and feedback rows: a prompt that an answer can follow, and answers that continue it."""
-    prompt, where = record["prompt"], locs["prompt"]
+    prompt = record["prompt"]
     code = "bad_preference" if kind == "preference" else "bad_feedback"
-    walk.run(prompt, where)
+    walk.run("prompt", prompt)
     if not [m for m in prompt if m["role"] != "system"]:
-        out.append(finding(code, "the prompt has no user message", _list_path(where) if where else "$"))
+        out.append(finding(code, "the prompt has no user message", _list_path(locs["prompt"]) if prompt else "$"))
         walk.state = "user"
     elif walk.state not in ("user", "tool_done"):
         out.append(finding(code, f"the prompt ends with an {prompt[-1]['role']} message; the answer must follow a "
-                           "user turn", _role(where[-1])))
+                           "user turn", _role(locs["prompt"][-1])))
         walk.state, walk.open = "user", []
     sides = ("chosen", "rejected") if kind == "preference" else ("completion",)
     for side in sides:
-        walk.copy().run(record[side], locs[side])
+        walk.copy().run(side, record[side])
     if kind == "preference" and _same(record["chosen"], record["rejected"]):
         out.append(finding("identical_preference", "chosen and rejected are identical", _content(locs["chosen"][0])))
 

@@ -5,12 +5,12 @@ runs of zero-width characters (warnings: invisible, yet they cost tokens)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from prep.findings import Finding
 from prep.records import Record
 from prep.validate.codes import finding
-from prep.validate.locate import Locs
-from prep.validate.rules.quality import all_text
+from prep.validate.locate import LISTS, Loc
 
 _CONTROL_BYTES = bytes([*range(0, 9), 11, 12, *range(14, 32), 127])
 _ZERO_WIDTH = ("\u200b", "\u200c", "\u200d", "\u2060", "\ufeff")
@@ -45,13 +45,16 @@ def scan_text(text: str, path: str) -> list[Finding]:
     return out
 
 
-def check(record: Record, locs: Locs, text_path: str) -> list[Finding]:
+def check(record: Record, locs: Mapping[str, list[Loc]], text_path: str, whole: str) -> list[Finding]:
+    """`whole` is the record's text (`quality.all_text`): one quick test rules most rows out."""
     if isinstance(record.get("text"), str):
         return scan_text(record["text"], text_path)
-    if not suspicious(all_text(record)):
+    if not suspicious(whole):
         return []
     out = []
-    for key, where in locs.items():
-        for m, loc in zip(record[key], where, strict=False):
-            out.extend(scan_text(m["content"], loc[0] + loc[2]))
+    for key in LISTS:
+        for i, m in enumerate(record.get(key, ())):
+            if suspicious(m["content"]):
+                loc = locs[key][i]
+                out.extend(scan_text(m["content"], loc[0] + loc[2]))
     return out
