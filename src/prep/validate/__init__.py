@@ -29,7 +29,7 @@ from prep.formats import FORMATS, READABLE, detect, make_options, module
 from prep.records import Record, kind_of, record_id, type_name
 from prep.validate import filechecks, schemas
 from prep.validate.codes import CODES, ERROR, finding, normalized
-from prep.validate.locate import Lazy, text_path
+from prep.validate.locate import Lazy, canonical, text_path
 from prep.validate.rules import content, conversation, quality, text
 from prep.validate.schemas import show
 from prep.validate.stats import Stats
@@ -335,6 +335,22 @@ def _csv_cells(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def check_records(batches: Iterable[Batch[Record]]) -> Iterator[Batch[Record]]:
+    """Stage for the later verbs (records -> validate -> records): the conversation and text rules on
+    canonical records, at the records' own paths; a record with an error becomes a reject, warnings pass."""
+    for batch in batches:
+        out: Batch[Record] = batch.carry()
+        for record, source in zip(batch.items, batch.sources, strict=True):
+            locs = canonical(record)
+            found = conversation.check(record, locs) + text.check(record, locs, "$.text", quality.all_text(record))
+            errors = [f for f in found if f.severity == ERROR]
+            if errors:
+                out.reject(source, errors, record)
+            else:
+                out.add(record, source)
+        yield out
+
+
 # ---------------------------------------------------------------- the verb
 
 
@@ -472,4 +488,5 @@ def _escape_surrogates(value: Any) -> Any:
     return value
 
 
-__all__ = ["FORMATS", "KINDS", "Context", "FileCheck", "FileReport", "Findings", "Report", "split_roles", "validate"]
+__all__ = ["FORMATS", "KINDS", "Context", "FileCheck", "FileReport", "Findings", "Report", "check_records", "split_roles",
+           "validate"]
