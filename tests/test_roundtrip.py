@@ -6,6 +6,7 @@ out in one format, reads them back, and compares canonical records (ids included
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -153,3 +154,15 @@ def test_sharegpt_round_trip_of_glaive_style_row() -> None:
         "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]}
     row = through("openai", through("sharegpt", [record]))
     assert row == [record]
+
+
+@SETTINGS
+@given(st.lists(text, min_size=1, max_size=5))
+def test_text_records_round_trip_through_text_trl_and_autotrain(texts: list[str]) -> None:
+    recs = [{"id": f"t{i}", "text": t} for i, t in enumerate(texts)]
+    assert through("text", recs) == recs
+    assert through("trl", recs) == recs
+    # AutoTrain reads a `text` cell whose lines start with its role prefixes as a dialogue
+    plain = [r for r in recs if not re.search(r"(^|\n|\\n)[ \t]*(human|bot):", r["text"], re.IGNORECASE)]
+    if plain:
+        assert through("autotrain", plain) == plain
