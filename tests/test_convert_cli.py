@@ -136,16 +136,22 @@ def test_autotrain_dpo_sample_to_openai_dpo() -> None:
     assert rows[2]["non_preferred_output"] == [{"role": "assistant", "content": "hbd"}]
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    path = tmp_path_factory.mktemp("ref") / "ref.jsonl"
+    assert run_prep("convert", str(SAMPLES / "openai.jsonl"), "--to", "openai", "-o", str(path)).returncode == 0
+    return out_rows(path)
+
+
 @pytest.mark.parametrize("name", ["o.jsonl", "o.json", "o.csv", "o.tsv", "o.parquet", "o.jsonl.gz", "o.json.zst"])
-def test_every_output_container_reads_back_the_same_records(tmp_path: Path, name: str) -> None:
-    reference = tmp_path / "ref.jsonl"
-    assert run_prep("convert", str(SAMPLES / "openai.jsonl"), "--to", "openai", "-o", str(reference)).returncode == 0
+def test_every_output_container_reads_back_the_same_records(tmp_path: Path, name: str,
+                                                            reference: list[dict[str, Any]]) -> None:
     out = tmp_path / name
     assert run_prep("convert", str(SAMPLES / "openai.jsonl"), "--to", "openai", "-o", str(out)).returncode == 0
     again = tmp_path / "again.jsonl"
     done = run_prep("convert", "openai", str(out), "--to", "openai", "-o", str(again))
     assert done.returncode == 0, done.stderr
-    assert out_rows(again) == out_rows(reference)
+    assert out_rows(again) == reference
 
 
 def test_several_inputs_each_detected(tmp_path: Path) -> None:
