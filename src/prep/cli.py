@@ -5,8 +5,10 @@ User data never produces a traceback; set PREP_DEBUG=1 to see one for a bug in p
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -15,6 +17,7 @@ from prep import __version__
 from prep.files import CONTAINERS, TXT_SPLITS
 from prep.findings import PrepError, Tally
 from prep.formats import READABLE, WRITABLE
+from prep.templates import OVERFLOW, TRAIN_ON
 
 
 class _Group(click.Group):
@@ -61,32 +64,62 @@ def _report_rejects(tally: Tally, rejects_file: str | None) -> None:
         click.echo("  keep every rejected row with its reasons: --rejects FILE", err=True)
 
 
+_SETTINGS = ("system", "text_column", "rejected_text_column", "prompt_text_column", "human_prefix", "bot_prefix")
+_INPUT_OPTIONS = (
+    click.argument("args", nargs=-1, metavar="[FROM] INPUT..."),
+    click.option("--from", "source", type=click.Choice(("auto", *READABLE)), help="Input format (same as FROM)."),
+    click.option("--dataset-info", type=click.Path(), help="A LLaMA-Factory dataset_info.json (or its folder)."),
+    click.option("--dataset", "datasets", multiple=True, help="Entry of --dataset-info to read (repeatable)."),
+    click.option("--input-type", type=click.Choice(CONTAINERS), help="File type when the name does not tell."),
+    click.option("--txt-split", type=click.Choice(TXT_SPLITS), default="file", show_default=True,
+                 help="A .txt file is one document, or one per blank-line-separated paragraph, or per line."),
+    click.option("--system", help="CoQA system prompt; {story} is replaced by the story."),
+    click.option("--text-column", help="AutoTrain: dialogue/chosen column [text]."),
+    click.option("--rejected-text-column", help="AutoTrain: rejected column [rejected_text]."),
+    click.option("--prompt-text-column", help="AutoTrain: prompt column [prompt]."),
+    click.option("--human-prefix", help="AutoTrain: user turn prefix [human:]."),
+    click.option("--bot-prefix", help="AutoTrain: assistant turn prefix [bot:]."),
+    click.option("--seed", default=42, show_default=True, help="Seed for dataset_info num_samples."),
+)
+
+
+def input_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The input side of every verb that reads records ([FROM] INPUT..., --from, --dataset-info/--dataset
+    and the format options), defined once; the command receives them as one `inputs: Inputs`."""
+
+    @functools.wraps(command)
+    def wrapper(**kw: Any) -> Any:
+        from prep.convert import Inputs
+
+        files, source = list(kw.pop("args")), kw.pop("source")
+        if files and files[0] in ("auto", *READABLE) and not os.path.exists(files[0]):
+            if source and source != files[0]:
+                raise click.UsageError(f"FROM {files[0]!r} and --from {source!r} disagree")
+            source = files.pop(0)
+        settings = {k: v for k in _SETTINGS if (v := kw.pop(k)) is not None}
+        kw["inputs"] = Inputs(files, source or "auto", settings, kw.pop("input_type"), kw.pop("txt_split"),
+                              kw.pop("dataset_info"), kw.pop("datasets"), kw.pop("seed"))
+        return command(**kw)
+
+    for option in reversed(_INPUT_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def _require_inputs(inputs: Any) -> None:
+    if not inputs.files and not inputs.datasets:
+        raise click.UsageError("give INPUT files, or --dataset-info FILE --dataset NAME")
+
+
 @main.command()
-@click.argument("args", nargs=-1, metavar="[FROM] INPUT...")
+@input_options
 @click.option("--to", "to", required=True, type=click.Choice(WRITABLE), help="Format to write.")
 @click.option("-o", "--output", default="-", show_default=True,
               help="Output file (.jsonl .json .csv .tsv .parquet, optionally .gz/.zst); - for stdout.")
-@click.option("--from", "source", type=click.Choice(("auto", *READABLE)), help="Input format (same as FROM).")
 @click.option("--rejects", type=click.Path(dir_okay=False), help="Keep rejected rows with their reasons (JSONL).")
-@click.option("--dataset-info", type=click.Path(), help="A LLaMA-Factory dataset_info.json (or its folder).")
-@click.option("--dataset", "datasets", multiple=True, help="Entry of --dataset-info to read (repeatable).")
-@click.option("--input-type", type=click.Choice(CONTAINERS), help="File type when the name does not tell.")
-@click.option("--txt-split", type=click.Choice(TXT_SPLITS), default="file", show_default=True,
-              help="A .txt file is one document, or one per blank-line-separated paragraph, or per line.")
-@click.option("--system", help="CoQA system prompt; {story} is replaced by the story.")
-@click.option("--text-column", help="AutoTrain: dialogue/chosen column [text].")
-@click.option("--rejected-text-column", help="AutoTrain: rejected column [rejected_text].")
-@click.option("--prompt-text-column", help="AutoTrain: prompt column [prompt].")
-@click.option("--human-prefix", help="AutoTrain: user turn prefix [human:].")
-@click.option("--bot-prefix", help="AutoTrain: assistant turn prefix [bot:].")
 @click.option("--ids/--no-ids", default=True, show_default=True, help="Write each row's id.")
-@click.option("--seed", default=42, show_default=True, help="Seed for dataset_info num_samples.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def convert(args: tuple[str, ...], to: str, output: str, source: str | None, rejects: str | None,
-            dataset_info: str | None, datasets: tuple[str, ...], input_type: str | None, txt_split: str,
-            system: str | None, text_column: str | None, rejected_text_column: str | None,
-            prompt_text_column: str | None, human_prefix: str | None, bot_prefix: str | None,
-            ids: bool, seed: int, quiet: bool) -> None:
+def convert(inputs: Any, to: str, output: str, rejects: str | None, ids: bool, quiet: bool) -> None:
     """Convert INPUT files (or --dataset entries) to another format.
 
     FROM is `auto` (the default: detected per file) or one of alpaca, sharegpt, openai, trl,
@@ -99,20 +132,9 @@ def convert(args: tuple[str, ...], to: str, output: str, source: str | None, rej
       prep convert autotrain chats.csv --text-column dialogue --to sharegpt -o chats.jsonl
       prep convert --dataset-info data/dataset_info.json --dataset glaive_toolcall_en_demo --to openai
     """
-    from prep.convert import Inputs
     from prep.convert import convert as run
 
-    files = list(args)
-    if files and files[0] in ("auto", *READABLE) and not os.path.exists(files[0]):
-        if source and source != files[0]:
-            raise click.UsageError(f"FROM {files[0]!r} and --from {source!r} disagree")
-        source = files.pop(0)
-    if not files and not datasets:
-        raise click.UsageError("give INPUT files, or --dataset-info FILE --dataset NAME")
-    settings = {k: v for k, v in dict(system=system, text_column=text_column, rejected_text_column=rejected_text_column,
-                                      prompt_text_column=prompt_text_column, human_prefix=human_prefix,
-                                      bot_prefix=bot_prefix).items() if v is not None}
-    inputs = Inputs(files, source or "auto", settings, input_type, txt_split, dataset_info, datasets, seed)
+    _require_inputs(inputs)
     result = run(inputs, to, output, rejects=rejects, ids=ids)
     if not quiet:
         for path, fmt in result.formats.items():
@@ -173,6 +195,146 @@ def validate(inputs: tuple[str, ...], fmt: str, kind: str | None, validation: tu
     elif report_file:
         show.write_json(result, report_file)
     sys.exit(result.exit_code)
+
+
+@main.command()
+@input_options
+@click.option("--template", "name", help="Template name (see --list); default: the --tokenizer's own chat template.")
+@click.option("--tokenizer", help="Tokenizer folder: its chat template, and the BOS/EOS tokens templates write.")
+@click.option("--train-on", type=click.Choice(TRAIN_ON), default="auto", show_default=True,
+              help="Which spans carry loss: assistant turns, the last one, all text, or message contents.")
+@click.option("-o", "--output", help="Write {id, text, spans} rows here (.jsonl .json .parquet ...); default: "
+              "stdout, unless --show.")
+@click.option("--show", type=click.IntRange(min=0), default=0, help="Print the first N rows, trained text in colour.")
+@click.option("--rejects", type=click.Path(dir_okay=False), help="Keep rows that cannot be rendered, with reasons.")
+@click.option("--list", "list_templates", is_flag=True, help="List the templates and exit.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+def template(inputs: Any, name: str | None, tokenizer: str | None, train_on: str, output: str | None, show: int,
+             rejects: str | None, list_templates: bool, quiet: bool) -> None:
+    """Render INPUT conversations with a chat template: the exact text a model trains on, and the
+    character spans that carry loss.
+
+    \b
+    Examples:
+      prep template --list
+      prep template samples/openai.jsonl --template chatml --show 2
+      prep template data.jsonl --tokenizer ./Qwen2.5-7B-Instruct -o rendered.jsonl
+    """
+    from rich.console import Console
+
+    from prep.templates import describe
+    from prep.templates import template as run
+
+    console = Console(highlight=False, soft_wrap=True)
+    if list_templates:
+        from rich.text import Text
+
+        for n, summary in describe():
+            console.print(Text.assemble((f"{n:<10}", "bold"), " ", summary))
+        return
+    _require_inputs(inputs)
+    shown = 0
+
+    def show_row(row: dict[str, Any]) -> None:
+        nonlocal shown
+        if shown < show:
+            shown += 1
+            console.rule(f"{row['id']}", align="left")
+            console.print(_highlight(row))
+
+    result = run(inputs, name, tokenizer, output or (None if show else "-"), train_on=train_on, rejects=rejects,
+                 show=show_row if show else None)
+    if not quiet:
+        for path, fmt in result.formats.items():
+            click.echo(f"{path}: read as {fmt}", err=True)
+        click.echo(f"{result.tally.summary()} (template {result.template})" + (f" -> {output}" if output else ""),
+                   err=True)
+        _report_rejects(result.tally, rejects)
+    sys.exit(1 if result.tally.rejected_total else 0)
+
+
+def _highlight(row: dict[str, Any]) -> Any:
+    """A rendered row as rich text: trained spans green, the rest grey (preference: prompt grey,
+    chosen green, rejected red)."""
+    from rich.text import Text
+
+    from prep.inspection import TRAINED, UNTRAINED
+
+    if "spans" not in row:
+        text = Text(row["prompt"], style=UNTRAINED)
+        for side, style in (("chosen", TRAINED), ("rejected", "red"), ("completion", TRAINED)):
+            if side in row:
+                text.append(f"\n[{side}]\n", style="bold")
+                text.append(row[side], style=style)
+        return text
+    text = Text(row["text"], style=UNTRAINED)
+    for start, end in row["spans"]:
+        text.stylize(TRAINED, start, end)
+    return text
+
+
+@main.command()
+@input_options
+@click.option("--tokenizer", required=True, help="Tokenizer folder (tokenizer.json, tokenizer_config.json), or a "
+              "hub id already in the local cache.")
+@click.option("--template", "name", help="Template (prep template --list); default: the tokenizer's own.")
+@click.option("--kind", type=click.Choice(("sft", "dpo", "kto", "pretrain")),
+              help="Shard kind; default: from the first record (chat: sft, preference: dpo, feedback: kto, "
+              "text: pretrain).")
+@click.option("--train-on", type=click.Choice(TRAIN_ON), default="auto", show_default=True,
+              help="Loss on: every assistant turn, the last one, all tokens, or message contents.")
+@click.option("--max-len", type=click.IntRange(min=2), help="Longest row in tokens.")
+@click.option("--overflow", type=click.Choice(OVERFLOW), default="drop", show_default=True,
+              help="A row over --max-len: reject it, cut it (keeping the EOS trained), or drop trailing turns.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes tokenizing batches (order and output do not depend on it).")
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False), help="Shard folder.")
+@click.option("--rejects", type=click.Path(dir_okay=False), help="Keep rejected and cut rows with reasons (JSONL).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+def tokenize(inputs: Any, tokenizer: str, name: str | None, kind: str | None, train_on: str, max_len: int | None,
+             overflow: str, workers: int, outdir: str, rejects: str | None, quiet: bool) -> None:
+    """Tokenize INPUT records into unpacked shards: token ids and labels, token-exact.
+
+    \b
+    Examples:
+      prep tokenize data.jsonl --tokenizer ./Qwen2.5-7B-Instruct -o shards/
+      prep tokenize alpaca_data.json --tokenizer ./llama3 --template llama3 --max-len 2048 --overflow truncate -o s/
+      prep tokenize --dataset-info data/dataset_info.json --dataset dpo_en_demo --tokenizer ./tok -o dpo/
+    """
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from prep.tokenize import tokenize as run
+
+    _require_inputs(inputs)
+    console = Console(stderr=True, highlight=False)
+    with Progress(TextColumn("[bold]tokenize"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                  console=console, disable=quiet) as bar:
+        task = bar.add_task("tokenize", total=None, info="loading the tokenizer")
+        done = [0, 0, time.perf_counter()]  # rows, tokens, when tokenizing started
+
+        def progress(rows: int, tokens: int) -> None:
+            if not rows and not done[0]:  # called once before the first batch: rates leave out loading
+                done[2] = time.perf_counter()
+            done[0] += rows
+            done[1] += tokens
+            took = max(time.perf_counter() - done[2], 1e-9)
+            bar.update(task, info=f"{done[0]:,} rows {done[1]:,} tokens  {done[0] / took:,.0f} rows/s "
+                       f"{done[1] / took:,.0f} tokens/s")
+
+        result = run(inputs, tokenizer, outdir, template=name, kind=kind, train_on=train_on, max_len=max_len,
+                     overflow=overflow, workers=workers, rejects=rejects, progress=progress)
+    if not quiet:
+        for path, fmt in result.formats.items():
+            click.echo(f"{path}: read as {fmt}", err=True)
+        m = result.manifest
+        trained = f", {m['tokens']['loss']:,} trained" if m["kind"] in ("sft", "pretrain") else ""
+        click.echo(f"{result.tally.summary()}; {m['tokens']['total']:,} tokens{trained} ({m['kind']}, template "
+                   f"{(m['template'] or {}).get('name', 'none')}) -> {outdir}", err=True)
+        _report_rejects(result.tally, rejects)
+    sys.exit(1 if result.tally.rejected_total else 0)
 
 
 def _parse_size(text: str) -> tuple[int, float]:

@@ -1,0 +1,269 @@
+"""prep tokenize on the project's own tokenizer: labels from spans, overflow, kinds, workers, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import SAMPLES, run_prep
+from prep.convert import Inputs
+from prep.findings import Batch, PrepError, Source
+from prep.formats import read_records
+from prep.shards import read_manifest
+from prep.tokenize import Encoder, Settings, load_tokenizer, same_tokenizer, tokenize, tokenize_stage
+from prep.verify import verify
+
+TOKENIZER = str(SAMPLES / "tokenizer")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer(TOKENIZER)
+
+
+def rows(folder: Path) -> list[dict]:
+    return [r for s in read_manifest(folder)["shards"] for r in pq.read_table(folder / s["path"]).to_pylist()]
+
+
+def trained_runs(row: dict) -> list[list[int]]:
+    runs: list[list[int]] = []
+    previous = False
+    for token, label in zip(row["input_ids"], row["labels"], strict=True):
+        if label != -100:
+            assert label == token
+            if not previous:
+                runs.append([])
+            runs[-1].append(token)
+        previous = label != -100
+    return runs
+
+
+def m(role: str, content: str, **extra: object) -> dict:
+    return {"role": role, "content": content, **extra}
+
+
+def write_jsonl(path: Path, records: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return str(path)
+
+
+def test_sft_labels_are_the_assistant_answers(tmp_path, tok) -> None:
+    out = tmp_path / "shards"
+    result = tokenize(Inputs([str(SAMPLES / "openai.jsonl")]), tok, str(out))
+    assert result.tally.balanced and result.tally.rejected_total == 0
+    assert verify(out).ok
+    manifest = read_manifest(out)
+    assert manifest["template"]["name"] == "tokenizer" and manifest["train_on"] == "assistant"
+    assert manifest["tokenizer"]["vocab_size"] == len(tok.hf)
+    records = {r["id"]: r for b in read_records(
+        [str(SAMPLES / "openai.jsonl")]) for r in b.items}
+    for row in rows(out):
+        record = records[row["ids"][0]]
+        assert row["input_ids"] == tok.hf.apply_chat_template(record["messages"], tools=record.get("tools"),
+                                                              tokenize=True, return_dict=False)
+        trained = [m for m in record["messages"] if m["role"] == "assistant" and m.get("weight", 1)]
+        runs = [tok.hf.decode(r) for r in trained_runs(row)]
+        assert len(runs) == len(trained)
+        for text, message in zip(runs, trained, strict=True):
+            assert text.endswith("<|im_end|>")
+            if not message.get("tool_calls"):
+                assert text == message["content"] + "<|im_end|>"
+            for call in message.get("tool_calls", ()):
+                assert json.dumps(call["function"]["arguments"], ensure_ascii=False) in text
+        assert row["num_loss_tokens"] == sum(map(len, trained_runs(row)))
+        assert row["seq_lengths"] == [row["num_tokens"]] == [len(row["input_ids"])]
+    weightless = [r for r in records.values() if any(x.get("weight") == 0 for x in r["messages"])]
+    assert weightless, "openai.jsonl has a weight-0 turn"
+
+
+@pytest.mark.parametrize("train_on", ["last", "all", "content"])
+def test_train_on_policies(tmp_path, tok, train_on: str) -> None:
+    conversation = [m("system", "Be kind."), m("user", "Hi"), m("assistant", "Hello."), m("user", "Bye"),
+                    m("assistant", "See you.")]
+    out = tmp_path / train_on
+    tokenize(Inputs([write_jsonl(tmp_path / "c.jsonl", [{"messages": conversation}])]), tok, str(out),
+             train_on=train_on)
+    row = rows(out)[0]
+    runs = [tok.hf.decode(r) for r in trained_runs(row)]
+    if train_on == "last":
+        assert runs == ["See you.<|im_end|>"]
+    elif train_on == "all":
+        assert row["labels"] == row["input_ids"]
+    else:
+        assert runs == ["Be kind.", "Hi", "Hello.<|im_end|>", "Bye", "See you.<|im_end|>"]
+
+
+LONG = [m("user", "Count."), m("assistant", " ".join(str(i) for i in range(60))), m("user", "Again."),
+        m("assistant", " ".join(str(i) for i in range(60, 200)))]
+
+
+def test_overflow_drop_truncate_turns(tmp_path, tok) -> None:
+    data = write_jsonl(tmp_path / "long.jsonl", [{"id": "long", "messages": LONG}, {"id": "short", "messages": LONG[:2]}])
+    full = tok.hf.apply_chat_template(LONG, tokenize=True, return_dict=False)
+    first = tok.hf.apply_chat_template(LONG[:2], tokenize=True, return_dict=False)
+    max_len = len(first) + 40
+    assert len(full) > max_len
+
+    dropped = tokenize(Inputs([data]), tok, str(tmp_path / "drop"), max_len=max_len, rejects=str(tmp_path / "d.jsonl"))
+    assert dict(dropped.tally.rejected) == {"too_long": 1} and dropped.tally.written == 1
+    assert json.loads((tmp_path / "d.jsonl").read_text())["reasons"][0]["code"] == "too_long"
+
+    cut = tokenize(Inputs([data]), tok, str(tmp_path / "cut"), max_len=max_len, overflow="truncate",
+                   rejects=str(tmp_path / "t.jsonl"))
+    assert cut.tally.written == 2 and dict(cut.tally.altered) == {"truncated": 1}
+    assert cut.manifest["counts"]["altered"] == {"truncated": 1}
+    kept = json.loads((tmp_path / "t.jsonl").read_text())
+    assert kept["written"] is True and kept["reasons"][0]["code"] == "truncated"
+    row = next(r for r in rows(tmp_path / "cut") if r["ids"] == ["long"])
+    eot = tok.hf.convert_tokens_to_ids("<|im_end|>")
+    assert len(row["input_ids"]) == max_len
+    assert row["input_ids"][-1] == row["labels"][-1] == eot  # the cut answer still ends with its EOS, trained
+    assert row["input_ids"][:-1] == full[:max_len - 1]
+    assert verify(tmp_path / "cut").ok
+
+    turns = tokenize(Inputs([data]), tok, str(tmp_path / "turns"), max_len=max_len, overflow="turns")
+    assert dict(turns.tally.altered) == {"turns_dropped": 1}
+    row = next(r for r in rows(tmp_path / "turns") if r["ids"] == ["long"])
+    assert row["input_ids"] == first  # whole turns: exactly the conversation's first exchange
+    assert [tok.hf.decode(r) for r in trained_runs(row)] == [LONG[1]["content"] + "<|im_end|>"]
+
+
+def test_truncate_outside_an_answer_ends_at_the_last_whole_answer(tok) -> None:
+    conversation = [m("user", "Hi"), m("assistant", "Hello."), m("user", "x " * 80), m("assistant", "Done.")]
+    first = tok.hf.apply_chat_template(conversation[:2], tokenize=True, return_dict=False)
+    encoder = Encoder(tok.backend, tok.jinja(), tok.specials, Settings("sft", max_len=len(first) + 5,
+                                                                       overflow="truncate"))
+    batch = Batch()
+    batch.add({"id": "a", "messages": conversation}, Source("a.jsonl", 1, 1))
+    out, table = encoder(batch)
+    row = table.to_pylist()[0]
+    assert row["input_ids"] == first[:-1]  # ends with "<|im_end|>" of the first answer ("\n" after it is not kept)
+    assert row["labels"][-1] == tok.hf.convert_tokens_to_ids("<|im_end|>")
+    assert out.altered[0].findings[0].code == "truncated"
+
+
+def test_workers_give_identical_shards(tmp_path, tok) -> None:
+    inputs = Inputs([str(SAMPLES / "openai.jsonl"), str(SAMPLES / "sharegpt.jsonl"), str(SAMPLES / "alpaca.json")])
+    one = tokenize(inputs, tok, str(tmp_path / "one"), template="chatml")
+    two = tokenize(inputs, tok, str(tmp_path / "two"), template="chatml", workers=2)
+    assert [s["sha256"] for s in one.manifest["shards"]] == [s["sha256"] for s in two.manifest["shards"]]
+    assert one.manifest["counts"] == two.manifest["counts"]
+
+
+def test_dpo_and_kto_rows(tmp_path, tok) -> None:
+    dpo = tokenize(Inputs([str(SAMPLES / "trl_preference.jsonl")]), tok, str(tmp_path / "dpo"))
+    assert dpo.manifest["kind"] == "dpo" and verify(tmp_path / "dpo").ok
+    records = {r["id"]: r for b in read_records(
+        [str(SAMPLES / "trl_preference.jsonl")]) for r in b.items}
+    for row in rows(tmp_path / "dpo"):
+        record = records[row["ids"][0]]
+        prompt = tok.hf.apply_chat_template(record["prompt"], add_generation_prompt=True, tokenize=True,
+                                            return_dict=False)
+        assert row["prompt_input_ids"] == prompt
+        for side in ("chosen", "rejected"):
+            full = tok.hf.apply_chat_template(record["prompt"] + record[side], tokenize=True, return_dict=False)
+            assert row["prompt_input_ids"] + row[f"{side}_input_ids"] == full
+        assert row["num_tokens"] == sum(len(row[c]) for c in ("prompt_input_ids", "chosen_input_ids",
+                                                               "rejected_input_ids"))
+    kto = tokenize(Inputs([str(SAMPLES / "trl_kto.jsonl")]), tok, str(tmp_path / "kto"))
+    assert kto.manifest["kind"] == "kto" and verify(tmp_path / "kto").ok
+    labels = [r["label"] for r in rows(tmp_path / "kto")]
+    assert True in labels and False in labels
+
+
+def test_pretrain_text_ends_with_eos_and_trains_everything(tmp_path, tok) -> None:
+    result = tokenize(Inputs([str(SAMPLES / "text.jsonl")]), tok, str(tmp_path / "pt"))
+    assert result.manifest["kind"] == "pretrain" and result.manifest["template"] is None
+    eos = tok.hf.eos_token_id
+    for row in rows(tmp_path / "pt"):
+        assert row["labels"] == row["input_ids"] and row["input_ids"][-1] == eos
+        assert row["input_ids"].count(eos) == 1
+    with pytest.raises(PrepError, match="no template applies"):
+        tokenize(Inputs([str(SAMPLES / "text.jsonl")]), tok, str(tmp_path / "x"), template="chatml")
+
+
+def test_rows_that_cannot_be_trained_are_rejected_with_reasons(tmp_path, tok) -> None:
+    data = write_jsonl(tmp_path / "bad.jsonl", [
+        {"id": "ok", "messages": [m("user", "q"), m("assistant", "a")]},
+        {"id": "unanswered", "messages": [m("user", "q")]},
+        {"id": "silent", "messages": [m("user", "q"), m("assistant", "a", weight=0)]},
+        {"id": "image", "messages": [m("user", "<image>what?"), m("assistant", "a cat")], "images": ["c.png"]},
+    ])
+    result = tokenize(Inputs([data]), tok, str(tmp_path / "s"), rejects=str(tmp_path / "r.jsonl"))
+    assert result.tally.written == 1
+    assert dict(result.tally.rejected) == {"nothing_to_train": 2, "unsupported_media": 1}
+    assert result.tally.balanced and verify(tmp_path / "s").ok
+    encoder = Encoder(tok.backend, tok.jinja(), tok.specials, Settings("sft"))
+    batch = Batch()
+    batch.add({"id": "p", "prompt": [m("user", "q")], "chosen": [m("assistant", "a")],
+               "rejected": [m("assistant", "b")]}, Source("p.jsonl", 1, 1))
+    out, _ = encoder(batch)
+    assert out.rejects[0].findings[0].code == "wrong_kind" and "--kind dpo" in out.rejects[0].findings[0].hint
+
+
+def test_tokenize_stage_yields_row_dicts(tok) -> None:
+    encoder = Encoder(tok.backend, tok.jinja(), tok.specials, Settings("sft"))
+    batch = Batch()
+    batch.add({"id": "a", "messages": [m("user", "q"), m("assistant", "a")]}, Source("a.jsonl", 1, 1))
+    out = next(tokenize_stage([batch], encoder))
+    assert out.sources == batch.sources and out.items[0]["ids"] == ["a"]
+    assert set(out.items[0]) == {"input_ids", "labels", "seq_lengths", "num_tokens", "num_loss_tokens", "ids"}
+
+
+def test_fingerprint_identifies_the_tokenizer(tok) -> None:
+    fp = tok.fingerprint()
+    assert fp["name"] == "tokenizer" and fp["path"] == str(Path(TOKENIZER).resolve())
+    assert set(fp["files"]) == {"tokenizer.json", "tokenizer_config.json"}
+    assert fp["special_ids"]["eos"] == tok.hf.eos_token_id
+    assert same_tokenizer(fp, load_tokenizer(TOKENIZER).fingerprint())
+    assert not same_tokenizer(fp, {**fp, "sha256": "x", "vocab_sha256": "y"})
+
+
+def invoke(*args: str):
+    """The CLI in this process (the tokenizer stack is already imported): exit code, stdout, stderr."""
+    from click.testing import CliRunner
+
+    from prep.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.mark.slow
+def test_cli(tmp_path) -> None:
+    out = tmp_path / "s"
+    done = run_prep("tokenize", str(SAMPLES / "sharegpt.jsonl"), "--tokenizer", TOKENIZER, "-o", str(out),
+                    "--template", "chatml", "--max-len", "64", "--rejects", str(tmp_path / "r.jsonl"))
+    assert done.returncode == 1, done.stderr  # some conversations are longer than 64 tokens
+    assert b"too_long" in done.stderr and b"tokens/s" in done.stderr
+    assert read_manifest(out)["max_len"] == 64
+    # the input options shared with convert: --dataset-info/--dataset, FROM
+    lf = invoke("tokenize", "--dataset-info", str(SAMPLES / "dataset_info.json"), "--dataset", "alpaca_demo",
+                "--tokenizer", TOKENIZER, "-o", str(tmp_path / "lf"), "-q")
+    assert lf.exit_code == 0 and lf.stderr == "", lf.stderr
+    forced = invoke("tokenize", "sharegpt", str(SAMPLES / "sharegpt.jsonl"), "--tokenizer", TOKENIZER,
+                    "-o", str(tmp_path / "f"))
+    assert forced.exit_code == 0 and "read as sharegpt" in forced.stderr
+
+
+def test_clear_errors(tmp_path) -> None:
+    bare = tmp_path / "bare"
+    shutil.copytree(TOKENIZER, bare)
+    config = json.loads((bare / "tokenizer_config.json").read_text())
+    del config["chat_template"]
+    (bare / "tokenizer_config.json").write_text(json.dumps(config))
+    openai = str(SAMPLES / "openai.jsonl")
+    cases = [
+        (["--tokenizer", str(bare)], "no chat template and no --template"),
+        (["--tokenizer", str(tmp_path / "missing")], "not found: give a local folder"),
+        (["--tokenizer", TOKENIZER, "--template", "nope"], "unknown template 'nope'"),
+        (["--tokenizer", TOKENIZER, "--template", "llama3"], "is not one token of this tokenizer"),
+        (["--tokenizer", TOKENIZER, "--kind", "dpo", "--overflow", "turns"], "--overflow turns"),
+    ]
+    for args, message in cases:
+        done = invoke("tokenize", openai, "-o", str(tmp_path / "o"), *args)
+        assert done.exit_code == 2 and message in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr
