@@ -603,12 +603,23 @@ class JinjaTemplate:
                                     "use a tool-aware template (e.g. --template chatml)", f"$.messages[{i}].tool_calls")
             turns.append(Turn(i, "assistant", (at, at + len(content)), (start, end), m.get("weight", 1) != 0))
             pos = end
-        for k, tool in enumerate(tools or ()):
-            if tool["function"]["name"] not in full:
-                raise row_error("template_drops_content", f"the chat template of {self.label} does not write the tool "
-                                "definitions", "use a tool-aware template (e.g. --template chatml), or drop the tools",
-                                f"$.tools[{k}]")
+        if tools and self._same(full, messages, None):
+            raise row_error("template_drops_content", f"the chat template of {self.label} does not write the tool "
+                            "definitions", "use a tool-aware template (e.g. --template chatml), or drop the tools",
+                            "$.tools")
+        if any(m.get("tool_calls") for m in messages) and self._same(
+                full, [{k: v for k, v in m.items() if k != "tool_calls"} for m in messages], tools):
+            at = next(i for i, m in enumerate(messages) if m.get("tool_calls"))
+            raise row_error("template_drops_content", f"the chat template of {self.label} does not write tool calls",
+                            "use a tool-aware template (e.g. --template chatml)", f"$.messages[{at}].tool_calls")
         return Rendered(full, turns)
+
+    def _same(self, full: str, messages: Sequence[Message], tools: list[dict[str, Any]] | None) -> bool:
+        """Whether the conversation renders to `full` without what was taken out: then the template ignores it."""
+        try:
+            return self.text(messages, tools, False) == full
+        except Exception:  # noqa: BLE001 - a template may refuse the reduced conversation: then it uses the part
+            return False
 
     def _render(self, messages: Sequence[Message], tools: list[dict[str, Any]] | None, generation: bool) -> str:
         try:
