@@ -168,11 +168,16 @@ def convert(inputs: Any, to: str, output: str, rejects: str | None, ids: bool, q
 @click.option("--text-column", help="AutoTrain: dialogue/chosen column [text].")
 @click.option("--rejected-text-column", help="AutoTrain: rejected column [rejected_text].")
 @click.option("--prompt-text-column", help="AutoTrain: prompt column [prompt].")
+@click.option("--tokenizer", help="A tokenizer folder: adds token statistics and token-level checks.")
+@click.option("--template", help="Chat template for --tokenizer (default: the tokenizer's own; see "
+                                 "`prep template --list`).")
+@click.option("--max-len", type=click.IntRange(min=2), help="With --tokenizer: report rows longer than this.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the summary line.")
 def validate(inputs: tuple[str, ...], fmt: str, kind: str | None, validation: tuple[str, ...], strict: bool,
              report_file: str | None, rejects: str | None, min_rows: int, max_findings: int, max_chars: int,
              input_type: str | None, txt_split: str, text_column: str | None, rejected_text_column: str | None,
-             prompt_text_column: str | None, quiet: bool) -> None:
+             prompt_text_column: str | None, tokenizer: str | None, template: str | None, max_len: int | None,
+             quiet: bool) -> None:
     """Check INPUT files row by row and report every problem with its line, JSON path and a hint.
 
     Exit 0: no errors; 1: errors (or warnings with --strict); 2: could not run.
@@ -185,7 +190,7 @@ def validate(inputs: tuple[str, ...], fmt: str, kind: str | None, validation: tu
                                       prompt_text_column=prompt_text_column).items() if v is not None}
     result = run(inputs, validation=validation, format=fmt, kind=kind, settings=settings, container=input_type,
                  txt_split=txt_split, strict=strict, rejects=rejects, min_rows=min_rows, max_findings=max_findings,
-                 max_chars=max_chars)
+                 max_chars=max_chars, tokenizer=tokenizer, template=template, max_len=max_len)
     out = sys.stderr if report_file == "-" else sys.stdout
     if hasattr(out, "reconfigure"):
         out.reconfigure(errors="backslashreplace")  # a file name that is not UTF-8 must not crash the report

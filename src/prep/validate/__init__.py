@@ -11,6 +11,7 @@ with an error is rejected (kept with its findings by `--rejects`); warnings do n
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -21,7 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prep.files import BATCH_ROWS, RowWriter, display_name, read_rows, split_suffix
 from prep.findings import Batch, Finding, PrepError, Reject, RowError, Source, Tally
@@ -29,10 +30,13 @@ from prep.formats import FORMATS, READABLE, detect, make_options, module
 from prep.records import Record, kind_of, record_id, type_name
 from prep.validate import filechecks, schemas
 from prep.validate.codes import CODES, ERROR, finding, normalized
-from prep.validate.locate import Lazy, canonical, text_path
+from prep.validate.locate import Lazy, canonical, raw_path, text_path
 from prep.validate.rules import content, conversation, quality, text
 from prep.validate.schemas import show
 from prep.validate.stats import Stats
+
+if TYPE_CHECKING:
+    from prep.validate.tokens import TokenCheck
 
 KINDS = {"sft": "chat", "dpo": "preference", "kto": "feedback", "pretrain": "text"}
 EXAMPLES_PER_CODE = 5
@@ -156,6 +160,7 @@ class Context:
     duplicates: dict[str, quality.Duplicates] = field(default_factory=dict)
     near: quality.NearDuplicates = field(default_factory=quality.NearDuplicates)
     rejects: RowWriter | None = None
+    tokens: TokenCheck | None = None
 
 
 class FileCheck:
@@ -182,13 +187,14 @@ class FileCheck:
 
     # ---- one row
 
-    def check(self, row: Any, source: Source) -> tuple[Record | None, list[Finding]]:
-        """The row's canonical record (None if it cannot be read) and every finding about it."""
+    def check(self, row: Any, source: Source) -> tuple[Record | None, list[Finding], Lazy | None]:
+        """The row's canonical record (None if it cannot be read), every finding about it, and where its
+        messages are in the raw row (None when the record was not checked)."""
         if not isinstance(row, dict):
-            return None, [finding("not_an_object", f"a row must be a JSON object, got {type_name(row)}")]
+            return None, [finding("not_an_object", f"a row must be a JSON object, got {type_name(row)}")], None
         if self.fmt is None:
             fields = ", ".join(show(k, 20) for k in list(row)[:8]) or "none"
-            return None, [finding("unknown_format", f"no known format has these fields ({fields})")]
+            return None, [finding("unknown_format", f"no known format has these fields ({fields})")], None
         if self.report.container in ("csv", "tsv"):
             row = _csv_cells(row)
         if self.first_row:
@@ -201,11 +207,11 @@ class FileCheck:
             if other and other != self.fmt:
                 return None, [finding("mixed_formats", f"this row is {other} but the file is {self.fmt} (read from "
                                       f"its first rows)", "$", f"keep one format per file; split the file or "
-                                      f"convert these rows with `prep convert {other}`")]
+                                      f"convert these rows with `prep convert {other}`")], None
         else:
             found += content.check(row, self.fmt)
             errors = any(f.severity == ERROR for f in found)
-        record = None
+        record, locs = None, None
         try:
             record = {"id": record_id(row, source), **self.read(row, self.options)}
         except RowError as e:
@@ -215,8 +221,9 @@ class FileCheck:
             whole = quality.all_text(record)
             self.ctx.stats.add(record, whole)
             if not errors:
-                found += self._semantics(row, record, whole)
-        return record, _unique(found)
+                locs = Lazy(self.fmt, row, record, self.options)
+                found += self._semantics(record, locs, whole)
+        return record, _unique(found), locs
 
     def _structure(self, row: dict[str, Any]) -> list[Finding]:
         if not self.renames:
@@ -240,8 +247,7 @@ class FileCheck:
                                               f"not in the file (first row's fields: {', '.join(list(row)[:8])})",
                                               f"$.{column}").at(source))
 
-    def _semantics(self, row: dict[str, Any], record: Record, whole: str) -> list[Finding]:
-        locs = Lazy(self.fmt, row, record, self.options)
+    def _semantics(self, record: Record, locs: Lazy, whole: str) -> list[Finding]:
         found = conversation.check(record, locs, self.ending) + text.check(record, locs, self.text_path, whole)
         kind = kind_of(record)
         if self.ctx.kind and KINDS[self.ctx.kind] != kind:
@@ -267,12 +273,25 @@ class FileCheck:
             for r in out.rejects:
                 for f in r.findings:
                     sink.add(f)
+            passed: list[tuple[Any, Record, Source, Lazy, list[Finding]]] = []
             for row, source in zip(batch.items, batch.sources, strict=True):
-                record, found = self.check(row, source)
+                record, found, locs = self.check(row, source)
                 placed = [f.at(source) for f in found]
-                if any(f.severity == ERROR for f in placed):
+                if record is None or locs is None or any(f.severity == ERROR for f in placed):
+                    out.rejects.append(Reject(source, placed, row))
+                    for f in placed:
+                        sink.add(f)
+                else:
+                    passed.append((row, record, source, locs, placed))
+            tokens = self.ctx.tokens
+            counted = tokens.count([p[1] for p in passed], [p[2] for p in passed]) if tokens and passed else None
+            for k, (row, record, source, locs, placed) in enumerate(passed):
+                if counted and counted[k].errors:
+                    placed += [dataclasses.replace(f, path=raw_path(f.path, locs)).at(source) for f in counted[k].errors]
                     out.rejects.append(Reject(source, placed, row))
                 else:
+                    if counted:
+                        placed += [f.at(source) for f in tokens.check(record, counted[k], locs)]  # type: ignore[union-attr]
                     placed += self._accepted(record, source)
                     out.add(record, source)
                 for f in placed:
@@ -365,10 +384,13 @@ def split_roles(inputs: Sequence[str], validation: Sequence[str] = ()) -> list[t
 def validate(inputs: Sequence[str], *, validation: Sequence[str] = (), format: str = "auto", kind: str | None = None,
              settings: dict[str, Any] | None = None, container: str | None = None, txt_split: str = "file",
              strict: bool = False, rejects: str | None = None, min_rows: int = 1,
-             max_findings: int | None = MAX_FINDINGS, max_chars: int = MAX_CHARS) -> Report:
+             max_findings: int | None = MAX_FINDINGS, max_chars: int = MAX_CHARS, tokenizer: Any = None,
+             template: str | None = None, max_len: int | None = None) -> Report:
     """Check every row of every input; raise PrepError only when the run cannot start (missing file, bad option).
 
-    `validation` files are checked like the others and also for near-duplicates of the training rows."""
+    `validation` files are checked like the others and also for near-duplicates of the training rows.
+    With `tokenizer` (a folder, or a loaded prep.tokenize.Tokenizer) rows are also rendered with
+    `template` (default: the tokenizer's own) and tokenized, for token statistics and token checks."""
     if format != "auto" and format not in READABLE:
         raise PrepError(f"unknown format {format!r}; one of auto, {', '.join(READABLE)}")
     if kind is not None and kind not in KINDS:
@@ -381,8 +403,14 @@ def validate(inputs: Sequence[str], *, validation: Sequence[str] = (), format: s
     for path, _ in roles:
         if path != "-" and not os.path.isfile(path):
             raise PrepError(f"{path}: no such file")
+    if max_len is not None and tokenizer is None:
+        raise PrepError("--max-len counts tokens: give --tokenizer too")
     ctx = Context(format, kind, dict(settings or {}), container, txt_split, min_rows, max_chars,
                   Findings(max_findings))
+    if tokenizer is not None:
+        from prep.validate.tokens import TokenCheck
+
+        ctx.tokens = TokenCheck(tokenizer, template, max_len)
     reports = {path: FileReport(display_name(path), role) for path, role in roles}
     with contextlib.ExitStack() as stack:
         ctx.rejects = stack.enter_context(RowWriter(rejects, "jsonl")) if rejects else None
@@ -390,6 +418,8 @@ def validate(inputs: Sequence[str], *, validation: Sequence[str] = (), format: s
         for path, _ in sorted(roles, key=lambda pr: pr[1] != "validation"):
             with _local(path) as local:
                 _validate_file(local, reports[path], ctx)
+    if ctx.tokens:
+        ctx.stats.extra.update(ctx.tokens.stats())
     return Report(list(reports.values()), ctx.findings, ctx.stats, strict)
 
 

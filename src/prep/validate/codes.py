@@ -128,8 +128,14 @@ CODES: dict[str, Code] = {
     # ---- tokens (--tokenizer)
     "too_long": Code(WARNING, "tokens", "shorten the row or raise --max-len; building drops it (or truncates it "
                     "with --overflow truncate)"),
-    "no_trained_tokens": Code(ERROR, "tokens", "the row has no token that carries loss after masking; check "
-                              "weights and --train-on"),
+    "template_cannot_render": Code(ERROR, "tokens", "use --template chatml (tools, any role order) or the "
+                                   "tokenizer's own template"),
+    "template_not_prefix_stable": Code(ERROR, "tokens", "use a built-in --template for this data"),
+    "template_mismatch": Code(ERROR, "tokens", "use a built-in --template for this data"),
+    "template_drops_content": Code(ERROR, "tokens", "use a template that renders every message and tool"),
+    "template_error": Code(ERROR, "tokens", "fix the row, or use a built-in --template"),
+    "unsupported_media": Code(ERROR, "tokens", "drop the media columns, or leave multimodal rows out"),
+    "prompt_mismatch": Code(ERROR, "tokens", "check that both answers start the same way"),
     "special_token_text": Code(WARNING, "tokens", "user text contains a special-token string of the template; it "
                                "would be read as a control token"),
     # ---- writers (convert), listed so a reader/writer code never lacks a severity

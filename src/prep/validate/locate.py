@@ -8,6 +8,7 @@ that keep a message in a plain string column have empty suffixes (`$.output`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -170,3 +171,25 @@ def text_path(fmt: str, options: Any) -> str:
     """Where a text record's text lives in the raw row."""
     column = {"text": "column", "alpaca": "prompt", "autotrain": "text_column"}.get(fmt)
     return f"$.{getattr(options, column)}" if column else "$.text"
+
+
+_CANONICAL = re.compile(r"^\$\.(messages|prompt|chosen|rejected|completion)\[(\d+)\](\.role|\.content)?(.*)$")
+
+
+def raw_path(path: str, locs: Mapping[str, list[Loc]]) -> str:
+    """A canonical record path (`$.messages[2].content`, as the encoder reports) at the raw row's field."""
+    whole = re.fullmatch(r"\$\.(messages|prompt|chosen|rejected|completion)", path)
+    if whole and locs.get(whole.group(1)):
+        first = locs[whole.group(1)][0][0]
+        return re.sub(r"\[\d+\]$", "", first) if first.endswith("]") else first
+    m = _CANONICAL.match(path)
+    if not m or m.group(1) not in locs or int(m.group(2)) >= len(locs[m.group(1)]):
+        return path
+    loc = locs[m.group(1)][int(m.group(2))]
+    if not m.group(3) and not m.group(4):
+        return loc[0]
+    if m.group(3) == ".role":
+        return loc[0] + loc[1]
+    if m.group(3) == ".content" or loc[1] != ".role":
+        return loc[0] + loc[2]
+    return loc[0] + m.group(4)

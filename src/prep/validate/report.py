@@ -51,11 +51,14 @@ def table(report: Report) -> Table:
     return t
 
 
+def _num(x: float) -> str:
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
+
+
 def _dist(d: dict[str, float] | None) -> str:
     if not d:
         return "-"
-    return (f"min {d['min']:g}, max {d['max']:g}, mean {d['mean']:.4g}, median {d['median']:g}, "
-            f"p10 {d['p10']:.4g}, p90 {d['p90']:.4g}")
+    return ", ".join(f"{k} {_num(d[k])}" for k in ("min", "max", "mean", "median", "p10", "p90"))
 
 
 def summary_lines(report: Report) -> list[str]:
