@@ -151,3 +151,17 @@ def test_rejects_file_keeps_rows_with_their_reasons(tmp_path: Path) -> None:
     assert kept[1]["row"] == chat("Only a question?")
     assert kept[2]["row"]["messages"][0]["content"] == "\\ud800"  # spelled out: UTF-8 cannot hold it
     assert report.rows_read == report.rows_accepted + len(kept)
+
+
+def test_parquet_values_json_has_no_type_for(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"instruction": ["Say hi", "Say bye", "Say yes"], "output": [b"binary", None, None]}),
+                   str(path))
+    rejects = tmp_path / "rejects.jsonl"
+    report = run(path, format="alpaca", rejects=str(rejects))
+    assert_exactly(report, {(1, "wrong_type", "$.output"), (2, "missing_field", "$.output"),
+                            (3, "missing_field", "$.output"), (0, "too_few_rows", "$")})
+    assert json.loads(rejects.read_text().splitlines()[0])["row"]["output"] == repr(b"binary")

@@ -500,12 +500,15 @@ def _detect(batches: Iterator[Batch[Any]]) -> tuple[str | None, Iterator[Batch[A
 
 
 def _encodable(value: Any) -> Any:
-    """A reject as it can be written as UTF-8: unpaired surrogates are spelled out as `\\udXXX` text."""
+    """A reject as it can be written as JSON in UTF-8: unpaired surrogates are spelled out as `\\udXXX` text,
+    values JSON has no type for (Parquet bytes, dates) as their repr."""
     try:
         json.dumps(value, ensure_ascii=False).encode("utf-8")
         return value
     except UnicodeEncodeError:
         return _escape_surrogates(value)
+    except (TypeError, ValueError):
+        return _encodable(json.loads(json.dumps(value, default=repr)))
 
 
 def _escape_surrogates(value: Any) -> Any:
