@@ -19,17 +19,35 @@ process. Nothing is written to the repository.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import subprocess
 import sys
+
+# Python puts bench/ first on sys.path, where bench/tokenize.py would stand in for the standard
+# library's tokenize (imported by dataclasses -> inspect): take it off before anything else loads.
+# ruff: noqa: E402 - the imports below must come after this
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != os.path.dirname(os.path.realpath(__file__))]
+
+import argparse
+import importlib.util
+import json
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convert import FIXTURES, ROOT, replicate  # noqa: E402 - the sibling bench's fixture replicator
+
+def _sibling(name: str) -> Any:
+    """A module of this folder, loaded by its path (bench/ is not on sys.path, see above)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).resolve().parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = module  # type: ignore[union-attr]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+_convert = _sibling("convert")  # the fixture paths and replicator of bench/convert.py
+FIXTURES, ROOT, replicate = _convert.FIXTURES, _convert.ROOT, _convert.replicate
 
 PREP = """
 import json, sys, time
