@@ -12,11 +12,9 @@ exact-duplicate check.
 
 from __future__ import annotations
 
-import heapq
 import json
 import pickle
-import re
-import zlib
+import string
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,9 +26,10 @@ from prep.validate.locate import Loc
 
 SKETCH = 64
 NEAR = 0.7
+STOP = 20
 MIN_ROWS_FOR_PATTERNS = 5
 MIN_AFFIX = 4
-_WORD = re.compile(r"\w+")
+_PUNCTUATION = str.maketrans(dict.fromkeys(string.punctuation, " "))
 _UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _LOWER = _UPPER.lower()
 
@@ -146,10 +145,11 @@ def _common(a: str, b: str) -> str:
 
 
 def sketch(text: str) -> list[int]:
-    """Bottom-k MinHash sketch over word bigrams (single words for one-word texts), sorted."""
-    words = _WORD.findall(text.casefold())
-    grams = {" ".join(words[i:i + 2]) for i in range(max(len(words) - 1, 1))} if words else {""}
-    return sorted(heapq.nsmallest(SKETCH, {zlib.crc32(g.encode("utf-8", "surrogatepass")) for g in grams}))
+    """Bottom-k MinHash sketch over word bigrams (single words for one-word texts), sorted. Python's own
+    hash of a tuple: fast, and stable within the run, which is all the sketches are compared in."""
+    words = text.casefold().translate(_PUNCTUATION).split()
+    grams = {hash(g) for g in zip(words, words[1:], strict=False)} if len(words) > 1 else {hash(tuple(words))}
+    return sorted(grams)[:SKETCH]
 
 
 def similarity(a: list[int], b: list[int]) -> float:
@@ -169,30 +169,36 @@ class _Entry:
 
 @dataclass
 class NearDuplicates:
-    """Validation rows indexed by sketch; training rows are looked up as they stream by."""
+    """Validation rows indexed by sketch; training rows are looked up as they stream by. A sketch value
+    shared by more than STOP validation rows (a stock phrase) is not used to find candidates."""
 
     entries: list[_Entry] = field(default_factory=list)
     index: dict[int, list[int]] = field(default_factory=dict)
+    unreported: int = 0
 
     def add(self, record: Record, key: int, source: Source) -> None:
         entry = _Entry(sketch(all_text(record)), key, source)
         for h in entry.sketch:
             self.index.setdefault(h, []).append(len(self.entries))
         self.entries.append(entry)
+        self.unreported += 1
 
     def check(self, record: Record, key: int, source: Source) -> Finding | None:
         """A finding placed at the validation row this training row (nearly) repeats, once per such row."""
-        if not self.entries:
+        if not self.unreported:
             return None
         mine = sketch(all_text(record))
-        hits = Counter(i for h in mine for i in self.index.get(h, ()))
+        hits = Counter(i for h in mine if len(posting := self.index.get(h, ())) <= STOP for i in posting)
         for i, shared in hits.most_common():
             entry = self.entries[i]
-            if entry.reported or shared < 0.5 * min(len(mine), len(entry.sketch)):
+            if shared < 0.5 * min(len(mine), len(entry.sketch)):
+                break
+            if entry.reported:
                 continue
             score = 1.0 if entry.key == key else similarity(mine, entry.sketch)
             if score >= NEAR:
                 entry.reported = True
+                self.unreported -= 1
                 how = "repeats" if entry.key == key else f"is ~{score:.0%} similar to"
                 return finding("near_duplicate", f"this validation row {how} training row {source}",
                                "$").at(entry.source)
