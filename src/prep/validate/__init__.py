@@ -38,7 +38,9 @@ from prep.validate.stats import Stats
 if TYPE_CHECKING:
     from prep.validate.tokens import TokenCheck
 
-KINDS = {"sft": "chat", "dpo": "preference", "kto": "feedback", "pretrain": "text"}
+# The record kinds each --kind takes: prep.tokenize.ACCEPTS (a test keeps them equal), not imported from
+# there because prep.tokenize loads numpy and pyarrow, which validate does not otherwise need.
+KINDS = {"sft": ("chat", "text"), "dpo": ("preference",), "kto": ("feedback",), "pretrain": ("text",)}
 EXAMPLES_PER_CODE = 5
 MAX_FINDINGS = 10_000
 MAX_CHARS = 32_000
@@ -250,9 +252,9 @@ class FileCheck:
     def _semantics(self, record: Record, locs: Lazy, whole: str) -> list[Finding]:
         found = conversation.check(record, locs, self.ending) + text.check(record, locs, self.text_path, whole)
         kind = kind_of(record)
-        if self.ctx.kind and KINDS[self.ctx.kind] != kind:
-            found.append(finding("wrong_kind", f"the row is {kind} data, not {self.ctx.kind} "
-                                 f"({KINDS[self.ctx.kind]}) data"))
+        if self.ctx.kind and kind not in KINDS[self.ctx.kind]:
+            found.append(finding("wrong_kind", f"the row is {kind} data; --kind {self.ctx.kind} takes "
+                                 f"{' or '.join(KINDS[self.ctx.kind])} rows"))
         elif not self.ctx.kind:
             self.first_kind = self.first_kind or kind
             if kind != self.first_kind:
