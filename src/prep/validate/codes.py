@@ -2,7 +2,8 @@
 
 One table, so the README's list of codes, the severities in reports and the tests all agree:
 a code always has the same severity, whichever check raised it. The readers' own codes
-(src/prep/records.py, formats/, files.py) are here too, as errors.
+(src/prep/records.py, formats/, files.py) and those of templates/tokenize that validate can meet are
+here too.
 """
 
 from __future__ import annotations
@@ -138,8 +139,6 @@ CODES: dict[str, Code] = {
     "prompt_mismatch": Code(ERROR, "tokens", "check that both answers start the same way"),
     "special_token_text": Code(WARNING, "tokens", "user text contains a special-token string of the template; it "
                                "would be read as a control token"),
-    # ---- writers (convert), listed so a reader/writer code never lacks a severity
-    "not_expressible": Code(ERROR, "structure", "convert to openai (or trl), which can hold it"),
 }
 
 
