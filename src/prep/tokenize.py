@@ -17,6 +17,7 @@ come back in order, so the shards are byte-identical to a one-worker run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import json
@@ -275,7 +276,6 @@ class Encoder:
         ids = enc.ids
         if plan is None:  # plain text: every token trained
             ranges = [(0, len(ids))]
-            answers = ranges
             eot = self.eos_id
         else:
             ranges = _token_ranges(enc, plan[1])
@@ -296,14 +296,13 @@ class Encoder:
 
     def _drop_turns(self, record: Record, rendered: Rendered, enc: Any, n: int) -> tuple[_Row, Finding | None]:
         max_len = self.settings.max_len or 0
-        train_on = self.train_on
         messages = record["messages"]
         for turn in reversed([t for t in rendered.turns if t.answer]):
             end = enc.char_to_token(turn.answer[1] - 1)  # type: ignore[index]
             if end is None or end >= max_len or turn.index == len(messages) - 1:
                 continue
             shorter = self.template.render(messages[:turn.index + 1], record.get("tools"))  # type: ignore[union-attr]
-            spans = shorter.spans(train_on)
+            spans = shorter.spans(self.train_on)
             if not spans:
                 continue
             enc2 = self.backend.encode(shorter.text, add_special_tokens=False)
@@ -530,14 +529,15 @@ def _steady_gc() -> Iterator[None]:
     """Keep the cyclic garbage collector from rescanning, batch after batch, the millions of long-lived
     objects transformers and torch leave behind (measured: up to a third of a run): they are frozen out
     of its sight and young collections run less often. Restored afterwards; forked workers inherit it."""
-    threshold = gc.get_threshold()
+    threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
     gc.freeze()
     gc.set_threshold(max(threshold[0], 50_000), *threshold[1:])
     try:
         yield
     finally:
         gc.set_threshold(*threshold)
-        gc.unfreeze()
+        if not frozen:  # a caller that froze objects itself keeps them frozen
+            gc.unfreeze()
 
 
 def _first_kind(batches: Iterator[Batch[Record]]) -> tuple[str, Iterator[Batch[Record]]]:
@@ -596,7 +596,7 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, outdir: str, *, templat
         "template": {"name": tmpl.name, "sha256": tmpl.sha256} if tmpl else None,
         "train_on": {"sft": resolve_train_on(train_on, "chat"), "pretrain": "all"}.get(kind),
         "max_len": max_len, "overflow": overflow,
-        "inputs": [], "options": {"kind": kind, "format": inputs.format, "datasets": list(inputs.datasets)},
+        "inputs": [], "options": {"kind": kind, **{k: v for k, v in dataclasses.asdict(inputs).items() if k != "files"}},
     }
     with _steady_gc(), ShardWriter(outdir, kind, meta, rejects=rejects) as writer:
         if progress:
