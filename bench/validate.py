@@ -22,8 +22,9 @@ from __future__ import annotations
 import os
 import sys
 
-# Python puts bench/ first on sys.path, where bench/tokenize.py would stand in for the standard
-# library's tokenize (imported by dataclasses -> inspect): take it off before anything else loads.
+# Python puts bench/ first on sys.path, so a script here named like a module something imports would
+# stand in for it (a bench/tokenize.py once hid the standard library's tokenize): take bench/ off before
+# anything else loads; sibling scripts are loaded by their paths (_sibling).
 # ruff: noqa: E402 - the imports below must come after this
 sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != os.path.dirname(os.path.realpath(__file__))]
 

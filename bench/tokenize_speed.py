@@ -15,7 +15,7 @@ max-len 2048. Measured, in tokens per second of output:
 This machine is shared, so timings are noisy: every measurement is repeated (--repeat) with the
 kinds interleaved, and the best and the median are reported.
 
-    python bench/tokenize.py [--copies 20] [--repeat 3] [--skip-trl]
+    python bench/tokenize_speed.py [--copies 20] [--repeat 3] [--skip-trl]
 """
 
 from __future__ import annotations
@@ -64,8 +64,6 @@ def timed(fn: Any) -> tuple[float, Any]:
 
 
 def main() -> None:
-    # This file is named like the stdlib's `tokenize`, which transformers needs: take its folder off the path.
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--copies", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3)
