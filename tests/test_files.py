@@ -362,3 +362,28 @@ def test_a_run_that_fails_half_way_leaves_no_output(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.decode().count("\n") == 1 and b"in.json:2: invalid JSON" in done.stderr
     assert sorted(os.listdir(tmp_path / "out")) == []
+
+
+
+def test_rows_read_before_a_json_document_breaks_are_not_dropped(tmp_path: Path) -> None:
+    """The rows parsed before a JSON document breaks off come out before the error, so a caller that goes
+    on after it (validate) accounts for every row read: here 5, in a batch that was not full."""
+    good = ",\n".join(json.dumps({"text": f"row {i}"}) for i in range(5))
+    src = write(tmp_path / "a.json", f"[{good},\n" + '{"text": oops}]')
+    seen: list[Any] = []
+    with pytest.raises(PrepError, match="a.json:6: invalid JSON"):
+        for batch in read_rows(str(src), batch_rows=1000):
+            seen += batch.items + batch.rejects
+    assert seen == [{"text": f"row {i}"} for i in range(5)]
+
+
+def test_rows_read_before_a_compressed_stream_breaks_are_not_dropped(tmp_path: Path) -> None:
+    expected = [{"text": f"row {i}"} for i in range(100_000)]
+    data = gzip.compress("".join(json.dumps(r) + "\n" for r in expected).encode())
+    src = write(tmp_path / "a.jsonl.gz", data[: len(data) // 2])
+    seen: list[Any] = []
+    with pytest.raises(PrepError, match="a.jsonl.gz: read failed"):
+        for batch in read_rows(str(src), batch_rows=1000):
+            seen += batch.items + batch.rejects
+    # whole batches only would be a multiple of 1000 rows
+    assert seen == expected[: len(seen)] and len(seen) % 1000
