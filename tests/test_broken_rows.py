@@ -39,11 +39,13 @@ CASES: list[tuple[str, str, bytes, dict[int, str]]] = [
         b'{"messages": [{"role": "user", "content": "caf\xe9"}]}',                          # 15 invalid UTF-8
         b'{"messages": [{"role": "user", "content": "x"}], "label": NaN}',                  # 16 NaN
         b'{"messages": [{"role": "user", "content": "x", "tool_calls": [{"function": {"name": "f"}}]}]}',
+        b'{"messages": [{"role": "user", "content": "x\\ud800"}, {"role": "assistant", "content": "y"}]}',  # 18
+        b'{"messages": [{"role": "user", "content": "\\ud83d\\ude00"}, {"role": "assistant", "content": "y"}]}',
         GOOD_OPENAI,
     ]), {2: "wrong_type", 3: "wrong_type", 4: "missing_field", 5: "bad_role", 6: "empty_value",
          7: "bad_tool_arguments", 8: "bad_weight", 9: "bad_tools", 10: "unsupported_content", 11: "wrong_type",
          12: "bad_json", 13: "not_an_object", 14: "not_an_object", 15: "invalid_utf8", 16: "bad_json",
-         17: "bad_tool_call"}),
+         17: "bad_tool_call", 18: "lone_surrogate"}),
     ("alpaca.json", "alpaca", b"""[
   {"instruction": "q", "output": "a"},
   {"instruction": "q"},
@@ -54,9 +56,11 @@ CASES: list[tuple[str, str, bytes, dict[int, str]]] = [
   "not an object",
   {"instruction": "q", "output": 3},
   {"instruction": "q", "output": "a", "history": "[[\\"q\\", \\"a\\"]"},
+  {"instruction": "q", "output": "a", "history": [["q", "\\udfff"]]},
+  {"instruction": "\\ud83d\\ude00", "output": "a"},
   {"instruction": "q", "output": "a"}
 ]""", {3: "missing_field", 4: "wrong_type", 5: "wrong_type", 6: "wrong_type", 7: "missing_field",
-       8: "not_an_object", 9: "wrong_type", 10: "bad_json"}),
+       8: "not_an_object", 9: "wrong_type", 10: "bad_json", 11: "lone_surrogate"}),
     ("sharegpt.jsonl", "sharegpt", b"\n".join([
         b'{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}',
         b'{"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "{broken"}]}',

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import run_prep
+from conftest import ROOT, run_prep
 from prep.files import RowWriter, read_rows, split_suffix
 from prep.findings import PrepError
 
@@ -387,3 +387,43 @@ def test_rows_read_before_a_compressed_stream_breaks_are_not_dropped(tmp_path: P
             seen += batch.items + batch.rejects
     # whole batches only would be a multiple of 1000 rows
     assert seen == expected[: len(seen)] and len(seen) % 1000
+
+
+def test_a_lone_surrogate_is_a_reject_of_the_reader_with_its_path(tmp_path: Path) -> None:
+    """JSON can spell an unpaired surrogate (\\ud800), UTF-8 cannot hold it: no writer or tokenizer could take
+    the row, so the reader rejects it at its line; a surrogate pair is one character and reads fine."""
+    src = write(tmp_path / "s.jsonl", '{"a": "ok \\ud83d\\ude00"}\n{"a": ["x", {"b": "y\\ud800"}]}\n{"a": "\\\\ud800"}\n')
+    good, bad = rows(src)
+    assert good == [(1, {"a": "ok 😀"}), (3, {"a": "\\ud800"})]
+    assert [(line, code) for line, code, _ in bad] == [(2, "lone_surrogate")]
+    (reject,) = next(iter(read_rows(str(src)))).rejects
+    assert reject.findings[0].path == "$.a[1].b"
+
+
+def test_writer_spells_a_lone_surrogate_as_json_escape_and_csv_refuses_it(tmp_path: Path) -> None:
+    row = {"a": "x\ud800y", "b": "☃"}
+    for name in ("o.jsonl", "o.json"):
+        with RowWriter(str(tmp_path / name)) as w:
+            w.write([ROWS[0], row])
+        text = (tmp_path / name).read_text(encoding="utf-8")
+        assert '"x\\ud800y"' in text and "hi, " in text  # escaped, read back as the same value
+        assert (json.loads(text) if name.endswith(".json") else json.loads(text.splitlines()[1])) in (row, [ROWS[0], row])
+    with pytest.raises(PrepError, match=r"o.csv: row 2 holds an unpaired surrogate"), \
+            RowWriter(str(tmp_path / "o.csv")) as w:
+        w.write([ROWS[0], row])
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_convert_and_tokenize_reject_a_lone_surrogate_row_without_a_traceback(tmp_path: Path) -> None:
+    src = write(tmp_path / "s.jsonl", '{"messages": [{"role": "user", "content": "hi \\ud800"}, '
+                '{"role": "assistant", "content": "ok"}]}\n{"messages": [{"role": "user", "content": "hi"}, '
+                '{"role": "assistant", "content": "ok"}]}\n')
+    rejects = tmp_path / "rejects.jsonl"
+    done = run_prep("convert", str(src), "--to", "sharegpt", "-o", str(tmp_path / "o.jsonl"), "--rejects", str(rejects))
+    assert done.returncode == 1 and b"internal error" not in done.stderr, done.stderr
+    assert b"read 2, wrote 1, rejected 1 (lone_surrogate: 1)" in done.stderr
+    (kept,) = [json.loads(line) for line in rejects.read_text(encoding="utf-8").splitlines()]
+    assert kept["line"] == 1 and kept["row"]["messages"][0]["content"] == "hi \ud800"  # as read, escaped
+    tok = run_prep("tokenize", str(src), "--tokenizer", str(ROOT / "samples" / "tokenizer"), "--template", "chatml",
+                   "-o", str(tmp_path / "shards"))
+    assert tok.returncode == 1 and b"internal error" not in tok.stderr and b"lone_surrogate" in tok.stderr, tok.stderr

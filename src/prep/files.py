@@ -40,6 +40,10 @@ _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _ENCODING_HINT = "re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT`"
 
 _BLANKS = re.compile(r"[ \t\r\n]*")
+# UTF-8 text cannot hold a UTF-16 surrogate, so a decoded JSON value holds one only through an escape like
+# \ud800: rows whose text has none (nearly all) are not walked.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 csv.field_size_limit(2**31 - 1)
 
@@ -171,11 +175,33 @@ def _read_jsonl(stream: IO[bytes], name: str) -> Iterator[Item]:
             yield source, text, bad
             continue
         try:
-            yield source, _JSON.decode(text), None
+            value = _JSON.decode(text)
         except ValueError as e:
             msg = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
             yield source, text, Finding(
                 "bad_json", f"line is not valid JSON: {msg}", "fix or remove the line; each line must hold one JSON object")
+            continue
+        yield source, value, _lone_surrogate(value) if _SURROGATE_ESCAPE.search(text) else None
+
+
+def _lone_surrogate(value: Any, path: str = "$") -> Finding | None:
+    """A finding for the first string (or key) in `value` holding an unpaired UTF-16 surrogate, which
+    JSON can spell (\\ud800) but UTF-8 cannot hold: no output file or tokenizer could take the row."""
+    if isinstance(value, str):
+        if m := _SURROGATE.search(value):
+            return Finding("lone_surrogate", f"an unpaired surrogate at character {m.start()}",
+                           "remove the unpaired UTF-16 surrogate escape (\\ud800-\\udfff); it cannot be written "
+                           "as UTF-8", path)
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if found := _lone_surrogate(k, path) or _lone_surrogate(v, f"{path}.{k}"):
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            if found := _lone_surrogate(v, f"{path}[{i}]"):
+                return found
+    return None
 
 
 class _JsonText:
@@ -187,6 +213,7 @@ class _JsonText:
         self.decoder = codecs.getincrementaldecoder(self.encoding)()
         self.buf, self.pos, self.line, self.bytes, self.eof = "", 0, 1, 0, False
         self.started = False
+        self.escapes = False  # whether the last value's text holds a surrogate escape
 
     def _fill(self, size: int = 1 << 20) -> bool:
         if self.eof:
@@ -233,6 +260,7 @@ class _JsonText:
             try:
                 value, end = _JSON.raw_decode(self.buf, self.pos)
                 if end < len(self.buf) or self.eof:
+                    self.escapes = _SURROGATE_ESCAPE.search(self.buf, self.pos, end) is not None
                     self._advance(end)
                     return value
             except ValueError as e:
@@ -260,7 +288,8 @@ def _read_json(stream: IO[bytes], name: str) -> Iterator[Item]:
             row += 1
             doc.peek()
             line = doc.line
-            yield Source(name, line, row), doc.value(), None
+            value = doc.value()
+            yield Source(name, line, row), value, _lone_surrogate(value) if doc.escapes else None
             if doc.peek() == ",":
                 doc.take(",")
             else:
@@ -285,7 +314,7 @@ def _read_json(stream: IO[bytes], name: str) -> Iterator[Item]:
                 whole[key] = doc.value()
         doc.take("}")
         if not streamed:
-            yield Source(name, 1, 1), whole, None
+            yield Source(name, 1, 1), whole, _lone_surrogate(whole)
     elif first:
         doc.fail("a .json file must hold an array of rows or an object")
     if doc.peek():
@@ -512,12 +541,17 @@ class RowWriter:
         lines = [json.dumps(r, ensure_ascii=False) for r in rows]
         if not lines:
             return
-        if self.container == "json":
-            data = ("\n" if self.rows == 0 else ",\n") + ",\n".join(lines)
-        else:
-            data = "\n".join(lines) + "\n"
-        self.out.write(data.encode("utf-8"))
+        try:
+            data = self._joined(lines).encode("utf-8")
+        except UnicodeEncodeError:
+            data = self._joined([_utf8_line(line, self.rows + k + 1, self) for k, line in enumerate(lines)]).encode()
+        self.out.write(data)
         self.rows += len(lines)
+
+    def _joined(self, lines: list[str]) -> str:
+        if self.container == "json":
+            return ("\n" if self.rows == 0 else ",\n") + ",\n".join(lines)
+        return "\n".join(lines) + "\n"
 
     def close(self) -> None:
         """Finish the file and move it into place."""
@@ -553,6 +587,20 @@ class RowWriter:
             self.close()
         else:
             self.abort()
+
+
+def _utf8_line(line: str, row: int, writer: RowWriter) -> str:
+    """A row's JSON that UTF-8 can hold. A string with an unpaired surrogate (JSON can spell one, UTF-8
+    cannot; readers reject such rows, so it is a caller's own value or a kept reject) is written with JSON
+    escapes, which read back as the same value; CSV and Parquet have no way to hold it."""
+    try:
+        line.encode("utf-8")
+        return line
+    except UnicodeEncodeError as e:
+        if writer.spool:
+            raise PrepError(f"{writer.path}: row {row} holds an unpaired surrogate ({line[e.start]!r}), which "
+                            f"{writer.container.upper()} cannot hold; reject the row or write JSON/JSONL") from None
+        return json.dumps(json.loads(line), ensure_ascii=True)
 
 
 def _temp_name(path: str, tag: str) -> str:
