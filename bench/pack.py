@@ -15,10 +15,10 @@ Then, for max-len 2048 and 4096:
   `batch_size=None` (the whole set at once, its best efficiency). Its dataset holds the same
   `input_ids` (built beforehand, not timed); it stays in memory and writes nothing.
 
-Last, seconds to pack `--synthetic` lengths drawn (with a fixed seed) from the alpaca length
-distribution into rows of 4096: prep's best_fit_decreasing over the whole set and over windows of
-100k (prep pack's default), and TRL's `_pack_bfd` (what pack_dataset maps) over the whole set and
-pack_dataset batched as SFTTrainer runs it. TRL gets list columns with null values of those
+Last, seconds to pack `--synthetic` lengths into rows of 4096, drawn with a fixed seed from the
+alpaca lengths (a few hundred distinct values) and from a long-tailed lognormal (thousands): prep's
+best_fit_decreasing over the whole set and over windows of 100k (prep pack's default), and TRL's
+`_pack_bfd` (what pack_dataset maps) over the whole set and pack_dataset batched as SFTTrainer runs it. TRL gets list columns with null values of those
 lengths, so no token memory is needed: only its lengths matter to it.
 
 Runs are repeated (--repeat) with the tools interleaved; best and median seconds are reported.
@@ -121,7 +121,7 @@ def main() -> None:
     import datasets
     from datasets.utils.logging import disable_progress_bar
 
-    from prep.pack import DEFAULT_WINDOW, best_fit_decreasing, pack
+    from prep.pack import best_fit_decreasing, pack
     from prep.shards import iter_tables
 
     disable_progress_bar()
@@ -160,11 +160,22 @@ def main() -> None:
                  "TRL pack_dataset bfd (as SFTTrainer)")
 
     rng = np.random.default_rng(0)
-    synthetic = rng.choice(lengths, size=args.synthetic, replace=True)
-    print(f"\nsynthetic: {args.synthetic:,} lengths drawn from the alpaca lengths, {int(synthetic.sum()):,} tokens, "
-          f"rows of {SYNTHETIC_LEN}", flush=True)
-    big = Results()
+    sets = {"drawn from the alpaca lengths": rng.choice(lengths, size=args.synthetic, replace=True),
+            "lognormal(6, 1) clipped to 1..4096 (long tail)":
+                np.clip(rng.lognormal(6, 1, args.synthetic).astype(np.int64), 1, SYNTHETIC_LEN)}
+    for title, synthetic in sets.items():
+        synthetic_run(title, synthetic, args.skip_trl_synthetic)
+
+
+def synthetic_run(title: str, synthetic: np.ndarray, skip_trl: bool) -> None:
+    """prep's best_fit_decreasing (whole set and prep pack's default window) beside TRL's on these lengths."""
+    import datasets
+
+    from prep.pack import DEFAULT_WINDOW, best_fit_decreasing
+
     whole = int(synthetic.sum())
+    print(f"\nsynthetic: {len(synthetic):,} lengths {title}, {whole:,} tokens, rows of {SYNTHETIC_LEN}", flush=True)
+    big = Results()
 
     def bfd(window: int | None) -> tuple[int, int]:
         step = window or len(synthetic)
@@ -173,7 +184,7 @@ def main() -> None:
 
     big.run("prep best_fit_decreasing, whole set", SYNTHETIC_LEN, lambda: bfd(None))
     big.run(f"prep best_fit_decreasing, windows of {DEFAULT_WINDOW:,}", SYNTHETIC_LEN, lambda: bfd(DEFAULT_WINDOW))
-    if args.skip_trl_synthetic:
+    if skip_trl:
         print("  TRL on the synthetic lengths: skipped (--skip-trl-synthetic)")
     else:
         table = null_lists(synthetic)
@@ -185,7 +196,7 @@ def main() -> None:
         big.run("TRL _pack_bfd, whole set", SYNTHETIC_LEN, trl_whole)
         big.run("TRL pack_dataset bfd (as SFTTrainer)", SYNTHETIC_LEN,
                 lambda: trl_rows(datasets.Dataset(table), SYNTHETIC_LEN))
-    big.table(f"{args.synthetic:,} synthetic lengths (one run each)", "TRL _pack_bfd, whole set")
+    big.table(f"{len(synthetic):,} synthetic lengths {title} (one run each)", "TRL _pack_bfd, whole set")
 
 
 if __name__ == "__main__":
