@@ -439,3 +439,98 @@ def stats(targets: tuple[str, ...], source: str, as_json: bool) -> None:
         click.echo(json.dumps(result, indent=2))
     else:
         print_stats(result, Console(highlight=False))
+
+
+@main.command()
+@click.argument("shards", type=click.Path(exists=True, file_okay=False))
+@click.option("--model", required=True, help="Base model: a local folder (or a hub id where the hub is reachable).")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder for adapter and report.")
+@click.option("--lora-r", default=16, show_default=True)
+@click.option("--lora-alpha", default=32, show_default=True)
+@click.option("--lora-dropout", default=0.05, show_default=True)
+@click.option("--target-modules", default="all-linear", show_default=True, help="all-linear or q_proj,v_proj,...")
+@click.option("--use-rslora", is_flag=True, help="Rank-stabilised LoRA scaling (alpha / sqrt(r)).")
+@click.option("--use-dora", is_flag=True, help="Weight-decomposed LoRA.")
+@click.option("--qlora", is_flag=True, help="4-bit NF4 base with double quantization (bitsandbytes).")
+@click.option("--full", is_flag=True, help="Train every weight, no adapter.")
+@click.option("--lr", default=2e-4, show_default=True)
+@click.option("--epochs", default=1.0, show_default=True)
+@click.option("--max-steps", default=-1, show_default=True, help="Stop after this many steps (overrides --epochs).")
+@click.option("--batch-size", default=4, show_default=True, help="Rows per device step (packed rows when packed).")
+@click.option("--grad-accum", default=1, show_default=True)
+@click.option("--warmup-ratio", default=0.03, show_default=True)
+@click.option("--scheduler", default="cosine", show_default=True,
+              type=click.Choice(("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts")))
+@click.option("--weight-decay", default=0.0, show_default=True)
+@click.option("--seed", default=42, show_default=True)
+@click.option("--gradient-checkpointing", is_flag=True)
+@click.option("--eval", "eval_shards", type=click.Path(exists=True, file_okay=False), help="Shards to evaluate on.")
+@click.option("--save-steps", type=click.IntRange(min=1), help="Checkpoint (and evaluate) every N steps.")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in OUTPUT.")
+@click.option("--merge", is_flag=True, help="Also save the base model with the adapter merged in.")
+@click.option("--report-to", type=click.Choice(("none", "tensorboard")), default="none", show_default=True)
+@click.option("--force", is_flag=True, help="Train even if the tokenizer fingerprints differ.")
+@click.option("-q", "--quiet", is_flag=True)
+def train(shards: str, model: str, output: str, quiet: bool, eval_shards: str | None, **kw: Any) -> None:
+    """LoRA / QLoRA / full fine-tuning on SHARDS, exactly on the tokens and labels stored there."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from prep.train import TrainOptions, summary_lines
+    from prep.train import train as run
+
+    options = TrainOptions(model=model, output=output, eval=eval_shards, **kw)
+    console = Console(stderr=True, highlight=False)
+    with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
+                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console,
+                  disable=quiet) as bar:
+        task = bar.add_task("train", total=None, info="loading")
+
+        def progress(point: dict[str, Any]) -> None:
+            bar.update(task, completed=point["step"], total=point["max_steps"],
+                       info=f"loss {point['loss']:.4f}  {point['tokens_per_s']:.0f} tok/s")
+
+        report = run(shards, options, progress)
+    if not quiet:
+        for line in summary_lines(report):
+            console.print(line)
+
+
+@main.command("run")
+@click.argument("recipe_file", metavar="RECIPE.yaml", type=click.Path(dir_okay=False))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe value, e.g. --set train.max_steps=50 --set output=/tmp/run (repeatable; the "
+                   "value is read as YAML; paths are relative to the current folder).")
+@click.option("--dry-run", is_flag=True, help="Print the stages, their keys and which would run; run nothing.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress view; print the summary only.")
+def run_recipe(recipe_file: str, sets: tuple[str, ...], dry_run: bool, quiet: bool) -> None:
+    """Run a recipe: convert -> validate -> tokenize -> pack -> train, skipping stages whose output is
+    already there for the same inputs and options.
+
+    Exit 0: done; 1: validation stopped the run, or some rows were rejected (kept in each stage's
+    rejects.jsonl); 2: could not run (bad recipe: the message names the line).
+
+    \b
+    Examples:
+      prep run recipes/quickstart.yaml
+      prep run recipes/alpaca-ko-lora.yaml --set train.max_steps=200 --set output=runs/ko-200
+      prep run recipes/quickstart.yaml --dry-run
+    """
+    from rich.console import Console
+
+    from prep.recipe import load_recipe
+    from prep.run import RichView, plan, print_plan, print_summary, run, write_run_json
+
+    recipe = load_recipe(recipe_file, sets)
+    console = Console(stderr=True, highlight=False)
+    if dry_run:
+        print_plan(run(recipe, dry_run=True), console)
+        return
+    if quiet:
+        result = run(recipe)
+    else:
+        stages = plan(recipe)
+        with RichView(stages, console) as view:
+            result = run(recipe, view=view, stages=stages)
+    print_summary(result, console, write_run_json(result))
+    sys.exit(result.exit_code)

@@ -1,0 +1,372 @@
+"""`prep train`: LoRA, QLoRA or full fine-tuning on prep shards, with nothing re-tokenized.
+
+A thin stage on transformers, peft and TRL: the shards are loaded with `datasets`, handed to TRL's
+SFTTrainer with `skip_prepare_dataset`, and its collator uses the stored `labels` as they are and
+the stored `seq_lengths` for position ids. Packed shards train padding-free (position ids restart
+per document, so transformers masks attention per document; the first label of each document is
+already -100, so no document is predicted from the previous one); unpacked shards train in padded
+batches. Before anything loads, the shards are verified and their tokenizer fingerprint is
+compared with the model's tokenizer.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prep.findings import PrepError
+from prep.shards import read_manifest
+
+REPORT = "training_report.json"
+TRAIN_INFO = "prep_train.json"
+
+
+@dataclass
+class TrainOptions:
+    """Everything `prep train` takes; defaults follow the common LoRA recipes (r 16, alpha 32, lr 2e-4)."""
+
+    model: str
+    output: str
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: str = "all-linear"
+    use_rslora: bool = False
+    use_dora: bool = False
+    qlora: bool = False
+    full: bool = False
+    lr: float = 2e-4
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 4
+    grad_accum: int = 1
+    warmup_ratio: float = 0.03
+    scheduler: str = "cosine"
+    weight_decay: float = 0.0
+    seed: int = 42
+    gradient_checkpointing: bool = False
+    eval: str | None = None
+    save_steps: int | None = None
+    resume: bool = False
+    merge: bool = False
+    report_to: str = "none"
+    force: bool = False
+    logging_steps: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def check_shards(folder: str, role: str = "training") -> dict[str, Any]:
+    """The manifest of a shard folder that verifies; anything else is refused with its findings."""
+    from prep.verify import verify
+
+    manifest = read_manifest(folder)
+    if manifest["kind"] not in ("sft", "pretrain"):
+        raise PrepError(f"{folder}: {manifest['kind']} shards are not trained by prep train yet; load them with "
+                        "datasets.load_dataset('parquet', ...) into TRL's DPOTrainer/KTOTrainer")
+    result = verify(folder)
+    if not result.ok:
+        first = "; ".join(str(f) for f in result.findings[:3])
+        raise PrepError(f"{folder}: the {role} shards fail verification ({result.errors} errors: {first}); "
+                        "rebuild them, see `prep verify`")
+    return manifest
+
+
+def check_tokenizer(manifest: dict[str, Any], tokenizer: Any, model: str, force: bool) -> None:
+    """Refuse shards made with another tokenizer than the model's: their ids would mean other text."""
+    from prep.tokenize import fingerprint, same_tokenizer
+
+    mine = fingerprint(tokenizer)
+    theirs = manifest.get("tokenizer") or {}
+    if not same_tokenizer(theirs, mine) and not force:
+        raise PrepError(f"the shards were tokenized with {theirs.get('name', '?')} (sha256 {str(theirs.get('sha256'))[:12]}"
+                        f", vocab {theirs.get('vocab_size')}) but the model {model} has tokenizer {mine.get('name')} "
+                        f"(sha256 {str(mine.get('sha256'))[:12]}, vocab {mine.get('vocab_size')}); re-tokenize with the "
+                        "model's tokenizer, or pass --force if you know they agree")
+
+
+def _dataset(folder: str) -> Any:
+    import datasets
+
+    manifest = read_manifest(folder)
+    files = [str(Path(folder) / s["path"]) for s in manifest["shards"]]
+    data = datasets.load_dataset("parquet", data_files=files, split="train")
+    return data.select_columns(["input_ids", "labels", "seq_lengths"])
+
+
+def _packed(manifest: dict[str, Any]) -> bool:
+    return (manifest.get("packing") or {}).get("strategy", "none") != "none"
+
+
+class _Counting:
+    """Wraps the collator to count what the model is trained on: real tokens, batch positions (real +
+    padding) and trained tokens. Evaluation batches (model in eval mode) are not counted."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.model = inner, None
+        self.tokens = self.positions = self.trained = 0
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.inner(examples)
+        if self.model is None or self.model.training:
+            self.tokens += sum(len(e["input_ids"]) for e in examples)
+            self.positions += batch["input_ids"].numel()
+            self.trained += int((batch["labels"] != -100).sum())
+        return batch
+
+
+def _load_model(options: TrainOptions, cuda: bool, bf16: bool, vocab_size: int | None) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if options.qlora:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+        kwargs["device_map"] = {"": 0} if cuda else {"": "cpu"}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(options.model, **kwargs)
+    except (OSError, ValueError) as e:
+        raise PrepError(f"cannot load the model {options.model}: {str(e).splitlines()[0]}") from None
+    rows = model.get_input_embeddings().num_embeddings
+    if vocab_size and vocab_size > rows:  # even with --force: those ids would index past the embeddings
+        raise PrepError(f"the shards' tokenizer has {vocab_size} tokens but the model {options.model} has {rows} "
+                        "embeddings; re-tokenize with the model's tokenizer")
+    model.config.use_cache = False  # a cache would stop transformers from masking attention per packed document
+    if options.full:
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if options.qlora:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=options.gradient_checkpointing)
+    targets: Any = options.target_modules
+    if targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    config = LoraConfig(r=options.lora_r, lora_alpha=options.lora_alpha, lora_dropout=options.lora_dropout,
+                        target_modules=targets, use_rslora=options.use_rslora, use_dora=options.use_dora,
+                        task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:  # e.g. --target-modules naming no module of this model
+        raise PrepError(f"--target-modules {options.target_modules}: {str(e).splitlines()[0]}") from None
+
+
+def _peak_memory(cuda: bool) -> dict[str, Any]:
+    if cuda:
+        import torch
+
+        return {"kind": "cuda_max_reserved", "bytes": int(torch.cuda.max_memory_reserved())}
+    return {"kind": "process_max_rss", "bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def _check_options(options: TrainOptions) -> None:
+    if options.qlora and options.full:
+        raise PrepError("--qlora trains an adapter on a 4-bit model; it cannot be combined with --full")
+    if options.merge and options.full:
+        raise PrepError("--merge folds an adapter into the model; --full already saves the whole model")
+    if options.max_steps <= 0 and options.epochs <= 0:
+        raise PrepError("give --epochs above 0 or --max-steps")
+    if options.report_to not in ("none", "tensorboard"):
+        raise PrepError(f"--report-to {options.report_to!r}: none or tensorboard")
+    if options.report_to == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise PrepError("--report-to tensorboard needs the tensorboard package (pip install tensorboard)") from None
+
+
+def _config(options: TrainOptions, out: Path, cuda: bool, bf16: bool, padding_free: bool) -> Any:
+    import dataclasses
+
+    from trl import SFTConfig
+
+    saving = options.save_steps is not None
+    # transformers 5 renamed gradient_checkpointing to activation_checkpointing (the old name warns)
+    names = {f.name for f in dataclasses.fields(SFTConfig)}
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return SFTConfig(
+        output_dir=str(out / "checkpoints"), per_device_train_batch_size=options.batch_size,
+        per_device_eval_batch_size=options.batch_size, gradient_accumulation_steps=options.grad_accum,
+        learning_rate=options.lr, num_train_epochs=options.epochs, max_steps=options.max_steps,
+        lr_scheduler_type=options.scheduler, warmup_steps=options.warmup_ratio,  # a float < 1 is a ratio
+        weight_decay=options.weight_decay, seed=options.seed, data_seed=options.seed,
+        **{checkpointing: options.gradient_checkpointing}, logging_steps=options.logging_steps,
+        save_strategy="steps" if saving else "no", save_steps=options.save_steps or 500,
+        eval_strategy="steps" if options.eval and saving else "no", eval_steps=options.save_steps,
+        report_to=options.report_to, use_cpu=not cuda, bf16=bf16,
+        padding_free=padding_free, dataset_kwargs={"skip_prepare_dataset": True}, max_length=None,
+        disable_tqdm=True, dataloader_num_workers=0, **options.extra)
+
+
+def train(shards: str, options: TrainOptions, progress: Any = None) -> dict[str, Any]:
+    """Train on `shards`; writes the adapter (or model), checkpoints and the report into options.output.
+
+    `progress(point)` is called after every logged step (the CLI draws a progress bar with it)."""
+    _check_options(options)
+    manifest = check_shards(shards)
+    eval_manifest = check_shards(options.eval, "evaluation") if options.eval else None
+    out = Path(options.output)
+    checkpoints = out / "checkpoints"
+    if options.resume and not any(checkpoints.glob("checkpoint-*")):
+        raise PrepError(f"--resume: no checkpoint in {checkpoints} to resume from (train with --save-steps)")
+
+    import torch
+    from transformers import AutoTokenizer, PrinterCallback, TrainerCallback
+    from trl import SFTTrainer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(options.model)
+    except (OSError, ValueError) as e:
+        raise PrepError(f"cannot load the tokenizer of {options.model}: {str(e).splitlines()[0]}") from None
+    check_tokenizer(manifest, tokenizer, options.model, options.force)
+    if eval_manifest:
+        check_tokenizer(eval_manifest, tokenizer, options.model, options.force)
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    # padding-free as soon as either side is packed: it is exact for unpacked rows too, while padded
+    # batches of packed rows would let their documents attend to each other
+    padding_free = _packed(manifest) or bool(eval_manifest and _packed(eval_manifest))
+    vocab = max((m.get("tokenizer") or {}).get("vocab_size") or 0 for m in (manifest, eval_manifest or {}))
+    model = _load_model(options, cuda, bf16, vocab)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = SFTTrainer(model=model, args=_config(options, out, cuda, bf16, padding_free), train_dataset=_dataset(shards),
+                         eval_dataset=_dataset(options.eval) if options.eval else None, processing_class=tokenizer)
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict; the CLI draws its own progress
+    counter = _Counting(trainer.data_collator)
+    counter.model = trainer.model
+    trainer.data_collator = counter
+    started = time.perf_counter()
+
+    class Progress(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any) -> None:
+            if progress and logs and "loss" in logs:
+                elapsed = time.perf_counter() - started
+                progress({"step": state.global_step, "max_steps": state.max_steps, "loss": float(logs["loss"]),
+                          "tokens_per_s": counter.tokens / elapsed if elapsed else 0.0})
+
+    trainer.add_callback(Progress())
+    resumed_from = _last_checkpoint_step(checkpoints) if options.resume else None
+    result = trainer.train(resume_from_checkpoint=True if options.resume else None)
+    runtime = time.perf_counter() - started
+    saved = out / ("model" if options.full else "adapter")
+    trainer.model.save_pretrained(saved)
+    tokenizer.save_pretrained(saved)
+    _write_info(saved, manifest, options)
+    metrics = trainer.evaluate() if options.eval else {}
+    curve = _curve(trainer.state.log_history)
+    losses = [p["loss"] for p in curve if p.get("loss") is not None]
+    report = {
+        "shards": str(shards), "model": str(options.model),
+        "method": "full" if options.full else ("qlora" if options.qlora else "lora"),
+        "packed": _packed(manifest), "padding_free": padding_free, "output": str(saved),
+        "steps": result.global_step, "resumed_from_step": resumed_from, "epochs": result.metrics.get("epoch"),
+        "runtime_s": round(runtime, 3), "tokens": counter.tokens, "batch_positions": counter.positions,
+        "trained_tokens": counter.trained, "tokens_per_s": round(counter.tokens / runtime, 1) if runtime else None,
+        "train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None, "eval_loss": metrics.get("eval_loss"),
+        "peak_memory": _peak_memory(cuda), "options": asdict(options), "loss_curve": curve,
+    }
+    if options.merge:
+        report["merged"] = str(merge(options.model, saved, out / "merged"))
+    _write_curve(out, curve)
+    (out / REPORT).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    return report
+
+
+def _last_checkpoint_step(checkpoints: Path) -> int:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(checkpoints))
+    return int(last.rsplit("-", 1)[1]) if last else 0
+
+
+def _curve(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Training and evaluation losses by step, from the trainer's log (it survives --resume)."""
+    points: dict[int, dict[str, Any]] = {}
+    for log in history:
+        if "loss" in log or "eval_loss" in log:
+            point = points.setdefault(log["step"], {"step": log["step"]})
+            for key, name in (("loss", "loss"), ("eval_loss", "eval_loss"), ("learning_rate", "learning_rate"),
+                              ("num_tokens", "tokens_seen")):
+                if key in log:
+                    point[name] = float(log[key]) if name != "tokens_seen" else int(log[key])
+    return [points[s] for s in sorted(points)]
+
+
+def _write_info(folder: Path, manifest: dict[str, Any], options: TrainOptions) -> None:
+    """What `prep generate` needs later, beside the weights: the template and tokenizer of the shards."""
+    info = {k: manifest.get(k) for k in ("kind", "template", "train_on", "tokenizer")}
+    info["base_model"] = str(options.model)
+    (folder / TRAIN_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def merge(base: str, adapter: str | Path, target: str | Path) -> Path:
+    """Base model + adapter folded into plain weights, saved with the tokenizer and prep_train.json.
+
+    The base is reloaded unquantized (peft cannot merge into 4-bit weights), so a QLoRA adapter is
+    merged into the full-precision model it was trained to correct."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter, target = Path(adapter), Path(target)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
+    model.merge_and_unload().save_pretrained(target)
+    AutoTokenizer.from_pretrained(adapter).save_pretrained(target)
+    if (adapter / TRAIN_INFO).is_file():
+        (target / TRAIN_INFO).write_bytes((adapter / TRAIN_INFO).read_bytes())
+    return target
+
+
+def _write_curve(out: Path, curve: list[dict[str, Any]]) -> None:
+    """loss_curve.csv and loss_curve.png (training loss, and evaluation loss where there is one)."""
+    with open(out / "loss_curve.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, ["step", "loss", "eval_loss", "learning_rate", "tokens_seen"])
+        writer.writeheader()
+        writer.writerows(curve)
+    if not curve:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    every = []
+    for key, label, style in (("loss", "training", "-"), ("eval_loss", "evaluation", "o--")):
+        points = [(p["step"], p[key]) for p in curve if p.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points, strict=True), style, label=label, linewidth=1.5)
+            every += [v for _, v in points]
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("prep train")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if every and min(every) > 0 and max(every) / min(every) > 20:
+        ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(out / "loss_curve.png")
+    plt.close(fig)
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """The end-of-run summary, in the spirit of the Unsloth notebooks."""
+    mem = report["peak_memory"]
+    where = "peak reserved GPU memory" if mem["kind"].startswith("cuda") else "peak process RSS"
+    resumed = f" (resumed at step {report['resumed_from_step']})" if report.get("resumed_from_step") else ""
+    lines = [f"{report['method']} on {report['shards']}: {report['steps']} steps{resumed} in {report['runtime_s']:.1f} s",
+             f"tokens: {report['tokens']:,} trained on, {report['trained_tokens']:,} with loss, "
+             f"{report['tokens_per_s']:,.0f} tokens/s"]
+    if report["first_loss"] is not None:
+        lines.append(f"loss: {report['first_loss']:.4f} -> {report['last_loss']:.4f}")
+    if report.get("eval_loss") is not None:
+        lines.append(f"eval loss: {report['eval_loss']:.4f} (perplexity {math.exp(min(report['eval_loss'], 50)):.2f})")
+    lines.append(f"{where}: {mem['bytes'] / 2**30:.2f} GiB")
+    lines.append(f"saved: {report['output']}" + (f", merged: {report['merged']}" if report.get("merged") else ""))
+    return lines
