@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_prep
+from conftest import SAMPLES, run_prep
+from prep.convert import Inputs
 from prep.findings import Batch, Source
-from prep.shards import ShardWriter
+from prep.shards import SCHEMAS, ShardWriter, iter_tables, read_manifest
+from prep.tokenize import tokenize
 from prep.verify import verify
 
 GOOD = {"input_ids": [5, 6, 7, 8], "labels": [-100, -100, 7, 8], "seq_lengths": [4], "num_tokens": 4,
@@ -89,3 +91,40 @@ def test_verify_cli_exit_codes(tmp_path: Path) -> None:
     bad = run_prep("verify", str(path))
     assert bad.returncode == 1 and b"checksum_mismatch" in bad.stderr and b"Traceback" not in bad.stderr
     assert run_prep("verify", str(tmp_path / "missing")).returncode == 2
+
+
+@pytest.mark.parametrize(("sample", "kind", "max_len"), [
+    ("openai_dpo.jsonl", "dpo", None), ("openai_dpo.jsonl", "dpo", 64), ("trl_kto.jsonl", "kto", None),
+    ("trl_kto.jsonl", "kto", 24),
+])
+def test_tokenized_preference_and_feedback_shards_verify(tmp_path: Path, sample: str, kind: str,
+                                                         max_len: int | None) -> None:
+    """`prep tokenize` (the writer) and `prep verify` (the checker) agree on dpo/kto rows: num_tokens is the
+    sum of every side, and the prompt with its longest answer fits max_len, truncated or not."""
+    out = tmp_path / "shards"
+    result = tokenize(Inputs([str(SAMPLES / sample)]), str(SAMPLES / "tokenizer"), str(out), template="chatml",
+                      kind=kind, max_len=max_len, overflow="truncate")
+    assert result.tally.rejected_total == 0, result.tally.summary()
+    manifest = read_manifest(out)
+    assert manifest["kind"] == kind and manifest["counts"]["written"] > 0
+    if max_len:
+        assert manifest["counts"]["altered"].get("truncated"), "the truncating path was not exercised"
+    sides = [c for c in SCHEMAS[kind].names if c.endswith("_input_ids")]
+    for row in (r for t in iter_tables(out) for r in t.to_pylist()):
+        assert row["num_tokens"] == sum(len(row[c]) for c in sides)
+    ok = run_prep("verify", str(out))
+    assert ok.returncode == 0 and b"OK: " in ok.stderr, ok.stderr.decode()
+    # the checker can fail: a max_len the rows do not fit is caught
+    (out / "manifest.json").write_text(json.dumps({**manifest, "max_len": 8}))
+    assert codes(out).get("too_long", 0) == manifest["counts"]["rows"]
+
+
+def test_a_pair_row_whose_num_tokens_is_not_the_sum_of_its_sides_is_caught(tmp_path: Path) -> None:
+    row = {"prompt_input_ids": [1, 2], "chosen_input_ids": [3], "rejected_input_ids": [4, 5], "num_tokens": 5,
+           "ids": ["p:1"]}
+    with ShardWriter(tmp_path / "f", "dpo", {"tokenizer": {"vocab_size": 10}, "max_len": 4}) as w:
+        b: Batch[dict] = Batch()
+        for i, r in enumerate([row, {**row, "num_tokens": 3}]):
+            b.add(r, Source("x.jsonl", i + 1, i + 1))
+        w.write(b)
+    assert codes(tmp_path / "f") == {"length_mismatch": 1}

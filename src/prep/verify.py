@@ -194,16 +194,25 @@ def _check_tokens(table: pa.Table, manifest: dict[str, Any], result: Verificatio
 
 
 def _check_pairs(table: pa.Table, manifest: dict[str, Any], result: Verification, shard: str, first_row: int) -> None:
+    """Preference/feedback rows: `num_tokens` is the sum of all sides (what `prep tokenize` writes), and the
+    prompt with its longest answer fits max_len (each side is trained as prompt + answer)."""
     columns = [c for c in table.column_names if c.endswith("_input_ids")]
     total = np.zeros(table.num_rows, np.int64)
+    longest = np.zeros(table.num_rows, np.int64)
     for column in columns:
         values, lengths = _flat(table, column)
         total += lengths
         _check_vocab(values, lengths, _vocab(manifest), result, shard, first_row, column)
         if column != "prompt_input_ids":
+            longest = np.maximum(longest, lengths)
             _report_rows(result, lengths == 0, "empty_side", f"{column} is empty", shard, first_row, column)
     _report_rows(result, total != table["num_tokens"].to_numpy(), "length_mismatch",
                  f"num_tokens differs from the sum of {', '.join(columns)}", shard, first_row, "num_tokens")
+    if max_len := manifest.get("max_len"):
+        prompt = table["prompt_input_ids"].combine_chunks().value_lengths().to_numpy(zero_copy_only=False)
+        _report_rows(result, prompt + longest > max_len, "too_long",
+                     f"prompt and its longest answer are longer than max_len {max_len}", shard, first_row,
+                     "prompt_input_ids")
 
 
 def _check_totals(manifest: dict[str, Any], totals: Counter[str], result: Verification) -> None:
