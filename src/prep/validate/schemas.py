@@ -23,7 +23,7 @@ from prep.validate.codes import finding
 
 BASE = "https://prep.invalid/schemas/"
 FORMAT_SCHEMAS = ("openai", "sharegpt", "alpaca", "trl", "autotrain", "coqa", "text")
-NAMES = ("common", *FORMAT_SCHEMAS, "records")
+NAMES = ("common", *FORMAT_SCHEMAS, "records", "recipe")  # recipe: `prep run` recipes (prep.recipe)
 
 # The code a failing keyword gives when its subschema has no `x-prep` entry for it.
 _DEFAULT_CODES = {"required": "missing_field", "dependentRequired": "missing_field", "type": "wrong_type",

@@ -1,0 +1,284 @@
+"""`prep run`: every recipe in recipes/ runs to completion on the samples with a tiny model; a second
+run skips every stage; a change re-runs exactly the stages downstream of it; validation errors stop
+the run unless allowed; recipe mistakes are one line-numbered message and exit 2."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ROOT, SAMPLES, run_prep
+from prep.findings import PrepError
+from prep.recipe import load_recipe
+from prep.run import STAMP, RunResult, run
+from prep.shards import read_manifest
+from prep.verify import verify
+
+pytest.importorskip("peft")
+
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+# Documents each recipe's shards hold, counted by hand from the samples.
+DOCUMENTS = {"quickstart": 4, "alpaca-ko-lora": 7, "together-multiturn": 6, "autotrain-csv-dpo": 5,
+             "llamafactory-registry": 18, "continued-pretraining": 11}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    spec = importlib.util.spec_from_file_location("make_tiny_model", SAMPLES / "make_tiny_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+def go(recipe: Path, *sets: str) -> RunResult:
+    return run(load_recipe(recipe, sets))
+
+
+def statuses(result: RunResult) -> dict[str, str]:
+    return {s.name: s.status for s in result.stages}
+
+
+def test_recipes_are_all_here() -> None:
+    assert {p.stem for p in RECIPES} == set(DOCUMENTS)
+    for path in RECIPES:
+        text = path.read_text(encoding="utf-8")
+        assert "# real run: " in text, f"{path.name}: name the real model it stands in for"
+        assert f"output: ../runs/{path.stem}\n" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_recipe_runs_to_completion_then_skips(recipe: Path, tiny_model: Path, tmp_path: Path) -> None:
+    sets = (f"output={tmp_path}", f"train.model={tiny_model}") if "train:" in recipe.read_text() else \
+        (f"output={tmp_path}",)
+    result = go(recipe, *sets)
+    assert result.stopped is None and result.rejected == 0 and result.exit_code == 0
+    assert set(statuses(result).values()) == {"ran"}
+    stages = {s.name: s for s in result.stages}
+    shards = stages["pack"].folder if "pack" in stages else stages["tokenize"].folder
+    manifest = read_manifest(stages["tokenize"].folder)
+    assert manifest["counts"]["read"] == manifest["counts"]["written"] == DOCUMENTS[recipe.stem]
+    for name in ("tokenize", "pack"):
+        if name in stages:
+            assert verify(stages[name].folder).ok
+    if "validate" in stages:
+        report = json.loads((stages["validate"].folder / "report.json").read_text())
+        assert report["ok"] and report["summary"]["rows_accepted"] == stages["validate"].summary["read"]
+    if "pack" in stages:
+        packed = read_manifest(shards)
+        assert packed["counts"]["written"] == DOCUMENTS[recipe.stem]
+        table = pq.read_table(shards / packed["shards"][0]["path"])
+        assert all(sum(s) == n for s, n in zip(table["seq_lengths"].to_pylist(), table["num_tokens"].to_pylist(),
+                                              strict=True))
+    if "train" in stages:
+        train = stages["train"].folder
+        report = json.loads((train / "training_report.json").read_text())
+        steps = load_recipe(recipe).section("train")["max_steps"]
+        assert report["steps"] == steps and report["trained_tokens"] > 0
+        assert (train / "adapter" / "adapter_model.safetensors").stat().st_size > 0
+        assert json.loads((train / "adapter" / "adapter_config.json").read_text())["r"] == \
+            load_recipe(recipe).section("train")["lora_r"]
+    else:
+        assert manifest["kind"] == "dpo"  # the one recipe that stops at shards
+    stamps = {s.name: (s.folder / STAMP).stat().st_mtime_ns for s in result.stages}
+
+    again = go(recipe, *sets)
+    assert set(statuses(again).values()) == {"skipped"}
+    assert {s.name: (s.folder / STAMP).stat().st_mtime_ns for s in again.stages} == stamps
+    assert [s.summary for s in again.stages] == [s.summary for s in result.stages]
+
+
+@pytest.fixture()
+def own_recipe(tmp_path: Path, tiny_model: Path) -> Path:
+    """A recipe over copies of the samples, so a test can change an input."""
+    shutil.copy(SAMPLES / "openai.jsonl", tmp_path / "chats.jsonl")
+    recipe = tmp_path / "chats.yaml"
+    recipe.write_text(f"""\
+inputs:
+  files: [chats.jsonl]
+convert:
+  to: openai
+validate: {{}}
+tokenize:
+  tokenizer: {SAMPLES / "tokenizer"}
+  template: chatml
+pack:
+  max_len: 1024
+train:
+  model: {tiny_model}
+  max_steps: 1
+  batch_size: 1
+output: out
+""", encoding="utf-8")
+    return recipe
+
+
+@pytest.mark.slow
+def test_a_change_reruns_only_what_depends_on_it(own_recipe: Path) -> None:
+    everything = ["convert", "validate", "tokenize", "pack", "train"]
+    first = go(own_recipe)
+    assert [s.name for s in first.stages if s.status == "ran"] == everything and first.rejected == 0
+    keys = {s.name: s.key for s in first.stages}
+
+    (own_recipe.parent / "chats.jsonl").touch()  # a new mtime, the same bytes: nothing to do
+    assert set(statuses(go(own_recipe)).values()) == {"skipped"}
+
+    packed = first.stages[3].folder / "manifest.json"
+    before = packed.stat().st_mtime_ns
+    plan = run(load_recipe(own_recipe, ["pack.max_len=512"]), dry_run=True)
+    assert statuses(plan) == {"convert": "skip", "validate": "skip", "tokenize": "skip", "pack": "run",
+                              "train": "run"}
+    assert packed.stat().st_mtime_ns == before  # a dry run changes nothing
+
+    changed = go(own_recipe, "pack.max_len=512")
+    assert [s.name for s in changed.stages if s.status == "ran"] == ["pack", "train"]
+    assert read_manifest(changed.stages[3].folder)["max_len"] == 512
+
+    lr = go(own_recipe, "pack.max_len=512", "train.lr=1.0e-3")
+    assert [s.name for s in lr.stages if s.status == "ran"] == ["train"]
+
+    with open(own_recipe.parent / "chats.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"messages": [{"role": "user", "content": "One more?"}, {"role": "assistant", "content": "Yes."}]}\n')
+    grown = go(own_recipe, "pack.max_len=512", "train.lr=1.0e-3")
+    assert [s.name for s in grown.stages if s.status == "ran"] == everything
+    assert {s.name: s.key for s in grown.stages}["convert"] != keys["convert"]
+    assert read_manifest(grown.stages[2].folder)["counts"]["written"] == 7
+
+
+def test_validation_errors_stop_the_run_unless_allowed(own_recipe: Path) -> None:
+    with open(own_recipe.parent / "chats.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": "again"}]}\n')
+    stopped = go(own_recipe)
+    assert statuses(stopped) == {"convert": "ran", "validate": "stopped", "tokenize": "run", "pack": "run",
+                                 "train": "run"}
+    assert "allow_errors" in stopped.stopped and stopped.exit_code == 1
+    assert not (own_recipe.parent / "out" / "tokenize").exists()
+    assert not (own_recipe.parent / "out" / "validate" / STAMP).exists()  # stopped: checked again next time
+
+    proc = run_prep("run", str(own_recipe), "-q")
+    assert proc.returncode == 1 and b"allow_errors" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_allowed_errors_leave_the_bad_rows_out(own_recipe: Path) -> None:
+    with open(own_recipe.parent / "chats.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": "again"}]}\n')
+    result = go(own_recipe, "validate.allow_errors=true")
+    assert result.stopped is None and result.exit_code == 1  # done, and one row is in validate/rejects.jsonl
+    validate = result.stages[1]
+    assert validate.summary["rejected"] == 1 and validate.summary["accepted"] == 6
+    rejects = [json.loads(line) for line in (validate.folder / "rejects.jsonl").read_text().splitlines()]
+    assert [r["row_number"] for r in rejects] == [7]
+    assert read_manifest(result.stages[2].folder)["counts"]["written"] == 6
+
+
+def test_cli_runs_the_quickstart_and_says_where_everything_went(tiny_model: Path, tmp_path: Path) -> None:
+    args = ("run", str(ROOT / "recipes" / "quickstart.yaml"), "--set", f"output={tmp_path}", "--set",
+            f"train.model={tiny_model}")
+    dry = run_prep(*args, "--dry-run")
+    assert dry.returncode == 0 and dry.stderr.decode().count("│ run ") == 5 and not (tmp_path / "convert").exists()
+    proc = run_prep(*args)
+    assert proc.returncode == 0, proc.stderr.decode()
+    err = proc.stderr.decode()
+    for line in ("adapter:", "training report:", "run record:"):
+        assert line in err
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert [s["status"] for s in record["stages"]] == ["ran"] * 5
+    again = run_prep(*args, "-q")
+    assert again.returncode == 0 and again.stderr.decode().count("skipped") == 5
+
+
+# ---------------------------------------------------------------- recipe mistakes
+
+
+def mistake(tmp_path: Path, text: str, *sets: str) -> str:
+    """The one-line refusal of a recipe (API and CLI agree; the CLI exits 2 without a traceback)."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(PrepError) as e:
+        load_recipe(path, sets)
+    proc = run_prep("run", str(path), *(a for s in sets for a in ("--set", s)))
+    assert proc.returncode == 2 and b"Traceback" not in proc.stderr
+    assert proc.stderr.decode().strip() == f"prep: {e.value}"
+    return str(e.value)
+
+
+GOOD = f"""\
+inputs:
+  files: [{SAMPLES / "openai.jsonl"}]
+tokenize:
+  tokenizer: {SAMPLES / "tokenizer"}
+  template: chatml
+pack:
+  max_len: 256
+"""
+
+
+def test_good_recipe_loads(tmp_path: Path) -> None:
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD, encoding="utf-8")
+    recipe = load_recipe(path, ["pack.max_len=128"])
+    assert recipe.stages == ["tokenize", "pack"] and recipe.section("pack")["max_len"] == 128
+    assert recipe.name == "good" and recipe.output == Path.cwd() / "runs" / "good"
+
+
+def test_unknown_key_names_its_line_and_a_close_match(tmp_path: Path) -> None:
+    text = GOOD.replace("  max_len: 256\n", "  max_len: 256\n  stratgy: wrap\n")
+    assert mistake(tmp_path, text) == f"{tmp_path / 'bad.yaml'}:8: pack.stratgy: unknown key (did you mean strategy?)"
+    top = mistake(tmp_path, GOOD + "trian:\n  model: x\n")
+    assert top.startswith(f"{tmp_path / 'bad.yaml'}:8: trian: unknown key (did you mean train?)")
+
+
+def test_wrong_type_names_its_line(tmp_path: Path) -> None:
+    msg = mistake(tmp_path, GOOD.replace("max_len: 256", "max_len: lots"))
+    assert msg == f"{tmp_path / 'bad.yaml'}:7: pack.max_len: 'lots' is not of type integer"
+    msg = mistake(tmp_path, GOOD + "train:\n  model: x/y\n  lr: 2e-4\n")
+    assert msg.startswith(f"{tmp_path / 'bad.yaml'}:10: train.lr: '2e-4' is not of type number")
+    assert "2.0e-4" in msg  # YAML 1.1 reads 2e-4 as text: say how to write it
+    assert mistake(tmp_path, GOOD, "pack.max_len=ten") == \
+        "--set pack.max_len=ten: pack.max_len: 'ten' is not of type integer"
+
+
+def test_missing_files_name_their_line(tmp_path: Path) -> None:
+    msg = mistake(tmp_path, GOOD.replace(str(SAMPLES / "openai.jsonl"), "nowhere.jsonl"))
+    assert msg == f"{tmp_path / 'bad.yaml'}:2: inputs.files[0]: {tmp_path / 'nowhere.jsonl'}: no such file"
+    msg = mistake(tmp_path, GOOD.replace(str(SAMPLES / "tokenizer"), "../no-tokenizer"))
+    assert msg.startswith(f"{tmp_path / 'bad.yaml'}:4: tokenize.tokenizer: {tmp_path.parent / 'no-tokenizer'}: "
+                          "no such tokenizer folder")
+
+
+def test_missing_tiny_model_says_how_to_make_it(tmp_path: Path) -> None:
+    (tmp_path / "recipes").mkdir()
+    recipe = tmp_path / "recipes" / "q.yaml"
+    recipe.write_text(GOOD + "train:\n  model: ../runs/models/tiny-llama\n", encoding="utf-8")
+    proc = run_prep("run", "recipes/q.yaml", cwd=tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and err.startswith("prep: recipes/q.yaml:9: train.model: ")
+    assert err.rstrip().endswith("make_tiny_model.py runs/models/tiny-llama`")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("inputs: [a.json]\n", "1: inputs: ['a.json'] is not of type object"),
+    ("inputs:\n  files: [a]\n  files: [b]\n", "3: inputs.files: given twice; keep one"),
+    ("inputs:\n  files: [a\n", "3: not valid YAML"),
+    ("- a\n- b\n", "1: a recipe is a mapping"),
+    ("inputs:\n  format: openai\ntokenize:\n  tokenizer: t\n", "2: inputs: give files: [...], or dataset_info"),
+    ("inputs:\n  files: [a]\n", "1: give at least one stage"),
+    ("inputs:\n  files: [a]\nconvert: {to: openai}\ntrain:\n  model: m\n", "4: train needs tokenize too"),
+    ("inputs:\n  files: [a]\ntokenize: {}\n", "3: tokenize: missing key 'tokenizer'"),
+    ("inputs:\n  files: [a]\nconvert: {to: yaml}\n", "3: convert.to: 'yaml' is not one of openai"),
+])
+def test_recipe_mistakes(tmp_path: Path, text: str, expected: str) -> None:
+    line, _, words = expected.partition(": ")
+    assert mistake(tmp_path, text).startswith(f"{tmp_path / 'bad.yaml'}:{line}: {words}")
+
+
+def test_bad_set_option(tmp_path: Path) -> None:
+    assert "give KEY=VALUE" in mistake(tmp_path, GOOD, "pack.max_len")
+    assert "pack.max_len is not a section" in mistake(tmp_path, GOOD, "pack.max_len.x=1")
+
