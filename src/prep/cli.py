@@ -493,7 +493,7 @@ def train(shards: str, model: str, output: str, quiet: bool, eval_shards: str | 
         report = run(shards, options, progress)
     if not quiet:
         for line in summary_lines(report):
-            console.print(line)
+            console.print(line, soft_wrap=True)
 
 
 @main.command("run")
@@ -534,3 +534,33 @@ def run_recipe(recipe_file: str, sets: tuple[str, ...], dry_run: bool, quiet: bo
             result = run(recipe, view=view, stages=stages)
     print_summary(result, console, write_run_json(result))
     sys.exit(result.exit_code)
+
+
+@main.command()
+@click.argument("prompts", nargs=-1, required=True)
+@click.option("--model", required=True, type=click.Path(exists=True, file_okay=False), help="Base (or merged) model folder.")
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="Adapter folder from prep train; "
+              "without it the base model answers, for comparison.")
+@click.option("--template", help="Template (prep template --list); default: the one the adapter's shards used.")
+@click.option("--system", help="A system message before each prompt.")
+@click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="0: greedy decoding; above 0: sampling at this temperature.")
+def generate(prompts: tuple[str, ...], model: str, adapter: str | None, template: str | None, system: str | None,
+             max_new_tokens: int, temperature: float) -> None:
+    """Stream a completion for each PROMPT (quote each one) through the template the model was trained with.
+
+    \b
+    Examples:
+      prep generate --model runs/tiny-llama --adapter out/adapter "Name three primary colours."
+      prep generate --model runs/tiny-llama "Name three primary colours."    # the base model, to compare
+    """
+    from prep.generate import load
+
+    generator = load(model, adapter, template)
+    for i, prompt in enumerate(prompts):
+        if len(prompts) > 1:
+            click.echo(f"{'' if i == 0 else chr(10)}>>> {prompt}", err=True)
+        generator(prompt, system=system, max_new_tokens=max_new_tokens, temperature=temperature,
+                  on_text=lambda text: click.echo(text, nl=False))
+        click.echo()

@@ -103,21 +103,21 @@ def _packed(manifest: dict[str, Any]) -> bool:
     return (manifest.get("packing") or {}).get("strategy", "none") != "none"
 
 
-class _Counting:
-    """Wraps the collator to count what the model is trained on: real tokens, batch positions (real +
-    padding) and trained tokens. Evaluation batches (model in eval mode) are not counted."""
+@dataclass
+class _Counts:
+    """What the model was trained on in this run: real tokens, batch positions (real + padding) and
+    tokens with a label, counted from the batches training steps receive (evaluation batches are not)."""
 
-    def __init__(self, inner: Any) -> None:
-        self.inner, self.model = inner, None
-        self.tokens = self.positions = self.trained = 0
+    tokens: int = 0
+    positions: int = 0
+    trained: int = 0
 
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = self.inner(examples)
-        if self.model is None or self.model.training:
-            self.tokens += sum(len(e["input_ids"]) for e in examples)
-            self.positions += batch["input_ids"].numel()
-            self.trained += int((batch["labels"] != -100).sum())
-        return batch
+    def add(self, batch: dict[str, Any]) -> None:
+        ids = batch["input_ids"]
+        mask = batch.get("attention_mask")
+        self.tokens += int(mask.sum()) if mask is not None else ids.numel()
+        self.positions += ids.numel()
+        self.trained += int((batch["labels"] != -100).sum())
 
 
 def _load_model(options: TrainOptions, cuda: bool, bf16: bool, vocab_size: int | None) -> Any:
@@ -217,7 +217,7 @@ def train(shards: str, options: TrainOptions, progress: Any = None) -> dict[str,
         raise PrepError(f"--resume: no checkpoint in {checkpoints} to resume from (train with --save-steps)")
 
     import torch
-    from transformers import AutoTokenizer, PrinterCallback, TrainerCallback
+    from transformers import AutoTokenizer, PrinterCallback, TrainerCallback, set_seed
     from trl import SFTTrainer
 
     try:
@@ -233,14 +233,19 @@ def train(shards: str, options: TrainOptions, progress: Any = None) -> dict[str,
     # batches of packed rows would let their documents attend to each other
     padding_free = _packed(manifest) or bool(eval_manifest and _packed(eval_manifest))
     vocab = max((m.get("tokenizer") or {}).get("vocab_size") or 0 for m in (manifest, eval_manifest or {}))
+    set_seed(options.seed)  # before the adapter's random initialisation, so --seed makes a run repeatable
     model = _load_model(options, cuda, bf16, vocab)
     out.mkdir(parents=True, exist_ok=True)
-    trainer = SFTTrainer(model=model, args=_config(options, out, cuda, bf16, padding_free), train_dataset=_dataset(shards),
-                         eval_dataset=_dataset(options.eval) if options.eval else None, processing_class=tokenizer)
+    counter = _Counts()
+
+    class Trainer(SFTTrainer):
+        def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            counter.add(inputs)
+            return super().training_step(model, inputs, *args, **kwargs)
+
+    trainer = Trainer(model=model, args=_config(options, out, cuda, bf16, padding_free), train_dataset=_dataset(shards),
+                      eval_dataset=_dataset(options.eval) if options.eval else None, processing_class=tokenizer)
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; the CLI draws its own progress
-    counter = _Counting(trainer.data_collator)
-    counter.model = trainer.model
-    trainer.data_collator = counter
     started = time.perf_counter()
 
     class Progress(TrainerCallback):
@@ -259,7 +264,7 @@ def train(shards: str, options: TrainOptions, progress: Any = None) -> dict[str,
     tokenizer.save_pretrained(saved)
     _write_info(saved, manifest, options)
     metrics = trainer.evaluate() if options.eval else {}
-    curve = _curve(trainer.state.log_history)
+    curve = _curve(trainer.state.log_history, resumed_from)
     losses = [p["loss"] for p in curve if p.get("loss") is not None]
     report = {
         "shards": str(shards), "model": str(options.model),
@@ -286,16 +291,23 @@ def _last_checkpoint_step(checkpoints: Path) -> int:
     return int(last.rsplit("-", 1)[1]) if last else 0
 
 
-def _curve(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Training and evaluation losses by step, from the trainer's log (it survives --resume)."""
+def _curve(history: list[dict[str, Any]], resumed_from: int | None) -> list[dict[str, Any]]:
+    """Training and evaluation losses by step, from the trainer's log (which a checkpoint carries over).
+
+    TRL's token count starts again at 0 in a resumed run; it is continued from the checkpoint's."""
     points: dict[int, dict[str, Any]] = {}
     for log in history:
         if "loss" in log or "eval_loss" in log:
             point = points.setdefault(log["step"], {"step": log["step"]})
-            for key, name in (("loss", "loss"), ("eval_loss", "eval_loss"), ("learning_rate", "learning_rate"),
-                              ("num_tokens", "tokens_seen")):
+            for key, name in (("loss", "loss"), ("eval_loss", "eval_loss"), ("learning_rate", "learning_rate")):
                 if key in log:
-                    point[name] = float(log[key]) if name != "tokens_seen" else int(log[key])
+                    point[name] = float(log[key])
+            if "num_tokens" in log:
+                point["tokens_seen"] = int(log["num_tokens"])
+    offset = (points.get(resumed_from) or {}).get("tokens_seen", 0) if resumed_from else 0
+    for step, point in points.items():
+        if offset and step > resumed_from and "tokens_seen" in point:
+            point["tokens_seen"] += offset
     return [points[s] for s in sorted(points)]
 
 

@@ -1,0 +1,101 @@
+"""`prep generate`: a completion from a base model, or the model with a trained adapter, streamed.
+
+The prompt is rendered through the template the shards were made with (the adapter's
+prep_train.json, written by `prep train`), up to the point where the model starts to answer, so a
+fine-tuned model is asked exactly the way it was trained, and the base model the same way for a
+side-by-side comparison. Decoding is greedy unless a temperature is given.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prep.findings import PrepError
+from prep.templates import AnyTemplate, get_template, render_pair
+from prep.tokenize import Tokenizer, load_tokenizer
+from prep.train import TRAIN_INFO
+
+
+@dataclass
+class Generator:
+    """A loaded model (with its adapter, if any), its tokenizer and the template prompts go through."""
+
+    model: Any
+    tokenizer: Tokenizer
+    template: AnyTemplate | None  # None: plain text (pretraining shards), the prompt as it is
+    stop_ids: list[int]
+
+    def prompt_text(self, prompt: str, system: str | None = None) -> str:
+        """The text the model continues: the conversation rendered up to the generation point."""
+        if self.template is None:
+            specials = self.tokenizer.specials
+            return (specials.bos or "" if specials.adds_bos else "") + prompt
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        start, text = render_pair(self.template, messages, [{"role": "assistant", "content": ""}], None, "$")
+        return text[:start]
+
+    def __call__(self, prompt: str, *, system: str | None = None, max_new_tokens: int = 128,
+                 temperature: float = 0.0, on_text: Callable[[str], None] | None = None) -> str:
+        """The completion of `prompt`; `on_text` receives it piece by piece as it is generated."""
+        import torch
+        from transformers import TextStreamer
+
+        hf = self.tokenizer.hf
+        ids = torch.tensor([self.tokenizer.backend.encode(self.prompt_text(prompt, system),
+                                                          add_special_tokens=False).ids])
+        pieces: list[str] = []
+
+        class Stream(TextStreamer):
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                pieces.append(text)
+                if on_text and text:
+                    on_text(text)
+
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        with torch.no_grad():
+            self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                eos_token_id=self.stop_ids, pad_token_id=hf.pad_token_id or self.stop_ids[0],
+                                streamer=Stream(hf, skip_prompt=True, skip_special_tokens=True), **sampling)
+        return "".join(pieces)
+
+
+def train_info(*folders: str | Path | None) -> dict[str, Any]:
+    """The first prep_train.json found in `folders` (an adapter or merged model folder), or {}."""
+    for folder in folders:
+        if folder and (Path(folder) / TRAIN_INFO).is_file():
+            return json.loads((Path(folder) / TRAIN_INFO).read_text(encoding="utf-8"))
+    return {}
+
+
+def load(model: str, adapter: str | None = None, template: str | None = None) -> Generator:
+    """The model at `model` (a local folder) with `adapter` applied; `template` overrides the one
+    recorded by `prep train` (default: that one, else the tokenizer's own chat template)."""
+    from transformers import AutoModelForCausalLM
+
+    if adapter and not (Path(adapter) / "adapter_config.json").is_file():
+        raise PrepError(f"--adapter {adapter}: no adapter_config.json there (give the adapter folder prep train wrote)")
+    info = train_info(adapter, model)
+    tok = load_tokenizer(adapter if adapter and _has_tokenizer(adapter) else model)
+    name = template or (info["template"]["name"] if info.get("template") else None)
+    if name is None and not info and tok.has_chat_template:
+        name = "tokenizer"
+    tmpl = get_template(name, tok.specials, tok.jinja) if name else None
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(model)
+    except (OSError, ValueError) as e:
+        raise PrepError(f"cannot load the model {model}: {str(e).splitlines()[0]}") from None
+    if adapter:
+        from peft import PeftModel
+
+        lm = PeftModel.from_pretrained(lm, adapter)
+    lm.eval()
+    stops = [i for i in (tok.token_id(tmpl.eot) if tmpl else None, tok.hf.eos_token_id) if i is not None]
+    return Generator(lm, tok, tmpl, list(dict.fromkeys(stops)))
+
+
+def _has_tokenizer(folder: str) -> bool:
+    return (Path(folder) / "tokenizer.json").is_file()

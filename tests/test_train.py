@@ -1,0 +1,280 @@
+"""prep train and prep generate on a tiny llama built from a config, with the project's tokenizer and sample shards.
+
+One LoRA run (packed shards, 30 steps, evaluated on the unpacked shards, merged) is shared by the module;
+the other runs are one to six steps."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import SAMPLES, fixture, run_prep
+from prep.convert import Inputs
+from prep.findings import PrepError
+from prep.pack import pack
+from prep.shards import iter_tables, read_manifest
+from prep.tokenize import tokenize
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("trl")
+peft = pytest.importorskip("peft")
+transformers = pytest.importorskip("transformers")
+
+from prep.train import TrainOptions, train  # noqa: E402 - needs the train extra
+
+TOKENIZER = str(SAMPLES / "tokenizer")
+CHATS = [str(SAMPLES / n) for n in ("sharegpt.jsonl", "openai.jsonl", "alpaca.json")]
+
+
+def make_tiny_model(out: Path) -> Path:
+    spec = importlib.util.spec_from_file_location("make_tiny_model", SAMPLES / "make_tiny_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_tiny_model(out)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("train")
+
+
+@pytest.fixture(scope="module")
+def model(root: Path) -> str:
+    return str(make_tiny_model(root / "tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def shards(root: Path) -> dict[str, str]:
+    """The sample conversations (chatml) unpacked, packed, with loss on the last answer only, and sample text."""
+    out = {"unpacked": root / "sft", "last": root / "last", "text": root / "text"}
+    tokenize(Inputs(CHATS), TOKENIZER, str(out["unpacked"]), template="chatml")
+    tokenize(Inputs([str(SAMPLES / "sharegpt.jsonl")]), TOKENIZER, str(out["last"]), template="chatml",
+             train_on="last")
+    tokenize(Inputs([str(SAMPLES / "text.jsonl")] * 3), TOKENIZER, str(out["text"]), kind="pretrain")
+    out["packed"] = root / "packed"
+    pack(out["unpacked"], out["packed"], 1024)
+    out["pretrain"] = root / "pretrain"
+    pack(out["text"], out["pretrain"], 128, strategy="wrap")
+    return {k: str(v) for k, v in out.items()}
+
+
+@pytest.fixture(scope="module")
+def lora(root: Path, model: str, shards: dict[str, str]) -> dict:
+    options = TrainOptions(model=model, output=str(root / "lora"), max_steps=30, lr=2e-2, batch_size=1,
+                           eval=shards["unpacked"], merge=True)
+    return train(shards["packed"], options)
+
+
+def rows(folder: str) -> list[dict]:
+    return [r for t in iter_tables(folder) for r in t.to_pylist()]
+
+
+def manual_loss(lm, folder: str, per_row: bool = False) -> float:
+    """Cross-entropy on the labelled tokens only, every document run on its own: the token mean over the
+    folder, or (`per_row`, as Trainer.evaluate averages batches of one row) the mean of row means."""
+    total = count = 0.0
+    means = []
+    with torch.no_grad():
+        for row in rows(folder):
+            row_total = row_count = 0.0
+            start = 0
+            for n in row["seq_lengths"]:
+                ids = torch.tensor([row["input_ids"][start:start + n]])
+                target = torch.tensor(row["labels"][start + 1:start + n], dtype=torch.long)
+                logits = lm(input_ids=ids, use_cache=False).logits[0, :-1].float()
+                keep = target != -100
+                row_total += torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum").item()
+                row_count += int(keep.sum())
+                start += n
+            total, count = total + row_total, count + row_count
+            means.append(row_total / max(row_count, 1))
+    return sum(means) / len(means) if per_row else total / count
+
+
+def base(model: str):
+    return transformers.AutoModelForCausalLM.from_pretrained(model).eval()
+
+
+def test_lora_lowers_the_loss_and_writes_its_report(lora: dict, root: Path) -> None:
+    assert lora["method"] == "lora" and lora["packed"] and lora["padding_free"] and lora["steps"] == 30
+    assert lora["last_loss"] < 0.5 * lora["first_loss"], lora["loss_curve"]
+    out = root / "lora"
+    report = json.loads((out / "training_report.json").read_text())
+    assert report["steps"] == 30 and report["tokens_per_s"] > 0 and report["peak_memory"]["bytes"] > 0
+    csv_lines = (out / "loss_curve.csv").read_text().splitlines()
+    assert csv_lines[0] == "step,loss,eval_loss,learning_rate,tokens_seen" and len(csv_lines) == 31
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    info = json.loads((out / "adapter" / "prep_train.json").read_text())
+    assert info["template"]["name"] == "chatml" and info["kind"] == "sft"
+
+
+def test_adapter_reloads_with_peft_and_gives_the_trained_outputs(lora: dict, model: str, shards: dict) -> None:
+    tuned = peft.PeftModel.from_pretrained(base(model), lora["output"]).eval()
+    # the trainer evaluated its model on the unpacked shards one row per batch at the end of training
+    assert manual_loss(tuned, shards["unpacked"], per_row=True) == pytest.approx(lora["eval_loss"], rel=1e-4)
+    assert manual_loss(base(model), shards["unpacked"], per_row=True) > lora["eval_loss"] + 1
+
+
+def test_merged_model_matches_the_adapter(lora: dict, model: str) -> None:
+    merged = transformers.AutoModelForCausalLM.from_pretrained(lora["merged"]).eval()
+    tuned = peft.PeftModel.from_pretrained(base(model), lora["output"]).eval()
+    ids = torch.tensor([rows(lora["shards"])[0]["input_ids"][:200]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, tuned(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+    assert (Path(lora["merged"]) / "prep_train.json").is_file()
+
+
+@pytest.mark.parametrize("name", ["packed", "last", "pretrain"])
+def test_first_step_loss_is_on_the_labelled_tokens_of_each_document(name: str, root: Path, model: str,
+                                                                   shards: dict) -> None:
+    """One step over the whole shard set: the logged loss is the base model's cross-entropy on exactly the
+    stored labels, each document seen alone (padding-free for packed rows, a padded batch for the unpacked
+    rows of `last`, which keeps only the final answer of each conversation); pretraining shards train in full."""
+    folder = shards[name]
+    manifest = read_manifest(folder)
+    options = TrainOptions(model=model, output=str(root / f"one-{name}"), max_steps=1, lr=1e-3,
+                           batch_size=manifest["counts"]["rows"], full=name == "pretrain")
+    report = train(folder, options)
+    assert report["tokens"] == manifest["tokens"]["total"]
+    assert report["trained_tokens"] == manifest["tokens"]["loss"]
+    assert report["padding_free"] == (name != "last")
+    assert report["first_loss"] == pytest.approx(manual_loss(base(model), folder), rel=1e-4)
+    if name == "last":  # the earlier answers are in the rows but carry no loss
+        assert report["trained_tokens"] < read_manifest(shards["unpacked"])["tokens"]["loss"]
+        everything = manual_loss(base(model), shards["unpacked"])
+        assert abs(report["first_loss"] - everything) > 1e-3
+    if name == "pretrain":  # --full saves a whole model
+        assert transformers.AutoModelForCausalLM.from_pretrained(report["output"]) is not None
+
+
+def test_qlora_runs_saves_and_reloads(root: Path, model: str, shards: dict) -> None:
+    pytest.importorskip("bitsandbytes")
+    # short pretraining rows: bitsandbytes' 4-bit matmuls are slow on CPU
+    options = TrainOptions(model=model, output=str(root / "qlora"), qlora=True, max_steps=3, lr=2e-2, batch_size=1,
+                           eval=shards["pretrain"])
+    report = train(shards["pretrain"], options)
+    assert report["method"] == "qlora" and report["steps"] == 3
+    config = json.loads((Path(report["output"]) / "adapter_config.json").read_text())
+    assert config["r"] == 16 and config["lora_alpha"] == 32
+    four_bit = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                               bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32)
+    quantized = transformers.AutoModelForCausalLM.from_pretrained(model, quantization_config=four_bit,
+                                                                  device_map={"": "cpu"})
+    assert quantized.is_loaded_in_4bit
+    before = manual_loss(quantized, shards["pretrain"], per_row=True)
+    tuned = peft.PeftModel.from_pretrained(quantized, report["output"]).eval()
+    assert manual_loss(tuned, shards["pretrain"], per_row=True) == pytest.approx(report["eval_loss"], rel=1e-4)
+    assert report["eval_loss"] < before
+
+
+def test_resume_continues_from_the_checkpoint_step(root: Path, model: str, shards: dict) -> None:
+    """Six steps straight, or three, stop, and --resume to six: the same adapter (the checkpoint brings back
+    the optimizer, the schedule, the data position and the random state)."""
+    common = {"model": model, "lr": 1e-2, "batch_size": 1, "scheduler": "constant", "warmup_ratio": 0.0,
+              "save_steps": 3}
+    straight = train(shards["packed"], TrainOptions(output=str(root / "straight"), max_steps=6, **common))
+    first = train(shards["packed"], TrainOptions(output=str(root / "resumed"), max_steps=3, **common))
+    assert first["steps"] == 3 and (root / "resumed" / "checkpoints" / "checkpoint-3").is_dir()
+    resumed = train(shards["packed"], TrainOptions(output=str(root / "resumed"), max_steps=6, resume=True, **common))
+    assert resumed["resumed_from_step"] == 3 and resumed["steps"] == 6
+    curve = [(p["step"], p["tokens_seen"]) for p in resumed["loss_curve"]]
+    assert curve == [(p["step"], p["tokens_seen"]) for p in straight["loss_curve"]] and len(curve) == 6
+    losses = [p["loss"] for p in resumed["loss_curve"]]
+    assert losses == pytest.approx([p["loss"] for p in straight["loss_curve"]], rel=1e-5)
+    assert resumed["tokens"] < straight["tokens"]  # only steps 4-6 were trained in the resumed run
+    a = peft.PeftModel.from_pretrained(base(model), straight["output"]).state_dict()
+    b = peft.PeftModel.from_pretrained(base(model), resumed["output"]).state_dict()
+    lora_keys = [k for k in a if "lora_" in k]
+    assert lora_keys
+    for k in lora_keys:
+        torch.testing.assert_close(a[k], b[k])
+    with pytest.raises(PrepError, match="no checkpoint"):
+        train(shards["packed"], TrainOptions(output=str(root / "fresh"), max_steps=6, resume=True, **common))
+
+
+def swapped_tokenizer(folder: Path) -> Path:
+    """The project's tokenizer with two token ids exchanged: same size and specials, other ids."""
+    shutil.copytree(TOKENIZER, folder)
+    data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = data["model"]["vocab"]
+    a, b = (t for t, i in vocab.items() if i in (700, 701))
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (folder / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return folder
+
+
+def test_fingerprint_mismatch_is_refused_and_force_overrides(root: Path, model: str, tmp_path: Path) -> None:
+    other = swapped_tokenizer(tmp_path / "swapped")
+    shards = tmp_path / "swapped-shards"
+    tokenize(Inputs([str(SAMPLES / "openai.jsonl")]), str(other), str(shards), template="chatml")
+    refused = run_prep("train", str(shards), "--model", model, "-o", str(tmp_path / "out"), "--max-steps", "1")
+    err = refused.stderr.decode()
+    assert refused.returncode == 2, err
+    assert "swapped" in err and "tiny-llama" in err and "--force" in err and "Traceback" not in err
+    forced = run_prep("train", str(shards), "--model", model, "-o", str(tmp_path / "out"), "--max-steps", "1",
+                      "--force")
+    assert forced.returncode == 0, forced.stderr.decode()
+    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
+    assert "1 steps" in forced.stderr.decode()
+
+
+def test_a_tokenizer_larger_than_the_model_is_refused_even_with_force(model: str, tmp_path: Path) -> None:
+    qwen = fixture("tokenizers", "qwen2.5")
+    shards = tmp_path / "qwen"
+    tokenize(Inputs([str(SAMPLES / "openai.jsonl")]), str(qwen), str(shards), template="chatml")
+    with pytest.raises(PrepError, match="qwen2.5"):
+        train(str(shards), TrainOptions(model=model, output=str(tmp_path / "o"), max_steps=1))
+    with pytest.raises(PrepError, match="151665 tokens but the model .* has 2500 embeddings"):
+        train(str(shards), TrainOptions(model=model, output=str(tmp_path / "o"), max_steps=1, force=True))
+
+
+def test_corrupted_shard_is_refused(shards: dict, model: str, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(shards["packed"], broken)
+    shard = broken / read_manifest(broken)["shards"][0]["path"]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    done = run_prep("train", str(broken), "--model", model, "-o", str(tmp_path / "out"))
+    err = done.stderr.decode()
+    assert done.returncode == 2 and "fail verification" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_preference_shards_are_refused_with_a_pointer(model: str, tmp_path: Path) -> None:
+    tokenize(Inputs([str(SAMPLES / "trl_preference.jsonl")]), TOKENIZER, str(tmp_path / "dpo"), template="chatml")
+    with pytest.raises(PrepError, match="dpo shards are not trained by prep train.*DPOTrainer"):
+        train(str(tmp_path / "dpo"), TrainOptions(model=model, output=str(tmp_path / "o")))
+
+
+def test_generate_streams_the_fine_tuned_answer_through_the_training_template(lora: dict, model: str) -> None:
+    from prep.generate import load
+
+    prompt = "What is the capital of France?"
+    chatml = f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+    tokenizer = transformers.AutoTokenizer.from_pretrained(lora["output"])
+    tuned = peft.PeftModel.from_pretrained(base(model), lora["output"]).eval()
+    ids = torch.tensor([tokenizer(chatml, add_special_tokens=False)["input_ids"]])
+    stops = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id]
+    with torch.no_grad():
+        out = tuned.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                             eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
+    expected = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    assert expected.strip()
+    done = run_prep("generate", "--model", model, "--adapter", lora["output"], "--max-new-tokens", "12", prompt)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().strip() == expected.strip()
+    generator = load(model)  # the base model: no prep_train.json, so the tokenizer's own template
+    assert generator.template is not None and generator.template.name == "tokenizer"
+    assert load(model, lora["output"]).prompt_text(prompt) == chatml
+
+
+def test_generate_needs_an_adapter_folder(model: str, tmp_path: Path) -> None:
+    from prep.generate import load
+
+    with pytest.raises(PrepError, match="no adapter_config.json"):
+        load(model, str(tmp_path))
