@@ -14,7 +14,7 @@ import pytest
 
 from conftest import ROOT, SAMPLES, run_prep
 from prep.findings import PrepError
-from prep.recipe import load_recipe
+from prep.recipe import load_recipe, parse_set
 from prep.run import STAMP, RunResult, run
 from prep.shards import read_manifest
 from prep.verify import verify
@@ -69,6 +69,9 @@ def test_recipe_runs_to_completion_then_skips(recipe: Path, tiny_model: Path, tm
     if "validate" in stages:
         report = json.loads((stages["validate"].folder / "report.json").read_text())
         assert report["ok"] and report["summary"]["rows_accepted"] == stages["validate"].summary["read"]
+        if load_recipe(recipe).section("validate").get("tokens"):  # validate counted what tokenize made
+            assert report["stats"]["tokens_total"] == manifest["tokens"]["total"]
+            assert report["stats"]["trained_tokens_per_row"]["count"] == DOCUMENTS[recipe.stem]
     if "pack" in stages:
         packed = read_manifest(shards)
         assert packed["counts"]["written"] == DOCUMENTS[recipe.stem]
@@ -240,6 +243,8 @@ def test_wrong_type_names_its_line(tmp_path: Path) -> None:
     msg = mistake(tmp_path, GOOD + "train:\n  model: x/y\n  lr: 2e-4\n")
     assert msg.startswith(f"{tmp_path / 'bad.yaml'}:10: train.lr: '2e-4' is not of type number")
     assert "2.0e-4" in msg  # YAML 1.1 reads 2e-4 as text: say how to write it
+    assert parse_set("train.lr=2e-4") == (("train", "lr"), 2e-4)  # on the command line, a number
+    assert parse_set("inputs.system='1e5'") == (("inputs", "system"), "1e5")
     assert mistake(tmp_path, GOOD, "pack.max_len=ten") == \
         "--set pack.max_len=ten: pack.max_len: 'ten' is not of type integer"
 

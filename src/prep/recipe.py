@@ -35,7 +35,7 @@ JsonPath = tuple[str | int, ...]
 
 @dataclass
 class Recipe:
-    """A checked recipe: `data` has every path made absolute; `sections` are the stages it runs."""
+    """A checked recipe: `data` has every path made absolute; `stages` are the ones it runs, in order."""
 
     path: Path
     name: str
@@ -52,15 +52,18 @@ class Recipe:
 
 
 def parse_set(text: str) -> tuple[JsonPath, Any]:
-    """`--set train.max_steps=5` -> (("train", "max_steps"), 5); the value is read as YAML."""
+    """`--set train.max_steps=5` -> (("train", "max_steps"), 5); the value is read as YAML, and 2e-4 as a number."""
     key, sep, value = text.partition("=")
     parts = tuple(key.strip().split("."))
     if not sep or not all(parts):
         raise PrepError(f"--set {text!r}: give KEY=VALUE with a dotted key, e.g. --set train.max_steps=5")
     try:
-        return parts, yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
     except yaml.YAMLError as e:
         raise PrepError(f"--set {text!r}: the value is not valid YAML ({_yaml_problem(e)}); quote it") from None
+    # YAML 1.1 reads 2e-4 (no dot) as text; typed after --set it means the number ('1e5', quoted, stays text)
+    return parts, float(parsed) if isinstance(parsed, str) and _FLOAT.match(parsed) and value.strip() == parsed \
+        else parsed
 
 
 def load_recipe(path: str | Path, sets: Sequence[str] = ()) -> Recipe:
@@ -264,6 +267,9 @@ def _check_files(data: dict[str, Any], lines: _Lines) -> None:
     if "validate" in data and "convert" not in data and "dataset_info" in inputs:
         raise PrepError(f"{lines.at(('validate',), key=True)}: validate checks files, and dataset_info entries "
                         "become files in the convert stage: add `convert: {to: openai}` (or another format)")
+    if data.get("validate", {}).get("tokens") and "tokenize" not in data:
+        raise PrepError(f"{lines.at(('validate', 'tokens'))}: validate.tokens counts tokens with the tokenize "
+                        "section's tokenizer: add a tokenize section")
     if "pack" in data and data.get("tokenize", {}).get("kind") in ("dpo", "kto"):
         raise PrepError(f"{lines.at(('pack',), key=True)}: pack: {data['tokenize']['kind']} shards are trained as "
                         "pairs and are not packed; remove the pack (and train) sections")

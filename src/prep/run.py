@@ -134,17 +134,21 @@ def plan(recipe: Recipe) -> list[Stage]:
         elif name == "train":
             options["model"] = folder_digest(options["model"])
         elif name == "validate" and "tokenize" in recipe.data:
-            options["kind"] = recipe.section("tokenize").get("kind")  # validate checks rows of that kind
+            tok = recipe.section("tokenize")
+            options["kind"] = tok.get("kind")  # validate checks rows of that kind
+            if options.get("tokens"):
+                options.update(tokenizer=folder_digest(tok["tokenizer"]), template=tok.get("template"),
+                               max_len=tok.get("max_len"))
         key = _key(name, options, upstream)
         folder = recipe.output / name
         stamp = _read_stamp(folder)
-        done = stamp is not None and stamp.get("key") == key and _complete(name, folder, stamp)
+        done = stamp is not None and stamp.get("key") == key and _complete(folder, stamp)
         stages.append(Stage(name, folder, key, "skip" if done else "run", stamp["summary"] if done else {}))
         upstream = key
     return stages
 
 
-def _complete(name: str, folder: Path, stamp: dict[str, Any]) -> bool:
+def _complete(folder: Path, stamp: dict[str, Any]) -> bool:
     """The stage's output is still there (the stamp alone could outlive a deleted file)."""
     outputs = stamp.get("outputs", [])
     return bool(outputs) and all((folder / p).exists() for p in outputs)
@@ -185,13 +189,15 @@ def _validate(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str
     from prep.validate import report as show
     from prep.validate import validate
 
-    opts = recipe.section("validate")
+    opts, tok = recipe.section("validate"), recipe.section("tokenize")
     inputs = flow.inputs
     rejects = stage.folder / "rejects.jsonl"
-    result = validate(list(inputs.files), format=inputs.format, kind=recipe.section("tokenize").get("kind"),
-                      settings=inputs.settings, container=inputs.container, txt_split=inputs.txt_split,
-                      strict=opts.get("strict", False), rejects=str(rejects), min_rows=opts.get("min_rows", 1),
-                      max_chars=opts.get("max_chars", 32_000))
+    tokens = {"tokenizer": tok["tokenizer"], "template": tok.get("template"), "max_len": tok.get("max_len")} \
+        if opts.get("tokens") else {}
+    result = validate(list(inputs.files), format=inputs.format, kind=tok.get("kind"), settings=inputs.settings,
+                      container=inputs.container, txt_split=inputs.txt_split, strict=opts.get("strict", False),
+                      rejects=str(rejects), min_rows=opts.get("min_rows", 1), max_chars=opts.get("max_chars", 32_000),
+                      **tokens)
     stage.folder.mkdir(parents=True, exist_ok=True)
     show.write_json(result, str(stage.folder / "report.json"))
     summary = {"outputs": ["report.json"], "read": result.rows_read, "accepted": result.rows_accepted,
@@ -199,16 +205,23 @@ def _validate(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str
                "warnings": result.findings.warnings, "report": "report.json",
                "rejects": "rejects.jsonl" if result.rows_rejected else None, "accepted_files": None,
                "line": f"read {result.rows_read}, accepted {result.rows_accepted}, rejected {result.rows_rejected}; "
-                       f"{result.findings.errors} errors, {result.findings.warnings} warnings"}
+                       f"{result.findings.errors} errors, {result.findings.warnings} warnings"
+                       + (_token_line(result.stats.extra) if tokens else "")}
     if result.exit_code and not opts.get("allow_errors"):
         show.show(result, sys.stderr)
         raise _Stopped(f"validation found {result.findings.errors} errors and {result.findings.warnings} warnings "
-                       f"(report: {stage.folder / 'report.json'}, rows: {rejects}); fix the rows, or let the run go "
-                       "on without them: validate: {allow_errors: true}", summary)
+                       f"(report: {_shown(stage.folder / 'report.json')}, rejected rows: {_shown(rejects)}); fix the "
+                       "rows, or let the run go on without them: validate: {allow_errors: true}", summary)
     if result.rows_rejected:
         summary["accepted_files"] = _write_accepted(inputs, rejects, stage.folder)
         summary["outputs"].extend(summary["accepted_files"])
     return summary
+
+
+def _token_line(extra: dict[str, Any]) -> str:
+    rows = extra["tokens_per_row"]
+    over = f", {extra['rows_over_max_len']} over max_len {extra['max_len']}" if extra.get("max_len") else ""
+    return f"; tokens per row {rows['min']}-{rows['max']} (mean {rows['mean']:.0f}){over}"
 
 
 class _Stopped(Exception):
