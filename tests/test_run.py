@@ -100,6 +100,7 @@ def test_recipe_runs_to_completion_then_skips(recipe: Path, tiny_model: Path, tm
 def own_recipe(tmp_path: Path, tiny_model: Path) -> Path:
     """A recipe over copies of the samples, so a test can change an input."""
     shutil.copy(SAMPLES / "openai.jsonl", tmp_path / "chats.jsonl")
+    shutil.copytree(SAMPLES / "tokenizer", tmp_path / "tokenizer")
     recipe = tmp_path / "chats.yaml"
     recipe.write_text(f"""\
 inputs:
@@ -108,7 +109,7 @@ convert:
   to: openai
 validate: {{}}
 tokenize:
-  tokenizer: {SAMPLES / "tokenizer"}
+  tokenizer: tokenizer
   template: chatml
 pack:
   max_len: 1024
@@ -144,6 +145,11 @@ def test_a_change_reruns_only_what_depends_on_it(own_recipe: Path) -> None:
 
     lr = go(own_recipe, "pack.max_len=512", "train.lr=1.0e-3")
     assert [s.name for s in lr.stages if s.status == "ran"] == ["train"]
+
+    config = own_recipe.parent / "tokenizer" / "tokenizer_config.json"  # same vocabulary, other settings
+    config.write_text(json.dumps({**json.loads(config.read_text()), "model_max_length": 4096}), encoding="utf-8")
+    retok = go(own_recipe, "pack.max_len=512", "train.lr=1.0e-3")
+    assert [s.name for s in retok.stages if s.status == "ran"] == ["tokenize", "pack", "train"]
 
     with open(own_recipe.parent / "chats.jsonl", "a", encoding="utf-8") as f:
         f.write('{"messages": [{"role": "user", "content": "One more?"}, {"role": "assistant", "content": "Yes."}]}\n')

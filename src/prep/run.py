@@ -285,7 +285,7 @@ def _pack(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, An
     return {"outputs": ["manifest.json"], "read": c["read"], "written": c["written"], "rows": c["rows"],
             "rejected": rejected, "efficiency": packing.get("efficiency"),
             "rejects": "rejects.jsonl" if rejected else None,
-            "line": f"{c['written']} documents into {c['rows']} rows of <= {opts['max_len']} tokens "
+            "line": f"{c['written']} documents into {c['rows']} row{'' if c['rows'] == 1 else 's'} of <= {opts['max_len']} tokens "
                     f"({packing['strategy']}, efficiency {packing.get('efficiency', 0):.2%}), rejected {rejected}"}
 
 
