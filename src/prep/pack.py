@@ -234,13 +234,13 @@ def _windows(indir: Path, manifest: dict[str, Any], window: int) -> Iterator[tup
     pending: list[pa.Table] = []
     sources: list[Source] = []
     for shard in manifest["shards"]:
-        pfile = pq.ParquetFile(indir / shard["path"])
+        path = str(indir / shard["path"])
+        pfile = pq.ParquetFile(path)
         row = 0
         for group in range(pfile.num_row_groups):
             table = pfile.read_row_group(group, columns=list(_SCHEMA.names))
             pending.append(table)
-            sources += [Source(str(indir / shard["path"]), row + k + 1, len(sources) + k + 1)
-                        for k in range(table.num_rows)]
+            sources += [Source(path, row + k + 1, len(sources) + k + 1) for k in range(table.num_rows)]
             row += table.num_rows
             while len(sources) >= window:
                 whole = pa.concat_tables(pending)
