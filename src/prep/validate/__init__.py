@@ -445,10 +445,7 @@ def _validate_file(path: str, report: FileReport, ctx: Context) -> None:
         ctx.findings.add(f)
     if not scan.readable:
         return
-    # read_rows drops the batch it is filling when a JSON document breaks off; one row per batch keeps every
-    # row before the break counted and checked.
-    size = 1 if scan.container == "json" else BATCH_ROWS
-    batches: Iterator[Batch[Any]] = _named(read_rows(path, scan.container, ctx.txt_split, size), name, path)
+    batches: Iterator[Batch[Any]] = _named(read_rows(path, scan.container, ctx.txt_split, BATCH_ROWS), name, path)
     fmt: str | None = ctx.format
     try:
         if scan.container == "txt" and fmt == "auto":
