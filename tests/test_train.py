@@ -99,7 +99,12 @@ def base(model: str):
     return transformers.AutoModelForCausalLM.from_pretrained(model).eval()
 
 
-def test_lora_lowers_the_loss_and_writes_its_report(lora: dict, root: Path) -> None:
+def test_lora_lowers_the_loss_and_writes_its_report(lora: dict, root: Path, model: str, shards: dict) -> None:
+    # the model folder holds the tokenizer saved again (other files, other sha256): same vocabulary, accepted
+    from prep.tokenize import fingerprint
+
+    mine = fingerprint(transformers.AutoTokenizer.from_pretrained(model))
+    assert mine["sha256"] != read_manifest(shards["packed"])["tokenizer"]["sha256"]
     assert lora["method"] == "lora" and lora["packed"] and lora["padding_free"] and lora["steps"] == 30
     assert lora["last_loss"] < 0.5 * lora["first_loss"], lora["loss_curve"]
     out = root / "lora"

@@ -480,6 +480,7 @@ def train(shards: str, model: str, output: str, quiet: bool, eval_shards: str | 
     from prep.train import train as run
 
     options = TrainOptions(model=model, output=output, eval=eval_shards, **kw)
+    _quiet_libraries()
     console = Console(stderr=True, highlight=False)
     with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console,
@@ -557,6 +558,7 @@ def generate(prompts: tuple[str, ...], model: str, adapter: str | None, template
     """
     from prep.generate import load
 
+    _quiet_libraries()
     generator = load(model, adapter, template)
     for i, prompt in enumerate(prompts):
         if len(prompts) > 1:
@@ -564,3 +566,19 @@ def generate(prompts: tuple[str, ...], model: str, adapter: str | None, template
         generator(prompt, system=system, max_new_tokens=max_new_tokens, temperature=temperature,
                   on_text=lambda text: click.echo(text, nl=False))
         click.echo()
+
+
+def _quiet_libraries() -> None:
+    """prep train/generate draw their own progress: no loading bars or deprecation notes from the libraries."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|trl|peft)\.")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its optional CPU kernel package is not needed
+    try:
+        import datasets
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # the train extra is missing; prep.train says so
+        return
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
