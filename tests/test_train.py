@@ -106,7 +106,11 @@ def test_lora_lowers_the_loss_and_writes_its_report(lora: dict, root: Path, mode
     mine = fingerprint(transformers.AutoTokenizer.from_pretrained(model))
     assert mine["sha256"] != read_manifest(shards["packed"])["tokenizer"]["sha256"]
     assert lora["method"] == "lora" and lora["packed"] and lora["padding_free"] and lora["steps"] == 30
-    assert lora["last_loss"] < 0.5 * lora["first_loss"], lora["loss_curve"]
+    # one packed row per step, four rows: compare whole epochs, so no row's own difficulty decides
+    assert read_manifest(shards["packed"])["counts"]["rows"] == 4
+    losses = [p["loss"] for p in lora["loss_curve"]]
+    assert sum(losses[-4:]) < 0.5 * sum(losses[:4]), losses
+    assert lora["last_loss"] < 0.6 * lora["first_loss"]
     out = root / "lora"
     report = json.loads((out / "training_report.json").read_text())
     assert report["steps"] == 30 and report["tokens_per_s"] > 0 and report["peak_memory"]["bytes"] > 0
