@@ -1,12 +1,13 @@
 """`prep train`: LoRA, QLoRA or full fine-tuning on prep shards, with nothing re-tokenized.
 
-A thin stage on transformers, peft and TRL: the shards are loaded with `datasets`, handed to TRL's
-SFTTrainer with `skip_prepare_dataset`, and its collator uses the stored `labels` as they are and
-the stored `seq_lengths` for position ids. Packed shards train padding-free (position ids restart
-per document, so transformers masks attention per document; the first label of each document is
-already -100, so no document is predicted from the previous one); unpacked shards train in padded
-batches. Before anything loads, the shards are verified and their tokenizer fingerprint is
-compared with the model's tokenizer.
+A thin stage on transformers, peft and TRL: the shards are loaded with `datasets` and handed to
+TRL's SFTTrainer with `skip_prepare_dataset`; the stored `labels` are used as they are. Packed
+shards train without attention masks: position ids restart at every document (from the stored
+`seq_lengths`), so transformers masks attention per document, and the first label of each document
+is already -100, so no document is predicted from the previous one. With flash-attention TRL's
+padding-free collator concatenates a batch's rows; otherwise the rows are stacked (`_StackedRows`).
+Unpacked shards train in padded batches. Before anything loads, the shards are verified and their
+tokenizer fingerprint is compared with the model's tokenizer.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from prep.shards import read_manifest
 
 REPORT = "training_report.json"
 TRAIN_INFO = "prep_train.json"
+REAL_TOKENS = "prep_real_tokens"  # a batch's count of non-padding tokens, taken out before the model sees it
 
 
 @dataclass
@@ -112,12 +114,43 @@ class _Counts:
     positions: int = 0
     trained: int = 0
 
-    def add(self, batch: dict[str, Any]) -> None:
+    def add(self, batch: dict[str, Any], real: Any = None) -> None:
+        """`real`: the real tokens of a batch that has padding but no attention mask (stacked packed rows)."""
         ids = batch["input_ids"]
         mask = batch.get("attention_mask")
-        self.tokens += int(mask.sum()) if mask is not None else ids.numel()
+        self.tokens += int(real if real is not None else mask.sum() if mask is not None else ids.numel())
         self.positions += ids.numel()
         self.trained += int((batch["labels"] != -100).sum())
+
+
+class _StackedRows:
+    """Packed rows as a [batch, longest row] tensor with position ids restarting at every document and
+    no attention mask, from which transformers masks attention per document in each row.
+
+    TRL's padding-free collator instead concatenates the rows of a batch into one sequence, which
+    flash-attention's variable-length kernels run without waste; the sdpa and eager kernels build a
+    dense mask over it, batch x row length squared, so for them the rows are kept apart (the few
+    padding positions at a row's end form their own document and carry no loss)."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        from prep.shards import position_ids
+
+        width = max(len(e["input_ids"]) for e in examples)
+        ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(examples), width), -100, dtype=torch.long)
+        positions = torch.zeros((len(examples), width), dtype=torch.long)
+        for i, e in enumerate(examples):
+            n = len(e["input_ids"])
+            ids[i, :n] = torch.tensor(e["input_ids"])
+            labels[i, :n] = torch.tensor(e["labels"])
+            positions[i] = torch.tensor(position_ids([*e["seq_lengths"], width - n] if width > n else e["seq_lengths"]))
+        real = torch.tensor(sum(len(e["input_ids"]) for e in examples))
+        return {"input_ids": ids, "labels": labels, "position_ids": positions, REAL_TOKENS: real}
 
 
 def _load_model(options: TrainOptions, cuda: bool, bf16: bool, vocab_size: int | None) -> Any:
@@ -181,7 +214,7 @@ def _check_options(options: TrainOptions) -> None:
             raise PrepError("--report-to tensorboard needs the tensorboard package (pip install tensorboard)") from None
 
 
-def _config(options: TrainOptions, out: Path, cuda: bool, bf16: bool, padding_free: bool) -> Any:
+def _config(options: TrainOptions, out: Path, cuda: bool, bf16: bool, flatten: bool) -> Any:
     import dataclasses
 
     from trl import SFTConfig
@@ -200,7 +233,7 @@ def _config(options: TrainOptions, out: Path, cuda: bool, bf16: bool, padding_fr
         save_strategy="steps" if saving else "no", save_steps=options.save_steps or 500,
         eval_strategy="steps" if options.eval and saving else "no", eval_steps=options.save_steps,
         report_to=options.report_to, use_cpu=not cuda, bf16=bf16,
-        padding_free=padding_free, dataset_kwargs={"skip_prepare_dataset": True}, max_length=None,
+        padding_free=flatten, dataset_kwargs={"skip_prepare_dataset": True}, max_length=None,
         disable_tqdm=True, dataloader_num_workers=0, **options.extra)
 
 
@@ -235,16 +268,32 @@ def train(shards: str, options: TrainOptions, progress: Any = None) -> dict[str,
     vocab = max((m.get("tokenizer") or {}).get("vocab_size") or 0 for m in (manifest, eval_manifest or {}))
     set_seed(options.seed)  # before the adapter's random initialisation, so --seed makes a run repeatable
     model = _load_model(options, cuda, bf16, vocab)
+    flatten = padding_free and str(model.config._attn_implementation).startswith("flash")
+    batching = ("packed rows concatenated" if flatten else "packed rows stacked") if padding_free else "padded"
     out.mkdir(parents=True, exist_ok=True)
     counter = _Counts()
 
     class Trainer(SFTTrainer):
+        seen_before: int | None = None  # tokens trained on before a resumed checkpoint
+
         def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-            counter.add(inputs)
+            inputs = dict(inputs)
+            counter.add(inputs, inputs.pop(REAL_TOKENS, None))
             return super().training_step(model, inputs, *args, **kwargs)
 
-    trainer = Trainer(model=model, args=_config(options, out, cuda, bf16, padding_free), train_dataset=_dataset(shards),
-                      eval_dataset=_dataset(options.eval) if options.eval else None, processing_class=tokenizer)
+        def prediction_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            return super().prediction_step(model, {k: v for k, v in inputs.items() if k != REAL_TOKENS}, *args, **kwargs)
+
+        def log(self, logs: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+            if "loss" in logs:  # our count, kept in the trainer state so that it carries over a --resume
+                if self.seen_before is None:
+                    self.seen_before = max((h.get("tokens_seen", 0) for h in self.state.log_history), default=0)
+                logs["tokens_seen"] = self.seen_before + counter.tokens
+            super().log(logs, *args, **kwargs)
+
+    trainer = Trainer(model=model, args=_config(options, out, cuda, bf16, flatten), train_dataset=_dataset(shards),
+                      eval_dataset=_dataset(options.eval) if options.eval else None, processing_class=tokenizer,
+                      data_collator=_StackedRows(tokenizer.pad_token_id or 0) if padding_free and not flatten else None)
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; the CLI draws its own progress
     started = time.perf_counter()
 
@@ -264,12 +313,12 @@ def train(shards: str, options: TrainOptions, progress: Any = None) -> dict[str,
     tokenizer.save_pretrained(saved)
     _write_info(saved, manifest, options)
     metrics = trainer.evaluate() if options.eval else {}
-    curve = _curve(trainer.state.log_history, resumed_from)
+    curve = _curve(trainer.state.log_history)
     losses = [p["loss"] for p in curve if p.get("loss") is not None]
     report = {
         "shards": str(shards), "model": str(options.model),
         "method": "full" if options.full else ("qlora" if options.qlora else "lora"),
-        "packed": _packed(manifest), "padding_free": padding_free, "output": str(saved),
+        "packed": _packed(manifest), "padding_free": padding_free, "batching": batching, "output": str(saved),
         "steps": result.global_step, "resumed_from_step": resumed_from, "epochs": result.metrics.get("epoch"),
         "runtime_s": round(runtime, 3), "tokens": counter.tokens, "batch_positions": counter.positions,
         "trained_tokens": counter.trained, "tokens_per_s": round(counter.tokens / runtime, 1) if runtime else None,
@@ -291,23 +340,17 @@ def _last_checkpoint_step(checkpoints: Path) -> int:
     return int(last.rsplit("-", 1)[1]) if last else 0
 
 
-def _curve(history: list[dict[str, Any]], resumed_from: int | None) -> list[dict[str, Any]]:
-    """Training and evaluation losses by step, from the trainer's log (which a checkpoint carries over).
-
-    TRL's token count starts again at 0 in a resumed run; it is continued from the checkpoint's."""
+def _curve(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Training and evaluation losses by step, from the trainer's log (which a checkpoint carries over)."""
     points: dict[int, dict[str, Any]] = {}
     for log in history:
         if "loss" in log or "eval_loss" in log:
             point = points.setdefault(log["step"], {"step": log["step"]})
-            for key, name in (("loss", "loss"), ("eval_loss", "eval_loss"), ("learning_rate", "learning_rate")):
+            for key in ("loss", "eval_loss", "learning_rate"):
                 if key in log:
-                    point[name] = float(log[key])
-            if "num_tokens" in log:
-                point["tokens_seen"] = int(log["num_tokens"])
-    offset = (points.get(resumed_from) or {}).get("tokens_seen", 0) if resumed_from else 0
-    for step, point in points.items():
-        if offset and step > resumed_from and "tokens_seen" in point:
-            point["tokens_seen"] += offset
+                    point[key] = float(log[key])
+            if "tokens_seen" in log:
+                point["tokens_seen"] = int(log["tokens_seen"])
     return [points[s] for s in sorted(points)]
 
 
