@@ -9,7 +9,8 @@ settings (r 16, alpha 32, dropout 0.05, all-linear, lr 2e-4, cosine, seed 42):
 
 - prep: `prep tokenize --template tokenizer` (the tokenizer's own template) and `prep pack --max-len`
   (bfd), then `prep.train.train` on the packed shards with `--batch-size` packed rows per step
-  (padding-free: the rows of a step are concatenated, position ids restart per document);
+  (no attention mask: position ids restart per document; on CPU the rows of a step are stacked, with
+  a few padding positions where a row is shorter than the longest);
 - TRL: SFTTrainer with its default data settings on a `messages` dataset of the same conversations:
   it applies the chat template and tokenizes itself (the same ids as prep's), truncates at 1024, no
   packing, batches of 8 padded to the longest row; it trains on every token (its default), where
@@ -171,7 +172,7 @@ def main() -> None:
               f"TRL: tokenizing in SFTTrainer() {trl['prepare']:.2f} s, batches of 8 conversations")
         print(f"{'':<34} {'steps':>5} {'seconds':>8} {'real tok':>10} {'padding':>8} {'real tok/s':>12} "
               f"{'positions/s':>12}")
-        print(line("prep train (packed, padding-free)", prep))
+        print(line("prep train (packed rows)", prep))
         print(line("TRL SFTTrainer (defaults, padded)", trl))
         ratio = (prep["tokens"] / prep["seconds"]) / (trl["tokens"] / trl["seconds"])
         print(f"real tokens/s, prep / TRL: {ratio:.2f}x; tokens with loss: prep {prep['loss_tokens']:,} "
