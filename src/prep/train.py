@@ -262,8 +262,8 @@ def train(shards: str, options: TrainOptions, progress: Any = None) -> dict[str,
         check_tokenizer(eval_manifest, tokenizer, options.model, options.force)
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
-    # padding-free as soon as either side is packed: it is exact for unpacked rows too, while padded
-    # batches of packed rows would let their documents attend to each other
+    # documents kept apart by position ids (no attention mask) as soon as either side is packed: exact
+    # for unpacked rows too, while masked batches of packed rows would let their documents attend to each other
     padding_free = _packed(manifest) or bool(eval_manifest and _packed(eval_manifest))
     vocab = max((m.get("tokenizer") or {}).get("vocab_size") or 0 for m in (manifest, eval_manifest or {}))
     set_seed(options.seed)  # before the adapter's random initialisation, so --seed makes a run repeatable
