@@ -472,7 +472,14 @@ def stats(targets: tuple[str, ...], source: str, as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="Train even if the tokenizer fingerprints differ.")
 @click.option("-q", "--quiet", is_flag=True)
 def train(shards: str, model: str, output: str, quiet: bool, eval_shards: str | None, **kw: Any) -> None:
-    """LoRA / QLoRA / full fine-tuning on SHARDS, exactly on the tokens and labels stored there."""
+    """LoRA / QLoRA / full fine-tuning on SHARDS, exactly on the tokens and labels stored there.
+
+    \b
+    Examples:
+      prep train shards/packed --model runs/tiny-llama -o runs/lora
+      prep train shards/packed --model ./Qwen2.5-0.5B --qlora --max-steps 200 --eval shards/val --save-steps 50 -o q/
+      prep train shards/packed --model ./Qwen2.5-0.5B --max-steps 400 --save-steps 50 --resume -o q/
+    """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
