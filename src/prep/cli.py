@@ -534,6 +534,7 @@ def run_recipe(recipe_file: str, sets: tuple[str, ...], dry_run: bool, quiet: bo
     if dry_run:
         print_plan(run(recipe, dry_run=True), console)
         return
+    _quiet_libraries()
     if quiet:
         result = run(recipe)
     else:
