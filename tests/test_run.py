@@ -56,7 +56,8 @@ def test_recipes_are_all_here() -> None:
 def test_recipe_runs_to_completion_then_skips(recipe: Path, tiny_model: Path, tmp_path: Path) -> None:
     sets = (f"output={tmp_path}", f"train.model={tiny_model}") if "train:" in recipe.read_text() else \
         (f"output={tmp_path}",)
-    result = go(recipe, *sets)
+    loaded = load_recipe(recipe, sets)
+    result = run(loaded)
     assert result.stopped is None and result.rejected == 0 and result.exit_code == 0
     assert set(statuses(result).values()) == {"ran"}
     stages = {s.name: s for s in result.stages}
@@ -69,7 +70,7 @@ def test_recipe_runs_to_completion_then_skips(recipe: Path, tiny_model: Path, tm
     if "validate" in stages:
         report = json.loads((stages["validate"].folder / "report.json").read_text())
         assert report["ok"] and report["summary"]["rows_accepted"] == stages["validate"].summary["read"]
-        if load_recipe(recipe).section("validate").get("tokens"):  # validate counted what tokenize made
+        if loaded.section("validate").get("tokens"):  # validate counted what tokenize made
             assert report["stats"]["tokens_total"] == manifest["tokens"]["total"]
             assert report["stats"]["trained_tokens_per_row"]["count"] == DOCUMENTS[recipe.stem]
     if "pack" in stages:
@@ -81,13 +82,13 @@ def test_recipe_runs_to_completion_then_skips(recipe: Path, tiny_model: Path, tm
     if "train" in stages:
         train = stages["train"].folder
         report = json.loads((train / "training_report.json").read_text())
-        steps = load_recipe(recipe).section("train")["max_steps"]
+        steps = loaded.section("train")["max_steps"]
         assert report["steps"] == steps and report["trained_tokens"] > 0
         if recipe.stem == "quickstart":  # the README's first command shows the model learning the stories
             assert report["last_loss"] < 0.7 * report["first_loss"]
         assert (train / "adapter" / "adapter_model.safetensors").stat().st_size > 0
         assert json.loads((train / "adapter" / "adapter_config.json").read_text())["r"] == \
-            load_recipe(recipe).section("train")["lora_r"]
+            loaded.section("train")["lora_r"]
     else:
         assert manifest["kind"] == "dpo"  # the one recipe that stops at shards
     stamps = {s.name: (s.folder / STAMP).stat().st_mtime_ns for s in result.stages}
