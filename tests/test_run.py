@@ -286,6 +286,9 @@ def test_missing_tiny_model_says_how_to_make_it(tmp_path: Path) -> None:
     ("inputs:\n  files: [a]\nconvert: {to: openai}\ntrain:\n  model: m\n", "4: train needs tokenize too"),
     ("inputs:\n  files: [a]\ntokenize: {}\n", "3: tokenize: missing key 'tokenizer'"),
     ("inputs:\n  files: [a]\nconvert: {to: yaml}\n", "3: convert.to: 'yaml' is not one of openai"),
+    ("inputs:\n  files: [a]\non: true\n", '3: on: YAML 1.1 reads this key as bool, not text; quote it ("on":)'),
+    ("inputs:\n  files: [a]\ntokenize:\n  tokenizer: t\n  1: x\n", "5: tokenize.1: YAML 1.1 reads this key as int"),
+    ("inputs:\n  files:\n    - {yes: a}\n", "3: inputs.files[0].yes: YAML 1.1 reads this key as bool"),
 ])
 def test_recipe_mistakes(tmp_path: Path, text: str, expected: str) -> None:
     line, _, words = expected.partition(": ")

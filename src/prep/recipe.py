@@ -28,6 +28,7 @@ STAGES = ("convert", "validate", "tokenize", "pack", "train")
 # A model or tokenizer that is no local folder but looks like this is a hub id, passed on as it is.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _FLOAT = re.compile(r"^[+-]?\d+(\.\d*)?[eE][+-]?\d+$")
+_STR_TAG, _MERGE_TAG = "tag:yaml.org,2002:str", "tag:yaml.org,2002:merge"
 _TINY_MODEL_SCRIPT = Path(__file__).resolve().parents[2] / "samples" / "make_tiny_model.py"
 
 JsonPath = tuple[str | int, ...]
@@ -83,7 +84,7 @@ def load_recipe(path: str | Path, sets: Sequence[str] = ()) -> Recipe:
     lines = _Lines(path, root)
     if not isinstance(data, dict):
         raise PrepError(f"{lines.at(())}: a recipe is a mapping of keys (inputs, convert, tokenize, ...)")
-    lines.check_duplicates(root)
+    lines.check_keys(root)
     overrides: dict[str, Any] = {}
     for item in sets:
         keys, value = parse_set(item)
@@ -124,19 +125,25 @@ class _Lines:
             line = (key_node if key and step == at[-1] else node).start_mark.line
         return f"{self.path}:{line + 1}"
 
-    def check_duplicates(self, node: yaml.Node, at: JsonPath = ()) -> None:
-        """safe_load keeps the last of two equal keys silently; a recipe with both is a mistake."""
+    def check_keys(self, node: yaml.Node, at: JsonPath = ()) -> None:
+        """Every key is text (YAML 1.1 reads `on:`, `yes:` or `1:` as a bool or number) and given once
+        (safe_load keeps the last of two equal keys silently; a recipe with both is a mistake)."""
         if isinstance(node, yaml.MappingNode):
             seen: set[str] = set()
             for k, v in node.value:
+                if k.tag not in (_STR_TAG, _MERGE_TAG):
+                    shown = k.value if isinstance(k, yaml.ScalarNode) else "?"
+                    read = k.tag.rsplit(":", 1)[-1]
+                    raise PrepError(f"{self.path}:{k.start_mark.line + 1}: {_dotted((*at, shown))}: YAML 1.1 reads "
+                                    f"this key as {read}, not text; quote it (\"{shown}\":) or fix its name")
                 if k.value in seen:
                     raise PrepError(f"{self.path}:{k.start_mark.line + 1}: {_dotted((*at, k.value))}: "
                                     "given twice; keep one")
                 seen.add(k.value)
-                self.check_duplicates(v, (*at, k.value))
+                self.check_keys(v, (*at, k.value))
         elif isinstance(node, yaml.SequenceNode):
             for i, v in enumerate(node.value):
-                self.check_duplicates(v, (*at, i))
+                self.check_keys(v, (*at, i))
 
 
 def _child(node: yaml.Node, step: str | int) -> tuple[yaml.Node, yaml.Node] | None:
