@@ -280,7 +280,7 @@ def test_generate_streams_the_fine_tuned_answer_through_the_training_template(lo
     assert done.stdout.decode().strip() == expected.strip()
     generator = load(model)  # the base model: no prep_train.json, so the tokenizer's own template
     assert generator.template is not None and generator.template.name == "tokenizer"
-    assert load(model, lora["output"]).prompt_text(prompt) == chatml
+    assert load(model, lora["output"]).prompt_ids(prompt) == tokenizer(chatml, add_special_tokens=False)["input_ids"]
 
 
 def test_generate_needs_an_adapter_folder(model: str, tmp_path: Path) -> None:
@@ -288,3 +288,23 @@ def test_generate_needs_an_adapter_folder(model: str, tmp_path: Path) -> None:
 
     with pytest.raises(PrepError, match="no adapter_config.json"):
         load(model, str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["chatml", "mistral", "llama2", "vicuna", "alpaca"])
+def test_generate_asks_with_the_ids_training_saw_before_the_answer(name: str, tmp_path: Path) -> None:
+    """The prompt ids are the tokenized conversation's ids up to its first trained token, even where the
+    template puts a space before the answer (llama2, mistral, vicuna: trained as part of the answer's first token)."""
+    from prep.generate import Generator
+    from prep.templates import get_template
+    from prep.tokenize import load_tokenizer
+
+    system, prompt = "Be brief.", "What is the capital of France?"
+    chat = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": prompt},
+                         {"role": "assistant", "content": "Paris is."}]}
+    (tmp_path / "chat.jsonl").write_text(json.dumps(chat) + "\n", encoding="utf-8")
+    tokenize(Inputs([str(tmp_path / "chat.jsonl")]), TOKENIZER, str(tmp_path / "shards"), template=name)
+    [row] = rows(str(tmp_path / "shards"))
+    first_trained = next(i for i, label in enumerate(row["labels"]) if label != -100)
+    tok = load_tokenizer(TOKENIZER)
+    generator = Generator(None, tok, get_template(name, tok.specials, tok.jinja), [])
+    assert generator.prompt_ids(prompt, system) == row["input_ids"][:first_trained]

@@ -1,8 +1,8 @@
 """`prep generate`: a completion from a base model, or the model with a trained adapter, streamed.
 
 The prompt is rendered through the template the shards were made with (the adapter's
-prep_train.json, written by `prep train`), up to the point where the model starts to answer, so a
-fine-tuned model is asked exactly the way it was trained, and the base model the same way for a
+prep_train.json, written by `prep train`) and tokenized up to the answer's first token, so a
+fine-tuned model is asked with exactly the ids it was trained on, and the base model the same way for a
 side-by-side comparison. Decoding is greedy unless a temperature is given.
 """
 
@@ -29,14 +29,23 @@ class Generator:
     template: AnyTemplate | None  # None: plain text (pretraining shards), the prompt as it is
     stop_ids: list[int]
 
-    def prompt_text(self, prompt: str, system: str | None = None) -> str:
-        """The text the model continues: the conversation rendered up to the generation point."""
+    def prompt_ids(self, prompt: str, system: str | None = None) -> list[int]:
+        """The ids the model continues: exactly the ids `prep tokenize` gives the same conversation, up to
+        its first answer token. The text is cut after tokenizing, not before: a template that puts a space
+        before the answer (llama2, mistral, vicuna) has it merged into the answer's first token in
+        training, so the rendered text up to the answer would end in a lone space token never trained on."""
+        encode = self.tokenizer.backend.encode
         if self.template is None:
             specials = self.tokenizer.specials
-            return (specials.bos or "" if specials.adds_bos else "") + prompt
+            text = (specials.bos or "" if specials.adds_bos else "") + prompt
+            return encode(text, add_special_tokens=False).ids
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        start, text = render_pair(self.template, messages, [{"role": "assistant", "content": ""}], None, "$")
-        return text[:start]
+        # a placeholder answer starting with a letter, as answers do, so the token holding its first
+        # character is the one training started the labels at
+        start, text = render_pair(self.template, messages, [{"role": "assistant", "content": "Answer"}], None, "$")
+        enc = encode(text, add_special_tokens=False)
+        cut = next(i for i, (_, end) in enumerate(enc.offsets) if end > start)
+        return enc.ids[:cut]
 
     def __call__(self, prompt: str, *, system: str | None = None, max_new_tokens: int = 128,
                  temperature: float = 0.0, on_text: Callable[[str], None] | None = None) -> str:
@@ -45,8 +54,7 @@ class Generator:
         from transformers import TextStreamer
 
         hf = self.tokenizer.hf
-        ids = torch.tensor([self.tokenizer.backend.encode(self.prompt_text(prompt, system),
-                                                          add_special_tokens=False).ids])
+        ids = torch.tensor([self.prompt_ids(prompt, system)])
         pieces: list[str] = []
 
         class Stream(TextStreamer):
