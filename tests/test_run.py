@@ -205,6 +205,30 @@ def test_cli_runs_the_quickstart_and_says_where_everything_went(tiny_model: Path
     assert again.returncode == 0 and again.stderr.decode().count("skipped") == 5
 
 
+def test_a_stage_that_cannot_run_is_recorded_and_exits_2(tmp_path: Path) -> None:
+    """A PrepError inside a stage (here: a tokenizer without a chat template) fails that stage; the run
+    still says what the stages before it did, with their rejects, in the summary and in run.json."""
+    with open(tmp_path / "chats.jsonl", "w", encoding="utf-8") as f:
+        f.write((SAMPLES / "openai.jsonl").read_text(encoding="utf-8") + '{"messages": "not a list"}\n')
+    shutil.copytree(SAMPLES / "tokenizer", tmp_path / "tok")
+    config = tmp_path / "tok" / "tokenizer_config.json"
+    config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "chat_template"}))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("inputs:\n  files: [chats.jsonl]\nconvert: {to: openai}\ntokenize:\n  tokenizer: tok\n"
+                      "output: out\n", encoding="utf-8")
+    result = go(recipe)
+    assert statuses(result) == {"convert": "ran", "tokenize": "failed"} and result.exit_code == 2
+    assert "no chat template" in result.failed and result.rejected == 1
+
+    proc = run_prep("run", str(recipe), "-q", cwd=tmp_path)
+    err = " ".join(proc.stderr.decode().split())
+    assert proc.returncode == 2 and "Traceback" not in err
+    assert "failed: the tokenizer at" in err and "rejected rows -> out/convert/rejects.jsonl" in err
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert [s["status"] for s in record["stages"]] == ["skipped", "failed"]
+    assert record["failed"] == result.failed and record["rejected"] == 1
+
+
 # ---------------------------------------------------------------- recipe mistakes
 
 
@@ -293,6 +317,15 @@ def test_missing_tiny_model_says_how_to_make_it(tmp_path: Path) -> None:
 def test_recipe_mistakes(tmp_path: Path, text: str, expected: str) -> None:
     line, _, words = expected.partition(": ")
     assert mistake(tmp_path, text).startswith(f"{tmp_path / 'bad.yaml'}:{line}: {words}")
+
+
+def test_pair_shards_are_not_packed_or_trained(tmp_path: Path) -> None:
+    """prep pack and prep train refuse dpo/kto shards: the recipe says so at load, not after tokenizing."""
+    assert mistake(tmp_path, GOOD.replace("  template: chatml\n", "  template: chatml\n  kind: dpo\n")).startswith(
+        f"{tmp_path / 'bad.yaml'}:7: pack: dpo shards are trained as pairs and are not packed")
+    no_pack = GOOD.replace("  template: chatml\n", "  template: chatml\n  kind: kto\n").split("pack:")[0]
+    assert mistake(tmp_path, no_pack + "train:\n  model: owner/model\n").startswith(
+        f"{tmp_path / 'bad.yaml'}:7: train: kto shards are not trained by prep train")
 
 
 def test_bad_set_option(tmp_path: Path) -> None:

@@ -516,7 +516,8 @@ def run_recipe(recipe_file: str, sets: tuple[str, ...], dry_run: bool, quiet: bo
     already there for the same inputs and options.
 
     Exit 0: done; 1: validation stopped the run, or some rows were rejected (kept in each stage's
-    rejects.jsonl); 2: could not run (bad recipe: the message names the line).
+    rejects.jsonl); 2: could not run (a bad recipe: the message names the line; or a stage could not
+    run: the summary and run.json say which, after what the stages before it did).
 
     \b
     Examples:

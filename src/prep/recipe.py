@@ -277,9 +277,13 @@ def _check_files(data: dict[str, Any], lines: _Lines) -> None:
     if data.get("validate", {}).get("tokens") and "tokenize" not in data:
         raise PrepError(f"{lines.at(('validate', 'tokens'))}: validate.tokens counts tokens with the tokenize "
                         "section's tokenizer: add a tokenize section")
-    if "pack" in data and data.get("tokenize", {}).get("kind") in ("dpo", "kto"):
-        raise PrepError(f"{lines.at(('pack',), key=True)}: pack: {data['tokenize']['kind']} shards are trained as "
+    kind = data.get("tokenize", {}).get("kind")
+    if "pack" in data and kind in ("dpo", "kto"):
+        raise PrepError(f"{lines.at(('pack',), key=True)}: pack: {kind} shards are trained as "
                         "pairs and are not packed; remove the pack (and train) sections")
+    if "train" in data and kind in ("dpo", "kto"):
+        raise PrepError(f"{lines.at(('train',), key=True)}: train: {kind} shards are not trained by prep train yet; "
+                        "remove the train section and load the shards into TRL's DPOTrainer/KTOTrainer")
 
 
 def _make_model_hint(model: str) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 from prep import __version__
 from prep.convert import Inputs
 from prep.files import RowWriter, display_name, read_rows, sha256_file
+from prep.findings import PrepError
 from prep.recipe import Recipe
 
 STAMP = "prep-stage.json"
@@ -37,7 +38,8 @@ _INPUT_SETTINGS = ("system", "text_column", "rejected_text_column", "prompt_text
 
 @dataclass
 class Stage:
-    """One stage of a run: its folder, its key, and what happened (`run`/`skip` planned; `ran`/`skipped`)."""
+    """One stage of a run: its folder, its key, and what happened (`run`/`skip` planned; `ran`/`skipped`,
+    `stopped` by validation errors, `failed` when it could not run)."""
 
     name: str
     folder: Path
@@ -51,6 +53,7 @@ class RunResult:
     recipe: Recipe
     stages: list[Stage]
     stopped: str | None = None  # why the run stopped before its last stage (validation errors)
+    failed: str | None = None  # why a stage could not run (a PrepError: a model that is not there, ...)
     seconds: float = 0.0
 
     @property
@@ -60,8 +63,9 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        """0: every stage finished and no row was left out; 1: stopped, or rows rejected (kept in rejects files)."""
-        return 1 if self.stopped or self.rejected else 0
+        """0: every stage finished and no row was left out; 1: stopped, or rows rejected (kept in rejects files);
+        2: a stage could not run."""
+        return 2 if self.failed else 1 if self.stopped or self.rejected else 0
 
 
 class View:
@@ -350,6 +354,10 @@ def run(recipe: Recipe, *, dry_run: bool = False, view: View | None = None,
                 stage.status, stage.summary, result.stopped = "stopped", stop.summary, str(stop)
                 view.finish(stage)
                 break
+            except PrepError as e:  # the stages before keep their output and stamps; this one runs again next time
+                stage.status, stage.summary, result.failed = "failed", {"line": str(e)}, str(e)
+                view.finish(stage)
+                break
             stage.status = "ran"
             _write_stamp(stage)
         _advance(stage, flow)
@@ -371,7 +379,8 @@ def _write_stamp(stage: Stage) -> None:
 def to_dict(result: RunResult) -> dict[str, Any]:
     """The run as JSON (written to the run folder as run.json)."""
     return {"recipe": str(result.recipe.path), "name": result.recipe.name, "output": str(result.recipe.output),
-            "overrides": result.recipe.overrides, "stopped": result.stopped, "rejected": result.rejected,
+            "overrides": result.recipe.overrides, "stopped": result.stopped, "failed": result.failed,
+            "rejected": result.rejected,
             "seconds": round(result.seconds, 3), "stages": [asdict(s) | {"folder": str(s.folder)} for s in result.stages]}
 
 
@@ -418,9 +427,12 @@ class RichView(View):
         self.bar.update(self.tasks[stage.name], info=info, completed=done or 0, total=total)
 
     def finish(self, stage: Stage) -> None:
-        mark = {"ran": "[green]✓", "skipped": "[cyan]=", "stopped": "[red]✗"}[stage.status]
-        word = {"ran": "", "skipped": "skipped, unchanged: ", "stopped": "stopped: "}[stage.status]
-        self.bar.update(self.tasks[stage.name], mark=mark, info=word + stage.summary.get("line", ""),
+        from rich.markup import escape
+
+        mark = {"ran": "[green]✓", "skipped": "[cyan]=", "stopped": "[red]✗", "failed": "[red]✗"}[stage.status]
+        word = {"ran": "", "skipped": "skipped, unchanged: ", "stopped": "stopped: ", "failed": "failed: "}[
+            stage.status]
+        self.bar.update(self.tasks[stage.name], mark=mark, info=word + escape(stage.summary.get("line", "")),
                         completed=1, total=1)
         self.bar.stop_task(self.tasks[stage.name])
 
@@ -440,6 +452,7 @@ def print_plan(result: RunResult, console: Any) -> None:
 
 def print_summary(result: RunResult, console: Any, run_json: Path) -> None:
     """Where everything went: each stage's folder, its rejects, and the files a user opens next."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"prep run {result.recipe.name}: {result.seconds:.1f} s", title_justify="left")
@@ -449,10 +462,11 @@ def print_summary(result: RunResult, console: Any, run_json: Path) -> None:
     for s in result.stages:
         if s.status in ("run", "skip"):
             continue  # not reached: the run stopped before
-        where = f"[dim]-> {_shown(s.folder)}[/]"
+        where = "" if s.status == "failed" else f"\n[dim]-> {_shown(s.folder)}[/]"
         if s.summary.get("rejects"):
             where += f"\n[dim]rejected rows -> {_shown(s.folder / s.summary['rejects'])}[/]"
-        table.add_row(s.name, s.status, f"{s.summary.get('line', '')}\n{where}")
+        line = "could not run (below)" if s.status == "failed" else escape(s.summary.get("line", ""))
+        table.add_row(s.name, s.status, line + where)
     console.print(table)
     last = next((s for s in reversed(result.stages) if s.status in ("ran", "skipped")), None)
     if last is not None and last.name == "train":
@@ -463,7 +477,9 @@ def print_summary(result: RunResult, console: Any, run_json: Path) -> None:
         console.print(f"shards:          {_shown(last.folder)}")
     console.print(f"run record:      {_shown(run_json)}")
     if result.stopped:
-        console.print(f"[red]stopped:[/] {result.stopped}")
+        console.print(f"[red]stopped:[/] {escape(result.stopped)}")
+    if result.failed:
+        console.print(f"[red]failed:[/] {escape(result.failed)}")
 
 
 def _shown(path: Path) -> str:
