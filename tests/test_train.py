@@ -206,6 +206,23 @@ def test_resume_continues_from_the_checkpoint_step(root: Path, model: str, shard
         train(shards["packed"], TrainOptions(output=str(root / "fresh"), max_steps=6, resume=True, **common))
 
 
+def test_checkpoints_of_another_run_are_never_mixed_or_resumed(root: Path, model: str, shards: dict) -> None:
+    """A new run into a folder with checkpoints is refused; --resume refuses checkpoints trained on other shards
+    or with other options (all refused before any model loads)."""
+    common = {"model": model, "batch_size": 1, "scheduler": "constant", "warmup_ratio": 0.0, "save_steps": 2}
+    out = str(root / "signed")
+    train(shards["packed"], TrainOptions(output=out, max_steps=2, lr=1e-2, **common))
+    assert (root / "signed" / "checkpoints" / "checkpoint-2").is_dir()
+    with pytest.raises(PrepError, match="holds checkpoints of an earlier run: pass --resume"):
+        train(shards["packed"], TrainOptions(output=out, max_steps=2, lr=1e-2, **common))
+    with pytest.raises(PrepError, match=r"--lr 0.01 then, 0.02 now"):
+        train(shards["packed"], TrainOptions(output=out, max_steps=4, lr=2e-2, resume=True, **common))
+    with pytest.raises(PrepError, match="shards manifest sha256 [0-9a-f]{64} then, [0-9a-f]{64} now"):
+        train(shards["pretrain"], TrainOptions(output=out, max_steps=4, lr=1e-2, resume=True, **common))
+    refused = run_prep("train", shards["packed"], "--model", model, "-o", out, "--max-steps", "2")
+    assert refused.returncode == 2 and "--resume" in refused.stderr.decode(), refused.stderr.decode()
+
+
 def swapped_tokenizer(folder: Path) -> Path:
     """The project's tokenizer with two token ids exchanged: same size and specials, other ids."""
     shutil.copytree(TOKENIZER, folder)

@@ -21,11 +21,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prep.files import sha256_file
 from prep.findings import PrepError
-from prep.shards import read_manifest
+from prep.shards import MANIFEST, _write_json, read_manifest
 
 REPORT = "training_report.json"
 TRAIN_INFO = "prep_train.json"
+SIGNATURE = "prep_signature.json"  # in checkpoints/: what the checkpoints were trained on, checked by --resume
+# options a resumed run may change: how long to train, how often to save, what to do after (not what a step computes)
+_RESUMABLE = {"max_steps", "epochs", "resume", "save_steps", "output", "merge", "report_to", "logging_steps", "force"}
 REAL_TOKENS = "prep_real_tokens"  # a batch's count of non-padding tokens, taken out before the model sees it
 
 
@@ -246,8 +250,8 @@ def train(shards: str, options: TrainOptions, progress: Any = None) -> dict[str,
     eval_manifest = check_shards(options.eval, "evaluation") if options.eval else None
     out = Path(options.output)
     checkpoints = out / "checkpoints"
-    if options.resume and not any(checkpoints.glob("checkpoint-*")):
-        raise PrepError(f"--resume: no checkpoint in {checkpoints} to resume from (train with --save-steps)")
+    signature = _signature(shards, options)
+    _check_checkpoints(checkpoints, signature, options.resume)
 
     import torch
     from transformers import AutoTokenizer, PrinterCallback, TrainerCallback, set_seed
@@ -305,6 +309,8 @@ def train(shards: str, options: TrainOptions, progress: Any = None) -> dict[str,
                           "tokens_per_s": counter.tokens / elapsed if elapsed else 0.0})
 
     trainer.add_callback(Progress())
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    _write_json(checkpoints / SIGNATURE, signature)
     resumed_from = _last_checkpoint_step(checkpoints) if options.resume else None
     result = trainer.train(resume_from_checkpoint=True if options.resume else None)
     runtime = time.perf_counter() - started
@@ -331,6 +337,40 @@ def train(shards: str, options: TrainOptions, progress: Any = None) -> dict[str,
     _write_curve(out, curve)
     (out / REPORT).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     return report
+
+
+def _signature(shards: str, options: TrainOptions) -> dict[str, Any]:
+    """What decides the checkpoints' contents: the shards (their manifest's sha256), the model and every
+    option a step depends on, keyed as the CLI spells them."""
+    signature = {"shards manifest sha256": sha256_file(Path(shards) / MANIFEST),
+                 "eval manifest sha256": sha256_file(Path(options.eval) / MANIFEST) if options.eval else None}
+    for key, value in asdict(options).items():
+        if key not in _RESUMABLE:
+            signature[f"--{key.replace('_', '-')}"] = value
+    return json.loads(json.dumps(signature, default=str))
+
+
+def _check_checkpoints(checkpoints: Path, signature: dict[str, Any], resume: bool) -> None:
+    """One run's checkpoints per folder: a new run never mixes its checkpoints with an earlier run's, and
+    --resume continues only a run with the same shards, model and options."""
+    found = any(checkpoints.glob("checkpoint-*"))
+    if not resume:
+        if found:
+            raise PrepError(f"{checkpoints} holds checkpoints of an earlier run: pass --resume to continue it, or "
+                            "train into another -o (or delete that folder)")
+        return
+    if not found:
+        raise PrepError(f"--resume: no checkpoint in {checkpoints} to resume from (train with --save-steps)")
+    try:
+        before = json.loads((checkpoints / SIGNATURE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise PrepError(f"--resume: {checkpoints} has no readable {SIGNATURE}, so which run its checkpoints belong "
+                        "to is unknown; train into another -o (or delete that folder)") from None
+    differ = [f"{k} {before.get(k)} then, {signature.get(k)} now" for k in dict.fromkeys([*before, *signature])
+              if before.get(k) != signature.get(k)]
+    if differ:
+        raise PrepError(f"--resume: the checkpoints in {checkpoints} were trained otherwise: {'; '.join(differ)}; "
+                        "resume with the same shards, model and options, or train into another -o")
 
 
 def _last_checkpoint_step(checkpoints: Path) -> int:
