@@ -325,3 +325,30 @@ def test_generate_asks_with_the_ids_training_saw_before_the_answer(name: str, tm
     tok = load_tokenizer(TOKENIZER)
     generator = Generator(None, tok, get_template(name, tok.specials, tok.jinja), [])
     assert generator.prompt_ids(prompt, system) == row["input_ids"][:first_trained]
+
+
+BAD_OPTIONS = [("--batch-size", "0", "batch_size", 0), ("--grad-accum", "0", "grad_accum", 0),
+               ("--warmup-ratio", "-0.5", "warmup_ratio", -0.5), ("--warmup-ratio", "1", "warmup_ratio", 1.0),
+               ("--lr", "-1", "lr", -1.0), ("--lora-r", "0", "lora_r", 0), ("--lora-dropout", "2", "lora_dropout", 2.0)]
+
+
+@pytest.mark.parametrize(("flag", "text", "name", "value"), BAD_OPTIONS)
+def test_bad_option_values_are_refused_naming_the_option(flag: str, text: str, name: str, value: float,
+                                                          shards: dict, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from prep.cli import main
+
+    done = CliRunner().invoke(main, ["train", shards["packed"], "--model", str(tmp_path), "-o", str(tmp_path / "o"),
+                                     flag, text])
+    assert done.exit_code == 2 and flag in done.output and "internal error" not in done.output, done.output
+    with pytest.raises(PrepError, match=f"^{flag} "):
+        train(shards["packed"], TrainOptions(model=str(tmp_path), output=str(tmp_path / "o"), **{name: value}))
+    assert not (tmp_path / "o").exists()
+
+
+def test_warmup_ratio_reaches_transformers_as_a_share_of_the_steps(tmp_path: Path) -> None:
+    from prep.train import _config
+
+    config = _config(TrainOptions(model="m", output=str(tmp_path), warmup_ratio=0.5), tmp_path, False, False, False)
+    assert config.get_warmup_steps(40) == 20

@@ -17,6 +17,7 @@ import json
 import math
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,7 +203,34 @@ def _peak_memory(cuda: bool) -> dict[str, Any]:
     return {"kind": "process_max_rss", "bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
+# numeric options: the type they take and the values that make sense, checked before anything loads (the
+# libraries would fail later with messages about something else, e.g. --lora-r 0 as a --target-modules error)
+_LIMITS: dict[str, tuple[type, Callable[[Any], bool], str]] = {
+    "lora_r": (int, lambda v: v >= 1, "an integer of at least 1"),
+    "lora_alpha": (int, lambda v: v >= 1, "an integer of at least 1"),
+    "lora_dropout": (float, lambda v: 0 <= v < 1, "a probability in [0, 1)"),
+    "lr": (float, lambda v: v > 0, "a number above 0"),
+    "epochs": (float, lambda v: v >= 0, "a number of at least 0"),
+    "max_steps": (int, lambda v: v >= -1, "an integer (-1: train --epochs)"),
+    "batch_size": (int, lambda v: v >= 1, "an integer of at least 1"),
+    "grad_accum": (int, lambda v: v >= 1, "an integer of at least 1"),
+    "warmup_ratio": (float, lambda v: 0 <= v < 1, "a share of the training steps in [0, 1)"),
+    "weight_decay": (float, lambda v: v >= 0, "a number of at least 0"),
+    "seed": (int, lambda v: True, "an integer"),
+    "save_steps": (int, lambda v: v >= 1, "an integer of at least 1"),
+    "logging_steps": (int, lambda v: v >= 1, "an integer of at least 1"),
+}
+
+
 def _check_options(options: TrainOptions) -> None:
+    """Refuse option values training cannot use, naming the option, for API callers as for the CLI."""
+    for name, (kind, ok, what) in _LIMITS.items():
+        value = getattr(options, name)
+        if value is None and name == "save_steps":
+            continue
+        number = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+        if not number or not ok(value):
+            raise PrepError(f"--{name.replace('_', '-')} {value!r}: must be {what}")
     if options.qlora and options.full:
         raise PrepError("--qlora trains an adapter on a 4-bit model; it cannot be combined with --full")
     if options.merge and options.full:
@@ -231,7 +259,7 @@ def _config(options: TrainOptions, out: Path, cuda: bool, bf16: bool, flatten: b
         output_dir=str(out / "checkpoints"), per_device_train_batch_size=options.batch_size,
         per_device_eval_batch_size=options.batch_size, gradient_accumulation_steps=options.grad_accum,
         learning_rate=options.lr, num_train_epochs=options.epochs, max_steps=options.max_steps,
-        lr_scheduler_type=options.scheduler, warmup_steps=options.warmup_ratio,  # a float < 1 is a ratio
+        lr_scheduler_type=options.scheduler, warmup_steps=float(options.warmup_ratio),  # below 1: a ratio
         weight_decay=options.weight_decay, seed=options.seed, data_seed=options.seed,
         **{checkpointing: options.gradient_checkpointing}, logging_steps=options.logging_steps,
         save_strategy="steps" if saving else "no", save_steps=options.save_steps or 500,
