@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -352,3 +353,21 @@ def test_warmup_ratio_reaches_transformers_as_a_share_of_the_steps(tmp_path: Pat
 
     config = _config(TrainOptions(model="m", output=str(tmp_path), warmup_ratio=0.5), tmp_path, False, False, False)
     assert config.get_warmup_steps(40) == 20
+
+
+@pytest.mark.parametrize("missing", ["torch", "peft"])
+def test_a_missing_train_extra_is_named_with_the_install_line(missing: str, shards: dict, tmp_path: Path) -> None:
+    """A Python where `missing` cannot be imported (its sys.modules entry is None): one line, no internal error."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    run = f"import sys; sys.modules[{missing!r}] = None; from prep.cli import main; main()"
+    for args in (["train", shards["packed"], "--model", str(tmp_path), "-o", str(tmp_path / "o")],
+                 ["generate", "--model", str(tmp_path), "Hi"]):
+        done = subprocess.run([sys.executable, "-c", run, *args], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        assert done.returncode == 2, done.stderr
+        assert "train extra" in done.stderr and f"{missing} cannot be imported" in done.stderr, done.stderr
+        assert "pip install 'prep[train]'" in done.stderr and "internal error" not in done.stderr, done.stderr

@@ -17,7 +17,7 @@ from typing import Any
 from prep.findings import PrepError
 from prep.templates import AnyTemplate, get_template, render_pair
 from prep.tokenize import Tokenizer, load_tokenizer
-from prep.train import TRAIN_INFO
+from prep.train import TRAIN_INFO, require_train_extra
 
 
 @dataclass
@@ -82,6 +82,7 @@ def train_info(*folders: str | Path | None) -> dict[str, Any]:
 def load(model: str, adapter: str | None = None, template: str | None = None) -> Generator:
     """The model at `model` (a local folder) with `adapter` applied; `template` overrides the one
     recorded by `prep train` (default: that one, else the tokenizer's own chat template)."""
+    require_train_extra()
     from transformers import AutoModelForCausalLM
 
     if adapter and not (Path(adapter) / "adapter_config.json").is_file():

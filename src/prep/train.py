@@ -68,6 +68,20 @@ class TrainOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def require_train_extra() -> None:
+    """Refuse, with the install line, when the packages of the train extra cannot be imported: without
+    them prep train and prep generate would fail deep inside with a bare ModuleNotFoundError."""
+    import importlib
+
+    for module in ("torch", "transformers", "datasets", "accelerate", "peft", "trl", "matplotlib"):
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise PrepError(f"prep train and generate need the train extra ({module} cannot be imported: {e}): pip install "
+                            "'prep[train]' (torch first: pip install torch, or the CUDA build from "
+                            "https://pytorch.org/get-started/locally)") from None
+
+
 def check_shards(folder: str, role: str = "training") -> dict[str, Any]:
     """The manifest of a shard folder that verifies; anything else is refused with its findings."""
     from prep.verify import verify
@@ -274,6 +288,7 @@ def train(shards: str, options: TrainOptions, progress: Any = None) -> dict[str,
 
     `progress(point)` is called after every logged step (the CLI draws a progress bar with it)."""
     _check_options(options)
+    require_train_extra()
     manifest = check_shards(shards)
     eval_manifest = check_shards(options.eval, "evaluation") if options.eval else None
     out = Path(options.output)
