@@ -371,3 +371,21 @@ def test_a_missing_train_extra_is_named_with_the_install_line(missing: str, shar
         assert done.returncode == 2, done.stderr
         assert "train extra" in done.stderr and f"{missing} cannot be imported" in done.stderr, done.stderr
         assert "pip install 'prep[train]'" in done.stderr and "internal error" not in done.stderr, done.stderr
+
+
+def test_attn_implementation_reaches_the_model(root: Path, model: str, shards: dict) -> None:
+    """eager on CPU: packed rows still stacked, same first loss; flash-attention without its package (or a GPU)
+    is refused naming the option."""
+    from click.testing import CliRunner
+
+    from prep.cli import main
+
+    options = TrainOptions(model=model, output=str(root / "eager"), max_steps=1, lr=1e-3, batch_size=4,
+                           attn_implementation="eager")
+    report = train(shards["packed"], options)
+    assert report["attn_implementation"] == "eager" and report["batching"] == "packed rows stacked"
+    assert report["first_loss"] == pytest.approx(manual_loss(base(model), shards["packed"]), rel=1e-4)
+    if importlib.util.find_spec("flash_attn") is None:
+        done = CliRunner().invoke(main, ["train", shards["packed"], "--model", model, "-o", str(root / "flash"),
+                                         "--attn-implementation", "flash_attention_2"])
+        assert done.exit_code == 2 and "--attn-implementation flash_attention_2" in done.output, done.output

@@ -467,6 +467,10 @@ def stats(targets: tuple[str, ...], source: str, as_json: bool) -> None:
 @click.option("--weight-decay", default=0.0, show_default=True, type=click.FloatRange(min=0))
 @click.option("--seed", default=42, show_default=True)
 @click.option("--gradient-checkpointing", is_flag=True)
+@click.option("--attn-implementation",
+              type=click.Choice(("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")),
+              help="Attention kernel (default: transformers' choice, sdpa). With flash_attention_2/3 on a GPU the "
+                   "packed rows of a step are concatenated, without padding.")
 @click.option("--eval", "eval_shards", type=click.Path(exists=True, file_okay=False), help="Shards to evaluate on.")
 @click.option("--save-steps", type=click.IntRange(min=1), help="Checkpoint (and evaluate) every N steps.")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in OUTPUT.")

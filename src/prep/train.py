@@ -66,6 +66,7 @@ class TrainOptions:
     force: bool = False
     logging_steps: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    attn_implementation: str | None = None  # None: transformers' default (sdpa); flash_attention_2 needs a GPU
 
 
 def require_train_extra() -> None:
@@ -178,14 +179,22 @@ def _load_model(options: TrainOptions, cuda: bool, bf16: bool, vocab_size: int |
 
     dtype = torch.bfloat16 if bf16 else torch.float32
     kwargs: dict[str, Any] = {"dtype": dtype}
+    if options.attn_implementation:
+        kwargs["attn_implementation"] = options.attn_implementation
     if options.qlora:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
         kwargs["device_map"] = {"": 0} if cuda else {"": "cpu"}
     try:
         model = AutoModelForCausalLM.from_pretrained(options.model, **kwargs)
-    except (OSError, ValueError) as e:
-        raise PrepError(f"cannot load the model {options.model}: {str(e).splitlines()[0]}") from None
+    except (ImportError, OSError, ValueError) as e:
+        first = str(e).splitlines()[0]
+        # e.g. flash_attention_2 without the flash_attn package or a GPU, or a kernel transformers does not know
+        if options.attn_implementation and (isinstance(e, ImportError) or "attn_implementation" in first):
+            raise PrepError(f"--attn-implementation {options.attn_implementation}: {first}") from None
+        if isinstance(e, ImportError):
+            raise
+        raise PrepError(f"cannot load the model {options.model}: {first}") from None
     rows = model.get_input_embeddings().num_embeddings
     if vocab_size and vocab_size > rows:  # even with --force: those ids would index past the embeddings
         raise PrepError(f"the shards' tokenizer has {vocab_size} tokens but the model {options.model} has {rows} "
@@ -315,7 +324,8 @@ def train(shards: str, options: TrainOptions, progress: Any = None) -> dict[str,
     vocab = max((m.get("tokenizer") or {}).get("vocab_size") or 0 for m in (manifest, eval_manifest or {}))
     set_seed(options.seed)  # before the adapter's random initialisation, so --seed makes a run repeatable
     model = _load_model(options, cuda, bf16, vocab)
-    flatten = padding_free and str(model.config._attn_implementation).startswith("flash")
+    attention = str(model.config._attn_implementation)
+    flatten = padding_free and cuda and attention.startswith("flash")
     batching = ("packed rows concatenated" if flatten else "packed rows stacked") if padding_free else "padded"
     out.mkdir(parents=True, exist_ok=True)
     counter = _Counts()
@@ -367,7 +377,8 @@ def train(shards: str, options: TrainOptions, progress: Any = None) -> dict[str,
     report = {
         "shards": str(shards), "model": str(options.model),
         "method": "full" if options.full else ("qlora" if options.qlora else "lora"),
-        "packed": _packed(manifest), "padding_free": padding_free, "batching": batching, "output": str(saved),
+        "packed": _packed(manifest), "padding_free": padding_free, "batching": batching,
+        "attn_implementation": attention, "output": str(saved),
         "steps": result.global_step, "resumed_from_step": resumed_from, "epochs": result.metrics.get("epoch"),
         "runtime_s": round(runtime, 3), "tokens": counter.tokens, "batch_positions": counter.positions,
         "trained_tokens": counter.trained, "tokens_per_s": round(counter.tokens / runtime, 1) if runtime else None,
