@@ -189,6 +189,26 @@ def test_allowed_errors_leave_the_bad_rows_out(own_recipe: Path) -> None:
     assert read_manifest(result.stages[2].folder)["counts"]["written"] == 6
 
 
+def test_allowed_errors_keep_the_ids_of_the_users_rows(tmp_path: Path) -> None:
+    """Tokenize reads the user's file and leaves out the rows validate rejected: the shards' ids (and any
+    later reject) still name the file and row the user wrote, and a row is not counted twice."""
+    rows = (SAMPLES / "openai.jsonl").read_text(encoding="utf-8").splitlines()
+    rows[2:2] = ['{"messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": "again"}]}']
+    rows[4:4] = ['{"messages": [']  # not JSON: the reader rejects it too
+    (tmp_path / "chats.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"inputs:\n  files: [chats.jsonl]\nvalidate: {{allow_errors: true}}\ntokenize:\n"
+                      f"  tokenizer: {SAMPLES / 'tokenizer'}\n  template: chatml\noutput: out\n", encoding="utf-8")
+    kept = [f"chats.jsonl:{n}" for n in (1, 2, 4, 6, 7, 8)]
+    for sets in ((), ("tokenize.max_len=1024",)):  # the second run re-tokenizes after a skipped validate
+        result = go(recipe, *sets)
+        assert [s.status for s in result.stages] == (["ran", "ran"] if not sets else ["skipped", "ran"])
+        assert result.rejected == 2 and result.stages[1].summary["rejected"] == 0
+        folder = result.stages[1].folder
+        table = pq.read_table(folder / read_manifest(folder)["shards"][0]["path"])
+        assert [ids[0] for ids in table["ids"].to_pylist()] == kept
+
+
 def test_cli_runs_the_quickstart_and_says_where_everything_went(tiny_model: Path, tmp_path: Path) -> None:
     args = ("run", str(ROOT / "recipes" / "quickstart.yaml"), "--set", f"output={tmp_path}", "--set",
             f"train.model={tiny_model}")

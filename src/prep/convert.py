@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import chain
 from typing import Any
 
@@ -31,10 +31,16 @@ class Inputs:
     registry: str | None = None
     datasets: Sequence[str] = ()
     seed: int = 42
+    # Rows an earlier step rejected (`prep run`'s validate with allow_errors), by file: row numbers left
+    # out, so the rest keep their own ids (`<file name>:<row>`) and are not counted again.
+    skip: dict[str, list[int]] = field(default_factory=dict)
 
 
 def read_inputs(inputs: Inputs, formats_seen: dict[str, str] | None = None) -> Iterator[Batch[Record]]:
     """Canonical record batches from every input; `formats_seen` collects the format read per file."""
+    if inputs.skip:
+        yield from _leave_out(read_inputs(replace(inputs, skip={}), formats_seen), inputs.skip)
+        return
     if not inputs.files and not inputs.datasets:
         raise PrepError("nothing to read: give input files or --dataset-info with --dataset")
     if inputs.datasets and not inputs.registry:
@@ -56,6 +62,18 @@ def read_inputs(inputs: Inputs, formats_seen: dict[str, str] | None = None) -> I
         for f in entry.files:
             note(f, f"{entry.format} (dataset_info: {entry.name}{sampled})")
         yield from to_records(rows, entry.format, make_options(entry.format, entry.settings))
+
+
+def _leave_out(batches: Iterator[Batch[Record]], skip: dict[str, list[int]]) -> Iterator[Batch[Record]]:
+    """The batches without the rows in `skip` (neither as records nor as rejects)."""
+    rows = {file: set(numbers) for file, numbers in skip.items()}
+    for batch in batches:
+        kept: Batch[Record] = Batch(altered=batch.altered)
+        for item, source in zip(batch.items, batch.sources, strict=True):
+            if source.row not in rows.get(source.file, ()):
+                kept.add(item, source)
+        kept.rejects = [r for r in batch.rejects if r.source.row not in rows.get(r.source.file, ())]
+        yield kept
 
 
 @dataclass

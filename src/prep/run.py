@@ -9,7 +9,8 @@ Tokenizer and model folders count as inputs: files up to 64 MB by their sha256, 
 (model weights) by name, size and modification time, so a re-run does not re-read gigabytes.
 
 Validation errors stop the run before tokenizing unless the recipe says `validate: {allow_errors:
-true}`; then the rows with errors are left out (kept in validate/rejects.jsonl) and the rest go on.
+true}`; then the rows with errors are left out (kept in validate/rejects.jsonl) and the rest go on:
+tokenize reads the same files and skips those rows, so every row keeps its id (`<file name>:<row>`).
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from prep import __version__
 from prep.convert import Inputs
-from prep.files import RowWriter, display_name, read_rows, sha256_file
+from prep.files import sha256_file
 from prep.findings import PrepError
 from prep.recipe import Recipe
 
@@ -207,7 +208,7 @@ def _validate(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str
     summary = {"outputs": ["report.json"], "read": result.rows_read, "accepted": result.rows_accepted,
                "rejected": result.rows_rejected, "errors": result.findings.errors,
                "warnings": result.findings.warnings, "report": "report.json",
-               "rejects": "rejects.jsonl" if result.rows_rejected else None, "accepted_files": None,
+               "rejects": "rejects.jsonl" if result.rows_rejected else None,
                "line": f"read {result.rows_read}, accepted {result.rows_accepted}, rejected {result.rows_rejected}; "
                        f"{result.findings.errors} errors, {result.findings.warnings} warnings"
                        + (_token_line(result.stats.extra) if tokens else "")}
@@ -217,8 +218,7 @@ def _validate(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str
                        f"(report: {_shown(stage.folder / 'report.json')}, rejected rows: {_shown(rejects)}); fix the "
                        "rows, or let the run go on without them: validate: {allow_errors: true}", summary)
     if result.rows_rejected:
-        summary["accepted_files"] = _write_accepted(inputs, rejects, stage.folder)
-        summary["outputs"].extend(summary["accepted_files"])
+        summary["outputs"].append("rejects.jsonl")  # the rows tokenize leaves out
     return summary
 
 
@@ -232,24 +232,6 @@ class _Stopped(Exception):
     def __init__(self, why: str, summary: dict[str, Any]) -> None:
         super().__init__(why)
         self.summary = summary
-
-
-def _write_accepted(inputs: Inputs, rejects: Path, folder: Path) -> list[str]:
-    """The validated files without the rows that had errors (JSONL, rows as they were), for tokenize."""
-    bad: dict[str, set[int]] = {}
-    with open(rejects, encoding="utf-8") as f:
-        for line in f:
-            r = json.loads(line)
-            bad.setdefault(r["file"], set()).add(r["row_number"])
-    written = []
-    for i, path in enumerate(inputs.files):
-        name = f"accepted-{i}-{Path(path).name.split('.')[0]}.jsonl"
-        skip = bad.get(display_name(path), set())
-        with RowWriter(str(folder / name), "jsonl") as out:
-            for batch in read_rows(path, inputs.container, inputs.txt_split):
-                out.write(row for row, src in zip(batch.items, batch.sources, strict=True) if src.row not in skip)
-        written.append(name)
-    return written
 
 
 def _tokenize(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
@@ -323,11 +305,20 @@ def _advance(stage: Stage, flow: _Flow) -> None:
     s, f = stage.summary, stage.folder
     if stage.name == "convert":
         flow.inputs = Inputs([str(f / "data.jsonl")], s["format"])
-    elif stage.name == "validate" and s.get("accepted_files"):
-        i = flow.inputs
-        flow.inputs = Inputs([str(f / n) for n in s["accepted_files"]], i.format, i.settings, "jsonl")
+    elif stage.name == "validate" and s.get("rejects"):
+        flow.inputs = replace(flow.inputs, skip=_rejected_rows(f / s["rejects"]))
     elif stage.name in ("tokenize", "pack"):
         flow.shards = f
+
+
+def _rejected_rows(rejects: Path) -> dict[str, list[int]]:
+    """The row numbers validate rejected, by file: tokenize reads the files as they are and leaves these out."""
+    rows: dict[str, list[int]] = {}
+    with open(rejects, encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            rows.setdefault(r["file"], []).append(r["row_number"])
+    return {file: sorted(set(numbers)) for file, numbers in rows.items()}
 
 
 def run(recipe: Recipe, *, dry_run: bool = False, view: View | None = None,
