@@ -158,8 +158,9 @@ def test_first_step_loss_is_on_the_labelled_tokens_of_each_document(name: str, r
         assert report["trained_tokens"] < read_manifest(shards["unpacked"])["tokens"]["loss"]
         everything = manual_loss(base(model), shards["unpacked"])
         assert abs(report["first_loss"] - everything) > 1e-3
-    if name == "pretrain":  # --full saves a whole model
+    if name == "pretrain":  # --full saves a whole model, its cache (off for packed training) on again
         assert transformers.AutoModelForCausalLM.from_pretrained(report["output"]) is not None
+        assert transformers.AutoConfig.from_pretrained(report["output"]).use_cache is True
 
 
 def test_qlora_runs_saves_and_reloads(root: Path, model: str, shards: dict) -> None:
@@ -389,3 +390,23 @@ def test_attn_implementation_reaches_the_model(root: Path, model: str, shards: d
         done = CliRunner().invoke(main, ["train", shards["packed"], "--model", model, "-o", str(root / "flash"),
                                          "--attn-implementation", "flash_attention_2"])
         assert done.exit_code == 2 and "--attn-implementation flash_attention_2" in done.output, done.output
+
+
+def test_a_failed_merge_keeps_the_report_and_the_adapter(model: str, shards: dict, tmp_path: Path) -> None:
+    """The base model's weights vanish during training (deleted at the last step): --merge cannot reload them,
+    and says so in one line, after the report, the loss curve and the adapter were written."""
+    base_copy = tmp_path / "base"
+    shutil.copytree(model, base_copy)
+
+    def progress(point: dict) -> None:
+        (base_copy / "model.safetensors").unlink(missing_ok=True)
+
+    out = tmp_path / "o"
+    with pytest.raises(PrepError, match="--merge failed .*training_report.json are saved"):
+        train(shards["packed"], TrainOptions(model=str(base_copy), output=str(out), max_steps=1, batch_size=4,
+                                             merge=True), progress)
+    report = json.loads((out / "training_report.json").read_text())
+    assert report["steps"] == 1 and "merged" not in report
+    assert len((out / "loss_curve.csv").read_text().splitlines()) == 2
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "adapter" / "prep_train.json").is_file()
+    assert not list(out.rglob(".*.tmp"))

@@ -368,6 +368,8 @@ def train(shards: str, options: TrainOptions, progress: Any = None) -> dict[str,
     result = trainer.train(resume_from_checkpoint=True if options.resume else None)
     runtime = time.perf_counter() - started
     saved = out / ("model" if options.full else "adapter")
+    if options.full:  # off for training only (see _load_model); generation from the saved model wants its cache
+        trainer.model.config.use_cache = True
     trainer.model.save_pretrained(saved)
     tokenizer.save_pretrained(saved)
     _write_info(saved, manifest, options)
@@ -384,12 +386,18 @@ def train(shards: str, options: TrainOptions, progress: Any = None) -> dict[str,
         "trained_tokens": counter.trained, "tokens_per_s": round(counter.tokens / runtime, 1) if runtime else None,
         "train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None, "eval_loss": metrics.get("eval_loss"),
-        "peak_memory": _peak_memory(cuda), "options": asdict(options), "loss_curve": curve,
+        "peak_memory": _peak_memory(cuda), "options": json.loads(json.dumps(asdict(options), default=str)),
+        "loss_curve": curve,
     }
+    _write_curve(out, curve)  # report and curve first: a failed merge must not lose them
+    _write_json(out / REPORT, report)
     if options.merge:
-        report["merged"] = str(merge(options.model, saved, out / "merged"))
-    _write_curve(out, curve)
-    (out / REPORT).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+        try:
+            report["merged"] = str(merge(options.model, saved, out / "merged"))
+        except (OSError, ValueError) as e:
+            raise PrepError(f"--merge failed ({str(e).splitlines()[0]}); the trained {saved.name} and {REPORT} are "
+                            f"saved in {out}; merge them with prep.train.merge(base, adapter, target)") from None
+        _write_json(out / REPORT, report)
     return report
 
 
@@ -452,7 +460,7 @@ def _write_info(folder: Path, manifest: dict[str, Any], options: TrainOptions) -
     """What `prep generate` needs later, beside the weights: the template and tokenizer of the shards."""
     info = {k: manifest.get(k) for k in ("kind", "template", "train_on", "tokenizer")}
     info["base_model"] = str(options.model)
-    (folder / TRAIN_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+    _write_json(folder / TRAIN_INFO, info)
 
 
 def merge(base: str, adapter: str | Path, target: str | Path) -> Path:
