@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -346,6 +349,20 @@ def test_pair_shards_are_not_packed_or_trained(tmp_path: Path) -> None:
     no_pack = GOOD.replace("  template: chatml\n", "  template: chatml\n  kind: kto\n").split("pack:")[0]
     assert mistake(tmp_path, no_pack + "train:\n  model: owner/model\n").startswith(
         f"{tmp_path / 'bad.yaml'}:7: train: kto shards are not trained by prep train")
+
+
+@pytest.mark.parametrize("missing", ["torch", "peft"])
+def test_a_missing_train_extra_is_refused_at_load(missing: str, tmp_path: Path) -> None:
+    """A Python where `missing` cannot be imported: a recipe that trains says so, with the train section's line
+    and the install line, before any stage runs."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(GOOD + "train:\n  model: owner/model\noutput: out\n", encoding="utf-8")
+    code = f"import sys; sys.modules[{missing!r}] = None; from prep.cli import main; main()"
+    proc = subprocess.run([sys.executable, "-c", code, "run", str(recipe)], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"prep: {recipe}:8: train: ") and f"{missing} cannot be imported" in proc.stderr
+    assert "pip install 'prep[train]'" in proc.stderr and not (tmp_path / "out").exists()
 
 
 def test_bad_set_option(tmp_path: Path) -> None:

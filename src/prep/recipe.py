@@ -284,6 +284,13 @@ def _check_files(data: dict[str, Any], lines: _Lines) -> None:
     if "train" in data and kind in ("dpo", "kto"):
         raise PrepError(f"{lines.at(('train',), key=True)}: train: {kind} shards are not trained by prep train yet; "
                         "remove the train section and load the shards into TRL's DPOTrainer/KTOTrainer")
+    if "train" in data:  # before anything runs, not after tokenizing
+        from prep.train import require_train_extra
+
+        try:
+            require_train_extra()
+        except PrepError as e:
+            raise PrepError(f"{lines.at(('train',), key=True)}: train: {e}") from None
 
 
 def _make_model_hint(model: str) -> str:
