@@ -297,8 +297,11 @@ def test_generate_streams_the_fine_tuned_answer_through_the_training_template(lo
     done = run_prep("generate", "--model", model, "--adapter", lora["output"], "--max-new-tokens", "12", prompt)
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout.decode().strip() == expected.strip()
+    err = done.stderr.decode()
+    assert "template: chatml (recorded in " in err and "prep_train.json" in err and "warning" not in err, err
     generator = load(model)  # the base model: no prep_train.json, so the tokenizer's own template
     assert generator.template is not None and generator.template.name == "tokenizer"
+    assert generator.notes == [f"template: tokenizer (the chat template of the tokenizer in {Path(model).resolve()})"]
     assert load(model, lora["output"]).prompt_ids(prompt) == tokenizer(chatml, add_special_tokens=False)["input_ids"]
 
 
@@ -410,3 +413,17 @@ def test_a_failed_merge_keeps_the_report_and_the_adapter(model: str, shards: dic
     assert len((out / "loss_curve.csv").read_text().splitlines()) == 2
     assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "adapter" / "prep_train.json").is_file()
     assert not list(out.rglob(".*.tmp"))
+
+
+def test_generate_warns_when_the_base_model_is_not_the_one_trained_on(lora: dict, model: str, tmp_path: Path) -> None:
+    """The tiny llama with another tokenizer (two ids swapped), in another folder: both are named on stderr."""
+    other = tmp_path / "other-llama"
+    shutil.copytree(model, other)
+    swapped = swapped_tokenizer(tmp_path / "swapped")
+    shutil.copy(swapped / "tokenizer.json", other / "tokenizer.json")
+    done = run_prep("generate", "--model", str(other), "--adapter", lora["output"], "--max-new-tokens", "2", "Hi")
+    err = done.stderr.decode()
+    assert done.returncode == 0, err
+    assert "template: chatml" in err
+    assert "but " + str(other) + " has tokenizer other-llama" in err, err
+    assert f"trained on the base model {model}; --model is {other}" in err, err

@@ -576,6 +576,8 @@ def generate(prompts: tuple[str, ...], model: str, adapter: str | None, template
 
     _quiet_libraries()
     generator = load(model, adapter, template)
+    for note in generator.notes:
+        click.echo(note, err=True)
     for i, prompt in enumerate(prompts):
         if len(prompts) > 1:
             click.echo(f"{'' if i == 0 else chr(10)}>>> {prompt}", err=True)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prep.findings import PrepError
 from prep.templates import AnyTemplate, get_template, render_pair
-from prep.tokenize import Tokenizer, load_tokenizer
+from prep.tokenize import Tokenizer, load_tokenizer, same_tokenizer
 from prep.train import TRAIN_INFO, require_train_extra
 
 
@@ -28,6 +28,7 @@ class Generator:
     tokenizer: Tokenizer
     template: AnyTemplate | None  # None: plain text (pretraining shards), the prompt as it is
     stop_ids: list[int]
+    notes: list[str] = field(default_factory=list)  # which template, and warnings about the base model
 
     def prompt_ids(self, prompt: str, system: str | None = None) -> list[int]:
         """The ids the model continues: exactly the ids `prep tokenize` gives the same conversation, up to
@@ -71,27 +72,39 @@ class Generator:
         return "".join(pieces)
 
 
-def train_info(*folders: str | Path | None) -> dict[str, Any]:
-    """The first prep_train.json found in `folders` (an adapter or merged model folder), or {}."""
+def train_info(*folders: str | Path | None) -> tuple[dict[str, Any], Path | None]:
+    """The first prep_train.json found in `folders` (an adapter or merged model folder) and its folder, or {}."""
     for folder in folders:
         if folder and (Path(folder) / TRAIN_INFO).is_file():
-            return json.loads((Path(folder) / TRAIN_INFO).read_text(encoding="utf-8"))
-    return {}
+            return json.loads((Path(folder) / TRAIN_INFO).read_text(encoding="utf-8")), Path(folder)
+    return {}, None
 
 
 def load(model: str, adapter: str | None = None, template: str | None = None) -> Generator:
     """The model at `model` (a local folder) with `adapter` applied; `template` overrides the one
-    recorded by `prep train` (default: that one, else the tokenizer's own chat template)."""
+    recorded by `prep train` (default: that one, else the tokenizer's own chat template).
+
+    The Generator's `notes` say which template is used and whether the base model is the one the
+    adapter was trained on (its tokenizer, its folder)."""
     require_train_extra()
     from transformers import AutoModelForCausalLM
 
     if adapter and not (Path(adapter) / "adapter_config.json").is_file():
         raise PrepError(f"--adapter {adapter}: no adapter_config.json there (give the adapter folder prep train wrote)")
-    info = train_info(adapter, model)
+    info, where = train_info(adapter, model)
     tok = load_tokenizer(adapter if adapter and _has_tokenizer(adapter) else model)
     name = template or (info["template"]["name"] if info.get("template") else None)
-    if name is None and not info and tok.has_chat_template:
-        name = "tokenizer"
+    if template:
+        why = "--template"
+    elif name:
+        why = f"recorded in {where / TRAIN_INFO}" if where else ""
+    elif not info and tok.has_chat_template:
+        name, why = "tokenizer", f"the chat template of the tokenizer in {tok.path}"
+    else:
+        why = f"{where / TRAIN_INFO} records pretraining shards" if where else "no chat template anywhere"
+    notes = [f"template: {name} ({why})" if name else f"template: none, the prompt as plain text ({why})"]
+    if adapter and info:
+        notes += _base_model_notes(info, model)
     tmpl = get_template(name, tok.specials, tok.jinja) if name else None
     try:
         lm = AutoModelForCausalLM.from_pretrained(model)
@@ -103,7 +116,25 @@ def load(model: str, adapter: str | None = None, template: str | None = None) ->
         lm = PeftModel.from_pretrained(lm, adapter)
     lm.eval()
     stops = [i for i in (tok.token_id(tmpl.eot) if tmpl else None, tok.hf.eos_token_id) if i is not None]
-    return Generator(lm, tok, tmpl, list(dict.fromkeys(stops)))
+    return Generator(lm, tok, tmpl, list(dict.fromkeys(stops)), notes)
+
+
+def _base_model_notes(info: dict[str, Any], model: str) -> list[str]:
+    """Warnings when `model` is not the base the adapter was trained on: another tokenizer than the shards'
+    (the adapter learned ids that mean other text there), or another folder than the recorded base_model."""
+    notes = []
+    recorded = info.get("tokenizer") or {}
+    if recorded and _has_tokenizer(model):
+        mine = load_tokenizer(model).fingerprint()
+        if not same_tokenizer(recorded, mine):
+            notes.append(f"warning: the adapter was trained on shards tokenized with {recorded.get('name')} (sha256 "
+                         f"{str(recorded.get('sha256'))[:12]}, vocab {recorded.get('vocab_size')}), but {model} has "
+                         f"tokenizer {mine['name']} (sha256 {mine['sha256'][:12]}, vocab {mine['vocab_size']}): "
+                         "its answers may be nonsense; give the base model it was trained on")
+    base = info.get("base_model")
+    if base and Path(base).resolve() != Path(model).resolve():
+        notes.append(f"warning: the adapter was trained on the base model {base}; --model is {model}")
+    return notes
 
 
 def _has_tokenizer(folder: str) -> bool:
