@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from prep import __version__
+from prep.convert import SETTINGS
 from prep.files import CONTAINERS, TXT_SPLITS
 from prep.findings import PrepError, Tally
 from prep.formats import READABLE, WRITABLE
@@ -64,7 +65,6 @@ def _report_rejects(tally: Tally, rejects_file: str | None) -> None:
         click.echo("  keep every rejected row with its reasons: --rejects FILE", err=True)
 
 
-_SETTINGS = ("system", "text_column", "rejected_text_column", "prompt_text_column", "human_prefix", "bot_prefix")
 _INPUT_OPTIONS = (
     click.argument("args", nargs=-1, metavar="[FROM] INPUT..."),
     click.option("--from", "source", type=click.Choice(("auto", *READABLE)), help="Input format (same as FROM)."),
@@ -96,7 +96,7 @@ def input_options(command: Callable[..., Any]) -> Callable[..., Any]:
             if source and source != files[0]:
                 raise click.UsageError(f"FROM {files[0]!r} and --from {source!r} disagree")
             source = files.pop(0)
-        settings = {k: v for k in _SETTINGS if (v := kw.pop(k)) is not None}
+        settings = {k: v for k in SETTINGS if (v := kw.pop(k)) is not None}
         kw["inputs"] = Inputs(files, source or "auto", settings, kw.pop("input_type"), kw.pop("txt_split"),
                               kw.pop("dataset_info"), kw.pop("datasets"), kw.pop("seed"))
         return command(**kw)

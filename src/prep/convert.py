@@ -18,6 +18,9 @@ from prep.formats import WRITABLE, from_records, make_options, read_records, to_
 from prep.formats import llamafactory as lf
 from prep.records import Record
 
+# The format options Inputs.settings may hold (CoQA's system prompt, AutoTrain's columns and prefixes).
+SETTINGS = ("system", "text_column", "rejected_text_column", "prompt_text_column", "human_prefix", "bot_prefix")
+
 
 @dataclass
 class Inputs:

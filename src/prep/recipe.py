@@ -298,11 +298,11 @@ def _make_model_hint(model: str) -> str:
     if "tiny" not in Path(model).name or not _TINY_MODEL_SCRIPT.is_file():
         return "give a local model folder, or a hub id (owner/name) where the hub is reachable"
     arch = " --arch qwen2" if "qwen" in Path(model).name else ""
-    return (f"make the tiny stand-in model with `python {_relative(_TINY_MODEL_SCRIPT)} {_relative(Path(model))}"
+    return (f"make the tiny stand-in model with `python {relative(_TINY_MODEL_SCRIPT)} {relative(Path(model))}"
             f"{arch}`")
 
 
-def _relative(path: Path) -> str:
-    """`path` as the user would type it from the current folder."""
+def relative(path: Path) -> str:
+    """`path` as the user would type it from the current folder (absolute when that is shorter to read)."""
     rel = os.path.relpath(path)
     return path.as_posix() if rel.startswith(".." + os.sep + "..") else Path(rel).as_posix()

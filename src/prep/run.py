@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from prep import __version__
-from prep.convert import Inputs
+from prep.convert import SETTINGS, Inputs
 from prep.files import sha256_file
 from prep.findings import PrepError
-from prep.recipe import Recipe
+from prep.recipe import Recipe, relative
+from prep.shards import _write_json
 
 STAMP = "prep-stage.json"
 _HASH_WHOLE = 64 << 20  # files up to this size are hashed whole; larger ones by size and mtime
-_INPUT_SETTINGS = ("system", "text_column", "rejected_text_column", "prompt_text_column", "human_prefix", "bot_prefix")
 
 
 @dataclass
@@ -172,7 +172,7 @@ class _Flow:
 
 def _recipe_inputs(recipe: Recipe) -> Inputs:
     i = recipe.section("inputs")
-    return Inputs(i.get("files", []), i.get("format", "auto"), {k: i[k] for k in _INPUT_SETTINGS if k in i},
+    return Inputs(i.get("files", []), i.get("format", "auto"), {k: i[k] for k in SETTINGS if k in i},
                   i.get("input_type"), i.get("txt_split", "file"), i.get("dataset_info"), i.get("datasets", []),
                   i.get("seed", 42))
 
@@ -215,7 +215,7 @@ def _validate(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str
     if result.exit_code and not opts.get("allow_errors"):
         show.show(result, sys.stderr)
         raise _Stopped(f"validation found {result.findings.errors} errors and {result.findings.warnings} warnings "
-                       f"(report: {_shown(stage.folder / 'report.json')}, rejected rows: {_shown(rejects)}); fix the "
+                       f"(report: {relative(stage.folder / 'report.json')}, rejected rows: {relative(rejects)}); fix the "
                        "rows, or let the run go on without them: validate: {allow_errors: true}", summary)
     if result.rows_rejected:
         summary["outputs"].append("rejects.jsonl")  # the rows tokenize leaves out
@@ -276,7 +276,7 @@ def _pack(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, An
 
 
 def _train(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
-    from prep.train import TrainOptions, train
+    from prep.train import REPORT, TrainOptions, train
 
     assert flow.shards is not None
     options = TrainOptions(output=str(stage.folder), **recipe.section("train"))
@@ -288,8 +288,8 @@ def _train(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, A
     report = train(str(flow.shards), options, progress)
     saved = os.path.relpath(report["output"], stage.folder)
     loss = f", loss {report['first_loss']:.4f} -> {report['last_loss']:.4f}" if report["first_loss"] is not None else ""
-    return {"outputs": [saved, "training_report.json"], "method": report["method"], "steps": report["steps"],
-            "adapter": saved, "report": "training_report.json", "merged": report.get("merged") and
+    return {"outputs": [saved, REPORT], "method": report["method"], "steps": report["steps"],
+            "adapter": saved, "report": REPORT, "merged": report.get("merged") and
             os.path.relpath(report["merged"], stage.folder), "first_loss": report["first_loss"],
             "last_loss": report["last_loss"], "tokens_per_s": report["tokens_per_s"],
             "line": f"{report['method']}: {report['steps']} steps in {report['runtime_s']:.1f} s{loss}, "
@@ -362,9 +362,7 @@ def _write_stamp(stage: Stage) -> None:
     stamp = {"stage": stage.name, "key": stage.key, "prep_version": __version__, "outputs": stage.summary["outputs"],
              "summary": stage.summary}
     stage.folder.mkdir(parents=True, exist_ok=True)
-    tmp = stage.folder / f".{STAMP}.tmp"
-    tmp.write_text(json.dumps(stamp, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, stage.folder / STAMP)
+    _write_json(stage.folder / STAMP, stamp)
 
 
 def to_dict(result: RunResult) -> dict[str, Any]:
@@ -376,9 +374,10 @@ def to_dict(result: RunResult) -> dict[str, Any]:
 
 
 def write_run_json(result: RunResult) -> Path:
+    """run.json in the run folder, replaced whole (a reader never sees half of it)."""
     path = result.recipe.output / "run.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_dict(result), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    _write_json(path, to_dict(result))
     return path
 
 
@@ -437,7 +436,7 @@ def print_plan(result: RunResult, console: Any) -> None:
         table.add_column(col)
     for s in result.stages:
         would = "skip" if s.status == "skip" else "[bold]run"
-        table.add_row(s.name, would, s.key[:16], _shown(s.folder))
+        table.add_row(s.name, would, s.key[:16], relative(s.folder))
     console.print(table)
 
 
@@ -453,26 +452,21 @@ def print_summary(result: RunResult, console: Any, run_json: Path) -> None:
     for s in result.stages:
         if s.status in ("run", "skip"):
             continue  # not reached: the run stopped before
-        where = "" if s.status == "failed" else f"\n[dim]-> {_shown(s.folder)}[/]"
+        where = "" if s.status == "failed" else f"\n[dim]-> {relative(s.folder)}[/]"
         if s.summary.get("rejects"):
-            where += f"\n[dim]rejected rows -> {_shown(s.folder / s.summary['rejects'])}[/]"
+            where += f"\n[dim]rejected rows -> {relative(s.folder / s.summary['rejects'])}[/]"
         line = "could not run (below)" if s.status == "failed" else escape(s.summary.get("line", ""))
         table.add_row(s.name, s.status, line + where)
     console.print(table)
     last = next((s for s in reversed(result.stages) if s.status in ("ran", "skipped")), None)
     if last is not None and last.name == "train":
-        console.print(f"adapter:         {_shown(last.folder / last.summary['adapter'])}\n"
-                      f"training report: {_shown(last.folder / last.summary['report'])}\n"
-                      f"loss curve:      {_shown(last.folder / 'loss_curve.png')}")
+        console.print(f"adapter:         {relative(last.folder / last.summary['adapter'])}\n"
+                      f"training report: {relative(last.folder / last.summary['report'])}\n"
+                      f"loss curve:      {relative(last.folder / 'loss_curve.png')}")
     elif last is not None and last.name in ("tokenize", "pack"):
-        console.print(f"shards:          {_shown(last.folder)}")
-    console.print(f"run record:      {_shown(run_json)}")
+        console.print(f"shards:          {relative(last.folder)}")
+    console.print(f"run record:      {relative(run_json)}")
     if result.stopped:
         console.print(f"[red]stopped:[/] {escape(result.stopped)}")
     if result.failed:
         console.print(f"[red]failed:[/] {escape(result.failed)}")
-
-
-def _shown(path: Path) -> str:
-    rel = os.path.relpath(path)
-    return str(path) if rel.startswith("..") else rel
