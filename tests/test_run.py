@@ -369,3 +369,32 @@ def test_bad_set_option(tmp_path: Path) -> None:
     assert "give KEY=VALUE" in mistake(tmp_path, GOOD, "pack.max_len")
     assert "pack.max_len is not a section" in mistake(tmp_path, GOOD, "pack.max_len.x=1")
 
+
+
+@pytest.mark.slow
+def test_an_interrupted_train_stage_resumes_its_own_checkpoint_and_drops_another_runs(own_recipe: Path) -> None:
+    first = go(own_recipe, "train.max_steps=2", "train.save_steps=1")
+    train = {s.name: s for s in first.stages}["train"].folder
+    assert (train / "checkpoints" / "checkpoint-1").is_dir()
+    shutil.rmtree(train / "checkpoints" / "checkpoint-2")
+    (train / STAMP).unlink()  # as if killed after the first checkpoint
+    again = go(own_recipe, "train.max_steps=2", "train.save_steps=1")
+    assert statuses(again)["train"] == "ran"
+    report = json.loads((train / "training_report.json").read_text())
+    assert report["steps"] == 2 and report["options"]["resume"] is True
+    (train / STAMP).unlink()  # killed again, then started with another learning rate: its checkpoints are not reused
+    other = go(own_recipe, "train.max_steps=2", "train.save_steps=1", "train.lr=1.0e-3")
+    assert statuses(other)["train"] == "ran"
+    assert json.loads((train / "training_report.json").read_text())["options"]["resume"] is False
+
+
+def test_the_recipe_schema_takes_every_train_option() -> None:
+    import dataclasses
+
+    from prep.train import TrainOptions
+
+    schema = json.loads((ROOT / "schemas" / "recipe.json").read_text(encoding="utf-8"))
+    keys = set(schema["properties"]["train"]["properties"])
+    # output: the stage folder; resume: automatic after an interruption; eval, logging_steps, extra: not in recipes yet
+    assert keys == {f.name for f in dataclasses.fields(TrainOptions)} - {"output", "resume", "eval", "logging_steps",
+                                                                           "extra"}

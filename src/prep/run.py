@@ -276,10 +276,14 @@ def _pack(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, An
 
 
 def _train(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
-    from prep.train import REPORT, TrainOptions, train
+    from prep.train import REPORT, TrainOptions, can_resume, train
 
     assert flow.shards is not None
     options = TrainOptions(output=str(stage.folder), **recipe.section("train"))
+    if can_resume(str(flow.shards), options):  # an interrupted run of this very stage: go on from its checkpoint
+        options.resume = True
+    elif stage.folder.exists():  # an interrupted run of other shards or options: start again
+        shutil.rmtree(stage.folder)
 
     def progress(point: dict[str, Any]) -> None:
         view.progress(stage, f"step {point['step']}/{point['max_steps']} loss {point['loss']:.4f} "

@@ -435,6 +435,16 @@ def _check_checkpoints(checkpoints: Path, signature: dict[str, Any], resume: boo
                         "resume with the same shards, model and options, or train into another -o")
 
 
+def can_resume(shards: str, options: TrainOptions) -> bool:
+    """Whether options.output holds checkpoints of this very run (same shards, model and options), so an
+    interrupted run can go on from them instead of starting again (prep run uses it)."""
+    try:
+        _check_checkpoints(Path(options.output) / "checkpoints", _signature(shards, options), resume=True)
+    except PrepError:
+        return False
+    return True
+
+
 def _last_checkpoint_step(checkpoints: Path) -> int:
     from transformers.trainer_utils import get_last_checkpoint
 
