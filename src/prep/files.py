@@ -44,6 +44,14 @@ _BLANKS = re.compile(r"[ \t\r\n]*")
 # \ud800: rows whose text has none (nearly all) are not walked.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_BLANK_CHARS = " \t\r\n"
+# After a value in an array: the comma and the blanks around it, so the next value can be read at once.
+_NEXT_ELEMENT = re.compile(r"[ \t\r\n]*,[ \t\r\n]*")
+
+
+def _has_surrogate_escape(text: str, start: int, end: int) -> bool:
+    """Whether text[start:end] spells a surrogate escape; str.find rules out most rows at memchr speed."""
+    return text.find("\\u", start, end) >= 0 and _SURROGATE_ESCAPE.search(text, start, end) is not None
 
 csv.field_size_limit(2**31 - 1)
 
@@ -181,7 +189,7 @@ def _read_jsonl(stream: IO[bytes], name: str) -> Iterator[Item]:
             yield source, text, Finding(
                 "bad_json", f"line is not valid JSON: {msg}", "fix or remove the line; each line must hold one JSON object")
             continue
-        yield source, value, _lone_surrogate(value) if _SURROGATE_ESCAPE.search(text) else None
+        yield source, value, _lone_surrogate(value) if _has_surrogate_escape(text, 0, len(text)) else None
 
 
 def _lone_surrogate(value: Any, path: str = "$") -> Finding | None:
@@ -241,6 +249,8 @@ class _JsonText:
 
     def peek(self) -> str:
         """The next non-blank character ('' at the end), consuming the blanks before it."""
+        if self.pos < len(self.buf) and self.buf[self.pos] not in _BLANK_CHARS:  # no blanks to skip (most calls)
+            return self.buf[self.pos]
         while True:
             self._advance(_BLANKS.match(self.buf, self.pos).end())
             if self.pos < len(self.buf):
@@ -260,7 +270,7 @@ class _JsonText:
             try:
                 value, end = _JSON.raw_decode(self.buf, self.pos)
                 if end < len(self.buf) or self.eof:
-                    self.escapes = _SURROGATE_ESCAPE.search(self.buf, self.pos, end) is not None
+                    self.escapes = _has_surrogate_escape(self.buf, self.pos, end)
                     self._advance(end)
                     return value
             except ValueError as e:
@@ -290,7 +300,10 @@ def _read_json(stream: IO[bytes], name: str) -> Iterator[Item]:
             line = doc.line
             value = doc.value()
             yield Source(name, line, row), value, _lone_surrogate(value) if doc.escapes else None
-            if doc.peek() == ",":
+            sep = _NEXT_ELEMENT.match(doc.buf, doc.pos)
+            if sep and sep.end() < len(doc.buf):  # the next value starts in the buffer: skip the comma at once
+                doc._advance(sep.end())
+            elif doc.peek() == ",":
                 doc.take(",")
             else:
                 doc.take("]")
