@@ -299,10 +299,10 @@ def pretokenized(trainer_cls: type) -> type:
     (KeyError 'chosen'), and rendered text fed back in would get a second end-of-turn token (chatml) or
     BOS (llama3). This subclass leaves a `datasets.Dataset` that already has TRL's id columns as it is, so
     its collator concatenates exactly prompt_ids + chosen_ids (rejected_ids, completion_ids); other datasets
-    go through TRL unchanged. For
-    KTO it adds TRL's KL completions (each row's prompt with the previous row's completion, within a batch
-    of per_device_train_batch_size), as TRL does after tokenizing. Rows longer than `args.max_length` are
-    refused, not cut: TRL's collator would cut the answer and its end-of-turn token off.
+    go through TRL unchanged. For KTO it adds TRL's KL completions (each row's prompt with the previous
+    row's completion, within a batch of per_device_train_batch_size), as TRL does after tokenizing. Rows
+    longer than `args.max_length` are refused, not cut: TRL's collator would cut the answer and its
+    end-of-turn token off.
     """
 
     class Pretokenized(trainer_cls):  # type: ignore[misc, valid-type]
