@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,14 @@ def test_load_for_trl_refuses_other_kinds_and_tokenizers(shards: dict[str, str],
     tokenize(Inputs([str(SAMPLES / "openai.jsonl")]), TOKENIZER, str(sft), template="chatml")
     with pytest.raises(PrepError, match="sft shards; load_for_trl reads dpo and kto shards"):
         load_for_trl(sft)
+    broken = root / "broken"
+    shutil.copytree(shards["kto"], broken)
+    shard = next((broken / "data").glob("*.parquet"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(PrepError, match="fail verification .*checksum_mismatch"):
+        load_for_trl(broken)
 
 
 @pytest.mark.slow

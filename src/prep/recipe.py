@@ -283,7 +283,8 @@ def _check_files(data: dict[str, Any], lines: _Lines) -> None:
                         "pairs and are not packed; remove the pack (and train) sections")
     if "train" in data and kind in ("dpo", "kto"):
         raise PrepError(f"{lines.at(('train',), key=True)}: train: {kind} shards are not trained by prep train yet; "
-                        "remove the train section and load the shards into TRL's DPOTrainer/KTOTrainer")
+                        "remove the train section and train the shards with TRL's DPOTrainer/KTOTrainer through "
+                        "prep.shards.load_for_trl and pretokenized (see README)")
     if "train" in data:  # before anything runs, not after tokenizing
         from prep.train import require_train_extra
 

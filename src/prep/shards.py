@@ -283,6 +283,9 @@ def load_for_trl(folder: str | Path, tokenizer: Any = None) -> Any:
     if not manifest["shards"]:
         raise PrepError(f"{folder}: the shards hold no rows (counts: {manifest.get('counts')})")
     from prep.train import require_train_extra
+    from prep.verify import require_verified
+
+    require_verified(folder)
 
     require_train_extra()
     import datasets

@@ -85,17 +85,13 @@ def require_train_extra() -> None:
 
 def check_shards(folder: str, role: str = "training") -> dict[str, Any]:
     """The manifest of a shard folder that verifies; anything else is refused with its findings."""
-    from prep.verify import verify
+    from prep.verify import require_verified
 
     manifest = read_manifest(folder)
     if manifest["kind"] not in ("sft", "pretrain"):
-        raise PrepError(f"{folder}: {manifest['kind']} shards are not trained by prep train yet; load them with "
-                        "datasets.load_dataset('parquet', ...) into TRL's DPOTrainer/KTOTrainer")
-    result = verify(folder)
-    if not result.ok:
-        first = "; ".join(str(f) for f in result.findings[:3])
-        raise PrepError(f"{folder}: the {role} shards fail verification ({result.errors} errors: {first}); "
-                        "rebuild them, see `prep verify`")
+        raise PrepError(f"{folder}: {manifest['kind']} shards are not trained by prep train yet; train them with "
+                        "TRL's DPOTrainer/KTOTrainer through prep.shards.load_for_trl and pretokenized (see README)")
+    require_verified(folder, role)
     return manifest
 
 

@@ -83,6 +83,15 @@ def verify(folder: str | Path) -> Verification:
     return result
 
 
+def require_verified(folder: str | Path, role: str = "training") -> None:
+    """Refuse, with the first findings, shards that fail verification: whatever trains on them must not guess."""
+    result = verify(folder)
+    if not result.ok:
+        first = "; ".join(str(f) for f in result.findings[:3])
+        raise PrepError(f"{folder}: the {role} shards fail verification ({result.errors} errors: {first}); "
+                        "rebuild them, see `prep verify`")
+
+
 def _check_shard(folder: Path, shard: dict[str, Any], manifest: dict[str, Any], result: Verification,
                  totals: Counter[str]) -> None:
     name = shard["path"]
