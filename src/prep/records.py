@@ -107,6 +107,8 @@ def boolean(value: Any, path: str) -> bool:
 
 
 def message(role: str, content: str, **extra: Any) -> Message:
+    if not extra:  # most messages: no dict comprehension to run
+        return {"role": role, "content": content}
     return {"role": role, "content": content, **{k: v for k, v in extra.items() if v is not None}}
 
 

@@ -97,9 +97,12 @@ class _Calls:
 
 
 def _turn(turn: Any, where: str, o: Options, calls: _Calls) -> list[r.Message]:
-    turn = r.json_value(turn, where, dict)
-    tag = r.get(turn, o.role_tag, where)
-    value = r.text(r.get(turn, o.content_tag, where), f"{where}.{o.content_tag}")
+    tag = turn.get(o.role_tag) if isinstance(turn, dict) else None
+    value = turn.get(o.content_tag) if tag is not None else None
+    if not isinstance(value, str):  # the checks below build the field paths: only when something is wrong
+        turn = r.json_value(turn, where, dict)
+        tag = r.get(turn, o.role_tag, where)
+        value = r.text(r.get(turn, o.content_tag, where), f"{where}.{o.content_tag}")
     if o.lenient and tag not in (o.user_tag, o.assistant_tag, o.observation_tag, o.function_tag, o.system_tag):
         tag = _ALIASES.get(tag, tag)
     if tag == o.user_tag:
