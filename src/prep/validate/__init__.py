@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import os
 import re
@@ -174,6 +175,7 @@ class FileCheck:
         self.read = module(fmt).read if fmt else None
         self.renames = self._renames()
         self.ending = "unpaired_turn" if fmt == "sharegpt" else "ends_without_answer"
+        self.raw_messages = fmt in conversation.RAW_MESSAGE_FORMATS  # formats content.check looks into
         self.text_path = text_path(fmt, self.options) if fmt else "$.text"
         self.first_kind: str | None = None
         self.first_row = True
@@ -203,16 +205,16 @@ class FileCheck:
             self.first_row = False
             self._columns(row, source)
         found = self._structure(row)
-        errors = any(f.severity == ERROR for f in found)
+        errors = _has_error(found)
         if errors:
             other = detect(row)
             if other and other != self.fmt:
                 return None, [finding("mixed_formats", f"this row is {other} but the file is {self.fmt} (read from "
                                       f"its first rows)", "$", f"keep one format per file; split the file or "
                                       f"convert these rows with `prep convert {other}`")], None
-        else:
+        elif self.raw_messages:
             found += content.check(row, self.fmt)
-            errors = any(f.severity == ERROR for f in found)
+            errors = _has_error(found)
         record, locs = None, None
         try:
             record = {"id": record_id(row, source), **self.read(row, self.options)}
@@ -225,7 +227,7 @@ class FileCheck:
             if not errors:
                 locs = Lazy(self.fmt, row, record, self.options)
                 found += self._semantics(record, locs, whole)
-        return record, _unique(found), locs
+        return record, _unique(found) if len(found) > 1 else found, locs
 
     def _structure(self, row: dict[str, Any]) -> list[Finding]:
         if not self.renames:
@@ -260,7 +262,7 @@ class FileCheck:
             if kind != self.first_kind:
                 found.append(finding("mixed_kinds", f"the row is {kind} data but the file started with "
                                      f"{self.first_kind} rows"))
-        if not any(f.severity == ERROR for f in found):
+        if not _has_error(found):
             found += quality.row_checks(record, locs, self.ctx.max_chars, whole)
         return found
 
@@ -278,8 +280,8 @@ class FileCheck:
             passed: list[tuple[Any, Record, Source, Lazy, list[Finding]]] = []
             for row, source in zip(batch.items, batch.sources, strict=True):
                 record, found, locs = self.check(row, source)
-                placed = [f.at(source) for f in found]
-                if record is None or locs is None or any(f.severity == ERROR for f in placed):
+                placed = [f.at(source) for f in found] if found else []
+                if record is None or locs is None or _has_error(placed):
                     out.rejects.append(Reject(source, placed, row))
                     for f in placed:
                         sink.add(f)
@@ -321,6 +323,10 @@ class FileCheck:
     def finish(self) -> None:
         for f in self.answers.findings(self.report.path):
             self.ctx.findings.add(f)
+
+
+def _has_error(found: list[Finding]) -> bool:
+    return bool(found) and any(f.severity == ERROR for f in found)  # most lists are empty: no generator then
 
 
 def _unique(found: list[Finding]) -> list[Finding]:
@@ -415,6 +421,7 @@ def validate(inputs: Sequence[str], *, validation: Sequence[str] = (), format: s
         ctx.tokens = TokenCheck(tokenizer, template, max_len)
     reports = {path: FileReport(display_name(path), role) for path, role in roles}
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_heap_frozen())
         ctx.rejects = stack.enter_context(RowWriter(rejects, "jsonl")) if rejects else None
         # Validation files first: their rows are indexed before the training rows stream past them.
         for path, _ in sorted(roles, key=lambda pr: pr[1] != "validation"):
@@ -423,6 +430,21 @@ def validate(inputs: Sequence[str], *, validation: Sequence[str] = (), format: s
     if ctx.tokens:
         ctx.stats.extra.update(ctx.tokens.stats())
     return Report(list(reports.values()), ctx.findings, ctx.stats, strict)
+
+
+@contextlib.contextmanager
+def _heap_frozen() -> Iterator[None]:
+    """The objects alive before the run (imported modules, mostly) left out of the cyclic GC's passes while rows
+    stream, and given back after: full collections then walk only the rows in flight (~8% of a run's time).
+    Left alone when the caller froze objects itself, whose freeze this would otherwise undo."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 @contextlib.contextmanager

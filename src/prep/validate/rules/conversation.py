@@ -152,7 +152,8 @@ def check(record: Record, locs: Mapping[str, list[Loc]], ending: str = "ends_wit
     names = {t["function"]["name"] for t in tools} if tools else None
     for key in ("messages", "prompt", "chosen", "rejected", "completion"):
         for i, m in enumerate(record.get(key, ())):
-            if not m["content"].strip() and not m.get("tool_calls"):
+            content = m["content"]
+            if (not content or content.isspace()) and not m.get("tool_calls"):  # not .strip(): no copy
                 out.append(finding("empty_content", f"the {m['role']} message is empty", _content(locs[key][i])))
     walk = _Walk(out, names, locs)
     if kind == "chat":
@@ -212,9 +213,12 @@ def _media(record: Record, out: list[Finding]) -> None:
                                "placeholder(s) in the messages", f"$.{key}"))
 
 
+RAW_MESSAGE_FORMATS = ("openai", "trl")
+
+
 def raw_messages(row: Any, fmt: str) -> list[tuple[str, Any]]:
     """OpenAI-style raw message lists in a row (with their paths), for the checks made before reading."""
-    if not isinstance(row, dict) or fmt not in ("openai", "trl"):
+    if not isinstance(row, dict) or fmt not in RAW_MESSAGE_FORMATS:
         return []
     out = []
     for key in ("messages", "prompt", "completion", "chosen", "rejected", "preferred_output", "non_preferred_output"):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from prep.findings import Finding, Source
 from prep.records import Record, kind_of
-from prep.validate.codes import finding
+from prep.validate.codes import CODES, finding
 from prep.validate.locate import Loc
 
 SKETCH = 64
@@ -32,6 +32,9 @@ MIN_AFFIX = 4
 _PUNCTUATION = str.maketrans(dict.fromkeys(string.punctuation, " "))
 _UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _LOWER = _UPPER.lower()
+_SIDES = ("messages", "prompt", "chosen", "rejected", "completion")
+_ANSWER_SIDE = {"chat": "messages", "preference": "chosen", "feedback": "completion"}
+_DUPLICATE = CODES["duplicate_row"]
 
 
 def content_key(record: Record) -> int:
@@ -40,16 +43,15 @@ def content_key(record: Record) -> int:
 
 
 def all_text(record: Record) -> str:
-    if isinstance(record.get("text"), str):
-        return record["text"]
-    return "\n".join(m["content"] for key in ("messages", "prompt", "chosen", "rejected", "completion")
-                     for m in record.get(key, []))
+    text = record.get("text")
+    if isinstance(text, str):
+        return text
+    return "\n".join([m["content"] for key in _SIDES if key in record for m in record[key]])
 
 
 def answer(record: Record) -> str | None:
     """The text the model is trained to produce last: what the legacy tool called the completion."""
-    kind = kind_of(record)
-    side = {"chat": "messages", "preference": "chosen", "feedback": "completion"}.get(kind)
+    side = _ANSWER_SIDE.get(kind_of(record))
     if side is None:
         return None
     texts = [m["content"] for m in record[side] if m["role"] == "assistant" and m["content"]]
@@ -90,7 +92,9 @@ class Duplicates:
         if earlier is source:
             return None
         where = f"line {earlier.line}" if earlier.file == source.file else str(earlier)
-        return finding("duplicate_row", f"the row repeats {where}", "$").at(source)
+        # finding(...).at(source) in one step: in replicated data this runs for most rows
+        return Finding("duplicate_row", f"the row repeats {where}", _DUPLICATE.hint, "$", _DUPLICATE.severity,
+                       source.file, source.line)
 
 
 @dataclass
