@@ -17,6 +17,7 @@ The helpers below are what format readers use to pull typed fields out of a row 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
@@ -49,7 +50,10 @@ def record_id(row: Any, source: Source, key: str = "id") -> str:
         own = row.get(key)
         if isinstance(own, (str, int)) and not isinstance(own, bool) and str(own).strip():
             return str(own)
-    return f"{os.path.basename(source.file)}:{source.row}"  # not pathlib: this runs once per row
+    return f"{_basename(source.file)}:{source.row}"
+
+
+_basename = functools.lru_cache(maxsize=64)(os.path.basename)  # runs once per row, on a few file names
 
 
 def require_object(row: Any, what: str) -> dict[str, Any]:
