@@ -60,13 +60,14 @@ def read(row: Any, options: Options) -> r.Record:
     if system:
         messages.append(r.message("system", r.text(system, f"$.{o.system}")))
     state = _Calls()
+    tags = (o.user_tag, o.assistant_tag, o.observation_tag, o.function_tag, o.system_tag)
     for i, turn in enumerate(turns):
-        messages.extend(_turn(turn, f"{path}[{i}]", o, state))
+        messages.extend(_turn(turn, path, o, state, tags, i))
     tools = r.tools(row.get(o.tools), f"$.{o.tools}") if o.tools else None
     media = r.media(row, {k: getattr(o, k) for k in r.MEDIA})
 
     if o.chosen and o.rejected and row.get(o.chosen) is not None and row.get(o.rejected) is not None:
-        sides = [_turn(row[col], f"$.{col}", o, state.copy()) for col in (o.chosen, o.rejected)]
+        sides = [_turn(row[col], f"$.{col}", o, state.copy(), tags) for col in (o.chosen, o.rejected)]
         for col, side in zip((o.chosen, o.rejected), sides, strict=True):
             if side[0]["role"] != "assistant":
                 raise r.row_error("bad_preference", f"{col} must be an assistant turn ({o.assistant_tag} or "
@@ -96,14 +97,18 @@ class _Calls:
         return other
 
 
-def _turn(turn: Any, where: str, o: Options, calls: _Calls) -> list[r.Message]:
+def _turn(turn: Any, path: str, o: Options, calls: _Calls, tags: tuple[str, ...],
+          index: int | None = None) -> list[r.Message]:
+    """The message of the turn at `path` (`path[index]` in the turn list); `tags`: the five tags of `o`. The
+    turn's path is spelled out only where it is needed: a tool call, or a turn that does not fit."""
     tag = turn.get(o.role_tag) if isinstance(turn, dict) else None
     value = turn.get(o.content_tag) if tag is not None else None
-    if not isinstance(value, str):  # the checks below build the field paths: only when something is wrong
+    if not isinstance(value, str):
+        where = _where(path, index)
         turn = r.json_value(turn, where, dict)
         tag = r.get(turn, o.role_tag, where)
         value = r.text(r.get(turn, o.content_tag, where), f"{where}.{o.content_tag}")
-    if o.lenient and tag not in (o.user_tag, o.assistant_tag, o.observation_tag, o.function_tag, o.system_tag):
+    if o.lenient and tag not in tags:
         tag = _ALIASES.get(tag, tag)
     if tag == o.user_tag:
         return [r.message("user", value)]
@@ -115,6 +120,7 @@ def _turn(turn: Any, where: str, o: Options, calls: _Calls) -> list[r.Message]:
         call_id = calls.open.pop(0) if calls.open else None
         return [r.message("tool", value, tool_call_id=call_id)]
     if tag == o.function_tag:
+        where = _where(path, index)
         try:
             parsed = json.loads(value)
         except ValueError as e:
@@ -134,7 +140,11 @@ def _turn(turn: Any, where: str, o: Options, calls: _Calls) -> list[r.Message]:
         return [r.message("assistant", "", tool_calls=tool_calls)]
     raise r.row_error("bad_role", f"unknown turn tag {tag!r}",
                       f"use {o.user_tag}, {o.assistant_tag}, {o.function_tag}, {o.observation_tag} or {o.system_tag}",
-                      f"{where}.{o.role_tag}")
+                      f"{_where(path, index)}.{o.role_tag}")
+
+
+def _where(path: str, index: int | None) -> str:
+    return path if index is None else f"{path}[{index}]"
 
 
 def _dump_turns(messages: list[r.Message], o: Options, path: str) -> list[dict[str, str]]:
