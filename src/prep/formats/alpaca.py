@@ -32,15 +32,18 @@ def detect(row: dict[str, Any]) -> bool:
 
 
 def _field(row: dict[str, Any], column: str | None) -> str | None:
-    if not column or row.get(column) is None:
+    if not column:
         return None
-    return r.text(row[column], f"$.{column}")
+    value = row.get(column)
+    if value is None or isinstance(value, str):  # the path below is spelled out only for the error
+        return value
+    return r.text(value, f"$.{column}")
 
 
 def read(row: Any, options: Options) -> r.Record:
     row = r.require_object(row, "alpaca")
     o = options
-    if o.prompt:
+    if o.prompt and row.get(o.prompt) is None:
         r.get(row, o.prompt, hint=f"every alpaca row needs {o.prompt!r} (the instruction)")
     if not o.response and not o.chosen and not o.kto_tag:
         return {"text": _field(row, o.prompt) or ""}
@@ -68,11 +71,14 @@ def read(row: Any, options: Options) -> r.Record:
         rejected = r.text(r.get(row, o.rejected), f"$.{o.rejected}")
         return {"prompt": prompt, "chosen": [r.message("assistant", chosen)],
                 "rejected": [r.message("assistant", rejected)]}
-    output = r.get(row, o.response, hint=f"every alpaca row needs {o.response!r} (the answer)")
+    output = row.get(o.response) if o.response else None
+    if output is None:
+        output = r.get(row, o.response, hint=f"every alpaca row needs {o.response!r} (the answer)")
     if isinstance(output, list) and len(output) == 2:  # old LLaMA-Factory ranking rows: output = [chosen, rejected]
         return {"prompt": prompt, "chosen": [r.message("assistant", r.text(output[0], f"$.{o.response}[0]"))],
                 "rejected": [r.message("assistant", r.text(output[1], f"$.{o.response}[1]"))]}
-    return {"messages": [*prompt, r.message("assistant", r.text(output, f"$.{o.response}"))]}
+    answer = output if isinstance(output, str) else r.text(output, f"$.{o.response}")
+    return {"messages": [*prompt, r.message("assistant", answer)]}
 
 
 def _prompt_columns(prompt: list[r.Message], o: Options, path: str) -> dict[str, Any]:
