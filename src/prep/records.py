@@ -165,18 +165,20 @@ def parse_messages(value: Any, path: str) -> list[Message]:
     calls = 0
     open_calls: list[str] = []
     for i, item in enumerate(items):
-        where = f"{path}[{i}]"
         if not isinstance(item, dict):
             raise row_error("wrong_type", f"a message must be an object, got {type_name(item)}",
-                            "each message is {\"role\": ..., \"content\": ...}", where)
-        role = get(item, "role", where)
+                            "each message is {\"role\": ..., \"content\": ...}", f"{path}[{i}]")
+        role = item.get("role")
         if role == "function":
             role = "tool"
-        if role not in ROLES:
+        if role not in ROLES:  # paths are spelled out only for an error or a field most messages lack
+            where = f"{path}[{i}]"
+            get(item, "role", where)
             raise row_error("bad_role", f"unknown role {role!r}", f"use one of {', '.join(ROLES)}", f"{where}.role")
         extra: dict[str, Any] = {}
         raw_calls = item.get("tool_calls") or ([item["function_call"]] if item.get("function_call") else [])
         if raw_calls:
+            where = f"{path}[{i}]"
             if role != "assistant":
                 raise row_error("bad_tool_call", f"a {role} message cannot make tool calls",
                                 "only assistant messages carry tool_calls", f"{where}.tool_calls")
@@ -197,8 +199,10 @@ def parse_messages(value: Any, path: str) -> list[Message]:
         content = item.get("content")
         if content is None and (raw_calls or role == "assistant" and "tool_calls" in item):
             content = ""
-        content = _content(content, f"{where}.content", item)
+        if not isinstance(content, str):
+            content = _content(content, f"{path}[{i}].content", item)
         if role == "tool":
+            where = f"{path}[{i}]"
             call_id = item.get("tool_call_id")
             if call_id is None and open_calls:
                 call_id = open_calls[0]
@@ -206,13 +210,13 @@ def parse_messages(value: Any, path: str) -> list[Message]:
                 open_calls.remove(call_id)
             extra["tool_call_id"] = text(call_id, f"{where}.tool_call_id") if call_id is not None else None
         if item.get("name") is not None:
-            extra["name"] = text(item["name"], f"{where}.name")
+            extra["name"] = text(item["name"], f"{path}[{i}].name")
         weight = item.get("weight")
         if weight is not None:
             if weight not in (0, 1) or isinstance(weight, bool) or role != "assistant":
                 raise row_error("bad_weight", f"weight must be 0 or 1 on an assistant message, got {weight!r} on {role}",
                                 "use weight 0 to keep an assistant turn out of the loss, 1 (default) to train it",
-                                f"{where}.weight")
+                                f"{path}[{i}].weight")
             extra["weight"] = int(weight)
         messages.append(message(role, content, **extra))
     return messages

@@ -23,14 +23,14 @@ def check(row: Any, fmt: str) -> list[Finding]:
         for i, m in enumerate(messages):
             if not isinstance(m, dict):
                 continue
-            where = f"{path}[{i}]"
             if m.get("role") == "function" or m.get("function_call") is not None:
                 key = "role" if m.get("role") == "function" else "function_call"
                 out.append(finding("legacy_function_call", f"the deprecated {key} spelling of tool use",
-                                   f"{where}.{key}"))
+                                   f"{path}[{i}].{key}"))
             content = m.get("content")
             if not isinstance(content, list):
                 continue
+            where = f"{path}[{i}]"
             for k, part in enumerate(content):
                 if isinstance(part, dict) and part.get("type") == "image_url":
                     images += 1

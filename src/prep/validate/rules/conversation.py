@@ -244,8 +244,9 @@ def raw_messages(row: Any, fmt: str) -> list[tuple[str, Any]]:
         return []
     out = []
     for key in ("messages", "prompt", "completion", "chosen", "rejected", "preferred_output", "non_preferred_output"):
-        if isinstance(row.get(key), list):
-            out.append((f"$.{key}", row[key]))
+        value = row.get(key)
+        if isinstance(value, list):
+            out.append((f"$.{key}", value))
     if isinstance(row.get("input"), dict) and isinstance(row["input"].get("messages"), list):
         out.append(("$.input.messages", row["input"]["messages"]))
     return out
