@@ -74,8 +74,14 @@ def _shouting(text: str) -> bool:
     if len(text) < 20:
         return False
     ascii_text = text.encode("ascii", "ignore")
-    lower = len(ascii_text) - len(ascii_text.translate(None, _LOWER))
-    if len(ascii_text) - lower <= 2.34 * lower:  # not enough room left for 70% capitals
+    n, half = len(ascii_text), len(ascii_text) // 2
+    # Lower case letters in the first half already leave no room for 70% capitals in most text, and the count
+    # over the whole text can only be larger: the second half is counted only when the first does not settle it.
+    lower = half - len(ascii_text[:half].translate(None, _LOWER))
+    if n - lower <= 2.34 * lower:
+        return False
+    lower += n - half - len(ascii_text[half:].translate(None, _LOWER))
+    if n - lower <= 2.34 * lower:  # not enough room left for 70% capitals
         return False
     upper = len(ascii_text) - len(ascii_text.translate(None, _UPPER))
     return upper + lower >= 20 and upper > 0.7 * (upper + lower)
