@@ -73,8 +73,9 @@ CASES: list[tuple[str, str, bytes, dict[int, str]]] = [
         b'{"conversations": [{"from": "human", "value": "q"}], "tools": "{not a list"}',
         b'{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "label": "perhaps"}',
         b'{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}',
+        b'{"conversations": [{"from": {}, "value": "q"}, {"from": "gpt", "value": "a"}]}',
     ]), {2: "bad_tool_call", 3: "bad_tool_arguments", 4: "bad_role", 5: "missing_field", 6: "bad_preference",
-         7: "bad_json", 8: "wrong_type"}),
+         7: "bad_json", 8: "wrong_type", 10: "bad_role"}),
     ("autotrain.csv", "autotrain", (
         b'text,rejected_text,prompt\n'
         b'"human: hi \\n bot: hello",,\n'

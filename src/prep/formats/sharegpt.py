@@ -108,7 +108,7 @@ def _turn(turn: Any, path: str, o: Options, calls: _Calls, tags: tuple[str, ...]
         turn = r.json_value(turn, where, dict)
         tag = r.get(turn, o.role_tag, where)
         value = r.text(r.get(turn, o.content_tag, where), f"{where}.{o.content_tag}")
-    if o.lenient and tag not in tags:
+    if o.lenient and isinstance(tag, str) and tag not in tags:
         tag = _ALIASES.get(tag, tag)
     if tag == o.user_tag:
         return [r.message("user", value)]
