@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -28,3 +29,11 @@ def run_prep(*args: str, input: bytes | None = None, cwd: Path | None = None) ->
     """`prep ARGS` in a subprocess, as a user runs it (stdout and stderr captured as bytes)."""
     return subprocess.run([sys.executable, "-m", "prep", *args], input=input, capture_output=True,
                           cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+
+
+def make_tiny_model(out: Path) -> Path:
+    """The tiny llama of samples/make_tiny_model.py (a script beside the samples, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("make_tiny_model", SAMPLES / "make_tiny_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_tiny_model(out)

@@ -4,7 +4,6 @@ the run unless allowed; recipe mistakes are one line-numbered message and exit 2
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -15,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, SAMPLES, run_prep
+from conftest import ROOT, SAMPLES, make_tiny_model, run_prep
 from prep.findings import PrepError
 from prep.recipe import load_recipe, parse_set
 from prep.run import STAMP, RunResult, run
@@ -32,10 +31,7 @@ DOCUMENTS = {"quickstart": 4, "alpaca-ko-lora": 7, "together-multiturn": 6, "aut
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    spec = importlib.util.spec_from_file_location("make_tiny_model", SAMPLES / "make_tiny_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 def go(recipe: Path, *sets: str) -> RunResult:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SAMPLES, fixture, run_prep
+from conftest import SAMPLES, fixture, make_tiny_model, run_prep
 from prep.convert import Inputs
 from prep.findings import PrepError
 from prep.pack import pack
@@ -29,13 +29,6 @@ from prep.train import TrainOptions, train  # noqa: E402 - needs the train extra
 
 TOKENIZER = str(SAMPLES / "tokenizer")
 CHATS = [str(SAMPLES / n) for n in ("sharegpt.jsonl", "openai.jsonl", "alpaca.json")]
-
-
-def make_tiny_model(out: Path) -> Path:
-    spec = importlib.util.spec_from_file_location("make_tiny_model", SAMPLES / "make_tiny_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_tiny_model(out)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import SAMPLES, fixture
+from conftest import SAMPLES, fixture, make_tiny_model
 from prep.convert import Inputs
 from prep.findings import PrepError
 from prep.shards import iter_tables, load_for_trl, pretokenized
@@ -27,7 +27,6 @@ trl = pytest.importorskip("trl")
 transformers = pytest.importorskip("transformers")
 datasets = pytest.importorskip("datasets")
 
-from test_train import make_tiny_model  # noqa: E402 - needs the train extra
 
 TOKENIZER = str(SAMPLES / "tokenizer")
 STEPS, BATCH = 2, 2
