@@ -149,7 +149,7 @@ def test_rejects_file_keeps_rows_with_their_reasons(tmp_path: Path) -> None:
     assert [r["line"] for r in kept] == [2, 3, 5]
     assert [r["reasons"][0]["code"] for r in kept] == ["bad_json", "no_assistant", "lone_surrogate"]
     assert kept[1]["row"] == chat("Only a question?")
-    assert kept[2]["row"]["messages"][0]["content"] == "\\ud800"  # spelled out: UTF-8 cannot hold it
+    assert kept[2]["row"]["messages"][0]["content"] == "\ud800"  # a JSON escape: reads back as it was read
     assert report.rows_read == report.rows_accepted + len(kept)
 
 

@@ -521,25 +521,13 @@ def _detect(batches: Iterator[Batch[Any]]) -> tuple[str | None, Iterator[Batch[A
 
 
 def _encodable(value: Any) -> Any:
-    """A reject as it can be written as JSON in UTF-8: unpaired surrogates are spelled out as `\\udXXX` text,
-    values JSON has no type for (Parquet bytes, dates) as their repr."""
+    """A reject as JSON can hold it: values JSON has no type for (Parquet bytes, dates) as their repr. (An
+    unpaired surrogate stays: the RowWriter spells it as a JSON escape, which reads back as the same value.)"""
     try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        json.dumps(value)
         return value
-    except UnicodeEncodeError:
-        return _escape_surrogates(value)
     except (TypeError, ValueError):
-        return _encodable(json.loads(json.dumps(value, default=repr)))
-
-
-def _escape_surrogates(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(value, dict):
-        return {_escape_surrogates(k): _escape_surrogates(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_escape_surrogates(v) for v in value]
-    return value
+        return json.loads(json.dumps(value, default=repr))
 
 
 __all__ = ["FORMATS", "KINDS", "Context", "FileCheck", "FileReport", "Findings", "Report", "check_records", "split_roles",
