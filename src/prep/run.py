@@ -31,7 +31,7 @@ from prep.convert import SETTINGS, Inputs
 from prep.files import sha256_file
 from prep.findings import PrepError
 from prep.recipe import Recipe, relative
-from prep.shards import _write_json
+from prep.shards import write_json
 
 STAMP = "prep-stage.json"
 _HASH_WHOLE = 64 << 20  # files up to this size are hashed whole; larger ones by size and mtime
@@ -366,7 +366,7 @@ def _write_stamp(stage: Stage) -> None:
     stamp = {"stage": stage.name, "key": stage.key, "prep_version": __version__, "outputs": stage.summary["outputs"],
              "summary": stage.summary}
     stage.folder.mkdir(parents=True, exist_ok=True)
-    _write_json(stage.folder / STAMP, stamp)
+    write_json(stage.folder / STAMP, stamp)
 
 
 def to_dict(result: RunResult) -> dict[str, Any]:
@@ -381,7 +381,7 @@ def write_run_json(result: RunResult) -> Path:
     """run.json in the run folder, replaced whole (a reader never sees half of it)."""
     path = result.recipe.output / "run.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_json(path, to_dict(result))
+    write_json(path, to_dict(result))
     return path
 
 

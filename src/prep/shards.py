@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from prep import __version__
-from prep.files import RowWriter, sha256_file
+from prep.files import RowWriter, sha256_file, write_text_atomic
 from prep.findings import Batch, PrepError, Tally
 
 SCHEMA_VERSION = 1
@@ -150,7 +150,7 @@ class ShardWriter:
         self.shards.append(entry)
         self._rows = self._bytes = self._tokens = 0
         if self.resume_key:
-            _write_json(self.outdir / JOURNAL, {"resume_key": self.resume_key, "shards": self.shards})
+            write_json(self.outdir / JOURNAL, {"resume_key": self.resume_key, "shards": self.shards})
 
     def _load_journal(self) -> dict[str, dict[str, Any]]:
         """Shards of an interrupted run with the same key whose bytes still match their recorded sha256."""
@@ -179,7 +179,7 @@ class ShardWriter:
         if self.rejects:
             self.rejects.close()
         manifest = self.manifest()
-        _write_json(self.outdir / MANIFEST, manifest)
+        write_json(self.outdir / MANIFEST, manifest)
         (self.outdir / JOURNAL).unlink(missing_ok=True)
         return manifest
 
@@ -220,11 +220,9 @@ class ShardWriter:
             self.abort()
 
 
-def _write_json(path: Path, value: Any) -> None:
-    """Write JSON under a temporary name and rename: readers see the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def write_json(path: Path, value: Any) -> None:
+    """JSON written atomically (see files.write_text_atomic): manifests, journals, reports, stamps."""
+    write_text_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:

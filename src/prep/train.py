@@ -24,7 +24,7 @@ from typing import Any
 
 from prep.files import sha256_file
 from prep.findings import PrepError
-from prep.shards import MANIFEST, _write_json, read_manifest
+from prep.shards import MANIFEST, read_manifest, write_json
 
 REPORT = "training_report.json"
 TRAIN_INFO = "prep_train.json"
@@ -359,7 +359,7 @@ def train(shards: str, options: TrainOptions, progress: Any = None) -> dict[str,
 
     trainer.add_callback(Progress())
     checkpoints.mkdir(parents=True, exist_ok=True)
-    _write_json(checkpoints / SIGNATURE, signature)
+    write_json(checkpoints / SIGNATURE, signature)
     resumed_from = _last_checkpoint_step(checkpoints) if options.resume else None
     result = trainer.train(resume_from_checkpoint=True if options.resume else None)
     runtime = time.perf_counter() - started
@@ -386,14 +386,14 @@ def train(shards: str, options: TrainOptions, progress: Any = None) -> dict[str,
         "loss_curve": curve,
     }
     _write_curve(out, curve)  # report and curve first: a failed merge must not lose them
-    _write_json(out / REPORT, report)
+    write_json(out / REPORT, report)
     if options.merge:
         try:
             report["merged"] = str(merge(options.model, saved, out / "merged"))
         except (OSError, ValueError) as e:
             raise PrepError(f"--merge failed ({str(e).splitlines()[0]}); the trained {saved.name} and {REPORT} are "
                             f"saved in {out}; merge them with prep.train.merge(base, adapter, target)") from None
-        _write_json(out / REPORT, report)
+        write_json(out / REPORT, report)
     return report
 
 
@@ -466,7 +466,7 @@ def _write_info(folder: Path, manifest: dict[str, Any], options: TrainOptions) -
     """What `prep generate` needs later, beside the weights: the template and tokenizer of the shards."""
     info = {k: manifest.get(k) for k in ("kind", "template", "train_on", "tokenizer")}
     info["base_model"] = str(options.model)
-    _write_json(folder / TRAIN_INFO, info)
+    write_json(folder / TRAIN_INFO, info)
 
 
 def merge(base: str, adapter: str | Path, target: str | Path) -> Path:

@@ -4,15 +4,13 @@ hint), the cookbook-style statistics, and the JSON report written by `--report`.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from pathlib import Path
 from typing import IO
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from prep.files import write_text_atomic
 from prep.findings import Finding
 from prep.validate import Report
 from prep.validate.codes import CODES, ERROR
@@ -103,16 +101,7 @@ def show(report: Report, out: IO[str], quiet: bool = False) -> None:
 
 def write_json(report: Report, path: str) -> None:
     """The JSON report, written to a temporary name and renamed, so it is whole or absent."""
-    text = dumps(report)
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, dumps(report))
 
 
 def dumps(report: Report) -> str:
