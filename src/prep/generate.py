@@ -16,7 +16,7 @@ from typing import Any
 
 from prep.findings import PrepError
 from prep.templates import AnyTemplate, get_template, render_pair
-from prep.tokenize import Tokenizer, load_tokenizer, same_tokenizer
+from prep.tokenize import Tokenizer, describe_tokenizer, load_tokenizer, same_tokenizer
 from prep.train import TRAIN_INFO, require_train_extra
 
 
@@ -127,10 +127,9 @@ def _base_model_notes(info: dict[str, Any], model: str) -> list[str]:
     if recorded and _has_tokenizer(model):
         mine = load_tokenizer(model).fingerprint()
         if not same_tokenizer(recorded, mine):
-            notes.append(f"warning: the adapter was trained on shards tokenized with {recorded.get('name')} (sha256 "
-                         f"{str(recorded.get('sha256'))[:12]}, vocab {recorded.get('vocab_size')}), but {model} has "
-                         f"tokenizer {mine['name']} (sha256 {mine['sha256'][:12]}, vocab {mine['vocab_size']}): "
-                         "its answers may be nonsense; give the base model it was trained on")
+            notes.append(f"warning: the adapter was trained on shards tokenized with {describe_tokenizer(recorded)}, "
+                         f"but {model} has tokenizer {describe_tokenizer(mine)}: its answers may be nonsense; give "
+                         "the base model it was trained on")
     base = info.get("base_model")
     if base and Path(base).resolve() != Path(model).resolve():
         notes.append(f"warning: the adapter was trained on the base model {base}; --model is {model}")

@@ -270,14 +270,12 @@ def load_for_trl(folder: str | Path, tokenizer: Any = None) -> Any:
         raise PrepError(f"{folder}: {kind} shards; load_for_trl reads dpo and kto shards (sft and pretrain "
                         "shards train with prep train, or load with datasets.load_dataset('parquet', ...))")
     if tokenizer is not None:
-        from prep.tokenize import fingerprint, same_tokenizer
+        from prep.tokenize import describe_tokenizer, fingerprint, same_tokenizer
 
         theirs, mine = manifest.get("tokenizer") or {}, fingerprint(tokenizer)
         if not same_tokenizer(theirs, mine):
-            raise PrepError(f"{folder}: the shards were tokenized with {theirs.get('name', '?')} (vocab "
-                            f"{theirs.get('vocab_size')}, special ids {theirs.get('special_ids')}), not with "
-                            f"{mine.get('name')} (vocab {mine.get('vocab_size')}, special ids "
-                            f"{mine.get('special_ids')}); re-tokenize with the model's tokenizer")
+            raise PrepError(f"{folder}: the shards were tokenized with {describe_tokenizer(theirs)}, not with "
+                            f"{describe_tokenizer(mine)}; re-tokenize with the model's tokenizer")
     if not manifest["shards"]:
         raise PrepError(f"{folder}: the shards hold no rows (counts: {manifest.get('counts')})")
     from prep.train import require_train_extra

@@ -132,6 +132,12 @@ def same_tokenizer(a: dict[str, Any], b: dict[str, Any]) -> bool:
             and a.get("vocab_size") == b.get("vocab_size") and a.get("special_ids") == b.get("special_ids"))
 
 
+def describe_tokenizer(fp: dict[str, Any]) -> str:
+    """A fingerprint in a few words, for messages that name two tokenizers that differ."""
+    return (f"{fp.get('name', '?')} (sha256 {str(fp.get('sha256'))[:12]}, vocab {fp.get('vocab_size')}, "
+            f"special ids {fp.get('special_ids')})")
+
+
 def load_tokenizer(path: str) -> Tokenizer:
     """A tokenizer from a local folder (or a hub id already in the local cache; nothing is downloaded)."""
     folder = _tokenizer_folder(path)

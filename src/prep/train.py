@@ -97,15 +97,14 @@ def check_shards(folder: str, role: str = "training") -> dict[str, Any]:
 
 def check_tokenizer(manifest: dict[str, Any], tokenizer: Any, model: str, force: bool) -> None:
     """Refuse shards made with another tokenizer than the model's: their ids would mean other text."""
-    from prep.tokenize import fingerprint, same_tokenizer
+    from prep.tokenize import describe_tokenizer, fingerprint, same_tokenizer
 
     mine = fingerprint(tokenizer)
     theirs = manifest.get("tokenizer") or {}
     if not same_tokenizer(theirs, mine) and not force:
-        raise PrepError(f"the shards were tokenized with {theirs.get('name', '?')} (sha256 {str(theirs.get('sha256'))[:12]}"
-                        f", vocab {theirs.get('vocab_size')}) but the model {model} has tokenizer {mine.get('name')} "
-                        f"(sha256 {str(mine.get('sha256'))[:12]}, vocab {mine.get('vocab_size')}); re-tokenize with the "
-                        "model's tokenizer, or pass --force if you know they agree")
+        raise PrepError(f"the shards were tokenized with {describe_tokenizer(theirs)} but the model {model} has "
+                        f"tokenizer {describe_tokenizer(mine)}; re-tokenize with the model's tokenizer, or pass "
+                        "--force if you know they agree")
 
 
 def _dataset(folder: str) -> Any:
