@@ -60,8 +60,8 @@ def efficiency(tokens: int, rows: int, max_len: int) -> float:
 
 def unpacked(work: Path, copies: int) -> Path:
     """Alpaca x`copies` tokenized by prep into unpacked shards (every row kept: no length cap)."""
-    from prep.convert import Inputs
-    from prep.tokenize import tokenize
+    from prep.formats.inputs import Inputs
+    from prep.stages.tokenize import tokenize
 
     data = make_data(work, copies)
     result = tokenize(Inputs([str(data)]), str(TOKENIZER), str(work / "unpacked"), template="chatml")
@@ -121,8 +121,9 @@ def main() -> None:
     import datasets
     from datasets.utils.logging import disable_progress_bar
 
-    from prep.pack import best_fit_decreasing, pack
-    from prep.shards import iter_tables
+    from prep.shards.packing import best_fit_decreasing
+    from prep.shards.reader import iter_tables
+    from prep.stages.pack import pack
 
     disable_progress_bar()
     work = Path(tempfile.mkdtemp(prefix="prep-bench-pack-"))
@@ -171,7 +172,8 @@ def synthetic_run(title: str, synthetic: np.ndarray, skip_trl: bool) -> None:
     """prep's best_fit_decreasing (whole set and prep pack's default window) beside TRL's on these lengths."""
     import datasets
 
-    from prep.pack import DEFAULT_WINDOW, best_fit_decreasing
+    from prep.shards.packing import best_fit_decreasing
+    from prep.stages.pack import DEFAULT_WINDOW
 
     whole = int(synthetic.sum())
     print(f"\nsynthetic: {len(synthetic):,} lengths {title}, {whole:,} tokens, rows of {SYNTHETIC_LEN}", flush=True)

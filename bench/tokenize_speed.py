@@ -72,10 +72,11 @@ def main() -> None:
     if not ALPACA.exists() or not TOKENIZER.exists():
         sys.exit(f"fixtures not found under {FIXTURES} (set PREP_FIXTURES)")
 
-    from prep.convert import Inputs
     from prep.formats import read_records
-    from prep.templates import get_template
-    from prep.tokenize import load_tokenizer, tokenize
+    from prep.formats.inputs import Inputs
+    from prep.render.templates import get_template
+    from prep.render.tokenizer import load_tokenizer
+    from prep.stages.tokenize import tokenize
 
     work = Path(tempfile.mkdtemp(prefix="prep-bench-"))
     data = make_data(work, args.copies)
@@ -147,7 +148,7 @@ def trl_prepare(data: Path, tok: Any, shards: Path) -> float:
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from prep.shards import read_manifest
+    from prep.shards.layout import read_manifest
 
     disable_progress_bar()
     hf = AutoTokenizer.from_pretrained(str(TOKENIZER))

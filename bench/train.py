@@ -58,7 +58,7 @@ def tiny_model(folder: Path, hidden: int, layers: int) -> Path:
 
 def conversations(rows: int) -> list[list[dict[str, str]]]:
     """The first `rows` alpaca rows as prep reads them (canonical conversations)."""
-    from prep.convert import Inputs, read_inputs
+    from prep.formats.inputs import Inputs, read_inputs
 
     out: list[list[dict[str, str]]] = []
     for batch in read_inputs(Inputs([str(ALPACA)])):
@@ -72,9 +72,9 @@ def prep_shards(chats: list[list[dict[str, str]]], folder: Path, max_len: int) -
     """prep tokenize + prep pack on the conversations (as JSONL), and the seconds they took."""
     import json
 
-    from prep.convert import Inputs
-    from prep.pack import pack
-    from prep.tokenize import tokenize
+    from prep.formats.inputs import Inputs
+    from prep.stages.pack import pack
+    from prep.stages.tokenize import tokenize
 
     data = folder / "chats.jsonl"
     data.write_text("".join(json.dumps({"messages": c}, ensure_ascii=False) + "\n" for c in chats), encoding="utf-8")
@@ -87,7 +87,7 @@ def prep_shards(chats: list[list[dict[str, str]]], folder: Path, max_len: int) -
 
 
 def run_prep(shards: Path, model: Path, out: Path, batch_size: int) -> dict[str, Any]:
-    from prep.train import TrainOptions, train
+    from prep.trainer.train import TrainOptions, train
 
     report = train(str(shards), TrainOptions(model=str(model), output=str(out), batch_size=batch_size))
     return {"seconds": report["runtime_s"], "steps": report["steps"], "tokens": report["tokens"],

@@ -52,7 +52,7 @@ FIXTURES, ROOT, replicate = _convert.FIXTURES, _convert.ROOT, _convert.replicate
 
 PREP = """
 import json, sys, time
-from prep.validate import validate
+from prep.stages.validate import validate
 start = time.perf_counter()
 report = validate(sys.argv[1:])
 print(json.dumps({"seconds": time.perf_counter() - start, "rows": report.rows_read,

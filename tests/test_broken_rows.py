@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import run_prep
-from prep.findings import RowError
+from prep.core.findings import RowError
 from prep.formats import FORMATS, WRITABLE, make_options, module
 
 GOOD_OPENAI = b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}'

@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 
 from conftest import SAMPLES, run_prep
-from prep.shards import iter_tables, read_manifest
+from prep.shards.layout import read_manifest
+from prep.shards.reader import iter_tables
 
 TOKENIZER = str(SAMPLES / "tokenizer")
 

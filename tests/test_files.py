@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, run_prep
+from prep.core.findings import PrepError
 from prep.files import RowWriter, read_rows, split_suffix
-from prep.findings import PrepError
 
 
 def rows(path: Path | str, **kw: Any) -> tuple[list[tuple[int, Any]], list[tuple[int, str, Any]]]:

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from conftest import SAMPLES
-from prep.findings import Batch, PrepError, RowError, Source
+from prep.core.findings import Batch, PrepError, RowError, Source
+from prep.core.records import Record
 from prep.formats import detect, detect_file, make_options, module, read_records
-from prep.records import Record
 
 
 def read(fmt: str, row: Any, **settings: Any) -> Record:

@@ -9,11 +9,11 @@ import pytest
 from rich.console import Console
 
 from conftest import SAMPLES, run_prep
-from prep.findings import Batch, Source
-from prep.inspection import TRAINED, inspect_row, render_tokens
-from prep.pack import pack
-from prep.shards import ShardWriter
-from prep.stats import histogram, shard_stats
+from prep.core.findings import Batch, Source
+from prep.shards.writer import ShardWriter
+from prep.stages.inspect import TRAINED, inspect_row, render_tokens
+from prep.stages.pack import pack
+from prep.stages.stats import histogram, shard_stats
 
 transformers = pytest.importorskip("transformers")
 TOKENIZER = str(SAMPLES / "tokenizer")

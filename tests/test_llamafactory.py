@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from conftest import LLAMAFACTORY, SAMPLES, fixture, run_prep
-from prep.convert import Inputs, convert
+from prep.formats.inputs import Inputs
+from prep.stages.convert import convert
 
 
 def through_registry(registry: Path | str, name: str, tmp_path: Path, to: str = "openai",

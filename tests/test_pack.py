@@ -11,11 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import prep.pack
+import prep.shards.packing
+import prep.stages.pack
 from conftest import run_prep
-from prep.findings import Batch, Source
-from prep.pack import best_fit_decreasing, pack
-from prep.shards import ShardWriter, iter_tables, read_manifest
+from prep.core.findings import Batch, Source
+from prep.shards.layout import read_manifest
+from prep.shards.packing import best_fit_decreasing
+from prep.shards.reader import iter_tables
+from prep.shards.writer import ShardWriter
+from prep.stages.pack import pack
 
 
 def doc(i: int, rng: random.Random, lo: int = 4, hi: int = 120) -> dict:
@@ -125,7 +129,7 @@ def test_too_long_rows_follow_the_input_policy(tmp_path: Path) -> None:
 def test_interrupted_pack_resumes_to_identical_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     unpacked(tmp_path / "in", n=600)
     clean = pack(tmp_path / "in", tmp_path / "clean", 128, window=100, shard_rows=40)
-    real = prep.pack._bfd_window
+    real = prep.shards.packing.bfd_window
     calls = {"n": 0}
 
     def dies_on_fourth(*args, **kwargs):
@@ -134,13 +138,13 @@ def test_interrupted_pack_resumes_to_identical_bytes(tmp_path: Path, monkeypatch
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(prep.pack, "_bfd_window", dies_on_fourth)
+    monkeypatch.setattr(prep.stages.pack, "bfd_window", dies_on_fourth)
     with pytest.raises(KeyboardInterrupt):
         pack(tmp_path / "in", tmp_path / "out", 128, window=100, shard_rows=40)
     assert not (tmp_path / "out" / "manifest.json").exists()
     finished = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "data").glob("*.parquet")}
     assert finished
-    monkeypatch.setattr(prep.pack, "_bfd_window", real)
+    monkeypatch.setattr(prep.stages.pack, "bfd_window", real)
     again = pack(tmp_path / "in", tmp_path / "out", 128, window=100, shard_rows=40)
     assert again["shards"] == clean["shards"]
     assert all((tmp_path / "out" / "data" / n).stat().st_mtime_ns == t for n, t in finished.items())

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from conftest import SAMPLES
-from prep.findings import Batch, Source
-from prep.pack import pack
-from prep.shards import ShardWriter, iter_tables, position_ids
+from prep.core.findings import Batch, Source
+from prep.shards.layout import position_ids
+from prep.shards.reader import iter_tables
+from prep.shards.writer import ShardWriter
+from prep.stages.pack import pack
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -12,9 +12,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prep.findings import Batch, Source
+from prep.core.findings import Batch, Source
+from prep.core.records import Record
 from prep.formats import from_records, make_options, to_records
-from prep.records import Record
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

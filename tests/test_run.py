@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, SAMPLES, make_tiny_model, run_prep
-from prep.findings import PrepError
-from prep.recipe import load_recipe, parse_set
-from prep.run import STAMP, RunResult, run
-from prep.shards import read_manifest
-from prep.verify import verify
+from prep.core.findings import PrepError
+from prep.recipes.recipe import load_recipe, parse_set
+from prep.recipes.runner import STAMP, RunResult, run
+from prep.shards.layout import read_manifest
+from prep.shards.verify import verify
 
 pytest.importorskip("peft")
 
@@ -387,7 +387,7 @@ def test_an_interrupted_train_stage_resumes_its_own_checkpoint_and_drops_another
 def test_the_recipe_schema_takes_every_train_option() -> None:
     import dataclasses
 
-    from prep.train import TrainOptions
+    from prep.trainer.train import TrainOptions
 
     schema = json.loads((ROOT / "schemas" / "recipe.json").read_text(encoding="utf-8"))
     keys = set(schema["properties"]["train"]["properties"])

@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from conftest import SAMPLES
-from prep.convert import Inputs, convert
+from prep.formats.inputs import Inputs
+from prep.stages.convert import convert
 
 TOKENIZER = SAMPLES / "tokenizer"
 

@@ -8,9 +8,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from prep.core.findings import Batch, Finding, PrepError, Source
 from prep.files import sha256_file
-from prep.findings import Batch, Finding, PrepError, Source
-from prep.shards import MANIFEST, ShardWriter, iter_tables, read_manifest
+from prep.shards.layout import MANIFEST, read_manifest
+from prep.shards.reader import iter_tables
+from prep.shards.writer import ShardWriter
 
 META = {"tokenizer": {"name": "t", "vocab_size": 100}, "max_len": 16, "train_on": "assistant"}
 

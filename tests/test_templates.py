@@ -9,18 +9,13 @@ import pytest
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from conftest import SAMPLES, run_prep
-from prep.findings import PrepError, RowError
-from prep.templates import (
-    BUILTIN,
-    NAMES,
-    JinjaTemplate,
-    Specials,
-    Template,
-    describe,
-    get_template,
-    rows_stage,
-)
-from prep.tokenize import load_tokenizer
+from prep.core.findings import PrepError, RowError
+from prep.render.builtin import BUILTIN, NAMES, Template
+from prep.render.jinja import JinjaTemplate
+from prep.render.spans import Specials
+from prep.render.templates import describe, get_template
+from prep.render.tokenizer import load_tokenizer
+from prep.stages.template import rows_stage
 
 # Published chat templates (transcribed from the models' tokenizer_config.json) for the families that have
 # no fixture tokenizer here. Rendering them with transformers' renderer is the reference for our text.
@@ -265,7 +260,7 @@ def test_template_without_a_stop_token_is_refused(samples_tokenizer) -> None:
 
 
 def test_rows_stage_writes_text_rows_for_every_kind(samples_tokenizer) -> None:
-    from prep.findings import Batch, Source
+    from prep.core.findings import Batch, Source
 
     records = [
         {"id": "c", "messages": SINGLE},

@@ -10,12 +10,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import SAMPLES, run_prep
-from prep.convert import Inputs
-from prep.findings import Batch, PrepError, Source
+from prep.core.findings import Batch, PrepError, Source
 from prep.formats import read_records
-from prep.shards import read_manifest
-from prep.tokenize import Encoder, Settings, load_tokenizer, same_tokenizer, tokenize, tokenize_stage
-from prep.verify import verify
+from prep.formats.inputs import Inputs
+from prep.render.encoder import Encoder, Settings
+from prep.render.tokenizer import load_tokenizer, same_tokenizer
+from prep.shards.layout import read_manifest
+from prep.shards.verify import verify
+from prep.stages.tokenize import tokenize
 
 TOKENIZER = str(SAMPLES / "tokenizer")
 
@@ -203,15 +205,6 @@ def test_rows_that_cannot_be_trained_are_rejected_with_reasons(tmp_path, tok) ->
                "rejected": [m("assistant", "b")]}, Source("p.jsonl", 1, 1))
     out, _ = encoder(batch)
     assert out.rejects[0].findings[0].code == "wrong_kind" and "--kind dpo" in out.rejects[0].findings[0].hint
-
-
-def test_tokenize_stage_yields_row_dicts(tok) -> None:
-    encoder = Encoder(tok.backend, tok.jinja(), tok.specials, Settings("sft"))
-    batch = Batch()
-    batch.add({"id": "a", "messages": [m("user", "q"), m("assistant", "a")]}, Source("a.jsonl", 1, 1))
-    out = next(tokenize_stage([batch], encoder))
-    assert out.sources == batch.sources and out.items[0]["ids"] == ["a"]
-    assert set(out.items[0]) == {"input_ids", "labels", "seq_lengths", "num_tokens", "num_loss_tokens", "ids"}
 
 
 def test_fingerprint_identifies_the_tokenizer(tok) -> None:

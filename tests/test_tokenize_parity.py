@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from conftest import LLAMAFACTORY, fixture
-from prep.findings import Batch, Source
+from prep.core.findings import Batch, Source
 from prep.formats import read_records
-from prep.tokenize import Encoder, Settings, _token_ranges, load_tokenizer
+from prep.render.encoder import Encoder, Settings, _token_ranges
+from prep.render.tokenizer import load_tokenizer
 
 NAMES = ("qwen2.5", "llama3", "phi-3-mini")
 BUILTIN = {"qwen2.5": "chatml", "llama3": "llama3", "phi-3-mini": "phi3"}
@@ -169,7 +170,7 @@ def test_builtin_template_equals_the_models_own(case: Case) -> None:
     conversations = list(case.by_id.values())
     if template_name == "chatml":
         conversations = [{**c, "messages": [SYSTEM, *c["messages"]]} for c in conversations]
-    from prep.templates import get_template
+    from prep.render.templates import get_template
 
     out, rows = encode(case.tok, get_template(template_name, case.tok.specials), conversations)
     for rid, row in zip(out.items, rows, strict=True):
@@ -212,7 +213,7 @@ def test_no_doubled_bos_and_truncation_keeps_the_eos(tmp_path) -> None:
     for batch in read_records([str(LLAMAFACTORY / "alpaca_en_demo.json")]):
         conversations += [{"id": r["id"], "messages": r["messages"]} for r in batch.items[:200]]
     for template in ("tokenizer", "llama3"):
-        from prep.templates import get_template
+        from prep.render.templates import get_template
 
         chosen = tok.jinja() if template == "tokenizer" else get_template("llama3", tok.specials)
         out, rows = encode(tok, chosen, conversations, max_len=128, overflow="truncate")

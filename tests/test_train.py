@@ -14,18 +14,19 @@ from pathlib import Path
 import pytest
 
 from conftest import SAMPLES, fixture, make_tiny_model, run_prep
-from prep.convert import Inputs
-from prep.findings import PrepError
-from prep.pack import pack
-from prep.shards import iter_tables, read_manifest
-from prep.tokenize import tokenize
+from prep.core.findings import PrepError
+from prep.formats.inputs import Inputs
+from prep.shards.layout import read_manifest
+from prep.shards.reader import iter_tables
+from prep.stages.pack import pack
+from prep.stages.tokenize import tokenize
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
-from prep.train import TrainOptions, train  # noqa: E402 - needs the train extra
+from prep.trainer.train import TrainOptions, train  # noqa: E402 - needs the train extra
 
 TOKENIZER = str(SAMPLES / "tokenizer")
 CHATS = [str(SAMPLES / n) for n in ("sharegpt.jsonl", "openai.jsonl", "alpaca.json")]
@@ -95,7 +96,7 @@ def base(model: str):
 
 def test_lora_lowers_the_loss_and_writes_its_report(lora: dict, root: Path, model: str, shards: dict) -> None:
     # the model folder holds the tokenizer saved again (other files, other sha256): same vocabulary, accepted
-    from prep.tokenize import fingerprint
+    from prep.render.tokenizer import fingerprint
 
     mine = fingerprint(transformers.AutoTokenizer.from_pretrained(model))
     assert mine["sha256"] != read_manifest(shards["packed"])["tokenizer"]["sha256"]
@@ -274,7 +275,7 @@ def test_preference_shards_are_refused_with_a_pointer(model: str, tmp_path: Path
 
 
 def test_generate_streams_the_fine_tuned_answer_through_the_training_template(lora: dict, model: str) -> None:
-    from prep.generate import load
+    from prep.trainer.generate import load
 
     prompt = "What is the capital of France?"
     chatml = f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
@@ -299,7 +300,7 @@ def test_generate_streams_the_fine_tuned_answer_through_the_training_template(lo
 
 
 def test_generate_needs_an_adapter_folder(model: str, tmp_path: Path) -> None:
-    from prep.generate import load
+    from prep.trainer.generate import load
 
     with pytest.raises(PrepError, match="no adapter_config.json"):
         load(model, str(tmp_path))
@@ -309,9 +310,9 @@ def test_generate_needs_an_adapter_folder(model: str, tmp_path: Path) -> None:
 def test_generate_asks_with_the_ids_training_saw_before_the_answer(name: str, tmp_path: Path) -> None:
     """The prompt ids are the tokenized conversation's ids up to its first trained token, even where the
     template puts a space before the answer (llama2, mistral, vicuna: trained as part of the answer's first token)."""
-    from prep.generate import Generator
-    from prep.templates import get_template
-    from prep.tokenize import load_tokenizer
+    from prep.render.templates import get_template
+    from prep.render.tokenizer import load_tokenizer
+    from prep.trainer.generate import Generator
 
     system, prompt = "Be brief.", "What is the capital of France?"
     chat = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": prompt},
@@ -346,7 +347,7 @@ def test_bad_option_values_are_refused_naming_the_option(flag: str, text: str, n
 
 
 def test_warmup_ratio_reaches_transformers_as_a_share_of_the_steps(tmp_path: Path) -> None:
-    from prep.train import _config
+    from prep.trainer.train import _config
 
     config = _config(TrainOptions(model="m", output=str(tmp_path), warmup_ratio=0.5), tmp_path, False, False, False)
     assert config.get_warmup_steps(40) == 20

@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 
 from conftest import SAMPLES, fixture, make_tiny_model
-from prep.convert import Inputs
-from prep.findings import PrepError
-from prep.shards import iter_tables, load_for_trl, pretokenized
-from prep.tokenize import tokenize
+from prep.core.findings import PrepError
+from prep.formats.inputs import Inputs
+from prep.shards.reader import iter_tables
+from prep.stages.tokenize import tokenize
+from prep.trainer.bridge import load_for_trl, pretokenized
 
 torch = pytest.importorskip("torch")
 trl = pytest.importorskip("trl")

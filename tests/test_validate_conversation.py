@@ -131,16 +131,3 @@ def test_a_good_tool_conversation_passes(tmp_path: Path) -> None:
     assert report.findings.total == 0 and report.exit_code == 0
 
 
-def test_check_records_stage_for_later_verbs() -> None:
-    from prep.findings import Batch, Source
-    from prep.validate import check_records
-
-    batch: Batch = Batch()
-    good = {"id": "a", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}]}
-    bad = {"id": "b", "messages": [{"role": "assistant", "content": "Hey"}, {"role": "user", "content": "Hi"}]}
-    batch.add(good, Source("f.jsonl", 1, 1))
-    batch.add(bad, Source("f.jsonl", 2, 2))
-    out = list(check_records([batch]))[0]
-    assert out.items == [good]
-    assert [(r.source.line, [(f.code, f.path) for f in r.findings]) for r in out.rejects] == [
-        (2, [("role_order", "$.messages[0].role")])]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import ROOT, run_prep
-from prep.validate import validate
+from prep.stages.validate import validate
 
 TOY = ROOT / "tests" / "data" / "cookbook_toy_chat.jsonl"
 

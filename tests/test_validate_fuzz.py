@@ -10,8 +10,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prep.validate import validate
-from prep.validate.codes import CODES
+from prep.checks.codes import CODES
+from prep.stages.validate import validate
 
 KEYS = ["messages", "role", "content", "conversations", "from", "value", "instruction", "input", "output", "system",
         "history", "chosen", "rejected", "prompt", "completion", "label", "kto_tag", "text", "tools", "tool_calls",

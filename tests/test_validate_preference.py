@@ -128,10 +128,3 @@ def test_kind_and_mixed_kinds(tmp_path: Path) -> None:
     mixed = [*rows, {"instruction": "Pick one", "chosen": "A", "rejected": "B"}]
     report = run(write_rows(tmp_path / "mixed.jsonl", mixed))
     assert_exactly(report, {(3, "mixed_kinds", "$")})
-
-
-def test_kinds_are_the_ones_tokenize_accepts() -> None:
-    from prep.tokenize import ACCEPTS
-    from prep.validate import KINDS
-
-    assert KINDS == ACCEPTS

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from conftest import ROOT, SAMPLES
+from prep.checks import schemas
+from prep.checks.codes import CODES
 from prep.formats import read_records
-from prep.validate import schemas
-from prep.validate.codes import CODES
 
 jsonschema_rs = pytest.importorskip("jsonschema_rs")
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SAMPLES, fixture
-from prep.tokenize import load_tokenizer
-from prep.validate import validate
+from prep.render.tokenizer import load_tokenizer
+from prep.stages.validate import validate
 from validate_util import assert_exactly, chat, write_rows
 
 pytestmark = pytest.mark.slow  # loading a real tokenizer (transformers) takes seconds

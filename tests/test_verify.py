@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 
 from conftest import SAMPLES, run_prep
-from prep.convert import Inputs
-from prep.findings import Batch, Source
-from prep.shards import SCHEMAS, ShardWriter, iter_tables, read_manifest
-from prep.tokenize import tokenize
-from prep.verify import verify
+from prep.core.findings import Batch, Source
+from prep.formats.inputs import Inputs
+from prep.shards.layout import SCHEMAS, read_manifest
+from prep.shards.reader import iter_tables
+from prep.shards.verify import verify
+from prep.shards.writer import ShardWriter
+from prep.stages.tokenize import tokenize
 
 GOOD = {"input_ids": [5, 6, 7, 8], "labels": [-100, -100, 7, 8], "seq_lengths": [4], "num_tokens": 4,
         "num_loss_tokens": 2, "ids": ["a:1"]}

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prep.validate import Report, validate
+from prep.stages.validate import Report, validate
 
 
 def write_rows(path: Path, rows: list[Any]) -> Path:

@@ -14,11 +14,11 @@ from typing import Any
 import click
 
 from prep import __version__
-from prep.convert import SETTINGS
+from prep.core.findings import PrepError, Tally
 from prep.files import CONTAINERS, TXT_SPLITS
-from prep.findings import PrepError, Tally
 from prep.formats import READABLE, WRITABLE
-from prep.templates import OVERFLOW, TRAIN_ON
+from prep.formats.inputs import SETTINGS
+from prep.render.spans import OVERFLOW, TRAIN_ON
 
 
 class _Group(click.Group):
@@ -89,7 +89,7 @@ def input_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(**kw: Any) -> Any:
-        from prep.convert import Inputs
+        from prep.formats.inputs import Inputs
 
         files, source = list(kw.pop("args")), kw.pop("source")
         if files and files[0] in ("auto", *READABLE) and not os.path.exists(files[0]):
@@ -132,7 +132,7 @@ def convert(inputs: Any, to: str, output: str, rejects: str | None, ids: bool, q
       prep convert autotrain chats.csv --text-column dialogue --to sharegpt -o chats.jsonl
       prep convert --dataset-info data/dataset_info.json --dataset glaive_toolcall_en_demo --to openai
     """
-    from prep.convert import convert as run
+    from prep.stages.convert import convert as run
 
     _require_inputs(inputs)
     result = run(inputs, to, output, rejects=rejects, ids=ids)
@@ -183,8 +183,8 @@ def validate(inputs: tuple[str, ...], fmt: str, kind: str | None, validation: tu
     Exit 0: no errors; 1: errors (or warnings with --strict); 2: could not run.
     Example: prep validate train.jsonl --validation valid.jsonl --report report.json --rejects bad.jsonl
     """
-    from prep.validate import report as show
-    from prep.validate import validate as run
+    from prep.stages import validate_report as show
+    from prep.stages.validate import validate as run
 
     settings = {k: v for k, v in dict(text_column=text_column, rejected_text_column=rejected_text_column,
                                       prompt_text_column=prompt_text_column).items() if v is not None}
@@ -227,8 +227,8 @@ def template(inputs: Any, name: str | None, tokenizer: str | None, train_on: str
     """
     from rich.console import Console
 
-    from prep.templates import describe
-    from prep.templates import template as run
+    from prep.render.templates import describe
+    from prep.stages.template import template as run
 
     console = Console(highlight=False, soft_wrap=True)
     if list_templates:
@@ -263,7 +263,7 @@ def _highlight(row: dict[str, Any]) -> Any:
     chosen green, rejected red)."""
     from rich.text import Text
 
-    from prep.inspection import TRAINED, UNTRAINED
+    from prep.stages.inspect import TRAINED, UNTRAINED
 
     if "spans" not in row:
         text = Text(row["prompt"], style=UNTRAINED)
@@ -311,7 +311,7 @@ def tokenize(inputs: Any, tokenizer: str, name: str | None, kind: str | None, tr
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from prep.tokenize import tokenize as run
+    from prep.stages.tokenize import tokenize as run
 
     _require_inputs(inputs)
     console = Console(stderr=True, highlight=False)
@@ -369,7 +369,7 @@ def _parse_size(text: str) -> tuple[int, float]:
 def pack(indir: str, outdir: str, max_len: int, strategy: str, seed: int, window: int, shard_size: str,
          rejects: str | None, quiet: bool) -> None:
     """Pack tokenized shards in INDIR into rows of at most --max-len tokens."""
-    from prep.pack import pack as run
+    from prep.stages.pack import pack as run
 
     rows, mb = _parse_size(shard_size)
     manifest = run(indir, outdir, max_len, strategy=strategy, seed=seed, window=window, shard_rows=rows,
@@ -388,7 +388,7 @@ def pack(indir: str, outdir: str, max_len: int, strategy: str, seed: int, window
 @click.option("-q", "--quiet", is_flag=True, help="Print only the findings.")
 def verify(folder: str, quiet: bool) -> None:
     """Check a shard folder against its manifest: sha256 of every shard, schema, row invariants, counts."""
-    from prep.verify import verify as run
+    from prep.shards.verify import verify as run
 
     result = run(folder)
     for f in result.findings:
@@ -412,7 +412,7 @@ def inspect(folder: str, row: int, show_ids: bool, tokenizer: str | None) -> Non
     """Decode one shard row: trained tokens in colour, document boundaries marked."""
     from rich.console import Console
 
-    from prep.inspection import inspect_row
+    from prep.stages.inspect import inspect_row
 
     inspect_row(folder, row, tokenizer=tokenizer, show_ids=show_ids, console=Console(highlight=False))
 
@@ -429,9 +429,9 @@ def stats(targets: tuple[str, ...], source: str, as_json: bool) -> None:
 
     from rich.console import Console
 
-    from prep.convert import Inputs
-    from prep.stats import print_stats
-    from prep.stats import stats as run
+    from prep.formats.inputs import Inputs
+    from prep.stages.stats import print_stats
+    from prep.stages.stats import stats as run
 
     target = targets[0] if len(targets) == 1 else list(targets)
     result = run(target, Inputs(files=list(targets), format=source))
@@ -490,8 +490,8 @@ def train(shards: str, model: str, output: str, quiet: bool, eval_shards: str | 
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from prep.train import TrainOptions, summary_lines
-    from prep.train import train as run
+    from prep.trainer.train import TrainOptions, summary_lines
+    from prep.trainer.train import train as run
 
     options = TrainOptions(model=model, output=output, eval=eval_shards, **kw)
     _quiet_libraries()
@@ -534,8 +534,8 @@ def run_recipe(recipe_file: str, sets: tuple[str, ...], dry_run: bool, quiet: bo
     """
     from rich.console import Console
 
-    from prep.recipe import load_recipe
-    from prep.run import RichView, plan, print_plan, print_summary, run, write_run_json
+    from prep.recipes.recipe import load_recipe
+    from prep.recipes.runner import RichView, plan, print_plan, print_summary, run, write_run_json
 
     recipe = load_recipe(recipe_file, sets)
     console = Console(stderr=True, highlight=False)
@@ -572,7 +572,7 @@ def generate(prompts: tuple[str, ...], model: str, adapter: str | None, template
       prep generate --model runs/tiny-llama --adapter out/adapter "Name three primary colours."
       prep generate --model runs/tiny-llama "Name three primary colours."    # the base model, to compare
     """
-    from prep.generate import load
+    from prep.trainer.generate import load
 
     _quiet_libraries()
     generator = load(model, adapter, template)

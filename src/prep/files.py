@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from prep.findings import Batch, Finding, PrepError, Source
+from prep.core.findings import Batch, Finding, PrepError, Source
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -86,6 +86,12 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: str | Path, value: Any) -> None:
+    """JSON written atomically (see write_text_atomic): manifests, journals, reports, stamps."""
+    write_text_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
 
 
 def display_name(path: str) -> str:

@@ -8,10 +8,10 @@ from collections.abc import Iterable, Iterator
 from types import ModuleType
 from typing import Any
 
+from prep.core.findings import Batch, PrepError, RowError
+from prep.core.records import Record, record_id
 from prep.files import read_rows, split_suffix
-from prep.findings import Batch, PrepError, RowError
 from prep.formats import alpaca, autotrain, coqa, openai, sharegpt, text, trl
-from prep.records import Record, record_id
 
 # Detection order matters: the most specific layouts first, bare `text` last.
 FORMATS: dict[str, ModuleType] = {m.NAME: m for m in (coqa, openai, sharegpt, alpaca, autotrain, trl, text)}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from prep import records as r
+from prep.core import records as r
 
 NAME = "autotrain"
 KINDS = ("chat", "preference", "text")

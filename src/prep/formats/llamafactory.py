@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prep.core.findings import Batch, PrepError
 from prep.files import split_suffix
-from prep.findings import Batch, PrepError
 
 _HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url")
 _ALPACA_COLUMNS = ("prompt", "query", "response", "history", "system", "tools", "chosen", "rejected", "kto_tag",

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from prep import records as r
+from prep.core import records as r
 
 NAME = "openai"
 KINDS = ("chat", "preference", "feedback")

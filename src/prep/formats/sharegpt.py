@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from prep import records as r
+from prep.core import records as r
 
 NAME = "sharegpt"
 KINDS = ("chat", "preference", "feedback")

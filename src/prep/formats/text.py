@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from prep import records as r
+from prep.core import records as r
 
 NAME = "text"
 KINDS = ("text",)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from prep import records as r
+from prep.core import records as r
 
 NAME = "trl"
 KINDS = ("chat", "preference", "feedback", "text")

@@ -1,0 +1,158 @@
+"""Every finding code `prep validate` can report, with its severity and the default hint.
+
+One table, so the README's list of codes, the severities in reports and the tests all agree:
+a code always has the same severity, whichever check raised it. The readers' own codes
+(src/prep/records.py, formats/, files.py) and those of templates/tokenize that validate can meet are
+here too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from prep.core.findings import Finding
+
+ERROR, WARNING = "error", "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    severity: str
+    family: str
+    hint: str
+
+
+_ENC = "re-encode the file as UTF-8 without a BOM, e.g. `iconv -f utf-16 -t utf-8 IN > OUT`"
+
+CODES: dict[str, Code] = {
+    # ---- files: bytes, lines, containers
+    "empty_file": Code(ERROR, "file", "the file holds no rows; check the path or the export"),
+    "utf8_bom": Code(WARNING, "file", "save the file as UTF-8 without a BOM; some loaders read the BOM as part of "
+                     "the first key"),
+    "utf16_encoding": Code(ERROR, "file", _ENC),
+    "invalid_utf8": Code(ERROR, "file", _ENC),
+    "nul_byte": Code(ERROR, "file", "the line holds NUL (0x00) bytes: the file is binary, UTF-16 or corrupted; "
+                     "re-export it as UTF-8 text"),
+    "blank_line": Code(WARNING, "file", "remove empty lines; some JSONL loaders stop or fail at them"),
+    "bad_json": Code(ERROR, "file", "fix or remove the line; each line must hold one JSON object"),
+    "bad_csv": Code(ERROR, "file", "fix the quoting on this line"),
+    "csv_field_count": Code(ERROR, "file", "quote fields that contain the delimiter or a line break"),
+    "unreadable_file": Code(ERROR, "file", "fix the file at the line named, or convert it to JSONL so a bad row "
+                            "does not hide the rest"),
+    "not_an_object": Code(ERROR, "file", "each row must be a JSON object such as {\"messages\": [...]}"),
+    "unknown_format": Code(ERROR, "file", "name the format with --format (alpaca, sharegpt, openai, trl, autotrain, "
+                           "coqa, text)"),
+    "mixed_formats": Code(ERROR, "file", "keep one format per file; split the file or convert these rows"),
+    "mixed_kinds": Code(ERROR, "file", "keep one kind (sft, dpo, kto, pretrain) per file; trainers take one"),
+    "too_few_rows": Code(ERROR, "file", "add rows, or lower --min-rows"),
+    "missing_column": Code(ERROR, "file", "fix the column name option or add the column; AutoTrain would silently "
+                           "ignore it"),
+    # ---- structure (JSON Schemas and the readers)
+    "missing_field": Code(ERROR, "structure", "add the field"),
+    "wrong_type": Code(ERROR, "structure", "give the field the type the format expects"),
+    "bad_value": Code(ERROR, "structure", "use one of the allowed values"),
+    "empty_value": Code(ERROR, "structure", "give this field a value or drop the row"),
+    "unknown_key": Code(WARNING, "structure", "remove the key or rename it; prep ignores it, OpenAI and Together "
+                        "reject it"),
+    "wrong_kind": Code(ERROR, "structure", "give rows of the --kind asked for, or change --kind"),
+    "bad_label": Code(ERROR, "structure", "use true or false (JSON booleans); LLaMA-Factory ignores anything else"),
+    "bad_history": Code(ERROR, "structure", "write history as [[\"question\", \"answer\"], ...]"),
+    "bad_turns": Code(ERROR, "structure", "give every question/answer its own turn_id"),
+    "count_mismatch": Code(ERROR, "structure", "every question needs exactly one answer"),
+    "bad_dialogue": Code(ERROR, "structure", "start the cell with a role prefix such as `human:`"),
+    # ---- conversations
+    "bad_role": Code(ERROR, "conversation", "use system, user, assistant or tool (ShareGPT: human, gpt, "
+                     "function_call, observation, system)"),
+    "legacy_function_call": Code(WARNING, "conversation", "use tool_calls and role \"tool\"; function_call and role "
+                                 "\"function\" are deprecated"),
+    "empty_conversation": Code(ERROR, "conversation", "give the row at least one user and one assistant message"),
+    "empty_content": Code(ERROR, "conversation", "give the message some text, or drop it"),
+    "misplaced_system": Code(ERROR, "conversation", "put the system message first, and only once"),
+    "role_order": Code(ERROR, "conversation", "after an optional system message, alternate user and assistant; "
+                       "tool results follow the assistant message that called the tool"),
+    "unpaired_turn": Code(ERROR, "conversation", "end the conversation with a gpt turn; LLaMA-Factory drops rows "
+                          "whose turns do not pair up"),
+    "ends_without_answer": Code(WARNING, "conversation", "end the conversation with the assistant's answer; "
+                                "trailing user or tool turns are never trained"),
+    "no_assistant": Code(ERROR, "conversation", "add the assistant answer; a row without one trains nothing"),
+    "nothing_to_train": Code(ERROR, "conversation", "give at least one assistant message weight 1 (or no weight)"),
+    "bad_weight": Code(ERROR, "conversation", "use weight 0 to keep an assistant turn out of the loss, 1 to train "
+                       "it, only on assistant messages"),
+    "bad_content_part": Code(ERROR, "conversation", "content parts are {\"type\": \"text\", \"text\": ...} or "
+                             "{\"type\": \"image_url\", \"image_url\": {\"url\": ...}}"),
+    "unsupported_content": Code(ERROR, "conversation", "prep handles text only: keep text parts, drop images/audio"),
+    "bad_tool_call": Code(ERROR, "conversation", "write tool calls as {\"id\", \"type\": \"function\", "
+                          "\"function\": {\"name\", \"arguments\"}}"),
+    "bad_tool_arguments": Code(ERROR, "conversation", "arguments must be a JSON object (OpenAI: encoded as a "
+                               "string)"),
+    "bad_tools": Code(ERROR, "conversation", "each tool is {\"type\": \"function\", \"function\": {\"name\": ...}}"),
+    "duplicate_tool_call_id": Code(ERROR, "conversation", "give every tool call in a row its own id"),
+    "unknown_tool_call_id": Code(ERROR, "conversation", "set tool_call_id to the id of the call this message "
+                                 "answers"),
+    "unanswered_tool_call": Code(ERROR, "conversation", "follow each assistant tool call with one tool message "
+                                 "per call before the conversation goes on"),
+    "unknown_tool": Code(ERROR, "conversation", "declare the called function in the row's tools, or fix its name"),
+    "no_tools_declared": Code(WARNING, "conversation", "add the tool definitions (`tools`) so the template can show "
+                              "them to the model"),
+    "image_not_allowed": Code(ERROR, "conversation", "only user messages may hold images"),
+    "bad_image": Code(ERROR, "conversation", "images must be data URLs: data:image/jpeg|png|webp;base64,..."),
+    "too_many_images": Code(ERROR, "conversation", "keep at most 10 images in a row"),
+    "image_too_large": Code(ERROR, "conversation", "keep each image under 10 MB"),
+    "image_count_mismatch": Code(ERROR, "conversation", "use one <image>/<video>/<audio> placeholder per file in "
+                                 "the images/videos/audios column"),
+    # ---- preference / feedback
+    "bad_preference": Code(ERROR, "preference", "give a prompt that ends with a user turn and one assistant "
+                           "answer on each side"),
+    "bad_feedback": Code(ERROR, "preference", "end the conversation with the assistant answer the label judges"),
+    "identical_preference": Code(ERROR, "preference", "chosen and rejected are the same: the pair teaches nothing; "
+                                 "fix or drop it"),
+    # ---- text hygiene
+    "nul_char": Code(ERROR, "text", "remove NUL characters (\\u0000); tokenizers and C libraries cut text there"),
+    "lone_surrogate": Code(ERROR, "text", "remove the unpaired UTF-16 surrogate escape (\\ud800-\\udfff); it "
+                           "cannot be written as UTF-8"),
+    "control_char": Code(WARNING, "text", "remove control characters other than tab and newline"),
+    "zero_width_run": Code(WARNING, "text", "remove runs of zero-width characters; they are invisible but cost "
+                           "tokens"),
+    # ---- quality (the legacy OpenAI data tool's warnings)
+    "duplicate_row": Code(WARNING, "quality", "drop the repeated row; duplicates weigh an example twice"),
+    "near_duplicate": Code(WARNING, "quality", "drop the validation row or its training twin; overlap inflates "
+                           "validation scores"),
+    "too_long_text": Code(WARNING, "quality", "shorten or split the row, or raise --max-chars"),
+    "mostly_uppercase": Code(WARNING, "quality", "check the casing; the model will learn to shout"),
+    "identical_completions": Code(WARNING, "quality", "every answer is the same text: the model will learn only "
+                                  "that"),
+    "common_prefix": Code(WARNING, "quality", "every answer starts with the same text; remove it unless the model "
+                          "should always say it"),
+    "common_suffix": Code(WARNING, "quality", "every answer ends with the same text; remove it unless the model "
+                          "should always say it (the template adds the end-of-turn token)"),
+    # ---- tokens (--tokenizer)
+    "too_long": Code(WARNING, "tokens", "shorten the row or raise --max-len; building drops it (or truncates it "
+                    "with --overflow truncate)"),
+    "template_cannot_render": Code(ERROR, "tokens", "use --template chatml (tools, any role order) or the "
+                                   "tokenizer's own template"),
+    "template_not_prefix_stable": Code(ERROR, "tokens", "use a built-in --template for this data"),
+    "template_mismatch": Code(ERROR, "tokens", "use a built-in --template for this data"),
+    "template_drops_content": Code(ERROR, "tokens", "use a template that renders every message and tool"),
+    "template_error": Code(ERROR, "tokens", "fix the row, or use a built-in --template"),
+    "unsupported_media": Code(ERROR, "tokens", "drop the media columns, or leave multimodal rows out"),
+    "prompt_mismatch": Code(ERROR, "tokens", "check that both answers start the same way"),
+    "special_token_text": Code(WARNING, "tokens", "user text contains a special-token string of the template; it "
+                               "would be read as a control token"),
+}
+
+
+def finding(code: str, message: str, path: str = "$", hint: str | None = None) -> Finding:
+    """A finding with the code's severity and (unless given) its default hint."""
+    spec = CODES[code]
+    return Finding(code, message, spec.hint if hint is None else hint, path, spec.severity)
+
+
+def normalized(f: Finding) -> Finding:
+    """A reader's finding with the registry's severity, and its default hint when it has none."""
+    spec = CODES.get(f.code)
+    if spec is None:
+        return f
+    if f.severity == spec.severity and f.hint:
+        return f
+    return dataclasses.replace(f, severity=spec.severity, hint=f.hint or spec.hint)

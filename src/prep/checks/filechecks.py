@@ -1,0 +1,148 @@
+"""Byte-level checks the row readers cannot make: what a file looks like before it is parsed.
+
+`files.read_rows` already turns a JSONL/CSV line that is not UTF-8 or not JSON into a reject with
+its line and byte offset; it also, silently, skips blank lines, drops a UTF-8 BOM and transcodes
+UTF-16. This pass reports those (a peer's loader would fail on them), finds NUL bytes (the mark
+of a binary or UTF-16 file read as UTF-8), and for a JSON array file, whose reader stops at the
+first undecodable byte, gives that byte's offset and line.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+from dataclasses import dataclass, field
+
+from prep.checks.codes import finding
+from prep.core.findings import Finding
+from prep.files import _open_binary
+
+_UTF8_BOM = codecs.BOM_UTF8
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+_CHUNK = 1 << 20
+_READER_HEAD = 64  # read_rows refuses a file with a NUL byte this near its start
+
+
+@dataclass
+class Scan:
+    """What the byte pass found. `nul_lines` (JSONL): the finding to report instead of the parse error
+    the NUL bytes cause on that line. `readable`: False when the rows cannot be read at all."""
+
+    findings: list[Finding] = field(default_factory=list)
+    nul_lines: dict[int, Finding] = field(default_factory=dict)
+    readable: bool = True
+    size: int = 0
+    container: str | None = None
+
+
+def _at(f: Finding, name: str, line: int) -> Finding:
+    return Finding(f.code, f.message, f.hint, f.path, f.severity, name, line)
+
+
+def _looks_utf16(head: bytes) -> bool:
+    """UTF-16 without a BOM: JSON/CSV text whose first character is ASCII with a NUL byte beside it."""
+    return len(head) >= 4 and ((head[0] == 0 and head[1] and head[2] == 0) or (head[1] == 0 and head[0] and head[3] == 0))
+
+
+def scan(path: str, name: str, container: str | None) -> Scan:
+    """Check the raw (decompressed) bytes of `path`, reported as file `name`, read as `container`
+    (None: tell JSON from JSONL by the first character, as the reader does for stdin)."""
+    out = Scan(size=os.path.getsize(path), container=container)
+    if container == "parquet":
+        return out
+    with _open_binary(path) as stream:
+        head = stream.read(_CHUNK)
+        if container is None:
+            first = head.lstrip(_UTF8_BOM).lstrip()[:1]
+            out.container = container = {b"[": "json", b"{": "jsonl"}.get(first)
+            if container is None and head.strip():
+                out.findings.append(_at(finding("unreadable_file", "cannot tell the file type from its name or first "
+                                                "bytes", hint="give a .jsonl/.json/.csv/.tsv/.parquet/.txt name or "
+                                                "pass --input-type"), name, 0))
+                out.readable = False
+                return out
+        if not head.strip():
+            out.findings.append(_at(finding("empty_file", "the file is empty" if not head else
+                                            "the file holds only whitespace"), name, 0))
+            out.readable = False
+            return out
+        if head.startswith(_UTF16_BOMS) or _looks_utf16(head):
+            bom = head.startswith(_UTF16_BOMS)
+            out.findings.append(_at(finding("utf16_encoding", "the file is UTF-16 " + (
+                "(with a byte-order mark), not UTF-8" if bom else "without a byte-order mark; its rows cannot be "
+                "read")), name, 1))
+            out.readable = bom  # read_rows transcodes UTF-16 that has a BOM
+            return out
+        if b"\x00" in head[:_READER_HEAD]:
+            at = head.index(b"\x00")
+            out.findings.append(_at(finding("nul_byte", f"NUL byte at byte {at} of the file: binary or UTF-32 "
+                                            "text; its rows cannot be read"), name, 1 + head.count(b"\n", 0, at)))
+            out.readable = False
+            return out
+        if head.startswith(_UTF8_BOM):
+            out.findings.append(_at(finding("utf8_bom", "the file starts with a UTF-8 byte-order mark"), name, 1))
+        if container == "jsonl":
+            _scan_lines(head, stream, name, out)
+        elif container == "json":
+            _scan_document(head, stream, name, out)
+    return out
+
+
+def _scan_lines(head: bytes, stream: object, name: str, out: Scan) -> None:
+    """JSONL: blank lines and NUL bytes, line by line."""
+    offset, lineno, pending = 0, 0, b""
+    for chunk in _chunks(head, stream):
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        for raw in lines:
+            lineno += 1
+            _line(raw, lineno, offset, name, out)
+            offset += len(raw) + 1
+    if pending:
+        _line(pending, lineno + 1, offset, name, out)
+
+
+def _line(raw: bytes, lineno: int, offset: int, name: str, out: Scan) -> None:
+    if not raw or raw.isspace():
+        out.findings.append(_at(finding("blank_line", "the line is blank"), name, lineno))
+    elif b"\x00" in raw:
+        at = offset + raw.index(b"\x00")
+        out.nul_lines[lineno] = _at(finding("nul_byte", f"NUL byte at byte {at} of the file"), name, lineno)
+
+
+def _scan_document(head: bytes, stream: object, name: str, out: Scan) -> None:
+    """A JSON document is read as a whole: report the first NUL byte or invalid UTF-8, with its line."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines = 0, 1
+    for chunk in _chunks(head, stream):
+        nul = chunk.find(b"\x00")
+        carried = len(decoder.getstate()[0])  # bytes of a character split across the chunk boundary
+        try:
+            decoder.decode(chunk if nul < 0 else chunk[:nul], final=False)
+        except UnicodeDecodeError as e:
+            bad = e.start - carried
+            line = lines + chunk.count(b"\n", 0, max(bad, 0))
+            out.findings.append(_at(finding("invalid_utf8", f"invalid UTF-8 at byte {offset + bad} of the file; "
+                                            "rows from here on cannot be read"), name, line))
+            out.readable = False
+            return
+        if nul >= 0:
+            line = lines + chunk.count(b"\n", 0, nul)
+            out.findings.append(_at(finding("nul_byte", f"NUL byte at byte {offset + nul} of the file; rows from "
+                                            "here on cannot be read"), name, line))
+            out.readable = False
+            return
+        offset += len(chunk)
+        lines += chunk.count(b"\n")
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        out.findings.append(_at(finding("invalid_utf8", f"the file ends inside a UTF-8 character (byte {offset})"),
+                                name, lines))
+        out.readable = False
+
+
+def _chunks(head: bytes, stream: object):  # noqa: ANN202 - a plain generator of bytes
+    yield head
+    while chunk := stream.read(_CHUNK):  # type: ignore[attr-defined]
+        yield chunk

@@ -1,0 +1,94 @@
+"""Dataset statistics in the OpenAI cookbook's shape: rows missing a system or user message, and
+distributions (min, max, mean, median, p10, p90) of messages and characters per row (tokens too,
+with a tokenizer). Quantiles interpolate linearly between ranks, as numpy.quantile does."""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from prep.core.records import Record, kind_of
+
+
+def quantile(ordered: list[int] | list[float], q: float) -> float:
+    """Linear-interpolation quantile of sorted values (numpy's default method)."""
+    pos = (len(ordered) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return float(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo))
+
+
+@dataclass
+class Distribution:
+    """Integers seen one at a time, kept in a compact array (8 bytes each) for exact quantiles."""
+
+    values: array = field(default_factory=lambda: array("q"))
+
+    def add(self, value: int) -> None:
+        self.values.append(value)
+
+    def summary(self) -> dict[str, float] | None:
+        if not self.values:
+            return None
+        ordered = sorted(self.values)
+        return {"count": len(ordered), "min": ordered[0], "max": ordered[-1],
+                "mean": sum(ordered) / len(ordered), "median": quantile(ordered, 0.5),
+                "p10": quantile(ordered, 0.1), "p90": quantile(ordered, 0.9)}
+
+
+def conversation(record: Record) -> list[dict[str, Any]]:
+    """The messages a row trains on: the chat, or the prompt with the chosen (or judged) answer."""
+    kind = kind_of(record)
+    if kind == "chat":
+        return record["messages"]
+    if kind == "preference":
+        return record["prompt"] + record["chosen"]
+    if kind == "feedback":
+        return record["prompt"] + record["completion"]
+    return []
+
+
+@dataclass
+class Stats:
+    """Statistics over every row that could be read as a record, errors or not (as the cookbook counts)."""
+
+    kinds: Counter[str] = field(default_factory=Counter)
+    missing_system: int = 0
+    missing_user: int = 0
+    messages: Distribution = field(default_factory=Distribution)
+    characters: Distribution = field(default_factory=Distribution)
+    assistant_characters: Distribution = field(default_factory=Distribution)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, record: Record, whole: str) -> None:
+        """`whole`: the record's text (`quality.all_text`)."""
+        kind = kind_of(record)
+        self.kinds[kind] += 1
+        self.characters.add(len(whole))
+        if kind == "text":
+            return
+        messages = conversation(record)
+        roles = set()
+        answers = 0
+        for m in messages:  # one loop for both: most rows hold a few messages, and a generator costs more
+            role = m["role"]
+            roles.add(role)
+            if role == "assistant":
+                answers += len(m["content"])
+        self.missing_system += "system" not in roles
+        self.missing_user += "user" not in roles
+        self.messages.add(len(messages))
+        self.assistant_characters.add(answers)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"rows_by_kind": dict(sorted(self.kinds.items()))}
+        if self.messages.values:
+            out.update(rows_missing_system=self.missing_system, rows_missing_user=self.missing_user,
+                       messages_per_row=self.messages.summary(),
+                       assistant_characters_per_row=self.assistant_characters.summary())
+        out["characters_per_row"] = self.characters.summary()
+        out.update(self.extra)
+        return out

@@ -1,0 +1,3 @@
+"""The vocabulary every layer speaks: findings and tallies, canonical records, the shard columns,
+the options table of every verb, the verb result and progress shapes, and the optional extras.
+Nothing here reads or writes a file; everything above imports from here."""

@@ -1,0 +1,36 @@
+"""The shard layout as vocabulary (design §5): the shard kinds, their columns, and which record kinds
+each kind takes. Names and types are plain text here; `schema(kind)` builds the Arrow schema the
+encoder, the shard writer and verify share."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+SHARD_KINDS = ("sft", "pretrain", "dpo", "kto")
+KIND_OF_RECORD = {"chat": "sft", "text": "pretrain", "preference": "dpo", "feedback": "kto"}
+ACCEPTS = {"sft": ("chat", "text"), "pretrain": ("text",), "dpo": ("preference",), "kto": ("feedback",)}
+
+_IDS = "list<int32>"
+_TOKENS = (("input_ids", _IDS), ("labels", _IDS), ("seq_lengths", _IDS), ("num_tokens", "int32"),
+           ("num_loss_tokens", "int32"), ("ids", "list<string>"))
+_COMMON = (("num_tokens", "int32"), ("ids", "list<string>"))
+COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "sft": _TOKENS,
+    "pretrain": _TOKENS,
+    "dpo": (("prompt_input_ids", _IDS), ("chosen_input_ids", _IDS), ("rejected_input_ids", _IDS), *_COMMON),
+    "kto": (("prompt_input_ids", _IDS), ("completion_input_ids", _IDS), ("label", "bool"), *_COMMON),
+}
+
+
+@cache
+def schema(kind: str) -> pa.Schema:
+    """The Arrow schema of a shard kind."""
+    import pyarrow as pa  # noqa: PLC0415 - start-up time: verbs that never touch shards do not load Arrow
+
+    types = {"list<int32>": pa.list_(pa.int32()), "int32": pa.int32(), "bool": pa.bool_(),
+             "list<string>": pa.list_(pa.string())}
+    return pa.schema([(name, types[kind_]) for name, kind_ in COLUMNS[kind]])

@@ -1,0 +1,278 @@
+"""The canonical records every reader emits and every writer takes (DESIGN §2, TRL-compatible).
+
+    chat        {"id", "messages": [message], "tools"?: [tool]}
+    preference  {"id", "prompt": [message], "chosen": [message], "rejected": [message], "tools"?}
+    feedback    {"id", "prompt": [message], "completion": [message], "label": bool, "tools"?}
+    text        {"id", "text": str}
+
+A message is {"role": system|user|assistant|tool, "content": str} plus, where they apply,
+"weight" (0|1, assistant only), "tool_calls" (assistant), "tool_call_id" and "name".
+A tool call is {"id", "type": "function", "function": {"name", "arguments": dict}}: arguments are
+a parsed object, as transformers chat templates and TRL expect; the openai writer turns them back
+into a JSON string. A tool is {"type": "function", "function": {"name", "description"?, "parameters"?}}.
+
+The helpers below are what format readers use to pull typed fields out of a row and raise a
+`RowError` with the field's JSON path when a row does not fit.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any
+
+from prep.core.findings import RowError, Source, row_error
+
+ROLES = ("system", "user", "assistant", "tool")
+# Multimodal references (LLaMA-Factory's images/videos/audios columns) ride along untouched, so
+# converting such data loses nothing; formats that cannot hold them refuse the row.
+MEDIA = ("images", "videos", "audios")
+KINDS = ("chat", "preference", "feedback", "text")
+Message = dict[str, Any]
+Record = dict[str, Any]
+
+
+def kind_of(record: Record) -> str:
+    """Which of the four record kinds this is."""
+    if "messages" in record:
+        return "chat"
+    if "chosen" in record:
+        return "preference"
+    if "completion" in record:
+        return "feedback"
+    return "text"
+
+
+def record_id(row: Any, source: Source, key: str = "id") -> str:
+    """The row's own id when it has one, else `<file name>:<row number>` (stable across runs)."""
+    if isinstance(row, dict):
+        own = row.get(key)
+        if isinstance(own, (str, int)) and not isinstance(own, bool) and str(own).strip():
+            return str(own)
+    return f"{_basename(source.file)}:{source.row}"
+
+
+_basename = functools.lru_cache(maxsize=64)(os.path.basename)  # runs once per row, on a few file names
+
+
+def require_object(row: Any, what: str) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise row_error("not_an_object", f"a row must be a JSON object ({what} format), got {type_name(row)}",
+                        "each row must be an object such as {\"messages\": [...]}")
+    return row
+
+
+def type_name(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def get(row: dict[str, Any], key: str, path: str = "$", *, required: bool = True, hint: str = "") -> Any:
+    """row[key], or a `missing_field` finding; null counts as absent (Arrow fills absent fields with null)."""
+    value = row.get(key)
+    if value is None and required:
+        raise row_error("missing_field", f"required field {key!r} is missing", hint or f"add {key!r} to " + ("the row" if path == "$" else path),
+                        f"{path}.{key}")
+    return value
+
+
+def text(value: Any, path: str, *, allow_empty: bool = True) -> str:
+    """A string field; numbers are not silently stringified."""
+    if not isinstance(value, str):
+        raise row_error("wrong_type", f"expected a string, got {type_name(value)}", "make this field a string", path)
+    if not allow_empty and not value.strip():
+        raise row_error("empty_value", "the text is empty", "give this field some text or drop the row", path)
+    return value
+
+
+def json_value(value: Any, path: str, expect: type) -> Any:
+    """A list/object field; a string holding JSON (CSV cells, LLaMA-Factory `tools`) is parsed."""
+    if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            raise row_error("bad_json", f"field holds text that is not valid JSON: {e}", "fix the JSON in this field",
+                            path) from None
+    if not isinstance(value, expect):
+        want = "an array" if expect is list else "an object"
+        raise row_error("wrong_type", f"expected {want}, got {type_name(value)}", f"make this field {want}", path)
+    return value
+
+
+def boolean(value: Any, path: str) -> bool:
+    """A label: true/false, or the strings "true"/"false" that CSV cells carry."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise row_error("wrong_type", f"expected true or false, got {json.dumps(value)}",
+                    "labels must be booleans (true = desirable)", path)
+
+
+def message(role: str, content: str, **extra: Any) -> Message:
+    if not extra:  # most messages: no dict comprehension to run
+        return {"role": role, "content": content}
+    return {"role": role, "content": content, **{k: v for k, v in extra.items() if v is not None}}
+
+
+def tool_call(name: str, arguments: dict[str, Any], call_id: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def arguments(value: Any, path: str) -> dict[str, Any]:
+    """Tool-call arguments as an object; OpenAI sends them as a JSON string."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except ValueError as e:
+            raise row_error("bad_tool_arguments", f"tool-call arguments are not valid JSON: {e}",
+                            "arguments must be a JSON object encoded as a string", path) from None
+    if not isinstance(value, dict):
+        raise row_error("bad_tool_arguments", f"tool-call arguments must be an object, got {type_name(value)}",
+                        "arguments must be a JSON object", path)
+    return value
+
+
+def tools(value: Any, path: str) -> list[dict[str, Any]] | None:
+    """Tool definitions in OpenAI form; bare function specs (LLaMA-Factory, glaive) are wrapped."""
+    if value is None or value == "" or value == []:
+        return None
+    specs = json_value(value, path, list)
+    out = []
+    for i, spec in enumerate(specs):
+        where = f"{path}[{i}]"
+        if not isinstance(spec, dict):
+            raise row_error("bad_tools", f"a tool must be an object, got {type_name(spec)}",
+                            "each tool is {\"type\": \"function\", \"function\": {\"name\": ...}}", where)
+        function = spec.get("function") if spec.get("type") == "function" else spec
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise row_error("bad_tools", "a tool needs a function with a string name",
+                            "each tool is {\"type\": \"function\", \"function\": {\"name\": ...}}", where)
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def parse_messages(value: Any, path: str) -> list[Message]:
+    """An OpenAI/TRL message list into canonical messages, linking tool results to their calls.
+
+    Accepts what those formats allow: content as text parts, `content: null` beside tool calls,
+    the legacy `function` role and `function_call`; call ids missing from the data are generated
+    as `call_<n>` and a tool result without `tool_call_id` answers the oldest unanswered call.
+    """
+    items = json_value(value, path, list)
+    messages: list[Message] = []
+    calls = 0
+    open_calls: list[str] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise row_error("wrong_type", f"a message must be an object, got {type_name(item)}",
+                            "each message is {\"role\": ..., \"content\": ...}", f"{path}[{i}]")
+        role = item.get("role")
+        if role == "function":
+            role = "tool"
+        if role not in ROLES:  # paths are spelled out only for an error or a field most messages lack
+            where = f"{path}[{i}]"
+            get(item, "role", where)
+            raise row_error("bad_role", f"unknown role {role!r}", f"use one of {', '.join(ROLES)}", f"{where}.role")
+        extra: dict[str, Any] = {}
+        raw_calls = item.get("tool_calls") or ([item["function_call"]] if item.get("function_call") else [])
+        if raw_calls:
+            where = f"{path}[{i}]"
+            if role != "assistant":
+                raise row_error("bad_tool_call", f"a {role} message cannot make tool calls",
+                                "only assistant messages carry tool_calls", f"{where}.tool_calls")
+            extra["tool_calls"] = []
+            for j, call in enumerate(json_value(raw_calls, f"{where}.tool_calls", list)):
+                cw = f"{where}.tool_calls[{j}]"
+                call = json_value(call, cw, dict)
+                function = call.get("function", call)
+                if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                    raise row_error("bad_tool_call", "a tool call needs a function with a string name",
+                                    "write {\"type\": \"function\", \"function\": {\"name\", \"arguments\"}}", cw)
+                call_id = call.get("id") if isinstance(call.get("id"), str) and call.get("id") else f"call_{calls}"
+                calls += 1
+                open_calls.append(call_id)
+                extra["tool_calls"].append(
+                    tool_call(function["name"], arguments(function.get("arguments", {}), f"{cw}.function.arguments"),
+                              call_id))
+        content = item.get("content")
+        if content is None and (raw_calls or role == "assistant" and "tool_calls" in item):
+            content = ""
+        if not isinstance(content, str):
+            content = _content(content, f"{path}[{i}].content", item)
+        if role == "tool":
+            where = f"{path}[{i}]"
+            call_id = item.get("tool_call_id")
+            if call_id is None and open_calls:
+                call_id = open_calls[0]
+            if call_id in open_calls:
+                open_calls.remove(call_id)
+            extra["tool_call_id"] = text(call_id, f"{where}.tool_call_id") if call_id is not None else None
+        if item.get("name") is not None:
+            extra["name"] = text(item["name"], f"{path}[{i}].name")
+        weight = item.get("weight")
+        if weight is not None:
+            if weight not in (0, 1) or isinstance(weight, bool) or role != "assistant":
+                raise row_error("bad_weight", f"weight must be 0 or 1 on an assistant message, got {weight!r} on {role}",
+                                "use weight 0 to keep an assistant turn out of the loss, 1 (default) to train it",
+                                f"{path}[{i}].weight")
+            extra["weight"] = int(weight)
+        messages.append(message(role, content, **extra))
+    return messages
+
+
+def _content(value: Any, path: str, item: dict[str, Any]) -> str:
+    if value is None:
+        raise row_error("missing_field", "message has no content", "give every message a string content", path)
+    if isinstance(value, list):  # OpenAI content parts
+        parts = []
+        for k, part in enumerate(value):
+            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                kind = part.get("type") if isinstance(part, dict) else type_name(part)
+                raise row_error("unsupported_content", f"content part of type {kind!r} is not supported",
+                                "prep handles text only: keep text parts, drop images/audio", f"{path}[{k}]")
+            parts.append(part["text"])
+        return "".join(parts)
+    return text(value, path)
+
+
+def require_messages(messages: list[Message], path: str) -> list[Message]:
+    if not messages:
+        raise row_error("empty_value", "the conversation has no messages", "give the row at least one message", path)
+    return messages
+
+
+def split_common_prefix(chosen: list[Message], rejected: list[Message]) -> tuple[list[Message], list[Message], list[Message]]:
+    """Implicit-prompt preference data: the shared leading messages are the prompt (as TRL's extract_prompt)."""
+    n = 0
+    while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+        n += 1
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+def with_tools(record: Record, tool_list: list[dict[str, Any]] | None) -> Record:
+    if tool_list:
+        record["tools"] = tool_list
+    return record
+
+
+def media(row: dict[str, Any], columns: dict[str, str | None] | None = None) -> dict[str, list[Any]]:
+    """The row's non-empty media lists, keyed by canonical name; `columns` renames the source columns."""
+    out = {}
+    for key in MEDIA:
+        col = (columns or {}).get(key, key)
+        if col and row.get(col) not in (None, "", []):
+            out[key] = json_value(row[col], f"$.{col}", list)
+    return out
+
+
+def refuse_media(record: Record, fmt: str) -> None:
+    if any(record.get(k) for k in MEDIA):
+        raise not_expressible(fmt, "images, videos or audios", "convert multimodal rows to openai, sharegpt or trl")
+
+
+def not_expressible(fmt: str, what: str, hint: str = "", path: str = "$") -> RowError:
+    """A writer's refusal: the target format cannot hold this record without losing something."""
+    return row_error("not_expressible", f"{fmt} cannot express {what}",
+                     hint or "convert to openai or trl, which hold every record kind but text", path)

@@ -1,0 +1,75 @@
+"""What a verb reads: files (format detected per file unless named) and LLaMA-Factory registry
+entries, as one stream of canonical record batches. Every verb that reads records starts here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from itertools import chain
+from typing import Any
+
+from prep.core.findings import Batch, PrepError
+from prep.core.records import Record
+from prep.files import display_name, read_rows
+from prep.formats import llamafactory as lf
+from prep.formats import make_options, read_records, to_records
+
+# The format options Inputs.settings may hold (CoQA's system prompt, AutoTrain's columns and prefixes).
+SETTINGS = ("system", "text_column", "rejected_text_column", "prompt_text_column", "human_prefix", "bot_prefix")
+
+
+@dataclass
+class Inputs:
+    """What to read: files and/or registry entries, and how."""
+
+    files: Sequence[str] = ()
+    format: str = "auto"
+    settings: dict[str, Any] = field(default_factory=dict)
+    container: str | None = None
+    txt_split: str = "file"
+    registry: str | None = None
+    datasets: Sequence[str] = ()
+    seed: int = 42
+    # Rows an earlier step rejected (`prep run`'s validate with allow_errors), by file: row numbers left
+    # out, so the rest keep their own ids (`<file name>:<row>`) and are not counted again.
+    skip: dict[str, list[int]] = field(default_factory=dict)
+
+
+def read_inputs(inputs: Inputs, formats_seen: dict[str, str] | None = None) -> Iterator[Batch[Record]]:
+    """Canonical record batches from every input; `formats_seen` collects the format read per file."""
+    if inputs.skip:
+        yield from _leave_out(read_inputs(replace(inputs, skip={}), formats_seen), inputs.skip)
+        return
+    if not inputs.files and not inputs.datasets:
+        raise PrepError("nothing to read: give input files or --dataset-info with --dataset")
+    if inputs.datasets and not inputs.registry:
+        raise PrepError("--dataset needs --dataset-info PATH/dataset_info.json")
+    entries = [lf.load_entry(inputs.registry, name) for name in inputs.datasets]  # fail early on a bad entry
+
+    def note(path: str, fmt: str) -> None:
+        if formats_seen is not None:
+            formats_seen[display_name(path)] = fmt
+
+    yield from read_records(inputs.files, inputs.format, inputs.settings, inputs.container, inputs.txt_split, note)
+    for entry in entries:
+        rows: Iterator[Batch[Any]] = chain.from_iterable(read_rows(f) for f in entry.files)
+        sampled = ""
+        if entry.num_samples:
+            total = sum(len(b.items) + len(b.rejects) for f in entry.files for b in read_rows(f))
+            rows = lf.sample(rows, lf.sample_plan(total, entry.num_samples, inputs.seed))
+            sampled = f", num_samples {entry.num_samples} of {total} rows"  # why `read` differs from the file
+        for f in entry.files:
+            note(f, f"{entry.format} (dataset_info: {entry.name}{sampled})")
+        yield from to_records(rows, entry.format, make_options(entry.format, entry.settings))
+
+
+def _leave_out(batches: Iterator[Batch[Record]], skip: dict[str, list[int]]) -> Iterator[Batch[Record]]:
+    """The batches without the rows in `skip` (neither as records nor as rejects)."""
+    rows = {file: set(numbers) for file, numbers in skip.items()}
+    for batch in batches:
+        kept: Batch[Record] = Batch(altered=batch.altered)
+        for item, source in zip(batch.items, batch.sources, strict=True):
+            if source.row not in rows.get(source.file, ()):
+                kept.add(item, source)
+        kept.rejects = [r for r in batch.rejects if r.source.row not in rows.get(r.source.file, ())]
+        yield kept

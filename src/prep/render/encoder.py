@@ -1,0 +1,293 @@
+"""The encoder: canonical records -> token ids and labels as Arrow rows of a shard kind (design §4).
+
+Each row's text is rendered once (prep.render.templates) and tokenized once, whole, with offsets, in
+batches on the Rust side (`add_special_tokens=False`, as `apply_chat_template` does); labels come
+from the rendered spans: a token is trained when its characters overlap a trained span. Labels are
+aligned with `input_ids` (not shifted) and -100 means no loss.
+
+Too long rows (`max_len`): `drop` rejects them (`too_long`); `truncate` cuts at the end and closes
+the cut answer with the template's end-of-turn token, trained (or, when the cut falls outside an
+answer, ends at the last whole answer); `turns` drops whole trailing turns while at least one
+trained turn remains. Cut rows are written and counted as altered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from prep.core.columns import ACCEPTS, KIND_OF_RECORD, schema
+from prep.core.findings import Batch, Finding, PrepError, RowError, Source, row_error
+from prep.core.records import Record, kind_of
+from prep.render.spans import Rendered, Span, Specials, nothing_to_train, resolve_train_on
+from prep.render.templates import AnyTemplate, document, render_pair, text_only
+
+
+@dataclass(frozen=True)
+class Settings:
+    kind: str
+    train_on: str = "auto"
+    max_len: int | None = None
+    overflow: str = "drop"
+
+
+@dataclass(slots=True)
+class _Row:
+    """One output row before it becomes Arrow: id lists and, for sft/pretrain, trained token ranges."""
+
+    parts: list[list[int]]
+    ranges: list[tuple[int, int]] = field(default_factory=list)
+    label: bool | None = None
+
+
+_Prepared = tuple[Batch[str], list[tuple[Record, Source, Any, list[str]]]]
+
+
+class Encoder:
+    """Record batches -> shard rows: everything a worker process needs, and nothing it has to import."""
+
+    def __init__(self, backend: Any, template: AnyTemplate | None, specials: Specials, settings: Settings) -> None:
+        self.backend, self.template, self.specials, self.settings = backend, template, specials, settings
+        self.eos_id = self._single_token(specials.eos, "EOS") if specials.eos else None
+        self.eot_id = self._single_token(template.eot, f"end-of-turn token of template {template.name}") \
+            if template else self.eos_id
+        if settings.kind == "pretrain" and self.eos_id is None:
+            raise PrepError("pretraining text ends with the tokenizer's EOS token, and this tokenizer has none")
+        self.schema = schema(settings.kind)
+        self.train_on = resolve_train_on(settings.train_on, "chat")
+
+    def _single_token(self, text: str, what: str) -> int:
+        ids = self.backend.encode(text, add_special_tokens=False).ids
+        if len(ids) != 1:
+            raise PrepError(f"the {what} {text!r} is not one token of this tokenizer (it becomes {len(ids)}): "
+                            "choose the template that matches the model")
+        return ids[0]
+
+    def __call__(self, batch: Batch[Record]) -> tuple[Batch[str], pa.Table]:
+        """Tokenize a batch: its rows as an Arrow table and a batch of their ids, sources and rejects."""
+        return self.encode(self.prepare(batch))
+
+    def prepare(self, batch: Batch[Record]) -> _Prepared:
+        """The Python half: render every record (a row that cannot be rendered is rejected here)."""
+        out: Batch[str] = batch.carry()
+        jobs: list[tuple[Record, Source, Any, list[str]]] = []
+        for record, source in zip(batch.items, batch.sources, strict=True):
+            try:
+                plan, texts = self._render(record)
+            except RowError as e:
+                out.reject(source, e.findings, record)
+                continue
+            jobs.append((record, source, plan, texts))
+        return out, jobs
+
+    def encode(self, prepared: _Prepared) -> tuple[Batch[str], pa.Table]:
+        """The Rust half (the GIL is released while it runs), then labels and the Arrow table."""
+        out, jobs = prepared
+        encodings = self.backend.encode_batch([t for job in jobs for t in job[3]], add_special_tokens=False)
+        rows: list[_Row] = []
+        k = 0
+        for record, source, plan, texts in jobs:
+            encs = encodings[k:k + len(texts)]
+            k += len(texts)
+            try:
+                row, altered = self._finish(record, plan, encs)
+            except RowError as e:
+                out.reject(source, e.findings, record)
+                continue
+            if altered:
+                out.alter(source, [altered], record)
+            out.add(record["id"], source)
+            rows.append(row)
+        return out, self._table(rows, out.items)
+
+    # rendering -----------------------------------------------------------------------------------------------
+
+    def _render(self, record: Record) -> tuple[Any, list[str]]:
+        kind = kind_of(record)
+        if kind not in ACCEPTS[self.settings.kind]:
+            raise row_error("wrong_kind", f"a {kind} record cannot go into {self.settings.kind} shards",
+                            f"tokenize {kind} records with --kind {KIND_OF_RECORD[kind]}")
+        text_only(record)
+        if kind == "text":
+            return None, [document(record["text"], self.specials)]
+        if self.template is None:
+            raise PrepError("conversations need a chat template: give --template (see `prep template --list`)")
+        tools = record.get("tools")
+        if kind == "chat":
+            rendered = self.template.render(record["messages"], tools)
+            spans = rendered.spans(self.train_on)
+            if not spans:
+                raise nothing_to_train(self.train_on)
+            return (rendered, spans), [rendered.text]
+        sides = ("chosen", "rejected") if kind == "preference" else ("completion",)
+        pairs = [render_pair(self.template, record["prompt"], record[s], tools, f"$.{s}") for s in sides]
+        return [start for start, _ in pairs], [text for _, text in pairs]
+
+    # tokens and labels ---------------------------------------------------------------------------------------
+
+    def _finish(self, record: Record, plan: Any, encs: list[Any]) -> tuple[_Row, Finding | None]:
+        if self.settings.kind in ("dpo", "kto"):
+            return self._pair(record, plan, encs)
+        enc = encs[0]
+        ids = enc.ids
+        if plan is None:  # plain text: every token trained
+            ranges = [(0, len(ids))]
+            eot = self.eos_id
+        else:
+            ranges = _token_ranges(enc, plan[1])
+            eot = self.eot_id
+        if not ranges:
+            raise nothing_to_train(self.train_on)
+        max_len = self.settings.max_len
+        if not max_len or len(ids) <= max_len:
+            return _Row([ids], ranges), None
+        if self.settings.overflow == "drop":
+            raise _too_long(len(ids), max_len)
+        if plan is None:
+            return _truncate(ids, ranges, ranges, max_len, eot)
+        if self.settings.overflow == "turns":
+            return self._drop_turns(record, plan[0], enc, len(ids))
+        answers = [r for r in _token_ranges(enc, plan[0].answer_spans()) if _covered(r, ranges)]
+        return _truncate(ids, ranges, answers, max_len, eot)
+
+    def _drop_turns(self, record: Record, rendered: Rendered, enc: Any, n: int) -> tuple[_Row, Finding | None]:
+        max_len = self.settings.max_len or 0
+        messages = record["messages"]
+        for turn in reversed([t for t in rendered.turns if t.answer]):
+            end = enc.char_to_token(turn.answer[1] - 1)  # type: ignore[index]
+            if end is None or end >= max_len or turn.index == len(messages) - 1:
+                continue
+            shorter = self.template.render(messages[:turn.index + 1], record.get("tools"))  # type: ignore[union-attr]
+            spans = shorter.spans(self.train_on)
+            if not spans:
+                continue
+            enc2 = self.backend.encode(shorter.text, add_special_tokens=False)
+            if len(enc2.ids) <= max_len:
+                dropped = len(messages) - turn.index - 1
+                return _Row([enc2.ids], _token_ranges(enc2, spans)), Finding(
+                    "turns_dropped", f"{n} tokens > --max-len {max_len}: dropped the last {dropped} messages",
+                    "raise --max-len to keep them", "$.messages")
+        raise _too_long(n, max_len, "no shorter conversation ending with a trained turn fits")
+
+    def _pair(self, record: Record, boundaries: list[int], encs: list[Any]) -> tuple[_Row, Finding | None]:
+        """dpo/kto: the prompt ids (with the generation prompt) and each completion's ids, split where the
+        completion starts in the one tokenization of prompt + completion."""
+        splits = [e.char_to_token(b) for e, b in zip(encs, boundaries, strict=True)]
+        if any(s is None for s in splits):
+            raise row_error("empty_value", "a completion renders to no tokens", "give every answer some text")
+        prompt = encs[0].ids[:splits[0]]
+        for e, s in zip(encs[1:], splits[1:], strict=True):
+            if e.ids[:s] != prompt:
+                raise row_error("prompt_mismatch", "the prompt tokenizes differently before the chosen and the "
+                                "rejected answer", "check that both answers start the same way", "$.prompt")
+        sides = [e.ids[s:] for e, s in zip(encs, splits, strict=True)]
+        label = bool(record["label"]) if "label" in record else None
+        max_len = self.settings.max_len
+        longest = len(prompt) + max(map(len, sides))
+        if not max_len or longest <= max_len:
+            return _Row([prompt, *sides], label=label), None
+        room = max_len - len(prompt)
+        if self.settings.overflow == "drop" or room < 2:
+            raise _too_long(longest, max_len, "" if self.settings.overflow == "drop" else "the prompt alone fills it")
+        cut = [s if len(s) <= room else [*s[:room - 1], self.eot_id] for s in sides]
+        return _Row([prompt, *cut], label=label), Finding(
+            "truncated", f"{longest} tokens > --max-len {max_len}: answers cut to {room} tokens, ending with "
+            f"{self.template.eot if self.template else 'EOS'}", "raise --max-len to keep them whole", "$")
+
+    # Arrow ---------------------------------------------------------------------------------------------------
+
+    def _table(self, rows: list[_Row], ids: list[str]) -> pa.Table:
+        n = len(rows)
+        doc_ids = pa.array([[i] for i in ids], type=pa.list_(pa.string()))
+        if self.settings.kind in ("sft", "pretrain"):
+            values, offsets, lengths = _flatten([r.parts[0] for r in rows])
+            labels = np.full(len(values), -100, dtype=np.int32)
+            loss = np.zeros(n, dtype=np.int32)
+            for i, r in enumerate(rows):
+                base = offsets[i]
+                for a, b in r.ranges:
+                    labels[base + a:base + b] = values[base + a:base + b]
+                    loss[i] += b - a
+            columns = [_list(offsets, values), _list(offsets, labels),
+                       _list(np.arange(n + 1, dtype=np.int32), lengths), pa.array(lengths), pa.array(loss), doc_ids]
+            return pa.Table.from_arrays(columns, schema=self.schema)
+        flat = [_flatten([r.parts[j] for r in rows]) for j in range(2 if self.settings.kind == "kto" else 3)]
+        columns = [_list(off, val) for val, off, _ in flat]
+        total = np.sum([lens for _, _, lens in flat], axis=0, dtype=np.int32)
+        if self.settings.kind == "kto":
+            columns.append(pa.array([r.label for r in rows], type=pa.bool_()))
+        columns += [pa.array(total, type=pa.int32()), doc_ids]
+        return pa.Table.from_arrays(columns, schema=self.schema)
+
+
+def _flatten(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lengths = np.fromiter(map(len, lists), dtype=np.int32, count=len(lists))
+    offsets = np.zeros(len(lists) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.fromiter(chain.from_iterable(lists), dtype=np.int32, count=int(offsets[-1]))
+    return values, offsets, lengths
+
+
+def _list(offsets: np.ndarray, values: np.ndarray) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), pa.array(values, type=pa.int32()))
+
+
+def _token_ranges(enc: Any, spans: Iterable[Span]) -> list[tuple[int, int]]:
+    """Half-open token ranges whose characters overlap the spans, merged. A token that straddles a
+    span's edge is trained: its characters are part of what the span's text tokenizes to."""
+    out: list[tuple[int, int]] = []
+    for s, e in spans:
+        a, b = _char_token(enc, s, e, 1), _char_token(enc, e - 1, s - 1, -1)
+        if a is None or b is None or b < a:
+            continue
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b + 1))
+        else:
+            out.append((a, b + 1))
+    return out
+
+
+def _char_token(enc: Any, pos: int, stop: int, step: int) -> int | None:
+    """The token holding character `pos`, moving towards `stop` past characters no token covers."""
+    while pos != stop:
+        t = enc.char_to_token(pos)
+        if t is not None:
+            return t
+        pos += step
+    return None
+
+
+def _covered(r: tuple[int, int], ranges: list[tuple[int, int]]) -> bool:
+    return any(a <= r[0] and r[1] <= b for a, b in ranges)
+
+
+def _truncate(ids: list[int], ranges: list[tuple[int, int]], answers: list[tuple[int, int]], max_len: int,
+              eot: int | None) -> tuple[_Row, Finding]:
+    """Cut to `max_len`: through a trained answer (closed with its end-of-turn token, trained), else at the
+    end of the last trained answer that fits whole."""
+    n = len(ids)
+    cut = next(((a, b) for a, b in answers if a < max_len - 1 and b > max_len), None)
+    if cut is not None and eot is not None:
+        keep = max_len - 1
+        kept = [(a, min(b, keep)) for a, b in ranges if a < keep] + [(keep, keep + 1)]
+        return _Row([[*ids[:keep], eot]], kept), Finding(
+            "truncated", f"{n} tokens > --max-len {max_len}: cut to {max_len}, the cut answer closed with its "
+            "end-of-turn token", "raise --max-len to keep the whole row", "$")
+    whole = [b for _, b in answers if b <= max_len]
+    if not whole:
+        raise _too_long(n, max_len, "no trained answer fits")
+    keep = whole[-1]
+    kept = [(a, min(b, keep)) for a, b in ranges if a < keep]
+    return _Row([ids[:keep]], kept), Finding(
+        "truncated", f"{n} tokens > --max-len {max_len}: cut to {keep}, after the last answer that fits",
+        "raise --max-len to keep the whole row", "$")
+
+
+def _too_long(n: int, max_len: int, why: str = "") -> RowError:
+    return row_error("too_long", f"{n} tokens > --max-len {max_len}" + (f" ({why})" if why else ""),
+                     "raise --max-len, or use --overflow truncate / turns")

@@ -1,0 +1,184 @@
+"""Packing documents into rows of at most `max_len` tokens: the algorithms behind `prep pack`.
+
+`bfd` (best-fit decreasing) places whole documents into rows across a window of the input
+(100k documents by default, or everything), then shuffles the rows with the seed so training
+does not see the longest documents first. `wrap` (pretraining) concatenates documents (each
+already ends with EOS) and cuts blocks of exactly `max_len`; the last block holds the remainder.
+
+Each packed row keeps `seq_lengths` (one per document piece) and `ids` (one per piece), so
+position ids restart per document and no document attends to another. The first label of every
+piece is set to -100: in a packed row that token would otherwise be predicted from the previous
+document's last token (TRL's padding-free collator masks it the same way).
+"""
+
+from __future__ import annotations
+
+import random
+from bisect import bisect_left, insort
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from prep.core.findings import Batch, Finding, Source
+from prep.shards.layout import SCHEMAS
+
+STRATEGIES = ("bfd", "wrap")
+_SCHEMA = SCHEMAS["sft"]
+
+
+def best_fit_decreasing(lengths: np.ndarray, capacity: int) -> list[list[int]]:
+    """Bins of item indices, each summing to at most `capacity`; longest items placed first, each
+    into the open bin it fills most tightly. Open bins are kept by remaining capacity in a sorted
+    list, so each placement is a bisect: a million items take seconds."""
+    caps: list[int] = []  # distinct remaining capacities that have an open bin, ascending
+    open_bins: dict[int, list[int]] = {}  # remaining capacity -> bins with exactly that room
+    bins: list[list[int]] = []
+    for i in np.argsort(-lengths, kind="stable").tolist():
+        n = int(lengths[i])
+        k = bisect_left(caps, n)
+        if k < len(caps):
+            room = caps[k]
+            same = open_bins[room]
+            b = same.pop()
+            if not same:
+                del open_bins[room]
+                caps.pop(k)
+            bins[b].append(i)
+            rest = room - n
+        else:
+            b, rest = len(bins), capacity - n
+            bins.append([i])
+        if rest > 0:
+            if rest in open_bins:
+                open_bins[rest].append(b)
+            else:
+                open_bins[rest] = [b]
+                insort(caps, rest)
+    return [sorted(b) for b in bins]
+
+
+@dataclass
+class _Docs:
+    """A window of documents as flat numpy columns (one entry per token, per piece, per row)."""
+
+    input_ids: np.ndarray
+    labels: np.ndarray
+    seq_lengths: np.ndarray  # piece lengths, in order
+    ids: list[str]  # one per piece
+    row_tokens: np.ndarray  # tokens per input row
+    row_pieces: np.ndarray  # pieces per input row
+
+
+def _flat(table: pa.Table) -> _Docs:
+    def values(name: str) -> np.ndarray:
+        return table[name].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+
+    return _Docs(values("input_ids"), values("labels"), values("seq_lengths"),
+                 table["ids"].combine_chunks().flatten().to_pylist(),
+                 table["num_tokens"].to_numpy().astype(np.int64),
+                 table["seq_lengths"].combine_chunks().value_lengths().to_numpy().astype(np.int64))
+
+
+def _rows_table(input_ids: np.ndarray, labels: np.ndarray, seq_lengths: np.ndarray, ids: list[str],
+                row_tokens: np.ndarray, row_pieces: np.ndarray) -> pa.Table:
+    """Packed rows from flat columns and per-row token/piece counts; masks the first label of each piece."""
+    labels = labels.copy()
+    starts = np.concatenate(([0], np.cumsum(seq_lengths)[:-1])).astype(np.int64)
+    labels[starts] = -100
+    token_offsets = np.concatenate(([0], np.cumsum(row_tokens))).astype(np.int32)
+    piece_offsets = np.concatenate(([0], np.cumsum(row_pieces))).astype(np.int32)
+    trained = np.concatenate(([0], np.cumsum(labels != -100)))
+    return pa.table({
+        "input_ids": pa.ListArray.from_arrays(token_offsets, pa.array(input_ids, pa.int32())),
+        "labels": pa.ListArray.from_arrays(token_offsets, pa.array(labels, pa.int32())),
+        "seq_lengths": pa.ListArray.from_arrays(piece_offsets, pa.array(seq_lengths, pa.int32())),
+        "num_tokens": pa.array(row_tokens, pa.int32()),
+        "num_loss_tokens": pa.array(trained[token_offsets[1:]] - trained[token_offsets[:-1]], pa.int32()),
+        "ids": pa.ListArray.from_arrays(piece_offsets, pa.array(ids, pa.string())),
+    }, schema=_SCHEMA)
+
+
+def bfd_window(table: pa.Table, max_len: int, rng: random.Random) -> pa.Table:
+    bins = best_fit_decreasing(table["num_tokens"].to_numpy(), max_len)
+    rng.shuffle(bins)
+    docs = _flat(table.take(pa.array(list(chain.from_iterable(bins)), pa.int64())))
+    bin_sizes = np.array([len(b) for b in bins])
+    row_start = np.concatenate(([0], np.cumsum(bin_sizes)[:-1]))
+    return _rows_table(docs.input_ids, docs.labels, docs.seq_lengths, docs.ids,
+                       np.add.reduceat(docs.row_tokens, row_start), np.add.reduceat(docs.row_pieces, row_start))
+
+
+class Wrapper:
+    """Cuts the concatenation of all documents into blocks of `max_len`, carrying the tail between windows."""
+
+    def __init__(self, max_len: int) -> None:
+        self.max_len = max_len
+        self.tail = _Docs(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int64), [],
+                          np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+    def add(self, table: pa.Table | None) -> pa.Table | None:
+        """Full blocks from the tail plus `table`; with None (the end), the tail too as a last, shorter block."""
+        new = _flat(table) if table is not None else None
+        ids = np.concatenate([self.tail.input_ids] + ([new.input_ids] if new else []))
+        labels = np.concatenate([self.tail.labels] + ([new.labels] if new else []))
+        pieces = np.concatenate([self.tail.seq_lengths] + ([new.seq_lengths] if new else [])).astype(np.int64)
+        piece_ids = self.tail.ids + (new.ids if new else [])
+        total = len(ids)
+        cut = total if new is None else total - total % self.max_len
+        if cut == 0:
+            self.tail = _Docs(ids, labels, pieces, piece_ids, np.zeros(0, np.int64), np.zeros(0, np.int64))
+            return None
+        # Split pieces at block boundaries: every piece end and every multiple of max_len is a boundary.
+        piece_ends = np.cumsum(pieces)
+        bounds = np.union1d(piece_ends, np.arange(self.max_len, cut + 1, self.max_len))
+        bounds = bounds[bounds <= cut] if new is not None else bounds
+        starts = np.concatenate(([0], bounds[:-1]))
+        owner = np.searchsorted(piece_ends, starts, side="right")  # which piece each cut piece comes from
+        block = starts // self.max_len
+        row_pieces = np.bincount(block, minlength=int(block.max()) + 1)
+        out = _rows_table(ids[:cut], labels[:cut], bounds - starts, [piece_ids[k] for k in owner],
+                          np.bincount(block, weights=bounds - starts).astype(np.int64), row_pieces)
+        # What is left: the rest of the piece cut at `cut`, then the pieces after it.
+        first = int(np.searchsorted(piece_ends, cut, side="right"))
+        left = piece_ends[first:] - cut if first < len(pieces) else np.zeros(0, np.int64)
+        left = np.concatenate((left[:1], np.diff(left))) if len(left) else left
+        self.tail = _Docs(ids[cut:], labels[cut:], left, piece_ids[first:], np.zeros(0, np.int64),
+                          np.zeros(0, np.int64))
+        return out
+
+
+def check_lengths(table: pa.Table, sources: list[Source], max_len: int, policy: str) -> tuple[pa.Table, Batch[Any]]:
+    """Rows longer than `max_len`, handled as the input manifest's overflow policy says, never silently.
+
+    Returns the rows to pack and a Batch that accounts for every input row of the window."""
+    lengths = table["num_tokens"].to_numpy()
+    batch: Batch[Any] = Batch()
+    long = set(np.flatnonzero(lengths > max_len).tolist())
+    keep = np.ones(len(lengths), bool)
+    truncated = []
+    for i, source in enumerate(sources):
+        if i not in long:
+            batch.add(None, source)
+            continue
+        keep[i] = False
+        row = table.slice(i, 1).to_pylist()[0]
+        if policy == "truncate" and len(row["seq_lengths"]) == 1:
+            for col in ("input_ids", "labels"):
+                row[col] = row[col][: max_len - 1] + row[col][-1:]  # keep the end-of-turn token and its label
+            row.update(seq_lengths=[max_len], num_tokens=max_len,
+                       num_loss_tokens=sum(x != -100 for x in row["labels"]))
+            truncated.append(row)
+            batch.add(None, source)
+            batch.alter(source, [Finding("truncated", f"{int(lengths[i])} tokens cut to {max_len}",
+                                         severity="warning")], {"ids": row["ids"]})
+        else:
+            batch.reject(source, [Finding("too_long", f"{int(lengths[i])} tokens, more than --max-len {max_len}",
+                                          "re-run `prep tokenize` with this --max-len and the --overflow you want")],
+                         {"ids": row["ids"]})
+    if not long:
+        return table, batch
+    kept = table.filter(pa.array(keep))
+    return pa.concat_tables([kept, pa.Table.from_pylist(truncated, schema=_SCHEMA)]) if truncated else kept, batch

@@ -1,0 +1,247 @@
+"""`prep verify`: prove a shard folder is what its manifest says, byte for byte and row for row.
+
+Checks every shard's size and sha256, the Arrow schema of its kind, and the row invariants the
+trainer relies on: ids and labels of equal length, `sum(seq_lengths) == num_tokens`, one id per
+document piece, every label either -100 or the token at the same position (labels are not
+shifted), token ids inside the tokenizer's vocabulary, rows no longer than max_len, and the
+manifest's counts and token totals. Whole columns are checked at once with numpy.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from prep.core.findings import Finding, PrepError
+from prep.files import sha256_file
+from prep.shards.layout import DATA_DIR, MANIFEST, SCHEMAS, read_manifest
+
+MAX_PER_CODE = 20
+_HINT = "rebuild the folder with the prep command that made it; never edit shards by hand"
+
+
+@dataclass
+class Verification:
+    """What `verify` found: findings (at most MAX_PER_CODE kept per code, all counted) and totals."""
+
+    folder: str
+    findings: list[Finding] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    rows: int = 0
+    tokens: int = 0
+
+    def add(self, code: str, message: str, file: str = MANIFEST, line: int = 0, path: str = "$",
+            severity: str = "error") -> None:
+        self.counts[code] += 1
+        if self.counts[code] <= MAX_PER_CODE:
+            self.findings.append(Finding(code, message, _HINT, path, severity, file, line))
+
+    @property
+    def errors(self) -> int:
+        return sum(n for code, n in self.counts.items() if code not in _WARNINGS)
+
+    @property
+    def ok(self) -> bool:
+        return self.errors == 0
+
+
+_WARNINGS = {"unlisted_file"}
+
+
+def verify(folder: str | Path) -> Verification:
+    """Check `folder` against its manifest; every problem becomes a finding."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PrepError(f"{folder}: no such folder")
+    result = Verification(str(folder))
+    try:
+        manifest = read_manifest(folder)
+    except PrepError as e:
+        result.add("bad_manifest", str(e))
+        return result
+    kind = manifest.get("kind")
+    if kind not in SCHEMAS:
+        result.add("bad_manifest", f"unknown kind {kind!r}", path="$.kind")
+        return result
+    listed = {s["path"] for s in manifest.get("shards", [])}
+    for extra in sorted((folder / DATA_DIR).glob("*")):
+        if f"{DATA_DIR}/{extra.name}" not in listed:
+            result.add("unlisted_file", f"{extra.name} is not in the manifest", f"{DATA_DIR}/{extra.name}",
+                       severity="warning")
+    totals: Counter[str] = Counter()
+    for shard in manifest.get("shards", []):
+        _check_shard(folder, shard, manifest, result, totals)
+    if totals["unreadable"] == 0:  # totals over shards that could not be read would only repeat their finding
+        _check_totals(manifest, totals, result)
+    result.rows, result.tokens = totals["rows"], totals["tokens"]
+    return result
+
+
+def require_verified(folder: str | Path, role: str = "training") -> None:
+    """Refuse, with the first findings, shards that fail verification: whatever trains on them must not guess."""
+    result = verify(folder)
+    if not result.ok:
+        first = "; ".join(str(f) for f in result.findings[:3])
+        raise PrepError(f"{folder}: the {role} shards fail verification ({result.errors} errors: {first}); "
+                        "rebuild them, see `prep verify`")
+
+
+def _check_shard(folder: Path, shard: dict[str, Any], manifest: dict[str, Any], result: Verification,
+                 totals: Counter[str]) -> None:
+    name = shard["path"]
+    path = folder / name
+    if not path.is_file():
+        result.add("missing_shard", "listed in the manifest but not on disk", name)
+        totals["unreadable"] += 1
+        return
+    if path.stat().st_size != shard["bytes"]:
+        result.add("size_mismatch", f"{path.stat().st_size} bytes, the manifest says {shard['bytes']}", name)
+    if sha256_file(path) != shard["sha256"]:
+        result.add("checksum_mismatch", "sha256 differs from the manifest: the file was changed or corrupted", name)
+        totals["unreadable"] += 1
+        return  # its content cannot be trusted enough to check further
+    pfile = pq.ParquetFile(path)
+    schema = SCHEMAS[manifest["kind"]]
+    if not pfile.schema_arrow.equals(schema):
+        result.add("wrong_schema", f"columns {pfile.schema_arrow} differ from the {manifest['kind']} schema", name)
+        totals["unreadable"] += 1
+        return
+    rows = tokens = 0
+    for g in range(pfile.num_row_groups):
+        table = pfile.read_row_group(g)
+        check = _check_tokens if manifest["kind"] in ("sft", "pretrain") else _check_pairs
+        check(table, manifest, result, name, rows)
+        rows += table.num_rows
+        tokens += int(np.sum(table["num_tokens"].to_numpy()))
+        if "num_loss_tokens" in table.column_names:
+            totals["loss"] += int(np.sum(table["num_loss_tokens"].to_numpy()))
+        if "ids" in table.column_names:
+            totals["ids"] += int(np.sum(table["ids"].combine_chunks().value_lengths().to_numpy()))
+    if (rows, tokens) != (shard["rows"], shard["tokens"]):
+        result.add("count_mismatch", f"{rows} rows / {tokens} tokens, the manifest says {shard['rows']} / "
+                   f"{shard['tokens']}", name)
+    totals["rows"] += rows
+    totals["tokens"] += tokens
+
+
+def _flat(table: pa.Table, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """A list column as (values, per-row lengths)."""
+    arr = table[column].combine_chunks()
+    return arr.flatten().to_numpy(zero_copy_only=False), arr.value_lengths().to_numpy(zero_copy_only=False)
+
+
+def _row_sums(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    sums = np.concatenate(([0], np.cumsum(values, dtype=np.int64)))
+    ends = np.cumsum(lengths)
+    return sums[ends] - sums[ends - lengths]
+
+
+def _report_rows(result: Verification, bad: np.ndarray, code: str, message: str, shard: str, first_row: int,
+                 column: str) -> None:
+    rows = np.flatnonzero(bad)
+    for i in rows[:MAX_PER_CODE].tolist():
+        result.add(code, message, shard, first_row + i + 1, f"$.{column}")
+    if len(rows) > MAX_PER_CODE:
+        result.counts[code] += len(rows) - MAX_PER_CODE  # counted, not listed
+
+
+def _check_vocab(values: np.ndarray, lengths: np.ndarray, vocab: int | None, result: Verification, shard: str,
+                 first_row: int, column: str) -> None:
+    if vocab is None or not len(values):
+        return
+    bad_pos = (values < 0) | (values >= vocab)
+    if bad_pos.any():
+        row_of = np.repeat(np.arange(len(lengths)), lengths)
+        bad_rows = np.zeros(len(lengths), bool)
+        bad_rows[row_of[bad_pos]] = True
+        _report_rows(result, bad_rows, "id_out_of_vocab", f"token id outside the vocabulary (size {vocab})",
+                     shard, first_row, column)
+
+
+def _vocab(manifest: dict[str, Any]) -> int | None:
+    tok = manifest.get("tokenizer") or {}
+    return tok.get("vocab_size") or tok.get("vocab")
+
+
+def _check_tokens(table: pa.Table, manifest: dict[str, Any], result: Verification, shard: str, first_row: int) -> None:
+    ids, n_ids = _flat(table, "input_ids")
+    labels, n_labels = _flat(table, "labels")
+    seq, n_seq = _flat(table, "seq_lengths")
+    _, n_doc_ids = _flat(table, "ids")
+    num_tokens = table["num_tokens"].to_numpy()
+    _report_rows(result, n_ids != n_labels, "length_mismatch", "input_ids and labels differ in length", shard,
+                 first_row, "labels")
+    _report_rows(result, n_ids != num_tokens, "length_mismatch", "num_tokens differs from the number of input_ids",
+                 shard, first_row, "num_tokens")
+    _report_rows(result, _row_sums(seq, n_seq) != num_tokens, "bad_seq_lengths",
+                 "seq_lengths do not sum to num_tokens: document boundaries are wrong", shard, first_row, "seq_lengths")
+    _report_rows(result, n_seq == 0, "bad_seq_lengths", "no seq_lengths", shard, first_row, "seq_lengths")
+    if len(seq) and (seq <= 0).any():
+        _report_rows(result, _row_sums(seq <= 0, n_seq) > 0, "bad_seq_lengths", "a document of length 0 or less",
+                     shard, first_row, "seq_lengths")
+    _report_rows(result, n_doc_ids != n_seq, "bad_ids", "one id per document piece expected", shard, first_row, "ids")
+    max_len = manifest.get("max_len")
+    if max_len:
+        _report_rows(result, num_tokens > max_len, "too_long", f"row longer than max_len {max_len}", shard, first_row,
+                     "input_ids")
+    if np.array_equal(n_ids, n_labels):
+        trained = labels != -100
+        _report_rows(result, _row_sums(trained, n_labels) != table["num_loss_tokens"].to_numpy(), "count_mismatch",
+                     "num_loss_tokens differs from the labels that are not -100", shard, first_row, "num_loss_tokens")
+        wrong = trained & (labels != ids)
+        if wrong.any():
+            _report_rows(result, _row_sums(wrong, n_labels) > 0, "label_not_token",
+                         "a label is neither -100 nor the token at its position (labels must not be shifted)", shard,
+                         first_row, "labels")
+    _check_vocab(ids, n_ids, _vocab(manifest), result, shard, first_row, "input_ids")
+
+
+def _check_pairs(table: pa.Table, manifest: dict[str, Any], result: Verification, shard: str, first_row: int) -> None:
+    """Preference/feedback rows: `num_tokens` is the sum of all sides (what `prep tokenize` writes), and the
+    prompt with its longest answer fits max_len (each side is trained as prompt + answer)."""
+    columns = [c for c in table.column_names if c.endswith("_input_ids")]
+    total = np.zeros(table.num_rows, np.int64)
+    longest = np.zeros(table.num_rows, np.int64)
+    for column in columns:
+        values, lengths = _flat(table, column)
+        total += lengths
+        _check_vocab(values, lengths, _vocab(manifest), result, shard, first_row, column)
+        if column != "prompt_input_ids":
+            longest = np.maximum(longest, lengths)
+            _report_rows(result, lengths == 0, "empty_side", f"{column} is empty", shard, first_row, column)
+    _report_rows(result, total != table["num_tokens"].to_numpy(), "length_mismatch",
+                 f"num_tokens differs from the sum of {', '.join(columns)}", shard, first_row, "num_tokens")
+    if max_len := manifest.get("max_len"):
+        prompt = table["prompt_input_ids"].combine_chunks().value_lengths().to_numpy(zero_copy_only=False)
+        _report_rows(result, prompt + longest > max_len, "too_long",
+                     f"prompt and its longest answer are longer than max_len {max_len}", shard, first_row,
+                     "prompt_input_ids")
+
+
+def _check_totals(manifest: dict[str, Any], totals: Counter[str], result: Verification) -> None:
+    counts = manifest.get("counts", {})
+    rejected = sum(counts.get("rejected", {}).values())
+    if counts.get("read") != counts.get("written", 0) + rejected:
+        result.add("count_mismatch", f"read {counts.get('read')} != written {counts.get('written')} + rejected "
+                   f"{rejected}: rows were lost", path="$.counts")
+    if counts.get("rows") != totals["rows"]:
+        result.add("count_mismatch", f"the shards hold {totals['rows']} rows, the manifest says {counts.get('rows')}",
+                   path="$.counts.rows")
+    packing = (manifest.get("packing") or {}).get("strategy", "none")
+    documents = totals["ids"] if packing != "wrap" else None
+    if documents is not None and "ids" in SCHEMAS[manifest["kind"]].names and documents != counts.get("written"):
+        result.add("count_mismatch", f"the shards hold {documents} documents, the manifest says "
+                   f"{counts.get('written')} were written", path="$.counts.written")
+    tokens = manifest.get("tokens", {})
+    if tokens.get("total") != totals["tokens"]:
+        result.add("count_mismatch", f"the shards hold {totals['tokens']} tokens, the manifest says "
+                   f"{tokens.get('total')}", path="$.tokens.total")
+    if "loss" in tokens and "num_loss_tokens" in SCHEMAS[manifest["kind"]].names and tokens["loss"] != totals["loss"]:
+        result.add("count_mismatch", f"the shards hold {totals['loss']} trained tokens, the manifest says "
+                   f"{tokens['loss']}", path="$.tokens.loss")

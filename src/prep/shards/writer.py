@@ -1,0 +1,202 @@
+"""Writing token shards (design §5): `data/shard-NNNNN.parquet` (zstd) plus `manifest.json`.
+
+Each shard is written under a temporary name and renamed when complete; the manifest (counts,
+token totals, every shard's sha256) is written last and atomically, so a folder with a manifest
+is a finished dataset and one without is not. Row groups have a fixed size, so the bytes depend
+only on the rows, never on how the stages batched them: same inputs + options, same shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from prep import __version__
+from prep.core.findings import Batch, PrepError, Tally
+from prep.files import RowWriter, sha256_file, write_json
+from prep.shards.layout import (
+    DATA_DIR,
+    JOURNAL,
+    KINDS,
+    MANIFEST,
+    ROW_GROUP_ROWS,
+    SCHEMA_VERSION,
+    SCHEMAS,
+    shard_name,
+)
+
+
+class ShardWriter:
+    """Writes rows of one kind into size-bounded shards and, on success, the manifest.
+
+    `meta` is what the producing stage knows (tokenizer fingerprint, template, train_on, max_len,
+    overflow, packing, inputs, options); the writer adds counts, token totals and the shard list.
+    With a `resume_key` (a digest of everything that decides the output), each finished shard is
+    recorded in a journal, and a re-run with the same key reuses the shards whose bytes still verify.
+    """
+
+    def __init__(self, outdir: str | Path, kind: str, meta: dict[str, Any], *, rejects: str | None = None,
+                 shard_rows: int = 100_000, shard_mb: float = 256.0, resume_key: str | None = None) -> None:
+        if kind not in SCHEMAS:
+            raise PrepError(f"unknown shard kind {kind!r}; one of {', '.join(KINDS)}")
+        if shard_rows < 1 or shard_mb <= 0:
+            raise PrepError("shard size must be positive")
+        self.outdir, self.kind, self.meta = Path(outdir), kind, meta
+        self.schema = SCHEMAS[kind]
+        self.shard_rows, self.shard_bytes = shard_rows, int(shard_mb * 1024 * 1024)
+        self.tally = Tally()
+        self.tokens = self.loss_tokens = 0
+        self.shards: list[dict[str, Any]] = []
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._rows = self._bytes = self._tokens = 0
+        (self.outdir / DATA_DIR).mkdir(parents=True, exist_ok=True)
+        (self.outdir / MANIFEST).unlink(missing_ok=True)  # the folder is unfinished until we say otherwise
+        self.resume_key = resume_key
+        self._reusable = self._load_journal() if resume_key else {}
+        self.reused = 0
+        self.rejects = RowWriter(rejects, "jsonl") if rejects else None
+
+    def write(self, batch: Batch[dict[str, Any]]) -> None:
+        """Take a batch at the end of the pipeline: rows go to shards, rejects and alterations are kept."""
+        self.account(batch)
+        if batch.items:
+            self.add(pa.Table.from_pylist(batch.items, schema=self.schema))
+
+    def account(self, batch: Batch[Any]) -> None:
+        """Count a batch's input rows (written, rejected, altered) and keep its rejects."""
+        self.tally.count(batch)
+        if self.rejects:
+            self.rejects.write([r.to_dict() for r in batch.rejects] + [a.to_dict(written=True) for a in batch.altered])
+
+    def add(self, table: pa.Table) -> None:
+        """Append shard rows; a shard ends after the row that reaches `shard_rows` or the size bound."""
+        self.tokens += pc.sum(table["num_tokens"]).as_py() or 0
+        if "num_loss_tokens" in table.column_names:
+            self.loss_tokens += pc.sum(table["num_loss_tokens"]).as_py() or 0
+        while table.num_rows:
+            tokens = table["num_tokens"].to_numpy().astype(np.int64)
+            cum = np.cumsum(8 * tokens + 64) + self._bytes  # ids and labels as int32 plus overhead: an estimate
+            by_size = int(np.searchsorted(cum, self.shard_bytes, side="left")) + 1
+            k = min(self.shard_rows - self._rows, by_size, table.num_rows)
+            part, table = table.slice(0, k), table.slice(k)
+            self._rows += k
+            self._bytes = int(cum[k - 1])
+            self._tokens += int(tokens[:k].sum())
+            self._pending.append(part)
+            self._pending_rows += k
+            while self._pending_rows >= ROW_GROUP_ROWS:
+                self._flush_group(ROW_GROUP_ROWS)
+            if self._rows >= self.shard_rows or self._bytes >= self.shard_bytes:
+                self._close_shard()
+
+    def _flush_group(self, rows: int) -> None:
+        pending = pa.concat_tables(self._pending)
+        group, rest = pending.slice(0, rows), pending.slice(rows)
+        self._pending, self._pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
+        if shard_name(len(self.shards)) in self._reusable:
+            return  # this shard is already on disk from an interrupted run with the same inputs and options
+        if self._writer is None:
+            self._tmp = self.outdir / f"{shard_name(len(self.shards))}.tmp"
+            self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
+        self._writer.write_table(group.combine_chunks())
+
+    def _close_shard(self) -> None:
+        if not self._rows:
+            return
+        if self._pending_rows:
+            self._flush_group(self._pending_rows)
+        name = shard_name(len(self.shards))
+        entry = {"path": name, "sha256": "", "rows": self._rows, "tokens": self._tokens, "bytes": 0}
+        if name in self._reusable:
+            old = self._reusable[name]
+            if (old["rows"], old["tokens"]) != (self._rows, self._tokens):
+                raise PrepError(f"{self.outdir}: {name} from the interrupted run does not match this run; "
+                                "delete the folder and run again")
+            entry = old
+            self.reused += 1
+        elif self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            final = self.outdir / name
+            os.replace(self._tmp, final)
+            entry.update(sha256=sha256_file(final), bytes=final.stat().st_size)
+        self.shards.append(entry)
+        self._rows = self._bytes = self._tokens = 0
+        if self.resume_key:
+            write_json(self.outdir / JOURNAL, {"resume_key": self.resume_key, "shards": self.shards})
+
+    def _load_journal(self) -> dict[str, dict[str, Any]]:
+        """Shards of an interrupted run with the same key whose bytes still match their recorded sha256."""
+        try:
+            journal = json.loads((self.outdir / JOURNAL).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        if journal.get("resume_key") != self.resume_key:
+            return {}
+        ok = {}
+        for entry in journal.get("shards", []):
+            path = self.outdir / entry["path"]
+            if path.is_file() and sha256_file(path) == entry["sha256"]:
+                ok[entry["path"]] = entry
+            else:
+                break  # shards are written in order: after a bad one, nothing is trusted
+        return ok
+
+    def close(self) -> dict[str, Any]:
+        """Finish the last shard, drop stale shards of an earlier run, write the manifest last."""
+        self._close_shard()
+        keep = {s["path"] for s in self.shards}
+        for old in (self.outdir / DATA_DIR).glob("shard-*.parquet*"):
+            if f"{DATA_DIR}/{old.name}" not in keep:
+                old.unlink()
+        if self.rejects:
+            self.rejects.close()
+        manifest = self.manifest()
+        write_json(self.outdir / MANIFEST, manifest)
+        (self.outdir / JOURNAL).unlink(missing_ok=True)
+        return manifest
+
+    def manifest(self) -> dict[str, Any]:
+        packing = dict(self.meta.get("packing") or {"strategy": "none"})
+        rows = sum(s["rows"] for s in self.shards)
+        max_len = self.meta.get("max_len")
+        if packing.get("strategy", "none") != "none" and max_len and rows:
+            packing["efficiency"] = round(self.tokens / (rows * max_len), 6)
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "prep_version": __version__,
+            "kind": self.kind,
+            **{k: v for k, v in self.meta.items() if k != "packing"},
+            "packing": packing,
+            "columns": {f.name: str(f.type) for f in self.schema},
+            "counts": {**self.tally.to_dict(), "rows": rows},
+            "tokens": {"total": self.tokens, "loss": self.loss_tokens},
+            "shards": self.shards,
+        }
+
+    def abort(self) -> None:
+        """Remove the shard being written; finished shards stay for a re-run to reuse, no manifest is written."""
+        if self._writer is not None:
+            self._writer.close()
+            self._tmp.unlink(missing_ok=True)
+            self._writer = None
+        if self.rejects:
+            self.rejects.abort()
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -1,0 +1,82 @@
+"""`prep pack`: unpacked token shards in, rows of at most `max_len` tokens out (the algorithms are in
+prep.shards.packing)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from prep.core.findings import PrepError, Source
+from prep.files import sha256_file
+from prep.shards.layout import MANIFEST, SCHEMAS, read_manifest
+from prep.shards.packing import STRATEGIES, Wrapper, bfd_window, check_lengths
+from prep.shards.writer import ShardWriter
+
+DEFAULT_WINDOW = 100_000
+_SCHEMA = SCHEMAS["sft"]
+
+
+def pack(indir: str | Path, outdir: str | Path, max_len: int, *, strategy: str = "bfd", seed: int = 0,
+         window: int = DEFAULT_WINDOW, shard_rows: int = 100_000, shard_mb: float = 256.0,
+         rejects: str | None = None) -> dict[str, Any]:
+    """Pack the shards in `indir` into `outdir`; returns the new manifest."""
+    if strategy not in STRATEGIES:
+        raise PrepError(f"unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)}")
+    if max_len < 2:
+        raise PrepError("--max-len must be at least 2")
+    source = read_manifest(indir)
+    if source["kind"] not in ("sft", "pretrain"):
+        raise PrepError(f"{indir}: {source['kind']} shards are trained as pairs and are not packed")
+    if Path(outdir).resolve() == Path(indir).resolve():
+        raise PrepError("write packed shards to a new folder (-o), not over the input")
+    window = window or 2**62
+    options = {"max_len": max_len, "strategy": strategy, "seed": seed, "window": window, "shard_rows": shard_rows,
+               "shard_mb": shard_mb}
+    source_sha = sha256_file(Path(indir) / MANIFEST)
+    meta = {k: v for k, v in source.items() if k in ("tokenizer", "template", "train_on", "overflow", "inputs")}
+    meta.update(max_len=max_len, packing={"strategy": strategy, "seed": seed, "window": window},
+                source={"path": str(indir), "manifest_sha256": source_sha, "counts": source["counts"]})
+    key = hashlib.sha256(json.dumps([source_sha, options, meta], sort_keys=True).encode()).hexdigest()
+    policy = source.get("overflow") or "drop"
+    rng = random.Random(seed)
+    wrapper = Wrapper(max_len) if strategy == "wrap" else None
+    with ShardWriter(outdir, source["kind"], meta, rejects=rejects, shard_rows=shard_rows, shard_mb=shard_mb,
+                     resume_key=key) as writer:
+        for table, sources in _windows(Path(indir), source, window):
+            # wrap cuts documents wherever the blocks end, so no document is too long for it
+            table, docs = check_lengths(table, sources, max_len if wrapper is None else 2**62, policy)
+            writer.account(docs)
+            packed = wrapper.add(table) if wrapper else bfd_window(table, max_len, rng)
+            if packed is not None:
+                writer.add(packed)
+        if wrapper and (last := wrapper.add(None)) is not None:
+            writer.add(last)
+    return read_manifest(outdir)
+
+
+def _windows(indir: Path, manifest: dict[str, Any], window: int) -> Iterator[tuple[pa.Table, list[Source]]]:
+    """Windows of input rows, with each row's place (shard file, row in it) for findings."""
+    pending: list[pa.Table] = []
+    sources: list[Source] = []
+    for shard in manifest["shards"]:
+        path = str(indir / shard["path"])
+        pfile = pq.ParquetFile(path)
+        row = 0
+        for group in range(pfile.num_row_groups):
+            table = pfile.read_row_group(group, columns=list(_SCHEMA.names))
+            pending.append(table)
+            sources += [Source(path, row + k + 1, len(sources) + k + 1) for k in range(table.num_rows)]
+            row += table.num_rows
+            while len(sources) >= window:
+                whole = pa.concat_tables(pending)
+                yield whole.slice(0, window).combine_chunks(), sources[:window]
+                pending, sources = [whole.slice(window)], sources[window:]
+    if sources:
+        yield pa.concat_tables(pending).combine_chunks(), sources

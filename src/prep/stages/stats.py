@@ -1,0 +1,134 @@
+"""`prep stats`: what is in a shard folder (or in raw input files), with length histograms drawn in
+the terminal: counts, token lengths, packing efficiency and the share of tokens that are trained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+from rich.console import Console
+from rich.table import Table
+
+from prep.core.findings import Tally
+from prep.core.records import kind_of
+from prep.formats.inputs import Inputs, read_inputs
+from prep.shards.layout import MANIFEST, read_manifest
+from prep.shards.reader import iter_tables
+
+BINS = 12
+
+
+def summary(values: np.ndarray) -> dict[str, float]:
+    """min, p10, median, mean, p90, max of a distribution (the OpenAI cookbook's figures)."""
+    if not len(values):
+        return {}
+    p10, median, p90 = np.percentile(values, [10, 50, 90])
+    return {"min": int(values.min()), "p10": float(p10), "median": float(median), "mean": float(values.mean()),
+            "p90": float(p90), "max": int(values.max())}
+
+
+def histogram(values: np.ndarray, bins: int = BINS) -> list[tuple[int, int, int]]:
+    """(low, high, count) buckets of integer lengths, equal width from min to max."""
+    if not len(values):
+        return []
+    lo, hi = int(values.min()), int(values.max())
+    edges = np.unique(np.linspace(lo, hi + 1, min(bins, hi - lo + 1) + 1).astype(int))
+    counts, _ = np.histogram(values, edges)
+    return [(int(a), int(b) - 1, int(c)) for a, b, c in zip(edges[:-1], edges[1:], counts, strict=True)]
+
+
+def shard_stats(folder: str | Path) -> dict[str, Any]:
+    manifest = read_manifest(folder)
+    kind = manifest["kind"]
+    if kind in ("sft", "pretrain"):
+        columns = ["num_tokens", "num_loss_tokens", "seq_lengths"]
+    else:
+        columns = ["num_tokens"]
+    rows, docs, loss = [], [], 0
+    for table in iter_tables(folder, columns):
+        rows.append(table["num_tokens"].to_numpy())
+        if "seq_lengths" in columns:
+            docs.append(pc.list_flatten(table["seq_lengths"]).to_numpy())
+            loss += int(pc.sum(table["num_loss_tokens"]).as_py() or 0)
+    row_lengths = np.concatenate(rows) if rows else np.zeros(0, int)
+    doc_lengths = np.concatenate(docs) if docs else row_lengths
+    tokens = int(row_lengths.sum())
+    return {
+        "folder": str(folder), "kind": kind, "counts": manifest["counts"], "rows": len(row_lengths),
+        "documents": len(doc_lengths), "tokens": tokens,
+        "trained_share": round(loss / tokens, 6) if tokens and kind in ("sft", "pretrain") else None,
+        "packing": manifest.get("packing"), "max_len": manifest.get("max_len"),
+        "row_tokens": summary(row_lengths), "row_histogram": histogram(row_lengths),
+        "document_tokens": summary(doc_lengths), "document_histogram": histogram(doc_lengths),
+    }
+
+
+def input_stats(inputs: Inputs) -> dict[str, Any]:
+    """Records by kind, messages and characters per record, of raw input files (no tokenizer needed)."""
+    tally = Tally()
+    kinds: dict[str, int] = {}
+    messages, chars = [], []
+    for batch in read_inputs(inputs):
+        tally.count(batch)
+        for record in batch.items:
+            kind = kind_of(record)
+            kinds[kind] = kinds.get(kind, 0) + 1
+            turns = [m for key in ("messages", "prompt", "chosen", "rejected", "completion")
+                     for m in record.get(key, [])]
+            messages.append(len(turns))
+            chars.append(len(record.get("text", "")) + sum(len(m["content"]) for m in turns))
+    chars_arr = np.array(chars, dtype=np.int64)
+    return {"counts": tally.to_dict(), "kinds": kinds, "messages": summary(np.array(messages)),
+            "characters": summary(chars_arr), "character_histogram": histogram(chars_arr)}
+
+
+def stats(target: str | list[str], inputs: Inputs | None = None) -> dict[str, Any]:
+    """Shard-folder statistics when `target` is a folder with a manifest, else input-file statistics."""
+    if isinstance(target, str) and (Path(target) / MANIFEST).exists():
+        return shard_stats(target)
+    return input_stats(inputs or Inputs(files=[target] if isinstance(target, str) else target))
+
+
+def draw_histogram(console: Console, title: str, buckets: list[tuple[int, int, int]], width: int = 40) -> None:
+    if not buckets:
+        return
+    top = max(c for _, _, c in buckets) or 1
+    table = Table(title=title, show_header=False, box=None, padding=(0, 1))
+    for lo, hi, count in buckets:
+        bar = "█" * round(width * count / top) or ("▏" if count else "")
+        table.add_row(f"{lo}–{hi}", f"[cyan]{bar}[/]", str(count))
+    console.print(table)
+
+
+def print_stats(result: dict[str, Any], console: Console) -> None:
+    counts = result["counts"]
+    rejected = sum(counts.get("rejected", {}).values())
+    console.print(f"read {counts['read']}, written {counts['written']}, rejected {rejected}"
+                  + (f" ({', '.join(f'{k}: {v}' for k, v in counts['rejected'].items())})" if rejected else ""))
+    if "kind" in result:
+        console.print(f"{result['kind']} shards: {result['rows']} rows, {result['documents']} documents, "
+                      f"{result['tokens']} tokens")
+        if result["trained_share"] is not None:
+            console.print(f"trained tokens: {result['trained_share']:.1%}")
+        packing = result.get("packing") or {}
+        if packing.get("strategy", "none") != "none":
+            console.print(f"packing: {packing['strategy']} into rows of {result['max_len']}, efficiency "
+                          f"{packing.get('efficiency', 0):.2%}")
+        for name in ("row", "document"):
+            s = result[f"{name}_tokens"]
+            if s:
+                console.print(f"tokens per {name}: min {s['min']}, p10 {s['p10']:.0f}, median {s['median']:.0f}, "
+                              f"mean {s['mean']:.1f}, p90 {s['p90']:.0f}, max {s['max']}")
+        draw_histogram(console, "tokens per row", result["row_histogram"])
+        if result["packing"] and result["packing"].get("strategy", "none") != "none":
+            draw_histogram(console, "tokens per document", result["document_histogram"])
+    else:
+        console.print("records: " + ", ".join(f"{k} {v}" for k, v in sorted(result["kinds"].items())))
+        for name in ("messages", "characters"):
+            s = result[name]
+            if s:
+                console.print(f"{name} per record: min {s['min']}, median {s['median']:.0f}, mean {s['mean']:.1f}, "
+                              f"max {s['max']}")
+        draw_histogram(console, "characters per record", result["character_histogram"])

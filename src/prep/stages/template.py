@@ -1,0 +1,95 @@
+"""`prep template`: render records with a chat template into text rows any trainer can use."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prep.core.findings import Batch, PrepError, RowError, Tally, row_error
+from prep.core.records import Record, kind_of
+from prep.files import RowWriter
+from prep.formats.inputs import Inputs, read_inputs
+from prep.render.spans import Specials, nothing_to_train, resolve_train_on
+from prep.render.templates import AnyTemplate, document, get_template, render_pair, text_only
+from prep.render.tokenizer import load_tokenizer
+
+
+def rows_stage(batches: Iterable[Batch[Record]], template: AnyTemplate | None, train_on: str,
+               specials: Specials) -> Iterator[Batch[dict[str, Any]]]:
+    """Stage for `prep template`: records -> text rows any trainer can use. Conversations become
+    {"id", "text", "spans"} (spans: [start, end) characters that carry loss under `train_on`), plain
+    text {"id", "text", "spans"} with BOS/EOS as trained, preference rows TRL's {"id", "prompt",
+    "chosen", "rejected"} and feedback rows {"id", "prompt", "completion", "label"}."""
+    for batch in batches:
+        out: Batch[dict[str, Any]] = batch.carry()
+        for record, source in zip(batch.items, batch.sources, strict=True):
+            try:
+                out.add({"id": record["id"], **_text_row(record, template, train_on, specials)}, source)
+            except RowError as e:
+                out.reject(source, e.findings, record)
+        yield out
+
+
+def _text_row(record: Record, template: AnyTemplate | None, train_on: str, specials: Specials) -> dict[str, Any]:
+    text_only(record)
+    kind = kind_of(record)
+    if kind == "text":
+        text = document(record["text"], specials)
+        return {"text": text, "spans": [[0, len(text)]]}
+    if template is None:
+        raise PrepError("conversations need a template: give --template or a --tokenizer with a chat template")
+    tools = record.get("tools")
+    if kind == "chat":
+        rendered = template.render(record["messages"], tools)
+        spans = rendered.spans(resolve_train_on(train_on, kind))
+        if not spans:
+            raise nothing_to_train(resolve_train_on(train_on, kind))
+        return {"text": rendered.text, "spans": [list(s) for s in spans]}
+    sides = ("chosen", "rejected") if kind == "preference" else ("completion",)
+    row: dict[str, Any] = {}
+    for side in sides:
+        start, text = render_pair(template, record["prompt"], record[side], tools, f"$.{side}")
+        if row.setdefault("prompt", text[:start]) != text[:start]:
+            raise row_error("prompt_mismatch", "the prompt renders differently before the chosen and the rejected "
+                            "answer", "use a template that renders the prompt the same way", "$.prompt")
+        row[side] = text[start:]
+    if kind == "feedback":
+        row["label"] = record["label"]
+    return row
+
+
+@dataclass
+class TemplateResult:
+    tally: Tally
+    formats: dict[str, str]
+    template: str
+
+
+def template(inputs: Inputs, name: str | None = None, tokenizer: str | None = None, output: str | None = "-", *,
+             train_on: str = "auto", rejects: str | None = None,
+             show: Callable[[dict[str, Any]], None] | None = None) -> TemplateResult:
+    """`prep template`: render `inputs` with template `name` (default: the tokenizer's own) and write
+    the text rows (see `rows_stage`) to `output` (None: write nothing); `show` sees every row."""
+
+    if name is None and tokenizer is None:
+        raise PrepError("give --template NAME or --tokenizer DIR (whose chat template is then used)")
+    resolve_train_on(train_on, "chat")
+    tok = load_tokenizer(tokenizer) if tokenizer else None
+    specials = tok.specials if tok else Specials()
+    chosen = get_template(name or "tokenizer", tok.specials if tok else None, tok.jinja if tok else None)
+    result = TemplateResult(Tally(), {}, getattr(chosen, "label", chosen.name))
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(RowWriter(output)) if output else None
+        bad = stack.enter_context(RowWriter(rejects, "jsonl")) if rejects else None
+        for batch in rows_stage(read_inputs(inputs, result.formats), chosen, train_on, specials):
+            if out:
+                out.write(batch.items)
+            if bad:
+                bad.write(r.to_dict() for r in batch.rejects)
+            if show:
+                for row in batch.items:
+                    show(row)
+            result.tally.count(batch)
+    return result

@@ -1,0 +1,203 @@
+"""`prep tokenize`: canonical records -> token ids and labels in unpacked shards (design §4, §5).
+
+The encoder (prep.render.encoder) does the work; this stage reads the inputs, runs the encoder over
+the batches and writes the shards. With `workers > 1` a process pool tokenizes batches while the
+parent reads and writes; batches come back in order, so the shards are byte-identical to a one-worker
+run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import multiprocessing
+import os
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+import pyarrow as pa
+
+from prep.core.columns import KIND_OF_RECORD, SHARD_KINDS
+from prep.core.findings import Batch, PrepError, Tally
+from prep.core.records import Record, kind_of
+from prep.files import sha256_file
+from prep.formats.inputs import Inputs, read_inputs
+from prep.render.encoder import Encoder, Settings
+from prep.render.spans import OVERFLOW, resolve_train_on
+from prep.render.templates import get_template
+from prep.render.tokenizer import Tokenizer, load_tokenizer
+from prep.shards.writer import ShardWriter
+
+# running ---------------------------------------------------------------------------------------------------------
+
+_worker: Encoder | None = None
+
+
+def _init_worker(encoder: Encoder) -> None:
+    global _worker
+    _worker = encoder
+
+
+def _work(batch: Batch[Record]) -> tuple[Batch[str], pa.Table]:
+    assert _worker is not None
+    return _worker(batch)
+
+
+def run_encoder(batches: Iterable[Batch[Record]], encoder: Encoder, workers: int = 1) -> Iterator[
+        tuple[Batch[str], pa.Table]]:
+    """Encode batches in order, in this process or in a pool of `workers` processes (a bounded window
+    of batches in flight, so memory stays flat however long the input)."""
+    if workers <= 1:
+        yield from map(encoder.encode, _prefetch(map(encoder.prepare, batches)))
+        return
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    # One Rust thread per worker (the workers are the parallelism), and no fork warning from tokenizers.
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        pool = multiprocessing.get_context(method).Pool(workers, _init_worker, (encoder,))
+    finally:
+        if saved is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
+    with pool:
+        pending: deque[Any] = deque()
+        for batch in batches:
+            pending.append(pool.apply_async(_work, (batch,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def _prefetch(items: Iterator[Any], depth: int = 4) -> Iterator[Any]:
+    """`items`, computed `depth` ahead in a thread: reading and rendering (Python) overlap the Rust
+    tokenizer, which releases the GIL. Errors are raised where the item would have been."""
+    q: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(entry: tuple[Any, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            put((end, e))
+
+    thread = threading.Thread(target=produce, name="prep-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = q.get()
+            if item is end:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+@contextlib.contextmanager
+def _steady_gc() -> Iterator[None]:
+    """Keep the cyclic garbage collector from rescanning, batch after batch, the millions of long-lived
+    objects transformers and torch leave behind (measured: up to a third of a run): they are frozen out
+    of its sight and young collections run less often. Restored afterwards; forked workers inherit it."""
+    threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
+    gc.freeze()
+    gc.set_threshold(max(threshold[0], 50_000), *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        if not frozen:  # a caller that froze objects itself keeps them frozen
+            gc.unfreeze()
+
+
+def _first_kind(batches: Iterator[Batch[Record]]) -> tuple[str, Iterator[Batch[Record]]]:
+    """The shard kind the first record calls for (sft when there is none), without losing a batch."""
+    seen: list[Batch[Record]] = []
+    for batch in batches:
+        seen.append(batch)
+        if batch.items:
+            return KIND_OF_RECORD[kind_of(batch.items[0])], chain(seen, batches)
+    return "sft", iter(seen)
+
+
+@dataclass
+class TokenizeResult:
+    tally: Tally
+    manifest: dict[str, Any]
+    formats: dict[str, str]
+
+
+def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, outdir: str, *, template: str | None = None,
+             kind: str | None = None, train_on: str = "auto", max_len: int | None = None, overflow: str = "drop",
+             workers: int = 1, rejects: str | None = None,
+             progress: Callable[[int, int], None] | None = None) -> TokenizeResult:
+    """Tokenize `inputs` into unpacked shards in `outdir` (DESIGN §5) and return the counts and manifest.
+
+    `kind` defaults to the first record's (chat -> sft, text -> pretrain, preference -> dpo, feedback
+    -> kto); `template` to the tokenizer's own. `progress(rows, tokens)` is called after each batch."""
+    if overflow not in OVERFLOW:
+        raise PrepError(f"unknown --overflow {overflow!r}; one of {', '.join(OVERFLOW)}")
+    if max_len is not None and max_len < 2:
+        raise PrepError("--max-len must be at least 2")
+    if kind is not None and kind not in SHARD_KINDS:
+        raise PrepError(f"unknown --kind {kind!r}; one of {', '.join(SHARD_KINDS)}")
+    resolve_train_on(train_on, "chat")
+    formats: dict[str, str] = {}
+    batches = read_inputs(inputs, formats)
+    if kind is None:
+        kind, batches = _first_kind(batches)
+    if overflow == "turns" and kind != "sft":
+        raise PrepError(f"--overflow turns drops conversation turns; {kind} rows can be dropped or truncated")
+    tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
+    if kind == "pretrain":
+        if template:
+            raise PrepError("--kind pretrain takes plain text, which no template applies to; to train on whole "
+                            "conversations use --kind sft --train-on all")
+        tmpl = None
+    else:
+        if template is None and not tok.has_chat_template:
+            raise PrepError(f"the tokenizer at {tok.path} has no chat template and no --template was given; "
+                            "choose one (see `prep template --list`)")
+        tmpl = get_template(template or "tokenizer", tok.specials, tok.jinja)
+    settings = Settings(kind, train_on, max_len, overflow)
+    encoder = Encoder(tok.backend, tmpl, tok.specials, settings)
+    meta: dict[str, Any] = {
+        "tokenizer": tok.fingerprint(),
+        "template": {"name": tmpl.name, "sha256": tmpl.sha256} if tmpl else None,
+        "train_on": {"sft": resolve_train_on(train_on, "chat"), "pretrain": "all"}.get(kind),
+        "max_len": max_len, "overflow": overflow,
+        "inputs": [], "options": {"kind": kind, **{k: v for k, v in dataclasses.asdict(inputs).items() if k != "files"}},
+    }
+    with _steady_gc(), ShardWriter(outdir, kind, meta, rejects=rejects) as writer:
+        if progress:
+            progress(0, 0)
+        for out, table in run_encoder(batches, encoder, workers):
+            writer.account(out)
+            writer.add(table)
+            if progress:
+                progress(len(out.items) + len(out.rejects), int(table["num_tokens"].to_numpy().sum()))
+        meta["inputs"] = [{"path": p, "sha256": sha256_file(p) if p != "-" else None} for p in formats]
+    return TokenizeResult(writer.tally, writer.manifest(), formats)

@@ -1,0 +1,517 @@
+"""`prep train`: LoRA, QLoRA or full fine-tuning on prep shards, with nothing re-tokenized.
+
+A thin stage on transformers, peft and TRL: the shards are loaded with `datasets` and handed to
+TRL's SFTTrainer with `skip_prepare_dataset`; the stored `labels` are used as they are. Packed
+shards train without attention masks: position ids restart at every document (from the stored
+`seq_lengths`), so transformers masks attention per document, and the first label of each document
+is already -100, so no document is predicted from the previous one. With flash-attention TRL's
+padding-free collator concatenates a batch's rows; otherwise the rows are stacked (`_StackedRows`).
+Unpacked shards train in padded batches. Before anything loads, the shards are verified and their
+tokenizer fingerprint is compared with the model's tokenizer.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prep.core.extras import require_train_extra
+from prep.core.findings import PrepError
+from prep.files import sha256_file, write_json
+from prep.render.tokenizer import describe_tokenizer, fingerprint, same_tokenizer
+from prep.shards.layout import MANIFEST, position_ids, read_manifest
+from prep.shards.verify import require_verified
+
+REPORT = "training_report.json"
+TRAIN_INFO = "prep_train.json"
+SIGNATURE = "prep_signature.json"  # in checkpoints/: what the checkpoints were trained on, checked by --resume
+# options a resumed run may change: how long to train, how often to save, what to do after (not what a step computes)
+_RESUMABLE = {"max_steps", "epochs", "resume", "save_steps", "output", "merge", "report_to", "logging_steps", "force"}
+REAL_TOKENS = "prep_real_tokens"  # a batch's count of non-padding tokens, taken out before the model sees it
+
+
+@dataclass
+class TrainOptions:
+    """Everything `prep train` takes; defaults follow the common LoRA recipes (r 16, alpha 32, lr 2e-4)."""
+
+    model: str
+    output: str
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: str = "all-linear"
+    use_rslora: bool = False
+    use_dora: bool = False
+    qlora: bool = False
+    full: bool = False
+    lr: float = 2e-4
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 4
+    grad_accum: int = 1
+    warmup_ratio: float = 0.03
+    scheduler: str = "cosine"
+    weight_decay: float = 0.0
+    seed: int = 42
+    gradient_checkpointing: bool = False
+    eval: str | None = None
+    save_steps: int | None = None
+    resume: bool = False
+    merge: bool = False
+    report_to: str = "none"
+    force: bool = False
+    logging_steps: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+    attn_implementation: str | None = None  # None: transformers' default (sdpa); flash_attention_2 needs a GPU
+
+
+def check_shards(folder: str, role: str = "training") -> dict[str, Any]:
+    """The manifest of a shard folder that verifies; anything else is refused with its findings."""
+    manifest = read_manifest(folder)
+    if manifest["kind"] not in ("sft", "pretrain"):
+        raise PrepError(f"{folder}: {manifest['kind']} shards are not trained by prep train yet; train them with "
+                        "TRL's DPOTrainer/KTOTrainer through prep.shards.load_for_trl and pretokenized (see README)")
+    require_verified(folder, role)
+    return manifest
+
+
+def check_tokenizer(manifest: dict[str, Any], tokenizer: Any, model: str, force: bool) -> None:
+    """Refuse shards made with another tokenizer than the model's: their ids would mean other text."""
+    mine = fingerprint(tokenizer)
+    theirs = manifest.get("tokenizer") or {}
+    if not same_tokenizer(theirs, mine) and not force:
+        raise PrepError(f"the shards were tokenized with {describe_tokenizer(theirs)} but the model {model} has "
+                        f"tokenizer {describe_tokenizer(mine)}; re-tokenize with the model's tokenizer, or pass "
+                        "--force if you know they agree")
+
+
+def _dataset(folder: str) -> Any:
+    import datasets
+
+    manifest = read_manifest(folder)
+    files = [str(Path(folder) / s["path"]) for s in manifest["shards"]]
+    data = datasets.load_dataset("parquet", data_files=files, split="train")
+    return data.select_columns(["input_ids", "labels", "seq_lengths"])
+
+
+def _packed(manifest: dict[str, Any]) -> bool:
+    return (manifest.get("packing") or {}).get("strategy", "none") != "none"
+
+
+@dataclass
+class _Counts:
+    """What the model was trained on in this run: real tokens, batch positions (real + padding) and
+    tokens with a label, counted from the batches training steps receive (evaluation batches are not)."""
+
+    tokens: int = 0
+    positions: int = 0
+    trained: int = 0
+
+    def add(self, batch: dict[str, Any], real: Any = None) -> None:
+        """`real`: the real tokens of a batch that has padding but no attention mask (stacked packed rows)."""
+        ids = batch["input_ids"]
+        mask = batch.get("attention_mask")
+        self.tokens += int(real if real is not None else mask.sum() if mask is not None else ids.numel())
+        self.positions += ids.numel()
+        self.trained += int((batch["labels"] != -100).sum())
+
+
+class _StackedRows:
+    """Packed rows as a [batch, longest row] tensor with position ids restarting at every document and
+    no attention mask, from which transformers masks attention per document in each row.
+
+    TRL's padding-free collator instead concatenates the rows of a batch into one sequence, which
+    flash-attention's variable-length kernels run without waste; the sdpa and eager kernels build a
+    dense mask over it, batch x row length squared, so for them the rows are kept apart (the few
+    padding positions at a row's end form their own document and carry no loss)."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+
+        width = max(len(e["input_ids"]) for e in examples)
+        ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(examples), width), -100, dtype=torch.long)
+        positions = torch.zeros((len(examples), width), dtype=torch.long)
+        for i, e in enumerate(examples):
+            n = len(e["input_ids"])
+            ids[i, :n] = torch.tensor(e["input_ids"])
+            labels[i, :n] = torch.tensor(e["labels"])
+            positions[i] = torch.tensor(position_ids([*e["seq_lengths"], width - n] if width > n else e["seq_lengths"]))
+        real = torch.tensor(sum(len(e["input_ids"]) for e in examples))
+        return {"input_ids": ids, "labels": labels, "position_ids": positions, REAL_TOKENS: real}
+
+
+def _load_model(options: TrainOptions, cuda: bool, bf16: bool, vocab_size: int | None) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if options.attn_implementation:
+        kwargs["attn_implementation"] = options.attn_implementation
+    if options.qlora:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+        kwargs["device_map"] = {"": 0} if cuda else {"": "cpu"}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(options.model, **kwargs)
+    except (ImportError, OSError, ValueError) as e:
+        first = str(e).splitlines()[0]
+        # e.g. flash_attention_2 without the flash_attn package or a GPU, or a kernel transformers does not know
+        if options.attn_implementation and (isinstance(e, ImportError) or "attn_implementation" in first):
+            raise PrepError(f"--attn-implementation {options.attn_implementation}: {first}") from None
+        if isinstance(e, ImportError):
+            raise
+        raise PrepError(f"cannot load the model {options.model}: {first}") from None
+    rows = model.get_input_embeddings().num_embeddings
+    if vocab_size and vocab_size > rows:  # even with --force: those ids would index past the embeddings
+        raise PrepError(f"the shards' tokenizer has {vocab_size} tokens but the model {options.model} has {rows} "
+                        "embeddings; re-tokenize with the model's tokenizer")
+    model.config.use_cache = False  # a cache would stop transformers from masking attention per packed document
+    if options.full:
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if options.qlora:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=options.gradient_checkpointing)
+    targets: Any = options.target_modules
+    if targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    config = LoraConfig(r=options.lora_r, lora_alpha=options.lora_alpha, lora_dropout=options.lora_dropout,
+                        target_modules=targets, use_rslora=options.use_rslora, use_dora=options.use_dora,
+                        task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:  # e.g. --target-modules naming no module of this model
+        raise PrepError(f"--target-modules {options.target_modules}: {str(e).splitlines()[0]}") from None
+
+
+def _peak_memory(cuda: bool) -> dict[str, Any]:
+    if cuda:
+        import torch
+
+        return {"kind": "cuda_max_reserved", "bytes": int(torch.cuda.max_memory_reserved())}
+    return {"kind": "process_max_rss", "bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+# numeric options: the type they take and the values that make sense, checked before anything loads (the
+# libraries would fail later with messages about something else, e.g. --lora-r 0 as a --target-modules error)
+_LIMITS: dict[str, tuple[type, Callable[[Any], bool], str]] = {
+    "lora_r": (int, lambda v: v >= 1, "an integer of at least 1"),
+    "lora_alpha": (int, lambda v: v >= 1, "an integer of at least 1"),
+    "lora_dropout": (float, lambda v: 0 <= v < 1, "a probability in [0, 1)"),
+    "lr": (float, lambda v: v > 0, "a number above 0"),
+    "epochs": (float, lambda v: v >= 0, "a number of at least 0"),
+    "max_steps": (int, lambda v: v >= -1, "an integer (-1: train --epochs)"),
+    "batch_size": (int, lambda v: v >= 1, "an integer of at least 1"),
+    "grad_accum": (int, lambda v: v >= 1, "an integer of at least 1"),
+    "warmup_ratio": (float, lambda v: 0 <= v < 1, "a share of the training steps in [0, 1)"),
+    "weight_decay": (float, lambda v: v >= 0, "a number of at least 0"),
+    "seed": (int, lambda v: True, "an integer"),
+    "save_steps": (int, lambda v: v >= 1, "an integer of at least 1"),
+    "logging_steps": (int, lambda v: v >= 1, "an integer of at least 1"),
+}
+
+
+def _check_options(options: TrainOptions) -> None:
+    """Refuse option values training cannot use, naming the option, for API callers as for the CLI."""
+    for name, (kind, ok, what) in _LIMITS.items():
+        value = getattr(options, name)
+        if value is None and name == "save_steps":
+            continue
+        number = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+        if not number or not ok(value):
+            raise PrepError(f"--{name.replace('_', '-')} {value!r}: must be {what}")
+    if options.qlora and options.full:
+        raise PrepError("--qlora trains an adapter on a 4-bit model; it cannot be combined with --full")
+    if options.merge and options.full:
+        raise PrepError("--merge folds an adapter into the model; --full already saves the whole model")
+    if options.max_steps <= 0 and options.epochs <= 0:
+        raise PrepError("give --epochs above 0 or --max-steps")
+    if options.report_to not in ("none", "tensorboard"):
+        raise PrepError(f"--report-to {options.report_to!r}: none or tensorboard")
+    if options.report_to == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise PrepError("--report-to tensorboard needs the tensorboard package (pip install tensorboard)") from None
+
+
+def _config(options: TrainOptions, out: Path, cuda: bool, bf16: bool, flatten: bool) -> Any:
+    from trl import SFTConfig
+
+    saving = options.save_steps is not None
+    # transformers 5 renamed gradient_checkpointing to activation_checkpointing (the old name warns)
+    names = {f.name for f in dataclasses.fields(SFTConfig)}
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return SFTConfig(
+        output_dir=str(out / "checkpoints"), per_device_train_batch_size=options.batch_size,
+        per_device_eval_batch_size=options.batch_size, gradient_accumulation_steps=options.grad_accum,
+        learning_rate=options.lr, num_train_epochs=options.epochs, max_steps=options.max_steps,
+        lr_scheduler_type=options.scheduler, warmup_steps=float(options.warmup_ratio),  # below 1: a ratio
+        weight_decay=options.weight_decay, seed=options.seed, data_seed=options.seed,
+        **{checkpointing: options.gradient_checkpointing}, logging_steps=options.logging_steps,
+        save_strategy="steps" if saving else "no", save_steps=options.save_steps or 500,
+        eval_strategy="steps" if options.eval and saving else "no", eval_steps=options.save_steps,
+        report_to=options.report_to, use_cpu=not cuda, bf16=bf16,
+        padding_free=flatten, dataset_kwargs={"skip_prepare_dataset": True}, max_length=None,
+        disable_tqdm=True, dataloader_num_workers=0, **options.extra)
+
+
+def train(shards: str, options: TrainOptions, progress: Any = None) -> dict[str, Any]:
+    """Train on `shards`; writes the adapter (or model), checkpoints and the report into options.output.
+
+    `progress(point)` is called after every logged step (the CLI draws a progress bar with it)."""
+    _check_options(options)
+    require_train_extra()
+    manifest = check_shards(shards)
+    eval_manifest = check_shards(options.eval, "evaluation") if options.eval else None
+    out = Path(options.output)
+    checkpoints = out / "checkpoints"
+    signature = _signature(shards, options)
+    _check_checkpoints(checkpoints, signature, options.resume)
+
+    import torch
+    from transformers import AutoTokenizer, PrinterCallback, TrainerCallback, set_seed
+    from trl import SFTTrainer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(options.model)
+    except (OSError, ValueError) as e:
+        raise PrepError(f"cannot load the tokenizer of {options.model}: {str(e).splitlines()[0]}") from None
+    check_tokenizer(manifest, tokenizer, options.model, options.force)
+    if eval_manifest:
+        check_tokenizer(eval_manifest, tokenizer, options.model, options.force)
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    # documents kept apart by position ids (no attention mask) as soon as either side is packed: exact
+    # for unpacked rows too, while masked batches of packed rows would let their documents attend to each other
+    padding_free = _packed(manifest) or bool(eval_manifest and _packed(eval_manifest))
+    vocab = max((m.get("tokenizer") or {}).get("vocab_size") or 0 for m in (manifest, eval_manifest or {}))
+    set_seed(options.seed)  # before the adapter's random initialisation, so --seed makes a run repeatable
+    model = _load_model(options, cuda, bf16, vocab)
+    attention = str(model.config._attn_implementation)
+    flatten = padding_free and cuda and attention.startswith("flash")
+    batching = ("packed rows concatenated" if flatten else "packed rows stacked") if padding_free else "padded"
+    out.mkdir(parents=True, exist_ok=True)
+    counter = _Counts()
+
+    class Trainer(SFTTrainer):
+        seen_before: int | None = None  # tokens trained on before a resumed checkpoint
+
+        def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            inputs = dict(inputs)
+            counter.add(inputs, inputs.pop(REAL_TOKENS, None))
+            return super().training_step(model, inputs, *args, **kwargs)
+
+        def prediction_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            return super().prediction_step(model, {k: v for k, v in inputs.items() if k != REAL_TOKENS}, *args, **kwargs)
+
+        def log(self, logs: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+            if "loss" in logs:  # our count, kept in the trainer state so that it carries over a --resume
+                if self.seen_before is None:
+                    self.seen_before = max((h.get("tokens_seen", 0) for h in self.state.log_history), default=0)
+                logs["tokens_seen"] = self.seen_before + counter.tokens
+            super().log(logs, *args, **kwargs)
+
+    trainer = Trainer(model=model, args=_config(options, out, cuda, bf16, flatten), train_dataset=_dataset(shards),
+                      eval_dataset=_dataset(options.eval) if options.eval else None, processing_class=tokenizer,
+                      data_collator=_StackedRows(tokenizer.pad_token_id or 0) if padding_free and not flatten else None)
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict; the CLI draws its own progress
+    started = time.perf_counter()
+
+    class Progress(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any) -> None:
+            if progress and logs and "loss" in logs:
+                elapsed = time.perf_counter() - started
+                progress({"step": state.global_step, "max_steps": state.max_steps, "loss": float(logs["loss"]),
+                          "tokens_per_s": counter.tokens / elapsed if elapsed else 0.0})
+
+    trainer.add_callback(Progress())
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    write_json(checkpoints / SIGNATURE, signature)
+    resumed_from = _last_checkpoint_step(checkpoints) if options.resume else None
+    result = trainer.train(resume_from_checkpoint=True if options.resume else None)
+    runtime = time.perf_counter() - started
+    saved = out / ("model" if options.full else "adapter")
+    if options.full:  # off for training only (see _load_model); generation from the saved model wants its cache
+        trainer.model.config.use_cache = True
+    trainer.model.save_pretrained(saved)
+    tokenizer.save_pretrained(saved)
+    _write_info(saved, manifest, options)
+    metrics = trainer.evaluate() if options.eval else {}
+    curve = _curve(trainer.state.log_history)
+    losses = [p["loss"] for p in curve if p.get("loss") is not None]
+    report = {
+        "shards": str(shards), "model": str(options.model),
+        "method": "full" if options.full else ("qlora" if options.qlora else "lora"),
+        "packed": _packed(manifest), "padding_free": padding_free, "batching": batching,
+        "attn_implementation": attention, "output": str(saved),
+        "steps": result.global_step, "resumed_from_step": resumed_from, "epochs": result.metrics.get("epoch"),
+        "runtime_s": round(runtime, 3), "tokens": counter.tokens, "batch_positions": counter.positions,
+        "trained_tokens": counter.trained, "tokens_per_s": round(counter.tokens / runtime, 1) if runtime else None,
+        "train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None, "eval_loss": metrics.get("eval_loss"),
+        "peak_memory": _peak_memory(cuda), "options": json.loads(json.dumps(asdict(options), default=str)),
+        "loss_curve": curve,
+    }
+    _write_curve(out, curve)  # report and curve first: a failed merge must not lose them
+    write_json(out / REPORT, report)
+    if options.merge:
+        try:
+            report["merged"] = str(merge(options.model, saved, out / "merged"))
+        except (OSError, ValueError) as e:
+            raise PrepError(f"--merge failed ({str(e).splitlines()[0]}); the trained {saved.name} and {REPORT} are "
+                            f"saved in {out}; merge them with prep.train.merge(base, adapter, target)") from None
+        write_json(out / REPORT, report)
+    return report
+
+
+def _signature(shards: str, options: TrainOptions) -> dict[str, Any]:
+    """What decides the checkpoints' contents: the shards (their manifest's sha256), the model and every
+    option a step depends on, keyed as the CLI spells them."""
+    signature = {"shards manifest sha256": sha256_file(Path(shards) / MANIFEST),
+                 "eval manifest sha256": sha256_file(Path(options.eval) / MANIFEST) if options.eval else None}
+    for key, value in asdict(options).items():
+        if key not in _RESUMABLE:
+            signature[f"--{key.replace('_', '-')}"] = value
+    return json.loads(json.dumps(signature, default=str))
+
+
+def _check_checkpoints(checkpoints: Path, signature: dict[str, Any], resume: bool) -> None:
+    """One run's checkpoints per folder: a new run never mixes its checkpoints with an earlier run's, and
+    --resume continues only a run with the same shards, model and options."""
+    found = any(checkpoints.glob("checkpoint-*"))
+    if not resume:
+        if found:
+            raise PrepError(f"{checkpoints} holds checkpoints of an earlier run: pass --resume to continue it, or "
+                            "train into another -o (or delete that folder)")
+        return
+    if not found:
+        raise PrepError(f"--resume: no checkpoint in {checkpoints} to resume from (train with --save-steps)")
+    try:
+        before = json.loads((checkpoints / SIGNATURE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise PrepError(f"--resume: {checkpoints} has no readable {SIGNATURE}, so which run its checkpoints belong "
+                        "to is unknown; train into another -o (or delete that folder)") from None
+    differ = [f"{k} {before.get(k)} then, {signature.get(k)} now" for k in dict.fromkeys([*before, *signature])
+              if before.get(k) != signature.get(k)]
+    if differ:
+        raise PrepError(f"--resume: the checkpoints in {checkpoints} were trained otherwise: {'; '.join(differ)}; "
+                        "resume with the same shards, model and options, or train into another -o")
+
+
+def can_resume(shards: str, options: TrainOptions) -> bool:
+    """Whether options.output holds checkpoints of this very run (same shards, model and options), so an
+    interrupted run can go on from them instead of starting again (prep run uses it)."""
+    try:
+        _check_checkpoints(Path(options.output) / "checkpoints", _signature(shards, options), resume=True)
+    except PrepError:
+        return False
+    return True
+
+
+def _last_checkpoint_step(checkpoints: Path) -> int:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(checkpoints))
+    return int(last.rsplit("-", 1)[1]) if last else 0
+
+
+def _curve(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Training and evaluation losses by step, from the trainer's log (which a checkpoint carries over)."""
+    points: dict[int, dict[str, Any]] = {}
+    for log in history:
+        if "loss" in log or "eval_loss" in log:
+            point = points.setdefault(log["step"], {"step": log["step"]})
+            for key in ("loss", "eval_loss", "learning_rate"):
+                if key in log:
+                    point[key] = float(log[key])
+            if "tokens_seen" in log:
+                point["tokens_seen"] = int(log["tokens_seen"])
+    return [points[s] for s in sorted(points)]
+
+
+def _write_info(folder: Path, manifest: dict[str, Any], options: TrainOptions) -> None:
+    """What `prep generate` needs later, beside the weights: the template and tokenizer of the shards."""
+    info = {k: manifest.get(k) for k in ("kind", "template", "train_on", "tokenizer")}
+    info["base_model"] = str(options.model)
+    write_json(folder / TRAIN_INFO, info)
+
+
+def merge(base: str, adapter: str | Path, target: str | Path) -> Path:
+    """Base model + adapter folded into plain weights, saved with the tokenizer and prep_train.json.
+
+    The base is reloaded unquantized (peft cannot merge into 4-bit weights), so a QLoRA adapter is
+    merged into the full-precision model it was trained to correct."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter, target = Path(adapter), Path(target)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
+    model.merge_and_unload().save_pretrained(target)
+    AutoTokenizer.from_pretrained(adapter).save_pretrained(target)
+    if (adapter / TRAIN_INFO).is_file():
+        (target / TRAIN_INFO).write_bytes((adapter / TRAIN_INFO).read_bytes())
+    return target
+
+
+def _write_curve(out: Path, curve: list[dict[str, Any]]) -> None:
+    """loss_curve.csv and loss_curve.png (training loss, and evaluation loss where there is one)."""
+    with open(out / "loss_curve.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, ["step", "loss", "eval_loss", "learning_rate", "tokens_seen"])
+        writer.writeheader()
+        writer.writerows(curve)
+    if not curve:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    every = []
+    for key, label, style in (("loss", "training", "-"), ("eval_loss", "evaluation", "o--")):
+        points = [(p["step"], p[key]) for p in curve if p.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points, strict=True), style, label=label, linewidth=1.5)
+            every += [v for _, v in points]
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("prep train")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if every and min(every) > 0 and max(every) / min(every) > 20:
+        ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(out / "loss_curve.png")
+    plt.close(fig)
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """The end-of-run summary, in the spirit of the Unsloth notebooks."""
+    mem = report["peak_memory"]
+    where = "peak reserved GPU memory" if mem["kind"].startswith("cuda") else "peak process RSS"
+    resumed = f" (resumed at step {report['resumed_from_step']})" if report.get("resumed_from_step") else ""
+    lines = [f"{report['method']} on {report['shards']}: {report['steps']} steps{resumed} in {report['runtime_s']:.1f} s",
+             f"tokens: {report['tokens']:,} trained on, {report['trained_tokens']:,} with loss, "
+             f"{report['tokens_per_s']:,.0f} tokens/s"]
+    if report["first_loss"] is not None:
+        lines.append(f"loss: {report['first_loss']:.4f} -> {report['last_loss']:.4f}")
+    if report.get("eval_loss") is not None:
+        lines.append(f"eval loss: {report['eval_loss']:.4f} (perplexity {math.exp(min(report['eval_loss'], 50)):.2f})")
+    lines.append(f"{where}: {mem['bytes'] / 2**30:.2f} GiB")
+    lines.append(f"saved: {report['output']}" + (f", merged: {report['merged']}" if report.get("merged") else ""))
+    return lines
