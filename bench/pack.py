@@ -139,7 +139,7 @@ def main() -> None:
 
     def prep_pack(max_len: int) -> tuple[int, int]:
         # a fresh folder each round: pack reuses the shards of an earlier run with the same options
-        m = pack(indir, tempfile.mkdtemp(dir=work, prefix=f"packed-{max_len}-"), max_len)
+        m = pack(indir, tempfile.mkdtemp(dir=work, prefix=f"packed-{max_len}-"), max_len).manifest
         assert m["counts"]["written"] == len(lengths) and m["tokens"]["total"] == total, m["counts"]
         return m["counts"]["rows"], total
 

@@ -1,4 +1,4 @@
-"""Tokenizing speed, side by side in one run on the same data (DESIGN §8).
+"""Tokenizing speed, side by side in one run on the same data (design §11).
 
 Data: the alpaca fixture x20 as conversations (JSONL), the qwen2.5 tokenizer, the chatml template,
 max-len 2048. Measured, in tokens per second of output:

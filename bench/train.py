@@ -89,7 +89,7 @@ def prep_shards(chats: list[list[dict[str, str]]], folder: Path, max_len: int) -
 def run_prep(shards: Path, model: Path, out: Path, batch_size: int) -> dict[str, Any]:
     from prep.trainer.train import TrainOptions, train
 
-    report = train(str(shards), TrainOptions(model=str(model), output=str(out), batch_size=batch_size))
+    report = train(str(shards), TrainOptions(model=str(model), output=str(out), batch_size=batch_size)).report
     return {"seconds": report["runtime_s"], "steps": report["steps"], "tokens": report["tokens"],
             "positions": report["batch_positions"], "loss_tokens": report["trained_tokens"]}
 

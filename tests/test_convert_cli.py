@@ -61,10 +61,10 @@ def test_exit_1_names_the_first_rejects_and_suggests_a_rejects_file(tmp_path: Pa
 
 @pytest.mark.parametrize(("args", "message"), [
     (("convert", "missing.jsonl", "--to", "openai"), "prep: missing.jsonl: no such file"),
-    (("convert", str(SAMPLES / "alpaca.json"), "--to", "yaml"), "Invalid value for '--to': 'yaml' is not one of"),
+    (("convert", str(SAMPLES / "alpaca.json"), "--to", "yaml"), "--to yaml: must be one of openai"),
     (("convert", str(SAMPLES / "alpaca.json")), "Missing option '--to'"),
     (("convert", "--to", "openai"), "give INPUT files, or --dataset-info FILE --dataset NAME"),
-    (("convert", str(SAMPLES / "alpaca.json"), "--to", "openai", "--txt-split", "words"), "'--txt-split'"),
+    (("convert", str(SAMPLES / "alpaca.json"), "--to", "openai", "--txt-split", "words"), "--txt-split words: must be one of file, paragraph, line"),
     (("convert", "openai", "--from", "alpaca", str(SAMPLES / "alpaca.json"), "--to", "openai"), "disagree"),
     (("convert", "coqa", str(SAMPLES / "alpaca.json"), "--to", "openai", "--bogus"), "No such option '--bogus'"),
     (("convert", str(SAMPLES), "--to", "openai"), "is a folder"),

@@ -11,7 +11,7 @@ from rich.console import Console
 from conftest import SAMPLES, run_prep
 from prep.core.findings import Batch, Source
 from prep.shards.writer import ShardWriter
-from prep.stages.inspect import TRAINED, inspect_row, render_tokens
+from prep.stages.inspect import TRAINED, inspect, render_tokens
 from prep.stages.pack import pack
 from prep.stages.stats import histogram, shard_stats
 
@@ -40,7 +40,7 @@ def folders(tmp_path_factory) -> tuple[Path, Path, list[str]]:
 def test_inspect_marks_trained_text_and_document_boundaries(folders) -> None:
     unpacked, packed, texts = folders
     console = Console(record=True, width=200, color_system="truecolor")
-    row = inspect_row(packed, 0, console=console)
+    row = inspect(packed, 0, console=console).row
     out = console.export_text()
     assert out.count("document ") == len(row["seq_lengths"]) >= 2
     for doc_id in row["ids"]:

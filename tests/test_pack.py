@@ -69,7 +69,7 @@ def test_bfd_places_every_item_once_within_capacity(lengths: list[int], capacity
 
 def test_bfd_packs_each_document_whole_and_once(tmp_path: Path) -> None:
     docs = unpacked(tmp_path / "in")
-    manifest = pack(tmp_path / "in", tmp_path / "out", 256, seed=3)
+    manifest = pack(tmp_path / "in", tmp_path / "out", 256, seed=3).manifest
     by_id = {d["ids"][0]: d for d in docs}
     seen = []
     for row in rows(tmp_path / "out"):
@@ -88,8 +88,8 @@ def test_bfd_packs_each_document_whole_and_once(tmp_path: Path) -> None:
 
 def test_same_seed_same_bytes_other_seed_other_order(tmp_path: Path) -> None:
     unpacked(tmp_path / "in")
-    a = pack(tmp_path / "in", tmp_path / "a", 256, seed=1)
-    b = pack(tmp_path / "in", tmp_path / "b", 256, seed=1)
+    a = pack(tmp_path / "in", tmp_path / "a", 256, seed=1).manifest
+    b = pack(tmp_path / "in", tmp_path / "b", 256, seed=1).manifest
     pack(tmp_path / "in", tmp_path / "c", 256, seed=2)
     assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
     assert rows(tmp_path / "a") != rows(tmp_path / "c")
@@ -98,7 +98,7 @@ def test_same_seed_same_bytes_other_seed_other_order(tmp_path: Path) -> None:
 
 def test_wrap_cuts_blocks_of_exactly_max_len_and_loses_no_token(tmp_path: Path) -> None:
     docs = unpacked(tmp_path / "in")
-    manifest = pack(tmp_path / "in", tmp_path / "out", 128, strategy="wrap", window=70)
+    manifest = pack(tmp_path / "in", tmp_path / "out", 128, strategy="wrap", window=70).manifest
     out = rows(tmp_path / "out")
     assert all(r["num_tokens"] == 128 for r in out[:-1]) and 0 < out[-1]["num_tokens"] <= 128
     stream = [t for r in out for t in r["input_ids"]]
@@ -110,13 +110,13 @@ def test_wrap_cuts_blocks_of_exactly_max_len_and_loses_no_token(tmp_path: Path) 
 
 def test_too_long_rows_follow_the_input_policy(tmp_path: Path) -> None:
     unpacked(tmp_path / "drop", n=50, lo=20, hi=200)
-    manifest = pack(tmp_path / "drop", tmp_path / "o1", 100, rejects=str(tmp_path / "rej.jsonl"))
+    manifest = pack(tmp_path / "drop", tmp_path / "o1", 100, rejects=str(tmp_path / "rej.jsonl")).manifest
     n_long = manifest["counts"]["rejected"]["too_long"]
     assert n_long > 0 and manifest["counts"]["read"] == manifest["counts"]["written"] + n_long
     kept = [json.loads(x) for x in (tmp_path / "rej.jsonl").read_text().splitlines()]
     assert len(kept) == n_long and kept[0]["reasons"][0]["code"] == "too_long" and kept[0]["row"]["ids"]
     docs = unpacked(tmp_path / "trunc", n=50, lo=20, hi=200, overflow="truncate")
-    manifest = pack(tmp_path / "trunc", tmp_path / "o2", 100)
+    manifest = pack(tmp_path / "trunc", tmp_path / "o2", 100).manifest
     assert manifest["counts"]["written"] == 50 and manifest["counts"]["altered"]["truncated"] == n_long
     by_id = {d["ids"][0]: d for d in docs}
     for row in rows(tmp_path / "o2"):
@@ -128,7 +128,7 @@ def test_too_long_rows_follow_the_input_policy(tmp_path: Path) -> None:
 
 def test_interrupted_pack_resumes_to_identical_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     unpacked(tmp_path / "in", n=600)
-    clean = pack(tmp_path / "in", tmp_path / "clean", 128, window=100, shard_rows=40)
+    clean = pack(tmp_path / "in", tmp_path / "clean", 128, window=100, shard_rows=40).manifest
     real = prep.shards.packing.bfd_window
     calls = {"n": 0}
 
@@ -145,7 +145,7 @@ def test_interrupted_pack_resumes_to_identical_bytes(tmp_path: Path, monkeypatch
     finished = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "data").glob("*.parquet")}
     assert finished
     monkeypatch.setattr(prep.stages.pack, "bfd_window", real)
-    again = pack(tmp_path / "in", tmp_path / "out", 128, window=100, shard_rows=40)
+    again = pack(tmp_path / "in", tmp_path / "out", 128, window=100, shard_rows=40).manifest
     assert again["shards"] == clean["shards"]
     assert all((tmp_path / "out" / "data" / n).stat().st_mtime_ns == t for n, t in finished.items())
 

@@ -310,6 +310,6 @@ def test_template_cli_errors() -> None:
     missing = CliRunner().invoke(main, ["template", str(SAMPLES / "openai.jsonl")])
     assert missing.exit_code == 2 and "--template NAME or --tokenizer" in missing.stderr
     bad = CliRunner().invoke(main, ["template", str(SAMPLES / "openai.jsonl"), "--template", "nope"])
-    assert bad.exit_code == 2 and "unknown template 'nope'" in bad.stderr
+    assert bad.exit_code == 2 and "--template nope: must be a template name" in bad.stderr
     refused = CliRunner().invoke(main, ["template", str(SAMPLES / "openai.jsonl"), "--template", "llama3"])
     assert refused.exit_code == 1 and "template_cannot_render" in refused.stderr

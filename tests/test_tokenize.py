@@ -252,7 +252,7 @@ def test_clear_errors(tmp_path) -> None:
     cases = [
         (["--tokenizer", str(bare)], "no chat template and no --template"),
         (["--tokenizer", str(tmp_path / "missing")], "not found: give a local folder"),
-        (["--tokenizer", TOKENIZER, "--template", "nope"], "unknown template 'nope'"),
+        (["--tokenizer", TOKENIZER, "--template", "nope"], "--template nope: must be a template name"),
         (["--tokenizer", TOKENIZER, "--template", "llama3"], "is not one token of this tokenizer"),
         (["--tokenizer", TOKENIZER, "--kind", "dpo", "--overflow", "turns"], "--overflow turns"),
     ]

@@ -61,7 +61,7 @@ def shards(root: Path) -> dict[str, str]:
 def lora(root: Path, model: str, shards: dict[str, str]) -> dict:
     options = TrainOptions(model=model, output=str(root / "lora"), max_steps=30, lr=2e-2, batch_size=1,
                            eval=shards["unpacked"], merge=True)
-    return train(shards["packed"], options)
+    return train(shards["packed"], options).report
 
 
 def rows(folder: str) -> list[dict]:
@@ -142,7 +142,7 @@ def test_first_step_loss_is_on_the_labelled_tokens_of_each_document(name: str, r
     manifest = read_manifest(folder)
     options = TrainOptions(model=model, output=str(root / f"one-{name}"), max_steps=1, lr=1e-3,
                            batch_size=manifest["counts"]["rows"], full=name == "pretrain")
-    report = train(folder, options)
+    report = train(folder, options).report
     assert report["tokens"] == manifest["tokens"]["total"]
     assert report["trained_tokens"] == manifest["tokens"]["loss"]
     assert report["batching"] == ("padded" if name == "last" else "packed rows stacked")  # sdpa on CPU
@@ -162,7 +162,7 @@ def test_qlora_runs_saves_and_reloads(root: Path, model: str, shards: dict) -> N
     # short pretraining rows: bitsandbytes' 4-bit matmuls are slow on CPU
     options = TrainOptions(model=model, output=str(root / "qlora"), qlora=True, max_steps=3, lr=2e-2, batch_size=1,
                            eval=shards["pretrain"])
-    report = train(shards["pretrain"], options)
+    report = train(shards["pretrain"], options).report
     assert report["method"] == "qlora" and report["steps"] == 3
     config = json.loads((Path(report["output"]) / "adapter_config.json").read_text())
     assert config["r"] == 16 and config["lora_alpha"] == 32
@@ -182,10 +182,10 @@ def test_resume_continues_from_the_checkpoint_step(root: Path, model: str, shard
     the optimizer, the schedule, the data position and the random state)."""
     common = {"model": model, "lr": 1e-2, "batch_size": 1, "scheduler": "constant", "warmup_ratio": 0.0,
               "save_steps": 3}
-    straight = train(shards["packed"], TrainOptions(output=str(root / "straight"), max_steps=6, **common))
-    first = train(shards["packed"], TrainOptions(output=str(root / "resumed"), max_steps=3, **common))
+    straight = train(shards["packed"], TrainOptions(output=str(root / "straight"), max_steps=6, **common)).report
+    first = train(shards["packed"], TrainOptions(output=str(root / "resumed"), max_steps=3, **common)).report
     assert first["steps"] == 3 and (root / "resumed" / "checkpoints" / "checkpoint-3").is_dir()
-    resumed = train(shards["packed"], TrainOptions(output=str(root / "resumed"), max_steps=6, resume=True, **common))
+    resumed = train(shards["packed"], TrainOptions(output=str(root / "resumed"), max_steps=6, resume=True, **common)).report
     assert resumed["resumed_from_step"] == 3 and resumed["steps"] == 6
     curve = [(p["step"], p["tokens_seen"]) for p in resumed["loss_curve"]]
     assert curve == [(p["step"], p["tokens_seen"]) for p in straight["loss_curve"]] and len(curve) == 6
@@ -380,7 +380,7 @@ def test_attn_implementation_reaches_the_model(root: Path, model: str, shards: d
 
     options = TrainOptions(model=model, output=str(root / "eager"), max_steps=1, lr=1e-3, batch_size=4,
                            attn_implementation="eager")
-    report = train(shards["packed"], options)
+    report = train(shards["packed"], options).report
     assert report["attn_implementation"] == "eager" and report["batching"] == "packed rows stacked"
     assert report["first_loss"] == pytest.approx(manual_loss(base(model), shards["packed"]), rel=1e-4)
     if importlib.util.find_spec("flash_attn") is None:

@@ -19,13 +19,14 @@ from __future__ import annotations
 import pytest
 
 from conftest import ROOT, run_prep
+from prep.formats.inputs import Inputs
 from prep.stages.validate import validate
 
 TOY = ROOT / "tests" / "data" / "cookbook_toy_chat.jsonl"
 
 
 def test_cookbook_figures() -> None:
-    report = validate([str(TOY)])
+    report = validate(Inputs([str(TOY)]))
     stats = report.stats.to_dict()
     assert report.rows_read == 5
     assert stats["rows_missing_system"] == 1

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from prep.checks.codes import CODES
 from prep.stages.validate import validate
+from validate_util import inputs
 
 KEYS = ["messages", "role", "content", "conversations", "from", "value", "instruction", "input", "output", "system",
         "history", "chosen", "rejected", "prompt", "completion", "label", "kto_tag", "text", "tools", "tool_calls",
@@ -32,7 +33,7 @@ SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[Heal
 
 
 def _check(paths: list[str], **options: object) -> None:
-    report = validate(paths, **options)
+    report = validate(inputs(paths, options), **options)
     assert report.balanced
     assert report.rows_read == report.rows_accepted + report.rows_rejected
     assert all(code in CODES for code in report.findings.counts)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SAMPLES, fixture
+from prep.formats.inputs import Inputs
 from prep.render.tokenizer import load_tokenizer
 from prep.stages.validate import validate
 from validate_util import assert_exactly, chat, write_rows
@@ -23,7 +24,7 @@ def qwen():  # noqa: ANN201 - prep.tokenize.Tokenizer
 
 
 def test_token_counts_match_the_models_chat_template(qwen) -> None:  # noqa: ANN001
-    report = validate([str(TOY)], tokenizer=qwen, max_len=4096, max_findings=None)
+    report = validate(Inputs([str(TOY)]), tokenizer=qwen, max_len=4096, max_findings=None)
     rows = [json.loads(line) for line in TOY.read_text().splitlines()]
     accepted = [r for i, r in enumerate(rows, 1) if i != 4]  # row 4 is rejected (starts with an assistant reply)
     expected = sorted(len(qwen.hf.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"])
@@ -48,17 +49,17 @@ def test_special_token_strings_and_template_refusals(qwen, tmp_path: Path) -> No
                                {"from": "observation", "value": "sunny"},
                                {"from": "gpt", "value": "Sunny."}]}]                            # 3 (sharegpt)
     openai_rows = write_rows(tmp_path / "chat.jsonl", rows[:2])
-    assert_exactly(validate([str(openai_rows)], tokenizer=qwen, max_findings=None),
+    assert_exactly(validate(Inputs([str(openai_rows)]), tokenizer=qwen, max_findings=None),
                    {(1, "special_token_text", "$.messages[0].content")})
     sharegpt = write_rows(tmp_path / "tools.jsonl", [rows[2]])
-    report = validate([str(sharegpt)], tokenizer=qwen, template="llama2", max_findings=None, min_rows=0)
+    report = validate(Inputs([str(sharegpt)]), tokenizer=qwen, template="llama2", max_findings=None, min_rows=0)
     assert_exactly(report, {(1, "no_tools_declared", "$.conversations[1].value"),
                             (1, "template_cannot_render", "$.conversations[1]")})
     assert report.rows_rejected == 1
 
 
 def test_preference_rows_count_prompt_and_chosen(qwen) -> None:  # noqa: ANN001
-    report = validate([str(SAMPLES / "sharegpt_preference.jsonl")], tokenizer=qwen)
+    report = validate(Inputs([str(SAMPLES / "sharegpt_preference.jsonl")]), tokenizer=qwen)
     stats = report.stats.to_dict()
     assert report.findings.errors == 0
     assert stats["tokens_per_row"]["count"] == report.rows_accepted

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from prep.formats.inputs import Inputs
 from prep.stages.validate import Report, validate
 
 
@@ -17,9 +18,17 @@ def write_rows(path: Path, rows: list[Any]) -> Path:
     return path
 
 
+INPUT_KEYS = {"format": "format", "settings": "settings", "container": "container", "txt_split": "txt_split"}
+
+
+def inputs(paths: list[str], options: dict[str, Any]) -> Inputs:
+    """The Inputs of `paths`, with the input options (format, settings, container, txt_split) taken out of `options`."""
+    return Inputs(paths, **{k: options.pop(k) for k in INPUT_KEYS if k in options})
+
+
 def run(path: Path | list[Path], **options: Any) -> Report:
     paths = [str(p) for p in (path if isinstance(path, list) else [path])]
-    report = validate(paths, max_findings=None, **options)
+    report = validate(inputs(paths, options), max_findings=None, **options)
     assert report.balanced, "rows read must equal rows accepted + rows rejected"
     return report
 

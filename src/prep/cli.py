@@ -1,10 +1,14 @@
-"""The `prep` command: a thin shell over the Python API (same verb names).
+"""The `prep` command: a thin shell over the Python API (same verb names), its options built from the
+options tables (prep.core.options).
 
 Exit codes everywhere: 0 done, 1 done but some rows rejected (or findings), 2 could not run.
-User data never produces a traceback; set PREP_DEBUG=1 to see one for a bug in prep itself."""
+User data never produces a traceback; set PREP_DEBUG=1 to see one for a bug in prep itself.
+
+The verbs are imported inside each command, so `prep --help` and a verb that needs little load little."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -15,10 +19,8 @@ import click
 
 from prep import __version__
 from prep.core.findings import PrepError, Tally
-from prep.files import CONTAINERS, TXT_SPLITS
-from prep.formats import READABLE, WRITABLE
-from prep.formats.inputs import SETTINGS
-from prep.render.spans import OVERFLOW, TRAIN_ON
+from prep.core.options import READABLE, SETTINGS, TABLES, Option
+from prep.core.result import Progress
 
 
 class _Group(click.Group):
@@ -54,6 +56,91 @@ def main() -> None:
     """Turn fine-tuning data into validated, token-exact training shards."""
 
 
+# ---------------------------------------------------------------- options from the tables
+
+
+class _Checked(click.ParamType):
+    """A number or a choice of the options table: parsed, then checked by the table, so a bad value gets the
+    same words as from a recipe or the Python API ("--lora-alpha 0.5: must be an integer of at least 1")."""
+
+    def __init__(self, option: Option) -> None:
+        self.option = option
+        self.name = option.type.__name__
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str | None:
+        if self.option.choices:
+            return "[" + "|".join(self.option.choices) + "]"
+        return {int: "INTEGER", float: "FLOAT"}.get(self.option.type, "TEXT")
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and self.option.type in (int, float):
+            with contextlib.suppress(ValueError):  # else refused below, in the table's words
+                value = self.option.type(value)
+        if problem := self.option.problem(value):
+            raise PrepError(f"{self.option.flag} {problem}")
+        return value
+
+
+_PATHS = {"file": click.Path(dir_okay=False), "file-or-dash": click.Path(dir_okay=False, allow_dash=True),
+          "folder": click.Path(file_okay=False), "existing-folder": click.Path(exists=True, file_okay=False)}
+
+
+def _click_option(option: Option) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    flags = option.flags or ("--" + option.name.replace("_", "-"),)
+    kwargs: dict[str, Any] = {"help": option.help, "required": option.required, "multiple": option.multiple}
+    if option.type is bool:
+        kwargs.update(default=option.default, show_default="/" in flags[0])  # --ids/--no-ids shows its default
+        if "/" not in flags[0]:
+            kwargs["is_flag"] = True
+    else:
+        if option.multiple or option.default is not None:
+            kwargs["default"] = () if option.multiple else option.default
+        kwargs["show_default"] = option.default is not None and not option.required
+        if option.path:
+            kwargs["type"] = _PATHS[option.path]
+        elif option.choices or option.type in (int, float):
+            kwargs["type"] = _Checked(option)
+    return click.option(*flags, option.name, **kwargs)
+
+
+def options(verb: str, *, skip: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The click options of `verb`'s table (the CLI ones, but `skip`), in table order."""
+
+    def add(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(TABLES[verb]):
+            if option.cli and option.name not in skip:
+                command = _click_option(option)(command)
+        return command
+
+    return add
+
+
+def input_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The input side of every verb that reads records ([FROM] INPUT..., --from, --dataset-info/--dataset
+    and the format options); the command receives them as one `inputs: Inputs`."""
+
+    @functools.wraps(command)
+    def wrapper(**kw: Any) -> Any:
+        from prep.formats.inputs import Inputs  # noqa: PLC0415 - start-up time: the verb's layers load with it
+
+        files, source = list(kw.pop("args")), kw.pop("format")
+        if files and files[0] in ("auto", *READABLE) and not os.path.exists(files[0]):
+            if source not in ("auto", files[0]):
+                raise click.UsageError(f"FROM {files[0]!r} and --from {source!r} disagree")
+            source = files.pop(0)
+        settings = {k: v for k in SETTINGS if (v := kw.pop(k)) is not None}
+        kw["inputs"] = Inputs(files, source, settings, kw.pop("input_type"), kw.pop("txt_split"),
+                              kw.pop("dataset_info"), kw.pop("datasets"), kw.pop("seed"))
+        return command(**kw)
+
+    return click.argument("args", nargs=-1, metavar="[FROM] INPUT...")(options("inputs")(wrapper))
+
+
+def _require_inputs(inputs: Any) -> None:
+    if not inputs.files and not inputs.datasets:
+        raise click.UsageError("give INPUT files, or --dataset-info FILE --dataset NAME")
+
+
 def _report_rejects(tally: Tally, rejects_file: str | None) -> None:
     """The first rejects of each reason, so a run without --rejects still says what went wrong where."""
     for rej in tally.examples:
@@ -65,60 +152,17 @@ def _report_rejects(tally: Tally, rejects_file: str | None) -> None:
         click.echo("  keep every rejected row with its reasons: --rejects FILE", err=True)
 
 
-_INPUT_OPTIONS = (
-    click.argument("args", nargs=-1, metavar="[FROM] INPUT..."),
-    click.option("--from", "source", type=click.Choice(("auto", *READABLE)), help="Input format (same as FROM)."),
-    click.option("--dataset-info", type=click.Path(), help="A LLaMA-Factory dataset_info.json (or its folder)."),
-    click.option("--dataset", "datasets", multiple=True, help="Entry of --dataset-info to read (repeatable)."),
-    click.option("--input-type", type=click.Choice(CONTAINERS), help="File type when the name does not tell."),
-    click.option("--txt-split", type=click.Choice(TXT_SPLITS), default="file", show_default=True,
-                 help="A .txt file is one document, or one per blank-line-separated paragraph, or per line."),
-    click.option("--system", help="CoQA system prompt; {story} is replaced by the story."),
-    click.option("--text-column", help="AutoTrain: dialogue/chosen column [text]."),
-    click.option("--rejected-text-column", help="AutoTrain: rejected column [rejected_text]."),
-    click.option("--prompt-text-column", help="AutoTrain: prompt column [prompt]."),
-    click.option("--human-prefix", help="AutoTrain: user turn prefix [human:]."),
-    click.option("--bot-prefix", help="AutoTrain: assistant turn prefix [bot:]."),
-    click.option("--seed", default=42, show_default=True, help="Seed for dataset_info num_samples."),
-)
+def _formats(formats: dict[str, str]) -> None:
+    for path, fmt in formats.items():
+        click.echo(f"{path}: read as {fmt}", err=True)
 
 
-def input_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """The input side of every verb that reads records ([FROM] INPUT..., --from, --dataset-info/--dataset
-    and the format options), defined once; the command receives them as one `inputs: Inputs`."""
-
-    @functools.wraps(command)
-    def wrapper(**kw: Any) -> Any:
-        from prep.formats.inputs import Inputs
-
-        files, source = list(kw.pop("args")), kw.pop("source")
-        if files and files[0] in ("auto", *READABLE) and not os.path.exists(files[0]):
-            if source and source != files[0]:
-                raise click.UsageError(f"FROM {files[0]!r} and --from {source!r} disagree")
-            source = files.pop(0)
-        settings = {k: v for k in SETTINGS if (v := kw.pop(k)) is not None}
-        kw["inputs"] = Inputs(files, source or "auto", settings, kw.pop("input_type"), kw.pop("txt_split"),
-                              kw.pop("dataset_info"), kw.pop("datasets"), kw.pop("seed"))
-        return command(**kw)
-
-    for option in reversed(_INPUT_OPTIONS):
-        wrapper = option(wrapper)
-    return wrapper
-
-
-def _require_inputs(inputs: Any) -> None:
-    if not inputs.files and not inputs.datasets:
-        raise click.UsageError("give INPUT files, or --dataset-info FILE --dataset NAME")
+# ---------------------------------------------------------------- the verbs
 
 
 @main.command()
 @input_options
-@click.option("--to", "to", required=True, type=click.Choice(WRITABLE), help="Format to write.")
-@click.option("-o", "--output", default="-", show_default=True,
-              help="Output file (.jsonl .json .csv .tsv .parquet, optionally .gz/.zst); - for stdout.")
-@click.option("--rejects", type=click.Path(dir_okay=False), help="Keep rejected rows with their reasons (JSONL).")
-@click.option("--ids/--no-ids", default=True, show_default=True, help="Write each row's id.")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@options("convert")
 def convert(inputs: Any, to: str, output: str, rejects: str | None, ids: bool, quiet: bool) -> None:
     """Convert INPUT files (or --dataset entries) to another format.
 
@@ -132,89 +176,46 @@ def convert(inputs: Any, to: str, output: str, rejects: str | None, ids: bool, q
       prep convert autotrain chats.csv --text-column dialogue --to sharegpt -o chats.jsonl
       prep convert --dataset-info data/dataset_info.json --dataset glaive_toolcall_en_demo --to openai
     """
-    from prep.stages.convert import convert as run
+    from prep.stages.convert import convert as run  # noqa: PLC0415 - start-up time
 
     _require_inputs(inputs)
     result = run(inputs, to, output, rejects=rejects, ids=ids)
     if not quiet:
-        for path, fmt in result.formats.items():
-            click.echo(f"{path}: read as {fmt}", err=True)
+        _formats(result.formats)
         click.echo(result.tally.summary() + ("" if output == "-" else f" -> {output}"), err=True)
         _report_rejects(result.tally, rejects)
-    sys.exit(1 if result.tally.rejected_total else 0)
-
-
-@main.command()
-@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
-@click.option("--format", "fmt", type=click.Choice(("auto", *READABLE)), default="auto", show_default=True,
-              help="Input format; detected per file by default.")
-@click.option("--kind", type=click.Choice(("sft", "dpo", "kto", "pretrain")), help="Require rows of this kind.")
-@click.option("--validation", multiple=True, type=click.Path(dir_okay=False),
-              help="A validation file: checked too, and for near-duplicates of the training rows (repeatable). "
-                   "Inputs named *val*/*valid*/*dev*/*eval*/*test* given beside others count as validation files.")
-@click.option("--strict", is_flag=True, help="Warnings fail the run too (exit 1).")
-@click.option("--report", "report_file", type=click.Path(dir_okay=False, allow_dash=True),
-              help="Write every finding and the summary as JSON (- for stdout).")
-@click.option("--rejects", type=click.Path(dir_okay=False), help="Keep the rows with errors, with their findings (JSONL).")
-@click.option("--min-rows", default=1, show_default=True, type=click.IntRange(min=0),
-              help="Fewest usable rows a file may have.")
-@click.option("--max-findings", default=10_000, show_default=True, type=click.IntRange(min=0),
-              help="Findings kept for the report; counts stay exact.")
-@click.option("--max-chars", default=32_000, show_default=True, type=click.IntRange(min=1),
-              help="Warn about rows longer than this many characters.")
-@click.option("--input-type", type=click.Choice(CONTAINERS), help="File type when the name does not tell.")
-@click.option("--txt-split", type=click.Choice(TXT_SPLITS), default="file", show_default=True,
-              help="A .txt file is one document, or one per paragraph, or per line.")
-@click.option("--text-column", help="AutoTrain: dialogue/chosen column [text].")
-@click.option("--rejected-text-column", help="AutoTrain: rejected column [rejected_text].")
-@click.option("--prompt-text-column", help="AutoTrain: prompt column [prompt].")
-@click.option("--tokenizer", help="A tokenizer folder: adds token statistics and token-level checks.")
-@click.option("--template", help="Chat template for --tokenizer (default: the tokenizer's own; see "
-                                 "`prep template --list`).")
-@click.option("--max-len", type=click.IntRange(min=2), help="With --tokenizer: report rows longer than this.")
-@click.option("-q", "--quiet", is_flag=True, help="Print only the summary line.")
-def validate(inputs: tuple[str, ...], fmt: str, kind: str | None, validation: tuple[str, ...], strict: bool,
-             report_file: str | None, rejects: str | None, min_rows: int, max_findings: int, max_chars: int,
-             input_type: str | None, txt_split: str, text_column: str | None, rejected_text_column: str | None,
-             prompt_text_column: str | None, tokenizer: str | None, template: str | None, max_len: int | None,
-             quiet: bool) -> None:
-    """Check INPUT files row by row and report every problem with its line, JSON path and a hint.
-
-    Exit 0: no errors; 1: errors (or warnings with --strict); 2: could not run.
-    Example: prep validate train.jsonl --validation valid.jsonl --report report.json --rejects bad.jsonl
-    """
-    from prep.stages import validate_report as show
-    from prep.stages.validate import validate as run
-
-    settings = {k: v for k, v in dict(text_column=text_column, rejected_text_column=rejected_text_column,
-                                      prompt_text_column=prompt_text_column).items() if v is not None}
-    result = run(inputs, validation=validation, format=fmt, kind=kind, settings=settings, container=input_type,
-                 txt_split=txt_split, strict=strict, rejects=rejects, min_rows=min_rows, max_findings=max_findings,
-                 max_chars=max_chars, tokenizer=tokenizer, template=template, max_len=max_len)
-    out = sys.stderr if report_file == "-" else sys.stdout
-    if hasattr(out, "reconfigure"):
-        out.reconfigure(errors="backslashreplace")  # a file name that is not UTF-8 must not crash the report
-    show.show(result, out, quiet)
-    if report_file == "-":
-        sys.stdout.write(show.dumps(result))
-    elif report_file:
-        show.write_json(result, report_file)
     sys.exit(result.exit_code)
 
 
 @main.command()
 @input_options
-@click.option("--template", "name", help="Template name (see --list); default: the --tokenizer's own chat template.")
-@click.option("--tokenizer", help="Tokenizer folder: its chat template, and the BOS/EOS tokens templates write.")
-@click.option("--train-on", type=click.Choice(TRAIN_ON), default="auto", show_default=True,
-              help="Which spans carry loss: assistant turns, the last one, all text, or message contents.")
-@click.option("-o", "--output", help="Write {id, text, spans} rows here (.jsonl .json .parquet ...); default: "
-              "stdout, unless --show.")
-@click.option("--show", type=click.IntRange(min=0), default=0, help="Print the first N rows, trained text in colour.")
-@click.option("--rejects", type=click.Path(dir_okay=False), help="Keep rows that cannot be rendered, with reasons.")
-@click.option("--list", "list_templates", is_flag=True, help="List the templates and exit.")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def template(inputs: Any, name: str | None, tokenizer: str | None, train_on: str, output: str | None, show: int,
+@options("validate")
+def validate(inputs: Any, report: str | None, quiet: bool, **kw: Any) -> None:
+    """Check INPUT files row by row and report every problem with its line, JSON path and a hint.
+
+    Exit 0: no errors; 1: errors (or warnings with --strict); 2: could not run.
+    Example: prep validate train.jsonl --validation valid.jsonl --report report.json --rejects bad.jsonl
+    """
+    from prep.stages import validate_report as show  # noqa: PLC0415 - start-up time
+    from prep.stages.validate import validate as run  # noqa: PLC0415 - start-up time
+
+    _require_inputs(inputs)
+    result = run(inputs, **kw)
+    out = sys.stderr if report == "-" else sys.stdout
+    if hasattr(out, "reconfigure"):
+        out.reconfigure(errors="backslashreplace")  # a file name that is not UTF-8 must not crash the report
+    show.show(result, out, quiet)
+    if report == "-":
+        sys.stdout.write(show.dumps(result))
+    elif report:
+        show.write_json(result, report)
+    sys.exit(result.exit_code)
+
+
+@main.command()
+@input_options
+@options("template")
+def template(inputs: Any, template: str | None, tokenizer: str | None, train_on: str, output: str | None, show: int,
              rejects: str | None, list_templates: bool, quiet: bool) -> None:
     """Render INPUT conversations with a chat template: the exact text a model trains on, and the
     character spans that carry loss.
@@ -225,14 +226,14 @@ def template(inputs: Any, name: str | None, tokenizer: str | None, train_on: str
       prep template samples/openai.jsonl --template chatml --show 2
       prep template data.jsonl --tokenizer ./Qwen2.5-7B-Instruct -o rendered.jsonl
     """
-    from rich.console import Console
+    from rich.console import Console  # noqa: PLC0415 - start-up time
 
-    from prep.render.templates import describe
-    from prep.stages.template import template as run
+    from prep.render.templates import describe  # noqa: PLC0415 - start-up time
+    from prep.stages.template import template as run  # noqa: PLC0415 - start-up time
 
     console = Console(highlight=False, soft_wrap=True)
     if list_templates:
-        from rich.text import Text
+        from rich.text import Text  # noqa: PLC0415 - start-up time
 
         for n, summary in describe():
             console.print(Text.assemble((f"{n:<10}", "bold"), " ", summary))
@@ -247,23 +248,22 @@ def template(inputs: Any, name: str | None, tokenizer: str | None, train_on: str
             console.rule(f"{row['id']}", align="left")
             console.print(_highlight(row))
 
-    result = run(inputs, name, tokenizer, output or (None if show else "-"), train_on=train_on, rejects=rejects,
-                 show=show_row if show else None)
+    result = run(inputs, template, tokenizer, output or (None if show else "-"), train_on=train_on, rejects=rejects,
+                 on_row=show_row if show else None)
     if not quiet:
-        for path, fmt in result.formats.items():
-            click.echo(f"{path}: read as {fmt}", err=True)
+        _formats(result.formats)
         click.echo(f"{result.tally.summary()} (template {result.template})" + (f" -> {output}" if output else ""),
                    err=True)
         _report_rejects(result.tally, rejects)
-    sys.exit(1 if result.tally.rejected_total else 0)
+    sys.exit(result.exit_code)
 
 
 def _highlight(row: dict[str, Any]) -> Any:
     """A rendered row as rich text: trained spans green, the rest grey (preference: prompt grey,
     chosen green, rejected red)."""
-    from rich.text import Text
+    from rich.text import Text  # noqa: PLC0415 - start-up time
 
-    from prep.stages.inspect import TRAINED, UNTRAINED
+    from prep.stages.inspect import TRAINED, UNTRAINED  # noqa: PLC0415 - start-up time
 
     if "spans" not in row:
         text = Text(row["prompt"], style=UNTRAINED)
@@ -278,26 +278,33 @@ def _highlight(row: dict[str, Any]) -> Any:
     return text
 
 
+class _Bar:
+    """A progress bar on stderr, fed with a verb's `Progress` (pass the bar as the verb's `progress`)."""
+
+    def __init__(self, name: str, quiet: bool, first: str) -> None:
+        from rich.console import Console  # noqa: PLC0415 - start-up time
+        from rich.progress import BarColumn, TextColumn, TimeElapsedColumn  # noqa: PLC0415 - start-up time
+        from rich.progress import Progress as Bars  # noqa: PLC0415 - start-up time
+
+        self.bars = Bars(TextColumn(f"[bold]{name}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                         TimeElapsedColumn(), console=Console(stderr=True, highlight=False), disable=quiet)
+        self.task = self.bars.add_task(name, total=None, info=first)
+
+    def __enter__(self) -> _Bar:
+        self.bars.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.bars.stop()
+
+    def __call__(self, progress: Progress) -> None:
+        self.bars.update(self.task, info=progress.line(), completed=progress.step or 0, total=progress.steps)
+
+
 @main.command()
 @input_options
-@click.option("--tokenizer", required=True, help="Tokenizer folder (tokenizer.json, tokenizer_config.json), or a "
-              "hub id already in the local cache.")
-@click.option("--template", "name", help="Template (prep template --list); default: the tokenizer's own.")
-@click.option("--kind", type=click.Choice(("sft", "dpo", "kto", "pretrain")),
-              help="Shard kind; default: from the first record (chat: sft, preference: dpo, feedback: kto, "
-              "text: pretrain).")
-@click.option("--train-on", type=click.Choice(TRAIN_ON), default="auto", show_default=True,
-              help="Loss on: every assistant turn, the last one, all tokens, or message contents.")
-@click.option("--max-len", type=click.IntRange(min=2), help="Longest row in tokens.")
-@click.option("--overflow", type=click.Choice(OVERFLOW), default="drop", show_default=True,
-              help="A row over --max-len: reject it, cut it (keeping the EOS trained), or drop trailing turns.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes tokenizing batches (order and output do not depend on it).")
-@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False), help="Shard folder.")
-@click.option("--rejects", type=click.Path(dir_okay=False), help="Keep rejected and cut rows with reasons (JSONL).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
-def tokenize(inputs: Any, tokenizer: str, name: str | None, kind: str | None, train_on: str, max_len: int | None,
-             overflow: str, workers: int, outdir: str, rejects: str | None, quiet: bool) -> None:
+@options("tokenize")
+def tokenize(inputs: Any, output: str, rejects: str | None, quiet: bool, **kw: Any) -> None:
     """Tokenize INPUT records into unpacked shards: token ids and labels, token-exact.
 
     \b
@@ -306,40 +313,19 @@ def tokenize(inputs: Any, tokenizer: str, name: str | None, kind: str | None, tr
       prep tokenize alpaca_data.json --tokenizer ./llama3 --template llama3 --max-len 2048 --overflow truncate -o s/
       prep tokenize --dataset-info data/dataset_info.json --dataset dpo_en_demo --tokenizer ./tok -o dpo/
     """
-    import time
-
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from prep.stages.tokenize import tokenize as run
+    from prep.stages.tokenize import tokenize as run  # noqa: PLC0415 - start-up time
 
     _require_inputs(inputs)
-    console = Console(stderr=True, highlight=False)
-    with Progress(TextColumn("[bold]tokenize"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                  console=console, disable=quiet) as bar:
-        task = bar.add_task("tokenize", total=None, info="loading the tokenizer")
-        done = [0, 0, time.perf_counter()]  # rows, tokens, when tokenizing started
-
-        def progress(rows: int, tokens: int) -> None:
-            if not rows and not done[0]:  # called once before the first batch: rates leave out loading
-                done[2] = time.perf_counter()
-            done[0] += rows
-            done[1] += tokens
-            took = max(time.perf_counter() - done[2], 1e-9)
-            bar.update(task, info=f"{done[0]:,} rows {done[1]:,} tokens  {done[0] / took:,.0f} rows/s "
-                       f"{done[1] / took:,.0f} tokens/s")
-
-        result = run(inputs, tokenizer, outdir, template=name, kind=kind, train_on=train_on, max_len=max_len,
-                     overflow=overflow, workers=workers, rejects=rejects, progress=progress)
+    with _Bar("tokenize", quiet, "loading the tokenizer") as bar:
+        result = run(inputs, kw.pop("tokenizer"), output, rejects=rejects, progress=bar, **kw)
     if not quiet:
-        for path, fmt in result.formats.items():
-            click.echo(f"{path}: read as {fmt}", err=True)
+        _formats(result.formats)
         m = result.manifest
         trained = f", {m['tokens']['loss']:,} trained" if m["kind"] in ("sft", "pretrain") else ""
         click.echo(f"{result.tally.summary()}; {m['tokens']['total']:,} tokens{trained} ({m['kind']}, template "
-                   f"{(m['template'] or {}).get('name', 'none')}) -> {outdir}", err=True)
+                   f"{(m['template'] or {}).get('name', 'none')}) -> {output}", err=True)
         _report_rejects(result.tally, rejects)
-    sys.exit(1 if result.tally.rejected_total else 0)
+    sys.exit(result.exit_code)
 
 
 def _parse_size(text: str) -> tuple[int, float]:
@@ -355,42 +341,30 @@ def _parse_size(text: str) -> tuple[int, float]:
 
 
 @main.command()
-@click.argument("indir", type=click.Path(exists=True, file_okay=False))
-@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False), help="Folder for packed shards.")
-@click.option("--max-len", required=True, type=click.IntRange(min=2), help="Tokens per packed row.")
-@click.option("--strategy", type=click.Choice(("bfd", "wrap")), default="bfd", show_default=True,
-              help="bfd: whole documents, best-fit decreasing; wrap: concatenate and cut (pretraining).")
-@click.option("--seed", default=0, show_default=True, help="Seed for the order of packed rows.")
-@click.option("--window", default=100_000, show_default=True, type=click.IntRange(min=0),
-              help="Documents packed together (0: the whole input at once).")
-@click.option("--shard-size", default="256MB", show_default=True, help="Shard bound: 256MB, 2GB or 50000rows.")
-@click.option("--rejects", type=click.Path(dir_okay=False), help="Keep rows too long to pack, with reasons.")
-@click.option("-q", "--quiet", is_flag=True)
-def pack(indir: str, outdir: str, max_len: int, strategy: str, seed: int, window: int, shard_size: str,
-         rejects: str | None, quiet: bool) -> None:
-    """Pack tokenized shards in INDIR into rows of at most --max-len tokens."""
-    from prep.stages.pack import pack as run
+@click.argument("shards", type=click.Path(exists=True, file_okay=False))
+@options("pack")
+def pack(shards: str, output: str, max_len: int, shard_size: str, quiet: bool, **kw: Any) -> None:
+    """Pack tokenized shards in SHARDS into rows of at most --max-len tokens."""
+    from prep.stages.pack import pack as run  # noqa: PLC0415 - start-up time
 
     rows, mb = _parse_size(shard_size)
-    manifest = run(indir, outdir, max_len, strategy=strategy, seed=seed, window=window, shard_rows=rows,
-                   shard_mb=mb, rejects=rejects)
-    counts = manifest["counts"]
+    result = run(shards, output, max_len, shard_rows=rows, shard_mb=mb, **kw)
+    counts, packing = result.manifest["counts"], result.manifest["packing"]
     if not quiet:
-        packing = manifest["packing"]
         click.echo(f"read {counts['read']} documents, packed {counts['written']} into {counts['rows']} rows of "
                    f"<= {max_len} tokens ({packing['strategy']}, efficiency {packing.get('efficiency', 0):.2%}), "
-                   f"rejected {sum(counts['rejected'].values())} -> {outdir}", err=True)
-    sys.exit(1 if counts["rejected"] else 0)
+                   f"rejected {sum(counts['rejected'].values())} -> {output}", err=True)
+    sys.exit(result.exit_code)
 
 
 @main.command()
-@click.argument("folder", type=click.Path(exists=True, file_okay=False))
-@click.option("-q", "--quiet", is_flag=True, help="Print only the findings.")
-def verify(folder: str, quiet: bool) -> None:
+@click.argument("shards", type=click.Path(exists=True, file_okay=False))
+@options("verify")
+def verify(shards: str, quiet: bool) -> None:
     """Check a shard folder against its manifest: sha256 of every shard, schema, row invariants, counts."""
-    from prep.shards.verify import verify as run
+    from prep.shards.verify import verify as run  # noqa: PLC0415 - start-up time
 
-    result = run(folder)
+    result = run(shards)
     for f in result.findings:
         click.echo(f"{f.file}:{f.line} {f.path} {f.code}: {f.message}" if f.line else f"{f.file} {f.path} {f.code}: "
                    f"{f.message}", err=True)
@@ -399,86 +373,48 @@ def verify(folder: str, quiet: bool) -> None:
         click.echo(f"… and {hidden} more", err=True)
     if not quiet:
         verdict = "OK" if result.ok else f"FAILED ({result.errors} errors)"
-        click.echo(f"{folder}: {verdict}: {result.rows} rows, {result.tokens} tokens checked", err=True)
-    sys.exit(0 if result.ok else 1)
-
-
-@main.command()
-@click.argument("folder", type=click.Path(exists=True, file_okay=False))
-@click.option("--row", default=0, show_default=True, type=click.IntRange(min=0), help="Row to show (0-based).")
-@click.option("--ids", "show_ids", is_flag=True, help="Show every token with its id.")
-@click.option("--tokenizer", help="Tokenizer folder, if the one recorded in the manifest has moved.")
-def inspect(folder: str, row: int, show_ids: bool, tokenizer: str | None) -> None:
-    """Decode one shard row: trained tokens in colour, document boundaries marked."""
-    from rich.console import Console
-
-    from prep.stages.inspect import inspect_row
-
-    inspect_row(folder, row, tokenizer=tokenizer, show_ids=show_ids, console=Console(highlight=False))
-
-
-@main.command()
-@click.argument("targets", nargs=-1, required=True, metavar="INPUT_OR_DIR...")
-@click.option("--from", "source", type=click.Choice(("auto", *READABLE)), default="auto",
-              help="Input format, for input files.")
-@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
-def stats(targets: tuple[str, ...], source: str, as_json: bool) -> None:
-    """Counts, token-length histogram, packing efficiency and trained share of a shard folder
-    (or records, messages and characters of input files)."""
-    import json
-
-    from rich.console import Console
-
-    from prep.formats.inputs import Inputs
-    from prep.stages.stats import print_stats
-    from prep.stages.stats import stats as run
-
-    target = targets[0] if len(targets) == 1 else list(targets)
-    result = run(target, Inputs(files=list(targets), format=source))
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-    else:
-        print_stats(result, Console(highlight=False))
+        click.echo(f"{shards}: {verdict}: {result.rows} rows, {result.tokens} tokens checked", err=True)
+    sys.exit(result.exit_code)
 
 
 @main.command()
 @click.argument("shards", type=click.Path(exists=True, file_okay=False))
-@click.option("--model", required=True, help="Base model: a local folder (or a hub id where the hub is reachable).")
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder for adapter and report.")
-@click.option("--lora-r", default=16, show_default=True, type=click.IntRange(min=1))
-@click.option("--lora-alpha", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--lora-dropout", default=0.05, show_default=True, type=click.FloatRange(0, 1, max_open=True))
-@click.option("--target-modules", default="all-linear", show_default=True, help="all-linear or q_proj,v_proj,...")
-@click.option("--use-rslora", is_flag=True, help="Rank-stabilised LoRA scaling (alpha / sqrt(r)).")
-@click.option("--use-dora", is_flag=True, help="Weight-decomposed LoRA.")
-@click.option("--qlora", is_flag=True, help="4-bit NF4 base with double quantization (bitsandbytes).")
-@click.option("--full", is_flag=True, help="Train every weight, no adapter.")
-@click.option("--lr", default=2e-4, show_default=True, type=click.FloatRange(min=0, min_open=True))
-@click.option("--epochs", default=1.0, show_default=True, type=click.FloatRange(min=0))
-@click.option("--max-steps", default=-1, show_default=True, type=click.IntRange(min=-1),
-              help="Stop after this many steps (overrides --epochs).")
-@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1),
-              help="Rows per device step (packed rows when packed).")
-@click.option("--grad-accum", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--warmup-ratio", default=0.03, show_default=True, type=click.FloatRange(0, 1, max_open=True),
-              help="Share of the training steps spent warming the learning rate up.")
-@click.option("--scheduler", default="cosine", show_default=True,
-              type=click.Choice(("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts")))
-@click.option("--weight-decay", default=0.0, show_default=True, type=click.FloatRange(min=0))
-@click.option("--seed", default=42, show_default=True)
-@click.option("--gradient-checkpointing", is_flag=True)
-@click.option("--attn-implementation",
-              type=click.Choice(("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")),
-              help="Attention kernel (default: transformers' choice, sdpa). With flash_attention_2/3 on a GPU the "
-                   "packed rows of a step are concatenated, without padding.")
-@click.option("--eval", "eval_shards", type=click.Path(exists=True, file_okay=False), help="Shards to evaluate on.")
-@click.option("--save-steps", type=click.IntRange(min=1), help="Checkpoint (and evaluate) every N steps.")
-@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in OUTPUT.")
-@click.option("--merge", is_flag=True, help="Also save the base model with the adapter merged in.")
-@click.option("--report-to", type=click.Choice(("none", "tensorboard")), default="none", show_default=True)
-@click.option("--force", is_flag=True, help="Train even if the tokenizer fingerprints differ.")
-@click.option("-q", "--quiet", is_flag=True)
-def train(shards: str, model: str, output: str, quiet: bool, eval_shards: str | None, **kw: Any) -> None:
+@options("inspect")
+def inspect(shards: str, **kw: Any) -> None:
+    """Decode one shard row: trained tokens in colour, document boundaries marked."""
+    from rich.console import Console  # noqa: PLC0415 - start-up time
+
+    from prep.stages.inspect import inspect as run  # noqa: PLC0415 - start-up time
+
+    run(shards, console=Console(highlight=False), **kw)
+
+
+@main.command()
+@click.argument("targets", nargs=-1, required=True, metavar="INPUT_OR_DIR...")
+@options("stats")
+def stats(targets: tuple[str, ...], format: str, as_json: bool) -> None:
+    """Counts, token-length histogram, packing efficiency and trained share of a shard folder
+    (or records, messages and characters of input files)."""
+    import json  # noqa: PLC0415 - start-up time
+
+    from rich.console import Console  # noqa: PLC0415 - start-up time
+
+    from prep.formats.inputs import Inputs  # noqa: PLC0415 - start-up time
+    from prep.stages.stats import print_stats  # noqa: PLC0415 - start-up time
+    from prep.stages.stats import stats as run  # noqa: PLC0415 - start-up time
+
+    folder = len(targets) == 1 and os.path.isdir(targets[0])
+    result = run(targets[0] if folder else Inputs(files=list(targets), format=format))
+    if as_json:
+        click.echo(json.dumps(result.stats, indent=2))
+    else:
+        print_stats(result.stats, Console(highlight=False))
+
+
+@main.command()
+@click.argument("shards", type=click.Path(exists=True, file_okay=False))
+@options("train")
+def train(shards: str, quiet: bool, **kw: Any) -> None:
     """LoRA / QLoRA / full fine-tuning on SHARDS, exactly on the tokens and labels stored there.
 
     \b
@@ -487,37 +423,24 @@ def train(shards: str, model: str, output: str, quiet: bool, eval_shards: str | 
       prep train shards/packed --model ./Qwen2.5-0.5B --qlora --max-steps 200 --eval shards/val --save-steps 50 -o q/
       prep train shards/packed --model ./Qwen2.5-0.5B --max-steps 400 --save-steps 50 --resume -o q/
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.console import Console  # noqa: PLC0415 - start-up time
 
-    from prep.trainer.train import TrainOptions, summary_lines
-    from prep.trainer.train import train as run
+    from prep.trainer.train import TrainOptions, summary_lines  # noqa: PLC0415 - start-up time
+    from prep.trainer.train import train as run  # noqa: PLC0415 - start-up time
 
-    options = TrainOptions(model=model, output=output, eval=eval_shards, **kw)
+    options = TrainOptions(**kw)
     _quiet_libraries()
-    console = Console(stderr=True, highlight=False)
-    with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
-                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console,
-                  disable=quiet) as bar:
-        task = bar.add_task("train", total=None, info="loading")
-
-        def progress(point: dict[str, Any]) -> None:
-            bar.update(task, completed=point["step"], total=point["max_steps"],
-                       info=f"loss {point['loss']:.4f}  {point['tokens_per_s']:.0f} tok/s")
-
-        report = run(shards, options, progress)
+    with _Bar("train", quiet, "loading") as bar:
+        result = run(shards, options, bar)
     if not quiet:
-        for line in summary_lines(report):
+        console = Console(stderr=True, highlight=False)
+        for line in summary_lines(result.report):
             console.print(line, soft_wrap=True)
 
 
 @main.command("run")
 @click.argument("recipe_file", metavar="RECIPE.yaml", type=click.Path(dir_okay=False))
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override a recipe value, e.g. --set train.max_steps=50 --set output=/tmp/run (repeatable; the "
-                   "value is read as YAML; paths are relative to the current folder).")
-@click.option("--dry-run", is_flag=True, help="Print the stages, their keys and which would run; run nothing.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress view; print the summary only.")
+@options("run")
 def run_recipe(recipe_file: str, sets: tuple[str, ...], dry_run: bool, quiet: bool) -> None:
     """Run a recipe: convert -> validate -> tokenize -> pack -> train, skipping stages whose output is
     already there for the same inputs and options.
@@ -532,10 +455,17 @@ def run_recipe(recipe_file: str, sets: tuple[str, ...], dry_run: bool, quiet: bo
       prep run recipes/alpaca-ko-lora.yaml --set train.max_steps=200 --set output=runs/ko-200
       prep run recipes/quickstart.yaml --dry-run
     """
-    from rich.console import Console
+    from rich.console import Console  # noqa: PLC0415 - start-up time
 
-    from prep.recipes.recipe import load_recipe
-    from prep.recipes.runner import RichView, plan, print_plan, print_summary, run, write_run_json
+    from prep.recipes.recipe import load_recipe  # noqa: PLC0415 - start-up time
+    from prep.recipes.runner import (  # noqa: PLC0415 - start-up time
+        RichView,
+        plan,
+        print_plan,
+        print_summary,
+        run,
+        write_run_json,
+    )
 
     recipe = load_recipe(recipe_file, sets)
     console = Console(stderr=True, highlight=False)
@@ -555,14 +485,7 @@ def run_recipe(recipe_file: str, sets: tuple[str, ...], dry_run: bool, quiet: bo
 
 @main.command()
 @click.argument("prompts", nargs=-1, required=True)
-@click.option("--model", required=True, type=click.Path(exists=True, file_okay=False), help="Base (or merged) model folder.")
-@click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="Adapter folder from prep train; "
-              "without it the base model answers, for comparison.")
-@click.option("--template", help="Template (prep template --list); default: the one the adapter's shards used.")
-@click.option("--system", help="A system message before each prompt.")
-@click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1))
-@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0),
-              help="0: greedy decoding; above 0: sampling at this temperature.")
+@options("generate")
 def generate(prompts: tuple[str, ...], model: str, adapter: str | None, template: str | None, system: str | None,
              max_new_tokens: int, temperature: float) -> None:
     """Stream a completion for each PROMPT (quote each one) through the template the model was trained with.
@@ -572,7 +495,7 @@ def generate(prompts: tuple[str, ...], model: str, adapter: str | None, template
       prep generate --model runs/tiny-llama --adapter out/adapter "Name three primary colours."
       prep generate --model runs/tiny-llama "Name three primary colours."    # the base model, to compare
     """
-    from prep.trainer.generate import load
+    from prep.trainer.generate import load  # noqa: PLC0415 - start-up time
 
     _quiet_libraries()
     generator = load(model, adapter, template)
@@ -588,15 +511,15 @@ def generate(prompts: tuple[str, ...], model: str, adapter: str | None, template
 
 def _quiet_libraries() -> None:
     """prep train/generate draw their own progress: no loading bars or deprecation notes from the libraries."""
-    import logging
-    import warnings
+    import logging  # noqa: PLC0415 - start-up time
+    import warnings  # noqa: PLC0415 - start-up time
 
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|trl|peft)\.")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its optional CPU kernel package is not needed
     try:
-        import datasets
-        from transformers.utils import logging as hf_logging
-    except ImportError:  # the train extra is missing; prep.train says so
+        import datasets  # noqa: PLC0415 - train extra
+        from transformers.utils import logging as hf_logging  # noqa: PLC0415 - train extra
+    except ImportError:  # the train extra is missing; prep.trainer says so
         return
     datasets.disable_progress_bars()
     hf_logging.disable_progress_bar()

@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from prep.core.findings import Batch, Finding, PrepError, Source
+from prep.core.options import CONTAINERS
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-CONTAINERS = ("jsonl", "json", "csv", "tsv", "parquet", "txt")
-TXT_SPLITS = ("file", "paragraph", "line")
 _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
              ".parquet": "parquet", ".txt": "txt", ".text": "txt"}
 _COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
@@ -55,7 +54,7 @@ csv.field_size_limit(2**31 - 1)
 def _arrow() -> Any:
     """pyarrow, imported on first use: it costs a quarter second at start-up, and plain
     JSONL/CSV runs never need it."""
-    import pyarrow
+    import pyarrow  # noqa: PLC0415 - start-up time: Arrow only for Parquet and zstd
 
     return pyarrow
 
@@ -454,7 +453,7 @@ def _read_parquet(path: str, name: str) -> Iterator[Item]:
     if path == "-" or split_suffix(path)[1]:
         raise PrepError(f"{name}: Parquet is read from a plain file (it is compressed inside already)")
     try:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # noqa: PLC0415 - start-up time: Arrow only for Parquet and zstd
 
         pfile = pq.ParquetFile(path)
     except (OSError, *_arrow_errors()) as e:
@@ -571,12 +570,12 @@ class RowWriter:
         self.tmp = None if path == "-" else _temp_name(path, "tmp")
         # CSV needs every column before the header, Parquet one schema: both spool rows as JSONL first.
         self.spool = _temp_name(path, "spool") if self.container in ("csv", "tsv", "parquet") else None
-        target = self.spool or self.tmp
-        if target is None:
+        self.target = self.spool or self.tmp  # None: standard output
+        if self.target is None:
             self.out: IO[bytes] = sys.stdout.buffer
         else:
-            Path(target).parent.mkdir(parents=True, exist_ok=True)
-            self.out = self._open_out(target, compress=self.spool is None)
+            Path(self.target).parent.mkdir(parents=True, exist_ok=True)
+            self.out = self._open_out(self.target, compress=self.spool is None)
         if self.container == "json":
             self.out.write(b"[")
 
@@ -608,7 +607,7 @@ class RowWriter:
         """Finish the file and move it into place."""
         if self.container == "json":
             self.out.write(b"\n]\n" if self.rows else b"]\n")
-        if self.out is sys.stdout.buffer:
+        if self.target is None:  # stdout
             self.out.flush()
             return
         self.out.close()
@@ -623,7 +622,7 @@ class RowWriter:
 
     def abort(self) -> None:
         """Drop whatever was written: no half-written output is left behind."""
-        if self.out is not sys.stdout.buffer:
+        if self.target is not None:
             with contextlib.suppress(Exception):
                 self.out.close()
         for name in (self.spool, self.tmp):
@@ -722,7 +721,7 @@ def _json_text(value: Any) -> str | None:
 
 
 def _write_parquet(tables: Iterable[pa.Table], schema: pa.Schema, out: str) -> None:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # noqa: PLC0415 - start-up time: Arrow only for Parquet and zstd
 
     with pq.ParquetWriter(out, schema, compression="zstd") as writer:
         for table in tables:

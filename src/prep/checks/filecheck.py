@@ -24,6 +24,7 @@ from prep.checks.stats import Stats
 from prep.core.columns import ACCEPTS
 from prep.core.findings import Batch, Finding, Reject, RowError, Source, Tally
 from prep.core.records import Record, kind_of, record_id, type_name
+from prep.core.result import Meter
 from prep.files import RowWriter
 from prep.formats import detect, make_options, module
 
@@ -99,6 +100,7 @@ class Context:
     near: quality.NearDuplicates = field(default_factory=quality.NearDuplicates)
     rejects: RowWriter | None = None
     tokens: TokenCheck | None = None
+    meter: Meter = field(default_factory=lambda: Meter(None))
 
 
 class FileCheck:

@@ -53,7 +53,7 @@ def _explainer(name: str) -> Draft202012Validator:
 def _fast(name: str) -> Any:
     """jsonschema-rs validator for the happy path, or None when the package is not installed."""
     try:
-        import jsonschema_rs
+        import jsonschema_rs  # noqa: PLC0415 - optional: jsonschema-rs, the fast validator, when installed
     except ImportError:
         return None
     registry = jsonschema_rs.Registry([(BASE + f"{n}.json", load(n)) for n in NAMES])

@@ -1,5 +1,5 @@
 """Token statistics and token-level checks (`prep validate --tokenizer`), through the same code
-`prep tokenize` uses (prep.tokenize.Encoder with a prep.templates template), so what validate
+`prep tokenize` uses (prep.render.encoder.Encoder with a prep.render template), so what validate
 counts is what would be trained: tokens and trained tokens per row (min, max, mean, median, p10,
 p90, as the OpenAI cookbook prints them), rows over --max-len, rows with no trained token after
 masking, and text that contains one of the tokenizer's special-token strings (the tokenizer would

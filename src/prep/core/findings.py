@@ -7,10 +7,12 @@ Every stage speaks this vocabulary: a row that cannot go on becomes a `Reject` c
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 T = TypeVar("T")
+U = TypeVar("U")
 EXAMPLES_PER_REASON = 3
 
 
@@ -117,6 +119,37 @@ class Batch(Generic[T]):
         return Batch(rejects=self.rejects, altered=self.altered)
 
 
+class Altered(NamedTuple):
+    """What a per-row function returns for a row it changed on the way (cut, turns dropped): the row goes
+    on, and the change is counted and kept beside the rejects."""
+
+    value: Any
+    finding: Finding
+
+
+def per_row(fn: Callable[[T, Source], U | Altered], keep: Callable[[T], Any] | None = None) -> Callable[
+        [Batch[T]], Batch[U]]:
+    """A batch stage from a per-row function: `fn(item, source)` returns the row's output, raises `RowError`
+    (the row is rejected; the reject keeps `keep(item)`, by default the item itself) or returns `Altered`.
+    Rejects and alterations of earlier stages ride along, so the last stage accounts for every row."""
+
+    def stage(batch: Batch[T]) -> Batch[U]:
+        out: Batch[U] = batch.carry()
+        for item, source in zip(batch.items, batch.sources, strict=True):
+            try:
+                result = fn(item, source)
+            except RowError as e:
+                out.reject(source, e.findings, item if keep is None else keep(item))
+                continue
+            if isinstance(result, Altered):
+                out.alter(source, [result.finding], item if keep is None else keep(item))
+                result = result.value
+            out.add(result, source)
+        return out
+
+    return stage
+
+
 @dataclass(slots=True)
 class Tally:
     """Counts for the end-of-run line; `balanced` is the invariant every command checks."""
@@ -144,6 +177,14 @@ class Tally:
             if self.rejected[reject.reason] <= EXAMPLES_PER_REASON:
                 self.examples.append(reject)
         self.altered.update(a.reason for a in batch.altered)
+
+    def add(self, other: Tally) -> None:
+        """Add another tally's counts to this one (the files of a run, the stages of a recipe)."""
+        self.read += other.read
+        self.written += other.written
+        self.rejected.update(other.rejected)
+        self.altered.update(other.altered)
+        self.examples += other.examples
 
     def summary(self) -> str:
         text = f"read {self.read}, wrote {self.written}, rejected {self.rejected_total}"

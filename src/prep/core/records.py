@@ -1,4 +1,4 @@
-"""The canonical records every reader emits and every writer takes (DESIGN §2, TRL-compatible).
+"""The canonical records every reader emits and every writer takes (design §2, TRL-compatible).
 
     chat        {"id", "messages": [message], "tools"?: [tool]}
     preference  {"id", "prompt": [message], "chosen": [message], "rejected": [message], "tools"?}

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 from types import ModuleType
 from typing import Any
 
-from prep.core.findings import Batch, PrepError, RowError
+from prep.core.findings import Batch, PrepError, Source, per_row
 from prep.core.records import Record, record_id
 from prep.files import read_rows, split_suffix
 from prep.formats import alpaca, autotrain, coqa, openai, sharegpt, text, trl
@@ -42,14 +42,7 @@ def detect(row: Any) -> str | None:
 def to_records(batches: Iterable[Batch[Any]], fmt: str, options: Any) -> Iterator[Batch[Record]]:
     """Stage: raw rows -> canonical records; a row the reader refuses becomes a reject."""
     read = module(fmt).read
-    for batch in batches:
-        out: Batch[Record] = batch.carry()
-        for row, source in zip(batch.items, batch.sources, strict=True):
-            try:
-                out.add({"id": record_id(row, source), **read(row, options)}, source)
-            except RowError as e:
-                out.reject(source, e.findings, row)
-        yield out
+    return map(per_row(lambda row, source: {"id": record_id(row, source), **read(row, options)}), batches)
 
 
 def from_records(batches: Iterable[Batch[Record]], fmt: str, options: Any, ids: bool = True) -> Iterator[Batch[Any]]:
@@ -57,16 +50,12 @@ def from_records(batches: Iterable[Batch[Record]], fmt: str, options: Any, ids: 
     mod = module(fmt)
     if not hasattr(mod, "write"):
         raise PrepError(f"{fmt} is read-only; write one of {', '.join(WRITABLE)}")
-    for batch in batches:
-        out: Batch[Any] = batch.carry()
-        for record, source in zip(batch.items, batch.sources, strict=True):
-            try:
-                row = mod.write(record, options)
-            except RowError as e:
-                out.reject(source, e.findings, record)
-                continue
-            out.add({"id": record["id"], **row} if ids else row, source)
-        yield out
+
+    def write(record: Record, source: Source) -> Any:
+        row = mod.write(record, options)
+        return {"id": record["id"], **row} if ids else row
+
+    return map(per_row(write), batches)
 
 
 def detect_file(batches: Iterator[Batch[Any]], name: str) -> tuple[str, Iterator[Batch[Any]]]:

@@ -14,9 +14,6 @@ from prep.files import display_name, read_rows
 from prep.formats import llamafactory as lf
 from prep.formats import make_options, read_records, to_records
 
-# The format options Inputs.settings may hold (CoQA's system prompt, AutoTrain's columns and prefixes).
-SETTINGS = ("system", "text_column", "rejected_text_column", "prompt_text_column", "human_prefix", "bot_prefix")
-
 
 @dataclass
 class Inputs:

@@ -24,6 +24,7 @@ from jsonschema import Draft202012Validator, ValidationError
 from prep.checks import schemas
 from prep.core.extras import require_train_extra
 from prep.core.findings import PrepError
+from prep.core.options import RECIPE_SECTIONS, TABLES
 from prep.formats import llamafactory
 
 STAGES = ("convert", "validate", "tokenize", "pack", "train")
@@ -178,7 +179,7 @@ def _check_schema(data: dict[str, Any], lines: _Lines) -> None:
     found = [(_explain(e, lines), -len(e.absolute_path)) for e in Draft202012Validator(schema).iter_errors(data)]
     if found:  # in file order; on one line the most specific first
         found.sort(key=lambda f: (_line_number(f[0]), f[1]))
-        raise PrepError("\n".join(text for text, _ in found))
+        raise PrepError("\n".join(dict.fromkeys(text for text, _ in found)))  # a value can fail two keywords
 
 
 def _line_number(message: str) -> int:
@@ -190,6 +191,8 @@ def _explain(e: ValidationError, lines: _Lines) -> str:
     """One line per schema error, in words a recipe author can act on."""
     at: JsonPath = tuple(e.absolute_path)
     where = _dotted(at)
+    if len(at) == 2 and at[0] in RECIPE_SECTIONS and (problem := _table_problem(at, e.instance)):
+        return f"{lines.at(at)}: {where} {problem}{_exponent_hint(e.instance, 'number')}"
     if e.validator == "additionalProperties":
         known = sorted(e.schema.get("properties", {}))
         out = []
@@ -212,11 +215,21 @@ def _explain(e: ValidationError, lines: _Lines) -> str:
     if e.validator == "enum":
         return f"{lines.at(at)}: {where}: {e.instance!r} is not one of {', '.join(map(str, e.validator_value))}"
     if e.validator == "type":
-        hint = ""
-        if isinstance(e.instance, str) and e.validator_value == "number" and _FLOAT.match(e.instance):
-            hint = " (YAML reads a number with an exponent but no dot as text: write it as 2.0e-4 or 0.0002)"
-        return f"{lines.at(at)}: {where}: {e.instance!r} is not of type {e.validator_value}{hint}"
+        return f"{lines.at(at)}: {where}: {e.instance!r} is not of type {e.validator_value}" \
+            f"{_exponent_hint(e.instance, e.validator_value)}"
     return f"{lines.at(at)}: {where}: {e.message}"
+
+
+def _table_problem(at: JsonPath, value: Any) -> str | None:
+    """A stage option's value refused in the options table's words, the same as on the command line."""
+    option = next((o for o in TABLES[str(at[0])] if o.recipe and o.name == at[1]), None)
+    return option.problem(value) if option else None
+
+
+def _exponent_hint(value: Any, wanted: Any) -> str:
+    if isinstance(value, str) and wanted == "number" and _FLOAT.match(value):
+        return " (YAML reads a number with an exponent but no dot as text: write it as 2.0e-4 or 0.0002)"
+    return ""
 
 
 def _path_keys(data: dict[str, Any]) -> Iterable[JsonPath]:
@@ -284,7 +297,7 @@ def _check_files(data: dict[str, Any], lines: _Lines) -> None:
     if "train" in data and kind in ("dpo", "kto"):
         raise PrepError(f"{lines.at(('train',), key=True)}: train: {kind} shards are not trained by prep train yet; "
                         "remove the train section and train the shards with TRL's DPOTrainer/KTOTrainer through "
-                        "prep.shards.load_for_trl and pretokenized (see README)")
+                        "prep.load_for_trl and prep.pretokenized (see README)")
     if "train" in data:  # before anything runs, not after tokenizing
         try:
             require_train_extra()

@@ -28,9 +28,11 @@ from typing import Any
 
 from prep import __version__
 from prep.core.findings import PrepError
+from prep.core.options import SETTINGS
+from prep.core.result import Progress, Result
 from prep.files import sha256_file, write_json
 from prep.formats import llamafactory
-from prep.formats.inputs import SETTINGS, Inputs
+from prep.formats.inputs import Inputs
 from prep.recipes.recipe import Recipe, relative
 from prep.stages import validate_report as show
 from prep.stages.convert import convert
@@ -56,7 +58,10 @@ class Stage:
 
 
 @dataclass
-class RunResult:
+class RunResult(Result):
+    """A run: each stage's status and summary; the tally counts the rows the first stage read and, by
+    stage, the rows each stage rejected. `to_dict()` is run.json."""
+
     recipe: Recipe
     stages: list[Stage]
     stopped: str | None = None  # why the run stopped before its last stage (validation errors)
@@ -74,6 +79,12 @@ class RunResult:
         2: a stage could not run."""
         return 2 if self.failed else 1 if self.stopped or self.rejected else 0
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"recipe": str(self.recipe.path), "name": self.recipe.name, "output": str(self.recipe.output),
+                "overrides": self.recipe.overrides, "stopped": self.stopped, "failed": self.failed,
+                "rejected": self.rejected, "seconds": round(self.seconds, 3),
+                "stages": [asdict(s) | {"folder": str(s.folder)} for s in self.stages]}
+
 
 class View:
     """What a run reports as it goes; this one stays silent (for the Python API), RichView draws it."""
@@ -81,7 +92,7 @@ class View:
     def start(self, stage: Stage) -> None:
         """The stage begins."""
 
-    def progress(self, stage: Stage, info: str, done: float | None = None, total: float | None = None) -> None:
+    def progress(self, stage: Stage, progress: Progress) -> None:
         """Work done inside the stage."""
 
     def finish(self, stage: Stage) -> None:
@@ -184,7 +195,7 @@ def _recipe_inputs(recipe: Recipe) -> Inputs:
 def _convert(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
     to = recipe.section("convert")["to"]
     out, rejects = stage.folder / "data.jsonl", stage.folder / "rejects.jsonl"
-    result = convert(flow.inputs, to, str(out), rejects=str(rejects))
+    result = convert(flow.inputs, to, str(out), rejects=str(rejects), progress=lambda p: view.progress(stage, p))
     t = result.tally
     return {"outputs": ["data.jsonl"], "format": to, "read": t.read, "written": t.written,
             "rejected": t.rejected_total, "rejected_by_reason": dict(t.rejected), "formats": result.formats,
@@ -194,14 +205,12 @@ def _convert(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str,
 
 def _validate(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
     opts, tok = recipe.section("validate"), recipe.section("tokenize")
-    inputs = flow.inputs
     rejects = stage.folder / "rejects.jsonl"
     tokens = {"tokenizer": tok["tokenizer"], "template": tok.get("template"), "max_len": tok.get("max_len")} \
         if opts.get("tokens") else {}
-    result = validate(list(inputs.files), format=inputs.format, kind=tok.get("kind"), settings=inputs.settings,
-                      container=inputs.container, txt_split=inputs.txt_split, strict=opts.get("strict", False),
-                      rejects=str(rejects), min_rows=opts.get("min_rows", 1), max_chars=opts.get("max_chars", 32_000),
-                      **tokens)
+    result = validate(flow.inputs, kind=tok.get("kind"), strict=opts.get("strict", False), rejects=str(rejects),
+                      min_rows=opts.get("min_rows", 1), max_chars=opts.get("max_chars", 32_000),
+                      progress=lambda p: view.progress(stage, p), **tokens)
     stage.folder.mkdir(parents=True, exist_ok=True)
     show.write_json(result, str(stage.folder / "report.json"))
     summary = {"outputs": ["report.json"], "read": result.rows_read, "accepted": result.rows_accepted,
@@ -235,17 +244,10 @@ class _Stopped(Exception):
 
 def _tokenize(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
     opts = recipe.section("tokenize")
-    seen = [0, 0]
-
-    def progress(rows: int, tokens: int) -> None:
-        seen[0] += rows
-        seen[1] += tokens
-        view.progress(stage, f"{seen[0]:,} rows {seen[1]:,} tokens")
-
     result = tokenize(flow.inputs, opts["tokenizer"], str(stage.folder), template=opts.get("template"),
                       kind=opts.get("kind"), train_on=opts.get("train_on", "auto"), max_len=opts.get("max_len"),
                       overflow=opts.get("overflow", "drop"), workers=opts.get("workers", 1),
-                      rejects=str(stage.folder / "rejects.jsonl"), progress=progress)
+                      rejects=str(stage.folder / "rejects.jsonl"), progress=lambda p: view.progress(stage, p))
     m, t = result.manifest, result.tally
     trained = f", {m['tokens']['loss']:,} trained" if m["kind"] in ("sft", "pretrain") else ""
     return {"outputs": ["manifest.json"], "kind": m["kind"], "read": t.read, "written": t.written,
@@ -260,7 +262,7 @@ def _pack(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, An
     assert flow.shards is not None
     m = pack(flow.shards, stage.folder, opts["max_len"], strategy=opts.get("strategy", "bfd"),
              seed=opts.get("seed", 0), window=opts.get("window", DEFAULT_WINDOW),
-             rejects=str(stage.folder / "rejects.jsonl"))
+             rejects=str(stage.folder / "rejects.jsonl"), progress=lambda p: view.progress(stage, p)).manifest
     c, packing = m["counts"], m["packing"]
     rejected = sum(c["rejected"].values())
     return {"outputs": ["manifest.json"], "read": c["read"], "written": c["written"], "rows": c["rows"],
@@ -278,11 +280,7 @@ def _train(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, A
     elif stage.folder.exists():  # an interrupted run of other shards or options: start again
         shutil.rmtree(stage.folder)
 
-    def progress(point: dict[str, Any]) -> None:
-        view.progress(stage, f"step {point['step']}/{point['max_steps']} loss {point['loss']:.4f} "
-                             f"{point['tokens_per_s']:.0f} tok/s", point["step"], point["max_steps"])
-
-    report = train(str(flow.shards), options, progress)
+    report = train(str(flow.shards), options, lambda p: view.progress(stage, p)).report
     saved = os.path.relpath(report["output"], stage.folder)
     loss = f", loss {report['first_loss']:.4f} -> {report['last_loss']:.4f}" if report["first_loss"] is not None else ""
     return {"outputs": [saved, REPORT], "method": report["method"], "steps": report["steps"],
@@ -325,7 +323,7 @@ def run(recipe: Recipe, *, dry_run: bool = False, view: View | None = None,
     `stages`: the plan, when the caller made it already (to draw it) for this recipe."""
     view = view or View()
     started = time.perf_counter()
-    result = RunResult(recipe, stages if stages is not None else plan(recipe))
+    result = RunResult(recipe, stages if stages is not None else plan(recipe), outputs={"run": str(recipe.output)})
     if dry_run:
         return result
     flow = _Flow(_recipe_inputs(recipe))
@@ -351,7 +349,17 @@ def run(recipe: Recipe, *, dry_run: bool = False, view: View | None = None,
         _advance(stage, flow)
         view.finish(stage)
     result.seconds = time.perf_counter() - started
+    _count_rows(result)
     return result
+
+
+def _count_rows(result: RunResult) -> None:
+    """The run's tally: rows the first stage read, rows each stage rejected (by stage), and the rows left."""
+    reached = [s for s in result.stages if s.status in ("ran", "skipped", "stopped") and "read" in s.summary]
+    if reached:
+        result.tally.read = reached[0].summary["read"]
+    result.tally.rejected.update({s.name: s.summary["rejected"] for s in reached if s.summary.get("rejected")})
+    result.tally.written = result.tally.read - result.tally.rejected_total
 
 
 def _write_stamp(stage: Stage) -> None:
@@ -362,19 +370,11 @@ def _write_stamp(stage: Stage) -> None:
     write_json(stage.folder / STAMP, stamp)
 
 
-def to_dict(result: RunResult) -> dict[str, Any]:
-    """The run as JSON (written to the run folder as run.json)."""
-    return {"recipe": str(result.recipe.path), "name": result.recipe.name, "output": str(result.recipe.output),
-            "overrides": result.recipe.overrides, "stopped": result.stopped, "failed": result.failed,
-            "rejected": result.rejected,
-            "seconds": round(result.seconds, 3), "stages": [asdict(s) | {"folder": str(s.folder)} for s in result.stages]}
-
-
 def write_run_json(result: RunResult) -> Path:
     """run.json in the run folder, replaced whole (a reader never sees half of it)."""
     path = result.recipe.output / "run.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, to_dict(result))
+    write_json(path, result.to_dict())
     return path
 
 
@@ -386,8 +386,8 @@ class RichView(View):
     """One live progress view on stderr: a line per stage, filled in as the stages run or are skipped."""
 
     def __init__(self, stages: list[Stage], console: Any) -> None:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-        from rich.table import Column
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415 - start-up time: rich only for the terminal view
+        from rich.table import Column  # noqa: PLC0415 - start-up time: rich only for the terminal view
 
         self.bar = Progress(TextColumn("{task.fields[mark]}", table_column=Column(width=1)),
                             TextColumn("[bold]{task.description}", table_column=Column(width=8, no_wrap=True)),
@@ -410,11 +410,12 @@ class RichView(View):
         if stage.status == "run":
             self.bar.update(self.tasks[stage.name], mark="…", info="running")
 
-    def progress(self, stage: Stage, info: str, done: float | None = None, total: float | None = None) -> None:
-        self.bar.update(self.tasks[stage.name], info=info, completed=done or 0, total=total)
+    def progress(self, stage: Stage, progress: Progress) -> None:
+        self.bar.update(self.tasks[stage.name], info=progress.line(), completed=progress.step or 0,
+                        total=progress.steps)
 
     def finish(self, stage: Stage) -> None:
-        from rich.markup import escape
+        from rich.markup import escape  # noqa: PLC0415 - start-up time: rich only for the terminal view
 
         mark = {"ran": "[green]✓", "skipped": "[cyan]=", "stopped": "[red]✗", "failed": "[red]✗"}[stage.status]
         word = {"ran": "", "skipped": "skipped, unchanged: ", "stopped": "stopped: ", "failed": "failed: "}[
@@ -426,7 +427,7 @@ class RichView(View):
 
 def print_plan(result: RunResult, console: Any) -> None:
     """`--dry-run`: the stages, their keys and which would run."""
-    from rich.table import Table
+    from rich.table import Table  # noqa: PLC0415 - start-up time: rich only for the terminal view
 
     table = Table(title=f"prep run {result.recipe.path} (dry run: nothing is run)", title_justify="left")
     for col in ("stage", "would", "key", "folder"):
@@ -439,8 +440,8 @@ def print_plan(result: RunResult, console: Any) -> None:
 
 def print_summary(result: RunResult, console: Any, run_json: Path) -> None:
     """Where everything went: each stage's folder, its rejects, and the files a user opens next."""
-    from rich.markup import escape
-    from rich.table import Table
+    from rich.markup import escape  # noqa: PLC0415 - start-up time: rich only for the terminal view
+    from rich.table import Table  # noqa: PLC0415 - start-up time: rich only for the terminal view
 
     table = Table(title=f"prep run {result.recipe.name}: {result.seconds:.1f} s", title_justify="left")
     table.add_column("stage")

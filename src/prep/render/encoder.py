@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from prep.core.columns import ACCEPTS, KIND_OF_RECORD, schema
-from prep.core.findings import Batch, Finding, PrepError, RowError, Source, row_error
+from prep.core.findings import Altered, Batch, Finding, PrepError, RowError, Source, per_row, row_error
 from prep.core.records import Record, kind_of
 from prep.render.spans import Rendered, Span, Specials, nothing_to_train, resolve_train_on
 from prep.render.templates import AnyTemplate, document, render_pair, text_only
@@ -43,9 +43,17 @@ class _Row:
     parts: list[list[int]]
     ranges: list[tuple[int, int]] = field(default_factory=list)
     label: bool | None = None
+    id: str = ""
 
 
-_Prepared = tuple[Batch[str], list[tuple[Record, Source, Any, list[str]]]]
+@dataclass(slots=True)
+class _Job:
+    """A record on its way through the encoder: how it was rendered, its texts, then their encodings."""
+
+    record: Record
+    plan: Any
+    texts: list[str]
+    encodings: list[Any] = field(default_factory=list)
 
 
 class Encoder:
@@ -72,38 +80,20 @@ class Encoder:
         """Tokenize a batch: its rows as an Arrow table and a batch of their ids, sources and rejects."""
         return self.encode(self.prepare(batch))
 
-    def prepare(self, batch: Batch[Record]) -> _Prepared:
+    def prepare(self, batch: Batch[Record]) -> Batch[_Job]:
         """The Python half: render every record (a row that cannot be rendered is rejected here)."""
-        out: Batch[str] = batch.carry()
-        jobs: list[tuple[Record, Source, Any, list[str]]] = []
-        for record, source in zip(batch.items, batch.sources, strict=True):
-            try:
-                plan, texts = self._render(record)
-            except RowError as e:
-                out.reject(source, e.findings, record)
-                continue
-            jobs.append((record, source, plan, texts))
-        return out, jobs
+        return per_row(lambda record, _: _Job(record, *self._render(record)))(batch)
 
-    def encode(self, prepared: _Prepared) -> tuple[Batch[str], pa.Table]:
+    def encode(self, jobs: Batch[_Job]) -> tuple[Batch[str], pa.Table]:
         """The Rust half (the GIL is released while it runs), then labels and the Arrow table."""
-        out, jobs = prepared
-        encodings = self.backend.encode_batch([t for job in jobs for t in job[3]], add_special_tokens=False)
-        rows: list[_Row] = []
+        encodings = self.backend.encode_batch([t for job in jobs.items for t in job.texts], add_special_tokens=False)
         k = 0
-        for record, source, plan, texts in jobs:
-            encs = encodings[k:k + len(texts)]
-            k += len(texts)
-            try:
-                row, altered = self._finish(record, plan, encs)
-            except RowError as e:
-                out.reject(source, e.findings, record)
-                continue
-            if altered:
-                out.alter(source, [altered], record)
-            out.add(record["id"], source)
-            rows.append(row)
-        return out, self._table(rows, out.items)
+        for job in jobs.items:
+            job.encodings = encodings[k:k + len(job.texts)]
+            k += len(job.texts)
+        done = per_row(self._finish, keep=lambda job: job.record)(jobs)
+        ids = Batch([job_row.id for job_row in done.items], done.sources, done.rejects, done.altered)
+        return ids, self._table(done.items, ids.items)
 
     # rendering -----------------------------------------------------------------------------------------------
 
@@ -130,7 +120,12 @@ class Encoder:
 
     # tokens and labels ---------------------------------------------------------------------------------------
 
-    def _finish(self, record: Record, plan: Any, encs: list[Any]) -> tuple[_Row, Finding | None]:
+    def _finish(self, job: _Job, source: Source) -> _Row | Altered:
+        row, altered = self._tokens(job.record, job.plan, job.encodings)
+        row.id = job.record["id"]
+        return Altered(row, altered) if altered else row
+
+    def _tokens(self, record: Record, plan: Any, encs: list[Any]) -> tuple[_Row, Finding | None]:
         if self.settings.kind in ("dpo", "kto"):
             return self._pair(record, plan, encs)
         enc = encs[0]

@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prep.core.findings import PrepError, RowError, row_error
+from prep.core.options import TRAIN_ON
 
 Span = tuple[int, int]
-TRAIN_ON = ("auto", "assistant", "last", "all", "content")
-OVERFLOW = ("drop", "truncate", "turns")  # what `prep tokenize --max-len` does with a longer row
 
 
 @dataclass(slots=True)

@@ -100,7 +100,7 @@ def load_tokenizer(path: str) -> Tokenizer:
     """A tokenizer from a local folder (or a hub id already in the local cache; nothing is downloaded)."""
     folder = _tokenizer_folder(path)
     try:
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # noqa: PLC0415 - start-up time: transformers only when a tokenizer loads
 
         hf = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds for a folder it cannot read
@@ -122,7 +122,7 @@ def _tokenizer_folder(path: str) -> Path:
         raise PrepError(f"--tokenizer {path}: give the folder that holds tokenizer.json, not a file")
     if path.count("/") == 1 and not path.startswith((".", "/", "~")):
         try:
-            from huggingface_hub import snapshot_download
+            from huggingface_hub import snapshot_download  # noqa: PLC0415 - start-up time: transformers only when a tokenizer loads
 
             return Path(snapshot_download(path, local_files_only=True))
         except Exception:  # noqa: BLE001 - any failure means: not in the local cache

@@ -25,7 +25,6 @@ import pyarrow as pa
 from prep.core.findings import Batch, Finding, Source
 from prep.shards.layout import SCHEMAS
 
-STRATEGIES = ("bfd", "wrap")
 _SCHEMA = SCHEMAS["sft"]
 
 

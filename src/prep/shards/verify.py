@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prep.core.findings import Finding, PrepError
+from prep.core.result import Result
 from prep.files import sha256_file
 from prep.shards.layout import DATA_DIR, MANIFEST, SCHEMAS, read_manifest
 
@@ -27,10 +28,11 @@ _HINT = "rebuild the folder with the prep command that made it; never edit shard
 
 
 @dataclass
-class Verification:
-    """What `verify` found: findings (at most MAX_PER_CODE kept per code, all counted) and totals."""
+class Verification(Result):
+    """What `verify` found: findings (at most MAX_PER_CODE kept per code, all counted) and totals; the
+    tally counts the rows checked."""
 
-    folder: str
+    folder: str = ""
     findings: list[Finding] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     rows: int = 0
@@ -50,16 +52,24 @@ class Verification:
     def ok(self) -> bool:
         return self.errors == 0
 
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+    def details(self) -> dict[str, Any]:
+        return {"folder": self.folder, "ok": self.ok, "rows": self.rows, "tokens": self.tokens,
+                "counts": dict(self.counts), "findings": [f.to_dict() for f in self.findings]}
+
 
 _WARNINGS = {"unlisted_file"}
 
 
-def verify(folder: str | Path) -> Verification:
-    """Check `folder` against its manifest; every problem becomes a finding."""
-    folder = Path(folder)
+def verify(shards: str | Path) -> Verification:
+    """Check the shard folder `shards` against its manifest; every problem becomes a finding."""
+    folder = Path(shards)
     if not folder.is_dir():
         raise PrepError(f"{folder}: no such folder")
-    result = Verification(str(folder))
+    result = Verification(folder=str(folder))
     try:
         manifest = read_manifest(folder)
     except PrepError as e:
@@ -80,6 +90,7 @@ def verify(folder: str | Path) -> Verification:
     if totals["unreadable"] == 0:  # totals over shards that could not be read would only repeat their finding
         _check_totals(manifest, totals, result)
     result.rows, result.tokens = totals["rows"], totals["tokens"]
+    result.tally.read = result.tally.written = result.rows
     return result
 
 

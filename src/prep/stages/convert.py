@@ -4,35 +4,39 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from prep.core.findings import PrepError, Tally
+from prep.core.findings import PrepError
+from prep.core.options import check
+from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files import RowWriter
-from prep.formats import WRITABLE, from_records, make_options
+from prep.formats import from_records, make_options
 from prep.formats.inputs import Inputs, read_inputs
 
 
 @dataclass
-class ConvertResult:
-    tally: Tally
-    formats: dict[str, str]
-    output: str
+class ConvertResult(Result):
+    formats: dict[str, str] = field(default_factory=dict)  # each file read, and the format it was read as
+
+    def details(self) -> dict[str, Any]:
+        return {"formats": self.formats}
 
 
 def convert(inputs: Inputs, to: str, output: str = "-", *, rejects: str | None = None,
-            settings: dict[str, Any] | None = None, ids: bool = True) -> ConvertResult:
+            settings: dict[str, Any] | None = None, ids: bool = True,
+            progress: ProgressFn | None = None) -> ConvertResult:
     """Convert `inputs` to format `to` in `output` (`-`: stdout); refused rows go to `rejects`.
 
     `settings` are the writer's options (e.g. AutoTrain column names); output files appear only
     when the whole run succeeds."""
-    if to not in WRITABLE:
-        raise PrepError(f"cannot write {to!r}; one of {', '.join(WRITABLE)}")
+    check("convert", {"to": to, "output": output, "rejects": rejects, "ids": ids})
     if rejects and os.path.abspath(rejects) == os.path.abspath(output):
         raise PrepError(f"{rejects}: the output and the rejects file must differ")
-    result = ConvertResult(Tally(), {}, output)
+    result = ConvertResult(outputs=outputs(output=output, rejects=rejects))
     records = read_inputs(inputs, result.formats)
     rows = from_records(records, to, make_options(to, settings if settings is not None else inputs.settings), ids)
+    meter = Meter(progress)
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(RowWriter(output))
         bad = stack.enter_context(RowWriter(rejects, "jsonl")) if rejects else None
@@ -42,4 +46,5 @@ def convert(inputs: Inputs, to: str, output: str = "-", *, rejects: str | None =
             if bad:
                 bad.write(r.to_dict() for r in batch.rejects)
             result.tally.count(batch)
+            meter.add(len(batch.items) + len(batch.rejects))
     return result

@@ -3,6 +3,7 @@ boundaries marked (axolotl's `--debug`, but for the exact bytes on disk)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,9 @@ from rich.console import Console
 from rich.rule import Rule
 from rich.text import Text
 
-from prep.core.findings import PrepError
+from prep.core.findings import PrepError, Tally
+from prep.core.options import check
+from prep.core.result import Result
 from prep.render.tokenizer import load_tokenizer
 from prep.shards.layout import read_manifest
 from prep.shards.reader import read_row
@@ -47,30 +50,39 @@ def render_tokens(tokenizer: Any, ids: list[int], labels: list[int] | None, show
     return text
 
 
-def inspect_row(folder: str | Path, index: int = 0, *, tokenizer: str | None = None, show_ids: bool = False,
-                console: Console | None = None) -> dict[str, Any]:
-    """Print row `index` of `folder` and return it."""
+@dataclass
+class InspectResult(Result):
+    row: dict[str, Any] = field(default_factory=dict)  # the shard row as stored
+
+    def details(self) -> dict[str, Any]:
+        return {"row": self.row}
+
+
+def inspect(shards: str | Path, row: int = 0, *, tokenizer: str | None = None, show_ids: bool = False,
+            console: Console | None = None) -> InspectResult:
+    """Print row `row` (0-based) of the shard folder `shards`, decoded, and return it."""
+    check("inspect", {"row": row, "tokenizer": tokenizer, "show_ids": show_ids})
     console = console or Console()
-    manifest = read_manifest(folder)
+    manifest = read_manifest(shards)
     tok = tokenizer_for(manifest, tokenizer)
-    row = read_row(folder, index)
+    data = read_row(shards, row)
     kind = manifest["kind"]
-    console.print(f"[bold]{folder}[/] row {index} of {manifest['counts']['rows']} ({kind}, {row['num_tokens']} tokens"
-                  + (f", {row['num_loss_tokens']} trained" if "num_loss_tokens" in row else "") + ")   legend: "
+    console.print(f"[bold]{shards}[/] row {row} of {manifest['counts']['rows']} ({kind}, {data['num_tokens']} tokens"
+                  + (f", {data['num_loss_tokens']} trained" if "num_loss_tokens" in data else "") + ")   legend: "
                   f"[{TRAINED}]trained[/] [{UNTRAINED}]not trained[/]")
     if kind in ("sft", "pretrain"):
         start = 0
-        for k, (n, doc_id) in enumerate(zip(row["seq_lengths"], row["ids"], strict=True), 1):
-            console.print(Rule(f"document {k}/{len(row['seq_lengths'])}: {doc_id} ({n} tokens)", align="left"))
+        for k, (n, doc_id) in enumerate(zip(data["seq_lengths"], data["ids"], strict=True), 1):
+            console.print(Rule(f"document {k}/{len(data['seq_lengths'])}: {doc_id} ({n} tokens)", align="left"))
             end = start + n
-            console.print(render_tokens(tok, row["input_ids"][start:end], row["labels"][start:end], show_ids))
+            console.print(render_tokens(tok, data["input_ids"][start:end], data["labels"][start:end], show_ids))
             start = end
     else:
-        console.print(Rule(f"{', '.join(row['ids'])}", align="left"))
-        for column in [c for c in row if c.endswith("_input_ids")]:
-            trained = None if column == "prompt_input_ids" else [0] * len(row[column])
+        console.print(Rule(f"{', '.join(data['ids'])}", align="left"))
+        for column in [c for c in data if c.endswith("_input_ids")]:
+            trained = None if column == "prompt_input_ids" else [0] * len(data[column])
             console.print(Rule(column.removesuffix("_input_ids"), align="left", style="dim"))
-            console.print(render_tokens(tok, row[column], trained, show_ids))
-        if "label" in row:
-            console.print(f"label: {row['label']}")
-    return row
+            console.print(render_tokens(tok, data[column], trained, show_ids))
+        if "label" in data:
+            console.print(f"label: {data['label']}")
+    return InspectResult(tally=Tally(1, 1), row=data)

@@ -7,49 +7,60 @@ import hashlib
 import json
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from prep.core.findings import PrepError, Source
+from prep.core.options import check
+from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files import sha256_file
 from prep.shards.layout import MANIFEST, SCHEMAS, read_manifest
-from prep.shards.packing import STRATEGIES, Wrapper, bfd_window, check_lengths
+from prep.shards.packing import Wrapper, bfd_window, check_lengths
 from prep.shards.writer import ShardWriter
 
 DEFAULT_WINDOW = 100_000
 _SCHEMA = SCHEMAS["sft"]
 
 
-def pack(indir: str | Path, outdir: str | Path, max_len: int, *, strategy: str = "bfd", seed: int = 0,
+@dataclass
+class PackResult(Result):
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def details(self) -> dict[str, Any]:
+        return {"manifest": self.manifest}
+
+
+def pack(shards: str | Path, output: str | Path, max_len: int, *, strategy: str = "bfd", seed: int = 0,
          window: int = DEFAULT_WINDOW, shard_rows: int = 100_000, shard_mb: float = 256.0,
-         rejects: str | None = None) -> dict[str, Any]:
-    """Pack the shards in `indir` into `outdir`; returns the new manifest."""
-    if strategy not in STRATEGIES:
-        raise PrepError(f"unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)}")
-    if max_len < 2:
-        raise PrepError("--max-len must be at least 2")
-    source = read_manifest(indir)
+         rejects: str | None = None, progress: ProgressFn | None = None) -> PackResult:
+    """Pack the unpacked shards in `shards` into rows of at most `max_len` tokens in `output`."""
+    check("pack", {"max_len": max_len, "strategy": strategy, "seed": seed, "window": window, "rejects": rejects})
+    source = read_manifest(shards)
     if source["kind"] not in ("sft", "pretrain"):
-        raise PrepError(f"{indir}: {source['kind']} shards are trained as pairs and are not packed")
-    if Path(outdir).resolve() == Path(indir).resolve():
+        raise PrepError(f"{shards}: {source['kind']} shards are trained as pairs and are not packed")
+    if Path(output).resolve() == Path(shards).resolve():
         raise PrepError("write packed shards to a new folder (-o), not over the input")
     window = window or 2**62
     options = {"max_len": max_len, "strategy": strategy, "seed": seed, "window": window, "shard_rows": shard_rows,
                "shard_mb": shard_mb}
-    source_sha = sha256_file(Path(indir) / MANIFEST)
+    source_sha = sha256_file(Path(shards) / MANIFEST)
     meta = {k: v for k, v in source.items() if k in ("tokenizer", "template", "train_on", "overflow", "inputs")}
     meta.update(max_len=max_len, packing={"strategy": strategy, "seed": seed, "window": window},
-                source={"path": str(indir), "manifest_sha256": source_sha, "counts": source["counts"]})
+                source={"path": str(shards), "manifest_sha256": source_sha, "counts": source["counts"]})
     key = hashlib.sha256(json.dumps([source_sha, options, meta], sort_keys=True).encode()).hexdigest()
     policy = source.get("overflow") or "drop"
     rng = random.Random(seed)
     wrapper = Wrapper(max_len) if strategy == "wrap" else None
-    with ShardWriter(outdir, source["kind"], meta, rejects=rejects, shard_rows=shard_rows, shard_mb=shard_mb,
+    meter = Meter(progress)
+    with ShardWriter(output, source["kind"], meta, rejects=rejects, shard_rows=shard_rows, shard_mb=shard_mb,
                      resume_key=key) as writer:
-        for table, sources in _windows(Path(indir), source, window):
+        for table, sources in _windows(Path(shards), source, window):
+            meter.add(table.num_rows, int(pc.sum(table["num_tokens"]).as_py() or 0))
             # wrap cuts documents wherever the blocks end, so no document is too long for it
             table, docs = check_lengths(table, sources, max_len if wrapper is None else 2**62, policy)
             writer.account(docs)
@@ -58,7 +69,9 @@ def pack(indir: str | Path, outdir: str | Path, max_len: int, *, strategy: str =
                 writer.add(packed)
         if wrapper and (last := wrapper.add(None)) is not None:
             writer.add(last)
-    return read_manifest(outdir)
+    manifest = read_manifest(output)
+    return PackResult(tally=writer.tally, outputs=outputs(output=output, rejects=rejects),
+                      manifest=manifest)
 
 
 def _windows(indir: Path, manifest: dict[str, Any], window: int) -> Iterator[tuple[pa.Table, list[Source]]]:

@@ -3,6 +3,8 @@ the terminal: counts, token lengths, packing efficiency and the share of tokens 
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +13,9 @@ import pyarrow.compute as pc
 from rich.console import Console
 from rich.table import Table
 
-from prep.core.findings import Tally
+from prep.core.findings import PrepError, Tally
 from prep.core.records import kind_of
+from prep.core.result import Result
 from prep.formats.inputs import Inputs, read_inputs
 from prep.shards.layout import MANIFEST, read_manifest
 from prep.shards.reader import iter_tables
@@ -84,11 +87,25 @@ def input_stats(inputs: Inputs) -> dict[str, Any]:
             "characters": summary(chars_arr), "character_histogram": histogram(chars_arr)}
 
 
-def stats(target: str | list[str], inputs: Inputs | None = None) -> dict[str, Any]:
-    """Shard-folder statistics when `target` is a folder with a manifest, else input-file statistics."""
-    if isinstance(target, str) and (Path(target) / MANIFEST).exists():
-        return shard_stats(target)
-    return input_stats(inputs or Inputs(files=[target] if isinstance(target, str) else target))
+@dataclass
+class StatsResult(Result):
+    stats: dict[str, Any] = field(default_factory=dict)  # what `prep stats --json` prints
+
+    def details(self) -> dict[str, Any]:
+        return {"stats": self.stats}
+
+
+def stats(target: Inputs | str | Path) -> StatsResult:
+    """Statistics of a shard folder (a path), or of the records in input files (`Inputs`)."""
+    if isinstance(target, Inputs):
+        found = input_stats(target)
+    elif (Path(target) / MANIFEST).exists():
+        found = shard_stats(target)
+    else:
+        raise PrepError(f"{target}: no {MANIFEST}; give a finished shard folder, or input files")
+    counts = found["counts"]
+    tally = Tally(counts["read"], counts["written"], Counter(counts["rejected"]), Counter(counts.get("altered", {})))
+    return StatsResult(tally=tally, stats=found)
 
 
 def draw_histogram(console: Console, title: str, buckets: list[tuple[int, int, int]], width: int = 40) -> None:

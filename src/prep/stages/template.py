@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from prep.core.findings import Batch, PrepError, RowError, Tally, row_error
+from prep.core.findings import Batch, PrepError, per_row, row_error
+from prep.core.options import check
 from prep.core.records import Record, kind_of
+from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files import RowWriter
 from prep.formats.inputs import Inputs, read_inputs
 from prep.render.spans import Specials, nothing_to_train, resolve_train_on
@@ -22,14 +24,8 @@ def rows_stage(batches: Iterable[Batch[Record]], template: AnyTemplate | None, t
     {"id", "text", "spans"} (spans: [start, end) characters that carry loss under `train_on`), plain
     text {"id", "text", "spans"} with BOS/EOS as trained, preference rows TRL's {"id", "prompt",
     "chosen", "rejected"} and feedback rows {"id", "prompt", "completion", "label"}."""
-    for batch in batches:
-        out: Batch[dict[str, Any]] = batch.carry()
-        for record, source in zip(batch.items, batch.sources, strict=True):
-            try:
-                out.add({"id": record["id"], **_text_row(record, template, train_on, specials)}, source)
-            except RowError as e:
-                out.reject(source, e.findings, record)
-        yield out
+    return map(per_row(lambda record, _: {"id": record["id"], **_text_row(record, template, train_on, specials)}),
+               batches)
 
 
 def _text_row(record: Record, template: AnyTemplate | None, train_on: str, specials: Specials) -> dict[str, Any]:
@@ -61,25 +57,28 @@ def _text_row(record: Record, template: AnyTemplate | None, train_on: str, speci
 
 
 @dataclass
-class TemplateResult:
-    tally: Tally
-    formats: dict[str, str]
-    template: str
+class TemplateResult(Result):
+    formats: dict[str, str] = field(default_factory=dict)
+    template: str = ""  # the template used, as shown to the user
+
+    def details(self) -> dict[str, Any]:
+        return {"formats": self.formats, "template": self.template}
 
 
-def template(inputs: Inputs, name: str | None = None, tokenizer: str | None = None, output: str | None = "-", *,
-             train_on: str = "auto", rejects: str | None = None,
-             show: Callable[[dict[str, Any]], None] | None = None) -> TemplateResult:
-    """`prep template`: render `inputs` with template `name` (default: the tokenizer's own) and write
-    the text rows (see `rows_stage`) to `output` (None: write nothing); `show` sees every row."""
-
-    if name is None and tokenizer is None:
+def template(inputs: Inputs, template: str | None = None, tokenizer: str | None = None, output: str | None = "-", *,
+             train_on: str = "auto", rejects: str | None = None, on_row: Callable[[dict[str, Any]], None] | None = None,
+             progress: ProgressFn | None = None) -> TemplateResult:
+    """`prep template`: render `inputs` with `template` (default: the tokenizer's own) and write the text
+    rows (see `rows_stage`) to `output` (None: write nothing); `on_row` sees every row."""
+    check("template", {"template": template, "tokenizer": tokenizer, "train_on": train_on, "rejects": rejects})
+    if template is None and tokenizer is None:
         raise PrepError("give --template NAME or --tokenizer DIR (whose chat template is then used)")
-    resolve_train_on(train_on, "chat")
     tok = load_tokenizer(tokenizer) if tokenizer else None
     specials = tok.specials if tok else Specials()
-    chosen = get_template(name or "tokenizer", tok.specials if tok else None, tok.jinja if tok else None)
-    result = TemplateResult(Tally(), {}, getattr(chosen, "label", chosen.name))
+    chosen = get_template(template or "tokenizer", tok.specials if tok else None, tok.jinja if tok else None)
+    result = TemplateResult(outputs=outputs(output=output, rejects=rejects),
+                            template=getattr(chosen, "label", chosen.name))
+    meter = Meter(progress)
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(RowWriter(output)) if output else None
         bad = stack.enter_context(RowWriter(rejects, "jsonl")) if rejects else None
@@ -88,8 +87,9 @@ def template(inputs: Inputs, name: str | None = None, tokenizer: str | None = No
                 out.write(batch.items)
             if bad:
                 bad.write(r.to_dict() for r in batch.rejects)
-            if show:
+            if on_row:
                 for row in batch.items:
-                    show(row)
+                    on_row(row)
             result.tally.count(batch)
+            meter.add(len(batch.items) + len(batch.rejects))
     return result

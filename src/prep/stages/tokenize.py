@@ -16,20 +16,22 @@ import os
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
 import pyarrow as pa
 
-from prep.core.columns import KIND_OF_RECORD, SHARD_KINDS
-from prep.core.findings import Batch, PrepError, Tally
+from prep.core.columns import KIND_OF_RECORD
+from prep.core.findings import Batch, PrepError
+from prep.core.options import check
 from prep.core.records import Record, kind_of
+from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files import sha256_file
 from prep.formats.inputs import Inputs, read_inputs
 from prep.render.encoder import Encoder, Settings
-from prep.render.spans import OVERFLOW, resolve_train_on
+from prep.render.spans import resolve_train_on
 from prep.render.templates import get_template
 from prep.render.tokenizer import Tokenizer, load_tokenizer
 from prep.shards.writer import ShardWriter
@@ -144,27 +146,23 @@ def _first_kind(batches: Iterator[Batch[Record]]) -> tuple[str, Iterator[Batch[R
 
 
 @dataclass
-class TokenizeResult:
-    tally: Tally
-    manifest: dict[str, Any]
-    formats: dict[str, str]
+class TokenizeResult(Result):
+    manifest: dict[str, Any] = field(default_factory=dict)
+    formats: dict[str, str] = field(default_factory=dict)
+
+    def details(self) -> dict[str, Any]:
+        return {"formats": self.formats, "manifest": self.manifest}
 
 
-def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, outdir: str, *, template: str | None = None,
+def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, template: str | None = None,
              kind: str | None = None, train_on: str = "auto", max_len: int | None = None, overflow: str = "drop",
-             workers: int = 1, rejects: str | None = None,
-             progress: Callable[[int, int], None] | None = None) -> TokenizeResult:
-    """Tokenize `inputs` into unpacked shards in `outdir` (DESIGN §5) and return the counts and manifest.
+             workers: int = 1, rejects: str | None = None, progress: ProgressFn | None = None) -> TokenizeResult:
+    """Tokenize `inputs` into unpacked shards in `output` (design §5) and return the counts and manifest.
 
     `kind` defaults to the first record's (chat -> sft, text -> pretrain, preference -> dpo, feedback
-    -> kto); `template` to the tokenizer's own. `progress(rows, tokens)` is called after each batch."""
-    if overflow not in OVERFLOW:
-        raise PrepError(f"unknown --overflow {overflow!r}; one of {', '.join(OVERFLOW)}")
-    if max_len is not None and max_len < 2:
-        raise PrepError("--max-len must be at least 2")
-    if kind is not None and kind not in SHARD_KINDS:
-        raise PrepError(f"unknown --kind {kind!r}; one of {', '.join(SHARD_KINDS)}")
-    resolve_train_on(train_on, "chat")
+    -> kto); `template` to the tokenizer's own."""
+    check("tokenize", {"template": template, "kind": kind, "train_on": train_on, "max_len": max_len,
+                       "overflow": overflow, "workers": workers, "output": output, "rejects": rejects})
     formats: dict[str, str] = {}
     batches = read_inputs(inputs, formats)
     if kind is None:
@@ -191,13 +189,13 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, outdir: str, *, templat
         "max_len": max_len, "overflow": overflow,
         "inputs": [], "options": {"kind": kind, **{k: v for k, v in dataclasses.asdict(inputs).items() if k != "files"}},
     }
-    with _steady_gc(), ShardWriter(outdir, kind, meta, rejects=rejects) as writer:
-        if progress:
-            progress(0, 0)
+    meter = Meter(progress)
+    with _steady_gc(), ShardWriter(output, kind, meta, rejects=rejects) as writer:
+        meter.start()
         for out, table in run_encoder(batches, encoder, workers):
             writer.account(out)
             writer.add(table)
-            if progress:
-                progress(len(out.items) + len(out.rejects), int(table["num_tokens"].to_numpy().sum()))
+            meter.add(len(out.items) + len(out.rejects), int(table["num_tokens"].to_numpy().sum()))
         meta["inputs"] = [{"path": p, "sha256": sha256_file(p) if p != "-" else None} for p in formats]
-    return TokenizeResult(writer.tally, writer.manifest(), formats)
+    return TokenizeResult(tally=writer.tally, outputs=outputs(output=output, rejects=rejects),
+                          manifest=writer.manifest(), formats=formats)

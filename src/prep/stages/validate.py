@@ -19,7 +19,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -28,22 +28,25 @@ from prep.checks import filechecks
 from prep.checks.codes import CODES, ERROR, finding
 from prep.checks.filecheck import MAX_CHARS, MAX_FINDINGS, Context, FileCheck, FileReport, Findings
 from prep.checks.stats import Stats
-from prep.core.columns import ACCEPTS
 from prep.core.findings import Batch, Finding, PrepError, Reject, Source
+from prep.core.options import check
+from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files import BATCH_ROWS, RowWriter, display_name, read_rows, split_suffix
-from prep.formats import READABLE, detect
+from prep.formats import detect
+from prep.formats.inputs import Inputs
 
 DETECT_ROWS = 8 * BATCH_ROWS
 _VALIDATION_NAME = re.compile(r"(^|[._-])(val|valid|validation|dev|eval|test)([._-]|$)", re.IGNORECASE)
 
 
 @dataclass
-class Report:
-    """The outcome of `validate`; `exit_code` is what the CLI exits with."""
+class Report(Result):
+    """The outcome of `validate`: per file and in all, rows read, accepted (the tally's written) and
+    rejected; every finding; the statistics. `to_dict()` is the `--report` JSON."""
 
-    files: list[FileReport]
-    findings: Findings
-    stats: Stats
+    files: list[FileReport] = field(default_factory=list)
+    findings: Findings = field(default_factory=Findings)
+    stats: Stats = field(default_factory=Stats)
     strict: bool = False
 
     @property
@@ -99,23 +102,24 @@ def split_roles(inputs: Sequence[str], validation: Sequence[str] = ()) -> list[t
     return [(p, "validation" if p in inferred else "train") for p in inputs] + [(p, "validation") for p in validation]
 
 
-def validate(inputs: Sequence[str], *, validation: Sequence[str] = (), format: str = "auto", kind: str | None = None,
-             settings: dict[str, Any] | None = None, container: str | None = None, txt_split: str = "file",
-             strict: bool = False, rejects: str | None = None, min_rows: int = 1,
-             max_findings: int | None = MAX_FINDINGS, max_chars: int = MAX_CHARS, tokenizer: Any = None,
-             template: str | None = None, max_len: int | None = None) -> Report:
-    """Check every row of every input; raise PrepError only when the run cannot start (missing file, bad option).
+def validate(inputs: Inputs, *, validation: Sequence[str] = (), kind: str | None = None, strict: bool = False,
+             rejects: str | None = None, min_rows: int = 1, max_findings: int | None = MAX_FINDINGS,
+             max_chars: int = MAX_CHARS, tokenizer: Any = None, template: str | None = None,
+             max_len: int | None = None, progress: ProgressFn | None = None) -> Report:
+    """Check every row of every input file; raise PrepError only when the run cannot start (missing file, bad
+    option).
 
     `validation` files are checked like the others and also for near-duplicates of the training rows.
-    With `tokenizer` (a folder, or a loaded prep.tokenize.Tokenizer) rows are also rendered with
+    With `tokenizer` (a folder, or a loaded prep.render.tokenizer.Tokenizer) rows are also rendered with
     `template` (default: the tokenizer's own) and tokenized, for token statistics and token checks."""
-    if format != "auto" and format not in READABLE:
-        raise PrepError(f"unknown format {format!r}; one of auto, {', '.join(READABLE)}")
-    if kind is not None and kind not in ACCEPTS:
-        raise PrepError(f"unknown kind {kind!r}; one of {', '.join(ACCEPTS)}")
-    if min_rows < 0 or (max_findings is not None and max_findings < 0) or max_chars < 1:
-        raise PrepError("--min-rows and --max-findings must be >= 0, --max-chars >= 1")
-    roles = split_roles(inputs, validation)
+    check("inputs", {"format": inputs.format, "input_type": inputs.container, "txt_split": inputs.txt_split})
+    check("validate", {"validation": list(validation), "kind": kind, "strict": strict, "rejects": rejects,
+                       "min_rows": min_rows, "max_findings": max_findings, "max_chars": max_chars,
+                       "template": template, "max_len": max_len})
+    if inputs.datasets:
+        raise PrepError("validate checks files: convert the dataset_info entries first (prep convert --dataset-info "
+                        "... --to openai -o FILE), then validate FILE")
+    roles = split_roles(inputs.files, validation)
     if not roles:
         raise PrepError("nothing to validate: give input files")
     for path, _ in roles:
@@ -123,10 +127,10 @@ def validate(inputs: Sequence[str], *, validation: Sequence[str] = (), format: s
             raise PrepError(f"{path}: no such file")
     if max_len is not None and tokenizer is None:
         raise PrepError("--max-len counts tokens: give --tokenizer too")
-    ctx = Context(format, kind, dict(settings or {}), container, txt_split, min_rows, max_chars,
-                  Findings(max_findings))
+    ctx = Context(inputs.format, kind, dict(inputs.settings), inputs.container, inputs.txt_split, min_rows, max_chars,
+                  Findings(max_findings), meter=Meter(progress))
     if tokenizer is not None:
-        from prep.checks.tokens import TokenCheck
+        from prep.checks.tokens import TokenCheck  # noqa: PLC0415 - start-up time: Arrow and numpy only to count tokens
 
         ctx.tokens = TokenCheck(tokenizer, template, max_len)
     reports = {path: FileReport(display_name(path), role) for path, role in roles}
@@ -139,7 +143,11 @@ def validate(inputs: Sequence[str], *, validation: Sequence[str] = (), format: s
                 _validate_file(local, reports[path], ctx)
     if ctx.tokens:
         ctx.stats.extra.update(ctx.tokens.stats())
-    return Report(list(reports.values()), ctx.findings, ctx.stats, strict)
+    result = Report(outputs=outputs(rejects=rejects), files=list(reports.values()),
+                    findings=ctx.findings, stats=ctx.stats, strict=strict)
+    for fr in result.files:
+        result.tally.add(fr.tally)
+    return result
 
 
 @contextlib.contextmanager
@@ -188,6 +196,7 @@ def _validate_file(path: str, report: FileReport, ctx: Context) -> None:
         check = FileCheck(ctx, report, fmt, scan)
         for batch in check.stage(batches):
             report.tally.count(batch)
+            ctx.meter.add(len(batch.items) + len(batch.rejects))
             if ctx.rejects:
                 ctx.rejects.write(_encodable(r.to_dict()) for r in sorted(batch.rejects, key=lambda r: r.source.row))
     except PrepError as e:

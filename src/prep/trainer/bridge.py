@@ -14,7 +14,7 @@ from prep.render.tokenizer import describe_tokenizer, fingerprint, same_tokenize
 from prep.shards.layout import read_manifest
 from prep.shards.verify import require_verified
 
-# TRL's DPOTrainer/KTOTrainer (1.x) name the tokenized columns differently from DESIGN §5.
+# TRL's DPOTrainer/KTOTrainer (1.x) name the tokenized columns differently from design §5.
 TRL_COLUMNS: dict[str, dict[str, str]] = {
     "dpo": {"prompt_input_ids": "prompt_ids", "chosen_input_ids": "chosen_ids", "rejected_input_ids": "rejected_ids"},
     "kto": {"prompt_input_ids": "prompt_ids", "completion_input_ids": "completion_ids"},
@@ -46,7 +46,7 @@ def load_for_trl(folder: str | Path, tokenizer: Any = None) -> Any:
     require_verified(folder)
 
     require_train_extra()
-    import datasets
+    import datasets  # noqa: PLC0415 - train extra
 
     files = [str(Path(folder) / s["path"]) for s in manifest["shards"]]
     return datasets.load_dataset("parquet", data_files=files, split="train").rename_columns(TRL_COLUMNS[kind])
@@ -68,7 +68,7 @@ def pretokenized(trainer_cls: type) -> type:
 
     class Pretokenized(trainer_cls):  # type: ignore[misc, valid-type]
         def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
-            import datasets
+            import datasets  # noqa: PLC0415 - train extra
 
             names = set(dataset.column_names or [])
             answers = [c for c in ("chosen_ids", "rejected_ids", "completion_ids") if c in names]

@@ -52,8 +52,8 @@ class Generator:
     def __call__(self, prompt: str, *, system: str | None = None, max_new_tokens: int = 128,
                  temperature: float = 0.0, on_text: Callable[[str], None] | None = None) -> str:
         """The completion of `prompt`; `on_text` receives it piece by piece as it is generated."""
-        import torch
-        from transformers import TextStreamer
+        import torch  # noqa: PLC0415 - train extra
+        from transformers import TextStreamer  # noqa: PLC0415 - train extra
 
         hf = self.tokenizer.hf
         ids = torch.tensor([self.prompt_ids(prompt, system)])
@@ -88,7 +88,7 @@ def load(model: str, adapter: str | None = None, template: str | None = None) ->
     The Generator's `notes` say which template is used and whether the base model is the one the
     adapter was trained on (its tokenizer, its folder)."""
     require_train_extra()
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415 - train extra
 
     if adapter and not (Path(adapter) / "adapter_config.json").is_file():
         raise PrepError(f"--adapter {adapter}: no adapter_config.json there (give the adapter folder prep train wrote)")
@@ -112,7 +112,7 @@ def load(model: str, adapter: str | None = None, template: str | None = None) ->
     except (OSError, ValueError) as e:
         raise PrepError(f"cannot load the model {model}: {str(e).splitlines()[0]}") from None
     if adapter:
-        from peft import PeftModel
+        from peft import PeftModel  # noqa: PLC0415 - train extra
 
         lm = PeftModel.from_pretrained(lm, adapter)
     lm.eval()

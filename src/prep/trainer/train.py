@@ -18,13 +18,14 @@ import json
 import math
 import resource
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prep.core.extras import require_train_extra
-from prep.core.findings import PrepError
+from prep.core.findings import PrepError, Tally
+from prep.core.options import check
+from prep.core.result import Progress, ProgressFn, Result
 from prep.files import sha256_file, write_json
 from prep.render.tokenizer import describe_tokenizer, fingerprint, same_tokenizer
 from prep.shards.layout import MANIFEST, position_ids, read_manifest
@@ -78,7 +79,7 @@ def check_shards(folder: str, role: str = "training") -> dict[str, Any]:
     manifest = read_manifest(folder)
     if manifest["kind"] not in ("sft", "pretrain"):
         raise PrepError(f"{folder}: {manifest['kind']} shards are not trained by prep train yet; train them with "
-                        "TRL's DPOTrainer/KTOTrainer through prep.shards.load_for_trl and pretokenized (see README)")
+                        "TRL's DPOTrainer/KTOTrainer through prep.load_for_trl and prep.pretokenized (see README)")
     require_verified(folder, role)
     return manifest
 
@@ -94,7 +95,7 @@ def check_tokenizer(manifest: dict[str, Any], tokenizer: Any, model: str, force:
 
 
 def _dataset(folder: str) -> Any:
-    import datasets
+    import datasets  # noqa: PLC0415 - train extra
 
     manifest = read_manifest(folder)
     files = [str(Path(folder) / s["path"]) for s in manifest["shards"]]
@@ -137,7 +138,7 @@ class _StackedRows:
         self.pad_id = pad_id
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        import torch
+        import torch  # noqa: PLC0415 - train extra
 
 
         width = max(len(e["input_ids"]) for e in examples)
@@ -154,8 +155,8 @@ class _StackedRows:
 
 
 def _load_model(options: TrainOptions, cuda: bool, bf16: bool, vocab_size: int | None) -> Any:
-    import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    import torch  # noqa: PLC0415 - train extra
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig  # noqa: PLC0415 - train extra
 
     dtype = torch.bfloat16 if bf16 else torch.float32
     kwargs: dict[str, Any] = {"dtype": dtype}
@@ -182,7 +183,7 @@ def _load_model(options: TrainOptions, cuda: bool, bf16: bool, vocab_size: int |
     model.config.use_cache = False  # a cache would stop transformers from masking attention per packed document
     if options.full:
         return model
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # noqa: PLC0415 - train extra
 
     if options.qlora:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=options.gradient_checkpointing)
@@ -200,57 +201,32 @@ def _load_model(options: TrainOptions, cuda: bool, bf16: bool, vocab_size: int |
 
 def _peak_memory(cuda: bool) -> dict[str, Any]:
     if cuda:
-        import torch
+        import torch  # noqa: PLC0415 - train extra
 
         return {"kind": "cuda_max_reserved", "bytes": int(torch.cuda.max_memory_reserved())}
     return {"kind": "process_max_rss", "bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
-# numeric options: the type they take and the values that make sense, checked before anything loads (the
-# libraries would fail later with messages about something else, e.g. --lora-r 0 as a --target-modules error)
-_LIMITS: dict[str, tuple[type, Callable[[Any], bool], str]] = {
-    "lora_r": (int, lambda v: v >= 1, "an integer of at least 1"),
-    "lora_alpha": (int, lambda v: v >= 1, "an integer of at least 1"),
-    "lora_dropout": (float, lambda v: 0 <= v < 1, "a probability in [0, 1)"),
-    "lr": (float, lambda v: v > 0, "a number above 0"),
-    "epochs": (float, lambda v: v >= 0, "a number of at least 0"),
-    "max_steps": (int, lambda v: v >= -1, "an integer (-1: train --epochs)"),
-    "batch_size": (int, lambda v: v >= 1, "an integer of at least 1"),
-    "grad_accum": (int, lambda v: v >= 1, "an integer of at least 1"),
-    "warmup_ratio": (float, lambda v: 0 <= v < 1, "a share of the training steps in [0, 1)"),
-    "weight_decay": (float, lambda v: v >= 0, "a number of at least 0"),
-    "seed": (int, lambda v: True, "an integer"),
-    "save_steps": (int, lambda v: v >= 1, "an integer of at least 1"),
-    "logging_steps": (int, lambda v: v >= 1, "an integer of at least 1"),
-}
-
-
 def _check_options(options: TrainOptions) -> None:
-    """Refuse option values training cannot use, naming the option, for API callers as for the CLI."""
-    for name, (kind, ok, what) in _LIMITS.items():
-        value = getattr(options, name)
-        if value is None and name == "save_steps":
-            continue
-        number = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
-        if not number or not ok(value):
-            raise PrepError(f"--{name.replace('_', '-')} {value!r}: must be {what}")
+    """Refuse option values training cannot use, naming the option, for API callers as for the CLI: each value
+    against the options table, before anything loads (the libraries would fail later with messages about
+    something else, e.g. --lora-r 0 as a --target-modules error), then the combinations."""
+    check("train", {f.name: getattr(options, f.name) for f in dataclasses.fields(options)})
     if options.qlora and options.full:
         raise PrepError("--qlora trains an adapter on a 4-bit model; it cannot be combined with --full")
     if options.merge and options.full:
         raise PrepError("--merge folds an adapter into the model; --full already saves the whole model")
     if options.max_steps <= 0 and options.epochs <= 0:
         raise PrepError("give --epochs above 0 or --max-steps")
-    if options.report_to not in ("none", "tensorboard"):
-        raise PrepError(f"--report-to {options.report_to!r}: none or tensorboard")
     if options.report_to == "tensorboard":
         try:
-            import tensorboard  # noqa: F401
+            import tensorboard  # noqa: F401, PLC0415 - train extra
         except ImportError:
             raise PrepError("--report-to tensorboard needs the tensorboard package (pip install tensorboard)") from None
 
 
 def _config(options: TrainOptions, out: Path, cuda: bool, bf16: bool, flatten: bool) -> Any:
-    from trl import SFTConfig
+    from trl import SFTConfig  # noqa: PLC0415 - train extra
 
     saving = options.save_steps is not None
     # transformers 5 renamed gradient_checkpointing to activation_checkpointing (the old name warns)
@@ -270,10 +246,19 @@ def _config(options: TrainOptions, out: Path, cuda: bool, bf16: bool, flatten: b
         disable_tqdm=True, dataloader_num_workers=0, **options.extra)
 
 
-def train(shards: str, options: TrainOptions, progress: Any = None) -> dict[str, Any]:
+@dataclass
+class TrainResult(Result):
+    report: dict[str, Any] = field(default_factory=dict)  # training_report.json
+
+    def details(self) -> dict[str, Any]:
+        return {"report": self.report}
+
+
+def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None) -> TrainResult:
     """Train on `shards`; writes the adapter (or model), checkpoints and the report into options.output.
 
-    `progress(point)` is called after every logged step (the CLI draws a progress bar with it)."""
+    `progress` is called after every logged step with the step, the steps in all, the loss and the
+    tokens trained on so far."""
     _check_options(options)
     require_train_extra()
     manifest = check_shards(shards)
@@ -283,9 +268,9 @@ def train(shards: str, options: TrainOptions, progress: Any = None) -> dict[str,
     signature = _signature(shards, options)
     _check_checkpoints(checkpoints, signature, options.resume)
 
-    import torch
-    from transformers import AutoTokenizer, PrinterCallback, TrainerCallback, set_seed
-    from trl import SFTTrainer
+    import torch  # noqa: PLC0415 - train extra
+    from transformers import AutoTokenizer, PrinterCallback, TrainerCallback, set_seed  # noqa: PLC0415 - train extra
+    from trl import SFTTrainer  # noqa: PLC0415 - train extra
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(options.model)
@@ -332,14 +317,13 @@ def train(shards: str, options: TrainOptions, progress: Any = None) -> dict[str,
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; the CLI draws its own progress
     started = time.perf_counter()
 
-    class Progress(TrainerCallback):
+    class OnLog(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any) -> None:
             if progress and logs and "loss" in logs:
-                elapsed = time.perf_counter() - started
-                progress({"step": state.global_step, "max_steps": state.max_steps, "loss": float(logs["loss"]),
-                          "tokens_per_s": counter.tokens / elapsed if elapsed else 0.0})
+                progress(Progress(tokens=counter.tokens, seconds=time.perf_counter() - started,
+                                  step=state.global_step, steps=state.max_steps, loss=float(logs["loss"])))
 
-    trainer.add_callback(Progress())
+    trainer.add_callback(OnLog())
     checkpoints.mkdir(parents=True, exist_ok=True)
     write_json(checkpoints / SIGNATURE, signature)
     resumed_from = _last_checkpoint_step(checkpoints) if options.resume else None
@@ -374,9 +358,11 @@ def train(shards: str, options: TrainOptions, progress: Any = None) -> dict[str,
             report["merged"] = str(merge(options.model, saved, out / "merged"))
         except (OSError, ValueError) as e:
             raise PrepError(f"--merge failed ({str(e).splitlines()[0]}); the trained {saved.name} and {REPORT} are "
-                            f"saved in {out}; merge them with prep.train.merge(base, adapter, target)") from None
+                            f"saved in {out}; merge them with prep.trainer.train.merge(base, adapter, target)") from None
         write_json(out / REPORT, report)
-    return report
+    rows = manifest["counts"]["rows"]
+    return TrainResult(tally=Tally(rows, rows), report=report,
+                       outputs={"output": str(out), "model": str(saved), "report": str(out / REPORT)})
 
 
 def _signature(shards: str, options: TrainOptions) -> dict[str, Any]:
@@ -424,7 +410,7 @@ def can_resume(shards: str, options: TrainOptions) -> bool:
 
 
 def _last_checkpoint_step(checkpoints: Path) -> int:
-    from transformers.trainer_utils import get_last_checkpoint
+    from transformers.trainer_utils import get_last_checkpoint  # noqa: PLC0415 - train extra
 
     last = get_last_checkpoint(str(checkpoints))
     return int(last.rsplit("-", 1)[1]) if last else 0
@@ -456,8 +442,8 @@ def merge(base: str, adapter: str | Path, target: str | Path) -> Path:
 
     The base is reloaded unquantized (peft cannot merge into 4-bit weights), so a QLoRA adapter is
     merged into the full-precision model it was trained to correct."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from peft import PeftModel  # noqa: PLC0415 - train extra
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 - train extra
 
     adapter, target = Path(adapter), Path(target)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
@@ -476,10 +462,10 @@ def _write_curve(out: Path, curve: list[dict[str, Any]]) -> None:
         writer.writerows(curve)
     if not curve:
         return
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 - train extra
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - train extra
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     every = []

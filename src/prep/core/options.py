@@ -1,0 +1,325 @@
+"""Every option of every verb, in one table: its type, default, range or choices, and help.
+
+The CLI builds its click options from these tables, the Python API checks its arguments with
+`check`, and `schemas/recipe.json` holds the same names, types, ranges and choices for the recipe
+sections (a test keeps the two equal), so a value is refused with the same words wherever it comes
+from: `--lora-alpha 0.5`, `lora_alpha: 0.5` in a recipe and `TrainOptions(lora_alpha=0.5)` all say
+"0.5: must be an integer of at least 1" (design §8).
+
+The choice lists here are the vocabulary the layers above share: the formats, file types,
+templates, loss policies, overflow policies and packing strategies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from prep.core.columns import SHARD_KINDS
+from prep.core.findings import PrepError
+
+READABLE = ("coqa", "openai", "sharegpt", "alpaca", "autotrain", "trl", "text")  # detection order
+WRITABLE = ("openai", "sharegpt", "alpaca", "autotrain", "trl", "text")
+CONTAINERS = ("jsonl", "json", "csv", "tsv", "parquet", "txt")
+TXT_SPLITS = ("file", "paragraph", "line")
+TEMPLATES = ("chatml", "llama3", "llama2", "mistral", "gemma", "zephyr", "phi3", "vicuna", "alpaca", "alpaca_ko",
+             "plain", "tokenizer")
+TRAIN_ON = ("auto", "assistant", "last", "all", "content")
+OVERFLOW = ("drop", "truncate", "turns")  # what a row longer than max_len becomes
+STRATEGIES = ("bfd", "wrap")
+SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts")
+ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+REPORT_TO = ("none", "tensorboard")
+# The input options that are settings of a format's reader (CoQA's system prompt, AutoTrain's columns and prefixes).
+SETTINGS = ("system", "text_column", "rejected_text_column", "prompt_text_column", "human_prefix", "bot_prefix")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: `name` is the Python keyword and the recipe key; `flags` the CLI spelling (default
+    `--name-with-dashes`); `low`/`high` bound numbers (`*_open`: the bound itself is refused); `path`
+    says how the CLI takes a path ("file", "file-or-dash", "folder", "existing-folder")."""
+
+    name: str
+    type: type = str
+    default: Any = None
+    help: str = ""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()
+    path: str | None = None
+    multiple: bool = False
+    required: bool = False
+    cli: bool = True
+    recipe: bool = False
+    what: str = ""  # the accepted values in words, when the bounds alone do not say it well
+    nullable: bool = False  # Python callers may pass None (e.g. max_findings=None: keep every finding)
+
+    @property
+    def flag(self) -> str:
+        """The option as a user types it on the command line."""
+        return next((f for f in self.flags if f.startswith("--")), "--" + self.name.replace("_", "-"))
+
+    def accepts(self) -> str:
+        """The accepted values in words: "an integer of at least 1", "a number in [0, 1)", "one of a, b"."""
+        if self.what:
+            return self.what
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.type is bool:
+            return "true or false"
+        if self.type is str:
+            return "text"
+        noun = "an integer" if self.type is int else "a number"
+        low, high = _shown(self.low), _shown(self.high)
+        if self.low is not None and self.high is not None:
+            return f"{noun} in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{noun} {'above' if self.low_open else 'of at least'} {low}"
+        if self.high is not None:
+            return f"{noun} {'below' if self.high_open else 'of at most'} {high}"
+        return noun
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` cannot be taken (None: it can), as "VALUE: must be ..."."""
+        if self.multiple and isinstance(value, (list, tuple)):
+            return next((p for p in map(self._one, value) if p), None)
+        return self._one(value)
+
+    def _one(self, value: Any) -> str | None:
+        if value is None and not self.required and (self.default is None or self.nullable):
+            return None
+        fits = (isinstance(value, self.type) and not (self.type is int and isinstance(value, bool))
+                or self.type is float and isinstance(value, int) and not isinstance(value, bool))
+        if fits and self.choices:
+            fits = value in self.choices
+        if fits and self.type in (int, float):
+            fits = ((self.low is None or value > self.low or not self.low_open and value == self.low)
+                    and (self.high is None or value < self.high or not self.high_open and value == self.high))
+        return None if fits else f"{_value(value)}: must be {self.accepts()}"
+
+    def schema(self) -> dict[str, Any]:
+        """The JSON Schema of the option's value in a recipe (names, types, ranges and choices)."""
+        if self.choices:
+            one: dict[str, Any] = {"enum": list(self.choices)}
+        else:
+            one = {"type": {int: "integer", float: "number", bool: "boolean", str: "string"}[self.type]}
+        for key, bound, is_open in (("minimum", self.low, self.low_open), ("maximum", self.high, self.high_open)):
+            if bound is not None:
+                one["exclusive" + key.capitalize() if is_open else key] = bound
+        return {"type": "array", "items": one} if self.multiple else one
+
+
+def _shown(bound: float | None) -> str:
+    return f"{bound:g}" if isinstance(bound, float) else str(bound)
+
+
+def _value(value: Any) -> str:
+    return value if isinstance(value, str) else "true" if value is True else "false" if value is False else \
+        "null" if value is None else str(value)
+
+
+# ---------------------------------------------------------------- the tables
+
+_QUIET = Option("quiet", bool, False, "Print nothing but errors.", flags=("-q", "--quiet"))
+_REJECTS = Option("rejects", help="Keep rejected rows with their reasons (JSONL).", path="file")
+_TOKENIZER = Option("tokenizer", help="Tokenizer folder (tokenizer.json, tokenizer_config.json), or a hub id already "
+                                      "in the local cache.")
+_TEMPLATE = Option("template", help="Chat template (see `prep template --list`); default: the tokenizer's own.",
+                   recipe=True, choices=TEMPLATES, what="a template name (see `prep template --list`)")
+_TRAIN_ON = Option("train_on", default="auto", choices=TRAIN_ON, recipe=True,
+                   help="Which spans carry loss: every assistant turn, the last one, all text, or message contents.")
+_KIND = Option("kind", choices=SHARD_KINDS, recipe=True,
+               help="Shard kind; default: from the first record (chat: sft, preference: dpo, feedback: kto, text: "
+                    "pretrain).")
+_MAX_LEN = Option("max_len", int, None, "Longest row in tokens.", low=2, recipe=True)
+
+INPUTS = (
+    Option("files", multiple=True, cli=False, recipe=True, help="Input files."),
+    Option("format", default="auto", choices=("auto", *READABLE), flags=("--from", "--format"), recipe=True,
+           help="Input format (same as FROM); detected per file by default."),
+    Option("dataset_info", recipe=True, help="A LLaMA-Factory dataset_info.json (or its folder)."),
+    Option("datasets", multiple=True, flags=("--dataset",), recipe=True,
+           help="Entry of --dataset-info to read (repeatable)."),
+    Option("input_type", choices=CONTAINERS, recipe=True, help="File type when the name does not tell."),
+    Option("txt_split", default="file", choices=TXT_SPLITS, recipe=True,
+           help="A .txt file is one document, or one per blank-line-separated paragraph, or per line."),
+    Option("system", recipe=True, help="CoQA system prompt; {story} is replaced by the story."),
+    Option("text_column", recipe=True, help="AutoTrain: dialogue/chosen column [text]."),
+    Option("rejected_text_column", recipe=True, help="AutoTrain: rejected column [rejected_text]."),
+    Option("prompt_text_column", recipe=True, help="AutoTrain: prompt column [prompt]."),
+    Option("human_prefix", recipe=True, help="AutoTrain: user turn prefix [human:]."),
+    Option("bot_prefix", recipe=True, help="AutoTrain: assistant turn prefix [bot:]."),
+    Option("seed", int, 42, "Seed for dataset_info num_samples.", recipe=True),
+)
+
+CONVERT = (
+    Option("to", required=True, choices=WRITABLE, recipe=True, help="Format to write."),
+    Option("output", default="-", flags=("-o", "--output"),
+           help="Output file (.jsonl .json .csv .tsv .parquet, optionally .gz/.zst); - for stdout."),
+    _REJECTS,
+    Option("ids", bool, True, "Write each row's id.", flags=("--ids/--no-ids",)),
+    _QUIET,
+)
+
+VALIDATE = (
+    Option("validation", multiple=True, path="file",
+           help="A validation file: checked too, and for near-duplicates of the training rows (repeatable). Inputs "
+                "named *val*/*valid*/*dev*/*eval*/*test* given beside others count as validation files."),
+    replace(_KIND, recipe=False, help="Require rows of this kind."),
+    Option("strict", bool, False, "Warnings fail the run too (exit 1).", recipe=True),
+    Option("report", path="file-or-dash", help="Write every finding and the summary as JSON (- for stdout)."),
+    Option("rejects", help="Keep the rows with errors, with their findings (JSONL).", path="file"),
+    Option("min_rows", int, 1, "Fewest usable rows a file may have.", low=0, recipe=True),
+    Option("max_findings", int, 10_000, "Findings kept for the report; counts stay exact.", low=0, nullable=True),
+    Option("max_chars", int, 32_000, "Warn about rows longer than this many characters.", low=1, recipe=True),
+    Option("tokenizer", help="A tokenizer folder: adds token statistics and token-level checks."),
+    replace(_TEMPLATE, recipe=False, help="Chat template for --tokenizer (default: the tokenizer's own; see `prep "
+                                          "template --list`)."),
+    Option("max_len", int, None, "With --tokenizer: report rows longer than this.", low=2),
+    Option("allow_errors", bool, False, "Go on without the rows that have errors (kept in validate/rejects.jsonl) "
+                                        "instead of stopping.", cli=False, recipe=True),
+    Option("tokens", bool, False, "Also render and tokenize every row with the tokenize section's tokenizer, "
+                                  "template and max_len.", cli=False, recipe=True),
+    Option("quiet", bool, False, "Print only the summary line.", flags=("-q", "--quiet")),
+)
+
+TEMPLATE = (
+    replace(_TEMPLATE, recipe=False, help="Template name (see --list); default: the --tokenizer's own chat template."),
+    Option("tokenizer", help="Tokenizer folder: its chat template, and the BOS/EOS tokens templates write."),
+    _TRAIN_ON,
+    Option("output", flags=("-o", "--output"),
+           help="Write {id, text, spans} rows here (.jsonl .json .parquet ...); default: stdout, unless --show."),
+    Option("show", int, 0, "Print the first N rows, trained text in colour.", low=0),
+    Option("rejects", help="Keep rows that cannot be rendered, with reasons.", path="file"),
+    Option("list_templates", bool, False, "List the templates and exit.", flags=("--list",)),
+    _QUIET,
+)
+
+TOKENIZE = (
+    replace(_TOKENIZER, required=True, recipe=True),
+    _TEMPLATE,
+    _KIND,
+    _TRAIN_ON,
+    _MAX_LEN,
+    Option("overflow", default="drop", choices=OVERFLOW, recipe=True,
+           help="A row over --max-len: reject it, cut it (keeping the EOS trained), or drop trailing turns."),
+    Option("workers", int, 1, "Processes tokenizing batches (order and output do not depend on it).", low=1,
+           recipe=True),
+    Option("output", required=True, flags=("-o", "--output"), path="folder", help="Shard folder."),
+    Option("rejects", help="Keep rejected and cut rows with reasons (JSONL).", path="file"),
+    Option("quiet", bool, False, "No progress bar or summary.", flags=("-q", "--quiet")),
+)
+
+PACK = (
+    Option("output", required=True, flags=("-o", "--output"), path="folder", help="Folder for packed shards."),
+    Option("max_len", int, None, "Tokens per packed row.", low=2, required=True, recipe=True),
+    Option("strategy", default="bfd", choices=STRATEGIES, recipe=True,
+           help="bfd: whole documents, best-fit decreasing; wrap: concatenate and cut (pretraining)."),
+    Option("seed", int, 0, "Seed for the order of packed rows.", recipe=True),
+    Option("window", int, 100_000, "Documents packed together (0: the whole input at once).", low=0, recipe=True),
+    Option("shard_size", default="256MB", help="Shard bound: 256MB, 2GB or 50000rows."),
+    Option("rejects", help="Keep rows too long to pack, with reasons.", path="file"),
+    Option("quiet", bool, False, "", flags=("-q", "--quiet")),
+)
+
+VERIFY = (Option("quiet", bool, False, "Print only the findings.", flags=("-q", "--quiet")),)
+
+INSPECT = (
+    Option("row", int, 0, "Row to show (0-based).", low=0),
+    Option("show_ids", bool, False, "Show every token with its id.", flags=("--ids",)),
+    Option("tokenizer", help="Tokenizer folder, if the one recorded in the manifest has moved."),
+)
+
+STATS = (
+    Option("format", default="auto", choices=("auto", *READABLE), flags=("--from",), help="Input format, for input "
+                                                                                           "files."),
+    Option("as_json", bool, False, "Print the statistics as JSON.", flags=("--json",)),
+)
+
+TRAIN = (
+    Option("model", required=True, recipe=True,
+           help="Base model: a local folder (or a hub id where the hub is reachable)."),
+    Option("output", required=True, flags=("-o", "--output"), path="folder", help="Folder for adapter and report."),
+    Option("lora_r", int, 16, "LoRA rank.", low=1, recipe=True),
+    Option("lora_alpha", int, 32, "LoRA scaling numerator (alpha / r).", low=1, recipe=True),
+    Option("lora_dropout", float, 0.05, "Dropout on the LoRA path.", low=0, high=1, high_open=True, recipe=True,
+           what="a probability in [0, 1)"),
+    Option("target_modules", default="all-linear", recipe=True, help="all-linear or q_proj,v_proj,..."),
+    Option("use_rslora", bool, False, "Rank-stabilised LoRA scaling (alpha / sqrt(r)).", recipe=True),
+    Option("use_dora", bool, False, "Weight-decomposed LoRA.", recipe=True),
+    Option("qlora", bool, False, "4-bit NF4 base with double quantization (bitsandbytes).", recipe=True),
+    Option("full", bool, False, "Train every weight, no adapter.", recipe=True),
+    Option("lr", float, 2e-4, "Peak learning rate.", low=0, low_open=True, recipe=True),
+    Option("epochs", float, 1.0, "Passes over the shards (when --max-steps is not given).", low=0, recipe=True),
+    Option("max_steps", int, -1, "Stop after this many steps (overrides --epochs).", low=-1, recipe=True,
+           what="an integer of at least -1 (-1: train --epochs)"),
+    Option("batch_size", int, 4, "Rows per device step (packed rows when packed).", low=1, recipe=True),
+    Option("grad_accum", int, 1, "Steps whose gradients are summed before each update.", low=1, recipe=True),
+    Option("warmup_ratio", float, 0.03, "Share of the training steps spent warming the learning rate up.", low=0,
+           high=1, high_open=True, recipe=True, what="a share of the training steps in [0, 1)"),
+    Option("scheduler", default="cosine", choices=SCHEDULERS, recipe=True, help="Learning-rate schedule."),
+    Option("weight_decay", float, 0.0, "AdamW weight decay.", low=0, recipe=True),
+    Option("seed", int, 42, "Seed for data order and the adapter's initialisation.", recipe=True),
+    Option("gradient_checkpointing", bool, False, "Recompute activations in the backward pass to save memory.",
+           recipe=True),
+    Option("attn_implementation", choices=ATTENTION, recipe=True,
+           help="Attention kernel (default: transformers' choice, sdpa). With flash_attention_2/3 on a GPU the packed "
+                "rows of a step are concatenated, without padding."),
+    Option("eval", path="existing-folder", help="Shards to evaluate on."),
+    Option("save_steps", int, None, "Checkpoint (and evaluate) every N steps.", low=1, recipe=True),
+    Option("logging_steps", int, 1, "Log the loss every N steps.", low=1, recipe=True),
+    Option("resume", bool, False, "Continue from the last checkpoint in OUTPUT."),
+    Option("merge", bool, False, "Also save the base model with the adapter merged in.", recipe=True),
+    Option("report_to", default="none", choices=REPORT_TO, recipe=True, help="Where the trainer also logs."),
+    Option("force", bool, False, "Train even if the tokenizer fingerprints differ.", recipe=True),
+    replace(_QUIET, help="No progress bar or summary."),
+)
+
+GENERATE = (
+    Option("model", required=True, path="existing-folder", help="Base (or merged) model folder."),
+    Option("adapter", path="existing-folder",
+           help="Adapter folder from prep train; without it the base model answers, for comparison."),
+    replace(_TEMPLATE, recipe=False, help="Template (prep template --list); default: the one the adapter's shards "
+                                          "used."),
+    Option("system", help="A system message before each prompt."),
+    Option("max_new_tokens", int, 128, "Longest completion in tokens.", low=1),
+    Option("temperature", float, 0.0, "0: greedy decoding; above 0: sampling at this temperature.", low=0),
+)
+
+RUN = (
+    Option("sets", multiple=True, flags=("--set",),
+           help="Override a recipe value, e.g. --set train.max_steps=50 --set output=/tmp/run (repeatable; the value "
+                "is read as YAML; paths are relative to the current folder)."),
+    Option("dry_run", bool, False, "Print the stages, their keys and which would run; run nothing."),
+    Option("quiet", bool, False, "No progress view; print the summary only.", flags=("-q", "--quiet")),
+)
+
+TABLES: dict[str, tuple[Option, ...]] = {
+    "inputs": INPUTS, "convert": CONVERT, "validate": VALIDATE, "template": TEMPLATE, "tokenize": TOKENIZE,
+    "pack": PACK, "verify": VERIFY, "inspect": INSPECT, "stats": STATS, "train": TRAIN, "generate": GENERATE,
+    "run": RUN,
+}
+RECIPE_SECTIONS = ("inputs", "convert", "validate", "tokenize", "pack", "train")
+
+
+def option(verb: str, name: str) -> Option:
+    """The option `name` of `verb`'s table."""
+    return next(o for o in TABLES[verb] if o.name == name)
+
+
+def check(verb: str, values: Mapping[str, Any]) -> None:
+    """Refuse the first value `verb`'s table does not accept, naming the option as the CLI spells it."""
+    table = {o.name: o for o in TABLES[verb]}
+    for name, value in values.items():
+        if name in table and (problem := table[name].problem(value)):
+            raise PrepError(f"{table[name].flag} {problem}")
+
+
+def defaults(verb: str) -> dict[str, Any]:
+    """Each option of `verb` and its default."""
+    return {o.name: o.default for o in TABLES[verb]}
