@@ -1,11 +1,47 @@
 """prep: fine-tuning data in, validated and token-exact training shards out.
 
-The Python API has the CLI's verbs: `prep.convert(...)`, with more stages to come.
+The Python API has the CLI's verbs, each taking `Inputs` (or a shard folder) and returning a result
+with its tally, its outputs and `to_dict()`:
+
+    >>> import prep
+    >>> result = prep.convert(prep.Inputs(["samples/alpaca.json"]), "openai", "runs/doc/alpaca.jsonl")
+    >>> result.tally.summary()
+    'read 12, wrote 12, rejected 0'
+
+Names are imported on first use, so `import prep` (and `prep --help`) stays fast.
 """
 
+from __future__ import annotations
+
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 try:
     __version__ = version("prep")
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0+src"
+
+_WHERE = {
+    "Inputs": "prep.formats.inputs", "convert": "prep.stages.convert", "validate": "prep.stages.validate",
+    "template": "prep.stages.template", "tokenize": "prep.stages.tokenize", "pack": "prep.stages.pack",
+    "verify": "prep.shards.verify", "inspect": "prep.stages.inspect", "stats": "prep.stages.stats",
+    "TrainOptions": "prep.trainer.train", "train": "prep.trainer.train", "generate": "prep.trainer.generate",
+    "load_recipe": "prep.recipes.recipe", "run": "prep.recipes.runner", "Progress": "prep.core.result",
+    "Result": "prep.core.result", "Tally": "prep.core.findings", "Finding": "prep.core.findings",
+    "PrepError": "prep.core.findings", "load_for_trl": "prep.trainer.bridge", "pretokenized": "prep.trainer.bridge",
+}
+_NAMES = {"generate": "load"}  # the public name, where the module's differs
+__all__ = ["__version__", *_WHERE]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'prep' has no attribute {name!r}")
+    value = getattr(import_module(_WHERE[name]), _NAMES.get(name, name))
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

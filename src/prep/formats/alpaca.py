@@ -2,7 +2,13 @@
 ([prompt, response] pairs), chosen/rejected for preference rows and a boolean kto_tag.
 The user turn is `instruction`, a newline, then `input` (either may be empty), as LLaMA-Factory
 joins them. A row with only the prompt column (e.g. LLaMA-Factory's c4_demo entry, whose
-`columns` map just `prompt`) is pretraining text."""
+`columns` map just `prompt`) is pretraining text.
+
+A row and the record it becomes:
+
+    >>> read({"instruction": "Name a colour.", "input": "", "output": "Red."}, Options())
+    {'messages': [{'role': 'user', 'content': 'Name a colour.'}, {'role': 'assistant', 'content': 'Red.'}]}
+"""
 
 from __future__ import annotations
 

@@ -2,7 +2,13 @@
 `human: … \\n bot: …` (turns split at a line start, real or the two characters `\\n`), and
 `prompt` / `text` / `rejected_text` for DPO/ORPO, or `text` / `rejected_text` for reward
 models. Column names and role prefixes are options, as in AutoTrain's config; a `text` cell
-without role prefixes is plain language-modelling text."""
+without role prefixes is plain language-modelling text.
+
+A row and the record it becomes:
+
+    >>> read({"text": "human: Hi\\n bot: Hello!"}, Options())
+    {'messages': [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello!'}]}
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,15 @@
 """CoQA (reader only): one conversation per story. Reads the original file
 ({"version", "data": [{story, questions[{input_text, turn_id}], answers[{input_text, turn_id, …}]}]})
 and the Hugging Face column layout (story, questions[], answers{input_text[], …}). The story
-goes into a system prompt; questions and answers become alternating user/assistant turns."""
+goes into a system prompt; questions and answers become alternating user/assistant turns.
+
+A row and the record it becomes:
+
+    >>> read({"story": "Tom has a cat.", "questions": [{"input_text": "What does Tom have?", "turn_id": 1}],
+    ...       "answers": [{"input_text": "a cat", "turn_id": 1}]}, Options(system="Story: {story}"))
+    {'messages': [{'role': 'system', 'content': 'Story: Tom has a cat.'},
+                  {'role': 'user', 'content': 'What does Tom have?'}, {'role': 'assistant', 'content': 'a cat'}]}
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,12 @@
 """OpenAI chat fine-tuning JSONL: `messages` (+ `tools`), the DPO layout
 (`input` / `preferred_output` / `non_preferred_output`), and `messages` + `label` for KTO rows
-(LLaMA-Factory's kto_en_demo layout). Tool-call arguments are JSON strings on disk."""
+(LLaMA-Factory's kto_en_demo layout). Tool-call arguments are JSON strings on disk.
+
+A row and the record it becomes:
+
+    >>> read({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}, Options())
+    {'messages': [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello!'}]}
+"""
 
 from __future__ import annotations
 

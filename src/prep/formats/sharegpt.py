@@ -4,7 +4,15 @@ variant (`chosen`/`rejected` single turns) and a boolean KTO tag. Column names a
 options, as in a `dataset_info.json` entry.
 
 A `function_call` turn becomes an assistant message with `tool_calls` (ids `call_<n>`, since
-ShareGPT has none); an `observation` becomes a `tool` message answering the oldest open call."""
+ShareGPT has none); an `observation` becomes a `tool` message answering the oldest open call.
+
+A row and the record it becomes:
+
+    >>> read({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}],
+    ...       "system": "Be brief."}, Options())
+    {'messages': [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi'},
+                  {'role': 'assistant', 'content': 'Hello!'}]}
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,11 @@
 """Plain text for pretraining: `{"text": ...}` rows, or .txt files (whole file, paragraph or line
-per document, see --txt-split)."""
+per document, see --txt-split).
+
+A row and the record it becomes:
+
+    >>> read({"text": "Once upon a time."}, Options())
+    {'text': 'Once upon a time.'}
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,14 @@
 """TRL dataset types: language modeling (`text` or `messages`), prompt-completion,
 preference (`prompt`/`chosen`/`rejected`, or implicit prompt) and unpaired preference
 (`prompt`/`completion`/`label`). Standard (string) fields become a user prompt and an assistant
-answer; conversational fields are message lists. Written out conversational, arguments as objects."""
+answer; conversational fields are message lists. Written out conversational, arguments as objects.
+
+A row and the record it becomes:
+
+    >>> read({"prompt": "2+2?", "chosen": "4", "rejected": "5"}, Options())
+    {'prompt': [{'role': 'user', 'content': '2+2?'}], 'chosen': [{'role': 'assistant', 'content': '4'}],
+     'rejected': [{'role': 'assistant', 'content': '5'}]}
+"""
 
 from __future__ import annotations
 
