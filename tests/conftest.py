@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,3 +39,11 @@ def make_tiny_model(out: Path) -> Path:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.make_tiny_model(out)
+
+
+@functools.cache
+def hf_tokenizer(path: str | Path) -> Any:
+    """transformers' own tokenizer for a folder: the reference prep's ids are compared with (tests only)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))

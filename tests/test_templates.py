@@ -8,7 +8,7 @@ import json
 import pytest
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from conftest import SAMPLES, run_prep
+from conftest import SAMPLES, hf_tokenizer, run_prep
 from prep.core.findings import PrepError, RowError
 from prep.render.builtin import BUILTIN, NAMES, Template
 from prep.render.jinja import JinjaTemplate
@@ -196,7 +196,7 @@ def test_chatml_equals_the_samples_tokenizer_template(samples_tokenizer) -> None
         for record in batch.items:
             a = chatml.render(record["messages"], record.get("tools"))
             b = own.render(record["messages"], record.get("tools"))
-            assert a.text == b.text == samples_tokenizer.hf.apply_chat_template(
+            assert a.text == b.text == hf_tokenizer(samples_tokenizer.path).apply_chat_template(
                 record["messages"], tools=record.get("tools"), tokenize=False)
             assert a.spans("assistant") == b.spans("assistant")
             checked += 1
@@ -205,8 +205,8 @@ def test_chatml_equals_the_samples_tokenizer_template(samples_tokenizer) -> None
 
 def _with_template(tokenizer, source: str) -> JinjaTemplate:
     """`source` as the tokenizer's own template (the shared tokenizer object is left as it is)."""
-    added = [t.content for t in tokenizer.hf.added_tokens_decoder.values()]
-    return JinjaTemplate(source, None, dict(tokenizer.hf.special_tokens_map), tokenizer.name, added)
+    added = tokenizer.added_tokens()
+    return JinjaTemplate(source, None, dict(tokenizer.special_tokens), tokenizer.name, added)
 
 
 REASONING = (  # drops the reasoning of every assistant turn but the last, as Qwen3's template does
@@ -228,7 +228,7 @@ def test_template_that_rewrites_earlier_turns_gives_exact_ids_and_labels(samples
     and each answer span is that turn as the full render writes it."""
     template = _with_template(samples_tokenizer, REASONING)
     rendered = template.render(THINKING)
-    assert rendered.text == samples_tokenizer.hf.apply_chat_template(THINKING, chat_template=REASONING, tokenize=False)
+    assert rendered.text == hf_tokenizer(samples_tokenizer.path).apply_chat_template(THINKING, chat_template=REASONING, tokenize=False)
     assert "add them" not in rendered.text
     assert [rendered.text[s:e] for s, e in rendered.spans("assistant")] == [
         "4<|im_end|>", "<think>again</think>\n6<|im_end|>"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import SAMPLES, run_prep
+from conftest import SAMPLES, hf_tokenizer, run_prep
 from prep.core.findings import Batch, PrepError, Source
 from prep.formats import read_records
 from prep.formats.inputs import Inputs
@@ -60,15 +60,15 @@ def test_sft_labels_are_the_assistant_answers(tmp_path, tok) -> None:
     assert verify(out).ok
     manifest = read_manifest(out)
     assert manifest["template"]["name"] == "tokenizer" and manifest["train_on"] == "assistant"
-    assert manifest["tokenizer"]["vocab_size"] == len(tok.hf)
+    assert manifest["tokenizer"]["vocab_size"] == len(hf_tokenizer(tok.path))
     records = {r["id"]: r for b in read_records(
         [str(SAMPLES / "openai.jsonl")]) for r in b.items}
     for row in rows(out):
         record = records[row["ids"][0]]
-        assert row["input_ids"] == tok.hf.apply_chat_template(record["messages"], tools=record.get("tools"),
+        assert row["input_ids"] == hf_tokenizer(tok.path).apply_chat_template(record["messages"], tools=record.get("tools"),
                                                               tokenize=True, return_dict=False)
         trained = [m for m in record["messages"] if m["role"] == "assistant" and m.get("weight", 1)]
-        runs = [tok.hf.decode(r) for r in trained_runs(row)]
+        runs = [hf_tokenizer(tok.path).decode(r) for r in trained_runs(row)]
         assert len(runs) == len(trained)
         for text, message in zip(runs, trained, strict=True):
             assert text.endswith("<|im_end|>")
@@ -90,7 +90,7 @@ def test_train_on_policies(tmp_path, tok, train_on: str) -> None:
     tokenize(Inputs([write_jsonl(tmp_path / "c.jsonl", [{"messages": conversation}])]), tok, str(out),
              train_on=train_on)
     row = rows(out)[0]
-    runs = [tok.hf.decode(r) for r in trained_runs(row)]
+    runs = [hf_tokenizer(tok.path).decode(r) for r in trained_runs(row)]
     if train_on == "last":
         assert runs == ["See you.<|im_end|>"]
     elif train_on == "all":
@@ -105,8 +105,8 @@ LONG = [m("user", "Count."), m("assistant", " ".join(str(i) for i in range(60)))
 
 def test_overflow_drop_truncate_turns(tmp_path, tok) -> None:
     data = write_jsonl(tmp_path / "long.jsonl", [{"id": "long", "messages": LONG}, {"id": "short", "messages": LONG[:2]}])
-    full = tok.hf.apply_chat_template(LONG, tokenize=True, return_dict=False)
-    first = tok.hf.apply_chat_template(LONG[:2], tokenize=True, return_dict=False)
+    full = hf_tokenizer(tok.path).apply_chat_template(LONG, tokenize=True, return_dict=False)
+    first = hf_tokenizer(tok.path).apply_chat_template(LONG[:2], tokenize=True, return_dict=False)
     max_len = len(first) + 40
     assert len(full) > max_len
 
@@ -121,7 +121,7 @@ def test_overflow_drop_truncate_turns(tmp_path, tok) -> None:
     kept = json.loads((tmp_path / "t.jsonl").read_text())
     assert kept["written"] is True and kept["reasons"][0]["code"] == "truncated"
     row = next(r for r in rows(tmp_path / "cut") if r["ids"] == ["long"])
-    eot = tok.hf.convert_tokens_to_ids("<|im_end|>")
+    eot = hf_tokenizer(tok.path).convert_tokens_to_ids("<|im_end|>")
     assert len(row["input_ids"]) == max_len
     assert row["input_ids"][-1] == row["labels"][-1] == eot  # the cut answer still ends with its EOS, trained
     assert row["input_ids"][:-1] == full[:max_len - 1]
@@ -131,12 +131,12 @@ def test_overflow_drop_truncate_turns(tmp_path, tok) -> None:
     assert dict(turns.tally.altered) == {"turns_dropped": 1}
     row = next(r for r in rows(tmp_path / "turns") if r["ids"] == ["long"])
     assert row["input_ids"] == first  # whole turns: exactly the conversation's first exchange
-    assert [tok.hf.decode(r) for r in trained_runs(row)] == [LONG[1]["content"] + "<|im_end|>"]
+    assert [hf_tokenizer(tok.path).decode(r) for r in trained_runs(row)] == [LONG[1]["content"] + "<|im_end|>"]
 
 
 def test_truncate_outside_an_answer_ends_at_the_last_whole_answer(tok) -> None:
     conversation = [m("user", "Hi"), m("assistant", "Hello."), m("user", "x " * 80), m("assistant", "Done.")]
-    first = tok.hf.apply_chat_template(conversation[:2], tokenize=True, return_dict=False)
+    first = hf_tokenizer(tok.path).apply_chat_template(conversation[:2], tokenize=True, return_dict=False)
     encoder = Encoder(tok.backend, tok.jinja(), tok.specials, Settings("sft", max_len=len(first) + 5,
                                                                        overflow="truncate"))
     batch = Batch()
@@ -144,7 +144,7 @@ def test_truncate_outside_an_answer_ends_at_the_last_whole_answer(tok) -> None:
     out, table = encoder(batch)
     row = table.to_pylist()[0]
     assert row["input_ids"] == first[:-1]  # ends with "<|im_end|>" of the first answer ("\n" after it is not kept)
-    assert row["labels"][-1] == tok.hf.convert_tokens_to_ids("<|im_end|>")
+    assert row["labels"][-1] == hf_tokenizer(tok.path).convert_tokens_to_ids("<|im_end|>")
     assert out.altered[0].findings[0].code == "truncated"
 
 
@@ -163,11 +163,11 @@ def test_dpo_and_kto_rows(tmp_path, tok) -> None:
         [str(SAMPLES / "trl_preference.jsonl")]) for r in b.items}
     for row in rows(tmp_path / "dpo"):
         record = records[row["ids"][0]]
-        prompt = tok.hf.apply_chat_template(record["prompt"], add_generation_prompt=True, tokenize=True,
+        prompt = hf_tokenizer(tok.path).apply_chat_template(record["prompt"], add_generation_prompt=True, tokenize=True,
                                             return_dict=False)
         assert row["prompt_input_ids"] == prompt
         for side in ("chosen", "rejected"):
-            full = tok.hf.apply_chat_template(record["prompt"] + record[side], tokenize=True, return_dict=False)
+            full = hf_tokenizer(tok.path).apply_chat_template(record["prompt"] + record[side], tokenize=True, return_dict=False)
             assert row["prompt_input_ids"] + row[f"{side}_input_ids"] == full
         assert row["num_tokens"] == sum(len(row[c]) for c in ("prompt_input_ids", "chosen_input_ids",
                                                                "rejected_input_ids"))
@@ -180,7 +180,7 @@ def test_dpo_and_kto_rows(tmp_path, tok) -> None:
 def test_pretrain_text_ends_with_eos_and_trains_everything(tmp_path, tok) -> None:
     result = tokenize(Inputs([str(SAMPLES / "text.jsonl")]), tok, str(tmp_path / "pt"))
     assert result.manifest["kind"] == "pretrain" and result.manifest["template"] is None
-    eos = tok.hf.eos_token_id
+    eos = hf_tokenizer(tok.path).eos_token_id
     for row in rows(tmp_path / "pt"):
         assert row["labels"] == row["input_ids"] and row["input_ids"][-1] == eos
         assert row["input_ids"].count(eos) == 1
@@ -211,7 +211,7 @@ def test_fingerprint_identifies_the_tokenizer(tok) -> None:
     fp = tok.fingerprint()
     assert fp["name"] == "tokenizer" and fp["path"] == str(Path(TOKENIZER).resolve())
     assert set(fp["files"]) == {"tokenizer.json", "tokenizer_config.json"}
-    assert fp["special_ids"]["eos"] == tok.hf.eos_token_id
+    assert fp["special_ids"]["eos"] == hf_tokenizer(tok.path).eos_token_id
     assert same_tokenizer(fp, load_tokenizer(TOKENIZER).fingerprint())
     assert not same_tokenizer(fp, {**fp, "sha256": "x", "vocab_sha256": "y"})
 

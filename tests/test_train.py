@@ -322,7 +322,7 @@ def test_generate_asks_with_the_ids_training_saw_before_the_answer(name: str, tm
     [row] = rows(str(tmp_path / "shards"))
     first_trained = next(i for i, label in enumerate(row["labels"]) if label != -100)
     tok = load_tokenizer(TOKENIZER)
-    generator = Generator(None, tok, get_template(name, tok.specials, tok.jinja), [])
+    generator = Generator(None, tok, None, get_template(name, tok.specials, tok.jinja), [])
     assert generator.prompt_ids(prompt, system) == row["input_ids"][:first_trained]
 
 

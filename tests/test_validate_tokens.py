@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SAMPLES, fixture
+from conftest import ROOT, SAMPLES, fixture, hf_tokenizer
 from prep.formats.inputs import Inputs
 from prep.render.tokenizer import load_tokenizer
 from prep.stages.validate import validate
@@ -27,7 +27,7 @@ def test_token_counts_match_the_models_chat_template(qwen) -> None:  # noqa: ANN
     report = validate(Inputs([str(TOY)]), tokenizer=qwen, max_len=4096, max_findings=None)
     rows = [json.loads(line) for line in TOY.read_text().splitlines()]
     accepted = [r for i, r in enumerate(rows, 1) if i != 4]  # row 4 is rejected (starts with an assistant reply)
-    expected = sorted(len(qwen.hf.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"])
+    expected = sorted(len(hf_tokenizer(qwen.path).apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"])
                       for r in accepted)
     stats = report.stats.to_dict()
     t = stats["tokens_per_row"]

@@ -157,6 +157,11 @@ def _formats(formats: dict[str, str]) -> None:
         click.echo(f"{path}: read as {fmt}", err=True)
 
 
+def _notes(result: Any) -> None:
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+
+
 # ---------------------------------------------------------------- the verbs
 
 
@@ -180,6 +185,7 @@ def convert(inputs: Any, to: str, output: str, rejects: str | None, ids: bool, q
 
     _require_inputs(inputs)
     result = run(inputs, to, output, rejects=rejects, ids=ids)
+    _notes(result)
     if not quiet:
         _formats(result.formats)
         click.echo(result.tally.summary() + ("" if output == "-" else f" -> {output}"), err=True)
@@ -201,6 +207,7 @@ def validate(inputs: Any, report: str | None, quiet: bool, **kw: Any) -> None:
 
     _require_inputs(inputs)
     result = run(inputs, **kw)
+    _notes(result)
     out = sys.stderr if report == "-" else sys.stdout
     if hasattr(out, "reconfigure"):
         out.reconfigure(errors="backslashreplace")  # a file name that is not UTF-8 must not crash the report
@@ -250,6 +257,7 @@ def template(inputs: Any, template: str | None, tokenizer: str | None, train_on:
 
     result = run(inputs, template, tokenizer, output or (None if show else "-"), train_on=train_on, rejects=rejects,
                  on_row=show_row if show else None)
+    _notes(result)
     if not quiet:
         _formats(result.formats)
         click.echo(f"{result.tally.summary()} (template {result.template})" + (f" -> {output}" if output else ""),
@@ -318,6 +326,7 @@ def tokenize(inputs: Any, output: str, rejects: str | None, quiet: bool, **kw: A
     _require_inputs(inputs)
     with _Bar("tokenize", quiet, "loading the tokenizer") as bar:
         result = run(inputs, kw.pop("tokenizer"), output, rejects=rejects, progress=bar, **kw)
+    _notes(result)
     if not quiet:
         _formats(result.formats)
         m = result.manifest
@@ -386,7 +395,7 @@ def inspect(shards: str, **kw: Any) -> None:
 
     from prep.stages.inspect import inspect as run  # noqa: PLC0415 - start-up time
 
-    run(shards, console=Console(highlight=False), **kw)
+    _notes(run(shards, console=Console(highlight=False), **kw))
 
 
 @main.command()
@@ -472,7 +481,8 @@ def run_recipe(recipe_file: str, sets: tuple[str, ...], dry_run: bool, quiet: bo
     if dry_run:
         print_plan(run(recipe, dry_run=True), console)
         return
-    _quiet_libraries()
+    if "train" in recipe.stages:
+        _quiet_libraries()
     if quiet:
         result = run(recipe)
     else:

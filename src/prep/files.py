@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import functools
 import gzip
 import hashlib
 import io
@@ -18,9 +19,12 @@ import os
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+
+import msgspec
 
 from prep.core.findings import Batch, Finding, PrepError, Source
 from prep.core.options import CONTAINERS
@@ -65,12 +69,54 @@ def _arrow_errors() -> tuple[type[Exception], ...]:
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in chunks (inputs, shards and tokenizer files are fingerprinted)."""
+    """Hex sha256 of a file's bytes (inputs, shards and tokenizer files are fingerprinted). A file last modified
+    more than a few seconds ago is hashed once per process (by identity, size and modification time): a run that
+    names an input or a tokenizer file twice reads it once. A fresh file is always read: a change within the
+    clock's resolution would not show in its modification time."""
+    st = os.stat(path)
+    if time.time_ns() - st.st_mtime_ns < _SETTLED_NS:
+        return _sha256(str(path), chunk)
+    return _settled_sha256(os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino, chunk)
+
+
+_SETTLED_NS = 5_000_000_000
+
+
+@functools.lru_cache(maxsize=4096)
+def _settled_sha256(path: str, size: int, mtime_ns: int, inode: int, chunk: int) -> str:
+    return _sha256(path, chunk)
+
+
+def _sha256(path: str, chunk: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def cache_path(kind: str, name: str) -> Path:
+    """Where prep keeps `name` of `kind` between runs: under $PREP_CACHE, else $XDG_CACHE_HOME/prep, else
+    ~/.cache/prep. Everything there can be deleted at any time."""
+    root = os.environ.get("PREP_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "prep"
+    return Path(root) / kind / name
+
+
+def read_cache(path: Path) -> Any:
+    """A cached JSON value, or None when there is none (or it cannot be read)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def write_cache(path: Path, value: Any) -> None:
+    """Cache a JSON value; a cache that cannot be written (a read-only home) only costs the next run time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, value)
+    except OSError:
+        pass
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -182,6 +228,9 @@ def _no_constant(name: str) -> Any:
 
 
 _JSON = json.JSONDecoder(parse_constant=_no_constant)
+# msgspec refuses NaN/Infinity, lone surrogates, invalid UTF-8 and numbers out of float range, which the careful
+# path turns into findings (or, for out-of-range numbers, reads as json does); what it takes, it reads as json does.
+_decode_fast = msgspec.json.Decoder().decode
 Item = tuple[Source, Any, "Finding | None"]
 
 
@@ -193,6 +242,11 @@ def _read_jsonl(stream: IO[bytes], name: str) -> Iterator[Item]:
             continue
         row += 1
         source = Source(name, lineno, row)
+        try:  # the fast path: msgspec takes only lines json takes too, and gives the same values
+            yield source, _decode_fast(raw), None
+            continue
+        except msgspec.MsgspecError:
+            pass  # the careful path below says what is wrong with the line (or takes what json takes and msgspec not)
         text, bad = _decoded(raw.rstrip(b"\r\n"), start, f"line {lineno}")
         if bad:
             yield source, text, bad

@@ -50,7 +50,7 @@ class TokenCheck:
         self.template = get_template(template or "tokenizer", self.tok.specials, self.tok.jinja)
         self.max_len, self.train_on = max_len, train_on
         self.encoders: dict[str, Encoder] = {}
-        specials = sorted({t.content for t in self.tok.hf.added_tokens_decoder.values() if t.special} |
+        specials = sorted(set(self.tok.added_tokens(special_only=True)) |
                           ({self.template.eot} if self.template.eot else set()), key=len, reverse=True)
         self.specials = re.compile("|".join(map(re.escape, specials))) if specials else None
         self.heads = {s[:2] for s in specials}

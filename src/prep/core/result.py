@@ -48,6 +48,7 @@ class Result:
 
     tally: Tally = field(default_factory=Tally)
     outputs: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the user should know (e.g. a slower way a tokenizer loaded)
 
     @property
     def exit_code(self) -> int:
@@ -59,7 +60,8 @@ class Result:
         return {}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tally": self.tally.to_dict(), "outputs": dict(self.outputs), **self.details()}
+        notes = {"notes": list(self.notes)} if self.notes else {}
+        return {"tally": self.tally.to_dict(), "outputs": dict(self.outputs), **notes, **self.details()}
 
 
 class Meter:

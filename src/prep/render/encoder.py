@@ -201,13 +201,10 @@ class Encoder:
         doc_ids = pa.array([[i] for i in ids], type=pa.list_(pa.string()))
         if self.settings.kind in ("sft", "pretrain"):
             values, offsets, lengths = _flatten([r.parts[0] for r in rows])
-            labels = np.full(len(values), -100, dtype=np.int32)
-            loss = np.zeros(n, dtype=np.int32)
-            for i, r in enumerate(rows):
-                base = offsets[i]
-                for a, b in r.ranges:
-                    labels[base + a:base + b] = values[base + a:base + b]
-                    loss[i] += b - a
+            trained = _trained(rows, offsets, len(values))
+            labels = np.where(trained, values, np.int32(-100))
+            loss = np.add.reduceat(trained.astype(np.int32), offsets[:-1]) if len(values) else np.zeros(n, np.int32)
+            loss[lengths == 0] = 0  # reduceat gives an empty row the next row's first value
             columns = [_list(offsets, values), _list(offsets, labels),
                        _list(np.arange(n + 1, dtype=np.int32), lengths), pa.array(lengths), pa.array(loss), doc_ids]
             return pa.Table.from_arrays(columns, schema=self.schema)
@@ -218,6 +215,16 @@ class Encoder:
             columns.append(pa.array([r.label for r in rows], type=pa.bool_()))
         columns += [pa.array(total, type=pa.int32()), doc_ids]
         return pa.Table.from_arrays(columns, schema=self.schema)
+
+
+def _trained(rows: list[_Row], offsets: np.ndarray, size: int) -> np.ndarray:
+    """Which tokens of the flattened batch carry loss: +1 where a trained range starts, -1 where it ends, summed."""
+    starts = [offsets[i] + a for i, r in enumerate(rows) for a, _ in r.ranges]
+    ends = [offsets[i] + b for i, r in enumerate(rows) for _, b in r.ranges]
+    edges = np.zeros(size + 1, dtype=np.int32)
+    np.add.at(edges, np.asarray(starts, dtype=np.int64), 1)
+    np.add.at(edges, np.asarray(ends, dtype=np.int64), -1)
+    return np.cumsum(edges[:-1]) > 0
 
 
 def _flatten(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

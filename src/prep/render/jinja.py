@@ -1,19 +1,117 @@
 """The tokenizer's own chat template (`--template tokenizer`), rendered sandboxed, with the spans found
-in the rendered text itself."""
+in the rendered text itself.
+
+Templates are rendered the way transformers' `apply_chat_template` renders them (jinja2's immutable
+sandbox, `trim_blocks` and `lstrip_blocks`, loop controls, the `{% generation %}` tag, and the same
+`raise_exception`, `strftime_now`, `tojson`, `dict` and `namespace`), without importing transformers:
+the parity tests compare the two on every fixture tokenizer."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
+from datetime import datetime
+from functools import lru_cache
 from typing import Any
+
+import jinja2
+import jinja2.ext
+import jinja2.nodes
+import jinja2.utils
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from prep.core.findings import PrepError, RowError, row_error
 from prep.core.records import Message
 from prep.render.spans import Rendered, Turn
 
+# The names a message's reasoning goes by; templates read `reasoning_content` (gpt-oss reads `thinking`).
+_REASONING = ("reasoning_content", "thinking", "reasoning")
+
+
+class _Generation(jinja2.ext.Extension):
+    """`{% generation %}...{% endgeneration %}` (the assistant-mask markers of transformers): the body as it is."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: Any) -> jinja2.nodes.CallBlock:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+    def _body(self, caller: Any) -> str:
+        return str(caller())
+
+
+class _Dict:
+    """`dict(...)` in templates without the attribute access a real dict type would expose to the sandbox."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
+        return dict(*args, **kwargs)
+
+    def fromkeys(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
+        return dict.fromkeys(*args, **kwargs)
+
+
+class _Namespace(jinja2.utils.Namespace):
+    """`namespace(...)` refusing underscore names, which could reach interpreter internals."""
+
+    def __init__(*args: Any, **kwargs: Any) -> None:  # noqa: N805 - jinja's Namespace signature, `self` in args
+        self, rest = args[0], args[1:]
+        attrs = dict(*rest, **kwargs)
+        for name in attrs:
+            _Namespace._check(name)
+        jinja2.utils.Namespace.__init__(self, attrs)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        _Namespace._check(name)
+        jinja2.utils.Namespace.__setitem__(self, name, value)
+
+    @staticmethod
+    def _check(name: Any) -> None:
+        if isinstance(name, str) and name.startswith("_"):
+            raise jinja2.exceptions.SecurityError(f"a chat template cannot set {name!r} on a namespace")
+
+
+def _raise(message: str) -> None:
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+            sort_keys: bool = False) -> str:
+    """Not jinja's own `tojson`, which escapes HTML characters: templates expect plain JSON."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+@lru_cache(maxsize=16)
+def compile_template(source: str) -> jinja2.Template:
+    """A chat template compiled once per process (workers compile their own)."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[_Generation, jinja2.ext.loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals.update(raise_exception=_raise, strftime_now=lambda fmt: datetime.now().strftime(fmt), dict=_Dict(),
+                       namespace=_Namespace)
+    return env.from_string(source)
+
+
+def render_chat(source: str, messages: Sequence[Message], tools: list[dict[str, Any]] | None, generation: bool,
+                variables: dict[str, Any]) -> str:
+    """`apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=generation)`: keys whose
+    value is None are left out, reasoning is passed under all its names, and `variables` (the special tokens)
+    are in scope."""
+    chat = []
+    for m in messages:
+        message = {k: v for k, v in m.items() if v is not None}
+        reasoning = next((message[k] for k in _REASONING if message.get(k) is not None), None)
+        if reasoning is not None:
+            message = {"thinking": reasoning, **message, "reasoning_content": reasoning}
+        chat.append(message)
+    return compile_template(source).render(messages=chat, tools=tools, documents=None,
+                                           add_generation_prompt=generation, **variables)
+
 
 class JinjaTemplate:
-    """The tokenizer's own chat template, rendered sandboxed by transformers, with `tools` passed through.
+    """The tokenizer's own chat template, rendered sandboxed, with `tools` passed through.
 
     Spans without re-tokenizing: for each assistant message i the conversation up to it is rendered
     with the generation prompt; the full render must start with that text (else the template is not
@@ -42,12 +140,8 @@ class JinjaTemplate:
 
     def text(self, messages: Sequence[Message], tools: list[dict[str, Any]] | None, generation: bool) -> str:
         """Exactly `apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=...)`."""
-        from transformers.utils.chat_template_utils import render_jinja_template  # noqa: PLC0415 - start-up time: transformers only for the tokenizer's own template
-
-        clean = [{k: v for k, v in m.items() if v is not None and k != "weight"} for m in messages]
-        out, _ = render_jinja_template([clean], tools=tools, chat_template=self.tool_source if tools else self.source,
-                                       add_generation_prompt=generation, **self.variables)
-        return out[0]
+        clean = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
+        return render_chat(self.tool_source if tools else self.source, clean, tools, generation, self.variables)
 
     def _probe_eot(self, added: list[str]) -> str:
         probe = "PREP_PROBE_ANSWER"

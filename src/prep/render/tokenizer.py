@@ -1,35 +1,59 @@
-"""Tokenizers: loading one from a local folder, and its identity. A fingerprint (its files' sha256, its
-vocabulary's sha256, size and special ids) goes into every manifest, so a trainer can refuse shards
-made with another tokenizer: their ids would mean other text."""
+"""Tokenizers: loading one from a local folder, and its identity.
+
+A folder loads with `tokenizers` alone, from `tokenizer.json` and `tokenizer_config.json` (named
+special tokens, added tokens, chat templates from the config, `chat_template.jinja` or
+`additional_chat_templates/`), into the pipeline transformers 5 builds for it: as the file says for
+the generic classes, and rebuilt the way `LlamaTokenizer` and `Qwen2Tokenizer` rebuild it (a test
+compares the two pipelines on every fixture tokenizer). Other classes that transformers rebuilds,
+and folders without `tokenizer.json` (SentencePiece only), load through transformers, with a note
+saying so: exact, but seconds slower to start.
+
+A fingerprint (the sha256 of its files, of its vocabulary, its size and special ids) goes into every
+manifest, so a trainer can refuse shards made with another tokenizer: their ids would mean other text.
+The vocabulary part is cached by the files' sha256.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tokenizers import Regex, decoders, normalizers, pre_tokenizers
+from tokenizers import Tokenizer as Backend
+
 from prep.core.findings import PrepError
-from prep.files import sha256_file
+from prep.files import cache_path, read_cache, sha256_file, write_cache
 from prep.render.jinja import JinjaTemplate
-from prep.render.templates import Specials
+from prep.render.spans import Specials
 
 # The files that decide how a folder tokenizes (never model weights), hashed into the fingerprint.
 _TOKENIZER_FILES = re.compile(r"^(tokenizer.*|special_tokens_map\.json|added_tokens\.json|vocab\..*|merges\.txt|"
                               r".*\.tiktoken|chat_template.*|spiece\.model)$")
+SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+_GENERIC = ("", "PreTrainedTokenizer", "TokenizersBackend")  # the file is the pipeline (after "Fast" is cut)
+_FINGERPRINT_VERSION = 1  # of the cached part; bump when what it holds changes
+# transformers' Qwen2Tokenizer splits text with this pattern before byte-level BPE
+_QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"""
+                r"""\s+(?!\S)|\s+""")
 
 
 @dataclass
 class Tokenizer:
-    """A loaded tokenizer: transformers' own (`hf`, for its chat template and special tokens) and
-    its Rust backend, which does the batched tokenizing and can be handed to worker processes."""
+    """A loaded tokenizer: its Rust backend (batched tokenizing, and picklable for worker processes), its named
+    special tokens, its chat templates, and notes for the user (how it was loaded, when that is slower)."""
 
     path: Path
-    hf: Any
     backend: Any
     specials: Specials
+    special_tokens: dict[str, str]  # bos_token, eos_token, ...: what chat templates receive
+    chat_templates: dict[str, str]  # by name: "default", "tool_use", ...
+    loaded_as: str  # the class transformers 5 loads it as, recorded in the fingerprint
+    clean_up_spaces: bool = False  # decoding drops spaces before punctuation, as transformers does
+    notes: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -38,47 +62,70 @@ class Tokenizer:
     def token_id(self, token: str | None) -> int | None:
         return None if token is None else self.backend.token_to_id(token)
 
+    def added_tokens(self, special_only: bool = False) -> list[str]:
+        return [t.content for t in self.backend.get_added_tokens_decoder().values() if t.special or not special_only]
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of `ids` as transformers' `decode` gives it (special tokens kept)."""
+        text = self.backend.decode(ids, skip_special_tokens=False)
+        return _clean_up_spaces(text) if self.clean_up_spaces else text
+
+    def chat_template(self, tools: bool = False) -> str:
+        """The chat template (its tool-use variant for rows with tools, when it has one)."""
+        templates = self.chat_templates
+        if not templates:
+            raise PrepError(f"the tokenizer at {self.path} has no chat template; choose one with --template "
+                            "(see `prep template --list`)")
+        if tools and "tool_use" in templates:
+            return templates["tool_use"]
+        if "default" not in templates:
+            raise PrepError(f"the tokenizer at {self.path} has several chat templates and none is the default "
+                            f"({', '.join(sorted(templates))}); choose one with --template")
+        return templates["default"]
+
     def jinja(self) -> JinjaTemplate:
         """The tokenizer's own chat template (tool-use variant when it has one)."""
-        try:
-            source = self.hf.get_chat_template()
-        except ValueError:
-            raise PrepError(f"the tokenizer at {self.path} has no chat template; choose one with --template "
-                            "(see `prep template --list`)") from None
-        tool_source = self.hf.get_chat_template(tools=[])
-        added = [t.content for t in self.hf.added_tokens_decoder.values()]
-        return JinjaTemplate(source, tool_source, dict(self.hf.special_tokens_map), self.name, added)
+        return JinjaTemplate(self.chat_template(), self.chat_template(tools=True), dict(self.special_tokens),
+                             self.name, self.added_tokens())
 
     @property
     def has_chat_template(self) -> bool:
-        return bool(self.hf.chat_template)
+        return bool(self.chat_templates)
 
     def fingerprint(self) -> dict[str, Any]:
-        return fingerprint(self.hf, self.path)
+        """What shards record about the tokenizer: its name and folder, the sha256 of its files, the sha256 of its
+        vocabulary (token -> id, added tokens included: what the ids mean), the vocabulary size, the special ids."""
+        files = {p.name: sha256_file(p) for p in sorted(self.path.iterdir())
+                 if p.is_file() and _TOKENIZER_FILES.match(p.name)}
+        sha = hashlib.sha256("".join(f"{n}\0{h}\n" for n, h in files.items()).encode()).hexdigest()
+        cache = cache_path("fingerprints", f"{sha}-{self.loaded_as}-{_FINGERPRINT_VERSION}.json")
+        vocab = read_cache(cache)
+        if vocab is None:
+            special_ids = {k: self.token_id(self.special_tokens.get(f"{k}_token")) for k in ("bos", "eos", "pad", "unk")}
+            vocab = vocabulary_identity(self.backend.get_vocab(with_added_tokens=True),
+                                        self.backend.get_vocab_size(with_added_tokens=True), special_ids)
+            write_cache(cache, vocab)
+        return {"name": self.path.name, "path": str(self.path), "sha256": sha, "files": files, **vocab,
+                "class": self.loaded_as}
 
 
-def fingerprint(tokenizer: Any, folder: Path | None = None) -> dict[str, Any]:
-    """What shards record about a (transformers) tokenizer so a trainer can refuse another one: its name
-    and folder, the sha256 of its files, the sha256 of its vocabulary (token -> id, added tokens included:
-    what the ids in the shards mean), the vocabulary size and the special token ids."""
-    if folder is None:
-        try:
-            folder = _tokenizer_folder(str(tokenizer.name_or_path))
-        except PrepError:
-            folder = None
-    files = {p.name: sha256_file(p) for p in sorted(folder.iterdir())
-             if p.is_file() and _TOKENIZER_FILES.match(p.name)} if folder else {}
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    return {
-        "name": folder.name if folder else str(tokenizer.name_or_path),
-        "path": str(folder) if folder else None,
-        "sha256": hashlib.sha256("".join(f"{n}\0{h}\n" for n, h in files.items()).encode()).hexdigest(),
-        "files": files,
-        "vocab_sha256": hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest(),
-        "vocab_size": len(tokenizer),
-        "special_ids": {k: getattr(tokenizer, f"{k}_token_id") for k in ("bos", "eos", "pad", "unk")},
-        "class": type(tokenizer).__name__,
-    }
+def fingerprint(tokenizer: Any) -> dict[str, Any]:
+    """The fingerprint of a transformers tokenizer (the trainer's): that of its folder when it has one (the same
+    files make the same fingerprint), else of the object itself."""
+    try:
+        return load_tokenizer(str(tokenizer.name_or_path)).fingerprint()
+    except PrepError:
+        special_ids = {k: getattr(tokenizer, f"{k}_token_id") for k in ("bos", "eos", "pad", "unk")}
+        return {"name": str(tokenizer.name_or_path), "path": None, "sha256": hashlib.sha256(b"").hexdigest(),
+                "files": {}, **vocabulary_identity(tokenizer.get_vocab(), len(tokenizer), special_ids),
+                "class": type(tokenizer).__name__}
+
+
+def vocabulary_identity(vocab: dict[str, int], size: int, special_ids: dict[str, int | None]) -> dict[str, Any]:
+    """The part of a fingerprint that says what the ids mean: the vocabulary's sha256, its size, the special ids."""
+    ordered = sorted(vocab.items(), key=lambda kv: kv[1])
+    return {"vocab_sha256": hashlib.sha256(json.dumps(ordered, ensure_ascii=False).encode()).hexdigest(),
+            "vocab_size": size, "special_ids": special_ids}
 
 
 def same_tokenizer(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -96,12 +143,52 @@ def describe_tokenizer(fp: dict[str, Any]) -> str:
             f"special ids {fp.get('special_ids')})")
 
 
-def load_tokenizer(path: str) -> Tokenizer:
+def load_tokenizer(path: str | Path) -> Tokenizer:
     """A tokenizer from a local folder (or a hub id already in the local cache; nothing is downloaded)."""
-    folder = _tokenizer_folder(path)
+    folder = _tokenizer_folder(str(path))
+    config = _read_json(folder / "tokenizer_config.json") or {}
+    if not isinstance(config, dict):
+        raise PrepError(f"{folder / 'tokenizer_config.json'}: not a JSON object")
+    declared = str(config.get("tokenizer_class") or "")
+    base = declared.removesuffix("Fast")
+    if not (folder / "tokenizer.json").is_file():
+        return _load_with_transformers(folder, f"{folder} has no tokenizer.json (SentencePiece only): loading it "
+                                               "with transformers, which takes seconds to start")
+    if base not in _GENERIC and base not in _REBUILDS:
+        return _load_with_transformers(folder, f"{folder}: transformers rebuilds a {declared} at load in its own way "
+                                               "(prep replicates LlamaTokenizer and Qwen2Tokenizer): loading it "
+                                               "with transformers, which takes seconds to start")
+    special = _special_tokens(folder, config)
     try:
-        from transformers import AutoTokenizer  # noqa: PLC0415 - start-up time: transformers only when a tokenizer loads
+        backend = Backend.from_file(str(folder / "tokenizer.json"))
+        if base in _REBUILDS:
+            _REBUILDS[base](backend, config)
+            backend = _with_config_added_tokens(backend, config)
+    except Exception as e:  # noqa: BLE001 - the Rust library raises its own exception types for a bad file
+        raise PrepError(f"cannot load the tokenizer in {folder}: {e}") from None
+    known = {t.content for t in backend.get_added_tokens_decoder().values()}
+    missing = [t for t in special.values() if t not in known]
+    if missing:  # as transformers does: a named special token the vocabulary lacks is added
+        from tokenizers import AddedToken  # noqa: PLC0415 - start-up time: only for incomplete tokenizer folders
 
+        backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
+    bos = special.get("bos_token")
+    bos_id = backend.token_to_id(bos) if bos else None
+    adds_bos = bos_id is not None and backend.encode("a").ids[:1] == [bos_id]
+    loaded_as = "TokenizersBackend" if base in _GENERIC else base
+    return Tokenizer(folder, backend, Specials(bos, special.get("eos_token"), adds_bos), special,
+                     _chat_templates(folder, config), loaded_as, bool(config.get("clean_up_tokenization_spaces")))
+
+
+def _load_with_transformers(folder: Path, note: str) -> Tokenizer:
+    """The slow path, for what prep cannot build from tokenizer.json alone: transformers builds it, prep keeps its
+    Rust backend."""
+    try:
+        from transformers import AutoTokenizer  # noqa: PLC0415 - start-up time: only for tokenizers prep cannot build
+    except ImportError:
+        raise PrepError(f"{note.split(': loading it')[0]}: that takes transformers (pip install transformers, or "
+                        "'prep[train]')") from None
+    try:
         hf = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds for a folder it cannot read
         raise PrepError(f"cannot load the tokenizer in {folder}: {e}") from None
@@ -109,9 +196,127 @@ def load_tokenizer(path: str) -> Tokenizer:
     if backend is None or not hasattr(backend, "encode_batch"):
         raise PrepError(f"{folder}: prep needs a fast (Rust) tokenizer (tokenizer.json); this one is "
                         f"{type(hf).__name__}")
+    templates = hf.chat_template if isinstance(hf.chat_template, dict) else \
+        {"default": hf.chat_template} if hf.chat_template else {}
     bos_id = hf.bos_token_id
     adds_bos = bos_id is not None and hf("a")["input_ids"][:1] == [bos_id]
-    return Tokenizer(folder, hf, backend, Specials(hf.bos_token, hf.eos_token, adds_bos))
+    return Tokenizer(folder, backend, Specials(hf.bos_token, hf.eos_token, adds_bos), dict(hf.special_tokens_map),
+                     templates, type(hf).__name__, bool(hf.clean_up_tokenization_spaces), [note])
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise PrepError(f"{path}: not valid JSON ({e})") from None
+
+
+def _token_text(value: Any) -> str | None:
+    """A special token as a config spells it: a string, or an AddedToken object with its `content`."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
+
+
+def _special_tokens(folder: Path, config: dict[str, Any]) -> dict[str, str]:
+    """The named special tokens: the config's, and, for folders whose config has no added_tokens_decoder,
+    special_tokens_map.json's (transformers reads that legacy file then)."""
+    values = {k: config.get(k) for k in SPECIAL_TOKENS}
+    if "added_tokens_decoder" not in config:
+        legacy = _read_json(folder / "special_tokens_map.json") or {}
+        values.update({k: legacy[k] for k in SPECIAL_TOKENS if k in legacy})
+    return {k: text for k in SPECIAL_TOKENS if (text := _token_text(values.get(k)))}
+
+
+def _chat_templates(folder: Path, config: dict[str, Any]) -> dict[str, str]:
+    """Chat templates by name: chat_template.jinja and additional_chat_templates/*.jinja when there are any
+    (they take priority, as in transformers), else the config's `chat_template` (text, or a list of
+    {"name", "template"})."""
+    templates = {}
+    if (folder / "chat_template.jinja").is_file():
+        templates["default"] = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    extra = folder / "additional_chat_templates"
+    if extra.is_dir():
+        templates.update({p.stem: p.read_text(encoding="utf-8") for p in sorted(extra.glob("*.jinja"))})
+    if templates:
+        return templates
+    given = config.get("chat_template")
+    if isinstance(given, str):
+        return {"default": given}
+    if isinstance(given, list):
+        return {t["name"]: t["template"] for t in given if isinstance(t, dict) and "name" in t and "template" in t}
+    return {}
+
+
+def _with_config_added_tokens(backend: Any, config: dict[str, Any]) -> Any:
+    """The added tokens as the config lists them (transformers takes them from there when it rebuilds a class);
+    the file's are kept when they are the same, as in every tokenizer seen so far."""
+    given = config.get("added_tokens_decoder")
+    if not isinstance(given, dict):
+        return backend
+    wanted = [_added_token(int(i), t) for i, t in sorted(given.items(), key=lambda kv: int(kv[0]))]
+    have = [{"id": i, **{k: getattr(t, k) for k in ("content", "single_word", "lstrip", "rstrip", "normalized",
+                                                     "special")}}
+            for i, t in sorted(backend.get_added_tokens_decoder().items())]
+    if wanted == have:
+        return backend
+    spec = json.loads(backend.to_str())
+    spec["added_tokens"] = wanted
+    return Backend.from_str(json.dumps(spec))
+
+
+def _added_token(index: int, token: dict[str, Any]) -> dict[str, Any]:
+    return {"id": index, "content": token["content"], "single_word": token.get("single_word", False),
+            "lstrip": token.get("lstrip", False), "rstrip": token.get("rstrip", False),
+            "normalized": token.get("normalized", not token.get("special", False)),
+            "special": token.get("special", False)}
+
+
+def _as_llama(backend: Any, config: dict[str, Any]) -> None:
+    """transformers 5's LlamaTokenizer: byte-fallback BPE, no normalizer, a Metaspace pre-tokenizer that adds the
+    prefix space only at the start of the text (not after every special token) unless `legacy`, and a decoder
+    that strips that space."""
+    prefix = config.get("add_prefix_space")
+    prefix = True if prefix is None else bool(prefix)
+    _bpe(backend, unk_token=None, fuse_unk=True, byte_fallback=True)
+    backend.normalizer = None
+    scheme = ("always" if config.get("legacy", False) else "first") if prefix else "never"
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme, split=False)
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    backend.decoder = decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if prefix else []))
+
+
+def _as_qwen2(backend: Any, config: dict[str, Any]) -> None:
+    """transformers 5's Qwen2Tokenizer: byte-level BPE that always applies the merges, NFC, Qwen's split pattern."""
+    _bpe(backend, unk_token=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False,
+         byte_fallback=False)
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=bool(config.get("add_prefix_space") or False), use_regex=False)])
+    backend.decoder = decoders.ByteLevel()
+
+
+def _bpe(backend: Any, **settings: Any) -> None:
+    """The BPE model's settings as the class sets them; merges always apply (no whole-word shortcut)."""
+    model = backend.model
+    if type(model).__name__ != "BPE":
+        raise PrepError(f"a {type(model).__name__} model where this tokenizer class builds a BPE model")
+    for name, value in {"dropout": None, "ignore_merges": False, **settings}.items():
+        setattr(model, name, value)
+
+
+_REBUILDS = {"LlamaTokenizer": _as_llama, "Qwen2Tokenizer": _as_qwen2}
+
+
+def _clean_up_spaces(text: str) -> str:
+    """transformers' `clean_up_tokenization`: no space before punctuation and English contractions."""
+    for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                          (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(before, after)
+    return text
 
 
 def _tokenizer_folder(path: str) -> Path:
@@ -122,7 +327,7 @@ def _tokenizer_folder(path: str) -> Path:
         raise PrepError(f"--tokenizer {path}: give the folder that holds tokenizer.json, not a file")
     if path.count("/") == 1 and not path.startswith((".", "/", "~")):
         try:
-            from huggingface_hub import snapshot_download  # noqa: PLC0415 - start-up time: transformers only when a tokenizer loads
+            from huggingface_hub import snapshot_download  # noqa: PLC0415 - start-up time: only for hub ids
 
             return Path(snapshot_download(path, local_files_only=True))
         except Exception:  # noqa: BLE001 - any failure means: not in the local cache

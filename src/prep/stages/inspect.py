@@ -28,7 +28,7 @@ def tokenizer_for(manifest: dict[str, Any], given: str | None) -> Any:
     path = given or info.get("path") or info.get("name")
     if not path or not Path(path).exists():
         raise PrepError(f"cannot find the shards' tokenizer ({path or 'not recorded'}); pass --tokenizer DIR")
-    return load_tokenizer(path).hf
+    return load_tokenizer(path)
 
 
 def render_tokens(tokenizer: Any, ids: list[int], labels: list[int] | None, show_ids: bool) -> Text:
@@ -85,4 +85,4 @@ def inspect(shards: str | Path, row: int = 0, *, tokenizer: str | None = None, s
             console.print(render_tokens(tok, data[column], trained, show_ids))
         if "label" in data:
             console.print(f"label: {data['label']}")
-    return InspectResult(tally=Tally(1, 1), row=data)
+    return InspectResult(tally=Tally(1, 1), row=data, notes=tok.notes)

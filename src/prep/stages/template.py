@@ -76,7 +76,7 @@ def template(inputs: Inputs, template: str | None = None, tokenizer: str | None 
     tok = load_tokenizer(tokenizer) if tokenizer else None
     specials = tok.specials if tok else Specials()
     chosen = get_template(template or "tokenizer", tok.specials if tok else None, tok.jinja if tok else None)
-    result = TemplateResult(outputs=outputs(output=output, rejects=rejects),
+    result = TemplateResult(outputs=outputs(output=output, rejects=rejects), notes=tok.notes if tok else [],
                             template=getattr(chosen, "label", chosen.name))
     meter = Meter(progress)
     with contextlib.ExitStack() as stack:

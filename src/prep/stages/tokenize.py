@@ -198,4 +198,4 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, templat
             meter.add(len(out.items) + len(out.rejects), int(table["num_tokens"].to_numpy().sum()))
         meta["inputs"] = [{"path": p, "sha256": sha256_file(p) if p != "-" else None} for p in formats]
     return TokenizeResult(tally=writer.tally, outputs=outputs(output=output, rejects=rejects),
-                          manifest=writer.manifest(), formats=formats)
+                          manifest=writer.manifest(), formats=formats, notes=tok.notes)

@@ -143,7 +143,8 @@ def validate(inputs: Inputs, *, validation: Sequence[str] = (), kind: str | None
                 _validate_file(local, reports[path], ctx)
     if ctx.tokens:
         ctx.stats.extra.update(ctx.tokens.stats())
-    result = Report(outputs=outputs(rejects=rejects), files=list(reports.values()),
+    result = Report(outputs=outputs(rejects=rejects), notes=ctx.tokens.tok.notes if ctx.tokens else [],
+                    files=list(reports.values()),
                     findings=ctx.findings, stats=ctx.stats, strict=strict)
     for fr in result.files:
         result.tally.add(fr.tally)

@@ -27,6 +27,7 @@ class Generator:
 
     model: Any
     tokenizer: Tokenizer
+    text_tokenizer: Any  # transformers' own, for streaming the decoded text
     template: AnyTemplate | None  # None: plain text (pretraining shards), the prompt as it is
     stop_ids: list[int]
     notes: list[str] = field(default_factory=list)  # which template, and warnings about the base model
@@ -55,7 +56,7 @@ class Generator:
         import torch  # noqa: PLC0415 - train extra
         from transformers import TextStreamer  # noqa: PLC0415 - train extra
 
-        hf = self.tokenizer.hf
+        hf = self.text_tokenizer
         ids = torch.tensor([self.prompt_ids(prompt, system)])
         pieces: list[str] = []
 
@@ -88,7 +89,7 @@ def load(model: str, adapter: str | None = None, template: str | None = None) ->
     The Generator's `notes` say which template is used and whether the base model is the one the
     adapter was trained on (its tokenizer, its folder)."""
     require_train_extra()
-    from transformers import AutoModelForCausalLM  # noqa: PLC0415 - train extra
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 - train extra
 
     if adapter and not (Path(adapter) / "adapter_config.json").is_file():
         raise PrepError(f"--adapter {adapter}: no adapter_config.json there (give the adapter folder prep train wrote)")
@@ -116,8 +117,9 @@ def load(model: str, adapter: str | None = None, template: str | None = None) ->
 
         lm = PeftModel.from_pretrained(lm, adapter)
     lm.eval()
-    stops = [i for i in (tok.token_id(tmpl.eot) if tmpl else None, tok.hf.eos_token_id) if i is not None]
-    return Generator(lm, tok, tmpl, list(dict.fromkeys(stops)), notes)
+    stops = [i for i in (tok.token_id(tmpl.eot) if tmpl else None, tok.token_id(tok.specials.eos)) if i is not None]
+    return Generator(lm, tok, AutoTokenizer.from_pretrained(str(tok.path)), tmpl, list(dict.fromkeys(stops)),
+                     tok.notes + notes)
 
 
 def _base_model_notes(info: dict[str, Any], model: str) -> list[str]:

@@ -1,0 +1,108 @@
+"""prep loads tokenizers with `tokenizers` alone, into the pipeline transformers 5 builds for the same folder,
+and the data verbs never import torch or transformers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import ROOT, SAMPLES, fixture, hf_tokenizer
+from prep.render.tokenizer import fingerprint, load_tokenizer
+
+FOLDERS = ["samples", "qwen2.5", "llama3", "phi-3-mini", "smollm3"]
+
+
+def _folder(name: str) -> Path:
+    return SAMPLES / "tokenizer" if name == "samples" else fixture("tokenizers", name)
+
+
+def _pipeline(backend: Any) -> dict[str, Any]:
+    """A backend's JSON with merges in one spelling ("a b" and ["a", "b"] are the same merge)."""
+    spec = json.loads(backend.to_str())
+    merges = spec["model"].get("merges")
+    if merges is not None:
+        spec["model"]["merges"] = [m.split(" ") if isinstance(m, str) else m for m in merges]
+    return spec
+
+
+@pytest.mark.parametrize("name", FOLDERS)
+def test_the_pipeline_is_the_one_transformers_builds(name: str) -> None:
+    folder = _folder(name)
+    tok, hf = load_tokenizer(folder), hf_tokenizer(folder)
+    assert _pipeline(tok.backend) == _pipeline(hf._tokenizer)
+    assert tok.special_tokens == hf.special_tokens_map
+    assert (tok.specials.bos, tok.specials.eos) == (hf.bos_token, hf.eos_token)
+    assert tok.specials.adds_bos == (hf.bos_token_id is not None and hf("a")["input_ids"][:1] == [hf.bos_token_id])
+    assert tok.chat_template() == hf.get_chat_template()
+    assert not tok.notes
+    ours = tok.fingerprint()
+    assert ours == fingerprint(hf)  # the trainer fingerprints transformers' tokenizer of the same folder
+    assert {k: ours[k] for k in ("vocab_size", "special_ids", "class")} == {
+        "vocab_size": len(hf), "special_ids": {k: getattr(hf, f"{k}_token_id") for k in ("bos", "eos", "pad", "unk")},
+        "class": type(hf).__name__}
+    text = "Hello world!\n<|im_end|> naïve — 東京 </s> ok."
+    assert tok.backend.encode(text, add_special_tokens=False).ids == hf.encode(text, add_special_tokens=False)
+    ids = hf.encode(text, add_special_tokens=False)
+    assert tok.decode(ids) == hf.decode(ids)
+
+
+def test_the_fingerprint_is_cached_by_the_files_sha256(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PREP_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "tok"
+    shutil.copytree(SAMPLES / "tokenizer", folder)
+    first = load_tokenizer(folder).fingerprint()
+    cached = list((tmp_path / "cache" / "fingerprints").iterdir())
+    assert len(cached) == 1 and json.loads(cached[0].read_text())["vocab_sha256"] == first["vocab_sha256"]
+    cached[0].write_text(json.dumps({**json.loads(cached[0].read_text()), "vocab_size": 7}))
+    assert load_tokenizer(folder).fingerprint()["vocab_size"] == 7  # read from the cache, not recomputed
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 99}))
+    again = load_tokenizer(folder).fingerprint()  # other files, another entry
+    assert again["vocab_size"] == first["vocab_size"] and again["sha256"] != first["sha256"]
+
+
+def test_a_class_prep_does_not_rebuild_loads_through_transformers_with_a_note(tmp_path: Path) -> None:
+    folder = tmp_path / "gpt2-like"
+    shutil.copytree(SAMPLES / "tokenizer", folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "GPT2Tokenizer"}))
+    tok = load_tokenizer(folder)
+    assert len(tok.notes) == 1 and "GPT2Tokenizer" in tok.notes[0] and "transformers" in tok.notes[0]
+    assert _pipeline(tok.backend) == _pipeline(hf_tokenizer(folder)._tokenizer)
+
+
+VERBS = {
+    "convert": ["convert", "samples/openai.jsonl", "--to", "sharegpt", "-o", "{tmp}/c.jsonl"],
+    "validate": ["validate", "samples/openai.jsonl", "--tokenizer", "samples/tokenizer", "--template", "chatml"],
+    "template": ["template", "samples/openai.jsonl", "--tokenizer", "samples/tokenizer", "-o", "{tmp}/t.jsonl"],
+    "tokenize": ["tokenize", "samples/openai.jsonl", "--tokenizer", "{qwen}", "--template", "chatml", "-o",
+                 "{tmp}/tok", "-q"],
+    "pack": ["pack", "{tmp}/tok", "--max-len", "4096", "-o", "{tmp}/packed"],
+    "verify": ["verify", "{tmp}/packed"],
+    "inspect": ["inspect", "{tmp}/packed"],
+    "stats": ["stats", "{tmp}/packed"],
+    "run": ["run", "recipes/autotrain-csv-dpo.yaml", "--set", "output={tmp}/run", "-q"],
+}
+
+
+@pytest.mark.slow
+def test_the_data_verbs_import_neither_torch_nor_transformers(tmp_path: Path) -> None:
+    """Each verb in a fresh interpreter, in order (pack reads what tokenize wrote); afterwards none of the heavy
+    libraries is in sys.modules."""
+    heavy = ("torch", "transformers", "datasets", "trl")
+    probe = ("import sys, json\nfrom prep.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+             f"    code = e.code\nprint(json.dumps([code, [m for m in {heavy!r} if m in sys.modules]]))")
+    for verb, args in VERBS.items():
+        argv = [a.format(tmp=tmp_path, qwen=fixture("tokenizers", "qwen2.5")) for a in args]
+        proc = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        code, loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert code in (0, 1, None), (verb, proc.stderr)  # 1: rows rejected, as intended by the data
+        assert loaded == [], f"prep {verb} imported {loaded}"
