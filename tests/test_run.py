@@ -382,3 +382,49 @@ def test_an_interrupted_train_stage_resumes_its_own_checkpoint_and_drops_another
     other = go(own_recipe, "train.max_steps=2", "train.save_steps=1", "train.lr=1.0e-3")
     assert statuses(other)["train"] == "ran"
     assert json.loads((train / "training_report.json").read_text())["options"]["resume"] is False
+
+
+def _token_recipe(tmp_path: Path, rows: list[str], extra: str = "") -> Path:
+    (tmp_path / "chats.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"inputs:\n  files: [chats.jsonl]\nvalidate: {{tokens: true{extra}}}\ntokenize:\n"
+                      f"  tokenizer: {SAMPLES / 'tokenizer'}\n  template: llama2\n  max_len: 64\noutput: out\n",
+                      encoding="utf-8")
+    return recipe
+
+
+def test_with_token_statistics_every_row_is_tokenized_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """validate: {tokens: true} reports what tokenize made (tokens per row, rows over max_len) instead of
+    tokenizing the rows a second time."""
+    from prep.render.encoder import Encoder
+
+    encoded: list[int] = []
+    real = Encoder.encode
+    monkeypatch.setattr(Encoder, "encode", lambda self, jobs: encoded.append(len(jobs.items)) or real(self, jobs))
+    short = '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}'
+    long = json.dumps({"messages": [{"role": "user", "content": "tell " * 80}, {"role": "assistant", "content": "No."}]})
+    result = go(_token_recipe(tmp_path, [short, short, long]))
+    assert sum(encoded) == 3  # each row once, by tokenize
+    validate, tokenize = result.stages
+    stats = json.loads((validate.folder / "report.json").read_text())["stats"]
+    written = read_manifest(tokenize.folder)
+    assert stats["tokens_total"] == written["tokens"]["total"] and stats["rows_over_max_len"] == 1
+    assert stats["tokens_per_row"]["count"] == 2 and stats["max_len"] == 64
+    assert "tokens per row" in validate.summary["line"] and "1 over max_len 64" in validate.summary["line"]
+    assert result.stopped is None and result.exit_code == 1  # the long row is tokenize's too_long reject
+
+
+def test_rows_the_template_cannot_render_stop_the_run_unless_allowed(tmp_path: Path) -> None:
+    """With validate counting tokens, a row tokenize cannot render stops the run before packing, as validate's
+    errors do; `allow_errors` lets it go on without the row."""
+    good = '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}'
+    tool_row = (SAMPLES / "openai.jsonl").read_text(encoding="utf-8").splitlines()[0]  # llama2 cannot write tools
+    recipe = _token_recipe(tmp_path, [good, tool_row])
+    recipe.write_text(recipe.read_text() + "pack: {max_len: 64}\n", encoding="utf-8")
+    stopped = go(recipe)
+    assert statuses(stopped) == {"validate": "ran", "tokenize": "stopped", "pack": "run"}
+    assert "template_cannot_render: 1" in stopped.stopped and stopped.exit_code == 1
+    again = go(recipe)  # checked again, though tokenize's output is there
+    assert statuses(again)["tokenize"] == "stopped" and statuses(again)["pack"] == "run"
+    allowed = go(recipe, "validate.allow_errors=true")
+    assert statuses(allowed)["pack"] == "ran" and allowed.exit_code == 1

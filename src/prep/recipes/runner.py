@@ -30,13 +30,14 @@ from prep import __version__
 from prep.core.findings import PrepError
 from prep.core.options import SETTINGS
 from prep.core.result import Progress, Result
-from prep.files import sha256_file, write_json
+from prep.files import sha256_file, write_json, write_text_atomic
 from prep.formats import llamafactory
 from prep.formats.inputs import Inputs
 from prep.recipes.recipe import Recipe, relative
 from prep.stages import validate_report as show
 from prep.stages.convert import convert
 from prep.stages.pack import DEFAULT_WINDOW, pack
+from prep.stages.stats import token_statistics
 from prep.stages.tokenize import tokenize
 from prep.stages.validate import validate
 from prep.trainer.train import REPORT, TrainOptions, can_resume, train
@@ -156,9 +157,6 @@ def plan(recipe: Recipe) -> list[Stage]:
         elif name == "validate" and "tokenize" in recipe.data:
             tok = recipe.section("tokenize")
             options["kind"] = tok.get("kind")  # validate checks rows of that kind
-            if options.get("tokens"):
-                options.update(tokenizer=folder_digest(tok["tokenizer"]), template=tok.get("template"),
-                               max_len=tok.get("max_len"))
         key = _key(name, options, upstream)
         folder = recipe.output / name
         stamp = _read_stamp(folder)
@@ -183,6 +181,7 @@ class _Flow:
 
     inputs: Inputs
     shards: Path | None = None
+    validated: Stage | None = None  # the validate stage, whose token statistics come from tokenize's output
 
 
 def _recipe_inputs(recipe: Recipe) -> Inputs:
@@ -204,13 +203,13 @@ def _convert(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str,
 
 
 def _validate(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
+    """validate; with `tokens`, the token statistics are added when tokenize has run (see _token_statistics), so
+    every row is tokenized once."""
     opts, tok = recipe.section("validate"), recipe.section("tokenize")
     rejects = stage.folder / "rejects.jsonl"
-    tokens = {"tokenizer": tok["tokenizer"], "template": tok.get("template"), "max_len": tok.get("max_len")} \
-        if opts.get("tokens") else {}
     result = validate(flow.inputs, kind=tok.get("kind"), strict=opts.get("strict", False), rejects=str(rejects),
                       min_rows=opts.get("min_rows", 1), max_chars=opts.get("max_chars", 32_000),
-                      progress=lambda p: view.progress(stage, p), **tokens)
+                      progress=lambda p: view.progress(stage, p))
     stage.folder.mkdir(parents=True, exist_ok=True)
     show.write_json(result, str(stage.folder / "report.json"))
     summary = {"outputs": ["report.json"], "read": result.rows_read, "accepted": result.rows_accepted,
@@ -218,8 +217,7 @@ def _validate(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str
                "warnings": result.findings.warnings, "report": "report.json",
                "rejects": "rejects.jsonl" if result.rows_rejected else None,
                "line": f"read {result.rows_read}, accepted {result.rows_accepted}, rejected {result.rows_rejected}; "
-                       f"{result.findings.errors} errors, {result.findings.warnings} warnings"
-                       + (_token_line(result.stats.extra) if tokens else "")}
+                       f"{result.findings.errors} errors, {result.findings.warnings} warnings"}
     if result.exit_code and not opts.get("allow_errors"):
         show.show(result, sys.stderr)
         raise _Stopped(f"validation found {result.findings.errors} errors and {result.findings.warnings} warnings "
@@ -228,6 +226,27 @@ def _validate(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str
     if result.rows_rejected:
         summary["outputs"].append("rejects.jsonl")  # the rows tokenize leaves out
     return summary
+
+
+def _token_statistics(recipe: Recipe, tokenized: Stage, validated: Stage) -> None:
+    """With `validate: {tokens: true}`: validate's token statistics from tokenize's shards, into validate's report,
+    summary and stamp (when either stage ran), so every row is tokenized once. Rows the template cannot render
+    (or that train nothing) stop the run here, as validate's errors stop it, unless validate allows errors; rows
+    over max_len are counted, as validate's warnings are."""
+    if "ran" in (tokenized.status, validated.status):
+        extra = token_statistics(tokenized.folder)
+        report_path = validated.folder / "report.json"
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        report["stats"].update(extra)
+        write_text_atomic(report_path, show.encode(report))
+        validated.summary["line"] = validated.summary["line"].split("; tokens per row")[0] + _token_line(extra)
+        _write_stamp(validated)
+    refused = {code: n for code, n in tokenized.summary.get("rejected_by_reason", {}).items() if code != "too_long"}
+    if refused and not recipe.section("validate").get("allow_errors"):
+        rows = ", ".join(f"{code}: {n}" for code, n in sorted(refused.items()))
+        raise _Stopped(f"tokenize could not render or train {sum(refused.values())} rows ({rows}; rejected rows: "
+                       f"{relative(tokenized.folder / 'rejects.jsonl')}); fix the rows, or let the run go on without "
+                       "them: validate: {allow_errors: true}", tokenized.summary)
 
 
 def _token_line(extra: dict[str, Any]) -> str:
@@ -300,8 +319,10 @@ def _advance(stage: Stage, flow: _Flow) -> None:
     s, f = stage.summary, stage.folder
     if stage.name == "convert":
         flow.inputs = Inputs([str(f / "data.jsonl")], s["format"])
-    elif stage.name == "validate" and s.get("rejects"):
-        flow.inputs = replace(flow.inputs, skip=_rejected_rows(f / s["rejects"]))
+    elif stage.name == "validate":
+        flow.validated = stage
+        if s.get("rejects"):
+            flow.inputs = replace(flow.inputs, skip=_rejected_rows(f / s["rejects"]))
     elif stage.name in ("tokenize", "pack"):
         flow.shards = f
 
@@ -347,6 +368,13 @@ def run(recipe: Recipe, *, dry_run: bool = False, view: View | None = None,
             stage.status = "ran"
             _write_stamp(stage)
         _advance(stage, flow)
+        if stage.name == "tokenize" and flow.validated is not None and recipe.section("validate").get("tokens"):
+            try:
+                _token_statistics(recipe, stage, flow.validated)
+            except _Stopped as stop:
+                stage.status, result.stopped = "stopped", str(stop)
+                view.finish(stage)
+                break
         view.finish(stage)
     result.seconds = time.perf_counter() - started
     _count_rows(result)

@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 from rich.console import Console
 from rich.table import Table
 
+from prep.checks.stats import Distribution
 from prep.core.findings import PrepError, Tally
 from prep.core.records import kind_of
 from prep.core.result import Result
@@ -93,6 +94,32 @@ class StatsResult(Result):
 
     def details(self) -> dict[str, Any]:
         return {"stats": self.stats}
+
+
+def token_statistics(folder: str | Path) -> dict[str, Any]:
+    """validate's token statistics (tokens and trained tokens per row, rows over max_len, tokens billed with each
+    row capped at max_len) read from tokenize shards: `prep run` reports these instead of tokenizing every row a
+    second time. A preference or feedback row counts its prompt and its chosen (or judged) answer."""
+    manifest = read_manifest(folder)
+    tokens, trained = Distribution(), Distribution()
+    for table in iter_tables(folder):
+        if manifest["kind"] in ("sft", "pretrain"):
+            whole, loss = table["num_tokens"].to_numpy(), table["num_loss_tokens"].to_numpy()
+        else:
+            answer = "chosen_input_ids" if manifest["kind"] == "dpo" else "completion_input_ids"
+            loss = pc.list_value_length(table[answer]).to_numpy()
+            whole = pc.list_value_length(table["prompt_input_ids"]).to_numpy() + loss
+        tokens.values.extend(whole.tolist())
+        trained.values.extend(loss.tolist())
+    counts, max_len = manifest["counts"], manifest.get("max_len")
+    total = sum(tokens.values)
+    out: dict[str, Any] = {"tokenizer": manifest["tokenizer"]["name"], "template": (manifest["template"] or {}).get(
+        "name"), "tokens_per_row": tokens.summary(), "trained_tokens_per_row": trained.summary(), "tokens_total": total}
+    if max_len:
+        too_long = counts["rejected"].get("too_long", 0)
+        cut = sum(n for code, n in counts["altered"].items() if code in ("truncated", "turns_dropped"))
+        out.update(max_len=max_len, rows_over_max_len=too_long + cut, billing_tokens=total + too_long * max_len)
+    return out
 
 
 def stats(target: Inputs | str | Path) -> StatsResult:

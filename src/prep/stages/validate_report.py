@@ -4,7 +4,7 @@ hint), the cookbook-style statistics, and the JSON report written by `--report`.
 from __future__ import annotations
 
 import json
-from typing import IO
+from typing import IO, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -106,7 +106,11 @@ def write_json(report: Report, path: str) -> None:
 
 def dumps(report: Report) -> str:
     """The report as JSON text."""
-    data = report.to_dict()
+    return encode(report.to_dict())
+
+
+def encode(data: dict[str, Any]) -> str:
+    """A report's dict as the JSON text `--report` writes (one space of indent; a lone surrogate escaped)."""
     text = json.dumps(data, ensure_ascii=False, indent=1) + "\n"
     try:
         text.encode("utf-8")
