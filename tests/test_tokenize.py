@@ -156,6 +156,27 @@ def test_workers_give_identical_shards(tmp_path, tok) -> None:
     assert one.manifest["counts"] == two.manifest["counts"]
 
 
+def test_the_manifest_accounts_for_each_source_with_its_lengths_before_and_after_max_len(tmp_path, tok) -> None:
+    files = [str(SAMPLES / "openai.jsonl"), str(SAMPLES / "sharegpt.jsonl")]
+    whole = tokenize(Inputs(files), tok, str(tmp_path / "whole"), template="chatml")
+    cut = tokenize(Inputs(files), tok, str(tmp_path / "cut"), template="chatml", max_len=100, overflow="truncate")
+    table = rows(tmp_path / "cut")
+    row = 0
+    for source, before in zip(cut.manifest["sources"], whole.manifest["sources"], strict=True):
+        assert source["path"] == before["path"] and source["read"] == 6
+        assert source["read"] == source["written"] + sum(source["rejected"].values())
+        assert source["first_row"] == row
+        after = [n for start, n in source["lengths"]["after"]["bins"] for _ in range(n)]
+        assert len(after) == source["written"]
+        assert all(start <= 100 for start, _ in source["lengths"]["after"]["bins"])
+        # before max_len: what the run without a limit wrote, bin for bin
+        assert source["lengths"]["before"] == before["lengths"]["after"]
+        assert table[row]["ids"][0].startswith(Path(source["path"]).name + ":")  # these rows have no id of their own
+        row += source["written"]
+    assert sum(s["read"] for s in cut.manifest["sources"]) == cut.manifest["counts"]["read"]
+    assert max(s for src in cut.manifest["sources"] for s, _ in src["lengths"]["before"]["bins"]) > 100
+
+
 def test_dpo_and_kto_rows(tmp_path, tok) -> None:
     dpo = tokenize(Inputs([str(SAMPLES / "trl_preference.jsonl")]), tok, str(tmp_path / "dpo"))
     assert dpo.manifest["kind"] == "dpo" and verify(tmp_path / "dpo").ok

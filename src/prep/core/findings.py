@@ -198,3 +198,16 @@ class Tally:
         return {"read": self.read, "written": self.written, "rejected": dict(sorted(self.rejected.items())),
                 "altered": dict(sorted(self.altered.items()))}
 
+
+def count_by_file(batch: Batch[Any], files: dict[str, Tally]) -> None:
+    """Account for each row of a batch in the tally of its own input file (the per-source figures of
+    convert and tokenize; the stage's own tally counts the batch as a whole)."""
+    parts: dict[str, Batch[Any]] = {}
+    for item, source in zip(batch.items, batch.sources, strict=True):
+        parts.setdefault(source.file, Batch()).add(item, source)
+    for r in batch.rejects:
+        parts.setdefault(r.source.file, Batch()).rejects.append(r)
+    for r in batch.altered:
+        parts.setdefault(r.source.file, Batch()).altered.append(r)
+    for file, part in parts.items():
+        files.setdefault(file, Tally()).count(part)

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from prep.core.findings import PrepError
+from prep.core.findings import PrepError, Tally, count_by_file
 from prep.core.options import check
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files import RowWriter
@@ -18,9 +18,10 @@ from prep.formats.inputs import Inputs, read_inputs
 @dataclass
 class ConvertResult(Result):
     formats: dict[str, str] = field(default_factory=dict)  # each file read, and the format it was read as
+    files: dict[str, Tally] = field(default_factory=dict)  # each file's rows: read, written, rejected by reason
 
     def details(self) -> dict[str, Any]:
-        return {"formats": self.formats}
+        return {"formats": self.formats, "files": {f: t.to_dict() for f, t in self.files.items()}}
 
 
 def convert(inputs: Inputs, to: str, output: str = "-", *, rejects: str | None = None,
@@ -46,5 +47,6 @@ def convert(inputs: Inputs, to: str, output: str = "-", *, rejects: str | None =
             if bad:
                 bad.write(r.to_dict() for r in batch.rejects)
             result.tally.count(batch)
+            count_by_file(batch, result.files)
             meter.add(len(batch.items) + len(batch.rejects))
     return result

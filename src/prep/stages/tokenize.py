@@ -15,16 +15,18 @@ import multiprocessing
 import os
 import queue
 import threading
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from prep.core.columns import KIND_OF_RECORD
-from prep.core.findings import Batch, PrepError
+from prep.core.findings import Batch, PrepError, Tally, count_by_file
 from prep.core.options import check
 from prep.core.records import Record, kind_of
 from prep.core.result import Meter, ProgressFn, Result, outputs
@@ -35,6 +37,7 @@ from prep.render.spans import resolve_train_on
 from prep.render.templates import get_template
 from prep.render.tokenizer import Tokenizer, load_tokenizer
 from prep.shards.writer import ShardWriter
+from prep.stages.stats import LengthCounts
 
 # running ---------------------------------------------------------------------------------------------------------
 
@@ -46,17 +49,19 @@ def _init_worker(encoder: Encoder) -> None:
     _worker = encoder
 
 
-def _work(batch: Batch[Record]) -> tuple[Batch[str], pa.Table]:
+Encoded = tuple[Batch[str], pa.Table, list[tuple[str, int]]]  # Encoder.encode_measured's rows, table, lengths
+
+
+def _work(batch: Batch[Record]) -> Encoded:
     assert _worker is not None
-    return _worker(batch)
+    return _worker.encode_measured(_worker.prepare(batch))
 
 
-def run_encoder(batches: Iterable[Batch[Record]], encoder: Encoder, workers: int = 1) -> Iterator[
-        tuple[Batch[str], pa.Table]]:
+def run_encoder(batches: Iterable[Batch[Record]], encoder: Encoder, workers: int = 1) -> Iterator[Encoded]:
     """Encode batches in order, in this process or in a pool of `workers` processes (a bounded window
     of batches in flight, so memory stays flat however long the input)."""
     if workers <= 1:
-        yield from map(encoder.encode, _prefetch(map(encoder.prepare, batches)))
+        yield from map(encoder.encode_measured, _prefetch(map(encoder.prepare, batches)))
         return
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     # One Rust thread per worker (the workers are the parallelism), and no fork warning from tokenizers.
@@ -145,6 +150,47 @@ def _first_kind(batches: Iterator[Batch[Record]]) -> tuple[str, Iterator[Batch[R
     return "sft", iter(seen)
 
 
+class _Sources:
+    """What became of each input file's rows (design §5, the manifest's `sources`): their tally, the first
+    shard row they wrote, and their token lengths before and after `max_len` (`prep report` draws them)."""
+
+    def __init__(self) -> None:
+        self.tallies: dict[str, Tally] = {}
+        self.first_row: dict[str, int] = {}
+        self.before: dict[str, LengthCounts] = defaultdict(LengthCounts)
+        self.after: dict[str, LengthCounts] = defaultdict(LengthCounts)
+
+    def add(self, out: Batch[str], after: np.ndarray, before: list[tuple[str, int]], written: int) -> None:
+        """One encoded batch: `after` the written rows' lengths, `before` every tokenized row's (file, length),
+        `written` the rows written before this batch."""
+        count_by_file(out, self.tallies)
+        for k, source in enumerate(out.sources):
+            self.first_row.setdefault(source.file, written + k)
+        files = np.array([s.file for s in out.sources], dtype=object)
+        for file in dict.fromkeys(files.tolist()):
+            self.after[file].add(after[files == file])
+        by_file: dict[str, list[int]] = defaultdict(list)
+        for file, n in before:
+            by_file[file].append(n)
+        for file, ns in by_file.items():
+            self.before[file].add(ns)
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [{"path": file, **tally.to_dict(), "first_row": self.first_row.get(file),
+                 "lengths": {"before": self.before[file].to_dict(), "after": self.after[file].to_dict()}}
+                for file, tally in self.tallies.items()]
+
+
+def _bounded_lengths(kind: str, table: pa.Table) -> np.ndarray:
+    """Each row's length as `max_len` bounds it: all its tokens, or for a pair the prompt and its longer answer."""
+    if kind in ("sft", "pretrain"):
+        return table["num_tokens"].to_numpy()
+    prompt = pc.list_value_length(table["prompt_input_ids"]).to_numpy()
+    answers = [pc.list_value_length(table[c]).to_numpy() for c in ("chosen_input_ids", "rejected_input_ids",
+                                                                   "completion_input_ids") if c in table.column_names]
+    return prompt + np.maximum.reduce(answers)
+
+
 @dataclass
 class TokenizeResult(Result):
     manifest: dict[str, Any] = field(default_factory=dict)
@@ -190,12 +236,15 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, templat
         "inputs": [], "options": {"kind": kind, **{k: v for k, v in dataclasses.asdict(inputs).items() if k != "files"}},
     }
     meter = Meter(progress)
+    sources = _Sources()
     with _steady_gc(), ShardWriter(output, kind, meta, rejects=rejects) as writer:
         meter.start()
-        for out, table in run_encoder(batches, encoder, workers):
+        for out, table, lengths in run_encoder(batches, encoder, workers):
+            sources.add(out, _bounded_lengths(kind, table), lengths, writer.tally.written)
             writer.account(out)
             writer.add(table)
             meter.add(len(out.items) + len(out.rejects), int(table["num_tokens"].to_numpy().sum()))
         meta["inputs"] = [{"path": p, "sha256": sha256_file(p) if p != "-" else None} for p in formats]
+        meta["sources"] = sources.to_list()
     return TokenizeResult(tally=writer.tally, outputs=outputs(output=output, rejects=rejects),
                           manifest=writer.manifest(), formats=formats, notes=tok.notes)
