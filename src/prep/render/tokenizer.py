@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +141,22 @@ def describe_tokenizer(fp: dict[str, Any]) -> str:
     """A fingerprint in a few words, for messages that name two tokenizers that differ."""
     return (f"{fp.get('name', '?')} (sha256 {str(fp.get('sha256'))[:12]}, vocab {fp.get('vocab_size')}, "
             f"special ids {fp.get('special_ids')})")
+
+
+def shard_decoder(manifest: dict[str, Any], given: str | None) -> Tokenizer:
+    """The tokenizer a shard folder's ids are decoded with (`prep inspect`, `report`, `export`): the folder given,
+    else the one its manifest records; refused when it is not the shards' own (their ids would read as other
+    text). It decodes as the model reads: special tokens kept, and no space cleaned up even where transformers
+    would (`clean_up_tokenization_spaces` changes the text, not what was trained)."""
+    info = manifest.get("tokenizer") or {}
+    path = given or info.get("path") or info.get("name")
+    if not path or not Path(path).exists():
+        raise PrepError(f"cannot find the shards' tokenizer ({path or 'not recorded'}); pass --tokenizer DIR")
+    tokenizer = replace(load_tokenizer(path), clean_up_spaces=False)
+    if info.get("vocab_sha256") and not same_tokenizer(info, tokenizer.fingerprint()):
+        raise PrepError(f"the tokenizer in {tokenizer.path} is not the one these shards were made with "
+                        f"({describe_tokenizer(info)}); pass --tokenizer with that one")
+    return tokenizer
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

@@ -11,10 +11,10 @@ from rich.console import Console
 from rich.rule import Rule
 from rich.text import Text
 
-from prep.core.findings import PrepError, Tally
+from prep.core.findings import Tally
 from prep.core.options import check
 from prep.core.result import Result
-from prep.render.tokenizer import load_tokenizer
+from prep.render.tokenizer import shard_decoder
 from prep.shards.layout import read_manifest
 from prep.shards.reader import read_row
 
@@ -22,31 +22,31 @@ TRAINED = "bold green"
 UNTRAINED = "grey50"
 
 
-def tokenizer_for(manifest: dict[str, Any], given: str | None) -> Any:
-    """The tokenizer named on the command line, else the one the manifest records by path."""
-    info = manifest.get("tokenizer") or {}
-    path = given or info.get("path") or info.get("name")
-    if not path or not Path(path).exists():
-        raise PrepError(f"cannot find the shards' tokenizer ({path or 'not recorded'}); pass --tokenizer DIR")
-    return load_tokenizer(path)
+def trained_runs(labels: list[int] | None, n: int) -> list[tuple[int, int, bool]]:
+    """The `n` tokens of a row as runs (start, end, trained) of tokens trained or not alike (labels None:
+    nothing trained), so that each run decodes as one piece of text."""
+    runs: list[tuple[int, int, bool]] = []
+    start = 0
+    while start < n:
+        trained = labels is not None and labels[start] != -100
+        end = start + 1
+        while end < n and (labels is not None and labels[end] != -100) == trained:
+            end += 1
+        runs.append((start, end, trained))
+        start = end
+    return runs
 
 
 def render_tokens(tokenizer: Any, ids: list[int], labels: list[int] | None, show_ids: bool) -> Text:
     """Runs of trained / untrained tokens, decoded together so the text reads as written."""
     text = Text()
-    start = 0
-    while start < len(ids):
-        trained = labels is not None and labels[start] != -100
-        end = start + 1
-        while end < len(ids) and (labels is not None and labels[end] != -100) == trained:
-            end += 1
+    for start, end, trained in trained_runs(labels, len(ids)):
         style = TRAINED if trained else UNTRAINED
         if show_ids:
             for i in range(start, end):
                 text.append(f"{tokenizer.decode([ids[i]])!r}:{ids[i]} ", style=style)
         else:
             text.append(tokenizer.decode(ids[start:end]), style=style)
-        start = end
     return text
 
 
@@ -64,7 +64,7 @@ def inspect(shards: str | Path, row: int = 0, *, tokenizer: str | None = None, s
     check("inspect", {"row": row, "tokenizer": tokenizer, "show_ids": show_ids})
     console = console or Console()
     manifest = read_manifest(shards)
-    tok = tokenizer_for(manifest, tokenizer)
+    tok = shard_decoder(manifest, tokenizer)
     data = read_row(shards, row)
     kind = manifest["kind"]
     console.print(f"[bold]{shards}[/] row {row} of {manifest['counts']['rows']} ({kind}, {data['num_tokens']} tokens"
