@@ -421,6 +421,28 @@ def stats(targets: tuple[str, ...], format: str, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("target", type=click.Path(exists=True))
+@options("report")
+def report(target: str, output: str | None, tokenizer: str | None, quiet: bool) -> None:
+    """One self-contained HTML page (it opens offline) of a run folder, a shard folder, a train folder or a
+    validate report: row accounting, findings, token lengths, packing, decoded rows, training curves.
+
+    \b
+    Examples:
+      prep report runs/quickstart                  # -> runs/quickstart/report.html
+      prep report shards/packed -o packed.html
+      prep report report.json -o findings.html     # a prep validate --report file
+    """
+    from prep.stages.report import report as run  # noqa: PLC0415 - start-up time
+
+    result = run(target, output, tokenizer=tokenizer)
+    if not quiet:
+        for note in result.notes:
+            click.echo(f"note: {note}", err=True)
+        click.echo(f"{result.outputs['report']} ({result.bytes / 1024:,.0f} KB)", err=True)
+
+
+@main.command()
 @click.argument("shards", type=click.Path(exists=True, file_okay=False))
 @options("train")
 def train(shards: str, quiet: bool, **kw: Any) -> None:
@@ -473,6 +495,7 @@ def run_recipe(recipe_file: str, sets: tuple[str, ...], dry_run: bool, quiet: bo
         print_plan,
         print_summary,
         run,
+        write_report,
         write_run_json,
     )
 
@@ -489,7 +512,7 @@ def run_recipe(recipe_file: str, sets: tuple[str, ...], dry_run: bool, quiet: bo
         stages = plan(recipe)
         with RichView(stages, console) as view:
             result = run(recipe, view=view, stages=stages)
-    print_summary(result, console, write_run_json(result))
+    print_summary(result, console, write_run_json(result), write_report(result))
     sys.exit(result.exit_code)
 
 

@@ -31,6 +31,7 @@ STRATEGIES = ("bfd", "wrap")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts")
 ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 REPORT_TO = ("none", "tensorboard")
+EXPORTS = ("hf-dataset", "axolotl", "together", "jsonl")  # what `prep export --to` writes
 # The input options that are settings of a format's reader (CoQA's system prompt, AutoTrain's columns and prefixes).
 SETTINGS = ("system", "text_column", "rejected_text_column", "prompt_text_column", "human_prefix", "bot_prefix")
 
@@ -291,6 +292,23 @@ GENERATE = (
     Option("temperature", float, 0.0, "0: greedy decoding; above 0: sampling at this temperature.", low=0),
 )
 
+REPORT = (
+    Option("output", flags=("-o", "--output"), path="file",
+           help="The page to write; default: report.html in TARGET (beside it, for a report file)."),
+    Option("tokenizer", help="Tokenizer folder for the decoded rows, if the one the manifest records has moved."),
+    Option("quiet", bool, False, "Print nothing but errors.", flags=("-q", "--quiet")),
+)
+
+EXPORT = (
+    Option("to", required=True, choices=EXPORTS,
+           help="hf-dataset: a datasets.save_to_disk folder; axolotl, together: Parquet of input_ids, attention_mask, "
+                "labels; jsonl: decoded text and trained spans."),
+    Option("output", required=True, flags=("-o", "--output"),
+           help="A folder (hf-dataset), a .parquet file (axolotl, together) or a .jsonl file (jsonl)."),
+    Option("tokenizer", help="Tokenizer folder for --to jsonl, if the one the manifest records has moved."),
+    Option("quiet", bool, False, "Print nothing but errors.", flags=("-q", "--quiet")),
+)
+
 RUN = (
     Option("sets", multiple=True, flags=("--set",),
            help="Override a recipe value, e.g. --set train.max_steps=50 --set output=/tmp/run (repeatable; the value "
@@ -302,7 +320,7 @@ RUN = (
 TABLES: dict[str, tuple[Option, ...]] = {
     "inputs": INPUTS, "convert": CONVERT, "validate": VALIDATE, "template": TEMPLATE, "tokenize": TOKENIZE,
     "pack": PACK, "verify": VERIFY, "inspect": INSPECT, "stats": STATS, "train": TRAIN, "generate": GENERATE,
-    "run": RUN,
+    "report": REPORT, "export": EXPORT, "run": RUN,
 }
 RECIPE_SECTIONS = ("inputs", "convert", "validate", "tokenize", "pack", "train")
 

@@ -37,6 +37,7 @@ from prep.recipes.recipe import Recipe, relative
 from prep.stages import validate_report as show
 from prep.stages.convert import convert
 from prep.stages.pack import DEFAULT_WINDOW, pack
+from prep.stages.report import report
 from prep.stages.stats import token_statistics
 from prep.stages.tokenize import tokenize
 from prep.stages.validate import validate
@@ -407,6 +408,15 @@ def write_run_json(result: RunResult) -> Path:
     return path
 
 
+def write_report(result: RunResult) -> tuple[Path | None, str | None]:
+    """report.html in the run folder, from what the run wrote (run.json first), and what it leaves out; a page
+    that cannot be built is said, never a failed run: the run's own outputs are all there."""
+    try:
+        done = report(result.recipe.output)
+    except PrepError as e:
+        return None, f"no report.html: {e}"
+    return Path(done.outputs["report"]), "; ".join(done.notes) or None
+
 
 # ---------------------------------------------------------------- terminal
 
@@ -467,7 +477,8 @@ def print_plan(result: RunResult, console: Any) -> None:
     console.print(table)
 
 
-def print_summary(result: RunResult, console: Any, run_json: Path) -> None:
+def print_summary(result: RunResult, console: Any, run_json: Path, page: tuple[Path | None, str | None] = (None, None)
+                  ) -> None:
     """Where everything went: each stage's folder, its rejects, and the files a user opens next."""
     from rich.markup import escape  # noqa: PLC0415 - start-up time: rich only for the terminal view
     from rich.table import Table  # noqa: PLC0415 - start-up time: rich only for the terminal view
@@ -493,6 +504,10 @@ def print_summary(result: RunResult, console: Any, run_json: Path) -> None:
     elif last is not None and last.name in ("tokenize", "pack"):
         console.print(f"shards:          {relative(last.folder)}")
     console.print(f"run record:      {relative(run_json)}")
+    if page[0] is not None:
+        console.print(f"report:          {relative(page[0])}")
+    if page[1]:
+        console.print(f"[yellow]report note:[/] {escape(page[1])}")
     if result.stopped:
         console.print(f"[red]stopped:[/] {escape(result.stopped)}")
     if result.failed:

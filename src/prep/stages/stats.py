@@ -104,14 +104,24 @@ def shard_stats(folder: str | Path) -> dict[str, Any]:
     row_lengths = np.concatenate(rows) if rows else np.zeros(0, int)
     doc_lengths = np.concatenate(docs) if docs else row_lengths
     tokens = int(row_lengths.sum())
+    max_len = manifest.get("max_len")
     return {
         "folder": str(folder), "kind": kind, "counts": manifest["counts"], "rows": len(row_lengths),
         "documents": len(doc_lengths), "tokens": tokens,
+        "loss_tokens": loss if kind in ("sft", "pretrain") else None,
         "trained_share": round(loss / tokens, 6) if tokens and kind in ("sft", "pretrain") else None,
-        "packing": manifest.get("packing"), "max_len": manifest.get("max_len"),
+        "packing": manifest.get("packing"), "max_len": max_len,
         "row_tokens": summary(row_lengths), "row_histogram": histogram(row_lengths),
         "document_tokens": summary(doc_lengths), "document_histogram": histogram(doc_lengths),
+        "row_fill": row_fill(row_lengths, max_len) if max_len and kind in ("sft", "pretrain") else None,
     }
+
+
+def row_fill(lengths: np.ndarray, max_len: int, bins: int = 10) -> list[tuple[int, int, int]]:
+    """How full the rows are: (low %, high %, rows) in `bins` equal steps of max_len; a full row counts in the last."""
+    steps = np.minimum((lengths * bins) // max_len, bins - 1)
+    counts = np.bincount(steps.astype(np.int64), minlength=bins)
+    return [(100 * k // bins, 100 * (k + 1) // bins, int(c)) for k, c in enumerate(counts)]
 
 
 def input_stats(inputs: Inputs) -> dict[str, Any]:

@@ -1,0 +1,336 @@
+"""prep report: the page of the quickstart run states what run.json, the manifests and the training report
+say; every kind of TARGET gets its page; the page opens in headless Chromium without a console error or a
+single request beyond itself."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from tokenizers import Tokenizer
+
+from conftest import ROOT, SAMPLES, TOKENIZERS, make_tiny_model, run_prep
+from prep.shards.layout import read_manifest
+from prep.stages.report import report
+
+pytest.importorskip("peft")
+
+
+class Page(HTMLParser):
+    """What a test reads from the page: the stated figures (data-figure, data-value and text), the samples'
+    documents (their runs of trained and untrained text), the charts' titles, and every address it names."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.figures: dict[str, tuple[str, str]] = {}
+        self.urls: list[str] = []
+        self.tags: set[str] = set()
+        self.docs: list[dict[str, Any]] = []
+        self.charts: list[str] = []
+        self._open: list[tuple[str, str | None, list[str]]] = []  # (tag, figure, text)
+        self._run: bool | None = None
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        self.tags.add(tag)
+        self.urls += [v for k, v in attrs if k in ("href", "src", "action", "data", "poster") and v]
+        classes = (a.get("class") or "").split()
+        if "doc" in classes:
+            self.docs.append({"mark": "mark" in classes, "title": "", "runs": []})
+        if tag == "span" and self.docs and ("t" in classes or "u" in classes):
+            self._run = "t" in classes
+            self.docs[-1]["runs"].append(["", self._run])
+        if tag == "figure" and a.get("data-chart"):
+            self.charts.append(a["data-chart"])
+        self._open.append((tag, a.get("data-figure"), []))
+        if a.get("data-figure"):
+            self.figures[a["data-figure"]] = (a.get("data-value") or "", "")
+
+    def handle_endtag(self, tag: str) -> None:
+        while self._open:
+            open_tag, figure, text = self._open.pop()
+            if figure:
+                self.figures[figure] = (self.figures[figure][0], "".join(text))
+            if open_tag == tag:
+                break
+        if tag == "span":
+            self._run = None
+
+    def handle_data(self, data: str) -> None:
+        for _, figure, text in self._open:
+            if figure:
+                text.append(data)
+        if self._run is not None:
+            self.docs[-1]["runs"][-1][0] += data
+
+    def value(self, name: str) -> str:
+        return self.figures[name][0]
+
+    def number(self, name: str) -> float:
+        return float(self.figures[name][0])
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The README's quickstart run, as a user runs it (a few training steps, to keep the suite quick)."""
+    root = tmp_path_factory.mktemp("quickstart")
+    model = make_tiny_model(root / "tiny-llama")
+    proc = run_prep("run", str(ROOT / "recipes" / "quickstart.yaml"), "--set", f"output={root / 'run'}",
+                    "--set", f"train.model={model}", "--set", "train.max_steps=6", "-q")
+    assert proc.returncode == 0, proc.stderr.decode()
+    return root / "run", proc
+
+
+def test_prep_run_writes_the_page_and_says_where(quickstart) -> None:
+    run, proc = quickstart
+    assert f"report:          {run / 'report.html'}".encode() in proc.stderr
+    assert (run / "report.html").stat().st_size < 100_000
+
+
+def test_the_quickstart_page_states_what_run_json_and_the_manifests_say(quickstart) -> None:
+    run, _ = quickstart
+    html = (run / "report.html").read_text(encoding="utf-8")
+    page = Page(html)
+    record = json.loads((run / "run.json").read_text())
+    stages = {s["name"]: s["summary"] for s in record["stages"]}
+    tokenized, packed = read_manifest(run / "tokenize"), read_manifest(run / "pack")
+    trained = json.loads((run / "train" / "training_report.json").read_text())
+
+    # row accounting, stage by stage, as run.json and the manifests count it
+    for name in ("convert", "validate", "tokenize", "pack"):
+        written = stages[name]["accepted"] if name == "validate" else stages[name]["written"]
+        assert page.number(f"stage.{name}.read") == stages[name]["read"] == 4
+        assert page.number(f"stage.{name}.written") == written
+        assert page.number(f"stage.{name}.rejected") == stages[name]["rejected"] == 0
+        assert page.figures[f"stage.{name}.read"][1] == f"{stages[name]['read']:,}"
+    for name, m in (("tokenize", tokenized), ("pack", packed)):
+        assert page.number(f"stage.{name}.read") == m["counts"]["read"]
+        assert page.number(f"stage.{name}.written") == m["counts"]["written"]
+        assert page.number(f"shards.{name}.rows") == m["counts"]["rows"]
+        assert page.number(f"shards.{name}.tokens") == m["tokens"]["total"]
+        assert page.number(f"shards.{name}.loss_tokens") == m["tokens"]["loss"]
+        assert page.number(f"shards.{name}.documents") == m["counts"]["written"]
+    assert page.number("rows.read") == stages["convert"]["read"]
+    assert page.number("rows.written") == packed["counts"]["written"]
+    assert page.number("tokens.total") == packed["tokens"]["total"] == stages["tokenize"]["tokens"]["total"]
+    assert page.number("tokens.trained_share") == round(packed["tokens"]["loss"] / packed["tokens"]["total"], 6)
+    assert page.number("packing.efficiency") == packed["packing"]["efficiency"] == stages["pack"]["efficiency"]
+    assert page.figures["packing.efficiency"][1] == f"{packed['packing']['efficiency']:.1%}"
+
+    # token lengths per source, before and after max_len, as the tokenize manifest counted them
+    for source in tokenized["sources"]:
+        key = f"lengths.{source['path']}"
+        assert page.number(key + ".before_rows") == source["read"] == 4
+        assert page.number(key + ".after_rows") == source["written"]
+        assert page.number(key + ".max_len") == tokenized["max_len"] == 1024
+
+    # training: the report's figures, and one point per logged step in each chart
+    assert page.number("train.steps") == trained["steps"] == 6
+    assert page.number("train.tokens_per_s") == trained["tokens_per_s"] == stages["train"]["tokens_per_s"]
+    assert page.number("train.peak_memory_bytes") == trained["peak_memory"]["bytes"]
+    assert page.number("train.last_loss") == trained["last_loss"] == stages["train"]["last_loss"]
+    assert page.number("train.first_loss") == trained["first_loss"]
+    assert html.count("<title>step ") == sum(1 for p in trained["loss_curve"] for k in p
+                                             if k not in ("step", "tokens_seen"))
+    assert {"loss", "learning rate"} <= set(page.charts)
+
+    # the sample: the packed row holding the source's first document, decoded, trained tokens marked
+    decoder = Tokenizer.from_file(str(SAMPLES / "tokenizer" / "tokenizer.json"))
+    row = pq.read_table(run / "pack" / packed["shards"][0]["path"]).to_pylist()[0]
+    assert len(page.docs) == len(row["seq_lengths"]) == 4
+    start = 0
+    for doc, n in zip(page.docs, row["seq_lengths"], strict=True):
+        ids, labels = row["input_ids"][start:start + n], row["labels"][start:start + n]
+        assert "".join(t for t, _ in doc["runs"]) == decoder.decode(ids, skip_special_tokens=False)
+        trained_ids = [i for i, label in zip(ids, labels, strict=True) if label != -100]
+        shown = [t for t, is_trained in doc["runs"] if is_trained]
+        assert "".join(shown) == decoder.decode(trained_ids, skip_special_tokens=False)
+        assert all(t.endswith("<|im_end|>") for t in shown)  # every answer ends with its end-of-turn token
+        start += n
+    first = read_manifest(run / "tokenize")["sources"][0]["first_row"]
+    first_id = pq.read_table(run / "tokenize" / tokenized["shards"][0]["path"])["ids"].to_pylist()[first][0]
+    assert [d["mark"] for d in page.docs] == [doc_id == first_id for doc_id in row["ids"]]
+
+    # self-contained: no script, nothing to fetch
+    assert "script" not in page.tags and "img" not in page.tags
+    assert all(u.startswith(("#", "data:")) for u in page.urls), page.urls
+    assert "default-src 'none'" in html
+
+
+def test_a_shard_folder_a_train_folder_and_a_validate_report_get_their_pages(quickstart, tmp_path) -> None:
+    run, _ = quickstart
+    packed = report(run / "pack", str(tmp_path / "pack.html"))
+    page = Page((tmp_path / "pack.html").read_text())
+    assert packed.page["what"] == "shard folder" and [s["stage"] for s in packed.page["stages"]] == ["tokenize", "pack"]
+    assert page.number("packing.efficiency") == read_manifest(run / "pack")["packing"]["efficiency"]
+    assert len(page.docs) == 4  # the unpacked folder it came from is still there: its sources, marked
+    assert sum(d["mark"] for d in page.docs) == 1
+
+    trained = report(run / "train", str(tmp_path / "train.html"))
+    assert trained.page["training"]["steps"] == 6 and trained.page["shards"]
+    assert Page((tmp_path / "train.html").read_text()).number("train.steps") == 6
+
+    done = run_prep("report", str(run / "validate" / "report.json"), "-o", str(tmp_path / "v.html"))
+    assert done.returncode == 0 and b"v.html" in done.stderr
+    assert Page((tmp_path / "v.html").read_text()).number("stage.validate.read") == 4
+
+
+def test_findings_and_rejects_are_counted_with_their_file_and_line(tmp_path) -> None:
+    bad = tmp_path / "chats.jsonl"
+    rows = (SAMPLES / "openai.jsonl").read_text(encoding="utf-8").splitlines()
+    bad.write_text("\n".join([*rows, '{"messages": [{"role": "user", "content": "hi"}]}', "not json"]) + "\n")
+    assert run_prep("validate", str(bad), "--report", str(tmp_path / "v.json")).returncode == 1
+    validated = json.loads((tmp_path / "v.json").read_text())
+    assert run_prep("report", str(tmp_path / "v.json")).returncode == 0
+    page = Page((tmp_path / "report.html").read_text())
+    for code, info in validated["summary"]["findings_by_code"].items():
+        assert page.number(f"finding.validate.{code}") == info["count"]
+    assert "chats.jsonl" in page.urls  # linked relative to the page, so the two can move together
+    assert f"chats.jsonl:{len(rows) + 2}".encode() in (tmp_path / "report.html").read_bytes()
+
+    shards = tmp_path / "shards"
+    run_prep("tokenize", str(SAMPLES / "openai.jsonl"), "--tokenizer", str(SAMPLES / "tokenizer"), "--template",
+             "chatml", "--max-len", "100", "--overflow", "truncate", "-o", str(shards), "--rejects",
+             str(shards / "rejects.jsonl"))
+    m = read_manifest(shards)
+    done = report(shards)
+    page = Page((shards / "report.html").read_text())
+    assert m["counts"]["rejected"] and m["counts"]["altered"]
+    for code, n in [*m["counts"]["rejected"].items(), *m["counts"]["altered"].items()]:
+        assert page.number(f"finding.tokenize.{code}") == n
+        assert page.number(f"stage.tokenize.{'rejected' if code in m['counts']['rejected'] else 'altered'}.{code}") == n
+    (source,) = m["sources"]
+    over = [f for f in done.page["findings"] if f["code"] == "too_long"][0]
+    assert over["examples"] and all(e["file"].endswith("openai.jsonl") and e["line"] for e in over["examples"])
+    assert page.number(f"lengths.{source['path']}.before_rows") == source["read"]
+    assert page.number(f"lengths.{source['path']}.after_rows") == source["written"]
+
+
+def test_preference_curves_are_drawn_whatever_their_names(quickstart, tmp_path) -> None:
+    """A DPO/KTO/ORPO trainer logs rewards and margins beside the loss: every numeric series is drawn, one chart
+    per family (accuracies apart, on their own 0-1 axis)."""
+    run, _ = quickstart
+    folder = tmp_path / "train"
+    folder.mkdir()
+    trained = json.loads((run / "train" / "training_report.json").read_text())
+    for k, point in enumerate(trained["loss_curve"]):
+        point.update({"rewards/chosen": 0.1 * k, "rewards/rejected": -0.1 * k, "rewards/margins": 0.2 * k,
+                      "rewards/accuracies": min(1.0, 0.5 + 0.1 * k), "logps/chosen": -40.0 + k, "note": "text"})
+    (folder / "training_report.json").write_text(json.dumps(trained))
+    done = report(folder)
+    charts = {c["title"]: sorted(c["series"]) for c in done.page["training"]["charts"]}
+    assert charts["rewards"] == ["rewards/chosen", "rewards/margins", "rewards/rejected"]
+    assert charts["rewards/accuracies"] == ["rewards/accuracies"] and charts["logps"] == ["logps/chosen"]
+    assert charts["loss"] == ["loss"] and "note" not in str(charts)
+    page = Page((folder / "report.html").read_text())
+    assert {"rewards", "rewards/accuracies", "logps", "loss", "learning rate"} <= set(page.charts)
+
+
+def test_bad_targets_are_one_line_and_exit_2(quickstart, tmp_path) -> None:
+    run, _ = quickstart
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "other.json").write_text('{"a": 1}')
+    for target, words in ((tmp_path / "empty", b"nothing to report on"), (tmp_path / "list.json", b"not a prep report"),
+                          (tmp_path / "other.json", b"not a run.json")):
+        done = run_prep("report", str(target))
+        assert done.returncode == 2 and words in done.stderr and b"Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    other = TOKENIZERS / "qwen2.5"
+    if other.is_dir():
+        done = run_prep("report", str(run / "pack"), "--tokenizer", str(other), "-o", str(tmp_path / "x.html"))
+        assert done.returncode == 2 and b"not the one these shards were made with" in done.stderr
+    missing = run_prep("report", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and b"Traceback" not in missing.stderr
+
+
+# ---------------------------------------------------------------- in a browser
+
+
+def _devtools(port_file: Path, proc: subprocess.Popen, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_file.is_file() and len(lines := port_file.read_text().split()) >= 2:
+            return f"ws://127.0.0.1:{lines[0]}{lines[1]}"
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise AssertionError("Chromium did not open its DevTools port")
+
+
+def open_in_chromium(page: Path, shot: Path, profile: Path) -> tuple[list[dict], list[str]]:
+    """Open `page` in headless Chromium, driven over the DevTools protocol (its websocket on a port the browser
+    picks, so parallel runs never collide), take a screenshot, and return the console errors and every URL the
+    page requested."""
+    websocket = pytest.importorskip("websocket", reason="the DevTools client is websocket-client (dev extra)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank"]
+    proc = subprocess.Popen([shutil.which("chromium"), *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ws = websocket.create_connection(_devtools(profile / "DevToolsActivePort", proc), timeout=30,
+                                         suppress_origin=True)
+        counter = iter(range(1, 10_000))
+        events: list[dict] = []
+
+        def call(method: str, session: str | None = None, **params: Any) -> dict:
+            n = next(counter)
+            ws.send(json.dumps({"id": n, "method": method, "params": params,
+                                **({"sessionId": session} if session else {})}))
+            while True:
+                message = json.loads(ws.recv())
+                if message.get("id") == n:
+                    assert "error" not in message, message
+                    return message["result"]
+                events.append(message)
+
+        target = call("Target.createTarget", url="about:blank")["targetId"]
+        session = call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        for domain in ("Page", "Runtime", "Log", "Network"):
+            call(f"{domain}.enable", session)
+        call("Emulation.setDeviceMetricsOverride", session, width=1100, height=1400, deviceScaleFactor=1, mobile=False)
+        call("Page.navigate", session, url=page.as_uri())
+        deadline = time.monotonic() + 30
+        while not any(e.get("method") == "Page.loadEventFired" for e in events) and time.monotonic() < deadline:
+            events.append(json.loads(ws.recv()))
+        time.sleep(0.5)  # anything the page would fetch after load
+        shot.write_bytes(base64.b64decode(call("Page.captureScreenshot", session, format="png")["data"]))
+        ws.settimeout(0.5)
+        try:
+            while True:
+                events.append(json.loads(ws.recv()))
+        except websocket.WebSocketTimeoutException:
+            pass
+        ws.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    errors = [e for e in events if e.get("method") == "Runtime.exceptionThrown"
+              or e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert", "warning")
+              or e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] in ("error", "warning")]
+    urls = [e["params"]["request"]["url"] for e in events if e.get("method") == "Network.requestWillBeSent"]
+    return errors, urls
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium (.ci/run installs it)")
+def test_the_page_opens_in_chromium_without_errors_or_requests(quickstart, tmp_path) -> None:
+    run, _ = quickstart
+    page = run / "report.html"
+    errors, urls = open_in_chromium(page, tmp_path / "page.png", tmp_path / "profile")
+    assert errors == []
+    assert urls == [page.as_uri()]  # the page itself, and not one request more
+    png = (tmp_path / "page.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000  # a drawn page, not a blank one
+    if os.environ.get("PREP_REPORT_SHOT"):  # how docs/report.png was made
+        shutil.copy(tmp_path / "page.png", os.environ["PREP_REPORT_SHOT"])
