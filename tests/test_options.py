@@ -73,6 +73,7 @@ def test_train_options_default_to_the_table() -> None:
     ("convert", "prep.stages.convert:convert"), ("validate", "prep.stages.validate:validate"),
     ("template", "prep.stages.template:template"), ("tokenize", "prep.stages.tokenize:tokenize"),
     ("pack", "prep.stages.pack:pack"), ("inspect", "prep.stages.inspect:inspect"),
+    ("report", "prep.stages.report:report"), ("export", "prep.stages.export:export"),
 ])
 def test_the_python_api_defaults_to_the_table(verb: str, function: str) -> None:
     module, name = function.split(":")

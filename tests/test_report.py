@@ -16,11 +16,19 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 from tokenizers import Tokenizer
 
 from conftest import ROOT, SAMPLES, TOKENIZERS, make_tiny_model, run_prep
+from prep.cli import main
+from prep.formats.inputs import Inputs
+from prep.recipes.recipe import load_recipe
+from prep.recipes.runner import run, write_report, write_run_json
 from prep.shards.layout import read_manifest
+from prep.stages import validate_report
 from prep.stages.report import report
+from prep.stages.tokenize import tokenize
+from prep.stages.validate import validate
 
 pytest.importorskip("peft")
 
@@ -81,24 +89,22 @@ class Page(HTMLParser):
 
 
 @pytest.fixture(scope="module")
-def quickstart(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
-    """The README's quickstart run, as a user runs it (a few training steps, to keep the suite quick)."""
+def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The README's quickstart run, finished as `prep run` finishes it: run.json, then report.html (a few
+    training steps, to keep the suite quick; `prep run` itself prints the page's path: test_run.py)."""
     root = tmp_path_factory.mktemp("quickstart")
     model = make_tiny_model(root / "tiny-llama")
-    proc = run_prep("run", str(ROOT / "recipes" / "quickstart.yaml"), "--set", f"output={root / 'run'}",
-                    "--set", f"train.model={model}", "--set", "train.max_steps=6", "-q")
-    assert proc.returncode == 0, proc.stderr.decode()
-    return root / "run", proc
-
-
-def test_prep_run_writes_the_page_and_says_where(quickstart) -> None:
-    run, proc = quickstart
-    assert f"report:          {run / 'report.html'}".encode() in proc.stderr
-    assert (run / "report.html").stat().st_size < 100_000
+    result = run(load_recipe(ROOT / "recipes" / "quickstart.yaml",
+                             (f"output={root / 'run'}", f"train.model={model}", "train.max_steps=6")))
+    assert result.exit_code == 0
+    write_run_json(result)
+    assert write_report(result) == (root / "run" / "report.html", None)
+    return root / "run"
 
 
 def test_the_quickstart_page_states_what_run_json_and_the_manifests_say(quickstart) -> None:
-    run, _ = quickstart
+    run = quickstart
+    assert (run / "report.html").stat().st_size < 100_000
     html = (run / "report.html").read_text(encoding="utf-8")
     page = Page(html)
     record = json.loads((run / "run.json").read_text())
@@ -168,7 +174,7 @@ def test_the_quickstart_page_states_what_run_json_and_the_manifests_say(quicksta
 
 
 def test_a_shard_folder_a_train_folder_and_a_validate_report_get_their_pages(quickstart, tmp_path) -> None:
-    run, _ = quickstart
+    run = quickstart
     packed = report(run / "pack", str(tmp_path / "pack.html"))
     page = Page((tmp_path / "pack.html").read_text())
     assert packed.page["what"] == "shard folder" and [s["stage"] for s in packed.page["stages"]] == ["tokenize", "pack"]
@@ -189,19 +195,20 @@ def test_findings_and_rejects_are_counted_with_their_file_and_line(tmp_path) -> 
     bad = tmp_path / "chats.jsonl"
     rows = (SAMPLES / "openai.jsonl").read_text(encoding="utf-8").splitlines()
     bad.write_text("\n".join([*rows, '{"messages": [{"role": "user", "content": "hi"}]}', "not json"]) + "\n")
-    assert run_prep("validate", str(bad), "--report", str(tmp_path / "v.json")).returncode == 1
+    validate_report.write_json(validate(Inputs([str(bad)])), str(tmp_path / "v.json"))
     validated = json.loads((tmp_path / "v.json").read_text())
-    assert run_prep("report", str(tmp_path / "v.json")).returncode == 0
+    done = run_prep("report", str(tmp_path / "v.json"))
+    assert done.returncode == 0 and f"{tmp_path / 'report.html'} (".encode() in done.stderr
     page = Page((tmp_path / "report.html").read_text())
+    assert validated["summary"]["findings_by_code"]
     for code, info in validated["summary"]["findings_by_code"].items():
         assert page.number(f"finding.validate.{code}") == info["count"]
     assert "chats.jsonl" in page.urls  # linked relative to the page, so the two can move together
     assert f"chats.jsonl:{len(rows) + 2}".encode() in (tmp_path / "report.html").read_bytes()
 
     shards = tmp_path / "shards"
-    run_prep("tokenize", str(SAMPLES / "openai.jsonl"), "--tokenizer", str(SAMPLES / "tokenizer"), "--template",
-             "chatml", "--max-len", "100", "--overflow", "truncate", "-o", str(shards), "--rejects",
-             str(shards / "rejects.jsonl"))
+    tokenize(Inputs([str(SAMPLES / "openai.jsonl")]), str(SAMPLES / "tokenizer"), str(shards), template="chatml",
+             max_len=100, overflow="truncate", rejects=str(shards / "rejects.jsonl"))
     m = read_manifest(shards)
     done = report(shards)
     page = Page((shards / "report.html").read_text())
@@ -219,7 +226,7 @@ def test_findings_and_rejects_are_counted_with_their_file_and_line(tmp_path) -> 
 def test_preference_curves_are_drawn_whatever_their_names(quickstart, tmp_path) -> None:
     """A DPO/KTO/ORPO trainer logs rewards and margins beside the loss: every numeric series is drawn, one chart
     per family (accuracies apart, on their own 0-1 axis)."""
-    run, _ = quickstart
+    run = quickstart
     folder = tmp_path / "train"
     folder.mkdir()
     trained = json.loads((run / "train" / "training_report.json").read_text())
@@ -237,21 +244,18 @@ def test_preference_curves_are_drawn_whatever_their_names(quickstart, tmp_path) 
 
 
 def test_bad_targets_are_one_line_and_exit_2(quickstart, tmp_path) -> None:
-    run, _ = quickstart
+    run = quickstart
     (tmp_path / "empty").mkdir()
     (tmp_path / "list.json").write_text("[1, 2]")
     (tmp_path / "other.json").write_text('{"a": 1}')
-    for target, words in ((tmp_path / "empty", b"nothing to report on"), (tmp_path / "list.json", b"not a prep report"),
-                          (tmp_path / "other.json", b"not a run.json")):
-        done = run_prep("report", str(target))
-        assert done.returncode == 2 and words in done.stderr and b"Traceback" not in done.stderr
-        assert len(done.stderr.strip().splitlines()) == 1
-    other = TOKENIZERS / "qwen2.5"
-    if other.is_dir():
-        done = run_prep("report", str(run / "pack"), "--tokenizer", str(other), "-o", str(tmp_path / "x.html"))
-        assert done.returncode == 2 and b"not the one these shards were made with" in done.stderr
-    missing = run_prep("report", str(tmp_path / "nowhere"))
-    assert missing.returncode == 2 and b"Traceback" not in missing.stderr
+    cases = [(tmp_path / "empty", "nothing to report on"), (tmp_path / "list.json", "not a prep report"),
+             (tmp_path / "other.json", "not a run.json"), (tmp_path / "nowhere", "does not exist")]
+    if (TOKENIZERS / "qwen2.5").is_dir():
+        cases.append((f"{run / 'pack'} --tokenizer {TOKENIZERS / 'qwen2.5'}", "not the one these shards were made with"))
+    for target, words in cases:
+        done = CliRunner().invoke(main, ["report", *str(target).split(), "-o", str(tmp_path / "x.html")])
+        assert done.exit_code == 2 and words in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "x.html").exists()
 
 
 # ---------------------------------------------------------------- in a browser
@@ -325,7 +329,7 @@ def open_in_chromium(page: Path, shot: Path, profile: Path) -> tuple[list[dict],
 @pytest.mark.slow
 @pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium (.ci/run installs it)")
 def test_the_page_opens_in_chromium_without_errors_or_requests(quickstart, tmp_path) -> None:
-    run, _ = quickstart
+    run = quickstart
     page = run / "report.html"
     errors, urls = open_in_chromium(page, tmp_path / "page.png", tmp_path / "profile")
     assert errors == []

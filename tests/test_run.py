@@ -173,6 +173,9 @@ def test_validation_errors_stop_the_run_unless_allowed(own_recipe: Path) -> None
 
     proc = run_prep("run", str(own_recipe), "-q")
     assert proc.returncode == 1 and b"allow_errors" in proc.stderr and b"Traceback" not in proc.stderr
+    page = own_recipe.parent / "out" / "report.html"  # a stopped run gets its page too: what stopped it is there
+    assert f"report:          {page}".encode() in proc.stderr.replace(b"\n", b"")  # rich folds long lines
+    assert 'data-figure="finding.validate.role_order" data-value="1"' in page.read_text(encoding="utf-8")
 
 
 @pytest.mark.slow

@@ -444,6 +444,30 @@ def report(target: str, output: str | None, tokenizer: str | None, quiet: bool) 
 
 @main.command()
 @click.argument("shards", type=click.Path(exists=True, file_okay=False))
+@options("export")
+def export(shards: str, to: str, output: str, tokenizer: str | None, quiet: bool) -> None:
+    """Write SHARDS as other tools take them, one row per document (packed rows are split at their
+    document boundaries; the labels are the shards' own).
+
+    \b
+    Examples:
+      prep export runs/quickstart/pack --to axolotl -o train.parquet     # axolotl: no `type:`
+      prep export runs/quickstart/pack --to together -o train.parquet    # together files upload
+      prep export runs/quickstart/pack --to hf-dataset -o train_ds       # datasets.load_from_disk
+      prep export runs/quickstart/pack --to jsonl -o train.jsonl         # text and trained spans
+    """
+    from prep.stages.export import export as run  # noqa: PLC0415 - start-up time
+
+    _quiet_libraries()
+    result = run(shards, to, output, tokenizer=tokenizer)
+    if not quiet:
+        click.echo(f"{result.tally.summary()} ({', '.join(result.columns)}) -> {output}", err=True)
+        _report_rejects(result.tally, None)
+    sys.exit(result.exit_code)
+
+
+@main.command()
+@click.argument("shards", type=click.Path(exists=True, file_okay=False))
 @options("train")
 def train(shards: str, quiet: bool, **kw: Any) -> None:
     """LoRA / QLoRA / full fine-tuning on SHARDS, exactly on the tokens and labels stored there.

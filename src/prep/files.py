@@ -17,6 +17,7 @@ import io
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -119,18 +120,33 @@ def write_cache(path: Path, value: Any) -> None:
         pass
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write `text` under a temporary name beside `path` and rename it into place: readers see the old file
-    or the new one, never half of it (manifests, reports, stamps)."""
+@contextlib.contextmanager
+def replaced(path: str | Path, folder: bool = False) -> Iterator[Path]:
+    """A temporary file (or empty folder) beside `path` to write; renamed onto `path` when the block ends, removed
+    if it fails: readers see the old output or the new one, never half of it."""
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if folder:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        tmp = Path(name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        yield tmp
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` under a temporary name beside `path` and rename it into place (manifests, reports, stamps)."""
+    with replaced(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json(path: str | Path, value: Any) -> None:

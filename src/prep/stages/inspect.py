@@ -37,12 +37,35 @@ def trained_runs(labels: list[int] | None, n: int) -> list[tuple[int, int, bool]
     return runs
 
 
+def decoded_runs(tokenizer: Any, ids: list[int], labels: list[int] | None) -> list[tuple[str, bool]] | None:
+    """The decoded row cut where training starts and stops: (text, trained) pieces that join to exactly
+    `tokenizer.decode(ids)`. Each cut is where the decoded prefix ends (a piece decoded alone can lose a
+    leading space, as SentencePiece decoders do); None when a cut falls inside a character (a byte-level
+    token can hold part of one)."""
+    text = tokenizer.decode(ids)
+    pieces, at = [], 0
+    for _, end, trained in trained_runs(labels, len(ids)):
+        upto = len(text)
+        if end < len(ids):
+            prefix = tokenizer.decode(ids[:end])
+            if not text.startswith(prefix):
+                return None
+            upto = len(prefix)
+        pieces.append((text[at:upto], trained))
+        at = upto
+    return pieces
+
+
 def render_tokens(tokenizer: Any, ids: list[int], labels: list[int] | None, show_ids: bool) -> Text:
     """Runs of trained / untrained tokens, decoded together so the text reads as written."""
     text = Text()
-    for start, end, trained in trained_runs(labels, len(ids)):
+    runs = trained_runs(labels, len(ids))
+    pieces = None if show_ids else decoded_runs(tokenizer, ids, labels)
+    for k, (start, end, trained) in enumerate(runs):
         style = TRAINED if trained else UNTRAINED
-        if show_ids:
+        if pieces is not None:
+            text.append(pieces[k][0], style=style)
+        elif show_ids:
             for i in range(start, end):
                 text.append(f"{tokenizer.decode([ids[i]])!r}:{ids[i]} ", style=style)
         else:

@@ -27,7 +27,7 @@ from prep.files import write_text_atomic
 from prep.render.tokenizer import Tokenizer, shard_decoder
 from prep.shards.layout import MANIFEST, read_manifest
 from prep.shards.reader import iter_tables, read_row
-from prep.stages.inspect import trained_runs
+from prep.stages.inspect import decoded_runs, trained_runs
 from prep.stages.report_html import page
 from prep.stages.stats import LengthCounts, shard_stats
 
@@ -175,6 +175,7 @@ def gather(found: _Found, page_dir: Path, tokenizer: str | None, notes: list[str
     first = data["stages"][0] if data["stages"] else {"read": 0}
     last_rows = next((s["written"] for s in reversed(data["stages"]) if s.get("written") is not None), 0)
     data["rows"] = {"read": first.get("read") or 0, "written": last_rows}
+    data["stopped"] = (found.run or {}).get("stopped") or (found.run or {}).get("failed")
     if found.validate is None and found.what == "run" and any(s["stage"] == "validate" for s in data["stages"]):
         notes.append("the validate stage's report.json is gone; its findings are not shown")
     return data
@@ -421,7 +422,12 @@ def _decoded(decoder: Tokenizer, source: str, found: tuple[int, dict[str, Any]],
 
 
 def _runs(decoder: Tokenizer, ids: list[int], labels: list[int]) -> list[tuple[str, bool]]:
-    return [(decoder.decode(ids[a:b]), trained) for a, b, trained in trained_runs(labels, len(ids))]
+    """The text as the model reads it, cut where training starts and stops (each run alone where a cut
+    splits a character)."""
+    pieces = decoded_runs(decoder, ids, labels)
+    if pieces is None:
+        pieces = [(decoder.decode(ids[a:b]), trained) for a, b, trained in trained_runs(labels, len(ids))]
+    return pieces
 
 
 # ---------------------------------------------------------------- training

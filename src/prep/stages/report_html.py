@@ -59,6 +59,7 @@ padding:6px 10px;margin:0;max-height:420px;overflow:auto}
 .text .side-rejected.t{background:#ffebe9;color:#a40e26}
 .more{color:var(--muted);font-style:italic}
 footer{color:var(--muted);font-size:12px;margin-top:40px}
+.stop{border:1px solid #ff8182;background:#ffebe9;border-radius:8px;padding:8px 12px}
 """
 
 
@@ -75,7 +76,7 @@ def page(data: dict[str, Any]) -> str:
             f'<meta name="viewport" content="width=device-width,initial-scale=1"><link rel="icon" href="data:,">'
             f'<title>{escape(data["title"])}</title><style>{_STYLE}</style></head><body><main>'
             f'<h1>{escape(data["title"])}</h1><p class="sub">{escape(data["what"])}: {escape(data["target"])}</p>'
-            f'<nav>{nav}</nav>{_cards(data)}{body}'
+            f'<nav>{nav}</nav>{_stopped(data)}{_cards(data)}{body}'
             f'<footer>prep {escape(data["prep_version"])}: prep report {escape(data["target"])}</footer>'
             '</main></body></html>\n')
 
@@ -126,6 +127,11 @@ def _reasons(counts: dict[str, int], name: str, cls: str) -> str:
         return _fig(name, 0)
     parts = ", ".join(f"{escape(code)} {_fig(f'{name}.{code}', n)}" for code, n in sorted(counts.items()))
     return f'<span class="{cls}">{_fig(name, total)}</span> <span class="hint">({parts})</span>'
+
+
+def _stopped(data: dict[str, Any]) -> str:
+    why = data.get("stopped")
+    return f'<p class="stop"><b>The run stopped:</b> {escape(why)}</p>' if why else ""
 
 
 def _cards(data: dict[str, Any]) -> str:
