@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -336,5 +335,3 @@ def test_the_page_opens_in_chromium_without_errors_or_requests(quickstart, tmp_p
     assert urls == [page.as_uri()]  # the page itself, and not one request more
     png = (tmp_path / "page.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000  # a drawn page, not a blank one
-    if os.environ.get("PREP_REPORT_SHOT"):  # how docs/report.png was made
-        shutil.copy(tmp_path / "page.png", os.environ["PREP_REPORT_SHOT"])

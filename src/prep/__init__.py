@@ -30,6 +30,7 @@ _WHERE = {
     "load_recipe": "prep.recipes.recipe", "run": "prep.recipes.runner", "Progress": "prep.core.result",
     "Result": "prep.core.result", "Tally": "prep.core.findings", "Finding": "prep.core.findings",
     "PrepError": "prep.core.findings", "load_for_trl": "prep.trainer.bridge", "pretokenized": "prep.trainer.bridge",
+    "report": "prep.stages.report", "export": "prep.stages.export",
 }
 _NAMES = {"generate": "load"}  # the public name, where the module's differs
 __all__ = ["__version__", *_WHERE]

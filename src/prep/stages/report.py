@@ -167,9 +167,10 @@ def gather(found: _Found, page_dir: Path, tokenizer: str | None, notes: list[str
         "title": _title(found), "target": str(found.root), "what": found.what, "prep_version": __version__,
         "stages": _stages(found, page_dir),
         "findings": _findings(found, page_dir),
-        "lengths": _lengths(unpacked, final[2] if final else None) if unpacked else [],
+        "lengths": _lengths(unpacked, final[2] if final else None, page_dir) if unpacked else [],
         "shards": [_shards(stage, folder, m) for stage, folder, m in found.shards],
-        "samples": _samples(found, tokenizer, notes) if final else [],
+        "samples": _samples(found, tokenizer, notes, page_dir) if final else [],
+        "origin": _origin(found),
         "training": _training(found) if found.train is not None else None,
     }
     first = data["stages"][0] if data["stages"] else {"read": 0}
@@ -195,6 +196,19 @@ def _link(path: str | Path | None, page_dir: Path) -> str | None:
     if not p.is_absolute():
         p = Path.cwd() / p
     return Path(_relpath(p, page_dir)).as_posix()
+
+
+def _label(path: str, page_dir: Path) -> str:
+    """A source as the page names it: relative to the page when it is in the page's folder (a run's
+    convert/data.jsonl), else as recorded."""
+    relative = _link(path, page_dir) or path
+    return path if relative.startswith("..") else relative
+
+
+def _origin(found: _Found) -> dict[str, str]:
+    """In a run that converts first: the files its later stages' one source was made of, with their formats."""
+    convert = next((s for s in (found.run or {}).get("stages", []) if s["name"] == "convert"), None)
+    return dict((convert or {}).get("summary", {}).get("formats") or {})
 
 
 def _relpath(path: Path, start: Path) -> str:
@@ -318,7 +332,8 @@ def _finding(stage: str, code: str, severity: str, count: int, examples: list[di
                          for e in examples[:EXAMPLES]]}
 
 
-def _lengths(unpacked: tuple[Path, dict[str, Any]], final: dict[str, Any] | None) -> list[dict[str, Any]]:
+def _lengths(unpacked: tuple[Path, dict[str, Any]], final: dict[str, Any] | None,
+             page_dir: Path) -> list[dict[str, Any]]:
     """Token lengths per source before and after `max_len`, as the tokenize manifest counted them (a folder
     written before prep recorded sources: its rows' lengths, as one source)."""
     folder, manifest = unpacked
@@ -332,7 +347,7 @@ def _lengths(unpacked: tuple[Path, dict[str, Any]], final: dict[str, Any] | None
     out = []
     for s in sources:
         lengths = {k: LengthCounts.from_dict(v) for k, v in s["lengths"].items()}
-        out.append({"path": s["path"], "max_len": max_len, "policy": manifest.get("overflow"),
+        out.append({"path": s["path"], "label": _label(s["path"], page_dir), "max_len": max_len, "policy": manifest.get("overflow"),
                     "before": lengths.get("before"), "after": lengths["after"]})
     return out
 
@@ -351,7 +366,7 @@ def _shards(stage: str, folder: Path, manifest: dict[str, Any]) -> dict[str, Any
 # ---------------------------------------------------------------- decoded rows
 
 
-def _samples(found: _Found, tokenizer: str | None, notes: list[str]) -> list[dict[str, Any]]:
+def _samples(found: _Found, tokenizer: str | None, notes: list[str], page_dir: Path) -> list[dict[str, Any]]:
     """One row per source, decoded as the model sees it: the final shards' row (packed or not) that holds
     the source's first document, each document of it marked, trained tokens apart from the rest."""
     _, folder, manifest = found.shards[-1]
@@ -366,7 +381,7 @@ def _samples(found: _Found, tokenizer: str | None, notes: list[str]) -> list[dic
     wanted: list[tuple[str, str | None]] = []  # (source, id of its first document)
     for s in (unpacked[1].get("sources") or []) if unpacked else []:
         if s.get("first_row") is not None:
-            wanted.append((s["path"], read_row(unpacked[0], s["first_row"])["ids"][0]))
+            wanted.append((_label(s["path"], page_dir), read_row(unpacked[0], s["first_row"])["ids"][0]))
     if not wanted and manifest["counts"]["rows"]:
         wanted = [("row 0", None)]
     rows = _rows_holding(folder, [doc for _, doc in wanted])

@@ -36,7 +36,7 @@ h3{font-size:15px;margin:16px 0 6px}
 nav a{margin-right:14px;color:#0969da;text-decoration:none}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:10px;margin:16px 0}
 .card{border:1px solid var(--line);border-radius:8px;padding:10px 12px;background:var(--bg)}
-.card b{display:block;font-size:20px}.card span{color:var(--muted);font-size:12px}
+.card b{display:block;font-size:20px;white-space:nowrap}.card span{color:var(--muted);font-size:12px}
 table{border-collapse:collapse;width:100%;margin:8px 0;font-size:13px}
 th,td{text-align:left;padding:5px 8px;border-bottom:1px solid var(--line);vertical-align:top}
 th{background:var(--bg);font-weight:600}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
@@ -66,8 +66,8 @@ footer{color:var(--muted);font-size:12px;margin-top:40px}
 def page(data: dict[str, Any]) -> str:
     """The whole page for the figures `prep.stages.report.gather` collected."""
     sections = [("rows", "Rows", _rows(data)), ("findings", "Findings and rejects", _findings(data)),
-                ("lengths", "Token lengths", _lengths(data)), ("shards", "Shards", _shards(data)),
-                ("samples", "Sample rows", _samples(data)), ("training", "Training", _training(data))]
+                ("lengths", "Token lengths", _lengths(data)), ("training", "Training", _training(data)),
+                ("shards", "Shards", _shards(data)), ("samples", "Sample rows", _samples(data))]
     sections = [s for s in sections if s[2]]
     nav = "".join(f'<a href="#{key}">{escape(title)}</a>' for key, title, _ in sections)
     body = "".join(f'<section id="{key}"><h2>{escape(title)}</h2>{html}</section>' for key, title, html in sections)
@@ -241,7 +241,10 @@ def _lengths(data: dict[str, Any]) -> str:
             caption.append(f"max_len {_fig(key + '.max_len', max_len)}, overflow: {escape(s['policy'] or 'drop')}")
         if over is not None:
             caption.append(f"{over:,} in bins reaching past max_len" if over else "none over max_len")
-        figures.append(f'<figure><h3>{escape(s["path"])}</h3>{svg}{_legend(series)}'
+        origin = ", ".join(f'<span title="{escape(f)}">{escape(f.rsplit("/", 1)[-1])}</span> ({escape(fmt)})'
+                           for f, fmt in data["origin"].items())
+        made_of = f'<p class="hint">converted from {origin}</p>' if origin and s["label"] != s["path"] else ""
+        figures.append(f'<figure><h3>{escape(s["label"])}</h3>{made_of}{svg}{_legend(series)}'
                        f'<figcaption>{"; ".join(caption)}</figcaption></figure>')
     return '<div class="charts">' + "".join(figures) + "</div>"
 
@@ -302,7 +305,9 @@ def _training(data: dict[str, Any]) -> str:
     if not t:
         return ""
     memory = t["peak_memory"]
-    rows = [("method", escape(str(t["method"]))), ("model", escape(str(t["model"]))),
+    model = str(t["model"])
+    rows = [("method", escape(str(t["method"]))),
+            ("model", f'<span title="{escape(model)}">{escape(model.rstrip("/").rsplit("/", 1)[-1])}</span>'),
             ("steps", _fig("train.steps", t["steps"])), ("runtime", f'{_fig("train.runtime_s", t["runtime_s"])} s'),
             ("tokens trained on", _fig("train.tokens", t["tokens"])),
             ("tokens with loss", _fig("train.trained_tokens", t["trained_tokens"])),
