@@ -220,6 +220,18 @@ def test_findings_and_rejects_are_counted_with_their_file_and_line(tmp_path) -> 
     assert over["examples"] and all(e["file"].endswith("openai.jsonl") and e["line"] for e in over["examples"])
     assert page.number(f"lengths.{source['path']}.before_rows") == source["read"]
     assert page.number(f"lengths.{source['path']}.after_rows") == source["written"]
+    over = source["rejected"].get("too_long", 0) + sum(source["altered"].values())
+    assert page.number(f"lengths.{source['path']}.over_max_len") == over > 0
+
+    (shards / "rejects.jsonl").unlink()  # counted all the same, and the page says how to keep them
+    report(shards)
+    page = Page((shards / "report.html").read_text())
+    assert page.number("finding.tokenize.too_long") == m["counts"]["rejected"]["too_long"]
+    assert "--rejects FILE" in (shards / "report.html").read_text()
+
+    del m["sources"]  # a folder from a prep that did not record sources: its rows' lengths, as one source
+    (shards / "manifest.json").write_text(json.dumps(m))
+    assert [(s["path"], s["after"].rows) for s in report(shards).page["lengths"]] == [("all rows", m["counts"]["rows"])]
 
 
 def test_preference_curves_are_drawn_whatever_their_names(quickstart, tmp_path) -> None:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import csv
 import json
-from collections import defaultdict
+import os
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,8 @@ def report(target: str | Path, output: str | None = None, *, tokenizer: str | No
     html = page(data)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, html)
-    tally = Tally(data["rows"]["read"], data["rows"]["written"])
+    left_out = Counter({s["stage"]: sum(s["rejected"].values()) for s in data["stages"] if s["rejected"]})
+    tally = Tally(data["rows"]["read"], data["rows"]["written"], left_out)  # as prep run counts: rejects by stage
     return ReportResult(tally=tally, outputs=outputs(report=out), page=data, bytes=len(html.encode()), notes=notes)
 
 
@@ -192,10 +194,7 @@ def _link(path: str | Path | None, page_dir: Path) -> str | None:
     """A file as the page links to it: relative to the page, so the folder can move with it."""
     if not path:
         return None
-    p = Path(path)
-    if not p.is_absolute():
-        p = Path.cwd() / p
-    return Path(_relpath(p, page_dir)).as_posix()
+    return Path(os.path.relpath(Path(path).absolute(), page_dir.absolute())).as_posix()
 
 
 def _label(path: str, page_dir: Path) -> str:
@@ -209,12 +208,6 @@ def _origin(found: _Found) -> dict[str, str]:
     """In a run that converts first: the files its later stages' one source was made of, with their formats."""
     convert = next((s for s in (found.run or {}).get("stages", []) if s["name"] == "convert"), None)
     return dict((convert or {}).get("summary", {}).get("formats") or {})
-
-
-def _relpath(path: Path, start: Path) -> str:
-    import os  # noqa: PLC0415 - start-up time: relpath for links only
-
-    return os.path.relpath(path, start.resolve() if start.exists() else start.absolute())
 
 
 def _source_rows(rows: list[dict[str, Any]], page_dir: Path) -> list[dict[str, Any]]:
@@ -246,7 +239,7 @@ def _stages(found: _Found, page_dir: Path) -> list[dict[str, Any]]:
         elif name in ("tokenize", "pack") or name == "validate" and found.validate is not None:
             continue  # from their own files, below
         elif name != "train" and stage["status"] in ("ran", "skipped", "stopped", "failed"):
-            row(name, s.get("read"), s.get("written"), s.get("rejected_by_reason", {}))
+            row(name, s.get("read"), s.get("written", s.get("accepted")), s.get("rejected_by_reason", {}))
     if found.validate is not None:
         v, files = found.validate, found.validate["files"]
         rejected: dict[str, int] = defaultdict(int)
@@ -289,11 +282,15 @@ def _findings(found: _Found, page_dir: Path) -> list[dict[str, Any]]:
                                                                                                 "pack")}
     for stage, folder in folders.items():
         counts = _stage_counts(found, stage)
-        if counts and (folder / "rejects.jsonl").is_file():
-            examples = _rejects(folder / "rejects.jsonl")
-            for kind, severity in (("rejected", "rejected"), ("altered", "altered")):
-                for code, n in sorted(counts.get(kind, {}).items(), key=lambda kv: -kv[1]):
-                    out.append(_finding(stage, code, severity, n, examples.get((kind, code), []), page_dir))
+        if not counts:
+            continue
+        kept = (folder / "rejects.jsonl").is_file()
+        examples = _rejects(folder / "rejects.jsonl") if kept else {}
+        for kind in ("rejected", "altered"):
+            for code, n in sorted(counts.get(kind, {}).items(), key=lambda kv: -kv[1]):
+                out.append(_finding(stage, code, kind, n, examples.get((kind, code), []), page_dir))
+                if not kept:
+                    out[-1]["message"] = f"rows {kind}; run {stage} with --rejects FILE to keep them with their reasons"
     return out
 
 
@@ -347,8 +344,13 @@ def _lengths(unpacked: tuple[Path, dict[str, Any]], final: dict[str, Any] | None
     out = []
     for s in sources:
         lengths = {k: LengthCounts.from_dict(v) for k, v in s["lengths"].items()}
-        out.append({"path": s["path"], "label": _label(s["path"], page_dir), "max_len": max_len, "policy": manifest.get("overflow"),
-                    "before": lengths.get("before"), "after": lengths["after"]})
+        # rows over max_len, exactly: those the overflow policy dropped (too_long) or cut (altered)
+        over = (s.get("rejected") or {}).get("too_long", 0) + sum((s.get("altered") or {}).values()) \
+            if max_len and "read" in s else None
+        out.append({"path": s["path"], "label": _label(s["path"], page_dir), "max_len": max_len,
+                    "policy": manifest.get("overflow"), "before": lengths.get("before"), "after": lengths["after"],
+                    "over": over})
+
     return out
 
 

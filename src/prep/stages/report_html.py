@@ -231,16 +231,14 @@ def _lengths(data: dict[str, Any]) -> str:
         key = f"lengths.{s['path']}"
         series = ([("before max_len: every row tokenized", before, "#afb8c1")] if before else []) + \
             [("after: the rows written", after, _PALETTE[0])]
-        over = sum(n for start, n in before.counts.items() if max_len and start + before.width > max_len + 1) \
-            if before and max_len else None
         svg = _histogram(series, max_len, "tokens per row", "rows")
         caption = [f"{_fig(key + '.after_rows', after.rows)} rows written"]
         if before:
             caption.insert(0, f"{_fig(key + '.before_rows', before.rows)} rows tokenized")
         if max_len:
             caption.append(f"max_len {_fig(key + '.max_len', max_len)}, overflow: {escape(s['policy'] or 'drop')}")
-        if over is not None:
-            caption.append(f"{over:,} in bins reaching past max_len" if over else "none over max_len")
+        if s["over"] is not None:
+            caption.append(f"{_fig(key + '.over_max_len', s['over'])} over max_len")
         origin = ", ".join(f'<span title="{escape(f)}">{escape(f.rsplit("/", 1)[-1])}</span> ({escape(fmt)})'
                            for f, fmt in data["origin"].items())
         made_of = f'<p class="hint">converted from {origin}</p>' if origin and s["label"] != s["path"] else ""
