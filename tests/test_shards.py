@@ -11,7 +11,7 @@ import pytest
 from prep.core.findings import Batch, Finding, PrepError, Source
 from prep.files import sha256_file
 from prep.shards.layout import MANIFEST, read_manifest
-from prep.shards.reader import iter_tables
+from prep.shards.reader import iter_tables, read_row
 from prep.shards.writer import ShardWriter
 
 META = {"tokenizer": {"name": "t", "vocab_size": 100}, "max_len": 16, "train_on": "assistant"}
@@ -133,3 +133,13 @@ def test_resume_rewrites_a_shard_that_no_longer_verifies(tmp_path: Path) -> None
             w.write(b)
     assert w.reused == 0
     assert read_manifest(out)["shards"] == write(tmp_path / "ref", batches(60, 10), shard_rows=20)["shards"]
+
+
+def test_read_row_finds_a_row_in_any_shard_and_row_group(tmp_path: Path) -> None:
+    write(tmp_path / "out", batches(10_000, 2_500), shard_rows=6_000)  # shards of 6,000 rows: groups of 4,096
+    assert [pq.ParquetFile(tmp_path / "out" / s["path"]).num_row_groups
+            for s in read_manifest(tmp_path / "out")["shards"]] == [2, 1]
+    for index in (0, 4095, 4096, 5999, 6000, 9999):
+        assert read_row(tmp_path / "out", index) == sft_row(index)
+    with pytest.raises(PrepError, match="does not exist"):
+        read_row(tmp_path / "out", 10_000)

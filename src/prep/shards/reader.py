@@ -31,6 +31,12 @@ def read_row(folder: str | Path, index: int) -> dict[str, Any]:
         raise PrepError(f"{folder}: row {index} does not exist; rows are 0 to {total - 1}")
     for shard in manifest["shards"]:
         if index < shard["rows"]:
-            return pq.read_table(folder / shard["path"]).slice(index, 1).to_pylist()[0]
+            pfile = pq.ParquetFile(folder / shard["path"])
+            for group in range(pfile.num_row_groups):  # one row group read, not the whole shard
+                rows = pfile.metadata.row_group(group).num_rows
+                if index < rows:
+                    return pfile.read_row_group(group).slice(index, 1).to_pylist()[0]
+                index -= rows
+            break
         index -= shard["rows"]
     raise PrepError(f"{folder}: the manifest lists fewer rows than it counts; run `prep verify`")
