@@ -243,13 +243,17 @@ def test_preference_curves_are_drawn_whatever_their_names(quickstart, tmp_path) 
     trained = json.loads((run / "train" / "training_report.json").read_text())
     for k, point in enumerate(trained["loss_curve"]):
         point.update({"rewards/chosen": 0.1 * k, "rewards/rejected": -0.1 * k, "rewards/margins": 0.2 * k,
-                      "rewards/accuracies": min(1.0, 0.5 + 0.1 * k), "logps/chosen": -40.0 + k, "note": "text"})
+                      "rewards/accuracies": min(1.0, 0.5 + 0.1 * k), "logps/chosen": -40.0 + k, "note": "text",
+                      "grad_norm": 1.0 / (k + 1)})
+        if k % 3 == 2:
+            point.update({"eval_loss": point["loss"] + 0.5, "eval_rewards/margins": 0.1 * k})
     (folder / "training_report.json").write_text(json.dumps(trained))
     done = report(folder)
     charts = {c["title"]: sorted(c["series"]) for c in done.page["training"]["charts"]}
-    assert charts["rewards"] == ["rewards/chosen", "rewards/margins", "rewards/rejected"]
+    assert charts["rewards"] == ["eval_rewards/margins", "rewards/chosen", "rewards/margins", "rewards/rejected"]
     assert charts["rewards/accuracies"] == ["rewards/accuracies"] and charts["logps"] == ["logps/chosen"]
-    assert charts["loss"] == ["loss"] and "note" not in str(charts)
+    assert charts["loss"] == ["eval_loss", "loss"] and charts["grad_norm"] == ["grad_norm"]
+    assert "note" not in str(charts)
     page = Page((folder / "report.html").read_text())
     assert {"rewards", "rewards/accuracies", "logps", "loss", "learning rate"} <= set(page.charts)
 

@@ -478,14 +478,16 @@ def _training(found: _Found) -> dict[str, Any]:
 
 
 def _chart_of(key: str) -> str:
-    if key in ("loss", "eval_loss") or key.endswith("_loss"):
+    """The chart a series goes on: losses together, evaluation beside training (eval_rewards/chosen with
+    rewards/chosen), a family of keys with one prefix (rewards/...) together, anything else alone."""
+    name = key.removeprefix("eval_")
+    if name == "loss" or name.endswith("_loss"):
         return "loss"
-    if key in ("learning_rate", "lr"):
+    if name in ("learning_rate", "lr"):
         return "learning rate"
-    if key.endswith("accuracies") or key.endswith("accuracy"):
-        return key  # a share in [0, 1]: not on the axis of the rewards beside it
-    family = key.split("/")[0] if "/" in key else key.removeprefix("eval_").split("_")[0]
-    return family
+    if "/" not in name or name.endswith(("accuracies", "accuracy")):
+        return name  # a share in [0, 1] is not drawn on the axis of the rewards beside it
+    return name.split("/")[0]
 
 
 def _read_curve(path: Path) -> list[dict[str, Any]]:
