@@ -219,8 +219,9 @@ def test_cli_runs_the_quickstart_and_says_where_everything_went(tiny_model: Path
     proc = run_prep(*args)
     assert proc.returncode == 0, proc.stderr.decode()
     err = proc.stderr.decode()
-    for line in ("adapter:", "training report:", "run record:"):
+    for line in ("adapter:", "training report:", "run record:", "report:"):
         assert line in err
+    assert str(tmp_path / "report.html") in err.replace("\n", "") and (tmp_path / "report.html").stat().st_size > 0
     record = json.loads((tmp_path / "run.json").read_text())
     assert [s["status"] for s in record["stages"]] == ["ran"] * 5
     again = run_prep(*args, "-q")
