@@ -88,6 +88,8 @@ VERBS = {
     "verify": ["verify", "{tmp}/packed"],
     "inspect": ["inspect", "{tmp}/packed"],
     "stats": ["stats", "{tmp}/packed"],
+    "report": ["report", "{tmp}/packed", "-o", "{tmp}/report.html"],
+    "export": ["export", "{tmp}/packed", "--to", "jsonl", "-o", "{tmp}/e.jsonl"],
     "run": ["run", "recipes/autotrain-csv-dpo.yaml", "--set", "output={tmp}/run", "-q"],
 }
 

@@ -458,7 +458,8 @@ def export(shards: str, to: str, output: str, tokenizer: str | None, quiet: bool
     """
     from prep.stages.export import export as run  # noqa: PLC0415 - start-up time
 
-    _quiet_libraries()
+    if to == "hf-dataset":
+        _quiet_libraries()  # datasets' progress bars; the other targets load none of the train extra
     result = run(shards, to, output, tokenizer=tokenizer)
     if not quiet:
         click.echo(f"{result.tally.summary()} ({', '.join(result.columns)}) -> {output}", err=True)

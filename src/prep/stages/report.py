@@ -5,7 +5,7 @@ TARGET is a `prep run` folder (run.json), a shard folder (manifest.json), a trai
 come from those files as they are, never recomputed from something else: row accounting per stage
 and per source, findings and rejects by code with their file:line, token lengths per source before
 and after `max_len` (the tokenize manifest's `sources`), the shards' trained share, packing
-efficiency and row fill, a decoded row per source (the Rust tokenizer alone, no transformers), and
+efficiency and row fill, a decoded row per source (with the shards' own tokenizer), and
 every numeric training curve with the run's speed and peak memory. This module gathers them into
 one dict (`ReportResult.page`); prep.stages.report_html draws the page.
 """
