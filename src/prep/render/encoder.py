@@ -85,23 +85,24 @@ class Encoder:
         return per_row(lambda record, _: _Job(record, *self._render(record)))(batch)
 
     def encode(self, jobs: Batch[_Job]) -> tuple[Batch[str], pa.Table]:
-        """The Rust half (the GIL is released while it runs), then labels and the Arrow table."""
-        ids, table, _ = self.encode_measured(jobs)
-        return ids, table
-
-    def encode_measured(self, jobs: Batch[_Job]) -> tuple[Batch[str], pa.Table, list[tuple[str, int]]]:
-        """`encode`, and the file and length of every row tokenized, before `max_len` cut or dropped it (for
-        a pair: the longer side with the prompt, the length `max_len` bounds), for the per-source histograms."""
+        """The Rust half (the GIL is released while it runs), then labels and the Arrow table. Each job keeps its
+        encodings (`encode_measured` reads their lengths)."""
         encodings = self.backend.encode_batch([t for job in jobs.items for t in job.texts], add_special_tokens=False)
         k = 0
         for job in jobs.items:
             job.encodings = encodings[k:k + len(job.texts)]
             k += len(job.texts)
-        lengths = [(source.file, max(len(e.ids) for e in job.encodings))
-                   for job, source in zip(jobs.items, jobs.sources, strict=True)]
         done = per_row(self._finish, keep=lambda job: job.record)(jobs)
         ids = Batch([job_row.id for job_row in done.items], done.sources, done.rejects, done.altered)
-        return ids, self._table(done.items, ids.items), lengths
+        return ids, self._table(done.items, ids.items)
+
+    def encode_measured(self, jobs: Batch[_Job]) -> tuple[Batch[str], pa.Table, list[tuple[str, int]]]:
+        """`encode`, and the file and length of every row tokenized, before `max_len` cut or dropped it (for
+        a pair: the longer side with the prompt, the length `max_len` bounds), for the per-source histograms."""
+        ids, table = self.encode(jobs)
+        lengths = [(source.file, max(len(e.ids) for e in job.encodings))
+                   for job, source in zip(jobs.items, jobs.sources, strict=True)]
+        return ids, table, lengths
 
     # rendering -----------------------------------------------------------------------------------------------
 
