@@ -1,21 +1,26 @@
-"""Tokenizing speed, side by side in one run on the same data (design §11).
+"""Tokenizing speed and start-up, side by side in one run on the same data (design §11).
 
-Data: the alpaca fixture x20 as conversations (JSONL), the qwen2.5 tokenizer, the chatml template,
-max-len 2048. Measured, in tokens per second of output:
+Data: the alpaca fixture x40 (--copies) as conversations, the qwen2.5 tokenizer, the chatml template, max-len
+2048. Measured:
 
-- prep tokenize, 1 and 2 workers, JSONL -> shards (Python API, tokenizer already loaded), and the
-  `prep tokenize` command as a user runs it (wall time including interpreter start, imports and
-  loading the tokenizer);
-- the ceiling: the Rust tokenizer's `encode_batch` alone on the already-rendered texts;
-- TRL's SFTTrainer dataset preparation (`assistant_only_loss`, tiny model built from a config): the
-  JSONL loaded with `datasets` and the trainer constructed, which tokenizes;
-- LLaMA-Factory's `get_dataset`, when `llamafactory` is importable;
-- peak RSS of the `prep tokenize` command on a quarter of the data and on all of it (it must stay flat).
+- start-up: `prep --help`, and `prep tokenize` on one row (wall and peak RSS of the whole process), beside
+  `tokenizers.Tokenizer.from_file` of the same tokenizer alone in a fresh interpreter;
+- throughput in tokens per second of output:
+  - the ceiling: the Rust tokenizer's `encode_batch` alone on the already-rendered texts (in process);
+  - `prep tokenize`, the command as a user runs it (wall time including interpreter start, imports and
+    loading the tokenizer), 1 and 2 workers;
+  - TRL's SFTTrainer dataset preparation (`assistant_only_loss`, tiny model built from a config): the JSONL
+    loaded with `datasets` and the trainer constructed, which tokenizes (its ids and labels are checked
+    equal to prep's);
+  - LLaMA-Factory's `get_dataset` (sft, its qwen template, 2 preprocessing workers) on the same rows as an
+    alpaca JSON, when `--llamafactory-python` names an interpreter where llamafactory is installed (it is not
+    a dependency of prep: `python -m venv lf && lf/bin/pip install torch==2.13.0 llamafactory==0.9.5`);
+- peak RSS of `prep tokenize` on a quarter of the data and on x200 (it must stay flat).
 
-This machine is shared, so timings are noisy: every measurement is repeated (--repeat) with the
-kinds interleaved, and the best and the median are reported.
+This machine is shared, so timings are noisy: measurements are repeated (--repeat), the kinds interleaved, and
+the best is reported with the median.
 
-    python bench/tokenize_speed.py [--copies 20] [--repeat 3] [--skip-trl]
+    python bench/tokenize_speed.py [--copies 40] [--repeat 3] [--skip-trl] [--llamafactory-python PATH]
 """
 
 from __future__ import annotations
@@ -43,9 +48,27 @@ CHATML_GENERATION = (
     "{% generation %}{{- message.content + '<|im_end|>' }}{% endgeneration %}{{- '\\n' }}{%- else %}"
     "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+# LLaMA-Factory's own preprocessing, run in its interpreter: seconds inside get_dataset, rows and tokens out
+LLAMAFACTORY = """
+import json, sys, time
+from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
+from llamafactory.hparams import get_train_args
+from llamafactory.model import load_tokenizer
+model_args, data_args, training_args, _, _ = get_train_args(dict(
+    model_name_or_path=sys.argv[1], stage="sft", do_train=True, finetuning_type="lora", dataset="bench",
+    dataset_dir=sys.argv[2], template="qwen", cutoff_len=int(sys.argv[4]), output_dir=sys.argv[3],
+    overwrite_cache=True, preprocessing_num_workers=2, report_to="none", use_cpu=True, bf16=False))
+tokenizer = load_tokenizer(model_args)
+template = get_template_and_fix_tokenizer(tokenizer["tokenizer"], data_args)
+start = time.perf_counter()
+data = get_dataset(template, model_args, data_args, training_args, stage="sft", **tokenizer)["train_dataset"]
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "rows": len(data), "tokens": sum(map(len, data["input_ids"]))}))
+"""
 
 
 def make_data(folder: Path, copies: int) -> Path:
+    """The alpaca fixture as JSONL conversations (`messages`), `copies` times, each copy with its own ids."""
     from prep.formats import read_records
 
     records = [r for b in read_records([str(ALPACA)]) for r in b.items]
@@ -63,84 +86,125 @@ def timed(fn: Any) -> tuple[float, Any]:
     return time.perf_counter() - start, value
 
 
+def process(*command: str) -> tuple[float, float, str]:
+    """Run a command in a fresh process: its wall seconds, its peak RSS in MB (from wait4) and its stdout."""
+    measure = ("import resource, subprocess, sys, time; start = time.perf_counter(); "
+               "done = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+               "seconds = time.perf_counter() - start; sys.stderr.write(done.stderr); "
+               "print(seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, flush=True); "
+               "print(done.stdout); sys.exit(done.returncode)")
+    done = subprocess.run([sys.executable, "-c", measure, *command], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    head, _, out = done.stdout.partition("\n")
+    seconds, rss = head.split()
+    return float(seconds), int(rss) / 1024, out
+
+
+def prep_cli(data: Path, workers: int, out: Path, tokenizer: Path = TOKENIZER) -> tuple[float, float]:
+    seconds, rss, _ = process(sys.executable, "-m", "prep", "tokenize", str(data), "--tokenizer", str(tokenizer),
+                              "--template", "chatml", "--max-len", str(MAX_LEN), "--workers", str(workers), "-o",
+                              str(out), "-q")
+    return seconds, rss
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--copies", type=int, default=20)
+    parser.add_argument("--copies", type=int, default=40)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-trl", action="store_true")
+    parser.add_argument("--llamafactory-python", help="interpreter of a venv with llamafactory installed")
     args = parser.parse_args()
     if not ALPACA.exists() or not TOKENIZER.exists():
         sys.exit(f"fixtures not found under {FIXTURES} (set PREP_FIXTURES)")
 
     from prep.formats import read_records
-    from prep.formats.inputs import Inputs
     from prep.render.templates import get_template
     from prep.render.tokenizer import load_tokenizer
-    from prep.stages.tokenize import tokenize
 
     work = Path(tempfile.mkdtemp(prefix="prep-bench-"))
+    os.environ["PREP_CACHE"] = str(work / "cache")  # the first command computes the fingerprint, as a new user's
     data = make_data(work, args.copies)
-    load_s, tok = timed(lambda: load_tokenizer(str(TOKENIZER)))
+    one = work / "one.jsonl"
+    one.write_text(data.read_text(encoding="utf-8").split("\n", 1)[0] + "\n", encoding="utf-8")
+    startup(one, work, args.repeat)
+
+    tok = load_tokenizer(str(TOKENIZER))
     chatml = get_template("chatml", tok.specials)
-    conversations = [r["messages"] for b in read_records([str(data)]) for r in b.items]
-    texts = [chatml.render(c).text for c in conversations]
-    print(f"data: {len(texts):,} conversations ({data.stat().st_size / 1e6:.1f} MB JSONL); tokenizer {TOKENIZER.name} "
-          f"loaded in {load_s:.1f}s; {os.cpu_count()} CPUs", flush=True)
-
+    texts = [chatml.render(r["messages"]).text for b in read_records([str(data)]) for r in b.items]
+    print(f"data: {len(texts):,} conversations ({data.stat().st_size / 1e6:.1f} MB JSONL); {os.cpu_count()} CPUs; "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
     times: dict[str, list[float]] = {}
-    tokens = 0
-
-    def ceiling() -> int:
-        return sum(len(e.ids) for e in tok.backend.encode_batch(texts, add_special_tokens=False))
-
-    def prep(workers: int) -> int:
-        result = tokenize(Inputs([str(data)]), tok, str(work / f"shards-{workers}"), template="chatml",
-                          max_len=MAX_LEN, workers=workers)
-        assert result.tally.rejected_total == 0, result.tally.summary()
-        return result.manifest["tokens"]["total"]
-
-    runs = {"encode_batch (ceiling)": ceiling, "prep tokenize, 1 worker": lambda: prep(1),
-            "prep tokenize, 2 workers": lambda: prep(2)}
+    tokens: dict[str, int] = {}
+    ceiling_tokens = sum(len(e.ids) for e in tok.backend.encode_batch(texts[:100], add_special_tokens=False))
     for round_ in range(args.repeat):
-        for name, fn in runs.items():
-            seconds, n = timed(fn)
+        seconds, ceiling_tokens = timed(lambda: sum(len(e.ids) for e in tok.backend.encode_batch(
+            texts, add_special_tokens=False)))
+        times.setdefault("encode_batch (ceiling, in process)", []).append(seconds)
+        for workers in (1, 2):
+            name = f"prep tokenize CLI, {workers} worker{'s' if workers > 1 else ''} (wall, incl. start-up)"
+            seconds, _ = prep_cli(data, workers, work / f"cli-{workers}")
             times.setdefault(name, []).append(seconds)
-            tokens = tokens or n
-            assert n == tokens, (name, n, tokens)
             print(f"  round {round_ + 1}: {name}: {seconds:.2f}s", flush=True)
+    from prep.shards.layout import read_manifest
 
-    for workers in (1, 2):
-        seconds, _ = timed(lambda workers=workers: cli(data, workers, work))
-        times[f"prep tokenize CLI, {workers} worker{'s' if workers > 1 else ''} (wall, incl. start-up)"] = [seconds]
-    quarter = make_data(work, max(1, args.copies // 4))
-    rss = {path.name: cli(path, 1, work) for path in (quarter, data)}
-    print("peak RSS of prep tokenize (1 worker): " + ", ".join(f"{n}: {mb:.0f} MB" for n, mb in rss.items()))
+    prep_tokens = read_manifest(work / "cli-2")["tokens"]["total"]
+    assert prep_tokens == ceiling_tokens, (prep_tokens, ceiling_tokens)  # the same text, the same tokens
+    tokens.update(dict.fromkeys(times, prep_tokens))
 
     if not args.skip_trl:
-        seconds = trl_prepare(data, tok, work / "shards-1")
-        times["TRL SFTTrainer prep (assistant_only_loss)"] = [seconds]
-    try:
-        import llamafactory  # noqa: F401
-        print("llamafactory is importable but its get_dataset needs a full training config; not measured")
-    except ImportError:
-        print("LLaMA-Factory: skipped (llamafactory is not installed)")
-
+        times["TRL SFTTrainer prep (assistant_only_loss)"] = [trl_prepare(data, work / "cli-1")]
+        tokens["TRL SFTTrainer prep (assistant_only_loss)"] = prep_tokens
+    if args.llamafactory_python:
+        seconds, n = llamafactory(args.llamafactory_python, work, args.copies)
+        times["LLaMA-Factory get_dataset (qwen template, 2 workers)"] = [seconds]
+        tokens["LLaMA-Factory get_dataset (qwen template, 2 workers)"] = n
+    else:
+        print("LLaMA-Factory: skipped (give --llamafactory-python)")
     report(times, tokens)
 
-
-def cli(data: Path, workers: int, work: Path) -> float:
-    """Run the `prep tokenize` command as a user would; its peak RSS in MB."""
-    command = [sys.executable, "-m", "prep", "tokenize", str(data), "--tokenizer", str(TOKENIZER), "--template",
-               "chatml", "--max-len", str(MAX_LEN), "--workers", str(workers), "-o", str(work / "cli"), "-q"]
-    measure = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:], capture_output=True); "
-               "sys.stderr.buffer.write(done.stderr); "
-               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(done.returncode)")
-    done = subprocess.run([sys.executable, "-c", measure, *command], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return int(done.stdout.split()[-1]) / 1024
+    quarter, grown = make_data(work, max(1, args.copies // 4)), make_data(work, 200)
+    rss = {path.name: prep_cli(path, 1, work / "rss")[1] for path in (quarter, grown)}
+    print("peak RSS of prep tokenize (1 worker): " + ", ".join(f"{n}: {mb:.0f} MB" for n, mb in rss.items()))
 
 
-def trl_prepare(data: Path, tok: Any, shards: Path) -> float:
+def startup(one: Path, work: Path, repeat: int) -> None:
+    """`prep --help`, `prep tokenize` of one row, and Tokenizer.from_file alone: best wall and peak RSS."""
+    rows = {
+        "prep --help": [sys.executable, "-m", "prep", "--help"],
+        "prep tokenize, one row (qwen2.5, chatml)": [
+            sys.executable, "-m", "prep", "tokenize", str(one), "--tokenizer", str(TOKENIZER), "--template", "chatml",
+            "-o", str(work / "one"), "-q"],
+        "tokenizers.Tokenizer.from_file(qwen2.5) alone": [
+            sys.executable, "-c", f"from tokenizers import Tokenizer; Tokenizer.from_file({str(TOKENIZER / 'tokenizer.json')!r})"],
+        "python -c pass": [sys.executable, "-c", "pass"],
+    }
+    best = {name: min((process(*command)[:2] for _ in range(max(repeat, 3))), key=lambda x: x[0])
+            for name, command in rows.items()}
+    print(f"\nstart-up, best of {max(repeat, 3)} (load average {os.getloadavg()[0]:.1f}):")
+    for name, (seconds, rss) in best.items():
+        print(f"  {name:48} {seconds:6.2f} s  {rss:6.0f} MB")
+    one_row, alone = best["prep tokenize, one row (qwen2.5, chatml)"], best["tokenizers.Tokenizer.from_file(qwen2.5) alone"]
+    print(f"  one row / from_file alone: {one_row[0] / alone[0]:.2f}x the time, {one_row[1] / alone[1]:.2f}x the RSS",
+          flush=True)
+
+
+def llamafactory(python: str, work: Path, copies: int) -> tuple[float, int]:
+    """Seconds inside LLaMA-Factory's get_dataset on the alpaca rows x copies (its own JSON), and its tokens."""
+    folder = work / "llamafactory"
+    folder.mkdir()
+    rows = json.loads(ALPACA.read_text(encoding="utf-8"))
+    (folder / "bench.json").write_text(json.dumps(rows * copies, ensure_ascii=False), encoding="utf-8")
+    (folder / "dataset_info.json").write_text(json.dumps({"bench": {"file_name": "bench.json"}}), encoding="utf-8")
+    print("  LLaMA-Factory: preparing (this takes a while) ...", flush=True)
+    done = subprocess.run([python, "-c", LLAMAFACTORY, str(TOKENIZER), str(folder), str(folder / "out"),
+                           str(MAX_LEN)], capture_output=True, text=True, cwd=folder)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["rows"] == len(rows) * copies, out
+    return out["seconds"], out["tokens"]
+
+
+def trl_prepare(data: Path, shards: Path) -> float:
     """Seconds for TRL to load the JSONL and prepare it; checks its ids and labels equal prep's."""
     import datasets
     import pyarrow.parquet as pq
@@ -174,17 +238,17 @@ def trl_prepare(data: Path, tok: Any, shards: Path) -> float:
     return seconds
 
 
-def report(times: dict[str, list[float]], tokens: int) -> None:
-    best = {name: min(t) for name, t in times.items()}
-    ceiling = tokens / best["encode_batch (ceiling)"]
-    trl = best.get("TRL SFTTrainer prep (assistant_only_loss)")
-    print(f"\n{tokens:,} tokens; best of {max(len(t) for t in times.values())} (median in brackets)")
-    print(f"{'':58} {'seconds':>16} {'tokens/s':>12} {'x ceiling':>10} {'x TRL':>8}")
+def report(times: dict[str, list[float]], tokens: dict[str, int]) -> None:
+    rate = {name: tokens[name] / min(t) for name, t in times.items()}
+    ceiling = rate["encode_batch (ceiling, in process)"]
+    cli = rate["prep tokenize CLI, 2 workers (wall, incl. start-up)"]
+    print(f"\nbest of {max(len(t) for t in times.values())} (median in brackets); x ceiling and x peer are tokens/s "
+          "ratios")
+    print(f"{'':58} {'seconds':>16} {'tokens':>11} {'tokens/s':>12} {'x ceiling':>10} {'prep 2w / it':>13}")
     for name, t in times.items():
-        rate = tokens / best[name]
         median = f"({statistics.median(t):.2f})" if len(t) > 1 else ""
-        vs_trl = f"{rate / (tokens / trl):8.1f}" if trl else ""
-        print(f"{name:58} {best[name]:8.2f} {median:>7} {rate:12,.0f} {rate / ceiling:10.2f} {vs_trl}")
+        print(f"{name:58} {min(t):8.2f} {median:>7} {tokens[name]:11,} {rate[name]:12,.0f} {rate[name] / ceiling:10.2f} "
+              f"{cli / rate[name]:13.2f}")
 
 
 if __name__ == "__main__":

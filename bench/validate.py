@@ -52,9 +52,10 @@ FIXTURES, ROOT, replicate = _convert.FIXTURES, _convert.ROOT, _convert.replicate
 
 PREP = """
 import json, sys, time
+from prep.formats.inputs import Inputs
 from prep.stages.validate import validate
 start = time.perf_counter()
-report = validate(sys.argv[1:])
+report = validate(Inputs(sys.argv[1:]))
 print(json.dumps({"seconds": time.perf_counter() - start, "rows": report.rows_read,
                   "errors": report.findings.errors, "warnings": report.findings.warnings}))
 """
