@@ -47,7 +47,7 @@ def _command(verb: str) -> click.Command:
 def test_the_cli_options_are_the_table(verb: str) -> None:
     params = {p.name: p for p in _command(verb).params if isinstance(p, click.Option)}
     table = {o.name: o for o in opts.TABLES[verb] if o.cli}
-    if verb in ("convert", "validate", "template", "tokenize"):
+    if verb in ("convert", "validate", "template", "tokenize", "mix", "dedup", "split", "decontaminate"):
         table |= {o.name: o for o in opts.INPUTS if o.cli}
     assert set(params) == set(table)
     for name, option in table.items():
@@ -73,7 +73,9 @@ def test_train_options_default_to_the_table() -> None:
     ("convert", "prep.stages.convert:convert"), ("validate", "prep.stages.validate:validate"),
     ("template", "prep.stages.template:template"), ("tokenize", "prep.stages.tokenize:tokenize"),
     ("pack", "prep.stages.pack:pack"), ("inspect", "prep.stages.inspect:inspect"),
-    ("report", "prep.stages.report:report"), ("export", "prep.stages.export:export"),
+    ("report", "prep.stages.report:report"), ("export", "prep.stages.export:export"), ("mix", "prep.stages.mix:mix"),
+    ("dedup", "prep.stages.dedup:dedup"), ("split", "prep.stages.split:split"),
+    ("decontaminate", "prep.stages.decontaminate:decontaminate"),
 ])
 def test_the_python_api_defaults_to_the_table(verb: str, function: str) -> None:
     module, name = function.split(":")

@@ -26,7 +26,7 @@ pytest.importorskip("peft")
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 # Documents each recipe's shards hold, counted by hand from the samples.
 DOCUMENTS = {"quickstart": 4, "alpaca-ko-lora": 7, "together-multiturn": 6, "autotrain-csv-dpo": 5,
-             "llamafactory-registry": 18, "continued-pretraining": 11}
+             "llamafactory-registry": 18, "continued-pretraining": 11, "mixture": 13}
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +88,8 @@ def test_recipe_runs_to_completion_then_skips(recipe: Path, tiny_model: Path, tm
         assert (train / "adapter" / "adapter_model.safetensors").stat().st_size > 0
         assert json.loads((train / "adapter" / "adapter_config.json").read_text())["r"] == \
             loaded.section("train")["lora_r"]
+        if "split" in stages:  # split's validation rows, tokenized beside the train rows, are train's eval set
+            assert verify(stages["tokenize"].folder / "validation").ok and report["eval_loss"] is not None
     else:
         assert manifest["kind"] == "dpo"  # the one recipe that stops at shards
     stamps = {s.name: (s.folder / STAMP).stat().st_mtime_ns for s in result.stages}

@@ -31,6 +31,8 @@ _WHERE = {
     "Result": "prep.core.result", "Tally": "prep.core.findings", "Finding": "prep.core.findings",
     "PrepError": "prep.core.findings", "load_for_trl": "prep.trainer.bridge", "pretokenized": "prep.trainer.bridge",
     "report": "prep.stages.report", "export": "prep.stages.export",
+    "mix": "prep.stages.mix", "dedup": "prep.stages.dedup", "split": "prep.stages.split",
+    "decontaminate": "prep.stages.decontaminate",
 }
 _NAMES = {"generate": "load"}  # the public name, where the module's differs
 __all__ = ["__version__", *_WHERE]

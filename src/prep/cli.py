@@ -337,6 +337,113 @@ def tokenize(inputs: Any, output: str, rejects: str | None, quiet: bool, **kw: A
     sys.exit(result.exit_code)
 
 
+def _done(result: Any, quiet: bool, output: str, rejects: str | None, extra: str = "") -> None:
+    """The end of a verb that keeps some rows: formats read, the tally, where it went, the first rejects."""
+    if not quiet:
+        _formats(getattr(result, "formats", {}))
+        click.echo(result.tally.summary() + extra + ("" if output == "-" else f" -> {output}"), err=True)
+        _report_rejects(result.tally, rejects)
+    sys.exit(result.exit_code)
+
+
+@main.command()
+@input_options
+@options("mix")
+def mix(inputs: Any, output: str, rejects: str | None, quiet: bool, **kw: Any) -> None:
+    """Mix INPUT files (or shard folders) into one set with exactly the asked rows (or tokens) from each.
+
+    Each INPUT is SRC (every row once), SRC:N (exactly N), SRC:xK (K times the source) or SRC:RATIO (a
+    share of the output, e.g. 0.3). Whole passes first, then a sample without replacement; the sources are
+    interleaved evenly. Rows left out are counted as not_sampled (kept with --rejects).
+
+    \b
+    Examples:
+      prep mix a.jsonl:20000 b.jsonl:x2 c.jsonl -o mixed.jsonl
+      prep mix a.jsonl:0.7 b.jsonl:0.3 -o mixed.jsonl --seed 1
+      prep mix shards/a:2000000 shards/b:1000000 --by tokens -o shards/mixed
+    """
+    from prep.stages.mix import mix as run  # noqa: PLC0415 - start-up time
+
+    if inputs.datasets:
+        raise click.UsageError("mix takes files and shard folders; convert --dataset entries first")
+    _require_inputs(inputs)
+    result = run(list(inputs.files), output, rejects=rejects, inputs=inputs, seed=inputs.seed, **kw)
+    summary = result.manifest.get("mix", result.manifest)  # shard folders keep it under "mix"
+    if not quiet:
+        for s in summary["sources"]:
+            click.echo(f"{s['source']}: {s['asked']} -> {s['rows_written']} rows ({s['passes']} whole passes, "
+                       f"{s['sampled']} sampled once more)" + (f", {s['tokens_written']:,} tokens"
+                                                                 if "tokens_written" in s else ""), err=True)
+    _done(result, quiet, output, rejects)
+
+
+@main.command()
+@input_options
+@options("dedup")
+def dedup(inputs: Any, output: str, rejects: str | None, quiet: bool, **kw: Any) -> None:
+    """Remove exact and near-duplicate rows within and across INPUT files; each removed row is a reject
+    naming the row it repeats (duplicate_of), which stays.
+
+    \b
+    Examples:
+      prep dedup a.jsonl b.jsonl -o clean.jsonl --rejects removed.jsonl
+      prep dedup data.jsonl --exact --fields user -o clean.jsonl
+    """
+    from prep.stages.dedup import dedup as run  # noqa: PLC0415 - start-up time
+
+    _require_inputs(inputs)
+    _done(run(inputs, output, rejects=rejects, **kw), quiet, output, rejects)
+
+
+@main.command()
+@input_options
+@options("split")
+def split(inputs: Any, output: str, rejects: str | None, quiet: bool, **kw: Any) -> None:
+    """Split INPUT files into DIR/train.jsonl and DIR/validation.jsonl, keeping exact and near-duplicate
+    groups on one side (so no validation row has a twin in train).
+
+    \b
+    Examples:
+      prep split a.jsonl b.jsonl c.jsonl --val 0.05 --per-source -o data/split
+      prep split data.jsonl --val 500 --seed 1 -o data/split
+    """
+    from prep.stages.split import split as run  # noqa: PLC0415 - start-up time
+
+    _require_inputs(inputs)
+    result = run(inputs, output, rejects=rejects, seed=inputs.seed, **kw)
+    if not quiet:
+        for s in result.manifest["sources"]:
+            click.echo(f"{s['source']}: {s['validation']} of {s['rows']} rows to validation (asked "
+                       f"{s['validation_asked']})", err=True)
+    rows = result.manifest["rows"]
+    _done(result, quiet, output, rejects, f"; train {rows['train']}, validation {rows['validation']}")
+
+
+@main.command()
+@input_options
+@options("decontaminate")
+def decontaminate(inputs: Any, output: str, rejects: str | None, quiet: bool, against: tuple[str, ...],
+                  **kw: Any) -> None:
+    """Drop the INPUT rows that share an n-gram with an item of a benchmark (--against, repeatable); each
+    reject names the benchmark file, line and n-gram.
+
+    \b
+    Examples:
+      prep decontaminate train.jsonl --against gsm8k_test.jsonl --against mmlu.parquet --field question -o clean.jsonl
+      prep decontaminate zh.jsonl --against ceval.csv --ngram 20 -o clean.jsonl --rejects hits.jsonl
+    """
+    from prep.stages.decontaminate import decontaminate as run  # noqa: PLC0415 - start-up time
+
+    _require_inputs(inputs)
+    result = run(inputs, output, against=list(against), rejects=rejects, **kw)
+    if not quiet:
+        for b in result.benchmarks:
+            click.echo(f"{b['file']}: {b['items']} items, {b['hits']} rows dropped"
+                       + (f", {b['shorter_than_ngram']} items shorter than the n-gram" if b["shorter_than_ngram"]
+                          else "") + (f", {b['skipped']} rows without text" if b["skipped"] else ""), err=True)
+    _done(result, quiet, output, rejects)
+
+
 def _parse_size(text: str) -> tuple[int, float]:
     """`--shard-size`: `256MB`, `2GB` or `50000rows` -> (max rows, max MB)."""
     t = text.strip().lower().replace(" ", "")

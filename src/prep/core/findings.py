@@ -77,6 +77,7 @@ class Reject:
     source: Source
     findings: list[Finding]
     row: Any
+    details: dict[str, Any] = field(default_factory=dict)  # what the reasons point at (duplicate_of, benchmark)
 
     @property
     def reason(self) -> str:
@@ -89,6 +90,7 @@ class Reject:
             "line": self.source.line,
             "row_number": self.source.row,
             "reasons": [{k: v for k, v in f.to_dict().items() if k not in ("file", "line")} for f in self.findings],
+            **self.details,
             "row": self.row,
         }
 

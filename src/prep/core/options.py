@@ -32,6 +32,8 @@ SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_wi
 ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 REPORT_TO = ("none", "tensorboard")
 EXPORTS = ("hf-dataset", "axolotl", "together", "jsonl")  # what `prep export --to` writes
+COMPARED = ("all", "user", "assistant")  # which turns dedup, split and decontaminate compare
+MIX_BY = ("rows", "tokens")
 # The input options that are settings of a format's reader (CoQA's system prompt, AutoTrain's columns and prefixes).
 SETTINGS = ("system", "text_column", "rejected_text_column", "prompt_text_column", "human_prefix", "bot_prefix")
 
@@ -155,7 +157,8 @@ INPUTS = (
     Option("prompt_text_column", recipe=True, help="AutoTrain: prompt column [prompt]."),
     Option("human_prefix", recipe=True, help="AutoTrain: user turn prefix [human:]."),
     Option("bot_prefix", recipe=True, help="AutoTrain: assistant turn prefix [bot:]."),
-    Option("seed", int, 42, "Seed for dataset_info num_samples.", recipe=True),
+    Option("seed", int, 42, "Seed for sampling: dataset_info num_samples, prep mix's sample, prep split's choice.",
+           recipe=True),
 )
 
 CONVERT = (
@@ -226,6 +229,72 @@ PACK = (
     Option("shard_size", default="256MB", help="Shard bound: 256MB, 2GB or 50000rows."),
     Option("rejects", help="Keep rows too long to pack, with reasons.", path="file"),
     Option("quiet", bool, False, "", flags=("-q", "--quiet")),
+)
+
+_TO = Option("to", default="trl", choices=WRITABLE, recipe=True,
+             help="Format to write the records in (trl holds every kind; chat rows are `messages`, as OpenAI's).")
+_COMPARE = (
+    Option("fields", default="all", choices=COMPARED, recipe=True,
+           help="The text compared: every turn, or only the user's or only the assistant's turns."),
+    Option("nfkc", bool, True, "Unicode NFKC first (full-width forms, ligatures and the like become plain).",
+           flags=("--nfkc/--no-nfkc",), recipe=True),
+    Option("ignore_case", bool, True, "Compare case-folded text.", flags=("--ignore-case/--match-case",),
+           recipe=True),
+    Option("ignore_space", bool, True, "Compare with whitespace runs made one space.",
+           flags=("--ignore-space/--match-space",), recipe=True),
+)
+_NEAR = Option("near", float, 0.8, "Near duplicates: estimated Jaccard similarity of word bigrams (MinHash LSH) "
+                                   "at least this.", low=0, high=1, low_open=True, recipe=True,
+               what="a similarity in (0, 1]")
+_EXACT = Option("exact", bool, False, "Exact duplicates only (after normalisation): no near-duplicate search.",
+                recipe=True)
+_DUPLICATES = (_EXACT, _NEAR, *_COMPARE, _TO, _QUIET)  # what dedup and split count as a duplicate, and their output
+
+MIX = (
+    Option("output", required=True, flags=("-o", "--output"),
+           help="Records file (.jsonl .json .parquet ...; - for stdout), or a folder when the sources are shards."),
+    Option("by", default="rows", choices=MIX_BY, recipe=True,
+           help="What N counts: rows, or tokens (shards: their num_tokens; records: as prep tokenize would count "
+                "them with --tokenizer and --template)."),
+    Option("seed", int, 42, "Seed for the sample taken after whole passes (the CLI's --seed).", cli=False,
+           recipe=True),
+    Option("tokenizer", help="--by tokens on records: the tokenizer the rows are counted with."),
+    replace(_TEMPLATE, recipe=False, help="--by tokens on records: the template (default: the tokenizer's own)."),
+    Option("rejects", help="Keep unreadable rows and the rows not sampled, with reasons (JSONL).", path="file"),
+    _QUIET,
+)
+
+DEDUP = (
+    Option("output", required=True, flags=("-o", "--output"), help="The rows kept (.jsonl .json .parquet ...)."),
+    Option("rejects", help="Keep each removed row with the row it duplicates (duplicate_of) (JSONL).", path="file"),
+    *_DUPLICATES,
+)
+
+SPLIT = (
+    Option("val", float, None, "Validation rows: a share of the rows (0.05) or a number of rows (100).", low=0,
+           low_open=True, required=True, recipe=True, what="a share in (0, 1) or a number of rows"),
+    Option("per_source", bool, False, "Take the validation rows from each input file in proportion, not from all "
+                                      "of them together.", recipe=True),
+    Option("seed", int, 42, "Seed for which duplicate groups go to validation (the CLI's --seed).", cli=False,
+           recipe=True),
+    Option("output", required=True, flags=("-o", "--output"), path="folder",
+           help="Folder for train.jsonl, validation.jsonl and manifest.json."),
+    Option("rejects", help="Keep unreadable rows, with reasons (JSONL).", path="file"),
+    *_DUPLICATES,
+)
+
+DECONTAMINATE = (
+    Option("against", multiple=True, required=True, path="file", recipe=True,
+           help="A benchmark file (.jsonl .json .parquet .csv ...; repeatable)."),
+    Option("field", recipe=True, help="The benchmark rows' text field (default: the first of text, question, "
+                                      "prompt, problem, input, instruction, query that a row has)."),
+    Option("ngram", int, 13, "Tokens per n-gram (a word; a character in scripts written without spaces).", low=1,
+           recipe=True),
+    Option("output", required=True, flags=("-o", "--output"), help="The rows kept (.jsonl .json .parquet ...)."),
+    Option("rejects", help="Keep each dropped row with the benchmark file, line and n-gram (JSONL).", path="file"),
+    *_COMPARE,
+    _TO,
+    _QUIET,
 )
 
 VERIFY = (Option("quiet", bool, False, "Print only the findings.", flags=("-q", "--quiet")),)
@@ -320,9 +389,11 @@ RUN = (
 TABLES: dict[str, tuple[Option, ...]] = {
     "inputs": INPUTS, "convert": CONVERT, "validate": VALIDATE, "template": TEMPLATE, "tokenize": TOKENIZE,
     "pack": PACK, "verify": VERIFY, "inspect": INSPECT, "stats": STATS, "train": TRAIN, "generate": GENERATE,
-    "report": REPORT, "export": EXPORT, "run": RUN,
+    "report": REPORT, "export": EXPORT, "run": RUN, "mix": MIX, "dedup": DEDUP, "split": SPLIT,
+    "decontaminate": DECONTAMINATE,
 }
-RECIPE_SECTIONS = ("inputs", "convert", "validate", "tokenize", "pack", "train")
+RECIPE_SECTIONS = ("inputs", "convert", "mix", "dedup", "decontaminate", "split", "validate", "tokenize", "pack",
+                   "train")
 
 
 def option(verb: str, name: str) -> Option:

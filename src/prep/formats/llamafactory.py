@@ -6,7 +6,6 @@ does (a seeded random subset, or every row plus random repeats when it asks for 
 from __future__ import annotations
 
 import json
-import random
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from prep.core.findings import Batch, PrepError
+from prep.core.sampling import row_counts
 from prep.files import split_suffix
 
 _HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url")
@@ -116,13 +116,9 @@ def _num_samples(attrs: dict[str, Any], registry: Path, name: str) -> int | None
 
 
 def sample_plan(total: int, n: int, seed: int) -> Counter[int]:
-    """How often each row ordinal is kept: a subset of n, or all rows plus n - total repeats."""
-    rng = random.Random(seed)
-    if n <= total:
-        return Counter(rng.sample(range(total), n))
-    plan = Counter(range(total))
-    plan.update(rng.choices(range(total), k=n - total) if total else [])
-    return plan
+    """How often each row ordinal is kept: n rows exactly, whole passes first, then a sample without
+    replacement (prep.core.sampling, as prep mix plans its sources)."""
+    return Counter({i: c for i, c in enumerate(row_counts(total, n, (seed,)).tolist()) if c})
 
 
 def sample(batches: Iterable[Batch[Any]], plan: Counter[int]) -> Iterator[Batch[Any]]:

@@ -27,9 +27,10 @@ from prep.core.findings import PrepError
 from prep.core.options import RECIPE_SECTIONS, TABLES
 from prep.formats import llamafactory
 
-STAGES = ("convert", "validate", "tokenize", "pack", "train")
+STAGES = ("convert", "mix", "dedup", "decontaminate", "split", "validate", "tokenize", "pack", "train")
 # A model or tokenizer that is no local folder but looks like this is a hub id, passed on as it is.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_MIX_SPEC = re.compile(r"^(?P<path>.+):(?P<spec>x\d+(\.\d+)?|x\.\d+|\d+|\d*\.\d+)$")  # as prep mix reads SRC
 _FLOAT = re.compile(r"^[+-]?\d+(\.\d*)?[eE][+-]?\d+$")
 _STR_TAG, _MERGE_TAG = "tag:yaml.org,2002:str", "tag:yaml.org,2002:merge"
 _TINY_MODEL_SCRIPT = Path(__file__).resolve().parents[3] / "samples" / "make_tiny_model.py"
@@ -205,7 +206,7 @@ def _explain(e: ValidationError, lines: _Lines) -> str:
         missing = e.message.split("'")[1]
         return f"{lines.at(at)}: {where}: missing key {missing!r}"
     if e.validator == "anyOf" and at == ():
-        return f"{lines.at(at)}: give at least one stage: convert, validate or tokenize"
+        return f"{lines.at(at)}: give at least one stage: convert, mix, dedup, decontaminate, split, validate or tokenize"
     if e.validator == "anyOf" and at == ("inputs",):
         return f"{lines.at(at)}: inputs: give files: [...], or dataset_info: FILE with datasets: [NAME, ...]"
     if e.validator == "dependentRequired":
@@ -238,6 +239,7 @@ def _path_keys(data: dict[str, Any]) -> Iterable[JsonPath]:
         yield ("output",)
     inputs = data.get("inputs", {})
     yield from (("inputs", "files", i) for i in range(len(inputs.get("files", []))))
+    yield from (("decontaminate", "against", i) for i in range(len(data.get("decontaminate", {}).get("against", []))))
     if "dataset_info" in inputs:
         yield ("inputs", "dataset_info")
     if "tokenize" in data:
@@ -253,18 +255,28 @@ def _resolve(data: dict[str, Any], folder: Path, lines: _Lines) -> dict[str, Any
         node = data
         for step in at[:-1]:
             node = node[step]
-        value = node[at[-1]]
+        value, spec = split_spec(node[at[-1]]) if at[:2] == ("inputs", "files") else (node[at[-1]], "")
         local = Path(os.path.normpath((Path.cwd() if lines.option(at) else folder) / os.path.expanduser(value)))
         hub = at[-1] in ("tokenizer", "model") and not local.exists() and _HUB_ID.match(value) and \
             not value.startswith(".")
-        node[at[-1]] = value if hub else str(local)
+        node[at[-1]] = value if hub else str(local) + (f":{spec}" if spec else "")
     return data
+
+
+def split_spec(entry: str) -> tuple[str, str]:
+    """An input file as a recipe names it: `a.jsonl:20` -> ("a.jsonl", "20") (see prep mix)."""
+    m = _MIX_SPEC.match(entry)
+    return (m["path"], m["spec"]) if m and not os.path.exists(entry) else (entry, "")
 
 
 def _check_files(data: dict[str, Any], lines: _Lines) -> None:
     """Every named file is there before anything runs; a missing model says how to make the tiny one."""
     inputs = data["inputs"]
-    for i, f in enumerate(inputs.get("files", [])):
+    for i, entry in enumerate(inputs.get("files", [])):
+        f, spec = split_spec(entry)
+        if spec and "mix" not in data:
+            raise PrepError(f"{lines.at(('inputs', 'files', i))}: inputs.files[{i}]: {entry}: a count or share "
+                            "(:N, :xK, :RATIO) needs a mix section")
         if not os.path.isfile(f):
             what = "is a folder; name the files in it" if os.path.isdir(f) else "no such file"
             raise PrepError(f"{lines.at(('inputs', 'files', i))}: inputs.files[{i}]: {f}: {what}")
@@ -284,6 +296,12 @@ def _check_files(data: dict[str, Any], lines: _Lines) -> None:
         if os.path.isabs(model) and not os.path.isdir(model):
             raise PrepError(f"{lines.at(('train', 'model'))}: train.model: {model}: no such model folder; "
                             + _make_model_hint(model))
+    if "mix" in data and ("convert" in data or "dataset_info" in inputs):
+        raise PrepError(f"{lines.at(('mix',), key=True)}: mix takes the files of inputs.files, each with its count "
+                        "or share; convert dataset_info entries to files first (prep convert) and list them there")
+    if data.get("mix", {}).get("by") == "tokens" and "tokenize" not in data:
+        raise PrepError(f"{lines.at(('mix', 'by'))}: mix.by tokens counts tokens with the tokenize section's "
+                        "tokenizer and template: add a tokenize section")
     if "validate" in data and "convert" not in data and "dataset_info" in inputs:
         raise PrepError(f"{lines.at(('validate',), key=True)}: validate checks files, and dataset_info entries "
                         "become files in the convert stage: add `convert: {to: openai}` (or another format)")

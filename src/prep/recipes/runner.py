@@ -33,11 +33,15 @@ from prep.core.result import Progress, Result
 from prep.files import sha256_file, write_json, write_text_atomic
 from prep.formats import llamafactory
 from prep.formats.inputs import Inputs
-from prep.recipes.recipe import Recipe, relative
+from prep.recipes.recipe import Recipe, relative, split_spec
 from prep.stages import validate_report as show
 from prep.stages.convert import convert
+from prep.stages.decontaminate import decontaminate
+from prep.stages.dedup import dedup
+from prep.stages.mix import mix
 from prep.stages.pack import DEFAULT_WINDOW, pack
 from prep.stages.report import report
+from prep.stages.split import split
 from prep.stages.stats import token_statistics
 from prep.stages.tokenize import tokenize
 from prep.stages.validate import validate
@@ -121,7 +125,8 @@ def folder_digest(path: str) -> dict[str, Any]:
 def _source_digest(recipe: Recipe) -> dict[str, Any]:
     """The recipe's inputs: the sha256 of each file (registry files included) and how they are read."""
     inputs = recipe.section("inputs")
-    digest: dict[str, Any] = {"files": [sha256_file(f) for f in inputs.get("files", [])]}
+    files = [split_spec(f) for f in inputs.get("files", [])]
+    digest: dict[str, Any] = {"files": [sha256_file(f) for f, _ in files], "counts": [spec for _, spec in files]}
     if "dataset_info" in inputs:
         digest["dataset_info"] = {
             name: [sha256_file(f) for f in llamafactory.load_entry(inputs["dataset_info"], name).files]
@@ -155,6 +160,11 @@ def plan(recipe: Recipe) -> list[Stage]:
             options["tokenizer"] = folder_digest(options["tokenizer"])
         elif name == "train":
             options["model"] = folder_digest(options["model"])
+        elif name == "decontaminate":
+            options["against"] = [sha256_file(f) for f in options["against"]]
+        elif name == "mix" and options.get("by") == "tokens":
+            tok = recipe.section("tokenize")
+            options.update(tokenizer=folder_digest(tok["tokenizer"]), template=tok.get("template"))
         elif name == "validate" and "tokenize" in recipe.data:
             tok = recipe.section("tokenize")
             options["kind"] = tok.get("kind")  # validate checks rows of that kind
@@ -183,11 +193,13 @@ class _Flow:
     inputs: Inputs
     shards: Path | None = None
     validated: Stage | None = None  # the validate stage, whose token statistics come from tokenize's output
+    validation: Path | None = None  # split's validation records; tokenize makes eval shards of them
+    eval_shards: Path | None = None
 
 
 def _recipe_inputs(recipe: Recipe) -> Inputs:
     i = recipe.section("inputs")
-    return Inputs(i.get("files", []), i.get("format", "auto"), {k: i[k] for k in SETTINGS if k in i},
+    return Inputs([split_spec(f)[0] for f in i.get("files", [])], i.get("format", "auto"), {k: i[k] for k in SETTINGS if k in i},
                   i.get("input_type"), i.get("txt_split", "file"), i.get("dataset_info"), i.get("datasets", []),
                   i.get("seed", 42))
 
@@ -204,12 +216,58 @@ def _convert(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str,
             "line": f"{t.summary()} ({', '.join(sorted(set(result.formats.values())))} -> {to})"}
 
 
+def _kept(name: str, result: Any, line: str = "") -> dict[str, Any]:
+    """The summary of a stage that keeps some rows (mix, dedup, decontaminate): `rejected` counts the rows
+    left out for a problem (they make the run's exit code 1), `removed` those its purpose leaves out."""
+    t = result.tally
+    removed = sum(n for code, n in t.rejected.items() if code in result.purpose)
+    return {"outputs": ["data.jsonl"], "read": t.read, "written": t.written, "rejected": t.rejected_total - removed,
+            "removed": removed, "rejected_by_reason": dict(t.rejected), "rejects": "rejects.jsonl" if t.rejected_total
+            else None, "line": t.summary() + line}
+
+
+def _mix(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
+    opts, tok = recipe.section("mix"), recipe.section("tokenize")
+    stage.folder.mkdir(parents=True, exist_ok=True)
+    tokens = {"tokenizer": tok["tokenizer"], "template": tok.get("template")} if opts.get("by") == "tokens" else {}
+    result = mix(recipe.section("inputs")["files"], str(stage.folder / "data.jsonl"), by=opts.get("by", "rows"),
+                 seed=opts.get("seed", 42), rejects=str(stage.folder / "rejects.jsonl"), inputs=flow.inputs,
+                 progress=lambda p: view.progress(stage, p), **tokens)
+    return _kept("mix", result) | {"outputs": ["data.jsonl", "data.manifest.json"], "manifest": "data.manifest.json"}
+
+
+def _dedup(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
+    stage.folder.mkdir(parents=True, exist_ok=True)
+    result = dedup(flow.inputs, str(stage.folder / "data.jsonl"), rejects=str(stage.folder / "rejects.jsonl"),
+                   progress=lambda p: view.progress(stage, p), **recipe.section("dedup"))
+    return _kept("dedup", result)
+
+
+def _decontaminate(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
+    stage.folder.mkdir(parents=True, exist_ok=True)
+    result = decontaminate(flow.inputs, str(stage.folder / "data.jsonl"), rejects=str(stage.folder / "rejects.jsonl"),
+                           progress=lambda p: view.progress(stage, p), **recipe.section("decontaminate"))
+    hits = ", ".join(f"{Path(b['file']).name}: {b['hits']}" for b in result.benchmarks)
+    return _kept("decontaminate", result, f" (hits {hits})")
+
+
+def _split(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
+    result = split(flow.inputs, str(stage.folder), rejects=str(stage.folder / "rejects.jsonl"),
+                   progress=lambda p: view.progress(stage, p), **recipe.section("split"))
+    rows, t = result.manifest["rows"], result.tally
+    return {"outputs": ["train.jsonl", "validation.jsonl", "manifest.json"], "read": t.read, "written": t.written,
+            "rejected": t.rejected_total, "train": rows["train"], "validation": rows["validation"],
+            "rejects": "rejects.jsonl" if t.rejected_total else None,
+            "line": f"{t.summary()}; train {rows['train']}, validation {rows['validation']}"}
+
+
 def _validate(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
     """validate; with `tokens`, the token statistics are added when tokenize has run (see _token_statistics), so
     every row is tokenized once."""
     opts, tok = recipe.section("validate"), recipe.section("tokenize")
     rejects = stage.folder / "rejects.jsonl"
-    result = validate(flow.inputs, kind=tok.get("kind"), strict=opts.get("strict", False), rejects=str(rejects),
+    result = validate(flow.inputs, validation=[str(flow.validation)] if flow.validation else [], kind=tok.get("kind"),
+                      strict=opts.get("strict", False), rejects=str(rejects),
                       min_rows=opts.get("min_rows", 1), max_chars=opts.get("max_chars", 32_000),
                       progress=lambda p: view.progress(stage, p))
     stage.folder.mkdir(parents=True, exist_ok=True)
@@ -271,7 +329,14 @@ def _tokenize(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str
                       rejects=str(stage.folder / "rejects.jsonl"), progress=lambda p: view.progress(stage, p))
     m, t = result.manifest, result.tally
     trained = f", {m['tokens']['loss']:,} trained" if m["kind"] in ("sft", "pretrain") else ""
-    return {"outputs": ["manifest.json"], "kind": m["kind"], "read": t.read, "written": t.written,
+    outputs = ["manifest.json"]
+    if flow.validation:  # split's validation rows, tokenized the same way: train.eval
+        tokenize(Inputs([str(flow.validation)], "trl"), opts["tokenizer"], str(stage.folder / "validation"),
+                 template=opts.get("template"), kind=opts.get("kind"), train_on=opts.get("train_on", "auto"),
+                 max_len=opts.get("max_len"), overflow=opts.get("overflow", "drop"),
+                 rejects=str(stage.folder / "validation" / "rejects.jsonl"))
+        outputs.append("validation/manifest.json")
+    return {"outputs": outputs, "kind": m["kind"], "read": t.read, "written": t.written,
             "rejected": t.rejected_total, "rejected_by_reason": dict(t.rejected), "tokens": m["tokens"],
             "rejects": "rejects.jsonl" if t.rejected_total else None,
             "line": f"{t.summary()}; {m['tokens']['total']:,} tokens{trained} ({m['kind']}, template "
@@ -296,6 +361,8 @@ def _pack(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, An
 def _train(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
     assert flow.shards is not None
     options = TrainOptions(output=str(stage.folder), **recipe.section("train"))
+    if flow.eval_shards is not None:
+        options.eval = str(flow.eval_shards)
     if can_resume(str(flow.shards), options):  # an interrupted run of this very stage: go on from its checkpoint
         options.resume = True
     elif stage.folder.exists():  # an interrupted run of other shards or options: start again
@@ -313,7 +380,8 @@ def _train(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, A
 
 
 _RUNNERS: dict[str, Callable[[Recipe, Stage, _Flow, View], dict[str, Any]]] = {
-    "convert": _convert, "validate": _validate, "tokenize": _tokenize, "pack": _pack, "train": _train}
+    "convert": _convert, "mix": _mix, "dedup": _dedup, "decontaminate": _decontaminate, "split": _split,
+    "validate": _validate, "tokenize": _tokenize, "pack": _pack, "train": _train}
 
 
 def _advance(stage: Stage, flow: _Flow) -> None:
@@ -321,12 +389,18 @@ def _advance(stage: Stage, flow: _Flow) -> None:
     s, f = stage.summary, stage.folder
     if stage.name == "convert":
         flow.inputs = Inputs([str(f / "data.jsonl")], s["format"])
+    elif stage.name in ("mix", "dedup", "decontaminate"):
+        flow.inputs = Inputs([str(f / "data.jsonl")], "trl")
+    elif stage.name == "split":
+        flow.inputs, flow.validation = Inputs([str(f / "train.jsonl")], "trl"), f / "validation.jsonl"
     elif stage.name == "validate":
         flow.validated = stage
         if s.get("rejects"):
             flow.inputs = replace(flow.inputs, skip=_rejected_rows(f / s["rejects"]))
     elif stage.name in ("tokenize", "pack"):
         flow.shards = f
+        if stage.name == "tokenize" and flow.validation:
+            flow.eval_shards = f / "validation"
 
 
 def _rejected_rows(rejects: Path) -> dict[str, list[int]]:

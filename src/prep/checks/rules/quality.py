@@ -3,19 +3,17 @@ rows, near-duplicates between a training and a validation file, rows longer than
 limit, answers in capitals, and (over a whole file) answers that are all identical or all share a
 prefix or suffix.
 
-Near-duplicates: word-bigram shingles of the row's text, a bottom-k MinHash sketch (k=64) per row,
-and an inverted index over the validation rows' sketches; a training row whose estimated Jaccard
-similarity to a validation row is at least 0.7 makes that validation row a near-duplicate.
-Memory grows with the validation file (64 hashes per row) and with one 8-byte key per row for the
-exact-duplicate check.
+Near-duplicates: the validation rows' MinHash sketches and band keys (prep.overlap, the code and
+settings of `prep dedup` and `prep split`: every turn, NFKC, case and whitespace ignored, word
+bigrams, similarity at least 0.8); a training row that nearly repeats a validation row makes that
+validation row a near-duplicate. Memory grows with the validation file (about 1 KB a row) and with
+one 8-byte key per row for the exact-duplicate check.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
-import string
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -23,13 +21,13 @@ from prep.checks.codes import CODES, finding
 from prep.checks.locate import Loc
 from prep.core.findings import Finding, Source
 from prep.core.records import Record, kind_of
+from prep.overlap.near import NearIndex, sketch
+from prep.overlap.text import Compare, compared
 
-SKETCH = 64
-NEAR = 0.7
-STOP = 20
+NEAR = 0.8  # prep dedup's and prep split's default
+_COMPARE = Compare()
 MIN_ROWS_FOR_PATTERNS = 5
 MIN_AFFIX = 4
-_PUNCTUATION = str.maketrans(dict.fromkeys(string.punctuation, " "))
 _UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _LOWER = _UPPER.lower()
 _SIDES = ("messages", "prompt", "chosen", "rejected", "completion")
@@ -154,62 +152,25 @@ def _common(a: str, b: str) -> str:
     return a[:lo]
 
 
-def sketch(text: str) -> list[int]:
-    """Bottom-k MinHash sketch over word bigrams (single words for one-word texts), sorted. Python's own
-    hash of a tuple: fast, and stable within the run, which is all the sketches are compared in."""
-    words = text.casefold().translate(_PUNCTUATION).split()
-    grams = {hash(g) for g in zip(words, words[1:], strict=False)} if len(words) > 1 else {hash(tuple(words))}
-    return sorted(grams)[:SKETCH]
-
-
-def similarity(a: list[int], b: list[int]) -> float:
-    """Estimated Jaccard similarity of two texts from their sketches."""
-    union = sorted(set(a) | set(b))[:SKETCH]
-    both = set(a) & set(b)
-    return sum(1 for h in union if h in both) / len(union)
-
-
-@dataclass
-class _Entry:
-    sketch: list[int]
-    key: int
-    source: Source
-    reported: bool = False
-
-
 @dataclass
 class NearDuplicates:
-    """Validation rows indexed by sketch; training rows are looked up as they stream by. A sketch value
-    shared by more than STOP validation rows (a stock phrase) is not used to find candidates."""
+    """Validation rows held by their MinHash band keys (prep.overlap.near, with dedup's and split's text,
+    normalisation and threshold); training rows are looked up as they stream by, so a split made by
+    `prep split` has no near duplicate here."""
 
-    entries: list[_Entry] = field(default_factory=list)
-    index: dict[int, list[int]] = field(default_factory=dict)
-    unreported: int = 0
+    index: NearIndex = field(default_factory=lambda: NearIndex(NEAR))
+    reported: set[int] = field(default_factory=set)
 
     def add(self, record: Record, key: int, source: Source) -> None:
-        entry = _Entry(sketch(all_text(record)), key, source)
-        for h in entry.sketch:
-            self.index.setdefault(h, []).append(len(self.entries))
-        self.entries.append(entry)
-        self.unreported += 1
+        self.index.add(sketch([compared(record, _COMPARE)], NEAR), [(len(self.index.refs), key, source)])
 
     def check(self, record: Record, key: int, source: Source) -> Finding | None:
         """A finding placed at the validation row this training row (nearly) repeats, once per such row."""
-        if not self.unreported:
+        if len(self.reported) == len(self.index.refs):
             return None
-        mine = sketch(all_text(record))
-        hits = Counter(i for h in mine if len(posting := self.index.get(h, ())) <= STOP for i in posting)
-        for i, shared in hits.most_common():
-            entry = self.entries[i]
-            if shared < 0.5 * min(len(mine), len(entry.sketch)):
-                break
-            if entry.reported:
-                continue
-            score = 1.0 if entry.key == key else similarity(mine, entry.sketch)
-            if score >= NEAR:
-                entry.reported = True
-                self.unreported -= 1
-                how = "repeats" if entry.key == key else f"is ~{score:.0%} similar to"
-                return finding("near_duplicate", f"this validation row {how} training row {source}",
-                               "$").at(entry.source)
+        for (held, held_key, where), score in self.index.query(sketch([compared(record, _COMPARE)], NEAR), 0):
+            if held not in self.reported:
+                self.reported.add(held)
+                how = "repeats" if held_key == key else f"is ~{score:.0%} similar to"
+                return finding("near_duplicate", f"this validation row {how} training row {source}", "$").at(where)
         return None

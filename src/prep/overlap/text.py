@@ -1,0 +1,91 @@
+"""The text two rows are compared on: which fields (every turn, or the user's or the assistant's
+turns only), how it is normalised (Unicode NFKC, case, whitespace), and its tokens.
+
+A row's text is its turns in order, each tagged with its role (so a turn boundary is part of the
+text); tool calls count as their function name and JSON arguments. Text rows are their text,
+whichever fields are asked for. Tokens are runs of letters and digits, except in scripts written
+without spaces (Chinese, Japanese kana, Thai, Lao, Khmer, Myanmar), where every character is a
+token, so word n-grams there are character n-grams.
+
+    >>> compared({"messages": [{"role": "user", "content": "Ｈｅｌｌｏ,  World"},
+    ...                         {"role": "assistant", "content": "你好"}]}, Compare())
+    '\\x1euser\\x1fhello, world\\x1eassistant\\x1f你好'
+    >>> tokens(_)
+    ['user', 'hello', 'world', 'assistant', '你', '好']
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+
+from prep.core.records import Record
+
+_SIDES = ("messages", "prompt", "chosen", "rejected", "completion")
+_TURN, _ROLE = "\x1e", "\x1f"  # record and unit separators: never typed, so they cannot collide with text
+# Han (with extensions and compatibility forms), kana (with halfwidth), Thai, Lao, Myanmar, Khmer
+_NO_SPACES = "\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\u0e00-\u0eff" \
+             "\u1000-\u109f\u1780-\u17ff\U00020000-\U0003134f"
+_TOKEN = re.compile(f"[{_NO_SPACES}]|[^\\W{_NO_SPACES}]+")
+_CHARACTER = re.compile(f"[{_NO_SPACES}]")
+
+
+@dataclass(frozen=True)
+class Compare:
+    """What rows are compared on: `fields` (core.options.COMPARED: all, user, assistant) and the normalisation."""
+
+    fields: str = "all"
+    nfkc: bool = True
+    ignore_case: bool = True
+    ignore_space: bool = True
+
+
+def compared(record: Record, compare: Compare) -> str:
+    """The record's text as compared: the chosen turns, role-tagged, each normalised."""
+    text = record.get("text")
+    if isinstance(text, str):
+        return normalize(text, compare)
+    return "".join([f"{_TURN}{m['role']}{_ROLE}{normalize(_turn_text(m), compare)}" for side in _SIDES
+                    if side in record for m in record[side] if compare.fields == "all" or m["role"] == compare.fields])
+
+
+def _turn_text(message: dict[str, Any]) -> str:
+    calls = message.get("tool_calls")
+    if not calls:
+        return message["content"]
+    return message["content"] + "".join(
+        f"\n{c['function']['name']}({json.dumps(c['function'].get('arguments'), sort_keys=True, ensure_ascii=False)})"
+        for c in calls)
+
+
+def normalize(text: str, compare: Compare) -> str:
+    """NFKC (full-width letters, ligatures and compatibility forms become their plain forms), case folded,
+    whitespace runs made one space and trimmed, as `compare` asks."""
+    if compare.nfkc and not text.isascii():  # ASCII is NFKC already
+        text = unicodedata.normalize("NFKC", text)
+    if compare.ignore_case:
+        text = text.casefold()
+    if compare.ignore_space:
+        text = " ".join(text.split())
+    return text
+
+
+def turns(text: str) -> list[str]:
+    """A compared text's turns without their role tags (a text row is one turn)."""
+    return [turn.partition(_ROLE)[2] for turn in text.split(_TURN)[1:]] if text.startswith(_TURN) else [text]
+
+
+def tokens(text: str) -> list[str]:
+    """Word tokens (one per character in scripts written without spaces); punctuation is left out."""
+    return _TOKEN.findall(text)
+
+
+def joined(words: list[str]) -> str:
+    """Tokens back as text to show: words with spaces, characters of scripts without spaces side by side."""
+    out = words[:1]
+    for before, word in zip(words, words[1:], strict=False):
+        out.append(word if _CHARACTER.fullmatch(before) and _CHARACTER.fullmatch(word) else " " + word)
+    return "".join(out)

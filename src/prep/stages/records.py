@@ -1,0 +1,57 @@
+"""Writing records out for the verbs that keep some rows and drop others (mix, dedup, split,
+decontaminate): the rows in one format, every dropped row in the rejects file with its reasons."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+from prep.core.findings import Batch, PrepError, Tally
+from prep.core.records import Record
+from prep.files import RowWriter
+from prep.formats import from_records, make_options
+
+
+class RecordsOut:
+    """Records written to `path` in format `to`, counted in `tally`; a record the format cannot express is
+    a reject (`not_expressible`), never written wrong. `rejects` is shared by every output of a verb."""
+
+    def __init__(self, stack: contextlib.ExitStack, path: str, to: str, tally: Tally,
+                 rejects: RowWriter | None) -> None:
+        self.to, self.options, self.tally, self.rejects = to, make_options(to), tally, rejects
+        self.out = stack.enter_context(RowWriter(path))
+
+    def write(self, batch: Batch[Record]) -> None:
+        rows: Batch[Any] = next(from_records(iter([batch]), self.to, self.options))
+        self.out.write(rows.items)
+        keep_rejects(rows, self.rejects)
+        self.tally.count(rows)
+
+
+class Removes:
+    """For a verb whose purpose is to leave rows out (mix, dedup, decontaminate): those rows (`purpose`
+    reasons) do not make the exit code 1; rows rejected for a problem (unreadable, ...) still do."""
+
+    purpose: tuple[str, ...] = ()
+
+    @property
+    def exit_code(self) -> int:
+        rejected = self.tally.rejected  # type: ignore[attr-defined]  # mixed into a Result
+        return 1 if any(n for code, n in rejected.items() if code not in self.purpose) else 0
+
+
+def keep_rejects(batch: Batch[Any], rejects: RowWriter | None) -> None:
+    """A batch's rejects into the rejects file (if any), in file order."""
+    if rejects and batch.rejects:
+        batch.rejects.sort(key=lambda r: (r.source.file, r.source.row))
+        rejects.write(r.to_dict() for r in batch.rejects)
+
+
+def open_rejects(stack: contextlib.ExitStack, rejects: str | None, *outputs: str) -> RowWriter | None:
+    """The rejects file, refused when it is one of the outputs."""
+    if not rejects:
+        return None
+    if any(os.path.abspath(rejects) == os.path.abspath(o) for o in outputs):
+        raise PrepError(f"{rejects}: the output and the rejects file must differ")
+    return stack.enter_context(RowWriter(rejects, "jsonl"))
