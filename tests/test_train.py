@@ -173,7 +173,9 @@ def test_qlora_runs_saves_and_reloads(root: Path, model: str, shards: dict) -> N
     assert quantized.is_loaded_in_4bit
     before = manual_loss(quantized, shards["pretrain"], per_row=True)
     tuned = peft.PeftModel.from_pretrained(quantized, report["output"]).eval()
-    assert manual_loss(tuned, shards["pretrain"], per_row=True) == pytest.approx(report["eval_loss"], rel=1e-4)
+    # bitsandbytes' CPU 4-bit kernels sum in a thread-dependent order: the reloaded adapter's loss agrees to
+    # ~1e-4 (measured 1.4e-4 on a loaded machine), far inside the change 3 steps make
+    assert manual_loss(tuned, shards["pretrain"], per_row=True) == pytest.approx(report["eval_loss"], rel=1e-3)
     assert report["eval_loss"] < before
 
 
