@@ -10,8 +10,9 @@ import pytest
 
 from prep.core.findings import Batch, Finding, PrepError, Source
 from prep.files import sha256_file
-from prep.shards.layout import MANIFEST, read_manifest
+from prep.shards.layout import read_manifest
 from prep.shards.reader import iter_tables, read_row
+from prep.shards.verify import verify
 from prep.shards.writer import ShardWriter
 
 META = {"tokenizer": {"name": "t", "vocab_size": 100}, "max_len": 16, "train_on": "assistant"}
@@ -70,16 +71,20 @@ def test_same_rows_give_same_bytes_whatever_the_batching(tmp_path: Path) -> None
     assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
 
 
-def test_failed_run_leaves_no_manifest_and_no_partial_shard(tmp_path: Path) -> None:
+def test_failed_run_leaves_the_earlier_output_and_no_partial_shard(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    write(out, batches(10, 10))
+    before = write(out, batches(10, 10))
     with pytest.raises(RuntimeError), ShardWriter(out, "sft", META) as w:
+        w.write(batches(30, 10)[0])
+        raise RuntimeError("killed")
+    assert read_manifest(out) == before and verify(out).ok
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no partial folder, no lock
+    with pytest.raises(RuntimeError), ShardWriter(tmp_path / "new", "sft", META) as w:
         w.write(batches(10, 10)[0])
         raise RuntimeError("killed")
-    assert not (out / MANIFEST).exists()
-    assert not list((out / "data").glob("*.tmp"))
+    assert not (tmp_path / "new").exists()
     with pytest.raises(PrepError, match="not a finished shard folder"):
-        read_manifest(out)
+        read_manifest(tmp_path / "new")
 
 
 def test_rerun_with_fewer_rows_drops_stale_shards(tmp_path: Path) -> None:
@@ -107,15 +112,16 @@ def test_interrupted_run_resumes_reusing_verified_shards(tmp_path: Path) -> None
             if i == 5:
                 raise KeyboardInterrupt
             w.write(b)
-    done = sorted(p.name for p in (out / "data").glob("*.parquet"))
-    assert done == ["shard-00000.parquet", "shard-00001.parquet"]
-    first_mtime = (out / "data" / done[0]).stat().st_mtime_ns
+    partial = tmp_path / ".out.partial"  # the run in progress, beside the output
+    done = sorted(p.name for p in (partial / "data").glob("*.parquet"))
+    assert done == ["shard-00000.parquet", "shard-00001.parquet"] and not out.exists()
+    first_mtime = (partial / "data" / done[0]).stat().st_mtime_ns
     with ShardWriter(out, "sft", META, shard_rows=20, resume_key="k1") as w:
         for b in batches(95, 10):
             w.write(b)
     assert w.reused == 2 and (out / "data" / done[0]).stat().st_mtime_ns == first_mtime
     assert read_manifest(out)["shards"] == whole["shards"]
-    assert not (out / ".journal.json").exists()
+    assert not (out / ".journal.json").exists() and not partial.exists()
 
 
 def test_resume_rewrites_a_shard_that_no_longer_verifies(tmp_path: Path) -> None:
@@ -124,7 +130,7 @@ def test_resume_rewrites_a_shard_that_no_longer_verifies(tmp_path: Path) -> None
         for b in batches(60, 10):
             w.write(b)
         raise KeyboardInterrupt
-    shard = out / "data" / "shard-00000.parquet"
+    shard = tmp_path / ".out.partial" / "data" / "shard-00000.parquet"
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))

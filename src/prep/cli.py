@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -42,12 +43,50 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("prep: interrupted; no output was left half-written", err=True)
             ctx.exit(130)
+        except OSError as e:  # the system refused (no space, read-only, a folder, a loop): not a bug in prep
+            from prep.files import os_error_message  # noqa: PLC0415 - start-up time
+
+            click.echo(f"prep: {os_error_message(e)}", err=True)
+            ctx.exit(2)
+        except RecursionError:
+            click.echo("prep: a value is nested too deeply to read (more levels than Python can hold); flatten it",
+                       err=True)
+            ctx.exit(2)
         except Exception as e:
             if os.environ.get("PREP_DEBUG"):
                 raise
             click.echo(f"prep: internal error ({type(e).__name__}: {e}); this is a bug in prep, please report it "
                        "with PREP_DEBUG=1 set to include the traceback", err=True)
             ctx.exit(2)
+
+
+# The parameters of the verbs that name what they read, and those that name what they write.
+_READS = ("args", "validation", "against", "shards", "target", "targets", "dataset_info", "tokenizer", "model",
+          "adapter", "eval", "recipe_file")
+_WRITES = {"output": "-o", "rejects": "--rejects", "report": "--report"}
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up as Ctrl-C does: temporary files removed, no half output
+
+
+class _Command(click.Command):
+    """A verb: its outputs are checked against its inputs before it starts (files.check_outputs), and SIGTERM
+    stops it as Ctrl-C does."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from prep.files import check_outputs  # noqa: PLC0415 - start-up time
+
+        reads: list[str] = []
+        for name in _READS:
+            value = ctx.params.get(name)
+            reads += [value] if isinstance(value, str) else list(value or ())
+        check_outputs(reads, {flag: ctx.params.get(name) for name, flag in _WRITES.items()})
+        signal.signal(signal.SIGTERM, _terminate)
+        return super().invoke(ctx)
+
+
+_Group.command_class = _Command
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

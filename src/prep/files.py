@@ -10,6 +10,8 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import errno
+import fcntl
 import functools
 import gzip
 import hashlib
@@ -120,21 +122,110 @@ def write_cache(path: Path, value: Any) -> None:
         pass
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def user_mode(path: str | Path, folder: bool = False) -> None:
+    """Give a file (or folder) made by mkstemp/mkdtemp (0600/0700) the mode the user's umask gives new files:
+    a manifest must be as readable as the shards beside it."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
+def temp_prefix(target: Path) -> str:
+    """The hidden name prefix of `target`'s temporary files, with this process's id: a later run sweeps the
+    names of processes that are gone (see sweep_temps) and never a live one's."""
+    return f".{target.name}.tmp-{os.getpid()}-"
+
+
+def sweep_temps(target: str | Path) -> None:
+    """Remove the temporary files and folders a killed earlier run left beside `target` (their process is gone)."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return
+    for old in target.parent.glob(f".{glob_escape(target.name)}.tmp-*"):
+        pid = old.name[len(target.name) + 6:].split("-", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def swap_in(new: str | Path, target: str | Path) -> None:
+    """Put the finished folder (or file) `new` at `target`, replacing what is there: folders are exchanged
+    atomically (Linux renameat2), so a reader or a kill sees the old output or the new one, never neither;
+    the old one is then removed."""
+    new, target = Path(new), Path(target)
+    if not (new.is_dir() and target.is_dir() and not target.is_symlink()):
+        os.replace(new, target)
+        return
+    if not _exchange(new, target):
+        old = target.with_name(f"{temp_prefix(target)}old")
+        os.replace(target, old)
+        os.replace(new, target)
+        new = old
+    shutil.rmtree(new, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two paths (renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    try:
+        import ctypes  # noqa: PLC0415 - only when a folder is replaced
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    import ctypes  # noqa: PLC0415
+
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 @contextlib.contextmanager
 def replaced(path: str | Path, folder: bool = False) -> Iterator[Path]:
-    """A temporary file (or empty folder) beside `path` to write; renamed onto `path` when the block ends, removed
-    if it fails: readers see the old output or the new one, never half of it."""
+    """A temporary file (or empty folder) beside `path` to write; put in place of `path` when the block ends (see
+    swap_in), removed if it fails: readers see the old output or the new one, never half of it."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    sweep_temps(target)
     if folder:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), dir=target.parent))
     else:
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, name = tempfile.mkstemp(prefix=temp_prefix(target), dir=target.parent)
         os.close(fd)
         tmp = Path(name)
+    user_mode(tmp, folder)
     try:
         yield tmp
-        os.replace(tmp, target)
+        swap_in(tmp, target)
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -153,6 +244,119 @@ def write_json(path: str | Path, value: Any) -> None:
     """JSON written atomically (see write_text_atomic): manifests, journals, reports, stamps."""
     write_text_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
+
+
+# ---------------------------------------------------------------- guarding outputs
+
+LOCK_SUFFIX = ".lock"
+
+
+@contextlib.contextmanager
+def locked(target: str | Path) -> Iterator[None]:
+    """Hold the advisory lock of the output `target` (a hidden `.NAME.lock` beside it, holding our pid, under
+    fcntl.flock) while the block runs: a second run into the same output is refused, naming the holder. The
+    kernel drops the lock of a process that dies, so a lock left by a killed run is simply taken over."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    path = target.parent / f".{target.name}{LOCK_SUFFIX}"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise PrepError(f"{target} is being written by another prep run (pid {holder}, lock {path}); wait for "
+                            "it to finish, or write somewhere else") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # else the holder removed the file as we opened it: lock the new one
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)
+
+
+_RESERVED = ("manifest.json", ".journal.json", "data", "prep-stage.json", "train.jsonl", "validation.jsonl")
+
+
+def _real(path: str) -> tuple[Path, tuple[int, int] | None]:
+    real = Path(os.path.realpath(path))
+    try:
+        st = os.stat(path)
+    except OSError:
+        return real, None
+    return real, (st.st_dev, st.st_ino)
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path != folder and path.is_relative_to(folder)
+
+
+def is_shard_folder(path: str | Path) -> bool:
+    """A folder prep wrote shards into (finished, or an interrupted run's)."""
+    p = Path(path)
+    return p.is_dir() and ((p / "manifest.json").is_file() or (p / "data").is_dir() or (p / ".journal.json").exists())
+
+
+def check_outputs(inputs: Iterable[str | Path | None], outputs: dict[str, str | Path | None]) -> None:
+    """Refuse, before anything is read or written, outputs that would destroy what the run reads or writes: an
+    output (`outputs`: option -> path) that is an input (the same file through symlinks or hard links), one that is
+    another output, one inside an input folder prep wrote (shards), one inside an output folder where that folder's
+    own files go, and an output folder holding an input."""
+    ins = [(str(i), *_real(str(i))) for i in inputs if i is not None and str(i) != "-" and os.path.exists(i)]
+    outs = [(flag, str(o), *_real(str(o))) for flag, o in outputs.items() if o is not None and str(o) != "-"]
+    for flag, given, real, ident in outs:
+        for name, in_real, in_ident in ins:
+            if real == in_real or (ident is not None and ident == in_ident):
+                raise PrepError(f"{flag} {given} is the input {name}: writing it would destroy what is read; "
+                                "write somewhere else")
+            if _within(real, in_real) and is_shard_folder(in_real):
+                raise PrepError(f"{flag} {given} is inside the input folder {name}; write somewhere else")
+            if _within(in_real, real) and os.path.isdir(real):
+                raise PrepError(f"the input {name} is inside the output folder {flag} {given}, which the run "
+                                "replaces; write somewhere else")
+    for k, (flag, given, real, ident) in enumerate(outs):
+        for flag2, given2, real2, ident2 in outs[k + 1:]:
+            if real == real2 or (ident is not None and ident == ident2):
+                raise PrepError(f"{flag} and {flag2} are the same file ({given}); give each its own path")
+            for (f1, g1, r1), (f2, g2, r2) in (((flag, given, real), (flag2, given2, real2)),
+                                               ((flag2, given2, real2), (flag, given, real))):
+                if _within(r2, r1) and r2.relative_to(r1).parts[0] in _RESERVED:
+                    raise PrepError(f"{f2} {g2} would overwrite {r2.relative_to(r1).parts[0]} of the output "
+                                    f"folder {f1} {g1}; give it another path")
+
+
+_ERRNO_WORDS = {
+    errno.ENOSPC: "no space left on the device; free some space or write to another disk",
+    errno.EDQUOT: "disk quota exceeded; free some space or write to another disk",
+    errno.EROFS: "the file system is read-only; write somewhere else",
+    errno.EISDIR: "is a folder where a file is needed; give a file name",
+    errno.ENOTDIR: "a part of the path is a file where a folder is needed",
+    errno.ELOOP: "too many levels of symbolic links (a symlink loop); fix the link or give the real path",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOENT: "no such file or folder",
+    errno.EEXIST: "already exists",
+    errno.ENAMETOOLONG: "the file name is too long",
+    errno.EMFILE: "too many open files; raise the limit (ulimit -n)",
+    errno.EIO: "input/output error: the disk or the file system failed",
+}
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an operating-system error: the path and what to do, by its class (no space, read-only, ...)."""
+    where = e.filename if e.filename is not None else ""
+    words = _ERRNO_WORDS.get(e.errno or 0) or (e.strerror or str(e))
+    return f"{where}: {words}" if where else words
 
 
 def display_name(path: str) -> str:
@@ -636,7 +840,11 @@ class RowWriter:
             raise PrepError(f"{path}: cannot write {self.container!r}; write .jsonl, .json, .csv, .tsv or .parquet")
         if path == "-" and self.container == "parquet":
             raise PrepError("Parquet cannot be written to stdout; give -o FILE.parquet")
+        if path != "-" and os.path.isdir(path):
+            raise PrepError(f"{path}: is a folder; give a file name to write")
         self.rows = 0
+        if path != "-":
+            sweep_temps(path)
         self.tmp = None if path == "-" else _temp_name(path, "tmp")
         # CSV needs every column before the header, Parquet one schema: both spool rows as JSONL first.
         self.spool = _temp_name(path, "spool") if self.container in ("csv", "tsv", "parquet") else None
@@ -674,7 +882,14 @@ class RowWriter:
         return "\n".join(lines) + "\n"
 
     def close(self) -> None:
-        """Finish the file and move it into place."""
+        """Finish the file and move it into place; if that fails (a full disk), nothing half-written is left."""
+        try:
+            self._finish()
+        except BaseException:
+            self.abort()
+            raise
+
+    def _finish(self) -> None:
         if self.container == "json":
             self.out.write(b"\n]\n" if self.rows else b"]\n")
         if self.target is None:  # stdout
@@ -725,7 +940,7 @@ def _utf8_line(line: str, row: int, writer: RowWriter) -> str:
 
 def _temp_name(path: str, tag: str) -> str:
     p = Path(path)
-    return str(p.with_name(f".{p.name}.{tag}-{os.getpid()}"))
+    return str(p.with_name(f"{temp_prefix(p)}{tag}"))
 
 
 def _spooled(spool: str) -> Iterator[list[dict[str, Any]]]:

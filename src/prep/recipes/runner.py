@@ -30,10 +30,12 @@ from prep import __version__
 from prep.core.findings import PrepError
 from prep.core.options import SETTINGS
 from prep.core.result import Progress, Result
-from prep.files import sha256_file, write_json, write_text_atomic
+from prep.files import locked, os_error_message, sha256_file, write_json, write_text_atomic
 from prep.formats import llamafactory
 from prep.formats.inputs import Inputs
 from prep.recipes.recipe import Recipe, relative, split_spec
+from prep.shards.layout import MANIFEST
+from prep.shards.reader import folder_problem
 from prep.stages import validate_report as show
 from prep.stages.convert import convert
 from prep.stages.decontaminate import decontaminate
@@ -178,9 +180,12 @@ def plan(recipe: Recipe) -> list[Stage]:
 
 
 def _complete(folder: Path, stamp: dict[str, Any]) -> bool:
-    """The stage's output is still there (the stamp alone could outlive a deleted file)."""
+    """The stage's output is still there (the stamp alone could outlive a deleted file), and its shards are still
+    the ones their manifest lists (size and sha256): a later stage never reads a changed shard of a skipped one."""
     outputs = stamp.get("outputs", [])
-    return bool(outputs) and all((folder / p).exists() for p in outputs)
+    return bool(outputs) and all((folder / p).exists() for p in outputs) and not any(
+        folder_problem((folder / p).parent) for p in outputs
+        if stamp.get("stage") in ("tokenize", "pack") and Path(p).name == MANIFEST)
 
 
 # ---------------------------------------------------------------- stages
@@ -423,22 +428,46 @@ def run(recipe: Recipe, *, dry_run: bool = False, view: View | None = None,
     result = RunResult(recipe, stages if stages is not None else plan(recipe), outputs={"run": str(recipe.output)})
     if dry_run:
         return result
+    with locked(recipe.output):
+        try:
+            _run_stages(recipe, result, view)
+        except BaseException as e:  # interrupted (Ctrl-C, SIGTERM) or a bug: run.json still says how far it got
+            stage = next((s for s in result.stages if s.status == "run"), None)
+            why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+            if stage is not None:
+                stage.status, stage.summary = "failed", {"line": why}
+            result.failed = why
+            _finish(result, started)
+            write_run_json(result)
+            raise
+    _finish(result, started)
+    return result
+
+
+def _finish(result: RunResult, started: float) -> None:
+    result.seconds = time.perf_counter() - started
+    _count_rows(result)
+
+
+def _run_stages(recipe: Recipe, result: RunResult, view: View) -> None:
     flow = _Flow(_recipe_inputs(recipe))
     for stage in result.stages:
         view.start(stage)
         if stage.status == "skip":
             stage.status = "skipped"
         else:
-            if stage.folder.exists() and _read_stamp(stage.folder) is not None:
-                shutil.rmtree(stage.folder)  # a finished older version: replaced, never mixed with the new one
+            # a finished older version stays until the stage's writers replace it, so a killed run keeps it;
+            # without its stamp it is not taken for this run's output
+            (stage.folder / STAMP).unlink(missing_ok=True)
             try:
                 stage.summary = _RUNNERS[stage.name](recipe, stage, flow, view)
             except _Stopped as stop:
                 stage.status, stage.summary, result.stopped = "stopped", stop.summary, str(stop)
                 view.finish(stage)
                 break
-            except PrepError as e:  # the stages before keep their output and stamps; this one runs again next time
-                stage.status, stage.summary, result.failed = "failed", {"line": str(e)}, str(e)
+            except (PrepError, OSError) as e:  # the stages before keep their output and stamps; this one runs again
+                why = os_error_message(e) if isinstance(e, OSError) else str(e)
+                stage.status, stage.summary, result.failed = "failed", {"line": why}, why
                 view.finish(stage)
                 break
             stage.status = "ran"
@@ -452,9 +481,6 @@ def run(recipe: Recipe, *, dry_run: bool = False, view: View | None = None,
                 view.finish(stage)
                 break
         view.finish(stage)
-    result.seconds = time.perf_counter() - started
-    _count_rows(result)
-    return result
 
 
 def _count_rows(result: RunResult) -> None:

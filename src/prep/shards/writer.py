@@ -1,15 +1,19 @@
 """Writing token shards (design §5): `data/shard-NNNNN.parquet` (zstd) plus `manifest.json`.
 
-Each shard is written under a temporary name and renamed when complete; the manifest (counts,
-token totals, every shard's sha256) is written last and atomically, so a folder with a manifest
-is a finished dataset and one without is not. Row groups have a fixed size, so the bytes depend
+Everything is written into a hidden folder beside the output (`.NAME.partial`): each shard under a
+temporary name renamed when complete, the manifest (counts, token totals, every shard's sha256) last;
+then that folder takes the output's place in one atomic exchange. A folder with a manifest is a
+finished dataset, and a run that is killed or fails leaves the earlier output as it was. The output
+is locked (files.locked) while it is written: a second run into it is refused. Row groups have a fixed size, so the bytes depend
 only on the rows, never on how the stages batched them: same inputs + options, same shards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +24,7 @@ import pyarrow.parquet as pq
 
 from prep import __version__
 from prep.core.findings import Batch, PrepError, Tally
-from prep.files import RowWriter, sha256_file, write_json
+from prep.files import RowWriter, is_shard_folder, locked, sha256_file, swap_in, write_json
 from prep.shards.layout import (
     DATA_DIR,
     JOURNAL,
@@ -49,6 +53,7 @@ class ShardWriter:
         if shard_rows < 1 or shard_mb <= 0:
             raise PrepError("shard size must be positive")
         self.outdir, self.kind, self.meta = Path(outdir), kind, meta
+        self.work = self.outdir.with_name(f".{self.outdir.name}.partial")  # a stable name: a re-run resumes it
         self.schema = SCHEMAS[kind]
         self.shard_rows, self.shard_bytes = shard_rows, int(shard_mb * 1024 * 1024)
         self.tally = Tally()
@@ -58,12 +63,35 @@ class ShardWriter:
         self._pending_rows = 0
         self._writer: pq.ParquetWriter | None = None
         self._rows = self._bytes = self._tokens = 0
-        (self.outdir / DATA_DIR).mkdir(parents=True, exist_ok=True)
-        (self.outdir / MANIFEST).unlink(missing_ok=True)  # the folder is unfinished until we say otherwise
         self.resume_key = resume_key
-        self._reusable = self._load_journal() if resume_key else {}
         self.reused = 0
-        self.rejects = RowWriter(rejects, "jsonl") if rejects else None
+        self.rejects: RowWriter | None = None
+        self._held = contextlib.ExitStack()
+        self._held.enter_context(locked(self.outdir))
+        try:
+            self._check_target()
+            self._reusable = self._load_journal() if resume_key else {}
+            if not self._reusable and self.work.exists():
+                shutil.rmtree(self.work)  # an interrupted run's, which nothing here can reuse
+            (self.work / DATA_DIR).mkdir(parents=True, exist_ok=True)
+            if rejects:
+                self.rejects = RowWriter(self._inside_work(rejects), "jsonl")
+        except BaseException:
+            self._held.close()
+            raise
+
+    def _check_target(self) -> None:
+        """The output is a new or empty folder or one prep wrote (which the new one replaces whole)."""
+        if self.outdir.exists() and not self.outdir.is_dir():
+            raise PrepError(f"{self.outdir}: is a file; give a folder for the shards")
+        if self.outdir.is_dir() and any(self.outdir.iterdir()) and not is_shard_folder(self.outdir):
+            raise PrepError(f"{self.outdir}: is a folder prep did not write (no {MANIFEST}); the shards replace the "
+                            "whole folder, so give a new or empty one")
+
+    def _inside_work(self, path: str) -> str:
+        """A rejects file inside the output folder is written inside the folder being made, so it stays there."""
+        real, out = Path(os.path.realpath(path)), Path(os.path.realpath(self.outdir))
+        return str(self.work / real.relative_to(out)) if real.is_relative_to(out) else path
 
     def write(self, batch: Batch[dict[str, Any]]) -> None:
         """Take a batch at the end of the pipeline: rows go to shards, rejects and alterations are kept."""
@@ -105,7 +133,7 @@ class ShardWriter:
         if shard_name(len(self.shards)) in self._reusable:
             return  # this shard is already on disk from an interrupted run with the same inputs and options
         if self._writer is None:
-            self._tmp = self.outdir / f"{shard_name(len(self.shards))}.tmp"
+            self._tmp = self.work / f"{shard_name(len(self.shards))}.tmp"
             self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
         self._writer.write_table(group.combine_chunks())
 
@@ -120,31 +148,31 @@ class ShardWriter:
             old = self._reusable[name]
             if (old["rows"], old["tokens"]) != (self._rows, self._tokens):
                 raise PrepError(f"{self.outdir}: {name} from the interrupted run does not match this run; "
-                                "delete the folder and run again")
+                                f"delete {self.work} and run again")
             entry = old
             self.reused += 1
         elif self._writer is not None:
             self._writer.close()
             self._writer = None
-            final = self.outdir / name
+            final = self.work / name
             os.replace(self._tmp, final)
             entry.update(sha256=sha256_file(final), bytes=final.stat().st_size)
         self.shards.append(entry)
         self._rows = self._bytes = self._tokens = 0
         if self.resume_key:
-            write_json(self.outdir / JOURNAL, {"resume_key": self.resume_key, "shards": self.shards})
+            write_json(self.work / JOURNAL, {"resume_key": self.resume_key, "shards": self.shards})
 
     def _load_journal(self) -> dict[str, dict[str, Any]]:
         """Shards of an interrupted run with the same key whose bytes still match their recorded sha256."""
         try:
-            journal = json.loads((self.outdir / JOURNAL).read_text(encoding="utf-8"))
+            journal = json.loads((self.work / JOURNAL).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
         if journal.get("resume_key") != self.resume_key:
             return {}
         ok = {}
         for entry in journal.get("shards", []):
-            path = self.outdir / entry["path"]
+            path = self.work / entry["path"]
             if path.is_file() and sha256_file(path) == entry["sha256"]:
                 ok[entry["path"]] = entry
             else:
@@ -152,17 +180,24 @@ class ShardWriter:
         return ok
 
     def close(self) -> dict[str, Any]:
-        """Finish the last shard, drop stale shards of an earlier run, write the manifest last."""
-        self._close_shard()
-        keep = {s["path"] for s in self.shards}
-        for old in (self.outdir / DATA_DIR).glob("shard-*.parquet*"):
-            if f"{DATA_DIR}/{old.name}" not in keep:
-                old.unlink()
-        if self.rejects:
-            self.rejects.close()
-        manifest = self.manifest()
-        write_json(self.outdir / MANIFEST, manifest)
-        (self.outdir / JOURNAL).unlink(missing_ok=True)
+        """Finish the last shard, drop stale shards of an interrupted run, write the manifest last and put the
+        finished folder in the output's place; on any failure (a full disk) nothing half-written is left."""
+        try:
+            self._close_shard()
+            keep = {s["path"] for s in self.shards}
+            for old in (self.work / DATA_DIR).glob("shard-*.parquet*"):
+                if f"{DATA_DIR}/{old.name}" not in keep:
+                    old.unlink()
+            if self.rejects:
+                self.rejects.close()
+            manifest = self.manifest()
+            write_json(self.work / MANIFEST, manifest)
+            (self.work / JOURNAL).unlink(missing_ok=True)
+            swap_in(self.work, self.outdir)
+        except BaseException:
+            self.abort(keep_journal=False)
+            raise
+        self._held.close()
         return manifest
 
     def manifest(self) -> dict[str, Any]:
@@ -183,14 +218,21 @@ class ShardWriter:
             "shards": self.shards,
         }
 
-    def abort(self) -> None:
-        """Remove the shard being written; finished shards stay for a re-run to reuse, no manifest is written."""
-        if self._writer is not None:
-            self._writer.close()
-            self._tmp.unlink(missing_ok=True)
-            self._writer = None
-        if self.rejects:
-            self.rejects.abort()
+    def abort(self, keep_journal: bool = True) -> None:
+        """Remove what was being written; with a resume key the finished shards stay (beside the output, with their
+        journal) for a re-run to reuse. The earlier output, if any, is left as it was."""
+        try:
+            if self._writer is not None:
+                with contextlib.suppress(Exception):
+                    self._writer.close()
+                self._writer = None
+                self._tmp.unlink(missing_ok=True)
+            if self.rejects:
+                self.rejects.abort()
+            if not (keep_journal and self.resume_key and (self.work / JOURNAL).exists()):
+                shutil.rmtree(self.work, ignore_errors=True)
+        finally:
+            self._held.close()
 
     def __enter__(self) -> ShardWriter:
         return self

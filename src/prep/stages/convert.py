@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from prep.core.findings import PrepError, Tally, count_by_file
+from prep.core.findings import Tally, count_by_file
 from prep.core.options import check
 from prep.core.result import Meter, ProgressFn, Result, outputs
-from prep.files import RowWriter
+from prep.files import RowWriter, check_outputs
 from prep.formats import from_records, make_options
 from prep.formats.inputs import Inputs, read_inputs
 
@@ -32,8 +31,7 @@ def convert(inputs: Inputs, to: str, output: str = "-", *, rejects: str | None =
     `settings` are the writer's options (e.g. AutoTrain column names); output files appear only
     when the whole run succeeds."""
     check("convert", {"to": to, "output": output, "rejects": rejects, "ids": ids})
-    if rejects and os.path.abspath(rejects) == os.path.abspath(output):
-        raise PrepError(f"{rejects}: the output and the rejects file must differ")
+    check_outputs(inputs.files, {"-o": output, "--rejects": rejects})
     result = ConvertResult(outputs=outputs(output=output, rejects=rejects))
     records = read_inputs(inputs, result.formats)
     rows = from_records(records, to, make_options(to, settings if settings is not None else inputs.settings), ids)

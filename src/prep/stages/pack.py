@@ -13,14 +13,14 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from prep.core.findings import PrepError, Source
 from prep.core.options import check
 from prep.core.result import Meter, ProgressFn, Result, outputs
-from prep.files import sha256_file
+from prep.files import check_outputs, sha256_file
 from prep.shards.layout import MANIFEST, SCHEMAS, read_manifest
 from prep.shards.packing import Wrapper, bfd_window, check_lengths
+from prep.shards.reader import open_shard
 from prep.shards.writer import ShardWriter
 
 DEFAULT_WINDOW = 100_000
@@ -43,8 +43,10 @@ def pack(shards: str | Path, output: str | Path, max_len: int, *, strategy: str 
     source = read_manifest(shards)
     if source["kind"] not in ("sft", "pretrain"):
         raise PrepError(f"{shards}: {source['kind']} shards are trained as pairs and are not packed")
-    if Path(output).resolve() == Path(shards).resolve():
-        raise PrepError("write packed shards to a new folder (-o), not over the input")
+    if (source.get("packing") or {}).get("strategy", "none") != "none":
+        raise PrepError(f"{shards}: these shards are packed already ({source['packing']['strategy']}); pack the "
+                        f"unpacked folder they came from ({(source.get('source') or {}).get('path', 'prep tokenize')})")
+    check_outputs([shards], {"-o": output, "--rejects": rejects})
     window = window or 2**62
     options = {"max_len": max_len, "strategy": strategy, "seed": seed, "window": window, "shard_rows": shard_rows,
                "shard_mb": shard_mb}
@@ -80,7 +82,7 @@ def _windows(indir: Path, manifest: dict[str, Any], window: int) -> Iterator[tup
     sources: list[Source] = []
     for shard in manifest["shards"]:
         path = str(indir / shard["path"])
-        pfile = pq.ParquetFile(path)
+        pfile = open_shard(indir, shard)
         row = 0
         for group in range(pfile.num_row_groups):
             table = pfile.read_row_group(group, columns=list(_SCHEMA.names))

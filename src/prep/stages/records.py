@@ -4,12 +4,11 @@ decontaminate): the rows in one format, every dropped row in the rejects file wi
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Any
 
-from prep.core.findings import Batch, PrepError, Tally
+from prep.core.findings import Batch, Tally
 from prep.core.records import Record
-from prep.files import RowWriter
+from prep.files import RowWriter, check_outputs
 from prep.formats import from_records, make_options
 
 
@@ -52,6 +51,5 @@ def open_rejects(stack: contextlib.ExitStack, rejects: str | None, *outputs: str
     """The rejects file, refused when it is one of the outputs."""
     if not rejects:
         return None
-    if any(os.path.abspath(rejects) == os.path.abspath(o) for o in outputs):
-        raise PrepError(f"{rejects}: the output and the rejects file must differ")
+    check_outputs((), {**{"-o" if len(outputs) == 1 else f"the output {o}": o for o in outputs}, "--rejects": rejects})
     return stack.enter_context(RowWriter(rejects, "jsonl"))
