@@ -214,3 +214,47 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# ---------------------------------------------------------------- 5. an unclosed CSV quote
+
+
+def test_an_unclosed_csv_quote_rejects_the_fragment_after_it(tmp_path: Path) -> None:
+    data = tmp_path / "chats.csv"
+    data.write_text('text\n"human: a\nbot: b\n"human: c\nbot: d"\n"human: e\nbot: f"\n', encoding="utf-8")
+    done = run_prep("convert", "autotrain", str(data), "--to", "openai", "-o", str(tmp_path / "out.jsonl"),
+                    "--rejects", str(tmp_path / "rejects.jsonl"))
+    assert done.returncode == 1, done.stderr
+    written = [json.loads(line)["messages"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert written == [[{"role": "user", "content": "e"}, {"role": "assistant", "content": "f"}]]
+    rejects = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]
+    assert [r["reasons"][0]["code"] for r in rejects] == ["bad_csv", "bad_csv"]
+    assert 'bot: d"' in rejects[1]["row"]
+
+
+# ---------------------------------------------------------------- 7. checkpoints cut off while saved
+
+
+@pytest.mark.slow
+def test_resume_skips_a_checkpoint_cut_off_while_it_was_saved(tmp_path: Path) -> None:
+    pytest.importorskip("peft")
+    from conftest import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "tiny-llama")
+    tok = tokenized(tmp_path, 8)
+    out = tmp_path / "train"
+    args = ("train", str(tok), "--model", str(model), "-o", str(out), "--batch-size", "2", "--save-steps", "1", "-q")
+    done = run_prep(*args, "--max-steps", "2")
+    assert done.returncode == 0, done.stderr
+    cut = out / "checkpoints" / "checkpoint-2"  # as a kill during the save leaves it: no marker, a short file
+    (cut / "prep_complete.json").unlink()
+    weights = cut / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    done = run_prep(*args, "--max-steps", "3", "--resume")
+    assert done.returncode == 0, done.stderr
+    assert b"skipped checkpoint-2" in done.stderr
+    report = json.loads((out / "training_report.json").read_text())
+    assert report["resumed_from_step"] == 1 and report["steps"] == 3
+    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2",
+                                                                                   "checkpoint-3"]
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]

@@ -200,7 +200,7 @@ def test_resume_continues_from_the_checkpoint_step(root: Path, model: str, shard
     assert lora_keys
     for k in lora_keys:
         torch.testing.assert_close(a[k], b[k])
-    with pytest.raises(PrepError, match="no checkpoint"):
+    with pytest.raises(PrepError, match="no complete checkpoint"):
         train(shards["packed"], TrainOptions(output=str(root / "fresh"), max_steps=6, resume=True, **common))
 
 

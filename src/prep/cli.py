@@ -637,6 +637,7 @@ def train(shards: str, quiet: bool, **kw: Any) -> None:
     _quiet_libraries()
     with _Bar("train", quiet, "loading") as bar:
         result = run(shards, options, bar)
+    _notes(result)
     if not quiet:
         console = Console(stderr=True, highlight=False)
         for line in summary_lines(result.report):

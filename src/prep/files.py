@@ -703,6 +703,11 @@ def _read_csv(stream: IO[bytes], name: str, delimiter: str) -> Iterator[Item]:
         row += 1
         source = Source(name, start, row)
         broken = next((bad.pop(n) for n in range(start, end + 1) if n in bad), None)
+        if not broken and sum(pending.get(n, "").count('"') for n in range(start, end + 1)) % 2:
+            # Quotes come in pairs in a well-formed record; an odd count is the tail of a record a stray quote
+            # broke (or a stray quote itself): what it holds is a fragment, never a row.
+            broken = Finding("bad_csv", "an odd number of quote characters: this record is the rest of a broken "
+                             "one, or holds a stray quote", "quote the whole field, and double quotes inside it (\"\")")
         if broken:
             yield source, raw_record(start, end), broken
         elif len(cells) != len(header):

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import resource
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,13 +27,14 @@ from prep.core.extras import require_train_extra
 from prep.core.findings import PrepError, Tally
 from prep.core.options import check
 from prep.core.result import Progress, ProgressFn, Result
-from prep.files import sha256_file, write_json
+from prep.files import replaced, sha256_file, write_json
 from prep.render.tokenizer import describe_tokenizer, fingerprint, same_tokenizer
 from prep.shards.layout import MANIFEST, position_ids, read_manifest
 from prep.shards.verify import require_verified
 
 REPORT = "training_report.json"
 TRAIN_INFO = "prep_train.json"
+COMPLETE = "prep_complete.json"  # written into a checkpoint last: one without it was cut off while it was saved
 SIGNATURE = "prep_signature.json"  # in checkpoints/: what the checkpoints were trained on, checked by --resume
 # options a resumed run may change: how long to train, how often to save, what to do after (not what a step computes)
 _RESUMABLE = {"max_steps", "epochs", "resume", "save_steps", "output", "merge", "report_to", "logging_steps", "force"}
@@ -304,6 +306,11 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
         def prediction_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
             return super().prediction_step(model, {k: v for k, v in inputs.items() if k != REAL_TOKENS}, *args, **kwargs)
 
+        def _save_checkpoint(self, model: Any, trial: Any) -> None:
+            super()._save_checkpoint(model, trial)
+            write_json(checkpoints / f"checkpoint-{self.state.global_step}" / COMPLETE,
+                       {"step": self.state.global_step})
+
         def log(self, logs: dict[str, Any], *args: Any, **kwargs: Any) -> None:
             if "loss" in logs:  # our count, kept in the trainer state so that it carries over a --resume
                 if self.seen_before is None:
@@ -326,15 +333,18 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
     trainer.add_callback(OnLog())
     checkpoints.mkdir(parents=True, exist_ok=True)
     write_json(checkpoints / SIGNATURE, signature)
-    resumed_from = _last_checkpoint_step(checkpoints) if options.resume else None
-    result = trainer.train(resume_from_checkpoint=True if options.resume else None)
+    notes: list[str] = []
+    start = _resume_point(checkpoints, notes) if options.resume else None
+    resumed_from = int(start.name.rsplit("-", 1)[1]) if start else None
+    result = trainer.train(resume_from_checkpoint=str(start) if start else None)
     runtime = time.perf_counter() - started
     saved = out / ("model" if options.full else "adapter")
     if options.full:  # off for training only (see _load_model); generation from the saved model wants its cache
         trainer.model.config.use_cache = True
-    trainer.model.save_pretrained(saved)
-    tokenizer.save_pretrained(saved)
-    _write_info(saved, manifest, options)
+    with replaced(saved, folder=True) as tmp:  # a full disk leaves the earlier adapter, never half a new one
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        _write_info(tmp, manifest, options)
     metrics = trainer.evaluate() if options.eval else {}
     curve = _curve(trainer.state.log_history)
     losses = [p["loss"] for p in curve if p.get("loss") is not None]
@@ -349,7 +359,7 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
         "train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None, "eval_loss": metrics.get("eval_loss"),
         "peak_memory": _peak_memory(cuda), "options": json.loads(json.dumps(asdict(options), default=str)),
-        "loss_curve": curve,
+        "loss_curve": curve, "notes": notes,
     }
     _write_curve(out, curve)  # report and curve first: a failed merge must not lose them
     write_json(out / REPORT, report)
@@ -361,7 +371,7 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
                             f"saved in {out}; merge them with prep.trainer.train.merge(base, adapter, target)") from None
         write_json(out / REPORT, report)
     rows = manifest["counts"]["rows"]
-    return TrainResult(tally=Tally(rows, rows), report=report,
+    return TrainResult(tally=Tally(rows, rows), report=report, notes=notes,
                        outputs={"output": str(out), "model": str(saved), "report": str(out / REPORT)})
 
 
@@ -379,14 +389,17 @@ def _signature(shards: str, options: TrainOptions) -> dict[str, Any]:
 def _check_checkpoints(checkpoints: Path, signature: dict[str, Any], resume: bool) -> None:
     """One run's checkpoints per folder: a new run never mixes its checkpoints with an earlier run's, and
     --resume continues only a run with the same shards, model and options."""
-    found = any(checkpoints.glob("checkpoint-*"))
+    complete, cut = _checkpoints(checkpoints)
+    found = bool(complete or cut)
     if not resume:
         if found:
             raise PrepError(f"{checkpoints} holds checkpoints of an earlier run: pass --resume to continue it, or "
                             "train into another -o (or delete that folder)")
         return
-    if not found:
-        raise PrepError(f"--resume: no checkpoint in {checkpoints} to resume from (train with --save-steps)")
+    if not complete:
+        raise PrepError(f"--resume: no complete checkpoint in {checkpoints} to resume from"
+                        + (f" ({', '.join(p.name for p in cut)} cut off while saved)" if cut else
+                           " (train with --save-steps)"))
     try:
         before = json.loads((checkpoints / SIGNATURE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -409,11 +422,23 @@ def can_resume(shards: str, options: TrainOptions) -> bool:
     return True
 
 
-def _last_checkpoint_step(checkpoints: Path) -> int:
-    from transformers.trainer_utils import get_last_checkpoint  # noqa: PLC0415 - train extra
+def _checkpoints(checkpoints: Path) -> tuple[list[Path], list[Path]]:
+    """The complete checkpoints (their marker written last) and the incomplete ones (a run killed while saving),
+    each by step."""
+    found = sorted((p for p in checkpoints.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
+                   key=lambda p: int(p.name[11:]))
+    complete = [p for p in found if (p / COMPLETE).is_file()]
+    return complete, [p for p in found if p not in complete]
 
-    last = get_last_checkpoint(str(checkpoints))
-    return int(last.rsplit("-", 1)[1]) if last else 0
+
+def _resume_point(checkpoints: Path, notes: list[str]) -> Path:
+    """The newest complete checkpoint; newer incomplete ones are removed, and the notes say which."""
+    complete, cut = _checkpoints(checkpoints)
+    for p in cut:
+        notes.append(f"skipped {p.name}: it was cut off while it was saved (removed); resuming from "
+                     f"{complete[-1].name if complete else 'the start'}")
+        shutil.rmtree(p)
+    return complete[-1]
 
 
 def _curve(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
