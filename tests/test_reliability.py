@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -258,3 +259,100 @@ def test_resume_skips_a_checkpoint_cut_off_while_it_was_saved(tmp_path: Path) ->
     assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2",
                                                                                    "checkpoint-3"]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+
+
+# ---------------------------------------------------------------- 8. limits
+
+PEAK_RSS = """
+import resource, subprocess, sys
+done = subprocess.run(sys.argv[1:], capture_output=True)
+sys.stderr.buffer.write(done.stderr)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, done.returncode)
+"""
+
+
+def peak_rss_kb(*args: str) -> tuple[int, int, str]:
+    """(peak RSS of `prep ARGS` in KB, its exit code, its stderr), measured in a fresh parent process."""
+    done = subprocess.run([sys.executable, "-c", PEAK_RSS, sys.executable, "-m", "prep", *args], capture_output=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    rss, code = done.stdout.split()
+    return int(rss), int(code), done.stderr.decode()
+
+
+@pytest.mark.slow
+def test_a_200_mb_row_is_rejected_as_too_large_with_peak_rss_under_1_gb(tmp_path: Path) -> None:
+    data = chats(tmp_path / "in.jsonl", 3)
+    with data.open("ab") as f:
+        f.write(b'{"messages": [{"role": "user", "content": "')
+        for _ in range(200):
+            f.write(b"a" * (1 << 20))
+        f.write(b'"}]}\n')
+    chats(tmp_path / "tail.jsonl", 2)
+    with data.open("ab") as f:
+        f.write((tmp_path / "tail.jsonl").read_bytes())
+    rss, code, err = peak_rss_kb("tokenize", str(data), "--tokenizer", str(TOKENIZER), "--template", "chatml",
+                                 "--max-len", "2048", "-o", str(tmp_path / "out"), "--rejects",
+                                 str(tmp_path / "rejects.jsonl"), "-q")
+    assert code == 1, err
+    assert rss < 1 << 20, f"peak RSS {rss / 1024:.0f} MB"
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest["counts"]["read"] == 6 and manifest["counts"]["written"] == 5
+    assert manifest["counts"]["rejected"] == {"too_large": 1}
+    reject = json.loads((tmp_path / "rejects.jsonl").read_text())
+    assert reject["line"] == 4 and len(reject["row"]) < 1000
+    done = run_prep("validate", str(data), "--max-row-bytes", str(300 << 20), "-q")  # the limit is an option
+    assert b"too_large" not in done.stderr
+
+
+def test_deep_json_is_a_too_deep_reject_and_the_good_rows_stay(tmp_path: Path) -> None:
+    data = chats(tmp_path / "in.jsonl", 2)
+    with data.open("a") as f:
+        f.write('{"messages": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    with data.open("a") as f:
+        f.write((chats(tmp_path / "more.jsonl", 2)).read_text())
+    done = run_prep("convert", str(data), "--to", "openai", "-o", str(tmp_path / "out.jsonl"))
+    assert done.returncode == 1, done.stderr
+    assert b"too_deep" in done.stderr and b"internal error" not in done.stderr
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 4
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    done = run_prep("convert", str(deep), "--to", "openai", "-o", str(tmp_path / "o2.jsonl"))
+    assert done.returncode == 2 and b"deeper than can be read" in done.stderr, done.stderr
+
+
+def template_tokenizer(tmp_path: Path, template: str) -> Path:
+    folder = tmp_path / "tokenizer"
+    shutil.copytree(TOKENIZER, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = template
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize(("template", "message"), [
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "longer than 5 s"),
+    ("{% for m in messages %}{{ 'x' * 1000000000 }}{% endfor %}", "more than 16,777,216"),
+    ("{% for i in range(100000) %}{% for m in messages %}{{ m.content * 100 }}{% endfor %}{% endfor %}",
+     "more than 16,777,216 characters"),
+], ids=["nested-loop", "repeat", "output-size"])
+def test_a_runaway_chat_template_stops_within_seconds(tmp_path: Path, template: str, message: str) -> None:
+    data = chats(tmp_path / "in.jsonl", 3, words=200)
+    started = time.monotonic()
+    done = run_prep("tokenize", str(data), "--tokenizer", str(template_tokenizer(tmp_path, template)), "-o",
+                    str(tmp_path / "out"), "-q")
+    assert time.monotonic() - started < 30
+    assert done.returncode == 2 and message.encode() in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+BOMB = "name: bomb\na: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True))
+
+
+def test_a_yaml_bomb_recipe_stops_with_a_clear_message(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)
+    started = time.monotonic()
+    done = run_prep("run", str(path), "--dry-run")
+    assert time.monotonic() - started < 30
+    assert done.returncode == 2 and b"aliases (*name) expand to 490,329,066 values" in done.stderr, done.stderr

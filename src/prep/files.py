@@ -30,7 +30,7 @@ from typing import IO, TYPE_CHECKING, Any
 import msgspec
 
 from prep.core.findings import Batch, Finding, PrepError, Source
-from prep.core.options import CONTAINERS
+from prep.core.options import CONTAINERS, MAX_ROW_BYTES
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -414,8 +414,26 @@ def _head(stream: IO[bytes]) -> bytes:
     return stream.peek(64)[:64] if hasattr(stream, "peek") else b""
 
 
-def _binary_lines(stream: IO[bytes], name: str) -> Iterator[bytes]:
-    """Lines as UTF-8 bytes: a UTF-8 BOM is dropped, a UTF-16 file (with BOM) is transcoded as it streams."""
+class _TooLarge:
+    """A line longer than the row limit, in place of its bytes (which were skipped, not kept): its size and start."""
+
+    def __init__(self, head: bytes, size: int, limit: int) -> None:
+        self.head, self.size, self.limit = head, size, limit
+
+    def finding(self) -> Finding:
+        return Finding("too_large", f"the row is {self.size:,} bytes, over the limit of {self.limit:,}; it was not "
+                       "read", "split the row, or raise --max-row-bytes if rows this large are meant")
+
+    def preview(self) -> str:
+        return self.head.decode("utf-8", "replace") + f"… ({self.size:,} bytes, not kept)"
+
+
+_PREVIEW = 200
+
+
+def _binary_lines(stream: IO[bytes], name: str, limit: int = MAX_ROW_BYTES) -> Iterator[bytes | _TooLarge]:
+    """Lines as UTF-8 bytes: a UTF-8 BOM is dropped, a UTF-16 file (with BOM) is transcoded as it streams. A line
+    longer than `limit` bytes comes as a _TooLarge, read past in 1 MB pieces: memory stays within the limit."""
     if _text_encoding(_head(stream), name) == "utf-16":
         text = io.TextIOWrapper(stream, encoding="utf-16", newline=None)
         try:
@@ -427,12 +445,21 @@ def _binary_lines(stream: IO[bytes], name: str) -> Iterator[bytes]:
         finally:
             text.detach()  # the caller owns (and closes) the stream
         return
-    first = stream.readline()
-    if first.startswith(_UTF8_BOM):
-        first = first[len(_UTF8_BOM):]
-    if first:
-        yield first
-    yield from stream
+    first = True
+    while line := stream.readline(limit + 1):
+        if first:
+            first = False
+            line = line.removeprefix(_UTF8_BOM)
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line
+            continue
+        size, head = len(line), line[:_PREVIEW]
+        del line
+        while more := stream.readline(1 << 20):
+            size += len(more)
+            if more.endswith(b"\n"):
+                break
+        yield _TooLarge(head, size, limit)
 
 
 def _decoded(raw: bytes, offset: int, where: str) -> tuple[str, Finding | None]:
@@ -454,9 +481,14 @@ _decode_fast = msgspec.json.Decoder().decode
 Item = tuple[Source, Any, "Finding | None"]
 
 
-def _read_jsonl(stream: IO[bytes], name: str) -> Iterator[Item]:
+def _read_jsonl(stream: IO[bytes], name: str, limit: int = MAX_ROW_BYTES) -> Iterator[Item]:
     offset, row = 0, 0
-    for lineno, raw in enumerate(_binary_lines(stream, name), 1):
+    for lineno, raw in enumerate(_binary_lines(stream, name, limit), 1):
+        if isinstance(raw, _TooLarge):
+            offset += raw.size
+            row += 1
+            yield Source(name, lineno, row), raw.preview(), raw.finding()
+            continue
         start, offset = offset, offset + len(raw)
         if not raw or raw.isspace():  # not .strip(): no copy of every line
             continue
@@ -465,7 +497,7 @@ def _read_jsonl(stream: IO[bytes], name: str) -> Iterator[Item]:
         try:  # the fast path: msgspec takes only lines json takes too, and gives the same values
             yield source, _decode_fast(raw), None
             continue
-        except msgspec.MsgspecError:
+        except (msgspec.MsgspecError, RecursionError):
             pass  # the careful path below says what is wrong with the line (or takes what json takes and msgspec not)
         text, bad = _decoded(raw.rstrip(b"\r\n"), start, f"line {lineno}")
         if bad:
@@ -473,6 +505,10 @@ def _read_jsonl(stream: IO[bytes], name: str) -> Iterator[Item]:
             continue
         try:
             value = _JSON.decode(text)
+        except RecursionError:
+            yield source, text[:_PREVIEW], Finding(
+                "too_deep", "the line nests arrays or objects deeper than can be read", "flatten the row")
+            continue
         except ValueError as e:
             msg = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
             yield source, text, Finding(
@@ -587,6 +623,8 @@ class _JsonText:
             except ValueError as e:
                 if self.eof:
                     self.fail(e.msg if isinstance(e, json.JSONDecodeError) else str(e))
+            except RecursionError:
+                self.fail("a value nests arrays or objects deeper than can be read")
             self._fill(len(self.buf))  # a value may end past the buffer: read on and try again
 
     def fail(self, message: str) -> None:
@@ -645,7 +683,7 @@ def _read_json(stream: IO[bytes], name: str) -> Iterator[Item]:
         doc.fail("extra data after the end of the JSON document")
 
 
-def _read_csv(stream: IO[bytes], name: str, delimiter: str) -> Iterator[Item]:
+def _read_csv(stream: IO[bytes], name: str, delimiter: str, limit: int = MAX_ROW_BYTES) -> Iterator[Item]:
     """Rows as {column: cell}; a record that cannot be read is rejected with its raw lines.
 
     Strict quoting: a stray quote must not silently swallow the records after it into one cell."""
@@ -654,7 +692,11 @@ def _read_csv(stream: IO[bytes], name: str, delimiter: str) -> Iterator[Item]:
 
     def text_lines() -> Iterator[str]:
         offset = 0
-        for lineno, raw in enumerate(_binary_lines(stream, name), 1):
+        for lineno, raw in enumerate(_binary_lines(stream, name, limit), 1):
+            if isinstance(raw, _TooLarge):  # a one-cell placeholder the record's finding replaces
+                bad[lineno], offset, pending[lineno] = raw.finding(), offset + raw.size, raw.preview()
+                yield "…\n"
+                continue
             text, finding = _decoded(raw, offset, f"line {lineno}")
             offset += len(raw)
             if finding:
@@ -744,9 +786,20 @@ def _read_parquet(path: str, name: str) -> Iterator[Item]:
             yield Source(name, row, row), drop_nulls(value), None
 
 
-def _read_txt(stream: IO[bytes], name: str, split: str) -> Iterator[Item]:
+def _read_txt(stream: IO[bytes], name: str, split: str, limit: int = MAX_ROW_BYTES) -> Iterator[Item]:
     if split == "file":
-        raw = b"".join(_binary_lines(stream, name))
+        lines: list[bytes] | None = []
+        size = 0
+        for line in _binary_lines(stream, name, limit):
+            size += line.size if isinstance(line, _TooLarge) else len(line)
+            if isinstance(line, _TooLarge) or size > limit:
+                lines = None  # the document is too large: counted on, not kept
+            elif lines is not None:
+                lines.append(line)
+        if lines is None:
+            yield Source(name, 1, 1), f"({size:,} bytes, not kept)", _TooLarge(b"", size, limit).finding()
+            return
+        raw = b"".join(lines)
         text, bad = _decoded(raw, 0, "text file")
         if text.strip():
             yield Source(name, 1, 1), text if bad else {"text": text}, bad
@@ -764,7 +817,13 @@ def _read_txt(stream: IO[bytes], name: str, split: str) -> Iterator[Item]:
         block.clear()
         problem = None
 
-    for lineno, raw in enumerate(_binary_lines(stream, name), 1):
+    for lineno, raw in enumerate(_binary_lines(stream, name, limit), 1):
+        if isinstance(raw, _TooLarge):
+            yield from flush()
+            row += 1
+            offset += raw.size
+            yield Source(name, lineno, row), raw.preview(), raw.finding()
+            continue
         text, bad = _decoded(raw, offset, f"line {lineno}")
         offset += len(raw)
         if not text.strip():
@@ -780,8 +839,9 @@ def _read_txt(stream: IO[bytes], name: str, split: str) -> Iterator[Item]:
 
 
 def read_rows(path: str, container: str | None = None, txt_split: str = "file",
-              batch_rows: int = BATCH_ROWS) -> Iterator[Batch[Any]]:
-    """Stream one file as batches of parsed rows; rows that do not parse come as rejects."""
+              batch_rows: int = BATCH_ROWS, max_row_bytes: int = MAX_ROW_BYTES) -> Iterator[Batch[Any]]:
+    """Stream one file as batches of parsed rows; rows that do not parse come as rejects, and so do rows (lines) of
+    more than `max_row_bytes`, which are not read."""
     name = display_name(path)
     if path != "-" and not os.path.isfile(path):
         raise PrepError(f"{name}: " + ("is a folder; give the files in it" if os.path.isdir(path) else "no such file"))
@@ -793,13 +853,13 @@ def read_rows(path: str, container: str | None = None, txt_split: str = "file",
             stream = stack.enter_context(_open_binary(path)) if path != "-" else _open_binary(path)
             container = container or _sniff_container(stream, name)
             if container == "jsonl":
-                items = _read_jsonl(stream, name)
+                items = _read_jsonl(stream, name, max_row_bytes)
             elif container == "json":
                 items = _read_json(stream, name)
             elif container in ("csv", "tsv"):
-                items = _read_csv(stream, name, "," if container == "csv" else "\t")
+                items = _read_csv(stream, name, "," if container == "csv" else "\t", max_row_bytes)
             elif container == "txt":
-                items = _read_txt(stream, name, txt_split)
+                items = _read_txt(stream, name, txt_split, max_row_bytes)
             else:
                 raise PrepError(f"{name}: unknown input type {container!r}; one of {', '.join(CONTAINERS)}")
         batch: Batch[Any] = Batch()

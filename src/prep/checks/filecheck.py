@@ -23,6 +23,7 @@ from prep.checks.schemas import show
 from prep.checks.stats import Stats
 from prep.core.columns import ACCEPTS
 from prep.core.findings import Batch, Finding, Reject, RowError, Source, Tally
+from prep.core.options import MAX_ROW_BYTES
 from prep.core.records import Record, kind_of, record_id, type_name
 from prep.core.result import Meter
 from prep.files import RowWriter
@@ -101,6 +102,7 @@ class Context:
     rejects: RowWriter | None = None
     tokens: TokenCheck | None = None
     meter: Meter = field(default_factory=lambda: Meter(None))
+    max_row_bytes: int = MAX_ROW_BYTES
 
 
 class FileCheck:

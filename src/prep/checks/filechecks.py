@@ -89,25 +89,42 @@ def scan(path: str, name: str, container: str | None) -> Scan:
 
 
 def _scan_lines(head: bytes, stream: object, name: str, out: Scan) -> None:
-    """JSONL: blank lines and NUL bytes, line by line."""
-    offset, lineno, pending = 0, 0, b""
+    """JSONL: blank lines and NUL bytes, line by line. A line that spans chunks is followed by its length, first
+    NUL and blankness, never joined: a 200 MB line costs what its chunks cost."""
+    offset, lineno = 0, 0
+    size, nul, blank = 0, -1, True  # the line the last chunk ended inside
+
+    def part(piece: bytes) -> None:
+        nonlocal size, nul, blank
+        if nul < 0 and (k := piece.find(b"\x00")) >= 0:
+            nul = size + k
+        blank = blank and (not piece or piece.isspace())
+        size += len(piece)
+
     for chunk in _chunks(head, stream):
-        lines = (pending + chunk).split(b"\n")
-        pending = lines.pop()
-        for raw in lines:
+        lines = chunk.split(b"\n")
+        last = lines.pop()
+        for k, raw in enumerate(lines):
             lineno += 1
-            _line(raw, lineno, offset, name, out)
-            offset += len(raw) + 1
-    if pending:
-        _line(pending, lineno + 1, offset, name, out)
+            if k == 0 and size:
+                part(raw)
+                _line(lineno, offset, size, nul, blank, name, out)
+                offset += size + 1
+            else:
+                _line(lineno, offset, len(raw), raw.find(b"\x00"), not raw or raw.isspace(), name, out)
+                offset += len(raw) + 1
+            if k == 0:
+                size, nul, blank = 0, -1, True
+        part(last)
+    if size:
+        _line(lineno + 1, offset, size, nul, blank, name, out)
 
 
-def _line(raw: bytes, lineno: int, offset: int, name: str, out: Scan) -> None:
-    if not raw or raw.isspace():
+def _line(lineno: int, offset: int, size: int, nul: int, blank: bool, name: str, out: Scan) -> None:
+    if not size or blank:
         out.findings.append(_at(finding("blank_line", "the line is blank"), name, lineno))
-    elif b"\x00" in raw:
-        at = offset + raw.index(b"\x00")
-        out.nul_lines[lineno] = _at(finding("nul_byte", f"NUL byte at byte {at} of the file"), name, lineno)
+    elif nul >= 0:
+        out.nul_lines[lineno] = _at(finding("nul_byte", f"NUL byte at byte {offset + nul} of the file"), name, lineno)
 
 
 def _scan_document(head: bytes, stream: object, name: str, out: Scan) -> None:

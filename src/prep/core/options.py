@@ -34,6 +34,10 @@ REPORT_TO = ("none", "tensorboard")
 EXPORTS = ("hf-dataset", "axolotl", "together", "jsonl")  # what `prep export --to` writes
 COMPARED = ("all", "user", "assistant")  # which turns dedup, split and decontaminate compare
 MIX_BY = ("rows", "tokens")
+RENDER_SECONDS = 5.0  # a chat template rendering one conversation longer than this is stopped (a runaway loop)
+RENDER_CHARS = 16 << 20  # ... or writing more characters than this
+RECIPE_NODES = 100_000  # values a recipe may expand to through its YAML aliases
+MAX_ROW_BYTES = 64 << 20  # a line-based row longer than this is a too_large reject, not read (JSONL rows: a few KB)
 # The input options that are settings of a format's reader (CoQA's system prompt, AutoTrain's columns and prefixes).
 SETTINGS = ("system", "text_column", "rejected_text_column", "prompt_text_column", "human_prefix", "bot_prefix")
 
@@ -159,6 +163,8 @@ INPUTS = (
     Option("bot_prefix", recipe=True, help="AutoTrain: assistant turn prefix [bot:]."),
     Option("seed", int, 42, "Seed for sampling: dataset_info num_samples, prep mix's sample, prep split's choice.",
            recipe=True),
+    Option("max_row_bytes", int, MAX_ROW_BYTES, "A row (a line of JSONL, CSV, TSV or text) longer than this many "
+                                                "bytes is rejected as too_large without being read.", low=1),
 )
 
 CONVERT = (

@@ -9,6 +9,7 @@ from types import ModuleType
 from typing import Any
 
 from prep.core.findings import Batch, PrepError, Source, per_row
+from prep.core.options import MAX_ROW_BYTES
 from prep.core.records import Record, record_id
 from prep.files import read_rows, split_suffix
 from prep.formats import alpaca, autotrain, coqa, openai, sharegpt, text, trl
@@ -80,12 +81,12 @@ def _chain(first: list[Batch[Any]], rest: Iterator[Batch[Any]]) -> Iterator[Batc
 
 def read_records(paths: Iterable[str], fmt: str = "auto", settings: dict[str, Any] | None = None,
                  container: str | None = None, txt_split: str = "file",
-                 on_file: Any = None) -> Iterator[Batch[Record]]:
+                 on_file: Any = None, max_row_bytes: int = MAX_ROW_BYTES) -> Iterator[Batch[Record]]:
     """Canonical records from files, detecting each file's format unless `fmt` names one.
 
     `on_file(path, fmt)` is told which format each file was read as."""
     for path in paths:
-        batches = read_rows(path, container, txt_split)
+        batches = read_rows(path, container, txt_split, max_row_bytes=max_row_bytes)
         name = fmt
         if fmt == "auto" and (container or split_suffix(path)[0]) == "txt":
             name = "text"

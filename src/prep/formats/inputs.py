@@ -9,6 +9,7 @@ from itertools import chain
 from typing import Any
 
 from prep.core.findings import Batch, PrepError
+from prep.core.options import MAX_ROW_BYTES
 from prep.core.records import Record
 from prep.files import display_name, read_rows
 from prep.formats import llamafactory as lf
@@ -27,6 +28,7 @@ class Inputs:
     registry: str | None = None
     datasets: Sequence[str] = ()
     seed: int = 42
+    max_row_bytes: int = MAX_ROW_BYTES
     # Rows an earlier step rejected (`prep run`'s validate with allow_errors), by file: row numbers left
     # out, so the rest keep their own ids (`<file name>:<row>`) and are not counted again.
     skip: dict[str, list[int]] = field(default_factory=dict)
@@ -47,9 +49,11 @@ def read_inputs(inputs: Inputs, formats_seen: dict[str, str] | None = None) -> I
         if formats_seen is not None:
             formats_seen[display_name(path)] = fmt
 
-    yield from read_records(inputs.files, inputs.format, inputs.settings, inputs.container, inputs.txt_split, note)
+    yield from read_records(inputs.files, inputs.format, inputs.settings, inputs.container, inputs.txt_split, note,
+                            inputs.max_row_bytes)
     for entry in entries:
-        rows: Iterator[Batch[Any]] = chain.from_iterable(read_rows(f) for f in entry.files)
+        rows: Iterator[Batch[Any]] = chain.from_iterable(read_rows(f, max_row_bytes=inputs.max_row_bytes)
+                                                         for f in entry.files)
         sampled = ""
         if entry.num_samples:
             total = sum(len(b.items) + len(b.rejects) for f in entry.files for b in read_rows(f))

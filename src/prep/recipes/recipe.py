@@ -24,7 +24,7 @@ from jsonschema import Draft202012Validator, ValidationError
 from prep.checks import schemas
 from prep.core.extras import require_train_extra
 from prep.core.findings import PrepError
-from prep.core.options import RECIPE_SECTIONS, TABLES
+from prep.core.options import RECIPE_NODES, RECIPE_SECTIONS, TABLES
 from prep.formats import llamafactory
 
 STAGES = ("convert", "mix", "dedup", "decontaminate", "split", "validate", "tokenize", "pack", "train")
@@ -79,6 +79,7 @@ def load_recipe(path: str | Path, sets: Sequence[str] = ()) -> Recipe:
     text = path.read_text(encoding="utf-8")
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        _check_size(root, path)  # before anything walks the tree: aliases can make it exponentially large
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -101,6 +102,25 @@ def load_recipe(path: str | Path, sets: Sequence[str] = ()) -> Recipe:
     name = data.get("name") or path.stem
     output = Path(data["output"]) if "output" in data else Path.cwd() / "runs" / name
     return Recipe(path, name, output, data, overrides)
+
+
+def _check_size(root: yaml.Node | None, path: Path) -> None:
+    """Refuse a recipe whose aliases expand to more than RECIPE_NODES values (a "billion laughs": a few lines of
+    anchors that expand to billions), counted with each node's size computed once."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        sizes[id(node)] = 1  # a recursive alias counts once here; safe_load refuses it
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else \
+            node.value if isinstance(node, yaml.SequenceNode) else []
+        sizes[id(node)] = total = 1 + sum(size(child) for child in children)
+        return total
+
+    if root is not None and (total := size(root)) > RECIPE_NODES:
+        raise PrepError(f"{path}:{root.start_mark.line + 1}: the recipe's aliases (*name) expand to {total:,} values, "
+                        f"more than the {RECIPE_NODES:,} a recipe may hold; write the values out or use fewer aliases")
 
 
 class _Lines:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from functools import lru_cache
@@ -19,9 +20,10 @@ import jinja2
 import jinja2.ext
 import jinja2.nodes
 import jinja2.utils
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
 from prep.core.findings import PrepError, RowError, row_error
+from prep.core.options import RENDER_CHARS, RENDER_SECONDS
 from prep.core.records import Message
 from prep.render.spans import Rendered, Turn
 
@@ -83,14 +85,59 @@ def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, s
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
+class TemplateLimit(jinja2.exceptions.SecurityError):
+    """A template ran longer or wrote more than RENDER_SECONDS / RENDER_CHARS allow."""
+
+
+_deadline = [0.0]  # when the render in progress must stop (monotonic seconds)
+
+
+def _in_time() -> None:
+    if time.monotonic() > _deadline[0]:
+        raise TemplateLimit(f"rendering took longer than {RENDER_SECONDS:g} s (a runaway loop?)")
+
+
+class _Range:
+    """`range` in templates: the sandbox's, checking the render's time as it is iterated (nested loops)."""
+
+    def __init__(self, *args: int) -> None:
+        self.range = safe_range(*args)
+
+    def __iter__(self) -> Any:
+        for i, x in enumerate(self.range):
+            if not i & 1023:
+                _in_time()
+            yield x
+
+    def __len__(self) -> int:
+        return len(self.range)
+
+    def __getitem__(self, k: Any) -> Any:
+        return self.range[k]
+
+
+class _Limited(ImmutableSandboxedEnvironment):
+    """The sandbox, with `*` and `**` bounded: a template cannot build a string, list or number of gigabytes."""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > RENDER_CHARS:
+                    raise TemplateLimit(f"the template repeats a value into more than {RENDER_CHARS:,} items")
+        elif operator == "**" and isinstance(right, int) and abs(right) > 1024:
+            raise TemplateLimit(f"the template raises a number to the power {right}")
+        return super().call_binop(context, operator, left, right)
+
+
 @lru_cache(maxsize=16)
 def compile_template(source: str) -> jinja2.Template:
     """A chat template compiled once per process (workers compile their own)."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[_Generation, jinja2.ext.loopcontrols])
+    env = _Limited(trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, jinja2.ext.loopcontrols])
     env.filters["tojson"] = _tojson
     env.globals.update(raise_exception=_raise, strftime_now=lambda fmt: datetime.now().strftime(fmt), dict=_Dict(),
-                       namespace=_Namespace)
+                       namespace=_Namespace, range=_Range)
     return env.from_string(source)
 
 
@@ -106,8 +153,16 @@ def render_chat(source: str, messages: Sequence[Message], tools: list[dict[str, 
         if reasoning is not None:
             message = {"thinking": reasoning, **message, "reasoning_content": reasoning}
         chat.append(message)
-    return compile_template(source).render(messages=chat, tools=tools, documents=None,
-                                           add_generation_prompt=generation, **variables)
+    _deadline[0] = time.monotonic() + RENDER_SECONDS
+    pieces, size = [], 0
+    for piece in compile_template(source).generate(messages=chat, tools=tools, documents=None,
+                                                   add_generation_prompt=generation, **variables):
+        pieces.append(piece)
+        size += len(piece)
+        if size > RENDER_CHARS:
+            raise TemplateLimit(f"the template wrote more than {RENDER_CHARS:,} characters for one conversation")
+        _in_time()
+    return "".join(pieces)
 
 
 class JinjaTemplate:

@@ -128,7 +128,7 @@ def validate(inputs: Inputs, *, validation: Sequence[str] = (), kind: str | None
     if max_len is not None and tokenizer is None:
         raise PrepError("--max-len counts tokens: give --tokenizer too")
     ctx = Context(inputs.format, kind, dict(inputs.settings), inputs.container, inputs.txt_split, min_rows, max_chars,
-                  Findings(max_findings), meter=Meter(progress))
+                  Findings(max_findings), meter=Meter(progress), max_row_bytes=inputs.max_row_bytes)
     if tokenizer is not None:
         from prep.checks.tokens import TokenCheck  # noqa: PLC0415 - start-up time: Arrow and numpy only to count tokens
 
@@ -186,7 +186,8 @@ def _validate_file(path: str, report: FileReport, ctx: Context) -> None:
         ctx.findings.add(f)
     if not scan.readable:
         return
-    batches: Iterator[Batch[Any]] = _named(read_rows(path, scan.container, ctx.txt_split, BATCH_ROWS), name, path)
+    batches: Iterator[Batch[Any]] = _named(read_rows(path, scan.container, ctx.txt_split, BATCH_ROWS,
+                                                                  ctx.max_row_bytes), name, path)
     fmt: str | None = ctx.format
     try:
         if scan.container == "txt" and fmt == "auto":
