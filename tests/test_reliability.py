@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -196,7 +197,7 @@ def test_a_failed_rerun_leaves_the_earlier_output_whole(tmp_path: Path) -> None:
     tok = tokenized(tmp_path)
     before = snapshot(tok)
     broken = tmp_path / "broken.json"  # a JSON array that breaks off after many good rows: the run fails mid-way
-    rows = [json.loads(line) for line in chats(tmp_path / "many.jsonl", 3000).read_text().splitlines()]
+    rows = [json.loads(line) for line in chats(tmp_path / "many.jsonl", 1500).read_text().splitlines()]
     broken.write_text(json.dumps(rows)[:-2000] + "}}}")
     done = run_prep("tokenize", str(broken), "--tokenizer", str(TOKENIZER), "--template", "chatml", "-o", str(tok),
                     "-q")
@@ -356,3 +357,148 @@ def test_a_yaml_bomb_recipe_stops_with_a_clear_message(tmp_path: Path) -> None:
     done = run_prep("run", str(path), "--dry-run")
     assert time.monotonic() - started < 30
     assert done.returncode == 2 and b"aliases (*name) expand to 490,329,066 values" in done.stderr, done.stderr
+
+
+# ---------------------------------------------------------------- 9. the system's errors in their own words
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path):  # noqa: ANN201 - a fixture
+    """A 512 KB tmpfs: writing more fails with ENOSPC (skipped where mounting is not allowed)."""
+    folder = tmp_path / "full"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.decode().strip() or 'not root'})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def random_chats(path: Path, n: int, seed: int = 0) -> Path:
+    """Rows of random words: they compress badly, so their shards are about as large as their text."""
+    import random
+
+    rng = random.Random(seed)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(5000)]
+    with path.open("w", encoding="utf-8") as f:
+        for _ in range(n):
+            f.write(json.dumps({"messages": [
+                {"role": "user", "content": " ".join(rng.choice(words) for _ in range(40))},
+                {"role": "assistant", "content": " ".join(rng.choice(words) for _ in range(60))}]}) + "\n")
+    return path
+
+
+def test_a_full_disk_is_exit_2_with_its_message_and_no_half_files(tmp_path: Path, full_disk: Path) -> None:
+    data = random_chats(tmp_path / "in.jsonl", 2000)
+    for args in (("convert", str(data), "--to", "openai", "-o", str(full_disk / "out.jsonl"), "--rejects",
+                  str(full_disk / "rejects.jsonl")),
+                 ("tokenize", str(data), "--tokenizer", str(TOKENIZER), "--template", "chatml", "-o",
+                  str(full_disk / "tok"), "--rejects", str(full_disk / "tok" / "rejects.jsonl"), "-q")):
+        done = run_prep(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stderr.decode() == f"prep: {full_disk / ('out.jsonl' if args[0] == 'convert' else 'tok')}: no " \
+                                       "space left on the device; free some space or write to another disk\n"
+        assert list(full_disk.iterdir()) == [], args  # no half file, no temporary name, no lock
+
+
+def test_folders_and_truncated_files_get_their_own_words(tmp_path: Path) -> None:
+    data = chats(tmp_path / "in.jsonl", 5)
+    (tmp_path / "folder").mkdir()
+    import gzip
+
+    (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress(data.read_bytes())[:120])
+    tok = tokenized(tmp_path)
+    with (tok / "data" / "shard-00000.parquet").open("r+b") as f:
+        f.truncate(500)
+    cases = [
+        (("convert", str(data), "--to", "openai", "-o", str(tmp_path / "folder")), "is a folder; give a file name"),
+        (("validate", str(tmp_path / "folder")), "is a folder"),
+        (("validate", str(tmp_path / "cut.jsonl.gz")), "truncated or corrupt"),
+        (("pack", str(tok), "--max-len", "64", "-o", str(tmp_path / "p")), "truncated or replaced"),
+    ]
+    for args, words in cases:
+        done = run_prep(*args)
+        assert done.returncode == 2 and words.encode() in done.stderr, (args, done.stderr)
+        assert b"internal error" not in done.stderr
+    done = run_prep("validate", "/dev/stdin", input=b"")
+    assert done.returncode == 1 and b"empty_file" in done.stdout, done.stderr
+
+
+# ---------------------------------------------------------------- 10. kill -9 and SIGTERM at random points
+
+
+def listing(folder: Path) -> dict[str, bytes]:
+    return snapshot(folder) | {str(p.relative_to(folder)): b"" for p in folder.rglob("*") if p.is_dir()}
+
+
+def kill_then_rerun(args: list[str], folder: Path, seconds: tuple[float, float], seeds: range,
+                    ignore: tuple[str, ...] = ()) -> None:
+    """Run `args` once to get the reference content of `folder`; then, per seed, start it again on a clean slate, kill
+    it (SIGKILL) at a random moment, run it again to the end: `folder` must hold the same bytes and nothing else."""
+    import random
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    code = subprocess.run(args, env=env, capture_output=True).returncode
+    assert code in (0, 1)
+    reference = {k: v for k, v in listing(folder).items() if not k.startswith(ignore)}
+    for seed in seeds:
+        victim = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(random.Random(seed).uniform(*seconds))
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        done = subprocess.run(args, env=env, capture_output=True)
+        assert done.returncode == code, (seed, done.stderr)
+        assert {k: v for k, v in listing(folder).items() if not k.startswith(ignore)} == reference, seed
+
+
+@pytest.mark.slow
+def test_kill_9_in_tokenize_then_rerun_gives_the_same_bytes_and_no_stray_files(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    data = random_chats(tmp_path / "data" / "in.jsonl", 3000)
+    kill_then_rerun([sys.executable, "-m", "prep", "tokenize", str(data), "--tokenizer", str(TOKENIZER), "--template",
+                     "chatml", "-o", str(tmp_path / "work" / "tok"), "--rejects",
+                     str(tmp_path / "work" / "rejects.jsonl"), "-q"], tmp_path / "work", (0.3, 3.0), range(3))
+
+
+@pytest.mark.slow
+def test_kill_9_in_pack_then_rerun_gives_the_same_bytes_and_no_stray_files(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    data = random_chats(tmp_path / "data" / "in.jsonl", 3000)
+    tok = tmp_path / "tok"
+    assert run_prep("tokenize", str(data), "--tokenizer", str(TOKENIZER), "--template", "chatml", "-o", str(tok),
+                    "-q").returncode == 0
+    kill_then_rerun([sys.executable, "-m", "prep", "pack", str(tok), "--max-len", "1024", "--window", "500",
+                     "--shard-size", "200rows", "-o", str(tmp_path / "work" / "packed"), "-q"], tmp_path / "work",
+                    (0.3, 2.0), range(3))
+
+
+@pytest.mark.slow
+def test_kill_9_in_prep_run_then_rerun_gives_the_same_bytes_and_no_stray_files(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE.format(out=tmp_path / "run", data=random_chats(tmp_path / "data.jsonl", 3000),
+                                  tokenizer=TOKENIZER).replace("max_len: 256", "max_len: 1024"))
+    kill_then_rerun([sys.executable, "-m", "prep", "run", str(path), "-q"], tmp_path / "run", (0.5, 4.0), range(3),
+                    ignore=("run.json", "report.html"))  # they hold the run's times
+
+
+def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path: Path) -> None:
+    data = random_chats(tmp_path / "in.jsonl", 3000)
+    (tmp_path / "out").mkdir()
+    victim = subprocess.Popen([sys.executable, "-m", "prep", "tokenize", str(data), "--tokenizer", str(TOKENIZER),
+                               "--template", "chatml", "-o", str(tmp_path / "out" / "tok"), "-q"],
+                              stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    while not (tmp_path / "out" / ".tok.partial").exists() and victim.poll() is None:
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGTERM)
+    _, err = victim.communicate()
+    assert victim.returncode == 130 and b"interrupted" in err, err
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_pack_of_documents_all_too_long_rejects_them_all(tmp_path: Path) -> None:
+    tok = tokenized(tmp_path, 5)
+    done = run_prep("pack", str(tok), "--max-len", "8", "-o", str(tmp_path / "p"))
+    assert done.returncode == 1 and b"rejected 5" in done.stderr, done.stderr
+    assert verify(tmp_path / "p").ok

@@ -9,6 +9,7 @@ The verbs are imported inside each command, so `prep --help` and a verb that nee
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import signal
@@ -83,7 +84,12 @@ class _Command(click.Command):
             reads += [value] if isinstance(value, str) else list(value or ())
         check_outputs(reads, {flag: ctx.params.get(name) for name, flag in _WRITES.items()})
         signal.signal(signal.SIGTERM, _terminate)
-        return super().invoke(ctx)
+        try:
+            return super().invoke(ctx)
+        except OSError as e:  # a write that failed for want of space says nothing of where: name the output
+            if e.filename is None and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                e.filename = next((str(v) for k in _WRITES if (v := ctx.params.get(k)) not in (None, "-")), None)
+            raise
 
 
 _Group.command_class = _Command

@@ -338,6 +338,7 @@ def check_outputs(inputs: Iterable[str | Path | None], outputs: dict[str, str | 
 _ERRNO_WORDS = {
     errno.ENOSPC: "no space left on the device; free some space or write to another disk",
     errno.EDQUOT: "disk quota exceeded; free some space or write to another disk",
+    errno.EFBIG: "the file is larger than the file system allows; write to another disk",
     errno.EROFS: "the file system is read-only; write somewhere else",
     errno.EISDIR: "is a folder where a file is needed; give a file name",
     errno.ENOTDIR: "a part of the path is a file where a folder is needed",
@@ -838,13 +839,22 @@ def _read_txt(stream: IO[bytes], name: str, split: str, limit: int = MAX_ROW_BYT
     yield from flush()
 
 
+def readable_file(path: str) -> str | None:
+    """Why `path` cannot be read as a file of rows (None: it can; pipes and /dev/stdin can)."""
+    if os.path.isdir(path):
+        return "is a folder; give the files in it"
+    if not os.path.exists(path):
+        return "no such file"
+    return None
+
+
 def read_rows(path: str, container: str | None = None, txt_split: str = "file",
               batch_rows: int = BATCH_ROWS, max_row_bytes: int = MAX_ROW_BYTES) -> Iterator[Batch[Any]]:
     """Stream one file as batches of parsed rows; rows that do not parse come as rejects, and so do rows (lines) of
     more than `max_row_bytes`, which are not read."""
     name = display_name(path)
-    if path != "-" and not os.path.isfile(path):
-        raise PrepError(f"{name}: " + ("is a folder; give the files in it" if os.path.isdir(path) else "no such file"))
+    if path != "-" and (problem := readable_file(path)):
+        raise PrepError(f"{name}: {problem}")
     container = container or split_suffix(path)[0]
     with contextlib.ExitStack() as stack:
         if container == "parquet":

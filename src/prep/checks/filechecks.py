@@ -10,11 +10,13 @@ first undecodable byte, gives that byte's offset and line.
 from __future__ import annotations
 
 import codecs
+import gzip
 import os
+import zlib
 from dataclasses import dataclass, field
 
 from prep.checks.codes import finding
-from prep.core.findings import Finding
+from prep.core.findings import Finding, PrepError
 from prep.files import _open_binary
 
 _UTF8_BOM = codecs.BOM_UTF8
@@ -50,6 +52,14 @@ def scan(path: str, name: str, container: str | None) -> Scan:
     out = Scan(size=os.path.getsize(path), container=container)
     if container == "parquet":
         return out
+    try:
+        _scan(path, name, container, out)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise PrepError(f"{name}: the compressed file is truncated or corrupt ({e}); get a whole copy") from None
+    return out
+
+
+def _scan(path: str, name: str, container: str | None, out: Scan) -> None:
     with _open_binary(path) as stream:
         head = stream.read(_CHUNK)
         if container is None:
@@ -60,32 +70,31 @@ def scan(path: str, name: str, container: str | None) -> Scan:
                                                 "bytes", hint="give a .jsonl/.json/.csv/.tsv/.parquet/.txt name or "
                                                 "pass --input-type"), name, 0))
                 out.readable = False
-                return out
+                return
         if not head.strip():
             out.findings.append(_at(finding("empty_file", "the file is empty" if not head else
                                             "the file holds only whitespace"), name, 0))
             out.readable = False
-            return out
+            return
         if head.startswith(_UTF16_BOMS) or _looks_utf16(head):
             bom = head.startswith(_UTF16_BOMS)
             out.findings.append(_at(finding("utf16_encoding", "the file is UTF-16 " + (
                 "(with a byte-order mark), not UTF-8" if bom else "without a byte-order mark; its rows cannot be "
                 "read")), name, 1))
             out.readable = bom  # read_rows transcodes UTF-16 that has a BOM
-            return out
+            return
         if b"\x00" in head[:_READER_HEAD]:
             at = head.index(b"\x00")
             out.findings.append(_at(finding("nul_byte", f"NUL byte at byte {at} of the file: binary or UTF-32 "
                                             "text; its rows cannot be read"), name, 1 + head.count(b"\n", 0, at)))
             out.readable = False
-            return out
+            return
         if head.startswith(_UTF8_BOM):
             out.findings.append(_at(finding("utf8_bom", "the file starts with a UTF-8 byte-order mark"), name, 1))
         if container == "jsonl":
             _scan_lines(head, stream, name, out)
         elif container == "json":
             _scan_document(head, stream, name, out)
-    return out
 
 
 def _scan_lines(head: bytes, stream: object, name: str, out: Scan) -> None:

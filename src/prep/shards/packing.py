@@ -100,7 +100,10 @@ def _rows_table(input_ids: np.ndarray, labels: np.ndarray, seq_lengths: np.ndarr
     }, schema=_SCHEMA)
 
 
-def bfd_window(table: pa.Table, max_len: int, rng: random.Random) -> pa.Table:
+def bfd_window(table: pa.Table, max_len: int, rng: random.Random) -> pa.Table | None:
+    """A window's documents packed best-fit decreasing, the rows in random order (None: no document left in it)."""
+    if not table.num_rows:  # every document of the window was too long and rejected
+        return None
     bins = best_fit_decreasing(table["num_tokens"].to_numpy(), max_len)
     rng.shuffle(bins)
     docs = _flat(table.take(pa.array(list(chain.from_iterable(bins)), pa.int64())))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-import os
 import re
 import shutil
 import sys
@@ -31,7 +30,7 @@ from prep.checks.stats import Stats
 from prep.core.findings import Batch, Finding, PrepError, Reject, Source
 from prep.core.options import check
 from prep.core.result import Meter, ProgressFn, Result, outputs
-from prep.files import BATCH_ROWS, RowWriter, display_name, read_rows, split_suffix
+from prep.files import BATCH_ROWS, RowWriter, display_name, read_rows, readable_file, split_suffix
 from prep.formats import detect
 from prep.formats.inputs import Inputs
 
@@ -123,8 +122,8 @@ def validate(inputs: Inputs, *, validation: Sequence[str] = (), kind: str | None
     if not roles:
         raise PrepError("nothing to validate: give input files")
     for path, _ in roles:
-        if path != "-" and not os.path.isfile(path):
-            raise PrepError(f"{path}: no such file")
+        if path != "-" and (problem := readable_file(path)):
+            raise PrepError(f"{path}: {problem}")
     if max_len is not None and tokenizer is None:
         raise PrepError("--max-len counts tokens: give --tokenizer too")
     ctx = Context(inputs.format, kind, dict(inputs.settings), inputs.container, inputs.txt_split, min_rows, max_chars,
