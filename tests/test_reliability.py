@@ -403,6 +403,41 @@ def test_a_full_disk_is_exit_2_with_its_message_and_no_half_files(tmp_path: Path
         assert list(full_disk.iterdir()) == [], args  # no half file, no temporary name, no lock
 
 
+def test_a_read_only_file_system_and_a_symlink_loop_get_their_own_words(tmp_path: Path) -> None:
+    data = chats(tmp_path / "in.jsonl", 5)
+    (tmp_path / "ro").mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(tmp_path / "ro")],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here ({mounted.stderr.decode().strip() or 'not root'})")
+    try:
+        for args, out in ((("convert", str(data), "--to", "openai"), "ro/x.jsonl"),
+                          (("tokenize", str(data), "--tokenizer", str(TOKENIZER), "--template", "chatml", "-q"), "ro/tok")):
+            done = run_prep(*args, "-o", str(tmp_path / out))
+            assert done.returncode == 2, done.stderr
+            assert done.stderr.decode() == f"prep: {tmp_path / out}: the file system is read-only; write somewhere " \
+                                           "else\n"
+    finally:
+        subprocess.run(["umount", "-l", str(tmp_path / "ro")], check=False)
+    (tmp_path / "loop").symlink_to("loop")
+    for args in (("convert", str(data), "--to", "openai", "-o", str(tmp_path / "loop" / "x.jsonl")),
+                 ("validate", str(tmp_path / "loop"))):
+        done = run_prep(*args)
+        assert done.returncode == 2 and b"(a symlink loop)" in done.stderr, (args, done.stderr)
+
+
+def test_temporary_files_of_a_dead_run_are_swept_and_a_live_ones_kept(tmp_path: Path) -> None:
+    data = chats(tmp_path / "in.jsonl", 5)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    stale = [tmp_path / f".out.jsonl.tmp-{int(dead.stdout)}-tmp", tmp_path / f".out.jsonl.tmp-{int(dead.stdout)}-spool"]
+    live = tmp_path / f".out.jsonl.tmp-{os.getpid()}-tmp"
+    for p in (*stale, live):
+        p.write_text("half")
+    done = run_prep("convert", str(data), "--to", "openai", "-o", str(tmp_path / "out.jsonl"))
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "in.jsonl", "out.jsonl"])
+
+
 def test_folders_and_truncated_files_get_their_own_words(tmp_path: Path) -> None:
     data = chats(tmp_path / "in.jsonl", 5)
     (tmp_path / "folder").mkdir()

@@ -353,11 +353,28 @@ _ERRNO_WORDS = {
 }
 
 
+_OWN_NAME = re.compile(r"^\.(.+?)(?:\.tmp-\d+-.*|\.lock|\.partial)$")
+
+
 def os_error_message(e: OSError) -> str:
-    """One line for an operating-system error: the path and what to do, by its class (no space, read-only, ...)."""
-    where = e.filename if e.filename is not None else ""
-    words = _ERRNO_WORDS.get(e.errno or 0) or (e.strerror or str(e))
+    """One line for an operating-system error: the path and what to do, by its class (no space, read-only, a symlink
+    loop, ...). prep's own temporary names are shown as the output they stand for."""
+    code, where = e.errno or 0, "" if e.filename is None else str(e.filename)
+    if where and code in (errno.EEXIST, errno.ENOENT) and _looping(where):
+        code = errno.ELOOP
+    if where and (own := _OWN_NAME.match(os.path.basename(where))):
+        where = os.path.join(os.path.dirname(where), own.group(1))
+    words = _ERRNO_WORDS.get(code) or (e.strerror or str(e))
     return f"{where}: {words}" if where else words
+
+
+def _looping(path: str) -> bool:
+    """Whether resolving `path` (or a folder above it) runs into a symlink loop."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
 
 
 def display_name(path: str) -> str:
@@ -844,7 +861,7 @@ def readable_file(path: str) -> str | None:
     if os.path.isdir(path):
         return "is a folder; give the files in it"
     if not os.path.exists(path):
-        return "no such file"
+        return _ERRNO_WORDS[errno.ELOOP] if _looping(path) else "no such file"
     return None
 
 

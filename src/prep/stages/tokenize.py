@@ -14,6 +14,7 @@ import gc
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
@@ -47,6 +48,7 @@ _worker: Encoder | None = None
 def _init_worker(encoder: Encoder) -> None:
     global _worker
     _worker = encoder
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the pool ends its workers with SIGTERM; only the parent cleans up
 
 
 Encoded = tuple[Batch[str], pa.Table, list[tuple[str, int]]]  # Encoder.encode_measured's rows, table, lengths
