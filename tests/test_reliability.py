@@ -173,6 +173,32 @@ def test_a_second_run_into_a_locked_folder_is_refused_and_a_dead_holder_is_taken
     assert verify(out).ok and sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out"]
 
 
+def test_a_second_prep_run_into_a_running_folder_is_refused(tmp_path: Path) -> None:
+    path = recipe(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "run")], stdout=subprocess.PIPE,
+                              env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        done = run_prep("run", str(path), "-q")
+        assert done.returncode == 2 and f"pid {holder.pid}".encode() in done.stderr, done.stderr
+        assert not (tmp_path / "run").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_prep("run", str(path), "-q").returncode == 0
+
+
+def test_python_callers_are_guarded_too(tmp_path: Path) -> None:
+    from prep.core.findings import PrepError
+    from prep.formats.inputs import Inputs
+    from prep.stages.tokenize import tokenize
+
+    data = chats(tmp_path / "in.jsonl", 3)
+    with pytest.raises(PrepError, match="is the input"):
+        tokenize(Inputs([str(data)]), str(TOKENIZER), str(tmp_path / "t"), template="chatml", rejects=str(data))
+    assert len(data.read_text().splitlines()) == 3
+
+
 @pytest.mark.slow
 def test_two_tokenize_runs_at_once_one_refused_the_other_verifies(tmp_path: Path) -> None:
     data = chats(tmp_path / "in.jsonl", 20_000)

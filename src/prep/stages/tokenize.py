@@ -31,7 +31,7 @@ from prep.core.findings import Batch, PrepError, Tally, count_by_file
 from prep.core.options import check
 from prep.core.records import Record, kind_of
 from prep.core.result import Meter, ProgressFn, Result, outputs
-from prep.files import sha256_file
+from prep.files import check_outputs, sha256_file
 from prep.formats.inputs import Inputs, read_inputs
 from prep.render.encoder import Encoder, Settings
 from prep.render.spans import resolve_train_on
@@ -211,6 +211,8 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, templat
     -> kto); `template` to the tokenizer's own."""
     check("tokenize", {"template": template, "kind": kind, "train_on": train_on, "max_len": max_len,
                        "overflow": overflow, "workers": workers, "output": output, "rejects": rejects})
+    check_outputs([*inputs.files, tokenizer if isinstance(tokenizer, str) else None], {"-o": output,
+                                                                                         "--rejects": rejects})
     formats: dict[str, str] = {}
     batches = read_inputs(inputs, formats)
     if kind is None:
