@@ -155,6 +155,7 @@ def sweep_temps(target: str | Path) -> None:
 
 
 def glob_escape(name: str) -> str:
+    """`name` as a glob pattern matching only itself."""
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
@@ -191,18 +192,15 @@ def swap_in(new: str | Path, target: str | Path) -> None:
 
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically exchange two paths (renameat2 RENAME_EXCHANGE); False where the system cannot."""
-    try:
-        import ctypes  # noqa: PLC0415 - only when a folder is replaced
+    import ctypes  # noqa: PLC0415 - only when a folder is replaced
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError):
         return False
     at_fdcwd, rename_exchange = -100, 2
     if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
         return True
-    import ctypes  # noqa: PLC0415
-
     err = ctypes.get_errno()
     if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
         return False

@@ -68,6 +68,7 @@ class ShardWriter:
         self.rejects: RowWriter | None = None
         self._held = contextlib.ExitStack()
         self._held.enter_context(locked(self.outdir))
+        self._reusable: dict[str, dict[str, Any]] = {}
         try:
             self._check_target()
             self._reusable = self._load_journal() if resume_key else {}
@@ -76,8 +77,8 @@ class ShardWriter:
             (self.work / DATA_DIR).mkdir(parents=True, exist_ok=True)
             if rejects:
                 self.rejects = RowWriter(self._inside_work(rejects), "jsonl")
-        except BaseException:
-            self._held.close()
+        except BaseException:  # a bad target, or Ctrl-C/SIGTERM as it starts: leave nothing behind
+            self.abort()
             raise
 
     def _check_target(self) -> None:
