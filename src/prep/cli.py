@@ -133,7 +133,9 @@ def input_options(command: Callable[..., Any]) -> Callable[..., Any]:
             source = files.pop(0)
         settings = {k: v for k in SETTINGS if (v := kw.pop(k)) is not None}
         kw["inputs"] = Inputs(files, source, settings, kw.pop("input_type"), kw.pop("txt_split"),
-                              kw.pop("dataset_info"), kw.pop("datasets"), kw.pop("seed"))
+                              kw.pop("dataset_info"), kw.pop("datasets"), kw.pop("seed"),
+                              keep_columns=kw.pop("keep_columns"), strict_fields=kw.pop("strict_fields"),
+                              split_think=kw.pop("split_think"))
         return command(**kw)
 
     return click.argument("args", nargs=-1, metavar="[FROM] INPUT...")(options("inputs")(wrapper))

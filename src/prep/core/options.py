@@ -19,13 +19,17 @@ from typing import Any
 from prep.core.columns import SHARD_KINDS
 from prep.core.findings import PrepError
 
-READABLE = ("coqa", "openai", "sharegpt", "alpaca", "autotrain", "trl", "text")  # detection order
-WRITABLE = ("openai", "sharegpt", "alpaca", "autotrain", "trl", "text")
+READABLE = ("coqa", "lf_parts", "openai", "sharegpt", "alpaca", "autotrain", "trl", "text")  # detection order
+WRITABLE = ("openai", "lf_parts", "sharegpt", "alpaca", "autotrain", "trl", "text")
 CONTAINERS = ("jsonl", "json", "csv", "tsv", "parquet", "txt")
 TXT_SPLITS = ("file", "paragraph", "line")
 TEMPLATES = ("chatml", "llama3", "llama2", "mistral", "gemma", "zephyr", "phi3", "vicuna", "alpaca", "alpaca_ko",
              "plain", "tokenizer")
 TRAIN_ON = ("auto", "assistant", "last", "all", "content")
+YES_NO = ("yes", "no")
+# What strftime_now returns in chat templates unless --date says otherwise: a fixed day, so the same inputs give
+# the same shards on any day (design §4).
+DEFAULT_DATE = "2026-01-01"
 OVERFLOW = ("drop", "truncate", "turns")  # what a row longer than max_len becomes
 STRATEGIES = ("bfd", "wrap")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts")
@@ -159,6 +163,13 @@ INPUTS = (
     Option("bot_prefix", recipe=True, help="AutoTrain: assistant turn prefix [bot:]."),
     Option("seed", int, 42, "Seed for sampling: dataset_info num_samples, prep mix's sample, prep split's choice.",
            recipe=True),
+    Option("keep_columns", multiple=True, recipe=True,
+           help="Input columns to carry into the records and the shards, e.g. reference_answer,task_id (repeatable; "
+                "other unmapped columns are counted as dropped fields)."),
+    Option("strict_fields", bool, False, "Reject a row that has a field prep would drop (instead of counting it).",
+           recipe=True),
+    Option("split_think", bool, False, "Read an answer's leading <think>…</think> as its reasoning_content.",
+           recipe=True),
 )
 
 CONVERT = (
@@ -206,9 +217,18 @@ TEMPLATE = (
 
 TOKENIZE = (
     replace(_TOKENIZER, required=True, recipe=True),
-    _TEMPLATE,
+    replace(_TEMPLATE, choices=(), what="", help="Chat template (see `prep template --list`), or a .jinja file of "
+                                                 "one; default: the tokenizer's own."),
     _KIND,
     _TRAIN_ON,
+    Option("train_on_reasoning", default="yes", choices=YES_NO, recipe=True,
+           help="Train the reasoning (the think block before an answer), or mask it and train the answer only. "
+                "An empty think block is never trained."),
+    Option("template_kwargs", multiple=True, recipe=True,
+           help="Chat-template argument KEY=VALUE, the value read as YAML, e.g. enable_thinking=false (repeatable; a "
+                "row's chat_template_kwargs column overrides it)."),
+    Option("date", default=DEFAULT_DATE, recipe=True,
+           help="The day strftime_now gives chat templates (YYYY-MM-DD, or `today`); recorded in the manifest."),
     _MAX_LEN,
     Option("overflow", default="drop", choices=OVERFLOW, recipe=True,
            help="A row over --max-len: reject it, cut it (keeping the EOS trained), or drop trailing turns."),

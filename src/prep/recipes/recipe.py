@@ -244,6 +244,8 @@ def _path_keys(data: dict[str, Any]) -> Iterable[JsonPath]:
         yield ("inputs", "dataset_info")
     if "tokenize" in data:
         yield ("tokenize", "tokenizer")
+        if str(data["tokenize"].get("template", "")).endswith(".jinja"):
+            yield ("tokenize", "template")
     if "train" in data:
         yield ("train", "model")
 

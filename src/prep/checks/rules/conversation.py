@@ -63,7 +63,7 @@ class _Walk:
     def step(self, m: Message, key: str, i: int) -> None:
         role = m["role"]
         at = (key, i)
-        if role == "system":
+        if role in ("system", "developer"):
             if self.position:
                 self.add("misplaced_system", "a system message after the start of the conversation", _role(self.loc(at)))
             self.position += 1
@@ -190,9 +190,9 @@ def _plain(messages: list[Message]) -> bool:
         if len(m) != 2 or not content or content.isspace():
             return False
         role = m["role"]
-        if role != expect and not (i == 0 and role == "system"):
+        if role != expect and not (i == 0 and role in ("system", "developer")):
             return False
-        if role != "system":
+        if role not in ("system", "developer"):
             expect = "assistant" if role == "user" else "user"
     return True
 
@@ -202,7 +202,7 @@ def _answers(record: Record, locs: Mapping[str, list[Loc]], walk: _Walk, kind: s
     prompt = record["prompt"]
     code = "bad_preference" if kind == "preference" else "bad_feedback"
     walk.run("prompt", prompt)
-    if not [m for m in prompt if m["role"] != "system"]:
+    if not [m for m in prompt if m["role"] not in ("system", "developer")]:
         out.append(finding(code, "the prompt has no user message", _list_path(locs["prompt"]) if prompt else "$"))
         walk.state = "user"
     elif walk.state not in ("user", "tool_done"):
