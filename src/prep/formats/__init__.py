@@ -10,7 +10,7 @@ from types import ModuleType
 from typing import Any
 
 from prep.core.findings import Batch, PrepError, Source, per_row, row_error
-from prep.core.records import Record, collecting, record_id, split_think
+from prep.core.records import Record, collecting, json_value, record_id, split_think
 from prep.files import read_rows, split_suffix
 from prep.formats import alpaca, autotrain, coqa, lf_parts, openai, sharegpt, text, trl
 
@@ -112,6 +112,8 @@ def to_records(batches: Iterable[Batch[Any]], fmt: str, options: Any,
         seen = _Seen(row)
         record, dropped = collecting(read, seen, options)
         record = {"id": record_id(row, source), **record}
+        if seen.get("chat_template_kwargs") is not None and ("messages" in record or "prompt" in record):
+            record["chat_template_kwargs"] = json_value(row["chat_template_kwargs"], "$.chat_template_kwargs", dict)
         kept = {k: row[k] for k in fields.keep if row.get(k) is not None}
         if kept:
             record["columns"] = kept
@@ -141,7 +143,9 @@ def from_records(batches: Iterable[Batch[Record]], fmt: str, options: Any, ids: 
 
     def write(record: Record, source: Source) -> tuple[Any, list[str]]:
         row, dropped = collecting(mod.write, record, options)
-        row = {**row, **{k: v for k, v in record.get("columns", {}).items() if k not in row}}
+        extra = {**({"chat_template_kwargs": record["chat_template_kwargs"]} if "chat_template_kwargs" in record
+                    else {}), **record.get("columns", {})}
+        row = {**row, **{k: v for k, v in extra.items() if k not in row}}
         return ({"id": record["id"], **row} if ids else row), dropped
 
     return map(_dropped_stage(write, Fields()), batches)
