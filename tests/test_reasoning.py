@@ -272,3 +272,25 @@ def test_prompt_shards_equal_apply_chat_template_with_the_generation_prompt(tmp_
         assert row["prompt_input_ids"] == apply_chat_template(tok_dir, prompt, add_generation_prompt=True), d["id"]
         assert row["reference_answer"] == d["reference_answer"] and row["num_tokens"] == len(row["prompt_input_ids"])
     assert run_prep("verify", str(tmp_path / "s")).returncode == 0
+
+
+def test_validate_takes_rows_without_an_answer_for_prompt_shards(tmp_path) -> None:
+    data = tmp_path / "grpo.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "system", "content": "Solve."},
+                                             {"role": "user", "content": "2+2?"}], "reference_answer": "4"}) + "\n")
+    assert run_prep("validate", str(data)).returncode == 1  # a conversation without an answer trains nothing
+    done = run_prep("validate", str(data), "--kind", "prompt")
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+
+
+def test_packing_says_the_carried_columns_stay_behind(tmp_path) -> None:
+    import prep
+
+    data = tmp_path / "k.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                                     {"role": "assistant", "content": f"a{i}"}], "ref": str(i)}) + "\n"
+                            for i in range(4)))
+    prep.tokenize(prep.Inputs([str(data)], keep_columns=["ref"]), str(fixture("tokenizers", "qwen2.5")),
+                  str(tmp_path / "s"))
+    packed = prep.pack(str(tmp_path / "s"), str(tmp_path / "p"), max_len=512)
+    assert packed.notes and "ref" in packed.notes[0]

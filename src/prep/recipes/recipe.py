@@ -311,9 +311,13 @@ def _check_files(data: dict[str, Any], lines: _Lines) -> None:
         raise PrepError(f"{lines.at(('validate', 'tokens'))}: validate.tokens counts tokens with the tokenize "
                         "section's tokenizer: add a tokenize section")
     kind = data.get("tokenize", {}).get("kind")
-    if "pack" in data and kind in ("dpo", "kto"):
-        raise PrepError(f"{lines.at(('pack',), key=True)}: pack: {kind} shards are trained as "
-                        "pairs and are not packed; remove the pack (and train) sections")
+    if "pack" in data and kind in ("dpo", "kto", "prompt"):
+        what = "prompts for an online trainer" if kind == "prompt" else "trained as pairs"
+        raise PrepError(f"{lines.at(('pack',), key=True)}: pack: {kind} shards are {what} and are not packed; "
+                        "remove the pack (and train) sections")
+    if "train" in data and kind == "prompt":
+        raise PrepError(f"{lines.at(('train',), key=True)}: train: prompt shards feed an online trainer (TRL's "
+                        "GRPOTrainer, RLOOTrainer), which prep train is not; remove the train section")
     if "train" in data and kind in ("dpo", "kto"):
         raise PrepError(f"{lines.at(('train',), key=True)}: train: {kind} shards are not trained by prep train yet; "
                         "remove the train section and train the shards with TRL's DPOTrainer/KTOTrainer through "

@@ -140,10 +140,12 @@ class _Walk:
             self.step(m, key, i)
 
 
-def check(record: Record, locs: Mapping[str, list[Loc]], ending: str = "ends_without_answer") -> list[Finding]:
+def check(record: Record, locs: Mapping[str, list[Loc]], ending: str = "ends_without_answer",
+          prompts: bool = False) -> list[Finding]:
     """Every conversation finding for one record. `ending` is the code for a conversation that does not
     end with an answer: a warning in general, an error (`unpaired_turn`) where LLaMA-Factory drops the row.
-    `locs` is consulted only to place a finding."""
+    With `prompts` (rows for `--kind prompt` shards) a conversation needs no answer. `locs` is consulted only
+    to place a finding."""
     out: list[Finding] = []
     kind = kind_of(record)
     if kind == "text":
@@ -163,7 +165,11 @@ def check(record: Record, locs: Mapping[str, list[Loc]], ending: str = "ends_wit
         messages = record["messages"]
         walk.run("messages", messages)
         assistants = [m for m in messages if m["role"] == "assistant"]
-        if not assistants:
+        if prompts:  # GRPO/RLOO rows: the model writes the answer; a user turn to answer is what counts
+            if walk.state not in ("user", "tool_done") and not assistants:
+                out.append(finding("empty_conversation", "the conversation has no user message to answer",
+                                   _list_path(locs["messages"])))
+        elif not assistants:
             out.append(finding("no_assistant", "the conversation has no assistant message",
                                _list_path(locs["messages"])))
         elif all(m.get("weight") == 0 for m in assistants):
