@@ -241,6 +241,14 @@ def test_three_unknown_fields_are_counted_and_carried_to_the_shards(tmp_path) ->
     assert run_prep("verify", str(tmp_path / "s")).returncode == 0
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert manifest["carried"] == ["reference_answer", "task", "source"]
+    done = run_prep("tokenize", str(data), "--tokenizer", str(tok), "-o", str(tmp_path / "s2"), "--keep-columns",
+                    "task")
+    assert b"dropped fields: reference_answer 5, source 3" in done.stderr, done.stderr.decode()
+    assert json.loads((tmp_path / "s2" / "manifest.json").read_text())["counts"]["dropped_fields"] == {
+        "reference_answer": 5, "source": 3}
+    assert run_prep("report", str(tmp_path / "s2"), "-q").returncode == 0
+    page = (tmp_path / "s2" / "report.html").read_text()
+    assert 'data-figure="stage.tokenize.dropped_fields.reference_answer" data-value="5"' in page
     converted = tmp_path / "kept.jsonl"
     assert run_prep("convert", str(data), "--to", "sharegpt", "-o", str(converted), "--keep-columns",
                     "reference_answer,task,source").returncode == 0

@@ -218,6 +218,7 @@ def _convert(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str,
     return {"outputs": ["data.jsonl"], "format": to, "read": t.read, "written": t.written,
             "rejected": t.rejected_total, "rejected_by_reason": dict(t.rejected), "formats": result.formats,
             "files": {f: tally.to_dict() for f, tally in result.files.items()},
+            "dropped_fields": dict(sorted(t.dropped.items())),
             "rejects": "rejects.jsonl" if t.rejected_total else None,
             "line": f"{t.summary()} ({', '.join(sorted(set(result.formats.values())))} -> {to})"}
 
