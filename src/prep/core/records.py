@@ -272,16 +272,8 @@ def parse_messages(value: Any, path: str) -> list[Message]:
             extra["tool_call_id"] = text(call_id, f"{where}.tool_call_id") if call_id is not None else None
         if item.get("name") is not None:
             extra["name"] = text(item["name"], f"{path}[{i}].name")
-        if role == "assistant":
-            for key in REASONING:
-                if item.get(key) is not None:
-                    extra["reasoning_content"] = text(item[key], f"{path}[{i}].{key}")
-                    break
-        if len(item) > 2 and not MESSAGE_KEYS.issuperset(item) or role != "assistant" and any(
-                item.get(k) is not None for k in REASONING):
-            for key in item:
-                if key not in MESSAGE_KEYS or role != "assistant" and key in REASONING and item[key] is not None:
-                    note_dropped(key)
+        if len(item) > 2:  # most messages are just role and content
+            _message_extras(item, role, f"{path}[{i}]", extra)
         weight = item.get("weight")
         if weight is not None:
             if weight not in (0, 1) or isinstance(weight, bool) or role != "assistant":
@@ -291,6 +283,19 @@ def parse_messages(value: Any, path: str) -> list[Message]:
             extra["weight"] = int(weight)
         messages.append(message(role, content, **extra))
     return messages
+
+
+def _message_extras(item: dict[str, Any], role: str, path: str, extra: dict[str, Any]) -> None:
+    """An assistant message's reasoning, under any of its names, into `extra`; keys no reader maps (and reasoning
+    on another role) noted as dropped."""
+    if role == "assistant":
+        for key in REASONING:
+            if item.get(key) is not None:
+                extra["reasoning_content"] = text(item[key], f"{path}.{key}")
+                break
+    for key in item:
+        if key not in MESSAGE_KEYS or role != "assistant" and key in REASONING and item[key] is not None:
+            note_dropped(key)
 
 
 def _content(value: Any, path: str, item: dict[str, Any]) -> str:

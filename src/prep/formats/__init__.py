@@ -112,12 +112,14 @@ def to_records(batches: Iterable[Batch[Any]], fmt: str, options: Any,
         seen = _Seen(row)
         record, dropped = collecting(read, seen, options)
         record = {"id": record_id(row, source), **record}
-        if seen.get("chat_template_kwargs") is not None and ("messages" in record or "prompt" in record):
+        if row.get("chat_template_kwargs") is not None and ("messages" in record or "prompt" in record):
             record["chat_template_kwargs"] = json_value(row["chat_template_kwargs"], "$.chat_template_kwargs", dict)
-        kept = {k: row[k] for k in fields.keep if row.get(k) is not None}
-        if kept:
+            seen.seen.add("chat_template_kwargs")
+        if fields.keep and (kept := {k: row[k] for k in fields.keep if row.get(k) is not None}):
             record["columns"] = kept
-        dropped += [k for k in row if k not in seen.seen and k not in kept and row[k] is not None]
+            seen.seen.update(kept)
+        if len(row) > len(seen.seen) or not seen.seen.issuperset(row):
+            dropped += [k for k in row if k not in seen.seen and row[k] is not None]
         if fields.split_think:
             _split_think(record)
         return record, dropped
