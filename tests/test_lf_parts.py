@@ -139,3 +139,19 @@ def test_formats_without_a_reasoning_field_write_the_think_block(tmp_path, fmt: 
                                                                     "reasoning_content": "x</think>y"}]}) + "\n")
     done = run_prep("convert", str(bad), "--to", fmt, "-o", str(out))
     assert done.returncode == 1 and b"not_expressible" in done.stderr
+
+
+def test_validate_checks_lf_parts_rows(tmp_path) -> None:
+    good = {"messages": [{"role": "user", "content": [{"type": "text", "value": "q"}], "loss_weight": 0.0},
+                         {"role": "assistant", "content": [{"type": "reasoning", "value": "r"},
+                                                           {"type": "text", "value": "a"}], "loss_weight": 1.0}]}
+    bad = {"messages": [{"role": "user", "content": [{"type": "image_url", "value": "x"}], "loss_weight": 0.5},
+                        {"role": "assistant", "content": [{"type": "text", "value": "a"}]}]}
+    data = tmp_path / "lf.jsonl"
+    data.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    report = tmp_path / "r.json"
+    done = run_prep("validate", str(data), "--report", str(report), "-q")
+    assert done.returncode == 1
+    got = json.loads(report.read_text())
+    assert got["files"][0]["format"] == "lf_parts" and got["summary"]["rows_accepted"] == 1
+    assert set(got["summary"]["findings_by_code"]) == {"bad_weight", "unsupported_content"}
