@@ -302,3 +302,34 @@ def test_packing_says_the_carried_columns_stay_behind(tmp_path) -> None:
                   str(tmp_path / "s"))
     packed = prep.pack(str(tmp_path / "s"), str(tmp_path / "p"), max_len=512)
     assert packed.notes and "ref" in packed.notes[0]
+
+
+def test_a_recipe_carries_columns_to_prompt_shards_and_keys_tokenize_on_the_day(tmp_path) -> None:
+    import datetime as dt
+
+    from prep.recipes.recipe import load_recipe
+    from prep.recipes.runner import plan, run
+
+    rows = [{"messages": [{"role": "system", "content": "Solve."}, {"role": "user", "content": f"{i}+1?"}],
+             "reference_answer": str(i + 1), "note": "x"} for i in range(6)]
+    (tmp_path / "grpo.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tmp_path / "grpo.yaml"
+    recipe.write_text(f"output: {tmp_path / 'run'}\ninputs:\n  files: [grpo.jsonl]\n  keep_columns: [reference_answer]\n"
+                      f"convert: {{to: openai}}\ntokenize:\n  tokenizer: {fixture('tokenizers', 'smollm3')}\n"
+                      "  kind: prompt\n  template_kwargs: [enable_thinking=false]\n")
+
+    def key(*sets: str) -> str:
+        return next(s.key for s in plan(load_recipe(recipe, sets)) if s.name == "tokenize")
+
+    assert key() == key(f"tokenize.date={DEFAULT_DATE}") != key("tokenize.date=2025-01-01")
+    assert key("tokenize.date=today") == key(f"tokenize.date={dt.date.today().isoformat()}")
+    assert key() != key("tokenize.template_kwargs=[enable_thinking=true]")
+    result = run(load_recipe(recipe))
+    assert result.exit_code == 0
+    table = pq.read_table(tmp_path / "run" / "tokenize" / "data")
+    assert table["reference_answer"].to_pylist() == [str(i + 1) for i in range(6)]
+    for r, row in zip(rows, table.to_pylist(), strict=True):
+        assert row["prompt_input_ids"] == apply_chat_template(fixture("tokenizers", "smollm3"), r["messages"],
+                                                              add_generation_prompt=True, enable_thinking=False)
+    convert = next(s for s in result.to_dict()["stages"] if s["name"] == "convert")
+    assert convert["summary"]["dropped_fields"] == {"note": 6}

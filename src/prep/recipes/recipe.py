@@ -10,6 +10,7 @@ current folder, as any command-line path is.
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import os
 import re
@@ -95,6 +96,9 @@ def load_recipe(path: str | Path, sets: Sequence[str] = ()) -> Recipe:
         _assign(data, keys, value, item)
         overrides[".".join(keys)] = value
         lines.set_by_option[keys] = item
+    tokenize = data.get("tokenize")
+    if isinstance(tokenize, dict) and isinstance(tokenize.get("date"), datetime.date):
+        tokenize["date"] = tokenize["date"].isoformat()  # YAML reads `date: 2026-01-01` as a date, prep takes text
     _check_schema(data, lines)
     data = _resolve(data, path.parent.resolve(), lines)
     _check_files(data, lines)
