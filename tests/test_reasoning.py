@@ -333,3 +333,19 @@ def test_a_recipe_carries_columns_to_prompt_shards_and_keys_tokenize_on_the_day(
                                                               add_generation_prompt=True, enable_thinking=False)
     convert = next(s for s in result.to_dict()["stages"] if s["name"] == "convert")
     assert convert["summary"]["dropped_fields"] == {"note": 6}
+
+
+def test_prep_template_takes_the_template_arguments_and_the_day(tmp_path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"},
+                                             {"role": "assistant", "content": "Hello", "reasoning_content": "Greet."}]})
+                    + "\n")
+    out = tmp_path / "t.jsonl"
+    done = run_prep("template", str(data), "--tokenizer", str(fixture("tokenizers", "smollm3")), "-o", str(out),
+                    "--template-kwargs", "enable_thinking=false", "--date", "2025-02-03", "--train-on-reasoning", "no")
+    assert done.returncode == 0, done.stderr.decode()
+    row = json.loads(out.read_text())
+    assert "Today Date: 03 February 2025\nReasoning Mode: /no_think" in row["text"]
+    assert [row["text"][a:b] for a, b in row["spans"]] == ["Hello<|im_end|>"]
+    bad = run_prep("template", str(data), "--template", "chatml", "--template-kwargs", "x=1")
+    assert bad.returncode == 2 and b"takes no arguments" in bad.stderr

@@ -228,7 +228,7 @@ def validate(inputs: Any, report: str | None, quiet: bool, **kw: Any) -> None:
 @input_options
 @options("template")
 def template(inputs: Any, template: str | None, tokenizer: str | None, train_on: str, output: str | None, show: int,
-             rejects: str | None, list_templates: bool, quiet: bool) -> None:
+             rejects: str | None, list_templates: bool, quiet: bool, **kw: Any) -> None:
     """Render INPUT conversations with a chat template: the exact text a model trains on, and the
     character spans that carry loss.
 
@@ -261,7 +261,7 @@ def template(inputs: Any, template: str | None, tokenizer: str | None, train_on:
             console.print(_highlight(row))
 
     result = run(inputs, template, tokenizer, output or (None if show else "-"), train_on=train_on, rejects=rejects,
-                 on_row=show_row if show else None)
+                 on_row=show_row if show else None, **kw)
     _notes(result)
     if not quiet:
         _formats(result.formats)

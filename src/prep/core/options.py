@@ -203,10 +203,27 @@ VALIDATE = (
     Option("quiet", bool, False, "Print only the summary line.", flags=("-q", "--quiet")),
 )
 
+# What decides how a conversation renders besides the records: a template name or file, its arguments and day.
+_TEMPLATE_OR_FILE = replace(_TEMPLATE, choices=(), what="", help="Chat template (see `prep template --list`), or a "
+                                                                  ".jinja file of one; default: the tokenizer's own.")
+_REASONING = Option("train_on_reasoning", default="yes", choices=YES_NO, recipe=True,
+                    help="Train the reasoning (the think block before an answer), or mask it and train the answer "
+                         "only. An empty think block is never trained.")
+_TEMPLATE_ARGS = (
+    Option("template_kwargs", multiple=True, recipe=True,
+           help="Chat-template argument KEY=VALUE, the value read as YAML, e.g. enable_thinking=false (repeatable; a "
+                "row's chat_template_kwargs column overrides it)."),
+    Option("date", default=DEFAULT_DATE, recipe=True,
+           help="The day strftime_now gives chat templates (YYYY-MM-DD, or `today`); recorded in the manifest."),
+)
+
 TEMPLATE = (
-    replace(_TEMPLATE, recipe=False, help="Template name (see --list); default: the --tokenizer's own chat template."),
+    replace(_TEMPLATE_OR_FILE, recipe=False, help="Template name (see --list) or a .jinja file (with --tokenizer); "
+                                                  "default: the --tokenizer's own chat template."),
     Option("tokenizer", help="Tokenizer folder: its chat template, and the BOS/EOS tokens templates write."),
     _TRAIN_ON,
+    _REASONING,
+    *_TEMPLATE_ARGS,
     Option("output", flags=("-o", "--output"),
            help="Write {id, text, spans} rows here (.jsonl .json .parquet ...); default: stdout, unless --show."),
     Option("show", int, 0, "Print the first N rows, trained text in colour.", low=0),
@@ -217,18 +234,11 @@ TEMPLATE = (
 
 TOKENIZE = (
     replace(_TOKENIZER, required=True, recipe=True),
-    replace(_TEMPLATE, choices=(), what="", help="Chat template (see `prep template --list`), or a .jinja file of "
-                                                 "one; default: the tokenizer's own."),
+    _TEMPLATE_OR_FILE,
     _KIND,
     _TRAIN_ON,
-    Option("train_on_reasoning", default="yes", choices=YES_NO, recipe=True,
-           help="Train the reasoning (the think block before an answer), or mask it and train the answer only. "
-                "An empty think block is never trained."),
-    Option("template_kwargs", multiple=True, recipe=True,
-           help="Chat-template argument KEY=VALUE, the value read as YAML, e.g. enable_thinking=false (repeatable; a "
-                "row's chat_template_kwargs column overrides it)."),
-    Option("date", default=DEFAULT_DATE, recipe=True,
-           help="The day strftime_now gives chat templates (YYYY-MM-DD, or `today`); recorded in the manifest."),
+    _REASONING,
+    *_TEMPLATE_ARGS,
     _MAX_LEN,
     Option("overflow", default="drop", choices=OVERFLOW, recipe=True,
            help="A row over --max-len: reject it, cut it (keeping the EOS trained), or drop trailing turns."),

@@ -6,7 +6,7 @@ carry loss (design §4). The built-in templates (prep.render.builtin) write the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,35 @@ from prep.render.spans import Specials
 AnyTemplate = Template | JinjaTemplate
 
 
+def parse_kwargs(specs: Iterable[str], template: str | None = None) -> dict[str, Any]:
+    """`--template-kwargs KEY=VALUE` pairs, each value read as YAML (`enable_thinking=false` is the boolean); the
+    `template` they go to is checked first, so a bad name is refused before any file is read."""
+    import yaml  # noqa: PLC0415 - start-up time: only a run with template arguments reads YAML here
+
+    if template is not None and template not in NAMES and template != "tokenizer" and not template.endswith(".jinja"):
+        raise PrepError(f"--template {template}: must be a template name (see `prep template --list`) or a .jinja "
+                        "file")
+    out: dict[str, Any] = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise PrepError(f"--template-kwargs {spec}: must be KEY=VALUE, e.g. enable_thinking=false")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise PrepError(f"--template-kwargs {spec}: the value is not YAML: {e}") from None
+    return out
+
+
 def get_template(name: str, specials: Specials | None = None,
-                 jinja: Callable[..., JinjaTemplate] | None = None) -> AnyTemplate:
+                 jinja: Callable[..., JinjaTemplate] | None = None,
+                 kwargs: dict[str, Any] | None = None) -> AnyTemplate:
     """A template by name, or a .jinja file; `tokenizer` and files need `jinja`, which builds the tokenizer's own
-    (`jinja(source=..., name=...)`: a file's, with the tokenizer's special tokens)."""
+    (`jinja(source=..., name=...)`: a file's, with the tokenizer's special tokens). `kwargs` (the template
+    arguments `jinja` was given) are refused for a built-in, which takes none."""
+    if kwargs and name in BUILTIN:
+        raise PrepError(f"--template-kwargs: template {name} is built in and takes no arguments; they go to the "
+                        "tokenizer's own template or a .jinja file")
     if name == "tokenizer" or name.endswith(".jinja"):
         if jinja is None:
             raise PrepError(f"--template {name} needs --tokenizer")

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from prep.core.columns import KIND_OF_RECORD
 from prep.core.findings import Batch, PrepError, Tally, count_by_file
-from prep.core.options import DEFAULT_DATE, TEMPLATES, check
+from prep.core.options import DEFAULT_DATE, check
 from prep.core.records import Record, kind_of
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files import sha256_file
@@ -36,7 +36,7 @@ from prep.formats.inputs import Inputs, read_inputs
 from prep.render.encoder import Encoder, Settings
 from prep.render.jinja import JinjaTemplate
 from prep.render.spans import resolve_train_on
-from prep.render.templates import get_template
+from prep.render.templates import get_template, parse_kwargs
 from prep.render.tokenizer import Tokenizer, load_tokenizer
 from prep.shards.writer import ShardWriter
 from prep.stages.stats import LengthCounts
@@ -202,22 +202,6 @@ class TokenizeResult(Result):
         return {"formats": self.formats, "manifest": self.manifest}
 
 
-def parse_template_kwargs(specs: Iterable[str]) -> dict[str, Any]:
-    """`KEY=VALUE` pairs, each value read as YAML (`enable_thinking=false` is the boolean false)."""
-    import yaml  # noqa: PLC0415 - start-up time: only a run with template arguments reads YAML here
-
-    out: dict[str, Any] = {}
-    for spec in specs:
-        key, sep, value = spec.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise PrepError(f"--template-kwargs {spec}: must be KEY=VALUE, e.g. enable_thinking=false")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise PrepError(f"--template-kwargs {spec}: the value is not YAML: {e}") from None
-    return out
-
-
 def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, template: str | None = None,
              kind: str | None = None, train_on: str = "auto", max_len: int | None = None, overflow: str = "drop",
              workers: int = 1, rejects: str | None = None, progress: ProgressFn | None = None,
@@ -232,10 +216,7 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, templat
                        "overflow": overflow, "workers": workers, "output": output, "rejects": rejects,
                        "train_on_reasoning": train_on_reasoning, "template_kwargs": list(template_kwargs),
                        "date": date})
-    if template is not None and template not in TEMPLATES and not template.endswith(".jinja"):
-        raise PrepError(f"--template {template}: must be a template name (see `prep template --list`) or a .jinja "
-                        "file")
-    kwargs = parse_template_kwargs(template_kwargs)
+    kwargs = parse_kwargs(template_kwargs, template)
     formats: dict[str, str] = {}
     batches = read_inputs(inputs, formats)
     if kind is None:
@@ -253,10 +234,7 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, templat
             raise PrepError(f"the tokenizer at {tok.path} has no chat template and no --template was given; "
                             "choose one (see `prep template --list`)")
         tmpl = get_template(template or "tokenizer", tok.specials, functools.partial(tok.jinja, kwargs=kwargs,
-                                                                                      date=date))
-        if kwargs and not isinstance(tmpl, JinjaTemplate):
-            raise PrepError(f"--template-kwargs: template {tmpl.name} is built in and takes no arguments; they go to "
-                            "the tokenizer's own template or a .jinja file")
+                                                                                      date=date), kwargs)
     carried = inputs.fields.keep
     settings = Settings(kind, train_on, max_len, overflow, train_on_reasoning == "yes", carried)
     encoder = Encoder(tok.backend, tmpl, tok.specials, settings)
