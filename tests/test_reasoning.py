@@ -280,6 +280,11 @@ def test_prompt_shards_equal_apply_chat_template_with_the_generation_prompt(tmp_
         assert row["prompt_input_ids"] == apply_chat_template(tok_dir, prompt, add_generation_prompt=True), d["id"]
         assert row["reference_answer"] == d["reference_answer"] and row["num_tokens"] == len(row["prompt_input_ids"])
     assert run_prep("verify", str(tmp_path / "s")).returncode == 0
+    assert run_prep("export", str(tmp_path / "s"), "--to", "jsonl", "-o", str(tmp_path / "p.out.jsonl")).returncode == 0
+    exported = [json.loads(line) for line in (tmp_path / "p.out.jsonl").read_text().splitlines()]
+    assert [e["reference_answer"] for e in exported] == [d["reference_answer"] for d in data]
+    assert all(d["messages"][-1 if d["messages"][-1]["role"] == "user" else -2]["content"] in e["prompt"]
+               for d, e in zip(data, exported, strict=True))
 
 
 def test_validate_takes_rows_without_an_answer_for_prompt_shards(tmp_path) -> None:
