@@ -354,3 +354,54 @@ def test_prep_template_takes_the_template_arguments_and_the_day(tmp_path) -> Non
     assert [row["text"][a:b] for a, b in row["spans"]] == ["Hello<|im_end|>"]
     bad = run_prep("template", str(data), "--template", "chatml", "--template-kwargs", "x=1")
     assert bad.returncode == 2 and b"takes no arguments" in bad.stderr
+
+
+# A template that reads reasoning_content as Qwen3's does (written for this test, tools left out): reasoning only in
+# the assistant turns after the last user message, an empty think block on a last answer without any, and one in
+# the generation prompt when thinking is off.
+QWEN3_STYLE = """{%- set ns = namespace(last=messages|length - 1, found=false) -%}
+{%- for m in messages[::-1] -%}{%- if m.role == "user" and not ns.found -%}
+{%- set ns.last = messages|length - 1 - loop.index0 -%}{%- set ns.found = true -%}{%- endif -%}{%- endfor -%}
+{%- for m in messages -%}
+{%- if m.role == "assistant" -%}
+{%- set reasoning = m.reasoning_content if m.reasoning_content is defined and m.reasoning_content is not none else "" -%}
+{%- if loop.index0 > ns.last and (loop.last or reasoning) -%}
+{{- "<|im_start|>assistant\\n<think>\\n" + reasoning.strip("\\n") + "\\n</think>\\n\\n" + m.content.lstrip("\\n") -}}
+{%- else -%}{{- "<|im_start|>assistant\\n" + m.content -}}{%- endif -%}
+{{- "<|im_end|>\\n" -}}
+{%- else -%}{{- "<|im_start|>" + m.role + "\\n" + m.content + "<|im_end|>\\n" -}}{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{- "<|im_start|>assistant\\n" -}}
+{%- if enable_thinking is defined and enable_thinking is false -%}{{- "<think>\\n\\n</think>\\n\\n" -}}{%- endif -%}
+{%- endif -%}"""
+
+
+@pytest.mark.parametrize("train", ["yes", "no"])
+def test_a_template_that_reads_reasoning_content_gets_it_and_its_ids(tmp_path, train: str) -> None:
+    """Qwen3's rule: earlier turns lose their reasoning (the template is not prefix-stable), the answers after
+    the last user message keep it; ids equal apply_chat_template, reasoning is masked only when asked, and an empty
+    think block is never trained."""
+    tok_dir = fixture("tokenizers", "qwen2.5")
+    (tmp_path / "q3.jinja").write_text(QWEN3_STYLE)
+    convs = [
+        [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4", "reasoning_content": "Add."}],
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+        [{"role": "user", "content": "a?"}, {"role": "assistant", "content": "A", "reasoning_content": "First."},
+         {"role": "user", "content": "b?"}, {"role": "assistant", "content": "B", "reasoning_content": "Second."}],
+    ]
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps({"id": f"c{i}", "messages": c}) + "\n" for i, c in enumerate(convs)))
+    result = tokenize(Inputs([str(data)]), str(tok_dir), str(tmp_path / "s"), template=str(tmp_path / "q3.jinja"),
+                      train_on_reasoning=train)
+    assert result.tally.written == 3 and result.manifest["template"]["reasoning"] == "template"
+    hf = hf_tokenizer(tok_dir)
+    for c, row in zip(convs, pq.read_table(tmp_path / "s" / "data").to_pylist(), strict=True):
+        assert row["input_ids"] == hf.apply_chat_template(c, chat_template=QWEN3_STYLE, tokenize=True,
+                                                          return_dict=False)
+        trained = hf.decode([t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100])
+        answers = [m for m in c if m["role"] == "assistant"]
+        if train == "no" or all("reasoning_content" not in m for m in answers):
+            assert trained == "".join(m["content"] + "<|im_end|>" for m in answers)
+        else:  # the earlier turn's reasoning is not in the text at all; the last answer's is trained
+            assert trained == "".join(m["content"] + "<|im_end|>" for m in answers[:-1]) + \
+                f"<think>\n{answers[-1]['reasoning_content']}\n</think>\n\n{answers[-1]['content']}<|im_end|>"
