@@ -155,3 +155,16 @@ def test_validate_checks_lf_parts_rows(tmp_path) -> None:
     got = json.loads(report.read_text())
     assert got["files"][0]["format"] == "lf_parts" and got["summary"]["rows_accepted"] == 1
     assert set(got["summary"]["findings_by_code"]) == {"bad_weight", "unsupported_content"}
+
+
+@pytest.mark.parametrize("name", ["glaive_toolcall_en_demo", "dpo_en_demo", "alpaca_en_demo"])
+def test_fixture_data_through_lf_parts_is_unchanged(tmp_path, name: str) -> None:
+    """LLaMA-Factory's demo data (tool calls and results, tools, preference pairs) written as lf_parts and read
+    back gives the same records as read directly."""
+    source = fixture("data", "llamafactory", f"{name}.json")
+    direct, parts, back = tmp_path / "direct.jsonl", tmp_path / "parts.jsonl", tmp_path / "back.jsonl"
+    for args in ((str(source), "--to", "openai", "-o", str(direct)), (str(source), "--to", "lf_parts", "-o", str(parts)),
+                 (str(parts), "--to", "openai", "-o", str(back))):
+        done = run_prep("convert", *args)
+        assert done.returncode == 0 and b"dropped fields" not in done.stderr, done.stderr.decode()
+    assert direct.read_bytes() == back.read_bytes()
