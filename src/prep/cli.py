@@ -176,8 +176,8 @@ def _notes(result: Any) -> None:
 def convert(inputs: Any, to: str, output: str, rejects: str | None, ids: bool, quiet: bool) -> None:
     """Convert INPUT files (or --dataset entries) to another format.
 
-    FROM is `auto` (the default: detected per file) or one of alpaca, sharegpt, openai, trl,
-    autotrain, coqa, text. Rows that cannot be converted are counted, shown and kept with
+    FROM is `auto` (the default: detected per file) or one of alpaca, sharegpt, openai, lf_parts,
+    trl, autotrain, coqa, text. Rows that cannot be converted are counted, shown and kept with
     --rejects; exit code 0: all converted, 1: some rejected, 2: could not run.
 
     \b
