@@ -138,16 +138,18 @@ def _split_think(record: Record) -> None:
 
 def from_records(batches: Iterable[Batch[Record]], fmt: str, options: Any, ids: bool = True) -> Iterator[Batch[Any]]:
     """Stage: canonical records -> rows of `fmt`, with the carried columns beside them; a record the format cannot
-    express becomes a reject, and a field it has no place for (reasoning in AutoTrain) is counted as dropped."""
+    express becomes a reject, and what it has no place for (a developer role in sharegpt, tool-call ids in lf_parts)
+    is counted as a dropped field."""
     mod = module(fmt)
     if not hasattr(mod, "write"):
         raise PrepError(f"{fmt} is read-only; write one of {', '.join(WRITABLE)}")
 
     def write(record: Record, source: Source) -> tuple[Any, list[str]]:
         row, dropped = collecting(mod.write, record, options)
-        extra = {**({"chat_template_kwargs": record["chat_template_kwargs"]} if "chat_template_kwargs" in record
-                    else {}), **record.get("columns", {})}
-        row = {**row, **{k: v for k, v in extra.items() if k not in row}}
+        if "chat_template_kwargs" in record or "columns" in record:
+            extra = {**({"chat_template_kwargs": record["chat_template_kwargs"]} if "chat_template_kwargs" in record
+                        else {}), **record.get("columns", {})}
+            row = {**row, **{k: v for k, v in extra.items() if k not in row}}
         return ({"id": record["id"], **row} if ids else row), dropped
 
     return map(_dropped_stage(write, Fields()), batches)
