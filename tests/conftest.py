@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import functools
 import importlib.util
 import os
@@ -11,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from prep.core.options import DEFAULT_DATE
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -47,3 +51,28 @@ def hf_tokenizer(path: str | Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path))
+
+
+@contextlib.contextmanager
+def pinned_day(day: str) -> Any:
+    """transformers' chat templates told `day` (YYYY-MM-DD) by strftime_now, as prep's --date tells its own: the
+    reference for a template with a "Today Date" line (smollm3)."""
+    import transformers.utils.chat_template_utils as ctu
+
+    at = datetime.datetime.strptime(day, "%Y-%m-%d")
+
+    class Pinned(datetime.datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> datetime.datetime:
+            return at
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ctu, "datetime", Pinned)
+        yield
+
+
+def apply_chat_template(path: str | Path, messages: list[dict[str, Any]], day: str = DEFAULT_DATE,
+                        **kw: Any) -> list[int]:
+    """transformers' apply_chat_template ids for a fixture tokenizer, the day pinned as prep pins it by default."""
+    with pinned_day(day):
+        return hf_tokenizer(path).apply_chat_template(messages, tokenize=True, return_dict=False, **kw)

@@ -38,7 +38,7 @@ def test_version_and_help() -> None:
                    "--text-column", "--rejected-text-column", "--prompt-text-column", "--human-prefix",
                    "--bot-prefix", "--ids / --no-ids", "--seed", "--quiet"):
         assert option in text
-    assert "alpaca, sharegpt, openai, trl," in " ".join(text.split())
+    assert "alpaca, sharegpt, openai, lf_parts, trl," in " ".join(text.split())
 
 
 def test_exit_0_when_every_row_converts(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@ conversation of the fixtures' alpaca, glaive (tools, tool calls) and kto data.
 
 - `--template tokenizer` (prep's own loader and renderer, no transformers): input_ids ==
   transformers' tokenizer.apply_chat_template(messages, tools=...) exactly, for qwen2.5, llama3, phi-3-mini and
-  smollm3 (its reasoning template, rendered the same day); where the tokenizer's template cannot write the
+  smollm3 (its reasoning template, both told the day prep pins by default); where the tokenizer's template cannot write the
   conversation (llama3 and phi-3-mini drop tool definitions and calls, smollm3 tool calls) the row is refused with
   `template_drops_content`, never trained without them.
 - built-in `llama3` == the llama3 fixture's template, `phi3` == phi-3-mini's, and `chatml` == qwen2.5's on
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from conftest import LLAMAFACTORY, fixture, hf_tokenizer
+from conftest import LLAMAFACTORY, apply_chat_template, fixture, hf_tokenizer
 from prep.core.findings import Batch, Source
 from prep.formats import read_records
 from prep.render.encoder import Encoder, Settings, _token_ranges
@@ -55,7 +55,7 @@ class Case:
         self.rows = dict(zip(self.out.items, rows, strict=True))
 
     def apply(self, messages: list[dict[str, Any]], tools: Any = None, **kw: Any) -> list[int]:
-        return hf_tokenizer(self.tok.path).apply_chat_template(messages, tools=tools, tokenize=True, return_dict=False, **kw)
+        return apply_chat_template(self.tok.path, messages, tools=tools, **kw)
 
 
 def encode(tok: Any, template: Any, conversations: list[dict[str, Any]], **settings: Any) -> tuple[Batch, list]:

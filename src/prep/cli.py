@@ -178,7 +178,9 @@ def input_options(command: Callable[..., Any]) -> Callable[..., Any]:
             source = files.pop(0)
         settings = {k: v for k in SETTINGS if (v := kw.pop(k)) is not None}
         kw["inputs"] = Inputs(files, source, settings, kw.pop("input_type"), kw.pop("txt_split"),
-                              kw.pop("dataset_info"), kw.pop("datasets"), kw.pop("seed"), kw.pop("max_row_bytes"))
+                              kw.pop("dataset_info"), kw.pop("datasets"), kw.pop("seed"), kw.pop("max_row_bytes"),
+                              keep_columns=kw.pop("keep_columns"), strict_fields=kw.pop("strict_fields"),
+                              split_think=kw.pop("split_think"))
         return command(**kw)
 
     return click.argument("args", nargs=-1, metavar="[FROM] INPUT...")(options("inputs")(wrapper))
@@ -219,8 +221,8 @@ def _notes(result: Any) -> None:
 def convert(inputs: Any, to: str, output: str, rejects: str | None, ids: bool, quiet: bool) -> None:
     """Convert INPUT files (or --dataset entries) to another format.
 
-    FROM is `auto` (the default: detected per file) or one of alpaca, sharegpt, openai, trl,
-    autotrain, coqa, text. Rows that cannot be converted are counted, shown and kept with
+    FROM is `auto` (the default: detected per file) or one of alpaca, sharegpt, openai, lf_parts,
+    trl, autotrain, coqa, text. Rows that cannot be converted are counted, shown and kept with
     --rejects; exit code 0: all converted, 1: some rejected, 2: could not run.
 
     \b
@@ -271,7 +273,7 @@ def validate(inputs: Any, report: str | None, quiet: bool, **kw: Any) -> None:
 @input_options
 @options("template")
 def template(inputs: Any, template: str | None, tokenizer: str | None, train_on: str, output: str | None, show: int,
-             rejects: str | None, list_templates: bool, quiet: bool) -> None:
+             rejects: str | None, list_templates: bool, quiet: bool, **kw: Any) -> None:
     """Render INPUT conversations with a chat template: the exact text a model trains on, and the
     character spans that carry loss.
 
@@ -304,7 +306,7 @@ def template(inputs: Any, template: str | None, tokenizer: str | None, train_on:
             console.print(_highlight(row))
 
     result = run(inputs, template, tokenizer, output or (None if show else "-"), train_on=train_on, rejects=rejects,
-                 on_row=show_row if show else None)
+                 on_row=show_row if show else None, **kw)
     _notes(result)
     if not quiet:
         _formats(result.formats)

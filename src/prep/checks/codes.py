@@ -41,8 +41,8 @@ CODES: dict[str, Code] = {
     "unreadable_file": Code(ERROR, "file", "fix the file at the line named, or convert it to JSONL so a bad row "
                             "does not hide the rest"),
     "not_an_object": Code(ERROR, "file", "each row must be a JSON object such as {\"messages\": [...]}"),
-    "unknown_format": Code(ERROR, "file", "name the format with --format (alpaca, sharegpt, openai, trl, autotrain, "
-                           "coqa, text)"),
+    "unknown_format": Code(ERROR, "file", "name the format with --format (alpaca, sharegpt, openai, lf_parts, trl, "
+                           "autotrain, coqa, text)"),
     "mixed_formats": Code(ERROR, "file", "keep one format per file; split the file or convert these rows"),
     "mixed_kinds": Code(ERROR, "file", "keep one kind (sft, dpo, kto, pretrain) per file; trainers take one"),
     "too_few_rows": Code(ERROR, "file", "add rows, or lower --min-rows"),

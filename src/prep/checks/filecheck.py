@@ -191,7 +191,8 @@ class FileCheck:
                                               f"$.{column}").at(source))
 
     def _semantics(self, record: Record, locs: Lazy, whole: str) -> list[Finding]:
-        found = conversation.check(record, locs, self.ending) + text.check(record, locs, self.text_path, whole)
+        found = conversation.check(record, locs, self.ending, self.ctx.kind == "prompt") + \
+            text.check(record, locs, self.text_path, whole)
         kind = kind_of(record)
         if self.ctx.kind and kind not in ACCEPTS[self.ctx.kind]:
             found.append(finding("wrong_kind", f"the row is {kind} data; --kind {self.ctx.kind} takes "

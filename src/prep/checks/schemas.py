@@ -22,7 +22,7 @@ from prep.core.findings import Finding
 from prep.core.records import type_name
 
 BASE = "https://prep.invalid/schemas/"
-FORMAT_SCHEMAS = ("openai", "sharegpt", "alpaca", "trl", "autotrain", "coqa", "text")
+FORMAT_SCHEMAS = ("openai", "lf_parts", "sharegpt", "alpaca", "trl", "autotrain", "coqa", "text")
 NAMES = ("common", *FORMAT_SCHEMAS, "records", "recipe")  # recipe: `prep run` recipes (prep.recipe)
 
 # The code a failing keyword gives when its subschema has no `x-prep` entry for it.

@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pyarrow as pa
 
-SHARD_KINDS = ("sft", "pretrain", "dpo", "kto")
+SHARD_KINDS = ("sft", "pretrain", "dpo", "kto", "prompt")
 KIND_OF_RECORD = {"chat": "sft", "text": "pretrain", "preference": "dpo", "feedback": "kto"}
-ACCEPTS = {"sft": ("chat", "text"), "pretrain": ("text",), "dpo": ("preference",), "kto": ("feedback",)}
+# `prompt` (GRPO, RLOO, reinforcement fine-tuning): the conversation up to the answer the model is to write.
+ACCEPTS = {"sft": ("chat", "text"), "pretrain": ("text",), "dpo": ("preference",), "kto": ("feedback",),
+           "prompt": ("chat", "preference", "feedback")}
 
 _IDS = "list<int32>"
 _TOKENS = (("input_ids", _IDS), ("labels", _IDS), ("seq_lengths", _IDS), ("num_tokens", "int32"),
@@ -23,14 +25,17 @@ COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     "pretrain": _TOKENS,
     "dpo": (("prompt_input_ids", _IDS), ("chosen_input_ids", _IDS), ("rejected_input_ids", _IDS), *_COMMON),
     "kto": (("prompt_input_ids", _IDS), ("completion_input_ids", _IDS), ("label", "bool"), *_COMMON),
+    "prompt": (("prompt_input_ids", _IDS), *_COMMON),
 }
 
 
 @cache
-def schema(kind: str) -> pa.Schema:
-    """The Arrow schema of a shard kind."""
+def schema(kind: str, carried: tuple[str, ...] = ()) -> pa.Schema:
+    """The Arrow schema of a shard kind, with the carried input columns (`--keep-columns`) after its own: text
+    (a value that is not text is stored as its JSON), null where a row has none."""
     import pyarrow as pa  # noqa: PLC0415 - start-up time: verbs that never touch shards do not load Arrow
 
     types = {"list<int32>": pa.list_(pa.int32()), "int32": pa.int32(), "bool": pa.bool_(),
              "list<string>": pa.list_(pa.string())}
-    return pa.schema([(name, types[kind_]) for name, kind_ in COLUMNS[kind]])
+    own = [(name, types[kind_]) for name, kind_ in COLUMNS[kind]]
+    return pa.schema(own + [(name, pa.string()) for name in carried if name not in dict(own)])

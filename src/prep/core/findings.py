@@ -105,6 +105,8 @@ class Batch(Generic[T]):
     # Rows that went on but were changed on the way (truncated, trailing turns dropped): counted and kept
     # beside the rejects so nothing is altered silently.
     altered: list[Reject] = field(default_factory=list)
+    # Input fields left behind, by name: the rows that had them (design §7: every field is accounted for).
+    dropped: Counter[str] = field(default_factory=Counter)
 
     def add(self, item: T, source: Source) -> None:
         self.items.append(item)
@@ -118,7 +120,7 @@ class Batch(Generic[T]):
 
     def carry(self) -> Batch[Any]:
         """An empty batch for the next stage that keeps this one's rejects and alterations."""
-        return Batch(rejects=self.rejects, altered=self.altered)
+        return Batch(rejects=self.rejects, altered=self.altered, dropped=self.dropped)
 
 
 class Altered(NamedTuple):
@@ -161,6 +163,7 @@ class Tally:
     rejected: Counter[str] = field(default_factory=Counter)
     altered: Counter[str] = field(default_factory=Counter)
     examples: list[Reject] = field(default_factory=list)  # the first few rejects of each reason, to show
+    dropped: Counter[str] = field(default_factory=Counter)  # fields not carried, by name: rows that had them
 
     @property
     def rejected_total(self) -> int:
@@ -179,6 +182,7 @@ class Tally:
             if self.rejected[reject.reason] <= EXAMPLES_PER_REASON:
                 self.examples.append(reject)
         self.altered.update(a.reason for a in batch.altered)
+        self.dropped.update(batch.dropped)
 
     def add(self, other: Tally) -> None:
         """Add another tally's counts to this one (the files of a run, the stages of a recipe)."""
@@ -187,6 +191,7 @@ class Tally:
         self.rejected.update(other.rejected)
         self.altered.update(other.altered)
         self.examples += other.examples
+        self.dropped.update(other.dropped)
 
     def summary(self) -> str:
         text = f"read {self.read}, wrote {self.written}, rejected {self.rejected_total}"
@@ -194,11 +199,16 @@ class Tally:
             text += " (" + ", ".join(f"{code}: {n}" for code, n in sorted(self.rejected.items())) + ")"
         if self.altered:
             text += "; altered " + ", ".join(f"{code}: {n}" for code, n in sorted(self.altered.items()))
+        if self.dropped:
+            text += "; dropped fields: " + ", ".join(f"{name} {n}" for name, n in self.dropped.most_common())
         return text
 
     def to_dict(self) -> dict[str, Any]:
-        return {"read": self.read, "written": self.written, "rejected": dict(sorted(self.rejected.items())),
-                "altered": dict(sorted(self.altered.items()))}
+        out = {"read": self.read, "written": self.written, "rejected": dict(sorted(self.rejected.items())),
+               "altered": dict(sorted(self.altered.items()))}
+        if self.dropped:  # only when some were: manifests of data without loose fields stay as they were
+            out["dropped_fields"] = dict(sorted(self.dropped.items()))
+        return out
 
 
 def count_by_file(batch: Batch[Any], files: dict[str, Tally]) -> None:

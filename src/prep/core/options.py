@@ -19,13 +19,17 @@ from typing import Any
 from prep.core.columns import SHARD_KINDS
 from prep.core.findings import PrepError
 
-READABLE = ("coqa", "openai", "sharegpt", "alpaca", "autotrain", "trl", "text")  # detection order
-WRITABLE = ("openai", "sharegpt", "alpaca", "autotrain", "trl", "text")
+READABLE = ("coqa", "lf_parts", "openai", "sharegpt", "alpaca", "autotrain", "trl", "text")  # detection order
+WRITABLE = ("openai", "lf_parts", "sharegpt", "alpaca", "autotrain", "trl", "text")
 CONTAINERS = ("jsonl", "json", "csv", "tsv", "parquet", "txt")
 TXT_SPLITS = ("file", "paragraph", "line")
 TEMPLATES = ("chatml", "llama3", "llama2", "mistral", "gemma", "zephyr", "phi3", "vicuna", "alpaca", "alpaca_ko",
              "plain", "tokenizer")
 TRAIN_ON = ("auto", "assistant", "last", "all", "content")
+YES_NO = ("yes", "no")
+# What strftime_now returns in chat templates unless --date says otherwise: a fixed day, so the same inputs give
+# the same shards on any day (design §4).
+DEFAULT_DATE = "2026-01-01"
 OVERFLOW = ("drop", "truncate", "turns")  # what a row longer than max_len becomes
 STRATEGIES = ("bfd", "wrap")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts")
@@ -165,6 +169,13 @@ INPUTS = (
            recipe=True),
     Option("max_row_bytes", int, MAX_ROW_BYTES, "A row (a line of JSONL, CSV, TSV or text) longer than this many "
                                                 "bytes is rejected as too_large without being read.", low=1),
+    Option("keep_columns", multiple=True, recipe=True,
+           help="Input columns to carry into the records and the shards, e.g. reference_answer,task_id (repeatable; "
+                "other unmapped columns are counted as dropped fields)."),
+    Option("strict_fields", bool, False, "Reject a row that has a field prep would drop (instead of counting it).",
+           recipe=True),
+    Option("split_think", bool, False, "Read an answer's leading <think>…</think> as its reasoning_content.",
+           recipe=True),
 )
 
 CONVERT = (
@@ -198,10 +209,27 @@ VALIDATE = (
     Option("quiet", bool, False, "Print only the summary line.", flags=("-q", "--quiet")),
 )
 
+# What decides how a conversation renders besides the records: a template name or file, its arguments and day.
+_TEMPLATE_OR_FILE = replace(_TEMPLATE, choices=(), what="", help="Chat template (see `prep template --list`), or a "
+                                                                  ".jinja file of one; default: the tokenizer's own.")
+_REASONING = Option("train_on_reasoning", default="yes", choices=YES_NO, recipe=True,
+                    help="Train the reasoning (the think block before an answer), or mask it and train the answer "
+                         "only. An empty think block is never trained.")
+_TEMPLATE_ARGS = (
+    Option("template_kwargs", multiple=True, recipe=True,
+           help="Chat-template argument KEY=VALUE, the value read as YAML, e.g. enable_thinking=false (repeatable; a "
+                "row's chat_template_kwargs column overrides it)."),
+    Option("date", default=DEFAULT_DATE, recipe=True,
+           help="The day strftime_now gives chat templates (YYYY-MM-DD, or `today`); recorded in the manifest."),
+)
+
 TEMPLATE = (
-    replace(_TEMPLATE, recipe=False, help="Template name (see --list); default: the --tokenizer's own chat template."),
+    replace(_TEMPLATE_OR_FILE, recipe=False, help="Template name (see --list) or a .jinja file (with --tokenizer); "
+                                                  "default: the --tokenizer's own chat template."),
     Option("tokenizer", help="Tokenizer folder: its chat template, and the BOS/EOS tokens templates write."),
     _TRAIN_ON,
+    _REASONING,
+    *_TEMPLATE_ARGS,
     Option("output", flags=("-o", "--output"),
            help="Write {id, text, spans} rows here (.jsonl .json .parquet ...); default: stdout, unless --show."),
     Option("show", int, 0, "Print the first N rows, trained text in colour.", low=0),
@@ -212,9 +240,11 @@ TEMPLATE = (
 
 TOKENIZE = (
     replace(_TOKENIZER, required=True, recipe=True),
-    _TEMPLATE,
+    _TEMPLATE_OR_FILE,
     _KIND,
     _TRAIN_ON,
+    _REASONING,
+    *_TEMPLATE_ARGS,
     _MAX_LEN,
     Option("overflow", default="drop", choices=OVERFLOW, recipe=True,
            help="A row over --max-len: reject it, cut it (keeping the EOS trained), or drop trailing turns."),

@@ -5,8 +5,10 @@
     feedback    {"id", "prompt": [message], "completion": [message], "label": bool, "tools"?}
     text        {"id", "text": str}
 
-A message is {"role": system|user|assistant|tool, "content": str} plus, where they apply,
-"weight" (0|1, assistant only), "tool_calls" (assistant), "tool_call_id" and "name".
+A message is {"role": system|developer|user|assistant|tool, "content": str} plus, where they apply,
+"weight" (0|1, assistant only), "reasoning_content" (assistant: the reasoning before the answer, as
+DeepSeek, vLLM, Qwen3's template and transformers name it), "tool_calls" (assistant), "tool_call_id"
+and "name". A record may also carry `columns`: the input columns kept with `--keep-columns`.
 A tool call is {"id", "type": "function", "function": {"name", "arguments": dict}}: arguments are
 a parsed object, as transformers chat templates and TRL expect; the openai writer turns them back
 into a JSON string. A tool is {"type": "function", "function": {"name", "description"?, "parameters"?}}.
@@ -20,11 +22,21 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from prep.core.findings import RowError, Source, row_error
 
-ROLES = ("system", "user", "assistant", "tool")
+ROLES = ("system", "developer", "user", "assistant", "tool")
+# A message's reasoning goes by these names in the wild; records call it `reasoning_content`.
+REASONING = ("reasoning_content", "reasoning", "thinking")
+# The message keys readers map (others are counted as dropped fields unless kept).
+MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_calls", "function_call", "tool_call_id", "weight",
+                          *REASONING})
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+_THINK = re.compile(r"\s*<think>(.*?)</think>", re.S)
 # Multimodal references (LLaMA-Factory's images/videos/audios columns) ride along untouched, so
 # converting such data loses nothing; formats that cannot hold them refuse the row.
 MEDIA = ("images", "videos", "audios")
@@ -108,6 +120,55 @@ def boolean(value: Any, path: str) -> bool:
         return value.strip().lower() == "true"
     raise row_error("wrong_type", f"expected true or false, got {json.dumps(value)}",
                     "labels must be booleans (true = desirable)", path)
+
+
+# Fields a reader or writer leaves behind, collected per row (a thread's own list: tokenize reads in a thread).
+_dropped = threading.local()
+
+
+def note_dropped(name: str) -> None:
+    """Say that field `name` of the row being read or written was not carried (counted as a dropped field)."""
+    names = getattr(_dropped, "names", None)
+    if names is not None:
+        names.append(name)
+
+
+def collecting(fn: Callable[..., Any], *args: Any) -> tuple[Any, list[str]]:
+    """`fn(*args)` and the fields it noted as dropped."""
+    _dropped.names = []
+    try:
+        return fn(*args), _dropped.names
+    finally:
+        _dropped.names = None
+
+
+def split_think(content: str) -> tuple[str | None, str]:
+    """A leading `<think>…</think>` block split off the content: (reasoning, answer); (None, content) without one.
+    The inverse of `join_think`: one newline inside each tag and the blank line after the block are markup."""
+    m = _THINK.match(content)
+    if m is None:
+        return None, content
+    reasoning = m.group(1)
+    reasoning = reasoning[1:] if reasoning.startswith("\n") else reasoning
+    reasoning = reasoning[:-1] if reasoning.endswith("\n") else reasoning
+    rest = content[m.end():]
+    return reasoning, rest[2:] if rest.startswith("\n\n") else rest.lstrip("\n")
+
+
+def join_think(reasoning: str, content: str) -> str:
+    """Reasoning written before the answer as Qwen3 and DeepSeek-R1 write it (and LLaMA-Factory reads it)."""
+    return f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}\n\n{content}"
+
+
+def with_reasoning(m: Message, fmt: str, path: str) -> str:
+    """The content of `m` with its reasoning as a leading think block, for formats without a reasoning field."""
+    reasoning = m.get("reasoning_content")
+    if reasoning is None:
+        return m["content"]
+    if THINK_CLOSE in reasoning:
+        raise not_expressible(fmt, f"reasoning that contains {THINK_CLOSE}", "convert to openai or trl",
+                              f"{path}.reasoning_content")
+    return join_think(reasoning, m["content"])
 
 
 def message(role: str, content: str, **extra: Any) -> Message:
@@ -211,6 +272,8 @@ def parse_messages(value: Any, path: str) -> list[Message]:
             extra["tool_call_id"] = text(call_id, f"{where}.tool_call_id") if call_id is not None else None
         if item.get("name") is not None:
             extra["name"] = text(item["name"], f"{path}[{i}].name")
+        if len(item) > 2:  # most messages are just role and content
+            _message_extras(item, role, f"{path}[{i}]", extra)
         weight = item.get("weight")
         if weight is not None:
             if weight not in (0, 1) or isinstance(weight, bool) or role != "assistant":
@@ -220,6 +283,19 @@ def parse_messages(value: Any, path: str) -> list[Message]:
             extra["weight"] = int(weight)
         messages.append(message(role, content, **extra))
     return messages
+
+
+def _message_extras(item: dict[str, Any], role: str, path: str, extra: dict[str, Any]) -> None:
+    """An assistant message's reasoning, under any of its names, into `extra`; keys no reader maps (and reasoning
+    on another role) noted as dropped."""
+    if role == "assistant":
+        for key in REASONING:
+            if item.get(key) is not None:
+                extra["reasoning_content"] = text(item[key], f"{path}.{key}")
+                break
+    for key in item:
+        if key not in MESSAGE_KEYS or role != "assistant" and key in REASONING and item[key] is not None:
+            note_dropped(key)
 
 
 def _content(value: Any, path: str, item: dict[str, Any]) -> str:

@@ -4,20 +4,23 @@ conversion stages (rows -> canonical records -> rows) every verb builds on."""
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from types import ModuleType
 from typing import Any
 
-from prep.core.findings import Batch, PrepError, Source, per_row
+from prep.core.findings import Batch, PrepError, Source, per_row, row_error
 from prep.core.options import MAX_ROW_BYTES
-from prep.core.records import Record, record_id
+from prep.core.records import Record, collecting, json_value, record_id, split_think
 from prep.files import read_rows, split_suffix
-from prep.formats import alpaca, autotrain, coqa, openai, sharegpt, text, trl
+from prep.formats import alpaca, autotrain, coqa, lf_parts, openai, sharegpt, text, trl
 
-# Detection order matters: the most specific layouts first, bare `text` last.
-FORMATS: dict[str, ModuleType] = {m.NAME: m for m in (coqa, openai, sharegpt, alpaca, autotrain, trl, text)}
+# Detection order matters: the most specific layouts first (LLaMA-Factory's parts before OpenAI's messages), bare
+# `text` last.
+FORMATS: dict[str, ModuleType] = {m.NAME: m for m in (coqa, lf_parts, openai, sharegpt, alpaca, autotrain, trl, text)}
 READABLE = tuple(FORMATS)
-WRITABLE = tuple(name for name, m in FORMATS.items() if hasattr(m, "write"))
+WRITABLE = ("openai", "lf_parts", *(name for name, m in FORMATS.items()
+                                    if hasattr(m, "write") and name not in ("openai", "lf_parts")))
 
 
 def module(name: str) -> ModuleType:
@@ -40,23 +43,117 @@ def detect(row: Any) -> str | None:
     return next((name for name, m in FORMATS.items() if m.detect(row)), None)
 
 
-def to_records(batches: Iterable[Batch[Any]], fmt: str, options: Any) -> Iterator[Batch[Record]]:
-    """Stage: raw rows -> canonical records; a row the reader refuses becomes a reject."""
+@dataclasses.dataclass(frozen=True)
+class Fields:
+    """What becomes of the fields no reader maps: `keep` carries them (into `record["columns"]`, the written rows
+    and the shards), the rest are counted as dropped, or with `strict` rejected; `split_think` takes an answer's
+    leading `<think>…</think>` as its reasoning."""
+
+    keep: tuple[str, ...] = ()
+    strict: bool = False
+    split_think: bool = False
+
+
+class _Seen(dict):  # type: ignore[type-arg]
+    """A row that remembers which of its keys the reader looked at: the others were not mapped."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        super().__init__(row)
+        self.seen: set[Any] = {"id"}
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self.seen.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: Any) -> Any:
+        self.seen.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: Any) -> bool:
+        self.seen.add(key)
+        return super().__contains__(key)
+
+
+def _dropped_stage(fn: Any, fields: Fields) -> Any:
+    """A batch stage from `fn(item, source) -> (output, dropped field names)`: the names are counted on the batch
+    (one per row and field), or with `fields.strict` the row is rejected naming them."""
+
+    def stage(batch: Batch[Any]) -> Batch[Any]:
+        counts: Counter[str] = Counter()
+
+        def one(item: Any, source: Source) -> Any:
+            out, dropped = fn(item, source)
+            if dropped:
+                names = sorted(set(dropped))
+                if fields.strict:
+                    raise row_error("dropped_field", f"field{'s' if len(names) > 1 else ''} {', '.join(names)} "
+                                    "would be dropped", "map them, keep them with --keep-columns, or leave out "
+                                    "--strict-fields", f"$.{names[0]}")
+                counts.update(names)
+            return out
+
+        out = per_row(one)(batch)
+        out.dropped.update(counts)
+        return out
+
+    return stage
+
+
+def to_records(batches: Iterable[Batch[Any]], fmt: str, options: Any,
+               fields: Fields = Fields()) -> Iterator[Batch[Record]]:
+    """Stage: raw rows -> canonical records; a row the reader refuses becomes a reject, and every field the reader
+    does not map is kept (`fields.keep`) or counted as dropped."""
     read = module(fmt).read
-    return map(per_row(lambda row, source: {"id": record_id(row, source), **read(row, options)}), batches)
+
+    def one(row: Any, source: Source) -> tuple[Record, list[str]]:
+        if not isinstance(row, dict):
+            return {"id": record_id(row, source), **read(row, options)}, []
+        seen = _Seen(row)
+        record, dropped = collecting(read, seen, options)
+        record = {"id": record_id(row, source), **record}
+        if row.get("chat_template_kwargs") is not None and ("messages" in record or "prompt" in record):
+            record["chat_template_kwargs"] = json_value(row["chat_template_kwargs"], "$.chat_template_kwargs", dict)
+            seen.seen.add("chat_template_kwargs")
+        if fields.keep and (kept := {k: row[k] for k in fields.keep if row.get(k) is not None}):
+            record["columns"] = kept
+            seen.seen.update(kept)
+        if len(row) > len(seen.seen) or not seen.seen.issuperset(row):
+            dropped += [k for k in row if k not in seen.seen and row[k] is not None]
+        if fields.split_think:
+            _split_think(record)
+        return record, dropped
+
+    return map(_dropped_stage(one, fields), batches)
+
+
+def _split_think(record: Record) -> None:
+    for key in ("messages", "prompt", "chosen", "rejected", "completion"):
+        for i, m in enumerate(record.get(key) or ()):
+            if m["role"] == "assistant" and "reasoning_content" not in m:
+                reasoning, content = split_think(m["content"])
+                if reasoning is not None:
+                    record[key][i] = {**m, "content": content, "reasoning_content": reasoning}
 
 
 def from_records(batches: Iterable[Batch[Record]], fmt: str, options: Any, ids: bool = True) -> Iterator[Batch[Any]]:
-    """Stage: canonical records -> rows of `fmt`; a record the format cannot express becomes a reject."""
+    """Stage: canonical records -> rows of `fmt`, with the carried columns beside them; a record the format cannot
+    express becomes a reject, and what it has no place for (a developer role in sharegpt, tool-call ids in lf_parts)
+    is counted as a dropped field."""
     mod = module(fmt)
     if not hasattr(mod, "write"):
         raise PrepError(f"{fmt} is read-only; write one of {', '.join(WRITABLE)}")
 
-    def write(record: Record, source: Source) -> Any:
-        row = mod.write(record, options)
-        return {"id": record["id"], **row} if ids else row
+    def write(record: Record, source: Source) -> tuple[Any, list[str]]:
+        row, dropped = collecting(mod.write, record, options)
+        if "chat_template_kwargs" in record or "columns" in record:
+            extra = {**({"chat_template_kwargs": record["chat_template_kwargs"]} if "chat_template_kwargs" in record
+                        else {}), **record.get("columns", {})}
+            row = {**row, **{k: v for k, v in extra.items() if k not in row}}
+        return ({"id": record["id"], **row} if ids else row), dropped
 
-    return map(per_row(write), batches)
+    return map(_dropped_stage(write, Fields()), batches)
 
 
 def detect_file(batches: Iterator[Batch[Any]], name: str) -> tuple[str, Iterator[Batch[Any]]]:
@@ -81,7 +178,8 @@ def _chain(first: list[Batch[Any]], rest: Iterator[Batch[Any]]) -> Iterator[Batc
 
 def read_records(paths: Iterable[str], fmt: str = "auto", settings: dict[str, Any] | None = None,
                  container: str | None = None, txt_split: str = "file",
-                 on_file: Any = None, max_row_bytes: int = MAX_ROW_BYTES) -> Iterator[Batch[Record]]:
+                 on_file: Any = None, max_row_bytes: int = MAX_ROW_BYTES,
+                 fields: Fields = Fields()) -> Iterator[Batch[Record]]:
     """Canonical records from files, detecting each file's format unless `fmt` names one.
 
     `on_file(path, fmt)` is told which format each file was read as."""
@@ -94,4 +192,4 @@ def read_records(paths: Iterable[str], fmt: str = "auto", settings: dict[str, An
             name, batches = detect_file(batches, path)
         if on_file:
             on_file(path, name)
-        yield from to_records(batches, name, make_options(name, settings))
+        yield from to_records(batches, name, make_options(name, settings), fields)

@@ -109,11 +109,12 @@ def _prompt_columns(prompt: list[r.Message], o: Options, path: str) -> dict[str,
 
 
 def _single_answer(side: list[r.Message], path: str) -> str:
-    if len(side) != 1 or side[0]["role"] != "assistant" or set(side[0]) - {"role", "content", "weight"}:
+    if len(side) != 1 or side[0]["role"] != "assistant" or set(side[0]) - {"role", "content", "weight",
+                                                                         "reasoning_content"}:
         raise r.not_expressible(NAME, "an answer that is not a single plain assistant message", path=path)
     if side[0].get("weight", 1) != 1:  # alpaca trains every answer: an untrained one would silently become trained
         raise r.not_expressible(NAME, "an untrained (weight 0) answer", path=f"{path}.weight")
-    return side[0]["content"]
+    return r.with_reasoning(side[0], NAME, f"{path}[0]")  # reasoning as a leading think block, as in sharegpt
 
 
 def write(record: r.Record, options: Options) -> dict[str, Any]:

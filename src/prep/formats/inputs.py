@@ -12,8 +12,8 @@ from prep.core.findings import Batch, PrepError
 from prep.core.options import MAX_ROW_BYTES
 from prep.core.records import Record
 from prep.files import display_name, read_rows
+from prep.formats import Fields, make_options, read_records, to_records
 from prep.formats import llamafactory as lf
-from prep.formats import make_options, read_records, to_records
 
 
 @dataclass
@@ -32,6 +32,15 @@ class Inputs:
     # Rows an earlier step rejected (`prep run`'s validate with allow_errors), by file: row numbers left
     # out, so the rest keep their own ids (`<file name>:<row>`) and are not counted again.
     skip: dict[str, list[int]] = field(default_factory=dict)
+    # Input columns carried into the records (and the shards) instead of being counted as dropped.
+    keep_columns: Sequence[str] = ()
+    strict_fields: bool = False  # a field that would be dropped rejects its row
+    split_think: bool = False  # an answer's leading <think>…</think> is its reasoning_content
+
+    @property
+    def fields(self) -> Fields:
+        keep = tuple(dict.fromkeys(c.strip() for spec in self.keep_columns for c in spec.split(",") if c.strip()))
+        return Fields(keep, self.strict_fields, self.split_think)
 
 
 def read_inputs(inputs: Inputs, formats_seen: dict[str, str] | None = None) -> Iterator[Batch[Record]]:
@@ -49,8 +58,9 @@ def read_inputs(inputs: Inputs, formats_seen: dict[str, str] | None = None) -> I
         if formats_seen is not None:
             formats_seen[display_name(path)] = fmt
 
+    fields = inputs.fields
     yield from read_records(inputs.files, inputs.format, inputs.settings, inputs.container, inputs.txt_split, note,
-                            inputs.max_row_bytes)
+                            inputs.max_row_bytes, fields)
     for entry in entries:
         rows: Iterator[Batch[Any]] = chain.from_iterable(read_rows(f, max_row_bytes=inputs.max_row_bytes)
                                                          for f in entry.files)
@@ -61,14 +71,14 @@ def read_inputs(inputs: Inputs, formats_seen: dict[str, str] | None = None) -> I
             sampled = f", num_samples {entry.num_samples} of {total} rows"  # why `read` differs from the file
         for f in entry.files:
             note(f, f"{entry.format} (dataset_info: {entry.name}{sampled})")
-        yield from to_records(rows, entry.format, make_options(entry.format, entry.settings))
+        yield from to_records(rows, entry.format, make_options(entry.format, entry.settings), fields)
 
 
 def _leave_out(batches: Iterator[Batch[Record]], skip: dict[str, list[int]]) -> Iterator[Batch[Record]]:
     """The batches without the rows in `skip` (neither as records nor as rejects)."""
     rows = {file: set(numbers) for file, numbers in skip.items()}
     for batch in batches:
-        kept: Batch[Record] = Batch(altered=batch.altered)
+        kept: Batch[Record] = Batch(altered=batch.altered, dropped=batch.dropped)
         for item, source in zip(batch.items, batch.sources, strict=True):
             if source.row not in rows.get(source.file, ()):
                 kept.add(item, source)

@@ -58,8 +58,11 @@ def load_entry(registry: str, name: str) -> Entry:
                         "next to the registry and give the entry a \"file_name\"")
     files = _files(path.parent, attrs["file_name"], name, path)
     formatting = attrs.get("formatting", "alpaca")
-    if formatting not in ("alpaca", "sharegpt", "openai"):
-        raise PrepError(f"{path}: dataset {name!r} has formatting {formatting!r}; prep reads alpaca, sharegpt, openai")
+    if formatting not in ("alpaca", "sharegpt", "openai", "lf_parts"):
+        raise PrepError(f"{path}: dataset {name!r} has formatting {formatting!r}; prep reads alpaca, sharegpt, openai "
+                        "and lf_parts (LLaMA-Factory v1's messages of typed parts)")
+    if formatting == "lf_parts":  # one layout, no columns to map
+        return Entry(name, files, "lf_parts", {}, num_samples=_num_samples(attrs, path, name))
     return Entry(name, files, *_reader(attrs, formatting, path, name), num_samples=_num_samples(attrs, path, name))
 
 

@@ -3,7 +3,9 @@ function_call, observation, system), optional `system` and `tools` columns, the 
 variant (`chosen`/`rejected` single turns) and a boolean KTO tag. Column names and tags are
 options, as in a `dataset_info.json` entry.
 
-A `function_call` turn becomes an assistant message with `tool_calls` (ids `call_<n>`, since
+Reasoning has no field of its own here: the writer puts it before the answer as
+`<think>\n…\n</think>\n\n` (what LLaMA-Factory's reasoning templates read), and `--split-think`
+reads it back into `reasoning_content`. A `function_call` turn becomes an assistant message with `tool_calls` (ids `call_<n>`, since
 ShareGPT has none); an `observation` becomes a `tool` message answering the oldest open call.
 
 A row and the record it becomes:
@@ -173,9 +175,12 @@ def _dump_turns(messages: list[r.Message], o: Options, path: str) -> list[dict[s
             value = json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)
             turns.append({o.role_tag: o.function_tag, o.content_tag: value})
             continue
+        if m["role"] == "developer":
+            r.note_dropped("role developer (written as system)")
         tag = {"user": o.user_tag, "assistant": o.assistant_tag, "tool": o.observation_tag,
-               "system": o.system_tag}[m["role"]]
-        turns.append({o.role_tag: tag, o.content_tag: m["content"]})
+               "system": o.system_tag, "developer": o.system_tag}[m["role"]]
+        content = r.with_reasoning(m, NAME, where) if m["role"] == "assistant" else m["content"]
+        turns.append({o.role_tag: tag, o.content_tag: content})
     return turns
 
 
@@ -186,7 +191,9 @@ def write(record: r.Record, options: Options) -> dict[str, Any]:
     o = options
     head = record["messages"] if kind == "chat" else record["prompt"]
     out: dict[str, Any] = {}
-    if head and head[0]["role"] == "system" and o.system:
+    if head and head[0]["role"] in ("system", "developer") and o.system:
+        if head[0]["role"] == "developer":
+            r.note_dropped("role developer (written as system)")
         out[o.system] = head[0]["content"]
         head = head[1:]
     if kind == "chat":

@@ -10,6 +10,7 @@ current folder, as any command-line path is.
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import os
 import re
@@ -96,6 +97,9 @@ def load_recipe(path: str | Path, sets: Sequence[str] = ()) -> Recipe:
         _assign(data, keys, value, item)
         overrides[".".join(keys)] = value
         lines.set_by_option[keys] = item
+    tokenize = data.get("tokenize")
+    if isinstance(tokenize, dict) and isinstance(tokenize.get("date"), datetime.date):
+        tokenize["date"] = tokenize["date"].isoformat()  # YAML reads `date: 2026-01-01` as a date, prep takes text
     _check_schema(data, lines)
     data = _resolve(data, path.parent.resolve(), lines)
     _check_files(data, lines)
@@ -264,6 +268,8 @@ def _path_keys(data: dict[str, Any]) -> Iterable[JsonPath]:
         yield ("inputs", "dataset_info")
     if "tokenize" in data:
         yield ("tokenize", "tokenizer")
+        if str(data["tokenize"].get("template", "")).endswith(".jinja"):
+            yield ("tokenize", "template")
     if "train" in data:
         yield ("train", "model")
 
@@ -329,9 +335,13 @@ def _check_files(data: dict[str, Any], lines: _Lines) -> None:
         raise PrepError(f"{lines.at(('validate', 'tokens'))}: validate.tokens counts tokens with the tokenize "
                         "section's tokenizer: add a tokenize section")
     kind = data.get("tokenize", {}).get("kind")
-    if "pack" in data and kind in ("dpo", "kto"):
-        raise PrepError(f"{lines.at(('pack',), key=True)}: pack: {kind} shards are trained as "
-                        "pairs and are not packed; remove the pack (and train) sections")
+    if "pack" in data and kind in ("dpo", "kto", "prompt"):
+        what = "prompts for an online trainer" if kind == "prompt" else "trained as pairs"
+        raise PrepError(f"{lines.at(('pack',), key=True)}: pack: {kind} shards are {what} and are not packed; "
+                        "remove the pack (and train) sections")
+    if "train" in data and kind == "prompt":
+        raise PrepError(f"{lines.at(('train',), key=True)}: train: prompt shards feed an online trainer (TRL's "
+                        "GRPOTrainer, RLOOTrainer), which prep train is not; remove the train section")
     if "train" in data and kind in ("dpo", "kto"):
         raise PrepError(f"{lines.at(('train',), key=True)}: train: {kind} shards are not trained by prep train yet; "
                         "remove the train section and train the shards with TRL's DPOTrainer/KTOTrainer through "

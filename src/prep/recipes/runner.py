@@ -15,6 +15,7 @@ tokenize reads the same files and skips those rows, so every row keeps its id (`
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -28,7 +29,7 @@ from typing import Any
 
 from prep import __version__
 from prep.core.findings import PrepError
-from prep.core.options import SETTINGS
+from prep.core.options import DEFAULT_DATE, SETTINGS
 from prep.core.result import Progress, Result
 from prep.files import locked, os_error_message, sha256_file, write_json, write_text_atomic
 from prep.formats import llamafactory
@@ -160,6 +161,10 @@ def plan(recipe: Recipe) -> list[Stage]:
         options = recipe.section(name)
         if name == "tokenize":
             options["tokenizer"] = folder_digest(options["tokenizer"])
+            day = options.get("date", DEFAULT_DATE)  # the day templates write is part of what the shards hold
+            options["date"] = datetime.date.today().isoformat() if day == "today" else day
+            if str(options.get("template", "")).endswith(".jinja"):
+                options["template"] = {"file": options["template"], "sha256": sha256_file(options["template"])}
         elif name == "train":
             options["model"] = folder_digest(options["model"])
         elif name == "decontaminate":
@@ -206,7 +211,8 @@ def _recipe_inputs(recipe: Recipe) -> Inputs:
     i = recipe.section("inputs")
     return Inputs([split_spec(f)[0] for f in i.get("files", [])], i.get("format", "auto"), {k: i[k] for k in SETTINGS if k in i},
                   i.get("input_type"), i.get("txt_split", "file"), i.get("dataset_info"), i.get("datasets", []),
-                  i.get("seed", 42))
+                  i.get("seed", 42), keep_columns=i.get("keep_columns", ()), strict_fields=i.get("strict_fields", False),
+                  split_think=i.get("split_think", False))
 
 
 def _convert(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
@@ -217,6 +223,7 @@ def _convert(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str,
     return {"outputs": ["data.jsonl"], "format": to, "read": t.read, "written": t.written,
             "rejected": t.rejected_total, "rejected_by_reason": dict(t.rejected), "formats": result.formats,
             "files": {f: tally.to_dict() for f, tally in result.files.items()},
+            "dropped_fields": dict(sorted(t.dropped.items())),
             "rejects": "rejects.jsonl" if t.rejected_total else None,
             "line": f"{t.summary()} ({', '.join(sorted(set(result.formats.values())))} -> {to})"}
 
@@ -328,17 +335,15 @@ class _Stopped(Exception):
 
 def _tokenize(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
     opts = recipe.section("tokenize")
-    result = tokenize(flow.inputs, opts["tokenizer"], str(stage.folder), template=opts.get("template"),
-                      kind=opts.get("kind"), train_on=opts.get("train_on", "auto"), max_len=opts.get("max_len"),
-                      overflow=opts.get("overflow", "drop"), workers=opts.get("workers", 1),
+    given = {k: v for k, v in opts.items() if k != "tokenizer"}  # the table's options, checked by tokenize itself
+    result = tokenize(flow.inputs, opts["tokenizer"], str(stage.folder), **given,
                       rejects=str(stage.folder / "rejects.jsonl"), progress=lambda p: view.progress(stage, p))
     m, t = result.manifest, result.tally
     trained = f", {m['tokens']['loss']:,} trained" if m["kind"] in ("sft", "pretrain") else ""
     outputs = ["manifest.json"]
     if flow.validation:  # split's validation rows, tokenized the same way: train.eval
-        tokenize(Inputs([str(flow.validation)], "trl"), opts["tokenizer"], str(stage.folder / "validation"),
-                 template=opts.get("template"), kind=opts.get("kind"), train_on=opts.get("train_on", "auto"),
-                 max_len=opts.get("max_len"), overflow=opts.get("overflow", "drop"),
+        tokenize(Inputs([str(flow.validation)], "trl", keep_columns=flow.inputs.keep_columns), opts["tokenizer"],
+                 str(stage.folder / "validation"), **{k: v for k, v in given.items() if k != "workers"},
                  rejects=str(stage.folder / "validation" / "rejects.jsonl"))
         outputs.append("validation/manifest.json")
     return {"outputs": outputs, "kind": m["kind"], "read": t.read, "written": t.written,
@@ -392,12 +397,13 @@ _RUNNERS: dict[str, Callable[[Recipe, Stage, _Flow, View], dict[str, Any]]] = {
 def _advance(stage: Stage, flow: _Flow) -> None:
     """What the stage after `stage` reads."""
     s, f = stage.summary, stage.folder
+    keep = {"keep_columns": flow.inputs.keep_columns, "strict_fields": flow.inputs.strict_fields}  # carried columns
     if stage.name == "convert":
-        flow.inputs = Inputs([str(f / "data.jsonl")], s["format"])
+        flow.inputs = Inputs([str(f / "data.jsonl")], s["format"], **keep)
     elif stage.name in ("mix", "dedup", "decontaminate"):
-        flow.inputs = Inputs([str(f / "data.jsonl")], "trl")
+        flow.inputs = Inputs([str(f / "data.jsonl")], "trl", **keep)
     elif stage.name == "split":
-        flow.inputs, flow.validation = Inputs([str(f / "train.jsonl")], "trl"), f / "validation.jsonl"
+        flow.inputs, flow.validation = Inputs([str(f / "train.jsonl")], "trl", **keep), f / "validation.jsonl"
     elif stage.name == "validate":
         flow.validated = stage
         if s.get("rejects"):

@@ -10,9 +10,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from prep.core.findings import PrepError, RowError
-from prep.core.records import Message
-from prep.render.spans import Rendered, Specials, Turn, cannot_render
+from prep.core.findings import PrepError, RowError, row_error
+from prep.core.records import Message, join_think
+from prep.render.spans import Rendered, Specials, Turn, cannot_render, developer_as_system, think_span
 
 ALPACA_EN = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 ALPACA_KO = ("아래에는 작업을 설명하는 지시 사항과 추가적인 컨텍스트를 제공하는 입력이 있습니다. "
@@ -93,14 +93,32 @@ class Template:
                 out.append(e.findings[0].code)
         return hashlib.sha256(json.dumps([self.name, self.eot, out], ensure_ascii=False).encode()).hexdigest()
 
-    def render(self, messages: Sequence[Message], tools: list[dict[str, Any]] | None = None) -> Rendered:
+    def render(self, messages: Sequence[Message], tools: list[dict[str, Any]] | None = None,
+               kwargs: dict[str, Any] | None = None) -> Rendered:
+        """`kwargs` (template arguments) are refused: built-in templates take none."""
+        if kwargs:
+            raise row_error("template_kwargs_unused", f"template {self.name} takes no arguments (got "
+                            f"{', '.join(sorted(kwargs))})", "use the tokenizer's own template, or drop "
+                            "chat_template_kwargs", "$.chat_template_kwargs")
+        notes = []
+        if any(m["role"] == "developer" for m in messages):
+            messages, note = developer_as_system(list(messages), self.name)
+            notes.append(note)
+        if any(m.get("reasoning_content") is not None for m in messages):  # written as the answer's think block
+            messages = [{**m, "content": join_think(m["reasoning_content"], m["content"])}
+                        if m.get("reasoning_content") is not None else m for m in messages]
         if not self.tools:
             _refuse_tools(self.name, messages, tools)
         if self.alternate:
             _require_alternation(self.name, messages)
         w = _Writer()
         self.build(w, messages, tools)
-        return w.done()
+        rendered = w.done()
+        rendered.notes = notes
+        for t in rendered.turns:
+            if t.answer:
+                t.think = think_span(rendered.text, *t.answer)
+        return rendered
 
     def build(self, w: _Writer, messages: Sequence[Message], tools: list[dict[str, Any]] | None) -> None:
         raise NotImplementedError

@@ -13,6 +13,7 @@ trained turn remains. Cut rows are written and counted as altered.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import chain
@@ -25,7 +26,7 @@ from prep.core.columns import ACCEPTS, KIND_OF_RECORD, schema
 from prep.core.findings import Altered, Batch, Finding, PrepError, RowError, Source, per_row, row_error
 from prep.core.records import Record, kind_of
 from prep.render.spans import Rendered, Span, Specials, nothing_to_train, resolve_train_on
-from prep.render.templates import AnyTemplate, document, render_pair, text_only
+from prep.render.templates import AnyTemplate, document, prompt_text, render_pair, text_only
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class Settings:
     train_on: str = "auto"
     max_len: int | None = None
     overflow: str = "drop"
+    train_on_reasoning: bool = True  # False: an answer's think block carries no loss (an empty one never does)
+    carried: tuple[str, ...] = ()  # input columns written beside the ids (--keep-columns)
 
 
 @dataclass(slots=True)
@@ -44,6 +47,7 @@ class _Row:
     ranges: list[tuple[int, int]] = field(default_factory=list)
     label: bool | None = None
     id: str = ""
+    columns: dict[str, Any] = field(default_factory=dict)  # the record's carried columns
 
 
 @dataclass(slots=True)
@@ -66,7 +70,7 @@ class Encoder:
             if template else self.eos_id
         if settings.kind == "pretrain" and self.eos_id is None:
             raise PrepError("pretraining text ends with the tokenizer's EOS token, and this tokenizer has none")
-        self.schema = schema(settings.kind)
+        self.schema = schema(settings.kind, settings.carried)
         self.train_on = resolve_train_on(settings.train_on, "chat")
 
     def _single_token(self, text: str, what: str) -> int:
@@ -81,8 +85,14 @@ class Encoder:
         return self.encode(self.prepare(batch))
 
     def prepare(self, batch: Batch[Record]) -> Batch[_Job]:
-        """The Python half: render every record (a row that cannot be rendered is rejected here)."""
-        return per_row(lambda record, _: _Job(record, *self._render(record)))(batch)
+        """The Python half: render every record (a row that cannot be rendered is rejected here; one whose rendering
+        changed something, such as a developer message in the system slot, goes on as altered)."""
+        return per_row(self._job)(batch)
+
+    def _job(self, record: Record, source: Source) -> _Job | Altered:
+        plan, texts, notes = self._render(record)
+        job = _Job(record, plan, texts)
+        return Altered(job, notes[0]) if notes else job
 
     def encode(self, jobs: Batch[_Job]) -> tuple[Batch[str], pa.Table]:
         """The Rust half (the GIL is released while it runs), then labels and the Arrow table. Each job keeps its
@@ -93,7 +103,7 @@ class Encoder:
             job.encodings = encodings[k:k + len(job.texts)]
             k += len(job.texts)
         done = per_row(self._finish, keep=lambda job: job.record)(jobs)
-        ids = Batch([job_row.id for job_row in done.items], done.sources, done.rejects, done.altered)
+        ids = Batch([job_row.id for job_row in done.items], done.sources, done.rejects, done.altered, done.dropped)
         return ids, self._table(done.items, ids.items)
 
     def encode_measured(self, jobs: Batch[_Job]) -> tuple[Batch[str], pa.Table, list[tuple[str, int]]]:
@@ -106,37 +116,46 @@ class Encoder:
 
     # rendering -----------------------------------------------------------------------------------------------
 
-    def _render(self, record: Record) -> tuple[Any, list[str]]:
+    def _render(self, record: Record) -> tuple[Any, list[str], list[Finding]]:
         kind = kind_of(record)
         if kind not in ACCEPTS[self.settings.kind]:
             raise row_error("wrong_kind", f"a {kind} record cannot go into {self.settings.kind} shards",
                             f"tokenize {kind} records with --kind {KIND_OF_RECORD[kind]}")
         text_only(record)
         if kind == "text":
-            return None, [document(record["text"], self.specials)]
+            return None, [document(record["text"], self.specials)], []
         if self.template is None:
             raise PrepError("conversations need a chat template: give --template (see `prep template --list`)")
         tools = record.get("tools")
+        kwargs = record.get("chat_template_kwargs")
+        if self.settings.kind == "prompt":
+            return None, [prompt_text(self.template, record, kwargs)], []
         if kind == "chat":
-            rendered = self.template.render(record["messages"], tools)
-            spans = rendered.spans(self.train_on)
+            rendered = self.template.render(record["messages"], tools, kwargs)
+            spans = rendered.spans(self.train_on, self.settings.train_on_reasoning)
             if not spans:
                 raise nothing_to_train(self.train_on)
-            return (rendered, spans), [rendered.text]
+            return (rendered, spans), [rendered.text], rendered.notes
         sides = ("chosen", "rejected") if kind == "preference" else ("completion",)
-        pairs = [render_pair(self.template, record["prompt"], record[s], tools, f"$.{s}") for s in sides]
-        return [start for start, _ in pairs], [text for _, text in pairs]
+        pairs = [render_pair(self.template, record["prompt"], record[s], tools, f"$.{s}", kwargs) for s in sides]
+        return [start for start, _ in pairs], [text for _, text in pairs], []
 
     # tokens and labels ---------------------------------------------------------------------------------------
 
     def _finish(self, job: _Job, source: Source) -> _Row | Altered:
         row, altered = self._tokens(job.record, job.plan, job.encodings)
         row.id = job.record["id"]
+        row.columns = job.record.get("columns", {})
         return Altered(row, altered) if altered else row
 
     def _tokens(self, record: Record, plan: Any, encs: list[Any]) -> tuple[_Row, Finding | None]:
         if self.settings.kind in ("dpo", "kto"):
             return self._pair(record, plan, encs)
+        if self.settings.kind == "prompt":
+            ids = encs[0].ids
+            if self.settings.max_len and len(ids) > self.settings.max_len:
+                raise _too_long(len(ids), self.settings.max_len, "a prompt is not cut")
+            return _Row([ids]), None
         enc = encs[0]
         ids = enc.ids
         if plan is None:  # plain text: every token trained
@@ -167,7 +186,7 @@ class Encoder:
             if end is None or end >= max_len or turn.index == len(messages) - 1:
                 continue
             shorter = self.template.render(messages[:turn.index + 1], record.get("tools"))  # type: ignore[union-attr]
-            spans = shorter.spans(self.train_on)
+            spans = shorter.spans(self.train_on, self.settings.train_on_reasoning)
             if not spans:
                 continue
             enc2 = self.backend.encode(shorter.text, add_special_tokens=False)
@@ -206,8 +225,18 @@ class Encoder:
     # Arrow ---------------------------------------------------------------------------------------------------
 
     def _table(self, rows: list[_Row], ids: list[str]) -> pa.Table:
+        table = self._own_columns(rows, ids)
+        for name in self.settings.carried:
+            values = [r.columns.get(name) for r in rows]
+            table = table.append_column(name, pa.array(
+                [v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False, sort_keys=True)
+                 for v in values], type=pa.string()))
+        return table
+
+    def _own_columns(self, rows: list[_Row], ids: list[str]) -> pa.Table:
         n = len(rows)
         doc_ids = pa.array([[i] for i in ids], type=pa.list_(pa.string()))
+        own = schema(self.settings.kind)
         if self.settings.kind in ("sft", "pretrain"):
             values, offsets, lengths = _flatten([r.parts[0] for r in rows])
             trained = _trained(rows, offsets, len(values))
@@ -216,14 +245,15 @@ class Encoder:
             loss[lengths == 0] = 0  # reduceat gives an empty row the next row's first value
             columns = [_list(offsets, values), _list(offsets, labels),
                        _list(np.arange(n + 1, dtype=np.int32), lengths), pa.array(lengths), pa.array(loss), doc_ids]
-            return pa.Table.from_arrays(columns, schema=self.schema)
-        flat = [_flatten([r.parts[j] for r in rows]) for j in range(2 if self.settings.kind == "kto" else 3)]
+            return pa.Table.from_arrays(columns, schema=own)
+        sides = {"prompt": 1, "kto": 2, "dpo": 3}[self.settings.kind]
+        flat = [_flatten([r.parts[j] for r in rows]) for j in range(sides)]
         columns = [_list(off, val) for val, off, _ in flat]
         total = np.sum([lens for _, _, lens in flat], axis=0, dtype=np.int32)
         if self.settings.kind == "kto":
             columns.append(pa.array([r.label for r in rows], type=pa.bool_()))
         columns += [pa.array(total, type=pa.int32()), doc_ids]
-        return pa.Table.from_arrays(columns, schema=self.schema)
+        return pa.Table.from_arrays(columns, schema=own)
 
 
 def _trained(rows: list[_Row], offsets: np.ndarray, size: int) -> np.ndarray:

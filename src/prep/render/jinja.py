@@ -22,13 +22,14 @@ import jinja2.nodes
 import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
-from prep.core.findings import PrepError, RowError, row_error
+from prep.core.findings import Finding, PrepError, RowError, row_error
 from prep.core.options import RENDER_CHARS, RENDER_SECONDS
-from prep.core.records import Message
-from prep.render.spans import Rendered, Turn
+from prep.core.records import Message, join_think
+from prep.render.spans import Rendered, Turn, developer_as_system, think_span
 
 # The names a message's reasoning goes by; templates read `reasoning_content` (gpt-oss reads `thinking`).
 _REASONING = ("reasoning_content", "thinking", "reasoning")
+_PROBE_REASONING = "PREP_PROBE_REASONING"
 
 
 class _Generation(jinja2.ext.Extension):
@@ -136,16 +137,31 @@ def compile_template(source: str) -> jinja2.Template:
     """A chat template compiled once per process (workers compile their own)."""
     env = _Limited(trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, jinja2.ext.loopcontrols])
     env.filters["tojson"] = _tojson
-    env.globals.update(raise_exception=_raise, strftime_now=lambda fmt: datetime.now().strftime(fmt), dict=_Dict(),
-                       namespace=_Namespace, range=_Range)
+    # `strftime_now` is given with every render (`Clock`): the day a template writes is pinned, never the machine's.
+    env.globals.update(raise_exception=_raise, dict=_Dict(), namespace=_Namespace, range=_Range)
     return env.from_string(source)
+
+
+class Clock:
+    """`strftime_now` for templates: the pinned day at midnight (`date`, YYYY-MM-DD), or with None the machine's
+    clock, as transformers does (only when asked: `--date today`)."""
+
+    def __init__(self, date: str | None) -> None:
+        self.date = date
+        try:
+            self.at = datetime.strptime(date, "%Y-%m-%d") if date else None
+        except ValueError:
+            raise PrepError(f"--date {date}: must be a day as YYYY-MM-DD, or `today`") from None
+
+    def __call__(self, fmt: str) -> str:
+        return (self.at or datetime.now()).strftime(fmt)
 
 
 def render_chat(source: str, messages: Sequence[Message], tools: list[dict[str, Any]] | None, generation: bool,
                 variables: dict[str, Any]) -> str:
-    """`apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=generation)`: keys whose
-    value is None are left out, reasoning is passed under all its names, and `variables` (the special tokens)
-    are in scope."""
+    """`apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=generation, **kwargs)`:
+    keys whose value is None are left out, reasoning is passed under all its names, and `variables` (the special
+    tokens, the template arguments and `strftime_now`) are in scope."""
     chat = []
     for m in messages:
         message = {k: v for k, v in m.items() if v is not None}
@@ -182,21 +198,53 @@ class JinjaTemplate:
     tools = True
 
     def __init__(self, source: str, tool_source: str | None, variables: dict[str, Any], owner: str,
-                 added_tokens: Sequence[str]) -> None:
+                 added_tokens: Sequence[str], kwargs: dict[str, Any] | None = None, date: str | None = None,
+                 name: str = "tokenizer") -> None:
         self.source, self.tool_source = source, tool_source or source
-        self.variables = variables  # what apply_chat_template passes: the special tokens map
+        self.name = name
+        self.kwargs = dict(kwargs or {})  # --template-kwargs: what apply_chat_template(**kwargs) passes
+        self.clock = Clock(date)
+        # apply_chat_template's render variables: the special tokens map, then the caller's arguments over it
+        self.variables = {**variables, **self.kwargs, "strftime_now": self.clock}
         self.owner = owner
-        self.label = f"tokenizer ({owner})"
+        self.label = f"{name} ({owner})"
+        self.developer = "developer" in self.source  # the template has a place for that role itself
         self.eot = self._probe_eot(sorted(added_tokens, key=len, reverse=True))
+        self.reads_reasoning = self._probe_reasoning()
 
     @property
     def sha256(self) -> str:
         return hashlib.sha256((self.source + "\0" + self.tool_source).encode()).hexdigest()
 
-    def text(self, messages: Sequence[Message], tools: list[dict[str, Any]] | None, generation: bool) -> str:
-        """Exactly `apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=...)`."""
+    def text(self, messages: Sequence[Message], tools: list[dict[str, Any]] | None, generation: bool,
+             kwargs: dict[str, Any] | None = None) -> str:
+        """Exactly `apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=..., **kwargs)`
+        with the run's template arguments under the row's (`kwargs`)."""
         clean = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
-        return render_chat(self.tool_source if tools else self.source, clean, tools, generation, self.variables)
+        variables = {**self.variables, **kwargs} if kwargs else self.variables
+        return render_chat(self.tool_source if tools else self.source, clean, tools, generation, variables)
+
+    def _probe_reasoning(self) -> bool:
+        """Whether the template writes an assistant message's `reasoning_content` (Qwen3's does; SmolLM3's and
+        Qwen2.5's do not: prep then writes the reasoning into the content as a think block, design §4)."""
+        try:
+            text = self.text([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "A",
+                              "reasoning_content": _PROBE_REASONING}], None, False)
+        except Exception:  # noqa: BLE001 - a template is user code; one that fails on reasoning does not read it
+            return False
+        return _PROBE_REASONING in text
+
+    def prepare(self, messages: Sequence[Message]) -> tuple[list[Message], Finding | None]:
+        """The messages as the template is given them: reasoning folded into the content where the template does
+        not write it, and a developer message as the system message where it has no developer role."""
+        out, note = list(messages), None
+        if not self.developer and any(m["role"] == "developer" for m in out):
+            out, note = developer_as_system(out, self.label)
+        if not self.reads_reasoning and any(m.get("reasoning_content") is not None for m in out):
+            out = [{**{k: v for k, v in m.items() if k != "reasoning_content"},
+                    "content": join_think(m["reasoning_content"], m["content"])}
+                   if m.get("reasoning_content") is not None else m for m in out]
+        return out, note
 
     def _probe_eot(self, added: list[str]) -> str:
         probe = "PREP_PROBE_ANSWER"
@@ -216,8 +264,10 @@ class JinjaTemplate:
                             "token; choose a template with --template (see `prep template --list`)")
         return token
 
-    def render(self, messages: Sequence[Message], tools: list[dict[str, Any]] | None = None) -> Rendered:
-        full = self._render(messages, tools, False)
+    def render(self, messages: Sequence[Message], tools: list[dict[str, Any]] | None = None,
+               kwargs: dict[str, Any] | None = None) -> Rendered:
+        messages, note = self.prepare(messages)
+        full = self._render(messages, tools, False, kwargs)
         turns: list[Turn] = []
         pos = 0
         for i, m in enumerate(messages):
@@ -229,7 +279,7 @@ class JinjaTemplate:
                 turns.append(Turn(i, m["role"], (at, at + len(content))))
                 pos = at + len(content)
                 continue
-            prefix = self._render(messages[:i], tools, True) if i else ""
+            prefix = self._render(messages[:i], tools, True, kwargs) if i else ""
             if not full.startswith(prefix):
                 raise row_error("template_not_prefix_stable",
                                 f"the chat template of {self.label} renders messages 1-{i} differently once "
@@ -255,29 +305,32 @@ class JinjaTemplate:
                     raise row_error("template_drops_content", f"the chat template of {self.label} does not write "
                                     f"the tool call {call['function']['name']!r} of message {i + 1}",
                                     "use a tool-aware template (e.g. --template chatml)", f"$.messages[{i}].tool_calls")
-            turns.append(Turn(i, "assistant", (at, at + len(content)), (start, end), m.get("weight", 1) != 0))
+            turns.append(Turn(i, "assistant", (at, at + len(content)), (start, end), m.get("weight", 1) != 0,
+                              think_span(full, start, end)))
             pos = end
-        if tools and self._same(full, messages, None):
+        if tools and self._same(full, messages, None, kwargs):
             raise row_error("template_drops_content", f"the chat template of {self.label} does not write the tool "
                             "definitions", "use a tool-aware template (e.g. --template chatml), or drop the tools",
                             "$.tools")
         if any(m.get("tool_calls") for m in messages) and self._same(
-                full, [{k: v for k, v in m.items() if k != "tool_calls"} for m in messages], tools):
+                full, [{k: v for k, v in m.items() if k != "tool_calls"} for m in messages], tools, kwargs):
             at = next(i for i, m in enumerate(messages) if m.get("tool_calls"))
             raise row_error("template_drops_content", f"the chat template of {self.label} does not write tool calls",
                             "use a tool-aware template (e.g. --template chatml)", f"$.messages[{at}].tool_calls")
-        return Rendered(full, turns)
+        return Rendered(full, turns, [note] if note else [])
 
-    def _same(self, full: str, messages: Sequence[Message], tools: list[dict[str, Any]] | None) -> bool:
+    def _same(self, full: str, messages: Sequence[Message], tools: list[dict[str, Any]] | None,
+              kwargs: dict[str, Any] | None) -> bool:
         """Whether the conversation renders to `full` without what was taken out: then the template ignores it."""
         try:
-            return self.text(messages, tools, False) == full
+            return self.text(messages, tools, False, kwargs) == full
         except Exception:  # noqa: BLE001 - a template may refuse the reduced conversation: then it uses the part
             return False
 
-    def _render(self, messages: Sequence[Message], tools: list[dict[str, Any]] | None, generation: bool) -> str:
+    def _render(self, messages: Sequence[Message], tools: list[dict[str, Any]] | None, generation: bool,
+                kwargs: dict[str, Any] | None = None) -> str:
         try:
-            return self.text(messages, tools, generation)
+            return self.text(messages, tools, generation, kwargs)
         except Exception as e:  # noqa: BLE001 - template code raises anything (raise_exception, TypeError, ...)
             raise row_error("template_error", f"the chat template of {self.label} failed: {e}",
                             "fix the row, or use a built-in --template", "$.messages") from None

@@ -7,12 +7,15 @@ so every trained answer ends with that token, trained (design §4).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
-from prep.core.findings import PrepError, RowError, row_error
+from prep.core.findings import Finding, PrepError, RowError, row_error
 from prep.core.options import TRAIN_ON
+from prep.core.records import Message
 
 Span = tuple[int, int]
+_THINK_BLOCK = re.compile(r"\s*<think>(.*?)</think>\s*", re.S)
 
 
 @dataclass(slots=True)
@@ -24,29 +27,63 @@ class Turn:
     content: Span
     answer: Span | None = None  # assistant: generation point .. end of the end-of-turn token
     trained: bool = False  # assistant with weight != 0
+    # assistant: the think block that opens the answer, and whether it holds nothing but whitespace
+    think: tuple[int, int, bool] | None = None
 
 
 @dataclass(slots=True)
 class Rendered:
     text: str
     turns: list[Turn]
+    notes: list[Finding] = field(default_factory=list)  # what rendering changed (a developer message as system)
 
-    def spans(self, train_on: str) -> list[Span]:
-        """The character spans that carry loss under `train_on` (`auto` must be resolved first)."""
+    def spans(self, train_on: str, reasoning: bool = True) -> list[Span]:
+        """The character spans that carry loss under `train_on` (`auto` must be resolved first). An answer's think
+        block is left out when it is empty (always) or when `reasoning` is False (--train-on-reasoning no)."""
         if train_on == "all":
             return [(0, len(self.text))]
         answers = [t for t in self.turns if t.answer]
         if train_on == "assistant":
-            return [t.answer for t in answers if t.trained]  # type: ignore[misc]
-        if train_on == "last":
-            return [answers[-1].answer] if answers and answers[-1].trained else []  # type: ignore[list-item]
-        if train_on == "content":
+            chosen = [t for t in answers if t.trained]
+        elif train_on == "last":
+            chosen = answers[-1:] if answers and answers[-1].trained else []
+        elif train_on == "content":
             out = [t.answer if t.answer else t.content for t in self.turns if t.trained or not t.answer]
             return [s for s in out if s is not None and s[1] > s[0]]
-        raise ValueError(f"unknown train_on {train_on!r}")
+        else:
+            raise ValueError(f"unknown train_on {train_on!r}")
+        spans = []
+        for t in chosen:
+            a, b = t.answer  # type: ignore[misc]
+            if t.think and (t.think[2] or not reasoning):
+                a = t.think[1]
+            if b > a:
+                spans.append((a, b))
+        return spans
 
     def answer_spans(self) -> list[Span]:
         return [t.answer for t in self.turns if t.answer]
+
+
+def think_span(text: str, start: int, end: int) -> tuple[int, int, bool] | None:
+    """The think block an answer (text[start:end]) opens with, through the whitespace after `</think>`, and whether
+    it is empty; None when the answer does not open with one."""
+    m = _THINK_BLOCK.match(text, start, end)
+    return (start, m.end(), not m.group(1).strip()) if m else None
+
+
+def developer_as_system(messages: list[Message], template: str) -> tuple[list[Message], Finding]:
+    """A template without a developer role gets the developer message in the system slot (OpenAI's own reading of
+    the role), and a finding saying so; the slot is the first message, so a later one cannot take it."""
+    for i, m in enumerate(messages):
+        if m["role"] == "developer" and (i > 0 or any(x["role"] == "system" for x in messages)):
+            raise cannot_render(template, "a developer message besides a system message or after the first message "
+                                "(it has no developer role; the developer message takes the system slot)",
+                                "merge it into the system message", f"$.messages[{i}].role")
+    out = [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
+    return out, Finding("developer_as_system", f"template {template} has no developer role: the developer message "
+                        "is rendered as the system message", "use a template with a developer role to keep it apart",
+                        "$.messages[0].role", "warning")
 
 
 def resolve_train_on(train_on: str, kind: str) -> str:

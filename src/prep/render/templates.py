@@ -6,7 +6,8 @@ carry loss (design §4). The built-in templates (prep.render.builtin) write the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from prep.core.findings import PrepError, row_error
@@ -18,13 +19,45 @@ from prep.render.spans import Specials
 AnyTemplate = Template | JinjaTemplate
 
 
+def parse_kwargs(specs: Iterable[str], template: str | None = None) -> dict[str, Any]:
+    """`--template-kwargs KEY=VALUE` pairs, each value read as YAML (`enable_thinking=false` is the boolean); the
+    `template` they go to is checked first, so a bad name is refused before any file is read."""
+    import yaml  # noqa: PLC0415 - start-up time: only a run with template arguments reads YAML here
+
+    if template is not None and template not in NAMES and template != "tokenizer" and not template.endswith(".jinja"):
+        raise PrepError(f"--template {template}: must be a template name (see `prep template --list`) or a .jinja "
+                        "file")
+    out: dict[str, Any] = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise PrepError(f"--template-kwargs {spec}: must be KEY=VALUE, e.g. enable_thinking=false")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise PrepError(f"--template-kwargs {spec}: the value is not YAML: {e}") from None
+    return out
+
+
 def get_template(name: str, specials: Specials | None = None,
-                 jinja: Callable[[], JinjaTemplate] | None = None) -> AnyTemplate:
-    """A template by name; `tokenizer` needs `jinja`, which builds the tokenizer's own."""
-    if name == "tokenizer":
+                 jinja: Callable[..., JinjaTemplate] | None = None,
+                 kwargs: dict[str, Any] | None = None) -> AnyTemplate:
+    """A template by name, or a .jinja file; `tokenizer` and files need `jinja`, which builds the tokenizer's own
+    (`jinja(source=..., name=...)`: a file's, with the tokenizer's special tokens). `kwargs` (the template
+    arguments `jinja` was given) are refused for a built-in, which takes none."""
+    if kwargs and name in BUILTIN:
+        raise PrepError(f"--template-kwargs: template {name} is built in and takes no arguments; they go to the "
+                        "tokenizer's own template or a .jinja file")
+    if name == "tokenizer" or name.endswith(".jinja"):
         if jinja is None:
-            raise PrepError("--template tokenizer needs --tokenizer")
-        return jinja()
+            raise PrepError(f"--template {name} needs --tokenizer")
+        if name == "tokenizer":
+            return jinja()
+        try:
+            source = Path(name).read_text(encoding="utf-8")
+        except OSError as e:
+            raise PrepError(f"--template {name}: cannot read the template: {e.strerror or e}") from None
+        return jinja(source=source, name=Path(name).name)
     if name not in BUILTIN:
         raise PrepError(f"unknown template {name!r}; one of {', '.join(NAMES)}")
     return BUILTIN[name](specials)
@@ -46,15 +79,48 @@ def document(text: str, specials: Specials) -> str:
 
 
 def render_pair(template: AnyTemplate, prompt: list[Message], answer: list[Message],
-                tools: list[dict[str, Any]] | None, path: str) -> tuple[int, str]:
+                tools: list[dict[str, Any]] | None, path: str,
+                kwargs: dict[str, Any] | None = None) -> tuple[int, str]:
     """Prompt and answer rendered as one conversation, and the character where the answer starts (the
     generation point), for dpo/kto: the prompt text is what the model sees when asked to answer."""
     if not answer or answer[0]["role"] != "assistant":
         raise row_error("wrong_type", "an answer must start with an assistant message",
                         "the answer side holds the assistant's reply", path)
-    rendered = template.render([*prompt, *answer], tools)
+    rendered = template.render([*prompt, *answer], tools, kwargs)
     start = next(t.answer for t in rendered.turns if t.index == len(prompt))
     return start[0], rendered.text  # type: ignore[index]
+
+
+def prompt_messages(record: Record) -> list[Message]:
+    """What a `prompt` shard row asks: a conversation without its final assistant answer (a row of system and user
+    messages only is taken as it is), or the prompt of a preference or feedback row."""
+    if "messages" not in record:
+        return record["prompt"]
+    messages = record["messages"]
+    if messages and messages[-1]["role"] == "assistant":
+        messages = messages[:max(i for i, m in enumerate(messages) if m["role"] != "assistant") + 1] \
+            if any(m["role"] != "assistant" for m in messages) else []
+    return messages
+
+
+def prompt_text(template: AnyTemplate, record: Record, kwargs: dict[str, Any] | None) -> str:
+    """The prompt rendered with the generation prompt after it: `apply_chat_template(prompt,
+    add_generation_prompt=True)` for the tokenizer's template, the text up to the generation point for a built-in."""
+    messages = prompt_messages(record)
+    if not any(m["role"] not in ("system", "developer") for m in messages):
+        raise row_error("empty_value", "the row has no prompt to answer (no user message before the answer)",
+                        "give the row a user message", "$.messages")
+    tools = record.get("tools")
+    if isinstance(template, JinjaTemplate):
+        prepared, _ = template.prepare(messages)
+        try:
+            return template.text(prepared, tools, True, kwargs)
+        except Exception as e:  # noqa: BLE001 - template code raises anything (raise_exception, TypeError, ...)
+            raise row_error("template_error", f"the chat template of {template.label} failed: {e}",
+                            "fix the row, or use a built-in --template", "$.messages") from None
+    start, text = render_pair(template, messages, [{"role": "assistant", "content": ""}], tools, "$.messages",
+                              kwargs)
+    return text[:start]
 
 
 def describe() -> list[tuple[str, str]]:

@@ -26,6 +26,7 @@ from tokenizers import Regex, decoders, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as Backend
 
 from prep.core.findings import PrepError
+from prep.core.options import DEFAULT_DATE
 from prep.files import cache_path, read_cache, sha256_file, write_cache
 from prep.render.jinja import JinjaTemplate
 from prep.render.spans import Specials
@@ -83,10 +84,17 @@ class Tokenizer:
                             f"({', '.join(sorted(templates))}); choose one with --template")
         return templates["default"]
 
-    def jinja(self) -> JinjaTemplate:
-        """The tokenizer's own chat template (tool-use variant when it has one)."""
+    def jinja(self, source: str | None = None, name: str = "tokenizer", kwargs: dict[str, Any] | None = None,
+              date: str = DEFAULT_DATE) -> JinjaTemplate:
+        """The tokenizer's own chat template (tool-use variant when it has one), or `source` (a .jinja file) with this
+        tokenizer's special tokens; `kwargs` are the template arguments, `date` the day strftime_now gives
+        (`today`: the machine's clock)."""
+        pinned = None if date == "today" else date
+        if source is not None:
+            return JinjaTemplate(source, None, dict(self.special_tokens), self.name, self.added_tokens(), kwargs,
+                                 pinned, name)
         return JinjaTemplate(self.chat_template(), self.chat_template(tools=True), dict(self.special_tokens),
-                             self.name, self.added_tokens())
+                             self.name, self.added_tokens(), kwargs, pinned)
 
     @property
     def has_chat_template(self) -> bool:

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from prep.core.columns import schema as shard_schema
 from prep.core.findings import Finding, PrepError
 from prep.core.result import Result
 from prep.files import sha256_file
@@ -118,7 +119,7 @@ def _check_shard(folder: Path, shard: dict[str, Any], manifest: dict[str, Any], 
         totals["unreadable"] += 1
         return  # its content cannot be trusted enough to check further
     pfile = pq.ParquetFile(path)
-    schema = SCHEMAS[manifest["kind"]]
+    schema = shard_schema(manifest["kind"], tuple(manifest.get("carried", ())))
     if not pfile.schema_arrow.equals(schema):
         result.add("wrong_schema", f"columns {pfile.schema_arrow} differ from the {manifest['kind']} schema", name)
         totals["unreadable"] += 1

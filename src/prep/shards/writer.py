@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from prep import __version__
+from prep.core.columns import schema
 from prep.core.findings import Batch, PrepError, Tally
 from prep.files import RowWriter, is_shard_folder, locked, sha256_file, swap_in, write_json
 from prep.shards.layout import (
@@ -47,14 +48,17 @@ class ShardWriter:
     """
 
     def __init__(self, outdir: str | Path, kind: str, meta: dict[str, Any], *, rejects: str | None = None,
-                 shard_rows: int = 100_000, shard_mb: float = 256.0, resume_key: str | None = None) -> None:
+                 shard_rows: int = 100_000, shard_mb: float = 256.0, resume_key: str | None = None,
+                 carried: tuple[str, ...] = ()) -> None:
         if kind not in SCHEMAS:
             raise PrepError(f"unknown shard kind {kind!r}; one of {', '.join(KINDS)}")
         if shard_rows < 1 or shard_mb <= 0:
             raise PrepError("shard size must be positive")
         self.outdir, self.kind, self.meta = Path(outdir), kind, meta
         self.work = self.outdir.with_name(f".{self.outdir.name}.partial")  # a stable name: a re-run resumes it
-        self.schema = SCHEMAS[kind]
+        self.schema = schema(kind, carried)
+        if carried:
+            meta["carried"] = list(carried)  # verify builds the same schema from it (the caller may add to meta)
         self.shard_rows, self.shard_bytes = shard_rows, int(shard_mb * 1024 * 1024)
         self.tally = Tally()
         self.tokens = self.loss_tokens = 0

@@ -41,7 +41,7 @@ from prep.stages.inspect import decoded_runs
 
 TOKENS = ("input_ids", "attention_mask", "labels")  # axolotl's and Together's pre-tokenized columns
 PAIRS = {"dpo": ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids"),
-         "kto": ("prompt_input_ids", "completion_input_ids", "label")}
+         "kto": ("prompt_input_ids", "completion_input_ids", "label"), "prompt": ("prompt_input_ids",)}
 
 
 @dataclass
@@ -72,12 +72,14 @@ def export(shards: str | Path, to: str, output: str, *, tokenizer: str | None = 
         raise PrepError(f"-o {output}: already there; give a new folder for the dataset")
     meter = Meter(progress)
     meter.start()
+    # the carried input columns (--keep-columns) go with the rows of pairs and prompts (a packed row has none)
+    carried = [] if kind in ("sft", "pretrain") else list(manifest.get("carried") or [])
     if to == "jsonl":
-        tally = _jsonl(Path(shards), kind, out, shard_decoder(manifest, tokenizer), meter)
+        tally = _jsonl(Path(shards), kind, out, shard_decoder(manifest, tokenizer), meter, carried)
         columns = ["id", "text", "spans"] if kind in ("sft", "pretrain") else ["id", "prompt", *PAIRS[kind][1:]]
-        columns = [c.removesuffix("_input_ids") for c in columns]
+        columns = [c.removesuffix("_input_ids") for c in columns] + carried
     else:
-        columns = list(TOKENS if kind in ("sft", "pretrain") else PAIRS[kind])
+        columns = list(TOKENS if kind in ("sft", "pretrain") else PAIRS[kind]) + carried
         tables = (t.select(columns) for t in _documents(Path(shards), kind, meter))
         rows = _hf_dataset(tables, out) if to == "hf-dataset" else _parquet(tables, out)
         tally = Tally(rows, rows)
@@ -145,10 +147,11 @@ def _hf_dataset(tables: Iterator[pa.Table], out: Path) -> int:
     return rows
 
 
-def _jsonl(folder: Path, kind: str, out: Path, decoder: Tokenizer, meter: Meter) -> Tally:
+def _jsonl(folder: Path, kind: str, out: Path, decoder: Tokenizer, meter: Meter, carried: list[str]) -> Tally:
     """Decoded rows through `per_row`, so a row that cannot be written exactly is a counted reject."""
     tally = Tally()
-    encode = per_row(lambda row, _: _text_row(decoder, kind, row), keep=lambda row: {"id": row["id"]})
+    encode = per_row(lambda row, _: {**_text_row(decoder, kind, row), **{c: row[c] for c in carried}},
+                     keep=lambda row: {"id": row["id"]})
     with RowWriter(str(out)) as writer:
         n = 0
         for table in _documents(folder, kind, meter):

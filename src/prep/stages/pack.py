@@ -42,7 +42,7 @@ def pack(shards: str | Path, output: str | Path, max_len: int, *, strategy: str 
     check("pack", {"max_len": max_len, "strategy": strategy, "seed": seed, "window": window, "rejects": rejects})
     source = read_manifest(shards)
     if source["kind"] not in ("sft", "pretrain"):
-        raise PrepError(f"{shards}: {source['kind']} shards are trained as pairs and are not packed")
+        raise PrepError(f"{shards}: {source['kind']} shards are not packed (pairs and prompts are trained row by row)")
     if (source.get("packing") or {}).get("strategy", "none") != "none":
         raise PrepError(f"{shards}: these shards are packed already ({source['packing']['strategy']}); pack the "
                         f"unpacked folder they came from ({(source.get('source') or {}).get('path', 'prep tokenize')})")
@@ -72,8 +72,11 @@ def pack(shards: str | Path, output: str | Path, max_len: int, *, strategy: str 
         if wrapper and (last := wrapper.add(None)) is not None:
             writer.add(last)
     manifest = read_manifest(output)
+    carried = source.get("carried") or []
+    notes = [f"carried columns {', '.join(carried)} are not packed (a packed row holds several documents); they "
+             f"stay in {shards}, found by each document's id"] if carried else []
     return PackResult(tally=writer.tally, outputs=outputs(output=output, rejects=rejects),
-                      manifest=manifest)
+                      manifest=manifest, notes=notes)
 
 
 def _windows(indir: Path, manifest: dict[str, Any], window: int) -> Iterator[tuple[pa.Table, list[Source]]]:

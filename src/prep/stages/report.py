@@ -227,6 +227,7 @@ def _stages(found: _Found, page_dir: Path) -> list[dict[str, Any]]:
         rejects = (stage.get("summary") or {}).get("rejects")
         out.append({"stage": name, "status": stage.get("status", "done"), "read": read, "written": written,
                     "rejected": dict(rejected), "altered": more.pop("altered", {}),
+                    "dropped": more.pop("dropped", {}),
                     "line": (stage.get("summary") or {}).get("line", ""),
                     "rejects": _link(folder / rejects, page_dir) if folder and rejects else None,
                     "sources": more.pop("sources", []), **more})
@@ -235,7 +236,8 @@ def _stages(found: _Found, page_dir: Path) -> list[dict[str, Any]]:
         s = stage.get("summary") or {}
         if name == "convert" and "read" in s:
             files = [{"path": f, **t} for f, t in (s.get("files") or {}).items()]
-            row(name, s["read"], s["written"], s.get("rejected_by_reason", {}), sources=_source_rows(files, page_dir))
+            row(name, s["read"], s["written"], s.get("rejected_by_reason", {}), sources=_source_rows(files, page_dir),
+                dropped=dict(s.get("dropped_fields") or {}))
         elif name in ("tokenize", "pack") or name == "validate" and found.validate is not None:
             continue  # from their own files, below
         elif name != "train" and stage["status"] in ("ran", "skipped", "stopped", "failed"):
@@ -255,7 +257,7 @@ def _stages(found: _Found, page_dir: Path) -> list[dict[str, Any]]:
             folder, m = manifests[name]
             c = m["counts"]
             row(name, c["read"], c["written"], c["rejected"], altered=dict(c.get("altered", {})), rows=c["rows"],
-                sources=_source_rows(m.get("sources", []), page_dir))
+                sources=_source_rows(m.get("sources", []), page_dir), dropped=dict(c.get("dropped_fields", {})))
             if found.run is None and (folder / "rejects.jsonl").is_file():
                 out[-1]["rejects"] = _link(folder / "rejects.jsonl", page_dir)
     if found.train is not None:

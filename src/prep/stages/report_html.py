@@ -129,6 +129,14 @@ def _reasons(counts: dict[str, int], name: str, cls: str) -> str:
     return f'<span class="{cls}">{_fig(name, total)}</span> <span class="hint">({parts})</span>'
 
 
+def _dropped(counts: dict[str, int] | None, name: str) -> str:
+    """Input fields a stage did not carry, by name: the rows that had them (design §3)."""
+    if not counts:
+        return ""
+    parts = ", ".join(f"{escape(field)} {_fig(f'{name}.dropped_fields.{field}', n)}" for field, n in sorted(counts.items()))
+    return f'<br><span class="warning">dropped fields:</span> <span class="hint">{parts}</span>'
+
+
 def _stopped(data: dict[str, Any]) -> str:
     why = data.get("stopped")
     return f'<p class="stop"><b>The run stopped:</b> {escape(why)}</p>' if why else ""
@@ -190,7 +198,7 @@ def _rows(data: dict[str, Any]) -> str:
                    f'<td class="n">{_fig(name + ".written", s["written"])}</td>'
                    f'<td>{_reasons(s["rejected"], name + ".rejected", "rejected")}{rejects}</td>'
                    f'<td>{_reasons(s["altered"], name + ".altered", "altered")}</td>'
-                   f'<td>{escape(s.get("line") or "")}</td></tr>')
+                   f'<td>{escape(s.get("line") or "")}{_dropped(s.get("dropped"), name)}</td></tr>')
         if len(s["sources"]) > 1 or s["sources"] and s["sources"][0]["read"] != s["read"]:
             for src in s["sources"]:
                 key = f"source.{s['stage']}.{src['path']}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gc
 import multiprocessing
 import os
@@ -28,14 +29,15 @@ import pyarrow.compute as pc
 
 from prep.core.columns import KIND_OF_RECORD
 from prep.core.findings import Batch, PrepError, Tally, count_by_file
-from prep.core.options import check
+from prep.core.options import DEFAULT_DATE, check
 from prep.core.records import Record, kind_of
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files import check_outputs, sha256_file
 from prep.formats.inputs import Inputs, read_inputs
 from prep.render.encoder import Encoder, Settings
+from prep.render.jinja import JinjaTemplate
 from prep.render.spans import resolve_train_on
-from prep.render.templates import get_template
+from prep.render.templates import get_template, parse_kwargs
 from prep.render.tokenizer import Tokenizer, load_tokenizer
 from prep.shards.writer import ShardWriter
 from prep.stages.stats import LengthCounts
@@ -185,7 +187,7 @@ class _Sources:
 
 def _bounded_lengths(kind: str, table: pa.Table) -> np.ndarray:
     """Each row's length as `max_len` bounds it: all its tokens, or for a pair the prompt and its longer answer."""
-    if kind in ("sft", "pretrain"):
+    if kind in ("sft", "pretrain", "prompt"):
         return table["num_tokens"].to_numpy()
     prompt = pc.list_value_length(table["prompt_input_ids"]).to_numpy()
     answers = [pc.list_value_length(table[c]).to_numpy() for c in ("chosen_input_ids", "rejected_input_ids",
@@ -204,15 +206,21 @@ class TokenizeResult(Result):
 
 def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, template: str | None = None,
              kind: str | None = None, train_on: str = "auto", max_len: int | None = None, overflow: str = "drop",
-             workers: int = 1, rejects: str | None = None, progress: ProgressFn | None = None) -> TokenizeResult:
+             workers: int = 1, rejects: str | None = None, progress: ProgressFn | None = None,
+             train_on_reasoning: str = "yes", template_kwargs: Iterable[str] = (),
+             date: str = DEFAULT_DATE) -> TokenizeResult:
     """Tokenize `inputs` into unpacked shards in `output` (design §5) and return the counts and manifest.
 
     `kind` defaults to the first record's (chat -> sft, text -> pretrain, preference -> dpo, feedback
-    -> kto); `template` to the tokenizer's own."""
+    -> kto; `prompt` is asked for); `template` to the tokenizer's own, or a .jinja file. `template_kwargs`
+    (KEY=VALUE, YAML values) and `date` (the day strftime_now gives) go to the jinja template."""
     check("tokenize", {"template": template, "kind": kind, "train_on": train_on, "max_len": max_len,
-                       "overflow": overflow, "workers": workers, "output": output, "rejects": rejects})
+                       "overflow": overflow, "workers": workers, "output": output, "rejects": rejects,
+                       "train_on_reasoning": train_on_reasoning, "template_kwargs": list(template_kwargs),
+                       "date": date})
     check_outputs([*inputs.files, tokenizer if isinstance(tokenizer, str) else None], {"-o": output,
                                                                                          "--rejects": rejects})
+    kwargs = parse_kwargs(template_kwargs, template)
     formats: dict[str, str] = {}
     batches = read_inputs(inputs, formats)
     if kind is None:
@@ -229,19 +237,25 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, templat
         if template is None and not tok.has_chat_template:
             raise PrepError(f"the tokenizer at {tok.path} has no chat template and no --template was given; "
                             "choose one (see `prep template --list`)")
-        tmpl = get_template(template or "tokenizer", tok.specials, tok.jinja)
-    settings = Settings(kind, train_on, max_len, overflow)
+        tmpl = get_template(template or "tokenizer", tok.specials, functools.partial(tok.jinja, kwargs=kwargs,
+                                                                                      date=date), kwargs)
+    carried = inputs.fields.keep
+    settings = Settings(kind, train_on, max_len, overflow, train_on_reasoning == "yes", carried)
     encoder = Encoder(tok.backend, tmpl, tok.specials, settings)
+    about: dict[str, Any] = {"name": tmpl.name, "sha256": tmpl.sha256} if tmpl else {}
+    if isinstance(tmpl, JinjaTemplate):  # what else decides its text: the arguments and the day it is told
+        about.update(kwargs=kwargs, date=date, reasoning="template" if tmpl.reads_reasoning else "think block")
     meta: dict[str, Any] = {
         "tokenizer": tok.fingerprint(),
-        "template": {"name": tmpl.name, "sha256": tmpl.sha256} if tmpl else None,
+        "template": about or None,
         "train_on": {"sft": resolve_train_on(train_on, "chat"), "pretrain": "all"}.get(kind),
+        "train_on_reasoning": train_on_reasoning if kind == "sft" else None,
         "max_len": max_len, "overflow": overflow,
         "inputs": [], "options": {"kind": kind, **{k: v for k, v in dataclasses.asdict(inputs).items() if k != "files"}},
     }
     meter = Meter(progress)
     sources = _Sources()
-    with _steady_gc(), ShardWriter(output, kind, meta, rejects=rejects) as writer:
+    with _steady_gc(), ShardWriter(output, kind, meta, rejects=rejects, carried=carried) as writer:
         meter.start()
         for out, table, lengths in run_encoder(batches, encoder, workers):
             sources.add(out, _bounded_lengths(kind, table), lengths, writer.tally.written)

@@ -63,7 +63,7 @@ class _Walk:
     def step(self, m: Message, key: str, i: int) -> None:
         role = m["role"]
         at = (key, i)
-        if role == "system":
+        if role in ("system", "developer"):
             if self.position:
                 self.add("misplaced_system", "a system message after the start of the conversation", _role(self.loc(at)))
             self.position += 1
@@ -140,10 +140,12 @@ class _Walk:
             self.step(m, key, i)
 
 
-def check(record: Record, locs: Mapping[str, list[Loc]], ending: str = "ends_without_answer") -> list[Finding]:
+def check(record: Record, locs: Mapping[str, list[Loc]], ending: str = "ends_without_answer",
+          prompts: bool = False) -> list[Finding]:
     """Every conversation finding for one record. `ending` is the code for a conversation that does not
     end with an answer: a warning in general, an error (`unpaired_turn`) where LLaMA-Factory drops the row.
-    `locs` is consulted only to place a finding."""
+    With `prompts` (rows for `--kind prompt` shards) a conversation needs no answer. `locs` is consulted only
+    to place a finding."""
     out: list[Finding] = []
     kind = kind_of(record)
     if kind == "text":
@@ -163,7 +165,11 @@ def check(record: Record, locs: Mapping[str, list[Loc]], ending: str = "ends_wit
         messages = record["messages"]
         walk.run("messages", messages)
         assistants = [m for m in messages if m["role"] == "assistant"]
-        if not assistants:
+        if prompts:  # GRPO/RLOO rows: the model writes the answer; a user turn to answer is what counts
+            if walk.state not in ("user", "tool_done") and not assistants:
+                out.append(finding("empty_conversation", "the conversation has no user message to answer",
+                                   _list_path(locs["messages"])))
+        elif not assistants:
             out.append(finding("no_assistant", "the conversation has no assistant message",
                                _list_path(locs["messages"])))
         elif all(m.get("weight") == 0 for m in assistants):
@@ -190,9 +196,9 @@ def _plain(messages: list[Message]) -> bool:
         if len(m) != 2 or not content or content.isspace():
             return False
         role = m["role"]
-        if role != expect and not (i == 0 and role == "system"):
+        if role != expect and not (i == 0 and role in ("system", "developer")):
             return False
-        if role != "system":
+        if role not in ("system", "developer"):
             expect = "assistant" if role == "user" else "user"
     return True
 
@@ -202,7 +208,7 @@ def _answers(record: Record, locs: Mapping[str, list[Loc]], walk: _Walk, kind: s
     prompt = record["prompt"]
     code = "bad_preference" if kind == "preference" else "bad_feedback"
     walk.run("prompt", prompt)
-    if not [m for m in prompt if m["role"] != "system"]:
+    if not [m for m in prompt if m["role"] not in ("system", "developer")]:
         out.append(finding(code, "the prompt has no user message", _list_path(locs["prompt"]) if prompt else "$"))
         walk.state = "user"
     elif walk.state not in ("user", "tool_done"):

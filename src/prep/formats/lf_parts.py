@@ -1,0 +1,172 @@
+"""LLaMA-Factory's v1 data format: each message's `content` is a list of parts
+`{"type": "text" | "reasoning" | "tool_call", "value": str}` with a per-message `loss_weight`, tool
+results are `tool` messages of text parts, `tools` is a JSON string of tool definitions, and a
+preference row is two whole conversations, `chosen_messages` and `rejected_messages`, that share
+their prompt.
+
+`reasoning` parts are the message's `reasoning_content`; a `tool_call` part's value is the JSON of
+`{"name", "arguments"}` (ids `call_<n>`, since the format has none; a tool message answers the oldest
+open call). `loss_weight` is OpenAI's `weight`: 1.0 or 0.0 on an assistant message (0.0 keeps it out
+of the loss); other messages carry no loss (0.0), as LLaMA-Factory's own converters write them.
+
+A row and the record it becomes:
+
+    >>> read({"messages": [
+    ...     {"role": "user", "content": [{"type": "text", "value": "2+2?"}], "loss_weight": 0.0},
+    ...     {"role": "assistant", "content": [{"type": "reasoning", "value": "Add them."},
+    ...                                       {"type": "text", "value": "4"}], "loss_weight": 1.0}]}, Options())
+    {'messages': [{'role': 'user', 'content': '2+2?'},
+                  {'role': 'assistant', 'content': '4', 'reasoning_content': 'Add them.'}]}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from prep.core import records as r
+
+NAME = "lf_parts"
+KINDS = ("chat", "preference")
+_ROLES = ("system", "user", "assistant", "tool")
+_KEYS = frozenset({"role", "content", "loss_weight"})
+
+
+@dataclass
+class Options:
+    pass
+
+
+def detect(row: dict[str, Any]) -> bool:
+    if isinstance(row.get("chosen_messages"), list):
+        return True
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not messages or not isinstance(messages[0], dict):
+        return False
+    content = messages[0].get("content")
+    return isinstance(content, list) and bool(content) and isinstance(content[0], dict) and "value" in content[0]
+
+
+def read(row: Any, options: Options) -> r.Record:
+    row = r.require_object(row, NAME)
+    tools = r.tools(row.get("tools"), "$.tools")
+    if row.get("chosen_messages") is not None or row.get("rejected_messages") is not None:
+        chosen = _messages(r.get(row, "chosen_messages"), "$.chosen_messages")
+        rejected = _messages(r.get(row, "rejected_messages"), "$.rejected_messages")
+        prompt, chosen, rejected = r.split_common_prefix(chosen, rejected)
+        for key, side in (("chosen_messages", chosen), ("rejected_messages", rejected)):
+            if not side or side[0]["role"] != "assistant":
+                raise r.row_error("bad_preference", f"{key} must continue the shared prompt with an assistant answer",
+                                  "give both conversations the same prompt and a different answer", f"$.{key}")
+        return r.with_tools({"prompt": prompt, "chosen": chosen, "rejected": rejected}, tools)
+    messages = r.require_messages(_messages(r.get(row, "messages"), "$.messages"), "$.messages")
+    return r.with_tools({"messages": messages}, tools)
+
+
+def _messages(value: Any, path: str) -> list[r.Message]:
+    items = r.json_value(value, path, list)
+    out: list[r.Message] = []
+    calls = 0
+    open_calls: list[str] = []
+    for i, item in enumerate(items):
+        where = f"{path}[{i}]"
+        item = r.json_value(item, where, dict)
+        role = r.get(item, "role", where)
+        if role not in _ROLES:
+            raise r.row_error("bad_role", f"unknown role {role!r}", f"use one of {', '.join(_ROLES)}", f"{where}.role")
+        for key in item:
+            if key not in _KEYS:
+                r.note_dropped(key)
+        parts = r.json_value(r.get(item, "content", where), f"{where}.content", list)
+        text, reasoning, tool_calls = [], [], []
+        for k, part in enumerate(parts):
+            pw = f"{where}.content[{k}]"
+            if not isinstance(part, dict) or not isinstance(part.get("value"), str):
+                raise r.row_error("bad_content_part", "a content part is {\"type\": ..., \"value\": text}",
+                                  "write each part as {\"type\": \"text\", \"value\": \"...\"}", pw)
+            kind = part.get("type")
+            if kind == "text":
+                text.append(part["value"])
+            elif kind == "reasoning" and role == "assistant":
+                reasoning.append(part["value"])
+            elif kind == "tool_call" and role == "assistant":
+                try:
+                    call = json.loads(part["value"])
+                except ValueError as e:
+                    raise r.row_error("bad_tool_call", f"a tool_call part's value is not JSON: {e}",
+                                      "write the call as {\"name\": ..., \"arguments\": {...}}", f"{pw}.value") from None
+                if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+                    raise r.row_error("bad_tool_call", "a tool call needs a string name",
+                                      "write the call as {\"name\": ..., \"arguments\": {...}}", f"{pw}.value")
+                call_id = f"call_{calls}"
+                calls += 1
+                open_calls.append(call_id)
+                tool_calls.append(r.tool_call(call["name"], r.arguments(call.get("arguments", {}),
+                                                                        f"{pw}.value.arguments"), call_id))
+            else:
+                raise r.row_error("unsupported_content", f"a {role} message cannot hold a content part of type "
+                                  f"{kind!r}", "prep reads text parts, and reasoning and tool_call parts of "
+                                  "assistant messages", f"{pw}.type")
+        extra: dict[str, Any] = {}
+        if reasoning:
+            extra["reasoning_content"] = "".join(reasoning)
+        if tool_calls:
+            extra["tool_calls"] = tool_calls
+        if role == "tool":
+            extra["tool_call_id"] = open_calls.pop(0) if open_calls else None
+        weight = item.get("loss_weight")
+        if weight is not None:
+            trained = role == "assistant"
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight not in (0, 1) or \
+                    weight == 1 and not trained:
+                raise r.row_error("bad_weight", f"loss_weight {weight!r} on a {role} message: prep trains assistant "
+                                  "messages fully (1.0) or not at all (0.0)", "use 1.0 or 0.0 on assistant messages "
+                                  "and 0.0 elsewhere (or --train-on all to train every token)", f"{where}.loss_weight")
+            if trained and weight == 0:
+                extra["weight"] = 0
+        out.append(r.message(role, "".join(text), **extra))
+    return out
+
+
+def _dump(messages: list[r.Message], path: str) -> list[dict[str, Any]]:
+    out = []
+    for i, m in enumerate(messages):
+        role = "system" if m["role"] == "developer" else m["role"]
+        if m["role"] == "developer":
+            r.note_dropped("role developer (written as system)")
+        if m.get("name"):
+            r.note_dropped("name")
+        parts = []
+        if m.get("reasoning_content") is not None:
+            parts.append({"type": "reasoning", "value": m["reasoning_content"]})
+        if m["content"] or not m.get("tool_calls"):
+            parts.append({"type": "text", "value": m["content"]})
+        for k, call in enumerate(m.get("tool_calls") or ()):
+            if call.get("id") != f"call_{_ordinal(messages, i, k)}":
+                r.note_dropped("tool_calls.id")  # the format numbers calls itself
+            parts.append({"type": "tool_call", "value": json.dumps(
+                {"name": call["function"]["name"], "arguments": call["function"]["arguments"]}, ensure_ascii=False)})
+        weight = float(m.get("weight", 1)) if role == "assistant" else 0.0
+        out.append({"role": role, "content": parts, "loss_weight": weight})
+    return out
+
+
+def _ordinal(messages: list[r.Message], i: int, k: int) -> int:
+    """The number the reader will give call `k` of message `i`: calls are numbered through the conversation."""
+    return sum(len(m.get("tool_calls") or ()) for m in messages[:i]) + k
+
+
+def write(record: r.Record, options: Options) -> dict[str, Any]:
+    kind = r.kind_of(record)
+    r.refuse_media(record, NAME)
+    if kind in ("text", "feedback"):
+        raise r.not_expressible(NAME, "plain text or KTO feedback records", "convert them to trl")
+    if kind == "chat":
+        out: dict[str, Any] = {"messages": _dump(record["messages"], "$.messages")}
+    else:
+        out = {"chosen_messages": _dump(record["prompt"] + record["chosen"], "$.chosen"),
+               "rejected_messages": _dump(record["prompt"] + record["rejected"], "$.rejected")}
+    if record.get("tools"):
+        out["tools"] = json.dumps(record["tools"], ensure_ascii=False)
+    return out
