@@ -15,7 +15,7 @@ import pytest
 
 from conftest import ROOT, run_prep
 from prep.core.findings import PrepError
-from prep.files import RowWriter, read_rows, split_suffix
+from prep.files import BATCH_ROWS, RowWriter, joined, pieces, read_rows, split_suffix
 
 
 def rows(path: Path | str, **kw: Any) -> tuple[list[tuple[int, Any]], list[tuple[int, str, Any]]]:
@@ -427,3 +427,30 @@ def test_convert_and_tokenize_reject_a_lone_surrogate_row_without_a_traceback(tm
     tok = run_prep("tokenize", str(src), "--tokenizer", str(ROOT / "samples" / "tokenizer"), "--template", "chatml",
                    "-o", str(tmp_path / "shards"))
     assert tok.returncode == 1 and b"internal error" not in tok.stderr and b"lone_surrogate" in tok.stderr, tok.stderr
+
+
+def _seen(batches: Any) -> list[Any]:
+    return [([(s.line, s.row) for s in b.sources], [(r.source.line, r.source.row, str(r.findings[0])) for r in b.rejects],
+             b.items) for b in batches]
+
+
+def test_jsonl_pieces_read_as_the_whole_file(tmp_path: Path) -> None:
+    """`--engine ray` reads a JSONL file in pieces: cut after every BATCH_ROWS-th row on a line boundary, each
+    piece read alone gives the whole file's batches, line numbers, row numbers and byte offsets (a BOM, blank
+    lines, bad JSON and invalid UTF-8 included)."""
+    path = tmp_path / "rows.jsonl"
+    with path.open("wb") as f:
+        f.write(b"\xef\xbb\xbf")
+        for i in range(3 * BATCH_ROWS + 100):
+            f.write(b"\n \n" if i % 97 == 0 else b"{bad\n" if i % 89 == 0 else b'{"t": "\xff"}\n' if i % 83 == 0
+                    else json.dumps({"text": f"row {i}"}).encode() + b"\n")
+    found = pieces(str(path))
+    assert len(found) == 4 and [p.row for p in found] == [0, BATCH_ROWS, 2 * BATCH_ROWS, 3 * BATCH_ROWS]
+    whole = _seen(read_rows(str(path)))
+    assert [x for p in found for x in _seen(read_rows(str(path), piece=p))] == whole
+    two = [joined(found[:2]), joined(found[2:])]  # joined runs of pieces read the same too
+    assert [x for p in two for x in _seen(read_rows(str(path), piece=p))] == whole
+    assert any("invalid UTF-8 at byte" in r[2] for batch in whole for r in batch[1])
+    gz = tmp_path / "rows.jsonl.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    assert len(pieces(str(gz))) == len(pieces(str(ROOT / "samples" / "alpaca.json"))) == 1  # compressed, JSON: whole

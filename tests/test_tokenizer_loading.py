@@ -97,8 +97,8 @@ VERBS = {
 @pytest.mark.slow
 def test_the_data_verbs_import_neither_torch_nor_transformers(tmp_path: Path) -> None:
     """Each verb in a fresh interpreter, in order (pack reads what tokenize wrote); afterwards none of the heavy
-    libraries is in sys.modules."""
-    heavy = ("torch", "transformers", "datasets", "trl")
+    libraries is in sys.modules, nor Ray (the local engine never imports it)."""
+    heavy = ("torch", "transformers", "datasets", "trl", "ray")
     probe = ("import sys, json\nfrom prep.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
              f"    code = e.code\nprint(json.dumps([code, [m for m in {heavy!r} if m in sys.modules]]))")
     for verb, args in VERBS.items():

@@ -207,6 +207,15 @@ def _formats(formats: dict[str, str]) -> None:
         click.echo(f"{path}: read as {fmt}", err=True)
 
 
+def _ran(result: Any) -> str:
+    """The summary's last words under --engine ray: how many parts, workers and nodes ran."""
+    e = result.engine
+    if not e:
+        return ""
+    return (f" ({e['name']}: {e['parts']} parts on {e['workers']} worker{'s' * (e['workers'] != 1)}, "
+            f"{e['nodes']} node{'s' * (e['nodes'] != 1)})")
+
+
 def _notes(result: Any) -> None:
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
@@ -218,7 +227,7 @@ def _notes(result: Any) -> None:
 @main.command()
 @input_options
 @options("convert")
-def convert(inputs: Any, to: str, output: str, rejects: str | None, ids: bool, quiet: bool) -> None:
+def convert(inputs: Any, to: str, output: str, rejects: str | None, ids: bool, quiet: bool, **kw: Any) -> None:
     """Convert INPUT files (or --dataset entries) to another format.
 
     FROM is `auto` (the default: detected per file) or one of alpaca, sharegpt, openai, lf_parts,
@@ -234,11 +243,12 @@ def convert(inputs: Any, to: str, output: str, rejects: str | None, ids: bool, q
     from prep.stages.convert import convert as run  # noqa: PLC0415 - start-up time
 
     _require_inputs(inputs)
-    result = run(inputs, to, output, rejects=rejects, ids=ids)
+    with _Bar("convert", quiet or kw["engine"] == "local", "starting Ray") as bar:
+        result = run(inputs, to, output, rejects=rejects, ids=ids, progress=bar, **kw)
     _notes(result)
     if not quiet:
         _formats(result.formats)
-        click.echo(result.tally.summary() + ("" if output == "-" else f" -> {output}"), err=True)
+        click.echo(result.tally.summary() + ("" if output == "-" else f" -> {output}") + _ran(result), err=True)
         _report_rejects(result.tally, rejects)
     sys.exit(result.exit_code)
 
@@ -262,6 +272,8 @@ def validate(inputs: Any, report: str | None, quiet: bool, **kw: Any) -> None:
     if hasattr(out, "reconfigure"):
         out.reconfigure(errors="backslashreplace")  # a file name that is not UTF-8 must not crash the report
     show.show(result, out, quiet)
+    if result.engine and not quiet:
+        click.echo(_ran(result).strip(" ()"), err=True)
     if report == "-":
         sys.stdout.write(show.dumps(result))
     elif report:
@@ -382,7 +394,7 @@ def tokenize(inputs: Any, output: str, rejects: str | None, quiet: bool, **kw: A
         m = result.manifest
         trained = f", {m['tokens']['loss']:,} trained" if m["kind"] in ("sft", "pretrain") else ""
         click.echo(f"{result.tally.summary()}; {m['tokens']['total']:,} tokens{trained} ({m['kind']}, template "
-                   f"{(m['template'] or {}).get('name', 'none')}) -> {output}", err=True)
+                   f"{(m['template'] or {}).get('name', 'none')}) -> {output}{_ran(result)}", err=True)
         _report_rejects(result.tally, rejects)
     sys.exit(result.exit_code)
 
@@ -442,7 +454,8 @@ def dedup(inputs: Any, output: str, rejects: str | None, quiet: bool, **kw: Any)
     from prep.stages.dedup import dedup as run  # noqa: PLC0415 - start-up time
 
     _require_inputs(inputs)
-    _done(run(inputs, output, rejects=rejects, **kw), quiet, output, rejects)
+    result = run(inputs, output, rejects=rejects, **kw)
+    _done(result, quiet, output, rejects, _ran(result))
 
 
 @main.command()

@@ -16,6 +16,7 @@ import functools
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -23,7 +24,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -447,10 +449,12 @@ class _TooLarge:
 _PREVIEW = 200
 
 
-def _binary_lines(stream: IO[bytes], name: str, limit: int = MAX_ROW_BYTES) -> Iterator[bytes | _TooLarge]:
+def _binary_lines(stream: IO[bytes], name: str, limit: int = MAX_ROW_BYTES, start: bool = True
+                  ) -> Iterator[bytes | _TooLarge]:
     """Lines as UTF-8 bytes: a UTF-8 BOM is dropped, a UTF-16 file (with BOM) is transcoded as it streams. A line
-    longer than `limit` bytes comes as a _TooLarge, read past in 1 MB pieces: memory stays within the limit."""
-    if _text_encoding(_head(stream), name) == "utf-16":
+    longer than `limit` bytes comes as a _TooLarge, read past in 1 MB pieces: memory stays within the limit.
+    `start=False`: the stream is mid-file (a JSONL piece), where neither a BOM nor UTF-16 is looked for."""
+    if start and _text_encoding(_head(stream), name) == "utf-16":
         text = io.TextIOWrapper(stream, encoding="utf-16", newline=None)
         try:
             for line in text:
@@ -461,7 +465,7 @@ def _binary_lines(stream: IO[bytes], name: str, limit: int = MAX_ROW_BYTES) -> I
         finally:
             text.detach()  # the caller owns (and closes) the stream
         return
-    first = True
+    first = start
     while line := stream.readline(limit + 1):
         if first:
             first = False
@@ -497,9 +501,82 @@ _decode_fast = msgspec.json.Decoder().decode
 Item = tuple[Source, Any, "Finding | None"]
 
 
-def _read_jsonl(stream: IO[bytes], name: str, limit: int = MAX_ROW_BYTES) -> Iterator[Item]:
-    offset, row = 0, 0
-    for lineno, raw in enumerate(_binary_lines(stream, name, limit), 1):
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """A part of one input file that a worker reads on its own (`--engine ray`): the whole file, or for a plain
+    JSONL file a run of whole lines from byte `seek` on, with the lines, rows and bytes before it, so every row
+    keeps the line, row number and id it has when the whole file is read. A file's pieces end where one of the
+    reader's batches ends (a multiple of `BATCH_ROWS` rows), so the batches, and what each stage makes of them,
+    are the whole file's."""
+
+    path: str
+    seek: int = 0  # where the piece starts in the file
+    lines: int | None = None  # lines in the piece (None: to the end of the file)
+    line: int = 0  # lines before the piece
+    row: int = 0  # rows (non-blank lines) before the piece
+    offset: int = 0  # bytes before the piece as the reader counts them (a UTF-8 BOM left out), for its findings
+
+
+def pieces(path: str, container: str | None = None, rows: int = BATCH_ROWS,
+           limit: int = MAX_ROW_BYTES) -> list[Piece]:
+    """`path` as pieces of `rows` rows (a multiple of BATCH_ROWS): one piece unless it is plain UTF-8 JSONL,
+    which is cut after every `rows`-th row. One pass over the bytes, line by line as the reader takes them (a
+    line over `limit` is one row, skipped past), parsing nothing."""
+    if rows % BATCH_ROWS:
+        raise ValueError(f"pieces hold whole batches: {rows} is not a multiple of {BATCH_ROWS}")
+    kind, compression = split_suffix(path) if path != "-" else (None, None)
+    if path == "-" or (container or kind) != "jsonl" or compression or not os.path.isfile(path):
+        return [Piece(path)]
+    found: list[Piece] = []
+    start = Piece(path)
+    offset = line = row = 0
+    with open(path, "rb") as f:
+        head = f.peek(64)[:64]
+        if _text_encoding(head, path) == "utf-16":
+            return [Piece(path)]
+        seek = len(_UTF8_BOM) if head.startswith(_UTF8_BOM) else 0  # the reader drops a BOM: not in its offsets
+        for line, raw in enumerate(_binary_lines(f, path, limit), 1):  # noqa: B007 - the last line ends the piece
+            size = raw.size if isinstance(raw, _TooLarge) else len(raw)
+            seek += size
+            offset += size
+            if not isinstance(raw, _TooLarge) and (not raw or raw.isspace()):
+                continue
+            row += 1
+            if row % rows == 0:
+                found.append(replace(start, lines=line - start.line))
+                start = Piece(path, seek, None, line, row, offset)
+    if start.line < line or not found:
+        found.append(start)
+    return found
+
+
+def joined(run: Sequence[Piece]) -> Piece:
+    """Consecutive pieces of one file as one."""
+    lines = None if run[-1].lines is None else sum(p.lines or 0 for p in run)
+    return replace(run[0], lines=lines)
+
+
+def cut(files: Sequence[Sequence[Piece]], parts: int, most: int = 16) -> list[list[Piece]]:
+    """Each file's pieces joined into runs of whole batches so that all the files make about `parts` parts, none
+    of more than `most` batches (a piece holds one batch)."""
+    batches = sum(len(run) for run in files)
+    size = max(1, min(most, batches // max(parts, 1)))
+    return [[joined(run[k:k + size]) for k in range(0, len(run), size)] for run in files]
+
+
+def _piece_lines(stream: IO[bytes], name: str, piece: Piece, limit: int) -> Iterator[bytes | _TooLarge]:
+    """The piece's lines: from the file's start (BOM and UTF-16 handled there), else from its byte on."""
+    if piece.seek:
+        stream.seek(piece.seek)
+    lines = _binary_lines(stream, name, limit, start=not piece.seek)
+    return lines if piece.lines is None else itertools.islice(lines, piece.lines)
+
+
+def _read_jsonl(stream: IO[bytes], name: str, limit: int = MAX_ROW_BYTES, piece: Piece | None = None
+                ) -> Iterator[Item]:
+    piece = piece or Piece(name)
+    offset, row = piece.offset, piece.row
+    for lineno, raw in enumerate(_piece_lines(stream, name, piece, limit), piece.line + 1):
         if isinstance(raw, _TooLarge):
             offset += raw.size
             row += 1
@@ -864,9 +941,10 @@ def readable_file(path: str) -> str | None:
 
 
 def read_rows(path: str, container: str | None = None, txt_split: str = "file",
-              batch_rows: int = BATCH_ROWS, max_row_bytes: int = MAX_ROW_BYTES) -> Iterator[Batch[Any]]:
-    """Stream one file as batches of parsed rows; rows that do not parse come as rejects, and so do rows (lines) of
-    more than `max_row_bytes`, which are not read."""
+              batch_rows: int = BATCH_ROWS, max_row_bytes: int = MAX_ROW_BYTES,
+              piece: Piece | None = None) -> Iterator[Batch[Any]]:
+    """Stream one file (or one `piece` of it, see `pieces`) as batches of parsed rows; rows that do not parse come
+    as rejects, and so do rows (lines) of more than `max_row_bytes`, which are not read."""
     name = display_name(path)
     if path != "-" and (problem := readable_file(path)):
         raise PrepError(f"{name}: {problem}")
@@ -878,7 +956,7 @@ def read_rows(path: str, container: str | None = None, txt_split: str = "file",
             stream = stack.enter_context(_open_binary(path)) if path != "-" else _open_binary(path)
             container = container or _sniff_container(stream, name)
             if container == "jsonl":
-                items = _read_jsonl(stream, name, max_row_bytes)
+                items = _read_jsonl(stream, name, max_row_bytes, piece)
             elif container == "json":
                 items = _read_json(stream, name)
             elif container in ("csv", "tsv"):

@@ -105,6 +105,17 @@ class Context:
     max_row_bytes: int = MAX_ROW_BYTES
 
 
+@dataclass
+class Checked:
+    """A batch after `FileCheck.rows`: the batch so far (rows rejected by their own checks), the findings of those
+    rows in the order they are reported, and the rows that passed with their findings and whether the tokenizer
+    refused them."""
+
+    out: Batch[Record]
+    early: list[Finding]
+    passed: list[tuple[Any, Record, Source, list[Finding], bool]] = field(default_factory=list)
+
+
 class FileCheck:
     """The checks for one file: `check(row, source)` for one row, `stage(batches)` for a stream."""
 
@@ -120,6 +131,7 @@ class FileCheck:
         self.first_row = True
         self.answers = quality.Answers()
         self.duplicates = ctx.duplicates.setdefault(report.role, quality.Duplicates())
+        self.early: list[Finding] = []  # findings about the file met while checking a row, reported before it
 
     def _renames(self) -> dict[str, str]:
         """Custom AutoTrain column names -> the names in its schema (paths are mapped back in findings)."""
@@ -186,7 +198,7 @@ class FileCheck:
         """AutoTrain silently ignores a mapped column that is not in the file; prep says so, once per file."""
         for column in self.renames:
             if column not in row:
-                self.ctx.findings.add(finding("missing_column", f"the column {column!r} given in the options is "
+                self.early.append(finding("missing_column", f"the column {column!r} given in the options is "
                                               f"not in the file (first row's fields: {', '.join(list(row)[:8])})",
                                               f"$.{column}").at(source))
 
@@ -210,37 +222,52 @@ class FileCheck:
 
     def stage(self, batches: Iterable[Batch[Any]]) -> Iterator[Batch[Record]]:
         """Raw row batches in, accepted records out; rows with an error ride along as rejects."""
+        return map(self.settle, map(self.rows, batches))
+
+    def rows(self, batch: Batch[Any]) -> Checked:
+        """The checks of each row on its own (schema, reader, rules, tokens): what a Ray worker runs."""
+        out: Batch[Record] = batch.carry()
+        out.rejects = [self._reader_reject(r) for r in batch.rejects]
+        early = [f for r in out.rejects for f in r.findings]
+        passed: list[tuple[Any, Record, Source, Lazy, list[Finding]]] = []
+        for row, source in zip(batch.items, batch.sources, strict=True):
+            record, found, locs = self.check(row, source)
+            if self.early:
+                early += self.early
+                self.early = []
+            placed = [f.at(source) for f in found] if found else []
+            if record is None or locs is None or _has_error(placed):
+                out.rejects.append(Reject(source, placed, row))
+                early += placed
+            else:
+                passed.append((row, record, source, locs, placed))
+        tokens = self.ctx.tokens
+        counted = tokens.count([p[1] for p in passed], [p[2] for p in passed]) if tokens and passed else None
+        checked = Checked(out, early)
+        for k, (row, record, source, locs, placed) in enumerate(passed):
+            if counted and counted[k].errors:
+                placed += [dataclasses.replace(f, path=raw_path(f.path, locs)).at(source) for f in counted[k].errors]
+            elif counted:
+                placed += [f.at(source) for f in tokens.check(record, counted[k], locs)]  # type: ignore[union-attr]
+            checked.passed.append((row, record, source, placed, bool(counted and counted[k].errors)))
+        return checked
+
+    def settle(self, checked: Checked) -> Batch[Record]:
+        """The checks across rows (duplicates, near duplicates of validation rows, answers) and the findings, in
+        row order: what the driver runs under Ray, on the batches in input order."""
         sink = self.ctx.findings
-        for batch in batches:
-            out: Batch[Record] = batch.carry()
-            out.rejects = [self._reader_reject(r) for r in batch.rejects]
-            for r in out.rejects:
-                for f in r.findings:
-                    sink.add(f)
-            passed: list[tuple[Any, Record, Source, Lazy, list[Finding]]] = []
-            for row, source in zip(batch.items, batch.sources, strict=True):
-                record, found, locs = self.check(row, source)
-                placed = [f.at(source) for f in found] if found else []
-                if record is None or locs is None or _has_error(placed):
-                    out.rejects.append(Reject(source, placed, row))
-                    for f in placed:
-                        sink.add(f)
-                else:
-                    passed.append((row, record, source, locs, placed))
-            tokens = self.ctx.tokens
-            counted = tokens.count([p[1] for p in passed], [p[2] for p in passed]) if tokens and passed else None
-            for k, (row, record, source, locs, placed) in enumerate(passed):
-                if counted and counted[k].errors:
-                    placed += [dataclasses.replace(f, path=raw_path(f.path, locs)).at(source) for f in counted[k].errors]
-                    out.rejects.append(Reject(source, placed, row))
-                else:
-                    if counted:
-                        placed += [f.at(source) for f in tokens.check(record, counted[k], locs)]  # type: ignore[union-attr]
-                    placed += self._accepted(record, source)
-                    out.add(record, source)
-                for f in placed:
-                    sink.add(f)
-            yield out
+        for f in checked.early:
+            sink.add(f)
+        out = checked.out
+        for row, record, source, placed, rejected in checked.passed:
+            if rejected:
+                out.rejects.append(Reject(source, placed, row))
+            else:
+                placed += self._accepted(record, source)
+                out.add(record, source)
+            for f in placed:
+                sink.add(f)
+        return out
 
     def _reader_reject(self, reject: Reject) -> Reject:
         """The reader's reject, its codes given their registry severity; NUL bytes named as the cause."""

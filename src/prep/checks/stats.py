@@ -30,6 +30,10 @@ class Distribution:
     def add(self, value: int) -> None:
         self.values.append(value)
 
+    def merge(self, other: Distribution) -> None:
+        """Take another's values too (the quantiles do not depend on the order values came in)."""
+        self.values.extend(other.values)
+
     def summary(self) -> dict[str, float] | None:
         if not self.values:
             return None
@@ -82,6 +86,15 @@ class Stats:
         self.missing_user += "user" not in roles
         self.messages.add(len(messages))
         self.assistant_characters.add(answers)
+
+    def merge(self, other: Stats) -> None:
+        """Add the statistics of other rows (a Ray worker's batch) to these."""
+        self.kinds.update(other.kinds)
+        self.missing_system += other.missing_system
+        self.missing_user += other.missing_user
+        for mine, theirs in ((self.messages, other.messages), (self.characters, other.characters),
+                             (self.assistant_characters, other.assistant_characters)):
+            mine.merge(theirs)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"rows_by_kind": dict(sorted(self.kinds.items()))}

@@ -36,6 +36,17 @@ class Counted:
     errors: list[Finding] = field(default_factory=list)
 
 
+@dataclass
+class TokenCounts:
+    """What TokenCheck counts over the rows it checks."""
+
+    tokens: Distribution
+    trained: Distribution
+    over: int
+    total: int
+    capped: int
+
+
 class TokenCheck:
     """One tokenizer (and template) for a whole run; an encoder per record kind, made when first needed."""
 
@@ -107,6 +118,21 @@ class TokenCheck:
                 out.append(finding("special_token_text", f"the text contains {show(m.group())}, a special token "
                                    f"of {self.tok.name}", path))
         return out
+
+    def take(self) -> TokenCounts:
+        """The counts so far, starting again from none (a Ray worker hands them over after each batch)."""
+        counts = TokenCounts(self.tokens, self.trained, self.over, self.total, self.capped)
+        self.tokens, self.trained = Distribution(), Distribution()
+        self.over = self.total = self.capped = 0
+        return counts
+
+    def merge(self, counts: TokenCounts) -> None:
+        """Add a worker's counts to these."""
+        self.tokens.merge(counts.tokens)
+        self.trained.merge(counts.trained)
+        self.over += counts.over
+        self.total += counts.total
+        self.capped += counts.capped
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {"tokenizer": self.tok.name, "template": self.template.name,

@@ -42,6 +42,7 @@ RENDER_SECONDS = 5.0  # a chat template rendering one conversation longer than t
 RENDER_CHARS = 16 << 20  # ... or writing more characters than this
 RECIPE_NODES = 100_000  # values a recipe may expand to through its YAML aliases
 MAX_ROW_BYTES = 64 << 20  # a line-based row longer than this is a too_large reject, not read (JSONL rows: a few KB)
+ENGINES = ("local", "ray")  # where a data stage's batches run (design §13)
 # The input options that are settings of a format's reader (CoQA's system prompt, AutoTrain's columns and prefixes).
 SETTINGS = ("system", "text_column", "rejected_text_column", "prompt_text_column", "human_prefix", "bot_prefix")
 
@@ -148,6 +149,16 @@ _KIND = Option("kind", choices=SHARD_KINDS, recipe=True,
                help="Shard kind; default: from the first record (chat: sft, preference: dpo, feedback: kto, text: "
                     "pretrain).")
 _MAX_LEN = Option("max_len", int, None, "Longest row in tokens.", low=2, recipe=True)
+# Where the batches run; the output is the same either way (design §13).
+_ENGINE = (
+    Option("engine", default="local", choices=ENGINES, recipe=True,
+           help="local: this machine; ray: a Ray cluster through Ray Data (pip install 'prep[ray]'). Same output."),
+    Option("ray_address", recipe=True,
+           help="With --engine ray: the cluster to join (e.g. ray://head:10001, or auto); default: start a local Ray "
+                "with this machine's cores."),
+    Option("ray_workers", int, 0, "With --engine ray: Ray Data actors running the stage (0: one per CPU of the "
+                                  "cluster).", low=0, recipe=True),
+)
 
 INPUTS = (
     Option("files", multiple=True, cli=False, recipe=True, help="Input files."),
@@ -184,6 +195,7 @@ CONVERT = (
            help="Output file (.jsonl .json .csv .tsv .parquet, optionally .gz/.zst); - for stdout."),
     _REJECTS,
     Option("ids", bool, True, "Write each row's id.", flags=("--ids/--no-ids",)),
+    *_ENGINE,
     _QUIET,
 )
 
@@ -206,6 +218,7 @@ VALIDATE = (
                                         "instead of stopping.", cli=False, recipe=True),
     Option("tokens", bool, False, "Also render and tokenize every row with the tokenize section's tokenizer, "
                                   "template and max_len.", cli=False, recipe=True),
+    *_ENGINE,
     Option("quiet", bool, False, "Print only the summary line.", flags=("-q", "--quiet")),
 )
 
@@ -252,6 +265,7 @@ TOKENIZE = (
            recipe=True),
     Option("output", required=True, flags=("-o", "--output"), path="folder", help="Shard folder."),
     Option("rejects", help="Keep rejected and cut rows with reasons (JSONL).", path="file"),
+    *_ENGINE,
     Option("quiet", bool, False, "No progress bar or summary.", flags=("-q", "--quiet")),
 )
 
@@ -264,6 +278,7 @@ PACK = (
     Option("window", int, 100_000, "Documents packed together (0: the whole input at once).", low=0, recipe=True),
     Option("shard_size", default="256MB", help="Shard bound: 256MB, 2GB or 50000rows."),
     Option("rejects", help="Keep rows too long to pack, with reasons.", path="file"),
+    *_ENGINE,
     Option("quiet", bool, False, "", flags=("-q", "--quiet")),
 )
 
@@ -304,6 +319,7 @@ DEDUP = (
     Option("output", required=True, flags=("-o", "--output"), help="The rows kept (.jsonl .json .parquet ...)."),
     Option("rejects", help="Keep each removed row with the row it duplicates (duplicate_of) (JSONL).", path="file"),
     *_DUPLICATES,
+    *_ENGINE,
 )
 
 SPLIT = (

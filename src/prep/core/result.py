@@ -49,6 +49,7 @@ class Result:
     tally: Tally = field(default_factory=Tally)
     outputs: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what the user should know (e.g. a slower way a tokenizer loaded)
+    engine: dict[str, Any] = field(default_factory=dict)  # under --engine ray: parts, workers and nodes that ran
 
     @property
     def exit_code(self) -> int:
@@ -61,7 +62,8 @@ class Result:
 
     def to_dict(self) -> dict[str, Any]:
         notes = {"notes": list(self.notes)} if self.notes else {}
-        return {"tally": self.tally.to_dict(), "outputs": dict(self.outputs), **notes, **self.details()}
+        engine = {"engine": dict(self.engine)} if self.engine else {}
+        return {"tally": self.tally.to_dict(), "outputs": dict(self.outputs), **notes, **engine, **self.details()}
 
 
 class Meter:

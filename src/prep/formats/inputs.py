@@ -11,8 +11,8 @@ from typing import Any
 from prep.core.findings import Batch, PrepError
 from prep.core.options import MAX_ROW_BYTES
 from prep.core.records import Record
-from prep.files import display_name, read_rows
-from prep.formats import Fields, make_options, read_records, to_records
+from prep.files import BATCH_ROWS, Piece, cut, display_name, pieces, read_rows, split_suffix
+from prep.formats import Fields, detect_file, make_options, read_records, to_records
 from prep.formats import llamafactory as lf
 
 
@@ -72,6 +72,67 @@ def read_inputs(inputs: Inputs, formats_seen: dict[str, str] | None = None) -> I
         for f in entry.files:
             note(f, f"{entry.format} (dataset_info: {entry.name}{sampled})")
         yield from to_records(rows, entry.format, make_options(entry.format, entry.settings), fields)
+
+
+@dataclass(frozen=True)
+class Part:
+    """A piece of an input (`files.Piece`) and how to read it: what a worker of `--engine ray` is given."""
+
+    piece: Piece
+    format: str
+    settings: dict[str, Any]
+    container: str | None = None
+    txt_split: str = "file"
+    max_row_bytes: int = MAX_ROW_BYTES
+    fields: Fields = Fields()
+
+
+def plan_inputs(inputs: Inputs, formats_seen: dict[str, str] | None = None, parts: int = 1,
+                most: int = 16 * BATCH_ROWS) -> list[Part]:
+    """`inputs` as parts for workers, in input order: each file's format detected here (from its first rows, as
+    `read_inputs` does), plain JSONL cut on batch ends into about `parts` parts over all inputs (so a single big
+    file runs on every worker), none of more than `most` rows (a part's output travels whole). `read_part` of each part, one after the other,
+    gives the batches `read_inputs` gives."""
+    if not inputs.files and not inputs.datasets:
+        raise PrepError("nothing to read: give input files or --dataset-info with --dataset")
+    if inputs.datasets and not inputs.registry:
+        raise PrepError("--dataset needs --dataset-info PATH/dataset_info.json")
+    entries = [lf.load_entry(inputs.registry, name) for name in inputs.datasets]
+    found: list[tuple[list[Piece], str, dict[str, Any], str | None, str]] = []
+    for path in inputs.files:
+        fmt = inputs.format
+        if fmt == "auto" and (inputs.container or split_suffix(path)[0]) == "txt":
+            fmt = "text"
+        elif fmt == "auto":
+            if path == "-":
+                raise PrepError("--engine ray reads files, not standard input: write it to a file first")
+            batches = read_rows(path, inputs.container, inputs.txt_split, max_row_bytes=inputs.max_row_bytes)
+            fmt, _ = detect_file(batches, path)
+            batches.close()
+        if formats_seen is not None:
+            formats_seen[display_name(path)] = fmt
+        found.append((pieces(path, inputs.container, limit=inputs.max_row_bytes), fmt, inputs.settings,
+                      inputs.container, inputs.txt_split))
+    for entry in entries:
+        if entry.num_samples:
+            raise PrepError(f"--engine ray: dataset_info entry {entry.name} samples num_samples rows across its "
+                            "files; run it with --engine local, or convert it to a file first")
+        for f in entry.files:
+            if formats_seen is not None:
+                formats_seen[f] = f"{entry.format} (dataset_info: {entry.name})"
+            found.append((pieces(f, limit=inputs.max_row_bytes), entry.format, entry.settings, None, "file"))
+    runs = cut([run for run, *_ in found], parts, most // BATCH_ROWS)
+    return [Part(piece, fmt, settings, container, split, inputs.max_row_bytes, inputs.fields)
+            for (_, fmt, settings, container, split), run in zip(found, runs, strict=True) for piece in run]
+
+
+def read_part(part: Part, skip: dict[str, list[int]] | None = None) -> Iterator[Batch[Record]]:
+    """The canonical record batches of one part, the same as `read_inputs` gives for those rows (`skip`: as
+    `Inputs.skip`)."""
+    rows = read_rows(part.piece.path, part.container, part.txt_split, max_row_bytes=part.max_row_bytes,
+                     piece=part.piece)
+    records = to_records(rows, part.format, make_options(part.format, part.settings), part.fields)
+    return _leave_out(records, skip) if skip else records
 
 
 def _leave_out(batches: Iterator[Batch[Record]], skip: dict[str, list[int]]) -> Iterator[Batch[Record]]:

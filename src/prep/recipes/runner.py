@@ -140,6 +140,15 @@ def _source_digest(recipe: Recipe) -> dict[str, Any]:
     return digest
 
 
+_WHERE = ("engine", "ray_address", "ray_workers", "workers")  # where a stage runs, not what it makes
+
+
+def _engine(recipe: Recipe, opts: dict[str, Any]) -> dict[str, Any]:
+    """Where a data stage runs: its section's engine, else the recipe's top-level `engine:`, else local."""
+    return {"engine": opts.get("engine", recipe.data.get("engine", "local")), "ray_address": opts.get("ray_address"),
+            "ray_workers": opts.get("ray_workers", 0)}
+
+
 def _key(stage: str, options: dict[str, Any], upstream: Any) -> str:
     text = json.dumps({"prep": __version__, "stage": stage, "options": options, "upstream": upstream},
                       sort_keys=True, ensure_ascii=False)
@@ -158,7 +167,7 @@ def plan(recipe: Recipe) -> list[Stage]:
     stages: list[Stage] = []
     upstream: Any = _source_digest(recipe)
     for name in recipe.stages:
-        options = recipe.section(name)
+        options = {k: v for k, v in recipe.section(name).items() if k not in _WHERE}  # same output on any engine
         if name == "tokenize":
             options["tokenizer"] = folder_digest(options["tokenizer"])
             day = options.get("date", DEFAULT_DATE)  # the day templates write is part of what the shards hold
@@ -218,7 +227,8 @@ def _recipe_inputs(recipe: Recipe) -> Inputs:
 def _convert(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
     to = recipe.section("convert")["to"]
     out, rejects = stage.folder / "data.jsonl", stage.folder / "rejects.jsonl"
-    result = convert(flow.inputs, to, str(out), rejects=str(rejects), progress=lambda p: view.progress(stage, p))
+    result = convert(flow.inputs, to, str(out), rejects=str(rejects), progress=lambda p: view.progress(stage, p),
+                     **_engine(recipe, recipe.section("convert")))
     t = result.tally
     return {"outputs": ["data.jsonl"], "format": to, "read": t.read, "written": t.written,
             "rejected": t.rejected_total, "rejected_by_reason": dict(t.rejected), "formats": result.formats,
@@ -251,7 +261,8 @@ def _mix(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any
 def _dedup(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
     stage.folder.mkdir(parents=True, exist_ok=True)
     result = dedup(flow.inputs, str(stage.folder / "data.jsonl"), rejects=str(stage.folder / "rejects.jsonl"),
-                   progress=lambda p: view.progress(stage, p), **recipe.section("dedup"))
+                   progress=lambda p: view.progress(stage, p),
+                   **{**recipe.section("dedup"), **_engine(recipe, recipe.section("dedup"))})
     return _kept("dedup", result)
 
 
@@ -281,7 +292,7 @@ def _validate(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str
     result = validate(flow.inputs, validation=[str(flow.validation)] if flow.validation else [], kind=tok.get("kind"),
                       strict=opts.get("strict", False), rejects=str(rejects),
                       min_rows=opts.get("min_rows", 1), max_chars=opts.get("max_chars", 32_000),
-                      progress=lambda p: view.progress(stage, p))
+                      progress=lambda p: view.progress(stage, p), **_engine(recipe, opts))
     stage.folder.mkdir(parents=True, exist_ok=True)
     show.write_json(result, str(stage.folder / "report.json"))
     summary = {"outputs": ["report.json"], "read": result.rows_read, "accepted": result.rows_accepted,
@@ -336,7 +347,7 @@ class _Stopped(Exception):
 def _tokenize(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
     opts = recipe.section("tokenize")
     given = {k: v for k, v in opts.items() if k != "tokenizer"}  # the table's options, checked by tokenize itself
-    result = tokenize(flow.inputs, opts["tokenizer"], str(stage.folder), **given,
+    result = tokenize(flow.inputs, opts["tokenizer"], str(stage.folder), **{**given, **_engine(recipe, opts)},
                       rejects=str(stage.folder / "rejects.jsonl"), progress=lambda p: view.progress(stage, p))
     m, t = result.manifest, result.tally
     trained = f", {m['tokens']['loss']:,} trained" if m["kind"] in ("sft", "pretrain") else ""
@@ -358,7 +369,8 @@ def _pack(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, An
     assert flow.shards is not None
     m = pack(flow.shards, stage.folder, opts["max_len"], strategy=opts.get("strategy", "bfd"),
              seed=opts.get("seed", 0), window=opts.get("window", DEFAULT_WINDOW),
-             rejects=str(stage.folder / "rejects.jsonl"), progress=lambda p: view.progress(stage, p)).manifest
+             rejects=str(stage.folder / "rejects.jsonl"), progress=lambda p: view.progress(stage, p),
+             **_engine(recipe, opts)).manifest
     c, packing = m["counts"], m["packing"]
     rejected = sum(c["rejected"].values())
     return {"outputs": ["manifest.json"], "read": c["read"], "written": c["written"], "rows": c["rows"],

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 from bisect import bisect_left, insort
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -100,17 +101,29 @@ def _rows_table(input_ids: np.ndarray, labels: np.ndarray, seq_lengths: np.ndarr
     }, schema=_SCHEMA)
 
 
+def bfd_bins(lengths: np.ndarray, max_len: int, rng: random.Random) -> list[list[int]]:
+    """The rows of a window: best-fit decreasing over the documents' lengths alone, the rows shuffled."""
+    bins = best_fit_decreasing(lengths, max_len)
+    rng.shuffle(bins)
+    return bins
+
+
+def packed_rows(docs: pa.Table, bin_sizes: np.ndarray) -> pa.Table:
+    """Packed rows from documents in row order: the first `bin_sizes[0]` documents make the first row, and so on.
+    Each row depends only on its own documents, so any run of rows can be built apart (`--engine ray`)."""
+    flat = _flat(docs)
+    row_start = np.concatenate(([0], np.cumsum(bin_sizes)[:-1])).astype(np.int64)
+    return _rows_table(flat.input_ids, flat.labels, flat.seq_lengths, flat.ids,
+                       np.add.reduceat(flat.row_tokens, row_start), np.add.reduceat(flat.row_pieces, row_start))
+
+
 def bfd_window(table: pa.Table, max_len: int, rng: random.Random) -> pa.Table | None:
     """A window's documents packed best-fit decreasing, the rows in random order (None: no document left in it)."""
     if not table.num_rows:  # every document of the window was too long and rejected
         return None
-    bins = best_fit_decreasing(table["num_tokens"].to_numpy(), max_len)
-    rng.shuffle(bins)
-    docs = _flat(table.take(pa.array(list(chain.from_iterable(bins)), pa.int64())))
-    bin_sizes = np.array([len(b) for b in bins])
-    row_start = np.concatenate(([0], np.cumsum(bin_sizes)[:-1]))
-    return _rows_table(docs.input_ids, docs.labels, docs.seq_lengths, docs.ids,
-                       np.add.reduceat(docs.row_tokens, row_start), np.add.reduceat(docs.row_pieces, row_start))
+    bins = bfd_bins(table["num_tokens"].to_numpy(), max_len, rng)
+    return packed_rows(table.take(pa.array(list(chain.from_iterable(bins)), pa.int64())),
+                       np.array([len(b) for b in bins]))
 
 
 class Wrapper:
@@ -156,7 +169,19 @@ def check_lengths(table: pa.Table, sources: list[Source], max_len: int, policy: 
     """Rows longer than `max_len`, handled as the input manifest's overflow policy says, never silently.
 
     Returns the rows to pack and a Batch that accounts for every input row of the window."""
-    lengths = table["num_tokens"].to_numpy()
+    keep, truncated, batch = overflow(table["num_tokens"].to_numpy(), sources, max_len, policy,
+                                      lambda i: table.slice(i, 1).to_pylist()[0])
+    if keep.all():
+        return table, batch
+    kept = table.filter(pa.array(keep))
+    return pa.concat_tables([kept, pa.Table.from_pylist(truncated, schema=_SCHEMA)]) if truncated else kept, batch
+
+
+def overflow(lengths: np.ndarray, sources: list[Source], max_len: int, policy: str,
+             row: Callable[[int], dict[str, Any]]) -> tuple[np.ndarray, list[dict[str, Any]], Batch[Any]]:
+    """`check_lengths` over the lengths alone: which documents are packed as they are (a mask), the truncated rows
+    that are packed after them, and the Batch that accounts for every document. `row(i)` reads document i whole;
+    it is called only for the documents longer than `max_len`."""
     batch: Batch[Any] = Batch()
     long = set(np.flatnonzero(lengths > max_len).tolist())
     keep = np.ones(len(lengths), bool)
@@ -166,21 +191,18 @@ def check_lengths(table: pa.Table, sources: list[Source], max_len: int, policy: 
             batch.add(None, source)
             continue
         keep[i] = False
-        row = table.slice(i, 1).to_pylist()[0]
-        if policy == "truncate" and len(row["seq_lengths"]) == 1:
+        doc = row(i)
+        if policy == "truncate" and len(doc["seq_lengths"]) == 1:
             for col in ("input_ids", "labels"):
-                row[col] = row[col][: max_len - 1] + row[col][-1:]  # keep the end-of-turn token and its label
-            row.update(seq_lengths=[max_len], num_tokens=max_len,
-                       num_loss_tokens=sum(x != -100 for x in row["labels"]))
-            truncated.append(row)
+                doc[col] = doc[col][: max_len - 1] + doc[col][-1:]  # keep the end-of-turn token and its label
+            doc.update(seq_lengths=[max_len], num_tokens=max_len,
+                       num_loss_tokens=sum(x != -100 for x in doc["labels"]))
+            truncated.append(doc)
             batch.add(None, source)
             batch.alter(source, [Finding("truncated", f"{int(lengths[i])} tokens cut to {max_len}",
-                                         severity="warning")], {"ids": row["ids"]})
+                                         severity="warning")], {"ids": doc["ids"]})
         else:
             batch.reject(source, [Finding("too_long", f"{int(lengths[i])} tokens, more than --max-len {max_len}",
                                           "re-run `prep tokenize` with this --max-len and the --overflow you want")],
-                         {"ids": row["ids"]})
-    if not long:
-        return table, batch
-    kept = table.filter(pa.array(keep))
-    return pa.concat_tables([kept, pa.Table.from_pylist(truncated, schema=_SCHEMA)]) if truncated else kept, batch
+                         {"ids": doc["ids"]})
+    return keep, truncated, batch

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -79,3 +80,20 @@ def read_row(folder: str | Path, index: int) -> dict[str, Any]:
             break
         index -= shard["rows"]
     raise PrepError(f"{folder}: the manifest lists fewer rows than it counts; run `prep verify`")
+
+
+def take_rows(path: str | Path, rows: np.ndarray, columns: list[str] | None = None) -> pa.Table:
+    """Rows `rows` (0-based, in this order, repeats allowed) of one shard file, reading only the row groups that
+    hold them."""
+    pfile = pq.ParquetFile(path)
+    sizes = [pfile.metadata.row_group(g).num_rows for g in range(pfile.num_row_groups)]
+    starts = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+    groups = np.unique(np.searchsorted(starts, rows, side="right") - 1)
+    table = pfile.read_row_groups(groups.tolist(), columns=columns)
+    # where each wanted row sits in the groups read: its row minus the rows of the groups skipped before it
+    skipped = starts[:-1].copy()
+    read_before = np.concatenate(([0], np.cumsum(np.array(sizes)[groups])))[:-1]
+    offset = np.zeros(len(sizes), np.int64)
+    offset[groups] = skipped[groups] - read_before
+    index = rows - offset[np.searchsorted(starts, rows, side="right") - 1]
+    return table.take(pa.array(index, pa.int64()))

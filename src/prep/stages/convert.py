@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prep.core.findings import Tally, count_by_file
+from prep.core.findings import Batch, Tally, count_by_file
 from prep.core.options import check
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files import RowWriter, check_outputs
 from prep.formats import from_records, make_options
-from prep.formats.inputs import Inputs, read_inputs
+from prep.formats.inputs import Inputs, Part, plan_inputs, read_inputs, read_part
+from prep.stages.engine import Engine, Ran, parts_wanted, run_parts
 
 
 @dataclass
@@ -23,18 +25,40 @@ class ConvertResult(Result):
         return {"formats": self.formats, "files": {f: t.to_dict() for f, t in self.files.items()}}
 
 
+@dataclass(frozen=True)
+class _Convert:
+    """The stage a Ray worker runs over one part: the local engine's reader and writer functions."""
+
+    to: str
+    options: Any
+    ids: bool
+    skip: dict[str, list[int]]
+
+    def __call__(self, part: Part) -> Iterator[Batch[Any]]:
+        return from_records(read_part(part, self.skip), self.to, self.options, self.ids)
+
+
 def convert(inputs: Inputs, to: str, output: str = "-", *, rejects: str | None = None,
-            settings: dict[str, Any] | None = None, ids: bool = True,
-            progress: ProgressFn | None = None) -> ConvertResult:
+            settings: dict[str, Any] | None = None, ids: bool = True, progress: ProgressFn | None = None,
+            engine: str = "local", ray_address: str | None = None, ray_workers: int = 0) -> ConvertResult:
     """Convert `inputs` to format `to` in `output` (`-`: stdout); refused rows go to `rejects`.
 
     `settings` are the writer's options (e.g. AutoTrain column names); output files appear only
-    when the whole run succeeds."""
-    check("convert", {"to": to, "output": output, "rejects": rejects, "ids": ids})
+    when the whole run succeeds. `engine="ray"` converts the parts of the inputs on a Ray cluster (design §13):
+    the same output."""
+    check("convert", {"to": to, "output": output, "rejects": rejects, "ids": ids, "engine": engine,
+                      "ray_address": ray_address, "ray_workers": ray_workers})
     check_outputs(inputs.files, {"-o": output, "--rejects": rejects})
     result = ConvertResult(outputs=outputs(output=output, rejects=rejects))
-    records = read_inputs(inputs, result.formats)
-    rows = from_records(records, to, make_options(to, settings if settings is not None else inputs.settings), ids)
+    options = make_options(to, settings if settings is not None else inputs.settings)
+    where = Engine(engine, ray_address, ray_workers)
+    ran = Ran()
+    if where.ray:
+        from_records([], to, options, ids)  # a read-only format is refused before anything runs
+        rows: Iterable[Batch[Any]] = run_parts(plan_inputs(inputs, result.formats, parts_wanted(where)), _Convert(to, options, ids, inputs.skip),
+                                               where, ran)
+    else:
+        rows = from_records(read_inputs(inputs, result.formats), to, options, ids)
     meter = Meter(progress)
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(RowWriter(output))
@@ -47,4 +71,6 @@ def convert(inputs: Inputs, to: str, output: str = "-", *, rejects: str | None =
             result.tally.count(batch)
             count_by_file(batch, result.files)
             meter.add(len(batch.items) + len(batch.rejects))
+    if where.ray:
+        result.engine = ran.to_dict()
     return result

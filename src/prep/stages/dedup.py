@@ -24,9 +24,10 @@ from prep.core.findings import Batch, Finding, Reject, Source
 from prep.core.options import check
 from prep.core.records import Record
 from prep.core.result import Meter, ProgressFn, Result, outputs
-from prep.formats.inputs import Inputs, read_inputs
+from prep.formats.inputs import Inputs, Part, plan_inputs, read_inputs, read_part
 from prep.overlap import near
 from prep.overlap.text import Compare, compared
+from prep.stages.engine import LOCAL, Engine, Ran, parts_wanted, run_parts
 from prep.stages.records import RecordsOut, Removes, open_rejects
 
 
@@ -51,17 +52,36 @@ def fingerprint_batch(records: list[Record], compare: Compare, threshold: float 
     return keys, near.sketch(texts, threshold) if threshold is not None else None
 
 
+@dataclass(frozen=True)
+class _Fingerprint:
+    """Pass one's per-batch step over one part (`--engine ray`: on the workers): each batch's keys, sketches, the
+    file of each row and the rows read."""
+
+    compare: Compare
+    threshold: float | None
+    skip: dict[str, list[int]] = field(default_factory=dict)
+
+    def batch(self, batch: Batch[Record]) -> tuple[np.ndarray, near.Sketches | None, list[str], int]:
+        keys, sketches = fingerprint_batch(batch.items, self.compare, self.threshold)
+        return keys, sketches, [src.file for src in batch.sources], len(batch.items) + len(batch.rejects)
+
+    def __call__(self, part: Part) -> Iterator[tuple[np.ndarray, near.Sketches | None, list[str], int]]:
+        return map(self.batch, read_part(part, self.skip))
+
+
 def fingerprint(inputs: Inputs, compare: Compare, threshold: float | None, formats: dict[str, str],
-                meter: Meter) -> Fingerprints:
-    """Pass one: fingerprint every readable row of `inputs`."""
+                meter: Meter, engine: Engine = LOCAL, ran: Ran | None = None) -> Fingerprints:
+    """Pass one: fingerprint every readable row of `inputs` (on Ray's workers with a ray `engine`)."""
     keys, sketches, files, file_of = [], [], {}, []
-    for batch in read_inputs(inputs, formats):
-        k, s = fingerprint_batch(batch.items, compare, threshold)
+    step = _Fingerprint(compare, threshold, inputs.skip)
+    batches = run_parts(plan_inputs(inputs, formats, parts_wanted(engine)), step, engine, ran or Ran()) \
+        if engine.ray else map(step.batch, read_inputs(inputs, formats))
+    for k, s, row_files, read in batches:
         keys.append(k)
         if s is not None:
             sketches.append(s)
-        file_of += [files.setdefault(src.file, len(files)) for src in batch.sources]
-        meter.add(len(batch.items) + len(batch.rejects))
+        file_of += [files.setdefault(f, len(files)) for f in row_files]
+        meter.add(read)
     return Fingerprints(np.concatenate(keys) if keys else np.zeros((0, 16), np.uint8),
                         near.concat(sketches) if threshold is not None else None, list(files),
                         np.array(file_of, np.int64))
@@ -93,15 +113,27 @@ class DedupResult(Removes, Result):
 
 def dedup(inputs: Inputs, output: str, *, rejects: str | None = None, exact: bool = False, near: float = 0.8,
           fields: str = "all", nfkc: bool = True, ignore_case: bool = True, ignore_space: bool = True,
-          to: str = "trl", progress: ProgressFn | None = None) -> DedupResult:
+          to: str = "trl", progress: ProgressFn | None = None, engine: str = "local", ray_address: str | None = None,
+          ray_workers: int = 0) -> DedupResult:
     """Write the rows of `inputs` without duplicates to `output`; each removed row goes to `rejects` with
-    `duplicate_of` (the id, file and line of the row it repeats, which stays) and the similarity."""
+    `duplicate_of` (the id, file and line of the row it repeats, which stays) and the similarity.
+
+    `engine="ray"` fingerprints the rows on a Ray cluster (pass one, also for `exact`); the driver decides and
+    writes as locally (design §13): the same output."""
     check("dedup", {"output": output, "rejects": rejects, "exact": exact, "near": near, "fields": fields,
-                    "nfkc": nfkc, "ignore_case": ignore_case, "ignore_space": ignore_space, "to": to})
+                    "nfkc": nfkc, "ignore_case": ignore_case, "ignore_space": ignore_space, "to": to,
+                    "engine": engine, "ray_address": ray_address, "ray_workers": ray_workers})
     compare = Compare(fields, nfkc, ignore_case, ignore_space)
     result = DedupResult(outputs=outputs(output=output, rejects=rejects))
     meter = Meter(progress)
     meter.start()
+    where, ran = Engine(engine, ray_address, ray_workers), Ran()
+    if where.ray:  # two passes, the first on the workers; for exact copies the same rows go as in one pass
+        threshold = None if exact else near
+        fp = fingerprint(inputs, compare, threshold, result.formats, meter, where, ran)
+        _remove(inputs, fp, threshold, output, rejects, to, result)
+        result.engine = ran.to_dict()
+        return result
     if exact:
         with contextlib.ExitStack() as stack:
             out = RecordsOut(stack, output, to, result.tally, open_rejects(stack, rejects, output))
@@ -109,8 +141,14 @@ def dedup(inputs: Inputs, output: str, *, rejects: str | None = None, exact: boo
                 out.write(batch)
         result.exact = result.tally.rejected["duplicate"]
         return result
-    fp = fingerprint(inputs, compare, near, result.formats, meter)
-    twin, score = duplicates(fp, near)
+    _remove(inputs, fingerprint(inputs, compare, near, result.formats, meter), near, output, rejects, to, result)
+    return result
+
+
+def _remove(inputs: Inputs, fp: Fingerprints, threshold: float | None, output: str, rejects: str | None, to: str,
+            result: DedupResult) -> None:
+    """Decide which rows repeat which (the whole set in view), then pass two: write the rest."""
+    twin, score = duplicates(fp, threshold)
     result.exact = int(np.count_nonzero(score == 1_000_000))
     result.near = int(np.count_nonzero(twin >= 0)) - result.exact
     with contextlib.ExitStack() as stack:
@@ -118,7 +156,6 @@ def dedup(inputs: Inputs, output: str, *, rejects: str | None = None, exact: boo
         out = RecordsOut(stack, output, to, result.tally, bad)
         for batch in _marked(read_inputs(inputs), twin, score):
             out.write(batch)
-    return result
 
 
 def _first_copies(batches: Iterator[Batch[Record]], compare: Compare, meter: Meter) -> Iterator[Batch[Record]]:

@@ -8,9 +8,11 @@ import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -19,9 +21,10 @@ from prep.core.options import check
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files import check_outputs, sha256_file
 from prep.shards.layout import MANIFEST, SCHEMAS, read_manifest
-from prep.shards.packing import Wrapper, bfd_window, check_lengths
-from prep.shards.reader import open_shard
+from prep.shards.packing import Wrapper, bfd_bins, bfd_window, check_lengths, overflow, packed_rows
+from prep.shards.reader import open_shard, take_rows
 from prep.shards.writer import ShardWriter
+from prep.stages.engine import LOCAL, Engine, Ran, parts_wanted, run_parts
 
 DEFAULT_WINDOW = 100_000
 _SCHEMA = SCHEMAS["sft"]
@@ -37,9 +40,14 @@ class PackResult(Result):
 
 def pack(shards: str | Path, output: str | Path, max_len: int, *, strategy: str = "bfd", seed: int = 0,
          window: int = DEFAULT_WINDOW, shard_rows: int = 100_000, shard_mb: float = 256.0,
-         rejects: str | None = None, progress: ProgressFn | None = None) -> PackResult:
-    """Pack the unpacked shards in `shards` into rows of at most `max_len` tokens in `output`."""
-    check("pack", {"max_len": max_len, "strategy": strategy, "seed": seed, "window": window, "rejects": rejects})
+         rejects: str | None = None, progress: ProgressFn | None = None, engine: str = "local",
+         ray_address: str | None = None, ray_workers: int = 0) -> PackResult:
+    """Pack the unpacked shards in `shards` into rows of at most `max_len` tokens in `output`.
+
+    `engine="ray"` (bfd): best-fit decreasing runs here over the documents' lengths alone, and Ray workers build
+    the packed rows from the shards (design §13): the same output."""
+    check("pack", {"max_len": max_len, "strategy": strategy, "seed": seed, "window": window, "rejects": rejects,
+                   "engine": engine, "ray_address": ray_address, "ray_workers": ray_workers})
     source = read_manifest(shards)
     if source["kind"] not in ("sft", "pretrain"):
         raise PrepError(f"{shards}: {source['kind']} shards are not packed (pairs and prompts are trained row by row)")
@@ -59,9 +67,15 @@ def pack(shards: str | Path, output: str | Path, max_len: int, *, strategy: str 
     rng = random.Random(seed)
     wrapper = Wrapper(max_len) if strategy == "wrap" else None
     meter = Meter(progress)
+    where, ran, notes = Engine(engine, ray_address, ray_workers), Ran(), []
+    if where.ray and wrapper:
+        notes.append("--strategy wrap cuts one stream of tokens in order, which runs here: --engine ray packs bfd")
+        where = LOCAL
     with ShardWriter(output, source["kind"], meta, rejects=rejects, shard_rows=shard_rows, shard_mb=shard_mb,
                      resume_key=key) as writer:
-        for table, sources in _windows(Path(shards), source, window):
+        if where.ray:
+            _pack_on_ray(Path(shards), source, window, max_len, policy, rng, writer, meter, where, ran)
+        for table, sources in _windows(Path(shards), source, window) if not where.ray else ():
             meter.add(table.num_rows, int(pc.sum(table["num_tokens"]).as_py() or 0))
             # wrap cuts documents wherever the blocks end, so no document is too long for it
             table, docs = check_lengths(table, sources, max_len if wrapper is None else 2**62, policy)
@@ -73,14 +87,86 @@ def pack(shards: str | Path, output: str | Path, max_len: int, *, strategy: str 
             writer.add(last)
     manifest = read_manifest(output)
     carried = source.get("carried") or []
-    notes = [f"carried columns {', '.join(carried)} are not packed (a packed row holds several documents); they "
-             f"stay in {shards}, found by each document's id"] if carried else []
+    notes += [f"carried columns {', '.join(carried)} are not packed (a packed row holds several documents); they "
+              f"stay in {shards}, found by each document's id"] if carried else []
     return PackResult(tally=writer.tally, outputs=outputs(output=output, rejects=rejects),
-                      manifest=manifest, notes=notes)
+                      manifest=manifest, notes=notes, engine=ran.to_dict() if where.ray else {})
 
 
-def _windows(indir: Path, manifest: dict[str, Any], window: int) -> Iterator[tuple[pa.Table, list[Source]]]:
-    """Windows of input rows, with each row's place (shard file, row in it) for findings."""
+@dataclass(frozen=True)
+class _Rows:
+    """One part of a window's packed rows for a Ray worker: its documents in row order, as (shard file, 0-based
+    row) or, for a truncated document, the row itself; and how many documents each row takes."""
+
+    files: tuple[str, ...]
+    file_index: np.ndarray  # per document: index into files, or -1 for the next truncated row
+    rows: np.ndarray  # per document: its row in that file
+    truncated: list[dict[str, Any]]
+    bin_sizes: np.ndarray
+
+
+def _build_rows(part: _Rows) -> Iterator[pa.Table]:
+    """A Ray worker's work: read the part's documents from the shards, and pack them (`packing.packed_rows`)."""
+    tables, where = [], np.zeros(len(part.rows), np.int64)
+    taken = 0
+    for k, path in enumerate(part.files):
+        mine = np.flatnonzero(part.file_index == k)
+        if len(mine):
+            tables.append(take_rows(path, part.rows[mine], list(_SCHEMA.names)))
+            where[mine] = taken + np.arange(len(mine))
+            taken += len(mine)
+    cut = np.flatnonzero(part.file_index < 0)
+    if len(cut):
+        tables.append(pa.Table.from_pylist(part.truncated, schema=_SCHEMA))
+        where[cut] = taken + np.arange(len(cut))
+    yield packed_rows(pa.concat_tables(tables).take(pa.array(where, pa.int64())), part.bin_sizes)
+
+
+def _long_rows(sources: list[Source], lengths: np.ndarray, max_len: int) -> dict[int, dict[str, Any]]:
+    """The documents of a window longer than `max_len` (to cut or reject), read whole from their shards, by index."""
+    long = np.flatnonzero(lengths > max_len)
+    found: dict[int, dict[str, Any]] = {}
+    for file in dict.fromkeys(sources[i].file for i in long):
+        mine = [int(i) for i in long if sources[i].file == file]
+        rows = take_rows(file, np.array([sources[i].line - 1 for i in mine]), list(_SCHEMA.names)).to_pylist()
+        found.update(zip(mine, rows, strict=True))
+    return found
+
+
+def _pack_on_ray(indir: Path, manifest: dict[str, Any], window: int, max_len: int, policy: str, rng: random.Random,
+                 writer: ShardWriter, meter: Meter, engine: Engine, ran: Ran) -> None:
+    """bfd under Ray: each window's lengths read and packed into bins here, as the local engine does; the rows
+    built by the workers, a few parts per worker and window, and written here in order."""
+    parts: list[_Rows] = []
+    per_window = parts_wanted(engine)
+    for lengths_table, sources in _windows(indir, manifest, window, ["num_tokens"]):
+        lengths = lengths_table["num_tokens"].to_numpy()
+        keep, truncated, docs = overflow(lengths, sources, max_len, policy,
+                                         _long_rows(sources, lengths, max_len).__getitem__)
+        writer.account(docs)
+        packable = [s for s, k in zip(sources, keep.tolist(), strict=True) if k]
+        bins = bfd_bins(np.concatenate((lengths[keep], np.full(len(truncated), max_len))).astype(lengths.dtype),
+                        max_len, rng)
+        files = tuple(dict.fromkeys(s.file for s in packable))
+        number = {f: k for k, f in enumerate(files)}
+        size = max(1, -(-len(bins) // per_window))
+        for start in range(0, len(bins), size):
+            chosen = bins[start:start + size]
+            order = list(chain.from_iterable(chosen))
+            mine = [i - len(packable) for i in order if i >= len(packable)]
+            parts.append(_Rows(files, np.array([number[packable[i].file] if i < len(packable) else -1 for i in order]),
+                               np.array([packable[i].line - 1 if i < len(packable) else 0 for i in order], np.int64),
+                               [truncated[i] for i in mine], np.array([len(b) for b in chosen], np.int64)))
+    for table in run_parts(parts, _build_rows, engine, ran):
+        meter.add(int(pc.sum(table["seq_lengths"].combine_chunks().value_lengths()).as_py() or 0),
+                  int(pc.sum(table["num_tokens"]).as_py() or 0))
+        writer.add(table)
+
+
+def _windows(indir: Path, manifest: dict[str, Any], window: int, columns: list[str] | None = None
+             ) -> Iterator[tuple[pa.Table, list[Source]]]:
+    """Windows of input rows (only `columns`, default all), with each row's place (shard file, row in it) for
+    findings."""
     pending: list[pa.Table] = []
     sources: list[Source] = []
     for shard in manifest["shards"]:
@@ -88,7 +174,7 @@ def _windows(indir: Path, manifest: dict[str, Any], window: int) -> Iterator[tup
         pfile = open_shard(indir, shard)
         row = 0
         for group in range(pfile.num_row_groups):
-            table = pfile.read_row_group(group, columns=list(_SCHEMA.names))
+            table = pfile.read_row_group(group, columns=columns or list(_SCHEMA.names))
             pending.append(table)
             sources += [Source(path, row + k + 1, len(sources) + k + 1) for k in range(table.num_rows)]
             row += table.num_rows

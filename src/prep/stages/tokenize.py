@@ -33,13 +33,14 @@ from prep.core.options import DEFAULT_DATE, check
 from prep.core.records import Record, kind_of
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files import check_outputs, sha256_file
-from prep.formats.inputs import Inputs, read_inputs
+from prep.formats.inputs import Inputs, Part, plan_inputs, read_inputs, read_part
 from prep.render.encoder import Encoder, Settings
 from prep.render.jinja import JinjaTemplate
 from prep.render.spans import resolve_train_on
 from prep.render.templates import get_template, parse_kwargs
 from prep.render.tokenizer import Tokenizer, load_tokenizer
 from prep.shards.writer import ShardWriter
+from prep.stages.engine import Engine, Ran, parts_wanted, run_parts
 from prep.stages.stats import LengthCounts
 
 # running ---------------------------------------------------------------------------------------------------------
@@ -204,25 +205,41 @@ class TokenizeResult(Result):
         return {"formats": self.formats, "manifest": self.manifest}
 
 
+@dataclass(frozen=True)
+class _Encode:
+    """The stage a Ray worker runs over one part: the local engine's reader and the same encoder functions
+    (`Encoder.prepare`, `Encoder.encode_measured`). It reaches each worker once, tokenizer and template in it."""
+
+    encoder: Encoder
+    skip: dict[str, list[int]]
+
+    def __call__(self, part: Part) -> Iterator[Encoded]:
+        return map(self.encoder.encode_measured, map(self.encoder.prepare, read_part(part, self.skip)))
+
+
 def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, template: str | None = None,
              kind: str | None = None, train_on: str = "auto", max_len: int | None = None, overflow: str = "drop",
              workers: int = 1, rejects: str | None = None, progress: ProgressFn | None = None,
              train_on_reasoning: str = "yes", template_kwargs: Iterable[str] = (),
-             date: str = DEFAULT_DATE) -> TokenizeResult:
+             date: str = DEFAULT_DATE, engine: str = "local", ray_address: str | None = None,
+             ray_workers: int = 0) -> TokenizeResult:
     """Tokenize `inputs` into unpacked shards in `output` (design §5) and return the counts and manifest.
 
     `kind` defaults to the first record's (chat -> sft, text -> pretrain, preference -> dpo, feedback
     -> kto; `prompt` is asked for); `template` to the tokenizer's own, or a .jinja file. `template_kwargs`
-    (KEY=VALUE, YAML values) and `date` (the day strftime_now gives) go to the jinja template."""
+    (KEY=VALUE, YAML values) and `date` (the day strftime_now gives) go to the jinja template. `engine="ray"`
+    tokenizes the parts of the inputs on a Ray cluster (design §13): the same shards."""
     check("tokenize", {"template": template, "kind": kind, "train_on": train_on, "max_len": max_len,
                        "overflow": overflow, "workers": workers, "output": output, "rejects": rejects,
                        "train_on_reasoning": train_on_reasoning, "template_kwargs": list(template_kwargs),
-                       "date": date})
+                       "date": date, "engine": engine, "ray_address": ray_address, "ray_workers": ray_workers})
     check_outputs([*inputs.files, tokenizer if isinstance(tokenizer, str) else None], {"-o": output,
                                                                                          "--rejects": rejects})
     kwargs = parse_kwargs(template_kwargs, template)
     formats: dict[str, str] = {}
-    batches = read_inputs(inputs, formats)
+    where, ran = Engine(engine, ray_address, ray_workers), Ran()
+    parts = plan_inputs(inputs, formats, parts_wanted(where)) if where.ray else []
+    batches = chain.from_iterable(read_part(p, inputs.skip) for p in parts) if where.ray else read_inputs(inputs, formats)
     if kind is None:
         kind, batches = _first_kind(batches)
     if overflow == "turns" and kind != "sft":
@@ -257,7 +274,9 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, templat
     sources = _Sources()
     with _steady_gc(), ShardWriter(output, kind, meta, rejects=rejects, carried=carried) as writer:
         meter.start()
-        for out, table, lengths in run_encoder(batches, encoder, workers):
+        encoded = run_parts(parts, _Encode(encoder, inputs.skip), where, ran) if where.ray else \
+            run_encoder(batches, encoder, workers)
+        for out, table, lengths in encoded:
             sources.add(out, _bounded_lengths(kind, table), lengths, writer.tally.written)
             writer.account(out)
             writer.add(table)
@@ -265,4 +284,5 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, templat
         meta["inputs"] = [{"path": p, "sha256": sha256_file(p) if p != "-" else None} for p in formats]
         meta["sources"] = sources.to_list()
     return TokenizeResult(tally=writer.tally, outputs=outputs(output=output, rejects=rejects),
-                          manifest=writer.manifest(), formats=formats, notes=tok.notes)
+                          manifest=writer.manifest(), formats=formats, notes=tok.notes,
+                          engine=ran.to_dict() if where.ray else {})

@@ -11,6 +11,7 @@ with an error is rejected (kept with its findings by `--rejects`); warnings do n
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import re
@@ -21,18 +22,33 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prep.checks import filechecks
 from prep.checks.codes import CODES, ERROR, finding
-from prep.checks.filecheck import MAX_CHARS, MAX_FINDINGS, Context, FileCheck, FileReport, Findings
+from prep.checks.filecheck import MAX_CHARS, MAX_FINDINGS, Checked, Context, FileCheck, FileReport, Findings
+from prep.checks.rules import quality
 from prep.checks.stats import Stats
 from prep.core.findings import Batch, Finding, PrepError, Reject, Source
 from prep.core.options import check
 from prep.core.result import Meter, ProgressFn, Result, outputs
-from prep.files import BATCH_ROWS, RowWriter, display_name, read_rows, readable_file, split_suffix
+from prep.files import (
+    BATCH_ROWS,
+    Piece,
+    RowWriter,
+    cut,
+    display_name,
+    pieces,
+    read_rows,
+    readable_file,
+    split_suffix,
+)
 from prep.formats import detect
 from prep.formats.inputs import Inputs
+from prep.stages.engine import Engine, Ran, parts_wanted, run_parts
+
+if TYPE_CHECKING:
+    from prep.checks.tokens import TokenCounts
 
 DETECT_ROWS = 8 * BATCH_ROWS
 _VALIDATION_NAME = re.compile(r"(^|[._-])(val|valid|validation|dev|eval|test)([._-]|$)", re.IGNORECASE)
@@ -104,26 +120,33 @@ def split_roles(inputs: Sequence[str], validation: Sequence[str] = ()) -> list[t
 def validate(inputs: Inputs, *, validation: Sequence[str] = (), kind: str | None = None, strict: bool = False,
              rejects: str | None = None, min_rows: int = 1, max_findings: int | None = MAX_FINDINGS,
              max_chars: int = MAX_CHARS, tokenizer: Any = None, template: str | None = None,
-             max_len: int | None = None, progress: ProgressFn | None = None) -> Report:
+             max_len: int | None = None, progress: ProgressFn | None = None, engine: str = "local",
+             ray_address: str | None = None, ray_workers: int = 0) -> Report:
     """Check every row of every input file; raise PrepError only when the run cannot start (missing file, bad
     option).
 
     `validation` files are checked like the others and also for near-duplicates of the training rows.
+    `engine="ray"` runs each row's own checks on a Ray cluster and the checks across rows here (design §13): the
+    same report.
     With `tokenizer` (a folder, or a loaded prep.render.tokenizer.Tokenizer) rows are also rendered with
     `template` (default: the tokenizer's own) and tokenized, for token statistics and token checks."""
     check("inputs", {"format": inputs.format, "input_type": inputs.container, "txt_split": inputs.txt_split})
     check("validate", {"validation": list(validation), "kind": kind, "strict": strict, "rejects": rejects,
                        "min_rows": min_rows, "max_findings": max_findings, "max_chars": max_chars,
-                       "template": template, "max_len": max_len})
+                       "template": template, "max_len": max_len, "engine": engine, "ray_address": ray_address,
+                       "ray_workers": ray_workers})
     if inputs.datasets:
         raise PrepError("validate checks files: convert the dataset_info entries first (prep convert --dataset-info "
                         "... --to openai -o FILE), then validate FILE")
     roles = split_roles(inputs.files, validation)
     if not roles:
         raise PrepError("nothing to validate: give input files")
+    where, ran = Engine(engine, ray_address, ray_workers), Ran()
     for path, _ in roles:
         if path != "-" and (problem := readable_file(path)):
             raise PrepError(f"{path}: {problem}")
+        if path == "-" and where.ray:
+            raise PrepError("--engine ray reads files, not standard input: write it to a file first")
     if max_len is not None and tokenizer is None:
         raise PrepError("--max-len counts tokens: give --tokenizer too")
     ctx = Context(inputs.format, kind, dict(inputs.settings), inputs.container, inputs.txt_split, min_rows, max_chars,
@@ -137,14 +160,17 @@ def validate(inputs: Inputs, *, validation: Sequence[str] = (), kind: str | None
         stack.enter_context(_heap_frozen())
         ctx.rejects = stack.enter_context(RowWriter(rejects, "jsonl")) if rejects else None
         # Validation files first: their rows are indexed before the training rows stream past them.
-        for path, _ in sorted(roles, key=lambda pr: pr[1] != "validation"):
+        ordered = [path for path, _ in sorted(roles, key=lambda pr: pr[1] != "validation")]
+        if where.ray:
+            _validate_on_ray(ordered, reports, ctx, where, ran)
+        for path in ordered if not where.ray else ():
             with _local(path) as local:
                 _validate_file(local, reports[path], ctx)
     if ctx.tokens:
         ctx.stats.extra.update(ctx.tokens.stats())
     result = Report(outputs=outputs(rejects=rejects), notes=ctx.tokens.tok.notes if ctx.tokens else [],
                     files=list(reports.values()),
-                    findings=ctx.findings, stats=ctx.stats, strict=strict)
+                    findings=ctx.findings, stats=ctx.stats, strict=strict, engine=ran.to_dict() if where.ray else {})
     for fr in result.files:
         result.tally.add(fr.tally)
     return result
@@ -178,40 +204,180 @@ def _local(path: str) -> Iterator[str]:
 
 
 def _validate_file(path: str, report: FileReport, ctx: Context) -> None:
+    opened = _open(path, report, ctx)
+    if opened is None:
+        return
+    check, batches = opened
+    try:
+        for batch in check.stage(batches):
+            _count(batch, report, ctx)
+    except PrepError as e:
+        _unreadable(e, path, report, ctx)
+        return
+    _finish(check, report, ctx)
+
+
+def _open(path: str, report: FileReport, ctx: Context) -> tuple[FileCheck, Iterator[Batch[Any]]] | None:
+    """A file's byte pass and format (detected from its first rows unless given): its FileCheck and its row
+    batches (None: it cannot be read as rows, which its findings say)."""
     name = report.path
     scan = filechecks.scan(path, name, ctx.container or split_suffix(path)[0])
     report.container, report.size = scan.container, scan.size
     for f in scan.findings:
         ctx.findings.add(f)
     if not scan.readable:
-        return
+        return None
     batches: Iterator[Batch[Any]] = _named(read_rows(path, scan.container, ctx.txt_split, BATCH_ROWS,
-                                                                  ctx.max_row_bytes), name, path)
+                                                     ctx.max_row_bytes), name, path)
     fmt: str | None = ctx.format
     try:
         if scan.container == "txt" and fmt == "auto":
             fmt = "text"
         elif fmt == "auto":
             fmt, batches = _detect(batches)
-        report.format = fmt
-        check = FileCheck(ctx, report, fmt, scan)
-        for batch in check.stage(batches):
-            report.tally.count(batch)
-            ctx.meter.add(len(batch.items) + len(batch.rejects))
-            if ctx.rejects:
-                ctx.rejects.write(_encodable(r.to_dict()) for r in sorted(batch.rejects, key=lambda r: r.source.row))
     except PrepError as e:
-        message = str(e).removeprefix(f"{name}:").removeprefix(f"{path}:")
-        line = re.match(r"(\d+):\s*", message)
-        ctx.findings.add(finding("unreadable_file", message[line.end():] if line else message.strip())
-                         .at(Source(name, int(line.group(1)) if line else 0, 0)))
-        return
+        _unreadable(e, path, report, ctx)
+        return None
+    report.format = fmt
+    return FileCheck(ctx, report, fmt, scan), batches
+
+
+def _count(batch: Batch[Any], report: FileReport, ctx: Context) -> None:
+    report.tally.count(batch)
+    ctx.meter.add(len(batch.items) + len(batch.rejects))
+    if ctx.rejects:
+        ctx.rejects.write(_encodable(r.to_dict()) for r in sorted(batch.rejects, key=lambda r: r.source.row))
+
+
+def _unreadable(e: PrepError, path: str, report: FileReport, ctx: Context) -> None:
+    """The file broke off where `e` says (the rows before it were checked)."""
+    name = report.path
+    message = str(e).removeprefix(f"{name}:").removeprefix(f"{path}:")
+    line = re.match(r"(\d+):\s*", message)
+    ctx.findings.add(finding("unreadable_file", message[line.end():] if line else message.strip())
+                     .at(Source(name, int(line.group(1)) if line else 0, 0)))
+
+
+def _finish(check: FileCheck, report: FileReport, ctx: Context) -> None:
     check.finish()
     if report.tally.read and report.tally.written < ctx.min_rows:
         ctx.findings.add(finding("too_few_rows", f"{report.tally.written} usable row(s); at least {ctx.min_rows} "
-                                 "needed").at(Source(name, 0, 0)))
+                                 "needed").at(Source(report.path, 0, 0)))
     elif not report.tally.read:
-        ctx.findings.add(finding("empty_file", "the file holds no rows").at(Source(name, 0, 0)))
+        ctx.findings.add(finding("empty_file", "the file holds no rows").at(Source(report.path, 0, 0)))
+
+
+# ---------------------------------------------------------------- under Ray (design §13)
+
+
+@dataclass(frozen=True)
+class _FilePart:
+    """A piece of one file for a Ray worker, with what the driver learnt of the file: its format, byte pass and
+    the kind of its first record (which `mixed_kinds` compares every row with)."""
+
+    path: str
+    name: str
+    role: str
+    piece: Piece
+    format: str | None
+    scan: filechecks.Scan
+    first_kind: str | None
+
+
+@dataclass
+class _Rows:
+    """A worker's batch: its rows checked, and the statistics and token counts of its rows."""
+
+    checked: Checked
+    stats: Stats
+    tokens: TokenCounts | None
+
+
+@dataclass(frozen=True)
+class _End:
+    """A part is done; `error`: the file broke off in it (the local engine stops reading the file there)."""
+
+    error: str | None = None
+
+
+def _quiet(ctx: Context, tokens: bool = True) -> Context:
+    """`ctx` without what only the driver keeps (findings, statistics, duplicates, the rejects file, progress)."""
+    return dataclasses.replace(ctx, findings=Findings(None), stats=Stats(), duplicates={},
+                               near=quality.NearDuplicates(), rejects=None, meter=Meter(None),
+                               tokens=ctx.tokens if tokens else None)
+
+
+@dataclass
+class _Validate:
+    """What a Ray worker runs over a part: the rows' own checks (`FileCheck.rows`); the driver runs the rest."""
+
+    ctx: Context
+
+    def __call__(self, part: _FilePart) -> Iterator[_Rows | _End]:
+        ctx = self.ctx
+        check = FileCheck(ctx, FileReport(part.name, part.role), part.format, part.scan)
+        check.first_kind, check.first_row = part.first_kind, part.piece.row == 0
+        try:
+            rows = read_rows(part.path, part.scan.container, ctx.txt_split, BATCH_ROWS, ctx.max_row_bytes, part.piece)
+            for batch in _named(rows, part.name, part.path):
+                yield _Rows(check.rows(batch), ctx.stats, ctx.tokens.take() if ctx.tokens else None)
+                ctx.stats = Stats()
+        except PrepError as e:
+            yield _End(str(e))
+            return
+        yield _End()
+
+
+def _first_kind(check: FileCheck, batches: Iterator[Batch[Any]]) -> str | None:
+    """The kind of a file's first record that `mixed_kinds` compares with (checked aside: no finding counts)."""
+    if check.ctx.kind:
+        return None
+    probe = FileCheck(_quiet(check.ctx, tokens=False), FileReport(check.report.path, check.report.role), check.fmt,
+                      check.scan)
+    with contextlib.suppress(PrepError):
+        for batch in batches:
+            for row, source in zip(batch.items, batch.sources, strict=True):
+                probe.check(row, source)
+                if probe.first_kind:
+                    return probe.first_kind
+    return None
+
+
+def _validate_on_ray(paths: list[str], reports: dict[str, FileReport], ctx: Context, engine: Engine,
+                     ran: Ran) -> None:
+    """The files' byte passes, formats and first kinds here; the rows' own checks on the workers, part by part;
+    the checks across rows, the findings and the counts here again, in input order: the local report."""
+    jobs: list[tuple[FileCheck, list[_FilePart]]] = []
+    for path in paths:
+        report = reports[path]
+        opened = _open(path, report, ctx)
+        if opened is None:
+            continue
+        check, batches = opened
+        kind = _first_kind(check, batches)
+        jobs.append((check, [_FilePart(path, report.path, report.role, p, check.fmt, check.scan, kind)
+                             for p in pieces(path, check.scan.container, limit=ctx.max_row_bytes)]))
+    runs = cut([[p.piece for p in parts] for _, parts in jobs], parts_wanted(engine))
+    work = [dataclasses.replace(parts[0], piece=piece) for (_, parts), run in zip(jobs, runs, strict=True)
+            for piece in run]
+    results = run_parts(work, _Validate(_quiet(ctx)), engine, ran)
+    for (check, _), run in zip(jobs, runs, strict=True):
+        error: str | None = None
+        left = len(run)
+        while left:
+            item = next(results)
+            if isinstance(item, _End):
+                left -= 1
+                error = error or item.error
+            elif error is None:  # rows after a break are not read, as locally
+                ctx.stats.merge(item.stats)
+                if ctx.tokens and item.tokens:
+                    ctx.tokens.merge(item.tokens)
+                _count(check.settle(item.checked), check.report, ctx)
+        if error is not None:
+            _unreadable(PrepError(error), check.report.path, check.report, ctx)
+        else:
+            _finish(check, check.report, ctx)
 
 
 def _named(batches: Iterator[Batch[Any]], name: str, path: str) -> Iterator[Batch[Any]]:

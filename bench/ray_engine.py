@@ -1,0 +1,164 @@
+"""`--engine ray` beside the local engine on one machine (design §13), and what it would reach on a cluster.
+
+Data: the alpaca fixture x200 (--copies) as JSONL conversations (the rows of bench/tokenize_speed.py), the
+qwen2.5 tokenizer, chatml, max-len 2048. Measured, each as a user runs it (the CLI in a fresh process):
+
+- `prep tokenize` with the local engine (1 process; and --workers 2), and with `--engine ray` on a fresh local
+  Ray with 1 and 2 Ray Data workers: wall seconds, rows/s and tokens/s, and the peak RSS of the whole process
+  tree (the driver, Ray's own processes and its workers, sampled every 0.1 s);
+- the same with one row: the fixed start-up cost of each engine, so the per-row cost is (wall - start-up) / rows;
+- in process: what the driver does per row under Ray (unpickle a part's output, write the shards), which bounds
+  the rows a single driver can take in whatever the cluster's size, and the planning scan of a JSONL file.
+
+The engines run interleaved, --repeat times, and the best of each is kept (this machine is shared). From
+those, the estimate for 8 and 64 nodes printed last states its assumptions.
+
+    python bench/ray_engine.py [--copies 200] [--repeat 2] [--cores-per-node 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tokenize_speed import MAX_LEN, ROOT, TOKENIZER, make_data  # noqa: E402
+
+
+def tree_rss(pid: int) -> int:
+    """Bytes resident in `pid` and all its descendants (Ray's processes are children of the driver here)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        p = int(stat.parent.name)
+        children.setdefault(int(fields[1]), []).append(p)
+        rss[p] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += rss.get(p, 0)
+        todo += children.get(p, [])
+    return total
+
+
+def run(args: list[str]) -> tuple[float, float, str]:
+    """`prep ARGS` in a fresh process: wall seconds, peak RSS of its process tree in MB, stderr."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "prep", *args], stderr=subprocess.PIPE, text=True, env=env)
+    peak = [0]
+
+    def sample() -> None:
+        while proc.poll() is None:
+            peak[0] = max(peak[0], tree_rss(proc.pid))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, err = proc.communicate()
+    seconds = time.perf_counter() - start
+    sampler.join()
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"prep {' '.join(args)} failed:\n{err}")
+    return seconds, peak[0] / 2**20, err
+
+
+def tokenize_args(data: Path, out: Path, engine: list[str]) -> list[str]:
+    return ["tokenize", str(data), "--tokenizer", str(TOKENIZER), "--template", "chatml", "--max-len", str(MAX_LEN),
+            "-o", str(out), "-q", *engine]
+
+
+def driver_cost(shards: Path) -> tuple[float, float]:
+    """Seconds per row the driver spends on what Ray hands it: unpickling each part's tables and writing them
+    as shards; and the rows in the shards."""
+    import pyarrow.parquet as pq
+
+    from prep.shards.layout import read_manifest
+    from prep.shards.writer import ShardWriter
+
+    manifest = read_manifest(shards)
+    tables = [pq.read_table(shards / s["path"]) for s in manifest["shards"]]
+    blobs = [pickle.dumps(t.slice(k, 16384), pickle.HIGHEST_PROTOCOL) for t in tables
+             for k in range(0, t.num_rows, 16384)]
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        with ShardWriter(tmp, "sft", {}) as writer:
+            for blob in blobs:
+                writer.add(pickle.loads(blob))
+        seconds = time.perf_counter() - start
+    rows = sum(t.num_rows for t in tables)
+    return seconds / rows, rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--copies", type=int, default=200)
+    parser.add_argument("--cores-per-node", type=int, default=16)
+    parser.add_argument("--repeat", type=int, default=2)
+    a = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        data = make_data(work, a.copies)
+        one = work / "one.jsonl"
+        one.write_text(data.open(encoding="utf-8").readline(), encoding="utf-8")
+        engines = {"local, 1 process": [], "local, --workers 2": ["--workers", "2"],
+                   "ray, 1 worker": ["--engine", "ray", "--ray-workers", "1"],
+                   "ray, 2 workers": ["--engine", "ray", "--ray-workers", "2"]}
+        print(f"data: {data.name}, {data.stat().st_size / 2**20:.0f} MB; `uptime`: {os.getloadavg()}")
+        results: dict[str, tuple[float, float, int, int, float]] = {}
+        for attempt in range(a.repeat):  # the engines interleaved, the best of each kept: this machine is shared
+            for name, extra in engines.items():
+                start_up = run(tokenize_args(one, work / "one", extra))[0]
+                seconds, rss, _ = run(tokenize_args(data, work / name.replace(" ", "_"), extra))
+                manifest = json.loads((work / name.replace(" ", "_") / "manifest.json").read_text())
+                rows, tokens = manifest["counts"]["read"], manifest["tokens"]["total"]
+                print(f"  {attempt + 1}: {name:20} {seconds:7.1f} s ({start_up:4.1f} s start-up) {rows / seconds:8,.0f} "
+                      f"rows/s {tokens / seconds:10,.0f} tok/s; after start-up {rows / (seconds - start_up):8,.0f} "
+                      f"rows/s; peak RSS {rss:6.0f} MB; load {os.getloadavg()[0]:.1f}", flush=True)
+                if name not in results or seconds < results[name][0]:
+                    results[name] = (seconds, start_up, rows, tokens, rss)
+        print("best of each:")
+        for name, (seconds, start_up, rows, tokens, rss) in results.items():
+            print(f"  {name:20} {seconds:7.1f} s ({start_up:4.1f} s start-up) {rows / seconds:8,.0f} rows/s "
+                  f"{tokens / seconds:10,.0f} tok/s; peak RSS {rss:6.0f} MB")
+        same = {json.dumps({k: v for k, v in json.loads((work / n.replace(" ", "_") / "manifest.json").read_text())
+                            .items() if k != "source"}, sort_keys=True) for n in engines}
+        print(f"  the four manifests (every shard's sha256) are {'the same' if len(same) == 1 else 'NOT the same'}")
+        base = results["local, 1 process"]
+        for name in ("ray, 1 worker", "ray, 2 workers"):
+            s, up, rows, _, rss = results[name]
+            print(f"  {name}: {s / base[0]:.2f}x the local wall time, start-up +{up - base[1]:.1f} s, "
+                  f"per row {(s - up) / rows * 1e6:.0f} us vs local {(base[0] - base[1]) / rows * 1e6:.0f} us, "
+                  f"RSS {rss - base[4]:+.0f} MB")
+        per_row_driver, rows = driver_cost(work / "local,_1_process")
+        from prep.files import pieces
+
+        start = time.perf_counter()
+        pieces(str(data))
+        scan = data.stat().st_size / (time.perf_counter() - start) / 2**20
+        worker_us = (results["ray, 1 worker"][0] - results["ray, 1 worker"][1]) / rows * 1e6
+        print(f"  driver: {per_row_driver * 1e6:.1f} us per row to unpickle and write shards "
+              f"({1 / per_row_driver:,.0f} rows/s); planning scan of the JSONL {scan:,.0f} MB/s")
+        print(f"estimate (one driver; a worker per core; {a.cores_per_node} cores a node; a worker's per-row cost as "
+              f"measured here with 1 Ray worker, {worker_us:.0f} us; the parts read from shared storage at no cost):")
+        for nodes in (8, 64):
+            cores = nodes * a.cores_per_node
+            cluster = cores / (worker_us / 1e6)
+            print(f"  {nodes:3} nodes, {cores:5} workers: the workers {cluster:12,.0f} rows/s; the driver takes at most "
+                  f"{1 / per_row_driver:,.0f} rows/s -> {min(cluster, 1 / per_row_driver):,.0f} rows/s")
+
+
+if __name__ == "__main__":
+    main()
