@@ -344,13 +344,14 @@ def test_recipe_mistakes(tmp_path: Path, text: str, expected: str) -> None:
     assert mistake(tmp_path, text).startswith(f"{tmp_path / 'bad.yaml'}:{line}: {words}")
 
 
-def test_pair_shards_are_not_packed_or_trained(tmp_path: Path) -> None:
-    """prep pack and prep train refuse dpo/kto shards: the recipe says so at load, not after tokenizing."""
+def test_pair_shards_are_not_packed_nor_trained_by_another_method(tmp_path: Path) -> None:
+    """prep pack refuses dpo/kto shards, and train.method one that does not read the kind: the recipe says so at
+    load, not after tokenizing."""
     assert mistake(tmp_path, GOOD.replace("  template: chatml\n", "  template: chatml\n  kind: dpo\n")).startswith(
         f"{tmp_path / 'bad.yaml'}:7: pack: dpo shards are trained as pairs and are not packed")
     no_pack = GOOD.replace("  template: chatml\n", "  template: chatml\n  kind: kto\n").split("pack:")[0]
-    assert mistake(tmp_path, no_pack + "train:\n  model: owner/model\n").startswith(
-        f"{tmp_path / 'bad.yaml'}:7: train: kto shards are not trained by prep train")
+    assert mistake(tmp_path, no_pack + "train:\n  model: owner/model\n  method: dpo\n").startswith(
+        f"{tmp_path / 'bad.yaml'}:9: train.method dpo trains on dpo shards, and tokenize.kind is kto")
 
 
 @pytest.mark.parametrize("missing", ["torch", "peft"])

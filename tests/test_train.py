@@ -270,10 +270,16 @@ def test_corrupted_shard_is_refused(shards: dict, model: str, tmp_path: Path) ->
     assert not (tmp_path / "out").exists()
 
 
-def test_preference_shards_are_refused_with_a_pointer(model: str, tmp_path: Path) -> None:
+def test_a_method_is_refused_shards_it_does_not_read(model: str, tmp_path: Path) -> None:
     tokenize(Inputs([str(SAMPLES / "trl_preference.jsonl")]), TOKENIZER, str(tmp_path / "dpo"), template="chatml")
-    with pytest.raises(PrepError, match="dpo shards are not trained by prep train.*DPOTrainer"):
-        train(str(tmp_path / "dpo"), TrainOptions(model=model, output=str(tmp_path / "o")))
+    with pytest.raises(PrepError, match="--method sft trains on sft or pretrain shards, and these are dpo shards "
+                                        r"\(they train with --method dpo, orpo, reward\)"):
+        train(str(tmp_path / "dpo"), TrainOptions(model=model, output=str(tmp_path / "o"), method="sft"))
+    with pytest.raises(PrepError, match="--method kto trains on kto shards, and these are dpo shards"):
+        train(str(tmp_path / "dpo"), TrainOptions(model=model, output=str(tmp_path / "o"), method="kto"))
+    with pytest.raises(PrepError, match="--loss-type kto: --method dpo takes one of sigmoid, hinge"):
+        train(str(tmp_path / "dpo"), TrainOptions(model=model, output=str(tmp_path / "o"), loss_type="kto"))
+    assert not (tmp_path / "o").exists()
 
 
 def test_generate_streams_the_fine_tuned_answer_through_the_training_template(lora: dict, model: str) -> None:

@@ -35,6 +35,12 @@ STRATEGIES = ("bfd", "wrap")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts")
 ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 REPORT_TO = ("none", "tensorboard")
+# What `prep train` optimises, and the shard kinds each objective reads (the default: the first that takes the kind).
+METHODS = ("sft", "dpo", "kto", "orpo", "reward")
+METHOD_KINDS = {"sft": ("sft", "pretrain"), "dpo": ("dpo",), "kto": ("kto",), "orpo": ("dpo",), "reward": ("dpo",)}
+# TRL's DPO losses that need nothing but the pairs and --beta, and its KTO losses (trl 1.16)
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down")
+KTO_LOSSES = ("kto", "apo_zero_unpaired")
 EXPORTS = ("hf-dataset", "axolotl", "together", "jsonl")  # what `prep export --to` writes
 COMPARED = ("all", "user", "assistant")  # which turns dedup, split and decontaminate compare
 MIX_BY = ("rows", "tokens")
@@ -375,7 +381,23 @@ TRAIN = (
     Option("use_rslora", bool, False, "Rank-stabilised LoRA scaling (alpha / sqrt(r)).", recipe=True),
     Option("use_dora", bool, False, "Weight-decomposed LoRA.", recipe=True),
     Option("qlora", bool, False, "4-bit NF4 base with double quantization (bitsandbytes).", recipe=True),
-    Option("full", bool, False, "Train every weight, no adapter.", recipe=True),
+    Option("full", bool, False, "Train every weight, no adapter (DPO/KTO: beside a frozen copy as the reference).",
+           recipe=True),
+    Option("method", choices=METHODS, recipe=True,
+           help="What to optimise; default: sft for sft/pretrain shards, dpo for dpo shards, kto for kto shards. orpo "
+                "and reward (a sequence-classification head scoring chosen above rejected) read dpo shards."),
+    Option("beta", float, 0.1, "DPO/KTO: strength of the pull towards the reference; ORPO: weight of the odds-ratio "
+                               "term.", low=0, low_open=True, recipe=True),
+    Option("loss_type", choices=tuple(dict.fromkeys(DPO_LOSSES + KTO_LOSSES)), recipe=True,
+           help="DPO: sigmoid (default), hinge, ipo, robust, bco_pair, sppo_hard, nca_pair, apo_zero, apo_down; "
+                "KTO: kto (default) or apo_zero_unpaired."),
+    Option("desirable_weight", float, 1.0, "KTO: weight of the desirable (label true) rows' loss.", low=0,
+           low_open=True, recipe=True),
+    Option("undesirable_weight", float, 1.0, "KTO: weight of the undesirable (label false) rows' loss.", low=0,
+           low_open=True, recipe=True),
+    Option("ref_model", path="existing-folder", recipe=True,
+           help="DPO/KTO: a reference model other than the base (loaded frozen beside the policy); default: the base "
+                "itself, as the adapter switched off (LoRA/QLoRA) or a frozen copy (--full)."),
     Option("lr", float, 2e-4, "Peak learning rate.", low=0, low_open=True, recipe=True),
     Option("epochs", float, 1.0, "Passes over the shards (when --max-steps is not given).", low=0, recipe=True),
     Option("max_steps", int, -1, "Stop after this many steps (overrides --epochs).", low=-1, recipe=True,

@@ -25,7 +25,7 @@ from jsonschema import Draft202012Validator, ValidationError
 from prep.checks import schemas
 from prep.core.extras import require_train_extra
 from prep.core.findings import PrepError
-from prep.core.options import RECIPE_NODES, RECIPE_SECTIONS, TABLES
+from prep.core.options import METHOD_KINDS, RECIPE_NODES, RECIPE_SECTIONS, TABLES
 from prep.formats import llamafactory
 
 STAGES = ("convert", "mix", "dedup", "decontaminate", "split", "validate", "tokenize", "pack", "train")
@@ -272,6 +272,8 @@ def _path_keys(data: dict[str, Any]) -> Iterable[JsonPath]:
             yield ("tokenize", "template")
     if "train" in data:
         yield ("train", "model")
+        if "ref_model" in data["train"]:
+            yield ("train", "ref_model")
 
 
 def _resolve(data: dict[str, Any], folder: Path, lines: _Lines) -> dict[str, Any]:
@@ -342,10 +344,10 @@ def _check_files(data: dict[str, Any], lines: _Lines) -> None:
     if "train" in data and kind == "prompt":
         raise PrepError(f"{lines.at(('train',), key=True)}: train: prompt shards feed an online trainer (TRL's "
                         "GRPOTrainer, RLOOTrainer), which prep train is not; remove the train section")
-    if "train" in data and kind in ("dpo", "kto"):
-        raise PrepError(f"{lines.at(('train',), key=True)}: train: {kind} shards are not trained by prep train yet; "
-                        "remove the train section and train the shards with TRL's DPOTrainer/KTOTrainer through "
-                        "prep.load_for_trl and prep.pretokenized (see README)")
+    method = data.get("train", {}).get("method")
+    if method and kind and kind not in METHOD_KINDS[method]:
+        raise PrepError(f"{lines.at(('train', 'method'))}: train.method {method} trains on "
+                        f"{' or '.join(METHOD_KINDS[method])} shards, and tokenize.kind is {kind}")
     if "train" in data:  # before anything runs, not after tokenizing
         try:
             require_train_extra()

@@ -1,5 +1,9 @@
 """`prep train`: LoRA, QLoRA or full fine-tuning on prep shards, with nothing re-tokenized.
 
+--method sft (sft and pretrain shards) is described here; dpo, kto, orpo and reward (dpo and kto shards)
+go through TRL's preference trainers (trainer/preference.py) with the same model loading, checks,
+counting and report.
+
 A thin stage on transformers, peft and TRL: the shards are loaded with `datasets` and handed to
 TRL's SFTTrainer with `skip_prepare_dataset`; the stored `labels` are used as they are. Packed
 shards train without attention masks: position ids restart at every document (from the stored
@@ -31,6 +35,8 @@ from prep.files import replaced, sha256_file, write_json
 from prep.render.tokenizer import describe_tokenizer, fingerprint, same_tokenizer
 from prep.shards.layout import MANIFEST, position_ids, read_manifest
 from prep.shards.verify import require_verified
+from prep.trainer import preference
+from prep.trainer.preference import method_for
 
 REPORT = "training_report.json"
 TRAIN_INFO = "prep_train.json"
@@ -55,6 +61,12 @@ class TrainOptions:
     use_dora: bool = False
     qlora: bool = False
     full: bool = False
+    method: str | None = None  # None: from the shard kind
+    beta: float = 0.1
+    loss_type: str | None = None
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+    ref_model: str | None = None
     lr: float = 2e-4
     epochs: float = 1.0
     max_steps: int = -1
@@ -76,12 +88,15 @@ class TrainOptions:
     attn_implementation: str | None = None  # None: transformers' default (sdpa); flash_attention_2 needs a GPU
 
 
-def check_shards(folder: str, role: str = "training") -> dict[str, Any]:
-    """The manifest of a shard folder that verifies; anything else is refused with its findings."""
+def check_shards(folder: str, role: str = "training", method: str | None = None) -> dict[str, Any]:
+    """The manifest of a shard folder that verifies and that `method` trains on; anything else is refused."""
     manifest = read_manifest(folder)
-    if manifest["kind"] not in ("sft", "pretrain"):
-        raise PrepError(f"{folder}: {manifest['kind']} shards are not trained by prep train yet; train them with "
-                        "TRL's DPOTrainer/KTOTrainer through prep.load_for_trl and prep.pretokenized (see README)")
+    try:
+        method_for(manifest["kind"], method)
+    except PrepError as e:
+        raise PrepError(f"{folder}: {e}") from None
+    if not manifest["shards"]:
+        raise PrepError(f"{folder}: the shards hold no rows (counts: {manifest.get('counts')})")
     require_verified(folder, role)
     return manifest
 
@@ -120,6 +135,11 @@ class _Counts:
 
     def add(self, batch: dict[str, Any], real: Any = None) -> None:
         """`real`: the real tokens of a batch that has padding but no attention mask (stacked packed rows)."""
+        if "labels" not in batch:  # a preference batch
+            tokens, positions, trained = preference.counts(batch)
+            self.tokens, self.positions, self.trained = self.tokens + tokens, self.positions + positions, \
+                self.trained + trained
+            return
         ids = batch["input_ids"]
         mask = batch.get("attention_mask")
         self.tokens += int(real if real is not None else mask.sum() if mask is not None else ids.numel())
@@ -156,9 +176,16 @@ class _StackedRows:
         return {"input_ids": ids, "labels": labels, "position_ids": positions, REAL_TOKENS: real}
 
 
-def _load_model(options: TrainOptions, cuda: bool, bf16: bool, vocab_size: int | None) -> Any:
+def _load_model(options: TrainOptions, cuda: bool, bf16: bool, vocab_size: int | None, method: str = "sft",
+                pad_id: int | None = None) -> Any:
+    """The policy: a causal LM (a sequence-classification model with one output for --method reward), with
+    its LoRA adapter unless --full."""
     import torch  # noqa: PLC0415 - train extra
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig  # noqa: PLC0415 - train extra
+    from transformers import (  # noqa: PLC0415 - train extra
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        BitsAndBytesConfig,
+    )
 
     dtype = torch.bfloat16 if bf16 else torch.float32
     kwargs: dict[str, Any] = {"dtype": dtype}
@@ -168,8 +195,11 @@ def _load_model(options: TrainOptions, cuda: bool, bf16: bool, vocab_size: int |
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
         kwargs["device_map"] = {"": 0} if cuda else {"": "cpu"}
+    if method == "reward":
+        kwargs["num_labels"] = 1
     try:
-        model = AutoModelForCausalLM.from_pretrained(options.model, **kwargs)
+        model = (AutoModelForSequenceClassification if method == "reward" else AutoModelForCausalLM).from_pretrained(
+            options.model, **kwargs)
     except (ImportError, OSError, ValueError) as e:
         first = str(e).splitlines()[0]
         # e.g. flash_attention_2 without the flash_attn package or a GPU, or a kernel transformers does not know
@@ -183,6 +213,8 @@ def _load_model(options: TrainOptions, cuda: bool, bf16: bool, vocab_size: int |
         raise PrepError(f"the shards' tokenizer has {vocab_size} tokens but the model {options.model} has {rows} "
                         "embeddings; re-tokenize with the model's tokenizer")
     model.config.use_cache = False  # a cache would stop transformers from masking attention per packed document
+    if method == "reward" and model.config.pad_token_id is None:  # the head reads each row's last non-padding token
+        model.config.pad_token_id = pad_id
     if options.full:
         return model
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # noqa: PLC0415 - train extra
@@ -194,11 +226,28 @@ def _load_model(options: TrainOptions, cuda: bool, bf16: bool, vocab_size: int |
         targets = [t.strip() for t in targets.split(",") if t.strip()]
     config = LoraConfig(r=options.lora_r, lora_alpha=options.lora_alpha, lora_dropout=options.lora_dropout,
                         target_modules=targets, use_rslora=options.use_rslora, use_dora=options.use_dora,
-                        task_type="CAUSAL_LM")
+                        task_type="SEQ_CLS" if method == "reward" else "CAUSAL_LM")
     try:
         return get_peft_model(model, config)
     except ValueError as e:  # e.g. --target-modules naming no module of this model
         raise PrepError(f"--target-modules {options.target_modules}: {str(e).splitlines()[0]}") from None
+
+
+def _load_reference(options: TrainOptions, model: Any, cuda: bool, bf16: bool) -> Any:
+    """--ref-model: a frozen causal LM beside the policy, with the policy's vocabulary."""
+    import torch  # noqa: PLC0415 - train extra
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415 - train extra
+
+    try:
+        ref = AutoModelForCausalLM.from_pretrained(options.ref_model, dtype=torch.bfloat16 if bf16 else torch.float32)
+    except (OSError, ValueError) as e:
+        raise PrepError(f"--ref-model: cannot load {options.ref_model}: {str(e).splitlines()[0]}") from None
+    mine, theirs = model.get_input_embeddings().num_embeddings, ref.get_input_embeddings().num_embeddings
+    if mine != theirs:
+        raise PrepError(f"--ref-model {options.ref_model} has {theirs} embeddings and the model {options.model} "
+                        f"{mine}: a reference must score the same ids")
+    ref.config.use_cache = False
+    return ref.eval().requires_grad_(False).to("cuda" if cuda else "cpu")
 
 
 def _peak_memory(cuda: bool) -> dict[str, Any]:
@@ -227,14 +276,14 @@ def _check_options(options: TrainOptions) -> None:
             raise PrepError("--report-to tensorboard needs the tensorboard package (pip install tensorboard)") from None
 
 
-def _config(options: TrainOptions, out: Path, cuda: bool, bf16: bool, flatten: bool) -> Any:
+def _config(options: TrainOptions, out: Path, cuda: bool, bf16: bool, flatten: bool, method: str) -> Any:
     from trl import SFTConfig  # noqa: PLC0415 - train extra
 
     saving = options.save_steps is not None
     # transformers 5 renamed gradient_checkpointing to activation_checkpointing (the old name warns)
     names = {f.name for f in dataclasses.fields(SFTConfig)}
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    return SFTConfig(
+    common = dict(
         output_dir=str(out / "checkpoints"), per_device_train_batch_size=options.batch_size,
         per_device_eval_batch_size=options.batch_size, gradient_accumulation_steps=options.grad_accum,
         learning_rate=options.lr, num_train_epochs=options.epochs, max_steps=options.max_steps,
@@ -243,9 +292,11 @@ def _config(options: TrainOptions, out: Path, cuda: bool, bf16: bool, flatten: b
         **{checkpointing: options.gradient_checkpointing}, logging_steps=options.logging_steps,
         save_strategy="steps" if saving else "no", save_steps=options.save_steps or 500,
         eval_strategy="steps" if options.eval and saving else "no", eval_steps=options.save_steps,
-        report_to=options.report_to, use_cpu=not cuda, bf16=bf16,
-        padding_free=flatten, dataset_kwargs={"skip_prepare_dataset": True}, max_length=None,
-        disable_tqdm=True, dataloader_num_workers=0, **options.extra)
+        report_to=options.report_to, use_cpu=not cuda, bf16=bf16, disable_tqdm=True, dataloader_num_workers=0,
+        **options.extra)
+    if method != "sft":
+        return preference.config(method, options, common)
+    return SFTConfig(**common, padding_free=flatten, dataset_kwargs={"skip_prepare_dataset": True}, max_length=None)
 
 
 @dataclass
@@ -263,8 +314,11 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
     tokens trained on so far."""
     _check_options(options)
     require_train_extra()
-    manifest = check_shards(shards)
-    eval_manifest = check_shards(options.eval, "evaluation") if options.eval else None
+    manifest = check_shards(shards, method=options.method)
+    method = method_for(manifest["kind"], options.method)
+    if method != "sft":
+        preference.check_options(method, options)
+    eval_manifest = check_shards(options.eval, "evaluation", method) if options.eval else None
     out = Path(options.output)
     checkpoints = out / "checkpoints"
     signature = _signature(shards, options)
@@ -288,14 +342,17 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
     padding_free = _packed(manifest) or bool(eval_manifest and _packed(eval_manifest))
     vocab = max((m.get("tokenizer") or {}).get("vocab_size") or 0 for m in (manifest, eval_manifest or {}))
     set_seed(options.seed)  # before the adapter's random initialisation, so --seed makes a run repeatable
-    model = _load_model(options, cuda, bf16, vocab)
+    model = _load_model(options, cuda, bf16, vocab, method, tokenizer.pad_token_id)
+    ref_model = _load_reference(options, model, cuda, bf16) if options.ref_model else None
     attention = str(model.config._attn_implementation)
     flatten = padding_free and cuda and attention.startswith("flash")
     batching = ("packed rows concatenated" if flatten else "packed rows stacked") if padding_free else "padded"
     out.mkdir(parents=True, exist_ok=True)
     counter = _Counts()
 
-    class Trainer(SFTTrainer):
+    base = SFTTrainer if method == "sft" else preference.trainer_class(method)
+
+    class Trainer(base):  # type: ignore[misc, valid-type]
         seen_before: int | None = None  # tokens trained on before a resumed checkpoint
 
         def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
@@ -318,9 +375,14 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
                 logs["tokens_seen"] = self.seen_before + counter.tokens
             super().log(logs, *args, **kwargs)
 
-    trainer = Trainer(model=model, args=_config(options, out, cuda, bf16, flatten), train_dataset=_dataset(shards),
-                      eval_dataset=_dataset(options.eval) if options.eval else None, processing_class=tokenizer,
-                      data_collator=_StackedRows(tokenizer.pad_token_id or 0) if padding_free and not flatten else None)
+    def data(folder: str) -> Any:
+        return _dataset(folder) if method == "sft" else preference.dataset(method, folder)
+
+    kwargs: dict[str, Any] = {"ref_model": ref_model} if method in ("dpo", "kto") else {}
+    trainer = Trainer(model=model, args=_config(options, out, cuda, bf16, flatten, method), train_dataset=data(shards),
+                      eval_dataset=data(options.eval) if options.eval else None, processing_class=tokenizer,
+                      data_collator=_StackedRows(tokenizer.pad_token_id or 0) if padding_free and not flatten else None,
+                      **kwargs)
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; the CLI draws its own progress
     started = time.perf_counter()
 
@@ -350,7 +412,7 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
     losses = [p["loss"] for p in curve if p.get("loss") is not None]
     report = {
         "shards": str(shards), "model": str(options.model),
-        "method": "full" if options.full else ("qlora" if options.qlora else "lora"),
+        "method": "full" if options.full else ("qlora" if options.qlora else "lora"), "objective": method,
         "packed": _packed(manifest), "padding_free": padding_free, "batching": batching,
         "attn_implementation": attention, "output": str(saved),
         "steps": result.global_step, "resumed_from_step": resumed_from, "epochs": result.metrics.get("epoch"),
@@ -358,6 +420,7 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
         "trained_tokens": counter.trained, "tokens_per_s": round(counter.tokens / runtime, 1) if runtime else None,
         "train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None, "eval_loss": metrics.get("eval_loss"),
+        "eval": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         "peak_memory": _peak_memory(cuda), "options": json.loads(json.dumps(asdict(options), default=str)),
         "loss_curve": curve, "notes": notes,
     }
@@ -441,17 +504,23 @@ def _resume_point(checkpoints: Path, notes: list[str]) -> Path:
     return complete[-1]
 
 
+_CURVE = ("step", "loss", "eval_loss", "learning_rate", "tokens_seen")  # first in the CSV; then what the trainer logs
+_NOT_CURVE = {"epoch", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second",
+              "eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "train_loss"}
+
+
 def _curve(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Training and evaluation losses by step, from the trainer's log (which a checkpoint carries over)."""
+    """Every number the trainer logged beside a training or evaluation loss, by step, from its log (which a
+    checkpoint carries over): the losses and learning rate, and for the preference methods rewards/chosen,
+    rewards/rejected, rewards/margins, rewards/accuracies (reward: accuracy, margin), logps/..."""
     points: dict[int, dict[str, Any]] = {}
     for log in history:
         if "loss" in log or "eval_loss" in log:
             point = points.setdefault(log["step"], {"step": log["step"]})
-            for key in ("loss", "eval_loss", "learning_rate"):
-                if key in log:
-                    point[key] = float(log[key])
-            if "tokens_seen" in log:
-                point["tokens_seen"] = int(log["tokens_seen"])
+            for key, value in log.items():
+                if key not in _NOT_CURVE and key != "step" and isinstance(value, (int, float)) \
+                        and not isinstance(value, bool):
+                    point[key] = int(value) if key == "tokens_seen" else float(value)
     return [points[s] for s in sorted(points)]
 
 
@@ -479,10 +548,17 @@ def merge(base: str, adapter: str | Path, target: str | Path) -> Path:
     return target
 
 
+# the preference panels of loss_curve.png: (title, the series drawn, training and evaluation alike)
+_PANELS = (("rewards", ("rewards/chosen", "rewards/rejected", "rewards/margins", "margin")),
+           ("accuracy", ("rewards/accuracies", "accuracy")))
+
+
 def _write_curve(out: Path, curve: list[dict[str, Any]]) -> None:
-    """loss_curve.csv and loss_curve.png (training loss, and evaluation loss where there is one)."""
+    """loss_curve.csv (every logged series) and loss_curve.png: training loss, and evaluation loss where there
+    is one, and for the preference methods the rewards and the accuracy beside it."""
+    columns = [*_CURVE, *dict.fromkeys(k for p in curve for k in p if k not in _CURVE)]
     with open(out / "loss_curve.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, ["step", "loss", "eval_loss", "learning_rate", "tokens_seen"])
+        writer = csv.DictWriter(f, columns)
         writer.writeheader()
         writer.writerows(curve)
     if not curve:
@@ -492,7 +568,19 @@ def _write_curve(out: Path, curve: list[dict[str, Any]]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415 - train extra
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    panels = [(title, keys) for title, keys in _PANELS if any(k in p or f"eval_{k}" in p for p in curve for k in keys)]
+    fig, axes = plt.subplots(1, 1 + len(panels), figsize=(7 + 5 * len(panels), 4), dpi=100, squeeze=False)
+    ax = axes[0][0]
+    for (title, keys), other in zip(panels, axes[0][1:], strict=True):
+        for key in keys:
+            for name, style in ((key, "-"), (f"eval_{key}", "o--")):
+                points = [(p["step"], p[name]) for p in curve if p.get(name) is not None]
+                if points:
+                    other.plot(*zip(*points, strict=True), style, label=name, linewidth=1.5)
+        other.set_xlabel("step")
+        other.set_title(title)
+        other.grid(alpha=0.3)
+        other.legend()
     every = []
     for key, label, style in (("loss", "training", "-"), ("eval_loss", "evaluation", "o--")):
         points = [(p["step"], p[key]) for p in curve if p.get(key) is not None]
@@ -501,7 +589,7 @@ def _write_curve(out: Path, curve: list[dict[str, Any]]) -> None:
             every += [v for _, v in points]
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title("prep train")
+    ax.set_title("prep train" if not panels else "loss")
     ax.grid(alpha=0.3)
     ax.legend()
     if every and min(every) > 0 and max(every) / min(every) > 20:
@@ -516,13 +604,20 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     mem = report["peak_memory"]
     where = "peak reserved GPU memory" if mem["kind"].startswith("cuda") else "peak process RSS"
     resumed = f" (resumed at step {report['resumed_from_step']})" if report.get("resumed_from_step") else ""
-    lines = [f"{report['method']} on {report['shards']}: {report['steps']} steps{resumed} in {report['runtime_s']:.1f} s",
+    objective = report.get("objective", "sft")
+    lines = [f"{report['method']}{'' if objective == 'sft' else ' ' + objective} on {report['shards']}: "
+             f"{report['steps']} steps{resumed} in {report['runtime_s']:.1f} s",
              f"tokens: {report['tokens']:,} trained on, {report['trained_tokens']:,} with loss, "
              f"{report['tokens_per_s']:,.0f} tokens/s"]
     if report["first_loss"] is not None:
         lines.append(f"loss: {report['first_loss']:.4f} -> {report['last_loss']:.4f}")
     if report.get("eval_loss") is not None:
         lines.append(f"eval loss: {report['eval_loss']:.4f} (perplexity {math.exp(min(report['eval_loss'], 50)):.2f})")
+    last = report["loss_curve"][-1] if report.get("loss_curve") else {}
+    rewards = [f"{k} {last[k]:.4f}" for k in ("rewards/chosen", "rewards/rejected", "rewards/margins",
+                                               "rewards/accuracies", "accuracy", "margin") if k in last]
+    if rewards:
+        lines.append(f"last step: {', '.join(rewards)}")
     lines.append(f"{where}: {mem['bytes'] / 2**30:.2f} GiB")
     lines.append(f"saved: {report['output']}" + (f", merged: {report['merged']}" if report.get("merged") else ""))
     return lines
