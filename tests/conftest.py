@@ -37,12 +37,13 @@ def run_prep(*args: str, input: bytes | None = None, cwd: Path | None = None) ->
                           cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
 
 
-def make_tiny_model(out: Path) -> Path:
-    """The tiny llama of samples/make_tiny_model.py (a script beside the samples, not part of the package)."""
+def make_tiny_model(out: Path, *args: Any, **kwargs: Any) -> Path:
+    """The tiny llama of samples/make_tiny_model.py (a script beside the samples, not part of the package);
+    its other arguments (tokenizer, hidden, seed, ...) pass through."""
     spec = importlib.util.spec_from_file_location("make_tiny_model", SAMPLES / "make_tiny_model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.make_tiny_model(out)
+    return module.make_tiny_model(out, *args, **kwargs)
 
 
 @functools.cache

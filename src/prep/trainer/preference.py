@@ -101,9 +101,20 @@ def trainer_class(method: str) -> type:
     if method == "reward":
         return trl.RewardTrainer
     from trl.experimental.orpo import ORPOTrainer  # noqa: PLC0415 - train extra; experimental in trl 1.x
+    from trl.experimental.utils import DPODataCollatorWithPadding  # noqa: PLC0415 - train extra
 
     class ShardORPOTrainer(ORPOTrainer):
+        """ORPO on the shard rows; a tokenizer without a pad token (llama3) pads with its EOS, which the
+        attention masks and -100 labels leave out, as DPO's and the reward trainer's collators do."""
+
         tokenize_row = staticmethod(_orpo_row)
+
+        def __init__(self, *args: Any, processing_class: Any, data_collator: Any = None, **kwargs: Any) -> None:
+            pad = processing_class.pad_token_id
+            pad = processing_class.eos_token_id if pad is None else pad
+            super().__init__(*args, processing_class=processing_class,
+                             data_collator=data_collator or DPODataCollatorWithPadding(pad_token_id=pad), **kwargs)
+            self.use_dpo_data_collator, self.padding_value = True, pad
 
     return ShardORPOTrainer
 
@@ -116,9 +127,9 @@ def config(method: str, options: Any, common: dict[str, Any]) -> Any:
         return trl.DPOConfig(**common, beta=options.beta, loss_type=[options.loss_type or "sigmoid"], max_length=None)
     if method == "kto":
         # KTO's KL pairs are each row's prompt with the previous row's completion in a batch: the order is fixed
-        return trl.KTOConfig(**common, beta=options.beta, loss_type=options.loss_type or "kto", max_length=None,
-                             desirable_weight=options.desirable_weight, undesirable_weight=options.undesirable_weight,
-                             train_sampling_strategy="sequential")
+        return trl.KTOConfig(**{**common, "train_sampling_strategy": "sequential"}, beta=options.beta,
+                             loss_type=options.loss_type or "kto", max_length=None,
+                             desirable_weight=options.desirable_weight, undesirable_weight=options.undesirable_weight)
     if method == "reward":
         return trl.RewardConfig(**common, max_length=None)
     from trl.experimental.orpo import ORPOConfig  # noqa: PLC0415 - train extra

@@ -176,8 +176,7 @@ class _StackedRows:
         return {"input_ids": ids, "labels": labels, "position_ids": positions, REAL_TOKENS: real}
 
 
-def _load_model(options: TrainOptions, cuda: bool, bf16: bool, vocab_size: int | None, method: str = "sft",
-                pad_id: int | None = None) -> Any:
+def _load_model(options: TrainOptions, cuda: bool, bf16: bool, vocab_size: int | None, method: str = "sft") -> Any:
     """The policy: a causal LM (a sequence-classification model with one output for --method reward), with
     its LoRA adapter unless --full."""
     import torch  # noqa: PLC0415 - train extra
@@ -213,8 +212,6 @@ def _load_model(options: TrainOptions, cuda: bool, bf16: bool, vocab_size: int |
         raise PrepError(f"the shards' tokenizer has {vocab_size} tokens but the model {options.model} has {rows} "
                         "embeddings; re-tokenize with the model's tokenizer")
     model.config.use_cache = False  # a cache would stop transformers from masking attention per packed document
-    if method == "reward" and model.config.pad_token_id is None:  # the head reads each row's last non-padding token
-        model.config.pad_token_id = pad_id
     if options.full:
         return model
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # noqa: PLC0415 - train extra
@@ -342,7 +339,7 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
     padding_free = _packed(manifest) or bool(eval_manifest and _packed(eval_manifest))
     vocab = max((m.get("tokenizer") or {}).get("vocab_size") or 0 for m in (manifest, eval_manifest or {}))
     set_seed(options.seed)  # before the adapter's random initialisation, so --seed makes a run repeatable
-    model = _load_model(options, cuda, bf16, vocab, method, tokenizer.pad_token_id)
+    model = _load_model(options, cuda, bf16, vocab, method)
     ref_model = _load_reference(options, model, cuda, bf16) if options.ref_model else None
     attention = str(model.config._attn_implementation)
     flatten = padding_free and cuda and attention.startswith("flash")
@@ -535,12 +532,21 @@ def merge(base: str, adapter: str | Path, target: str | Path) -> Path:
     """Base model + adapter folded into plain weights, saved with the tokenizer and prep_train.json.
 
     The base is reloaded unquantized (peft cannot merge into 4-bit weights), so a QLoRA adapter is
-    merged into the full-precision model it was trained to correct."""
-    from peft import PeftModel  # noqa: PLC0415 - train extra
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 - train extra
+    merged into the full-precision model it was trained to correct. A reward adapter (task SEQ_CLS)
+    is merged into the base with its one-output scoring head."""
+    from peft import PeftConfig, PeftModel  # noqa: PLC0415 - train extra
+    from transformers import (  # noqa: PLC0415 - train extra
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     adapter, target = Path(adapter), Path(target)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
+    if PeftConfig.from_pretrained(adapter).task_type == "SEQ_CLS":
+        loaded = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    else:
+        loaded = AutoModelForCausalLM.from_pretrained(base)
+    model = PeftModel.from_pretrained(loaded, adapter)
     model.merge_and_unload().save_pretrained(target)
     AutoTokenizer.from_pretrained(adapter).save_pretrained(target)
     if (adapter / TRAIN_INFO).is_file():
