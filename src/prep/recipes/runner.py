@@ -393,11 +393,13 @@ def _train(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, A
     report = train(str(flow.shards), options, lambda p: view.progress(stage, p)).report
     saved = os.path.relpath(report["output"], stage.folder)
     loss = f", loss {report['first_loss']:.4f} -> {report['last_loss']:.4f}" if report["first_loss"] is not None else ""
-    return {"outputs": [saved, REPORT], "method": report["method"], "steps": report["steps"],
+    objective = "" if report["objective"] == "sft" else f" {report['objective']}"
+    return {"outputs": [saved, REPORT], "method": report["method"], "objective": report["objective"],
+            "steps": report["steps"],
             "adapter": saved, "report": REPORT, "merged": report.get("merged") and
             os.path.relpath(report["merged"], stage.folder), "first_loss": report["first_loss"],
             "last_loss": report["last_loss"], "tokens_per_s": report["tokens_per_s"],
-            "line": f"{report['method']}: {report['steps']} steps in {report['runtime_s']:.1f} s{loss}, "
+            "line": f"{report['method']}{objective}: {report['steps']} steps in {report['runtime_s']:.1f} s{loss}, "
                     f"{report['tokens_per_s']} tokens/s"}
 
 
