@@ -641,13 +641,17 @@ def export(shards: str, to: str, output: str, tokenizer: str | None, quiet: bool
 @click.argument("shards", type=click.Path(exists=True, file_okay=False))
 @options("train")
 def train(shards: str, quiet: bool, **kw: Any) -> None:
-    """LoRA / QLoRA / full fine-tuning on SHARDS, exactly on the tokens and labels stored there.
+    """LoRA / QLoRA / full fine-tuning on SHARDS, exactly on the tokens and labels stored there: SFT on
+    sft and pretrain shards; DPO, ORPO or a reward model on dpo shards; KTO on kto shards.
 
     \b
     Examples:
       prep train shards/packed --model runs/tiny-llama -o runs/lora
       prep train shards/packed --model ./Qwen2.5-0.5B --qlora --max-steps 200 --eval shards/val --save-steps 50 -o q/
       prep train shards/packed --model ./Qwen2.5-0.5B --max-steps 400 --save-steps 50 --resume -o q/
+      prep train shards/dpo --model ./Qwen2.5-0.5B-Instruct --beta 0.1 --loss-type sigmoid -o runs/dpo
+      prep train shards/dpo --model ./Qwen2.5-0.5B-Instruct --method reward -o runs/rm
+      prep train shards/kto --model ./Qwen2.5-0.5B-Instruct --batch-size 8 -o runs/kto
     """
     from rich.console import Console  # noqa: PLC0415 - start-up time
 
