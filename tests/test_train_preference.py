@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from conftest import LLAMAFACTORY, SAMPLES, fixture, make_tiny_model
+from prep.core.findings import PrepError
 from prep.formats.inputs import Inputs
 from prep.shards.reader import iter_tables
 from prep.stages.tokenize import tokenize
@@ -26,6 +27,7 @@ pytest.importorskip("trl")
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
+from prep.trainer.generate import load  # noqa: E402 - needs the train extra
 from prep.trainer.train import TrainOptions, train  # noqa: E402 - needs the train extra
 
 TOKENIZER = str(SAMPLES / "tokenizer")
@@ -217,6 +219,8 @@ def test_the_reward_model_ranks_the_demo_pairs(root: Path, model: str, demo: str
         score = [[scorer(input_ids=torch.tensor([r["prompt_input_ids"] + r[f"{s}_input_ids"]])).logits.item()
                   for s in ("chosen", "rejected")] for r in rows(demo)]
     assert sum(c > r for c, r in score) / len(score) > 0.5
+    with pytest.raises(PrepError, match="a reward model .* scores answers and does not generate"):
+        load(model, report["output"])
 
 
 @pytest.mark.slow

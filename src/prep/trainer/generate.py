@@ -94,6 +94,9 @@ def load(model: str, adapter: str | None = None, template: str | None = None) ->
     if adapter and not (Path(adapter) / "adapter_config.json").is_file():
         raise PrepError(f"--adapter {adapter}: no adapter_config.json there (give the adapter folder prep train wrote)")
     info, where = train_info(adapter, model)
+    if info.get("objective") == "reward":
+        raise PrepError(f"{where}: a reward model (prep train --method reward) scores answers and does not generate; "
+                        "give an adapter or model trained with sft, dpo, kto or orpo")
     tok = load_tokenizer(adapter if adapter and _has_tokenizer(adapter) else model)
     name = template or (info["template"]["name"] if info.get("template") else None)
     if template:

@@ -403,7 +403,7 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
     with replaced(saved, folder=True) as tmp:  # a full disk leaves the earlier adapter, never half a new one
         trainer.model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        _write_info(tmp, manifest, options)
+        _write_info(tmp, manifest, options, method)
     metrics = trainer.evaluate() if options.eval else {}
     curve = _curve(trainer.state.log_history)
     losses = [p["loss"] for p in curve if p.get("loss") is not None]
@@ -521,10 +521,11 @@ def _curve(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [points[s] for s in sorted(points)]
 
 
-def _write_info(folder: Path, manifest: dict[str, Any], options: TrainOptions) -> None:
-    """What `prep generate` needs later, beside the weights: the template and tokenizer of the shards."""
+def _write_info(folder: Path, manifest: dict[str, Any], options: TrainOptions, method: str) -> None:
+    """What `prep generate` needs later, beside the weights: the template and tokenizer of the shards, and
+    what was trained (a reward model does not generate)."""
     info = {k: manifest.get(k) for k in ("kind", "template", "train_on", "tokenizer")}
-    info["base_model"] = str(options.model)
+    info["base_model"], info["objective"] = str(options.model), method
     write_json(folder / TRAIN_INFO, info)
 
 
