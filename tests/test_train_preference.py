@@ -154,6 +154,9 @@ def test_first_dpo_loss_is_ln2_under_lora_and_writes_the_curves(root: Path, mode
     assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     info = json.loads((out / "adapter" / "prep_train.json").read_text())
     assert info["kind"] == "dpo" and info["template"]["name"] == "chatml"
+    # one adapter: the reference is the adapter switched off, not a frozen copy of it (TRL's "ref" adapter)
+    assert not (out / "adapter" / "ref").exists()
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 16
 
 
 def test_first_dpo_loss_is_the_hand_computation(root: Path, model: str, shards: dict[str, str]) -> None:

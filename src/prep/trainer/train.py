@@ -176,9 +176,15 @@ class _StackedRows:
         return {"input_ids": ids, "labels": labels, "position_ids": positions, REAL_TOKENS: real}
 
 
-def _load_model(options: TrainOptions, cuda: bool, bf16: bool, vocab_size: int | None, method: str = "sft") -> Any:
+def _load_model(options: TrainOptions, cuda: bool, bf16: bool, vocab_size: int | None,
+                method: str = "sft") -> tuple[Any, Any]:
     """The policy: a causal LM (a sequence-classification model with one output for --method reward), with
-    its LoRA adapter unless --full."""
+    its LoRA adapter unless --full; and, for dpo and kto, the LoRA config for TRL to apply instead.
+
+    TRL's DPO and KTO trainers given a model that already has an adapter keep a frozen copy of it (a
+    second adapter, "ref") as the reference and run it on every reference pass; given the config, they add
+    the adapter themselves and take the reference with it switched off: the same log-probs (a fresh
+    adapter changes nothing), without the copy or its matmuls."""
     import torch  # noqa: PLC0415 - train extra
     from transformers import (  # noqa: PLC0415 - train extra
         AutoModelForCausalLM,
@@ -213,7 +219,7 @@ def _load_model(options: TrainOptions, cuda: bool, bf16: bool, vocab_size: int |
                         "embeddings; re-tokenize with the model's tokenizer")
     model.config.use_cache = False  # a cache would stop transformers from masking attention per packed document
     if options.full:
-        return model
+        return model, None
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # noqa: PLC0415 - train extra
 
     if options.qlora:
@@ -224,10 +230,16 @@ def _load_model(options: TrainOptions, cuda: bool, bf16: bool, vocab_size: int |
     config = LoraConfig(r=options.lora_r, lora_alpha=options.lora_alpha, lora_dropout=options.lora_dropout,
                         target_modules=targets, use_rslora=options.use_rslora, use_dora=options.use_dora,
                         task_type="SEQ_CLS" if method == "reward" else "CAUSAL_LM")
+    if method in ("dpo", "kto"):
+        return model, config
     try:
-        return get_peft_model(model, config)
+        return get_peft_model(model, config), None
     except ValueError as e:  # e.g. --target-modules naming no module of this model
-        raise PrepError(f"--target-modules {options.target_modules}: {str(e).splitlines()[0]}") from None
+        raise _target_modules(options, e) from None
+
+
+def _target_modules(options: TrainOptions, e: ValueError) -> PrepError:
+    return PrepError(f"--target-modules {options.target_modules}: {str(e).splitlines()[0]}")
 
 
 def _load_reference(options: TrainOptions, model: Any, cuda: bool, bf16: bool) -> Any:
@@ -339,7 +351,7 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
     padding_free = _packed(manifest) or bool(eval_manifest and _packed(eval_manifest))
     vocab = max((m.get("tokenizer") or {}).get("vocab_size") or 0 for m in (manifest, eval_manifest or {}))
     set_seed(options.seed)  # before the adapter's random initialisation, so --seed makes a run repeatable
-    model = _load_model(options, cuda, bf16, vocab, method)
+    model, lora = _load_model(options, cuda, bf16, vocab, method)
     ref_model = _load_reference(options, model, cuda, bf16) if options.ref_model else None
     attention = str(model.config._attn_implementation)
     flatten = padding_free and cuda and attention.startswith("flash")
@@ -375,11 +387,17 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
     def data(folder: str) -> Any:
         return _dataset(folder) if method == "sft" else preference.dataset(method, folder)
 
-    kwargs: dict[str, Any] = {"ref_model": ref_model} if method in ("dpo", "kto") else {}
-    trainer = Trainer(model=model, args=_config(options, out, cuda, bf16, flatten, method), train_dataset=data(shards),
-                      eval_dataset=data(options.eval) if options.eval else None, processing_class=tokenizer,
-                      data_collator=_StackedRows(tokenizer.pad_token_id or 0) if padding_free and not flatten else None,
-                      **kwargs)
+    kwargs: dict[str, Any] = {"ref_model": ref_model, "peft_config": lora} if method in ("dpo", "kto") else {}
+    try:
+        trainer = Trainer(model=model, args=_config(options, out, cuda, bf16, flatten, method),
+                          train_dataset=data(shards), eval_dataset=data(options.eval) if options.eval else None,
+                          processing_class=tokenizer, **kwargs,
+                          data_collator=_StackedRows(tokenizer.pad_token_id or 0) if padding_free and not flatten
+                          else None)
+    except ValueError as e:  # TRL adds the dpo/kto adapter: --target-modules naming no module of this model
+        if lora is None or "target modules" not in str(e).lower():
+            raise
+        raise _target_modules(options, e) from None
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; the CLI draws its own progress
     started = time.perf_counter()
 
