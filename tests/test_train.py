@@ -357,8 +357,11 @@ def test_bad_option_values_are_refused_naming_the_option(flag: str, text: str, n
 def test_warmup_ratio_reaches_transformers_as_a_share_of_the_steps(tmp_path: Path) -> None:
     from prep.trainer.train import _config
 
-    config = _config(TrainOptions(model="m", output=str(tmp_path), warmup_ratio=0.5), tmp_path, False, False, False)
-    assert config.get_warmup_steps(40) == 20
+    for method in ("sft", "dpo", "kto", "orpo", "reward"):  # every method's TRL config takes the shared arguments
+        config = _config(TrainOptions(model="m", output=str(tmp_path), warmup_ratio=0.5, beta=0.25), tmp_path, False,
+                         False, False, method)
+        assert config.get_warmup_steps(40) == 20
+        assert getattr(config, "beta", 0.25) == 0.25
 
 
 @pytest.mark.parametrize("missing", ["torch", "peft"])
