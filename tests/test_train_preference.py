@@ -262,3 +262,28 @@ def test_a_merged_dpo_adapter_gives_the_adapters_logits(root: Path, model: str, 
         torch.testing.assert_close(merged(input_ids=ids).logits, tuned(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
         with tuned.disable_adapter():
             assert not torch.allclose(tuned(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-3)
+
+
+def test_a_reward_margin_column_reaches_the_batches(root: Path, model: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--margin-column: a number per pair carried into the dpo shards (--keep-columns) is TRL's `margin`."""
+    pairs = [json.loads(line) for line in (SAMPLES / "openai_dpo.jsonl").read_text(encoding="utf-8").splitlines()]
+    source = root / "margins.jsonl"
+    source.write_text("".join(json.dumps({**p, "gap": 0.5 * i}) + "\n" for i, p in enumerate(pairs)))
+    folder = str(root / "margins")
+    tokenize(Inputs([str(source)], keep_columns=["gap"]), TOKENIZER, folder, template="chatml", kind="dpo")
+    seen: list[list[float]] = []
+    step = transformers.Trainer.training_step
+
+    def spy(self: Any, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        seen.append(inputs["margin"].tolist())
+        return step(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", spy)
+    options = TrainOptions(model=model, output=str(root / "rm-margin"), method="reward", margin_column="gap",
+                           max_steps=2, batch_size=2, extra=SEQUENTIAL)
+    train(folder, options)
+    assert seen == [[0.0, 0.5], [1.0, 1.5]]
+    with pytest.raises(PrepError, match="--margin-column nope: .* carries no column nope"):
+        train(folder, TrainOptions(model=model, output=str(root / "rm-nope"), method="reward", margin_column="nope"))
+    with pytest.raises(PrepError, match="--margin-column: --method dpo takes no margin"):
+        train(folder, TrainOptions(model=model, output=str(root / "rm-dpo"), margin_column="gap"))

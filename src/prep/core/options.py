@@ -395,6 +395,9 @@ TRAIN = (
            low_open=True, recipe=True),
     Option("undesirable_weight", float, 1.0, "KTO: weight of the undesirable (label false) rows' loss.", low=0,
            low_open=True, recipe=True),
+    Option("margin_column", recipe=True,
+           help="reward: a number per pair, carried into the dpo shards with tokenize --keep-columns, by which the "
+                "chosen answer's score must beat the rejected one's (loss -log sigmoid(r_chosen - r_rejected - margin))."),
     Option("ref_model", path="existing-folder", recipe=True,
            help="DPO/KTO: a reference model other than the base (loaded frozen beside the policy); default: the base "
                 "itself, as the adapter switched off (LoRA/QLoRA) or a frozen copy (--full)."),

@@ -51,6 +51,8 @@ def check_options(method: str, options: Any) -> None:
         if options.loss_type not in losses:
             which = f"one of {', '.join(losses)}" if losses else "no --loss-type"
             raise PrepError(f"--loss-type {options.loss_type}: --method {method} takes {which}")
+    if options.margin_column and method != "reward":
+        raise PrepError(f"--margin-column: --method {method} takes no margin (reward does)")
     if options.ref_model and method not in ("dpo", "kto"):
         raise PrepError(f"--ref-model: --method {method} has no reference model (dpo and kto have)")
     if method == "kto" and options.batch_size < 2 and (options.loss_type or "kto") == "kto":
@@ -58,8 +60,9 @@ def check_options(method: str, options: Any) -> None:
                         "same batch: give --batch-size of at least 2")
 
 
-def dataset(method: str, folder: str) -> Any:
-    """The shards as the method's TRL trainer reads them; the ids are not touched, only named and joined."""
+def dataset(method: str, folder: str, margin_column: str | None = None) -> Any:
+    """The shards as the method's TRL trainer reads them; the ids are not touched, only named and joined.
+    A reward model's `margin_column` (carried into the shards as text) becomes TRL's numeric `margin`."""
     import datasets  # noqa: PLC0415 - train extra
 
     manifest = read_manifest(folder)
@@ -68,10 +71,25 @@ def dataset(method: str, folder: str) -> Any:
     if method in ("dpo", "kto"):
         columns = TRL_COLUMNS[manifest["kind"]]
         return data.select_columns([*columns, *(["label"] if method == "kto" else [])]).rename_columns(columns)
+    margins = _margins(data, margin_column, folder) if margin_column else None
     data = data.select_columns(["prompt_input_ids", "chosen_input_ids", "rejected_input_ids"])
     if method == "orpo":
         return data
-    return data.map(_whole_sequences, remove_columns=data.column_names)  # reward: the model scores prompt + answer
+    data = data.map(_whole_sequences, remove_columns=data.column_names)  # reward: the model scores prompt + answer
+    return data.add_column("margin", margins) if margins is not None else data
+
+
+def _margins(data: Any, column: str, folder: str) -> list[float]:
+    if column not in data.column_names:
+        raise PrepError(f"--margin-column {column}: {folder} carries no column {column} (tokenize with --keep-columns "
+                        f"{column})")
+    margins = []
+    for value, ids in zip(data[column], data["ids"], strict=True):
+        try:
+            margins.append(float(value))
+        except (TypeError, ValueError):
+            raise PrepError(f"--margin-column {column}: row {ids[0]} has {value!r}, not a number") from None
+    return margins
 
 
 def _whole_sequences(row: dict[str, list[int]]) -> dict[str, list[int]]:

@@ -66,6 +66,7 @@ class TrainOptions:
     loss_type: str | None = None
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
+    margin_column: str | None = None
     ref_model: str | None = None
     lr: float = 2e-4
     epochs: float = 1.0
@@ -385,7 +386,7 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
             super().log(logs, *args, **kwargs)
 
     def data(folder: str) -> Any:
-        return _dataset(folder) if method == "sft" else preference.dataset(method, folder)
+        return _dataset(folder) if method == "sft" else preference.dataset(method, folder, options.margin_column)
 
     kwargs: dict[str, Any] = {"ref_model": ref_model, "peft_config": lora} if method in ("dpo", "kto") else {}
     try:
