@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from conftest import ROOT, SAMPLES, fixture, hf_tokenizer
 from prep.render.tokenizer import fingerprint, load_tokenizer
@@ -90,7 +91,7 @@ VERBS = {
     "stats": ["stats", "{tmp}/packed"],
     "report": ["report", "{tmp}/packed", "-o", "{tmp}/report.html"],
     "export": ["export", "{tmp}/packed", "--to", "jsonl", "-o", "{tmp}/e.jsonl"],
-    "run": ["run", "recipes/autotrain-csv-dpo.yaml", "--set", "output={tmp}/run", "-q"],
+    "run": ["run", "{tmp}/data-only.yaml", "--set", "output={tmp}/run", "-q"],  # autotrain-csv-dpo without train
 }
 
 
@@ -99,6 +100,11 @@ def test_the_data_verbs_import_neither_torch_nor_transformers(tmp_path: Path) ->
     """Each verb in a fresh interpreter, in order (pack reads what tokenize wrote); afterwards none of the heavy
     libraries is in sys.modules, nor Ray (the local engine never imports it)."""
     heavy = ("torch", "transformers", "datasets", "trl", "ray")
+    recipe = yaml.safe_load((ROOT / "recipes" / "autotrain-csv-dpo.yaml").read_text(encoding="utf-8"))
+    del recipe["train"]
+    recipe["inputs"]["files"] = [str(ROOT / "samples" / "autotrain_dpo.csv")]
+    recipe["tokenize"]["tokenizer"] = str(ROOT / "samples" / "tokenizer")
+    (tmp_path / "data-only.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
     probe = ("import sys, json\nfrom prep.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
              f"    code = e.code\nprint(json.dumps([code, [m for m in {heavy!r} if m in sys.modules]]))")
     for verb, args in VERBS.items():
