@@ -91,6 +91,11 @@ VERBS = {
     "stats": ["stats", "{tmp}/packed"],
     "report": ["report", "{tmp}/packed", "-o", "{tmp}/report.html"],
     "export": ["export", "{tmp}/packed", "--to", "jsonl", "-o", "{tmp}/e.jsonl"],
+    "mix": ["mix", "samples/openai.jsonl:4", "samples/alpaca.json", "-o", "{tmp}/m.jsonl"],
+    "dedup": ["dedup", "samples/openai.jsonl", "samples/alpaca.json", "-o", "{tmp}/d.jsonl"],
+    "split": ["split", "samples/openai.jsonl", "--val", "0.2", "-o", "{tmp}/split"],
+    "decontaminate": ["decontaminate", "samples/openai.jsonl", "--against", "samples/alpaca.json", "--field",
+                      "instruction", "-o", "{tmp}/x.jsonl"],
     "run": ["run", "{tmp}/data-only.yaml", "--set", "output={tmp}/run", "-q"],  # autotrain-csv-dpo without train
 }
 
