@@ -171,6 +171,20 @@ def test_template_arguments_per_row_and_from_a_jinja_file(tmp_path) -> None:
     assert bad.returncode == 2 and b"KEY=VALUE" in bad.stderr
 
 
+def test_overflow_turns_renders_the_shorter_conversation_with_the_rows_template_arguments(tmp_path) -> None:
+    tok_dir = fixture("tokenizers", "smollm3")
+    long = [{"role": "user", "content": "Count."}, {"role": "assistant", "content": "1 2 3"},
+            {"role": "user", "content": "Again."}, {"role": "assistant", "content": " ".join(map(str, range(300)))}]
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"id": "a", "messages": long, "chat_template_kwargs": {"enable_thinking": False}}) + "\n")
+    first = apply_chat_template(tok_dir, long[:2], enable_thinking=False)
+    assert first != apply_chat_template(tok_dir, long[:2])  # the argument changes the rendering
+    done = run_prep("tokenize", str(data), "--tokenizer", str(tok_dir), "-o", str(tmp_path / "s"),
+                    "--max-len", str(len(first) + 20), "--overflow", "turns")
+    assert done.returncode == 0, done.stderr.decode()
+    assert pq.read_table(tmp_path / "s" / "data").to_pylist()[0]["input_ids"] == first
+
+
 def test_a_builtin_template_writes_reasoning_as_a_think_block_and_masks_it_on_request(tmp_path) -> None:
     from prep.render.templates import get_template
 

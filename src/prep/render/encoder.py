@@ -185,7 +185,8 @@ class Encoder:
             end = enc.char_to_token(turn.answer[1] - 1)  # type: ignore[index]
             if end is None or end >= max_len or turn.index == len(messages) - 1:
                 continue
-            shorter = self.template.render(messages[:turn.index + 1], record.get("tools"))  # type: ignore[union-attr]
+            shorter = self.template.render(messages[:turn.index + 1], record.get("tools"),  # type: ignore[union-attr]
+                                           record.get("chat_template_kwargs"))
             spans = shorter.spans(self.train_on, self.settings.train_on_reasoning)
             if not spans:
                 continue
@@ -226,7 +227,7 @@ class Encoder:
 
     def _table(self, rows: list[_Row], ids: list[str]) -> pa.Table:
         table = self._own_columns(rows, ids)
-        for name in self.settings.carried:
+        for name in self.schema.names[table.num_columns:]:  # the carried columns the shard schema holds
             values = [r.columns.get(name) for r in rows]
             table = table.append_column(name, pa.array(
                 [v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False, sort_keys=True)
