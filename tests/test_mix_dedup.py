@@ -44,6 +44,8 @@ def test_mix_gives_exactly_the_asked_rows_and_every_small_source_row_twice(tmp_p
     assert done.returncode == 0, done.stderr.decode()
     assert run_prep("mix", f"{a}:20", f"{b}:20", "-o", str(tmp_path / "m2.jsonl")).returncode == 0
     assert (tmp_path / "m1.jsonl").read_bytes() == (tmp_path / "m2.jsonl").read_bytes()
+    assert run_prep("mix", f"{a}:20", f"{b}:20", "-o", str(tmp_path / "m3.jsonl.gz")).returncode == 0
+    assert (tmp_path / "m3.manifest.json").exists()  # the stem without .jsonl.gz, as for m1.jsonl
     ids = Counter(r["id"] for r in lines(tmp_path / "m1.jsonl"))
     assert sum(n for i, n in ids.items() if i.startswith("a.jsonl")) == 20
     assert {i: n for i, n in ids.items() if i.startswith("b.jsonl")} == {f"b.jsonl:{k}": 2 for k in range(1, 11)}

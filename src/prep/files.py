@@ -390,6 +390,16 @@ def split_suffix(path: str) -> tuple[str | None, str | None]:
     return (_SUFFIXES.get(suffixes[-1]) if suffixes else None), compression
 
 
+def stem(path: str) -> str:
+    """A path's name without the suffixes `split_suffix` reads, e.g. `a.jsonl.zst` -> `a` (`a.txt.bak` stays)."""
+    name = Path(path).name
+    for known in (_COMPRESSIONS, _SUFFIXES):
+        suffix = Path(name).suffix
+        if suffix.lower() in known:
+            name = name[:-len(suffix)]
+    return name
+
+
 def _open_binary(path: str) -> IO[bytes]:
     if path == "-":
         return sys.stdin.buffer

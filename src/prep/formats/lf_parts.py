@@ -129,7 +129,7 @@ def _messages(value: Any, path: str) -> list[r.Message]:
     return out
 
 
-def _dump(messages: list[r.Message], path: str) -> list[dict[str, Any]]:
+def _dump(messages: list[r.Message]) -> list[dict[str, Any]]:
     out = []
     for i, m in enumerate(messages):
         role = "system" if m["role"] == "developer" else m["role"]
@@ -163,10 +163,10 @@ def write(record: r.Record, options: Options) -> dict[str, Any]:
     if kind in ("text", "feedback"):
         raise r.not_expressible(NAME, "plain text or KTO feedback records", "convert them to trl")
     if kind == "chat":
-        out: dict[str, Any] = {"messages": _dump(record["messages"], "$.messages")}
+        out: dict[str, Any] = {"messages": _dump(record["messages"])}
     else:
-        out = {"chosen_messages": _dump(record["prompt"] + record["chosen"], "$.chosen"),
-               "rejected_messages": _dump(record["prompt"] + record["rejected"], "$.rejected")}
+        out = {"chosen_messages": _dump(record["prompt"] + record["chosen"]),
+               "rejected_messages": _dump(record["prompt"] + record["rejected"])}
     if record.get("tools"):
         out["tools"] = json.dumps(record["tools"], ensure_ascii=False)
     return out

@@ -37,7 +37,7 @@ from prep.core.options import check
 from prep.core.records import Record, kind_of
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.core.sampling import row_counts, token_counts
-from prep.files import RowWriter, sha256_file, split_suffix, write_json
+from prep.files import RowWriter, sha256_file, stem, write_json
 from prep.formats.inputs import Inputs, read_inputs
 from prep.render.encoder import Encoder, Settings
 from prep.render.templates import get_template
@@ -216,11 +216,7 @@ def _mix_records(sources: list[MixSource], output: str, by: str, seed: int, toke
     result = MixResult(tally=tally, outputs=outputs(output=output, rejects=rejects))
     result.manifest = _manifest(sources, by, seed, tally)
     if output != "-":
-        container, compression = split_suffix(output)
-        name = Path(output).name
-        for suffix in (f".{compression}" if compression else "", f".{container}" if container else ""):
-            name = name.removesuffix(suffix) if suffix else name
-        result.outputs["manifest"] = str(Path(output).with_name(name + ".manifest.json"))
+        result.outputs["manifest"] = str(Path(output).with_name(stem(output) + ".manifest.json"))
         write_json(result.outputs["manifest"], result.manifest)
     return result
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from prep.core.findings import Batch, PrepError
+from prep.core.findings import Batch, PrepError, Tally
 from prep.core.options import check
 from prep.core.records import Record
 from prep.core.result import Meter, ProgressFn, Result, outputs
@@ -68,7 +68,7 @@ def split(inputs: Inputs, output: str, *, val: float, per_source: bool = False, 
     asked = np.array([_wanted(val, int(n)) for n in sizes], np.int64)
     chosen = _choose(group, sources, asked, seed)
     folder.mkdir(parents=True, exist_ok=True)
-    train_tally, val_tally = type(result.tally)(), type(result.tally)()
+    train_tally, val_tally = Tally(), Tally()
     with contextlib.ExitStack() as stack:
         bad = open_rejects(stack, rejects, str(folder / TRAIN), str(folder / VALIDATION))
         train = RecordsOut(stack, str(folder / TRAIN), to, train_tally, bad)

@@ -26,8 +26,6 @@ from prep.core.options import DPO_LOSSES, KTO_LOSSES, METHOD_KINDS
 from prep.shards.layout import read_manifest
 from prep.trainer.bridge import TRL_COLUMNS, pretokenized
 
-PREFERENCE = ("dpo", "kto", "orpo", "reward")
-
 
 def method_for(kind: str, method: str | None) -> str:
     """The objective for shards of `kind`: the one asked for if it reads that kind, else the kind's default."""
