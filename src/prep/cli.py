@@ -528,11 +528,12 @@ def pack(shards: str, output: str, max_len: int, shard_size: str, quiet: bool, *
 
     rows, mb = _parse_size(shard_size)
     result = run(shards, output, max_len, shard_rows=rows, shard_mb=mb, **kw)
+    _notes(result)  # e.g. --strategy wrap under --engine ray runs here, carried columns stay unpacked
     counts, packing = result.manifest["counts"], result.manifest["packing"]
     if not quiet:
         click.echo(f"read {counts['read']} documents, packed {counts['written']} into {counts['rows']} rows of "
                    f"<= {max_len} tokens ({packing['strategy']}, efficiency {packing.get('efficiency', 0):.2%}), "
-                   f"rejected {sum(counts['rejected'].values())} -> {output}", err=True)
+                   f"rejected {sum(counts['rejected'].values())} -> {output}{_ran(result)}", err=True)
     sys.exit(result.exit_code)
 
 

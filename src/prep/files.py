@@ -13,6 +13,7 @@ import csv
 import errno
 import fcntl
 import functools
+import glob
 import gzip
 import hashlib
 import io
@@ -147,18 +148,13 @@ def sweep_temps(target: str | Path) -> None:
     target = Path(target)
     if not target.parent.is_dir():
         return
-    for old in target.parent.glob(f".{glob_escape(target.name)}.tmp-*"):
+    for old in target.parent.glob(f".{glob.escape(target.name)}.tmp-*"):
         pid = old.name[len(target.name) + 6:].split("-", 1)[0]
         if pid.isdigit() and not pid_alive(int(pid)):
             if old.is_dir() and not old.is_symlink():
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 old.unlink(missing_ok=True)
-
-
-def glob_escape(name: str) -> str:
-    """`name` as a glob pattern matching only itself."""
-    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 def pid_alive(pid: int) -> bool:

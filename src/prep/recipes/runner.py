@@ -238,7 +238,7 @@ def _convert(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str,
             "line": f"{t.summary()} ({', '.join(sorted(set(result.formats.values())))} -> {to})"}
 
 
-def _kept(name: str, result: Any, line: str = "") -> dict[str, Any]:
+def _kept(result: Any, line: str = "") -> dict[str, Any]:
     """The summary of a stage that keeps some rows (mix, dedup, decontaminate): `rejected` counts the rows
     left out for a problem (they make the run's exit code 1), `removed` those its purpose leaves out."""
     t = result.tally
@@ -255,7 +255,7 @@ def _mix(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any
     result = mix(recipe.section("inputs")["files"], str(stage.folder / "data.jsonl"), by=opts.get("by", "rows"),
                  seed=opts.get("seed", 42), rejects=str(stage.folder / "rejects.jsonl"), inputs=flow.inputs,
                  progress=lambda p: view.progress(stage, p), **tokens)
-    return _kept("mix", result) | {"outputs": ["data.jsonl", "data.manifest.json"], "manifest": "data.manifest.json"}
+    return _kept(result) | {"outputs": ["data.jsonl", "data.manifest.json"], "manifest": "data.manifest.json"}
 
 
 def _dedup(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
@@ -263,7 +263,7 @@ def _dedup(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, A
     result = dedup(flow.inputs, str(stage.folder / "data.jsonl"), rejects=str(stage.folder / "rejects.jsonl"),
                    progress=lambda p: view.progress(stage, p),
                    **{**recipe.section("dedup"), **_engine(recipe, recipe.section("dedup"))})
-    return _kept("dedup", result)
+    return _kept(result)
 
 
 def _decontaminate(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
@@ -271,7 +271,7 @@ def _decontaminate(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dic
     result = decontaminate(flow.inputs, str(stage.folder / "data.jsonl"), rejects=str(stage.folder / "rejects.jsonl"),
                            progress=lambda p: view.progress(stage, p), **recipe.section("decontaminate"))
     hits = ", ".join(f"{Path(b['file']).name}: {b['hits']}" for b in result.benchmarks)
-    return _kept("decontaminate", result, f" (hits {hits})")
+    return _kept(result, f" (hits {hits})")
 
 
 def _split(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
