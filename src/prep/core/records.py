@@ -24,7 +24,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prep.core.findings import RowError, Source, row_error
@@ -158,6 +158,14 @@ def split_think(content: str) -> tuple[str | None, str]:
 def join_think(reasoning: str, content: str) -> str:
     """Reasoning written before the answer as Qwen3 and DeepSeek-R1 write it (and LLaMA-Factory reads it)."""
     return f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}\n\n{content}"
+
+
+def fold_reasoning(messages: Sequence[Message]) -> list[Message]:
+    """The messages with each reasoning written into its content as a leading think block, for templates that
+    do not write `reasoning_content` themselves."""
+    return [{**{k: v for k, v in m.items() if k != "reasoning_content"},
+             "content": join_think(m["reasoning_content"], m["content"])}
+            if m.get("reasoning_content") is not None else m for m in messages]
 
 
 def with_reasoning(m: Message, fmt: str, path: str) -> str:

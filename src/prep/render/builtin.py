@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from prep.core.findings import PrepError, RowError, row_error
-from prep.core.records import Message, join_think
+from prep.core.records import Message, fold_reasoning
 from prep.render.spans import Rendered, Specials, Turn, cannot_render, developer_as_system, think_span
 
 ALPACA_EN = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -105,8 +105,7 @@ class Template:
             messages, note = developer_as_system(list(messages), self.name)
             notes.append(note)
         if any(m.get("reasoning_content") is not None for m in messages):  # written as the answer's think block
-            messages = [{**m, "content": join_think(m["reasoning_content"], m["content"])}
-                        if m.get("reasoning_content") is not None else m for m in messages]
+            messages = fold_reasoning(messages)
         if not self.tools:
             _refuse_tools(self.name, messages, tools)
         if self.alternate:

@@ -24,11 +24,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
 from prep.core.findings import Finding, PrepError, RowError, row_error
 from prep.core.options import RENDER_CHARS, RENDER_SECONDS
-from prep.core.records import Message, join_think
+from prep.core.records import REASONING, Message, fold_reasoning
 from prep.render.spans import Rendered, Turn, developer_as_system, think_span
 
-# The names a message's reasoning goes by; templates read `reasoning_content` (gpt-oss reads `thinking`).
-_REASONING = ("reasoning_content", "thinking", "reasoning")
 _PROBE_REASONING = "PREP_PROBE_REASONING"
 
 
@@ -165,7 +163,8 @@ def render_chat(source: str, messages: Sequence[Message], tools: list[dict[str, 
     chat = []
     for m in messages:
         message = {k: v for k, v in m.items() if v is not None}
-        reasoning = next((message[k] for k in _REASONING if message.get(k) is not None), None)
+        # templates read `reasoning_content` (gpt-oss reads `thinking`): the record's is given under every name
+        reasoning = next((message[k] for k in REASONING if message.get(k) is not None), None)
         if reasoning is not None:
             message = {"thinking": reasoning, **message, "reasoning_content": reasoning}
         chat.append(message)
@@ -241,9 +240,7 @@ class JinjaTemplate:
         if not self.developer and any(m["role"] == "developer" for m in out):
             out, note = developer_as_system(out, self.label)
         if not self.reads_reasoning and any(m.get("reasoning_content") is not None for m in out):
-            out = [{**{k: v for k, v in m.items() if k != "reasoning_content"},
-                    "content": join_think(m["reasoning_content"], m["content"])}
-                   if m.get("reasoning_content") is not None else m for m in out]
+            out = fold_reasoning(out)
         return out, note
 
     def _probe_eot(self, added: list[str]) -> str:

@@ -88,12 +88,12 @@ def take_rows(path: str | Path, rows: np.ndarray, columns: list[str] | None = No
     pfile = pq.ParquetFile(path)
     sizes = [pfile.metadata.row_group(g).num_rows for g in range(pfile.num_row_groups)]
     starts = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
-    groups = np.unique(np.searchsorted(starts, rows, side="right") - 1)
+    group_of = np.searchsorted(starts, rows, side="right") - 1
+    groups = np.unique(group_of)
     table = pfile.read_row_groups(groups.tolist(), columns=columns)
     # where each wanted row sits in the groups read: its row minus the rows of the groups skipped before it
-    skipped = starts[:-1].copy()
     read_before = np.concatenate(([0], np.cumsum(np.array(sizes)[groups])))[:-1]
     offset = np.zeros(len(sizes), np.int64)
-    offset[groups] = skipped[groups] - read_before
-    index = rows - offset[np.searchsorted(starts, rows, side="right") - 1]
+    offset[groups] = starts[groups] - read_before
+    index = rows - offset[group_of]
     return table.take(pa.array(index, pa.int64()))
