@@ -45,7 +45,7 @@ def test_exit_0_when_every_row_converts(tmp_path: Path) -> None:
     done = run_prep("convert", str(SAMPLES / "openai.jsonl"), "--to", "trl", "-o", str(tmp_path / "o.jsonl"))
     assert done.returncode == 0 and done.stdout == b""
     assert done.stderr.decode().splitlines() == [
-        f"{SAMPLES / 'openai.jsonl'}: read as openai", f"read 6, wrote 6, rejected 0 -> {tmp_path / 'o.jsonl'}"]
+        f"{SAMPLES / 'openai.jsonl'}: read as openai", f"read 6, wrote 6, rejected 0 (openai -> trl) -> {tmp_path / 'o.jsonl'}"]
 
 
 def test_exit_1_names_the_first_rejects_and_suggests_a_rejects_file(tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_exit_1_names_the_first_rejects_and_suggests_a_rejects_file(tmp_path: Pa
     done = run_prep("convert", str(path), "--to", "text")
     err = done.stderr.decode().splitlines()
     assert done.returncode == 1
-    assert err[1] == "read 6, wrote 1, rejected 5 (bad_json: 5)"
+    assert err[1] == "read 6, wrote 1, rejected 5 (bad_json: 5) (text -> text)"
     assert err[2].startswith(f"  {path}:2 $ bad_json: line is not valid JSON")
     assert err[5:] == ["  … and 2 more", "  keep every rejected row with its reasons: --rejects FILE"]
 

@@ -128,7 +128,7 @@ def test_too_long_rows_follow_the_input_policy(tmp_path: Path) -> None:
 
 def test_interrupted_pack_resumes_to_identical_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     unpacked(tmp_path / "in", n=600)
-    clean = pack(tmp_path / "in", tmp_path / "clean", 128, window=100, shard_rows=40).manifest
+    clean = pack(tmp_path / "in", tmp_path / "clean", 128, window=100, shard_size="40rows").manifest
     real = prep.shards.packing.bfd_window
     calls = {"n": 0}
 
@@ -140,12 +140,12 @@ def test_interrupted_pack_resumes_to_identical_bytes(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(prep.stages.pack, "bfd_window", dies_on_fourth)
     with pytest.raises(KeyboardInterrupt):
-        pack(tmp_path / "in", tmp_path / "out", 128, window=100, shard_rows=40)
+        pack(tmp_path / "in", tmp_path / "out", 128, window=100, shard_size="40rows")
     assert not (tmp_path / "out").exists()  # the run in progress is beside it, resumed from its journal
     finished = {p.name: p.stat().st_mtime_ns for p in (tmp_path / ".out.partial" / "data").glob("*.parquet")}
     assert finished
     monkeypatch.setattr(prep.stages.pack, "bfd_window", real)
-    again = pack(tmp_path / "in", tmp_path / "out", 128, window=100, shard_rows=40).manifest
+    again = pack(tmp_path / "in", tmp_path / "out", 128, window=100, shard_size="40rows").manifest
     assert again["shards"] == clean["shards"]
     assert all((tmp_path / "out" / "data" / n).stat().st_mtime_ns == t for n, t in finished.items())
 

@@ -12,9 +12,13 @@ templates, loss policies, overflow policies and packing strategies.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import inspect
+import os
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from prep.core.columns import SHARD_KINDS
 from prep.core.findings import PrepError
@@ -48,6 +52,8 @@ RENDER_SECONDS = 5.0  # a chat template rendering one conversation longer than t
 RENDER_CHARS = 16 << 20  # ... or writing more characters than this
 RECIPE_NODES = 100_000  # values a recipe may expand to through its YAML aliases
 MAX_ROW_BYTES = 64 << 20  # a line-based row longer than this is a too_large reject, not read (JSONL rows: a few KB)
+# A shard bound: a number of KB, MB, GB or rows (`--shard-size`)
+SIZE = r"\s*(?=[0-9.]*[1-9])(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(?:rows|kb|mb|gb)\s*"
 ENGINES = ("local", "ray")  # where a data stage's batches run (design §13)
 # The input options that are settings of a format's reader (CoQA's system prompt, AutoTrain's columns and prefixes).
 SETTINGS = ("system", "text_column", "rejected_text_column", "prompt_text_column", "human_prefix", "bot_prefix")
@@ -76,6 +82,7 @@ class Option:
     recipe: bool = False
     what: str = ""  # the accepted values in words, when the bounds alone do not say it well
     nullable: bool = False  # Python callers may pass None (e.g. max_findings=None: keep every finding)
+    pattern: str = ""  # text options: the whole value must match this regular expression (case-insensitive)
 
     @property
     def flag(self) -> str:
@@ -112,7 +119,10 @@ class Option:
         if value is None and not self.required and (self.default is None or self.nullable):
             return None
         fits = (isinstance(value, self.type) and not (self.type is int and isinstance(value, bool))
-                or self.type is float and isinstance(value, int) and not isinstance(value, bool))
+                or self.type is float and isinstance(value, int) and not isinstance(value, bool)
+                or self.type is str and isinstance(value, os.PathLike))
+        if fits and self.pattern:
+            fits = re.fullmatch(self.pattern, str(value), re.IGNORECASE) is not None
         if fits and self.choices:
             fits = value in self.choices
         if fits and self.type in (int, float):
@@ -129,6 +139,8 @@ class Option:
         for key, bound, is_open in (("minimum", self.low, self.low_open), ("maximum", self.high, self.high_open)):
             if bound is not None:
                 one["exclusive" + key.capitalize() if is_open else key] = bound
+        if self.pattern:
+            one["pattern"] = f"^(?i:{self.pattern})$"
         return {"type": "array", "items": one} if self.multiple else one
 
 
@@ -235,7 +247,8 @@ _REASONING = Option("train_on_reasoning", default="yes", choices=YES_NO, recipe=
                     help="Train the reasoning (the think block before an answer), or mask it and train the answer "
                          "only. An empty think block is never trained.")
 _TEMPLATE_ARGS = (
-    Option("template_kwargs", multiple=True, recipe=True,
+    Option("template_kwargs", multiple=True, recipe=True, pattern=r"\s*[a-z_][a-z0-9_]*\s*=[\s\S]*",
+           what="KEY=VALUE, e.g. enable_thinking=false",
            help="Chat-template argument KEY=VALUE, the value read as YAML, e.g. enable_thinking=false (repeatable; a "
                 "row's chat_template_kwargs column overrides it)."),
     Option("date", default=DEFAULT_DATE, recipe=True,
@@ -282,7 +295,8 @@ PACK = (
            help="bfd: whole documents, best-fit decreasing; wrap: concatenate and cut (pretraining)."),
     Option("seed", int, 0, "Seed for the order of packed rows.", recipe=True),
     Option("window", int, 100_000, "Documents packed together (0: the whole input at once).", low=0, recipe=True),
-    Option("shard_size", default="256MB", help="Shard bound: 256MB, 2GB or 50000rows."),
+    Option("shard_size", default="256MB", help="Shard bound: 256MB, 2GB or 50000rows.", recipe=True,
+           pattern=SIZE, what="a size like 256MB, 2GB or 50000rows"),
     Option("rejects", help="Keep rows too long to pack, with reasons.", path="file"),
     *_ENGINE,
     Option("quiet", bool, False, "", flags=("-q", "--quiet")),
@@ -489,3 +503,35 @@ def check(verb: str, values: Mapping[str, Any]) -> None:
 def defaults(verb: str) -> dict[str, Any]:
     """Each option of `verb` and its default."""
     return {o.name: o.default for o in TABLES[verb]}
+
+
+def parse_size(text: str) -> tuple[int, float]:
+    """A `shard_size` the table accepted (`256MB`, `2GB`, `50000rows`) as (most rows, most MB) per shard."""
+    t = text.strip().lower().replace(" ", "")
+    unit = next(u for u in ("rows", "kb", "mb", "gb") if t.endswith(u))
+    n = float(t[: -len(unit)])
+    return (int(n), 1e12) if unit == "rows" else (2**62, n * {"kb": 1 / 1024, "mb": 1.0, "gb": 1024.0}[unit])
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_PLAIN = (str, int, float, bool, list, tuple, os.PathLike, type(None))
+
+
+def checked(verb: str) -> Callable[[_F], _F]:
+    """A verb's Python function, refusing any argument its table does not accept before it starts, in the words the
+    CLI and a recipe use. An object the API takes where the CLI takes a path (a loaded tokenizer) is not a value of
+    the table and is left to the function."""
+
+    def wrap(function: _F) -> _F:
+        signature = inspect.signature(function)
+        names = {o.name for o in TABLES[verb]} & set(signature.parameters)
+
+        @functools.wraps(function)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            given = signature.bind_partial(*args, **kwargs).arguments
+            check(verb, {n: v for n, v in given.items() if n in names and isinstance(v, _PLAIN)})
+            return function(*args, **kwargs)
+
+        return run  # type: ignore[return-value]
+
+    return wrap

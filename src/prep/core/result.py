@@ -60,6 +60,22 @@ class Result:
         """What only this verb knows, for `to_dict`."""
         return {}
 
+    def summary(self) -> str:
+        """What the verb did, in one line: the CLI prints it, and `prep run` shows it as the stage's line."""
+        return self.tally.summary()
+
+    def breakdown(self) -> list[str]:
+        """Lines the CLI prints before the summary: each source's or benchmark's share of it."""
+        return []
+
+    def where(self) -> str:
+        """Under --engine ray, how many parts, workers and nodes ran (" (ray: 8 parts on 2 workers, 1 node)")."""
+        e = self.engine
+        if not e:
+            return ""
+        return (f" ({e['name']}: {e['parts']} parts on {e['workers']} worker{'s' * (e['workers'] != 1)}, "
+                f"{e['nodes']} node{'s' * (e['nodes'] != 1)})")
+
     def to_dict(self) -> dict[str, Any]:
         notes = {"notes": list(self.notes)} if self.notes else {}
         engine = {"engine": dict(self.engine)} if self.engine else {}

@@ -3,13 +3,13 @@ entries, as one stream of canonical record batches. Every verb that reads record
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import chain
 from typing import Any
 
 from prep.core.findings import Batch, PrepError
-from prep.core.options import MAX_ROW_BYTES
+from prep.core.options import INPUTS, MAX_ROW_BYTES, SETTINGS, check
 from prep.core.records import Record
 from prep.files import BATCH_ROWS, Piece, cut, display_name, pieces, read_rows, split_suffix
 from prep.formats import Fields, detect_file, make_options, read_records, to_records
@@ -36,6 +36,22 @@ class Inputs:
     keep_columns: Sequence[str] = ()
     strict_fields: bool = False  # a field that would be dropped rejects its row
     split_think: bool = False  # an answer's leading <think>…</think> is its reasoning_content
+
+    def __post_init__(self) -> None:
+        """Refused here in the options table's words, however the inputs were made (CLI, recipe or Python)."""
+        check("inputs", {"files": list(self.files), "format": self.format, "input_type": self.container,
+                         "txt_split": self.txt_split, "dataset_info": self.registry, "datasets": list(self.datasets),
+                         "seed": self.seed, "max_row_bytes": self.max_row_bytes, "keep_columns": list(self.keep_columns),
+                         "strict_fields": self.strict_fields, "split_think": self.split_think, **self.settings})
+
+    @classmethod
+    def from_options(cls, values: Mapping[str, Any]) -> Inputs:
+        """Inputs from the `inputs` table's names (a recipe's `inputs:` section, the CLI's input options)."""
+        v = {o.name: () if o.multiple else o.default for o in INPUTS} | {k: x for k, x in values.items() if x is not None}
+        return cls(list(v["files"]), v["format"], {k: v[k] for k in SETTINGS if v[k] is not None}, v["input_type"],
+                   v["txt_split"], v["dataset_info"], list(v["datasets"]), v["seed"], v["max_row_bytes"],
+                   keep_columns=tuple(v["keep_columns"]), strict_fields=v["strict_fields"],
+                   split_think=v["split_think"])
 
     @property
     def fields(self) -> Fields:

@@ -29,7 +29,7 @@ from typing import Any
 
 from prep import __version__
 from prep.core.findings import PrepError
-from prep.core.options import DEFAULT_DATE, SETTINGS
+from prep.core.options import DEFAULT_DATE
 from prep.core.result import Progress, Result
 from prep.files import locked, os_error_message, sha256_file, write_json, write_text_atomic
 from prep.formats import llamafactory
@@ -38,17 +38,9 @@ from prep.recipes.recipe import Recipe, relative, split_spec
 from prep.shards.layout import MANIFEST
 from prep.shards.reader import folder_problem
 from prep.stages import validate_report as show
-from prep.stages.convert import convert
-from prep.stages.decontaminate import decontaminate
-from prep.stages.dedup import dedup
-from prep.stages.mix import mix
-from prep.stages.pack import DEFAULT_WINDOW, pack
 from prep.stages.report import report
-from prep.stages.split import split
 from prep.stages.stats import token_statistics
-from prep.stages.tokenize import tokenize
-from prep.stages.validate import validate
-from prep.trainer.train import REPORT, TrainOptions, can_resume, train
+from prep.verbs import VERBS, call
 
 STAMP = "prep-stage.json"
 _HASH_WHOLE = 64 << 20  # files up to this size are hashed whole; larger ones by size and mtime
@@ -218,90 +210,81 @@ class _Flow:
 
 def _recipe_inputs(recipe: Recipe) -> Inputs:
     i = recipe.section("inputs")
-    return Inputs([split_spec(f)[0] for f in i.get("files", [])], i.get("format", "auto"), {k: i[k] for k in SETTINGS if k in i},
-                  i.get("input_type"), i.get("txt_split", "file"), i.get("dataset_info"), i.get("datasets", []),
-                  i.get("seed", 42), keep_columns=i.get("keep_columns", ()), strict_fields=i.get("strict_fields", False),
-                  split_think=i.get("split_think", False))
+    return Inputs.from_options({**i, "files": [split_spec(f)[0] for f in i.get("files", [])]})
+
+
+def _call(verb: str, stage: Stage, view: View, values: dict[str, Any]) -> Any:
+    """The verb as the CLI runs it (prep.verbs), its progress shown as the stage's."""
+    return call(verb, values, lambda p: view.progress(stage, p))
+
+
+def _outputs(stage: Stage, recipe: Recipe, engine: bool = False) -> dict[str, Any]:
+    """The stage's section, writing into the stage's folder, with where it runs (a data stage)."""
+    section = recipe.section(stage.name)
+    stage.folder.mkdir(parents=True, exist_ok=True)
+    return {**section, **(_engine(recipe, section) if engine else {}), "output": str(stage.folder / "data.jsonl"),
+            "rejects": str(stage.folder / "rejects.jsonl")}
 
 
 def _convert(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
-    to = recipe.section("convert")["to"]
-    out, rejects = stage.folder / "data.jsonl", stage.folder / "rejects.jsonl"
-    result = convert(flow.inputs, to, str(out), rejects=str(rejects), progress=lambda p: view.progress(stage, p),
-                     **_engine(recipe, recipe.section("convert")))
+    result = _call("convert", stage, view, {**_outputs(stage, recipe, engine=True), "inputs": flow.inputs})
     t = result.tally
-    return {"outputs": ["data.jsonl"], "format": to, "read": t.read, "written": t.written,
+    return {"outputs": ["data.jsonl"], "format": result.to, "read": t.read, "written": t.written,
             "rejected": t.rejected_total, "rejected_by_reason": dict(t.rejected), "formats": result.formats,
             "files": {f: tally.to_dict() for f, tally in result.files.items()},
             "dropped_fields": dict(sorted(t.dropped.items())),
-            "rejects": "rejects.jsonl" if t.rejected_total else None,
-            "line": f"{t.summary()} ({', '.join(sorted(set(result.formats.values())))} -> {to})"}
+            "rejects": "rejects.jsonl" if t.rejected_total else None, "line": result.summary()}
 
 
-def _kept(result: Any, line: str = "") -> dict[str, Any]:
+def _kept(result: Any) -> dict[str, Any]:
     """The summary of a stage that keeps some rows (mix, dedup, decontaminate): `rejected` counts the rows
     left out for a problem (they make the run's exit code 1), `removed` those its purpose leaves out."""
     t = result.tally
     removed = sum(n for code, n in t.rejected.items() if code in result.purpose)
     return {"outputs": ["data.jsonl"], "read": t.read, "written": t.written, "rejected": t.rejected_total - removed,
             "removed": removed, "rejected_by_reason": dict(t.rejected), "rejects": "rejects.jsonl" if t.rejected_total
-            else None, "line": t.summary() + line}
+            else None, "line": result.summary()}
 
 
 def _mix(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
-    opts, tok = recipe.section("mix"), recipe.section("tokenize")
-    stage.folder.mkdir(parents=True, exist_ok=True)
-    tokens = {"tokenizer": tok["tokenizer"], "template": tok.get("template")} if opts.get("by") == "tokens" else {}
-    result = mix(recipe.section("inputs")["files"], str(stage.folder / "data.jsonl"), by=opts.get("by", "rows"),
-                 seed=opts.get("seed", 42), rejects=str(stage.folder / "rejects.jsonl"), inputs=flow.inputs,
-                 progress=lambda p: view.progress(stage, p), **tokens)
-    return _kept(result) | {"outputs": ["data.jsonl", "data.manifest.json"], "manifest": "data.manifest.json"}
+    values = {**_outputs(stage, recipe), "inputs": replace(flow.inputs, files=recipe.section("inputs")["files"])}
+    if values.get("by") == "tokens":  # counted as tokenize will make them
+        values.update(tokenizer=recipe.section("tokenize")["tokenizer"], template=recipe.section("tokenize").get(
+            "template"))
+    return _kept(_call("mix", stage, view, values)) | {"outputs": ["data.jsonl", "data.manifest.json"],
+                                                        "manifest": "data.manifest.json"}
 
 
 def _dedup(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
-    stage.folder.mkdir(parents=True, exist_ok=True)
-    result = dedup(flow.inputs, str(stage.folder / "data.jsonl"), rejects=str(stage.folder / "rejects.jsonl"),
-                   progress=lambda p: view.progress(stage, p),
-                   **{**recipe.section("dedup"), **_engine(recipe, recipe.section("dedup"))})
-    return _kept(result)
+    return _kept(_call("dedup", stage, view, {**_outputs(stage, recipe, engine=True), "inputs": flow.inputs}))
 
 
 def _decontaminate(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
-    stage.folder.mkdir(parents=True, exist_ok=True)
-    result = decontaminate(flow.inputs, str(stage.folder / "data.jsonl"), rejects=str(stage.folder / "rejects.jsonl"),
-                           progress=lambda p: view.progress(stage, p), **recipe.section("decontaminate"))
-    hits = ", ".join(f"{Path(b['file']).name}: {b['hits']}" for b in result.benchmarks)
-    return _kept(result, f" (hits {hits})")
+    return _kept(_call("decontaminate", stage, view, {**_outputs(stage, recipe), "inputs": flow.inputs}))
 
 
 def _split(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
-    result = split(flow.inputs, str(stage.folder), rejects=str(stage.folder / "rejects.jsonl"),
-                   progress=lambda p: view.progress(stage, p), **recipe.section("split"))
+    result = _call("split", stage, view, {**_outputs(stage, recipe), "output": str(stage.folder), "inputs": flow.inputs})
     rows, t = result.manifest["rows"], result.tally
     return {"outputs": ["train.jsonl", "validation.jsonl", "manifest.json"], "read": t.read, "written": t.written,
             "rejected": t.rejected_total, "train": rows["train"], "validation": rows["validation"],
-            "rejects": "rejects.jsonl" if t.rejected_total else None,
-            "line": f"{t.summary()}; train {rows['train']}, validation {rows['validation']}"}
+            "rejects": "rejects.jsonl" if t.rejected_total else None, "line": result.summary()}
 
 
 def _validate(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
     """validate; with `tokens`, the token statistics are added when tokenize has run (see _token_statistics), so
     every row is tokenized once."""
-    opts, tok = recipe.section("validate"), recipe.section("tokenize")
+    values = {**_outputs(stage, recipe, engine=True), "inputs": flow.inputs, "kind": recipe.section("tokenize").get(
+        "kind"), "validation": [str(flow.validation)] if flow.validation else []}
+    del values["output"]
+    result = _call("validate", stage, view, values)
     rejects = stage.folder / "rejects.jsonl"
-    result = validate(flow.inputs, validation=[str(flow.validation)] if flow.validation else [], kind=tok.get("kind"),
-                      strict=opts.get("strict", False), rejects=str(rejects),
-                      min_rows=opts.get("min_rows", 1), max_chars=opts.get("max_chars", 32_000),
-                      progress=lambda p: view.progress(stage, p), **_engine(recipe, opts))
-    stage.folder.mkdir(parents=True, exist_ok=True)
     show.write_json(result, str(stage.folder / "report.json"))
     summary = {"outputs": ["report.json"], "read": result.rows_read, "accepted": result.rows_accepted,
                "rejected": result.rows_rejected, "errors": result.findings.errors,
                "warnings": result.findings.warnings, "report": "report.json",
-               "rejects": "rejects.jsonl" if result.rows_rejected else None,
-               "line": f"read {result.rows_read}, accepted {result.rows_accepted}, rejected {result.rows_rejected}; "
-                       f"{result.findings.errors} errors, {result.findings.warnings} warnings"}
-    if result.exit_code and not opts.get("allow_errors"):
+               "rejects": "rejects.jsonl" if result.rows_rejected else None, "line": result.summary()}
+    if result.exit_code and not values.get("allow_errors"):
         show.show(result, sys.stderr)
         raise _Stopped(f"validation found {result.findings.errors} errors and {result.findings.warnings} warnings "
                        f"(report: {relative(stage.folder / 'report.json')}, rejected rows: {relative(rejects)}); fix the "
@@ -345,52 +328,46 @@ class _Stopped(Exception):
 
 
 def _tokenize(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
-    opts = recipe.section("tokenize")
-    given = {k: v for k, v in opts.items() if k != "tokenizer"}  # the table's options, checked by tokenize itself
-    result = tokenize(flow.inputs, opts["tokenizer"], str(stage.folder), **{**given, **_engine(recipe, opts)},
-                      rejects=str(stage.folder / "rejects.jsonl"), progress=lambda p: view.progress(stage, p))
+    values = {**_outputs(stage, recipe, engine=True), "output": str(stage.folder), "inputs": flow.inputs}
+    result = _call("tokenize", stage, view, values)
     m, t = result.manifest, result.tally
-    trained = f", {m['tokens']['loss']:,} trained" if m["kind"] in ("sft", "pretrain") else ""
     outputs = ["manifest.json"]
     if flow.validation:  # split's validation rows, tokenized the same way: train.eval
-        tokenize(Inputs([str(flow.validation)], "trl", keep_columns=flow.inputs.keep_columns), opts["tokenizer"],
-                 str(stage.folder / "validation"), **{k: v for k, v in given.items() if k != "workers"},
-                 rejects=str(stage.folder / "validation" / "rejects.jsonl"))
+        call("tokenize", {**recipe.section("tokenize"), "output": str(stage.folder / "validation"),
+                          "rejects": str(stage.folder / "validation" / "rejects.jsonl"),
+                          "inputs": Inputs([str(flow.validation)], "trl", keep_columns=flow.inputs.keep_columns)})
         outputs.append("validation/manifest.json")
     return {"outputs": outputs, "kind": m["kind"], "read": t.read, "written": t.written,
             "rejected": t.rejected_total, "rejected_by_reason": dict(t.rejected), "tokens": m["tokens"],
-            "rejects": "rejects.jsonl" if t.rejected_total else None,
-            "line": f"{t.summary()}; {m['tokens']['total']:,} tokens{trained} ({m['kind']}, template "
-                    f"{(m['template'] or {}).get('name', 'none')})"}
+            "rejects": "rejects.jsonl" if t.rejected_total else None, "line": result.summary()}
 
 
 def _pack(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
-    opts = recipe.section("pack")
     assert flow.shards is not None
-    m = pack(flow.shards, stage.folder, opts["max_len"], strategy=opts.get("strategy", "bfd"),
-             seed=opts.get("seed", 0), window=opts.get("window", DEFAULT_WINDOW),
-             rejects=str(stage.folder / "rejects.jsonl"), progress=lambda p: view.progress(stage, p),
-             **_engine(recipe, opts)).manifest
-    c, packing = m["counts"], m["packing"]
+    result = _call("pack", stage, view, {**_outputs(stage, recipe, engine=True), "output": str(stage.folder),
+                                         "shards": str(flow.shards)})
+    c, packing = result.manifest["counts"], result.manifest["packing"]
     rejected = sum(c["rejected"].values())
     return {"outputs": ["manifest.json"], "read": c["read"], "written": c["written"], "rows": c["rows"],
             "rejected": rejected, "efficiency": packing.get("efficiency"),
-            "rejects": "rejects.jsonl" if rejected else None,
-            "line": f"{c['written']} documents into {c['rows']} row{'' if c['rows'] == 1 else 's'} of <= {opts['max_len']} tokens "
-                    f"({packing['strategy']}, efficiency {packing.get('efficiency', 0):.2%}), rejected {rejected}"}
+            "rejects": "rejects.jsonl" if rejected else None, "line": result.summary()}
 
 
 def _train(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
+    # the train extra's module is loaded only when a stage trains (a re-run or --dry-run must not pay for it)
+    from prep.trainer.train import REPORT, TrainOptions, can_resume  # noqa: PLC0415 - start-up time
+
     assert flow.shards is not None
-    options = TrainOptions(output=str(stage.folder), **recipe.section("train"))
+    values = {**recipe.section("train"), "output": str(stage.folder), "shards": str(flow.shards)}
     if flow.eval_shards is not None:
-        options.eval = str(flow.eval_shards)
-    if can_resume(str(flow.shards), options):  # an interrupted run of this very stage: go on from its checkpoint
-        options.resume = True
+        values["eval"] = str(flow.eval_shards)
+    kwargs, _ = VERBS["train"].arguments(values)
+    if can_resume(kwargs.pop("shards"), TrainOptions(**kwargs)):  # an interrupted run of this very stage: go on
+        values["resume"] = True
     elif stage.folder.exists():  # an interrupted run of other shards or options: start again
         shutil.rmtree(stage.folder)
 
-    report = train(str(flow.shards), options, lambda p: view.progress(stage, p)).report
+    report = _call("train", stage, view, values).report
     saved = os.path.relpath(report["output"], stage.folder)
     loss = f", loss {report['first_loss']:.4f} -> {report['last_loss']:.4f}" if report["first_loss"] is not None else ""
     objective = "" if report["objective"] == "sft" else f" {report['objective']}"
@@ -536,99 +513,3 @@ def write_report(result: RunResult) -> tuple[Path | None, str | None]:
     except PrepError as e:
         return None, f"no report.html: {e}"
     return Path(done.outputs["report"]), "; ".join(done.notes) or None
-
-
-# ---------------------------------------------------------------- terminal
-
-
-class RichView(View):
-    """One live progress view on stderr: a line per stage, filled in as the stages run or are skipped."""
-
-    def __init__(self, stages: list[Stage], console: Any) -> None:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415 - start-up time: rich only for the terminal view
-        from rich.table import Column  # noqa: PLC0415 - start-up time: rich only for the terminal view
-
-        self.bar = Progress(TextColumn("{task.fields[mark]}", table_column=Column(width=1)),
-                            TextColumn("[bold]{task.description}", table_column=Column(width=8, no_wrap=True)),
-                            BarColumn(bar_width=10), TimeElapsedColumn(),
-                            TextColumn("{task.fields[info]}", table_column=Column(ratio=1)), console=console,
-                            expand=True, transient=True)
-        self.tasks = {s.name: self.bar.add_task(s.name, total=None, start=False, mark=" ",
-                                                info="skip (done earlier)" if s.status == "skip" else "waiting")
-                      for s in stages}
-
-    def __enter__(self) -> RichView:
-        self.bar.start()
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        self.bar.stop()
-
-    def start(self, stage: Stage) -> None:
-        self.bar.start_task(self.tasks[stage.name])
-        if stage.status == "run":
-            self.bar.update(self.tasks[stage.name], mark="…", info="running")
-
-    def progress(self, stage: Stage, progress: Progress) -> None:
-        self.bar.update(self.tasks[stage.name], info=progress.line(), completed=progress.step or 0,
-                        total=progress.steps)
-
-    def finish(self, stage: Stage) -> None:
-        from rich.markup import escape  # noqa: PLC0415 - start-up time: rich only for the terminal view
-
-        mark = {"ran": "[green]✓", "skipped": "[cyan]=", "stopped": "[red]✗", "failed": "[red]✗"}[stage.status]
-        word = {"ran": "", "skipped": "skipped, unchanged: ", "stopped": "stopped: ", "failed": "failed: "}[
-            stage.status]
-        self.bar.update(self.tasks[stage.name], mark=mark, info=word + escape(stage.summary.get("line", "")),
-                        completed=1, total=1)
-        self.bar.stop_task(self.tasks[stage.name])
-
-
-def print_plan(result: RunResult, console: Any) -> None:
-    """`--dry-run`: the stages, their keys and which would run."""
-    from rich.table import Table  # noqa: PLC0415 - start-up time: rich only for the terminal view
-
-    table = Table(title=f"prep run {result.recipe.path} (dry run: nothing is run)", title_justify="left")
-    for col in ("stage", "would", "key", "folder"):
-        table.add_column(col)
-    for s in result.stages:
-        would = "skip" if s.status == "skip" else "[bold]run"
-        table.add_row(s.name, would, s.key[:16], relative(s.folder))
-    console.print(table)
-
-
-def print_summary(result: RunResult, console: Any, run_json: Path, page: tuple[Path | None, str | None] = (None, None)
-                  ) -> None:
-    """Where everything went: each stage's folder, its rejects, and the files a user opens next."""
-    from rich.markup import escape  # noqa: PLC0415 - start-up time: rich only for the terminal view
-    from rich.table import Table  # noqa: PLC0415 - start-up time: rich only for the terminal view
-
-    table = Table(title=f"prep run {result.recipe.name}: {result.seconds:.1f} s", title_justify="left")
-    table.add_column("stage")
-    table.add_column("status")
-    table.add_column("result and where it went", overflow="fold")
-    for s in result.stages:
-        if s.status in ("run", "skip"):
-            continue  # not reached: the run stopped before
-        where = "" if s.status == "failed" else f"\n[dim]-> {relative(s.folder)}[/]"
-        if s.summary.get("rejects"):
-            where += f"\n[dim]rejected rows -> {relative(s.folder / s.summary['rejects'])}[/]"
-        line = "could not run (below)" if s.status == "failed" else escape(s.summary.get("line", ""))
-        table.add_row(s.name, s.status, line + where)
-    console.print(table)
-    last = next((s for s in reversed(result.stages) if s.status in ("ran", "skipped")), None)
-    if last is not None and last.name == "train":
-        console.print(f"adapter:         {relative(last.folder / last.summary['adapter'])}\n"
-                      f"training report: {relative(last.folder / last.summary['report'])}\n"
-                      f"loss curve:      {relative(last.folder / 'loss_curve.png')}")
-    elif last is not None and last.name in ("tokenize", "pack"):
-        console.print(f"shards:          {relative(last.folder)}")
-    console.print(f"run record:      {relative(run_json)}")
-    if page[0] is not None:
-        console.print(f"report:          {relative(page[0])}")
-    if page[1]:
-        console.print(f"[yellow]report note:[/] {escape(page[1])}")
-    if result.stopped:
-        console.print(f"[red]stopped:[/] {escape(result.stopped)}")
-    if result.failed:
-        console.print(f"[red]failed:[/] {escape(result.failed)}")

@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 
 from prep.core.columns import schema as shard_schema
 from prep.core.findings import Finding, PrepError
-from prep.core.result import Result
+from prep.core.options import checked
+from prep.core.result import Meter, ProgressFn, Result
 from prep.files import sha256_file
 from prep.shards.layout import DATA_DIR, MANIFEST, SCHEMAS, read_manifest
 
@@ -57,6 +58,10 @@ class Verification(Result):
     def exit_code(self) -> int:
         return 0 if self.ok else 1
 
+    def summary(self) -> str:
+        verdict = "OK" if self.ok else f"FAILED ({self.errors} errors)"
+        return f"{self.folder}: {verdict}: {self.rows} rows, {self.tokens} tokens checked"
+
     def details(self) -> dict[str, Any]:
         return {"folder": self.folder, "ok": self.ok, "rows": self.rows, "tokens": self.tokens,
                 "counts": dict(self.counts), "findings": [f.to_dict() for f in self.findings]}
@@ -65,7 +70,8 @@ class Verification(Result):
 _WARNINGS = {"unlisted_file"}
 
 
-def verify(shards: str | Path) -> Verification:
+@checked("verify")
+def verify(shards: str | Path, progress: ProgressFn | None = None) -> Verification:
     """Check the shard folder `shards` against its manifest; every problem becomes a finding."""
     folder = Path(shards)
     if not folder.is_dir():
@@ -86,8 +92,12 @@ def verify(shards: str | Path) -> Verification:
             result.add("unlisted_file", f"{extra.name} is not in the manifest", f"{DATA_DIR}/{extra.name}",
                        severity="warning")
     totals: Counter[str] = Counter()
+    meter = Meter(progress)
+    meter.start()
     for shard in manifest.get("shards", []):
+        rows, tokens = totals["rows"], totals["tokens"]
         _check_shard(folder, shard, manifest, result, totals)
+        meter.add(totals["rows"] - rows, totals["tokens"] - tokens)
     if totals["unreadable"] == 0:  # totals over shards that could not be read would only repeat their finding
         _check_totals(manifest, totals, result)
     result.rows, result.tokens = totals["rows"], totals["tokens"]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prep.core.findings import Batch, Tally, count_by_file
-from prep.core.options import check
+from prep.core.options import checked
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files import RowWriter, check_outputs
 from prep.formats import from_records, make_options
@@ -20,6 +20,10 @@ from prep.stages.engine import Engine, Ran, parts_wanted, run_parts
 class ConvertResult(Result):
     formats: dict[str, str] = field(default_factory=dict)  # each file read, and the format it was read as
     files: dict[str, Tally] = field(default_factory=dict)  # each file's rows: read, written, rejected by reason
+    to: str = ""  # the format written
+
+    def summary(self) -> str:
+        return f"{self.tally.summary()} ({', '.join(sorted(set(self.formats.values())))} -> {self.to})"
 
     def details(self) -> dict[str, Any]:
         return {"formats": self.formats, "files": {f: t.to_dict() for f, t in self.files.items()}}
@@ -38,6 +42,7 @@ class _Convert:
         return from_records(read_part(part, self.skip), self.to, self.options, self.ids)
 
 
+@checked("convert")
 def convert(inputs: Inputs, to: str, output: str = "-", *, rejects: str | None = None,
             settings: dict[str, Any] | None = None, ids: bool = True, progress: ProgressFn | None = None,
             engine: str = "local", ray_address: str | None = None, ray_workers: int = 0) -> ConvertResult:
@@ -46,10 +51,8 @@ def convert(inputs: Inputs, to: str, output: str = "-", *, rejects: str | None =
     `settings` are the writer's options (e.g. AutoTrain column names); output files appear only
     when the whole run succeeds. `engine="ray"` converts the parts of the inputs on a Ray cluster (design §13):
     the same output."""
-    check("convert", {"to": to, "output": output, "rejects": rejects, "ids": ids, "engine": engine,
-                      "ray_address": ray_address, "ray_workers": ray_workers})
     check_outputs(inputs.files, {"-o": output, "--rejects": rejects})
-    result = ConvertResult(outputs=outputs(output=output, rejects=rejects))
+    result = ConvertResult(outputs=outputs(output=output, rejects=rejects), to=to)
     options = make_options(to, settings if settings is not None else inputs.settings)
     where = Engine(engine, ray_address, ray_workers)
     ran = Ran()

@@ -12,10 +12,11 @@ import contextlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prep.core.findings import Batch, Finding, PrepError, Reject
-from prep.core.options import check
+from prep.core.options import checked
 from prep.core.records import Record
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files import read_rows
@@ -35,6 +36,15 @@ class DecontaminateResult(Removes, Result):
 
     def details(self) -> dict[str, Any]:
         return {"formats": self.formats, "benchmarks": self.benchmarks}
+
+    def summary(self) -> str:
+        hits = ", ".join(f"{Path(b['file']).name}: {b['hits']}" for b in self.benchmarks)
+        return f"{self.tally.summary()} (hits {hits})"
+
+    def breakdown(self) -> list[str]:
+        return [f"{b['file']}: {b['items']} items, {b['hits']} rows dropped"
+                + (f", {b['shorter_than_ngram']} items shorter than the n-gram" if b["shorter_than_ngram"] else "")
+                + (f", {b['skipped']} rows without text" if b["skipped"] else "") for b in self.benchmarks]
 
 
 def load_benchmarks(paths: Sequence[str], text_field: str | None, n: int, compare: Compare) -> tuple[
@@ -71,14 +81,12 @@ def _text(row: Any, text_field: str | None) -> str | None:
     return None
 
 
+@checked("decontaminate")
 def decontaminate(inputs: Inputs, output: str, *, against: Sequence[str], field: str | None = None,
                   ngram: int = 13, rejects: str | None = None, fields: str = "all", nfkc: bool = True,
                   ignore_case: bool = True, ignore_space: bool = True, to: str = "trl",
                   progress: ProgressFn | None = None) -> DecontaminateResult:
     """Write the rows of `inputs` that share no `ngram`-gram with an item of the `against` benchmarks."""
-    check("decontaminate", {"against": list(against), "field": field, "ngram": ngram, "output": output,
-                            "rejects": rejects, "fields": fields, "nfkc": nfkc, "ignore_case": ignore_case,
-                            "ignore_space": ignore_space, "to": to})
     if not against:
         raise PrepError("--against: give at least one benchmark file")
     compare = Compare(fields, nfkc, ignore_case, ignore_space)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from prep.core.findings import Batch, Finding, Reject, Source
-from prep.core.options import check
+from prep.core.options import checked
 from prep.core.records import Record
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.formats.inputs import Inputs, Part, plan_inputs, read_inputs, read_part
@@ -111,6 +111,7 @@ class DedupResult(Removes, Result):
         return {"formats": self.formats, "removed": {"exact": self.exact, "near": self.near}}
 
 
+@checked("dedup")
 def dedup(inputs: Inputs, output: str, *, rejects: str | None = None, exact: bool = False, near: float = 0.8,
           fields: str = "all", nfkc: bool = True, ignore_case: bool = True, ignore_space: bool = True,
           to: str = "trl", progress: ProgressFn | None = None, engine: str = "local", ray_address: str | None = None,
@@ -120,9 +121,6 @@ def dedup(inputs: Inputs, output: str, *, rejects: str | None = None, exact: boo
 
     `engine="ray"` fingerprints the rows on a Ray cluster (pass one, also for `exact`); the driver decides and
     writes as locally (design §13): the same output."""
-    check("dedup", {"output": output, "rejects": rejects, "exact": exact, "near": near, "fields": fields,
-                    "nfkc": nfkc, "ignore_case": ignore_case, "ignore_space": ignore_space, "to": to,
-                    "engine": engine, "ray_address": ray_address, "ray_workers": ray_workers})
     compare = Compare(fields, nfkc, ignore_case, ignore_space)
     result = DedupResult(outputs=outputs(output=output, rejects=rejects))
     meter = Meter(progress)

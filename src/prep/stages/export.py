@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from prep.core.findings import Batch, PrepError, RowError, Source, Tally, per_row, row_error
-from prep.core.options import check
+from prep.core.options import checked
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files import RowWriter, replaced
 from prep.render.tokenizer import Tokenizer, shard_decoder
@@ -53,11 +53,14 @@ class ExportResult(Result):
     def details(self) -> dict[str, Any]:
         return {"columns": self.columns}
 
+    def summary(self) -> str:
+        return f"{self.tally.summary()} ({', '.join(self.columns)})"
 
+
+@checked("export")
 def export(shards: str | Path, to: str, output: str, *, tokenizer: str | None = None,
            progress: ProgressFn | None = None) -> ExportResult:
     """Write the documents of the shard folder `shards` to `output` in the layout `to` names."""
-    check("export", {"to": to, "output": output, "tokenizer": tokenizer})
     manifest = read_manifest(shards)
     kind, out = manifest["kind"], Path(output)
     if to in ("axolotl", "together"):

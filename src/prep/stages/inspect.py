@@ -12,7 +12,7 @@ from rich.rule import Rule
 from rich.text import Text
 
 from prep.core.findings import Tally
-from prep.core.options import check
+from prep.core.options import checked
 from prep.core.result import Result
 from prep.render.tokenizer import shard_decoder
 from prep.shards.layout import read_manifest
@@ -81,10 +81,10 @@ class InspectResult(Result):
         return {"row": self.row}
 
 
+@checked("inspect")
 def inspect(shards: str | Path, row: int = 0, *, tokenizer: str | None = None, show_ids: bool = False,
             console: Console | None = None) -> InspectResult:
     """Print row `row` (0-based) of the shard folder `shards`, decoded, and return it."""
-    check("inspect", {"row": row, "tokenizer": tokenizer, "show_ids": show_ids})
     console = console or Console()
     manifest = read_manifest(shards)
     tok = shard_decoder(manifest, tokenizer)

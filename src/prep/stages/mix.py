@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from prep.core.columns import KIND_OF_RECORD
 from prep.core.findings import Batch, Finding, PrepError, Reject, Source, Tally
-from prep.core.options import check
+from prep.core.options import checked
 from prep.core.records import Record, kind_of
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.core.sampling import row_counts, token_counts
@@ -138,13 +138,29 @@ class MixResult(Removes, Result):
     def details(self) -> dict[str, Any]:
         return {"manifest": self.manifest}
 
+    def breakdown(self) -> list[str]:
+        """Each source: asked, written, and how (whole passes, then a sample)."""
+        lines = []
+        for s in self.manifest.get("mix", self.manifest)["sources"]:  # shard folders keep it under "mix"
+            how = [f"{s['passes']} whole pass{'' if s['passes'] == 1 else 'es'}"] if s["passes"] else []
+            how += [f"{s['sampled']} sampled"] if s["sampled"] else []
+            tokens = f", {s['tokens_written']:,} tokens" if "tokens_written" in s else ""
+            lines.append(f"{s['source']}: asked {s['asked']}, wrote {s['rows_written']} rows "
+                         f"({' + '.join(how) or 'none'}){tokens}")
+        return lines
 
-def mix(sources: list[str], output: str, *, by: str = "rows", seed: int = 42, tokenizer: str | None = None,
-        template: str | None = None, rejects: str | None = None, inputs: Inputs | None = None,
-        progress: ProgressFn | None = None) -> MixResult:
-    """Mix `sources` (`PATH[:N|:xK|:RATIO]`: record files, or shard folders) into `output`. `inputs` says how
-    record files are read (format, reader settings); its files are ignored."""
-    check("mix", {"output": output, "by": by, "seed": seed, "template": template, "rejects": rejects})
+
+@checked("mix")
+def mix(inputs: Inputs | Sequence[str], output: str, *, by: str = "rows", seed: int = 42, tokenizer: str | None = None,
+        template: str | None = None, rejects: str | None = None, progress: ProgressFn | None = None) -> MixResult:
+    """Mix the sources `inputs.files` (`PATH[:N|:xK|:RATIO]`: record files, or shard folders) into `output`;
+    `inputs` also says how record files are read (format, reader settings). A list of sources reads them as
+    detected."""
+    if not isinstance(inputs, Inputs):
+        inputs = Inputs(list(inputs))
+    if inputs.datasets:
+        raise PrepError("mix takes files and shard folders; convert --dataset entries first")
+    sources = list(inputs.files)
     if not sources:
         raise PrepError("nothing to mix: give SRC[:N|:xK|:RATIO] files or shard folders")
     parsed = [parse_source(s) for s in sources]
@@ -158,7 +174,7 @@ def mix(sources: list[str], output: str, *, by: str = "rows", seed: int = 42, to
     meter.start()
     if all(shards):
         return _mix_shards(parsed, output, by, seed, rejects, meter)
-    return _mix_records(parsed, output, by, seed, tokenizer, template, rejects, inputs or Inputs(), meter)
+    return _mix_records(parsed, output, by, seed, tokenizer, template, rejects, inputs, meter)
 
 
 def _manifest(sources: list[MixSource], by: str, seed: int, tally: Tally) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from prep.core.findings import PrepError, Source
-from prep.core.options import check
+from prep.core.options import checked, parse_size
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files import check_outputs, sha256_file
 from prep.shards.layout import MANIFEST, SCHEMAS, read_manifest
@@ -37,17 +37,23 @@ class PackResult(Result):
     def details(self) -> dict[str, Any]:
         return {"manifest": self.manifest}
 
+    def summary(self) -> str:
+        c, packing, rows = self.manifest["counts"], self.manifest["packing"], self.manifest["counts"]["rows"]
+        return (f"read {c['read']} documents, packed {c['written']} into {rows} row{'' if rows == 1 else 's'} of <= "
+                f"{self.manifest['max_len']} tokens ({packing['strategy']}, efficiency "
+                f"{packing.get('efficiency', 0):.2%}), rejected {sum(c['rejected'].values())}")
 
+
+@checked("pack")
 def pack(shards: str | Path, output: str | Path, max_len: int, *, strategy: str = "bfd", seed: int = 0,
-         window: int = DEFAULT_WINDOW, shard_rows: int = 100_000, shard_mb: float = 256.0,
+         window: int = DEFAULT_WINDOW, shard_size: str = "256MB",
          rejects: str | None = None, progress: ProgressFn | None = None, engine: str = "local",
          ray_address: str | None = None, ray_workers: int = 0) -> PackResult:
     """Pack the unpacked shards in `shards` into rows of at most `max_len` tokens in `output`.
 
     `engine="ray"` (bfd): best-fit decreasing runs here over the documents' lengths alone, and Ray workers build
     the packed rows from the shards (design §13): the same output."""
-    check("pack", {"max_len": max_len, "strategy": strategy, "seed": seed, "window": window, "rejects": rejects,
-                   "engine": engine, "ray_address": ray_address, "ray_workers": ray_workers})
+    shard_rows, shard_mb = parse_size(shard_size)
     source = read_manifest(shards)
     if source["kind"] not in ("sft", "pretrain"):
         raise PrepError(f"{shards}: {source['kind']} shards are not packed (pairs and prompts are trained row by row)")

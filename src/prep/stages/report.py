@@ -22,7 +22,7 @@ from typing import Any
 
 from prep import __version__
 from prep.core.findings import PrepError, Tally
-from prep.core.options import check
+from prep.core.options import checked
 from prep.core.result import Result, outputs
 from prep.files import write_text_atomic
 from prep.render.tokenizer import Tokenizer, shard_decoder
@@ -51,6 +51,9 @@ class ReportResult(Result):
     def details(self) -> dict[str, Any]:
         return {"page": self.page, "bytes": self.bytes, "notes": self.notes}
 
+    def summary(self) -> str:
+        return f"{self.outputs['report']} ({self.bytes / 1024:,.0f} KB)"
+
 
 @dataclass
 class _Found:
@@ -66,10 +69,10 @@ class _Found:
     train_folder: Path | None = None
 
 
+@checked("report")
 def report(target: str | Path, output: str | None = None, *, tokenizer: str | None = None) -> ReportResult:
     """Write the page for `target` to `output` (default: report.html in the target folder, or beside a
     report file) and return what it shows."""
-    check("report", {"output": output, "tokenizer": tokenizer})
     found = _find(Path(target))
     out = Path(output) if output else found.root / PAGE
     notes: list[str] = []

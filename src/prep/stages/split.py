@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from prep.core.findings import Batch, PrepError, Tally
-from prep.core.options import check
+from prep.core.options import checked
 from prep.core.records import Record
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files import write_json
@@ -41,7 +41,16 @@ class SplitResult(Result):
     def details(self) -> dict[str, Any]:
         return {"formats": self.formats, "manifest": self.manifest}
 
+    def summary(self) -> str:
+        rows = self.manifest["rows"]
+        return f"{self.tally.summary()}; train {rows['train']}, validation {rows['validation']}"
 
+    def breakdown(self) -> list[str]:
+        return [f"{s['source']}: {s['validation']} of {s['rows']} rows to validation (asked {s['validation_asked']})"
+                for s in self.manifest["sources"]]
+
+
+@checked("split")
 def split(inputs: Inputs, output: str, *, val: float, per_source: bool = False, seed: int = 42,
           rejects: str | None = None, exact: bool = False, near: float = 0.8, fields: str = "all", nfkc: bool = True,
           ignore_case: bool = True, ignore_space: bool = True, to: str = "trl",
@@ -49,9 +58,6 @@ def split(inputs: Inputs, output: str, *, val: float, per_source: bool = False, 
     """Split `inputs` into `output`/train.jsonl and validation.jsonl (format `to`) and a manifest.json with the
     counts per source. `val` below 1 is a share of the rows, from 1 up a number of rows (per source with
     `per_source`)."""
-    check("split", {"val": val, "per_source": per_source, "seed": seed, "output": output, "rejects": rejects,
-                    "exact": exact, "near": near, "fields": fields, "nfkc": nfkc, "ignore_case": ignore_case,
-                    "ignore_space": ignore_space, "to": to})
     if val >= 1 and val != int(val):
         raise PrepError(f"--val {val}: give a share below 1 (0.05) or a whole number of rows (100)")
     threshold = None if exact else near

@@ -4,7 +4,7 @@ the terminal: counts, token lengths, packing efficiency and the share of tokens 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,9 @@ from rich.table import Table
 
 from prep.checks.stats import Distribution
 from prep.core.findings import PrepError, Tally
+from prep.core.options import checked
 from prep.core.records import kind_of
-from prep.core.result import Result
+from prep.core.result import Meter, ProgressFn, Result
 from prep.formats.inputs import Inputs, read_inputs
 from prep.shards.layout import MANIFEST, read_manifest
 from prep.shards.reader import iter_tables
@@ -88,7 +89,7 @@ class LengthCounts:
         return cls(data["width"], {start: count for start, count in data["bins"]})
 
 
-def shard_stats(folder: str | Path) -> dict[str, Any]:
+def shard_stats(folder: str | Path, meter: Meter | None = None) -> dict[str, Any]:
     manifest = read_manifest(folder)
     kind = manifest["kind"]
     if kind in ("sft", "pretrain"):
@@ -96,8 +97,10 @@ def shard_stats(folder: str | Path) -> dict[str, Any]:
     else:
         columns = ["num_tokens"]
     rows, docs, loss = [], [], 0
+    meter = meter or Meter(None)
     for table in iter_tables(folder, columns):
         rows.append(table["num_tokens"].to_numpy())
+        meter.add(table.num_rows, int(pc.sum(table["num_tokens"]).as_py() or 0))
         if "seq_lengths" in columns:
             docs.append(pc.list_flatten(table["seq_lengths"]).to_numpy())
             loss += int(pc.sum(table["num_loss_tokens"]).as_py() or 0)
@@ -124,13 +127,15 @@ def row_fill(lengths: np.ndarray, max_len: int, bins: int = 10) -> list[tuple[in
     return [(100 * k // bins, 100 * (k + 1) // bins, int(c)) for k, c in enumerate(counts)]
 
 
-def input_stats(inputs: Inputs) -> dict[str, Any]:
+def input_stats(inputs: Inputs, meter: Meter | None = None) -> dict[str, Any]:
     """Records by kind, messages and characters per record, of raw input files (no tokenizer needed)."""
     tally = Tally()
     kinds: dict[str, int] = {}
     messages, chars = [], []
+    meter = meter or Meter(None)
     for batch in read_inputs(inputs):
         tally.count(batch)
+        meter.add(len(batch.items) + len(batch.rejects))
         for record in batch.items:
             kind = kind_of(record)
             kinds[kind] = kinds.get(kind, 0) + 1
@@ -177,14 +182,21 @@ def token_statistics(folder: str | Path) -> dict[str, Any]:
     return out
 
 
-def stats(target: Inputs | str | Path) -> StatsResult:
-    """Statistics of a shard folder (a path), or of the records in input files (`Inputs`)."""
-    if isinstance(target, Inputs):
-        found = input_stats(target)
-    elif (Path(target) / MANIFEST).exists():
-        found = shard_stats(target)
+@checked("stats")
+def stats(targets: Inputs | str | Path | Sequence[str | Path], format: str = "auto",
+          progress: ProgressFn | None = None) -> StatsResult:
+    """Statistics of a shard folder (one path), or of the records in input files (paths read as `format`, or
+    `Inputs`). The tally is the folder's or the files' own: rows its maker rejected make the exit code 1."""
+    paths = [targets] if isinstance(targets, (str, Path)) else targets
+    meter = Meter(progress)
+    if isinstance(paths, Inputs):
+        found = input_stats(paths, meter)
+    elif len(paths) == 1 and Path(paths[0]).is_dir():
+        if not (Path(paths[0]) / MANIFEST).exists():
+            raise PrepError(f"{paths[0]}: no {MANIFEST}; give a finished shard folder, or input files")
+        found = shard_stats(paths[0], meter)
     else:
-        raise PrepError(f"{target}: no {MANIFEST}; give a finished shard folder, or input files")
+        found = input_stats(Inputs([str(p) for p in paths], format), meter)
     counts = found["counts"]
     tally = Tally(counts["read"], counts["written"], Counter(counts["rejected"]), Counter(counts.get("altered", {})))
     return StatsResult(tally=tally, stats=found)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prep.core.findings import Batch, PrepError, per_row, row_error
-from prep.core.options import DEFAULT_DATE, check
+from prep.core.options import DEFAULT_DATE, checked
 from prep.core.records import Record, kind_of
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files import RowWriter
@@ -66,7 +66,11 @@ class TemplateResult(Result):
     def details(self) -> dict[str, Any]:
         return {"formats": self.formats, "template": self.template}
 
+    def summary(self) -> str:
+        return f"{self.tally.summary()} (template {self.template})"
 
+
+@checked("template")
 def template(inputs: Inputs, template: str | None = None, tokenizer: str | None = None, output: str | None = "-", *,
              train_on: str = "auto", rejects: str | None = None, on_row: Callable[[dict[str, Any]], None] | None = None,
              progress: ProgressFn | None = None, train_on_reasoning: str = "yes", template_kwargs: Iterable[str] = (),
@@ -74,9 +78,6 @@ def template(inputs: Inputs, template: str | None = None, tokenizer: str | None 
     """`prep template`: render `inputs` with `template` (default: the tokenizer's own; or a .jinja file) and write
     the text rows (see `rows_stage`) to `output` (None: write nothing); `on_row` sees every row. The template
     arguments and `date` are prep tokenize's."""
-    check("template", {"template": template, "tokenizer": tokenizer, "train_on": train_on, "rejects": rejects,
-                       "train_on_reasoning": train_on_reasoning, "template_kwargs": list(template_kwargs),
-                       "date": date})
     if template is None and tokenizer is None:
         raise PrepError("give --template NAME or --tokenizer DIR (whose chat template is then used)")
     kwargs = parse_kwargs(template_kwargs, template)

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from prep.core.columns import KIND_OF_RECORD
 from prep.core.findings import Batch, PrepError, Tally, count_by_file
-from prep.core.options import DEFAULT_DATE, check
+from prep.core.options import DEFAULT_DATE, checked
 from prep.core.records import Record, kind_of
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files import check_outputs, sha256_file
@@ -204,6 +204,12 @@ class TokenizeResult(Result):
     def details(self) -> dict[str, Any]:
         return {"formats": self.formats, "manifest": self.manifest}
 
+    def summary(self) -> str:
+        m = self.manifest
+        trained = f", {m['tokens']['loss']:,} trained" if m["kind"] in ("sft", "pretrain") else ""
+        return (f"{self.tally.summary()}; {m['tokens']['total']:,} tokens{trained} ({m['kind']}, template "
+                f"{(m['template'] or {}).get('name', 'none')})")
+
 
 @dataclass(frozen=True)
 class _Encode:
@@ -217,6 +223,7 @@ class _Encode:
         return map(self.encoder.encode_measured, map(self.encoder.prepare, read_part(part, self.skip)))
 
 
+@checked("tokenize")
 def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, template: str | None = None,
              kind: str | None = None, train_on: str = "auto", max_len: int | None = None, overflow: str = "drop",
              workers: int = 1, rejects: str | None = None, progress: ProgressFn | None = None,
@@ -229,10 +236,6 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, templat
     -> kto; `prompt` is asked for); `template` to the tokenizer's own, or a .jinja file. `template_kwargs`
     (KEY=VALUE, YAML values) and `date` (the day strftime_now gives) go to the jinja template. `engine="ray"`
     tokenizes the parts of the inputs on a Ray cluster (design §13): the same shards."""
-    check("tokenize", {"template": template, "kind": kind, "train_on": train_on, "max_len": max_len,
-                       "overflow": overflow, "workers": workers, "output": output, "rejects": rejects,
-                       "train_on_reasoning": train_on_reasoning, "template_kwargs": list(template_kwargs),
-                       "date": date, "engine": engine, "ray_address": ray_address, "ray_workers": ray_workers})
     check_outputs([*inputs.files, tokenizer if isinstance(tokenizer, str) else None], {"-o": output,
                                                                                          "--rejects": rejects})
     kwargs = parse_kwargs(template_kwargs, template)

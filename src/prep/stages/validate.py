@@ -30,7 +30,7 @@ from prep.checks.filecheck import MAX_CHARS, MAX_FINDINGS, Checked, Context, Fil
 from prep.checks.rules import quality
 from prep.checks.stats import Stats
 from prep.core.findings import Batch, Finding, PrepError, Reject, Source
-from prep.core.options import check
+from prep.core.options import checked
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files import (
     BATCH_ROWS,
@@ -84,6 +84,10 @@ class Report(Result):
     def exit_code(self) -> int:
         return 1 if self.findings.errors or (self.strict and self.findings.warnings) else 0
 
+    def summary(self) -> str:
+        return (f"read {self.rows_read}, accepted {self.rows_accepted}, rejected {self.rows_rejected}; "
+                f"{self.findings.errors} errors, {self.findings.warnings} warnings")
+
     def to_dict(self) -> dict[str, Any]:
         f = self.findings
         order = {fr.path: i for i, fr in enumerate(self.files)}
@@ -117,6 +121,7 @@ def split_roles(inputs: Sequence[str], validation: Sequence[str] = ()) -> list[t
     return [(p, "validation" if p in inferred else "train") for p in inputs] + [(p, "validation") for p in validation]
 
 
+@checked("validate")
 def validate(inputs: Inputs, *, validation: Sequence[str] = (), kind: str | None = None, strict: bool = False,
              rejects: str | None = None, min_rows: int = 1, max_findings: int | None = MAX_FINDINGS,
              max_chars: int = MAX_CHARS, tokenizer: Any = None, template: str | None = None,
@@ -130,11 +135,6 @@ def validate(inputs: Inputs, *, validation: Sequence[str] = (), kind: str | None
     same report.
     With `tokenizer` (a folder, or a loaded prep.render.tokenizer.Tokenizer) rows are also rendered with
     `template` (default: the tokenizer's own) and tokenized, for token statistics and token checks."""
-    check("inputs", {"format": inputs.format, "input_type": inputs.container, "txt_split": inputs.txt_split})
-    check("validate", {"validation": list(validation), "kind": kind, "strict": strict, "rejects": rejects,
-                       "min_rows": min_rows, "max_findings": max_findings, "max_chars": max_chars,
-                       "template": template, "max_len": max_len, "engine": engine, "ray_address": ray_address,
-                       "ray_workers": ray_workers})
     if inputs.datasets:
         raise PrepError("validate checks files: convert the dataset_info entries first (prep convert --dataset-info "
                         "... --to openai -o FILE), then validate FILE")

@@ -88,6 +88,10 @@ class TrainOptions:
     extra: dict[str, Any] = field(default_factory=dict)
     attn_implementation: str | None = None  # None: transformers' default (sdpa); flash_attention_2 needs a GPU
 
+    def __post_init__(self) -> None:
+        """Each value against the options table, however the options were made (CLI, recipe or Python)."""
+        check("train", asdict(self))
+
 
 def check_shards(folder: str, role: str = "training", method: str | None = None) -> dict[str, Any]:
     """The manifest of a shard folder that verifies and that `method` trains on; anything else is refused."""
@@ -272,7 +276,7 @@ def _check_options(options: TrainOptions) -> None:
     """Refuse option values training cannot use, naming the option, for API callers as for the CLI: each value
     against the options table, before anything loads (the libraries would fail later with messages about
     something else, e.g. --lora-r 0 as a --target-modules error), then the combinations."""
-    check("train", {f.name: getattr(options, f.name) for f in dataclasses.fields(options)})
+    check("train", asdict(options))  # again: a caller may have changed a field since
     if options.qlora and options.full:
         raise PrepError("--qlora trains an adapter on a 4-bit model; it cannot be combined with --full")
     if options.merge and options.full:
@@ -312,6 +316,9 @@ def _config(options: TrainOptions, out: Path, cuda: bool, bf16: bool, flatten: b
 @dataclass
 class TrainResult(Result):
     report: dict[str, Any] = field(default_factory=dict)  # training_report.json
+
+    def breakdown(self) -> list[str]:
+        return summary_lines(self.report)
 
     def details(self) -> dict[str, Any]:
         return {"report": self.report}
