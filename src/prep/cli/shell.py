@@ -146,7 +146,7 @@ def _click_option(option: Option) -> Callable[[Callable[..., Any]], Callable[...
         kwargs["show_default"] = option.default is not None and not option.required
         if option.path:
             kwargs["type"] = _PATHS[option.path]
-        elif option.choices or option.type in (int, float):
+        elif option.choices or option.type in (int, float) or option.pattern:
             kwargs["type"] = _Checked(option)
     return click.option(*flags, option.name, **kwargs)
 

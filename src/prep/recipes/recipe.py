@@ -216,8 +216,8 @@ def _explain(e: ValidationError, lines: _Lines) -> str:
     """One line per schema error, in words a recipe author can act on."""
     at: JsonPath = tuple(e.absolute_path)
     where = _dotted(at)
-    if len(at) == 2 and at[0] in RECIPE_SECTIONS and (problem := _table_problem(at, e.instance)):
-        return f"{lines.at(at)}: {where} {problem}{_exponent_hint(e.instance, 'number')}"
+    if len(at) in (2, 3) and at[0] in RECIPE_SECTIONS and (problem := _table_problem(at[:2], e.instance)):
+        return f"{lines.at(at[:2])}: {_dotted(at[:2])} {problem}{_exponent_hint(e.instance, 'number')}"
     if e.validator == "additionalProperties":
         known = sorted(e.schema.get("properties", {}))
         out = []

@@ -223,12 +223,13 @@ def _mix_records(sources: list[MixSource], output: str, by: str, seed: int, toke
                 batch.rejects.append(value)
             if len(batch.items) >= 1024:
                 out.write(batch)
-                meter.add(len(batch.items))
+                meter.add(len(batch.items) + len(batch.rejects))
                 batch = Batch()
         for stream in streams:  # the rows after each source's last taken row
             for _kind, value, _ in stream:
                 batch.rejects.append(value)
         out.write(batch)
+        meter.add(len(batch.items) + len(batch.rejects))
     result = MixResult(tally=tally, outputs=outputs(output=output, rejects=rejects))
     result.manifest = _manifest(sources, by, seed, tally)
     if output != "-":

@@ -1,0 +1,180 @@
+"""The verb shell (prep.verbs, design §8): every option of every table is refused in the same words from the CLI,
+the Python API and a recipe; every data verb shows its progress on a terminal and none with --quiet; every verb
+exits with its result's exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import SAMPLES
+from prep.cli import main
+from prep.core import options as opts
+from prep.core.findings import PrepError
+from prep.formats.inputs import Inputs
+from prep.recipes.recipe import load_recipe
+from prep.verbs import VERBS
+
+# What each verb needs besides the option under test (valid values), as the CLI takes them and as the API does.
+_NEEDS: dict[str, dict[str, Any]] = {
+    "convert": {"to": "openai"}, "tokenize": {"tokenizer": "tok", "output": "out"}, "pack": {"output": "o", "max_len": 8},
+    "split": {"val": 0.1, "output": "o"}, "decontaminate": {"against": ["b.jsonl"], "output": "o"},
+    "export": {"to": "jsonl", "output": "o"}, "train": {"model": "m", "output": "o"}, "mix": {"output": "o"},
+    "dedup": {"output": "o"},
+}
+# A recipe's sections need these besides the option under test
+_RECIPE_NEEDS = {"convert": "to: openai", "split": "val: 0.1", "decontaminate": f"against: [{SAMPLES / 'openai.jsonl'}]",
+                 "pack": "max_len: 64", "tokenize": f"tokenizer: {SAMPLES / 'tokenizer'}", "train": "model: m"}
+
+
+def _bad(option: opts.Option) -> Any:
+    """A value the option's table refuses, or None when the table leaves any text to the verb."""
+    if option.choices or option.pattern:
+        return "nope"
+    if option.type is bool:
+        return "maybe"
+    if option.type in (int, float):
+        if option.low is not None:
+            return option.low - 1 if option.type is int else option.low - 0.5
+        return option.high + 1 if option.high is not None else "many"
+    return None
+
+
+_CASES = [(verb, option) for verb, v in VERBS.items() for option in v.table if _bad(option) is not None]
+
+
+def _cli_args(verb: str, option: opts.Option, bad: Any, tmp_path: Path) -> list[str]:
+    reads = VERBS[verb].reads
+    args = [verb] + ([str(tmp_path / "in.jsonl")] if reads in ("inputs", "targets") else [str(tmp_path)] if reads else [])
+    for name, value in _NEEDS.get(verb, {}).items():
+        if name != option.name:
+            flag = opts.option(verb, name).flag
+            args += [a for v in (value if isinstance(value, list) else [value]) for a in (flag, str(v))]
+    return args + [option.flag, str(bad)]
+
+
+@pytest.mark.parametrize(("verb", "option"), _CASES, ids=[f"{v}.{o.name}" for v, o in _CASES])
+def test_a_bad_value_gets_the_same_words_from_the_cli_the_api_and_a_recipe(verb: str, option: opts.Option,
+                                                                          tmp_path: Path) -> None:
+    bad = _bad(option)
+    words = f"{option.flag} {option.problem(bad)}"
+    assert option.problem(bad)
+    if option.type is not bool and option.cli:  # a flag carries no value to refuse on the command line
+        done = CliRunner().invoke(main, _cli_args(verb, option, bad, tmp_path))
+        assert done.exit_code == 2 and done.stderr.strip() == f"prep: {words}", done.stderr
+
+    inputs_option = VERBS[verb].reads == "inputs" and option in opts.INPUTS and option.name not in _NEEDS.get(verb, {})
+    with pytest.raises(PrepError) as api:
+        if inputs_option:  # the Python API's Inputs, as the CLI and recipes make it
+            Inputs.from_options({"files": ["in.jsonl"], option.name: bad})
+        elif option.name not in VERBS[verb].parameters:  # the caller's own option (quiet): prep.verbs checks it
+            VERBS[verb].arguments({**_NEEDS.get(verb, {}), option.name: bad})
+        elif verb == "train":
+            VERBS[verb].load(VERBS[verb].options)(**{**_NEEDS["train"], option.name: bad})
+        else:
+            first = {"inputs": Inputs(["in.jsonl"])}.get(VERBS[verb].reads, str(tmp_path))
+            VERBS[verb].load()(first, **{**{k: v for k, v in _NEEDS.get(verb, {}).items()}, option.name: bad})
+    assert str(api.value) == words
+
+    section = "inputs" if inputs_option else verb
+    if option.recipe and section in opts.RECIPE_SECTIONS:
+        lines = [f"inputs: {{files: [{SAMPLES / 'openai.jsonl'}]}}",
+                 f"tokenize: {{tokenizer: {SAMPLES / 'tokenizer'}}}" if section != "tokenize" else ""]
+        body = {k: v for k, v in [line.split(": ", 1) for line in [_RECIPE_NEEDS.get(section, "")] if line]}
+        if section == "inputs":
+            lines[0] = f"inputs: {{files: [{SAMPLES / 'openai.jsonl'}], {option.name}: {json.dumps(bad)}}}"
+        else:
+            body[option.name] = json.dumps(bad) if not option.multiple else f"[{json.dumps(bad)}]"
+            lines.append(f"{section}: {{{', '.join(f'{k}: {v}' for k, v in body.items())}}}")
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text("\n".join(filter(None, lines)) + "\n", encoding="utf-8")
+        with pytest.raises(PrepError) as from_recipe:
+            load_recipe(recipe)
+        assert str(from_recipe.value).endswith(f": {section}.{option.name} {option.problem(bad)}"), \
+            str(from_recipe.value)
+
+
+def test_every_option_is_the_verbs_or_the_callers() -> None:
+    """A table option the function does not take is one the caller acts on (quiet, --report, a recipe's
+    allow_errors): each is named here, so no option is silently dropped on its way to the verb."""
+    callers = {"quiet", "report", "allow_errors", "tokens", "show", "list_templates", "as_json"}
+    for verb, v in VERBS.items():
+        for option in opts.TABLES[verb]:
+            assert option.name in v.parameters or option.name in callers, f"{verb}.{option.name}"
+
+
+def test_stats_on_a_folder_with_a_rejected_row_exits_1(tmp_path: Path) -> None:
+    data = tmp_path / "in.jsonl"
+    data.write_text((SAMPLES / "openai.jsonl").read_text(encoding="utf-8") + "not json\n", encoding="utf-8")
+    made = CliRunner().invoke(main, ["tokenize", str(data), "--tokenizer", str(SAMPLES / "tokenizer"), "--template",
+                                     "chatml", "-o", str(tmp_path / "tok")])
+    assert made.exit_code == 1
+    assert CliRunner().invoke(main, ["stats", str(tmp_path / "tok")]).exit_code == 1
+    assert CliRunner().invoke(main, ["stats", str(data)]).exit_code == 1
+    assert CliRunner().invoke(main, ["stats", str(SAMPLES / "openai.jsonl")]).exit_code == 0
+
+
+# ---------------------------------------------------------------- progress
+
+
+def _on_a_terminal(args: list[str], cwd: Path) -> tuple[int, str]:
+    """Run prep with its stderr on a pseudo-terminal (where the progress bar is drawn); (exit code, what it drew)."""
+    leader, follower = pty.openpty()
+    env = {**os.environ, "COLUMNS": "160", "TERM": "xterm"}
+    proc = subprocess.Popen([sys.executable, "-m", "prep", *args], stdout=subprocess.DEVNULL, stderr=follower,
+                            stdin=subprocess.DEVNULL, cwd=cwd, env=env)
+    os.close(follower)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(leader, 1 << 16)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(leader)
+    return proc.wait(), drawn.decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_every_data_verb_shows_progress_on_100k_rows_and_none_when_quiet(tmp_path: Path) -> None:
+    rows = [{"messages": [{"role": "user", "content": f"question {i} about {i * 7 % 1000}"},
+                          {"role": "assistant", "content": f"answer {i} is {i * 13 % 997}"}]} for i in range(100_000)]
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    tok = ["--tokenizer", str(SAMPLES / "tokenizer"), "--template", "chatml"]
+    runs = {
+        "convert": ["convert", str(data), "--to", "trl", "-o", "c.jsonl"],
+        "validate": ["validate", str(data)],
+        "template": ["template", str(data), "--template", "chatml", "-o", "t.jsonl"],
+        "tokenize": ["tokenize", str(data), *tok, "-o", "tok"],
+        "mix": ["mix", f"{data}:50000", "-o", "m.jsonl"],
+        "dedup": ["dedup", str(data), "--exact", "-o", "d.jsonl"],
+        "split": ["split", str(data), "--val", "100", "--exact", "-o", "s"],
+        "decontaminate": ["decontaminate", str(data), "--against", str(SAMPLES / "openai.jsonl"), "-o", "x.jsonl"],
+        "pack": ["pack", "tok", "--max-len", "1024", "-o", "packed"],
+        "verify": ["verify", "tok"],
+        "stats": ["stats", "tok"],
+        "export": ["export", "tok", "--to", "axolotl", "-o", "e.parquet"],
+    }
+    for verb, args in runs.items():
+        code, drawn = _on_a_terminal(args, tmp_path)
+        assert code == 0, (verb, drawn[-2000:])
+        assert "100,000 rows" in drawn or "50,000 rows" in drawn, (verb, drawn[-2000:])
+        for name in ("c.jsonl", "t.jsonl", "m.jsonl", "d.jsonl", "x.jsonl", "e.parquet", "m.manifest.json"):
+            (tmp_path / name).unlink(missing_ok=True)
+        if verb in ("pack", "verify", "stats", "export"):
+            continue
+        quiet_code, quiet = _on_a_terminal([*args, "-q"] if verb != "validate" else [*args, "--quiet"], tmp_path)
+        assert quiet_code == 0 and "rows/s" not in quiet, (verb, quiet[-2000:])
+        for name in ("c.jsonl", "t.jsonl", "m.jsonl", "d.jsonl", "x.jsonl", "m.manifest.json"):
+            (tmp_path / name).unlink(missing_ok=True)
