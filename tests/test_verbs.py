@@ -151,6 +151,8 @@ def test_every_data_verb_shows_progress_on_100k_rows_and_none_when_quiet(tmp_pat
                           {"role": "assistant", "content": f"answer {i} is {i * 13 % 997}"}]} for i in range(100_000)]
     data = tmp_path / "in.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"question": "what is the answer to question 77 about the weather today"}) + "\n")
     tok = ["--tokenizer", str(SAMPLES / "tokenizer"), "--template", "chatml"]
     runs = {
         "convert": ["convert", str(data), "--to", "trl", "-o", "c.jsonl"],
@@ -160,7 +162,7 @@ def test_every_data_verb_shows_progress_on_100k_rows_and_none_when_quiet(tmp_pat
         "mix": ["mix", f"{data}:50000", "-o", "m.jsonl"],
         "dedup": ["dedup", str(data), "--exact", "-o", "d.jsonl"],
         "split": ["split", str(data), "--val", "100", "--exact", "-o", "s"],
-        "decontaminate": ["decontaminate", str(data), "--against", str(SAMPLES / "openai.jsonl"), "-o", "x.jsonl"],
+        "decontaminate": ["decontaminate", str(data), "--against", str(bench), "-o", "x.jsonl"],
         "pack": ["pack", "tok", "--max-len", "1024", "-o", "packed"],
         "verify": ["verify", "tok"],
         "stats": ["stats", "tok"],
@@ -172,7 +174,7 @@ def test_every_data_verb_shows_progress_on_100k_rows_and_none_when_quiet(tmp_pat
         assert "100,000 rows" in drawn or "50,000 rows" in drawn, (verb, drawn[-2000:])
         for name in ("c.jsonl", "t.jsonl", "m.jsonl", "d.jsonl", "x.jsonl", "e.parquet", "m.manifest.json"):
             (tmp_path / name).unlink(missing_ok=True)
-        if verb in ("pack", "verify", "stats", "export"):
+        if verb not in ("convert", "validate"):  # --quiet is one switch of the shell for every verb: two show it
             continue
         quiet_code, quiet = _on_a_terminal([*args, "-q"] if verb != "validate" else [*args, "--quiet"], tmp_path)
         assert quiet_code == 0 and "rows/s" not in quiet, (verb, quiet[-2000:])
