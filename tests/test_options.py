@@ -62,7 +62,7 @@ def test_the_cli_options_are_the_table(verb: str) -> None:
 
 
 def test_train_options_default_to_the_table() -> None:
-    from prep.trainer.train import TrainOptions
+    from prep.trainer.options import TrainOptions
 
     fields = {f.name: f.default for f in dataclasses.fields(TrainOptions) if f.name not in ("model", "output", "extra")}
     assert fields == {n: d for n, d in opts.defaults("train").items() if n in fields}

@@ -26,7 +26,7 @@ _WHERE = {
     "Inputs": "prep.formats.inputs", "convert": "prep.stages.convert", "validate": "prep.stages.validate",
     "template": "prep.stages.template", "tokenize": "prep.stages.tokenize", "pack": "prep.stages.pack",
     "verify": "prep.shards.verify", "inspect": "prep.stages.inspect", "stats": "prep.stages.stats",
-    "TrainOptions": "prep.trainer.train", "train": "prep.trainer.train", "generate": "prep.trainer.generate",
+    "TrainOptions": "prep.trainer.options", "train": "prep.trainer.train", "generate": "prep.trainer.generate",
     "load_recipe": "prep.recipes.recipe", "run": "prep.recipes.runner", "Progress": "prep.core.result",
     "Result": "prep.core.result", "Tally": "prep.core.findings", "Finding": "prep.core.findings",
     "PrepError": "prep.core.findings", "load_for_trl": "prep.trainer.bridge", "pretokenized": "prep.trainer.bridge",

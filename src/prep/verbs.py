@@ -94,7 +94,7 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
     Verb("stats", "prep.stages.stats:stats", reads="targets"),
     Verb("report", "prep.stages.report:report", reads="target"),
     Verb("export", "prep.stages.export:export", reads="shards"),
-    Verb("train", "prep.trainer.train:train", reads="shards", options="prep.trainer.train:TrainOptions"),
+    Verb("train", "prep.trainer.train:train", reads="shards", options="prep.trainer.options:TrainOptions"),
 )}
 
 

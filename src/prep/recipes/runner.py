@@ -355,7 +355,9 @@ def _pack(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, An
 
 def _train(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
     # the train extra's module is loaded only when a stage trains (a re-run or --dry-run must not pay for it)
-    from prep.trainer.train import REPORT, TrainOptions, can_resume  # noqa: PLC0415 - start-up time
+    from prep.trainer.checkpoints import can_resume  # noqa: PLC0415 - start-up time
+    from prep.trainer.options import TrainOptions  # noqa: PLC0415 - start-up time
+    from prep.trainer.train import REPORT  # noqa: PLC0415 - start-up time
 
     assert flow.shards is not None
     values = {**recipe.section("train"), "output": str(stage.folder), "shards": str(flow.shards)}

@@ -21,7 +21,6 @@ import dataclasses
 import json
 import math
 import resource
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,66 +30,18 @@ from prep.core.extras import require_train_extra
 from prep.core.findings import PrepError, Tally
 from prep.core.options import check
 from prep.core.result import Progress, ProgressFn, Result
-from prep.files import replaced, sha256_file, write_json
+from prep.files import replaced, write_json
 from prep.render.tokenizer import describe_tokenizer, fingerprint, same_tokenizer
-from prep.shards.layout import MANIFEST, position_ids, read_manifest
+from prep.shards.layout import position_ids, read_manifest
 from prep.shards.verify import require_verified
 from prep.trainer import preference
+from prep.trainer.checkpoints import COMPLETE, SIGNATURE, check_checkpoints, resume_point, signature
+from prep.trainer.options import TrainOptions
 from prep.trainer.preference import method_for
 
 REPORT = "training_report.json"
 TRAIN_INFO = "prep_train.json"
-COMPLETE = "prep_complete.json"  # written into a checkpoint last: one without it was cut off while it was saved
-SIGNATURE = "prep_signature.json"  # in checkpoints/: what the checkpoints were trained on, checked by --resume
-# options a resumed run may change: how long to train, how often to save, what to do after (not what a step computes)
-_RESUMABLE = {"max_steps", "epochs", "resume", "save_steps", "output", "merge", "report_to", "logging_steps", "force"}
 REAL_TOKENS = "prep_real_tokens"  # a batch's count of non-padding tokens, taken out before the model sees it
-
-
-@dataclass
-class TrainOptions:
-    """Everything `prep train` takes; defaults follow the common LoRA recipes (r 16, alpha 32, lr 2e-4)."""
-
-    model: str
-    output: str
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    target_modules: str = "all-linear"
-    use_rslora: bool = False
-    use_dora: bool = False
-    qlora: bool = False
-    full: bool = False
-    method: str | None = None  # None: from the shard kind
-    beta: float = 0.1
-    loss_type: str | None = None
-    desirable_weight: float = 1.0
-    undesirable_weight: float = 1.0
-    margin_column: str | None = None
-    ref_model: str | None = None
-    lr: float = 2e-4
-    epochs: float = 1.0
-    max_steps: int = -1
-    batch_size: int = 4
-    grad_accum: int = 1
-    warmup_ratio: float = 0.03
-    scheduler: str = "cosine"
-    weight_decay: float = 0.0
-    seed: int = 42
-    gradient_checkpointing: bool = False
-    eval: str | None = None
-    save_steps: int | None = None
-    resume: bool = False
-    merge: bool = False
-    report_to: str = "none"
-    force: bool = False
-    logging_steps: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
-    attn_implementation: str | None = None  # None: transformers' default (sdpa); flash_attention_2 needs a GPU
-
-    def __post_init__(self) -> None:
-        """Each value against the options table, however the options were made (CLI, recipe or Python)."""
-        check("train", asdict(self))
 
 
 def check_shards(folder: str, role: str = "training", method: str | None = None) -> dict[str, Any]:
@@ -338,8 +289,8 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
     eval_manifest = check_shards(options.eval, "evaluation", method) if options.eval else None
     out = Path(options.output)
     checkpoints = out / "checkpoints"
-    signature = _signature(shards, options)
-    _check_checkpoints(checkpoints, signature, options.resume)
+    signed = signature(shards, options)
+    check_checkpoints(checkpoints, signed, options.resume)
 
     import torch  # noqa: PLC0415 - train extra
     from transformers import AutoTokenizer, PrinterCallback, TrainerCallback, set_seed  # noqa: PLC0415 - train extra
@@ -417,9 +368,9 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
 
     trainer.add_callback(OnLog())
     checkpoints.mkdir(parents=True, exist_ok=True)
-    write_json(checkpoints / SIGNATURE, signature)
+    write_json(checkpoints / SIGNATURE, signed)
     notes: list[str] = []
-    start = _resume_point(checkpoints, notes) if options.resume else None
+    start = resume_point(checkpoints, notes) if options.resume else None
     resumed_from = int(start.name.rsplit("-", 1)[1]) if start else None
     result = trainer.train(resume_from_checkpoint=str(start) if start else None)
     runtime = time.perf_counter() - started
@@ -459,72 +410,6 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
     rows = manifest["counts"]["rows"]
     return TrainResult(tally=Tally(rows, rows), report=report, notes=notes,
                        outputs={"output": str(out), "model": str(saved), "report": str(out / REPORT)})
-
-
-def _signature(shards: str, options: TrainOptions) -> dict[str, Any]:
-    """What decides the checkpoints' contents: the shards (their manifest's sha256), the model and every
-    option a step depends on, keyed as the CLI spells them."""
-    signature = {"shards manifest sha256": sha256_file(Path(shards) / MANIFEST),
-                 "eval manifest sha256": sha256_file(Path(options.eval) / MANIFEST) if options.eval else None}
-    for key, value in asdict(options).items():
-        if key not in _RESUMABLE:
-            signature[f"--{key.replace('_', '-')}"] = value
-    return json.loads(json.dumps(signature, default=str))
-
-
-def _check_checkpoints(checkpoints: Path, signature: dict[str, Any], resume: bool) -> None:
-    """One run's checkpoints per folder: a new run never mixes its checkpoints with an earlier run's, and
-    --resume continues only a run with the same shards, model and options."""
-    complete, cut = _checkpoints(checkpoints)
-    found = bool(complete or cut)
-    if not resume:
-        if found:
-            raise PrepError(f"{checkpoints} holds checkpoints of an earlier run: pass --resume to continue it, or "
-                            "train into another -o (or delete that folder)")
-        return
-    if not complete:
-        raise PrepError(f"--resume: no complete checkpoint in {checkpoints} to resume from"
-                        + (f" ({', '.join(p.name for p in cut)} cut off while saved)" if cut else
-                           " (train with --save-steps)"))
-    try:
-        before = json.loads((checkpoints / SIGNATURE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise PrepError(f"--resume: {checkpoints} has no readable {SIGNATURE}, so which run its checkpoints belong "
-                        "to is unknown; train into another -o (or delete that folder)") from None
-    differ = [f"{k} {before.get(k)} then, {signature.get(k)} now" for k in dict.fromkeys([*before, *signature])
-              if before.get(k) != signature.get(k)]
-    if differ:
-        raise PrepError(f"--resume: the checkpoints in {checkpoints} were trained otherwise: {'; '.join(differ)}; "
-                        "resume with the same shards, model and options, or train into another -o")
-
-
-def can_resume(shards: str, options: TrainOptions) -> bool:
-    """Whether options.output holds checkpoints of this very run (same shards, model and options), so an
-    interrupted run can go on from them instead of starting again (prep run uses it)."""
-    try:
-        _check_checkpoints(Path(options.output) / "checkpoints", _signature(shards, options), resume=True)
-    except PrepError:
-        return False
-    return True
-
-
-def _checkpoints(checkpoints: Path) -> tuple[list[Path], list[Path]]:
-    """The complete checkpoints (their marker written last) and the incomplete ones (a run killed while saving),
-    each by step."""
-    found = sorted((p for p in checkpoints.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
-                   key=lambda p: int(p.name[11:]))
-    complete = [p for p in found if (p / COMPLETE).is_file()]
-    return complete, [p for p in found if p not in complete]
-
-
-def _resume_point(checkpoints: Path, notes: list[str]) -> Path:
-    """The newest complete checkpoint; newer incomplete ones are removed, and the notes say which."""
-    complete, cut = _checkpoints(checkpoints)
-    for p in cut:
-        notes.append(f"skipped {p.name}: it was cut off while it was saved (removed); resuming from "
-                     f"{complete[-1].name if complete else 'the start'}")
-        shutil.rmtree(p)
-    return complete[-1]
 
 
 _CURVE = ("step", "loss", "eval_loss", "learning_rate", "tokens_seen")  # first in the CSV; then what the trainer logs
