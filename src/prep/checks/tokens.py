@@ -15,12 +15,11 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from prep.checks.codes import finding, normalized
+from prep.checks.dataset_stats import Distribution
 from prep.checks.locate import LISTS, Loc
 from prep.checks.schemas import show
-from prep.checks.stats import Distribution
 from prep.core.columns import KIND_OF_RECORD
-from prep.core.findings import Batch, Finding, PrepError, Source
+from prep.core.findings import Batch, Finding, PrepError, Source, finding, normalized
 from prep.core.records import Record, kind_of
 from prep.render.encoder import Encoder, Settings
 from prep.render.templates import get_template

@@ -18,14 +18,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from prep.core.codes import REBUILD
 from prep.core.columns import schema as shard_schema
-from prep.core.findings import Finding, PrepError
+from prep.core.findings import Finding, PrepError, Source, finding
 from prep.core.result import Result
 from prep.files import sha256_file
 from prep.shards.layout import DATA_DIR, MANIFEST, SCHEMAS, read_manifest
 
 MAX_PER_CODE = 20
-_HINT = "rebuild the folder with the prep command that made it; never edit shards by hand"
 
 
 @dataclass
@@ -43,7 +43,8 @@ class Verification(Result):
             severity: str = "error") -> None:
         self.counts[code] += 1
         if self.counts[code] <= MAX_PER_CODE:
-            self.findings.append(Finding(code, message, _HINT, path, severity, file, line))
+            self.findings.append(finding(code, message, path,
+                                         hint=REBUILD, severity=severity).at(Source(file, line, 0)))
 
     @property
     def errors(self) -> int:

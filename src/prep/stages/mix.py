@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from prep.core.columns import KIND_OF_RECORD
-from prep.core.findings import Batch, Finding, PrepError, Reject, Source, Tally
+from prep.core.findings import Batch, PrepError, Reject, Source, Tally, finding
 from prep.core.options import check
 from prep.core.records import Record, kind_of
 from prep.core.result import Meter, ProgressFn, Result, outputs
@@ -45,7 +45,7 @@ from prep.render.tokenizer import load_tokenizer
 from prep.shards.layout import MANIFEST, read_manifest
 from prep.shards.reader import iter_tables
 from prep.shards.writer import ShardWriter
-from prep.stages.records import RecordsOut, Removes, open_rejects
+from prep.stages.record_writer import RecordsOut, Removes, open_rejects
 
 _SPEC = re.compile(r"^(?P<path>.+):(?P<spec>x\d+(\.\d+)?|x\.\d+|\d+|\d*\.\d+)$")
 _CHUNK = 4096
@@ -286,10 +286,9 @@ def _record_stream(s: MixSource, inputs: Inputs, tally: Tally) -> Iterator[tuple
 
 
 def _not_sampled(row: Any, source: Source, s: MixSource) -> Reject:
-    finding = Finding("not_sampled", f"the sample of {s.target} from {s.path} left this row out of pass "
-                      f"{s.passes_read}",
-                      "ask for more of this source (SRC:N, SRC:xK) to keep more of its rows", severity="info")
-    return Reject(source, [finding.at(source)], row)
+    why = finding("not_sampled", f"the sample of {s.target} from {s.path} left this row out of pass "
+                  f"{s.passes_read}")
+    return Reject(source, [why.at(source)], row)
 
 
 # ---------------------------------------------------------------- shards

@@ -51,7 +51,7 @@ def _text_row(record: Record, template: AnyTemplate | None, train_on: str, speci
         start, text = render_pair(template, record["prompt"], record[side], tools, f"$.{side}", kwargs)
         if row.setdefault("prompt", text[:start]) != text[:start]:
             raise row_error("prompt_mismatch", "the prompt renders differently before the chosen and the rejected "
-                            "answer", "use a template that renders the prompt the same way", "$.prompt")
+                            "answer", "$.prompt", hint="use a template that renders the prompt the same way")
         row[side] = text[start:]
     if kind == "feedback":
         row["label"] = record["label"]

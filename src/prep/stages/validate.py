@@ -2,7 +2,7 @@
 tool, AutoTrain, LLaMA-Factory), per row, with file, line, JSON path, code, severity, message and
 hint; it never stops at the first bad row. Rows read = rows accepted + rows rejected, always.
 
-Per file: a byte pass (`filechecks`), the streaming reader (`files.read_rows`), then the stage
+Per file: a byte pass (`bytescan`), the streaming reader (`files.read_rows`), then the stage
 `FileCheck.stage`: each raw row is checked against its format's JSON Schema, read into a canonical
 record by the format's own reader, and the record checked by the Python rules (`rules/`). A row
 with an error is rejected (kept with its findings by `--rejects`); warnings do not reject.
@@ -24,12 +24,12 @@ from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prep.checks import filechecks
-from prep.checks.codes import CODES, ERROR, finding
+from prep.checks import bytescan
+from prep.checks.dataset_stats import Stats
 from prep.checks.filecheck import MAX_CHARS, MAX_FINDINGS, Checked, Context, FileCheck, FileReport, Findings
 from prep.checks.rules import quality
-from prep.checks.stats import Stats
-from prep.core.findings import Batch, Finding, PrepError, Reject, Source
+from prep.core.codes import CODES
+from prep.core.findings import Batch, Finding, PrepError, Reject, Source, finding
 from prep.core.options import check
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files import (
@@ -96,7 +96,7 @@ class Report(Result):
             "summary": {
                 "files": len(self.files), "rows_read": self.rows_read, "rows_accepted": self.rows_accepted,
                 "rows_rejected": self.rows_rejected, "errors": f.errors, "warnings": f.warnings,
-                "findings_by_code": {code: {"severity": CODES[code].severity if code in CODES else ERROR, "count": n}
+                "findings_by_code": {code: {"severity": CODES[code].severity, "count": n}
                                      for code, n in sorted(f.counts.items())},
                 "findings_stored": len(f.stored), "findings_total": f.total,
             },
@@ -221,7 +221,7 @@ def _open(path: str, report: FileReport, ctx: Context) -> tuple[FileCheck, Itera
     """A file's byte pass and format (detected from its first rows unless given): its FileCheck and its row
     batches (None: it cannot be read as rows, which its findings say)."""
     name = report.path
-    scan = filechecks.scan(path, name, ctx.container or split_suffix(path)[0])
+    scan = bytescan.scan(path, name, ctx.container or split_suffix(path)[0])
     report.container, report.size = scan.container, scan.size
     for f in scan.findings:
         ctx.findings.add(f)
@@ -280,7 +280,7 @@ class _FilePart:
     role: str
     piece: Piece
     format: str | None
-    scan: filechecks.Scan
+    scan: bytescan.Scan
     first_kind: str | None
 
 

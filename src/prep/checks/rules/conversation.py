@@ -13,10 +13,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from prep.checks.codes import finding
 from prep.checks.locate import Loc
 from prep.checks.schemas import show
-from prep.core.findings import Finding
+from prep.core.findings import Finding, finding
 from prep.core.records import Message, Record, kind_of
 
 _PLACEHOLDERS = {"images": "<image>", "videos": "<video>", "audios": "<audio>"}
