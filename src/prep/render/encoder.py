@@ -38,6 +38,7 @@ from prep.core.findings import (
 from prep.core.records import Record, kind_of
 from prep.render.spans import Rendered, Span, Specials, nothing_to_train, resolve_train_on
 from prep.render.templates import AnyTemplate, document, prompt_text, render_pair, text_only
+from prep.render.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,13 @@ class _Job:
     plan: Any
     texts: list[str]
     encodings: list[Any] = field(default_factory=list)
+
+
+def build_encoder(tok: Tokenizer, template: AnyTemplate | None, settings: Settings) -> Encoder:
+    """The encoder of `settings.kind` with `tok` and `template` (`templates.chat_template`: name or file, its
+    arguments and day); plain text (pretrain) takes no template. tokenize, mix --by tokens and validate
+    --tokenizer all encode through here, so they count the same tokens."""
+    return Encoder(tok.backend, None if settings.kind == "pretrain" else template, tok.specials, settings)
 
 
 class Encoder:

@@ -6,15 +6,18 @@ carry loss (design §4). The built-in templates (prep.render.builtin) write the 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from prep.core.findings import PrepError, row_error
+from prep.core.options import DEFAULT_DATE
 from prep.core.records import MEDIA, Message, Record
 from prep.render.builtin import BUILTIN, NAMES, Template
 from prep.render.jinja import JinjaTemplate
 from prep.render.spans import Specials
+from prep.render.tokenizer import Tokenizer
 
 AnyTemplate = Template | JinjaTemplate
 
@@ -61,6 +64,18 @@ def get_template(name: str, specials: Specials | None = None,
     if name not in BUILTIN:
         raise PrepError(f"unknown template {name!r}; one of {', '.join(NAMES)}")
     return BUILTIN[name](specials)
+
+
+def chat_template(tok: Tokenizer | None, template: str | None, kwargs: dict[str, Any] | None = None,
+                  date: str = DEFAULT_DATE) -> AnyTemplate:
+    """The template every verb that renders uses (template, tokenize, mix --by tokens, validate --tokenizer):
+    `template` by name or .jinja file, default the tokenizer's own, with the template arguments `kwargs`
+    (`parse_kwargs`) and the day `date` strftime_now gives."""
+    if template is None and tok is not None and not tok.has_chat_template:
+        raise PrepError(f"the tokenizer at {tok.path} has no chat template and no --template was given; "
+                        "choose one (see `prep template --list`)")
+    jinja = functools.partial(tok.jinja, kwargs=kwargs, date=date) if tok else None
+    return get_template(template or "tokenizer", tok.specials if tok else None, jinja, kwargs)
 
 
 def text_only(record: Record) -> None:

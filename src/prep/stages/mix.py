@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,14 +33,14 @@ import pyarrow as pa
 
 from prep.core.columns import KIND_OF_RECORD
 from prep.core.findings import Batch, PrepError, Reject, Source, Tally, finding
-from prep.core.options import check
+from prep.core.options import DEFAULT_DATE, check
 from prep.core.records import Record, kind_of
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.core.sampling import row_counts, token_counts
 from prep.files import RowWriter, sha256_file, stem, write_json
 from prep.formats.inputs import Inputs, read_inputs
-from prep.render.encoder import Encoder, Settings
-from prep.render.templates import get_template
+from prep.render.encoder import Encoder, Settings, build_encoder
+from prep.render.templates import chat_template, parse_kwargs
 from prep.render.tokenizer import load_tokenizer
 from prep.shards.layout import MANIFEST, read_manifest
 from prep.shards.reader import iter_tables
@@ -141,9 +141,11 @@ class MixResult(Removes, Result):
 
 def mix(sources: list[str], output: str, *, by: str = "rows", seed: int = 42, tokenizer: str | None = None,
         template: str | None = None, rejects: str | None = None, inputs: Inputs | None = None,
-        progress: ProgressFn | None = None) -> MixResult:
+        progress: ProgressFn | None = None, template_kwargs: Iterable[str] = (),
+        date: str = DEFAULT_DATE) -> MixResult:
     """Mix `sources` (`PATH[:N|:xK|:RATIO]`: record files, or shard folders) into `output`. `inputs` says how
-    record files are read (format, reader settings); its files are ignored."""
+    record files are read (format, reader settings); its files are ignored. `--by tokens` on records counts
+    with `tokenizer` and `template`, its arguments `template_kwargs` and day `date`, as prep tokenize does."""
     check("mix", {"output": output, "by": by, "seed": seed, "template": template, "rejects": rejects})
     if not sources:
         raise PrepError("nothing to mix: give SRC[:N|:xK|:RATIO] files or shard folders")
@@ -158,7 +160,8 @@ def mix(sources: list[str], output: str, *, by: str = "rows", seed: int = 42, to
     meter.start()
     if all(shards):
         return _mix_shards(parsed, output, by, seed, rejects, meter)
-    return _mix_records(parsed, output, by, seed, tokenizer, template, rejects, inputs or Inputs(), meter)
+    encoders = _encoders(tokenizer, template, parse_kwargs(template_kwargs, template), date) if by == "tokens" else None
+    return _mix_records(parsed, output, by, seed, encoders, rejects, inputs or Inputs(), meter)
 
 
 def _manifest(sources: list[MixSource], by: str, seed: int, tally: Tally) -> dict[str, Any]:
@@ -181,14 +184,9 @@ def _schedule(sources: list[MixSource]) -> Iterator[int]:
 # ---------------------------------------------------------------- records
 
 
-def _mix_records(sources: list[MixSource], output: str, by: str, seed: int, tokenizer: str | None,
-                 template: str | None, rejects: str | None, inputs: Inputs, meter: Meter) -> MixResult:
-    encoders = None
-    if by == "tokens":
-        if tokenizer is None:
-            raise PrepError("--by tokens on record files counts the tokens prep tokenize would make: give "
-                            "--tokenizer (and --template), or mix tokenized shard folders")
-        encoders = _Encoders(tokenizer, template)
+def _mix_records(sources: list[MixSource], output: str, by: str, seed: int,
+                 encoders: Callable[[str], Encoder] | None, rejects: str | None, inputs: Inputs,
+                 meter: Meter) -> MixResult:
     for s in sources:
         _count(s, replace(inputs, files=[s.path]), encoders)
     plan(sources, seed, by)
@@ -221,18 +219,18 @@ def _mix_records(sources: list[MixSource], output: str, by: str, seed: int, toke
     return result
 
 
-class _Encoders:
+def _encoders(tokenizer: str | None, template: str | None, kwargs: dict[str, Any], date: str
+              ) -> Callable[[str], Encoder]:
     """prep tokenize's encoder for a kind of record (sft, dpo, ...), with the given tokenizer and template."""
+    if tokenizer is None:
+        raise PrepError("--by tokens on record files counts the tokens prep tokenize would make: give "
+                        "--tokenizer (and --template), or mix tokenized shard folders")
+    tok = load_tokenizer(tokenizer)
+    chosen = chat_template(tok, template, kwargs, date)
+    return lambda kind: build_encoder(tok, chosen, Settings(kind, "auto", None, "drop"))
 
-    def __init__(self, tokenizer: str, template: str | None) -> None:
-        self.tok = load_tokenizer(tokenizer)
-        self.template = get_template(template or "tokenizer", self.tok.specials, self.tok.jinja)
 
-    def __call__(self, kind: str) -> Encoder:
-        return Encoder(self.tok.backend, self.template, self.tok.specials, Settings(kind, "auto", None, "drop"))
-
-
-def _count(source: MixSource, inputs: Inputs, make_encoder: _Encoders | None) -> None:
+def _count(source: MixSource, inputs: Inputs, make_encoder: Callable[[str], Encoder] | None) -> None:
     """Pass one over a record file: its rows (and their tokens, counted by the encoder prep tokenize uses for
     the file's kind of record, or why it refuses them)."""
     tokens: list[int] = []

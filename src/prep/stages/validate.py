@@ -18,7 +18,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -30,7 +30,7 @@ from prep.checks.filecheck import MAX_CHARS, MAX_FINDINGS, Checked, Context, Fil
 from prep.checks.rules import quality
 from prep.core.codes import CODES
 from prep.core.findings import Batch, Finding, PrepError, Reject, Source, finding
-from prep.core.options import check
+from prep.core.options import DEFAULT_DATE, check
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files import (
     BATCH_ROWS,
@@ -121,7 +121,8 @@ def validate(inputs: Inputs, *, validation: Sequence[str] = (), kind: str | None
              rejects: str | None = None, min_rows: int = 1, max_findings: int | None = MAX_FINDINGS,
              max_chars: int = MAX_CHARS, tokenizer: Any = None, template: str | None = None,
              max_len: int | None = None, progress: ProgressFn | None = None, engine: str = "local",
-             ray_address: str | None = None, ray_workers: int = 0) -> Report:
+             ray_address: str | None = None, ray_workers: int = 0, template_kwargs: Iterable[str] = (),
+             date: str = DEFAULT_DATE) -> Report:
     """Check every row of every input file; raise PrepError only when the run cannot start (missing file, bad
     option).
 
@@ -129,7 +130,8 @@ def validate(inputs: Inputs, *, validation: Sequence[str] = (), kind: str | None
     `engine="ray"` runs each row's own checks on a Ray cluster and the checks across rows here (design §13): the
     same report.
     With `tokenizer` (a folder, or a loaded prep.render.tokenizer.Tokenizer) rows are also rendered with
-    `template` (default: the tokenizer's own) and tokenized, for token statistics and token checks."""
+    `template` (default: the tokenizer's own; its arguments `template_kwargs` and day `date`, as prep tokenize
+    takes them) and tokenized, for token statistics and token checks."""
     check("inputs", {"format": inputs.format, "input_type": inputs.container, "txt_split": inputs.txt_split})
     check("validate", {"validation": list(validation), "kind": kind, "strict": strict, "rejects": rejects,
                        "min_rows": min_rows, "max_findings": max_findings, "max_chars": max_chars,
@@ -154,7 +156,7 @@ def validate(inputs: Inputs, *, validation: Sequence[str] = (), kind: str | None
     if tokenizer is not None:
         from prep.checks.tokens import TokenCheck  # noqa: PLC0415 - start-up time: Arrow and numpy only to count tokens
 
-        ctx.tokens = TokenCheck(tokenizer, template, max_len)
+        ctx.tokens = TokenCheck(tokenizer, template, max_len, template_kwargs=template_kwargs, date=date)
     reports = {path: FileReport(display_name(path), role) for path, role in roles}
     with contextlib.ExitStack() as stack:
         stack.enter_context(_heap_frozen())
