@@ -124,7 +124,7 @@ class FileCheck:
         self.options = make_options(fmt, ctx.settings) if fmt else None
         self.read = module(fmt).read if fmt else None
         self.renames = self._renames()
-        self.ending = "unpaired_turn" if fmt == "sharegpt" else "ends_without_answer"
+        self.paired = fmt == "sharegpt"
         self.raw_messages = fmt in conversation.RAW_MESSAGE_FORMATS  # formats content.check looks into
         self.text_path = text_path(fmt, self.options) if fmt else "$.text"
         self.first_kind: str | None = None
@@ -203,7 +203,7 @@ class FileCheck:
                                               f"$.{column}").at(source))
 
     def _semantics(self, record: Record, locs: Lazy, whole: str) -> list[Finding]:
-        found = conversation.check(record, locs, self.ending, self.ctx.kind == "prompt") + \
+        found = conversation.check(record, locs, self.paired, self.ctx.kind == "prompt") + \
             text.check(record, locs, self.text_path, whole)
         kind = kind_of(record)
         if self.ctx.kind and kind not in ACCEPTS[self.ctx.kind]:
