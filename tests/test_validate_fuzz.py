@@ -10,7 +10,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prep.checks.codes import CODES
+from prep.core.codes import CODES
 from prep.stages.validate import validate
 from validate_util import inputs
 

@@ -13,7 +13,7 @@ from jsonschema import Draft202012Validator
 
 from conftest import ROOT, SAMPLES
 from prep.checks import schemas
-from prep.checks.codes import CODES
+from prep.core.codes import CODES
 from prep.formats import read_records
 
 jsonschema_rs = pytest.importorskip("jsonschema_rs")

@@ -15,14 +15,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from prep.checks import filechecks, schemas
-from prep.checks.codes import ERROR, finding, normalized
+from prep.checks import bytescan, schemas
+from prep.checks.dataset_stats import Stats
 from prep.checks.locate import Lazy, raw_path, text_path
 from prep.checks.rules import content, conversation, quality, text
 from prep.checks.schemas import show
-from prep.checks.stats import Stats
+from prep.core.codes import ERROR
 from prep.core.columns import ACCEPTS
-from prep.core.findings import Batch, Finding, Reject, RowError, Source, Tally
+from prep.core.findings import Batch, Finding, Reject, RowError, Source, Tally, finding, normalized
 from prep.core.options import MAX_ROW_BYTES
 from prep.core.records import Record, kind_of, record_id, type_name
 from prep.core.result import Meter
@@ -119,12 +119,12 @@ class Checked:
 class FileCheck:
     """The checks for one file: `check(row, source)` for one row, `stage(batches)` for a stream."""
 
-    def __init__(self, ctx: Context, report: FileReport, fmt: str | None, scan: filechecks.Scan) -> None:
+    def __init__(self, ctx: Context, report: FileReport, fmt: str | None, scan: bytescan.Scan) -> None:
         self.ctx, self.report, self.fmt, self.scan = ctx, report, fmt, scan
         self.options = make_options(fmt, ctx.settings) if fmt else None
         self.read = module(fmt).read if fmt else None
         self.renames = self._renames()
-        self.ending = "unpaired_turn" if fmt == "sharegpt" else "ends_without_answer"
+        self.paired = fmt == "sharegpt"
         self.raw_messages = fmt in conversation.RAW_MESSAGE_FORMATS  # formats content.check looks into
         self.text_path = text_path(fmt, self.options) if fmt else "$.text"
         self.first_kind: str | None = None
@@ -161,7 +161,7 @@ class FileCheck:
             other = detect(row)
             if other and other != self.fmt:
                 return None, [finding("mixed_formats", f"this row is {other} but the file is {self.fmt} (read from "
-                                      f"its first rows)", "$", f"keep one format per file; split the file or "
+                                      f"its first rows)", hint=f"keep one format per file; split the file or "
                                       f"convert these rows with `prep convert {other}`")], None
         elif self.raw_messages:
             found += content.check(row, self.fmt)
@@ -203,7 +203,7 @@ class FileCheck:
                                               f"$.{column}").at(source))
 
     def _semantics(self, record: Record, locs: Lazy, whole: str) -> list[Finding]:
-        found = conversation.check(record, locs, self.ending, self.ctx.kind == "prompt") + \
+        found = conversation.check(record, locs, self.paired, self.ctx.kind == "prompt") + \
             text.check(record, locs, self.text_path, whole)
         kind = kind_of(record)
         if self.ctx.kind and kind not in ACCEPTS[self.ctx.kind]:

@@ -17,8 +17,7 @@ from typing import Any
 from jsonschema import Draft202012Validator, ValidationError
 from referencing import Registry, Resource
 
-from prep.checks.codes import finding
-from prep.core.findings import Finding
+from prep.core.findings import Finding, finding
 from prep.core.records import type_name
 
 BASE = "https://prep.invalid/schemas/"
@@ -115,10 +114,10 @@ def _findings(error: ValidationError) -> list[Finding]:
     path = json_path(parts)
     value = error.instance
     if keyword == "required":
-        return [finding(code, f"required field {key!r} is missing", json_path([*parts, key]), hint or f"add {key!r}")
+        return [finding(code, f"required field {key!r} is missing", json_path([*parts, key]), hint=hint or f"add {key!r}")
                 for key in error.validator_value if isinstance(value, dict) and key not in value]
     if keyword == "dependentRequired":
-        return [finding(code, f"{key!r} needs {dep!r} beside it", json_path([*parts, dep]), hint or f"add {dep!r}")
+        return [finding(code, f"{key!r} needs {dep!r} beside it", json_path([*parts, dep]), hint=hint or f"add {dep!r}")
                 for key, deps in error.validator_value.items() if isinstance(value, dict) and key in value
                 for dep in deps if dep not in value]
     if keyword == "additionalProperties":
@@ -130,19 +129,19 @@ def _findings(error: ValidationError) -> list[Finding]:
         names = " or ".join(type_name({"object": {}, "array": [], "string": "", "boolean": True, "integer": 0,
                                        "number": 0.0, "null": None}[t]) for t in want if t != "null")
         if value is None:
-            return [finding(code, f"{path} is null; expected {names}", path, hint)]
-        return [finding(code, f"expected {names}, got {type_name(value)}", path, hint)]
+            return [finding(code, f"{path} is null; expected {names}", path, hint=hint)]
+        return [finding(code, f"expected {names}, got {type_name(value)}", path, hint=hint)]
     if keyword == "enum":
         allowed = ", ".join(show(v) for v in error.validator_value)
-        return [finding(code, f"{show(value)} is not one of {allowed}", path, hint)]
+        return [finding(code, f"{show(value)} is not one of {allowed}", path, hint=hint)]
     if keyword == "const":
-        return [finding(code, f"expected {show(error.validator_value)}, got {show(value)}", path, hint)]
+        return [finding(code, f"expected {show(error.validator_value)}, got {show(value)}", path, hint=hint)]
     if keyword == "minItems":
         if error.validator_value == 1:
-            return [finding(code, "the list is empty", path, hint)]
-        return [finding(code, f"has {len(value)} item(s); needs at least {error.validator_value}", path, hint)]
+            return [finding(code, "the list is empty", path, hint=hint)]
+        return [finding(code, f"has {len(value)} item(s); needs at least {error.validator_value}", path, hint=hint)]
     if keyword == "maxItems":
-        return [finding(code, f"has {len(value)} items; at most {error.validator_value} allowed", path, hint)]
+        return [finding(code, f"has {len(value)} items; at most {error.validator_value} allowed", path, hint=hint)]
     if keyword in ("minLength", "pattern"):
-        return [finding(code, "the text is empty", path, hint)]
-    return [finding(code, schema.get("x-message", error.message), path, hint)]
+        return [finding(code, "the text is empty", path, hint=hint)]
+    return [finding(code, schema.get("x-message", error.message), path, hint=hint)]

@@ -9,21 +9,21 @@ read it as a control token, not as text).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow.compute as pc
 
-from prep.checks.codes import finding, normalized
+from prep.checks.dataset_stats import Distribution
 from prep.checks.locate import LISTS, Loc
 from prep.checks.schemas import show
-from prep.checks.stats import Distribution
 from prep.core.columns import KIND_OF_RECORD
-from prep.core.findings import Batch, Finding, PrepError, Source
+from prep.core.findings import Batch, Finding, PrepError, Source, finding, normalized
+from prep.core.options import DEFAULT_DATE
 from prep.core.records import Record, kind_of
-from prep.render.encoder import Encoder, Settings
-from prep.render.templates import get_template
+from prep.render.encoder import Encoder, Settings, build_encoder
+from prep.render.templates import chat_template, parse_kwargs
 from prep.render.tokenizer import Tokenizer, load_tokenizer
 
 
@@ -51,14 +51,12 @@ class TokenCheck:
     """One tokenizer (and template) for a whole run; an encoder per record kind, made when first needed."""
 
     def __init__(self, tokenizer: str | Tokenizer, template: str | None = None, max_len: int | None = None,
-                 train_on: str = "auto") -> None:
+                 train_on: str = "auto", template_kwargs: Iterable[str] = (), date: str = DEFAULT_DATE) -> None:
         if max_len is not None and max_len < 2:
             raise PrepError("--max-len must be at least 2")
+        kwargs = parse_kwargs(template_kwargs, template)
         self.tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
-        if template is None and not self.tok.has_chat_template:
-            raise PrepError(f"the tokenizer at {self.tok.path} has no chat template; give --template "
-                            "(see `prep template --list`)")
-        self.template = get_template(template or "tokenizer", self.tok.specials, self.tok.jinja)
+        self.template = chat_template(self.tok, template, kwargs, date)
         self.max_len, self.train_on = max_len, train_on
         self.encoders: dict[str, Encoder] = {}
         specials = sorted(set(self.tok.added_tokens(special_only=True)) |
@@ -71,8 +69,7 @@ class TokenCheck:
     def _encoder(self, kind: str) -> Encoder:
         if kind not in self.encoders:
             # No max_len here: every row is counted whole, and rows over the limit are reported, not cut.
-            self.encoders[kind] = Encoder(self.tok.backend, None if kind == "pretrain" else self.template,
-                                          self.tok.specials, Settings(kind, self.train_on))
+            self.encoders[kind] = build_encoder(self.tok, self.template, Settings(kind, self.train_on))
         return self.encoders[kind]
 
     def count(self, records: list[Record], sources: list[Source]) -> list[Counted]:

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar
 
+from prep.core.codes import CODES
+
 T = TypeVar("T")
 U = TypeVar("U")
 EXAMPLES_PER_REASON = 3
@@ -65,9 +67,27 @@ class RowError(Exception):
         self.findings = list(findings)
 
 
-def row_error(code: str, message: str, hint: str = "", path: str = "$") -> RowError:
+def finding(code: str, message: str, path: str = "$", *, hint: str | None = None, severity: str | None = None
+            ) -> Finding:
+    """A finding of `code` with the severity and hint of its entry in `core.codes.CODES`; a raise site gives
+    `hint` only where it knows more, `severity` only where it drops a row validate merely warns about."""
+    spec = CODES[code]
+    return Finding(code, message, spec.hint if hint is None else hint, path, severity or spec.severity)
+
+
+def row_error(code: str, message: str, path: str = "$", *, hint: str | None = None,
+              severity: str | None = None) -> RowError:
     """Shorthand for the common case of one finding."""
-    return RowError(Finding(code, message, hint, path))
+    return RowError(finding(code, message, path, hint=hint, severity=severity))
+
+
+def normalized(f: Finding) -> Finding:
+    """A finding with its code's severity as validate reports it (a stage's reject may say error where
+    validate warns), and the code's hint when it has none."""
+    spec = CODES[f.code]
+    if f.severity == spec.severity and f.hint:
+        return f
+    return Finding(f.code, f.message, f.hint or spec.hint, f.path, spec.severity, f.file, f.line)
 
 
 @dataclass(slots=True)

@@ -217,6 +217,16 @@ CONVERT = (
     _QUIET,
 )
 
+# What a chat template reads besides the records: its arguments and the day (template, tokenize, mix, validate).
+_TEMPLATE_ARGS = (
+    Option("template_kwargs", multiple=True, recipe=True, pattern=r"\s*[a-z_][a-z0-9_]*\s*=[\s\S]*",
+           what="KEY=VALUE, e.g. enable_thinking=false",
+           help="Chat-template argument KEY=VALUE, the value read as YAML, e.g. enable_thinking=false (repeatable; a "
+                "row's chat_template_kwargs column overrides it)."),
+    Option("date", default=DEFAULT_DATE, recipe=True,
+           help="The day strftime_now gives chat templates (YYYY-MM-DD, or `today`); recorded in the manifest."),
+)
+
 VALIDATE = (
     Option("validation", multiple=True, path="file",
            help="A validation file: checked too, and for near-duplicates of the training rows (repeatable). Inputs "
@@ -231,6 +241,7 @@ VALIDATE = (
     Option("tokenizer", help="A tokenizer folder: adds token statistics and token-level checks."),
     replace(_TEMPLATE, recipe=False, help="Chat template for --tokenizer (default: the tokenizer's own; see `prep "
                                           "template --list`)."),
+    *(replace(o, recipe=False) for o in _TEMPLATE_ARGS),
     Option("max_len", int, None, "With --tokenizer: report rows longer than this.", low=2),
     Option("allow_errors", bool, False, "Go on without the rows that have errors (kept in validate/rejects.jsonl) "
                                         "instead of stopping.", cli=False, recipe=True),
@@ -246,14 +257,6 @@ _TEMPLATE_OR_FILE = replace(_TEMPLATE, choices=(), what="", help="Chat template 
 _REASONING = Option("train_on_reasoning", default="yes", choices=YES_NO, recipe=True,
                     help="Train the reasoning (the think block before an answer), or mask it and train the answer "
                          "only. An empty think block is never trained.")
-_TEMPLATE_ARGS = (
-    Option("template_kwargs", multiple=True, recipe=True, pattern=r"\s*[a-z_][a-z0-9_]*\s*=[\s\S]*",
-           what="KEY=VALUE, e.g. enable_thinking=false",
-           help="Chat-template argument KEY=VALUE, the value read as YAML, e.g. enable_thinking=false (repeatable; a "
-                "row's chat_template_kwargs column overrides it)."),
-    Option("date", default=DEFAULT_DATE, recipe=True,
-           help="The day strftime_now gives chat templates (YYYY-MM-DD, or `today`); recorded in the manifest."),
-)
 
 TEMPLATE = (
     replace(_TEMPLATE_OR_FILE, recipe=False, help="Template name (see --list) or a .jinja file (with --tokenizer); "
@@ -331,6 +334,7 @@ MIX = (
            recipe=True),
     Option("tokenizer", help="--by tokens on records: the tokenizer the rows are counted with."),
     replace(_TEMPLATE, recipe=False, help="--by tokens on records: the template (default: the tokenizer's own)."),
+    *(replace(o, recipe=False) for o in _TEMPLATE_ARGS),
     Option("rejects", help="Keep unreadable rows and the rows not sampled, with reasons (JSONL).", path="file"),
     _QUIET,
 )

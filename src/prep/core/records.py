@@ -70,8 +70,7 @@ _basename = functools.lru_cache(maxsize=64)(os.path.basename)  # runs once per r
 
 def require_object(row: Any, what: str) -> dict[str, Any]:
     if not isinstance(row, dict):
-        raise row_error("not_an_object", f"a row must be a JSON object ({what} format), got {type_name(row)}",
-                        "each row must be an object such as {\"messages\": [...]}")
+        raise row_error("not_an_object", f"a row must be a JSON object ({what} format), got {type_name(row)}")
     return row
 
 
@@ -84,17 +83,18 @@ def get(row: dict[str, Any], key: str, path: str = "$", *, required: bool = True
     """row[key], or a `missing_field` finding; null counts as absent (Arrow fills absent fields with null)."""
     value = row.get(key)
     if value is None and required:
-        raise row_error("missing_field", f"required field {key!r} is missing", hint or f"add {key!r} to " + ("the row" if path == "$" else path),
-                        f"{path}.{key}")
+        raise row_error("missing_field", f"required field {key!r} is missing", f"{path}.{key}",
+                        hint=hint or f"add {key!r} to " + ("the row" if path == "$" else path))
     return value
 
 
 def text(value: Any, path: str, *, allow_empty: bool = True) -> str:
     """A string field; numbers are not silently stringified."""
     if not isinstance(value, str):
-        raise row_error("wrong_type", f"expected a string, got {type_name(value)}", "make this field a string", path)
+        raise row_error("wrong_type", f"expected a string, got {type_name(value)}", path,
+                        hint="make this field a string")
     if not allow_empty and not value.strip():
-        raise row_error("empty_value", "the text is empty", "give this field some text or drop the row", path)
+        raise row_error("empty_value", "the text is empty", path)
     return value
 
 
@@ -104,11 +104,11 @@ def json_value(value: Any, path: str, expect: type) -> Any:
         try:
             value = json.loads(value)
         except ValueError as e:
-            raise row_error("bad_json", f"field holds text that is not valid JSON: {e}", "fix the JSON in this field",
-                            path) from None
+            raise row_error("bad_json", f"field holds text that is not valid JSON: {e}", path,
+                            hint="fix the JSON in this field") from None
     if not isinstance(value, expect):
         want = "an array" if expect is list else "an object"
-        raise row_error("wrong_type", f"expected {want}, got {type_name(value)}", f"make this field {want}", path)
+        raise row_error("wrong_type", f"expected {want}, got {type_name(value)}", path, hint=f"make this field {want}")
     return value
 
 
@@ -118,8 +118,8 @@ def boolean(value: Any, path: str) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
-    raise row_error("wrong_type", f"expected true or false, got {json.dumps(value)}",
-                    "labels must be booleans (true = desirable)", path)
+    raise row_error("wrong_type", f"expected true or false, got {json.dumps(value)}", path,
+                    hint="labels must be booleans (true = desirable)")
 
 
 # Fields a reader or writer leaves behind, collected per row (a thread's own list: tokenize reads in a thread).
@@ -174,8 +174,8 @@ def with_reasoning(m: Message, fmt: str, path: str) -> str:
     if reasoning is None:
         return m["content"]
     if THINK_CLOSE in reasoning:
-        raise not_expressible(fmt, f"reasoning that contains {THINK_CLOSE}", "convert to openai or trl",
-                              f"{path}.reasoning_content")
+        raise not_expressible(fmt, f"reasoning that contains {THINK_CLOSE}", f"{path}.reasoning_content",
+                              hint="convert to openai or trl")
     return join_think(reasoning, m["content"])
 
 
@@ -195,11 +195,9 @@ def arguments(value: Any, path: str) -> dict[str, Any]:
         try:
             value = json.loads(value) if value.strip() else {}
         except ValueError as e:
-            raise row_error("bad_tool_arguments", f"tool-call arguments are not valid JSON: {e}",
-                            "arguments must be a JSON object encoded as a string", path) from None
+            raise row_error("bad_tool_arguments", f"tool-call arguments are not valid JSON: {e}", path) from None
     if not isinstance(value, dict):
-        raise row_error("bad_tool_arguments", f"tool-call arguments must be an object, got {type_name(value)}",
-                        "arguments must be a JSON object", path)
+        raise row_error("bad_tool_arguments", f"tool-call arguments must be an object, got {type_name(value)}", path)
     return value
 
 
@@ -212,12 +210,10 @@ def tools(value: Any, path: str) -> list[dict[str, Any]] | None:
     for i, spec in enumerate(specs):
         where = f"{path}[{i}]"
         if not isinstance(spec, dict):
-            raise row_error("bad_tools", f"a tool must be an object, got {type_name(spec)}",
-                            "each tool is {\"type\": \"function\", \"function\": {\"name\": ...}}", where)
+            raise row_error("bad_tools", f"a tool must be an object, got {type_name(spec)}", where)
         function = spec.get("function") if spec.get("type") == "function" else spec
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise row_error("bad_tools", "a tool needs a function with a string name",
-                            "each tool is {\"type\": \"function\", \"function\": {\"name\": ...}}", where)
+            raise row_error("bad_tools", "a tool needs a function with a string name", where)
         out.append({"type": "function", "function": function})
     return out
 
@@ -235,30 +231,30 @@ def parse_messages(value: Any, path: str) -> list[Message]:
     open_calls: list[str] = []
     for i, item in enumerate(items):
         if not isinstance(item, dict):
-            raise row_error("wrong_type", f"a message must be an object, got {type_name(item)}",
-                            "each message is {\"role\": ..., \"content\": ...}", f"{path}[{i}]")
+            raise row_error("wrong_type", f"a message must be an object, got {type_name(item)}", f"{path}[{i}]",
+                            hint="each message is {\"role\": ..., \"content\": ...}")
         role = item.get("role")
         if role == "function":
             role = "tool"
         if role not in ROLES:  # paths are spelled out only for an error or a field most messages lack
             where = f"{path}[{i}]"
             get(item, "role", where)
-            raise row_error("bad_role", f"unknown role {role!r}", f"use one of {', '.join(ROLES)}", f"{where}.role")
+            raise row_error("bad_role", f"unknown role {role!r}", f"{where}.role",
+                            hint=f"use one of {', '.join(ROLES)}")
         extra: dict[str, Any] = {}
         raw_calls = item.get("tool_calls") or ([item["function_call"]] if item.get("function_call") else [])
         if raw_calls:
             where = f"{path}[{i}]"
             if role != "assistant":
                 raise row_error("bad_tool_call", f"a {role} message cannot make tool calls",
-                                "only assistant messages carry tool_calls", f"{where}.tool_calls")
+                                f"{where}.tool_calls", hint="only assistant messages carry tool_calls")
             extra["tool_calls"] = []
             for j, call in enumerate(json_value(raw_calls, f"{where}.tool_calls", list)):
                 cw = f"{where}.tool_calls[{j}]"
                 call = json_value(call, cw, dict)
                 function = call.get("function", call)
                 if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-                    raise row_error("bad_tool_call", "a tool call needs a function with a string name",
-                                    "write {\"type\": \"function\", \"function\": {\"name\", \"arguments\"}}", cw)
+                    raise row_error("bad_tool_call", "a tool call needs a function with a string name", cw)
                 call_id = call.get("id") if isinstance(call.get("id"), str) and call.get("id") else f"call_{calls}"
                 calls += 1
                 open_calls.append(call_id)
@@ -286,7 +282,6 @@ def parse_messages(value: Any, path: str) -> list[Message]:
         if weight is not None:
             if weight not in (0, 1) or isinstance(weight, bool) or role != "assistant":
                 raise row_error("bad_weight", f"weight must be 0 or 1 on an assistant message, got {weight!r} on {role}",
-                                "use weight 0 to keep an assistant turn out of the loss, 1 (default) to train it",
                                 f"{path}[{i}].weight")
             extra["weight"] = int(weight)
         messages.append(message(role, content, **extra))
@@ -308,14 +303,14 @@ def _message_extras(item: dict[str, Any], role: str, path: str, extra: dict[str,
 
 def _content(value: Any, path: str, item: dict[str, Any]) -> str:
     if value is None:
-        raise row_error("missing_field", "message has no content", "give every message a string content", path)
+        raise row_error("missing_field", "message has no content", path, hint="give every message a string content")
     if isinstance(value, list):  # OpenAI content parts
         parts = []
         for k, part in enumerate(value):
             if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
                 kind = part.get("type") if isinstance(part, dict) else type_name(part)
                 raise row_error("unsupported_content", f"content part of type {kind!r} is not supported",
-                                "prep handles text only: keep text parts, drop images/audio", f"{path}[{k}]")
+                                f"{path}[{k}]")
             parts.append(part["text"])
         return "".join(parts)
     return text(value, path)
@@ -323,7 +318,8 @@ def _content(value: Any, path: str, item: dict[str, Any]) -> str:
 
 def require_messages(messages: list[Message], path: str) -> list[Message]:
     if not messages:
-        raise row_error("empty_value", "the conversation has no messages", "give the row at least one message", path)
+        raise row_error("empty_value", "the conversation has no messages", path,
+                        hint="give the row at least one message")
     return messages
 
 
@@ -353,10 +349,10 @@ def media(row: dict[str, Any], columns: dict[str, str | None] | None = None) -> 
 
 def refuse_media(record: Record, fmt: str) -> None:
     if any(record.get(k) for k in MEDIA):
-        raise not_expressible(fmt, "images, videos or audios", "convert multimodal rows to openai, sharegpt or trl")
+        raise not_expressible(fmt, "images, videos or audios",
+                              hint="convert multimodal rows to openai, sharegpt or trl")
 
 
-def not_expressible(fmt: str, what: str, hint: str = "", path: str = "$") -> RowError:
+def not_expressible(fmt: str, what: str, path: str = "$", *, hint: str | None = None) -> RowError:
     """A writer's refusal: the target format cannot hold this record without losing something."""
-    return row_error("not_expressible", f"{fmt} cannot express {what}",
-                     hint or "convert to openai or trl, which hold every record kind but text", path)
+    return row_error("not_expressible", f"{fmt} cannot express {what}", path, hint=hint)

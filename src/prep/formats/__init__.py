@@ -89,8 +89,7 @@ def _dropped_stage(fn: Any, fields: Fields) -> Any:
                 names = sorted(set(dropped))
                 if fields.strict:
                     raise row_error("dropped_field", f"field{'s' if len(names) > 1 else ''} {', '.join(names)} "
-                                    "would be dropped", "map them, keep them with --keep-columns, or leave out "
-                                    "--strict-fields", f"$.{names[0]}")
+                                    "would be dropped", f"$.{names[0]}")
                 counts.update(names)
             return out
 

@@ -61,8 +61,8 @@ def read(row: Any, options: Options) -> r.Record:
         for i, pair in enumerate(pairs):
             where = f"$.{o.history}[{i}]"
             if not (isinstance(pair, list) and len(pair) == 2):
-                raise r.row_error("wrong_type", "a history entry must be a [prompt, response] pair",
-                                  "write history as [[\"question\", \"answer\"], ...]", where)
+                raise r.row_error("wrong_type", "a history entry must be a [prompt, response] pair", where,
+                                  hint="write history as [[\"question\", \"answer\"], ...]")
             prompt.append(r.message("user", r.text(pair[0], f"{where}[0]")))
             prompt.append(r.message("assistant", r.text(pair[1], f"{where}[1]")))
     query = [q for q in (_field(row, o.prompt), _field(row, o.query)) if q]
@@ -99,8 +99,8 @@ def _prompt_columns(prompt: list[r.Message], o: Options, path: str) -> dict[str,
         prompt = prompt[1:]
     roles = [m["role"] for m in prompt]
     if roles != ["user", "assistant"] * (len(roles) // 2) + ["user"]:
-        raise r.not_expressible(NAME, f"this role order ({', '.join(roles) or 'empty'})",
-                                "alpaca holds an optional system, user/assistant pairs, then one user turn", path)
+        raise r.not_expressible(NAME, f"this role order ({', '.join(roles) or 'empty'})", path,
+                                hint="alpaca holds an optional system, user/assistant pairs, then one user turn")
     out[o.prompt] = prompt[-1]["content"]
     out[o.query] = ""
     if len(prompt) > 1:
@@ -122,7 +122,7 @@ def write(record: r.Record, options: Options) -> dict[str, Any]:
     kind = r.kind_of(record)
     r.refuse_media(record, NAME)
     if kind == "text":
-        raise r.not_expressible(NAME, "plain text (pretraining) records", "convert text records to trl or text")
+        raise r.not_expressible(NAME, "plain text (pretraining) records", hint="convert text records to trl or text")
     if kind == "chat":
         messages = record["messages"]
         if record.get("tools"):

@@ -51,7 +51,7 @@ def dialogue(value: str, options: Options, path: str) -> list[r.Message] | None:
         return None
     if value[: found[0].start()].strip():
         raise r.row_error("bad_dialogue", f"text before the first {options.human_prefix!r} or {options.bot_prefix!r}",
-                          "start the cell with a role prefix", path)
+                          path)
     messages = []
     for k, m in enumerate(found):
         end = found[k + 1].start() if k + 1 < len(found) else len(value)
@@ -79,7 +79,7 @@ def read(row: Any, options: Options) -> r.Record:
         rejected_d = dialogue(rejected, o, f"$.{o.rejected_text_column}")
         if not chosen_d or not rejected_d:
             raise r.row_error("bad_dialogue", "reward rows without a prompt need both texts as dialogues",
-                              f"write them as `{o.human_prefix} … {o.bot_prefix} …` or add a prompt column")
+                              hint=f"write them as `{o.human_prefix} … {o.bot_prefix} …` or add a prompt column")
         prompt, chosen, rejected_side = r.split_common_prefix(chosen_d, rejected_d)
         return {"prompt": prompt, "chosen": chosen, "rejected": rejected_side}
     messages = dialogue(text, o, f"$.{o.text_column}")

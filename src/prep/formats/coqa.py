@@ -50,8 +50,7 @@ def _texts(value: Any, path: str) -> list[str]:
     ordered = sorted(turns, key=lambda t: t[0])
     ids = [t for t, _ in ordered]
     if len(set(ids)) != len(ids):
-        raise r.row_error("bad_turns", "two entries share a turn_id", "give every question/answer its own turn_id",
-                          path)
+        raise r.row_error("bad_turns", "two entries share a turn_id", path)
     return [t for _, t in ordered]
 
 
@@ -61,11 +60,10 @@ def read(row: Any, options: Options) -> r.Record:
     questions = _texts(r.get(row, "questions"), "$.questions")
     answers = _texts(r.get(row, "answers"), "$.answers")
     if len(questions) != len(answers):
-        raise r.row_error("count_mismatch", f"{len(questions)} questions but {len(answers)} answers",
-                          "every question needs exactly one answer", "$.answers")
+        raise r.row_error("count_mismatch", f"{len(questions)} questions but {len(answers)} answers", "$.answers")
     if not questions:
-        raise r.row_error("empty_value", "the story has no questions", "drop the story or add its questions",
-                          "$.questions")
+        raise r.row_error("empty_value", "the story has no questions", "$.questions",
+                          hint="drop the story or add its questions")
     messages = [r.message("system", options.system.replace("{story}", story))]
     for q, a in zip(questions, answers, strict=True):
         messages += [r.message("user", q), r.message("assistant", a)]

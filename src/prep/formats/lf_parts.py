@@ -57,8 +57,9 @@ def read(row: Any, options: Options) -> r.Record:
         prompt, chosen, rejected = r.split_common_prefix(chosen, rejected)
         for key, side in (("chosen_messages", chosen), ("rejected_messages", rejected)):
             if not side or side[0]["role"] != "assistant":
-                raise r.row_error("bad_preference", f"{key} must continue the shared prompt with an assistant answer",
-                                  "give both conversations the same prompt and a different answer", f"$.{key}")
+                raise r.row_error("bad_preference",
+                                  f"{key} must continue the shared prompt with an assistant answer", f"$.{key}",
+                                  hint="give both conversations the same prompt and a different answer")
         return r.with_tools({"prompt": prompt, "chosen": chosen, "rejected": rejected}, tools)
     messages = r.require_messages(_messages(r.get(row, "messages"), "$.messages"), "$.messages")
     return r.with_tools({"messages": messages}, tools)
@@ -74,7 +75,8 @@ def _messages(value: Any, path: str) -> list[r.Message]:
         item = r.json_value(item, where, dict)
         role = r.get(item, "role", where)
         if role not in _ROLES:
-            raise r.row_error("bad_role", f"unknown role {role!r}", f"use one of {', '.join(_ROLES)}", f"{where}.role")
+            raise r.row_error("bad_role", f"unknown role {role!r}", f"{where}.role",
+                              hint=f"use one of {', '.join(_ROLES)}")
         for key in item:
             if key not in _KEYS:
                 r.note_dropped(key)
@@ -83,8 +85,8 @@ def _messages(value: Any, path: str) -> list[r.Message]:
         for k, part in enumerate(parts):
             pw = f"{where}.content[{k}]"
             if not isinstance(part, dict) or not isinstance(part.get("value"), str):
-                raise r.row_error("bad_content_part", "a content part is {\"type\": ..., \"value\": text}",
-                                  "write each part as {\"type\": \"text\", \"value\": \"...\"}", pw)
+                raise r.row_error("bad_content_part", "a content part is {\"type\": ..., \"value\": text}", pw,
+                                  hint="write each part as {\"type\": \"text\", \"value\": \"...\"}")
             kind = part.get("type")
             if kind == "text":
                 text.append(part["value"])
@@ -95,10 +97,11 @@ def _messages(value: Any, path: str) -> list[r.Message]:
                     call = json.loads(part["value"])
                 except ValueError as e:
                     raise r.row_error("bad_tool_call", f"a tool_call part's value is not JSON: {e}",
-                                      "write the call as {\"name\": ..., \"arguments\": {...}}", f"{pw}.value") from None
+                                      f"{pw}.value",
+                                      hint="write the call as {\"name\": ..., \"arguments\": {...}}") from None
                 if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-                    raise r.row_error("bad_tool_call", "a tool call needs a string name",
-                                      "write the call as {\"name\": ..., \"arguments\": {...}}", f"{pw}.value")
+                    raise r.row_error("bad_tool_call", "a tool call needs a string name", f"{pw}.value",
+                                      hint="write the call as {\"name\": ..., \"arguments\": {...}}")
                 call_id = f"call_{calls}"
                 calls += 1
                 open_calls.append(call_id)
@@ -106,8 +109,9 @@ def _messages(value: Any, path: str) -> list[r.Message]:
                                                                         f"{pw}.value.arguments"), call_id))
             else:
                 raise r.row_error("unsupported_content", f"a {role} message cannot hold a content part of type "
-                                  f"{kind!r}", "prep reads text parts, and reasoning and tool_call parts of "
-                                  "assistant messages", f"{pw}.type")
+                                  f"{kind!r}", f"{pw}.type",
+                                  hint="prep reads text parts, and reasoning and tool_call parts of "
+                                  "assistant messages")
         extra: dict[str, Any] = {}
         if reasoning:
             extra["reasoning_content"] = "".join(reasoning)
@@ -121,8 +125,9 @@ def _messages(value: Any, path: str) -> list[r.Message]:
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight not in (0, 1) or \
                     weight == 1 and not trained:
                 raise r.row_error("bad_weight", f"loss_weight {weight!r} on a {role} message: prep trains assistant "
-                                  "messages fully (1.0) or not at all (0.0)", "use 1.0 or 0.0 on assistant messages "
-                                  "and 0.0 elsewhere (or --train-on all to train every token)", f"{where}.loss_weight")
+                                  "messages fully (1.0) or not at all (0.0)", f"{where}.loss_weight",
+                                  hint="use 1.0 or 0.0 on assistant messages "
+                                  "and 0.0 elsewhere (or --train-on all to train every token)")
             if trained and weight == 0:
                 extra["weight"] = 0
         out.append(r.message(role, "".join(text), **extra))
@@ -161,7 +166,7 @@ def write(record: r.Record, options: Options) -> dict[str, Any]:
     kind = r.kind_of(record)
     r.refuse_media(record, NAME)
     if kind in ("text", "feedback"):
-        raise r.not_expressible(NAME, "plain text or KTO feedback records", "convert them to trl")
+        raise r.not_expressible(NAME, "plain text or KTO feedback records", hint="convert them to trl")
     if kind == "chat":
         out: dict[str, Any] = {"messages": _dump(record["messages"])}
     else:

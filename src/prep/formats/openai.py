@@ -42,7 +42,6 @@ def read(row: Any, options: Options) -> r.Record:
         label = r.boolean(row[options.label], f"$.{options.label}")
         if messages[-1]["role"] != "assistant":
             raise r.row_error("bad_feedback", "the last message of a labelled row must be the assistant's completion",
-                              "end the conversation with the assistant answer that the label judges",
                               f"$.{options.messages}[{len(messages) - 1}]")
         record = {"prompt": messages[:-1], "completion": messages[-1:], "label": label}
     else:
@@ -57,8 +56,8 @@ def _read_dpo(row: dict[str, Any]) -> r.Record:
     for key in ("preferred_output", "non_preferred_output"):
         side = r.parse_messages(r.get(row, key), f"$.{key}")
         if len(side) != 1 or side[0]["role"] != "assistant":
-            raise r.row_error("bad_preference", f"{key} must hold exactly one assistant message",
-                              "give one {\"role\": \"assistant\", \"content\": ...} per side", f"$.{key}")
+            raise r.row_error("bad_preference", f"{key} must hold exactly one assistant message", f"$.{key}",
+                              hint="give one {\"role\": \"assistant\", \"content\": ...} per side")
         sides[key] = side
     return r.with_tools({"prompt": prompt, "chosen": sides["preferred_output"],
                          "rejected": sides["non_preferred_output"]}, r.tools(given.get("tools"), "$.input.tools"))
@@ -90,4 +89,4 @@ def write(record: r.Record, options: Options) -> dict[str, Any]:
     if kind == "feedback":
         return {options.messages: dump_messages(record["prompt"] + record["completion"]),
                 options.label: record["label"], **tools}
-    raise r.not_expressible(NAME, "plain text (pretraining) records", "convert text records to trl or text")
+    raise r.not_expressible(NAME, "plain text (pretraining) records", hint="convert text records to trl or text")

@@ -81,14 +81,14 @@ def read(row: Any, options: Options) -> r.Record:
         for col, side in zip((o.chosen, o.rejected), sides, strict=True):
             if side[0]["role"] != "assistant":
                 raise r.row_error("bad_preference", f"{col} must be an assistant turn ({o.assistant_tag} or "
-                                  f"{o.function_tag})", "give the two candidate answers as assistant turns", f"$.{col}")
+                                  f"{o.function_tag})", f"$.{col}",
+                                  hint="give the two candidate answers as assistant turns")
         record: r.Record = {"prompt": messages, "chosen": sides[0], "rejected": sides[1]}
     elif o.kto_tag and row.get(o.kto_tag) is not None:
         label = r.boolean(row[o.kto_tag], f"$.{o.kto_tag}")
         r.require_messages(messages, path)
         if messages[-1]["role"] != "assistant":
-            raise r.row_error("bad_feedback", "the last turn of a labelled row must be the assistant's answer",
-                              "end the conversation with the answer the label judges", path)
+            raise r.row_error("bad_feedback", "the last turn of a labelled row must be the assistant's answer", path)
         record = {"prompt": messages[:-1], "completion": messages[-1:], "label": label}
     else:
         record = {"messages": r.require_messages(messages, path)}
@@ -135,22 +135,23 @@ def _turn(turn: Any, path: str, o: Options, calls: _Calls, tags: tuple[str, ...]
             parsed = json.loads(value)
         except ValueError as e:
             raise r.row_error("bad_tool_call", f"{o.function_tag} value is not JSON: {e}",
-                              "write the call as {\"name\": ..., \"arguments\": {...}}", f"{where}.{o.content_tag}") from None
+                              f"{where}.{o.content_tag}",
+                              hint="write the call as {\"name\": ..., \"arguments\": {...}}") from None
         tool_calls = []
         for k, call in enumerate(parsed if isinstance(parsed, list) else [parsed]):
             cw = f"{where}.{o.content_tag}" + (f"[{k}]" if isinstance(parsed, list) else "")
             if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-                raise r.row_error("bad_tool_call", "a function call needs a string name",
-                                  "write the call as {\"name\": ..., \"arguments\": {...}}", cw)
+                raise r.row_error("bad_tool_call", "a function call needs a string name", cw,
+                                  hint="write the call as {\"name\": ..., \"arguments\": {...}}")
             call_id = f"call_{calls.count}"
             calls.count += 1
             calls.open.append(call_id)
             tool_calls.append(r.tool_call(call["name"], r.arguments(call.get("arguments", {}), f"{cw}.arguments"),
                                           call_id))
         return [r.message("assistant", "", tool_calls=tool_calls)]
-    raise r.row_error("bad_role", f"unknown turn tag {tag!r}",
-                      f"use {o.user_tag}, {o.assistant_tag}, {o.function_tag}, {o.observation_tag} or {o.system_tag}",
-                      f"{_where(path, index)}.{o.role_tag}")
+    raise r.row_error("bad_role", f"unknown turn tag {tag!r}", f"{_where(path, index)}.{o.role_tag}",
+                      hint=f"use {o.user_tag}, {o.assistant_tag}, {o.function_tag}, {o.observation_tag} or "
+                      f"{o.system_tag}")
 
 
 def _where(path: str, index: int | None) -> str:
@@ -187,7 +188,7 @@ def _dump_turns(messages: list[r.Message], o: Options, path: str) -> list[dict[s
 def write(record: r.Record, options: Options) -> dict[str, Any]:
     kind = r.kind_of(record)
     if kind == "text":
-        raise r.not_expressible(NAME, "plain text (pretraining) records", "convert text records to trl or text")
+        raise r.not_expressible(NAME, "plain text (pretraining) records", hint="convert text records to trl or text")
     o = options
     head = record["messages"] if kind == "chat" else record["prompt"]
     out: dict[str, Any] = {}

@@ -50,8 +50,8 @@ def read(row: Any, options: Options) -> r.Record:
         elif isinstance(row["chosen"], list) and isinstance(row["rejected"], list):
             prompt, chosen, rejected = r.split_common_prefix(chosen, rejected)
         else:
-            raise r.row_error("missing_field", "required field 'prompt' is missing",
-                              "string chosen/rejected need a prompt; an implicit prompt needs conversations", "$.prompt")
+            raise r.row_error("missing_field", "required field 'prompt' is missing", "$.prompt",
+                              hint="string chosen/rejected need a prompt; an implicit prompt needs conversations")
         return r.with_tools({"prompt": prompt, "chosen": chosen, "rejected": rejected}, tools)
     if row.get("completion") is not None:
         prompt = _side(r.get(row, "prompt"), "$.prompt", "user")
@@ -63,7 +63,7 @@ def read(row: Any, options: Options) -> r.Record:
     if row.get("text") is not None:
         return {"text": r.text(row["text"], "$.text")}
     raise r.row_error("missing_field", "no TRL fields (messages, text, prompt/completion, prompt/chosen/rejected)",
-                      "give the row one of the TRL dataset layouts", "$")
+                      "$", hint="give the row one of the TRL dataset layouts")
 
 
 def write(record: r.Record, options: Options) -> dict[str, Any]:

@@ -172,7 +172,8 @@ def plan(recipe: Recipe) -> list[Stage]:
             options["against"] = [sha256_file(f) for f in options["against"]]
         elif name == "mix" and options.get("by") == "tokens":
             tok = recipe.section("tokenize")
-            options.update(tokenizer=folder_digest(tok["tokenizer"]), template=tok.get("template"))
+            options.update(tokenizer=folder_digest(tok["tokenizer"]), template=tok.get("template"),
+                           template_kwargs=tok.get("template_kwargs"), date=tok.get("date"))
         elif name == "validate" and "tokenize" in recipe.data:
             tok = recipe.section("tokenize")
             options["kind"] = tok.get("kind")  # validate checks rows of that kind
@@ -249,8 +250,8 @@ def _kept(result: Any) -> dict[str, Any]:
 def _mix(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
     values = {**_outputs(stage, recipe), "inputs": replace(flow.inputs, files=recipe.section("inputs")["files"])}
     if values.get("by") == "tokens":  # counted as tokenize will make them
-        values.update(tokenizer=recipe.section("tokenize")["tokenizer"], template=recipe.section("tokenize").get(
-            "template"))
+        tok = recipe.section("tokenize")
+        values.update({k: tok[k] for k in ("tokenizer", "template", "template_kwargs", "date") if k in tok})
     return _kept(_call("mix", stage, view, values)) | {"outputs": ["data.jsonl", "data.manifest.json"],
                                                         "manifest": "data.manifest.json"}
 

@@ -98,8 +98,7 @@ class Template:
         """`kwargs` (template arguments) are refused: built-in templates take none."""
         if kwargs:
             raise row_error("template_kwargs_unused", f"template {self.name} takes no arguments (got "
-                            f"{', '.join(sorted(kwargs))})", "use the tokenizer's own template, or drop "
-                            "chat_template_kwargs", "$.chat_template_kwargs")
+                            f"{', '.join(sorted(kwargs))})", "$.chat_template_kwargs")
         notes = []
         if any(m["role"] == "developer" for m in messages):
             messages, note = developer_as_system(list(messages), self.name)
@@ -144,8 +143,8 @@ def _require_alternation(name: str, messages: Sequence[Message]) -> None:
             at = i + len(messages) - len(rest)
             raise cannot_render(name, f"a {m['role']} message where a {want} message must come "
                                 f"(after an optional first system message, {name} alternates user and assistant)",
-                                "merge consecutive messages of one role, or use --template chatml",
-                                f"$.messages[{at}].role")
+                                f"$.messages[{at}].role",
+                                hint="merge consecutive messages of one role, or use --template chatml")
 
 
 def _split_system(name: str, messages: Sequence[Message]) -> tuple[str | None, list[tuple[int, Message]]]:
@@ -154,8 +153,8 @@ def _split_system(name: str, messages: Sequence[Message]) -> tuple[str | None, l
     rest = list(enumerate(messages))[1 if system is not None else 0:]
     for i, m in rest:
         if m["role"] == "system":
-            raise cannot_render(name, "a system message after the first message",
-                                "put the system prompt first, or use --template chatml", f"$.messages[{i}]")
+            raise cannot_render(name, "a system message after the first message", f"$.messages[{i}]",
+                                hint="put the system prompt first, or use --template chatml")
     return system, rest
 
 
@@ -410,8 +409,8 @@ def _instruction_turns(name: str, rest: list[tuple[int, Message]]) -> list[tuple
         i, m = rest[k]
         if m["role"] != "user":
             raise cannot_render(name, f"a {m['role']} message where an instruction (user message) must come",
-                                "alpaca turns are user (instruction), optional user (input), assistant",
-                                f"$.messages[{i}].role")
+                                f"$.messages[{i}].role",
+                                hint="alpaca turns are user (instruction), optional user (input), assistant")
         extra = rest[k + 1] if k + 1 < len(rest) and rest[k + 1][1]["role"] == "user" else None
         k += 2 if extra else 1
         answer = rest[k] if k < len(rest) and rest[k][1]["role"] == "assistant" else None

@@ -22,11 +22,23 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from prep.core.codes import ERROR
 from prep.core.columns import ACCEPTS, KIND_OF_RECORD, schema
-from prep.core.findings import Altered, Batch, Finding, PrepError, RowError, Source, per_row, row_error
+from prep.core.findings import (
+    Altered,
+    Batch,
+    Finding,
+    PrepError,
+    RowError,
+    Source,
+    finding,
+    per_row,
+    row_error,
+)
 from prep.core.records import Record, kind_of
 from prep.render.spans import Rendered, Span, Specials, nothing_to_train, resolve_train_on
 from prep.render.templates import AnyTemplate, document, prompt_text, render_pair, text_only
+from prep.render.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,13 @@ class _Job:
     plan: Any
     texts: list[str]
     encodings: list[Any] = field(default_factory=list)
+
+
+def build_encoder(tok: Tokenizer, template: AnyTemplate | None, settings: Settings) -> Encoder:
+    """The encoder of `settings.kind` with `tok` and `template` (`templates.chat_template`: name or file, its
+    arguments and day); plain text (pretrain) takes no template. tokenize, mix --by tokens and validate
+    --tokenizer all encode through here, so they count the same tokens."""
+    return Encoder(tok.backend, None if settings.kind == "pretrain" else template, tok.specials, settings)
 
 
 class Encoder:
@@ -120,7 +139,7 @@ class Encoder:
         kind = kind_of(record)
         if kind not in ACCEPTS[self.settings.kind]:
             raise row_error("wrong_kind", f"a {kind} record cannot go into {self.settings.kind} shards",
-                            f"tokenize {kind} records with --kind {KIND_OF_RECORD[kind]}")
+                            hint=f"tokenize {kind} records with --kind {KIND_OF_RECORD[kind]}")
         text_only(record)
         if kind == "text":
             return None, [document(record["text"], self.specials)], []
@@ -193,9 +212,9 @@ class Encoder:
             enc2 = self.backend.encode(shorter.text, add_special_tokens=False)
             if len(enc2.ids) <= max_len:
                 dropped = len(messages) - turn.index - 1
-                return _Row([enc2.ids], _token_ranges(enc2, spans)), Finding(
+                return _Row([enc2.ids], _token_ranges(enc2, spans)), finding(
                     "turns_dropped", f"{n} tokens > --max-len {max_len}: dropped the last {dropped} messages",
-                    "raise --max-len to keep them", "$.messages")
+                    "$.messages")
         raise _too_long(n, max_len, "no shorter conversation ending with a trained turn fits")
 
     def _pair(self, record: Record, boundaries: list[int], encs: list[Any]) -> tuple[_Row, Finding | None]:
@@ -203,12 +222,12 @@ class Encoder:
         completion starts in the one tokenization of prompt + completion."""
         splits = [e.char_to_token(b) for e, b in zip(encs, boundaries, strict=True)]
         if any(s is None for s in splits):
-            raise row_error("empty_value", "a completion renders to no tokens", "give every answer some text")
+            raise row_error("empty_value", "a completion renders to no tokens", hint="give every answer some text")
         prompt = encs[0].ids[:splits[0]]
         for e, s in zip(encs[1:], splits[1:], strict=True):
             if e.ids[:s] != prompt:
                 raise row_error("prompt_mismatch", "the prompt tokenizes differently before the chosen and the "
-                                "rejected answer", "check that both answers start the same way", "$.prompt")
+                                "rejected answer", "$.prompt")
         sides = [e.ids[s:] for e, s in zip(encs, splits, strict=True)]
         label = bool(record["label"]) if "label" in record else None
         max_len = self.settings.max_len
@@ -219,9 +238,9 @@ class Encoder:
         if self.settings.overflow == "drop" or room < 2:
             raise _too_long(longest, max_len, "" if self.settings.overflow == "drop" else "the prompt alone fills it")
         cut = [s if len(s) <= room else [*s[:room - 1], self.eot_id] for s in sides]
-        return _Row([prompt, *cut], label=label), Finding(
+        return _Row([prompt, *cut], label=label), finding(
             "truncated", f"{longest} tokens > --max-len {max_len}: answers cut to {room} tokens, ending with "
-            f"{self.template.eot if self.template else 'EOS'}", "raise --max-len to keep them whole", "$")
+            f"{self.template.eot if self.template else 'EOS'}", hint="raise --max-len to keep them whole")
 
     # Arrow ---------------------------------------------------------------------------------------------------
 
@@ -317,19 +336,17 @@ def _truncate(ids: list[int], ranges: list[tuple[int, int]], answers: list[tuple
     if cut is not None and eot is not None:
         keep = max_len - 1
         kept = [(a, min(b, keep)) for a, b in ranges if a < keep] + [(keep, keep + 1)]
-        return _Row([[*ids[:keep], eot]], kept), Finding(
+        return _Row([[*ids[:keep], eot]], kept), finding(
             "truncated", f"{n} tokens > --max-len {max_len}: cut to {max_len}, the cut answer closed with its "
-            "end-of-turn token", "raise --max-len to keep the whole row", "$")
+            "end-of-turn token")
     whole = [b for _, b in answers if b <= max_len]
     if not whole:
         raise _too_long(n, max_len, "no trained answer fits")
     keep = whole[-1]
     kept = [(a, min(b, keep)) for a, b in ranges if a < keep]
-    return _Row([ids[:keep]], kept), Finding(
-        "truncated", f"{n} tokens > --max-len {max_len}: cut to {keep}, after the last answer that fits",
-        "raise --max-len to keep the whole row", "$")
+    return _Row([ids[:keep]], kept), finding(
+        "truncated", f"{n} tokens > --max-len {max_len}: cut to {keep}, after the last answer that fits")
 
 
 def _too_long(n: int, max_len: int, why: str = "") -> RowError:
-    return row_error("too_long", f"{n} tokens > --max-len {max_len}" + (f" ({why})" if why else ""),
-                     "raise --max-len, or use --overflow truncate / turns")
+    return row_error("too_long", f"{n} tokens > --max-len {max_len}" + (f" ({why})" if why else ""), severity=ERROR)

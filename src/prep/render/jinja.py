@@ -281,12 +281,11 @@ class JinjaTemplate:
                 raise row_error("template_not_prefix_stable",
                                 f"the chat template of {self.label} renders messages 1-{i} differently once "
                                 f"assistant message {i + 1} follows, so prep cannot tell where that turn starts",
-                                "use a built-in --template for this data (prep template --list)", f"$.messages[{i}]")
+                                f"$.messages[{i}]")
             start = len(prefix)
             if start < pos:
                 raise row_error("template_mismatch", f"the chat template of {self.label} writes message {i} after "
-                                f"the point where assistant message {i + 1} starts", "use a built-in --template for "
-                                "this data", f"$.messages[{i}]")
+                                f"the point where assistant message {i + 1} starts", f"$.messages[{i}]")
             at = full.find(content, start) if content else start
             if at < 0:
                 raise self._dropped(i, "assistant")
@@ -294,26 +293,26 @@ class JinjaTemplate:
             following = _visible(messages[i + 1]) if i + 1 < len(messages) else ""
             if close < 0 or (following and following in full[at + len(content):close]):
                 raise row_error("template_mismatch", f"the chat template of {self.label} does not close assistant "
-                                f"message {i + 1} with {self.eot}", "use a built-in --template for this data",
-                                f"$.messages[{i}]")
+                                f"message {i + 1} with {self.eot}", f"$.messages[{i}]")
             end = close + len(self.eot)
             for call in m.get("tool_calls") or ():
                 if call["function"]["name"] not in full[start:end]:
                     raise row_error("template_drops_content", f"the chat template of {self.label} does not write "
                                     f"the tool call {call['function']['name']!r} of message {i + 1}",
-                                    "use a tool-aware template (e.g. --template chatml)", f"$.messages[{i}].tool_calls")
+                                    f"$.messages[{i}].tool_calls",
+                                    hint="use a tool-aware template (e.g. --template chatml)")
             turns.append(Turn(i, "assistant", (at, at + len(content)), (start, end), m.get("weight", 1) != 0,
                               think_span(full, start, end)))
             pos = end
         if tools and self._same(full, messages, None, kwargs):
             raise row_error("template_drops_content", f"the chat template of {self.label} does not write the tool "
-                            "definitions", "use a tool-aware template (e.g. --template chatml), or drop the tools",
-                            "$.tools")
+                            "definitions", "$.tools",
+                            hint="use a tool-aware template (e.g. --template chatml), or drop the tools")
         if any(m.get("tool_calls") for m in messages) and self._same(
                 full, [{k: v for k, v in m.items() if k != "tool_calls"} for m in messages], tools, kwargs):
             at = next(i for i, m in enumerate(messages) if m.get("tool_calls"))
             raise row_error("template_drops_content", f"the chat template of {self.label} does not write tool calls",
-                            "use a tool-aware template (e.g. --template chatml)", f"$.messages[{at}].tool_calls")
+                            f"$.messages[{at}].tool_calls", hint="use a tool-aware template (e.g. --template chatml)")
         return Rendered(full, turns, [note] if note else [])
 
     def _same(self, full: str, messages: Sequence[Message], tools: list[dict[str, Any]] | None,
@@ -329,13 +328,13 @@ class JinjaTemplate:
         try:
             return self.text(messages, tools, generation, kwargs)
         except Exception as e:  # noqa: BLE001 - template code raises anything (raise_exception, TypeError, ...)
-            raise row_error("template_error", f"the chat template of {self.label} failed: {e}",
-                            "fix the row, or use a built-in --template", "$.messages") from None
+            raise row_error("template_error", f"the chat template of {self.label} failed: {e}", "$.messages") from None
 
     def _dropped(self, i: int, role: str) -> RowError:
         return row_error("template_drops_content", f"the chat template of {self.label} does not write the content "
-                         f"of message {i + 1} ({role})", "use a template that renders every role (e.g. --template "
-                         "chatml)", f"$.messages[{i}].content")
+                         f"of message {i + 1} ({role})", f"$.messages[{i}].content",
+                         hint="use a template that renders every role (e.g. --template "
+                         "chatml)")
 
 
 def _visible(m: Message) -> str:

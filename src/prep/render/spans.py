@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from prep.core.findings import Finding, PrepError, RowError, row_error
+from prep.core.findings import Finding, PrepError, RowError, finding, row_error
 from prep.core.options import TRAIN_ON
 from prep.core.records import Message
 
@@ -79,11 +79,10 @@ def developer_as_system(messages: list[Message], template: str) -> tuple[list[Me
         if m["role"] == "developer" and (i > 0 or any(x["role"] == "system" for x in messages)):
             raise cannot_render(template, "a developer message besides a system message or after the first message "
                                 "(it has no developer role; the developer message takes the system slot)",
-                                "merge it into the system message", f"$.messages[{i}].role")
+                                f"$.messages[{i}].role", hint="merge it into the system message")
     out = [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
-    return out, Finding("developer_as_system", f"template {template} has no developer role: the developer message "
-                        "is rendered as the system message", "use a template with a developer role to keep it apart",
-                        "$.messages[0].role", "warning")
+    return out, finding("developer_as_system", f"template {template} has no developer role: the developer message "
+                        "is rendered as the system message", "$.messages[0].role")
 
 
 def resolve_train_on(train_on: str, kind: str) -> str:
@@ -104,12 +103,10 @@ class Specials:
     adds_bos: bool = False
 
 
-def cannot_render(template: str, what: str, hint: str = "", path: str = "$.messages") -> RowError:
-    return row_error("template_cannot_render", f"template {template} cannot render {what}",
-                     hint or "use --template chatml (tools, any role order) or the tokenizer's own template", path)
+def cannot_render(template: str, what: str, path: str = "$.messages", *, hint: str | None = None) -> RowError:
+    return row_error("template_cannot_render", f"template {template} cannot render {what}", path, hint=hint)
 
 
 def nothing_to_train(train_on: str) -> RowError:
-    return row_error("nothing_to_train", f"no token would be trained with --train-on {train_on}",
-                     "give the conversation an assistant answer with weight 1, or choose another --train-on",
-                     "$.messages")
+    return row_error("nothing_to_train", f"no token would be trained with --train-on {train_on}", "$.messages",
+                     hint="give the conversation an assistant answer with weight 1, or choose another --train-on")

@@ -6,15 +6,18 @@ carry loss (design §4). The built-in templates (prep.render.builtin) write the 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from prep.core.findings import PrepError, row_error
+from prep.core.options import DEFAULT_DATE
 from prep.core.records import MEDIA, Message, Record
 from prep.render.builtin import BUILTIN, NAMES, Template
 from prep.render.jinja import JinjaTemplate
 from prep.render.spans import Specials
+from prep.render.tokenizer import Tokenizer
 
 AnyTemplate = Template | JinjaTemplate
 
@@ -63,12 +66,24 @@ def get_template(name: str, specials: Specials | None = None,
     return BUILTIN[name](specials)
 
 
+def chat_template(tok: Tokenizer | None, template: str | None, kwargs: dict[str, Any] | None = None,
+                  date: str = DEFAULT_DATE) -> AnyTemplate:
+    """The template every verb that renders uses (template, tokenize, mix --by tokens, validate --tokenizer):
+    `template` by name or .jinja file, default the tokenizer's own, with the template arguments `kwargs`
+    (`parse_kwargs`) and the day `date` strftime_now gives."""
+    if template is None and tok is not None and not tok.has_chat_template:
+        raise PrepError(f"the tokenizer at {tok.path} has no chat template and no --template was given; "
+                        "choose one (see `prep template --list`)")
+    jinja = functools.partial(tok.jinja, kwargs=kwargs, date=date) if tok else None
+    return get_template(template or "tokenizer", tok.specials if tok else None, jinja, kwargs)
+
+
 def text_only(record: Record) -> None:
     """Refuse multimodal rows: their image/audio placeholders would be trained as plain text."""
     media = [k for k in MEDIA if record.get(k)]
     if media:
         raise row_error("unsupported_media", f"the row has {', '.join(media)}; prep renders and tokenizes text only",
-                        "drop the media columns, or leave multimodal rows out", f"$.{media[0]}")
+                        f"$.{media[0]}")
 
 
 def document(text: str, specials: Specials) -> str:
@@ -84,8 +99,8 @@ def render_pair(template: AnyTemplate, prompt: list[Message], answer: list[Messa
     """Prompt and answer rendered as one conversation, and the character where the answer starts (the
     generation point), for dpo/kto: the prompt text is what the model sees when asked to answer."""
     if not answer or answer[0]["role"] != "assistant":
-        raise row_error("wrong_type", "an answer must start with an assistant message",
-                        "the answer side holds the assistant's reply", path)
+        raise row_error("wrong_type", "an answer must start with an assistant message", path,
+                        hint="the answer side holds the assistant's reply")
     rendered = template.render([*prompt, *answer], tools, kwargs)
     start = next(t.answer for t in rendered.turns if t.index == len(prompt))
     return start[0], rendered.text  # type: ignore[index]
@@ -109,7 +124,7 @@ def prompt_text(template: AnyTemplate, record: Record, kwargs: dict[str, Any] | 
     messages = prompt_messages(record)
     if not any(m["role"] not in ("system", "developer") for m in messages):
         raise row_error("empty_value", "the row has no prompt to answer (no user message before the answer)",
-                        "give the row a user message", "$.messages")
+                        "$.messages", hint="give the row a user message")
     tools = record.get("tools")
     if isinstance(template, JinjaTemplate):
         prepared, _ = template.prepare(messages)
@@ -117,7 +132,7 @@ def prompt_text(template: AnyTemplate, record: Record, kwargs: dict[str, Any] | 
             return template.text(prepared, tools, True, kwargs)
         except Exception as e:  # noqa: BLE001 - template code raises anything (raise_exception, TypeError, ...)
             raise row_error("template_error", f"the chat template of {template.label} failed: {e}",
-                            "fix the row, or use a built-in --template", "$.messages") from None
+                            "$.messages") from None
     start, text = render_pair(template, messages, [{"role": "assistant", "content": ""}], tools, "$.messages",
                               kwargs)
     return text[:start]

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from prep.core.findings import Batch, Finding, Source
+from prep.core.codes import ERROR
+from prep.core.findings import Batch, Source, finding
 from prep.shards.layout import SCHEMAS
 
 _SCHEMA = SCHEMAS["sft"]
@@ -199,10 +200,11 @@ def overflow(lengths: np.ndarray, sources: list[Source], max_len: int, policy: s
                        num_loss_tokens=sum(x != -100 for x in doc["labels"]))
             truncated.append(doc)
             batch.add(None, source)
-            batch.alter(source, [Finding("truncated", f"{int(lengths[i])} tokens cut to {max_len}",
-                                         severity="warning")], {"ids": doc["ids"]})
+            batch.alter(source, [finding("truncated", f"{int(lengths[i])} tokens cut to {max_len}")],
+                        {"ids": doc["ids"]})
         else:
-            batch.reject(source, [Finding("too_long", f"{int(lengths[i])} tokens, more than --max-len {max_len}",
-                                          "re-run `prep tokenize` with this --max-len and the --overflow you want")],
+            batch.reject(source, [finding("too_long", f"{int(lengths[i])} tokens, more than --max-len {max_len}",
+                                          hint="re-run `prep tokenize` with this --max-len and the --overflow you "
+                                          "want", severity=ERROR)],
                          {"ids": doc["ids"]})
     return keep, truncated, batch

@@ -18,15 +18,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from prep.core.codes import REBUILD
 from prep.core.columns import schema as shard_schema
-from prep.core.findings import Finding, PrepError
+from prep.core.findings import Finding, PrepError, Source, finding
 from prep.core.options import checked
 from prep.core.result import Meter, ProgressFn, Result
 from prep.files import sha256_file
 from prep.shards.layout import DATA_DIR, MANIFEST, SCHEMAS, read_manifest
 
 MAX_PER_CODE = 20
-_HINT = "rebuild the folder with the prep command that made it; never edit shards by hand"
 
 
 @dataclass
@@ -40,11 +40,12 @@ class Verification(Result):
     rows: int = 0
     tokens: int = 0
 
-    def add(self, code: str, message: str, file: str = MANIFEST, line: int = 0, path: str = "$",
+    def add_finding(self, code: str, message: str, file: str = MANIFEST, line: int = 0, path: str = "$",
             severity: str = "error") -> None:
         self.counts[code] += 1
         if self.counts[code] <= MAX_PER_CODE:
-            self.findings.append(Finding(code, message, _HINT, path, severity, file, line))
+            self.findings.append(finding(code, message, path,
+                                         hint=REBUILD, severity=severity).at(Source(file, line, 0)))
 
     @property
     def errors(self) -> int:
@@ -80,16 +81,16 @@ def verify(shards: str | Path, progress: ProgressFn | None = None) -> Verificati
     try:
         manifest = read_manifest(folder)
     except PrepError as e:
-        result.add("bad_manifest", str(e))
+        result.add_finding("bad_manifest", str(e))
         return result
     kind = manifest.get("kind")
     if kind not in SCHEMAS:
-        result.add("bad_manifest", f"unknown kind {kind!r}", path="$.kind")
+        result.add_finding("bad_manifest", f"unknown kind {kind!r}", path="$.kind")
         return result
     listed = {s["path"] for s in manifest.get("shards", [])}
     for extra in sorted((folder / DATA_DIR).glob("*")):
         if f"{DATA_DIR}/{extra.name}" not in listed:
-            result.add("unlisted_file", f"{extra.name} is not in the manifest", f"{DATA_DIR}/{extra.name}",
+            result.add_finding("unlisted_file", f"{extra.name} is not in the manifest", f"{DATA_DIR}/{extra.name}",
                        severity="warning")
     totals: Counter[str] = Counter()
     meter = Meter(progress)
@@ -119,19 +120,19 @@ def _check_shard(folder: Path, shard: dict[str, Any], manifest: dict[str, Any], 
     name = shard["path"]
     path = folder / name
     if not path.is_file():
-        result.add("missing_shard", "listed in the manifest but not on disk", name)
+        result.add_finding("missing_shard", "listed in the manifest but not on disk", name)
         totals["unreadable"] += 1
         return
     if path.stat().st_size != shard["bytes"]:
-        result.add("size_mismatch", f"{path.stat().st_size} bytes, the manifest says {shard['bytes']}", name)
+        result.add_finding("size_mismatch", f"{path.stat().st_size} bytes, the manifest says {shard['bytes']}", name)
     if sha256_file(path) != shard["sha256"]:
-        result.add("checksum_mismatch", "sha256 differs from the manifest: the file was changed or corrupted", name)
+        result.add_finding("checksum_mismatch", "sha256 differs from the manifest: the file was changed or corrupted", name)
         totals["unreadable"] += 1
         return  # its content cannot be trusted enough to check further
     pfile = pq.ParquetFile(path)
     schema = shard_schema(manifest["kind"], tuple(manifest.get("carried", ())))
     if not pfile.schema_arrow.equals(schema):
-        result.add("wrong_schema", f"columns {pfile.schema_arrow} differ from the {manifest['kind']} schema", name)
+        result.add_finding("wrong_schema", f"columns {pfile.schema_arrow} differ from the {manifest['kind']} schema", name)
         totals["unreadable"] += 1
         return
     rows = tokens = 0
@@ -146,7 +147,7 @@ def _check_shard(folder: Path, shard: dict[str, Any], manifest: dict[str, Any], 
         if "ids" in table.column_names:
             totals["ids"] += int(np.sum(table["ids"].combine_chunks().value_lengths().to_numpy()))
     if (rows, tokens) != (shard["rows"], shard["tokens"]):
-        result.add("count_mismatch", f"{rows} rows / {tokens} tokens, the manifest says {shard['rows']} / "
+        result.add_finding("count_mismatch", f"{rows} rows / {tokens} tokens, the manifest says {shard['rows']} / "
                    f"{shard['tokens']}", name)
     totals["rows"] += rows
     totals["tokens"] += tokens
@@ -168,7 +169,7 @@ def _report_rows(result: Verification, bad: np.ndarray, code: str, message: str,
                  column: str) -> None:
     rows = np.flatnonzero(bad)
     for i in rows[:MAX_PER_CODE].tolist():
-        result.add(code, message, shard, first_row + i + 1, f"$.{column}")
+        result.add_finding(code, message, shard, first_row + i + 1, f"$.{column}")
     if len(rows) > MAX_PER_CODE:
         result.counts[code] += len(rows) - MAX_PER_CODE  # counted, not listed
 
@@ -250,20 +251,20 @@ def _check_totals(manifest: dict[str, Any], totals: Counter[str], result: Verifi
     counts = manifest.get("counts", {})
     rejected = sum(counts.get("rejected", {}).values())
     if counts.get("read") != counts.get("written", 0) + rejected:
-        result.add("count_mismatch", f"read {counts.get('read')} != written {counts.get('written')} + rejected "
+        result.add_finding("count_mismatch", f"read {counts.get('read')} != written {counts.get('written')} + rejected "
                    f"{rejected}: rows were lost", path="$.counts")
     if counts.get("rows") != totals["rows"]:
-        result.add("count_mismatch", f"the shards hold {totals['rows']} rows, the manifest says {counts.get('rows')}",
+        result.add_finding("count_mismatch", f"the shards hold {totals['rows']} rows, the manifest says {counts.get('rows')}",
                    path="$.counts.rows")
     packing = (manifest.get("packing") or {}).get("strategy", "none")
     documents = totals["ids"] if packing != "wrap" else None
     if documents is not None and "ids" in SCHEMAS[manifest["kind"]].names and documents != counts.get("written"):
-        result.add("count_mismatch", f"the shards hold {documents} documents, the manifest says "
+        result.add_finding("count_mismatch", f"the shards hold {documents} documents, the manifest says "
                    f"{counts.get('written')} were written", path="$.counts.written")
     tokens = manifest.get("tokens", {})
     if tokens.get("total") != totals["tokens"]:
-        result.add("count_mismatch", f"the shards hold {totals['tokens']} tokens, the manifest says "
+        result.add_finding("count_mismatch", f"the shards hold {totals['tokens']} tokens, the manifest says "
                    f"{tokens.get('total')}", path="$.tokens.total")
     if "loss" in tokens and "num_loss_tokens" in SCHEMAS[manifest["kind"]].names and tokens["loss"] != totals["loss"]:
-        result.add("count_mismatch", f"the shards hold {totals['loss']} trained tokens, the manifest says "
+        result.add_finding("count_mismatch", f"the shards hold {totals['loss']} trained tokens, the manifest says "
                    f"{tokens['loss']}", path="$.tokens.loss")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prep.core.findings import Batch, Finding, PrepError, Reject
+from prep.core.findings import Batch, PrepError, Reject, finding
 from prep.core.options import checked
 from prep.core.records import Record
 from prep.core.result import Meter, ProgressFn, Result, outputs
@@ -23,7 +23,7 @@ from prep.files import read_rows
 from prep.formats.inputs import Inputs, read_inputs
 from prep.overlap.ngrams import NgramIndex
 from prep.overlap.text import Compare, compared, normalize
-from prep.stages.records import RecordsOut, Removes, open_rejects
+from prep.stages.record_writer import RecordsOut, Removes, open_rejects
 
 TEXT_FIELDS = ("text", "question", "prompt", "problem", "input", "instruction", "query")
 
@@ -115,8 +115,7 @@ def _drop(batch: Batch[Record], index: NgramIndex, compare: Compare, n: int, hit
             continue
         gram, (bench, line) = match
         hits[bench] += 1
-        finding = Finding("contaminated", f"the row shares the {n}-gram \"{gram}\" with {bench}:{line}",
-                          "a benchmark item in the training data inflates its scores; the row is left out")
-        out.rejects.append(Reject(source, [finding.at(source)], record,
+        why = finding("contaminated", f"the row shares the {n}-gram \"{gram}\" with {bench}:{line}")
+        out.rejects.append(Reject(source, [why.at(source)], record,
                                   {"benchmark": {"file": bench, "line": line, "ngram": gram}}))
     return out

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from prep.core.findings import Batch, Finding, Reject, Source
+from prep.core.codes import ERROR
+from prep.core.findings import Batch, Reject, Source, finding
 from prep.core.options import checked
 from prep.core.records import Record
 from prep.core.result import Meter, ProgressFn, Result, outputs
@@ -28,7 +29,7 @@ from prep.formats.inputs import Inputs, Part, plan_inputs, read_inputs, read_par
 from prep.overlap import near
 from prep.overlap.text import Compare, compared
 from prep.stages.engine import LOCAL, Engine, Ran, parts_wanted, run_parts
-from prep.stages.records import RecordsOut, Removes, open_rejects
+from prep.stages.record_writer import RecordsOut, Removes, open_rejects
 
 
 @dataclass
@@ -193,10 +194,10 @@ def _marked(batches: Iterator[Batch[Record]], twin: np.ndarray, score: np.ndarra
 def _reject(record: Record, source: Source, twin_id: str, twin: Source, score: int) -> Reject:
     where = f"line {twin.line}" if twin.file == source.file else str(twin)
     if score == 1_000_000:
-        finding = Finding("duplicate", f"the row repeats {where} (id {twin_id})",
-                          "the row that stays is named in duplicate_of", severity="error")
-    else:
-        finding = Finding("near_duplicate", f"the row is ~{score / 1e6:.0%} similar to {where} (id {twin_id})",
-                          "the row that stays is named in duplicate_of; raise --near to keep rows this alike")
-    return Reject(source, [finding.at(source)], record, {"duplicate_of": {
+        why = finding("duplicate", f"the row repeats {where} (id {twin_id})")
+    else:  # validate's near_duplicate (a validation row like a training row) warns; here the row is dropped
+        why = finding("near_duplicate", f"the row is ~{score / 1e6:.0%} similar to {where} (id {twin_id})",
+                      hint="the row that stays is named in duplicate_of; raise --near to keep rows this alike",
+                      severity=ERROR)
+    return Reject(source, [why.at(source)], record, {"duplicate_of": {
         "id": twin_id, "file": twin.file, "line": twin.line, "row_number": twin.row, "similarity": score / 1e6}})

@@ -194,5 +194,5 @@ def _text_row(decoder: Tokenizer, kind: str, row: dict[str, Any]) -> dict[str, A
 
 def _split(doc: str) -> RowError:
     return row_error("not_expressible", f"{doc}: a token there holds part of a character on both sides of where "
-                     "training starts or stops, so the text cannot be cut exactly", "export --to hf-dataset, "
+                     "training starts or stops, so the text cannot be cut exactly", hint="export --to hf-dataset, "
                      "axolotl or together: token ids, nothing decoded")

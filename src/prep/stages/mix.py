@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,20 +32,20 @@ import numpy as np
 import pyarrow as pa
 
 from prep.core.columns import KIND_OF_RECORD
-from prep.core.findings import Batch, Finding, PrepError, Reject, Source, Tally
-from prep.core.options import checked
+from prep.core.findings import Batch, PrepError, Reject, Source, Tally, finding
+from prep.core.options import DEFAULT_DATE, checked
 from prep.core.records import Record, kind_of
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.core.sampling import row_counts, token_counts
 from prep.files import RowWriter, sha256_file, stem, write_json
 from prep.formats.inputs import Inputs, read_inputs
-from prep.render.encoder import Encoder, Settings
-from prep.render.templates import get_template
+from prep.render.encoder import Encoder, Settings, build_encoder
+from prep.render.templates import chat_template, parse_kwargs
 from prep.render.tokenizer import load_tokenizer
 from prep.shards.layout import MANIFEST, read_manifest
 from prep.shards.reader import iter_tables
 from prep.shards.writer import ShardWriter
-from prep.stages.records import RecordsOut, Removes, open_rejects
+from prep.stages.record_writer import RecordsOut, Removes, open_rejects
 
 _SPEC = re.compile(r"^(?P<path>.+):(?P<spec>x\d+(\.\d+)?|x\.\d+|\d+|\d*\.\d+)$")
 _CHUNK = 4096
@@ -150,12 +150,15 @@ class MixResult(Removes, Result):
         return lines
 
 
+
 @checked("mix")
 def mix(inputs: Inputs | Sequence[str], output: str, *, by: str = "rows", seed: int = 42, tokenizer: str | None = None,
-        template: str | None = None, rejects: str | None = None, progress: ProgressFn | None = None) -> MixResult:
+        template: str | None = None, rejects: str | None = None, progress: ProgressFn | None = None,
+        template_kwargs: Iterable[str] = (), date: str = DEFAULT_DATE) -> MixResult:
     """Mix the sources `inputs.files` (`PATH[:N|:xK|:RATIO]`: record files, or shard folders) into `output`;
     `inputs` also says how record files are read (format, reader settings). A list of sources reads them as
-    detected."""
+    detected. `--by tokens` on records counts with `tokenizer` and `template`, its arguments `template_kwargs` and
+    day `date`, as prep tokenize does."""
     if not isinstance(inputs, Inputs):
         inputs = Inputs(list(inputs))
     if inputs.datasets:
@@ -174,7 +177,8 @@ def mix(inputs: Inputs | Sequence[str], output: str, *, by: str = "rows", seed: 
     meter.start()
     if all(shards):
         return _mix_shards(parsed, output, by, seed, rejects, meter)
-    return _mix_records(parsed, output, by, seed, tokenizer, template, rejects, inputs, meter)
+    encoders = _encoders(tokenizer, template, parse_kwargs(template_kwargs, template), date) if by == "tokens" else None
+    return _mix_records(parsed, output, by, seed, encoders, rejects, inputs, meter)
 
 
 def _manifest(sources: list[MixSource], by: str, seed: int, tally: Tally) -> dict[str, Any]:
@@ -197,14 +201,9 @@ def _schedule(sources: list[MixSource]) -> Iterator[int]:
 # ---------------------------------------------------------------- records
 
 
-def _mix_records(sources: list[MixSource], output: str, by: str, seed: int, tokenizer: str | None,
-                 template: str | None, rejects: str | None, inputs: Inputs, meter: Meter) -> MixResult:
-    encoders = None
-    if by == "tokens":
-        if tokenizer is None:
-            raise PrepError("--by tokens on record files counts the tokens prep tokenize would make: give "
-                            "--tokenizer (and --template), or mix tokenized shard folders")
-        encoders = _Encoders(tokenizer, template)
+def _mix_records(sources: list[MixSource], output: str, by: str, seed: int,
+                 encoders: Callable[[str], Encoder] | None, rejects: str | None, inputs: Inputs,
+                 meter: Meter) -> MixResult:
     for s in sources:
         _count(s, replace(inputs, files=[s.path]), encoders)
     plan(sources, seed, by)
@@ -238,18 +237,18 @@ def _mix_records(sources: list[MixSource], output: str, by: str, seed: int, toke
     return result
 
 
-class _Encoders:
+def _encoders(tokenizer: str | None, template: str | None, kwargs: dict[str, Any], date: str
+              ) -> Callable[[str], Encoder]:
     """prep tokenize's encoder for a kind of record (sft, dpo, ...), with the given tokenizer and template."""
+    if tokenizer is None:
+        raise PrepError("--by tokens on record files counts the tokens prep tokenize would make: give "
+                        "--tokenizer (and --template), or mix tokenized shard folders")
+    tok = load_tokenizer(tokenizer)
+    chosen = chat_template(tok, template, kwargs, date)
+    return lambda kind: build_encoder(tok, chosen, Settings(kind, "auto", None, "drop"))
 
-    def __init__(self, tokenizer: str, template: str | None) -> None:
-        self.tok = load_tokenizer(tokenizer)
-        self.template = get_template(template or "tokenizer", self.tok.specials, self.tok.jinja)
 
-    def __call__(self, kind: str) -> Encoder:
-        return Encoder(self.tok.backend, self.template, self.tok.specials, Settings(kind, "auto", None, "drop"))
-
-
-def _count(source: MixSource, inputs: Inputs, make_encoder: _Encoders | None) -> None:
+def _count(source: MixSource, inputs: Inputs, make_encoder: Callable[[str], Encoder] | None) -> None:
     """Pass one over a record file: its rows (and their tokens, counted by the encoder prep tokenize uses for
     the file's kind of record, or why it refuses them)."""
     tokens: list[int] = []
@@ -303,10 +302,9 @@ def _record_stream(s: MixSource, inputs: Inputs, tally: Tally) -> Iterator[tuple
 
 
 def _not_sampled(row: Any, source: Source, s: MixSource) -> Reject:
-    finding = Finding("not_sampled", f"the sample of {s.target} from {s.path} left this row out of pass "
-                      f"{s.passes_read}",
-                      "ask for more of this source (SRC:N, SRC:xK) to keep more of its rows", severity="info")
-    return Reject(source, [finding.at(source)], row)
+    why = finding("not_sampled", f"the sample of {s.target} from {s.path} left this row out of pass "
+                  f"{s.passes_read}")
+    return Reject(source, [why.at(source)], row)
 
 
 # ---------------------------------------------------------------- shards

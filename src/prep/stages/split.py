@@ -28,7 +28,7 @@ from prep.formats.inputs import Inputs, read_inputs
 from prep.overlap import near
 from prep.overlap.text import Compare
 from prep.stages.dedup import Fingerprints, fingerprint
-from prep.stages.records import RecordsOut, open_rejects
+from prep.stages.record_writer import RecordsOut, open_rejects
 
 TRAIN, VALIDATION, MANIFEST = "train.jsonl", "validation.jsonl", "manifest.json"
 

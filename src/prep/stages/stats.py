@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 from rich.console import Console
 from rich.table import Table
 
-from prep.checks.stats import Distribution
+from prep.checks.dataset_stats import Distribution
 from prep.core.findings import PrepError, Tally
 from prep.core.options import checked
 from prep.core.records import kind_of

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +14,7 @@ from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files import RowWriter
 from prep.formats.inputs import Inputs, read_inputs
 from prep.render.spans import Specials, nothing_to_train, resolve_train_on
-from prep.render.templates import AnyTemplate, document, get_template, parse_kwargs, render_pair, text_only
+from prep.render.templates import AnyTemplate, chat_template, document, parse_kwargs, render_pair, text_only
 from prep.render.tokenizer import load_tokenizer
 
 
@@ -51,7 +50,7 @@ def _text_row(record: Record, template: AnyTemplate | None, train_on: str, speci
         start, text = render_pair(template, record["prompt"], record[side], tools, f"$.{side}", kwargs)
         if row.setdefault("prompt", text[:start]) != text[:start]:
             raise row_error("prompt_mismatch", "the prompt renders differently before the chosen and the rejected "
-                            "answer", "use a template that renders the prompt the same way", "$.prompt")
+                            "answer", "$.prompt", hint="use a template that renders the prompt the same way")
         row[side] = text[start:]
     if kind == "feedback":
         row["label"] = record["label"]
@@ -83,8 +82,7 @@ def template(inputs: Inputs, template: str | None = None, tokenizer: str | None 
     kwargs = parse_kwargs(template_kwargs, template)
     tok = load_tokenizer(tokenizer) if tokenizer else None
     specials = tok.specials if tok else Specials()
-    jinja = functools.partial(tok.jinja, kwargs=kwargs, date=date) if tok else None
-    chosen = get_template(template or "tokenizer", tok.specials if tok else None, jinja, kwargs)
+    chosen = chat_template(tok, template, kwargs, date)
     result = TemplateResult(outputs=outputs(output=output, rejects=rejects), notes=tok.notes if tok else [],
                             template=getattr(chosen, "label", chosen.name))
     meter = Meter(progress)

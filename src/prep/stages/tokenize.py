@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import gc
 import multiprocessing
 import os
@@ -34,10 +33,10 @@ from prep.core.records import Record, kind_of
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files import check_outputs, sha256_file
 from prep.formats.inputs import Inputs, Part, plan_inputs, read_inputs, read_part
-from prep.render.encoder import Encoder, Settings
+from prep.render.encoder import Encoder, Settings, build_encoder
 from prep.render.jinja import JinjaTemplate
 from prep.render.spans import resolve_train_on
-from prep.render.templates import get_template, parse_kwargs
+from prep.render.templates import chat_template, parse_kwargs
 from prep.render.tokenizer import Tokenizer, load_tokenizer
 from prep.shards.writer import ShardWriter
 from prep.stages.engine import Engine, Ran, parts_wanted, run_parts
@@ -248,20 +247,13 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, templat
     if overflow == "turns" and kind != "sft":
         raise PrepError(f"--overflow turns drops conversation turns; {kind} rows can be dropped or truncated")
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
-    if kind == "pretrain":
-        if template:
-            raise PrepError("--kind pretrain takes plain text, which no template applies to; to train on whole "
-                            "conversations use --kind sft --train-on all")
-        tmpl = None
-    else:
-        if template is None and not tok.has_chat_template:
-            raise PrepError(f"the tokenizer at {tok.path} has no chat template and no --template was given; "
-                            "choose one (see `prep template --list`)")
-        tmpl = get_template(template or "tokenizer", tok.specials, functools.partial(tok.jinja, kwargs=kwargs,
-                                                                                      date=date), kwargs)
+    if kind == "pretrain" and template:
+        raise PrepError("--kind pretrain takes plain text, which no template applies to; to train on whole "
+                        "conversations use --kind sft --train-on all")
+    tmpl = None if kind == "pretrain" else chat_template(tok, template, kwargs, date)
     carried = inputs.fields.keep
-    settings = Settings(kind, train_on, max_len, overflow, train_on_reasoning == "yes", carried)
-    encoder = Encoder(tok.backend, tmpl, tok.specials, settings)
+    encoder = build_encoder(tok, tmpl, Settings(kind, train_on, max_len, overflow, train_on_reasoning == "yes",
+                                                carried))
     about: dict[str, Any] = {"name": tmpl.name, "sha256": tmpl.sha256} if tmpl else {}
     if isinstance(tmpl, JinjaTemplate):  # what else decides its text: the arguments and the day it is told
         about.update(kwargs=kwargs, date=date, reasoning="template" if tmpl.reads_reasoning else "think block")

@@ -2,7 +2,7 @@
 tool, AutoTrain, LLaMA-Factory), per row, with file, line, JSON path, code, severity, message and
 hint; it never stops at the first bad row. Rows read = rows accepted + rows rejected, always.
 
-Per file: a byte pass (`filechecks`), the streaming reader (`files.read_rows`), then the stage
+Per file: a byte pass (`bytescan`), the streaming reader (`files.read_rows`), then the stage
 `FileCheck.stage`: each raw row is checked against its format's JSON Schema, read into a canonical
 record by the format's own reader, and the record checked by the Python rules (`rules/`). A row
 with an error is rejected (kept with its findings by `--rejects`); warnings do not reject.
@@ -18,19 +18,19 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prep.checks import filechecks
-from prep.checks.codes import CODES, ERROR, finding
+from prep.checks import bytescan
+from prep.checks.dataset_stats import Stats
 from prep.checks.filecheck import MAX_CHARS, MAX_FINDINGS, Checked, Context, FileCheck, FileReport, Findings
 from prep.checks.rules import quality
-from prep.checks.stats import Stats
-from prep.core.findings import Batch, Finding, PrepError, Reject, Source
-from prep.core.options import checked
+from prep.core.codes import CODES
+from prep.core.findings import Batch, Finding, PrepError, Reject, Source, finding
+from prep.core.options import DEFAULT_DATE, checked
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files import (
     BATCH_ROWS,
@@ -100,7 +100,7 @@ class Report(Result):
             "summary": {
                 "files": len(self.files), "rows_read": self.rows_read, "rows_accepted": self.rows_accepted,
                 "rows_rejected": self.rows_rejected, "errors": f.errors, "warnings": f.warnings,
-                "findings_by_code": {code: {"severity": CODES[code].severity if code in CODES else ERROR, "count": n}
+                "findings_by_code": {code: {"severity": CODES[code].severity, "count": n}
                                      for code, n in sorted(f.counts.items())},
                 "findings_stored": len(f.stored), "findings_total": f.total,
             },
@@ -126,7 +126,8 @@ def validate(inputs: Inputs, *, validation: Sequence[str] = (), kind: str | None
              rejects: str | None = None, min_rows: int = 1, max_findings: int | None = MAX_FINDINGS,
              max_chars: int = MAX_CHARS, tokenizer: Any = None, template: str | None = None,
              max_len: int | None = None, progress: ProgressFn | None = None, engine: str = "local",
-             ray_address: str | None = None, ray_workers: int = 0) -> Report:
+             ray_address: str | None = None, ray_workers: int = 0, template_kwargs: Iterable[str] = (),
+             date: str = DEFAULT_DATE) -> Report:
     """Check every row of every input file; raise PrepError only when the run cannot start (missing file, bad
     option).
 
@@ -134,7 +135,8 @@ def validate(inputs: Inputs, *, validation: Sequence[str] = (), kind: str | None
     `engine="ray"` runs each row's own checks on a Ray cluster and the checks across rows here (design §13): the
     same report.
     With `tokenizer` (a folder, or a loaded prep.render.tokenizer.Tokenizer) rows are also rendered with
-    `template` (default: the tokenizer's own) and tokenized, for token statistics and token checks."""
+    `template` (default: the tokenizer's own; its arguments `template_kwargs` and day `date`, as prep tokenize
+    takes them) and tokenized, for token statistics and token checks."""
     if inputs.datasets:
         raise PrepError("validate checks files: convert the dataset_info entries first (prep convert --dataset-info "
                         "... --to openai -o FILE), then validate FILE")
@@ -154,7 +156,7 @@ def validate(inputs: Inputs, *, validation: Sequence[str] = (), kind: str | None
     if tokenizer is not None:
         from prep.checks.tokens import TokenCheck  # noqa: PLC0415 - start-up time: Arrow and numpy only to count tokens
 
-        ctx.tokens = TokenCheck(tokenizer, template, max_len)
+        ctx.tokens = TokenCheck(tokenizer, template, max_len, template_kwargs=template_kwargs, date=date)
     reports = {path: FileReport(display_name(path), role) for path, role in roles}
     with contextlib.ExitStack() as stack:
         stack.enter_context(_heap_frozen())
@@ -221,7 +223,7 @@ def _open(path: str, report: FileReport, ctx: Context) -> tuple[FileCheck, Itera
     """A file's byte pass and format (detected from its first rows unless given): its FileCheck and its row
     batches (None: it cannot be read as rows, which its findings say)."""
     name = report.path
-    scan = filechecks.scan(path, name, ctx.container or split_suffix(path)[0])
+    scan = bytescan.scan(path, name, ctx.container or split_suffix(path)[0])
     report.container, report.size = scan.container, scan.size
     for f in scan.findings:
         ctx.findings.add(f)
@@ -280,7 +282,7 @@ class _FilePart:
     role: str
     piece: Piece
     format: str | None
-    scan: filechecks.Scan
+    scan: bytescan.Scan
     first_kind: str | None
 
 

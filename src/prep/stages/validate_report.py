@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from prep.checks.codes import CODES, ERROR
+from prep.core.codes import CODES, ERROR
 from prep.core.findings import Finding
 from prep.files import write_text_atomic
 from prep.stages.validate import Report
@@ -33,10 +33,10 @@ def table(report: Report) -> Table:
                         ("first finding / what to do", "")):
         t.add_column(name, style=style, justify="right" if name == "count" else "left", overflow="fold")
     counts = report.findings.counts
-    order = sorted(counts, key=lambda c: (CODES[c].severity != ERROR if c in CODES else False, -counts[c], c))
+    order = sorted(counts, key=lambda c: (CODES[c].severity != ERROR, -counts[c], c))
     for code in order:
         shown = report.findings.examples[code]
-        severity = CODES[code].severity if code in CODES else ERROR
+        severity = CODES[code].severity
         lines = ", ".join(_where(f, single) for f in shown[:SHOW_LINES])
         if counts[code] > len(shown[:SHOW_LINES]):
             lines += ", …"

@@ -7,9 +7,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from prep.checks.codes import finding
 from prep.checks.rules.conversation import raw_messages
-from prep.core.findings import Finding
+from prep.core.findings import Finding, finding
 
 MAX_IMAGES = 10
 MAX_IMAGE_BYTES = 10 * 1024 * 1024

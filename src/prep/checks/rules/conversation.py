@@ -13,10 +13,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from prep.checks.codes import finding
 from prep.checks.locate import Loc
 from prep.checks.schemas import show
-from prep.core.findings import Finding
+from prep.core.findings import Finding, finding
 from prep.core.records import Message, Record, kind_of
 
 _PLACEHOLDERS = {"images": "<image>", "videos": "<video>", "audios": "<audio>"}
@@ -57,7 +56,7 @@ class _Walk:
         other.calls_at, other.ids, other.warned_tools = self.calls_at, set(self.ids), self.warned_tools
         return other
 
-    def add(self, code: str, message: str, path: str) -> None:
+    def add_finding(self, code: str, message: str, path: str) -> None:
         self.out.append(finding(code, message, path))
 
     def step(self, m: Message, key: str, i: int) -> None:
@@ -65,27 +64,27 @@ class _Walk:
         at = (key, i)
         if role in ("system", "developer"):
             if self.position:
-                self.add("misplaced_system", "a system message after the start of the conversation", _role(self.loc(at)))
+                self.add_finding("misplaced_system", "a system message after the start of the conversation", _role(self.loc(at)))
             self.position += 1
             return
         if self.state == "calls" and role != "tool" and self.open and self.calls_at:
-            self.add("unanswered_tool_call", f"tool call(s) {', '.join(map(show, self.open))} get no tool result "
+            self.add_finding("unanswered_tool_call", f"tool call(s) {', '.join(map(show, self.open))} get no tool result "
                      f"before the next {role} message", _field(self.loc(self.calls_at), ".tool_calls"))
             # Judge this message as if the results had come: one defect, one finding.
             self.open, self.state = [], "tool_done" if role == "assistant" else "assistant"
         if role == "user":
             if self.state == "user":
-                self.add("role_order", "two user messages in a row", _role(self.loc(at)))
+                self.add_finding("role_order", "two user messages in a row", _role(self.loc(at)))
             elif self.state == "tool_done":
-                self.add("role_order", "a user message right after tool results; the assistant answers them first",
+                self.add_finding("role_order", "a user message right after tool results; the assistant answers them first",
                          _role(self.loc(at)))
             self.state = "user"
         elif role == "assistant":
             if self.state == "start":
-                self.add("role_order", "the conversation starts with an assistant message; start with a user "
+                self.add_finding("role_order", "the conversation starts with an assistant message; start with a user "
                          "message (after an optional system message)", _role(self.loc(at)))
             elif self.state == "assistant":
-                self.add("role_order", "two assistant messages in a row", _role(self.loc(at)))
+                self.add_finding("role_order", "two assistant messages in a row", _role(self.loc(at)))
             self._calls(m, at)
         elif role == "tool":
             self._result(m, at)
@@ -102,7 +101,7 @@ class _Walk:
         self.open, self.calls_at, self.state = [], at, "calls"
         for j, call in enumerate(calls):
             if call["id"] in self.ids:
-                self.add("duplicate_tool_call_id", f"tool call id {show(call['id'])} is used twice in this row",
+                self.add_finding("duplicate_tool_call_id", f"tool call id {show(call['id'])} is used twice in this row",
                          _field(self.loc(at), f".tool_calls[{j}].id"))
             self.ids.add(call["id"])
             self.open.append(call["id"])
@@ -110,10 +109,10 @@ class _Walk:
             if self.tools is None:
                 if not self.warned_tools:
                     self.warned_tools = True
-                    self.add("no_tools_declared", f"the row calls {show(name)} but declares no tools",
+                    self.add_finding("no_tools_declared", f"the row calls {show(name)} but declares no tools",
                              _field(self.loc(at), f".tool_calls[{j}].function.name"))
             elif name not in self.tools:
-                self.add("unknown_tool", f"calls {show(name)}, which is not among the row's tools "
+                self.add_finding("unknown_tool", f"calls {show(name)}, which is not among the row's tools "
                          f"({', '.join(sorted(self.tools)) or 'none'})", _field(self.loc(at), f".tool_calls[{j}].function.name"))
 
     def _result(self, m: Message, at: tuple[str, int]) -> None:
@@ -124,15 +123,15 @@ class _Walk:
             elif call_id is None:
                 self.open.pop(0)
             else:
-                self.add("unknown_tool_call_id", f"tool_call_id {show(call_id)} answers no pending call (pending: "
+                self.add_finding("unknown_tool_call_id", f"tool_call_id {show(call_id)} answers no pending call (pending: "
                          f"{', '.join(map(show, self.open))})", _field(self.loc(at), ".tool_call_id"))
                 self.open.pop(0)  # taken as the answer to the oldest call, so what follows is judged on its own
             self.state = "calls" if self.open else "tool_done"
         elif self.state == "tool_done" and call_id is not None:
-            self.add("unknown_tool_call_id", f"tool_call_id {show(call_id)} answers no pending call (every call "
+            self.add_finding("unknown_tool_call_id", f"tool_call_id {show(call_id)} answers no pending call (every call "
                      "already has its result)", _field(self.loc(at), ".tool_call_id"))
         else:
-            self.add("role_order", "a tool result with no assistant tool call before it", _role(self.loc(at)))
+            self.add_finding("role_order", "a tool result with no assistant tool call before it", _role(self.loc(at)))
             self.state = "tool_done"
 
     def run(self, key: str, messages: list[Message]) -> None:
@@ -140,10 +139,11 @@ class _Walk:
             self.step(m, key, i)
 
 
-def check(record: Record, locs: Mapping[str, list[Loc]], ending: str = "ends_without_answer",
+def check(record: Record, locs: Mapping[str, list[Loc]], paired: bool = False,
           prompts: bool = False) -> list[Finding]:
-    """Every conversation finding for one record. `ending` is the code for a conversation that does not
-    end with an answer: a warning in general, an error (`unpaired_turn`) where LLaMA-Factory drops the row.
+    """Every conversation finding for one record. A conversation that does not end with an answer is a
+    warning in general, an error (`unpaired_turn`) where turns must pair up (`paired`: ShareGPT, whose rows
+    LLaMA-Factory drops).
     With `prompts` (rows for `--kind prompt` shards) a conversation needs no answer. `locs` is consulted only
     to place a finding."""
     out: list[Finding] = []
@@ -176,6 +176,7 @@ def check(record: Record, locs: Mapping[str, list[Loc]], ending: str = "ends_wit
             out.append(finding("nothing_to_train", "every assistant message has weight 0",
                                _list_path(locs["messages"])))
         elif walk.state in ("user", "tool_done"):
+            ending = "unpaired_turn" if paired else "ends_without_answer"
             out.append(finding(ending, f"the conversation ends with a {messages[-1]['role']} message",
                                _role(locs["messages"][-1])))
     else:

@@ -17,9 +17,9 @@ import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from prep.checks.codes import CODES, finding
 from prep.checks.locate import Loc
-from prep.core.findings import Finding, Source
+from prep.core.codes import CODES
+from prep.core.findings import Finding, Source, finding
 from prep.core.records import Record, kind_of
 from prep.overlap.near import NearIndex, sketch
 from prep.overlap.text import Compare, compared

@@ -7,9 +7,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from prep.checks.codes import finding
 from prep.checks.locate import LISTS, Loc
-from prep.core.findings import Finding
+from prep.core.findings import Finding, finding
 from prep.core.records import Record
 
 _CONTROL_BYTES = bytes([*range(0, 9), 11, 12, *range(14, 32), 127])

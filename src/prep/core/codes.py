@@ -1,28 +1,29 @@
-"""Every finding code `prep validate` can report, with its severity and the default hint.
+"""Every finding code prep reports, with its severity and default hint: one table, so validate's report,
+the rejects files, the README's list of codes and the tests all agree.
 
-One table, so the README's list of codes, the severities in reports and the tests all agree:
-a code always has the same severity, whichever check raised it. The readers' own codes
-(src/prep/records.py, formats/, files.py) and those of templates/tokenize that validate can meet are
-here too.
+A finding is made from its code (`core.findings.finding`, `row_error`), which takes the severity and hint
+from here; a raise site gives its own hint only where it knows more than the table (the field it names).
+The severity is the one `prep validate` reports: a stage that drops a row for a code validate only warns
+about (tokenize's `too_long`, dedup's `near_duplicate`, verify's shard checks) says `error` where it raises it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
-from prep.core.findings import Finding
-
-ERROR, WARNING = "error", "warning"
+ERROR, WARNING, INFO = "error", "warning", "info"
 
 
 @dataclass(frozen=True, slots=True)
 class Code:
+    """A code's severity, its family (what raises it: file, structure, ..., stage, shards) and what to do."""
+
     severity: str
     family: str
     hint: str
 
 
+REBUILD = "rebuild the folder with the prep command that made it; never edit shards by hand"
 _ENC = "re-encode the file as UTF-8 without a BOM, e.g. `iconv -f utf-16 -t utf-8 IN > OUT`"
 
 CODES: dict[str, Code] = {
@@ -127,11 +128,12 @@ CODES: dict[str, Code] = {
     "common_suffix": Code(WARNING, "quality", "every answer ends with the same text; remove it unless the model "
                           "should always say it (the template adds the end-of-turn token)"),
     # ---- tokens (--tokenizer)
-    "too_long": Code(WARNING, "tokens", "shorten the row or raise --max-len; building drops it (or truncates it "
-                    "with --overflow truncate)"),
+    "too_long": Code(WARNING, "tokens", "shorten the row or raise --max-len; tokenize drops it, or cuts it with "
+                    "--overflow truncate (or turns)"),
     "template_cannot_render": Code(ERROR, "tokens", "use --template chatml (tools, any role order) or the "
                                    "tokenizer's own template"),
-    "template_not_prefix_stable": Code(ERROR, "tokens", "use a built-in --template for this data"),
+    "template_not_prefix_stable": Code(ERROR, "tokens", "use a built-in --template for this data (prep template "
+                                       "--list)"),
     "template_mismatch": Code(ERROR, "tokens", "use a built-in --template for this data"),
     "template_drops_content": Code(ERROR, "tokens", "use a template that renders every message and tool"),
     "template_error": Code(ERROR, "tokens", "fix the row, or use a built-in --template"),
@@ -139,20 +141,30 @@ CODES: dict[str, Code] = {
     "prompt_mismatch": Code(ERROR, "tokens", "check that both answers start the same way"),
     "special_token_text": Code(WARNING, "tokens", "user text contains a special-token string of the template; it "
                                "would be read as a control token"),
+    # ---- readers and writers of other verbs (convert, export, tokenize, pack, mix, dedup, decontaminate)
+    "too_large": Code(ERROR, "file", "split the row, or raise --max-row-bytes if rows this large are meant"),
+    "too_deep": Code(ERROR, "file", "flatten the row"),
+    "dropped_field": Code(ERROR, "structure", "map them, keep them with --keep-columns, or leave out --strict-fields"),
+    "not_expressible": Code(ERROR, "stage", "convert to openai or trl, which hold every record kind but text"),
+    "developer_as_system": Code(WARNING, "tokens", "use a template with a developer role to keep it apart"),
+    "template_kwargs_unused": Code(ERROR, "tokens", "use the tokenizer's own template, or drop chat_template_kwargs"),
+    "turns_dropped": Code(ERROR, "stage", "raise --max-len to keep them"),
+    "truncated": Code(WARNING, "stage", "raise --max-len to keep the whole row"),
+    "duplicate": Code(ERROR, "stage", "the row that stays is named in duplicate_of"),
+    "contaminated": Code(ERROR, "stage", "a benchmark item in the training data inflates its scores; the row is "
+                         "left out"),
+    "not_sampled": Code(INFO, "stage", "ask for more of this source (SRC:N, SRC:xK) to keep more of its rows"),
+    # ---- shard folders (`prep verify`; its too_long and count_mismatch are the codes above, with REBUILD)
+    "bad_manifest": Code(ERROR, "shards", REBUILD),
+    "unlisted_file": Code(WARNING, "shards", REBUILD),
+    "missing_shard": Code(ERROR, "shards", REBUILD),
+    "size_mismatch": Code(ERROR, "shards", REBUILD),
+    "checksum_mismatch": Code(ERROR, "shards", REBUILD),
+    "wrong_schema": Code(ERROR, "shards", REBUILD),
+    "length_mismatch": Code(ERROR, "shards", REBUILD),
+    "bad_seq_lengths": Code(ERROR, "shards", REBUILD),
+    "bad_ids": Code(ERROR, "shards", REBUILD),
+    "label_not_token": Code(ERROR, "shards", REBUILD),
+    "id_out_of_vocab": Code(ERROR, "shards", REBUILD),
+    "empty_side": Code(ERROR, "shards", REBUILD),
 }
-
-
-def finding(code: str, message: str, path: str = "$", hint: str | None = None) -> Finding:
-    """A finding with the code's severity and (unless given) its default hint."""
-    spec = CODES[code]
-    return Finding(code, message, spec.hint if hint is None else hint, path, spec.severity)
-
-
-def normalized(f: Finding) -> Finding:
-    """A reader's finding with the registry's severity, and its default hint when it has none."""
-    spec = CODES.get(f.code)
-    if spec is None:
-        return f
-    if f.severity == spec.severity and f.hint:
-        return f
-    return dataclasses.replace(f, severity=spec.severity, hint=f.hint or spec.hint)

@@ -15,8 +15,7 @@ import os
 import zlib
 from dataclasses import dataclass, field
 
-from prep.checks.codes import finding
-from prep.core.findings import Finding, PrepError
+from prep.core.findings import Finding, PrepError, finding
 from prep.files import _open_binary
 
 _UTF8_BOM = codecs.BOM_UTF8
