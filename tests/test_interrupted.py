@@ -96,17 +96,16 @@ def expect_line(proc: subprocess.Popen, want: str) -> str:
 def test_a_second_run_into_a_locked_folder_is_refused_and_a_dead_holder_is_taken_over(tmp_path: Path) -> None:
     data = chats(tmp_path / "in.jsonl", 10)
     out = tmp_path / "out"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    try:
-        expect_line(holder, "held")
-        args = ("tokenize", str(data), "--tokenizer", str(TOKENIZER), "--template", "chatml", "-o", str(out), "-q")
-        done = run_prep(*args)
-        assert done.returncode == 2 and f"pid {holder.pid}".encode() in done.stderr, done.stderr
-        assert not out.exists()
-    finally:
-        holder.kill()
-        holder.wait()
+    with subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")}) as holder:
+        try:
+            expect_line(holder, "held")
+            args = ("tokenize", str(data), "--tokenizer", str(TOKENIZER), "--template", "chatml", "-o", str(out), "-q")
+            done = run_prep(*args)
+            assert done.returncode == 2 and f"pid {holder.pid}".encode() in done.stderr, done.stderr
+            assert not out.exists()
+        finally:
+            holder.kill()
     assert holder.returncode == -signal.SIGKILL  # it still held the lock when killed
     assert (tmp_path / ".out.lock").read_text().strip() == str(holder.pid)  # left by the killed holder
     done = run_prep(*args)
@@ -116,16 +115,15 @@ def test_a_second_run_into_a_locked_folder_is_refused_and_a_dead_holder_is_taken
 
 def test_a_second_prep_run_into_a_running_folder_is_refused(tmp_path: Path) -> None:
     path = recipe(tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "run")], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    try:
-        expect_line(holder, "held")
-        done = run_prep("run", str(path), "-q")
-        assert done.returncode == 2 and f"pid {holder.pid}".encode() in done.stderr, done.stderr
-        assert not (tmp_path / "run").exists()
-    finally:
-        holder.kill()
-        holder.wait()
+    with subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "run")], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}) as holder:
+        try:
+            expect_line(holder, "held")
+            done = run_prep("run", str(path), "-q")
+            assert done.returncode == 2 and f"pid {holder.pid}".encode() in done.stderr, done.stderr
+            assert not (tmp_path / "run").exists()
+        finally:
+            holder.kill()
     assert holder.returncode == -signal.SIGKILL  # it still held the lock when killed
     assert run_prep("run", str(path), "-q").returncode == 0
 
@@ -160,12 +158,12 @@ def kill_then_rerun(args: list[str], folder: Path, seeds: range, ignore: tuple[s
     it again on a clean slate, SIGKILL it a random time after one of its progress lines (one that the first run
     followed with at least 0.6 s of work; the kill comes within a third of that work), check the kill found it still
     running, run it again to the end: `folder` must hold the same bytes and nothing else."""
-    reference = traced(args)
-    began, seen = time.monotonic(), []
-    while line_from(reference) is not None:
-        seen.append(time.monotonic() - began)
-    code, ended = reference.wait(), time.monotonic() - began
-    assert code in (0, 1), reference.stderr.read()
+    with traced(args) as reference:
+        began, seen = time.monotonic(), []
+        while line_from(reference) is not None:
+            seen.append(time.monotonic() - began)
+        code, ended = reference.wait(), time.monotonic() - began
+        assert code in (0, 1), reference.stderr.read()
     want = {k: v for k, v in listing(folder).items() if not k.startswith(ignore)}
     lines = [i for i, t in enumerate(seen) if ended - t >= 0.6]
     assert lines, f"the run takes {ended:.1f} s: too short to be killed mid-way; give it more rows"
@@ -174,12 +172,11 @@ def kill_then_rerun(args: list[str], folder: Path, seeds: range, ignore: tuple[s
         line = rng.choice(lines)
         wait = rng.uniform(0, (ended - seen[line]) / 3)
         shutil.rmtree(folder)
-        victim = traced(args)
-        for _ in range(line + 1):
-            last = expect_line(victim, "")
-        time.sleep(wait)
-        victim.send_signal(signal.SIGKILL)
-        victim.wait()
+        with traced(args) as victim:
+            for _ in range(line + 1):
+                last = expect_line(victim, "")
+            time.sleep(wait)
+            victim.send_signal(signal.SIGKILL)
         assert victim.returncode == -signal.SIGKILL, \
             f"seed {seed}: the run ended (exit {victim.returncode}) before the kill {wait:.2f} s after {last!r}"
         done = subprocess.run([sys.executable, "-m", "prep", *args], capture_output=True,
@@ -220,11 +217,11 @@ def test_kill_9_in_prep_run_then_rerun_gives_the_same_bytes_and_no_stray_files(t
 def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path: Path) -> None:
     data = random_chats(tmp_path / "in.jsonl", 3000)
     (tmp_path / "out").mkdir()
-    victim = traced(["tokenize", str(data), "--tokenizer", str(TOKENIZER), "--template", "chatml", "-o",
-                     str(tmp_path / "out" / "tok"), "-q"])
-    expect_line(victim, "tokenize 0")
-    expect_line(victim, "tokenize 1024")  # a shard is being written, and two batches are left
-    victim.send_signal(signal.SIGTERM)
-    _, err = victim.communicate()
+    with traced(["tokenize", str(data), "--tokenizer", str(TOKENIZER), "--template", "chatml", "-o",
+                 str(tmp_path / "out" / "tok"), "-q"]) as victim:
+        expect_line(victim, "tokenize 0")
+        expect_line(victim, "tokenize 1024")  # a shard is being written, and two batches are left
+        victim.send_signal(signal.SIGTERM)
+        _, err = victim.communicate()
     assert victim.returncode == 130 and b"interrupted" in err, (victim.returncode, err)  # not 0: it was running
     assert list((tmp_path / "out").iterdir()) == []
