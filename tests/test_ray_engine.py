@@ -77,8 +77,9 @@ def _ours(pid: int) -> bool:
     return False
 
 
-def _killer(killed: list[int]) -> Any:
-    """A progress function that SIGKILLs one of this Ray's Data worker processes once the first part is back."""
+def _killer(killed: list[tuple[int, int]]) -> Any:
+    """A progress function that SIGKILLs one of this Ray's Data worker processes once the first part is back, and
+    notes its pid and the rows back by then."""
 
     def progress(p: Progress) -> None:
         if p.rows and not killed:
@@ -90,7 +91,7 @@ def _killer(killed: list[int]) -> Any:
                 if text.startswith(b"ray::MapWorker") and _ours(int(cmdline.parent.name)):
                     pid = int(cmdline.parent.name)
                     os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
+                    killed.append((pid, p.rows))
                     return
 
     return progress
@@ -195,10 +196,11 @@ def test_a_worker_killed_mid_run_loses_nothing_and_writes_nothing_twice(tmp_path
     qwen = fixture("tokenizers", "qwen2.5")
     inputs = Inputs([str(_big_jsonl(tmp_path / "big.jsonl", 4))])
     local = tokenize(inputs, str(qwen), str(tmp_path / "local"), template="chatml")
-    killed: list[int] = []
+    killed: list[tuple[int, int]] = []
     distributed = tokenize(inputs, str(qwen), str(tmp_path / "ray"), template="chatml", engine="ray", ray_workers=2,
                            progress=_killer(killed))
     assert killed, "no worker was running to kill"
+    assert killed[0][1] < distributed.tally.read, "the kill came after the last part was back: it tested nothing"
     assert distributed.manifest == local.manifest
     assert distributed.tally.read == local.tally.read == distributed.tally.written + distributed.tally.rejected_total
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -142,50 +141,8 @@ def test_run_rechecks_a_skipped_stage_before_a_later_stage_reads_it(tmp_path: Pa
     assert verify(tmp_path / "run" / "tokenize").ok and verify(tmp_path / "run" / "pack").ok
 
 
-# ---------------------------------------------------------------- 3. one run per output folder
-
-HOLDER = """
-import sys, time
-from prep.files import locked
-with locked(sys.argv[1]):
-    print("held", flush=True)
-    time.sleep(60)
-"""
-
-
-def test_a_second_run_into_a_locked_folder_is_refused_and_a_dead_holder_is_taken_over(tmp_path: Path) -> None:
-    data = chats(tmp_path / "in.jsonl", 10)
-    out = tmp_path / "out"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE,
-                              env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    try:
-        assert holder.stdout.readline() == b"held\n"
-        args = ("tokenize", str(data), "--tokenizer", str(TOKENIZER), "--template", "chatml", "-o", str(out), "-q")
-        done = run_prep(*args)
-        assert done.returncode == 2 and f"pid {holder.pid}".encode() in done.stderr, done.stderr
-        assert not out.exists()
-    finally:
-        holder.kill()
-        holder.wait()
-    assert (tmp_path / ".out.lock").read_text().strip() == str(holder.pid)  # left by the killed holder
-    done = run_prep(*args)
-    assert done.returncode == 0, done.stderr
-    assert verify(out).ok and sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out"]
-
-
-def test_a_second_prep_run_into_a_running_folder_is_refused(tmp_path: Path) -> None:
-    path = recipe(tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "run")], stdout=subprocess.PIPE,
-                              env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    try:
-        assert holder.stdout.readline() == b"held\n"
-        done = run_prep("run", str(path), "-q")
-        assert done.returncode == 2 and f"pid {holder.pid}".encode() in done.stderr, done.stderr
-        assert not (tmp_path / "run").exists()
-    finally:
-        holder.kill()
-        holder.wait()
-    assert run_prep("run", str(path), "-q").returncode == 0
+# ---------------------------------------------------------------- 3. one run per output folder (runs at once, kill -9
+# and SIGTERM: test_interrupted.py)
 
 
 def test_python_callers_are_guarded_too(tmp_path: Path) -> None:
@@ -197,23 +154,6 @@ def test_python_callers_are_guarded_too(tmp_path: Path) -> None:
     with pytest.raises(PrepError, match="is the input"):
         tokenize(Inputs([str(data)]), str(TOKENIZER), str(tmp_path / "t"), template="chatml", rejects=str(data))
     assert len(data.read_text().splitlines()) == 3
-
-
-@pytest.mark.slow
-def test_two_tokenize_runs_at_once_one_refused_the_other_verifies(tmp_path: Path) -> None:
-    data = chats(tmp_path / "in.jsonl", 20_000)
-    out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    args = [sys.executable, "-m", "prep", "tokenize", str(data), "--tokenizer", str(TOKENIZER), "--template",
-            "chatml", "-o", str(out), "-q"]
-    first = subprocess.Popen(args, stderr=subprocess.PIPE, env=env)
-    while not (tmp_path / ".out.lock").exists() and first.poll() is None:
-        time.sleep(0.02)
-    second = subprocess.run(args, capture_output=True, env=env)
-    first.communicate()
-    assert first.returncode == 0
-    assert second.returncode == 2 and b"another prep run" in second.stderr, second.stderr
-    assert verify(out).ok and read_manifest(out)["counts"]["written"] == 20_000
 
 
 # ---------------------------------------------------------------- 4. replace, don't delete
@@ -485,77 +425,6 @@ def test_folders_and_truncated_files_get_their_own_words(tmp_path: Path) -> None
         assert b"internal error" not in done.stderr
     done = run_prep("validate", "/dev/stdin", input=b"")
     assert done.returncode == 1 and b"empty_file" in done.stdout, done.stderr
-
-
-# ---------------------------------------------------------------- 10. kill -9 and SIGTERM at random points
-
-
-def listing(folder: Path) -> dict[str, bytes]:
-    return snapshot(folder) | {str(p.relative_to(folder)): b"" for p in folder.rglob("*") if p.is_dir()}
-
-
-def kill_then_rerun(args: list[str], folder: Path, seconds: tuple[float, float], seeds: range,
-                    ignore: tuple[str, ...] = ()) -> None:
-    """Run `args` once to get the reference content of `folder`; then, per seed, start it again on a clean slate, kill
-    it (SIGKILL) at a random moment, run it again to the end: `folder` must hold the same bytes and nothing else."""
-    import random
-
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    code = subprocess.run(args, env=env, capture_output=True).returncode
-    assert code in (0, 1)
-    reference = {k: v for k, v in listing(folder).items() if not k.startswith(ignore)}
-    for seed in seeds:
-        victim = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(random.Random(seed).uniform(*seconds))
-        victim.send_signal(signal.SIGKILL)
-        victim.wait()
-        done = subprocess.run(args, env=env, capture_output=True)
-        assert done.returncode == code, (seed, done.stderr)
-        assert {k: v for k, v in listing(folder).items() if not k.startswith(ignore)} == reference, seed
-
-
-@pytest.mark.slow
-def test_kill_9_in_tokenize_then_rerun_gives_the_same_bytes_and_no_stray_files(tmp_path: Path) -> None:
-    (tmp_path / "data").mkdir()
-    data = random_chats(tmp_path / "data" / "in.jsonl", 3000)
-    kill_then_rerun([sys.executable, "-m", "prep", "tokenize", str(data), "--tokenizer", str(TOKENIZER), "--template",
-                     "chatml", "-o", str(tmp_path / "work" / "tok"), "--rejects",
-                     str(tmp_path / "work" / "rejects.jsonl"), "-q"], tmp_path / "work", (0.3, 3.0), range(3))
-
-
-@pytest.mark.slow
-def test_kill_9_in_pack_then_rerun_gives_the_same_bytes_and_no_stray_files(tmp_path: Path) -> None:
-    (tmp_path / "data").mkdir()
-    data = random_chats(tmp_path / "data" / "in.jsonl", 3000)
-    tok = tmp_path / "tok"
-    assert run_prep("tokenize", str(data), "--tokenizer", str(TOKENIZER), "--template", "chatml", "-o", str(tok),
-                    "-q").returncode == 0
-    kill_then_rerun([sys.executable, "-m", "prep", "pack", str(tok), "--max-len", "1024", "--window", "500",
-                     "--shard-size", "200rows", "-o", str(tmp_path / "work" / "packed"), "-q"], tmp_path / "work",
-                    (0.3, 2.0), range(3))
-
-
-@pytest.mark.slow
-def test_kill_9_in_prep_run_then_rerun_gives_the_same_bytes_and_no_stray_files(tmp_path: Path) -> None:
-    path = tmp_path / "recipe.yaml"
-    path.write_text(RECIPE.format(out=tmp_path / "run", data=random_chats(tmp_path / "data.jsonl", 3000),
-                                  tokenizer=TOKENIZER).replace("max_len: 256", "max_len: 1024"))
-    kill_then_rerun([sys.executable, "-m", "prep", "run", str(path), "-q"], tmp_path / "run", (0.5, 4.0), range(3),
-                    ignore=("run.json", "report.html"))  # they hold the run's times
-
-
-def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path: Path) -> None:
-    data = random_chats(tmp_path / "in.jsonl", 3000)
-    (tmp_path / "out").mkdir()
-    victim = subprocess.Popen([sys.executable, "-m", "prep", "tokenize", str(data), "--tokenizer", str(TOKENIZER),
-                               "--template", "chatml", "-o", str(tmp_path / "out" / "tok"), "-q"],
-                              stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    while not (tmp_path / "out" / ".tok.partial").exists() and victim.poll() is None:
-        time.sleep(0.01)
-    victim.send_signal(signal.SIGTERM)
-    _, err = victim.communicate()
-    assert victim.returncode == 130 and b"interrupted" in err, err
-    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_pack_of_documents_all_too_long_rejects_them_all(tmp_path: Path) -> None:
