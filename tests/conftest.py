@@ -19,8 +19,6 @@ from prep.core.options import DEFAULT_DATE
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
 FIXTURES = Path(os.environ.get("PREP_FIXTURES", ROOT.parent / "shared" / "fixtures"))
-LLAMAFACTORY = FIXTURES / "data" / "llamafactory"
-TOKENIZERS = FIXTURES / "tokenizers"
 
 
 def fixture(*parts: str) -> Path:
