@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, SAMPLES, fixture, make_tiny_model, run_prep
+from conftest import ROOT, SAMPLES, make_tiny_model, run_prep
 from prep.core.findings import PrepError
 from prep.recipes.recipe import load_recipe, parse_set, relative
 from prep.recipes.runner import STAMP, RunResult, run
@@ -26,9 +26,7 @@ pytest.importorskip("peft")
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 # Documents each recipe's shards hold, counted by hand from the samples.
 DOCUMENTS = {"quickstart": 4, "alpaca-ko-lora": 7, "together-multiturn": 6, "autotrain-csv-dpo": 5,
-             "llamafactory-registry": 18, "continued-pretraining": 11, "mixture": 13, "llamafactory-kto": 300}
-# Recipes reading the shared fixtures (not in the repository): where they are here.
-FIXTURE_SETS = {"llamafactory-kto": lambda: (f"inputs.dataset_info={fixture('data', 'llamafactory')}/dataset_info.json",)}
+             "llamafactory-registry": 18, "continued-pretraining": 11, "mixture": 13, "llamafactory-kto": 7}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +53,7 @@ def test_recipes_are_all_here() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_runs_to_completion_then_skips(recipe: Path, tiny_model: Path, tmp_path: Path) -> None:
-    sets = (f"output={tmp_path}", f"train.model={tiny_model}", *FIXTURE_SETS.get(recipe.stem, tuple)())
+    sets = (f"output={tmp_path}", f"train.model={tiny_model}")
     loaded = load_recipe(recipe, sets)
     result = run(loaded)
     assert result.stopped is None and result.rejected == 0 and result.exit_code == 0
