@@ -74,7 +74,7 @@ def _messages(value: Any, path: str) -> list[r.Message]:
         item = r.json_value(item, where, dict)
         role = r.get(item, "role", where)
         if role not in _ROLES:
-            raise r.row_error("bad_role", f"unknown role {role!r}", f"use one of {', '.join(_ROLES)}", f"{where}.role")
+            raise r.row_error("bad_role", *r.unknown_role(role, _ROLES), f"{where}.role")
         for key in item:
             if key not in _KEYS:
                 r.note_dropped(key)
