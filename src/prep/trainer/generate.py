@@ -27,7 +27,6 @@ from prep.render.templates import AnyTemplate, get_template, render_pair
 from prep.render.tokenizer import Tokenizer, describe_tokenizer, load_tokenizer, same_tokenizer
 from prep.trainer.train import TRAIN_INFO
 
-
 _CONTROLS = "\x00-\x08\x0b-\x1f\x7f-\x9f"  # C0 but tab and newline, DEL, C1
 _CONTROL = re.compile(f"[{_CONTROLS}]")
 _NOT_TEXT = re.compile(f"[{_CONTROLS}\ufffd]")  # and U+FFFD, what a decoder puts for bytes that are no UTF-8
