@@ -6,7 +6,9 @@ import contextlib
 import datetime
 import functools
 import importlib.util
+import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +21,6 @@ from prep.core.options import DEFAULT_DATE
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
 FIXTURES = Path(os.environ.get("PREP_FIXTURES", ROOT.parent / "shared" / "fixtures"))
-LLAMAFACTORY = FIXTURES / "data" / "llamafactory"
-TOKENIZERS = FIXTURES / "tokenizers"
 
 
 def fixture(*parts: str) -> Path:
@@ -29,6 +29,45 @@ def fixture(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"fixture {path} not found (set PREP_FIXTURES to the shared fixtures folder)")
     return path
+
+
+_CALLS_FIXTURE = re.compile(r"(?<![.\w@])fixture\(")  # this module's fixture(), not @pytest.fixture(
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--only-fixture-tests", action="store_true",
+                     help="only the tests that open $PREP_FIXTURES (CI runs them once with an empty folder: each must "
+                          "skip, saying why, as in a fresh clone without ../shared)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--only-fixture-tests"):
+        keep = [item for item in items if _opens_fixtures(item)]
+        config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+        items[:] = keep
+
+
+def _opens_fixtures(item: pytest.Item) -> bool:
+    """The test, a fixture it uses, or a function of its module either of them calls, calls fixture()."""
+    module = getattr(item, "module", None)
+    if module is None:  # a doctest
+        return False
+    helpers = {name: f for name, f in vars(module).items() if inspect.isfunction(f) and f.__module__ == module.__name__}
+    fixtures = [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
+    todo = [item.function, *(f for f in fixtures if f.__module__.startswith(("test_", "conftest")))]
+    seen: set[Any] = set()
+    while todo:
+        if (function := todo.pop()) in seen:
+            continue
+        seen.add(function)
+        try:
+            source = inspect.getsource(function)
+        except (OSError, TypeError):
+            continue
+        if _CALLS_FIXTURE.search(source):
+            return True
+        todo += [f for name, f in helpers.items() if re.search(rf"\b{name}\(", source)]
+    return False
 
 
 def run_prep(*args: str, input: bytes | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:

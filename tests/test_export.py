@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from conftest import SAMPLES, TOKENIZERS, run_prep
+from conftest import SAMPLES, fixture, run_prep
 from prep.cli import main
 from prep.formats.inputs import Inputs
 from prep.render.tokenizer import load_tokenizer
@@ -91,7 +91,7 @@ def test_hf_dataset_loads_with_load_from_disk(shards, tmp_path) -> None:
 
 def test_jsonl_is_exactly_what_prep_template_renders(shards, tmp_path) -> None:
     """text -> tokens -> text: the decoded shards and their trained spans are the rendered rows, character for
-    character (the project's tokenizer, and the fixtures' byte-level ones)."""
+    character (the project's tokenizer)."""
     unpacked, packed = shards
     rendered = tmp_path / "rendered.jsonl"
     template(Inputs(INPUTS), "chatml", str(SAMPLES / "tokenizer"), str(rendered))
@@ -99,12 +99,15 @@ def test_jsonl_is_exactly_what_prep_template_renders(shards, tmp_path) -> None:
     by_id = {r["id"]: r for r in map(json.loads, rendered.read_text().splitlines())}
     exported = [json.loads(line) for line in (tmp_path / "packed.jsonl").read_text().splitlines()]
     assert len(exported) == len(by_id) and all(r == by_id[r["id"]] for r in exported)
-    tok = TOKENIZERS / "llama3"  # byte-level, and a tokenizer whose transformers decode cleans up spaces
-    if tok.is_dir():
-        template(Inputs(INPUTS[:2]), None, str(tok), str(tmp_path / "llama3.jsonl"))
-        tokenize(Inputs(INPUTS[:2]), str(tok), str(tmp_path / "llama3"))
-        export(tmp_path / "llama3", "jsonl", str(tmp_path / "llama3-export.jsonl"))
-        assert (tmp_path / "llama3-export.jsonl").read_text() == (tmp_path / "llama3.jsonl").read_text()
+
+
+def test_jsonl_is_what_prep_template_renders_with_a_byte_level_tokenizer(tmp_path) -> None:
+    """The same with llama3: byte-level, and a tokenizer whose transformers decode cleans up spaces."""
+    tok = fixture("tokenizers", "llama3")
+    template(Inputs(INPUTS[:2]), None, str(tok), str(tmp_path / "llama3.jsonl"))
+    tokenize(Inputs(INPUTS[:2]), str(tok), str(tmp_path / "llama3"))
+    export(tmp_path / "llama3", "jsonl", str(tmp_path / "llama3-export.jsonl"))
+    assert (tmp_path / "llama3-export.jsonl").read_text() == (tmp_path / "llama3.jsonl").read_text()
 
 
 def test_what_a_tool_cannot_take_is_refused_in_one_line(shards, tmp_path) -> None:

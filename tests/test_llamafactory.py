@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conftest import LLAMAFACTORY, SAMPLES, fixture, run_prep
+from conftest import SAMPLES, fixture, run_prep
 from prep.formats.inputs import Inputs
 from prep.stages.convert import convert
 
@@ -31,7 +31,7 @@ def registry() -> Path:
 def test_alpaca_demo(registry: Path, tmp_path: Path) -> None:
     tally, rows = through_registry(registry, "alpaca_en_demo", tmp_path)
     assert (tally.read, tally.written, tally.rejected_total) == (999, 999, 0)
-    source = json.loads((LLAMAFACTORY / "alpaca_en_demo.json").read_text(encoding="utf-8"))
+    source = json.loads(fixture("data", "llamafactory", "alpaca_en_demo.json").read_text(encoding="utf-8"))
     for row, src in zip(rows, source, strict=True):
         query = "\n".join(q for q in (src["instruction"], src["input"]) if q)
         assert row["messages"] == [{"role": "user", "content": query}, {"role": "assistant", "content": src["output"]}]
@@ -41,7 +41,7 @@ def test_alpaca_demo(registry: Path, tmp_path: Path) -> None:
 def test_glaive_function_calls_become_openai_tool_calls(registry: Path, tmp_path: Path) -> None:
     tally, rows = through_registry(registry, "glaive_toolcall_en_demo", tmp_path)
     assert (tally.read, tally.written) == (300, 300)
-    source = json.loads((LLAMAFACTORY / "glaive_toolcall_en_demo.json").read_text(encoding="utf-8"))
+    source = json.loads(fixture("data", "llamafactory", "glaive_toolcall_en_demo.json").read_text(encoding="utf-8"))
     calls = results = 0
     for row, src in zip(rows, source, strict=True):
         turns, messages = src["conversations"], row["messages"]
@@ -75,7 +75,7 @@ def test_glaive_tool_calls_keep_arguments_as_objects_in_trl(registry: Path, tmp_
 def test_dpo_demo(registry: Path, tmp_path: Path) -> None:
     tally, rows = through_registry(registry, "dpo_en_demo", tmp_path, to="trl")
     assert (tally.read, tally.written) == (300, 300)
-    source = json.loads((LLAMAFACTORY / "dpo_en_demo.json").read_text(encoding="utf-8"))
+    source = json.loads(fixture("data", "llamafactory", "dpo_en_demo.json").read_text(encoding="utf-8"))
     for row, src in zip(rows, source, strict=True):
         assert len(row["prompt"]) == len(src["conversations"]) and row["prompt"][-1]["role"] == "user"
         assert row["chosen"] == [{"role": "assistant", "content": src["chosen"]["value"]}]
@@ -86,7 +86,7 @@ def test_kto_demo(registry: Path, tmp_path: Path) -> None:
     tally, rows = through_registry(registry, "kto_en_demo", tmp_path, to="trl")
     assert (tally.read, tally.written) == (300, 300)
     assert Counter(r["label"] for r in rows) == {True: 150, False: 150}
-    source = json.loads((LLAMAFACTORY / "kto_en_demo.json").read_text(encoding="utf-8"))
+    source = json.loads(fixture("data", "llamafactory", "kto_en_demo.json").read_text(encoding="utf-8"))
     for row, src in zip(rows, source, strict=True):
         assert row["prompt"] + row["completion"] == src["messages"] and row["label"] is src["label"]
         assert row["completion"][0]["role"] == "assistant"
@@ -95,14 +95,15 @@ def test_kto_demo(registry: Path, tmp_path: Path) -> None:
 def test_c4_demo_is_text(registry: Path, tmp_path: Path) -> None:
     tally, rows = through_registry(registry, "c4_demo", tmp_path, to="text")
     assert (tally.read, tally.written) == (300, 300)
-    source = [json.loads(line) for line in (LLAMAFACTORY / "c4_demo.jsonl").read_text(encoding="utf-8").splitlines()]
+    lines = fixture("data", "llamafactory", "c4_demo.jsonl").read_text(encoding="utf-8").splitlines()
+    source = [json.loads(line) for line in lines]
     assert [r["text"] for r in rows] == [s["text"] for s in source]
 
 
 def test_mllm_demo_keeps_images(registry: Path, tmp_path: Path) -> None:
     tally, rows = through_registry(registry, "mllm_demo", tmp_path)
     assert (tally.read, tally.written) == (6, 6)
-    source = json.loads((LLAMAFACTORY / "mllm_demo.json").read_text(encoding="utf-8"))
+    source = json.loads(fixture("data", "llamafactory", "mllm_demo.json").read_text(encoding="utf-8"))
     assert [r["images"] for r in rows] == [s["images"] for s in source]
     assert [r["messages"] for r in rows] == [s["messages"] for s in source]
     _, back = through_registry(registry, "mllm_demo", tmp_path, to="sharegpt")

@@ -259,3 +259,15 @@ def test_ascii_shingles_are_the_tokens_bigrams_and_hash_as_text() -> None:
     as_text, as_bytes = rensa.RMinHash.digests_from_token_sets([["a b", "é c"], [b"a b", "é c".encode()]], num_perm=8,
                                                                seed=1)
     assert as_text == as_bytes
+
+
+def test_an_unknown_role_reads_the_same_in_validate_and_dedup(tmp_path: Path) -> None:
+    """validate checks rows against the schema, dedup reads them as records: one message and one hint."""
+    data = write_jsonl(tmp_path / "roles.jsonl", [{"messages": [{"role": "human", "content": "hi"},
+                                                                {"role": "assistant", "content": "yo"}]}, chat("a", "b")])
+    prep.validate(prep.Inputs([str(data)]), rejects=str(tmp_path / "v.jsonl"))
+    prep.dedup(prep.Inputs([str(data)]), str(tmp_path / "d.jsonl"), rejects=str(tmp_path / "dr.jsonl"))
+    (validated,), (deduped,) = lines(tmp_path / "v.jsonl"), lines(tmp_path / "dr.jsonl")
+    said = [{k: r["reasons"][0][k] for k in ("code", "message", "hint", "path")} for r in (validated, deduped)]
+    assert said[0] == said[1] == {"code": "bad_role", "message": 'unknown role "human"', "path": "$.messages[0].role",
+                                  "hint": "use one of system, developer, user, assistant, tool, function"}

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conftest import LLAMAFACTORY, ROOT, SAMPLES, fixture, run_prep
+from conftest import ROOT, SAMPLES, fixture, run_prep
 from prep.core.result import Progress
 from prep.formats.inputs import Inputs
 from prep.stages import validate_report as show
@@ -45,7 +45,7 @@ def cluster() -> Any:
 def _big_jsonl(path: Path, copies: int) -> Path:
     """The alpaca fixture `copies` times as JSONL, with what a long file has: a BOM, blank lines, lines that are
     not JSON and invalid UTF-8, so pieces start mid-file and rejects come from every piece."""
-    rows = json.loads((LLAMAFACTORY / "alpaca_en_demo.json").read_text(encoding="utf-8"))
+    rows = json.loads(fixture("data", "llamafactory", "alpaca_en_demo.json").read_text(encoding="utf-8"))
     with path.open("wb") as f:
         f.write(b"\xef\xbb\xbf")
         for k in range(copies):

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import LLAMAFACTORY, ROOT, apply_chat_template, fixture, hf_tokenizer, run_prep
+from conftest import ROOT, apply_chat_template, fixture, hf_tokenizer, run_prep
 from prep.core.options import DEFAULT_DATE
 from prep.core.records import join_think
 from prep.formats.inputs import Inputs
@@ -30,7 +30,7 @@ THINK, END_THINK = 128002, 128003  # <think>, </think> in the smollm3 fixture
 def conversations(tmp_path_factory) -> tuple[Path, list[dict[str, Any]]]:
     """320 conversations from the alpaca fixture with reasoning added: one and two turns, with and without a
     system message, a few with empty reasoning (an empty think block)."""
-    rows = json.loads((fixture("data", "llamafactory", "alpaca_en_demo.json")).read_text(encoding="utf-8"))
+    rows = json.loads(fixture("data", "llamafactory", "alpaca_en_demo.json").read_text(encoding="utf-8"))
     out = []
     for i in range(320):
         a, b = rows[i], rows[(i * 7 + 3) % len(rows)]
@@ -274,7 +274,7 @@ def test_prompt_shards_equal_apply_chat_template_with_the_generation_prompt(tmp_
     """GRPO/RLOO rows: system + user with no answer are taken, a conversation gives the prompt before its last
     answer; prompt_input_ids = apply_chat_template(prompt, add_generation_prompt=True)."""
     tok_dir = fixture("tokenizers", name)
-    rows = json.loads((LLAMAFACTORY / "alpaca_en_demo.json").read_text(encoding="utf-8"))[:60]
+    rows = json.loads(fixture("data", "llamafactory", "alpaca_en_demo.json").read_text(encoding="utf-8"))[:60]
     data = []
     for i, r in enumerate(rows):
         messages = [{"role": "system", "content": "Solve it."}] if i % 2 else []

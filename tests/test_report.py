@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from tokenizers import Tokenizer
 
-from conftest import ROOT, SAMPLES, TOKENIZERS, make_tiny_model, run_prep
+from conftest import ROOT, SAMPLES, fixture, make_tiny_model, run_prep
 from prep.cli import main
 from prep.formats.inputs import Inputs
 from prep.recipes.recipe import load_recipe
@@ -258,19 +258,27 @@ def test_preference_curves_are_drawn_whatever_their_names(quickstart, tmp_path) 
     assert {"rewards", "rewards/accuracies", "logps", "loss", "learning rate"} <= set(page.charts)
 
 
-def test_bad_targets_are_one_line_and_exit_2(quickstart, tmp_path) -> None:
-    run = quickstart
+def test_bad_targets_are_one_line_and_exit_2(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "list.json").write_text("[1, 2]")
     (tmp_path / "other.json").write_text('{"a": 1}')
     cases = [(tmp_path / "empty", "nothing to report on"), (tmp_path / "list.json", "not a prep report"),
              (tmp_path / "other.json", "not a run.json"), (tmp_path / "nowhere", "does not exist")]
-    if (TOKENIZERS / "qwen2.5").is_dir():
-        cases.append((f"{run / 'pack'} --tokenizer {TOKENIZERS / 'qwen2.5'}", "not the one these shards were made with"))
     for target, words in cases:
-        done = CliRunner().invoke(main, ["report", *str(target).split(), "-o", str(tmp_path / "x.html")])
-        assert done.exit_code == 2 and words in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        refused_in_one_line(["report", str(target), "-o", str(tmp_path / "x.html")], words)
     assert not (tmp_path / "x.html").exists()
+
+
+def test_another_tokenizer_is_refused_in_one_line(quickstart, tmp_path) -> None:
+    qwen = fixture("tokenizers", "qwen2.5")
+    refused_in_one_line(["report", str(quickstart / "pack"), "--tokenizer", str(qwen), "-o", str(tmp_path / "x.html")],
+                        "not the one these shards were made with")
+    assert not (tmp_path / "x.html").exists()
+
+
+def refused_in_one_line(args: list[str], words: str) -> None:
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 2 and words in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 # ---------------------------------------------------------------- in a browser

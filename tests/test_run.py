@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, SAMPLES, fixture, make_tiny_model, run_prep
+from conftest import ROOT, SAMPLES, make_tiny_model, run_prep
 from prep.core.findings import PrepError
 from prep.recipes.recipe import load_recipe, parse_set, relative
 from prep.recipes.runner import STAMP, RunResult, run
@@ -26,9 +26,7 @@ pytest.importorskip("peft")
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 # Documents each recipe's shards hold, counted by hand from the samples.
 DOCUMENTS = {"quickstart": 4, "alpaca-ko-lora": 7, "together-multiturn": 6, "autotrain-csv-dpo": 5,
-             "llamafactory-registry": 18, "continued-pretraining": 11, "mixture": 13, "llamafactory-kto": 300}
-# Recipes reading the shared fixtures (not in the repository): where they are here.
-FIXTURE_SETS = {"llamafactory-kto": lambda: (f"inputs.dataset_info={fixture('data', 'llamafactory')}/dataset_info.json",)}
+             "llamafactory-registry": 18, "continued-pretraining": 11, "mixture": 13, "llamafactory-kto": 7}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +53,7 @@ def test_recipes_are_all_here() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_runs_to_completion_then_skips(recipe: Path, tiny_model: Path, tmp_path: Path) -> None:
-    sets = (f"output={tmp_path}", f"train.model={tiny_model}", *FIXTURE_SETS.get(recipe.stem, tuple)())
+    sets = (f"output={tmp_path}", f"train.model={tiny_model}")
     loaded = load_recipe(recipe, sets)
     result = run(loaded)
     assert result.stopped is None and result.rejected == 0 and result.exit_code == 0
@@ -316,6 +314,57 @@ def test_missing_files_name_their_line(tmp_path: Path) -> None:
     msg = mistake(tmp_path, GOOD.replace(str(SAMPLES / "tokenizer"), "../no-tokenizer"))
     assert msg.startswith(f"{tmp_path / 'bad.yaml'}:4: tokenize.tokenizer: {tmp_path.parent / 'no-tokenizer'}: "
                           "no such tokenizer folder")
+    (tmp_path / "config-only").mkdir()
+    shutil.copy(SAMPLES / "tokenizer" / "tokenizer_config.json", tmp_path / "config-only")
+    assert mistake(tmp_path, GOOD.replace(str(SAMPLES / "tokenizer"), "config-only")).startswith(
+        f"{tmp_path / 'bad.yaml'}:4: tokenize.tokenizer: {tmp_path / 'config-only'}: holds no tokenizer.json")
+    assert mistake(tmp_path, GOOD.replace("chatml", "mine.jinja")) == \
+        f"{tmp_path / 'bad.yaml'}:5: tokenize.template: {tmp_path / 'mine.jinja'}: no such file"
+    registry = "inputs:\n  dataset_info: info.json\n  datasets: [a]\nconvert: {to: openai}\n"
+    assert mistake(tmp_path, registry) == f"{tmp_path / 'bad.yaml'}:2: inputs.dataset_info: {tmp_path / 'info.json'}: " \
+        "no such file"
+    against = GOOD + "decontaminate:\n  against: [bench.jsonl]\n"
+    assert mistake(tmp_path, against) == f"{tmp_path / 'bad.yaml'}:9: decontaminate.against[0]: " \
+        f"{tmp_path / 'bench.jsonl'}: no such file"
+    for key in ("model", "ref_model"):
+        models = {"model": str(tmp_path), "ref_model": str(tmp_path)} | {key: "samples"}  # samples/: no config.json
+        trains = GOOD.split("pack:")[0].replace("chatml\n", "chatml\n  kind: dpo\n") + \
+            f"train:\n  model: {models['model']}\n  ref_model: {models['ref_model']}\n"
+        (tmp_path / "config.json").write_text("{}")
+        (tmp_path / "samples").mkdir(exist_ok=True)
+        line = 8 if key == "model" else 9
+        assert mistake(tmp_path, trains) == f"{tmp_path / 'bad.yaml'}:{line}: train.{key}: {tmp_path / 'samples'}: " \
+            "holds no config.json; give the folder of a transformers model"
+
+
+@pytest.mark.parametrize("dry", [True, False], ids=["dry-run", "run"])
+def test_a_misspelt_tokenizer_folder_fails_before_any_stage(tmp_path: Path, dry: bool) -> None:
+    """samples/tokenzer reads like a hub id (owner/name), but samples/ is a folder here: a path, and it is not
+    there. `prep run` and `--dry-run` both refuse it, naming the --set and the key, before any stage runs."""
+    given = "tokenize.tokenizer=samples/tokenzer"
+    proc = run_prep("run", "recipes/quickstart.yaml", "--set", given, "--set", f"output={tmp_path / 'out'}",
+                    *(["--dry-run"] if dry else []), cwd=ROOT)
+    assert proc.returncode == 2 and proc.stderr.decode() == f"prep: --set {given}: tokenize.tokenizer: " \
+        f"{ROOT / 'samples' / 'tokenzer'}: no such tokenizer folder: give a local folder with tokenizer.json and " \
+        "tokenizer_config.json\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_loading_and_planning_a_recipe_that_trains_imports_no_train_extra(tmp_path: Path) -> None:
+    """A recipe with a train section is loaded and planned (what a re-run whose stages are all done, and
+    --dry-run, do) in a fresh interpreter without importing torch, transformers, peft or trl: they take seconds
+    and half a gigabyte, and only the train stage needs them."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    probe = ("import sys\nfrom prep.recipes.recipe import load_recipe\nfrom prep.recipes.runner import run\n"
+             f"recipe = load_recipe('recipes/quickstart.yaml', ['output={tmp_path / 'out'}', "
+             f"'train.model={tmp_path / 'model'}'])\n"
+             "assert [s.name for s in run(recipe, dry_run=True).stages][-1] == 'train'\n"
+             "print([m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets') if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
 
 
 def test_missing_tiny_model_says_how_to_make_it(tmp_path: Path) -> None:

@@ -272,7 +272,7 @@ def test_clear_errors(tmp_path) -> None:
     openai = str(SAMPLES / "openai.jsonl")
     cases = [
         (["--tokenizer", str(bare)], "no chat template and no --template"),
-        (["--tokenizer", str(tmp_path / "missing")], "not found: give a local folder"),
+        (["--tokenizer", str(tmp_path / "missing")], "no such tokenizer folder: give a local folder"),
         (["--tokenizer", TOKENIZER, "--template", "nope"], "--template nope: must be a template name"),
         (["--tokenizer", TOKENIZER, "--template", "llama3"], "is not one token of this tokenizer"),
         (["--tokenizer", TOKENIZER, "--kind", "dpo", "--overflow", "turns"], "--overflow turns"),

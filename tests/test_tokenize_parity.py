@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from conftest import LLAMAFACTORY, apply_chat_template, fixture, hf_tokenizer
+from conftest import apply_chat_template, fixture, hf_tokenizer
 from prep.core.findings import Batch, Source
 from prep.formats import read_records
 from prep.render.encoder import Encoder, Settings, _token_ranges
@@ -202,7 +202,7 @@ def test_builtin_template_equals_the_models_own(case: Case) -> None:
 def test_kto_prompt_and_completion_as_trl_reads_them(case: Case) -> None:
     """prompt_input_ids = apply_chat_template(prompt, add_generation_prompt=True); prompt + completion ids
     = apply_chat_template(prompt + completion): the split TRL's KTOTrainer makes, from one tokenization."""
-    batches = list(read_records([str(LLAMAFACTORY / "kto_en_demo.json")]))
+    batches = list(read_records([str(fixture("data", "llamafactory", "kto_en_demo.json"))]))
     encoder = Encoder(case.tok.backend, case.template, case.tok.specials, Settings("kto"))
     for batch in batches:
         out, table = encoder(batch)
@@ -222,7 +222,7 @@ def test_no_doubled_bos_and_truncation_keeps_the_eos(tmp_path) -> None:
     tok = load_tokenizer(str(fixture("tokenizers", "llama3")))
     bos, eot = hf_tokenizer(tok.path).bos_token_id, tok.backend.token_to_id("<|eot_id|>")
     conversations = []
-    for batch in read_records([str(LLAMAFACTORY / "alpaca_en_demo.json")]):
+    for batch in read_records([str(fixture("data", "llamafactory", "alpaca_en_demo.json"))]):
         conversations += [{"id": r["id"], "messages": r["messages"]} for r in batch.items[:200]]
     for template in ("tokenizer", "llama3"):
         from prep.render.templates import get_template
@@ -235,7 +235,7 @@ def test_no_doubled_bos_and_truncation_keeps_the_eos(tmp_path) -> None:
             assert len(row["input_ids"]) <= 128
             assert row["input_ids"][-1] == row["labels"][-1] == eot
     text = Encoder(tok.backend, None, tok.specials, Settings("pretrain", max_len=64, overflow="truncate"))
-    batch = next(read_records([str(LLAMAFACTORY / "c4_demo.jsonl")]))
+    batch = next(read_records([str(fixture("data", "llamafactory", "c4_demo.jsonl"))]))
     out, table = text(batch)
     for row in table.to_pylist():
         ids = row["input_ids"]

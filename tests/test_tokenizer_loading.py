@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, SAMPLES, fixture, hf_tokenizer
+from prep.core.findings import PrepError
 from prep.render.tokenizer import fingerprint, load_tokenizer
 
 FOLDERS = ["samples", "qwen2.5", "llama3", "phi-3-mini", "smollm3"]
@@ -52,6 +53,24 @@ def test_the_pipeline_is_the_one_transformers_builds(name: str) -> None:
     assert tok.backend.encode(text, add_special_tokens=False).ids == hf.encode(text, add_special_tokens=False)
     ids = hf.encode(text, add_special_tokens=False)
     assert tok.decode(ids) == hf.decode(ids)
+
+
+@pytest.mark.parametrize("spm", [False, True], ids=["config-only", "sentencepiece"])
+def test_a_folder_without_tokenizer_json_is_one_line_without_transformers(tmp_path: Path, spm: bool,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """transformers would take seconds to start and then print its many-line converter errors: prep says what is
+    missing and how to write it, and never imports transformers for it (here it cannot)."""
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    shutil.copy(SAMPLES / "tokenizer" / "tokenizer_config.json", folder)
+    if spm:
+        (folder / "tokenizer.model").write_bytes(b"\x00")
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(PrepError) as e:
+        load_tokenizer(folder)
+    held = "a SentencePiece tokenizer.model but " if spm else ""
+    assert str(e.value) == f"{folder}: holds {held}no tokenizer.json, which prep loads tokenizers from; write one " \
+        f'with transformers: AutoTokenizer.from_pretrained("{folder}").save_pretrained("{folder}")'
 
 
 def test_the_fingerprint_is_cached_by_the_files_sha256(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

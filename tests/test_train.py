@@ -283,7 +283,7 @@ def test_a_method_is_refused_shards_it_does_not_read(model: str, tmp_path: Path)
 
 
 def test_generate_streams_the_fine_tuned_answer_through_the_training_template(lora: dict, model: str) -> None:
-    from prep.trainer.generate import load
+    from prep.trainer.generate import load, visible
 
     prompt = "What is the capital of France?"
     chatml = f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
@@ -298,13 +298,28 @@ def test_generate_streams_the_fine_tuned_answer_through_the_training_template(lo
     assert expected.strip()
     done = run_prep("generate", "--model", model, "--adapter", lora["output"], "--max-new-tokens", "12", prompt)
     assert done.returncode == 0, done.stderr.decode()
-    assert done.stdout.decode().strip() == expected.strip()
+    assert done.stdout.decode().strip() == visible(expected).strip()
     err = done.stderr.decode()
     assert "template: chatml (recorded in " in err and "prep_train.json" in err and "warning" not in err, err
     generator = load(model)  # the base model: no prep_train.json, so the tokenizer's own template
     assert generator.template is not None and generator.template.name == "tokenizer"
     assert generator.notes == [f"template: tokenizer (the chat template of the tokenizer in {Path(model).resolve()})"]
     assert load(model, lora["output"]).prompt_ids(prompt) == tokenizer(chatml, add_special_tokens=False)["input_ids"]
+
+
+def test_generate_shows_what_a_random_model_writes_as_not_text(model: str) -> None:
+    """The tiny model's weights are random: its answer holds broken UTF-8 and control characters. The stream
+    writes the control characters as \\xNN (never raw to a terminal) and the note says what such an answer means."""
+    from prep.trainer.generate import garbled_note, load, visible
+
+    streamed: list[str] = []
+    answer = load(model)("Who wrote the story?", max_new_tokens=96, on_text=streamed.append)
+    assert "".join(streamed) == visible(answer) and not any(c in "".join(streamed) for c in "\r\x04\x1b")
+    note = garbled_note(answer)
+    assert note is not None and "random or untrained weights" in note, answer
+    assert visible("a\rb\x04\n\tc\x85") == "a\\x0db\\x04\n\tc\\x85"
+    assert garbled_note("Mark Twain wrote it.\n") is None
+    assert garbled_note("a\ufffd\x04b").startswith("note: 2 of the answer's 4 characters are not text")
 
 
 def test_generate_needs_an_adapter_folder(model: str, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import LLAMAFACTORY, SAMPLES, fixture, make_tiny_model
+from conftest import SAMPLES, fixture, make_tiny_model
 from prep.core.findings import PrepError
 from prep.formats.inputs import Inputs
 from prep.shards.reader import iter_tables
@@ -179,8 +179,8 @@ def test_first_dpo_loss_is_the_hand_computation(root: Path, model: str, shards: 
 @pytest.fixture(scope="module")
 def demo(root: Path) -> str:
     """dpo_en_demo's first 24 pairs with prompts that fit 256 tokens (answers cut to fit), as chatml dpo shards."""
-    source = json.loads((LLAMAFACTORY / "dpo_en_demo.json").read_text(encoding="utf-8"))
-    registry = json.loads((LLAMAFACTORY / "dataset_info.json").read_text(encoding="utf-8"))
+    source = json.loads(fixture("data", "llamafactory", "dpo_en_demo.json").read_text(encoding="utf-8"))
+    registry = json.loads(fixture("data", "llamafactory", "dataset_info.json").read_text(encoding="utf-8"))
     folder = root / "demo-data"
     folder.mkdir()
     (folder / "dpo_head.json").write_text(json.dumps(source[:24]), encoding="utf-8")

@@ -18,7 +18,7 @@ from jsonschema import Draft202012Validator, ValidationError
 from referencing import Registry, Resource
 
 from prep.core.findings import Finding, finding
-from prep.core.records import type_name
+from prep.core.records import type_name, unknown_role
 
 BASE = "https://prep.invalid/schemas/"
 FORMAT_SCHEMAS = ("openai", "lf_parts", "sharegpt", "alpaca", "trl", "autotrain", "coqa", "text")
@@ -131,6 +131,9 @@ def _findings(error: ValidationError) -> list[Finding]:
         if value is None:
             return [finding(code, f"{path} is null; expected {names}", path, hint=hint)]
         return [finding(code, f"expected {names}, got {type_name(value)}", path, hint=hint)]
+    if keyword == "enum" and code == "bad_role":  # in the readers' words, so validate and dedup say the same
+        message, role_hint = unknown_role(value, error.validator_value)
+        return [finding(code, message, path, hint=role_hint)]
     if keyword == "enum":
         allowed = ", ".join(show(v) for v in error.validator_value)
         return [finding(code, f"{show(value)} is not one of {allowed}", path, hint=hint)]

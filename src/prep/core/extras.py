@@ -4,6 +4,7 @@ when they are missing, instead of a bare ModuleNotFoundError deep inside a run."
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 from prep.core.findings import PrepError
@@ -11,12 +12,19 @@ from prep.core.findings import PrepError
 TRAIN = ("torch", "transformers", "datasets", "accelerate", "peft", "trl", "matplotlib")
 
 
-def require_train_extra() -> None:
-    """Refuse, with the install line, when the packages of the train extra cannot be imported."""
+def require_train_extra(load: bool = True) -> None:
+    """Refuse, with the install line, when the packages of the train extra cannot be imported.
+
+    `load=False` only looks for them (`importlib.util.find_spec`) without importing: what `prep run` checks when it
+    reads a recipe with a train section, in milliseconds instead of the seconds torch takes to import before any
+    stage (or none, on a re-run) needs it; the train stage imports them, so a broken install is found there."""
     for module in TRAIN:
         try:
-            importlib.import_module(module)
-        except ImportError as e:
+            if load:
+                importlib.import_module(module)
+            elif importlib.util.find_spec(module) is None:
+                raise ImportError("not installed")
+        except (ImportError, ValueError) as e:  # find_spec: ValueError for a module whose __spec__ is None
             raise PrepError(f"prep train and generate need the train extra ({module} cannot be imported: {e}): pip install "
                             "'prep[train]' (torch first: pip install torch, or the CUDA build from "
                             "https://pytorch.org/get-started/locally)") from None

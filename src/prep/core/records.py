@@ -30,6 +30,8 @@ from typing import Any
 from prep.core.findings import RowError, Source, row_error
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
+# What a message's role may be: ROLES and the legacy "function" (read as "tool"), as schemas/common.json lists them.
+ACCEPTED_ROLES = (*ROLES, "function")
 # A message's reasoning goes by these names in the wild; records call it `reasoning_content`.
 REASONING = ("reasoning_content", "reasoning", "thinking")
 # The message keys readers map (others are counted as dropped fields unless kept).
@@ -218,6 +220,12 @@ def tools(value: Any, path: str) -> list[dict[str, Any]] | None:
     return out
 
 
+def unknown_role(role: Any, roles: Sequence[str]) -> tuple[str, str]:
+    """The message and hint for a role not in `roles`: the same words from validate's schema check and from the
+    readers every other verb (convert, dedup, tokenize, ...) goes through."""
+    return f"unknown role {json.dumps(role, ensure_ascii=True, default=str)}", f"use one of {', '.join(roles)}"
+
+
 def parse_messages(value: Any, path: str) -> list[Message]:
     """An OpenAI/TRL message list into canonical messages, linking tool results to their calls.
 
@@ -239,8 +247,8 @@ def parse_messages(value: Any, path: str) -> list[Message]:
         if role not in ROLES:  # paths are spelled out only for an error or a field most messages lack
             where = f"{path}[{i}]"
             get(item, "role", where)
-            raise row_error("bad_role", f"unknown role {role!r}", f"{where}.role",
-                            hint=f"use one of {', '.join(ROLES)}")
+            message, hint = unknown_role(role, ACCEPTED_ROLES)
+            raise row_error("bad_role", message, f"{where}.role", hint=hint)
         extra: dict[str, Any] = {}
         raw_calls = item.get("tool_calls") or ([item["function_call"]] if item.get("function_call") else [])
         if raw_calls:

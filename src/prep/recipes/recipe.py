@@ -27,6 +27,7 @@ from prep.core.extras import require_train_extra
 from prep.core.findings import PrepError
 from prep.core.options import METHOD_KINDS, RECIPE_NODES, RECIPE_SECTIONS, TABLES
 from prep.formats import llamafactory
+from prep.render.tokenizer import tokenizer_folder
 
 STAGES = ("convert", "mix", "dedup", "decontaminate", "split", "validate", "tokenize", "pack", "train")
 # A model or tokenizer that is no local folder but looks like this is a hub id, passed on as it is.
@@ -285,8 +286,9 @@ def _resolve(data: dict[str, Any], folder: Path, lines: _Lines) -> dict[str, Any
             node = node[step]
         value, spec = split_spec(node[at[-1]]) if at[:2] == ("inputs", "files") else (node[at[-1]], "")
         local = Path(os.path.normpath((Path.cwd() if lines.option(at) else folder) / os.path.expanduser(value)))
-        hub = at[-1] in ("tokenizer", "model") and not local.exists() and _HUB_ID.match(value) and \
-            not value.startswith(".")
+        # samples/tokenzer is a misspelt folder under samples/, not a hub id: owner/ must not be a local folder
+        hub = at[-1] in ("tokenizer", "model", "ref_model") and not local.exists() and not local.parent.is_dir() \
+            and _HUB_ID.match(value) and not value.startswith(".")
         node[at[-1]] = value if hub else str(local) + (f":{spec}" if spec else "")
     return data
 
@@ -298,32 +300,18 @@ def split_spec(entry: str) -> tuple[str, str]:
 
 
 def _check_files(data: dict[str, Any], lines: _Lines) -> None:
-    """Every named file is there before anything runs; a missing model says how to make the tiny one."""
+    """Every named file and folder is there before anything runs (`--dry-run` too), the message naming the line
+    and the key; a missing model says how to make the tiny one."""
+    for at in _path_keys(data):
+        if at != ("output",) and (problem := _path_problem(data, at)):
+            raise PrepError(f"{lines.at(at)}: {_dotted(at)}: {problem}")
     inputs = data["inputs"]
-    for i, entry in enumerate(inputs.get("files", [])):
-        f, spec = split_spec(entry)
-        if spec and "mix" not in data:
-            raise PrepError(f"{lines.at(('inputs', 'files', i))}: inputs.files[{i}]: {entry}: a count or share "
-                            "(:N, :xK, :RATIO) needs a mix section")
-        if not os.path.isfile(f):
-            what = "is a folder; name the files in it" if os.path.isdir(f) else "no such file"
-            raise PrepError(f"{lines.at(('inputs', 'files', i))}: inputs.files[{i}]: {f}: {what}")
     if "dataset_info" in inputs:
         for i, name in enumerate(inputs["datasets"]):
             try:
                 llamafactory.load_entry(inputs["dataset_info"], name)
             except PrepError as e:
                 raise PrepError(f"{lines.at(('inputs', 'datasets', i))}: inputs.datasets[{i}]: {e}") from None
-    if "tokenize" in data:
-        tok = data["tokenize"]["tokenizer"]
-        if os.path.isabs(tok) and not os.path.isdir(tok):
-            raise PrepError(f"{lines.at(('tokenize', 'tokenizer'))}: tokenize.tokenizer: {tok}: no such tokenizer "
-                            "folder (give a folder with tokenizer.json and tokenizer_config.json)")
-    if "train" in data:
-        model = data["train"]["model"]
-        if os.path.isabs(model) and not os.path.isdir(model):
-            raise PrepError(f"{lines.at(('train', 'model'))}: train.model: {model}: no such model folder; "
-                            + _make_model_hint(model))
     if "mix" in data and ("convert" in data or "dataset_info" in inputs):
         raise PrepError(f"{lines.at(('mix',), key=True)}: mix takes the files of inputs.files, each with its count "
                         "or share; convert dataset_info entries to files first (prep convert) and list them there")
@@ -348,11 +336,40 @@ def _check_files(data: dict[str, Any], lines: _Lines) -> None:
     if method and kind and kind not in METHOD_KINDS[method]:
         raise PrepError(f"{lines.at(('train', 'method'))}: train.method {method} trains on "
                         f"{' or '.join(METHOD_KINDS[method])} shards, and tokenize.kind is {kind}")
-    if "train" in data:  # before anything runs, not after tokenizing
+    if "train" in data:  # before anything runs, not after tokenizing; only looked for: importing torch takes seconds
         try:
-            require_train_extra()
+            require_train_extra(load=False)
         except PrepError as e:
             raise PrepError(f"{lines.at(('train',), key=True)}: train: {e}") from None
+
+
+def _path_problem(data: dict[str, Any], at: JsonPath) -> str | None:
+    """What is wrong with the path at `at` (resolved by _resolve), in one phrase; None when it is usable."""
+    node: Any = data
+    for step in at:
+        node = node[step]
+    if at[:2] == ("inputs", "files"):
+        path, spec = split_spec(node)
+        if spec and "mix" not in data:
+            return f"{node}: a count or share (:N, :xK, :RATIO) needs a mix section"
+        return None if os.path.isfile(path) else \
+            f"{path}: is a folder; name the files in it" if os.path.isdir(path) else f"{path}: no such file"
+    if at[-1] == "tokenizer":
+        try:
+            tokenizer_folder(node)
+        except PrepError as e:
+            return str(e)
+        return None
+    if at[-1] in ("model", "ref_model"):
+        if not os.path.isabs(node):
+            return None  # a hub id: the train stage loads it from the local cache
+        if not os.path.isdir(node):
+            return f"{node}: no such model folder; {_make_model_hint(node)}"
+        return None if os.path.isfile(os.path.join(node, "config.json")) else \
+            f"{node}: holds no config.json; give the folder of a transformers model"
+    if at == ("inputs", "dataset_info") and os.path.isdir(node):
+        node = os.path.join(node, "dataset_info.json")  # as LLaMA-Factory's dataset_dir
+    return None if os.path.isfile(node) else f"{node}: no such file"
 
 
 def _make_model_hint(model: str) -> str:

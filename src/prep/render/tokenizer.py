@@ -4,9 +4,10 @@ A folder loads with `tokenizers` alone, from `tokenizer.json` and `tokenizer_con
 special tokens, added tokens, chat templates from the config, `chat_template.jinja` or
 `additional_chat_templates/`), into the pipeline transformers 5 builds for it: as the file says for
 the generic classes, and rebuilt the way `LlamaTokenizer` and `Qwen2Tokenizer` rebuild it (a test
-compares the two pipelines on every fixture tokenizer). Other classes that transformers rebuilds,
-and folders without `tokenizer.json` (SentencePiece only), load through transformers, with a note
-saying so: exact, but seconds slower to start.
+compares the two pipelines on every fixture tokenizer). Other classes that transformers rebuilds load
+through transformers, with a note saying so: exact, but seconds slower to start. A folder without
+`tokenizer.json` (a SentencePiece model alone) is refused in one line that says how to write one:
+transformers would convert it on every load, seconds each time, and print its own errors when it cannot.
 
 A fingerprint (the sha256 of its files, of its vocabulary, its size and special ids) goes into every
 manifest, so a trainer can refuse shards made with another tokenizer: their ids would mean other text.
@@ -169,15 +170,12 @@ def shard_decoder(manifest: dict[str, Any], given: str | None) -> Tokenizer:
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """A tokenizer from a local folder (or a hub id already in the local cache; nothing is downloaded)."""
-    folder = _tokenizer_folder(str(path))
+    folder = tokenizer_folder(str(path))
     config = _read_json(folder / "tokenizer_config.json") or {}
     if not isinstance(config, dict):
         raise PrepError(f"{folder / 'tokenizer_config.json'}: not a JSON object")
     declared = str(config.get("tokenizer_class") or "")
     base = declared.removesuffix("Fast")
-    if not (folder / "tokenizer.json").is_file():
-        return _load_with_transformers(folder, f"{folder} has no tokenizer.json (SentencePiece only): loading it "
-                                               "with transformers, which takes seconds to start")
     if base not in _GENERIC and base not in _REBUILDS:
         return _load_with_transformers(folder, f"{folder}: transformers rebuilds a {declared} at load in its own way "
                                                "(prep replicates LlamaTokenizer and Qwen2Tokenizer): loading it "
@@ -343,18 +341,30 @@ def _clean_up_spaces(text: str) -> str:
     return text
 
 
-def _tokenizer_folder(path: str) -> Path:
+def tokenizer_folder(path: str) -> Path:
+    """The folder of a tokenizer prep can load (a hub id: its copy in the local cache), or a one-line PrepError
+    saying what is missing; a recipe checks its tokenizer with it before any stage runs."""
     folder = Path(path).expanduser()
-    if folder.is_dir():
-        return folder.resolve()
-    if folder.exists():
-        raise PrepError(f"--tokenizer {path}: give the folder that holds tokenizer.json, not a file")
-    if path.count("/") == 1 and not path.startswith((".", "/", "~")):
+    if folder.is_file():
+        raise PrepError(f"{path}: a file; give the folder that holds tokenizer.json")
+    if not folder.is_dir():
+        folder = _cached_hub_folder(path)
+    if not (folder / "tokenizer.json").is_file():
+        held = "a SentencePiece tokenizer.model but " if (folder / "tokenizer.model").is_file() else ""
+        raise PrepError(f"{path}: holds {held}no tokenizer.json, which prep loads tokenizers from; write one with "
+                        f"transformers: AutoTokenizer.from_pretrained(\"{path}\").save_pretrained(\"{path}\")")
+    return folder.resolve()
+
+
+def _cached_hub_folder(path: str) -> Path:
+    """A hub id's folder in the local cache (nothing is downloaded)."""
+    hub = path.count("/") == 1 and not path.startswith((".", "/", "~"))
+    if hub:
         try:
             from huggingface_hub import snapshot_download  # noqa: PLC0415 - start-up time: only for hub ids
 
             return Path(snapshot_download(path, local_files_only=True))
         except Exception:  # noqa: BLE001 - any failure means: not in the local cache
             pass
-    raise PrepError(f"tokenizer {path!r} not found: give a local folder with tokenizer.json and "
-                    "tokenizer_config.json (prep never downloads)")
+    raise PrepError(f"{path}: no such tokenizer folder: give a local folder with tokenizer.json and "
+                    "tokenizer_config.json" + (" (nor a hub id in the local cache: prep never downloads)" if hub else ""))

@@ -2,13 +2,20 @@
 
 The prompt is rendered through the template the shards were made with (the adapter's
 prep_train.json, written by `prep train`) and tokenized up to the answer's first token, so a
-fine-tuned model is asked with exactly the ids it was trained on, and the base model the same way for a
-side-by-side comparison. Decoding is greedy unless a temperature is given.
+fine-tuned model is asked with exactly the ids it was trained on. Without an adapter there is no record: the
+prompt goes through the tokenizer's own chat template, so a side-by-side comparison with the base model passes
+the adapter's template with --template. Decoding is greedy unless a temperature is given.
+
+A model with random or untrained weights (the tiny stand-in of samples/make_tiny_model.py) emits ids no text
+makes: byte tokens out of order decode to U+FFFD, others to control characters. The stream shows control
+characters as \\xNN (a terminal would act on them: \\r returns the cursor), and `garbled_note` says in words what
+such an answer means.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +26,26 @@ from prep.core.findings import PrepError
 from prep.render.templates import AnyTemplate, get_template, render_pair
 from prep.render.tokenizer import Tokenizer, describe_tokenizer, load_tokenizer, same_tokenizer
 from prep.trainer.train import TRAIN_INFO
+
+_CONTROLS = "\x00-\x08\x0b-\x1f\x7f-\x9f"  # C0 but tab and newline, DEL, C1
+_CONTROL = re.compile(f"[{_CONTROLS}]")
+_NOT_TEXT = re.compile(f"[{_CONTROLS}\ufffd]")  # and U+FFFD, what a decoder puts for bytes that are no UTF-8
+
+
+def visible(text: str) -> str:
+    """`text` with its control characters (but tab and newline) written as \\xNN, safe to print."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
+
+
+def garbled_note(text: str) -> str | None:
+    """A note for an answer holding characters no text has (broken UTF-8, control characters): what a model whose
+    weights are random or untrained for this tokenizer writes. None for an answer that is text."""
+    bad = len(_NOT_TEXT.findall(text))
+    if not bad:
+        return None
+    return (f"note: {bad} of the answer's {len(text)} characters are not text (broken UTF-8 shows as \ufffd, control "
+            "characters as \\xNN): the model emits ids no text makes, as one with random or untrained weights does "
+            "(the tiny stand-in model's are random)")
 
 
 @dataclass
@@ -52,7 +79,8 @@ class Generator:
 
     def __call__(self, prompt: str, *, system: str | None = None, max_new_tokens: int = 128,
                  temperature: float = 0.0, on_text: Callable[[str], None] | None = None) -> str:
-        """The completion of `prompt`; `on_text` receives it piece by piece as it is generated."""
+        """The completion of `prompt`; `on_text` receives it piece by piece as it is generated, control characters
+        made `visible`."""
         import torch  # noqa: PLC0415 - train extra
         from transformers import TextStreamer  # noqa: PLC0415 - train extra
 
@@ -64,7 +92,7 @@ class Generator:
             def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
                 pieces.append(text)
                 if on_text and text:
-                    on_text(text)
+                    on_text(visible(text))
 
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
         with torch.no_grad():
