@@ -146,7 +146,7 @@ def test_run_rechecks_a_skipped_stage_before_a_later_stage_reads_it(tmp_path: Pa
 
 HOLDER = """
 import sys, time
-from prep.files import locked
+from prep.files.locks import locked
 with locked(sys.argv[1]):
     print("held", flush=True)
     time.sleep(60)
@@ -550,7 +550,7 @@ def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path: Path) -> None:
     victim = subprocess.Popen([sys.executable, "-m", "prep", "tokenize", str(data), "--tokenizer", str(TOKENIZER),
                                "--template", "chatml", "-o", str(tmp_path / "out" / "tok"), "-q"],
                               stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    while not (tmp_path / "out" / ".tok.partial").exists() and victim.poll() is None:
+    while not (tmp_path / "out" / ".tok.tmp-resume").exists() and victim.poll() is None:
         time.sleep(0.01)
     victim.send_signal(signal.SIGTERM)
     _, err = victim.communicate()

@@ -45,7 +45,7 @@ class _Group(click.Group):
             click.echo("prep: interrupted; no output was left half-written", err=True)
             ctx.exit(130)
         except OSError as e:  # the system refused (no space, read-only, a folder, a loop): not a bug in prep
-            from prep.files import os_error_message  # noqa: PLC0415 - start-up time
+            from prep.files.errors import os_error_message  # noqa: PLC0415 - start-up time
 
             click.echo(f"prep: {os_error_message(e)}", err=True)
             ctx.exit(2)
@@ -76,7 +76,8 @@ class _Command(click.Command):
     stops it as Ctrl-C does."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from prep.files import check_outputs  # noqa: PLC0415 - start-up time
+        import prep.shards.layout  # noqa: F401, PLC0415 - registers the names in shard folders with files.guard
+        from prep.files.guard import check_outputs  # noqa: PLC0415 - start-up time
 
         reads: list[str] = []
         for name in _READS:

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from prep.core.columns import schema as shard_schema
 from prep.core.findings import Finding, PrepError
 from prep.core.result import Result
-from prep.files import sha256_file
+from prep.files.hashing import sha256_file
 from prep.shards.layout import DATA_DIR, MANIFEST, SCHEMAS, read_manifest
 
 MAX_PER_CODE = 20

@@ -18,7 +18,7 @@ from prep.core.findings import Batch, Finding, PrepError, Reject
 from prep.core.options import check
 from prep.core.records import Record
 from prep.core.result import Meter, ProgressFn, Result, outputs
-from prep.files import read_rows
+from prep.files.read import read_rows
 from prep.formats.inputs import Inputs, read_inputs
 from prep.overlap.ngrams import NgramIndex
 from prep.overlap.text import Compare, compared, normalize

@@ -12,7 +12,7 @@ from prep.core.findings import Batch, PrepError, per_row, row_error
 from prep.core.options import DEFAULT_DATE, check
 from prep.core.records import Record, kind_of
 from prep.core.result import Meter, ProgressFn, Result, outputs
-from prep.files import RowWriter
+from prep.files.write import RowWriter
 from prep.formats.inputs import Inputs, read_inputs
 from prep.render.spans import Specials, nothing_to_train, resolve_train_on
 from prep.render.templates import AnyTemplate, document, get_template, parse_kwargs, render_pair, text_only

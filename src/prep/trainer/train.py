@@ -31,7 +31,8 @@ from prep.core.extras import require_train_extra
 from prep.core.findings import PrepError, Tally
 from prep.core.options import check
 from prep.core.result import Progress, ProgressFn, Result
-from prep.files import replaced, sha256_file, write_json
+from prep.files.atomic import replaced, write_json
+from prep.files.hashing import sha256_file
 from prep.render.tokenizer import describe_tokenizer, fingerprint, same_tokenizer
 from prep.shards.layout import MANIFEST, position_ids, read_manifest
 from prep.shards.verify import require_verified
