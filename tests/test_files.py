@@ -17,6 +17,7 @@ import pytest
 
 from conftest import ROOT, run_prep
 from prep.core.findings import PrepError
+from prep.files.atomic import Staged
 from prep.files.paths import split_suffix
 from prep.files.pieces import BATCH_ROWS, joined, pieces
 from prep.files.read import read_rows
@@ -497,3 +498,23 @@ def test_only_files_atomic_names_temporary_files() -> None:
                     and (name, called) not in _ALLOWED:
                 misnamed.append(f"{name}:{node.lineno}: {module}.{called}()")
     assert not misnamed, misnamed
+
+
+def test_a_staged_output_whose_last_step_fails_leaves_the_old_one_and_nothing_else(tmp_path: Path) -> None:
+    target = write(tmp_path / "out.jsonl", "old\n")
+    staged = Staged(target)
+    spool = staged.scratch()
+    staged.path.write_text("new\n")
+    spool.write_text("spooled\n")
+
+    def full_disk() -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        staged.close(full_disk)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"] and target.read_text() == "old\n"
+    with Staged(target) as staged:
+        staged.path.write_text("new\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"] and target.read_text() == "new\n"
+    staged.abort()  # after the close: the output stays
+    assert target.read_text() == "new\n"

@@ -7,8 +7,8 @@
 - `read`: `read_rows` over every container, `readable_file`
 - `pieces`: `--engine ray` work planning (`Piece`, `pieces`, `joined`, `cut`) and `BATCH_ROWS`
 - `write`: `RowWriter`, with CSV/Parquet spooling
-- `atomic`: the one temporary-name scheme (`.NAME.tmp-PID-…`) and the one commit/abort protocol (`Staged`,
-  `replaced`, `write_json`, `swap_in`, `sweep_temps`)
+- `atomic`: the one temporary-name scheme (`.NAME.tmp-PID-…`) and the one commit/abort protocol
+  (`AllOrNothing`, `Staged`, `replaced`, `write_json`, `swap_in`, `sweep_temps`)
 - `locks`: one writer per output (`locked`)
 - `guard`: `check_outputs`, with the names the layers above write registered by them (`reserve`)
 - `errors`: operating-system errors in one line (`os_error_message`)

@@ -15,9 +15,10 @@ import json
 import os
 import shutil
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 TEMP_MARK = ".tmp-"  # what every temporary name holds after the target's name
 _RESUME = "resume"
@@ -125,10 +126,35 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-class Staged:
+_W = TypeVar("_W", bound="AllOrNothing")
+
+
+class AllOrNothing(ABC):
+    """A writer under the commit/abort protocol: `close()` commits what was written, `abort()` removes it; as a
+    `with` block, one that ends normally closes and one that raises aborts."""
+
+    @abstractmethod
+    def close(self) -> Any:
+        """Finish and put the output in place; on any failure, abort."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Remove what was written; the earlier output, if any, is left as it was."""
+
+    def __enter__(self: _W) -> _W:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class Staged(AllOrNothing):
     """The commit/abort protocol of every writer: `path` (a new temporary file or folder beside `target`, or the
-    given `at`) is written, then `commit()` puts it in the target's place (see swap_in) and `abort()` removes it.
-    A commit that fails, in its `finish` step (closing a file on a full disk) or in the rename, aborts: no
+    given `at`) is written, then `close()` puts it in the target's place (see swap_in) and `abort()` removes it.
+    A close that fails, in its `finish` step (closing a file on a full disk) or in the rename, aborts: no
     half-written output is ever left. Scratch files (a spool) made by `scratch()` are removed either way."""
 
     def __init__(self, target: str | Path, folder: bool = False, at: Path | None = None) -> None:
@@ -140,12 +166,12 @@ class Staged:
         self._pending = True
 
     def scratch(self) -> Path:
-        """Another temporary file beside the target, gone when this one is committed or aborted."""
+        """Another temporary file beside the target, gone when this one is closed or aborted."""
         path = new_temp(self.target)
         self._scratch.append(path)
         return path
 
-    def commit(self, finish: Callable[[], Any] | None = None) -> None:
+    def close(self, finish: Callable[[], Any] | None = None) -> None:
         """Run `finish` (closing what writes `path`), then put `path` in the target's place."""
         try:
             if finish is not None:
@@ -158,7 +184,7 @@ class Staged:
             raise
 
     def abort(self) -> None:
-        """Remove what was written (nothing, once committed)."""
+        """Remove what was written (nothing, once closed)."""
         if self._pending:
             _remove(self.path)
             self._pending = False
@@ -167,15 +193,6 @@ class Staged:
     def _drop_scratch(self) -> None:
         while self._scratch:
             self._scratch.pop().unlink(missing_ok=True)
-
-    def __enter__(self) -> Staged:
-        return self
-
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from prep.core.findings import PrepError
 from prep.core.options import CONTAINERS
-from prep.files.atomic import Staged
+from prep.files.atomic import AllOrNothing, Staged
 from prep.files.paths import split_suffix
 from prep.files.pieces import BATCH_ROWS
 from prep.files.streams import arrow
@@ -31,7 +31,7 @@ def _cell(value: Any) -> str:
     return "" if value is None else json.dumps(value, ensure_ascii=False)
 
 
-class RowWriter:
+class RowWriter(AllOrNothing):
     """Writes rows to a temporary file beside `path` (or to standard output for `-`); `close()` puts it in place,
     `abort()` drops it (see atomic.Staged)."""
 
@@ -89,7 +89,7 @@ class RowWriter:
             return
         staged = self.staged
         try:
-            staged.commit(lambda: self._finish(staged.path))
+            staged.close(lambda: self._finish(staged.path))
         except BaseException:
             self.abort()
             raise
@@ -114,15 +114,6 @@ class RowWriter:
             with contextlib.suppress(Exception):
                 self.out.close()
             self.staged.abort()
-
-    def __enter__(self) -> RowWriter:
-        return self
-
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def _utf8_line(line: str, row: int, writer: RowWriter) -> str:

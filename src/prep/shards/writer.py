@@ -1,11 +1,12 @@
 """Writing token shards (design §5): `data/shard-NNNNN.parquet` (zstd) plus `manifest.json`.
 
 Everything is written into a hidden folder beside the output (`.NAME.tmp-resume`, files.atomic.resume_folder):
-each shard under a temporary name renamed when complete, the manifest (counts, token totals, every shard's sha256)
-last; then that folder takes the output's place in one atomic exchange (both through files.atomic.Staged). A folder with a manifest is a
-finished dataset, and a run that is killed or fails leaves the earlier output as it was. The output
-is locked (files.locks.locked) while it is written: a second run into it is refused. Row groups have a fixed size, so the bytes depend
-only on the rows, never on how the stages batched them: same inputs + options, same shards.
+each shard under a temporary name renamed when complete, the manifest (counts, token totals, every shard's
+sha256) last; then that folder takes the output's place in one atomic exchange (both through
+files.atomic.Staged). A folder with a manifest is a finished dataset, and a run that is killed or fails leaves
+the earlier output as it was. The output is locked (files.locks.locked) while it is written: a second run into
+it is refused. Row groups have a fixed size, so the bytes depend only on the rows, never on how the stages
+batched them: same inputs + options, same shards.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 from prep import __version__
 from prep.core.columns import schema
 from prep.core.findings import Batch, PrepError, Tally
-from prep.files.atomic import Staged, resume_folder, write_json
+from prep.files.atomic import AllOrNothing, Staged, resume_folder, write_json
 from prep.files.hashing import sha256_file
 from prep.files.locks import locked
 from prep.files.write import RowWriter
@@ -42,7 +43,7 @@ from prep.shards.layout import (
 )
 
 
-class ShardWriter:
+class ShardWriter(AllOrNothing):
     """Writes rows of one kind into size-bounded shards and, on success, the manifest.
 
     `meta` is what the producing stage knows (tokenizer fingerprint, template, train_on, max_len,
@@ -165,7 +166,7 @@ class ShardWriter:
             self.reused += 1
         elif self._writer is not None and self._shard is not None:
             writer, self._writer = self._writer, None
-            self._shard.commit(writer.close)
+            self._shard.close(writer.close)
             final = self.work / name
             entry.update(sha256=sha256_file(final), bytes=final.stat().st_size)
         self.shards.append(entry)
@@ -204,7 +205,7 @@ class ShardWriter:
             manifest = self.manifest()
             write_json(self.work / MANIFEST, manifest)
             (self.work / JOURNAL).unlink(missing_ok=True)
-            self._folder.commit()
+            self._folder.close()
         except BaseException:
             self.abort(keep_journal=False)
             raise
@@ -245,12 +246,3 @@ class ShardWriter:
                 self._folder.abort()
         finally:
             self._held.close()
-
-    def __enter__(self) -> ShardWriter:
-        return self
-
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

@@ -140,7 +140,7 @@ def _with_shards(found: _Found, folder: Path) -> _Found:
     source = manifest.get("source") or {}
     upstream = Path(source.get("path", ""))
     if source and (upstream / MANIFEST).is_file():
-        from prep.files.hashing import sha256_file  # noqa: PLC0415 - start-up time: only packed folders check their source
+        from prep.files.hashing import sha256_file  # noqa: PLC0415 - start-up time: only packed folders use it
 
         if sha256_file(upstream / MANIFEST) == source.get("manifest_sha256"):
             found.shards.append(("tokenize", upstream, read_manifest(upstream)))
