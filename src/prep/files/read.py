@@ -51,7 +51,6 @@ def _sniff_container(stream: IO[bytes], name: str) -> str:
                     "give a .jsonl/.json/.csv/.tsv/.parquet/.txt name or pass --input-type")
 
 
-
 def _read_jsonl(stream: IO[bytes], name: str, limit: int = MAX_ROW_BYTES, piece: Piece | None = None
                 ) -> Iterator[Item]:
     piece = piece or Piece(name)
@@ -89,7 +88,6 @@ def _read_jsonl(stream: IO[bytes], name: str, limit: int = MAX_ROW_BYTES, piece:
             continue
         escaped = b"\\u" in raw and SURROGATE_ESCAPE.search(text)  # bytes first: a faster search than in text
         yield source, value, lone_surrogate(value) if escaped else None
-
 
 
 def _read_csv(stream: IO[bytes], name: str, delimiter: str, limit: int = MAX_ROW_BYTES) -> Iterator[Item]:

@@ -33,7 +33,6 @@ def arrow_errors() -> tuple[type[Exception], ...]:
     return (sys.modules["pyarrow"].ArrowException,) if "pyarrow" in sys.modules else ()
 
 
-
 def open_binary(path: str) -> IO[bytes]:
     if path == "-":
         return sys.stdin.buffer

@@ -130,7 +130,6 @@ def _utf8_line(line: str, row: int, writer: RowWriter) -> str:
         return json.dumps(json.loads(line), ensure_ascii=True)
 
 
-
 def _spooled(spool: Path) -> Iterator[list[dict[str, Any]]]:
     with open(spool, "rb") as f:
         chunk: list[dict[str, Any]] = []

@@ -81,8 +81,8 @@ class ShardWriter(AllOrNothing):
         self._reusable: dict[str, dict[str, Any]] = {}
         self._folder: Staged | None = None  # the work folder, put in the output's place by close()
         try:
-            self._check_target()
             self._folder = Staged(self.outdir, at=self.work)
+            self._check_target()
             self._reusable = self._load_journal() if resume_key else {}
             if not self._reusable and self.work.exists():
                 shutil.rmtree(self.work)  # an interrupted run's, which nothing here can reuse
