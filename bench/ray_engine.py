@@ -143,7 +143,7 @@ def main() -> None:
                   f"per row {(s - up) / rows * 1e6:.0f} us vs local {(base[0] - base[1]) / rows * 1e6:.0f} us, "
                   f"RSS {rss - base[4]:+.0f} MB")
         per_row_driver, rows = driver_cost(work / "local,_1_process")
-        from prep.files import pieces
+        from prep.files.pieces import pieces
 
         start = time.perf_counter()
         pieces(str(data))

@@ -3,9 +3,11 @@ row into a reject, and every writer leaves either the whole file or nothing."""
 
 from __future__ import annotations
 
+import ast
 import gzip
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,11 @@ import pytest
 
 from conftest import ROOT, run_prep
 from prep.core.findings import PrepError
-from prep.files import BATCH_ROWS, RowWriter, joined, pieces, read_rows, split_suffix
+from prep.files.atomic import Staged
+from prep.files.paths import split_suffix
+from prep.files.pieces import BATCH_ROWS, joined, pieces
+from prep.files.read import read_rows
+from prep.files.write import RowWriter
 
 
 def rows(path: Path | str, **kw: Any) -> tuple[list[tuple[int, Any]], list[tuple[int, str, Any]]]:
@@ -454,3 +460,61 @@ def test_jsonl_pieces_read_as_the_whole_file(tmp_path: Path) -> None:
     gz = tmp_path / "rows.jsonl.gz"
     gz.write_bytes(gzip.compress(path.read_bytes()))
     assert len(pieces(str(gz))) == len(pieces(str(ROOT / "samples" / "alpaca.json"))) == 1  # compressed, JSON: whole
+
+
+# What prep writes beside an output is named by files.atomic alone: a temporary name spelled anywhere else would
+# escape sweep_temps, os_error_message and the one commit/abort protocol.
+_TEMP_SPELLINGS = re.compile(r"\.tmp\b|tmp-|\.partial\b")
+_TEMP_CALLS = {"mkstemp", "mkdtemp", "NamedTemporaryFile", "TemporaryFile", "TemporaryDirectory", "replace", "rename"}
+_ALLOWED = {("stages/validate.py", "NamedTemporaryFile")}  # a copy of stdin in the system's temp folder, not an output
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                found.add(id(first.value))
+    return found
+
+
+def test_only_files_atomic_names_temporary_files() -> None:
+    misnamed = []
+    for path in sorted((ROOT / "src" / "prep").rglob("*.py")):
+        name = path.relative_to(ROOT / "src" / "prep").as_posix()
+        if name == "files/atomic.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docs = _docstrings(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs \
+                    and _TEMP_SPELLINGS.search(node.value):
+                misnamed.append(f"{name}:{node.lineno}: {node.value!r}")
+            call = node.func if isinstance(node, ast.Call) else None
+            called = call.attr if isinstance(call, ast.Attribute) else call.id if isinstance(call, ast.Name) else ""
+            module = call.value.id if isinstance(call, ast.Attribute) and isinstance(call.value, ast.Name) else ""
+            if called in _TEMP_CALLS and (called not in ("replace", "rename") or module == "os") \
+                    and (name, called) not in _ALLOWED:
+                misnamed.append(f"{name}:{node.lineno}: {module}.{called}()")
+    assert not misnamed, misnamed
+
+
+def test_a_staged_output_whose_last_step_fails_leaves_the_old_one_and_nothing_else(tmp_path: Path) -> None:
+    target = write(tmp_path / "out.jsonl", "old\n")
+    staged = Staged(target)
+    spool = staged.scratch()
+    staged.path.write_text("new\n")
+    spool.write_text("spooled\n")
+
+    def full_disk() -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        staged.close(full_disk)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"] and target.read_text() == "old\n"
+    with Staged(target) as staged:
+        staged.path.write_text("new\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"] and target.read_text() == "new\n"
+    staged.abort()  # after the close: the output stays
+    assert target.read_text() == "new\n"

@@ -26,7 +26,7 @@ from test_reliability import RECIPE, TOKENIZER, chats, random_chats, recipe, sna
 
 HOLDER = """
 import sys, time
-from prep.files import locked
+from prep.files.locks import locked
 with locked(sys.argv[1]):
     print("held", flush=True)
     time.sleep(60)

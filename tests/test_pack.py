@@ -142,7 +142,7 @@ def test_interrupted_pack_resumes_to_identical_bytes(tmp_path: Path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         pack(tmp_path / "in", tmp_path / "out", 128, window=100, shard_size="40rows")
     assert not (tmp_path / "out").exists()  # the run in progress is beside it, resumed from its journal
-    finished = {p.name: p.stat().st_mtime_ns for p in (tmp_path / ".out.partial" / "data").glob("*.parquet")}
+    finished = {p.name: p.stat().st_mtime_ns for p in (tmp_path / ".out.tmp-resume" / "data").glob("*.parquet")}
     assert finished
     monkeypatch.setattr(prep.stages.pack, "bfd_window", real)
     again = pack(tmp_path / "in", tmp_path / "out", 128, window=100, shard_size="40rows").manifest

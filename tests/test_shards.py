@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from prep.core.findings import Batch, Finding, PrepError, Source
-from prep.files import sha256_file
+from prep.files.hashing import sha256_file
 from prep.shards.layout import read_manifest
 from prep.shards.reader import iter_tables, read_row
 from prep.shards.verify import verify
@@ -112,7 +112,7 @@ def test_interrupted_run_resumes_reusing_verified_shards(tmp_path: Path) -> None
             if i == 5:
                 raise KeyboardInterrupt
             w.write(b)
-    partial = tmp_path / ".out.partial"  # the run in progress, beside the output
+    partial = tmp_path / ".out.tmp-resume"  # the run in progress, beside the output
     done = sorted(p.name for p in (partial / "data").glob("*.parquet"))
     assert done == ["shard-00000.parquet", "shard-00001.parquet"] and not out.exists()
     first_mtime = (partial / "data" / done[0]).stat().st_mtime_ns
@@ -130,7 +130,7 @@ def test_resume_rewrites_a_shard_that_no_longer_verifies(tmp_path: Path) -> None
         for b in batches(60, 10):
             w.write(b)
         raise KeyboardInterrupt
-    shard = tmp_path / ".out.partial" / "data" / "shard-00000.parquet"
+    shard = tmp_path / ".out.tmp-resume" / "data" / "shard-00000.parquet"
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))

@@ -432,7 +432,7 @@ def test_a_failed_merge_keeps_the_report_and_the_adapter(model: str, shards: dic
     assert report["steps"] == 1 and "merged" not in report
     assert len((out / "loss_curve.csv").read_text().splitlines()) == 2
     assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "adapter" / "prep_train.json").is_file()
-    assert not list(out.rglob(".*.tmp"))
+    assert not list(out.rglob(".*.tmp-*"))
 
 
 def test_generate_warns_when_the_base_model_is_not_the_one_trained_on(lora: dict, model: str, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from prep.core.findings import Finding, PrepError, finding
-from prep.files import _open_binary
+from prep.files.streams import open_binary
 
 _UTF8_BOM = codecs.BOM_UTF8
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
@@ -59,7 +59,7 @@ def scan(path: str, name: str, container: str | None) -> Scan:
 
 
 def _scan(path: str, name: str, container: str | None, out: Scan) -> None:
-    with _open_binary(path) as stream:
+    with open_binary(path) as stream:
         head = stream.read(_CHUNK)
         if container is None:
             first = head.lstrip(_UTF8_BOM).lstrip()[:1]

@@ -26,7 +26,7 @@ from prep.core.findings import Batch, Finding, Reject, RowError, Source, Tally, 
 from prep.core.options import MAX_ROW_BYTES
 from prep.core.records import Record, kind_of, record_id, type_name
 from prep.core.result import Meter
-from prep.files import RowWriter
+from prep.files.write import RowWriter
 from prep.formats import detect, make_options, module
 
 if TYPE_CHECKING:

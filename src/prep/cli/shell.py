@@ -45,7 +45,7 @@ class _Group(click.Group):
             click.echo("prep: interrupted; no output was left half-written", err=True)
             ctx.exit(130)
         except OSError as e:  # the system refused (no space, read-only, a folder, a loop): not a bug in prep
-            from prep.files import os_error_message  # noqa: PLC0415 - start-up time
+            from prep.files.errors import os_error_message  # noqa: PLC0415 - start-up time
 
             click.echo(f"prep: {os_error_message(e)}", err=True)
             ctx.exit(2)
@@ -76,20 +76,23 @@ class _Command(click.Command):
     stops it as Ctrl-C does."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from prep.files import check_outputs  # noqa: PLC0415 - start-up time
+        import prep.shards.layout  # noqa: F401, PLC0415 - registers the names in shard folders with files.guard
+        from prep.files.guard import check_outputs  # noqa: PLC0415 - start-up time
 
         reads: list[str] = []
         for name in _READS:
             value = ctx.params.get(name)
             reads += [value] if isinstance(value, str) else list(value or ())
         check_outputs(reads, {flag: ctx.params.get(name) for name, flag in _WRITES.items()})
-        signal.signal(signal.SIGTERM, _terminate)
+        before = signal.signal(signal.SIGTERM, _terminate)
         try:
             return super().invoke(ctx)
         except OSError as e:  # a write that failed for want of space says nothing of where: name the output
             if e.filename is None and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 e.filename = next((str(v) for k in _WRITES if (v := ctx.params.get(k)) not in (None, "-")), None)
             raise
+        finally:  # a caller running the CLI in its own process (a test, a notebook) gets its handler back
+            signal.signal(signal.SIGTERM, before)
 
 
 _Group.command_class = _Command

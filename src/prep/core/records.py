@@ -247,8 +247,8 @@ def parse_messages(value: Any, path: str) -> list[Message]:
         if role not in ROLES:  # paths are spelled out only for an error or a field most messages lack
             where = f"{path}[{i}]"
             get(item, "role", where)
-            message, hint = unknown_role(role, ACCEPTED_ROLES)
-            raise row_error("bad_role", message, f"{where}.role", hint=hint)
+            words, hint = unknown_role(role, ACCEPTED_ROLES)
+            raise row_error("bad_role", words, f"{where}.role", hint=hint)
         extra: dict[str, Any] = {}
         raw_calls = item.get("tool_calls") or ([item["function_call"]] if item.get("function_call") else [])
         if raw_calls:

@@ -12,7 +12,8 @@ from typing import Any
 from prep.core.findings import Batch, PrepError, Source, per_row, row_error
 from prep.core.options import MAX_ROW_BYTES
 from prep.core.records import Record, collecting, json_value, record_id, split_think
-from prep.files import read_rows, split_suffix
+from prep.files.paths import split_suffix
+from prep.files.read import read_rows
 from prep.formats import alpaca, autotrain, coqa, lf_parts, openai, sharegpt, text, trl
 
 # Detection order matters: the most specific layouts first (LLaMA-Factory's parts before OpenAI's messages), bare

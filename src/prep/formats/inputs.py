@@ -11,7 +11,9 @@ from typing import Any
 from prep.core.findings import Batch, PrepError
 from prep.core.options import INPUTS, MAX_ROW_BYTES, SETTINGS, check
 from prep.core.records import Record
-from prep.files import BATCH_ROWS, Piece, cut, display_name, pieces, read_rows, split_suffix
+from prep.files.paths import display_name, split_suffix
+from prep.files.pieces import BATCH_ROWS, Piece, cut, pieces
+from prep.files.read import read_rows
 from prep.formats import Fields, detect_file, make_options, read_records, to_records
 from prep.formats import llamafactory as lf
 

@@ -75,8 +75,8 @@ def _messages(value: Any, path: str) -> list[r.Message]:
         item = r.json_value(item, where, dict)
         role = r.get(item, "role", where)
         if role not in _ROLES:
-            message, hint = r.unknown_role(role, _ROLES)
-            raise r.row_error("bad_role", message, f"{where}.role", hint=hint)
+            words, hint = r.unknown_role(role, _ROLES)
+            raise r.row_error("bad_role", words, f"{where}.role", hint=hint)
         for key in item:
             if key not in _KEYS:
                 r.note_dropped(key)

@@ -14,7 +14,7 @@ from typing import Any
 
 from prep.core.findings import Batch, PrepError
 from prep.core.sampling import row_counts
-from prep.files import split_suffix
+from prep.files.paths import split_suffix
 
 _HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url")
 _ALPACA_COLUMNS = ("prompt", "query", "response", "history", "system", "tools", "chosen", "rejected", "kto_tag",

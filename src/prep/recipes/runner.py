@@ -31,7 +31,11 @@ from prep import __version__
 from prep.core.findings import PrepError
 from prep.core.options import DEFAULT_DATE
 from prep.core.result import Progress, Result
-from prep.files import locked, os_error_message, sha256_file, write_json, write_text_atomic
+from prep.files.atomic import write_json, write_text_atomic
+from prep.files.errors import os_error_message
+from prep.files.guard import reserve
+from prep.files.hashing import sha256_file
+from prep.files.locks import locked
 from prep.formats import llamafactory
 from prep.formats.inputs import Inputs
 from prep.recipes.recipe import Recipe, relative, split_spec
@@ -43,6 +47,7 @@ from prep.stages.stats import token_statistics
 from prep.verbs import VERBS, call
 
 STAMP = "prep-stage.json"
+reserve(STAMP)  # no other output may be written over it (files.guard)
 _HASH_WHOLE = 64 << 20  # files up to this size are hashed whole; larger ones by size and mtime
 
 

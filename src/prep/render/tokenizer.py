@@ -28,7 +28,7 @@ from tokenizers import Tokenizer as Backend
 
 from prep.core.findings import PrepError
 from prep.core.options import DEFAULT_DATE
-from prep.files import cache_path, read_cache, sha256_file, write_cache
+from prep.files.hashing import cache_path, read_cache, sha256_file, write_cache
 from prep.render.jinja import JinjaTemplate
 from prep.render.spans import Specials
 

@@ -5,19 +5,52 @@ documents are told apart."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prep.core.columns import SHARD_KINDS, schema
 from prep.core.findings import PrepError
+from prep.files.guard import reserve
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 JOURNAL = ".journal.json"
 DATA_DIR = "data"
 ROW_GROUP_ROWS = 4096
-SCHEMAS = {kind: schema(kind) for kind in SHARD_KINDS}
 KINDS = SHARD_KINDS
+
+
+class _Schemas(Mapping[str, "pa.Schema"]):
+    """The Arrow schema of each shard kind, built on first use: `prep` imports this module before any verb runs
+    (its names are guarded, see is_shard_folder), and verbs that never touch shards do not load Arrow."""
+
+    def __getitem__(self, kind: str) -> pa.Schema:
+        if kind not in SHARD_KINDS:
+            raise KeyError(kind)
+        return schema(kind)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(SHARD_KINDS)
+
+    def __len__(self) -> int:
+        return len(SHARD_KINDS)
+
+
+SCHEMAS = _Schemas()
+
+
+def is_shard_folder(path: str | Path) -> bool:
+    """A folder prep wrote shards into (finished, or an interrupted run's)."""
+    p = Path(path)
+    return p.is_dir() and ((p / MANIFEST).is_file() or (p / DATA_DIR).is_dir() or (p / JOURNAL).exists())
+
+
+# No other output may be written over these, nor inside a shard folder being read (files.guard).
+reserve(MANIFEST, JOURNAL, DATA_DIR, kind=is_shard_folder)
 
 
 def position_ids(seq_lengths: list[int]) -> list[int]:

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prep.core.findings import PrepError
-from prep.files import sha256_file
+from prep.files.hashing import sha256_file
 from prep.shards.layout import read_manifest
 
 

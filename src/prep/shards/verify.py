@@ -23,7 +23,7 @@ from prep.core.columns import schema as shard_schema
 from prep.core.findings import Finding, PrepError, Source, finding
 from prep.core.options import checked
 from prep.core.result import Meter, ProgressFn, Result
-from prep.files import sha256_file
+from prep.files.hashing import sha256_file
 from prep.shards.layout import DATA_DIR, MANIFEST, SCHEMAS, read_manifest
 
 MAX_PER_CODE = 20

@@ -1,11 +1,12 @@
 """Writing token shards (design §5): `data/shard-NNNNN.parquet` (zstd) plus `manifest.json`.
 
-Everything is written into a hidden folder beside the output (`.NAME.partial`): each shard under a
-temporary name renamed when complete, the manifest (counts, token totals, every shard's sha256) last;
-then that folder takes the output's place in one atomic exchange. A folder with a manifest is a
-finished dataset, and a run that is killed or fails leaves the earlier output as it was. The output
-is locked (files.locked) while it is written: a second run into it is refused. Row groups have a fixed size, so the bytes depend
-only on the rows, never on how the stages batched them: same inputs + options, same shards.
+Everything is written into a hidden folder beside the output (`.NAME.tmp-resume`, files.atomic.resume_folder):
+each shard under a temporary name renamed when complete, the manifest (counts, token totals, every shard's
+sha256) last; then that folder takes the output's place in one atomic exchange (both through
+files.atomic.Staged). A folder with a manifest is a finished dataset, and a run that is killed or fails leaves
+the earlier output as it was. The output is locked (files.locks.locked) while it is written: a second run into
+it is refused. Row groups have a fixed size, so the bytes depend only on the rows, never on how the stages
+batched them: same inputs + options, same shards.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ import pyarrow.parquet as pq
 from prep import __version__
 from prep.core.columns import schema
 from prep.core.findings import Batch, PrepError, Tally
-from prep.files import RowWriter, is_shard_folder, locked, sha256_file, swap_in, write_json
+from prep.files.atomic import AllOrNothing, Staged, resume_folder, write_json
+from prep.files.hashing import sha256_file
+from prep.files.locks import locked
+from prep.files.write import RowWriter
 from prep.shards.layout import (
     DATA_DIR,
     JOURNAL,
@@ -34,11 +38,12 @@ from prep.shards.layout import (
     ROW_GROUP_ROWS,
     SCHEMA_VERSION,
     SCHEMAS,
+    is_shard_folder,
     shard_name,
 )
 
 
-class ShardWriter:
+class ShardWriter(AllOrNothing):
     """Writes rows of one kind into size-bounded shards and, on success, the manifest.
 
     `meta` is what the producing stage knows (tokenizer fingerprint, template, train_on, max_len,
@@ -55,7 +60,7 @@ class ShardWriter:
         if shard_rows < 1 or shard_mb <= 0:
             raise PrepError("shard size must be positive")
         self.outdir, self.kind, self.meta = Path(outdir), kind, meta
-        self.work = self.outdir.with_name(f".{self.outdir.name}.partial")  # a stable name: a re-run resumes it
+        self.work = resume_folder(self.outdir)  # a stable name: a re-run resumes it
         self.schema = schema(kind, carried)
         if carried:
             meta["carried"] = list(carried)  # verify builds the same schema from it (the caller may add to meta)
@@ -66,6 +71,7 @@ class ShardWriter:
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._writer: pq.ParquetWriter | None = None
+        self._shard: Staged | None = None  # the shard being written
         self._rows = self._bytes = self._tokens = 0
         self.resume_key = resume_key
         self.reused = 0
@@ -73,7 +79,9 @@ class ShardWriter:
         self._held = contextlib.ExitStack()
         self._held.enter_context(locked(self.outdir))
         self._reusable: dict[str, dict[str, Any]] = {}
+        self._folder: Staged | None = None  # the work folder, put in the output's place by close()
         try:
+            self._folder = Staged(self.outdir, at=self.work)
             self._check_target()
             self._reusable = self._load_journal() if resume_key else {}
             if not self._reusable and self.work.exists():
@@ -138,8 +146,8 @@ class ShardWriter:
         if shard_name(len(self.shards)) in self._reusable:
             return  # this shard is already on disk from an interrupted run with the same inputs and options
         if self._writer is None:
-            self._tmp = self.work / f"{shard_name(len(self.shards))}.tmp"
-            self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
+            self._shard = Staged(self.work / shard_name(len(self.shards)))
+            self._writer = pq.ParquetWriter(self._shard.path, self.schema, compression="zstd")
         self._writer.write_table(group.combine_chunks())
 
     def _close_shard(self) -> None:
@@ -156,11 +164,10 @@ class ShardWriter:
                                 f"delete {self.work} and run again")
             entry = old
             self.reused += 1
-        elif self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        elif self._writer is not None and self._shard is not None:
+            writer, self._writer = self._writer, None
+            self._shard.close(writer.close)
             final = self.work / name
-            os.replace(self._tmp, final)
             entry.update(sha256=sha256_file(final), bytes=final.stat().st_size)
         self.shards.append(entry)
         self._rows = self._bytes = self._tokens = 0
@@ -198,7 +205,7 @@ class ShardWriter:
             manifest = self.manifest()
             write_json(self.work / MANIFEST, manifest)
             (self.work / JOURNAL).unlink(missing_ok=True)
-            swap_in(self.work, self.outdir)
+            self._folder.close()
         except BaseException:
             self.abort(keep_journal=False)
             raise
@@ -231,19 +238,11 @@ class ShardWriter:
                 with contextlib.suppress(Exception):
                     self._writer.close()
                 self._writer = None
-                self._tmp.unlink(missing_ok=True)
+            if self._shard is not None:
+                self._shard.abort()
             if self.rejects:
                 self.rejects.abort()
-            if not (keep_journal and self.resume_key and (self.work / JOURNAL).exists()):
-                shutil.rmtree(self.work, ignore_errors=True)
+            if self._folder and not (keep_journal and self.resume_key and (self.work / JOURNAL).exists()):
+                self._folder.abort()
         finally:
             self._held.close()
-
-    def __enter__(self) -> ShardWriter:
-        return self
-
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

@@ -10,7 +10,8 @@ from typing import Any
 from prep.core.findings import Batch, Tally, count_by_file
 from prep.core.options import checked
 from prep.core.result import Meter, ProgressFn, Result, outputs
-from prep.files import RowWriter, check_outputs
+from prep.files.guard import check_outputs
+from prep.files.write import RowWriter
 from prep.formats import from_records, make_options
 from prep.formats.inputs import Inputs, Part, plan_inputs, read_inputs, read_part
 from prep.stages.engine import Engine, Ran, parts_wanted, run_parts

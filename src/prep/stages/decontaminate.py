@@ -19,7 +19,7 @@ from prep.core.findings import Batch, PrepError, Reject, finding
 from prep.core.options import checked
 from prep.core.records import Record
 from prep.core.result import Meter, ProgressFn, Result, outputs
-from prep.files import read_rows
+from prep.files.read import read_rows
 from prep.formats.inputs import Inputs, read_inputs
 from prep.overlap.ngrams import NgramIndex
 from prep.overlap.text import Compare, compared, normalize

@@ -33,7 +33,8 @@ import pyarrow.parquet as pq
 from prep.core.findings import Batch, PrepError, RowError, Source, Tally, per_row, row_error
 from prep.core.options import checked
 from prep.core.result import Meter, ProgressFn, Result, outputs
-from prep.files import RowWriter, replaced
+from prep.files.atomic import replaced
+from prep.files.write import RowWriter
 from prep.render.tokenizer import Tokenizer, shard_decoder
 from prep.shards.layout import read_manifest
 from prep.shards.reader import iter_tables

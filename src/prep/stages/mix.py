@@ -37,7 +37,10 @@ from prep.core.options import DEFAULT_DATE, checked
 from prep.core.records import Record, kind_of
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.core.sampling import row_counts, token_counts
-from prep.files import RowWriter, sha256_file, stem, write_json
+from prep.files.atomic import write_json
+from prep.files.hashing import sha256_file
+from prep.files.paths import stem
+from prep.files.write import RowWriter
 from prep.formats.inputs import Inputs, read_inputs
 from prep.render.encoder import Encoder, Settings, build_encoder
 from prep.render.templates import chat_template, parse_kwargs

@@ -19,7 +19,8 @@ import pyarrow.compute as pc
 from prep.core.findings import PrepError, Source
 from prep.core.options import checked, parse_size
 from prep.core.result import Meter, ProgressFn, Result, outputs
-from prep.files import check_outputs, sha256_file
+from prep.files.guard import check_outputs
+from prep.files.hashing import sha256_file
 from prep.shards.layout import MANIFEST, SCHEMAS, read_manifest
 from prep.shards.packing import Wrapper, bfd_bins, bfd_window, check_lengths, overflow, packed_rows
 from prep.shards.reader import open_shard, take_rows

@@ -8,7 +8,8 @@ from typing import Any
 
 from prep.core.findings import Batch, Tally
 from prep.core.records import Record
-from prep.files import RowWriter, check_outputs
+from prep.files.guard import check_outputs
+from prep.files.write import RowWriter
 from prep.formats import from_records, make_options
 
 

@@ -24,7 +24,7 @@ from prep import __version__
 from prep.core.findings import PrepError, Tally
 from prep.core.options import checked
 from prep.core.result import Result, outputs
-from prep.files import write_text_atomic
+from prep.files.atomic import write_text_atomic
 from prep.render.tokenizer import Tokenizer, shard_decoder
 from prep.shards.layout import MANIFEST, read_manifest
 from prep.shards.reader import iter_tables, read_row
@@ -143,7 +143,7 @@ def _with_shards(found: _Found, folder: Path) -> _Found:
     source = manifest.get("source") or {}
     upstream = Path(source.get("path", ""))
     if source and (upstream / MANIFEST).is_file():
-        from prep.files import sha256_file  # noqa: PLC0415 - start-up time: only packed folders check their source
+        from prep.files.hashing import sha256_file  # noqa: PLC0415 - start-up time: only packed folders use it
 
         if sha256_file(upstream / MANIFEST) == source.get("manifest_sha256"):
             found.shards.append(("tokenize", upstream, read_manifest(upstream)))

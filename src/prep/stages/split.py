@@ -23,7 +23,8 @@ from prep.core.findings import Batch, PrepError, Tally
 from prep.core.options import checked
 from prep.core.records import Record
 from prep.core.result import Meter, ProgressFn, Result, outputs
-from prep.files import write_json
+from prep.files.atomic import write_json
+from prep.files.guard import reserve
 from prep.formats.inputs import Inputs, read_inputs
 from prep.overlap import near
 from prep.overlap.text import Compare
@@ -31,6 +32,7 @@ from prep.stages.dedup import Fingerprints, fingerprint
 from prep.stages.record_writer import RecordsOut, open_rejects
 
 TRAIN, VALIDATION, MANIFEST = "train.jsonl", "validation.jsonl", "manifest.json"
+reserve(TRAIN, VALIDATION)  # no other output may be written over them (files.guard)
 
 
 @dataclass

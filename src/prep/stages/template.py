@@ -11,7 +11,7 @@ from prep.core.findings import Batch, PrepError, per_row, row_error
 from prep.core.options import DEFAULT_DATE, checked
 from prep.core.records import Record, kind_of
 from prep.core.result import Meter, ProgressFn, Result, outputs
-from prep.files import RowWriter
+from prep.files.write import RowWriter
 from prep.formats.inputs import Inputs, read_inputs
 from prep.render.spans import Specials, nothing_to_train, resolve_train_on
 from prep.render.templates import AnyTemplate, chat_template, document, parse_kwargs, render_pair, text_only

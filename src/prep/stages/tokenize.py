@@ -31,7 +31,8 @@ from prep.core.findings import Batch, PrepError, Tally, count_by_file
 from prep.core.options import DEFAULT_DATE, checked
 from prep.core.records import Record, kind_of
 from prep.core.result import Meter, ProgressFn, Result, outputs
-from prep.files import check_outputs, sha256_file
+from prep.files.guard import check_outputs
+from prep.files.hashing import sha256_file
 from prep.formats.inputs import Inputs, Part, plan_inputs, read_inputs, read_part
 from prep.render.encoder import Encoder, Settings, build_encoder
 from prep.render.jinja import JinjaTemplate

@@ -32,17 +32,10 @@ from prep.core.codes import CODES
 from prep.core.findings import Batch, Finding, PrepError, Reject, Source, finding
 from prep.core.options import DEFAULT_DATE, checked
 from prep.core.result import Meter, ProgressFn, Result, outputs
-from prep.files import (
-    BATCH_ROWS,
-    Piece,
-    RowWriter,
-    cut,
-    display_name,
-    pieces,
-    read_rows,
-    readable_file,
-    split_suffix,
-)
+from prep.files.paths import display_name, split_suffix
+from prep.files.pieces import BATCH_ROWS, Piece, cut, pieces
+from prep.files.read import read_rows, readable_file
+from prep.files.write import RowWriter
 from prep.formats import detect
 from prep.formats.inputs import Inputs
 from prep.stages.engine import Engine, Ran, parts_wanted, run_parts

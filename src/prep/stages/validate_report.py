@@ -12,7 +12,7 @@ from rich.text import Text
 
 from prep.core.codes import CODES, ERROR
 from prep.core.findings import Finding
-from prep.files import write_text_atomic
+from prep.files.atomic import write_text_atomic
 from prep.stages.validate import Report
 
 SHOW_LINES = 5

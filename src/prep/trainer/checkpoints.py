@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from prep.core.findings import PrepError
-from prep.files import sha256_file
+from prep.files.hashing import sha256_file
 from prep.shards.layout import MANIFEST
 from prep.trainer.options import TrainOptions
 

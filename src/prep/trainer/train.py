@@ -30,7 +30,7 @@ from prep.core.extras import require_train_extra
 from prep.core.findings import PrepError, Tally
 from prep.core.options import check
 from prep.core.result import Progress, ProgressFn, Result
-from prep.files import replaced, write_json
+from prep.files.atomic import replaced, write_json
 from prep.render.tokenizer import describe_tokenizer, fingerprint, same_tokenizer
 from prep.shards.layout import position_ids, read_manifest
 from prep.shards.verify import require_verified
