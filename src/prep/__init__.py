@@ -14,13 +14,10 @@ Names are imported on first use, so `import prep` (and `prep --help`) stays fast
 from __future__ import annotations
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-try:
-    __version__ = version("prep")
-except PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0.0.0+src"
+# the one place the version is written (pyproject reads it): importlib.metadata would cost every command ~0.1-0.3 s
+__version__ = "0.1.0"
 
 _WHERE = {
     "Inputs": "prep.formats.inputs", "convert": "prep.stages.convert", "validate": "prep.stages.validate",

@@ -5,6 +5,7 @@ The verbs' modules are imported inside each command, so `prep --help` and a verb
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -386,16 +387,12 @@ def generate(prompts: tuple[str, ...], model: str, adapter: str | None, template
 
 
 def _quiet_libraries() -> None:
-    """prep train/generate draw their own progress: no loading bars or deprecation notes from the libraries."""
+    """prep train/generate draw their own progress: no loading bars or deprecation notes from the libraries. Said
+    through their environment variables, so nothing is imported before a stage actually trains."""
     import logging  # noqa: PLC0415 - start-up time
     import warnings  # noqa: PLC0415 - start-up time
 
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|trl|peft)\.")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its optional CPU kernel package is not needed
-    try:
-        import datasets  # noqa: PLC0415 - train extra
-        from transformers.utils import logging as hf_logging  # noqa: PLC0415 - train extra
-    except ImportError:  # the train extra is missing; prep.trainer says so
-        return
-    datasets.disable_progress_bars()
-    hf_logging.disable_progress_bar()
+    for name in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):  # datasets; transformers
+        os.environ.setdefault(name, "1")

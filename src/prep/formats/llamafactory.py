@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from prep.core.findings import Batch, PrepError
-from prep.core.sampling import row_counts
 from prep.files.paths import split_suffix
 
 _HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url")
@@ -121,6 +120,8 @@ def _num_samples(attrs: dict[str, Any], registry: Path, name: str) -> int | None
 def sample_plan(total: int, n: int, seed: int) -> Counter[int]:
     """How often each row ordinal is kept: n rows exactly, whole passes first, then a sample without
     replacement (prep.core.sampling, as prep mix plans its sources)."""
+    from prep.core.sampling import row_counts  # noqa: PLC0415 - start-up time: numpy only for a num_samples entry
+
     return Counter({i: c for i, c in enumerate(row_counts(total, n, (seed,)).tolist()) if c})
 
 

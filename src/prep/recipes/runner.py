@@ -41,9 +41,6 @@ from prep.formats.inputs import Inputs
 from prep.recipes.recipe import Recipe, relative, split_spec
 from prep.shards.layout import MANIFEST
 from prep.shards.reader import folder_problem
-from prep.stages import validate_report as show
-from prep.stages.report import report
-from prep.stages.stats import token_statistics
 from prep.verbs import VERBS, call
 
 STAMP = "prep-stage.json"
@@ -280,6 +277,8 @@ def _split(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, A
 def _validate(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
     """validate; with `tokens`, the token statistics are added when tokenize has run (see _token_statistics), so
     every row is tokenized once."""
+    from prep.stages import validate_report as show  # noqa: PLC0415 - start-up time: a run that validates
+
     values = {**_outputs(stage, recipe, engine=True), "inputs": flow.inputs, "kind": recipe.section("tokenize").get(
         "kind"), "validation": [str(flow.validation)] if flow.validation else []}
     del values["output"]
@@ -305,6 +304,9 @@ def _token_statistics(recipe: Recipe, tokenized: Stage, validated: Stage) -> Non
     summary and stamp (when either stage ran), so every row is tokenized once. Rows the template cannot render
     (or that train nothing) stop the run here, as validate's errors stop it, unless validate allows errors; rows
     over max_len are counted, as validate's warnings are."""
+    from prep.stages import validate_report as show  # noqa: PLC0415 - start-up time: a run that validates
+    from prep.stages.stats import token_statistics  # noqa: PLC0415 - start-up time
+
     if "ran" in (tokenized.status, validated.status):
         extra = token_statistics(tokenized.folder)
         report_path = validated.folder / "report.json"
@@ -517,7 +519,7 @@ def write_report(result: RunResult) -> tuple[Path | None, str | None]:
     """report.html in the run folder, from what the run wrote (run.json first), and what it leaves out; a page
     that cannot be built is said, never a failed run: the run's own outputs are all there."""
     try:
-        done = report(result.recipe.output)
+        done = call("report", {"target": str(result.recipe.output)})
     except PrepError as e:
         return None, f"no report.html: {e}"
     return Path(done.outputs["report"]), "; ".join(done.notes) or None
