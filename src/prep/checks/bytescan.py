@@ -1,6 +1,6 @@
 """Byte-level checks the row readers cannot make: what a file looks like before it is parsed.
 
-`files.read_rows` already turns a JSONL/CSV line that is not UTF-8 or not JSON into a reject with
+`files.read.read_rows` already turns a JSONL/CSV line that is not UTF-8 or not JSON into a reject with
 its line and byte offset; it also, silently, skips blank lines, drops a UTF-8 BOM and transcodes
 UTF-16. This pass reports those (a peer's loader would fail on them), finds NUL bytes (the mark
 of a binary or UTF-16 file read as UTF-8), and for a JSON array file, whose reader stops at the

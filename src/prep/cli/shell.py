@@ -72,7 +72,7 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 class _Command(click.Command):
-    """A verb: its outputs are checked against its inputs before it starts (files.check_outputs), and SIGTERM
+    """A verb: its outputs are checked against its inputs before it starts (files.guard.check_outputs), and SIGTERM
     stops it as Ctrl-C does."""
 
     def invoke(self, ctx: click.Context) -> Any:

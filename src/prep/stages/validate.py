@@ -2,7 +2,7 @@
 tool, AutoTrain, LLaMA-Factory), per row, with file, line, JSON path, code, severity, message and
 hint; it never stops at the first bad row. Rows read = rows accepted + rows rejected, always.
 
-Per file: a byte pass (`bytescan`), the streaming reader (`files.read_rows`), then the stage
+Per file: a byte pass (`bytescan`), the streaming reader (`files.read.read_rows`), then the stage
 `FileCheck.stage`: each raw row is checked against its format's JSON Schema, read into a canonical
 record by the format's own reader, and the record checked by the Python rules (`rules/`). A row
 with an error is rejected (kept with its findings by `--rejects`); warnings do not reject.
