@@ -229,6 +229,12 @@ def test_cli_runs_the_quickstart_and_says_where_everything_went(tiny_model: Path
     assert [s["status"] for s in record["stages"]] == ["ran"] * 5
     again = run_prep(*args, "-q")
     assert again.returncode == 0 and again.stderr.decode().count("skipped") == 5
+    # the same re-run, every stage skipped, loads no training library: it has nothing to train
+    probe = ("import sys\nfrom prep.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+             "    print(e.code, [m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets') if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", probe, *args, "-q"], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert proc.stdout.strip() == "0 []", proc.stderr
 
 
 def test_a_stage_that_cannot_run_is_recorded_and_exits_2(tmp_path: Path) -> None:
