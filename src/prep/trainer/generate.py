@@ -23,6 +23,7 @@ from typing import Any
 
 from prep.core.extras import require_train_extra
 from prep.core.findings import PrepError
+from prep.core.options import checked
 from prep.render.templates import AnyTemplate, get_template, render_pair
 from prep.render.tokenizer import Tokenizer, describe_tokenizer, load_tokenizer, same_tokenizer
 from prep.trainer.train import TRAIN_INFO
@@ -77,6 +78,7 @@ class Generator:
         cut = next(i for i, (_, end) in enumerate(enc.offsets) if end > start)
         return enc.ids[:cut]
 
+    @checked("generate")
     def __call__(self, prompt: str, *, system: str | None = None, max_new_tokens: int = 128,
                  temperature: float = 0.0, on_text: Callable[[str], None] | None = None) -> str:
         """The completion of `prompt`; `on_text` receives it piece by piece as it is generated, control characters
@@ -110,6 +112,7 @@ def train_info(*folders: str | Path | None) -> tuple[dict[str, Any], Path | None
     return {}, None
 
 
+@checked("generate")
 def load(model: str, adapter: str | None = None, template: str | None = None) -> Generator:
     """The model at `model` (a local folder) with `adapter` applied; `template` overrides the one
     recorded by `prep train` (default: that one, else the tokenizer's own chat template).
