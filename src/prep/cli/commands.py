@@ -370,9 +370,9 @@ def generate(prompts: tuple[str, ...], model: str, adapter: str | None, template
     \b
     Examples:
       prep generate --model runs/tiny-llama --adapter out/adapter "Name three primary colours."
-      prep generate --model runs/tiny-llama "Name three primary colours."    # the base model, to compare
+      prep generate --model runs/tiny-llama --template chatml "Name three primary colours."  # the base model
     """
-    from prep.trainer.generate import load  # noqa: PLC0415 - start-up time
+    from prep.trainer.generate import garbled_note, load  # noqa: PLC0415 - start-up time
 
     _quiet_libraries()
     generator = load(model, adapter, template)
@@ -381,9 +381,11 @@ def generate(prompts: tuple[str, ...], model: str, adapter: str | None, template
     for i, prompt in enumerate(prompts):
         if len(prompts) > 1:
             click.echo(f"{'' if i == 0 else chr(10)}>>> {prompt}", err=True)
-        generator(prompt, system=system, max_new_tokens=max_new_tokens, temperature=temperature,
-                  on_text=lambda text: click.echo(text, nl=False))
+        text = generator(prompt, system=system, max_new_tokens=max_new_tokens, temperature=temperature,
+                         on_text=lambda piece: click.echo(piece, nl=False))
         click.echo()
+        if note := garbled_note(text):
+            click.echo(note, err=True)
 
 
 def _quiet_libraries() -> None:
