@@ -36,7 +36,7 @@ with locked(sys.argv[1]):
 # at each progress step: proof that the run is under way (its output locked, its shards being written). With --hold
 # it then waits for a line on stdin (or its end), so a test can act while the run is certainly mid-way.
 DRIVER = """
-import sys
+import functools, sys
 import prep.stages.pack, prep.stages.tokenize
 from prep.cli import main
 
@@ -44,6 +44,7 @@ hold = sys.argv[1] == "--hold"
 
 def traced(module, verb):
     real = getattr(module, verb)
+    @functools.wraps(real)  # the verb's own parameters, which prep.verbs binds the options to
     def run(*args, progress=None, **kw):
         def tell(p):
             print(verb, p.rows, flush=True)
