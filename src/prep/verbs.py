@@ -45,9 +45,15 @@ class Verb:
         taker = self.load(self.options) if self.options else self.load()
         return frozenset(inspect.signature(taker).parameters)
 
-    def arguments(self, values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(the function's keyword arguments, the values that are the caller's own) from table-named `values`:
-        every name must be in the table, each value is checked by it, and the table's defaults fill the rest."""
+    @cached_property
+    def reports_progress(self) -> bool:
+        """Whether the function takes `progress` (inspect and report show one row or one page: they do not)."""
+        return "progress" in inspect.signature(self.load()).parameters
+
+    def arguments(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The function's keyword arguments from table-named `values`: every name must be in the table, each value
+        is checked by it, and the table's defaults fill the rest; the values the function does not take are the
+        caller's own (quiet, validate's --report)."""
         names = {o.name for o in self.table} | {self.reads}
         unknown = [k for k in values if k not in names]
         if unknown:
@@ -63,18 +69,18 @@ class Verb:
                 {o.name: given[o.name] for o in INPUTS if o.name in given})
             if not inputs.files and not inputs.datasets:
                 raise PrepError(f"prep {self.name}: give INPUT files, or --dataset-info FILE --dataset NAME")
-            given = {k: v for k, v in given.items() if k in {o.name for o in own}} | {"inputs": inputs}
+            given = {o.name: given[o.name] for o in own} | {"inputs": inputs}
         takes = self.parameters | {self.reads}
-        return {k: v for k, v in given.items() if k in takes}, {k: v for k, v in given.items() if k not in takes}
+        return {k: v for k, v in given.items() if k in takes}
 
     def call(self, values: Mapping[str, Any], progress: ProgressFn | None = None, **objects: Any) -> Result:
         """Run the verb on table-named `values`; `objects` are arguments no table holds (a console, a row callback)."""
-        kwargs, _ = self.arguments(values)
+        kwargs = self.arguments(values)
         function: Callable[..., Any] = self.load()
         if self.options:
             gathered = {k: kwargs.pop(k) for k in list(kwargs) if k != self.reads}
             kwargs["options"] = self.load(self.options)(**gathered)
-        if "progress" in inspect.signature(function).parameters:
+        if self.reports_progress:
             kwargs["progress"] = progress
         return function(**kwargs, **objects)
 

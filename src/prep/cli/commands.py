@@ -231,7 +231,7 @@ def inspect(**values: Any) -> None:
     """Decode one shard row: trained tokens in colour, document boundaries marked."""
     from rich.console import Console  # noqa: PLC0415 - start-up time
 
-    run_verb("inspect", values | {"quiet": True}, console=Console(highlight=False))
+    run_verb("inspect", values, display=lambda result: None, console=Console(highlight=False))  # the row is printed
 
 
 @main.command()

@@ -191,9 +191,8 @@ def run_verb(verb: str, values: dict[str, Any], first: str = "reading", display:
     from prep.verbs import VERBS  # noqa: PLC0415 - start-up time
 
     quiet = values.get("quiet", False)
-    with _Bar(verb, quiet, first) as bar:
-        result = VERBS[verb].call({k: v for k, v in values.items() if k != "quiet" or verb != "inspect"}, bar,
-                                  **objects)
+    with _Bar(verb, quiet or not VERBS[verb].reports_progress, first) as bar:
+        result = VERBS[verb].call(values, bar, **objects)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     if display is not None:

@@ -29,7 +29,7 @@ from typing import Any
 
 from prep import __version__
 from prep.core.findings import PrepError
-from prep.core.options import DEFAULT_DATE
+from prep.core.options import DEFAULT_DATE, TABLES
 from prep.core.result import Progress, Result
 from prep.files.atomic import write_json, write_text_atomic
 from prep.files.errors import os_error_message
@@ -221,16 +221,18 @@ def _call(verb: str, stage: Stage, view: View, values: dict[str, Any]) -> Any:
     return call(verb, values, lambda p: view.progress(stage, p))
 
 
-def _outputs(stage: Stage, recipe: Recipe, engine: bool = False) -> dict[str, Any]:
-    """The stage's section, writing into the stage's folder, with where it runs (a data stage)."""
+def _outputs(stage: Stage, recipe: Recipe, output: str | None = "data.jsonl") -> dict[str, Any]:
+    """The stage's section writing into the stage's folder (`output` a file in it, "" the folder itself, None none),
+    with where it runs when its verb can run on an engine."""
     section = recipe.section(stage.name)
     stage.folder.mkdir(parents=True, exist_ok=True)
-    return {**section, **(_engine(recipe, section) if engine else {}), "output": str(stage.folder / "data.jsonl"),
-            "rejects": str(stage.folder / "rejects.jsonl")}
+    where = _engine(recipe, section) if any(o.name == "engine" for o in TABLES[stage.name]) else {}
+    written = {} if output is None else {"output": str(stage.folder / output)}
+    return {**section, **where, **written, "rejects": str(stage.folder / "rejects.jsonl")}
 
 
 def _convert(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
-    result = _call("convert", stage, view, {**_outputs(stage, recipe, engine=True), "inputs": flow.inputs})
+    result = _call("convert", stage, view, {**_outputs(stage, recipe), "inputs": flow.inputs})
     t = result.tally
     return {"outputs": ["data.jsonl"], "format": result.to, "read": t.read, "written": t.written,
             "rejected": t.rejected_total, "rejected_by_reason": dict(t.rejected), "formats": result.formats,
@@ -259,7 +261,7 @@ def _mix(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any
 
 
 def _dedup(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
-    return _kept(_call("dedup", stage, view, {**_outputs(stage, recipe, engine=True), "inputs": flow.inputs}))
+    return _kept(_call("dedup", stage, view, {**_outputs(stage, recipe), "inputs": flow.inputs}))
 
 
 def _decontaminate(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
@@ -267,7 +269,7 @@ def _decontaminate(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dic
 
 
 def _split(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
-    result = _call("split", stage, view, {**_outputs(stage, recipe), "output": str(stage.folder), "inputs": flow.inputs})
+    result = _call("split", stage, view, {**_outputs(stage, recipe, ""), "inputs": flow.inputs})
     rows, t = result.manifest["rows"], result.tally
     return {"outputs": ["train.jsonl", "validation.jsonl", "manifest.json"], "read": t.read, "written": t.written,
             "rejected": t.rejected_total, "train": rows["train"], "validation": rows["validation"],
@@ -279,9 +281,8 @@ def _validate(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str
     every row is tokenized once."""
     from prep.stages import validate_report as show  # noqa: PLC0415 - start-up time: a run that validates
 
-    values = {**_outputs(stage, recipe, engine=True), "inputs": flow.inputs, "kind": recipe.section("tokenize").get(
+    values = {**_outputs(stage, recipe, None), "inputs": flow.inputs, "kind": recipe.section("tokenize").get(
         "kind"), "validation": [str(flow.validation)] if flow.validation else []}
-    del values["output"]
     result = _call("validate", stage, view, values)
     rejects = stage.folder / "rejects.jsonl"
     show.write_json(result, str(stage.folder / "report.json"))
@@ -336,7 +337,7 @@ class _Stopped(Exception):
 
 
 def _tokenize(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
-    values = {**_outputs(stage, recipe, engine=True), "output": str(stage.folder), "inputs": flow.inputs}
+    values = {**_outputs(stage, recipe, ""), "inputs": flow.inputs}
     result = _call("tokenize", stage, view, values)
     m, t = result.manifest, result.tally
     outputs = ["manifest.json"]
@@ -352,8 +353,7 @@ def _tokenize(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str
 
 def _pack(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
     assert flow.shards is not None
-    result = _call("pack", stage, view, {**_outputs(stage, recipe, engine=True), "output": str(stage.folder),
-                                         "shards": str(flow.shards)})
+    result = _call("pack", stage, view, {**_outputs(stage, recipe, ""), "shards": str(flow.shards)})
     c, packing = result.manifest["counts"], result.manifest["packing"]
     rejected = sum(c["rejected"].values())
     return {"outputs": ["manifest.json"], "read": c["read"], "written": c["written"], "rows": c["rows"],
@@ -371,7 +371,7 @@ def _train(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, A
     values = {**recipe.section("train"), "output": str(stage.folder), "shards": str(flow.shards)}
     if flow.eval_shards is not None:
         values["eval"] = str(flow.eval_shards)
-    kwargs, _ = VERBS["train"].arguments(values)
+    kwargs = VERBS["train"].arguments(values)
     if can_resume(kwargs.pop("shards"), TrainOptions(**kwargs)):  # an interrupted run of this very stage: go on
         values["resume"] = True
     elif stage.folder.exists():  # an interrupted run of other shards or options: start again
