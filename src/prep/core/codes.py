@@ -100,8 +100,9 @@ CODES: dict[str, Code] = {
     "bad_image": Code(ERROR, "conversation", "images must be data URLs: data:image/jpeg|png|webp;base64,..."),
     "too_many_images": Code(ERROR, "conversation", "keep at most 10 images in a row"),
     "image_too_large": Code(ERROR, "conversation", "keep each image under 10 MB"),
-    "image_count_mismatch": Code(ERROR, "conversation", "use one <image>/<video>/<audio> placeholder per file in "
-                                 "the images/videos/audios column"),
+    "media_count_mismatch": Code(ERROR, "media", "use one <image>/<video>/<audio> placeholder per item in the "
+                                 "images/videos/audios column, in the order they are read"),
+    "bad_media": Code(ERROR, "media", "write each medium as a path relative to the dataset folder, or a data: URL"),
     # ---- preference / feedback
     "bad_preference": Code(ERROR, "preference", "give a prompt that ends with a user turn and one assistant "
                            "answer on each side"),
