@@ -29,13 +29,23 @@ COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
+# Shards of rows with media (design §2a) carry one more column, `media`: per row, its media in order. `start` and
+# `length` are the medium's expanded token run in input_ids (for dpo/kto/prompt: in prompt_input_ids); `grid` is the
+# processor's (t, h, w) where it has one (else empty); `root` indexes the manifest's `media_roots`.
+MEDIA_COLUMN = "media"
+MEDIA_FIELDS = (("type", "string"), ("sha256", "string"), ("root", "int32"), ("path", "string"), ("start", "int32"),
+                ("length", "int32"), ("grid", "list<int32>"), ("width", "int32"), ("height", "int32"))
+
+
 @cache
-def schema(kind: str, carried: tuple[str, ...] = ()) -> pa.Schema:
-    """The Arrow schema of a shard kind, with the carried input columns (`--keep-columns`) after its own: text
-    (a value that is not text is stored as its JSON), null where a row has none."""
+def schema(kind: str, carried: tuple[str, ...] = (), media: bool = False) -> pa.Schema:
+    """The Arrow schema of a shard kind, with its `media` column when its rows hold media, then the carried input
+    columns (`--keep-columns`): text (a value that is not text is stored as its JSON), null where a row has none."""
     import pyarrow as pa  # noqa: PLC0415 - start-up time: verbs that never touch shards do not load Arrow
 
     types = {"list<int32>": pa.list_(pa.int32()), "int32": pa.int32(), "bool": pa.bool_(),
-             "list<string>": pa.list_(pa.string())}
+             "list<string>": pa.list_(pa.string()), "string": pa.string()}
     own = [(name, types[kind_]) for name, kind_ in COLUMNS[kind]]
+    if media:
+        own.append((MEDIA_COLUMN, pa.list_(pa.struct([(name, types[t]) for name, t in MEDIA_FIELDS]))))
     return pa.schema(own + [(name, pa.string()) for name in carried if name not in dict(own)])
