@@ -9,7 +9,8 @@ rejected for pairs). An item is
     {"type": "image", "url": "data:image/png;base64,iVBO..."}                         a data URL
     {"type": "image", "url": "https://example.com/cat.jpg"}                           a URL, kept as written
 
-plus, once probed (prep.files.media), what its header tells: "sha256", "bytes", "format", and "width"/
+and "at", the JSON path the input row wrote it at (`$.images[0]`, `$.messages[0].content[1].image_url.url`),
+which findings name; plus, once probed (prep.files.media), what its header tells: "sha256", "bytes", "format", and "width"/
 "height" (after EXIF rotation) for images, "duration"/"fps"/"frames" and "width"/"height" for video,
 "duration"/"sample_rate" for audio. `path` is relative to `root` (the input's `--media-root`, else the folder
 of the file that names it, as LLaMA-Factory resolves `media_dir`) and never leaves it.
@@ -77,7 +78,12 @@ def from_columns(lists: dict[str, Sequence[Any]], order: Sequence[str], root: st
             raise row_error("media_count_mismatch", f"{len(queues[kind])} item(s) in {COLUMNS[kind]} but {want} "
                             f"{PLACEHOLDERS[kind]} placeholder(s) in the messages", f"$.{COLUMNS[kind]}")
     taken = {kind: iter(queues[kind]) for kind in MEDIA_TYPES}
-    return [reference(kind, next(taken[kind]), f"$.{COLUMNS[kind]}", root) for kind in order]
+    seen = dict.fromkeys(MEDIA_TYPES, 0)
+    out = []
+    for kind in order:
+        out.append(reference(kind, next(taken[kind]), f"$.{COLUMNS[kind]}[{seen[kind]}]", root))
+        seen[kind] += 1
+    return out
 
 
 def to_columns(media: Iterable[Item]) -> dict[str, list[Item]]:
@@ -97,8 +103,8 @@ def reference(kind: str, value: Any, path: str, root: str | None) -> Item:
         raise row_error("bad_media", f"a {kind} must be a file path or a URL", path,
                         hint="write the path relative to the dataset folder, or a data: URL")
     if is_url(value):
-        return {"type": kind, "url": value}
-    return {"type": kind, "path": value, "root": root}
+        return {"type": kind, "url": value, "at": path}
+    return {"type": kind, "path": value, "root": root, "at": path}
 
 
 def is_url(value: str) -> bool:
