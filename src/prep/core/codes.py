@@ -103,6 +103,19 @@ CODES: dict[str, Code] = {
     "media_count_mismatch": Code(ERROR, "media", "use one <image>/<video>/<audio> placeholder per item in the "
                                  "images/videos/audios column, in the order they are read"),
     "bad_media": Code(ERROR, "media", "write each medium as a path relative to the dataset folder, or a data: URL"),
+    "media_outside_root": Code(ERROR, "media", "keep media under the dataset's folder (or --media-root): copy the "
+                               "file in rather than pointing out of it"),
+    "media_missing": Code(ERROR, "media", "check the path: it is read relative to the folder of the file that names "
+                          "it, or to --media-root"),
+    "media_unreadable": Code(ERROR, "media", "name a file prep may read (check its permissions)"),
+    "media_empty": Code(ERROR, "media", "the file holds no bytes: copy or export it again"),
+    "media_corrupt": Code(ERROR, "media", "the file is cut short or damaged: copy or export it again"),
+    "media_unsupported": Code(ERROR, "media", "use JPEG, PNG, WEBP, GIF, BMP or TIFF images, and video or audio files "
+                              "with a video or audio stream FFmpeg reads"),
+    "media_too_large": Code(ERROR, "media", "shrink or cut it, or raise --max-media-pixels, --max-media-bytes or "
+                            "--max-media-seconds"),
+    "media_not_local": Code(WARNING, "media", "prep does not fetch URLs, so it cannot check this one; download it and "
+                            "name the file to have it checked"),
     # ---- preference / feedback
     "bad_preference": Code(ERROR, "preference", "give a prompt that ends with a user turn and one assistant "
                            "answer on each side"),

@@ -52,6 +52,11 @@ RENDER_SECONDS = 5.0  # a chat template rendering one conversation longer than t
 RENDER_CHARS = 16 << 20  # ... or writing more characters than this
 RECIPE_NODES = 100_000  # values a recipe may expand to through its YAML aliases
 MAX_ROW_BYTES = 64 << 20  # a line-based row longer than this is a too_large reject, not read (JSONL rows: a few KB)
+# What a medium may hold before it is media_too_large: Pillow's own decompression-bomb limit (its
+# Image.MAX_IMAGE_PIXELS), a gigabyte, an hour.
+MAX_MEDIA_PIXELS = 178_956_970
+MAX_MEDIA_BYTES = 1 << 30
+MAX_MEDIA_SECONDS = 3600.0
 # A shard bound: a number of KB, MB, GB or rows (`--shard-size`)
 SIZE = r"\s*(?=[0-9.]*[1-9])(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(?:rows|kb|mb|gb)\s*"
 ENGINES = ("local", "ray")  # where a data stage's batches run (design §13)

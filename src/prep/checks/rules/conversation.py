@@ -18,7 +18,6 @@ from prep.checks.schemas import show
 from prep.core.findings import Finding, finding
 from prep.core.records import Message, Record, kind_of
 
-_PLACEHOLDERS = {"images": "<image>", "videos": "<video>", "audios": "<audio>"}
 _INDEX = re.compile(r"\[\d+\]$")
 
 
@@ -153,7 +152,6 @@ def check(record: Record, locs: Mapping[str, list[Loc]], paired: bool = False,
     tools = record.get("tools")
     names = {t["function"]["name"] for t in tools} if tools else None
     if kind == "chat" and _plain(record["messages"]):  # most rows: nothing below would find anything
-        _media(record, out)
         return out
     for key in ("messages", "prompt", "chosen", "rejected", "completion"):
         for i, m in enumerate(record.get(key, ())):
@@ -181,7 +179,6 @@ def check(record: Record, locs: Mapping[str, list[Loc]], paired: bool = False,
                                _role(locs["messages"][-1])))
     else:
         _answers(record, locs, walk, kind, out)
-    _media(record, out)
     return out
 
 
@@ -227,19 +224,6 @@ def _same(a: list[Message], b: list[Message]) -> bool:
     strip = ("weight",)
     return [{k: v for k, v in m.items() if k not in strip} for m in a] == \
            [{k: v for k, v in m.items() if k not in strip} for m in b]
-
-
-def _media(record: Record, out: list[Finding]) -> None:
-    """LLaMA-Factory's rule: one <image> (<video>, <audio>) placeholder per file in the column."""
-    for key, token in _PLACEHOLDERS.items():
-        files = record.get(key)
-        if not files:
-            continue
-        used = sum(m["content"].count(token) for side in ("messages", "prompt", "chosen", "completion")
-                   for m in record.get(side, []))
-        if used != len(files):
-            out.append(finding("image_count_mismatch", f"{len(files)} file(s) in {key} but {used} {token} "
-                               "placeholder(s) in the messages", f"$.{key}"))
 
 
 RAW_MESSAGE_FORMATS = ("openai", "trl")
