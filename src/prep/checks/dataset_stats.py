@@ -65,6 +65,7 @@ class Stats:
     messages: Distribution = field(default_factory=Distribution)
     characters: Distribution = field(default_factory=Distribution)
     assistant_characters: Distribution = field(default_factory=Distribution)
+    media: Counter[str] = field(default_factory=Counter)  # media checked by type, and "<type> errors"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def add(self, record: Record, whole: str) -> None:
@@ -90,6 +91,7 @@ class Stats:
     def merge(self, other: Stats) -> None:
         """Add the statistics of other rows (a Ray worker's batch) to these."""
         self.kinds.update(other.kinds)
+        self.media.update(other.media)
         self.missing_system += other.missing_system
         self.missing_user += other.missing_user
         for mine, theirs in ((self.messages, other.messages), (self.characters, other.characters),
@@ -103,5 +105,8 @@ class Stats:
                        messages_per_row=self.messages.summary(),
                        assistant_characters_per_row=self.assistant_characters.summary())
         out["characters_per_row"] = self.characters.summary()
+        if self.media:
+            out["media_checked"] = {kind: {"items": n, "with_errors": self.media[f"{kind} errors"]}
+                                    for kind, n in self.media.items() if not kind.endswith(" errors")}
         out.update(self.extra)
         return out

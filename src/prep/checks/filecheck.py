@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from prep.checks import bytescan, schemas
 from prep.checks.dataset_stats import Stats
 from prep.checks.locate import Lazy, raw_path, text_path
-from prep.checks.rules import content, conversation, quality, text
+from prep.checks.rules import content, conversation, media, quality, text
 from prep.checks.schemas import show
 from prep.core.codes import ERROR
 from prep.core.columns import ACCEPTS
@@ -26,6 +26,7 @@ from prep.core.findings import Batch, Finding, Reject, RowError, Source, Tally, 
 from prep.core.options import MAX_ROW_BYTES
 from prep.core.records import Record, kind_of, record_id, type_name
 from prep.core.result import Meter
+from prep.files.media import LIMITS, Limits
 from prep.files.write import RowWriter
 from prep.formats import detect, make_options, module
 
@@ -103,6 +104,7 @@ class Context:
     tokens: TokenCheck | None = None
     meter: Meter = field(default_factory=lambda: Meter(None))
     max_row_bytes: int = MAX_ROW_BYTES
+    media_limits: Limits = LIMITS
 
 
 @dataclass
@@ -216,6 +218,8 @@ class FileCheck:
                                      f"{self.first_kind} rows"))
         if not _has_error(found):
             found += quality.row_checks(record, locs, self.ctx.max_chars, whole)
+        if "media" in record:
+            found += media.check(record, self.fmt, self.ctx.media_limits, self.ctx.stats.media)
         return found
 
     # ---- the stage

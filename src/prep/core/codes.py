@@ -96,10 +96,6 @@ CODES: dict[str, Code] = {
     "unknown_tool": Code(ERROR, "conversation", "declare the called function in the row's tools, or fix its name"),
     "no_tools_declared": Code(WARNING, "conversation", "add the tool definitions (`tools`) so the template can show "
                               "them to the model"),
-    "image_not_allowed": Code(ERROR, "conversation", "only user messages may hold images"),
-    "bad_image": Code(ERROR, "conversation", "images must be data URLs: data:image/jpeg|png|webp;base64,..."),
-    "too_many_images": Code(ERROR, "conversation", "keep at most 10 images in a row"),
-    "image_too_large": Code(ERROR, "conversation", "keep each image under 10 MB"),
     "media_count_mismatch": Code(ERROR, "media", "use one <image>/<video>/<audio> placeholder per item in the "
                                  "images/videos/audios column, in the order they are read"),
     "bad_media": Code(ERROR, "media", "write each medium as a path relative to the dataset folder, or a data: URL"),
@@ -116,6 +112,14 @@ CODES: dict[str, Code] = {
                             "--max-media-seconds"),
     "media_not_local": Code(WARNING, "media", "prep does not fetch URLs, so it cannot check this one; download it and "
                             "name the file to have it checked"),
+    "duplicate_media": Code(WARNING, "media", "the same medium twice in one row; drop the repeat unless it is meant"),
+    # what OpenAI and Together fine-tuning take (files in OpenAI's format)
+    "media_not_allowed": Code(ERROR, "media", "OpenAI and Together fine-tuning take images only: leave video and "
+                              "audio out"),
+    "image_not_allowed": Code(ERROR, "media", "only user messages may hold images"),
+    "bad_image": Code(ERROR, "media", "images must be data URLs: data:image/jpeg|png|webp;base64,..."),
+    "too_many_images": Code(ERROR, "media", "keep at most 10 images in a row"),
+    "image_too_large": Code(ERROR, "media", "keep each image under 10 MB"),
     # ---- preference / feedback
     "bad_preference": Code(ERROR, "preference", "give a prompt that ends with a user turn and one assistant "
                            "answer on each side"),

@@ -243,6 +243,12 @@ VALIDATE = (
     Option("min_rows", int, 1, "Fewest usable rows a file may have.", low=0, recipe=True),
     Option("max_findings", int, 10_000, "Findings kept for the report; counts stay exact.", low=0, nullable=True),
     Option("max_chars", int, 32_000, "Warn about rows longer than this many characters.", low=1, recipe=True),
+    Option("max_media_pixels", int, MAX_MEDIA_PIXELS, "An image (or a video frame) with more pixels than this is "
+           "media_too_large (default: Pillow's decompression-bomb limit).", low=1, recipe=True),
+    Option("max_media_bytes", int, MAX_MEDIA_BYTES, "An image, video or audio file larger than this many bytes is "
+           "media_too_large.", low=1, recipe=True),
+    Option("max_media_seconds", float, MAX_MEDIA_SECONDS, "A video or audio longer than this many seconds is "
+           "media_too_large.", low=0, low_open=True, recipe=True),
     Option("tokenizer", help="A tokenizer folder: adds token statistics and token-level checks."),
     replace(_TEMPLATE, recipe=False, help="Chat template for --tokenizer (default: the tokenizer's own; see `prep "
                                           "template --list`)."),

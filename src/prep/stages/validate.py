@@ -30,8 +30,9 @@ from prep.checks.filecheck import MAX_CHARS, MAX_FINDINGS, Checked, Context, Fil
 from prep.checks.rules import quality
 from prep.core.codes import CODES
 from prep.core.findings import Batch, Finding, PrepError, Reject, Source, finding
-from prep.core.options import DEFAULT_DATE, checked
+from prep.core.options import DEFAULT_DATE, MAX_MEDIA_BYTES, MAX_MEDIA_PIXELS, MAX_MEDIA_SECONDS, checked
 from prep.core.result import Meter, ProgressFn, Result, outputs
+from prep.files.media import Limits
 from prep.files.paths import display_name, split_suffix
 from prep.files.pieces import BATCH_ROWS, Piece, cut, pieces
 from prep.files.read import read_rows, readable_file
@@ -120,7 +121,8 @@ def validate(inputs: Inputs, *, validation: Sequence[str] = (), kind: str | None
              max_chars: int = MAX_CHARS, tokenizer: Any = None, template: str | None = None,
              max_len: int | None = None, progress: ProgressFn | None = None, engine: str = "local",
              ray_address: str | None = None, ray_workers: int = 0, template_kwargs: Iterable[str] = (),
-             date: str = DEFAULT_DATE) -> Report:
+             date: str = DEFAULT_DATE, max_media_pixels: int = MAX_MEDIA_PIXELS,
+             max_media_bytes: int = MAX_MEDIA_BYTES, max_media_seconds: float = MAX_MEDIA_SECONDS) -> Report:
     """Check every row of every input file; raise PrepError only when the run cannot start (missing file, bad
     option).
 
@@ -129,7 +131,9 @@ def validate(inputs: Inputs, *, validation: Sequence[str] = (), kind: str | None
     same report.
     With `tokenizer` (a folder, or a loaded prep.render.tokenizer.Tokenizer) rows are also rendered with
     `template` (default: the tokenizer's own; its arguments `template_kwargs` and day `date`, as prep tokenize
-    takes them) and tokenized, for token statistics and token checks."""
+    takes them) and tokenized, for token statistics and token checks.
+    Every image, video and audio of a row is opened and decoded; `max_media_*` bound its pixels, bytes and
+    seconds."""
     if inputs.datasets:
         raise PrepError("validate checks files: convert the dataset_info entries first (prep convert --dataset-info "
                         "... --to openai -o FILE), then validate FILE")
@@ -145,7 +149,8 @@ def validate(inputs: Inputs, *, validation: Sequence[str] = (), kind: str | None
     if max_len is not None and tokenizer is None:
         raise PrepError("--max-len counts tokens: give --tokenizer too")
     ctx = Context(inputs.format, kind, dict(inputs.settings), inputs.container, inputs.txt_split, min_rows, max_chars,
-                  Findings(max_findings), meter=Meter(progress), max_row_bytes=inputs.max_row_bytes)
+                  Findings(max_findings), meter=Meter(progress), max_row_bytes=inputs.max_row_bytes,
+                  media_limits=Limits(max_media_pixels, max_media_bytes, max_media_seconds))
     if tokenizer is not None:
         from prep.checks.tokens import TokenCheck  # noqa: PLC0415 - start-up time: Arrow and numpy only to count tokens
 

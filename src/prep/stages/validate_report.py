@@ -81,6 +81,10 @@ def summary_lines(report: Report) -> list[str]:
                      f"{stats['rows_missing_user']:,}")
         lines.append(f"messages per row: {_dist(stats['messages_per_row'])}")
     lines.append(f"characters per row: {_dist(stats['characters_per_row'])}")
+    if media := stats.get("media_checked"):
+        checked = ", ".join(f"{c['items']:,} {kind}{'s' if c['items'] != 1 else ''}" for kind, c in media.items())
+        bad = sum(c["with_errors"] for c in media.values())
+        lines.append(f"media opened and decoded: {checked}; {bad:,} with errors")
     for key, label in (("tokens_per_row", "tokens per row"), ("trained_tokens_per_row", "trained tokens per row")):
         if key in stats:
             lines.append(f"{label}: {_dist(stats[key])}")
