@@ -160,6 +160,8 @@ def test_openai_target_rules(tmp_path: Path) -> None:
     }
     # The same row in another format (TRL, LLaMA-Factory) trains locally: no target rules.
     assert codes(media.check(record, "trl")) == {("media_not_local", part_url(1))}
+    # Nor LLaMA-Factory's messages with an images column, which read as OpenAI's format.
+    assert media.check(lf_record(tmp_path, ("image", "a.gif"), ("video", "a.mp4")), "openai") == []
 
 
 def test_at_most_ten_images_of_at_most_ten_megabytes(tmp_path: Path) -> None:
@@ -231,13 +233,18 @@ def test_prep_validate_names_file_line_and_field_of_each_broken_medium(tmp_path:
 
 
 @needs_lf_media
-def test_the_llamafactory_demo_validates_clean() -> None:
+def test_the_llamafactory_demo_validates_clean(tmp_path: Path) -> None:
+    """The demo's media all open and decode; its first row names the same image in two turns (a warning)."""
     demo = fixture(*DEMO).parent
-    for name, kinds in (("mllm_demo.json", "images"), ("mllm_video_demo.json", "video"),
-                        ("mllm_audio_demo.json", "audio")):
-        done = run_prep("validate", str(demo / name), "--strict")
+    for name, shown, warned in (("mllm_demo.json", "8 images", 2), ("mllm_video_demo.json", "3 videos", 0),
+                                ("mllm_audio_demo.json", "3 audios", 0),
+                                ("mllm_video_audio_demo.json", "3 videos, 3 audios", 0)):
+        report = tmp_path / f"{name}.report.json"
+        done = run_prep("validate", str(demo / name), "--report", str(report))
         assert done.returncode == 0, done.stdout + done.stderr
-        assert "media opened and decoded:" in done.stdout and kinds in done.stdout
+        assert f"media opened and decoded: {shown}; 0 with errors" in done.stdout
+        findings = json.loads(report.read_text())["findings"]
+        assert [f["code"] for f in findings] == ["duplicate_media"] * warned
 
 
 @needs_openai_media

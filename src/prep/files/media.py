@@ -8,7 +8,9 @@ URL decoded, a file read when asked); `probe(item)` the item plus `sha256`, `byt
 `deep=True` (validate) also decodes, which is what catches a truncated JPEG (its header opens fine). An
 http(s) URL is never fetched: `probe` gives it back as it is. What goes wrong is a `RowError` naming the item's
 field (`item["at"]`): media_outside_root, media_missing, media_unreadable, media_empty, media_corrupt,
-media_unsupported, media_too_large, bad_media.
+media_unsupported, media_too_large, bad_media (a data URL that is not base64 of its type), and media_not_local
+from `data` for an http(s) URL. `format` is Pillow's name of the image's format, lowercased (jpeg, png, webp,
+gif, bmp, tiff), or FFmpeg's name of the container (mp4, avi, matroska, wav, mp3, flac, ...).
 
 Probes are cached for the process, by the file's resolved path, size, modification time and inode, and a data
 URL's by its sha256: datasets name the same image on many rows.
@@ -138,7 +140,7 @@ def probe(item: Item, *, deep: bool = False, limits: Limits = LIMITS) -> Item:
     else:
         path = locate(item)
         st = _stat(item, path)
-        key = ("file", kind, str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+        key = ("file", kind, os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino)
         source, size, subtype = _Source(path=str(path)), st.st_size, path.suffix.lower().lstrip(".")
         digest = ""
     try:

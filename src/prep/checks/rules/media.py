@@ -3,9 +3,10 @@ deep), so a missing, unreadable, empty, damaged, unsupported or too large medium
 row wrote it in; the same medium twice in a row is a warning; a URL prep does not fetch is a warning that it
 went unchecked.
 
-Files in OpenAI's format are meant for OpenAI's or Together's fine-tuning, which take images only, in user
-messages, at most 10 a row, each a base64 data URL of a JPEG, PNG or WEBP of at most 10 MB: those are the
-target's rules here.
+Rows in OpenAI's format with their media as content parts (`image_url`, ...) are meant for OpenAI's or
+Together's fine-tuning, which take images only, in user messages, at most 10 a row, each a base64 data URL of
+a JPEG, PNG or WEBP of at most 10 MB: those are the target's rules here. (LLaMA-Factory's messages with an
+`images` column read as OpenAI's format too, but train locally: no target rules.)
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def check(record: Record, fmt: str | None, limits: Limits = LIMITS, counts: Coun
     out: list[Finding] = []
     probed: list[Item | None] = []
     first_at: dict[str, str] = {}
-    target = fmt in TARGETS
+    target = fmt in TARGETS and all(".content[" in item["at"] for item in media)  # OpenAI's own parts
     for item in media:
         found: list[Finding] = []
         got: Item | None = None
