@@ -197,6 +197,12 @@ needs_openai_media = pytest.mark.skipif(not _reads_media("openai", _OPENAI_ROW),
                                         reason="the OpenAI reader does not fill record['media'] yet (mm-formats)")
 
 
+def _prep(*args: str) -> tuple[int, str, str]:
+    """`prep ARGS` as a user runs it: exit code, standard output and error."""
+    done = run_prep(*args)
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
 def _write(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
@@ -222,14 +228,14 @@ def test_prep_validate_names_file_line_and_field_of_each_broken_medium(tmp_path:
         row(7, [], "<video>What happens?", videos=["clip.mp4"]),
     ])
     report = tmp_path / "report.json"
-    done = run_prep("validate", str(data), "--report", str(report))
-    assert done.returncode == 1, done.stderr
+    code, out, err = _prep("validate", str(data), "--report", str(report))
+    assert code == 1, err
     got = {(f["line"], f["code"], f["path"]) for f in json.loads(report.read_text())["findings"]}
     assert got == {(2, "media_corrupt", "$.images[0]"), (3, "media_missing", "$.images[0]"),
                    (4, "duplicate_media", "$.images[1]"), (5, "media_count_mismatch", "$.images"),
                    (6, "media_outside_root", "$.images[0]")}
     assert all(f["file"] == str(data) for f in json.loads(report.read_text())["findings"])
-    assert "media opened and decoded:" in done.stdout and "1 video" in done.stdout
+    assert "media opened and decoded: 6 images, 1 video; 3 with errors" in out
 
 
 @needs_lf_media
@@ -240,9 +246,9 @@ def test_the_llamafactory_demo_validates_clean(tmp_path: Path) -> None:
                                 ("mllm_audio_demo.json", "3 audios", 0),
                                 ("mllm_video_audio_demo.json", "3 videos, 3 audios", 0)):
         report = tmp_path / f"{name}.report.json"
-        done = run_prep("validate", str(demo / name), "--report", str(report))
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert f"media opened and decoded: {shown}; 0 with errors" in done.stdout
+        code, out, err = _prep("validate", str(demo / name), "--report", str(report))
+        assert code == 0, out + err
+        assert f"media opened and decoded: {shown}; 0 with errors" in out
         findings = json.loads(report.read_text())["findings"]
         assert [f["code"] for f in findings] == ["duplicate_media"] * warned
 
@@ -254,6 +260,16 @@ def test_together_style_multimodal_rows_pass(tmp_path: Path) -> None:
         {"type": "text", "text": "How many stripes?"},
         {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{jpeg}"}}]},
         {"role": "assistant", "content": "Three."}]}]
-    done = run_prep("validate", str(_write(tmp_path / "together.jsonl", rows)), "--strict")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "1 image" in done.stdout
+    code, out, err = _prep("validate", str(_write(tmp_path / "together.jsonl", rows)), "--strict")
+    assert code == 0, out + err
+    assert "media opened and decoded: 1 image; 0 with errors" in out
+
+
+def test_the_limit_options_are_checked_as_every_option_is(tmp_path: Path) -> None:
+    data = _write(tmp_path / "t.jsonl", [{"instruction": "Hi", "input": "", "output": "Hello."}])
+    for flag, value, words in (("--max-media-pixels", "0", "must be an integer of at least 1"),
+                               ("--max-media-bytes", "-5", "must be an integer of at least 1"),
+                               ("--max-media-seconds", "0", "must be a number above 0")):
+        code, _, err = _prep("validate", str(data), flag, value)
+        assert code == 2 and words in err, err
+    assert _prep("validate", str(data), "--max-media-seconds", "0.5", "--max-media-pixels", "10")[0] == 0
