@@ -276,8 +276,8 @@ def _image(source: _Source, deep: bool) -> dict[str, Any]:
         try:
             if _orientation(im, Image) in _ROTATED:
                 width, height = height, width
-        except (OSError, SyntaxError, ValueError, EOFError):
-            pass  # a damaged EXIF block: the picture shows unturned, as exif_transpose leaves it
+        except (OSError, SyntaxError, ValueError, TypeError, EOFError):
+            pass  # a damaged EXIF block or Orientation value: taken as unturned
         if deep:
             truncated = ImageFile.LOAD_TRUNCATED_IMAGES
             ImageFile.LOAD_TRUNCATED_IMAGES = False
