@@ -184,7 +184,8 @@ def test_sharegpt_system_preference_kto_and_media() -> None:
                              "label": True}) == {"prompt": [user("q")], "completion": [bot("a")], "label": True}
     row = {"conversations": [{"from": "human", "value": "<image>What is it?"}, {"from": "gpt", "value": "A cat."}],
            "images": ["cat.jpg"]}
-    assert read("sharegpt", row)["images"] == ["cat.jpg"]
+    assert read("sharegpt", row, media_root="/d")["media"] == [
+        {"type": "image", "path": "cat.jpg", "root": "/d", "at": "$.images[0]"}]
     assert write("sharegpt", {"id": "1", **read("sharegpt", row)})["images"] == ["cat.jpg"]
 
 

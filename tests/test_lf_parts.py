@@ -88,7 +88,7 @@ def test_dpo_rows_and_refusals(tmp_path) -> None:
                 {"role": "assistant", "content": [{"type": "text", "value": answer}], "loss_weight": 1.0}]
 
     rows = [{"chosen_messages": conv("4"), "rejected_messages": conv("5")},
-            {"messages": [{"role": "user", "content": [{"type": "image_url", "value": "x.png"}]}]},
+            {"messages": [{"role": "user", "content": [{"type": "file", "value": "x.pdf"}]}]},
             {"messages": [{"role": "assistant", "content": [{"type": "text", "value": "a"}], "loss_weight": 0.5}]}]
     data = tmp_path / "dpo.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -145,7 +145,7 @@ def test_validate_checks_lf_parts_rows(tmp_path) -> None:
     good = {"messages": [{"role": "user", "content": [{"type": "text", "value": "q"}], "loss_weight": 0.0},
                          {"role": "assistant", "content": [{"type": "reasoning", "value": "r"},
                                                            {"type": "text", "value": "a"}], "loss_weight": 1.0}]}
-    bad = {"messages": [{"role": "user", "content": [{"type": "image_url", "value": "x"}], "loss_weight": 0.5},
+    bad = {"messages": [{"role": "user", "content": [{"type": "file", "value": "x"}], "loss_weight": 0.5},
                         {"role": "assistant", "content": [{"type": "text", "value": "a"}]}]}
     data = tmp_path / "lf.jsonl"
     data.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")

@@ -3,6 +3,7 @@ dataset_info.json entry, counts and contents checked; num_samples; refused entri
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from collections import Counter
@@ -101,17 +102,23 @@ def test_c4_demo_is_text(registry: Path, tmp_path: Path) -> None:
 
 
 def test_mllm_demo_keeps_images(registry: Path, tmp_path: Path) -> None:
+    """Every image of the demo comes out inlined for OpenAI and as a file for ShareGPT, the same bytes in order
+    (tests/test_media_formats.py covers every format and the video and audio demos)."""
     tally, rows = through_registry(registry, "mllm_demo", tmp_path)
     assert (tally.read, tally.written) == (6, 6)
     source = json.loads(fixture("data", "llamafactory", "mllm_demo.json").read_text(encoding="utf-8"))
-    assert [r["images"] for r in rows] == [s["images"] for s in source]
-    assert [r["messages"] for r in rows] == [s["messages"] for s in source]
+    wanted = [[(registry.parent / p).read_bytes() for p in s["images"]] for s in source]
+    inlined = [[base64.b64decode(part["image_url"]["url"].split(",", 1)[1]) for m in r["messages"]
+                if isinstance(m["content"], list) for part in m["content"] if part["type"] == "image_url"]
+               for r in rows]
+    assert inlined == wanted
     _, back = through_registry(registry, "mllm_demo", tmp_path, to="sharegpt")
-    assert [r["images"] for r in back] == [s["images"] for s in source]
+    assert [[(tmp_path / p).read_bytes() for p in r["images"]] for r in back] == wanted
+    assert all(p.startswith("media/") for r in back for p in r["images"])
 
 
 def test_formats_that_cannot_hold_images_reject_those_rows(registry: Path, tmp_path: Path) -> None:
-    tally, rows = through_registry(registry, "mllm_demo", tmp_path, to="alpaca")
+    tally, rows = through_registry(registry, "mllm_demo", tmp_path, to="autotrain")
     assert (tally.written, dict(tally.rejected)) == (0, {"not_expressible": 6})
 
 

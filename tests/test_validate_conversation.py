@@ -1,5 +1,5 @@
 """`prep validate`, conversation rules (OpenAI messages): role order, content, weights, tool calls and the
-legacy function-call spelling. One planted defect per row (rows 24, 25, 31: none; images are media,
+legacy function-call spelling. One planted defect per row (rows 24, 25, 27, 31: none; images are media,
 tests/test_validate_media.py)."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from pathlib import Path
 from validate_util import assert_exactly, chat, run, write_rows
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
-PNG = "data:image/png;base64,iVBORw0KGgo="
 
 
 def call(cid: str, name: str = "get_weather", arguments: str = '{"city": "Paris"}') -> dict:
@@ -75,8 +74,8 @@ ROWS = [
                   {"role": "assistant", "content": "Freezing."}], "tools": TOOLS},                    # 23
     chat("Name a small cat.", "A kitten."),                                                            # 24
     chat("Name a big cat.", "A lion."),                                                                # 25
-    user_parts({"type": "image_url", "image_url": {"url": PNG}}),                                      # 26
-    user_parts({"type": "audio", "audio": "cat.wav"}),                                                 # 27
+    user_parts({"type": "file", "file": {"file_id": "file-1"}}),                                       # 26
+    chat("Name a wild cat.", "A lynx."),                                                               # 27
     {"messages": []},                                                                                  # 28
     {"messages": "Hello, assistant."},                                                                 # 29
     {"messages": [{"role": "user", "content": 42}, {"role": "assistant", "content": "Forty-two."}]},   # 30
@@ -105,8 +104,7 @@ EXPECTED = {
     (22, "missing_field", "$.messages[2].tool_call_id"),
     (23, "legacy_function_call", "$.messages[1].function_call"),
     (23, "legacy_function_call", "$.messages[2].role"),
-    (26, "unsupported_content", "$.messages[0].content[1]"),
-    (27, "bad_content_part", "$.messages[0].content[1].type"),
+    (26, "bad_content_part", "$.messages[0].content[1].type"),
     (28, "empty_conversation", "$.messages"),
     (29, "wrong_type", "$.messages"),
     (30, "wrong_type", "$.messages[0].content"),

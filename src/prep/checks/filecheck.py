@@ -28,7 +28,7 @@ from prep.core.records import Record, kind_of, record_id, type_name
 from prep.core.result import Meter
 from prep.files.media import LIMITS, Limits
 from prep.files.write import RowWriter
-from prep.formats import detect, make_options, module
+from prep.formats import detect, module, reader_options
 
 if TYPE_CHECKING:
     from prep.checks.tokens import TokenCheck
@@ -105,6 +105,7 @@ class Context:
     meter: Meter = field(default_factory=lambda: Meter(None))
     max_row_bytes: int = MAX_ROW_BYTES
     media_limits: Limits = LIMITS
+    media_root: str | None = None  # where relative media paths are resolved (default: each file's folder)
 
 
 @dataclass
@@ -121,9 +122,9 @@ class Checked:
 class FileCheck:
     """The checks for one file: `check(row, source)` for one row, `stage(batches)` for a stream."""
 
-    def __init__(self, ctx: Context, report: FileReport, fmt: str | None, scan: bytescan.Scan) -> None:
-        self.ctx, self.report, self.fmt, self.scan = ctx, report, fmt, scan
-        self.options = make_options(fmt, ctx.settings) if fmt else None
+    def __init__(self, ctx: Context, report: FileReport, fmt: str | None, scan: bytescan.Scan, path: str) -> None:
+        self.ctx, self.report, self.fmt, self.scan, self.path = ctx, report, fmt, scan, path
+        self.options = reader_options(fmt, ctx.settings, path, ctx.media_root) if fmt else None
         self.read = module(fmt).read if fmt else None
         self.renames = self._renames()
         self.paired = fmt == "sharegpt"

@@ -82,7 +82,8 @@ CODES: dict[str, Code] = {
                        "it, only on assistant messages"),
     "bad_content_part": Code(ERROR, "conversation", "content parts are {\"type\": \"text\", \"text\": ...} or "
                              "{\"type\": \"image_url\", \"image_url\": {\"url\": ...}}"),
-    "unsupported_content": Code(ERROR, "conversation", "prep handles text only: keep text parts, drop images/audio"),
+    "unsupported_content": Code(ERROR, "conversation", "use text, image_url, video_url or input_audio parts (TRL: "
+                                "image, video, audio)"),
     "bad_tool_call": Code(ERROR, "conversation", "write tool calls as {\"id\", \"type\": \"function\", "
                           "\"function\": {\"name\", \"arguments\"}}"),
     "bad_tool_arguments": Code(ERROR, "conversation", "arguments must be a JSON object (OpenAI: encoded as a "

@@ -18,6 +18,9 @@ of the file that names it, as LLaMA-Factory resolves `media_dir`) and never leav
 
 from __future__ import annotations
 
+import json
+import ntpath
+import posixpath
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -68,22 +71,93 @@ def used(record: dict[str, Any]) -> list[str]:
     return [kind for _, content in contents(record) for kind in placeholders(content)]
 
 
-def from_columns(lists: dict[str, Sequence[Any]], order: Sequence[str], root: str | None) -> list[Item]:
+def lists(row: dict[str, Any], names: dict[str, str | None] | None = None) -> dict[str, list[Any]]:
+    """A row's non-empty per-type lists, keyed by LLaMA-Factory's column names; `names` renames the row's columns
+    (a registry's `columns`; None: that type is not read). A single value is a list of one (LLaMA-Factory wraps it
+    too) and a JSON list in a text cell (CSV) is parsed."""
+    out = {}
+    for kind, column in COLUMNS.items():
+        col = column if names is None else names.get(kind)
+        value = row.get(col) if col else None
+        if value in (None, "", []):
+            continue
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            try:
+                value = json.loads(value)
+            except ValueError as e:
+                raise row_error("bad_json", f"field holds text that is not valid JSON: {e}", f"$.{col}",
+                                hint="fix the JSON in this field") from None
+        out[column] = value if isinstance(value, list) else [value]
+    return out
+
+
+def from_columns(lists: dict[str, Sequence[Any]], order: Sequence[str], root: str | None,
+                 names: dict[str, str | None] | None = None) -> list[Item]:
     """LLaMA-Factory's per-type lists (`{"images": [...], ...}`) as one ordered media list: the n-th `<image>`
-    placeholder takes the n-th image, and so on. A count that differs is a `media_count_mismatch` finding."""
+    placeholder takes the n-th image, and so on. A count that differs is a `media_count_mismatch` finding naming
+    the row's column (`names`: the row's column per type, when a registry renames them)."""
     queues = {kind: list(lists.get(COLUMNS[kind]) or ()) for kind in MEDIA_TYPES}
+    column = {kind: (names or {}).get(kind) or COLUMNS[kind] for kind in MEDIA_TYPES}
     for kind in MEDIA_TYPES:
         want = sum(1 for k in order if k == kind)
         if want != len(queues[kind]):
-            raise row_error("media_count_mismatch", f"{len(queues[kind])} item(s) in {COLUMNS[kind]} but {want} "
-                            f"{PLACEHOLDERS[kind]} placeholder(s) in the messages", f"$.{COLUMNS[kind]}")
+            raise row_error("media_count_mismatch", f"{len(queues[kind])} item(s) in {column[kind]} but {want} "
+                            f"{PLACEHOLDERS[kind]} placeholder(s) in the messages", f"$.{column[kind]}")
     taken = {kind: iter(queues[kind]) for kind in MEDIA_TYPES}
     seen = dict.fromkeys(MEDIA_TYPES, 0)
     out = []
     for kind in order:
-        out.append(reference(kind, next(taken[kind]), f"$.{COLUMNS[kind]}[{seen[kind]}]", root))
+        out.append(reference(kind, next(taken[kind]), f"$.{column[kind]}[{seen[kind]}]", root))
         seen[kind] += 1
     return out
+
+
+def from_parts(record: dict[str, Any], slots: Sequence[Item | None], lists: dict[str, Sequence[Any]],
+               root: str | None, names: dict[str, str | None] | None = None) -> list[Item]:
+    """The media of a record read from content parts: `slots` holds, in order, the item of each media part that
+    names its medium (OpenAI's `image_url`) and None for a bare part (TRL's `{"type": "image"}`), which takes the
+    next medium of its type from the row's columns (`lists`), as TRL and transformers read them."""
+    named = [s for s in slots if s is not None]
+    if lists:
+        if named:
+            raise row_error("bad_media", "the row names media both in its content parts and in its "
+                            f"{', '.join(lists)} column", named[0]["at"],
+                            hint="give each medium once: a part with its URL, or a bare part and the column")
+        return from_columns(lists, used(record), root, names)
+    if len(named) < len(slots):
+        kind = next(k for k in MEDIA_TYPES if any(s is None for s in slots))
+        raise row_error("media_count_mismatch", f"a {{\"type\": \"{kind}\"}} part but no {COLUMNS[kind]} column",
+                        f"$.{COLUMNS[kind]}", hint=f"list the files in a {COLUMNS[kind]} column, in part order")
+    agree(record, named)
+    return named
+
+
+def agree(record: dict[str, Any], media: Sequence[Item]) -> None:
+    """Placeholders and items agree in number and type, in order (a `media_count_mismatch` finding otherwise: a
+    row whose text holds a literal `<image>` beside real media)."""
+    if used(record) != [item["type"] for item in media]:
+        raise row_error("media_count_mismatch", f"{len(media)} medi{'um' if len(media) == 1 else 'a'} but the "
+                        f"messages hold {len(used(record))} placeholder(s) "
+                        f"({', '.join(PLACEHOLDERS.values())}) in another order or number", "$",
+                        hint="write <image>, <video> and <audio> in message text only where a medium stands")
+
+
+def per_message(record: dict[str, Any]) -> dict[tuple[str, int], list[Item]]:
+    """The record's media by the message whose placeholders they fill: (side, index) -> items in order (the writers
+    of content parts put each item back in its message)."""
+    items = iter(record.get("media") or ())
+    out: dict[tuple[str, int], list[Item]] = {}
+    for side in SIDES:
+        for i, m in enumerate(record.get(side) or ()):
+            content = m.get("content")
+            if isinstance(content, str) and (kinds := placeholders(content)):
+                out[(side, i)] = [next(items) for _ in kinds]
+    return out
+
+
+def written(item: Item) -> str:
+    """How a writer spells an item: its path, or its URL."""
+    return item["path"] if "path" in item else item["url"]
 
 
 def to_columns(media: Iterable[Item]) -> dict[str, list[Item]]:
@@ -96,7 +170,8 @@ def to_columns(media: Iterable[Item]) -> dict[str, list[Item]]:
 
 def reference(kind: str, value: Any, path: str, root: str | None) -> Item:
     """One item from what a row writes for it: a path, a data URL, a URL, or an object with one of `path`/`url`
-    (LLaMA-Factory's `{"path": ...}` and HF datasets' `{"path", "bytes"}` image cells)."""
+    (LLaMA-Factory's `{"path": ...}` and HF datasets' `{"path", "bytes"}` image cells). A path that leaves its root
+    (absolute, or through `..`) is refused."""
     if isinstance(value, dict):
         value = value.get("path") or value.get("url")
     if not isinstance(value, str) or not value.strip():
@@ -104,6 +179,11 @@ def reference(kind: str, value: Any, path: str, root: str | None) -> Item:
                         hint="write the path relative to the dataset folder, or a data: URL")
     if is_url(value):
         return {"type": kind, "url": value, "at": path}
+    norm = posixpath.normpath(value.replace("\\", "/"))
+    if posixpath.isabs(norm) or ntpath.isabs(value) or norm == ".." or norm.startswith("../"):
+        raise row_error("bad_media", f"the {kind} path {value!r} leaves its media root", path,
+                        hint="write the path relative to the dataset folder, or give --media-root the folder it "
+                        "is relative to")
     return {"type": kind, "path": value, "root": root, "at": path}
 
 

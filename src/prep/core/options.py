@@ -210,6 +210,9 @@ INPUTS = (
            recipe=True),
     Option("split_think", bool, False, "Read an answer's leading <think>…</think> as its reasoning_content.",
            recipe=True),
+    Option("media_root", recipe=True, path="existing-folder",
+           help="Folder that relative image/video/audio paths are resolved from (LLaMA-Factory's media_dir); "
+                "default: the folder of the file that names them (for --dataset-info, the registry's folder)."),
 )
 
 CONVERT = (
@@ -218,6 +221,10 @@ CONVERT = (
            help="Output file (.jsonl .json .csv .tsv .parquet, optionally .gz/.zst); - for stdout."),
     _REJECTS,
     Option("ids", bool, True, "Write each row's id.", flags=("--ids/--no-ids",)),
+    Option("media_dir", recipe=True, path="folder",
+           help="Where images, videos and audio that lie outside the output's folder, or came as data URLs, are "
+                "written as <sha256>.<ext> for formats that name files (default: media/ beside the output; it must "
+                "be inside the output's folder)."),
     *_ENGINE,
     _QUIET,
 )

@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from prep.core import media as md
 from prep.core.findings import RowError, Source, row_error
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -39,9 +40,6 @@ MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_calls", "function_cal
                           *REASONING})
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 _THINK = re.compile(r"\s*<think>(.*?)</think>", re.S)
-# Multimodal references (LLaMA-Factory's images/videos/audios columns) ride along untouched, so
-# converting such data loses nothing; formats that cannot hold them refuse the row.
-MEDIA = ("images", "videos", "audios")
 KINDS = ("chat", "preference", "feedback", "text")
 Message = dict[str, Any]
 Record = dict[str, Any]
@@ -226,12 +224,15 @@ def unknown_role(role: Any, roles: Sequence[str]) -> tuple[str, str]:
     return f"unknown role {json.dumps(role, ensure_ascii=True, default=str)}", f"use one of {', '.join(roles)}"
 
 
-def parse_messages(value: Any, path: str) -> list[Message]:
+def parse_messages(value: Any, path: str, slots: list[md.Item | None] | None = None,
+                   root: str | None = None) -> list[Message]:
     """An OpenAI/TRL message list into canonical messages, linking tool results to their calls.
 
     Accepts what those formats allow: content as text parts, `content: null` beside tool calls,
     the legacy `function` role and `function_call`; call ids missing from the data are generated
     as `call_<n>` and a tool result without `tool_call_id` answers the oldest unanswered call.
+    With `slots`, media parts become placeholders in the text and their items are added to `slots`
+    (`content_parts`); without it they are refused.
     """
     items = json_value(value, path, list)
     messages: list[Message] = []
@@ -273,7 +274,7 @@ def parse_messages(value: Any, path: str) -> list[Message]:
         if content is None and (raw_calls or role == "assistant" and "tool_calls" in item):
             content = ""
         if not isinstance(content, str):
-            content = _content(content, f"{path}[{i}].content", item)
+            content = content_parts(content, f"{path}[{i}].content", slots, root)
         if role == "tool":
             where = f"{path}[{i}]"
             call_id = item.get("tool_call_id")
@@ -309,19 +310,51 @@ def _message_extras(item: dict[str, Any], role: str, path: str, extra: dict[str,
             note_dropped(key)
 
 
-def _content(value: Any, path: str, item: dict[str, Any]) -> str:
+# Media content parts: OpenAI/Together's (the medium at a URL under the part's own key), and TRL's/transformers'
+# `{"type": "image"}` (bare: the row's column names the file; or with a url/path/image value).
+_URL_PARTS = {"image_url": "image", "video_url": "video"}
+
+
+def content_parts(value: Any, path: str, slots: list[md.Item | None] | None, root: str | None) -> str:
+    """A list of content parts as one text, each medium a placeholder (`<image>`) whose item (None for a bare part)
+    is added to `slots`; adjacent text parts are joined, as templates render them back to back."""
     if value is None:
         raise row_error("missing_field", "message has no content", path, hint="give every message a string content")
-    if isinstance(value, list):  # OpenAI content parts
-        parts = []
-        for k, part in enumerate(value):
-            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-                kind = part.get("type") if isinstance(part, dict) else type_name(part)
-                raise row_error("unsupported_content", f"content part of type {kind!r} is not supported",
-                                f"{path}[{k}]")
-            parts.append(part["text"])
-        return "".join(parts)
-    return text(value, path)
+    if not isinstance(value, list):
+        return text(value, path)
+    out = []
+    for k, part in enumerate(value):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            out.append(part["text"])
+            continue
+        if slots is None or kind not in (*_URL_PARTS, "input_audio", *md.MEDIA_TYPES):
+            shown = kind if isinstance(part, dict) else type_name(part)
+            raise row_error("unsupported_content", f"content part of type {shown!r} is not supported", f"{path}[{k}]")
+        out.append(md.PLACEHOLDERS[_URL_PARTS.get(kind, "audio" if kind == "input_audio" else kind)])
+        slots.append(_part_item(part, kind, f"{path}[{k}]", root))
+    return "".join(out)
+
+
+def _part_item(part: dict[str, Any], kind: str, path: str, root: str | None) -> md.Item | None:
+    if kind in _URL_PARTS:
+        url = part.get(kind)
+        where = f"{path}.{kind}"
+        if isinstance(url, dict):
+            url, where = url.get("url"), f"{where}.url"
+        return md.reference(_URL_PARTS[kind], url, where, root)
+    if kind == "input_audio":
+        audio = part.get("input_audio")
+        data = audio.get("data") if isinstance(audio, dict) else None
+        form = audio.get("format") if isinstance(audio, dict) else None
+        if not isinstance(data, str) or not data or not isinstance(form, str) or not form:
+            raise row_error("bad_media", "input_audio needs base64 `data` and a `format` (wav or mp3)",
+                            f"{path}.input_audio", hint='write {"data": BASE64, "format": "wav"}')
+        return {"type": "audio", "url": f"data:audio/{form};base64,{data}", "at": f"{path}.input_audio.data"}
+    for key in ("url", "path", kind):  # transformers' chat format names the medium beside the type
+        if isinstance(part.get(key), str):
+            return md.reference(kind, part[key], f"{path}.{key}", root)
+    return None
 
 
 def require_messages(messages: list[Message], path: str) -> list[Message]:
@@ -343,22 +376,6 @@ def with_tools(record: Record, tool_list: list[dict[str, Any]] | None) -> Record
     if tool_list:
         record["tools"] = tool_list
     return record
-
-
-def media(row: dict[str, Any], columns: dict[str, str | None] | None = None) -> dict[str, list[Any]]:
-    """The row's non-empty media lists, keyed by canonical name; `columns` renames the source columns."""
-    out = {}
-    for key in MEDIA:
-        col = (columns or {}).get(key, key)
-        if col and row.get(col) not in (None, "", []):
-            out[key] = json_value(row[col], f"$.{col}", list)
-    return out
-
-
-def refuse_media(record: Record, fmt: str) -> None:
-    if any(record.get(k) for k in MEDIA):
-        raise not_expressible(fmt, "images, videos or audios",
-                              hint="convert multimodal rows to openai, sharegpt or trl")
 
 
 def not_expressible(fmt: str, what: str, path: str = "$", *, hint: str | None = None) -> RowError:

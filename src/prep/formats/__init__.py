@@ -4,6 +4,7 @@ conversion stages (rows -> canonical records -> rows) every verb builds on."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from types import ModuleType
@@ -11,7 +12,8 @@ from typing import Any
 
 from prep.core.findings import Batch, PrepError, Source, per_row, row_error
 from prep.core.options import MAX_ROW_BYTES
-from prep.core.records import Record, collecting, json_value, record_id, split_think
+from prep.core.records import Record, collecting, json_value, not_expressible, record_id, split_think
+from prep.files.media_out import MediaOut
 from prep.files.paths import split_suffix
 from prep.files.read import read_rows
 from prep.formats import alpaca, autotrain, coqa, lf_parts, openai, sharegpt, text, trl
@@ -35,6 +37,19 @@ def make_options(name: str, settings: dict[str, Any] | None = None) -> Any:
     cls = module(name).Options
     known = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in (settings or {}).items() if k in known})
+
+
+def media_root(path: str, given: str | None = None) -> str:
+    """Where the media paths of the rows of file `path` are resolved: `--media-root` when given, else the folder of
+    the file (standard input: the current folder), absolute, as LLaMA-Factory resolves them against `media_dir`."""
+    if given:
+        return os.path.abspath(given)
+    return os.path.abspath(os.path.dirname(path) if path != "-" else ".")
+
+
+def reader_options(name: str, settings: dict[str, Any] | None, path: str, given_root: str | None = None) -> Any:
+    """The format's Options for reading file `path`: `settings`, and the root its media paths are resolved from."""
+    return make_options(name, {**(settings or {}), "media_root": media_root(path, given_root)})
 
 
 def detect(row: Any) -> str | None:
@@ -137,15 +152,24 @@ def _split_think(record: Record) -> None:
                     record[key][i] = {**m, "content": content, "reasoning_content": reasoning}
 
 
-def from_records(batches: Iterable[Batch[Record]], fmt: str, options: Any, ids: bool = True) -> Iterator[Batch[Any]]:
+def from_records(batches: Iterable[Batch[Record]], fmt: str, options: Any, ids: bool = True,
+                 media: MediaOut | None = None) -> Iterator[Batch[Any]]:
     """Stage: canonical records -> rows of `fmt`, with the carried columns beside them; a record the format cannot
     express becomes a reject, and what it has no place for (a developer role in sharegpt, tool-call ids in lf_parts)
-    is counted as a dropped field."""
+    is counted as a dropped field. A record's media are first put as the format takes them (its `MEDIA`: inlined as
+    data URLs, or files relative to `media.folder`; default: rows written in the current folder); a format without
+    `MEDIA` refuses a record that has media."""
     mod = module(fmt)
     if not hasattr(mod, "write"):
         raise PrepError(f"{fmt} is read-only; write one of {', '.join(WRITABLE)}")
+    spelling = getattr(mod, "MEDIA", None)
 
     def write(record: Record, source: Source) -> tuple[Any, list[str]]:
+        if record.get("media"):
+            if spelling is None:
+                raise not_expressible(fmt, "images, videos or audio", "$.media",
+                                      hint="convert multimodal rows to openai, trl, sharegpt, alpaca or lf_parts")
+            record = {**record, "media": (media or MediaOut.beside("-")).place(record["media"], spelling)}
         row, dropped = collecting(mod.write, record, options)
         if "chat_template_kwargs" in record or "columns" in record:
             extra = {**({"chat_template_kwargs": record["chat_template_kwargs"]} if "chat_template_kwargs" in record
@@ -179,8 +203,9 @@ def _chain(first: list[Batch[Any]], rest: Iterator[Batch[Any]]) -> Iterator[Batc
 def read_records(paths: Iterable[str], fmt: str = "auto", settings: dict[str, Any] | None = None,
                  container: str | None = None, txt_split: str = "file",
                  on_file: Any = None, max_row_bytes: int = MAX_ROW_BYTES,
-                 fields: Fields = Fields()) -> Iterator[Batch[Record]]:
-    """Canonical records from files, detecting each file's format unless `fmt` names one.
+                 fields: Fields = Fields(), root: str | None = None) -> Iterator[Batch[Record]]:
+    """Canonical records from files, detecting each file's format unless `fmt` names one; media paths are resolved
+    from `root` (`--media-root`), else from each file's folder.
 
     `on_file(path, fmt)` is told which format each file was read as."""
     for path in paths:
@@ -192,4 +217,4 @@ def read_records(paths: Iterable[str], fmt: str = "auto", settings: dict[str, An
             name, batches = detect_file(batches, path)
         if on_file:
             on_file(path, name)
-        yield from to_records(batches, name, make_options(name, settings), fields)
+        yield from to_records(batches, name, reader_options(name, settings, path, root), fields)

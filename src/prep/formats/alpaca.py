@@ -4,10 +4,22 @@ The user turn is `instruction`, a newline, then `input` (either may be empty), a
 joins them. A row with only the prompt column (e.g. LLaMA-Factory's c4_demo entry, whose
 `columns` map just `prompt`) is pretraining text.
 
+Media as LLaMA-Factory's multimodal rows hold them: `images`, `videos` and `audios` lists on the row (paths relative
+to the media root, or URLs), each standing at a `<image>`/`<video>`/`<audio>` placeholder in the instruction, input or
+history, the n-th placeholder of a type taking the n-th item. A list and its placeholders must agree in number
+(`media_count_mismatch`), as LLaMA-Factory's training refuses such rows: it inserts missing placeholders only in its
+chat engines, never in training data.
+
 A row and the record it becomes:
 
     >>> read({"instruction": "Name a colour.", "input": "", "output": "Red."}, Options())
     {'messages': [{'role': 'user', 'content': 'Name a colour.'}, {'role': 'assistant', 'content': 'Red.'}]}
+    >>> record = read({"instruction": "<image>What is it?", "output": "A cat.", "images": ["cat.jpg"]},
+    ...               Options(media_root="/data"))
+    >>> record["media"]
+    [{'type': 'image', 'path': 'cat.jpg', 'root': '/data', 'at': '$.images[0]'}]
+    >>> write(record, Options())
+    {'instruction': '<image>What is it?', 'input': '', 'output': 'A cat.', 'images': ['cat.jpg']}
 """
 
 from __future__ import annotations
@@ -15,10 +27,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from prep.core import media as md
 from prep.core import records as r
 
 NAME = "alpaca"
 KINDS = ("chat", "preference", "feedback", "text")
+MEDIA = "files"  # how the writer takes media (formats.from_records): paths relative to the output's folder
 
 
 @dataclass
@@ -31,6 +45,10 @@ class Options:
     chosen: str | None = "chosen"
     rejected: str | None = "rejected"
     kto_tag: str | None = "kto_tag"
+    images: str | None = "images"
+    videos: str | None = "videos"
+    audios: str | None = "audios"
+    media_root: str | None = None  # where relative media paths are resolved
 
 
 def detect(row: dict[str, Any]) -> bool:
@@ -48,6 +66,20 @@ def _field(row: dict[str, Any], column: str | None) -> str | None:
 
 def read(row: Any, options: Options) -> r.Record:
     row = r.require_object(row, "alpaca")
+    record = _read(row, options)
+    return media_of(row, record, options)
+
+
+def media_of(row: dict[str, Any], record: r.Record, o: Any) -> r.Record:
+    """`record` with the media of LLaMA-Factory's per-type columns (`o.images`, `o.videos`, `o.audios`), in
+    placeholder order (alpaca and sharegpt rows hold them alike)."""
+    names = {kind: getattr(o, column) for kind, column in md.COLUMNS.items()}
+    if "text" not in record and (lists := md.lists(row, names)):
+        record["media"] = md.from_columns(lists, md.used(record), o.media_root, names)
+    return record
+
+
+def _read(row: dict[str, Any], options: Options) -> r.Record:
     o = options
     if o.prompt and row.get(o.prompt) is None:
         r.get(row, o.prompt, hint=f"every alpaca row needs {o.prompt!r} (the instruction)")
@@ -118,9 +150,19 @@ def _single_answer(side: list[r.Message], path: str) -> str:
 
 
 def write(record: r.Record, options: Options) -> dict[str, Any]:
+    out = _write(record, options)
+    return {**out, **media_columns(record, options)}
+
+
+def media_columns(record: r.Record, o: Any) -> dict[str, list[str]]:
+    """LLaMA-Factory's per-type columns of a record's media (alpaca and sharegpt write them alike)."""
+    return {getattr(o, column) or column: [md.written(i) for i in items]
+            for column, items in md.to_columns(record.get("media") or ()).items()}
+
+
+def _write(record: r.Record, options: Options) -> dict[str, Any]:
     o = options
     kind = r.kind_of(record)
-    r.refuse_media(record, NAME)
     if kind == "text":
         raise r.not_expressible(NAME, "plain text (pretraining) records", hint="convert text records to trl or text")
     if kind == "chat":

@@ -100,7 +100,6 @@ def _dump(messages: list[r.Message], o: Options, path: str) -> str:
 def write(record: r.Record, options: Options) -> dict[str, Any]:
     o = options
     kind = r.kind_of(record)
-    r.refuse_media(record, NAME)
     if record.get("tools"):
         raise r.not_expressible(NAME, "tool definitions", path="$.tools")
     if kind == "text":

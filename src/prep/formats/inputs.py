@@ -14,7 +14,7 @@ from prep.core.records import Record
 from prep.files.paths import display_name, split_suffix
 from prep.files.pieces import BATCH_ROWS, Piece, cut, pieces
 from prep.files.read import read_rows
-from prep.formats import Fields, detect_file, make_options, read_records, to_records
+from prep.formats import Fields, detect_file, make_options, media_root, read_records, to_records
 from prep.formats import llamafactory as lf
 
 
@@ -38,13 +38,16 @@ class Inputs:
     keep_columns: Sequence[str] = ()
     strict_fields: bool = False  # a field that would be dropped rejects its row
     split_think: bool = False  # an answer's leading <think>…</think> is its reasoning_content
+    # Where relative media paths are resolved; default: the folder of the file that names them (a registry's folder).
+    media_root: str | None = None
 
     def __post_init__(self) -> None:
         """Refused here in the options table's words, however the inputs were made (CLI, recipe or Python)."""
         check("inputs", {"files": list(self.files), "format": self.format, "input_type": self.container,
                          "txt_split": self.txt_split, "dataset_info": self.registry, "datasets": list(self.datasets),
                          "seed": self.seed, "max_row_bytes": self.max_row_bytes, "keep_columns": list(self.keep_columns),
-                         "strict_fields": self.strict_fields, "split_think": self.split_think, **self.settings})
+                         "strict_fields": self.strict_fields, "split_think": self.split_think,
+                         "media_root": self.media_root, **self.settings})
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any]) -> Inputs:
@@ -53,7 +56,7 @@ class Inputs:
         return cls(list(v["files"]), v["format"], {k: v[k] for k in SETTINGS if v[k] is not None}, v["input_type"],
                    v["txt_split"], v["dataset_info"], list(v["datasets"]), v["seed"], v["max_row_bytes"],
                    keep_columns=tuple(v["keep_columns"]), strict_fields=v["strict_fields"],
-                   split_think=v["split_think"])
+                   split_think=v["split_think"], media_root=v["media_root"])
 
     @property
     def fields(self) -> Fields:
@@ -78,7 +81,7 @@ def read_inputs(inputs: Inputs, formats_seen: dict[str, str] | None = None) -> I
 
     fields = inputs.fields
     yield from read_records(inputs.files, inputs.format, inputs.settings, inputs.container, inputs.txt_split, note,
-                            inputs.max_row_bytes, fields)
+                            inputs.max_row_bytes, fields, inputs.media_root)
     for entry in entries:
         rows: Iterator[Batch[Any]] = chain.from_iterable(read_rows(f, max_row_bytes=inputs.max_row_bytes)
                                                          for f in entry.files)
@@ -89,7 +92,13 @@ def read_inputs(inputs: Inputs, formats_seen: dict[str, str] | None = None) -> I
             sampled = f", num_samples {entry.num_samples} of {total} rows"  # why `read` differs from the file
         for f in entry.files:
             note(f, f"{entry.format} (dataset_info: {entry.name}{sampled})")
-        yield from to_records(rows, entry.format, make_options(entry.format, entry.settings), fields)
+        yield from to_records(rows, entry.format, make_options(entry.format, _entry_settings(entry, inputs)), fields)
+
+
+def _entry_settings(entry: lf.Entry, inputs: Inputs) -> dict[str, Any]:
+    """A registry entry's reader settings; `--media-root` stands for LLaMA-Factory's `media_dir`, whose default is
+    the registry's folder (`dataset_dir`)."""
+    return {**entry.settings, "media_root": media_root(".", inputs.media_root)} if inputs.media_root else entry.settings
 
 
 @dataclass(frozen=True)
@@ -129,8 +138,9 @@ def plan_inputs(inputs: Inputs, formats_seen: dict[str, str] | None = None, part
             batches.close()
         if formats_seen is not None:
             formats_seen[display_name(path)] = fmt
-        found.append((pieces(path, inputs.container, limit=inputs.max_row_bytes), fmt, inputs.settings,
-                      inputs.container, inputs.txt_split))
+        found.append((pieces(path, inputs.container, limit=inputs.max_row_bytes), fmt,
+                      {**inputs.settings, "media_root": media_root(path, inputs.media_root)}, inputs.container,
+                      inputs.txt_split))
     for entry in entries:
         if entry.num_samples:
             raise PrepError(f"--engine ray: dataset_info entry {entry.name} samples num_samples rows across its "
@@ -138,7 +148,8 @@ def plan_inputs(inputs: Inputs, formats_seen: dict[str, str] | None = None, part
         for f in entry.files:
             if formats_seen is not None:
                 formats_seen[f] = f"{entry.format} (dataset_info: {entry.name})"
-            found.append((pieces(f, limit=inputs.max_row_bytes), entry.format, entry.settings, None, "file"))
+            found.append((pieces(f, limit=inputs.max_row_bytes), entry.format, _entry_settings(entry, inputs), None,
+                          "file"))
     runs = cut([run for run, *_ in found], parts, most // BATCH_ROWS)
     return [Part(piece, fmt, settings, container, split, inputs.max_row_bytes, inputs.fields)
             for (_, fmt, settings, container, split), run in zip(found, runs, strict=True) for piece in run]

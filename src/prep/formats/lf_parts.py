@@ -9,6 +9,11 @@ their prompt.
 open call). `loss_weight` is OpenAI's `weight`: 1.0 or 0.0 on an assistant message (0.0 keeps it out
 of the loss); other messages carry no loss (0.0), as LLaMA-Factory's own converters write them.
 
+Media are parts too, as LLaMA-Factory v1's converters write them from the `images`/`videos`/`audios` columns:
+`{"type": "image_url" | "video_url" | "audio_url", "value": path or URL}` (`image`, `video`, `audio` are read as
+well). Each becomes a placeholder in the message text and an item of `record["media"]`, and is written back as
+the part it was.
+
 A row and the record it becomes:
 
     >>> read({"messages": [
@@ -17,6 +22,14 @@ A row and the record it becomes:
     ...                                       {"type": "text", "value": "4"}], "loss_weight": 1.0}]}, Options())
     {'messages': [{'role': 'user', 'content': '2+2?'},
                   {'role': 'assistant', 'content': '4', 'reasoning_content': 'Add them.'}]}
+    >>> record = read({"messages": [
+    ...     {"role": "user", "content": [{"type": "image_url", "value": "1.jpg"}, {"type": "text", "value": "Who?"}]},
+    ...     {"role": "assistant", "content": [{"type": "text", "value": "Messi."}]}]}, Options(media_root="/data"))
+    >>> record["messages"][0], record["media"]
+    ({'role': 'user', 'content': '<image>Who?'},
+     [{'type': 'image', 'path': '1.jpg', 'root': '/data', 'at': '$.messages[0].content[0].value'}])
+    >>> write(record, Options())["messages"][0]["content"]
+    [{'type': 'image_url', 'value': '1.jpg'}, {'type': 'text', 'value': 'Who?'}]
 """
 
 from __future__ import annotations
@@ -25,17 +38,22 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from prep.core import media as md
 from prep.core import records as r
 
 NAME = "lf_parts"
 KINDS = ("chat", "preference")
+MEDIA = "files"  # how the writer takes media (formats.from_records): paths relative to the output's folder
 _ROLES = ("system", "user", "assistant", "tool")
 _KEYS = frozenset({"role", "content", "loss_weight"})
+# LLaMA-Factory v1's media part types (and the bare type names), and the part each type is written as.
+_MEDIA_PARTS = {"image_url": "image", "video_url": "video", "audio_url": "audio", **{k: k for k in md.MEDIA_TYPES}}
+_PART_OF = {"image": "image_url", "video": "video_url", "audio": "audio_url"}
 
 
 @dataclass
 class Options:
-    pass
+    media_root: str | None = None  # where relative media paths are resolved
 
 
 def detect(row: dict[str, Any]) -> bool:
@@ -51,21 +69,33 @@ def detect(row: dict[str, Any]) -> bool:
 def read(row: Any, options: Options) -> r.Record:
     row = r.require_object(row, NAME)
     tools = r.tools(row.get("tools"), "$.tools")
+    root = options.media_root
     if row.get("chosen_messages") is not None or row.get("rejected_messages") is not None:
-        chosen = _messages(r.get(row, "chosen_messages"), "$.chosen_messages")
-        rejected = _messages(r.get(row, "rejected_messages"), "$.rejected_messages")
+        got: dict[str, list[md.Item]] = {"chosen_messages": [], "rejected_messages": []}
+        chosen = _messages(r.get(row, "chosen_messages"), "$.chosen_messages", got["chosen_messages"], root)
+        rejected = _messages(r.get(row, "rejected_messages"), "$.rejected_messages", got["rejected_messages"], root)
         prompt, chosen, rejected = r.split_common_prefix(chosen, rejected)
         for key, side in (("chosen_messages", chosen), ("rejected_messages", rejected)):
             if not side or side[0]["role"] != "assistant":
                 raise r.row_error("bad_preference",
                                   f"{key} must continue the shared prompt with an assistant answer", f"$.{key}",
                                   hint="give both conversations the same prompt and a different answer")
-        return r.with_tools({"prompt": prompt, "chosen": chosen, "rejected": rejected}, tools)
-    messages = r.require_messages(_messages(r.get(row, "messages"), "$.messages"), "$.messages")
-    return r.with_tools({"messages": messages}, tools)
+        record = r.with_tools({"prompt": prompt, "chosen": chosen, "rejected": rejected}, tools)
+        if got["chosen_messages"] or got["rejected_messages"]:  # the shared prompt's media once, then each answer's
+            shared = len(md.used({"prompt": prompt}))
+            record["media"] = got["chosen_messages"] + got["rejected_messages"][shared:]
+            md.agree(record, record["media"])
+        return record
+    items: list[md.Item] = []
+    messages = r.require_messages(_messages(r.get(row, "messages"), "$.messages", items, root), "$.messages")
+    record = r.with_tools({"messages": messages}, tools)
+    if items:
+        record["media"] = items
+        md.agree(record, items)
+    return record
 
 
-def _messages(value: Any, path: str) -> list[r.Message]:
+def _messages(value: Any, path: str, media: list[md.Item], root: str | None) -> list[r.Message]:
     items = r.json_value(value, path, list)
     out: list[r.Message] = []
     calls = 0
@@ -90,6 +120,9 @@ def _messages(value: Any, path: str) -> list[r.Message]:
             kind = part.get("type")
             if kind == "text":
                 text.append(part["value"])
+            elif kind in _MEDIA_PARTS:
+                text.append(md.PLACEHOLDERS[_MEDIA_PARTS[kind]])
+                media.append(md.reference(_MEDIA_PARTS[kind], part["value"], f"{pw}.value", root))
             elif kind == "reasoning" and role == "assistant":
                 reasoning.append(part["value"])
             elif kind == "tool_call" and role == "assistant":
@@ -110,8 +143,8 @@ def _messages(value: Any, path: str) -> list[r.Message]:
             else:
                 raise r.row_error("unsupported_content", f"a {role} message cannot hold a content part of type "
                                   f"{kind!r}", f"{pw}.type",
-                                  hint="prep reads text parts, and reasoning and tool_call parts of "
-                                  "assistant messages")
+                                  hint="prep reads text, image_url, video_url and audio_url parts, and "
+                                  "reasoning and tool_call parts of assistant messages")
         extra: dict[str, Any] = {}
         if reasoning:
             extra["reasoning_content"] = "".join(reasoning)
@@ -134,7 +167,8 @@ def _messages(value: Any, path: str) -> list[r.Message]:
     return out
 
 
-def _dump(messages: list[r.Message]) -> list[dict[str, Any]]:
+def _dump(messages: list[r.Message], media: dict[int, list[md.Item]]) -> list[dict[str, Any]]:
+    """Canonical messages as v1 parts; `media`: the items of the messages that hold placeholders, by index."""
     out = []
     for i, m in enumerate(messages):
         role = "system" if m["role"] == "developer" else m["role"]
@@ -145,7 +179,12 @@ def _dump(messages: list[r.Message]) -> list[dict[str, Any]]:
         parts = []
         if m.get("reasoning_content") is not None:
             parts.append({"type": "reasoning", "value": m["reasoning_content"]})
-        if m["content"] or not m.get("tool_calls"):
+        if i in media:
+            items = iter(media[i])
+            parts += [{"type": "text", "value": chunk} if kind == "text" else
+                      {"type": _PART_OF[kind], "value": md.written(next(items))}
+                      for kind, chunk in md.pieces(m["content"])]
+        elif m["content"] or not m.get("tool_calls"):
             parts.append({"type": "text", "value": m["content"]})
         for k, call in enumerate(m.get("tool_calls") or ()):
             if call.get("id") != f"call_{_ordinal(messages, i, k)}":
@@ -164,14 +203,20 @@ def _ordinal(messages: list[r.Message], i: int, k: int) -> int:
 
 def write(record: r.Record, options: Options) -> dict[str, Any]:
     kind = r.kind_of(record)
-    r.refuse_media(record, NAME)
     if kind in ("text", "feedback"):
         raise r.not_expressible(NAME, "plain text or KTO feedback records", hint="convert them to trl")
+    where = md.per_message(record) if record.get("media") else {}
+
+    def side(name: str, start: int = 0) -> dict[int, list[md.Item]]:
+        return {start + i: items for (s, i), items in where.items() if s == name}
+
     if kind == "chat":
-        out: dict[str, Any] = {"messages": _dump(record["messages"])}
+        out: dict[str, Any] = {"messages": _dump(record["messages"], side("messages"))}
     else:
-        out = {"chosen_messages": _dump(record["prompt"] + record["chosen"]),
-               "rejected_messages": _dump(record["prompt"] + record["rejected"])}
+        n = len(record["prompt"])
+        out = {"chosen_messages": _dump(record["prompt"] + record["chosen"], {**side("prompt"), **side("chosen", n)}),
+               "rejected_messages": _dump(record["prompt"] + record["rejected"],
+                                          {**side("prompt"), **side("rejected", n)})}
     if record.get("tools"):
         out["tools"] = json.dumps(record["tools"], ensure_ascii=False)
     return out

@@ -1,6 +1,7 @@
 """LLaMA-Factory `dataset_info.json` registries: an entry names local files and how to read them
 (`file_name`, `formatting`, `ranking`, `columns`, `tags`, `num_samples`). This module turns an
-entry into (files, format, reader settings) and implements `num_samples` the way LLaMA-Factory
+entry into (files, format, reader settings: its columns, tags, and the registry's folder as the root of media
+paths, LLaMA-Factory's `dataset_dir` and default `media_dir`) and implements `num_samples` the way LLaMA-Factory
 does (a seeded random subset, or every row plus random repeats when it asks for more)."""
 
 from __future__ import annotations
@@ -60,9 +61,11 @@ def load_entry(registry: str, name: str) -> Entry:
     if formatting not in ("alpaca", "sharegpt", "openai", "lf_parts"):
         raise PrepError(f"{path}: dataset {name!r} has formatting {formatting!r}; prep reads alpaca, sharegpt, openai "
                         "and lf_parts (LLaMA-Factory v1's messages of typed parts)")
+    root = {"media_root": str(path.parent.resolve())}  # LLaMA-Factory's media_dir defaults to its dataset_dir
     if formatting == "lf_parts":  # one layout, no columns to map
-        return Entry(name, files, "lf_parts", {}, num_samples=_num_samples(attrs, path, name))
-    return Entry(name, files, *_reader(attrs, formatting, path, name), num_samples=_num_samples(attrs, path, name))
+        return Entry(name, files, "lf_parts", root, num_samples=_num_samples(attrs, path, name))
+    fmt, settings = _reader(attrs, formatting, path, name)
+    return Entry(name, files, fmt, {**settings, **root}, num_samples=_num_samples(attrs, path, name))
 
 
 def _files(root: Path, file_name: Any, name: str, registry: Path) -> list[str]:

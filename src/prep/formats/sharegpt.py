@@ -5,8 +5,11 @@ options, as in a `dataset_info.json` entry.
 
 Reasoning has no field of its own here: the writer puts it before the answer as
 `<think>\n…\n</think>\n\n` (what LLaMA-Factory's reasoning templates read), and `--split-think`
-reads it back into `reasoning_content`. A `function_call` turn becomes an assistant message with `tool_calls` (ids `call_<n>`, since
-ShareGPT has none); an `observation` becomes a `tool` message answering the oldest open call.
+reads it back into `reasoning_content`. A `function_call` turn becomes an assistant message with `tool_calls` (ids
+`call_<n>`, since ShareGPT has none); an `observation` becomes a `tool` message answering the oldest open call.
+
+Media are LLaMA-Factory's `images`/`videos`/`audios` columns (renamed by a registry's `columns`) with
+`<image>`/`<video>`/`<audio>` placeholders in the turns, read and written as in alpaca (LLaMA-Factory's mllm_demo).
 
 A row and the record it becomes:
 
@@ -14,6 +17,9 @@ A row and the record it becomes:
     ...       "system": "Be brief."}, Options())
     {'messages': [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi'},
                   {'role': 'assistant', 'content': 'Hello!'}]}
+    >>> read({"conversations": [{"from": "human", "value": "<video>What happens?"}, {"from": "gpt", "value": "A goal."}],
+    ...       "videos": ["mllm_demo_data/1.mp4"]}, Options(media_root="/data"))["media"]
+    [{'type': 'video', 'path': 'mllm_demo_data/1.mp4', 'root': '/data', 'at': '$.videos[0]'}]
 """
 
 from __future__ import annotations
@@ -23,9 +29,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from prep.core import records as r
+from prep.formats.alpaca import media_columns, media_of
 
 NAME = "sharegpt"
 KINDS = ("chat", "preference", "feedback")
+MEDIA = "files"  # how the writer takes media (formats.from_records): paths relative to the output's folder
 
 
 @dataclass
@@ -46,6 +54,7 @@ class Options:
     observation_tag: str = "observation"
     function_tag: str = "function_call"
     system_tag: str = "system"
+    media_root: str | None = None  # where relative media paths are resolved
     # The spellings seen in ShareGPT dumps besides LLaMA-Factory's own, accepted by default.
     lenient: bool = True
 
@@ -74,7 +83,6 @@ def read(row: Any, options: Options) -> r.Record:
     for i, turn in enumerate(turns):
         messages.extend(_turn(turn, path, o, state, tags, i))
     tools = r.tools(row.get(o.tools), f"$.{o.tools}") if o.tools else None
-    media = r.media(row, {k: getattr(o, k) for k in r.MEDIA})
 
     if o.chosen and o.rejected and row.get(o.chosen) is not None and row.get(o.rejected) is not None:
         sides = [_turn(row[col], f"$.{col}", o, state.copy(), tags) for col in (o.chosen, o.rejected)]
@@ -92,7 +100,7 @@ def read(row: Any, options: Options) -> r.Record:
         record = {"prompt": messages[:-1], "completion": messages[-1:], "label": label}
     else:
         record = {"messages": r.require_messages(messages, path)}
-    return {**r.with_tools(record, tools), **media}
+    return media_of(row, r.with_tools(record, tools), o)
 
 
 class _Calls:
@@ -210,7 +218,4 @@ def write(record: r.Record, options: Options) -> dict[str, Any]:
         out[o.kto_tag] = record["label"]
     if record.get("tools"):
         out[o.tools] = json.dumps([t["function"] for t in record["tools"]], ensure_ascii=False)
-    for k in r.MEDIA:
-        if record.get(k):
-            out[getattr(o, k)] = record[k]
-    return out
+    return {**out, **media_columns(record, o)}

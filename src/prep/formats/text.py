@@ -33,7 +33,6 @@ def read(row: Any, options: Options) -> r.Record:
 
 
 def write(record: r.Record, options: Options) -> dict[str, Any]:
-    r.refuse_media(record, NAME)
     if r.kind_of(record) != "text":
         raise r.not_expressible(NAME, f"{r.kind_of(record)} records (they need a chat template)",
                                 hint="render conversations with `prep template`, or convert to trl/openai")

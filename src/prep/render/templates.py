@@ -13,7 +13,7 @@ from typing import Any
 
 from prep.core.findings import PrepError, row_error
 from prep.core.options import DEFAULT_DATE
-from prep.core.records import MEDIA, Message, Record
+from prep.core.records import Message, Record
 from prep.render.builtin import BUILTIN, NAMES, Template
 from prep.render.jinja import JinjaTemplate
 from prep.render.spans import Specials
@@ -80,10 +80,10 @@ def chat_template(tok: Tokenizer | None, template: str | None, kwargs: dict[str,
 
 def text_only(record: Record) -> None:
     """Refuse multimodal rows: their image/audio placeholders would be trained as plain text."""
-    media = [k for k in MEDIA if record.get(k)]
-    if media:
-        raise row_error("unsupported_media", f"the row has {', '.join(media)}; prep renders and tokenizes text only",
-                        f"$.{media[0]}")
+    if record.get("media"):
+        kinds = sorted({item["type"] for item in record["media"]})
+        raise row_error("unsupported_media", f"the row has {', '.join(kinds)} media; prep renders and tokenizes "
+                        "text only", record["media"][0].get("at") or "$.media")
 
 
 def document(text: str, specials: Specials) -> str:

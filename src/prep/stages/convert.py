@@ -11,6 +11,7 @@ from prep.core.findings import Batch, Tally, count_by_file
 from prep.core.options import checked
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files.guard import check_outputs
+from prep.files.media_out import MediaOut
 from prep.files.write import RowWriter
 from prep.formats import from_records, make_options
 from prep.formats.inputs import Inputs, Part, plan_inputs, read_inputs, read_part
@@ -38,31 +39,36 @@ class _Convert:
     options: Any
     ids: bool
     skip: dict[str, list[int]]
+    media: MediaOut
 
     def __call__(self, part: Part) -> Iterator[Batch[Any]]:
-        return from_records(read_part(part, self.skip), self.to, self.options, self.ids)
+        return from_records(read_part(part, self.skip), self.to, self.options, self.ids, self.media)
 
 
 @checked("convert")
 def convert(inputs: Inputs, to: str, output: str = "-", *, rejects: str | None = None,
-            settings: dict[str, Any] | None = None, ids: bool = True, progress: ProgressFn | None = None,
-            engine: str = "local", ray_address: str | None = None, ray_workers: int = 0) -> ConvertResult:
+            settings: dict[str, Any] | None = None, ids: bool = True, media_dir: str | None = None,
+            progress: ProgressFn | None = None, engine: str = "local", ray_address: str | None = None,
+            ray_workers: int = 0) -> ConvertResult:
     """Convert `inputs` to format `to` in `output` (`-`: stdout); refused rows go to `rejects`.
 
     `settings` are the writer's options (e.g. AutoTrain column names); output files appear only
-    when the whole run succeeds. `engine="ray"` converts the parts of the inputs on a Ray cluster (design §13):
+    when the whole run succeeds. Media go as the format takes them (design §2a): inlined as data URLs, or as paths
+    relative to the output's folder, with the files outside it and data URLs written into `media_dir` (default
+    `media/` beside the output). `engine="ray"` converts the parts of the inputs on a Ray cluster (design §13):
     the same output."""
     check_outputs(inputs.files, {"-o": output, "--rejects": rejects})
+    media = MediaOut.beside(output, media_dir)
     result = ConvertResult(outputs=outputs(output=output, rejects=rejects), to=to)
     options = make_options(to, settings if settings is not None else inputs.settings)
     where = Engine(engine, ray_address, ray_workers)
     ran = Ran()
     if where.ray:
         from_records([], to, options, ids)  # a read-only format is refused before anything runs
-        rows: Iterable[Batch[Any]] = run_parts(plan_inputs(inputs, result.formats, parts_wanted(where)), _Convert(to, options, ids, inputs.skip),
-                                               where, ran)
+        rows: Iterable[Batch[Any]] = run_parts(plan_inputs(inputs, result.formats, parts_wanted(where)),
+                                               _Convert(to, options, ids, inputs.skip, media), where, ran)
     else:
-        rows = from_records(read_inputs(inputs, result.formats), to, options, ids)
+        rows = from_records(read_inputs(inputs, result.formats), to, options, ids, media)
     meter = Meter(progress)
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(RowWriter(output))

@@ -9,6 +9,7 @@ from typing import Any
 from prep.core.findings import Batch, Tally
 from prep.core.records import Record
 from prep.files.guard import check_outputs
+from prep.files.media_out import MediaOut
 from prep.files.write import RowWriter
 from prep.formats import from_records, make_options
 
@@ -20,10 +21,11 @@ class RecordsOut:
     def __init__(self, stack: contextlib.ExitStack, path: str, to: str, tally: Tally,
                  rejects: RowWriter | None) -> None:
         self.to, self.options, self.tally, self.rejects = to, make_options(to), tally, rejects
+        self.media = MediaOut.beside(path)  # media files beside the output, as convert writes them by default
         self.out = stack.enter_context(RowWriter(path))
 
     def write(self, batch: Batch[Record]) -> None:
-        rows: Batch[Any] = next(from_records(iter([batch]), self.to, self.options))
+        rows: Batch[Any] = next(from_records(iter([batch]), self.to, self.options, media=self.media))
         self.out.write(rows.items)
         keep_rejects(rows, self.rejects)
         self.tally.count(rows)

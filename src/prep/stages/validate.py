@@ -150,7 +150,8 @@ def validate(inputs: Inputs, *, validation: Sequence[str] = (), kind: str | None
         raise PrepError("--max-len counts tokens: give --tokenizer too")
     ctx = Context(inputs.format, kind, dict(inputs.settings), inputs.container, inputs.txt_split, min_rows, max_chars,
                   Findings(max_findings), meter=Meter(progress), max_row_bytes=inputs.max_row_bytes,
-                  media_limits=Limits(max_media_pixels, max_media_bytes, max_media_seconds))
+                  media_limits=Limits(max_media_pixels, max_media_bytes, max_media_seconds),
+                  media_root=inputs.media_root)
     if tokenizer is not None:
         from prep.checks.tokens import TokenCheck  # noqa: PLC0415 - start-up time: Arrow and numpy only to count tokens
 
@@ -239,7 +240,7 @@ def _open(path: str, report: FileReport, ctx: Context) -> tuple[FileCheck, Itera
         _unreadable(e, path, report, ctx)
         return None
     report.format = fmt
-    return FileCheck(ctx, report, fmt, scan), batches
+    return FileCheck(ctx, report, fmt, scan, "-" if name == display_name("-") else path), batches
 
 
 def _count(batch: Batch[Any], report: FileReport, ctx: Context) -> None:
@@ -315,7 +316,7 @@ class _Validate:
 
     def __call__(self, part: _FilePart) -> Iterator[_Rows | _End]:
         ctx = self.ctx
-        check = FileCheck(ctx, FileReport(part.name, part.role), part.format, part.scan)
+        check = FileCheck(ctx, FileReport(part.name, part.role), part.format, part.scan, part.path)
         check.first_kind, check.first_row = part.first_kind, part.piece.row == 0
         try:
             rows = read_rows(part.path, part.scan.container, ctx.txt_split, BATCH_ROWS, ctx.max_row_bytes, part.piece)
@@ -333,7 +334,7 @@ def _first_kind(check: FileCheck, batches: Iterator[Batch[Any]]) -> str | None:
     if check.ctx.kind:
         return None
     probe = FileCheck(_quiet(check.ctx, tokens=False), FileReport(check.report.path, check.report.role), check.fmt,
-                      check.scan)
+                      check.scan, check.path)
     with contextlib.suppress(PrepError):
         for batch in batches:
             for row, source in zip(batch.items, batch.sources, strict=True):
