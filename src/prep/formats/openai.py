@@ -52,7 +52,7 @@ def read(row: Any, options: Options) -> r.Record:
     row = r.require_object(row, "openai")
     slots: list[md.Item | None] = []
     if options.messages not in row and "preferred_output" in row:
-        return _with_media(_read_dpo(row, slots, options.media_root), slots)
+        return _with_media(_read_dpo(row, slots, options.media_root), slots, row, options.media_root)
     messages = r.require_messages(r.parse_messages(r.get(row, options.messages), f"$.{options.messages}", slots,
                                                    options.media_root), f"$.{options.messages}")
     tools = r.tools(row.get(options.tools), f"$.{options.tools}")
@@ -64,12 +64,15 @@ def read(row: Any, options: Options) -> r.Record:
         record = {"prompt": messages[:-1], "completion": messages[-1:], "label": label}
     else:
         record = {"messages": messages}
-    return _with_media(r.with_tools(record, tools), slots)
+    return _with_media(r.with_tools(record, tools), slots, row, options.media_root)
 
 
-def _with_media(record: r.Record, slots: list[md.Item | None]) -> r.Record:
-    if slots:
-        record["media"] = md.from_parts(record, slots, {}, None)
+def _with_media(record: r.Record, slots: list[md.Item | None], row: dict[str, Any], root: str | None) -> r.Record:
+    """The media of the row's parts, or of LLaMA-Factory-style columns beside string content (`images` with
+    `<image>` placeholders, as LLaMA-Factory's openai formatting holds them)."""
+    lists = md.lists(row)
+    if slots or lists:
+        record["media"] = md.from_parts(record, slots, lists, root)
     return record
 
 
