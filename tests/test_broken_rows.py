@@ -31,7 +31,7 @@ CASES: list[tuple[str, str, bytes, dict[int, str]]] = [
         b'[{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]}]}',  # 7
         b'{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": 2}]}',
         b'{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {}}]}',
-        b'{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u"}}]}]}',
+        b'{"messages": [{"role": "user", "content": [{"type": "file", "file": {"file_id": "f"}}]}]}',
         b'{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], "label": "maybe"}',
         b"{not json at all",                                                                # 12 bad JSON line
         b"[1, 2]",                                                                          # 13 not an object

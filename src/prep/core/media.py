@@ -145,7 +145,9 @@ def agree(record: dict[str, Any], media: Sequence[Item]) -> None:
 def per_message(record: dict[str, Any]) -> dict[tuple[str, int], list[Item]]:
     """The record's media by the message whose placeholders they fill: (side, index) -> items in order (the writers
     of content parts put each item back in its message)."""
-    items = iter(record.get("media") or ())
+    media = list(record.get("media") or ())
+    agree(record, media)
+    items = iter(media)
     out: dict[tuple[str, int], list[Item]] = {}
     for side in SIDES:
         for i, m in enumerate(record.get(side) or ()):

@@ -156,6 +156,8 @@ def write(record: r.Record, options: Options) -> dict[str, Any]:
 
 def media_columns(record: r.Record, o: Any) -> dict[str, list[str]]:
     """LLaMA-Factory's per-type columns of a record's media (alpaca and sharegpt write them alike)."""
+    if record.get("media"):
+        md.agree(record, record["media"])
     return {getattr(o, column) or column: [md.written(i) for i in items]
             for column, items in md.to_columns(record.get("media") or ()).items()}
 
