@@ -267,7 +267,8 @@ def test_rows_stage_writes_text_rows_for_every_kind(samples_tokenizer) -> None:
         {"id": "t", "text": "plain"},
         {"id": "p", "prompt": [m("user", "q")], "chosen": [m("assistant", "good")], "rejected": [m("assistant", "bad")]},
         {"id": "f", "prompt": [m("user", "q")], "completion": [m("assistant", "meh")], "label": False},
-        {"id": "img", "messages": SINGLE, "images": ["a.png"]},
+        {"id": "img", "messages": [m("user", "<image>2+2?"), SINGLE[-1]],
+         "media": [{"type": "image", "path": "a.png", "root": "/data", "at": "$.images[0]"}]},
     ]
     batch = Batch()
     for i, r in enumerate(records):
