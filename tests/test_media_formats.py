@@ -270,26 +270,34 @@ def test_a_media_dir_outside_the_output_folder_is_refused(tmp_path: Path, regist
 # ---------------------------------------------------------------- Together's own multimodal files
 
 
-TOGETHER = {  # together-python tests/unit/test_files_checks.py: the two valid multimodal files, as written there
-    "valid_instruction_multimodal.jsonl": [{
-        "prompt": [{"type": "text", "text": "What's the difference between these two images?"},
-                   {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,..."}},
-                   {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,..."}}],
-        "completion": "The first image is a cat, the second image is a dog."}],
-    "valid_conversational_multimodal_single_turn.jsonl": [{"messages": [
-        {"role": "user", "content": [{"type": "text", "text": "What's the difference between these two images?"},
-                                     {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,..."}},
-                                     {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,..."}}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "Hi there!"}]}]}],
-}
+def together_files(cat: str, dog: str) -> dict[str, list[dict[str, Any]]]:
+    """together-python's tests/unit/test_files_checks.py: its two valid multimodal files, as written there but for
+    the image payloads, which Together's test elides as `data:image/jpeg;base64,...` (not base64: Together only
+    looks at the prefix; prep decodes every image, so two real JPEGs stand in)."""
+    question = {"type": "text", "text": "What's the difference between these two images?"}
+    first, second = ({"type": "image_url", "image_url": {"url": url}} for url in (cat, dog))
+    return {"valid_instruction_multimodal.jsonl": [{
+                "prompt": [question, first, second],
+                "completion": "The first image is a cat, the second image is a dog."}],
+            "valid_conversational_multimodal_single_turn.jsonl": [{"messages": [
+                {"role": "user", "content": [question, first, second]},
+                {"role": "assistant", "content": [{"type": "text", "text": "Hi there!"}]}]}]}
 
 
-@pytest.mark.parametrize("name", TOGETHER)
+@pytest.mark.parametrize("name", together_files("", ""))
 def test_togethers_valid_multimodal_files_pass_validate(tmp_path: Path, name: str) -> None:
+    from PIL import Image
+
+    jpegs = []
+    for color in ((200, 120, 40), (90, 60, 30)):
+        out = io.BytesIO()
+        Image.new("RGB", (32, 24), color).save(out, "JPEG")
+        jpegs.append(data_url("image/jpeg", out.getvalue()))
     path = tmp_path / name
-    path.write_text("\n".join(json.dumps(item) for item in TOGETHER[name]))  # as Together's test writes them
+    rows = together_files(*jpegs)[name]
+    path.write_text("\n".join(json.dumps(item) for item in rows))  # as Together's test writes them
     done = run_prep("validate", str(path))
-    assert done.returncode == 0 and b"0 errors" in done.stdout, done.stdout.decode() + done.stderr.decode()
+    assert done.returncode == 0 and b"; 0 errors, 0 warnings" in done.stdout, done.stdout.decode() + done.stderr.decode()
     got, rejects = records(Inputs(files=[str(path)]))
     assert rejects == [] and [i["type"] for i in got[0]["media"]] == ["image", "image"]
     user = (got[0].get("messages") or got[0].get("prompt"))[0]
