@@ -302,3 +302,16 @@ def test_togethers_valid_multimodal_files_pass_validate(tmp_path: Path, name: st
     assert rejects == [] and [i["type"] for i in got[0]["media"]] == ["image", "image"]
     user = (got[0].get("messages") or got[0].get("prompt"))[0]
     assert user["content"] == "What's the difference between these two images?<image><image>"
+
+
+def test_a_recipe_converts_media_beside_its_stage_output(registry: Path, tmp_path: Path) -> None:
+    """`prep run`: media_root in inputs (relative to the recipe), and the convert stage's files under its own
+    media/ folder, which the next stage reads from the stage's folder."""
+    recipe = tmp_path / "mm.yaml"
+    recipe.write_text(f"name: mm\noutput: runs\ninputs:\n  files: [{registry.parent / 'mllm_demo.json'}]\n"
+                      f"  media_root: {registry.parent}\nconvert:\n  to: sharegpt\nvalidate: {{}}\n")
+    done = run_prep("run", str(recipe))
+    assert done.returncode == 0, done.stderr.decode()
+    stage = next((tmp_path / "runs").rglob("data.jsonl")).parent
+    rows = lines(stage / "data.jsonl")
+    assert len(rows) == 6 and all((stage / p).is_file() and p.startswith("media/") for r in rows for p in r["images"])

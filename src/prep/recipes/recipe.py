@@ -267,6 +267,10 @@ def _path_keys(data: dict[str, Any]) -> Iterable[JsonPath]:
     yield from (("decontaminate", "against", i) for i in range(len(data.get("decontaminate", {}).get("against", []))))
     if "dataset_info" in inputs:
         yield ("inputs", "dataset_info")
+    if "media_root" in inputs:
+        yield ("inputs", "media_root")
+    if isinstance(data.get("convert"), dict) and "media_dir" in data["convert"]:
+        yield ("convert", "media_dir")
     if "tokenize" in data:
         yield ("tokenize", "tokenizer")
         if str(data["tokenize"].get("template", "")).endswith(".jinja"):
@@ -367,6 +371,10 @@ def _path_problem(data: dict[str, Any], at: JsonPath) -> str | None:
             return f"{node}: no such model folder; {_make_model_hint(node)}"
         return None if os.path.isfile(os.path.join(node, "config.json")) else \
             f"{node}: holds no config.json; give the folder of a transformers model"
+    if at == ("convert", "media_dir"):
+        return None  # made by the run
+    if at == ("inputs", "media_root"):
+        return None if os.path.isdir(node) else f"{node}: no such folder"
     if at == ("inputs", "dataset_info") and os.path.isdir(node):
         node = os.path.join(node, "dataset_info.json")  # as LLaMA-Factory's dataset_dir
     return None if os.path.isfile(node) else f"{node}: no such file"
