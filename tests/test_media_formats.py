@@ -130,6 +130,12 @@ def test_llamafactory_to_openai_data_urls_to_llamafactory_files(registry: Path, 
             assert [sha((back.parent / p).read_bytes()) for p in paths] == hashes  # ... and the same bytes
         assert [t["value"] for t in row["conversations"]] == [m["content"] for m in source["messages"]]
     assert sum(len(h) for w in wanted for h in w.values()) == 8 + 6 + 6  # images, videos, audio clips
+    # alpaca (LLaMA-Factory's other layout; the multi-turn rows as history), and back to records: the same media
+    alpaca = tmp_path / "b" / "alpaca.json"
+    assert run_prep("convert", str(oa), "--to", "alpaca", "-o", str(alpaca)).returncode == 0
+    again, rejects = records(Inputs(files=[str(alpaca)]))
+    assert rejects == [] and [{c: [sha(Path(i["root"], i["path"]).read_bytes()) for i in r["media"] if COLUMNS[i["type"]] == c]
+             for c in COLUMNS.values()} for r in again] == wanted
 
 
 def _payload(part: dict[str, Any]) -> str:

@@ -31,6 +31,8 @@ def convert(**values: Any) -> None:
       prep convert coqa coqa-dev-v1.0.json --to openai -o coqa.jsonl
       prep convert autotrain chats.csv --text-column dialogue --to sharegpt -o chats.jsonl
       prep convert --dataset-info data/dataset_info.json --dataset glaive_toolcall_en_demo --to openai
+      prep convert --dataset-info data --dataset mllm_demo --to openai -o mllm.jsonl    # images as data URLs
+      prep convert mllm.jsonl --to sharegpt -o lf/mllm.json          # and back as files, lf/media/<sha256>.jpg
     """
     run_verb("convert", values, "starting Ray" if values["engine"] == "ray" else "reading")
 
