@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
-import wave
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import fixture, run_prep
+from media_util import data_url, make_audio, make_image
 from prep.core.findings import Batch
 from prep.formats.inputs import Inputs, read_inputs
 from prep.stages.convert import convert
@@ -45,28 +44,6 @@ def sha(data: bytes) -> str:
 
 def lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def png(color: tuple[int, int, int], size: tuple[int, int] = (3, 2)) -> bytes:
-    from PIL import Image
-
-    out = io.BytesIO()
-    Image.new("RGB", size, color).save(out, "PNG")
-    return out.getvalue()
-
-
-def wav(frames: int = 800) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes(bytes(range(256)) * (frames * 2 // 256))
-    return out.getvalue()
-
-
-def data_url(mime: str, data: bytes) -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
 # ---------------------------------------------------------------- reading LLaMA-Factory's demo
@@ -147,14 +124,16 @@ def _payload(part: dict[str, Any]) -> str:
 def test_openai_to_trl_to_openai_keeps_every_medium(tmp_path: Path) -> None:
     """Generated images, audio and the demo's video as OpenAI parts; TRL's layout (bare parts, paths in columns,
     files under media/) in between; the same rows back."""
-    video = fixture("data", "llamafactory", "mllm_demo_data", "1.mp4").read_bytes()
-    red, blue, sound = png((255, 0, 0)), png((0, 0, 255), (1, 7)), wav()
+    clip = fixture("data", "llamafactory", "mllm_demo_data", "1.mp4")
+    made = [make_image(tmp_path / "red.png", (3, 2)), make_image(tmp_path / "tall.png", (1, 7)),
+            make_audio(tmp_path / "tone.wav")]
+    video, (red, blue, sound) = clip.read_bytes(), (p.read_bytes() for p in made)
     rows = [
         {"messages": [{"role": "system", "content": "Describe."},
                       {"role": "user", "content": [{"type": "text", "text": "Compare "},
-                                                   {"type": "image_url", "image_url": {"url": data_url("image/png", red)}},
+                                                   {"type": "image_url", "image_url": {"url": data_url(made[0], "image/png")}},
                                                    {"type": "text", "text": " and "},
-                                                   {"type": "image_url", "image_url": {"url": data_url("image/png", blue)}}]},
+                                                   {"type": "image_url", "image_url": {"url": data_url(made[1], "image/png")}}]},
                       {"role": "assistant", "content": "Red, then blue."}]},
         {"messages": [{"role": "user", "content": [{"type": "input_audio",
                                                     "input_audio": {"data": base64.b64encode(sound).decode(),
@@ -162,7 +141,7 @@ def test_openai_to_trl_to_openai_keeps_every_medium(tmp_path: Path) -> None:
                                                    {"type": "text", "text": "What is this sound?"}]},
                       {"role": "assistant", "content": "A ramp."},
                       {"role": "user", "content": [{"type": "video_url",
-                                                    "video_url": {"url": data_url("video/mp4", video)}}]},
+                                                    "video_url": {"url": data_url(clip, "video/mp4")}}]},
                       {"role": "assistant", "content": "A clip."}]},
         {"messages": [{"role": "user", "content": "No media here."}, {"role": "assistant", "content": "Fine."}]},
     ]
@@ -187,8 +166,8 @@ def test_lf_parts_media_round_trip_through_sharegpt(tmp_path: Path) -> None:
     """LLaMA-Factory v1's image_url/video_url/audio_url parts: read, written as sharegpt columns, and back."""
     pics = tmp_path / "pics"
     pics.mkdir()
-    (pics / "a.png").write_bytes(png((0, 255, 0)))
-    (pics / "b.wav").write_bytes(wav())
+    make_image(pics / "a.png")
+    make_audio(pics / "b.wav")
     row = {"messages": [
         {"role": "user", "content": [{"type": "image_url", "value": "pics/a.png"}, {"type": "text", "value": "Hear "},
                                      {"type": "audio_url", "value": "pics/b.wav"}], "loss_weight": 0.0},
@@ -210,18 +189,17 @@ def test_lf_parts_media_round_trip_through_sharegpt(tmp_path: Path) -> None:
 def test_media_root_resolves_relative_paths(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "store" / "img").mkdir(parents=True)
-    image = png((9, 9, 9))
-    (tmp_path / "store" / "img" / "a.png").write_bytes(image)
+    image = make_image(tmp_path / "store" / "img" / "a.png")
     rows = tmp_path / "data" / "rows.json"
     rows.write_text(json.dumps([{"instruction": "<image>What colour?", "input": "", "output": "Grey.",
                                  "images": ["img/a.png"]}]))
     out = tmp_path / "data" / "oa.jsonl"
     missing = run_prep("convert", str(rows), "--to", "openai", "-o", str(out))
-    assert missing.returncode == 1 and b"bad_media" in missing.stderr  # data/img/a.png does not exist
+    assert missing.returncode == 1 and b"media_missing" in missing.stderr  # data/img/a.png does not exist
     done = run_prep("convert", str(rows), "--to", "openai", "-o", str(out), "--media-root", str(tmp_path / "store"))
     assert done.returncode == 0, done.stderr.decode()
     part = lines(out)[0]["messages"][0]["content"][0]
-    assert part == {"type": "image_url", "image_url": {"url": data_url("image/png", image)}}
+    assert part == {"type": "image_url", "image_url": {"url": data_url(image, "image/png")}}
     got, _ = records(Inputs(files=[str(rows)], media_root=str(tmp_path / "store")))
     assert got[0]["media"] == [{"type": "image", "path": "img/a.png", "root": str(tmp_path / "store"),
                                 "at": "$.images[0]"}]
@@ -229,26 +207,28 @@ def test_media_root_resolves_relative_paths(tmp_path: Path) -> None:
 
 def test_paths_that_leave_their_root_are_refused_with_the_field(tmp_path: Path) -> None:
     secret = tmp_path / "secret.png"
-    secret.write_bytes(png((1, 2, 3)))
+    make_image(secret)
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "fine.png").write_bytes(png((3, 2, 1)))
+    make_image(tmp_path / "data" / "fine.png")
     rows = [{"conversations": [{"from": "human", "value": "<image>Hi"}, {"from": "gpt", "value": "Hello"}],
              "images": [path]} for path in ("../secret.png", str(secret), "ok/../../secret.png", "ok/../fine.png")]
     data = tmp_path / "data" / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     report = run(data)
-    assert found(report) == {(n, "bad_media", "$.images[0]") for n in (1, 2, 3)}
-    out, rejects = tmp_path / "data" / "o.jsonl", tmp_path / "rej.jsonl"
-    done = run_prep("convert", str(data), "--to", "openai", "-o", str(out), "--rejects", str(rejects))
-    assert done.returncode == 1 and len(lines(out)) == 1
-    assert [r["reasons"][0]["code"] for r in lines(rejects)] == ["bad_media"] * 3
+    assert found(report) == {(n, "media_outside_root", "$.images[0]") for n in (1, 2, 3)}
+    for to in ("openai", "sharegpt"):  # inlined or referenced: refused either way (files.media.locate)
+        out, rejects = tmp_path / "data" / f"o-{to}.jsonl", tmp_path / f"rej-{to}.jsonl"
+        done = run_prep("convert", str(data), "--to", to, "-o", str(out), "--rejects", str(rejects))
+        assert done.returncode == 1 and len(lines(out)) == 1
+        assert [(r["line"], r["reasons"][0]["code"], r["reasons"][0]["path"]) for r in lines(rejects)] == [
+            (n, "media_outside_root", "$.images[0]") for n in (1, 2, 3)]
 
 
 def test_a_placeholder_mismatch_is_a_finding_naming_the_column(tmp_path: Path) -> None:
     """The seeds' row (an image, no <image>): LLaMA-Factory's training refuses it (mm_plugin's _validate_messages);
     so does prep, naming the column, renamed by a registry too."""
     (tmp_path / "images").mkdir()
-    (tmp_path / "images" / "cat.jpg").write_bytes(png((5, 5, 5)))
+    make_image(tmp_path / "images" / "cat.jpg")
     seed = {"instruction": "이미지를 설명해줘", "input": "", "output": "이건 고양이야", "images": ["images/cat.jpg"]}
     data = tmp_path / "seed.json"
     data.write_text(json.dumps([seed, {**seed, "instruction": "<image>이미지를 설명해줘"}], ensure_ascii=False))
@@ -292,13 +272,7 @@ def together_files(cat: str, dog: str) -> dict[str, list[dict[str, Any]]]:
 
 @pytest.mark.parametrize("name", together_files("", ""))
 def test_togethers_valid_multimodal_files_pass_validate(tmp_path: Path, name: str) -> None:
-    from PIL import Image
-
-    jpegs = []
-    for color in ((200, 120, 40), (90, 60, 30)):
-        out = io.BytesIO()
-        Image.new("RGB", (32, 24), color).save(out, "JPEG")
-        jpegs.append(data_url("image/jpeg", out.getvalue()))
+    jpegs = [data_url(make_image(tmp_path / f"{n}.jpg", (32 + n, 24)), "image/jpeg") for n in range(2)]
     path = tmp_path / name
     rows = together_files(*jpegs)[name]
     path.write_text("\n".join(json.dumps(item) for item in rows))  # as Together's test writes them

@@ -19,8 +19,6 @@ of the file that names it, as LLaMA-Factory resolves `media_dir`) and never leav
 from __future__ import annotations
 
 import json
-import ntpath
-import posixpath
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -172,8 +170,8 @@ def to_columns(media: Iterable[Item]) -> dict[str, list[Item]]:
 
 def reference(kind: str, value: Any, path: str, root: str | None) -> Item:
     """One item from what a row writes for it: a path, a data URL, a URL, or an object with one of `path`/`url`
-    (LLaMA-Factory's `{"path": ...}` and HF datasets' `{"path", "bytes"}` image cells). A path that leaves its root
-    (absolute, or through `..`) is refused."""
+    (LLaMA-Factory's `{"path": ...}` and HF datasets' `{"path", "bytes"}` image cells). Whether a path stays under
+    its root is `files.media.locate`'s to say, where the file is opened."""
     if isinstance(value, dict):
         value = value.get("path") or value.get("url")
     if not isinstance(value, str) or not value.strip():
@@ -181,11 +179,6 @@ def reference(kind: str, value: Any, path: str, root: str | None) -> Item:
                         hint="write the path relative to the dataset folder, or a data: URL")
     if is_url(value):
         return {"type": kind, "url": value, "at": path}
-    norm = posixpath.normpath(value.replace("\\", "/"))
-    if posixpath.isabs(norm) or ntpath.isabs(value) or norm == ".." or norm.startswith("../"):
-        raise row_error("bad_media", f"the {kind} path {value!r} leaves its media root", path,
-                        hint="write the path relative to the dataset folder, or give --media-root the folder it "
-                        "is relative to")
     return {"type": kind, "path": value, "root": root, "at": path}
 
 

@@ -1,6 +1,8 @@
 """Media as a writer of rows takes them (design §2a): inlined as data URLs (OpenAI, Together), or as paths relative to
 the output's folder (LLaMA-Factory, TRL), a medium outside that folder, or one that came as a data URL, written into
 the media folder as `<sha256>.<ext>` (hard-linked where the file system allows, else copied; data URLs decoded).
+Media are opened through `files.media` (a path that leaves its root is refused there, and a missing or damaged
+file, or a data URL that is not base64 of its type, is the finding validate gives).
 
 Files named by their content: a file already there is the same bytes, so a re-run, another output into the same
 folder or several workers write each medium once. They are written while the rows are, so a run that fails may
@@ -10,7 +12,6 @@ leave media behind in the media folder, which the next run uses.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import mimetypes
 import os
@@ -18,11 +19,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from prep.core.findings import PrepError, row_error
+from prep.core.findings import PrepError
 from prep.core.media import Item, location
 from prep.files.atomic import new_temp
 from prep.files.errors import os_error_message
-from prep.files.hashing import sha256_file
+from prep.files.media import data, locate, probe
 
 # What the platform's MIME table spells otherwise, or lacks (OpenAI's input_audio names mp3 and wav).
 _EXTENSION = {"image/jpeg": ".jpg", "audio/mpeg": ".mp3", "audio/mp3": ".mp3", "audio/wav": ".wav",
@@ -62,27 +63,23 @@ class MediaOut:
     def _inline(self, item: Item) -> Item:
         if "url" in item:
             return item
-        source = _source(item)
+        source = str(locate(item))
         return {"type": item["type"], "at": item.get("at"),
-                "url": f"data:{_mime(source, item)};base64,{base64.b64encode(_read(source, item)).decode('ascii')}"}
+                "url": f"data:{_mime(source, item)};base64,{base64.b64encode(data(item)).decode('ascii')}"}
 
     def _file(self, item: Item) -> Item:
         if "url" in item and not item["url"].startswith("data:"):
             return item
         if "url" in item:
-            data, ext = _decode(item)
-            sha = hashlib.sha256(data).hexdigest()
-            target = os.path.join(self.media_dir, sha + ext)
+            blob = data(item)
+            target = os.path.join(self.media_dir, hashlib.sha256(blob).hexdigest() + _extension(item))
             if not os.path.exists(target):
-                self._write(target, item, data=data)
+                self._write(target, item, data=blob)
         else:
-            source = _source(item)
+            source = str(locate(item))
             if os.path.commonpath([self.folder, source]) == self.folder:
                 return {"type": item["type"], "path": _relative(source, self.folder), "at": item.get("at")}
-            try:
-                sha = sha256_file(source)
-            except OSError as e:
-                raise _unreadable(item, e) from None
+            sha = probe(item)["sha256"]  # the file's findings (missing, unreadable, ...) as validate gives them
             target = os.path.join(self.media_dir, sha + (os.path.splitext(source)[1].lower() or _guess_ext(item)))
             if not os.path.exists(target):
                 self._write(target, item, source=source)
@@ -114,41 +111,14 @@ class MediaOut:
             raise PrepError(f"cannot write {location(item)} into the media folder: {os_error_message(e)}") from None
 
 
-def _source(item: Item) -> str:
-    return os.path.normpath(os.path.join(os.path.abspath(item.get("root") or "."), item["path"]))
-
-
 def _relative(path: str, folder: str) -> str:
     return PurePosixPath(*os.path.relpath(path, folder).split(os.sep)).as_posix()
 
 
-def _read(source: str, item: Item) -> bytes:
-    try:
-        with open(source, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise _unreadable(item, e) from None
-
-
-def _unreadable(item: Item, e: OSError) -> Exception:
-    return row_error("bad_media", f"cannot read the {item['type']} {item['path']}: {os_error_message(e)}",
-                     item.get("at") or "$.media", hint="fix the path, or give --media-root the folder it is under")
-
-
-def _decode(item: Item) -> tuple[bytes, str]:
-    """A base64 data URL's bytes and the file extension its MIME type names."""
-    head, comma, payload = item["url"].partition(",")
-    if not comma or not head.endswith(";base64"):
-        raise row_error("bad_media", f"the {item['type']} is not a base64 data URL ({location(item)})",
-                        item.get("at") or "$.media", hint="write data:<type>;base64,<data>")
-    try:
-        data = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise row_error("bad_media", f"the {item['type']}'s data URL does not hold valid base64 "
-                        f"({location(item)})", item.get("at") or "$.media",
-                        hint="encode the file's bytes with base64") from None
-    mime = head[len("data:"):-len(";base64")].lower()
-    return data, _EXTENSION.get(mime) or mimetypes.guess_extension(mime) or _guess_ext(item)
+def _extension(item: Item) -> str:
+    """The file extension a data URL's MIME type names."""
+    mime = item["url"][len("data:"):].split(",", 1)[0].split(";", 1)[0].strip().lower()
+    return _EXTENSION.get(mime) or mimetypes.guess_extension(mime) or _guess_ext(item)
 
 
 def _guess_ext(item: Item) -> str:
