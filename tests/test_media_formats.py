@@ -200,6 +200,8 @@ def test_media_root_resolves_relative_paths(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr.decode()
     part = lines(out)[0]["messages"][0]["content"][0]
     assert part == {"type": "image_url", "image_url": {"url": data_url(image, "image/png")}}
+    assert run_prep("validate", str(rows), "--media-root", str(tmp_path / "store")).returncode == 0
+    assert b"media_missing" in run_prep("validate", str(rows)).stdout
     got, _ = records(Inputs(files=[str(rows)], media_root=str(tmp_path / "store")))
     assert got[0]["media"] == [{"type": "image", "path": "img/a.png", "root": str(tmp_path / "store"),
                                 "at": "$.images[0]"}]
