@@ -224,15 +224,13 @@ def unknown_role(role: Any, roles: Sequence[str]) -> tuple[str, str]:
     return f"unknown role {json.dumps(role, ensure_ascii=True, default=str)}", f"use one of {', '.join(roles)}"
 
 
-def parse_messages(value: Any, path: str, slots: list[md.Item | None] | None = None,
-                   root: str | None = None) -> list[Message]:
+def parse_messages(value: Any, path: str, slots: list[md.Item | None], root: str | None = None) -> list[Message]:
     """An OpenAI/TRL message list into canonical messages, linking tool results to their calls.
 
     Accepts what those formats allow: content as text parts, `content: null` beside tool calls,
     the legacy `function` role and `function_call`; call ids missing from the data are generated
     as `call_<n>` and a tool result without `tool_call_id` answers the oldest unanswered call.
-    With `slots`, media parts become placeholders in the text and their items are added to `slots`
-    (`content_parts`); without it they are refused.
+    Media parts become placeholders in the text and their items are added to `slots` (`content_parts`).
     """
     items = json_value(value, path, list)
     messages: list[Message] = []
@@ -315,7 +313,7 @@ def _message_extras(item: dict[str, Any], role: str, path: str, extra: dict[str,
 _URL_PARTS = {"image_url": "image", "video_url": "video"}
 
 
-def content_parts(value: Any, path: str, slots: list[md.Item | None] | None, root: str | None) -> str:
+def content_parts(value: Any, path: str, slots: list[md.Item | None], root: str | None) -> str:
     """A list of content parts as one text, each medium a placeholder (`<image>`) whose item (None for a bare part)
     is added to `slots`; adjacent text parts are joined, as templates render them back to back."""
     if value is None:
@@ -328,7 +326,7 @@ def content_parts(value: Any, path: str, slots: list[md.Item | None] | None, roo
         if kind == "text" and isinstance(part.get("text"), str):
             out.append(part["text"])
             continue
-        if slots is None or kind not in (*_URL_PARTS, "input_audio", *md.MEDIA_TYPES):
+        if kind not in (*_URL_PARTS, "input_audio", *md.MEDIA_TYPES):
             shown = kind if isinstance(part, dict) else type_name(part)
             raise row_error("unsupported_content", f"content part of type {shown!r} is not supported", f"{path}[{k}]")
         out.append(md.PLACEHOLDERS[_URL_PARTS.get(kind, "audio" if kind == "input_audio" else kind)])
