@@ -8,7 +8,9 @@ in the process can write.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -40,6 +42,23 @@ def _real(path: str) -> tuple[Path, tuple[int, int] | None]:
     return real, (st.st_dev, st.st_ino)
 
 
+_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def _special(path: str) -> str | None:
+    """What makes `path` no place for an output: a device, FIFO or socket, a symlink to one, or a symlink loop
+    (None: a regular file, a folder, a symlink to either, or nothing yet)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        return "a symlink loop" if e.errno == errno.ELOOP else None
+    what = next((name for test, name in _KINDS if test(mode)), None)
+    if what and os.path.islink(path):
+        return f"a symlink to {what}"
+    return what
+
+
 def _within(path: Path, folder: Path) -> bool:
     return path != folder and path.is_relative_to(folder)
 
@@ -51,6 +70,11 @@ def check_outputs(inputs: Iterable[str | Path | None], outputs: dict[str, str | 
     own files go (see reserve), and an output folder holding an input."""
     ins = [(str(i), *_real(str(i))) for i in inputs if i is not None and str(i) != "-" and os.path.exists(i)]
     outs = [(flag, str(o), *_real(str(o))) for flag, o in outputs.items() if o is not None and str(o) != "-"]
+    for flag, given, *_ in outs:
+        special = _special(given)
+        if special:
+            raise PrepError(f"{flag} {given} is {special}: prep writes a new file and renames it into place, which "
+                            "would replace it; give the path of a regular file (or `-` for standard output)")
     for flag, given, real, ident in outs:
         for name, in_real, in_ident in ins:
             if real == in_real or (ident is not None and ident == in_ident):
