@@ -40,3 +40,23 @@ def test_an_output_that_is_a_device_fifo_or_special_symlink_is_refused_and_left_
     assert stat.S_ISCHR(os.stat(device).st_mode) and stat.S_ISFIFO(os.stat(fifo).st_mode)
     assert os.path.islink(tmp_path / "to-device") and os.readlink(tmp_path / "loop") == "loop"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "loop", "null", "to-device"]
+
+
+def test_configuration_files_must_be_regular_and_within_the_size_limit(tmp_path: Path) -> None:
+    """/dev/zero as a template, a registry or a recipe once read until MemoryError (19.7 GB)."""
+    (tmp_path / "recipe.yaml").symlink_to("/dev/zero")
+    (tmp_path / "zero.jinja").symlink_to("/dev/zero")
+    big = tmp_path / "big.jinja"
+    with big.open("wb") as f:
+        f.truncate(65 << 20)  # sparse: the size is checked, not the bytes
+    cases = [(("template", str(OPENAI), "--tokenizer", str(SAMPLES / "tokenizer"), "--template", str(tmp_path / "zero.jinja")),
+              "zero.jinja: the template must be a regular file, not a device, FIFO or socket"),
+             (("template", str(OPENAI), "--tokenizer", str(SAMPLES / "tokenizer"), "--template", str(big)),
+              f"{big}: the template is 65 MB; prep reads at most 64 MB of configuration"),
+             (("convert", "--dataset", "x", "--dataset-info", "/dev/zero", "--to", "openai", "-o", str(tmp_path / "o.jsonl")),
+              "/dev/zero: the registry must be a regular file"),
+             (("run", str(tmp_path / "recipe.yaml")), "recipe.yaml: the recipe must be a regular file")]
+    for args, words in cases:
+        done = run_prep(*args)
+        assert done.returncode == 2 and words.encode() in done.stderr, (args, done.stderr)
+    assert not (tmp_path / "o.jsonl").exists()

@@ -14,6 +14,7 @@ from typing import Any
 
 from prep.core.findings import Batch, PrepError
 from prep.files.paths import split_suffix
+from prep.files.read import read_config
 
 _HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url")
 _ALPACA_COLUMNS = ("prompt", "query", "response", "history", "system", "tools", "chosen", "rejected", "kto_tag",
@@ -38,7 +39,7 @@ def load_entry(registry: str, name: str) -> Entry:
     if path.is_dir():
         path = path / "dataset_info.json"
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = json.loads(read_config(path, "registry"))
     except OSError as e:
         raise PrepError(f"{path}: cannot read the registry: {e.strerror or e}") from None
     except ValueError as e:

@@ -26,6 +26,7 @@ from prep.checks import schemas
 from prep.core.extras import require_train_extra
 from prep.core.findings import PrepError
 from prep.core.options import METHOD_KINDS, RECIPE_NODES, RECIPE_SECTIONS, TABLES
+from prep.files.read import read_config
 from prep.formats import llamafactory
 from prep.render.tokenizer import tokenizer_folder
 
@@ -76,9 +77,9 @@ def parse_set(text: str) -> tuple[JsonPath, Any]:
 def load_recipe(path: str | Path, sets: Sequence[str] = ()) -> Recipe:
     """Read, override (`--set`), check and resolve a recipe; any problem is a PrepError naming the line."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise PrepError(f"{path}: no such recipe file")
-    text = path.read_text(encoding="utf-8")
+    text = read_config(path, "recipe")
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         _check_size(root, path)  # before anything walks the tree: aliases can make it exponentially large
