@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,46 @@ def test_configuration_files_must_be_regular_and_within_the_size_limit(tmp_path:
         done = run_prep(*args)
         assert done.returncode == 2 and words.encode() in done.stderr, (args, done.stderr)
     assert not (tmp_path / "o.jsonl").exists()
+
+
+BOMBS = ["{{ [1, 2] | tojson(indent=999999999) }}", "{{ 'a\\nb' | indent(999999999) }}",
+         "{{ 'x' | center(999999999) }}", "{{ '%999999999s' | format('x') }}", "{{ '%999999999s' % 'x' }}",
+         "{{ '%*s' % (999999999, 'x') }}", "{{ '{:>999999999}'.format('x') }}", "{{ '{:.999999999f}'.format(1.0) }}",
+         "{{ 'x'.rjust(999999999) }}", "{{ 'x'.ljust(999999999) }}", "{{ 'x'.zfill(999999999) }}",
+         "{{ ('x' * 4000) | replace('x', 'y' * 4000) | replace('y', 'z' * 4000) }}",
+         "{{ ('x' * 4000).replace('x', 'y' * 4000).replace('y', 'z' * 4000) }}",
+         "{{ ('\\t' * 4000).expandtabs(999999) }}", "{{ ('x' * 9000000) | join('y' * 10) }}",
+         "{{ ('y' * 10).join('x' * 9000000) }}"]
+
+
+def test_template_filters_and_methods_cannot_build_gigabytes_inside_one_call() -> None:
+    """Each once built 1-11 GB inside one filter call, past the 5 s / 16 M-character limits of the whole render."""
+    script = f"""
+import resource, time
+from prep.render.jinja import TemplateLimit, render_chat
+for source in {BOMBS!r}:
+    started = time.monotonic()
+    try:
+        render_chat(source, [], None, False, {{}})
+    except TemplateLimit as e:
+        print("refused", round(time.monotonic() - started, 2), e)
+    else:
+        print("rendered", source)
+print("peak", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0 and len(lines) == len(BOMBS) + 1, done.stdout + done.stderr
+    assert all(line.startswith("refused") and float(line.split()[1]) < 5 for line in lines[:-1]), lines
+    assert int(lines[-1].split()[1]) < 400, lines[-1]  # MB; the bombs asked for 1-11 GB
+
+
+def test_bounded_filters_still_render_what_real_templates_write() -> None:
+    from prep.render.jinja import render_chat
+
+    source = ("{{ tools | tojson(indent=4) }}|{{ 'a\\nb' | indent(2) }}|{{ 'x' | center(5) }}|{{ '%05d' | format(7) }}|"
+              "{{ '{:>4}'.format('x') }}|{{ 'a-b' | replace('-', '+') }}|{{ ['a', 'b'] | join(', ') }}|"
+              "{{ messages | map(attribute='role') | join(',') }}|{{ 'ab'.replace('a', 'c') }}")
+    out = render_chat(source, [{"role": "user", "content": "hi"}], [{"a": [1]}], False, {})
+    assert out == ('[\n    {\n        "a": [\n            1\n        ]\n    }\n]|a\n  b|  x  |00007|   x|a+b|a, b|'
+                   'user|cb')
