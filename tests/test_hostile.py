@@ -118,3 +118,39 @@ def test_a_recipe_input_inside_the_run_folder_is_refused_and_kept(tmp_path: Path
     assert done.returncode == 2, done.stderr
     assert f"the input {rejects} is inside the output folder output: {tmp_path / 'run'}".encode() in done.stderr
     assert rejects.read_bytes() == OPENAI.read_bytes()
+
+
+def _rss_mb(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def test_num_samples_streams_in_flat_memory_and_stops_at_sigterm(tmp_path: Path) -> None:
+    """num_samples 10^12 once held every sampled row: killed by the kernel at 23.9 GB, deaf to SIGTERM meanwhile."""
+    import json
+    import signal
+    import time
+
+    (tmp_path / "rows.jsonl").write_bytes(OPENAI.read_bytes())
+    (tmp_path / "dataset_info.json").write_text(json.dumps(
+        {"big": {"file_name": "rows.jsonl", "formatting": "sharegpt", "num_samples": 10**12,
+                 "columns": {"messages": "messages"},
+                 "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                          "assistant_tag": "assistant", "system_tag": "system"}}}))
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "prep", "convert", "--dataset", "big", "--dataset-info",
+                             str(tmp_path / "dataset_info.json"), "--to", "openai", "-o", str(out), "-q"],
+                            stderr=subprocess.PIPE)
+    try:
+        time.sleep(6)
+        first = _rss_mb(proc.pid)
+        time.sleep(6)
+        second = _rss_mb(proc.pid)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
+    assert max(first, second) < 300 and second - first < 50, (first, second)
+    assert proc.returncode == 130
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]

@@ -14,6 +14,7 @@ from typing import Any
 
 from prep.core.findings import Batch, PrepError
 from prep.files.paths import split_suffix
+from prep.files.pieces import BATCH_ROWS
 from prep.files.read import read_config
 
 _HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url")
@@ -126,18 +127,23 @@ def sample_plan(total: int, n: int, seed: int) -> Counter[int]:
     return Counter({i: c for i, c in enumerate(row_counts(total, n, (seed,)).tolist()) if c})
 
 
-def sample(batches: Iterable[Batch[Any]], plan: Counter[int]) -> Iterator[Batch[Any]]:
-    """Stage: keep (or repeat) rows by their position in the entry's files, rejects included."""
+def sample(batches: Iterable[Batch[Any]], plan: Counter[int], batch_rows: int = BATCH_ROWS) -> Iterator[Batch[Any]]:
+    """Stage: keep (or repeat) rows by their position in the entry's files, rejects included, in batches of at most
+    `batch_rows`: `num_samples` of 10^12 streams in flat memory (and stops at Ctrl-C or SIGTERM between batches)."""
     position = 0
+    out: Batch[Any] = Batch()
     for batch in batches:
         entries = sorted([(s.row, False, i) for i, s in enumerate(batch.sources)] +
                          [(rej.source.row, True, i) for i, rej in enumerate(batch.rejects)])
-        out: Batch[Any] = Batch()
         for _, is_reject, i in entries:
             for _ in range(plan.get(position, 0)):
                 if is_reject:
                     out.rejects.append(batch.rejects[i])
                 else:
                     out.add(batch.items[i], batch.sources[i])
+                if len(out.items) + len(out.rejects) >= batch_rows:
+                    yield out
+                    out = Batch()
             position += 1
+    if out.items or out.rejects:
         yield out
