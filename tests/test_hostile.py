@@ -154,3 +154,52 @@ def test_num_samples_streams_in_flat_memory_and_stops_at_sigterm(tmp_path: Path)
     assert max(first, second) < 300 and second - first < 50, (first, second)
     assert proc.returncode == 130
     assert not out.exists() and not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+KILL_AT_RENAME = """
+import os, signal, sys
+import prep.files.atomic as atomic
+from prep.cli import main
+
+k, calls = int(sys.argv[1]), [0]
+
+def killing(real):
+    def call(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == k:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    return call
+
+os.replace, atomic._exchange = killing(os.replace), killing(atomic._exchange)
+main(sys.argv[2:], prog_name="prep")
+"""
+
+
+def test_split_swaps_train_and_validation_in_as_one_unit(tmp_path: Path) -> None:
+    """Killed between its two renames, split once left the new validation beside the old train (3,179 of 4,000
+    validation ids also in train). Killed at every rename it makes, the folder holds the old pair or the new one."""
+    out = tmp_path / "split"
+
+    def split(seed: int, kill_at: int = 0) -> subprocess.CompletedProcess[bytes]:
+        args = ["split", str(OPENAI), "--val", "0.4", "--seed", str(seed), "-o", str(out), "--rejects",
+                str(out / "rejects.jsonl"), "-q"]
+        return subprocess.run([sys.executable, "-c", KILL_AT_RENAME, str(kill_at), *args], capture_output=True,
+                              env={**os.environ, "PYTHONPATH": str(SAMPLES.parent / "src")})
+
+    def pair() -> tuple[bytes, bytes, bytes]:
+        return tuple((out / n).read_bytes() for n in ("train.jsonl", "validation.jsonl", "manifest.json"))
+
+    assert split(2).returncode == 0
+    new = pair()
+    assert split(1).returncode == 0
+    old = pair()
+    (out / "notes.txt").write_text("mine")
+    assert old[:2] != new[:2]
+    kill_at = 1
+    while (done := split(2, kill_at)).returncode != 0:
+        assert done.returncode == -9, done.stderr
+        assert pair() in (old, new), f"killed at rename {kill_at}: a mixed pair"
+        assert (out / "notes.txt").read_text() == "mine"
+        kill_at += 1
+    assert kill_at > 2 and pair() == new and (out / "notes.txt").read_text() == "mine"

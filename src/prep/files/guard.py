@@ -63,6 +63,11 @@ def _within(path: Path, folder: Path) -> bool:
     return path != folder and path.is_relative_to(folder)
 
 
+def is_within(path: str | Path, folder: str | Path) -> bool:
+    """Whether `path` lies inside `folder` (through symlinks too)."""
+    return _within(Path(os.path.realpath(path)), Path(os.path.realpath(folder)))
+
+
 def check_outputs(inputs: Iterable[str | Path | None], outputs: dict[str, str | Path | None]) -> None:
     """Refuse, before anything is read or written, outputs that would destroy what the run reads or writes: an
     output (`outputs`: option -> path) that is an input (the same file through symlinks or hard links), one that is
