@@ -203,3 +203,26 @@ def test_split_swaps_train_and_validation_in_as_one_unit(tmp_path: Path) -> None
         assert (out / "notes.txt").read_text() == "mine"
         kill_at += 1
     assert kill_at > 2 and pair() == new and (out / "notes.txt").read_text() == "mine"
+
+
+def test_report_never_writes_over_what_it_reads_through_manifests_and_runs(tmp_path: Path) -> None:
+    """`prep report PACKED -o TOK/data/shard-00000.parquet` and `prep report RUN -o RUN/pack/manifest.json` once
+    overwrote what they read, rc 0."""
+    import hashlib
+
+    from test_reliability import recipe
+
+    tok, packed = tmp_path / "tok", tmp_path / "packed"
+    assert run_prep("tokenize", str(OPENAI), "--tokenizer", str(SAMPLES / "tokenizer"), "--template", "chatml",
+                    "-o", str(tok), "-q").returncode == 0
+    assert run_prep("pack", str(tok), "--max-len", "512", "-o", str(packed), "-q").returncode == 0
+    run = tmp_path / "run"
+    assert run_prep("run", str(recipe(tmp_path))).returncode in (0, 1)
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (*tmp_path.rglob("*.parquet"),
+                                                                      *tmp_path.rglob("manifest.json"))}
+    for target, out in ((packed, tok / "data" / "shard-00000.parquet"), (run, run / "pack" / "manifest.json"),
+                        (run, run / "run.json")):
+        done = run_prep("report", str(target), "-o", str(out))
+        assert done.returncode == 2, (target, out, done.stderr)
+    assert before == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in before}
+    assert run_prep("report", str(run)).returncode in (0, 1) and (run / "report.html").is_file()

@@ -25,6 +25,7 @@ from prep.core.findings import PrepError, Tally
 from prep.core.options import checked
 from prep.core.result import Result, outputs
 from prep.files.atomic import write_text_atomic
+from prep.files.guard import check_outputs
 from prep.render.tokenizer import Tokenizer, shard_decoder
 from prep.shards.layout import MANIFEST, read_manifest
 from prep.shards.reader import iter_tables, read_row
@@ -75,6 +76,7 @@ def report(target: str | Path, output: str | None = None, *, tokenizer: str | No
     report file) and return what it shows."""
     found = _find(Path(target))
     out = Path(output) if output else found.root / PAGE
+    check_outputs(_reads(found), {"-o": out})  # what TARGET leads to (a packed folder's source, a run's stages)
     notes: list[str] = []
     data = gather(found, out.parent, tokenizer, notes)
     html = page(data)
@@ -110,6 +112,16 @@ def _find(target: Path) -> _Found:
         return _find(target / VALIDATE_REPORT)
     raise PrepError(f"{target}: nothing to report on; give a prep run folder ({RUN}), a shard folder ({MANIFEST}), a "
                     f"train folder ({TRAIN_REPORT}) or a validate report")
+
+
+def _reads(found: _Found) -> list[Path]:
+    """Every file the page is made from (a shard folder's manifest and shards: the page itself may go beside them)."""
+    reads = [p for _, folder, m in found.shards for p in (folder / MANIFEST, *(folder / s["path"] for s in m["shards"]))]
+    reads += [p for p in (found.validate_path, found.train_folder and found.train_folder / TRAIN_REPORT) if p]
+    if found.run is not None:
+        reads.append(found.root / RUN)
+        reads += [p for stage in found.run.get("stages", []) if (p := found.root / stage["name"] / "rejects.jsonl").is_file()]
+    return reads
 
 
 def _json(path: Path) -> dict[str, Any]:
