@@ -255,3 +255,31 @@ def test_a_full_disk_under_rejects_names_the_rejects_file(tmp_path: Path) -> Non
             assert list(disk.iterdir()) == [] and not (tmp_path / "out.jsonl").exists(), args
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_nul_bytes_in_paths_and_nan_losses_get_one_line(tmp_path: Path) -> None:
+    """A NUL in a registry file_name or a recipe output, and a report of a run whose loss went NaN, were "internal
+    error"."""
+    import json
+
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"x": {"file_name": "a\0b.jsonl"}}))
+    done = run_prep("convert", "--dataset", "x", "--dataset-info", str(tmp_path / "dataset_info.json"), "--to",
+                    "openai", "-o", str(tmp_path / "o.jsonl"))
+    assert done.returncode == 2 and b"has a file_name that is not a path (it holds a NUL byte)" in done.stderr
+    (tmp_path / "r.yaml").write_text(f'name: r\noutput: "a\\0b"\ninputs:\n  files: [{OPENAI}]\nvalidate: {{}}\n')
+    done = run_prep("run", str(tmp_path / "r.yaml"))
+    assert done.returncode == 2 and done.stderr.decode() == f"prep: {tmp_path / 'r.yaml'}:2: output holds a NUL " \
+                                                            "byte, which no path can\n"
+    train = tmp_path / "train"
+    train.mkdir()
+    report = {"shards": str(tmp_path / "gone"), "model": "m", "method": "lora", "objective": "sft", "packed": False,
+              "padding_free": False, "batching": "padded", "steps": 3, "epochs": 1.0, "runtime_s": 1.0, "tokens": 30,
+              "trained_tokens": 10, "tokens_per_s": 30.0, "first_loss": float("nan"), "last_loss": 2.0,
+              "eval_loss": None, "eval": {}, "peak_memory": {}, "options": {}, "notes": [],
+              "loss_curve": [{"step": 1, "loss": float("nan")}, {"step": 2, "loss": float("inf")},
+                             {"step": 3, "loss": 2.0, "learning_rate": 1e-4}]}
+    (train / "training_report.json").write_text(json.dumps(report))
+    done = run_prep("report", str(train))
+    assert done.returncode == 0, done.stderr
+    assert b"2 step(s) with a NaN or infinite loss are left off the chart" in done.stderr + done.stdout
+    assert (train / "report.html").stat().st_size > 1000

@@ -68,8 +68,9 @@ def load_entry(registry: str, name: str) -> Entry:
 
 
 def _files(root: Path, file_name: Any, name: str, registry: Path) -> list[str]:
-    if not isinstance(file_name, str) or not file_name:
-        raise PrepError(f"{registry}: dataset {name!r} has a file_name that is not a path")
+    if not isinstance(file_name, str) or not file_name or "\0" in file_name:
+        raise PrepError(f"{registry}: dataset {name!r} has a file_name that is not a path" +
+                        (" (it holds a NUL byte)" if isinstance(file_name, str) and "\0" in file_name else ""))
     base = root.resolve()
     target = (root / file_name).resolve()
     if not target.is_relative_to(base):

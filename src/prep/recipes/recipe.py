@@ -285,6 +285,8 @@ def _resolve(data: dict[str, Any], folder: Path, lines: _Lines) -> dict[str, Any
         node = data
         for step in at[:-1]:
             node = node[step]
+        if "\0" in node[at[-1]]:
+            raise PrepError(f"{lines.at(at)}: {'.'.join(map(str, at))} holds a NUL byte, which no path can")
         value, spec = split_spec(node[at[-1]]) if at[:2] == ("inputs", "files") else (node[at[-1]], "")
         local = Path(os.path.normpath((Path.cwd() if lines.option(at) else folder) / os.path.expanduser(value)))
         # samples/tokenzer is a misspelt folder under samples/, not a hub id: owner/ must not be a local folder

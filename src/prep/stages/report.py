@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -188,7 +189,7 @@ def gather(found: _Found, page_dir: Path, tokenizer: str | None, notes: list[str
         "shards": [_shards(stage, folder, m) for stage, folder, m in found.shards],
         "samples": _samples(found, tokenizer, notes, page_dir) if final else [],
         "origin": _origin(found),
-        "training": _training(found) if found.train is not None else None,
+        "training": _training(found, notes) if found.train is not None else None,
     }
     first = data["stages"][0] if data["stages"] else {"read": 0}
     last_rows = next((s["written"] for s in reversed(data["stages"]) if s.get("written") is not None), 0)
@@ -470,19 +471,25 @@ def _runs(decoder: Tokenizer, ids: list[int], labels: list[int]) -> list[tuple[s
 _NOT_SERIES = {"step", "epoch", "tokens_seen"}
 
 
-def _training(found: _Found) -> dict[str, Any]:
+def _training(found: _Found, notes: list[str]) -> dict[str, Any]:
     """The training report's figures and every numeric series of its curve, grouped into charts: losses,
     the learning rate, and one chart per family of the rest (rewards/..., logps/...), whatever the trainer
-    logged."""
+    logged. A NaN or infinite value (a diverged run) is left off its chart, and the notes say how many."""
     t = found.train or {}
     curve = t.get("loss_curve")
     if curve is None and found.train_folder and (found.train_folder / "loss_curve.csv").is_file():
         curve = _read_curve(found.train_folder / "loss_curve.csv")
     series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    off: Counter[str] = Counter()
     for point in curve or []:
         for key, value in point.items():
             if key not in _NOT_SERIES and isinstance(value, (int, float)) and not isinstance(value, bool):
-                series[key].append((point["step"], float(value)))
+                if math.isfinite(value) and math.isfinite(point["step"]):
+                    series[key].append((point["step"], float(value)))
+                else:
+                    off[key] += 1
+    notes.extend(f"{n} step(s) with a NaN or infinite {key} are left off the chart (the run diverged there)"
+                 for key, n in off.items())
     charts: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(dict)
     for key, points in series.items():
         charts[_chart_of(key)][key] = points
