@@ -283,3 +283,21 @@ def test_nul_bytes_in_paths_and_nan_losses_get_one_line(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert b"2 step(s) with a NaN or infinite loss are left off the chart" in done.stderr + done.stdout
     assert (train / "report.html").stat().st_size > 1000
+
+
+def test_a_long_training_curve_makes_a_small_page(tmp_path: Path) -> None:
+    """A 200,000-point loss curve once made a 22 MB page."""
+    import json
+
+    train = tmp_path / "train"
+    train.mkdir()
+    report = {"shards": str(tmp_path / "gone"), "model": "m", "method": "lora", "objective": "sft", "packed": False,
+              "padding_free": False, "batching": "padded", "steps": 200_000, "epochs": 1.0, "runtime_s": 1.0,
+              "tokens": 30, "trained_tokens": 10, "tokens_per_s": 30.0, "first_loss": 9.0, "last_loss": 2.0,
+              "eval_loss": None, "eval": {}, "peak_memory": {}, "options": {}, "notes": [],
+              "loss_curve": [{"step": i, "loss": 9 - i / 30_000, "learning_rate": 1e-4} for i in range(1, 200_001)]}
+    (train / "training_report.json").write_text(json.dumps(report))
+    done = run_prep("report", str(train))
+    assert done.returncode == 0, done.stderr
+    assert b"loss: 200,000 points drawn as 2,000" in done.stderr + done.stdout
+    assert (train / "report.html").stat().st_size < 1_000_000  # was 22 MB

@@ -38,6 +38,7 @@ RUN, VALIDATE_REPORT, TRAIN_REPORT = "run.json", "report.json", "training_report
 PAGE = "report.html"
 EXAMPLES = 5  # locations shown per finding code
 SAMPLE_TOKENS = 1500  # tokens decoded per sample row; the rest of a long row is only counted
+CHART_POINTS = 2_000  # points drawn per series of a training curve
 _REJECT_LINES = 10_000  # lines of a rejects file read for examples (the counts come from the manifests)
 
 
@@ -490,6 +491,11 @@ def _training(found: _Found, notes: list[str]) -> dict[str, Any]:
                     off[key] += 1
     notes.extend(f"{n} step(s) with a NaN or infinite {key} are left off the chart (the run diverged there)"
                  for key, n in off.items())
+    for key, points in series.items():
+        if len(points) > CHART_POINTS:  # a 200k-step curve once made a 22 MB page
+            notes.append(f"{key}: {len(points):,} points drawn as {CHART_POINTS:,} (every "
+                         f"{math.ceil(len(points) / CHART_POINTS)}th, and the last)")
+            series[key] = _thinned(points)
     charts: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(dict)
     for key, points in series.items():
         charts[_chart_of(key)][key] = points
@@ -499,6 +505,13 @@ def _training(found: _Found, notes: list[str]) -> dict[str, Any]:
             "tokens_per_s": t.get("tokens_per_s"), "first_loss": t.get("first_loss"), "last_loss": t.get("last_loss"),
             "eval_loss": t.get("eval_loss"), "peak_memory": t.get("peak_memory") or {}, "batching": t.get("batching"),
             "charts": [{"title": c, "series": charts[c]} for c in order]}
+
+
+def _thinned(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """At most CHART_POINTS of a series, evenly spaced, its last point kept."""
+    step = math.ceil(len(points) / CHART_POINTS)
+    kept = points[::step]
+    return kept if kept[-1] == points[-1] else [*kept[:CHART_POINTS - 1], points[-1]]
 
 
 def _chart_of(key: str) -> str:
