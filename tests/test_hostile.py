@@ -301,3 +301,19 @@ def test_a_long_training_curve_makes_a_small_page(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert b"loss: 200,000 points drawn as 2,000" in done.stderr + done.stdout
     assert (train / "report.html").stat().st_size < 1_000_000  # was 22 MB
+
+
+def test_a_stray_nul_near_the_start_is_the_rows_finding_not_the_files(tmp_path: Path) -> None:
+    """A raw NUL in the first 64 bytes once refused the whole file as UTF-16/32; on line 3 it was a per-row bad_json."""
+    rows = OPENAI.read_bytes().splitlines(keepends=True)
+    data = tmp_path / "nul.jsonl"
+    data.write_bytes(b'{"text": "a\x00b"}\n' + b"".join(rows))
+    out = tmp_path / "out.jsonl"
+    done = run_prep("convert", str(data), "--to", "openai", "-o", str(out), "--rejects", str(tmp_path / "rej.jsonl"))
+    assert done.returncode == 1, done.stderr
+    assert len(out.read_bytes().splitlines()) == len(rows)
+    assert b'"line": 1' in (tmp_path / "rej.jsonl").read_bytes()
+    utf16 = tmp_path / "utf16.jsonl"
+    utf16.write_bytes(b"".join(rows).decode().encode("utf-16-le"))
+    done = run_prep("convert", str(utf16), "--to", "openai", "-o", str(out))
+    assert done.returncode == 2 and b"UTF-16 or UTF-32 without a byte-order mark" in done.stderr
