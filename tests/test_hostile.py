@@ -31,14 +31,15 @@ def test_an_output_that_is_a_device_fifo_or_special_symlink_is_refused_and_left_
     (tmp_path / "to-device").symlink_to(device)
     (tmp_path / "loop").symlink_to("loop")
     cases = [("-o", device, "a character device"), ("-o", fifo, "a FIFO"),
-             ("-o", tmp_path / "to-device", "a symlink to a character device"), ("-o", tmp_path / "loop", "a symlink loop"),
+             ("-o", tmp_path / "to-device", "a symlink to a character device"), ("-o", tmp_path / "loop", None),
              ("--rejects", device, "a character device"), ("--report", device, "a character device")]
     for flag, target, what in cases:
         args = ["validate", str(OPENAI), flag, str(target)] if flag != "-o" else \
             ["convert", str(OPENAI), "--to", "openai", "-o", str(target)]
         done = run_prep(*args)
         assert done.returncode == 2, (flag, target, done.stderr)
-        assert f"{flag} {target} is {what}".encode() in done.stderr, done.stderr
+        words = f"{flag} {target} is {what}" if what else f"{flag} {target}: too many levels of symbolic links"
+        assert words.encode() in done.stderr, done.stderr
     assert stat.S_ISCHR(os.stat(device).st_mode) and stat.S_ISFIFO(os.stat(fifo).st_mode)
     assert os.path.islink(tmp_path / "to-device") and os.readlink(tmp_path / "loop") == "loop"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "loop", "null", "to-device"]
@@ -77,7 +78,7 @@ BOMBS = ["{{ [1, 2] | tojson(indent=999999999) }}", "{{ 'a\nb' | indent(99999999
 def test_template_filters_and_methods_cannot_build_gigabytes_inside_one_call() -> None:
     """Each once built 1-11 GB inside one filter call, past the 5 s / 16 M-character limits of the whole render."""
     script = f"""
-import resource, time
+import time
 from prep.render.jinja import TemplateLimit, render_chat
 for source in {BOMBS!r}:
     started = time.monotonic()
@@ -87,13 +88,14 @@ for source in {BOMBS!r}:
         print("refused", round(time.monotonic() - started, 2), e)
     else:
         print("rendered", source)
-print("peak", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+# VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child of a large pytest would report the parent's
+print("peak", next(int(line.split()[1]) // 1024 for line in open("/proc/self/status") if line.startswith("VmHWM")))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     lines = done.stdout.splitlines()
     assert done.returncode == 0 and len(lines) == len(BOMBS) + 1, done.stdout + done.stderr
     assert all(line.startswith("refused") and float(line.split()[1]) < 5 for line in lines[:-1]), lines
-    assert int(lines[-1].split()[1]) < 400, lines[-1]  # MB; the bombs asked for 1-11 GB
+    assert int(lines[-1].split()[1]) < 400, lines  # MB; the bombs asked for 1-11 GB
 
 
 def test_bounded_filters_still_render_what_real_templates_write() -> None:

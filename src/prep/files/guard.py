@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from prep.core.findings import PrepError
+from prep.files.errors import ERRNO_WORDS
 
 _RESERVED: dict[str, None] = {}  # names written inside output folders, in the order registered
 _FOLDER_KINDS: list[Callable[[Path], bool]] = []  # each tells a folder of one kind prep writes
@@ -42,6 +43,7 @@ def _real(path: str) -> tuple[Path, tuple[int, int] | None]:
     return real, (st.st_dev, st.st_ino)
 
 
+_LOOP = "a symlink loop"
 _KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
           (stat.S_ISSOCK, "a socket"))
 
@@ -52,7 +54,7 @@ def _special(path: str) -> str | None:
     try:
         mode = os.stat(path).st_mode
     except OSError as e:
-        return "a symlink loop" if e.errno == errno.ELOOP else None
+        return _LOOP if e.errno == errno.ELOOP else None
     what = next((name for test, name in _KINDS if test(mode)), None)
     if what and os.path.islink(path):
         return f"a symlink to {what}"
@@ -77,6 +79,8 @@ def check_outputs(inputs: Iterable[str | Path | None], outputs: dict[str, str | 
     outs = [(flag, str(o), *_real(str(o))) for flag, o in outputs.items() if o is not None and str(o) != "-"]
     for flag, given, *_ in outs:
         special = _special(given)
+        if special == _LOOP:
+            raise PrepError(f"{flag} {given}: {ERRNO_WORDS[errno.ELOOP]}")
         if special:
             raise PrepError(f"{flag} {given} is {special}: prep writes a new file and renames it into place, which "
                             "would replace it; give the path of a regular file (or `-` for standard output)")
