@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -281,9 +282,19 @@ def test_deep_json_is_a_too_deep_reject_and_the_good_rows_stay(tmp_path: Path) -
     assert done.returncode == 1, done.stderr
     assert b"too_deep" in done.stderr and b"internal error" not in done.stderr
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 4
+    # in a .json array too: the deep value is a reject, skipped without being held, and the rows after it are read
+    rows = [json.loads(line) for line in data.read_text().splitlines() if len(line) < 1000]
     deep = tmp_path / "deep.json"
-    deep.write_text("[" * 100_000 + "]" * 100_000)
+    deep.write_text("[" + ",".join(json.dumps(r) for r in rows[:2]) + ',{"messages": ' + "[" * 100_000 +
+                    '"]]" ' + "]" * 100_000 + "}," + ",".join(json.dumps(r) for r in rows[2:]) + "]")
     done = run_prep("convert", str(deep), "--to", "openai", "-o", str(tmp_path / "o2.jsonl"))
+    assert done.returncode == 1 and b"deep.json:1 $ too_deep" in done.stderr, done.stderr
+    def messages(path: Path) -> list[Any]:
+        return [json.loads(line)["messages"] for line in path.read_text().splitlines()]
+
+    assert messages(tmp_path / "o2.jsonl") == messages(tmp_path / "out.jsonl")
+    (tmp_path / "bad.json").write_text('{"x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    done = run_prep("convert", str(tmp_path / "bad.json"), "--to", "openai", "-o", str(tmp_path / "o3.jsonl"))
     assert done.returncode == 2 and b"deeper than can be read" in done.stderr, done.stderr
 
 

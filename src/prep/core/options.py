@@ -51,6 +51,7 @@ MIX_BY = ("rows", "tokens")
 RENDER_SECONDS = 5.0  # a chat template rendering one conversation longer than this is stopped (a runaway loop)
 RENDER_CHARS = 16 << 20  # ... or writing more characters than this
 RECIPE_NODES = 100_000  # values a recipe may expand to through its YAML aliases
+MAX_CONFIG_BYTES = 64 << 20  # a template, registry, recipe or tokenizer file larger than this is refused (tokenizer.json: 7-33 MB)
 MAX_ROW_BYTES = 64 << 20  # a line-based row longer than this is a too_large reject, not read (JSONL rows: a few KB)
 # What a medium may hold before it is media_too_large: Pillow's own decompression-bomb limit (its
 # Image.MAX_IMAGE_PIXELS), a gigabyte, an hour.

@@ -195,6 +195,21 @@ class Staged(AllOrNothing):
             self._scratch.pop().unlink(missing_ok=True)
 
 
+def link_others(old: Path, new: Path) -> None:
+    """Give the folder `new`, about to replace `old`, the files of `old` it does not hold itself (hard links, or
+    copies across devices), so swapping it in loses nothing that was beside the replaced files."""
+    if not old.is_dir():
+        return
+    for entry in old.iterdir():
+        target = new / entry.name
+        if target.exists() or entry.is_dir() or TEMP_MARK in entry.name:
+            continue
+        try:
+            os.link(entry, target, follow_symlinks=False)
+        except OSError:
+            shutil.copy2(entry, target, follow_symlinks=False)
+
+
 @contextlib.contextmanager
 def replaced(path: str | Path, folder: bool = False) -> Iterator[Path]:
     """A temporary file (or empty folder) beside `path` to write in the block; put in place of `path` when the

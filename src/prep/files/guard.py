@@ -8,11 +8,14 @@ in the process can write.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from prep.core.findings import PrepError
+from prep.files.errors import ERRNO_WORDS
 
 _RESERVED: dict[str, None] = {}  # names written inside output folders, in the order registered
 _FOLDER_KINDS: list[Callable[[Path], bool]] = []  # each tells a folder of one kind prep writes
@@ -40,8 +43,31 @@ def _real(path: str) -> tuple[Path, tuple[int, int] | None]:
     return real, (st.st_dev, st.st_ino)
 
 
+_LOOP = "a symlink loop"
+_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def _special(path: str) -> str | None:
+    """What makes `path` no place for an output: a device, FIFO or socket, a symlink to one, or a symlink loop
+    (None: a regular file, a folder, a symlink to either, or nothing yet)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        return _LOOP if e.errno == errno.ELOOP else None
+    what = next((name for test, name in _KINDS if test(mode)), None)
+    if what and os.path.islink(path):
+        return f"a symlink to {what}"
+    return what
+
+
 def _within(path: Path, folder: Path) -> bool:
     return path != folder and path.is_relative_to(folder)
+
+
+def is_within(path: str | Path, folder: str | Path) -> bool:
+    """Whether `path` lies inside `folder` (through symlinks too)."""
+    return _within(Path(os.path.realpath(path)), Path(os.path.realpath(folder)))
 
 
 def check_outputs(inputs: Iterable[str | Path | None], outputs: dict[str, str | Path | None]) -> None:
@@ -51,6 +77,13 @@ def check_outputs(inputs: Iterable[str | Path | None], outputs: dict[str, str | 
     own files go (see reserve), and an output folder holding an input."""
     ins = [(str(i), *_real(str(i))) for i in inputs if i is not None and str(i) != "-" and os.path.exists(i)]
     outs = [(flag, str(o), *_real(str(o))) for flag, o in outputs.items() if o is not None and str(o) != "-"]
+    for flag, given, *_ in outs:
+        special = _special(given)
+        if special == _LOOP:
+            raise PrepError(f"{flag} {given}: {ERRNO_WORDS[errno.ELOOP]}")
+        if special:
+            raise PrepError(f"{flag} {given} is {special}: prep writes a new file and renames it into place, which "
+                            "would replace it; give the path of a regular file (or `-` for standard output)")
     for flag, given, real, ident in outs:
         for name, in_real, in_ident in ins:
             if real == in_real or (ident is not None and ident == in_ident):

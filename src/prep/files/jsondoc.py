@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from prep.core.findings import Finding, PrepError, Source
-from prep.files.streams import ENCODING_HINT, UTF8_BOM, text_encoding
+from prep.files.streams import ENCODING_HINT, PREVIEW, UTF8_BOM, text_encoding
 
 # A top-level JSON object whose value under one of these keys is an array is a container of rows
 # (CoQA's {"version", "data": [...]}, exports with "rows"/"examples"); any other object is one row.
@@ -52,6 +52,10 @@ def lone_surrogate(value: Any, path: str = "$") -> Finding | None:
             if found := lone_surrogate(v, f"{path}[{i}]"):
                 return found
     return None
+
+
+class TooDeep(Exception):
+    """A value nested deeper than the decoder can follow."""
 
 
 class JsonDocument:
@@ -128,6 +132,15 @@ class JsonDocument:
         self._advance(self.pos + 1)
 
     def value(self) -> Any:
+        """The next value; one nested too deep to decode is a PrepError for the file (see `element`)."""
+        try:
+            return self.element()
+        except TooDeep:
+            self.fail("a value nests arrays or objects deeper than can be read")
+            raise
+
+    def element(self) -> Any:
+        """The next value, or TooDeep (the caller may `skip` it and read on)."""
         self.peek()
         while True:
             try:
@@ -140,8 +153,37 @@ class JsonDocument:
                 if self.eof:
                     self.fail(e.msg if isinstance(e, json.JSONDecodeError) else str(e))
             except RecursionError:
-                self.fail("a value nests arrays or objects deeper than can be read")
+                raise TooDeep from None
             self._fill(len(self.buf))  # a value may end past the buffer: read on and try again
+
+    def skip(self) -> None:
+        """Move past the value at `pos` without decoding it (one nested too deep to decode): its brackets counted
+        outside strings, the buffer refilled as it goes, so the value is never held whole."""
+        depth, in_string, escaped = 0, False, False
+        while True:
+            buf, i = self.buf, self.pos
+            while i < len(buf):
+                c = buf[i]
+                if in_string:
+                    if escaped:
+                        escaped = False
+                    elif c == "\\":
+                        escaped = True
+                    elif c == '"':
+                        in_string = False
+                elif c == '"':
+                    in_string = True
+                elif c in "[{":
+                    depth += 1
+                elif c in "]}":
+                    depth -= 1
+                    if depth == 0:
+                        self._advance(i + 1)
+                        return
+                i += 1
+            self._advance(i)
+            if not self._fill():
+                self.fail("the file ends inside a value")
 
     def fail(self, message: str) -> None:
         raise PrepError(f"{self.name}:{self.line}: invalid JSON ({message}); the rest of the file cannot be read, "
@@ -163,8 +205,15 @@ def read_json(stream: IO[bytes], name: str) -> Iterator[Item]:
             row += 1
             doc.peek()
             line = doc.line
-            value = doc.value()
-            yield Source(name, line, row), value, lone_surrogate(value) if doc.escapes else None
+            try:
+                value = doc.element()
+            except TooDeep:  # this row is a reject; the rows after it are read on
+                preview = doc.buf[doc.pos:doc.pos + PREVIEW]
+                doc.skip()
+                yield Source(name, line, row), preview, Finding(
+                    "too_deep", "the value nests arrays or objects deeper than can be read", "flatten the row")
+            else:
+                yield Source(name, line, row), value, lone_surrogate(value) if doc.escapes else None
             sep = _NEXT_ELEMENT.match(doc.buf, doc.pos)
             if sep and sep.end() < len(doc.buf):  # the next value starts in the buffer: skip the comma at once
                 doc._advance(sep.end())

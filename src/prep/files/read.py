@@ -11,13 +11,14 @@ import csv
 import errno
 import json
 import os
+import stat
 from collections.abc import Iterator
 from typing import IO, Any
 
 import msgspec
 
 from prep.core.findings import Batch, Finding, PrepError, Source
-from prep.core.options import CONTAINERS, MAX_ROW_BYTES
+from prep.core.options import CONTAINERS, MAX_CONFIG_BYTES, MAX_ROW_BYTES
 from prep.files.errors import ERRNO_WORDS, looping
 from prep.files.jsondoc import STRICT_JSON, SURROGATE_ESCAPE, Item, lone_surrogate, read_json
 from prep.files.paths import display_name, split_suffix
@@ -37,6 +38,33 @@ from prep.files.streams import (
 _decode_fast = msgspec.json.Decoder().decode
 
 csv.field_size_limit(2**31 - 1)
+
+
+def config_file(path: str | os.PathLike[str], what: str) -> int:
+    """The size of a file prep reads whole as configuration (a template, registry, recipe, tokenizer file), or a
+    PrepError when it is no regular file (`/dev/zero`, a FIFO) or larger than MAX_CONFIG_BYTES."""
+    st = os.stat(path)  # an OSError (missing, a symlink loop) is the CLI's one line naming the path
+    if not stat.S_ISREG(st.st_mode):
+        raise PrepError(f"{path}: the {what} must be a regular file" + ("" if stat.S_ISDIR(st.st_mode) else
+                        ", not a device, FIFO or socket"))
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise PrepError(f"{path}: the {what} is {st.st_size / 2**20:.0f} MB; prep reads at most "
+                        f"{MAX_CONFIG_BYTES >> 20} MB of configuration")
+    return st.st_size
+
+
+def read_config(path: str | os.PathLike[str], what: str) -> str:
+    """A configuration file's text (see config_file), read as UTF-8 and never past the limit (a file that grows
+    while read is cut off there and refused)."""
+    config_file(path, what)
+    with open(path, "rb") as f:
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise PrepError(f"{path}: the {what} grew past {MAX_CONFIG_BYTES >> 20} MB while it was read")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PrepError(f"{path}: the {what} is not UTF-8 text (byte {e.start})") from None
 
 
 def _sniff_container(stream: IO[bytes], name: str) -> str:

@@ -50,11 +50,12 @@ def open_binary(path: str) -> IO[bytes]:
 
 def text_encoding(head: bytes, name: str) -> str:
     """"utf-8" or "utf-16" (with a BOM) from a file's first bytes; refuse text in other encodings
-    that would otherwise come out as a column of garbage rows (NUL bytes: UTF-16/32 without a BOM)."""
+    that would otherwise come out as a column of garbage rows (UTF-16/32 without a BOM: every second or fourth byte
+    of ASCII text is NUL). A stray NUL in UTF-8 text is the row's problem (a per-row finding), not the file's."""
     if head.startswith(_UTF16_BOMS):
         return "utf-16"
-    if b"\x00" in head:
-        raise PrepError(f"{name}: NUL bytes at the start: this is UTF-16 or UTF-32 without a byte-order mark, "
+    if head.count(b"\x00") * 4 >= len(head) > 0:
+        raise PrepError(f"{name}: NUL bytes throughout the start: this is UTF-16 or UTF-32 without a byte-order mark, "
                         f"or not a text file; {ENCODING_HINT.replace('latin1', 'utf-16le')}")
     return "utf-8"
 

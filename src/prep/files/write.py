@@ -73,8 +73,20 @@ class RowWriter(AllOrNothing):
             data = self._joined(lines).encode("utf-8")
         except UnicodeEncodeError:
             data = self._joined([_utf8_line(line, self.rows + k + 1, self) for k, line in enumerate(lines)]).encode()
-        self.out.write(data)
+        with self._named():
+            self.out.write(data)
         self.rows += len(lines)
+
+    @contextlib.contextmanager
+    def _named(self) -> Iterator[None]:
+        """An OS error without a file name (a full disk on write or close) names this writer's output, so a verb
+        writing rows and rejects says which of them the disk refused."""
+        try:
+            yield
+        except OSError as e:
+            if e.filename is None and self.path != "-":
+                e.filename = self.path
+            raise
 
     def _joined(self, lines: list[str]) -> str:
         if self.container == "json":
@@ -89,7 +101,8 @@ class RowWriter(AllOrNothing):
             return
         staged = self.staged
         try:
-            staged.close(lambda: self._finish(staged.path))
+            with self._named():
+                staged.close(lambda: self._finish(staged.path))
         except BaseException:
             self.abort()
             raise

@@ -15,6 +15,8 @@ from typing import Any
 
 from prep.core.findings import Batch, PrepError
 from prep.files.paths import split_suffix
+from prep.files.pieces import BATCH_ROWS
+from prep.files.read import read_config
 
 _HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url")
 _ALPACA_COLUMNS = ("prompt", "query", "response", "history", "system", "tools", "chosen", "rejected", "kto_tag",
@@ -39,7 +41,7 @@ def load_entry(registry: str, name: str) -> Entry:
     if path.is_dir():
         path = path / "dataset_info.json"
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = json.loads(read_config(path, "registry"))
     except OSError as e:
         raise PrepError(f"{path}: cannot read the registry: {e.strerror or e}") from None
     except ValueError as e:
@@ -69,8 +71,9 @@ def load_entry(registry: str, name: str) -> Entry:
 
 
 def _files(root: Path, file_name: Any, name: str, registry: Path) -> list[str]:
-    if not isinstance(file_name, str) or not file_name:
-        raise PrepError(f"{registry}: dataset {name!r} has a file_name that is not a path")
+    if not isinstance(file_name, str) or not file_name or "\0" in file_name:
+        raise PrepError(f"{registry}: dataset {name!r} has a file_name that is not a path" +
+                        (" (it holds a NUL byte)" if isinstance(file_name, str) and "\0" in file_name else ""))
     base = root.resolve()
     target = (root / file_name).resolve()
     if not target.is_relative_to(base):
@@ -128,18 +131,23 @@ def sample_plan(total: int, n: int, seed: int) -> Counter[int]:
     return Counter({i: c for i, c in enumerate(row_counts(total, n, (seed,)).tolist()) if c})
 
 
-def sample(batches: Iterable[Batch[Any]], plan: Counter[int]) -> Iterator[Batch[Any]]:
-    """Stage: keep (or repeat) rows by their position in the entry's files, rejects included."""
+def sample(batches: Iterable[Batch[Any]], plan: Counter[int], batch_rows: int = BATCH_ROWS) -> Iterator[Batch[Any]]:
+    """Stage: keep (or repeat) rows by their position in the entry's files, rejects included, in batches of at most
+    `batch_rows`: `num_samples` of 10^12 streams in flat memory (and stops at Ctrl-C or SIGTERM between batches)."""
     position = 0
+    out: Batch[Any] = Batch()
     for batch in batches:
         entries = sorted([(s.row, False, i) for i, s in enumerate(batch.sources)] +
                          [(rej.source.row, True, i) for i, rej in enumerate(batch.rejects)])
-        out: Batch[Any] = Batch()
         for _, is_reject, i in entries:
             for _ in range(plan.get(position, 0)):
                 if is_reject:
                     out.rejects.append(batch.rejects[i])
                 else:
                     out.add(batch.items[i], batch.sources[i])
+                if len(out.items) + len(out.rejects) >= batch_rows:
+                    yield out
+                    out = Batch()
             position += 1
+    if out.items or out.rejects:
         yield out

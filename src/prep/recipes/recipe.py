@@ -26,6 +26,7 @@ from prep.checks import schemas
 from prep.core.extras import require_train_extra
 from prep.core.findings import PrepError
 from prep.core.options import METHOD_KINDS, RECIPE_NODES, RECIPE_SECTIONS, TABLES
+from prep.files.read import read_config
 from prep.formats import llamafactory
 from prep.render.tokenizer import tokenizer_folder
 
@@ -76,9 +77,9 @@ def parse_set(text: str) -> tuple[JsonPath, Any]:
 def load_recipe(path: str | Path, sets: Sequence[str] = ()) -> Recipe:
     """Read, override (`--set`), check and resolve a recipe; any problem is a PrepError naming the line."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise PrepError(f"{path}: no such recipe file")
-    text = path.read_text(encoding="utf-8")
+    text = read_config(path, "recipe")
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         _check_size(root, path)  # before anything walks the tree: aliases can make it exponentially large
@@ -288,6 +289,8 @@ def _resolve(data: dict[str, Any], folder: Path, lines: _Lines) -> dict[str, Any
         node = data
         for step in at[:-1]:
             node = node[step]
+        if "\0" in node[at[-1]]:
+            raise PrepError(f"{lines.at(at)}: {'.'.join(map(str, at))} holds a NUL byte, which no path can")
         value, spec = split_spec(node[at[-1]]) if at[:2] == ("inputs", "files") else (node[at[-1]], "")
         local = Path(os.path.normpath((Path.cwd() if lines.option(at) else folder) / os.path.expanduser(value)))
         # samples/tokenzer is a misspelt folder under samples/, not a hub id: owner/ must not be a local folder

@@ -33,7 +33,7 @@ from prep.core.options import DEFAULT_DATE, TABLES
 from prep.core.result import Progress, Result
 from prep.files.atomic import write_json, write_text_atomic
 from prep.files.errors import os_error_message
-from prep.files.guard import reserve
+from prep.files.guard import check_outputs, reserve
 from prep.files.hashing import sha256_file
 from prep.files.locks import locked
 from prep.formats import llamafactory
@@ -433,6 +433,8 @@ def run(recipe: Recipe, *, dry_run: bool = False, view: View | None = None,
     view = view or View()
     started = time.perf_counter()
     result = RunResult(recipe, stages if stages is not None else plan(recipe), outputs={"run": str(recipe.output)})
+    # every stage writes inside the run's folder (data, rejects, reports): an input there would be written over
+    check_outputs(_recipe_inputs(recipe).files, {"output:": recipe.output})
     if dry_run:
         return result
     with locked(recipe.output):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import string
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -80,7 +82,12 @@ def _raise(message: str) -> None:
 
 def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
             sort_keys: bool = False) -> str:
-    """Not jinja's own `tojson`, which escapes HTML characters: templates expect plain JSON."""
+    """Not jinja's own `tojson`, which escapes HTML characters: templates expect plain JSON. Its size with
+    `indent` is known from the one-space form before it is built (each line's indent is its depth times `indent`)."""
+    if isinstance(indent, int) and indent > 1:
+        one = json.dumps(value, ensure_ascii=ensure_ascii, indent=1, separators=separators, sort_keys=sort_keys)
+        depth = sum(len(line) - len(line.lstrip(" ")) for line in one.split("\n"))
+        _bounded(len(one) + depth * (indent - 1), "tojson indent")
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
@@ -115,10 +122,95 @@ class _Range:
         return self.range[k]
 
 
-class _Limited(ImmutableSandboxedEnvironment):
-    """The sandbox, with `*` and `**` bounded: a template cannot build a string, list or number of gigabytes."""
+def _bounded(size: int, what: str) -> None:
+    """Refuse, before it is built, a value of more than RENDER_CHARS characters: one filter or method call must not
+    allocate gigabytes before the render's own limits see its output."""
+    if size > RENDER_CHARS:
+        raise TemplateLimit(f"the template's {what} would build more than {RENDER_CHARS:,} characters")
 
-    intercepted_binops = frozenset(["*", "**"])
+
+_NUMBER = re.compile(r"\d+")
+# A %-format conversion: its width and precision (either may be `*`, taken from the arguments).
+_PERCENT = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?[a-zA-Z%]")
+
+
+def _format_widths(spec: str, args: Any) -> None:
+    """`'%999999999s' % x` and `{:>999999999}`: widths and precisions are output sizes."""
+    for width, precision in _PERCENT.findall(spec):
+        for n in (width, precision):
+            if n == "*":
+                for value in args if isinstance(args, tuple) else (args,):
+                    if isinstance(value, int):
+                        _bounded(abs(value), "format width")
+            elif n:
+                _bounded(int(n), "format width")
+
+
+def _brace_widths(source: str) -> None:
+    for _, _, spec, _ in string.Formatter().parse(source):
+        for n in _NUMBER.findall(spec or ""):
+            _bounded(int(n), "format width")
+
+
+def _replaced_size(text: str, old: str, new: str, count: int = -1) -> int:
+    n = len(text) + 1 if old == "" else text.count(old)
+    return len(text) + (n if count < 0 else min(n, count)) * (len(new) - len(old))
+
+
+def _string_call(method: str, text: str, args: tuple[Any, ...]) -> None:
+    """The size of what a str method would build, checked before it runs."""
+    if method in ("center", "ljust", "rjust", "zfill") and args and isinstance(args[0], int):
+        _bounded(args[0], f"str.{method}")
+    elif method == "expandtabs":
+        _bounded(len(text) * (args[0] if args and isinstance(args[0], int) else 8), "str.expandtabs")
+    elif method == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+        _bounded(_replaced_size(text, args[0], args[1], *(a for a in args[2:3] if isinstance(a, int))), "replace")
+    elif method == "join" and args:
+        _bounded(_joined_size(text, args[0]), "join")
+
+
+def _joined_size(sep: str, items: Any) -> int:
+    items = list(items) if not isinstance(items, (list, tuple)) else items
+    return sum(len(x) if isinstance(x, str) else 16 for x in items) + len(sep) * max(len(items) - 1, 0)
+
+
+def _indent(text: str, width: Any = 4, first: bool = False, blank: bool = False) -> str:
+    lines = str(text).count("\n") + 1
+    _bounded(len(str(text)) + lines * (width if isinstance(width, int) else len(str(width))), "indent")
+    return jinja2.filters.do_indent(text, width, first, blank)
+
+
+def _center(text: Any, width: int = 80) -> str:
+    _bounded(width, "center")
+    return jinja2.filters.do_center(text, width)
+
+
+@jinja2.pass_eval_context
+def _replace(eval_ctx: Any, text: Any, old: str, new: str, count: int | None = None) -> str:
+    _bounded(_replaced_size(str(text), str(old), str(new), -1 if count is None else count), "replace")
+    return jinja2.filters.do_replace(eval_ctx, text, old, new, count)
+
+
+@jinja2.pass_eval_context
+def _join(eval_ctx: Any, value: Any, d: str = "", attribute: Any = None) -> str:
+    value = list(value)
+    if attribute is None:
+        _bounded(_joined_size(str(d), value), "join")
+    return jinja2.filters.do_join(eval_ctx, value, d, attribute)
+
+
+def _format(value: str, *args: Any, **kwargs: Any) -> str:
+    _format_widths(str(value), args or kwargs)
+    return jinja2.filters.do_format(value, *args, **kwargs)
+
+
+
+class _Limited(ImmutableSandboxedEnvironment):
+    """The sandbox, with everything that sizes its output bounded before it allocates: `*`, `**`, `%`, the
+    `indent`/`center`/`replace`/`join`/`format`/`tojson` filters and the str methods that pad, replace or join
+    (a template cannot build a string, list or number of gigabytes inside one call)."""
+
+    intercepted_binops = frozenset(["*", "**", "%"])
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
@@ -127,14 +219,28 @@ class _Limited(ImmutableSandboxedEnvironment):
                     raise TemplateLimit(f"the template repeats a value into more than {RENDER_CHARS:,} items")
         elif operator == "**" and isinstance(right, int) and abs(right) > 1024:
             raise TemplateLimit(f"the template raises a number to the power {right}")
+        elif operator == "%" and isinstance(left, str):
+            _format_widths(left, right)
         return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - jinja's names
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str):
+            _string_call(getattr(__obj, "__name__", ""), owner, args)
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any) -> Any:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is not None:  # `'{:>999999999}'.format(x)`: checked when the method is looked up
+            _brace_widths(value.__self__)
+        return wrapped
 
 
 @lru_cache(maxsize=16)
 def compile_template(source: str) -> jinja2.Template:
     """A chat template compiled once per process (workers compile their own)."""
     env = _Limited(trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, jinja2.ext.loopcontrols])
-    env.filters["tojson"] = _tojson
+    env.filters.update(tojson=_tojson, indent=_indent, center=_center, replace=_replace, join=_join, format=_format)
     # `strftime_now` is given with every render (`Clock`): the day a template writes is pinned, never the machine's.
     env.globals.update(raise_exception=_raise, dict=_Dict(), namespace=_Namespace, range=_Range)
     return env.from_string(source)

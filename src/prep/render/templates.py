@@ -14,6 +14,7 @@ from typing import Any
 from prep.core.findings import PrepError, row_error
 from prep.core.options import DEFAULT_DATE
 from prep.core.records import Message, Record
+from prep.files.read import read_config
 from prep.render.builtin import BUILTIN, NAMES, Template
 from prep.render.jinja import JinjaTemplate
 from prep.render.spans import Specials
@@ -57,7 +58,7 @@ def get_template(name: str, specials: Specials | None = None,
         if name == "tokenizer":
             return jinja()
         try:
-            source = Path(name).read_text(encoding="utf-8")
+            source = read_config(name, "template")
         except OSError as e:
             raise PrepError(f"--template {name}: cannot read the template: {e.strerror or e}") from None
         return jinja(source=source, name=Path(name).name)

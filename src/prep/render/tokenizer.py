@@ -29,6 +29,7 @@ from tokenizers import Tokenizer as Backend
 from prep.core.findings import PrepError
 from prep.core.options import DEFAULT_DATE
 from prep.files.hashing import cache_path, read_cache, sha256_file, write_cache
+from prep.files.read import config_file, read_config
 from prep.render.jinja import JinjaTemplate
 from prep.render.spans import Specials
 
@@ -182,6 +183,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
                                                "with transformers, which takes seconds to start")
     special = _special_tokens(folder, config)
     try:
+        config_file(folder / "tokenizer.json", "tokenizer file")
         backend = Backend.from_file(str(folder / "tokenizer.json"))
         if base in _REBUILDS:
             _REBUILDS[base](backend, config)
@@ -230,7 +232,7 @@ def _read_json(path: Path) -> Any:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_config(path, "tokenizer configuration"))
     except (OSError, ValueError) as e:
         raise PrepError(f"{path}: not valid JSON ({e})") from None
 
@@ -258,10 +260,10 @@ def _chat_templates(folder: Path, config: dict[str, Any]) -> dict[str, str]:
     {"name", "template"})."""
     templates = {}
     if (folder / "chat_template.jinja").is_file():
-        templates["default"] = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+        templates["default"] = read_config(folder / "chat_template.jinja", "chat template")
     extra = folder / "additional_chat_templates"
     if extra.is_dir():
-        templates.update({p.stem: p.read_text(encoding="utf-8") for p in sorted(extra.glob("*.jinja"))})
+        templates.update({p.stem: read_config(p, "chat template") for p in sorted(extra.glob("*.jinja"))})
     if templates:
         return templates
     given = config.get("chat_template")

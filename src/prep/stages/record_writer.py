@@ -50,9 +50,11 @@ def keep_rejects(batch: Batch[Any], rejects: RowWriter | None) -> None:
         rejects.write(r.to_dict() for r in batch.rejects)
 
 
-def open_rejects(stack: contextlib.ExitStack, rejects: str | None, *outputs: str) -> RowWriter | None:
-    """The rejects file, refused when it is one of the outputs."""
+def open_rejects(stack: contextlib.ExitStack, rejects: str | None, *outputs: str, at: str | None = None
+                 ) -> RowWriter | None:
+    """The rejects file, refused when it is one of the outputs; written `at` another path when it lies inside an
+    output folder that is written elsewhere first and swapped in whole (split)."""
     if not rejects:
         return None
     check_outputs((), {**{"-o" if len(outputs) == 1 else f"the output {o}": o for o in outputs}, "--rejects": rejects})
-    return stack.enter_context(RowWriter(rejects, "jsonl"))
+    return stack.enter_context(RowWriter(at or rejects, "jsonl"))

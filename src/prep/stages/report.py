@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from prep.core.findings import PrepError, Tally
 from prep.core.options import checked
 from prep.core.result import Result, outputs
 from prep.files.atomic import write_text_atomic
+from prep.files.guard import check_outputs
 from prep.render.tokenizer import Tokenizer, shard_decoder
 from prep.shards.layout import MANIFEST, read_manifest
 from prep.shards.reader import iter_tables, read_row
@@ -36,6 +38,7 @@ RUN, VALIDATE_REPORT, TRAIN_REPORT = "run.json", "report.json", "training_report
 PAGE = "report.html"
 EXAMPLES = 5  # locations shown per finding code
 SAMPLE_TOKENS = 1500  # tokens decoded per sample row; the rest of a long row is only counted
+CHART_POINTS = 2_000  # points drawn per series of a training curve
 _REJECT_LINES = 10_000  # lines of a rejects file read for examples (the counts come from the manifests)
 
 
@@ -75,6 +78,7 @@ def report(target: str | Path, output: str | None = None, *, tokenizer: str | No
     report file) and return what it shows."""
     found = _find(Path(target))
     out = Path(output) if output else found.root / PAGE
+    check_outputs(_reads(found), {"-o": out})  # what TARGET leads to (a packed folder's source, a run's stages)
     notes: list[str] = []
     data = gather(found, out.parent, tokenizer, notes)
     html = page(data)
@@ -110,6 +114,16 @@ def _find(target: Path) -> _Found:
         return _find(target / VALIDATE_REPORT)
     raise PrepError(f"{target}: nothing to report on; give a prep run folder ({RUN}), a shard folder ({MANIFEST}), a "
                     f"train folder ({TRAIN_REPORT}) or a validate report")
+
+
+def _reads(found: _Found) -> list[Path]:
+    """Every file the page is made from (a shard folder's manifest and shards: the page itself may go beside them)."""
+    reads = [p for _, folder, m in found.shards for p in (folder / MANIFEST, *(folder / s["path"] for s in m["shards"]))]
+    reads += [p for p in (found.validate_path, found.train_folder and found.train_folder / TRAIN_REPORT) if p]
+    if found.run is not None:
+        reads.append(found.root / RUN)
+        reads += [p for stage in found.run.get("stages", []) if (p := found.root / stage["name"] / "rejects.jsonl").is_file()]
+    return reads
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -176,7 +190,7 @@ def gather(found: _Found, page_dir: Path, tokenizer: str | None, notes: list[str
         "shards": [_shards(stage, folder, m) for stage, folder, m in found.shards],
         "samples": _samples(found, tokenizer, notes, page_dir) if final else [],
         "origin": _origin(found),
-        "training": _training(found) if found.train is not None else None,
+        "training": _training(found, notes) if found.train is not None else None,
     }
     first = data["stages"][0] if data["stages"] else {"read": 0}
     last_rows = next((s["written"] for s in reversed(data["stages"]) if s.get("written") is not None), 0)
@@ -458,19 +472,30 @@ def _runs(decoder: Tokenizer, ids: list[int], labels: list[int]) -> list[tuple[s
 _NOT_SERIES = {"step", "epoch", "tokens_seen"}
 
 
-def _training(found: _Found) -> dict[str, Any]:
+def _training(found: _Found, notes: list[str]) -> dict[str, Any]:
     """The training report's figures and every numeric series of its curve, grouped into charts: losses,
     the learning rate, and one chart per family of the rest (rewards/..., logps/...), whatever the trainer
-    logged."""
+    logged. A NaN or infinite value (a diverged run) is left off its chart, and the notes say how many."""
     t = found.train or {}
     curve = t.get("loss_curve")
     if curve is None and found.train_folder and (found.train_folder / "loss_curve.csv").is_file():
         curve = _read_curve(found.train_folder / "loss_curve.csv")
     series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    off: Counter[str] = Counter()
     for point in curve or []:
         for key, value in point.items():
             if key not in _NOT_SERIES and isinstance(value, (int, float)) and not isinstance(value, bool):
-                series[key].append((point["step"], float(value)))
+                if math.isfinite(value) and math.isfinite(point["step"]):
+                    series[key].append((point["step"], float(value)))
+                else:
+                    off[key] += 1
+    notes.extend(f"{n} step(s) with a NaN or infinite {key} are left off the chart (the run diverged there)"
+                 for key, n in off.items())
+    for key, points in series.items():
+        if len(points) > CHART_POINTS:  # a 200k-step curve once made a 22 MB page
+            notes.append(f"{key}: {len(points):,} points drawn as {CHART_POINTS:,} (every "
+                         f"{math.ceil(len(points) / CHART_POINTS)}th, and the last)")
+            series[key] = _thinned(points)
     charts: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(dict)
     for key, points in series.items():
         charts[_chart_of(key)][key] = points
@@ -480,6 +505,13 @@ def _training(found: _Found) -> dict[str, Any]:
             "tokens_per_s": t.get("tokens_per_s"), "first_loss": t.get("first_loss"), "last_loss": t.get("last_loss"),
             "eval_loss": t.get("eval_loss"), "peak_memory": t.get("peak_memory") or {}, "batching": t.get("batching"),
             "charts": [{"title": c, "series": charts[c]} for c in order]}
+
+
+def _thinned(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """At most CHART_POINTS of a series, evenly spaced, its last point kept."""
+    step = math.ceil(len(points) / CHART_POINTS)
+    kept = points[::step]
+    return kept if kept[-1] == points[-1] else [*kept[:CHART_POINTS - 1], points[-1]]
 
 
 def _chart_of(key: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +24,8 @@ from prep.core.findings import Batch, PrepError, Tally
 from prep.core.options import checked
 from prep.core.records import Record
 from prep.core.result import Meter, ProgressFn, Result, outputs
-from prep.files.atomic import write_json
-from prep.files.guard import reserve
+from prep.files.atomic import Staged, link_others, write_json
+from prep.files.guard import is_within, reserve
 from prep.formats.inputs import Inputs, read_inputs
 from prep.overlap import near
 from prep.overlap.text import Compare
@@ -64,6 +65,9 @@ def split(inputs: Inputs, output: str, *, val: float, per_source: bool = False, 
         raise PrepError(f"--val {val}: give a share below 1 (0.05) or a whole number of rows (100)")
     threshold = None if exact else near
     folder = Path(output)
+    if folder.is_dir() and (sub := next((p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()), None)):
+        raise PrepError(f"-o {output}: holds the folder {sub.name}; split replaces its output folder whole, keeping "
+                        "only files beside its own: give a folder without sub-folders")
     result = SplitResult(outputs=outputs(train=folder / TRAIN, validation=folder / VALIDATION,
                                          manifest=folder / MANIFEST, rejects=rejects))
     meter = Meter(progress)
@@ -75,28 +79,35 @@ def split(inputs: Inputs, output: str, *, val: float, per_source: bool = False, 
     sizes = np.bincount(sources, minlength=len(names))
     asked = np.array([_wanted(val, int(n)) for n in sizes], np.int64)
     chosen = _choose(group, sources, asked, seed)
-    folder.mkdir(parents=True, exist_ok=True)
     train_tally, val_tally = Tally(), Tally()
-    with contextlib.ExitStack() as stack:
-        bad = open_rejects(stack, rejects, str(folder / TRAIN), str(folder / VALIDATION))
-        train = RecordsOut(stack, str(folder / TRAIN), to, train_tally, bad)
-        valid = RecordsOut(stack, str(folder / VALIDATION), to, val_tally, None)
-        for train_batch, val_batch in _sides(read_inputs(inputs), chosen):
-            train.write(train_batch)
-            valid.write(val_batch)
-    result.tally.add(train_tally)
-    result.tally.add(val_tally)
-    got = np.bincount(sources[chosen], minlength=len(names))
-    result.manifest = {
-        "seed": seed, "val": val, "per_source": per_source, "near": threshold, "fields": fields,
-        "rows": {"read": result.tally.read, "train": train_tally.written, "validation": val_tally.written,
-                 "rejected": result.tally.rejected_total},
-        "sources": [{"source": name, "rows": int(n), "validation_asked": int(a), "validation": int(g)}
-                    for name, n, a, g in zip(names, sizes, asked, got, strict=True)],
-        "groups": {"rows_in_groups": int(np.count_nonzero(np.bincount(group)[group] > 1)),
-                   "groups": int(np.count_nonzero(np.bincount(group) > 1))},
-    }
-    write_json(folder / MANIFEST, result.manifest)
+    # train, validation and manifest are written into a new folder swapped in whole: a kill leaves the old pair or
+    # the new one, never a new validation beside an old train
+    with Staged(folder, folder=True) as staged:
+        work = staged.path
+        with contextlib.ExitStack() as stack:
+            inside = rejects is not None and is_within(rejects, folder)
+            bad = open_rejects(stack, rejects, str(folder / TRAIN), str(folder / VALIDATION),
+                               at=str(work / os.path.relpath(os.path.abspath(rejects), folder.absolute()))
+                               if inside else None)
+            train = RecordsOut(stack, str(work / TRAIN), to, train_tally, bad)
+            valid = RecordsOut(stack, str(work / VALIDATION), to, val_tally, None)
+            for train_batch, val_batch in _sides(read_inputs(inputs), chosen):
+                train.write(train_batch)
+                valid.write(val_batch)
+        result.tally.add(train_tally)
+        result.tally.add(val_tally)
+        got = np.bincount(sources[chosen], minlength=len(names))
+        result.manifest = {
+            "seed": seed, "val": val, "per_source": per_source, "near": threshold, "fields": fields,
+            "rows": {"read": result.tally.read, "train": train_tally.written, "validation": val_tally.written,
+                     "rejected": result.tally.rejected_total},
+            "sources": [{"source": name, "rows": int(n), "validation_asked": int(a), "validation": int(g)}
+                        for name, n, a, g in zip(names, sizes, asked, got, strict=True)],
+            "groups": {"rows_in_groups": int(np.count_nonzero(np.bincount(group)[group] > 1)),
+                       "groups": int(np.count_nonzero(np.bincount(group) > 1))},
+        }
+        write_json(work / MANIFEST, result.manifest)
+        link_others(folder, work)
     return result
 
 
