@@ -34,6 +34,8 @@ _MIME = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".web
          ".wav": "audio/wav", ".mp3": "audio/mpeg", ".flac": "audio/flac", ".ogg": "audio/ogg", ".mp4": "video/mp4",
          ".avi": "video/x-msvideo", ".webm": "video/webm", ".mov": "video/quicktime", ".mkv": "video/x-matroska"}
 
+MEDIA_DIR = "media"  # where media go beside an output by default
+
 
 @dataclass(frozen=True)
 class MediaOut:
@@ -49,7 +51,7 @@ class MediaOut:
         `media_dir` (default `media/` beside the output), which must lie inside the output's folder: the paths
         written are relative to it, and a reader refuses one that leaves its root."""
         folder = os.path.abspath(os.path.dirname(output) if output not in ("-", "") else ".")
-        target = os.path.abspath(media_dir) if media_dir else os.path.join(folder, "media")
+        target = os.path.abspath(media_dir) if media_dir else os.path.join(folder, MEDIA_DIR)
         if os.path.commonpath([folder, target]) != folder:
             raise PrepError(f"--media-dir {media_dir}: must be inside the output's folder {folder} (the rows name "
                             "their media by paths relative to it)")

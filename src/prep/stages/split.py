@@ -26,6 +26,7 @@ from prep.core.records import Record
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files.atomic import Staged, link_others, write_json
 from prep.files.guard import is_within, reserve
+from prep.files.media_out import MEDIA_DIR
 from prep.formats.inputs import Inputs, read_inputs
 from prep.overlap import near
 from prep.overlap.text import Compare
@@ -65,9 +66,10 @@ def split(inputs: Inputs, output: str, *, val: float, per_source: bool = False, 
         raise PrepError(f"--val {val}: give a share below 1 (0.05) or a whole number of rows (100)")
     threshold = None if exact else near
     folder = Path(output)
-    if folder.is_dir() and (sub := next((p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()), None)):
+    if folder.is_dir() and (sub := next((p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()
+                                         and p.name != MEDIA_DIR), None)):
         raise PrepError(f"-o {output}: holds the folder {sub.name}; split replaces its output folder whole, keeping "
-                        "only files beside its own: give a folder without sub-folders")
+                        f"only files beside its own (and its {MEDIA_DIR}/): give a folder without other sub-folders")
     result = SplitResult(outputs=outputs(train=folder / TRAIN, validation=folder / VALIDATION,
                                          manifest=folder / MANIFEST, rejects=rejects))
     meter = Meter(progress)
