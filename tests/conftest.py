@@ -116,3 +116,17 @@ def apply_chat_template(path: str | Path, messages: list[dict[str, Any]], day: s
     """transformers' apply_chat_template ids for a fixture tokenizer, the day pinned as prep pins it by default."""
     with pinned_day(day):
         return hf_tokenizer(path).apply_chat_template(messages, tokenize=True, return_dict=False, **kw)
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path):  # noqa: ANN201 - a fixture
+    """A 512 KB tmpfs: writing more fails with ENOSPC (skipped where mounting is not allowed)."""
+    folder = tmp_path / "full"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.decode().strip() or 'not root'})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SAMPLES, run_prep
+from test_reliability import random_chats
 
 OPENAI = SAMPLES / "openai.jsonl"
 
@@ -230,33 +231,23 @@ def test_report_never_writes_over_what_it_reads_through_manifests_and_runs(tmp_p
     assert run_prep("report", str(run)).returncode in (0, 1) and (run / "report.html").is_file()
 
 
-def test_a_full_disk_under_rejects_names_the_rejects_file(tmp_path: Path) -> None:
+def test_a_full_disk_under_rejects_names_the_rejects_file(tmp_path: Path, full_disk: Path) -> None:
     """dedup, mix and decontaminate once blamed the -o file for the rejects file's full disk."""
     import json
 
-    from test_reliability import random_chats
-
-    disk = tmp_path / "full"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.decode().strip() or 'not root'})")
-    try:
-        data = random_chats(tmp_path / "in.jsonl", 1500)
-        twice = tmp_path / "twice.jsonl"
-        twice.write_bytes(data.read_bytes() * 2)
-        rejects = disk / "rejects.jsonl"
-        benchmark = tmp_path / "benchmark.jsonl"
-        benchmark.write_text("".join(json.dumps({"question": json.loads(line)["messages"][0]["content"]}) + "\n"
-                                     for line in data.read_text().splitlines()))
-        for args in (("dedup", str(twice), "--exact"), ("mix", f"{data}:0.1", f"{tmp_path / 'in.jsonl'}:0.9"),
-                     ("decontaminate", str(data), "--against", str(benchmark))):
-            done = run_prep(*args, "-o", str(tmp_path / "out.jsonl"), "--rejects", str(rejects))
-            assert done.returncode == 2, (args, done.stderr)
-            assert done.stderr.decode().startswith(f"prep: {rejects}: no space left"), (args, done.stderr)
-            assert list(disk.iterdir()) == [] and not (tmp_path / "out.jsonl").exists(), args
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+    data = random_chats(tmp_path / "in.jsonl", 1500)
+    twice = tmp_path / "twice.jsonl"
+    twice.write_bytes(data.read_bytes() * 2)
+    rejects = full_disk / "rejects.jsonl"
+    benchmark = tmp_path / "benchmark.jsonl"
+    benchmark.write_text("".join(json.dumps({"question": json.loads(line)["messages"][0]["content"]}) + "\n"
+                                 for line in data.read_text().splitlines()))
+    for args in (("dedup", str(twice), "--exact"), ("mix", f"{data}:0.1", f"{tmp_path / 'in.jsonl'}:0.9"),
+                 ("decontaminate", str(data), "--against", str(benchmark))):
+        done = run_prep(*args, "-o", str(tmp_path / "out.jsonl"), "--rejects", str(rejects))
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stderr.decode().startswith(f"prep: {rejects}: no space left"), (args, done.stderr)
+        assert list(full_disk.iterdir()) == [] and not (tmp_path / "out.jsonl").exists(), args
 
 
 def test_nul_bytes_in_paths_and_nan_losses_get_one_line(tmp_path: Path) -> None:

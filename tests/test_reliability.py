@@ -339,20 +339,6 @@ def test_a_yaml_bomb_recipe_stops_with_a_clear_message(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- 9. the system's errors in their own words
 
 
-@pytest.fixture
-def full_disk(tmp_path: Path):  # noqa: ANN201 - a fixture
-    """A 512 KB tmpfs: writing more fails with ENOSPC (skipped where mounting is not allowed)."""
-    folder = tmp_path / "full"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(folder)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.decode().strip() or 'not root'})")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
 def random_chats(path: Path, n: int, seed: int = 0) -> Path:
     """Rows of random words: they compress badly, so their shards are about as large as their text."""
     import random
