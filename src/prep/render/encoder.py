@@ -9,21 +9,30 @@ Too long rows (`max_len`): `drop` rejects them (`too_long`); `truncate` cuts at 
 the cut answer with the template's end-of-turn token, trained (or, when the cut falls outside an
 answer, ends at the last whole answer); `turns` drops whole trailing turns while at least one
 trained turn remains. Cut rows are written and counted as altered.
+
+Rows with media (design §2a) are rendered with each placeholder as a content part (the tokenizer's template) or
+as the family's marker (a built-in template), then every marker in the rendered text is expanded into the
+processor's text for that medium (prep.render.vision), the spans shifted with it. Media blocks never carry loss,
+and a cut never falls inside one. The `media` column says where each block's feature run landed in `input_ids`;
+the table's schema metadata (`prep.media`) names the roots its `root` indexes and the files it references, which
+the shard writer maps onto the manifest's `media_roots` and `media`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from prep.core.codes import ERROR
-from prep.core.columns import ACCEPTS, KIND_OF_RECORD, schema
+from prep.core.columns import ACCEPTS, KIND_OF_RECORD, MEDIA_COLUMN, MEDIA_DIR, MEDIA_META, schema
 from prep.core.findings import (
     Altered,
     Batch,
@@ -35,10 +44,13 @@ from prep.core.findings import (
     per_row,
     row_error,
 )
-from prep.core.records import Record, kind_of
-from prep.render.spans import Rendered, Span, Specials, nothing_to_train, resolve_train_on
+from prep.core.media import PLACEHOLDERS, Item, pieces, placeholders
+from prep.core.records import Message, Record, kind_of
+from prep.render.jinja import JinjaTemplate
+from prep.render.spans import Rendered, Span, Specials, Turn, nothing_to_train, resolve_train_on
 from prep.render.templates import AnyTemplate, document, prompt_text, render_pair, text_only
 from prep.render.tokenizer import Tokenizer
+from prep.render.vision import Expansion, Scheme, Unknown, load_scheme
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,26 @@ class _Row:
     label: bool | None = None
     id: str = ""
     columns: dict[str, Any] = field(default_factory=dict)  # the record's carried columns
+    media: list[dict[str, Any]] = field(default_factory=list)  # the media column's entries, root as a folder
+
+
+@dataclass(slots=True)
+class _Block:
+    """One medium in the expanded text: the item, its expansion, and its block and feature run (characters)."""
+
+    item: Item
+    expansion: Expansion
+    block: Span
+    feature: Span
+
+
+@dataclass(slots=True)
+class _Chat:
+    """A chat rendered for training: the rendering, its trained spans, and its media blocks."""
+
+    rendered: Rendered
+    spans: list[Span]
+    blocks: list[_Block]
 
 
 @dataclass(slots=True)
@@ -76,20 +108,28 @@ def build_encoder(tok: Tokenizer, template: AnyTemplate | None, settings: Settin
     """The encoder of `settings.kind` with `tok` and `template` (`templates.chat_template`: name or file, its
     arguments and day); plain text (pretrain) takes no template. tokenize, mix --by tokens and validate
     --tokenizer all encode through here, so they count the same tokens."""
-    return Encoder(tok.backend, None if settings.kind == "pretrain" else template, tok.specials, settings)
+    return Encoder(tok.backend, None if settings.kind == "pretrain" else template, tok.specials, settings,
+                   load_scheme(tok.path))
 
 
 class Encoder:
     """Record batches -> shard rows: everything a worker process needs, and nothing it has to import."""
 
-    def __init__(self, backend: Any, template: AnyTemplate | None, specials: Specials, settings: Settings) -> None:
+    def __init__(self, backend: Any, template: AnyTemplate | None, specials: Specials, settings: Settings,
+                 scheme: Scheme | Unknown | None = None) -> None:
         self.backend, self.template, self.specials, self.settings = backend, template, specials, settings
+        self.scheme = scheme or Unknown("no processor folder given")
+        # sft shards of a model with a media scheme carry the media column (empty lists for text-only rows)
+        self.media = settings.kind == "sft" and isinstance(self.scheme, Scheme)
+        if isinstance(self.scheme, Scheme):
+            for token in self.scheme.tokens():
+                self._single_token(token, f"{self.scheme.family} media token")
         self.eos_id = self._single_token(specials.eos, "EOS") if specials.eos else None
         self.eot_id = self._single_token(template.eot, f"end-of-turn token of template {template.name}") \
             if template else self.eos_id
         if settings.kind == "pretrain" and self.eos_id is None:
             raise PrepError("pretraining text ends with the tokenizer's EOS token, and this tokenizer has none")
-        self.schema = schema(settings.kind, settings.carried)
+        self.schema = schema(settings.kind, settings.carried, self.media)
         self.train_on = resolve_train_on(settings.train_on, "chat")
 
     def _single_token(self, text: str, what: str) -> int:
@@ -141,6 +181,10 @@ class Encoder:
             raise row_error("wrong_kind", f"a {kind} record cannot go into {self.settings.kind} shards",
                             hint=f"tokenize {kind} records with --kind {KIND_OF_RECORD[kind]}")
         text_only(record)
+        media = record.get("media") or []
+        if media and (kind != "chat" or self.settings.kind != "sft"):
+            raise row_error("unsupported_media", f"a {kind} row with media: prep tokenizes media into sft shards of "
+                            "conversations", "$.media")
         if kind == "text":
             return None, [document(record["text"], self.specials)], []
         if self.template is None:
@@ -150,20 +194,52 @@ class Encoder:
         if self.settings.kind == "prompt":
             return None, [prompt_text(self.template, record, kwargs)], []
         if kind == "chat":
-            rendered = self.template.render(record["messages"], tools, kwargs)
-            spans = rendered.spans(self.train_on, self.settings.train_on_reasoning)
-            if not spans:
+            chat = self._chat(record["messages"], tools, kwargs, self._items(media))
+            if not chat.spans:
                 raise nothing_to_train(self.train_on)
-            return (rendered, spans), [rendered.text], rendered.notes
+            return chat, [chat.rendered.text], chat.rendered.notes
         sides = ("chosen", "rejected") if kind == "preference" else ("completion",)
         pairs = [render_pair(self.template, record["prompt"], record[s], tools, f"$.{s}", kwargs) for s in sides]
         return [start for start, _ in pairs], [text for _, text in pairs], []
+
+    def _items(self, media: list[Item]) -> list[tuple[Item, Expansion]]:
+        """Each medium, probed where its size is unknown, with the text its processor puts for it."""
+        if not media:
+            return []
+        scheme = self.scheme
+        if isinstance(scheme, Unknown):
+            raise scheme.refuse(media[0])
+        out = []
+        for item in media:
+            refused = scheme.unsupported(item)
+            if refused:
+                raise refused
+            item = _probed(item)
+            out.append((item, scheme.expand(item)))
+        return out
+
+    def _chat(self, messages: Sequence[Message], tools: Any, kwargs: Any,
+              items: list[tuple[Item, Expansion]]) -> _Chat:
+        """Render a conversation (its media as content parts or markers), then expand the markers."""
+        assert self.template is not None
+        if not items:
+            rendered = self.template.render(messages, tools, kwargs)
+            return _Chat(rendered, rendered.spans(self.train_on, self.settings.train_on_reasoning), [])
+        scheme = self.scheme
+        assert isinstance(scheme, Scheme)
+        as_parts = isinstance(self.template, JinjaTemplate)
+        given = [_for_template(m, scheme, as_parts) for m in messages]
+        rendered, blocks = _expand(self.template.render(given, tools, kwargs), items, scheme)
+        spans = rendered.spans(self.train_on, self.settings.train_on_reasoning)
+        return _Chat(rendered, spans, blocks)
 
     # tokens and labels ---------------------------------------------------------------------------------------
 
     def _finish(self, job: _Job, source: Source) -> _Row | Altered:
         row, altered = self._tokens(job.record, job.plan, job.encodings)
         row.id = job.record["id"]
+        if row.media and not self.media:
+            raise row_error("unsupported_media", "media in a shard kind without a media column", "$.media")
         row.columns = job.record.get("columns", {})
         return Altered(row, altered) if altered else row
 
@@ -177,42 +253,59 @@ class Encoder:
             return _Row([ids]), None
         enc = encs[0]
         ids = enc.ids
+        blocks: list[tuple[int, int, int, int]] = []
         if plan is None:  # plain text: every token trained
             ranges = [(0, len(ids))]
             eot = self.eos_id
         else:
-            ranges = _token_ranges(enc, plan[1])
+            blocks = _block_tokens(enc, plan.blocks)
+            ranges = _without(_token_ranges(enc, plan.spans), [(a, b) for a, b, _, _ in blocks])
             eot = self.eot_id
         if not ranges:
             raise nothing_to_train(self.train_on)
         max_len = self.settings.max_len
         if not max_len or len(ids) <= max_len:
-            return _Row([ids], ranges), None
+            return self._with_media(_Row([ids], ranges), plan, blocks), None
         if self.settings.overflow == "drop":
             raise _too_long(len(ids), max_len)
         if plan is None:
             return _truncate(ids, ranges, ranges, max_len, eot)
         if self.settings.overflow == "turns":
-            return self._drop_turns(record, plan[0], enc, len(ids))
-        answers = [r for r in _token_ranges(enc, plan[0].answer_spans()) if _covered(r, ranges)]
-        return _truncate(ids, ranges, answers, max_len, eot)
+            return self._drop_turns(record, plan, enc, len(ids))
+        answers = [r for r in _token_ranges(enc, plan.rendered.answer_spans()) if _covered(r, ranges)]
+        row, note = _truncate(ids, ranges, answers, max_len, eot, [(a, b) for a, b, _, _ in blocks])
+        return self._with_media(row, plan, blocks), note
 
-    def _drop_turns(self, record: Record, rendered: Rendered, enc: Any, n: int) -> tuple[_Row, Finding | None]:
+    def _with_media(self, row: _Row, chat: _Chat | None, blocks: list[tuple[int, int, int, int]]) -> _Row:
+        """The row with its media entries: each block kept whole in the row's ids (a cut drops the blocks after it)."""
+        if chat is None:
+            return row
+        n = len(row.parts[0])
+        for b, (_, end, fa, fb) in zip(chat.blocks, blocks, strict=True):
+            if end > n:
+                break
+            row.media.append(_entry(b, fa, fb - fa))
+        return row
+
+    def _drop_turns(self, record: Record, chat: _Chat, enc: Any, n: int) -> tuple[_Row, Finding | None]:
         max_len = self.settings.max_len or 0
         messages = record["messages"]
-        for turn in reversed([t for t in rendered.turns if t.answer]):
+        items = [(b.item, b.expansion) for b in chat.blocks]
+        for turn in reversed([t for t in chat.rendered.turns if t.answer]):
             end = enc.char_to_token(turn.answer[1] - 1)  # type: ignore[index]
             if end is None or end >= max_len or turn.index == len(messages) - 1:
                 continue
-            shorter = self.template.render(messages[:turn.index + 1], record.get("tools"),  # type: ignore[union-attr]
-                                           record.get("chat_template_kwargs"))
-            spans = shorter.spans(self.train_on, self.settings.train_on_reasoning)
-            if not spans:
+            kept = messages[:turn.index + 1]
+            shorter = self._chat(kept, record.get("tools"), record.get("chat_template_kwargs"),
+                                 items[:sum(len(placeholders(m["content"])) for m in kept)] if items else [])
+            if not shorter.spans:
                 continue
-            enc2 = self.backend.encode(shorter.text, add_special_tokens=False)
+            enc2 = self.backend.encode(shorter.rendered.text, add_special_tokens=False)
             if len(enc2.ids) <= max_len:
                 dropped = len(messages) - turn.index - 1
-                return _Row([enc2.ids], _token_ranges(enc2, spans)), finding(
+                blocks = _block_tokens(enc2, shorter.blocks)
+                ranges = _without(_token_ranges(enc2, shorter.spans), [(a, b) for a, b, _, _ in blocks])
+                return self._with_media(_Row([enc2.ids], ranges), shorter, blocks), finding(
                     "turns_dropped", f"{n} tokens > --max-len {max_len}: dropped the last {dropped} messages",
                     "$.messages")
         raise _too_long(n, max_len, "no shorter conversation ending with a trained turn fits")
@@ -246,12 +339,15 @@ class Encoder:
 
     def _table(self, rows: list[_Row], ids: list[str]) -> pa.Table:
         table = self._own_columns(rows, ids)
+        if self.media:
+            column, meta = _media_column(rows, self.schema.field(MEDIA_COLUMN).type)
+            table = table.append_column(self.schema.field(MEDIA_COLUMN), column)
         for name in self.schema.names[table.num_columns:]:  # the carried columns the shard schema holds
             values = [r.columns.get(name) for r in rows]
             table = table.append_column(name, pa.array(
                 [v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False, sort_keys=True)
                  for v in values], type=pa.string()))
-        return table
+        return table.replace_schema_metadata({MEDIA_META: json.dumps(meta)}) if self.media else table
 
     def _own_columns(self, rows: list[_Row], ids: list[str]) -> pa.Table:
         n = len(rows)
@@ -328,18 +424,18 @@ def _covered(r: tuple[int, int], ranges: list[tuple[int, int]]) -> bool:
 
 
 def _truncate(ids: list[int], ranges: list[tuple[int, int]], answers: list[tuple[int, int]], max_len: int,
-              eot: int | None) -> tuple[_Row, Finding]:
+              eot: int | None, blocks: Sequence[tuple[int, int]] = ()) -> tuple[_Row, Finding]:
     """Cut to `max_len`: through a trained answer (closed with its end-of-turn token, trained), else at the
-    end of the last trained answer that fits whole."""
+    end of the last trained answer that fits whole. A cut never falls inside a media block: it moves before it."""
     n = len(ids)
-    cut = next(((a, b) for a, b in answers if a < max_len - 1 and b > max_len), None)
+    keep = next((a for a, b in blocks if a < max_len - 1 < b), max_len - 1)
+    cut = next(((a, b) for a, b in answers if a < keep and b > max_len), None)
     if cut is not None and eot is not None:
-        keep = max_len - 1
         kept = [(a, min(b, keep)) for a, b in ranges if a < keep] + [(keep, keep + 1)]
         return _Row([[*ids[:keep], eot]], kept), finding(
-            "truncated", f"{n} tokens > --max-len {max_len}: cut to {max_len}, the cut answer closed with its "
-            "end-of-turn token")
-    whole = [b for _, b in answers if b <= max_len]
+            "truncated", f"{n} tokens > --max-len {max_len}: cut to {keep + 1}, the cut answer closed with its "
+            "end-of-turn token" + (" (before a media block, which is never cut)" if keep < max_len - 1 else ""))
+    whole = [b for _, b in answers if b <= max_len and not any(a < b < e for a, e in blocks)]
     if not whole:
         raise _too_long(n, max_len, "no trained answer fits")
     keep = whole[-1]
@@ -350,3 +446,135 @@ def _truncate(ids: list[int], ranges: list[tuple[int, int]], answers: list[tuple
 
 def _too_long(n: int, max_len: int, why: str = "") -> RowError:
     return row_error("too_long", f"{n} tokens > --max-len {max_len}" + (f" ({why})" if why else ""), severity=ERROR)
+
+
+def _probed(item: Item) -> Item:
+    """The item with what its header tells (prep.files.media.probe reads it) when its size or hash is unknown."""
+    wanted = ("sha256", "width", "height", *(("frames", "fps") if item["type"] == "video" else ()))
+    if all(item.get(k) is not None for k in wanted):
+        return item
+    from prep.files.media import probe  # noqa: PLC0415 - start-up time: Pillow/PyAV only for rows with media
+
+    return probe(item)
+
+
+def _for_template(m: Message, scheme: Scheme, as_parts: bool) -> Message:
+    """A message as the template is given it: placeholders as content parts for the tokenizer's own template
+    (which places each medium's marker itself), as the family's marker text for a built-in template."""
+    content = m.get("content")
+    if not isinstance(content, str) or not placeholders(content):
+        return m
+    if as_parts:
+        parts = [{"type": "text", "text": chunk} if kind == "text" else {"type": kind} for kind, chunk in pieces(content)]
+        return {**m, "content": parts}
+    return {**m, "content": "".join(chunk if kind == "text" else scheme.builtin[kind] for kind, chunk in pieces(content))}
+
+
+def _expand(rendered: Rendered, items: list[tuple[Item, Expansion]], scheme: Scheme) -> tuple[Rendered, list[_Block]]:
+    """Every marker of the rendered text replaced by its medium's expansion, in order, as the processor replaces
+    them; every span shifted to the expanded text."""
+    text = rendered.text
+    kind_of_marker = {marker: kind for kind, marker in scheme.markers.items()}
+    found = list(re.finditer("|".join(map(re.escape, sorted(kind_of_marker, key=len, reverse=True))), text))
+    kinds = [kind_of_marker[m.group()] for m in found]
+    if kinds != [item["type"] for item, _ in items]:
+        raise row_error("media_count_mismatch", f"the chat text holds {len(kinds)} media marker(s) "
+                        f"({', '.join(kinds) or 'none'}) for {len(items)} item(s) "
+                        f"({', '.join(item['type'] for item, _ in items)})", "$.messages",
+                        hint=f"write one {'/'.join(PLACEHOLDERS.values())} placeholder per item, and no "
+                             f"{scheme.family} marker token in the text")
+    out, blocks, at, edges = [], [], 0, []
+    size = 0
+    for m, (item, exp) in zip(found, items, strict=True):
+        out.append(text[at:m.start()])
+        size += m.start() - at
+        start = size
+        out.append(exp.text)
+        size += len(exp.text)
+        at = m.end()
+        edges.append((m.end(), size - m.end()))  # a position at or after the marker's end moves by this much
+        blocks.append(_Block(item, exp, (start + exp.block[0], start + exp.block[1]),
+                             (start + exp.feature[0], start + exp.feature[1])))
+    out.append(text[at:])
+    new = "".join(out)
+    for b in blocks:  # the begin/end tokens the template wrote around a marker belong to its block
+        a, e = b.block
+        before, after = scheme.wrap
+        if before and new.startswith(before, a - len(before)) and a >= len(before):
+            a -= len(before)
+        if after and new.startswith(after, e):
+            e += len(after)
+        b.block = (a, e)
+
+    def move(p: int) -> int:
+        shift = 0
+        for end, delta in edges:
+            if end > p:
+                break
+            shift = delta
+        return p + shift
+
+    def span(s: Span | None) -> Span | None:
+        return None if s is None else (move(s[0]), move(s[1]))
+
+    turns = [Turn(t.index, t.role, span(t.content), span(t.answer), t.trained,  # type: ignore[arg-type]
+                  None if t.think is None else (move(t.think[0]), move(t.think[1]), t.think[2])) for t in rendered.turns]
+    return Rendered(new, turns, rendered.notes), blocks
+
+
+def _block_tokens(enc: Any, blocks: list[_Block]) -> list[tuple[int, int, int, int]]:
+    """Each block's token range and its feature run's, checked against the expansion's token count."""
+    out = []
+    for b in blocks:
+        a, e = _char_token(enc, b.block[0], b.block[1], 1), _char_token(enc, b.block[1] - 1, b.block[0] - 1, -1)
+        fa, fe = _char_token(enc, b.feature[0], b.feature[1], 1), _char_token(enc, b.feature[1] - 1,
+                                                                               b.feature[0] - 1, -1)
+        if None in (a, e, fa, fe) or fe + 1 - fa != b.expansion.tokens:  # type: ignore[operator]
+            raise PrepError(f"the tokenizer does not keep the media tokens whole ({b.expansion.tokens} expected, "
+                            f"{(fe or 0) + 1 - (fa or 0)} made): is it the model's own tokenizer?")
+        out.append((a, e + 1, fa, fe + 1))  # type: ignore[operator]
+    return out
+
+
+def _without(ranges: list[tuple[int, int]], holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Token ranges with the holes cut out (media tokens never carry loss)."""
+    for ha, hb in holes:
+        ranges = [piece for a, b in ranges for piece in ((a, min(b, ha)), (max(a, hb), b)) if piece[1] > piece[0]]
+    return ranges
+
+
+def _entry(b: _Block, start: int, length: int) -> dict[str, Any]:
+    """One entry of the media column, its root still a folder ("." for a data URL, written into the shards)."""
+    item = b.item
+    data = item.get("url", "").startswith("data:")
+    return {"type": item["type"], "sha256": item.get("sha256"), "root": "." if data else item.get("root"),
+            "path": media_name(item) if data else item.get("path"), "start": start, "length": length,
+            "grid": list(b.expansion.grid) if b.expansion.grid else None, "width": item.get("width"),
+            "height": item.get("height"), "bytes": item.get("bytes"), "url": item["url"] if data else None}
+
+
+def media_name(item: Item) -> str:
+    """Where a data-URL medium is written in a shard folder: media/<sha256>.<ext>, the extension its MIME type's."""
+    mime = item["url"][5:].split(";", 1)[0].split(",", 1)[0]
+    sub = mime.split("/", 1)[-1].lower().removeprefix("x-") or item["type"]
+    return f"{MEDIA_DIR}/{item['sha256']}.{ {'jpeg': 'jpg', 'mpeg': 'mp3', 'quicktime': 'mov'}.get(sub, sub)}"
+
+
+def _media_column(rows: list[_Row], kind: pa.DataType) -> tuple[pa.Array, dict[str, Any]]:
+    """The media column (root as an index into the batch's roots) and the metadata naming those roots and the files,
+    which the shard writer maps onto the manifest."""
+    roots: dict[str, int] = {}
+    files: dict[str, dict[str, Any]] = {}
+    column = []
+    for row in rows:
+        entries = []
+        for e in row.media:
+            root = e["root"] if e["root"] == "." else str(Path(e["root"] or ".").resolve())
+            index = roots.setdefault(root, len(roots))
+            files.setdefault(e["sha256"], {"sha256": e["sha256"], "root": index, "path": e["path"], "bytes": e["bytes"],
+                                           "type": e["type"], **({"url": e["url"]} if e["url"] else {})})
+            entries.append({**{k: e[k] for k in ("type", "sha256", "path", "start", "length", "grid", "width",
+                                                 "height")}, "root": index})
+        column.append(entries)
+    return pa.array(column, type=kind), {"roots": list(roots), "files": list(files.values()),
+                                         "items": sum(len(r.media) for r in rows)}

@@ -374,13 +374,12 @@ class JinjaTemplate:
         turns: list[Turn] = []
         pos = 0
         for i, m in enumerate(messages):
-            content = _visible(m)
             if m["role"] != "assistant":
-                at = full.find(content, pos) if content else pos
-                if at < 0:
+                found = _find(full, _visible(m), pos)
+                if found is None:
                     raise self._dropped(i, m["role"])
-                turns.append(Turn(i, m["role"], (at, at + len(content))))
-                pos = at + len(content)
+                turns.append(Turn(i, m["role"], found))
+                pos = found[1]
                 continue
             prefix = self._render(messages[:i], tools, True, kwargs) if i else ""
             if not full.startswith(prefix):
@@ -392,12 +391,13 @@ class JinjaTemplate:
             if start < pos:
                 raise row_error("template_mismatch", f"the chat template of {self.label} writes message {i} after "
                                 f"the point where assistant message {i + 1} starts", f"$.messages[{i}]")
-            at = full.find(content, start) if content else start
-            if at < 0:
+            found = _find(full, _visible(m), start)
+            if found is None:
                 raise self._dropped(i, "assistant")
-            close = full.find(self.eot, at + len(content))
-            following = _visible(messages[i + 1]) if i + 1 < len(messages) else ""
-            if close < 0 or (following and following in full[at + len(content):close]):
+            at, stop = found
+            close = full.find(self.eot, stop)
+            following = next(iter(_visible(messages[i + 1])), "") if i + 1 < len(messages) else ""
+            if close < 0 or (following and following in full[stop:close]):
                 raise row_error("template_mismatch", f"the chat template of {self.label} does not close assistant "
                                 f"message {i + 1} with {self.eot}", f"$.messages[{i}]")
             end = close + len(self.eot)
@@ -407,7 +407,7 @@ class JinjaTemplate:
                                     f"the tool call {call['function']['name']!r} of message {i + 1}",
                                     f"$.messages[{i}].tool_calls",
                                     hint="use a tool-aware template (e.g. --template chatml)")
-            turns.append(Turn(i, "assistant", (at, at + len(content)), (start, end), m.get("weight", 1) != 0,
+            turns.append(Turn(i, "assistant", (at, stop), (start, end), m.get("weight", 1) != 0,
                               think_span(full, start, end)))
             pos = end
         if tools and self._same(full, messages, None, kwargs):
@@ -443,10 +443,26 @@ class JinjaTemplate:
                          "chatml)")
 
 
-def _visible(m: Message) -> str:
-    """The part of a message a template must write verbatim (up to surrounding whitespace); reasoning
-    before `</think>` is left out because reasoning templates drop it from earlier turns."""
+def _visible(m: Message) -> list[str]:
+    """The parts of a message a template must write verbatim, in order (up to surrounding whitespace): its content,
+    or the text of its content parts (a row with media: design §2a); reasoning before `</think>` is left out
+    because reasoning templates drop it from earlier turns."""
     content = m["content"]
+    if not isinstance(content, str):
+        return [t for p in content if p.get("type") == "text" and (t := p["text"].strip())]
     if m["role"] == "assistant" and "</think>" in content:
         content = content.rsplit("</think>", 1)[1]
-    return content.strip()
+    return [content.strip()] if content.strip() else []
+
+
+def _find(full: str, texts: list[str], pos: int) -> tuple[int, int] | None:
+    """Where `texts` appear one after another in `full` from `pos`: from the first's start to the last's end (an
+    empty span at `pos` when there is no text); None when one is missing."""
+    start = end = pos
+    for k, text in enumerate(texts):
+        at = full.find(text, end)
+        if at < 0:
+            return None
+        start = at if k == 0 else start
+        end = at + len(text)
+    return start, end

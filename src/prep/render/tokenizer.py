@@ -1,9 +1,9 @@
 """Tokenizers: loading one from a local folder, and its identity.
 
 A folder loads with `tokenizers` alone, from `tokenizer.json` and `tokenizer_config.json` (named
-special tokens, added tokens, chat templates from the config, `chat_template.jinja` or
-`additional_chat_templates/`), into the pipeline transformers 5 builds for it: as the file says for
-the generic classes, and rebuilt the way `LlamaTokenizer` and `Qwen2Tokenizer` rebuild it (a test
+special tokens, added tokens, chat templates from the config, `chat_template.jinja`,
+`additional_chat_templates/` or a processor folder's `chat_template.json`), into the pipeline
+transformers 5 builds for it: as the file says for the generic classes, and rebuilt the way `LlamaTokenizer` and `Qwen2Tokenizer` rebuild it (a test
 compares the two pipelines on every fixture tokenizer). Other classes that transformers rebuilds load
 through transformers, with a note saying so: exact, but seconds slower to start. A folder without
 `tokenizer.json` (a SentencePiece model alone) is refused in one line that says how to write one:
@@ -257,7 +257,7 @@ def _special_tokens(folder: Path, config: dict[str, Any]) -> dict[str, str]:
 def _chat_templates(folder: Path, config: dict[str, Any]) -> dict[str, str]:
     """Chat templates by name: chat_template.jinja and additional_chat_templates/*.jinja when there are any
     (they take priority, as in transformers), else the config's `chat_template` (text, or a list of
-    {"name", "template"})."""
+    {"name", "template"}), else a processor folder's chat_template.json."""
     templates = {}
     if (folder / "chat_template.jinja").is_file():
         templates["default"] = read_config(folder / "chat_template.jinja", "chat template")
@@ -267,6 +267,8 @@ def _chat_templates(folder: Path, config: dict[str, Any]) -> dict[str, str]:
     if templates:
         return templates
     given = config.get("chat_template")
+    if given is None:  # a processor folder keeps it in chat_template.json, which transformers' processor reads
+        given = (_read_json(folder / "chat_template.json") or {}).get("chat_template")
     if isinstance(given, str):
         return {"default": given}
     if isinstance(given, list):

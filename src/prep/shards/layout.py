@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prep.core.columns import SHARD_KINDS, schema
+from prep.core.columns import MEDIA_DIR, SHARD_KINDS, schema
 from prep.core.findings import PrepError
 from prep.files.guard import reserve
 
@@ -50,7 +50,7 @@ def is_shard_folder(path: str | Path) -> bool:
 
 
 # No other output may be written over these, nor inside a shard folder being read (files.guard).
-reserve(MANIFEST, JOURNAL, DATA_DIR, kind=is_shard_folder)
+reserve(MANIFEST, JOURNAL, DATA_DIR, MEDIA_DIR, kind=is_shard_folder)
 
 
 def position_ids(seq_lengths: list[int]) -> list[int]:

@@ -7,10 +7,17 @@ files.atomic.Staged). A folder with a manifest is a finished dataset, and a run 
 the earlier output as it was. The output is locked (files.locks.locked) while it is written: a second run into
 it is refused. Row groups have a fixed size, so the bytes depend only on the rows, never on how the stages
 batched them: same inputs + options, same shards.
+
+Shards of rows with media (design §2a) reference their media, never hold pixels: each table's `media` column
+indexes roots its schema metadata names (`prep.media`), which the writer maps onto the manifest's
+`media_roots` ("." the shard folder, then the absolute folders seen); a data-URL medium is written into
+`media/<sha256>.<ext>` of the folder being made (each file staged and renamed like the shards), and the manifest's
+`media` lists every distinct file once.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -24,9 +31,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from prep import __version__
-from prep.core.columns import schema
+from prep.core.columns import MEDIA_COLUMN, MEDIA_META, schema
 from prep.core.findings import Batch, PrepError, Tally
-from prep.files.atomic import AllOrNothing, Staged, resume_folder, write_json
+from prep.files.atomic import AllOrNothing, Staged, replaced, resume_folder, write_json
 from prep.files.hashing import sha256_file
 from prep.files.locks import locked
 from prep.files.write import RowWriter
@@ -54,14 +61,18 @@ class ShardWriter(AllOrNothing):
 
     def __init__(self, outdir: str | Path, kind: str, meta: dict[str, Any], *, rejects: str | None = None,
                  shard_rows: int = 100_000, shard_mb: float = 256.0, resume_key: str | None = None,
-                 carried: tuple[str, ...] = ()) -> None:
+                 carried: tuple[str, ...] = (), media: bool = False) -> None:
         if kind not in SCHEMAS:
             raise PrepError(f"unknown shard kind {kind!r}; one of {', '.join(KINDS)}")
         if shard_rows < 1 or shard_mb <= 0:
             raise PrepError("shard size must be positive")
         self.outdir, self.kind, self.meta = Path(outdir), kind, meta
         self.work = resume_folder(self.outdir)  # a stable name: a re-run resumes it
-        self.schema = schema(kind, carried)
+        self.schema = schema(kind, carried, media)
+        self.media = media
+        self.media_roots: list[str] = ["."]  # the manifest's: the shard folder, then absolute folders
+        self.media_files: dict[str, dict[str, Any]] = {}  # by sha256, in the order first seen
+        self.media_items = 0
         if carried:
             meta["carried"] = list(carried)  # verify builds the same schema from it (the caller may add to meta)
         self.shard_rows, self.shard_bytes = shard_rows, int(shard_mb * 1024 * 1024)
@@ -120,6 +131,8 @@ class ShardWriter(AllOrNothing):
 
     def add(self, table: pa.Table) -> None:
         """Append shard rows; a shard ends after the row that reaches `shard_rows` or the size bound."""
+        if self.media:
+            table = self._media(table)
         self.tokens += pc.sum(table["num_tokens"]).as_py() or 0
         if "num_loss_tokens" in table.column_names:
             self.loss_tokens += pc.sum(table["num_loss_tokens"]).as_py() or 0
@@ -138,6 +151,37 @@ class ShardWriter(AllOrNothing):
                 self._flush_group(ROW_GROUP_ROWS)
             if self._rows >= self.shard_rows or self._bytes >= self.shard_bytes:
                 self._close_shard()
+
+    def _media(self, table: pa.Table) -> pa.Table:
+        """The table's media roots mapped onto the manifest's, its data-URL media written into the folder, its files
+        listed; the metadata that named them dropped."""
+        meta = json.loads((table.schema.metadata or {}).get(MEDIA_META, b"{}"))
+        table = table.replace_schema_metadata(None)
+        if not meta.get("items"):
+            return table
+        index = []
+        for root in meta["roots"]:
+            if root not in self.media_roots:
+                self.media_roots.append(root)
+            index.append(self.media_roots.index(root))
+        for f in meta["files"]:
+            if f["sha256"] in self.media_files:
+                continue
+            url = f.pop("url", None)
+            if url is not None:
+                data = base64.b64decode(url.split(",", 1)[1]) if ";base64" in url.split(",", 1)[0] else \
+                    url.split(",", 1)[1].encode()
+                target = self.work / f["path"]
+                if not target.is_file():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with replaced(target) as tmp:
+                        tmp.write_bytes(data)
+                f["bytes"] = len(data)
+            self.media_files[f["sha256"]] = {**f, "root": index[f["root"]]}
+        self.media_items += meta["items"]
+        rows = [[{**e, "root": index[e["root"]]} for e in entries] for entries in table[MEDIA_COLUMN].to_pylist()]
+        at = table.schema.get_field_index(MEDIA_COLUMN)
+        return table.set_column(at, table.schema.field(at), pa.array(rows, type=table.schema.field(at).type))
 
     def _flush_group(self, rows: int) -> None:
         pending = pa.concat_tables(self._pending)
@@ -228,6 +272,9 @@ class ShardWriter(AllOrNothing):
             "counts": {**self.tally.to_dict(), "rows": rows},
             "tokens": {"total": self.tokens, "loss": self.loss_tokens},
             "shards": self.shards,
+            **({"media_roots": self.media_roots, "media": {"items": self.media_items,
+                                                          "files": list(self.media_files.values())}}
+               if self.media else {}),
         }
 
     def abort(self, keep_journal: bool = True) -> None:

@@ -207,7 +207,8 @@ class TokenizeResult(Result):
     def summary(self) -> str:
         m = self.manifest
         trained = f", {m['tokens']['loss']:,} trained" if m["kind"] in ("sft", "pretrain") else ""
-        return (f"{self.tally.summary()}; {m['tokens']['total']:,} tokens{trained} ({m['kind']}, template "
+        media = f", {m['media']['items']:,} media ({len(m['media']['files']):,} files)" if m.get("media") else ""
+        return (f"{self.tally.summary()}; {m['tokens']['total']:,} tokens{trained}{media} ({m['kind']}, template "
                 f"{(m['template'] or {}).get('name', 'none')})")
 
 
@@ -268,7 +269,8 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, templat
     }
     meter = Meter(progress)
     sources = _Sources()
-    with _steady_gc(), ShardWriter(output, kind, meta, rejects=rejects, carried=carried) as writer:
+    with _steady_gc(), ShardWriter(output, kind, meta, rejects=rejects, carried=carried,
+                                   media=encoder.media) as writer:
         meter.start()
         encoded = run_parts(parts, _Encode(encoder, inputs.skip), where, ran) if where.ray else \
             run_encoder(batches, encoder, workers)
