@@ -214,6 +214,8 @@ class Encoder:
             refused = scheme.unsupported(item)
             if refused:
                 raise refused
+            if not item.get("url", "data:").startswith("data:"):
+                raise scheme.refuse(item, "a URL, which prep never fetches: download it and give its path")
             item = _probed(item)
             out.append((item, scheme.expand(item)))
         return out
@@ -259,7 +261,8 @@ class Encoder:
             eot = self.eos_id
         else:
             blocks = _block_tokens(enc, plan.blocks)
-            ranges = _without(_token_ranges(enc, plan.spans), [(a, b) for a, b, _, _ in blocks])
+            trained = _token_ranges(enc, plan.spans)
+            ranges = _without(trained, [(a, b) for a, b, _, _ in blocks])
             eot = self.eot_id
         if not ranges:
             raise nothing_to_train(self.train_on)
@@ -272,7 +275,7 @@ class Encoder:
             return _truncate(ids, ranges, ranges, max_len, eot)
         if self.settings.overflow == "turns":
             return self._drop_turns(record, plan, enc, len(ids))
-        answers = [r for r in _token_ranges(enc, plan.rendered.answer_spans()) if _covered(r, ranges)]
+        answers = [r for r in _token_ranges(enc, plan.rendered.answer_spans()) if _covered(r, trained)]
         row, note = _truncate(ids, ranges, answers, max_len, eot, [(a, b) for a, b, _, _ in blocks])
         return self._with_media(row, plan, blocks), note
 
@@ -459,10 +462,12 @@ def _probed(item: Item) -> Item:
 
 
 def _for_template(m: Message, scheme: Scheme, as_parts: bool) -> Message:
-    """A message as the template is given it: placeholders as content parts for the tokenizer's own template
-    (which places each medium's marker itself), as the family's marker text for a built-in template."""
+    """A message of a row with media as the template is given it. The tokenizer's own template gets content parts
+    (`{"type": "image"}`, `{"type": "text", "text": ...}`), every message of the row, as transformers' processors
+    are given them (LLaVA's templates read text from parts only), and places each medium's marker itself; a
+    built-in template gets each placeholder as the family's marker text."""
     content = m.get("content")
-    if not isinstance(content, str) or not placeholders(content):
+    if not isinstance(content, str):
         return m
     if as_parts:
         parts = [{"type": "text", "text": chunk} if kind == "text" else {"type": kind} for kind, chunk in pieces(content)]

@@ -353,6 +353,9 @@ class JinjaTemplate:
         probe = "PREP_PROBE_ANSWER"
         try:
             text = self.text([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": probe}], None, False)
+            if probe not in text:  # a processor's template that reads text from content parts only (LLaVA's)
+                text = self.text([{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+                                  {"role": "assistant", "content": [{"type": "text", "text": probe}]}], None, False)
         except Exception as e:  # noqa: BLE001 - a template is user code: any failure means it cannot be used
             raise PrepError(f"the chat template of {self.owner} fails on a plain user/assistant exchange: {e}") from None
         at = text.find(probe)
