@@ -254,10 +254,11 @@ def test_qwen2vl_demo_rows_equal_transformers_processor() -> None:
     assert got[0]["media"][0]["length"] == 66
 
 
-def _generated(tmp_path: Path) -> list[Path]:
-    """56 images of awkward sizes, modes and formats, some EXIF-rotated, written with Pillow."""
+def _generated(tmp_path: Path, step: int = 1) -> list[Path]:
+    """56 images of awkward sizes, modes and formats, some EXIF-rotated, written with Pillow (every `step`-th)."""
     from PIL import Image
 
+    tmp_path.mkdir(parents=True, exist_ok=True)
     rng = random.Random(23)
     sizes = [(1, 1), (1, 2), (2, 1), (3, 7), (13, 13), (27, 27), (28, 28), (29, 29), (55, 56), (56, 56), (57, 57),
              (100, 1), (1, 150), (199, 1), (28, 5000), (5000, 28), (4000, 3000), (640, 480), (480, 640), (300, 168),
@@ -269,6 +270,8 @@ def _generated(tmp_path: Path) -> list[Path]:
     modes = ["RGB", "L", "RGBA", "P", "LA", "CMYK", "1", "I;16"]
     paths = []
     for k, (w, h) in enumerate(sizes):
+        if k % step:
+            continue
         mode = modes[k % len(modes)]
         fmt = "JPEG" if mode in ("CMYK",) else ["PNG", "WEBP", "BMP", "GIF", "TIFF"][k % 5]
         if mode in ("LA", "I;16", "1") or (fmt in ("BMP", "GIF") and mode in ("RGBA",)):
@@ -281,6 +284,8 @@ def _generated(tmp_path: Path) -> list[Path]:
         paths.append(path)
     for k, (w, h, orientation) in enumerate([(640, 480, 6), (300, 100, 8), (100, 30, 3), (77, 1000, 5), (50, 20, 7),
                                              (2000, 10, 6)]):
+        if (k + len(sizes)) % step:
+            continue
         image = Image.new("RGB", (w, h), color=(k * 40, 0, 0))
         exif = Image.Exif()
         exif[0x0112] = orientation
@@ -521,6 +526,19 @@ def test_llava_fixed_count_with_images_first_template(tmp_path: Path) -> None:
         assert all(e["grid"] is None for e in row["media"])
     text = load_tokenizer(folder).decode(got[0]["input_ids"])
     assert "<|im_start|>user\n<image><image>" in text and "<image>\nWhat are they doing?<|im_end|>" in text
+    _same_on_generated(tmp_path, folder, processor, {image_id})
+
+
+def _same_on_generated(tmp_path: Path, folder: Path, processor: Any, feature: set[int]) -> None:
+    """Every 7th generated image (1×1, 28×5000, grayscale, RGBA, EXIF-rotated among them): prep's ids equal the
+    processor's, whatever the size."""
+    paths = _generated(tmp_path / "generated", 7)
+    messages = [{"role": "user", "content": "Look.<image>"}, {"role": "assistant", "content": "Seen."}]
+    out, got = encode(folder, [record(k, messages, [p.name], p.parent) for k, p in enumerate(paths)])
+    assert not out.rejects and len(got) == len(paths) >= 8
+    for path, row in zip(paths, got, strict=True):
+        assert row["input_ids"] == hf_encode(processor, messages, [path])["input_ids"], path.name
+        check_media_column(row, feature)
 
 
 def test_llava_15_template_is_refused_clearly(tmp_path: Path) -> None:
@@ -583,6 +601,7 @@ def test_gemma3_soft_token_block_is_expanded_in_the_text(tmp_path: Path) -> None
                    if i in (soft, boi, eoi))
         check_media_column(row, {soft})
     assert "\n\n\n" in tok.decode(got[0]["input_ids"][:8])  # "user\n" and the block's "\n\n" as the processor has them
+    _same_on_generated(tmp_path, folder, processor, {soft})
 
 
 def test_gemma3_pan_and_scan_is_refused(tmp_path: Path) -> None:

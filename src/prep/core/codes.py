@@ -156,7 +156,8 @@ CODES: dict[str, Code] = {
     "template_mismatch": Code(ERROR, "tokens", "use a built-in --template for this data"),
     "template_drops_content": Code(ERROR, "tokens", "use a template that renders every message and tool"),
     "template_error": Code(ERROR, "tokens", "fix the row, or use a built-in --template"),
-    "unsupported_media": Code(ERROR, "tokens", "drop the media columns, or leave multimodal rows out"),
+    "unsupported_media": Code(ERROR, "tokens", "tokenize with the model's processor folder (its "
+                              "preprocessor_config.json), or leave the rows with those media out"),
     "prompt_mismatch": Code(ERROR, "tokens", "check that both answers start the same way"),
     "special_token_text": Code(WARNING, "tokens", "user text contains a special-token string of the template; it "
                                "would be read as a control token"),

@@ -285,9 +285,7 @@ class Unknown:
     def refuse(self, item: Item) -> RowError:
         return row_error("unsupported_media", f"{self.what}: prep cannot tell which tokens its processor writes for "
                          f"{PLACEHOLDERS[item['type']]} (prep expands media for {', '.join(FAMILIES)})",
-                         item.get("at", "$.media"),
-                         hint="tokenize with the model's processor folder (its preprocessor_config.json), or leave "
-                              "the rows with media out")
+                         item.get("at", "$.media"))
 
 
 def load_scheme(folder: str | Path) -> Scheme | Unknown:
