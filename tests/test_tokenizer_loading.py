@@ -104,6 +104,8 @@ VERBS = {
     "template": ["template", "samples/openai.jsonl", "--tokenizer", "samples/tokenizer", "-o", "{tmp}/t.jsonl"],
     "tokenize": ["tokenize", "samples/openai.jsonl", "--tokenizer", "{qwen}", "--template", "chatml", "-o",
                  "{tmp}/tok", "-q"],
+    "tokenize (images, video)": ["tokenize", "{mllm}/mllm_demo.json", "{mllm}/mllm_video_demo.json", "--tokenizer",
+                                 "{qwen2vl}", "-o", "{tmp}/vl", "-q"],
     "pack": ["pack", "{tmp}/tok", "--max-len", "4096", "-o", "{tmp}/packed"],
     "verify": ["verify", "{tmp}/packed"],
     "inspect": ["inspect", "{tmp}/packed"],
@@ -121,7 +123,8 @@ VERBS = {
 
 @pytest.mark.slow
 def test_the_data_verbs_import_neither_torch_nor_transformers(tmp_path: Path) -> None:
-    """Each verb in a fresh interpreter, in order (pack reads what tokenize wrote); afterwards none of the heavy
+    """Each verb in a fresh interpreter, in order (pack reads what tokenize wrote), tokenize also on rows with images
+    and video (Pillow and PyAV probe them, the Qwen2-VL scheme expands them); afterwards none of the heavy
     libraries is in sys.modules, nor Ray (the local engine never imports it)."""
     heavy = ("torch", "transformers", "datasets", "trl", "ray")
     recipe = yaml.safe_load((ROOT / "recipes" / "autotrain-csv-dpo.yaml").read_text(encoding="utf-8"))
@@ -132,7 +135,8 @@ def test_the_data_verbs_import_neither_torch_nor_transformers(tmp_path: Path) ->
     probe = ("import sys, json\nfrom prep.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
              f"    code = e.code\nprint(json.dumps([code, [m for m in {heavy!r} if m in sys.modules]]))")
     for verb, args in VERBS.items():
-        argv = [a.format(tmp=tmp_path, qwen=fixture("tokenizers", "qwen2.5")) for a in args]
+        argv = [a.format(tmp=tmp_path, qwen=fixture("tokenizers", "qwen2.5"), mllm=fixture("data", "llamafactory"),
+                         qwen2vl=fixture("processors", "qwen2-vl")) for a in args]
         proc = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, cwd=ROOT,
                               env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
         code, loaded = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -180,8 +180,9 @@ class Encoder:
         if kind not in ACCEPTS[self.settings.kind]:
             raise row_error("wrong_kind", f"a {kind} record cannot go into {self.settings.kind} shards",
                             hint=f"tokenize {kind} records with --kind {KIND_OF_RECORD[kind]}")
-        text_only(record)
         media = record.get("media") or []
+        if not media:
+            text_only(record)
         if media and (kind != "chat" or self.settings.kind != "sft"):
             raise row_error("unsupported_media", f"a {kind} row with media: prep tokenizes media into sft shards of "
                             "conversations", "$.media")
