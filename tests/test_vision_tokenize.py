@@ -34,7 +34,7 @@ from prep.core.media import from_columns, pieces, used
 from prep.render.encoder import Settings, build_encoder
 from prep.render.templates import chat_template
 from prep.render.tokenizer import load_tokenizer
-from prep.render.vision import Gemma3, Llava, Unknown, load_scheme
+from prep.render.vision import Gemma3, Llava, Qwen2VL, Unknown, load_scheme
 
 # Qwen2-VL's special tokens in the fixture vocabulary
 VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = 151652, 151653, 151655, 151656
@@ -482,6 +482,32 @@ def test_audio_and_unknown_folders_are_findings_not_crashes(tmp_path: Path) -> N
     assert got == [] and out.rejects[0].findings[0].code == "unsupported_media"
     assert "qwen2.5" in out.rejects[0].findings[0].message
     assert isinstance(load_scheme(fixture("tokenizers", "qwen2.5")), Unknown)
+
+
+def test_the_scheme_is_chosen_by_the_folder(tmp_path: Path) -> None:
+    """processor_class (processor_config.json over preprocessor_config.json) names the family, else the image
+    processor's type; the family's token names come from tokenizer_config.json; an unknown processor is named."""
+    def folder(name: str, files: dict[str, Any]) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        for file, value in files.items():
+            (path / file).write_text(json.dumps(value))
+        return path
+
+    qwen25 = load_scheme(folder("q25", {"preprocessor_config.json": {"image_processor_type": "Qwen2VLImageProcessor",
+                                                                      "min_pixels": 3136, "max_pixels": 1003520},
+                                        "processor_config.json": {"processor_class": "Qwen2_5_VLProcessor"}}))
+    assert isinstance(qwen25, Qwen2VL) and qwen25.name == "Qwen2_5_VLProcessor"
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    h, w = smart_resize(3000, 4000, factor=28, min_pixels=3136, max_pixels=1003520)  # the folder's max_pixels bound
+    assert qwen25.expand({"type": "image", "width": 4000, "height": 3000}).grid == (1, h // 14, w // 14) == (1, 60, 82)
+    gemma = load_scheme(folder("g3", {"preprocessor_config.json": {"image_processor_type": "Gemma3ImageProcessor"},
+                                      "tokenizer_config.json": {"extra_special_tokens": {"image_token": "<soft>"}}}))
+    assert isinstance(gemma, Gemma3) and "<soft>" * 256 in gemma.expand({"type": "image", "width": 2, "height": 2}).text
+    other = load_scheme(folder("idefics", {"preprocessor_config.json": {"image_processor_type": "Idefics3ImageProcessor",
+                                                                         "processor_class": "Idefics3Processor"}}))
+    assert isinstance(other, Unknown) and "Idefics3Processor" in other.what
 
 
 # LLaVA ----------------------------------------------------------------------------------------------------------

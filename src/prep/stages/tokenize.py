@@ -207,7 +207,8 @@ class TokenizeResult(Result):
     def summary(self) -> str:
         m = self.manifest
         trained = f", {m['tokens']['loss']:,} trained" if m["kind"] in ("sft", "pretrain") else ""
-        media = f", {m['media']['items']:,} media ({len(m['media']['files']):,} files)" if m.get("media") else ""
+        items = (m.get("media") or {}).get("items")
+        media = f", {items:,} media ({len(m['media']['files']):,} files)" if items else ""
         return (f"{self.tally.summary()}; {m['tokens']['total']:,} tokens{trained}{media} ({m['kind']}, template "
                 f"{(m['template'] or {}).get('name', 'none')})")
 
