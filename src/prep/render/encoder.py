@@ -241,8 +241,6 @@ class Encoder:
     def _finish(self, job: _Job, source: Source) -> _Row | Altered:
         row, altered = self._tokens(job.record, job.plan, job.encodings)
         row.id = job.record["id"]
-        if row.media and not self.media:
-            raise row_error("unsupported_media", "media in a shard kind without a media column", "$.media")
         row.columns = job.record.get("columns", {})
         return Altered(row, altered) if altered else row
 
@@ -506,7 +504,7 @@ def _expand(rendered: Rendered, items: list[tuple[Item, Expansion]], scheme: Sch
     for b in blocks:  # the begin/end tokens the template wrote around a marker belong to its block
         a, e = b.block
         before, after = scheme.wrap
-        if before and new.startswith(before, a - len(before)) and a >= len(before):
+        if before and a >= len(before) and new.startswith(before, a - len(before)):
             a -= len(before)
         if after and new.startswith(after, e):
             e += len(after)
