@@ -125,22 +125,11 @@ GEMMA3_TEMPLATE = """{{ bos_token }}
 # helpers ---------------------------------------------------------------------------------------------------------
 
 
-def header(path: Path) -> dict[str, Any]:
-    """What the probe would tell of an image, read here with Pillow (EXIF rotation applied)."""
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as im:
-        w, h = ImageOps.exif_transpose(im).size
-    data = path.read_bytes()
-    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "width": w, "height": h}
-
-
 def record(i: int, messages: list[dict], images: list[str], root: Path) -> dict:
-    """A canonical record with media (prep.core.media), as the LLaMA-Factory reader makes it."""
-    media = from_columns({"images": images}, used({"messages": messages}), str(root))
-    for item in media:
-        item.update(header(root / item["path"]))
-    return {"id": f"r{i}", "messages": messages, "media": media}
+    """A canonical record with media (prep.core.media), as the LLaMA-Factory reader makes it: not probed yet, so
+    the encoder probes each medium (prep.files.media) for its size and sha256."""
+    return {"id": f"r{i}", "messages": messages, "media": from_columns({"images": images},
+                                                                       used({"messages": messages}), str(root))}
 
 
 def encode(folder: Path, records: list[dict], template: str | None = None, **settings: Any) -> tuple[Any, list[dict]]:
@@ -304,10 +293,10 @@ def test_qwen2vl_generated_images_of_awkward_sizes(tmp_path: Path) -> None:
     messages = [{"role": "user", "content": "<image>What is in the picture?"},
                 {"role": "assistant", "content": "A plain colour."}]
     records = [record(k, messages, [p.name], tmp_path) for k, p in enumerate(paths)]
-    rotated = [r["media"][0] for r in records[-6:]]
-    assert [(m["width"], m["height"]) for m in rotated[:2]] == [(480, 640), (100, 300)]  # turned by their EXIF
     out, got = encode(folder, records)
     assert not out.rejects and len(got) == len(paths)
+    rotated = [row["media"][0] for row in got[-6:]]
+    assert [(m["width"], m["height"]) for m in rotated[:2]] == [(480, 640), (100, 300)]  # turned by their EXIF
     processor = qwen2vl_processor(folder)
     for path, row in zip(paths, got, strict=True):
         want = hf_encode(processor, messages, [path])
@@ -427,7 +416,7 @@ def _video_header(path: Path) -> dict[str, Any]:
         stream = container.streams.video[0]
         frames = stream.frames or sum(1 for _ in container.decode(stream))
         return {"frames": frames, "fps": float(stream.average_rate), "width": stream.codec_context.width,
-                "height": stream.codec_context.height, "sha256": "v", "bytes": 1}
+                "height": stream.codec_context.height}
 
 
 def test_qwen2vl_video_tokens_follow_transformers_sizing() -> None:
@@ -455,8 +444,7 @@ def test_qwen2vl_video_tokens_follow_transformers_sizing() -> None:
         grid = [-(-len(indices) // 2), h // 14, w // 14]
         expected.append((grid, grid[0] * grid[1] * grid[2] // 4))
         messages = [{"role": "user", "content": "<video>What happens?"}, {"role": "assistant", "content": "Things."}]
-        media = from_columns({"videos": [f"mllm_demo_data/{name}"]}, ["video"], str(demo))
-        media[0].update(head)
+        media = from_columns({"videos": [f"mllm_demo_data/{name}"]}, ["video"], str(demo))  # prep probes it
         records.append({"id": f"v{k}", "messages": messages, "media": media})
     out, got = encode(folder, records)
     assert not out.rejects
@@ -685,8 +673,7 @@ def test_shards_write_data_url_media_into_the_folder(tmp_path: Path) -> None:
     body = (tmp_path / "red.png").read_bytes()
     url = "data:image/png;base64," + base64.b64encode(body).decode()
     sha = hashlib.sha256(body).hexdigest()
-    inline = {"type": "image", "url": url, "at": "$.messages[0].content[0].image_url.url", "sha256": sha,
-              "bytes": len(body), "width": 64, "height": 40}
+    inline = {"type": "image", "url": url, "at": "$.messages[0].content[0].image_url.url"}
     messages = [{"role": "user", "content": "<image>Colour?"}, {"role": "assistant", "content": "Red."}]
     records = [{"id": "u1", "messages": messages, "media": [inline]},
                {"id": "u2", "messages": messages, "media": [dict(inline)]},

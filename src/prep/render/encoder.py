@@ -44,7 +44,7 @@ from prep.core.findings import (
     per_row,
     row_error,
 )
-from prep.core.media import PLACEHOLDERS, Item, pieces, placeholders
+from prep.core.media import PLACEHOLDERS, Item, location, pieces, placeholders
 from prep.core.records import Message, Record, kind_of
 from prep.render.jinja import JinjaTemplate
 from prep.render.spans import Rendered, Span, Specials, Turn, nothing_to_train, resolve_train_on
@@ -216,7 +216,8 @@ class Encoder:
             if refused:
                 raise refused
             if not item.get("url", "data:").startswith("data:"):
-                raise scheme.refuse(item, "a URL, which prep never fetches: download it and give its path")
+                raise row_error("media_not_local", f"{location(item)} is a URL; prep does not fetch it", item["at"],
+                                severity=ERROR)
             item = _probed(item)
             out.append((item, scheme.expand(item)))
         return out
@@ -568,15 +569,16 @@ def _media_column(rows: list[_Row], kind: pa.DataType) -> tuple[pa.Array, dict[s
     """The media column (root as an index into the batch's roots) and the metadata naming those roots and the files,
     which the shard writer maps onto the manifest."""
     roots: dict[str, int] = {}
-    files: dict[str, dict[str, Any]] = {}
+    files: dict[str, dict[str, Any]] = {}  # by root and path: the writer lists one per sha256, writes every data URL
     column = []
     for row in rows:
         entries = []
         for e in row.media:
             root = e["root"] if e["root"] == "." else str(Path(e["root"] or ".").resolve())
             index = roots.setdefault(root, len(roots))
-            files.setdefault(e["sha256"], {"sha256": e["sha256"], "root": index, "path": e["path"], "bytes": e["bytes"],
-                                           "type": e["type"], **({"url": e["url"]} if e["url"] else {})})
+            files.setdefault(f"{index}/{e['path']}", {"sha256": e["sha256"], "root": index, "path": e["path"],
+                                                      "bytes": e["bytes"], "type": e["type"],
+                                                      **({"url": e["url"]} if e["url"] else {})})
             entries.append({**{k: e[k] for k in ("type", "sha256", "path", "start", "length", "grid", "width",
                                                  "height")}, "root": index})
         column.append(entries)

@@ -17,7 +17,6 @@ indexes roots its schema metadata names (`prep.media`), which the writer maps on
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -36,6 +35,7 @@ from prep.core.findings import Batch, PrepError, Tally
 from prep.files.atomic import AllOrNothing, Staged, replaced, resume_folder, write_json
 from prep.files.hashing import sha256_file
 from prep.files.locks import locked
+from prep.files.media import data as media_bytes
 from prep.files.write import RowWriter
 from prep.shards.layout import (
     DATA_DIR,
@@ -165,19 +165,13 @@ class ShardWriter(AllOrNothing):
                 self.media_roots.append(root)
             index.append(self.media_roots.index(root))
         for f in meta["files"]:
-            if f["sha256"] in self.media_files:
-                continue
             url = f.pop("url", None)
-            if url is not None:
-                data = base64.b64decode(url.split(",", 1)[1]) if ";base64" in url.split(",", 1)[0] else \
-                    url.split(",", 1)[1].encode()
-                target = self.work / f["path"]
-                if not target.is_file():
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with replaced(target) as tmp:
-                        tmp.write_bytes(data)
-                f["bytes"] = len(data)
-            self.media_files[f["sha256"]] = {**f, "root": index[f["root"]]}
+            target = self.work / f["path"]
+            if url is not None and not target.is_file():  # the rows name it there, whatever else has its sha256
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with replaced(target) as tmp:
+                    tmp.write_bytes(media_bytes({"type": f["type"], "url": url, "at": "$.media"}))
+            self.media_files.setdefault(f["sha256"], {**f, "root": index[f["root"]]})
         self.media_items += meta["items"]
         rows = [[{**e, "root": index[e["root"]]} for e in entries] for entries in table[MEDIA_COLUMN].to_pylist()]
         at = table.schema.get_field_index(MEDIA_COLUMN)
