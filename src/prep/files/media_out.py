@@ -74,7 +74,7 @@ class MediaOut:
             return item
         if "url" in item:
             blob = data(item)
-            target = os.path.join(self.media_dir, hashlib.sha256(blob).hexdigest() + _extension(item))
+            target = os.path.join(self.media_dir, hashlib.sha256(blob).hexdigest() + extension(item))
             if not os.path.exists(target):
                 self._write(target, item, data=blob)
         else:
@@ -117,7 +117,7 @@ def _relative(path: str, folder: str) -> str:
     return PurePosixPath(*os.path.relpath(path, folder).split(os.sep)).as_posix()
 
 
-def _extension(item: Item) -> str:
+def extension(item: Item) -> str:
     """The file extension a data URL's MIME type names."""
     mime = item["url"][len("data:"):].split(",", 1)[0].split(";", 1)[0].strip().lower()
     return _EXTENSION.get(mime) or mimetypes.guess_extension(mime) or _guess_ext(item)

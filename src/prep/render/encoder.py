@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from prep.core.codes import ERROR
-from prep.core.columns import ACCEPTS, KIND_OF_RECORD, MEDIA_COLUMN, MEDIA_DIR, MEDIA_META, schema
+from prep.core.columns import ACCEPTS, KIND_OF_RECORD, MEDIA_COLUMN, MEDIA_META, schema
 from prep.core.findings import (
     Altered,
     Batch,
@@ -46,6 +46,7 @@ from prep.core.findings import (
 )
 from prep.core.media import PLACEHOLDERS, Item, location, pieces, placeholders
 from prep.core.records import Message, Record, kind_of
+from prep.files.media_out import MEDIA_DIR, extension
 from prep.render.jinja import JinjaTemplate
 from prep.render.spans import Rendered, Span, Specials, Turn, nothing_to_train, resolve_train_on
 from prep.render.templates import AnyTemplate, document, prompt_text, render_pair, text_only
@@ -553,16 +554,14 @@ def _entry(b: _Block, start: int, length: int) -> dict[str, Any]:
     item = b.item
     data = item.get("url", "").startswith("data:")
     return {"type": item["type"], "sha256": item.get("sha256"), "root": "." if data else item.get("root"),
-            "path": media_name(item) if data else item.get("path"), "start": start, "length": length,
+            "path": _media_name(item) if data else item.get("path"), "start": start, "length": length,
             "grid": list(b.expansion.grid) if b.expansion.grid else None, "width": item.get("width"),
             "height": item.get("height"), "bytes": item.get("bytes"), "url": item["url"] if data else None}
 
 
-def media_name(item: Item) -> str:
-    """Where a data-URL medium is written in a shard folder: media/<sha256>.<ext>, the extension its MIME type's."""
-    mime = item["url"][5:].split(";", 1)[0].split(",", 1)[0]
-    sub = mime.split("/", 1)[-1].lower().removeprefix("x-") or item["type"]
-    return f"{MEDIA_DIR}/{item['sha256']}.{ {'jpeg': 'jpg', 'mpeg': 'mp3', 'quicktime': 'mov'}.get(sub, sub)}"
+def _media_name(item: Item) -> str:
+    """Where a data-URL medium is written in a shard folder: media/<sha256>.<ext>, named as writers name it."""
+    return f"{MEDIA_DIR}/{item['sha256']}{extension(item)}"
 
 
 def _media_column(rows: list[_Row], kind: pa.DataType) -> tuple[pa.Array, dict[str, Any]]:

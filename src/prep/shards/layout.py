@@ -9,9 +9,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prep.core.columns import MEDIA_DIR, SHARD_KINDS, schema
+from prep.core.columns import SHARD_KINDS, schema
 from prep.core.findings import PrepError
 from prep.files.guard import reserve
+from prep.files.media_out import MEDIA_DIR
 
 if TYPE_CHECKING:
     import pyarrow as pa
