@@ -392,6 +392,12 @@ def _transformers_video_module() -> Any:
     which it imports at the top and uses only in annotations and the resizing prep does not need."""
     import importlib
 
+    from transformers.utils import import_utils
+
+    # transformers asks once whether torchvision is installed and caches the answer: ask before the stand-in is in
+    # place, so the answer stays "no" for everything else in this process
+    assert not import_utils.is_torchvision_available()
+    importlib.import_module("transformers.video_processing_utils")
     names = ["torchvision", "torchvision.transforms", "torchvision.transforms.v2",
              "torchvision.transforms.v2.functional"]
     saved = {n: sys.modules.get(n) for n in names}
@@ -452,6 +458,24 @@ def test_qwen2vl_video_tokens_follow_transformers_sizing() -> None:
         assert row["media"][0]["grid"] == grid and row["input_ids"].count(VIDEO_PAD) == n == row["media"][0]["length"]
         assert all(label == -100 for i, label in zip(row["input_ids"], row["labels"], strict=True) if i == VIDEO_PAD)
         check_media_column(row, {VIDEO_PAD})
+
+
+def test_qwen2vl_video_pixel_cap_follows_transformers(tmp_path: Path) -> None:
+    """A video processor config with cap_pixels_per_frame: each frame's pixel bound is an even share of
+    max_video_tokens, as Qwen2VLVideoProcessor.resize computes it before smart_resize."""
+    module = _transformers_video_module()
+    folder = tmp_path / "capped"
+    folder.mkdir()
+    (folder / "preprocessor_config.json").write_text(json.dumps({"processor_class": "Qwen2VLProcessor"}))
+    (folder / "video_preprocessor_config.json").write_text(json.dumps({"cap_pixels_per_frame": True,
+                                                                        "max_video_tokens": 2000}))
+    scheme = load_scheme(folder)
+    item = {"type": "video", "width": 1280, "height": 720, "frames": 600, "fps": 30.0}
+    n = 40  # 600 frames at 30 fps, 2 per second
+    budget = int(2000 * 28 * 28 * 0.9)
+    high = max(min(768 * 28 * 28, budget * 2 // n), int(128 * 28 * 28 * 1.05))
+    h, w = module.smart_resize(720, 1280, factor=28, min_pixels=128 * 28 * 28, max_pixels=high)
+    assert scheme.expand(item).grid == (20, h // 14, w // 14)
 
 
 def test_audio_and_unknown_folders_are_findings_not_crashes(tmp_path: Path) -> None:
@@ -655,6 +679,13 @@ def test_cli_tokenize_multimodal_file(tmp_path: Path) -> None:
     assert "media" in table.column_names
     first = table.to_pylist()[0]["media"]
     assert [(e["root"], e["path"], e["grid"]) for e in first] == [(1, "mllm_demo_data/1.jpg", [1, 12, 22])] * 2
+    # worker processes make the same shards (the media roots travel with each batch's table)
+    proc = run_prep("tokenize", str(data / "mllm_demo.json"), "--tokenizer", str(folder), "-o", str(tmp_path / "w2"),
+                    "--workers", "2")
+    assert proc.returncode == 0, proc.stderr
+    again = json.loads((tmp_path / "w2" / "manifest.json").read_text())
+    assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in manifest["shards"]]
+    assert again["media"] == manifest["media"] and again["media_roots"] == manifest["media_roots"]
 
 
 def test_shards_write_data_url_media_into_the_folder(tmp_path: Path) -> None:

@@ -173,6 +173,9 @@ class Qwen2VL(Scheme):
             except ValueError as e:
                 raise self.refuse(item, str(e)) from None
             t = -(-n // temporal)  # the processor repeats the last frame up to a whole temporal patch
+            if config.get("cap_pixels_per_frame"):  # Qwen2VLVideoProcessor.resize: an even share of the token budget
+                budget = int(int(config.get("max_video_tokens", 128000)) * (patch * merge) ** 2 * 0.9)
+                high = max(min(high, budget * temporal // n), int(low * 1.05))
         try:
             rh, rw = smart_resize(h, w, patch * merge, low, high)
         except ValueError as e:
