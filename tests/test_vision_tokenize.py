@@ -727,3 +727,33 @@ def test_shards_write_data_url_media_into_the_folder(tmp_path: Path) -> None:
     assert [(e["root"], e["path"]) for r in rows for e in r["media"]] == [
         (0, f"media/{sha}.png"), (0, f"media/{sha}.png"), (1, "mllm_demo_data/2.jpg")]
     assert rows[0]["media"][0]["grid"] == [1, 4, 6]  # 64×40 is under min_pixels: smart_resize scales it up to 84×56
+
+
+def test_cli_tokenize_openai_data_urls(tmp_path: Path) -> None:
+    """OpenAI rows with image_url data-URL parts: `prep tokenize` writes each image once into the shard folder's
+    media/ (root 0 in the media column and the manifest), and its ids equal those of the same image as a file."""
+    import base64
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    folder = fixture("processors", "qwen2-vl")
+    Image.new("RGB", (500, 90), (0, 90, 200)).save(tmp_path / "blue.png")
+    body = (tmp_path / "blue.png").read_bytes()
+    part = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(body).decode()}}
+    rows = [{"messages": [{"role": "user", "content": [part, {"type": "text", "text": f"Colour {k}?"}]},
+                          {"role": "assistant", "content": "Blue."}]} for k in range(2)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "shards"
+    proc = run_prep("tokenize", str(tmp_path / "rows.jsonl"), "--tokenizer", str(folder), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    sha = hashlib.sha256(body).hexdigest()
+    assert manifest["media_roots"] == ["."]
+    assert manifest["media"] == {"items": 2, "files": [{"sha256": sha, "root": 0, "path": f"media/{sha}.png",
+                                                         "bytes": len(body), "type": "image"}]}
+    assert (out / "media" / f"{sha}.png").read_bytes() == body
+    got = pq.read_table(out / manifest["shards"][0]["path"]).to_pylist()
+    messages = [{"role": "user", "content": "<image>Colour 0?"}, {"role": "assistant", "content": "Blue."}]
+    _, same = encode(folder, [record(0, messages, ["blue.png"], tmp_path)])
+    assert got[0]["input_ids"] == same[0]["input_ids"] and got[0]["media"][0]["grid"] == same[0]["media"][0]["grid"]
