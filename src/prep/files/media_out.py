@@ -21,7 +21,7 @@ from pathlib import PurePosixPath
 
 from prep.core.findings import PrepError
 from prep.core.media import Item, location
-from prep.files.atomic import new_temp
+from prep.files.atomic import replaced
 from prep.files.errors import os_error_message
 from prep.files.media import data, locate, probe
 
@@ -100,15 +100,11 @@ class MediaOut:
                     return
                 except OSError:
                     pass  # another file system, or links not allowed: copy
-            tmp = new_temp(target)
-            try:
+            with replaced(target) as tmp:
                 if source is not None:
                     shutil.copyfile(source, tmp)
                 else:
                     tmp.write_bytes(data or b"")
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
         except OSError as e:
             raise PrepError(f"cannot write {location(item)} into the media folder: {os_error_message(e)}") from None
 
