@@ -187,4 +187,9 @@ CODES: dict[str, Code] = {
     "label_not_token": Code(ERROR, "shards", REBUILD),
     "id_out_of_vocab": Code(ERROR, "shards", REBUILD),
     "empty_side": Code(ERROR, "shards", REBUILD),
+    "bad_media_run": Code(ERROR, "shards", REBUILD),
+    "media_file_missing": Code(ERROR, "shards", "put the media file back where the manifest's media_roots say, or "
+                               "rebuild the folder"),
+    "media_file_changed": Code(ERROR, "shards", "restore the media file the shards were made from, or rebuild the "
+                               "folder with the prep command that made it"),
 }

@@ -5,6 +5,11 @@ trainer relies on: ids and labels of equal length, `sum(seq_lengths) == num_toke
 document piece, every label either -100 or the token at the same position (labels are not
 shifted), token ids inside the tokenizer's vocabulary, rows no longer than max_len, and the
 manifest's counts and token totals. Whole columns are checked at once with numpy.
+
+A folder whose rows hold media (design §2a) is checked further: each row's media against its ids (each run
+inside the row, in order, apart, made of its type's media tokens and labelled -100, and no media token outside a
+run), and every file the manifest lists or a row names: there under its root, with the manifest's size and sha256
+(each distinct file hashed once).
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prep.core.codes import REBUILD
+from prep.core.columns import MEDIA_COLUMN
 from prep.core.columns import schema as shard_schema
 from prep.core.findings import Finding, PrepError, Source, finding
+from prep.core.media import MEDIA_TYPES
 from prep.core.options import checked
 from prep.core.result import Meter, ProgressFn, Result
 from prep.files.hashing import sha256_file
 from prep.shards.layout import DATA_DIR, MANIFEST, SCHEMAS, read_manifest
+from prep.shards.media import has_media, media_tokens, resolve, roots
 
 MAX_PER_CODE = 20
 
@@ -93,14 +101,17 @@ def verify(shards: str | Path, progress: ProgressFn | None = None) -> Verificati
             result.add_finding("unlisted_file", f"{extra.name} is not in the manifest", f"{DATA_DIR}/{extra.name}",
                        severity="warning")
     totals: Counter[str] = Counter()
+    media = _Media(manifest) if has_media(manifest) else None
     meter = Meter(progress)
     meter.start()
     for shard in manifest.get("shards", []):
         rows, tokens = totals["rows"], totals["tokens"]
-        _check_shard(folder, shard, manifest, result, totals)
+        _check_shard(folder, shard, manifest, result, totals, media)
         meter.add(totals["rows"] - rows, totals["tokens"] - tokens)
     if totals["unreadable"] == 0:  # totals over shards that could not be read would only repeat their finding
         _check_totals(manifest, totals, result)
+        if media:
+            media.check_files(folder, manifest, result)
     result.rows, result.tokens = totals["rows"], totals["tokens"]
     result.tally.read = result.tally.written = result.rows
     return result
@@ -116,7 +127,7 @@ def require_verified(folder: str | Path, role: str = "training") -> None:
 
 
 def _check_shard(folder: Path, shard: dict[str, Any], manifest: dict[str, Any], result: Verification,
-                 totals: Counter[str]) -> None:
+                 totals: Counter[str], media: _Media | None) -> None:
     name = shard["path"]
     path = folder / name
     if not path.is_file():
@@ -130,7 +141,7 @@ def _check_shard(folder: Path, shard: dict[str, Any], manifest: dict[str, Any], 
         totals["unreadable"] += 1
         return  # its content cannot be trusted enough to check further
     pfile = pq.ParquetFile(path)
-    schema = shard_schema(manifest["kind"], tuple(manifest.get("carried", ())))
+    schema = shard_schema(manifest["kind"], tuple(manifest.get("carried", ())), media is not None)
     if not pfile.schema_arrow.equals(schema):
         result.add_finding("wrong_schema", f"columns {pfile.schema_arrow} differ from the {manifest['kind']} schema", name)
         totals["unreadable"] += 1
@@ -140,6 +151,8 @@ def _check_shard(folder: Path, shard: dict[str, Any], manifest: dict[str, Any], 
         table = pfile.read_row_group(g)
         check = _check_tokens if manifest["kind"] in ("sft", "pretrain") else _check_pairs
         check(table, manifest, result, name, rows)
+        if media:
+            media.check_rows(table, result, name, rows)
         rows += table.num_rows
         tokens += int(np.sum(table["num_tokens"].to_numpy()))
         if "num_loss_tokens" in table.column_names:
@@ -268,3 +281,123 @@ def _check_totals(manifest: dict[str, Any], totals: Counter[str], result: Verifi
     if "loss" in tokens and "num_loss_tokens" in SCHEMAS[manifest["kind"]].names and tokens["loss"] != totals["loss"]:
         result.add_finding("count_mismatch", f"the shards hold {totals['loss']} trained tokens, the manifest says "
                    f"{tokens['loss']}", path="$.tokens.loss")
+
+
+class _Media:
+    """The media checks of a folder whose rows hold media: the rows as they are read, then the files."""
+
+    def __init__(self, manifest: dict[str, Any]) -> None:
+        self.tokens = media_tokens(manifest)  # None: learned from the first run of each type
+        self.learned: dict[str, int] = {}
+        self.roots = len(manifest.get("media_roots") or ["."])
+        self.items = 0
+        self.first: dict[tuple[str, int, str], tuple[str, int, str]] = {}  # file -> (shard, row, field) naming it
+
+    def kind_ids(self, kind: str) -> set[int]:
+        if self.tokens is not None:
+            return self.tokens.get(kind, set())
+        return {self.learned[kind]} if kind in self.learned else set()
+
+    def all_ids(self) -> np.ndarray:
+        ids = set().union(*self.tokens.values()) if self.tokens is not None else set(self.learned.values())
+        return np.array(sorted(ids), np.int64)
+
+    def check_rows(self, table: pa.Table, result: Verification, shard: str, first_row: int) -> None:
+        column = "input_ids" if "input_ids" in table.column_names else "prompt_input_ids"
+        ids, n_ids = _flat(table, column)
+        labels = _flat(table, "labels")[0] if "labels" in table.column_names else None
+        starts = np.concatenate(([0], np.cumsum(n_ids)))
+        rows = table[MEDIA_COLUMN].to_pylist()
+        if self.tokens is None:  # learn each type's token from its first run that is one token repeated
+            for k, media in enumerate(rows):
+                for m in media or ():
+                    run = ids[starts[k] + m["start"]:starts[k] + m["start"] + m["length"]] if _inside(m, n_ids[k]) \
+                        else ids[:0]
+                    if len(run) and m["type"] not in self.learned and (run == run[0]).all():
+                        self.learned[m["type"]] = int(run[0])
+        special = np.isin(ids, self.all_ids())
+        for k, media in enumerate(rows):
+            row_ids = ids[starts[k]:starts[k + 1]]
+            covered = np.zeros(len(row_ids), bool)
+            end = 0
+            for j, m in enumerate(media or ()):
+                self.items += 1
+                where = f"$.{MEDIA_COLUMN}[{j}]"
+                problem, field_ = self._problem(m, n_ids[k], end)
+                if problem:
+                    result.add_finding("bad_media_run", problem, shard, first_row + k + 1, f"{where}.{field_}")
+                    continue
+                self.first.setdefault((m["sha256"], m["root"], m["path"]), (shard, first_row + k + 1, f"{where}.path"))
+                a, b = m["start"], m["start"] + m["length"]
+                end = b
+                covered[a:b] = True
+                wanted = self.kind_ids(m["type"])
+                if not np.isin(row_ids[a:b], list(wanted)).all():
+                    result.add_finding("bad_media_run", f"tokens {a}..{b} are not all {m['type']} tokens "
+                                       f"({', '.join(map(str, sorted(wanted))) or 'none known'})", shard,
+                                       first_row + k + 1, f"{where}.start")
+                if labels is not None and (labels[starts[k] + a:starts[k] + b] != -100).any():
+                    result.add_finding("bad_media_run", f"a token of {m['type']} {j + 1} is trained: media tokens "
+                                       "never carry loss (labels must be -100)", shard, first_row + k + 1, "$.labels")
+            stray = np.flatnonzero(special[starts[k]:starts[k + 1]] & ~covered)
+            if len(stray):
+                result.add_finding("bad_media_run", f"{len(stray)} media token(s) outside the row's media runs (first "
+                                   f"at token {int(stray[0])}): the model would look for a medium that is not there",
+                                   shard, first_row + k + 1, f"$.{column}")
+
+    def _problem(self, m: dict[str, Any], n: int, end: int) -> tuple[str | None, str]:
+        """What is wrong with one entry of a row's media alone (None: nothing), and the field it is in."""
+        if m.get("type") not in MEDIA_TYPES:
+            return f"type {m.get('type')!r} is not one of {', '.join(MEDIA_TYPES)}", "type"
+        if not isinstance(m.get("root"), int) or not 0 <= m["root"] < self.roots:
+            return f"root {m.get('root')!r} is not an index into the manifest's {self.roots} media_roots", "root"
+        if not m.get("path"):
+            return "no path", "path"
+        if not isinstance(m.get("sha256"), str) or len(m["sha256"]) != 64:
+            return "sha256 is not 64 hex digits", "sha256"
+        if not m.get("length") or m["length"] < 1:
+            return f"length {m.get('length')!r}: a medium takes at least one token", "length"
+        if not _inside(m, n):
+            return f"tokens {m.get('start')}..{(m.get('start') or 0) + m['length']} are not inside the row's {n}", "start"
+        if m["start"] < end:
+            return f"starts at token {m['start']}, before the previous medium ends ({end}): media are in order and " \
+                   "apart", "start"
+        return None, ""
+
+    def check_files(self, folder: Path, manifest: dict[str, Any], result: Verification) -> None:
+        """Every file listed or named: there, and its size and sha256 the manifest's (each file read once)."""
+        listed = {(f.get("sha256"), f.get("root"), f.get("path")): f for f in (manifest.get("media") or {}).get("files")
+                  or ()}
+        if self.items != (manifest.get("media") or {}).get("items"):
+            result.add_finding("count_mismatch", f"the rows hold {self.items} media, the manifest says "
+                               f"{(manifest.get('media') or {}).get('items')}", path="$.media.items")
+        found = roots(folder, manifest)
+        hashed: dict[Path, str] = {}
+        for k, key in enumerate(dict.fromkeys([*listed, *self.first])):
+            sha, root, path = key
+            shard, row, where = self.first.get(key, (MANIFEST, 0, f"$.media.files[{k}]"))
+            entry = listed.get(key)
+            if entry is None:
+                result.add_finding("media_file_missing", f"{path} (root {root}) is not in the manifest's media files",
+                                   shard, row, where)
+                continue
+            file = resolve(found, {"root": root, "path": path})
+            if file is None or not file.is_file():
+                result.add_finding("media_file_missing", f"{path} is not under its root {found[root] if file else root}",
+                                   shard, row, where)
+                continue
+            size = file.stat().st_size
+            if size != entry.get("bytes"):
+                result.add_finding("media_file_changed", f"{file}: {size} bytes, the manifest says {entry.get('bytes')}",
+                                   shard, row, where)
+                continue
+            if file not in hashed:
+                hashed[file] = sha256_file(file)
+            if hashed[file] != sha:
+                result.add_finding("media_file_changed", f"{file}: sha256 {hashed[file][:12]}…, the manifest says "
+                                   f"{str(sha)[:12]}…: the file was changed or replaced", shard, row, where)
+
+
+def _inside(m: dict[str, Any], n: int) -> bool:
+    start, length = m.get("start"), m.get("length")
+    return isinstance(start, int) and isinstance(length, int) and start >= 0 and start + length <= n

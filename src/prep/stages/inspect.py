@@ -1,5 +1,6 @@
 """`prep inspect`: show one shard row as the model sees it, trained tokens in colour and document
-boundaries marked (axolotl's `--debug`, but for the exact bytes on disk)."""
+boundaries marked (axolotl's `--debug`, but for the exact bytes on disk). A medium's run of pad tokens is
+shown as one label, `<image 1: 640×480 → 391 tokens>`, with the text around it as it is."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from prep.core.options import checked
 from prep.core.result import Result
 from prep.render.tokenizer import shard_decoder
 from prep.shards.layout import read_manifest
+from prep.shards.media import describe, numbered, segments, temporal_patch
 from prep.shards.reader import read_row
 
 TRAINED = "bold green"
 UNTRAINED = "grey50"
+MEDIA = "bold magenta"
 
 
 def trained_runs(labels: list[int] | None, n: int) -> list[tuple[int, int, bool]]:
@@ -73,6 +76,24 @@ def render_tokens(tokenizer: Any, ids: list[int], labels: list[int] | None, show
     return text
 
 
+def render_row(tokenizer: Any, ids: list[int], labels: list[int] | None, show_ids: bool,
+               media: list[dict[str, Any]] | None = None, offset: int = 0, temporal: int | None = None) -> Text:
+    """`render_tokens` around the media of the row: each medium's run (`ids` are the row's tokens from `offset` on)
+    as its label, numbered within the document."""
+    media = [m for m in media or () if offset <= m["start"] < offset + len(ids)]
+    if not media:
+        return render_tokens(tokenizer, ids, labels, show_ids)
+    text = Text()
+    numbers = numbered(media)
+    for start, end, k in segments(len(ids), media, offset):
+        if k is None:
+            text.append_text(render_tokens(tokenizer, ids[start:end], labels[start:end] if labels else labels,
+                                           show_ids))
+        else:
+            text.append(describe(media[k], numbers[k], temporal), style=MEDIA)
+    return text
+
+
 @dataclass
 class InspectResult(Result):
     row: dict[str, Any] = field(default_factory=dict)  # the shard row as stored
@@ -92,20 +113,24 @@ def inspect(shards: str | Path, row: int = 0, *, tokenizer: str | None = None, s
     kind = manifest["kind"]
     console.print(f"[bold]{shards}[/] row {row} of {manifest['counts']['rows']} ({kind}, {data['num_tokens']} tokens"
                   + (f", {data['num_loss_tokens']} trained" if "num_loss_tokens" in data else "") + ")   legend: "
-                  f"[{TRAINED}]trained[/] [{UNTRAINED}]not trained[/]")
+                  f"[{TRAINED}]trained[/] [{UNTRAINED}]not trained[/]"
+                  + (f" [{MEDIA}]<medium: its tokens>[/]" if data.get("media") else ""))
+    temporal = temporal_patch(manifest)
     if kind in ("sft", "pretrain"):
         start = 0
         for k, (n, doc_id) in enumerate(zip(data["seq_lengths"], data["ids"], strict=True), 1):
             console.print(Rule(f"document {k}/{len(data['seq_lengths'])}: {doc_id} ({n} tokens)", align="left"))
             end = start + n
-            console.print(render_tokens(tok, data["input_ids"][start:end], data["labels"][start:end], show_ids))
+            console.print(render_row(tok, data["input_ids"][start:end], data["labels"][start:end], show_ids,
+                                     data.get("media"), start, temporal))
             start = end
     else:
         console.print(Rule(f"{', '.join(data['ids'])}", align="left"))
         for column in [c for c in data if c.endswith("_input_ids")]:
             trained = None if column == "prompt_input_ids" else [0] * len(data[column])
             console.print(Rule(column.removesuffix("_input_ids"), align="left", style="dim"))
-            console.print(render_tokens(tok, data[column], trained, show_ids))
+            media = data.get("media") if column == "prompt_input_ids" else None  # media are in the prompt
+            console.print(render_row(tok, data[column], trained, show_ids, media, 0, temporal))
         if "label" in data:
             console.print(f"label: {data['label']}")
     return InspectResult(tally=Tally(1, 1), row=data, notes=tok.notes)

@@ -1,0 +1,275 @@
+"""Shard folders whose rows hold media (design §2a): verify, inspect, pack, export and report read them.
+
+The folders are written by the shard writer from rows built as the contract says, over the real Qwen2-VL
+tokenizer (`<|vision_start|>` 151652, `<|vision_end|>` 151653, `<|image_pad|>` 151655, `<|video_pad|>` 151656)
+with real images made with Pillow; each image's token count is transformers' own sizing of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from rich.console import Console
+
+from conftest import fixture
+from prep.core.findings import Batch, Source
+from prep.render.tokenizer import load_tokenizer
+from prep.shards.layout import read_manifest
+from prep.shards.verify import verify
+from prep.shards.writer import ShardWriter
+from prep.stages.inspect import inspect
+
+VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = 151652, 151653, 151655, 151656
+QWEN2_VL = {"family": "qwen2-vl", "positions": "mrope", "media_tokens": {"image": [IMAGE_PAD], "video": [VIDEO_PAD]},
+            "temporal_patch_size": 2}
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer(fixture("processors/qwen2-vl"))
+
+
+def grid_of(width: int, height: int) -> list[int]:
+    """Qwen2-VL's (t, h, w) grid for an image, by transformers' own resize rule."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    config = json.loads((fixture("processors/qwen2-vl") / "preprocessor_config.json").read_text())
+    h, w = smart_resize(height, width, factor=config["patch_size"] * config["merge_size"],
+                        min_pixels=config["min_pixels"], max_pixels=config["max_pixels"])
+    return [1, h // config["patch_size"], w // config["patch_size"]]
+
+
+def image(folder: Path, name: str, size: tuple[int, int], color: tuple[int, int, int] = (200, 40, 40)) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def enc(tok, text: str) -> list[int]:
+    return tok.backend.encode(text, add_special_tokens=False).ids
+
+
+def chat_row(tok, doc_id: str, prompt: str, answer: str, media: list[tuple[Path, int, str]]) -> dict[str, Any]:
+    """One supervised row in Qwen2-VL's chat layout: each medium `<|vision_start|>` + its pad run +
+    `<|vision_end|>` before the prompt text, the answer trained. `media`: (file, root index, path under it)."""
+    ids: list[int] = enc(tok, "<|im_start|>user\n")
+    items = []
+    for file, root, rel in media:
+        from PIL import Image
+
+        with Image.open(file) as im:
+            width, height = im.size
+        grid = grid_of(width, height)
+        n = grid[0] * grid[1] * grid[2] // 4
+        ids.append(VISION_START)
+        items.append({"type": "image", "sha256": sha(file), "root": root, "path": rel, "start": len(ids),
+                      "length": n, "grid": grid, "width": width, "height": height})
+        ids += [IMAGE_PAD] * n + [VISION_END]
+    ids += enc(tok, f"{prompt}<|im_end|>\n<|im_start|>assistant\n")
+    labels = [-100] * len(ids)
+    answer_ids = enc(tok, f"{answer}<|im_end|>")
+    ids += answer_ids + enc(tok, "\n")
+    labels += answer_ids + [-100]
+    return {"input_ids": ids, "labels": labels, "seq_lengths": [len(ids)], "num_tokens": len(ids),
+            "num_loss_tokens": len(answer_ids), "ids": [doc_id], "media": items}
+
+
+def write_folder(out: Path, tok, rows: list[dict[str, Any]], roots: list[str], processor: dict | None = QWEN2_VL,
+                 max_len: int | None = None, inside: dict[str, Path] | None = None) -> Path:
+    """A shard folder of `rows`; `inside`: files put into the folder being written (root "."), as the encoder
+    writes data URLs, by their path in it."""
+    meta = {"tokenizer": tok.fingerprint(), "template": {"name": "qwen2-vl"}, "train_on": "assistant",
+            "max_len": max_len, "overflow": "drop", "inputs": []}
+    if processor:
+        meta["processor"] = processor
+    with ShardWriter(out, "sft", meta, media_roots=roots) as writer:
+        for rel, file in (inside or {}).items():
+            (writer.work / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file, writer.work / rel)
+        batch: Batch[dict[str, Any]] = Batch()
+        for k, row in enumerate(rows):
+            batch.add(row, Source("rows.jsonl", k + 1, k + 1))
+        writer.write(batch)
+    return out
+
+
+def three_rows(tmp_path: Path, tok) -> tuple[list[dict[str, Any]], dict[str, Path]]:
+    """Two images under an absolute root (one named by two rows) and one inside the shard folder."""
+    pics = tmp_path / "pics"
+    a, b = image(pics, "a.png", (640, 480)), image(pics, "b.jpg", (56, 84), (10, 200, 10))
+    inner = image(tmp_path / "staging", "c.png", (28, 28), (0, 0, 255))
+    rel = f"media/{sha(inner)}.png"
+    rows = [chat_row(tok, "r1", "What is this?", "A red square.", [(a, 1, "a.png")]),
+            chat_row(tok, "r2", "And these?", "Red, then green.", [(a, 1, "a.png"), (b, 1, "b.jpg")]),
+            chat_row(tok, "r3", "A blue dot?", "Yes.", [(inner, 0, rel)])]
+    return rows, {rel: inner}
+
+
+@pytest.fixture
+def folder(tmp_path, tok) -> Path:
+    rows, inside = three_rows(tmp_path, tok)
+    return write_folder(tmp_path / "shards", tok, rows, [".", str(tmp_path / "pics")], inside=inside)
+
+
+# ---------------------------------------------------------------- the writer
+
+
+def test_the_manifest_lists_the_roots_and_each_distinct_file_once(folder, tmp_path):
+    manifest = read_manifest(folder)
+    assert manifest["media_roots"] == [".", str(tmp_path / "pics")]
+    assert manifest["media"]["items"] == 4
+    files = manifest["media"]["files"]
+    assert [(f["root"], f["path"], f["type"]) for f in files] == [
+        (1, "a.png", "image"), (1, "b.jpg", "image"), (0, f"media/{sha(tmp_path / 'staging/c.png')}.png", "image")]
+    assert files[0]["bytes"] == (tmp_path / "pics/a.png").stat().st_size
+    assert manifest["columns"]["media"].startswith("list<item: struct<type: string, sha256: string")
+
+
+def test_a_640x480_image_is_391_tokens(folder):
+    row = pq.read_table(folder / "data/shard-00000.parquet").slice(0, 1).to_pylist()[0]
+    assert row["media"][0]["grid"] == [1, 34, 46] and row["media"][0]["length"] == 391
+
+
+# ---------------------------------------------------------------- verify
+
+
+def test_verify_passes_a_good_folder(folder):
+    result = verify(folder)
+    assert result.ok, [str(f) for f in result.findings]
+    assert result.rows == 3
+
+
+def _rewrite(folder: Path, change) -> None:
+    """Change the rows of the folder's one shard and re-record its size and hash, as a buggy writer would."""
+    path = folder / "data/shard-00000.parquet"
+    table = pq.read_table(path)
+    rows = table.to_pylist()
+    change(rows)
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["shards"][0].update(sha256=sha(path), bytes=path.stat().st_size)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _codes(result) -> list[tuple[str, int, str]]:
+    return [(f.code, f.line, f.path) for f in result.findings]
+
+
+def test_verify_finds_a_changed_a_missing_and_a_truncated_media_file(folder, tmp_path):
+    image(tmp_path / "pics", "a.png", (640, 480), (1, 2, 3))  # same size on disk? a different picture at least
+    (tmp_path / "pics/b.jpg").unlink()
+    inner = next((folder / "media").iterdir())
+    inner.write_bytes(inner.read_bytes()[:-10])
+    result = verify(folder)
+    assert not result.ok
+    found = {(f.code, f.file, f.line, f.path) for f in result.findings}
+    assert ("media_file_changed", "data/shard-00000.parquet", 1, "$.media[0].path") in found  # a.png, row 1
+    assert ("media_file_missing", "data/shard-00000.parquet", 2, "$.media[1].path") in found  # b.jpg, row 2
+    assert ("media_file_changed", "data/shard-00000.parquet", 3, "$.media[0].path") in found  # truncated, row 3
+    assert sum(result.counts[c] for c in ("media_file_changed", "media_file_missing")) == 3
+
+
+def test_verify_hashes_each_distinct_file_once(folder, monkeypatch):
+    import prep.shards.verify as v
+
+    hashed: list[str] = []
+    real = v.sha256_file
+    monkeypatch.setattr(v, "sha256_file", lambda p, *a: hashed.append(str(p)) or real(p, *a))
+    assert verify(folder).ok
+    media = [h for h in hashed if not h.endswith(".parquet")]
+    assert len(media) == 3 and len(set(media)) == 3  # a.png is named by two rows, hashed once
+
+
+@pytest.mark.parametrize(("change", "row", "field", "words"), [
+    (lambda rows: rows[0]["media"][0].update(start=rows[0]["media"][0]["start"] - 1), 1, "$.media[0].start",
+     "not all image tokens"),
+    (lambda rows: rows[0]["media"][0].update(length=rows[0]["media"][0]["length"] - 1), 1, "$.input_ids",
+     "outside the row's media runs"),
+    (lambda rows: rows[0]["media"][0].update(type="video"), 1, "$.media[0].start", "not all video tokens"),
+    (lambda rows: rows[1]["media"][1].update(start=rows[1]["media"][0]["start"]), 2, "$.media[1].start",
+     "before the previous medium ends"),
+    (lambda rows: rows[0]["media"][0].update(start=10_000), 1, "$.media[0].start", "not inside the row"),
+    (lambda rows: rows[0]["media"][0].update(root=7), 1, "$.media[0].root", "media_roots"),
+    (lambda rows: rows[2].update(media=[]), 3, "$.input_ids", "outside the row's media runs"),
+])
+def test_verify_finds_media_that_disagree_with_the_ids(folder, change, row, field, words):
+    _rewrite(folder, change)
+    result = verify(folder)
+    bad = [f for f in result.findings if f.code == "bad_media_run"]
+    assert bad, _codes(result)
+    assert (bad[0].file, bad[0].line, bad[0].path) == ("data/shard-00000.parquet", row, field)
+    assert words in bad[0].message
+
+
+def test_verify_finds_a_trained_media_token(folder):
+    def train_the_image(rows):
+        m = rows[0]["media"][0]
+        rows[0]["labels"][m["start"]] = rows[0]["input_ids"][m["start"]]
+        rows[0]["num_loss_tokens"] += 1
+
+    _rewrite(folder, train_the_image)
+    result = verify(folder)
+    bad = [f for f in result.findings if f.code == "bad_media_run"]
+    assert [(f.line, f.path) for f in bad] == [(1, "$.labels")]
+    assert "never carry loss" in bad[0].message
+
+
+# ---------------------------------------------------------------- inspect
+
+
+def _inspect(folder: Path, row: int, show_ids: bool = False) -> str:
+    console = Console(record=True, width=400, color_system="truecolor")
+    inspect(folder, row, show_ids=show_ids, console=console)
+    return console.export_text()
+
+
+def test_inspect_shows_each_image_in_place_of_its_pad_run(folder):
+    text = _inspect(folder, 1)
+    assert "<|vision_start|><image 1: 640×480 → 391 tokens><|vision_end|>" in text
+    assert "<|vision_start|><image 2: 56×84 → 6 tokens><|vision_end|>" in text
+    assert "<|image_pad|>" not in text
+    assert "And these?<|im_end|>" in text and "Red, then green.<|im_end|>" in text
+    ids_view = _inspect(folder, 0, show_ids=True)
+    assert "<image 1: 640×480 → 391 tokens>" in ids_view and ":151655" not in ids_view
+    assert "'<|vision_start|>':151652 " in ids_view
+
+
+def test_inspect_keeps_the_masks_around_the_image(folder):
+    console = Console(record=True, width=400, color_system="truecolor")
+    inspect(folder, 0, console=console)
+    styled = {}
+    for line in console._record_buffer:  # the segments printed, each with its style
+        if line.text.strip():
+            styled.setdefault(line.text, str(line.style))
+    image = next(t for t in styled if t.startswith("<image 1"))
+    assert "magenta" in styled[image]
+    answer = next(t for t in styled if "A red square." in t)
+    assert "green" in styled[answer]  # trained
+    before = next(t for t in styled if t.endswith("<|vision_start|>"))
+    assert "green" not in styled[before]
+
+
+def test_inspect_names_a_video_by_its_frames(tmp_path, tok):
+    rows, inside = three_rows(tmp_path, tok)
+    row = rows[0]
+    m = row["media"][0]
+    a, n = m["start"], m["length"]
+    row["input_ids"][a:a + n] = [VIDEO_PAD] * n
+    m.update(type="video", grid=[1, 34, 46])  # two frames: one temporal patch
+    out = write_folder(tmp_path / "v", tok, rows, [".", str(tmp_path / "pics")], inside=inside)
+    assert verify(out).ok
+    assert "<video 1: 2 frames 640×480 → 391 tokens>" in _inspect(out, 0)
