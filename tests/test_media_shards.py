@@ -19,12 +19,13 @@ import pytest
 from rich.console import Console
 
 from conftest import fixture
-from prep.core.findings import Batch, Source
+from prep.core.findings import Batch, PrepError, Source
 from prep.render.tokenizer import load_tokenizer
 from prep.shards.layout import read_manifest
 from prep.shards.verify import verify
 from prep.shards.writer import ShardWriter
 from prep.stages.inspect import inspect
+from prep.stages.pack import pack
 
 VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = 151652, 151653, 151655, 151656
 QWEN2_VL = {"family": "qwen2-vl", "positions": "mrope", "media_tokens": {"image": [IMAGE_PAD], "video": [VIDEO_PAD]},
@@ -89,11 +90,11 @@ def chat_row(tok, doc_id: str, prompt: str, answer: str, media: list[tuple[Path,
 
 
 def write_folder(out: Path, tok, rows: list[dict[str, Any]], roots: list[str], processor: dict | None = QWEN2_VL,
-                 max_len: int | None = None, inside: dict[str, Path] | None = None) -> Path:
+                 max_len: int | None = None, inside: dict[str, Path] | None = None, overflow: str = "drop") -> Path:
     """A shard folder of `rows`; `inside`: files put into the folder being written (root "."), as the encoder
     writes data URLs, by their path in it."""
     meta = {"tokenizer": tok.fingerprint(), "template": {"name": "qwen2-vl"}, "train_on": "assistant",
-            "max_len": max_len, "overflow": "drop", "inputs": []}
+            "max_len": max_len, "overflow": overflow, "inputs": []}
     if processor:
         meta["processor"] = processor
     with ShardWriter(out, "sft", meta, media_roots=roots) as writer:
@@ -273,3 +274,150 @@ def test_inspect_names_a_video_by_its_frames(tmp_path, tok):
     out = write_folder(tmp_path / "v", tok, rows, [".", str(tmp_path / "pics")], inside=inside)
     assert verify(out).ok
     assert "<video 1: 2 frames 640×480 → 391 tokens>" in _inspect(out, 0)
+
+
+# ---------------------------------------------------------------- pack
+
+# A model whose positions are one number per token (LLaVA, Gemma 3, Idefics3): its media pack.
+FLAT = {"family": "one-dimensional", "positions": "1d", "media_tokens": {"image": [IMAGE_PAD], "video": [VIDEO_PAD]}}
+
+
+def _many_rows(tmp_path: Path, tok, n: int = 12) -> tuple[list[dict[str, Any]], dict[str, Path]]:
+    """`n` rows with 0, 1 or 2 images of a few sizes, and one image inside the folder."""
+    pics = tmp_path / "pics"
+    files = [image(pics, f"{w}x{h}.png", (w, h), (w % 255, h % 255, 9)) for w, h in
+             ((56, 56), (28, 112), (84, 56), (140, 140))]
+    inner = image(tmp_path / "staging", "in.png", (56, 28))
+    rel = f"media/{sha(inner)}.png"
+    rows = []
+    for k in range(n):
+        media = [(f, 1, f.name) for f in files[k % 4:k % 4 + k % 3]]
+        if k == 5:
+            media.append((inner, 0, rel))
+        rows.append(chat_row(tok, f"d{k}", "Look " * (k % 5), f"Answer {k}.", media))
+    return rows, {rel: inner}
+
+
+def _runs(table_rows: list[dict[str, Any]]) -> dict[str, list[tuple]]:
+    """Per document id, its media as (type, sha256, path, the run's tokens, whether any is trained)."""
+    out: dict[str, list[tuple]] = {}
+    for row in table_rows:
+        at = 0
+        for n, doc in zip(row["seq_lengths"], row["ids"], strict=True):
+            mine = [m for m in row["media"] if at <= m["start"] < at + n]
+            out.setdefault(doc, []).extend(
+                (m["type"], m["sha256"], m["path"], tuple(row["input_ids"][m["start"]:m["start"] + m["length"]]),
+                 any(x != -100 for x in row["labels"][m["start"]:m["start"] + m["length"]])) for m in mine)
+            at += n
+    return out
+
+
+def _rows(folder: Path) -> list[dict[str, Any]]:
+    return [r for p in sorted((folder / "data").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+
+
+def test_pack_keeps_each_documents_media_in_order_shifted(tmp_path, tok):
+    rows, inside = _many_rows(tmp_path, tok)
+    src = write_folder(tmp_path / "tok", tok, rows, [".", str(tmp_path / "pics")], FLAT, inside=inside)
+    assert verify(src).ok
+    out = tmp_path / "packed"
+    result = pack(src, out, max_len=160)
+    packed = _rows(out)
+    assert any(len(r["seq_lengths"]) > 1 and r["media"] for r in packed)  # documents with media share rows
+    assert _runs(packed) == _runs(_rows(src))
+    manifest = read_manifest(out)
+    assert manifest["media_roots"] == [".", str(src.resolve()), str(tmp_path / "pics")]
+    assert manifest["media"]["items"] == read_manifest(src)["media"]["items"] == sum(len(r["media"]) for r in rows)
+    assert manifest["processor"] == FLAT
+    assert result.tally.written == 12
+    check = verify(out)
+    assert check.ok, [str(f) for f in check.findings]
+
+
+@pytest.mark.parametrize("processor", [QWEN2_VL, None])
+def test_pack_refuses_media_rows_for_m_rope_and_says_why(tmp_path, tok, processor):
+    rows, inside = _many_rows(tmp_path, tok, 4)
+    src = write_folder(tmp_path / "tok", tok, rows, [".", str(tmp_path / "pics")], processor, inside=inside)
+    with pytest.raises(PrepError) as e:
+        pack(src, tmp_path / "packed", max_len=400)
+    message = str(e.value)
+    assert "M-RoPE" in message or "mrope" in message
+    assert "3-D position ids" in message and "Train on the unpacked shards" in message
+    assert not (tmp_path / "packed").exists()
+
+
+def test_pack_of_text_rows_in_a_qwen2_vl_folder_is_not_refused(tmp_path, tok):
+    rows = [chat_row(tok, f"t{k}", "Hello " * k, "Hi.", []) for k in range(5)]
+    src = write_folder(tmp_path / "tok", tok, rows, ["."], QWEN2_VL)
+    pack(src, tmp_path / "packed", max_len=200)
+    assert verify(tmp_path / "packed").ok
+
+
+def test_wrap_never_cuts_inside_a_media_run(tmp_path, tok):
+    rows, inside = _many_rows(tmp_path, tok)
+    src = write_folder(tmp_path / "tok", tok, rows, [".", str(tmp_path / "pics")], FLAT, inside=inside)
+    out = tmp_path / "wrapped"
+    pack(src, out, max_len=64, strategy="wrap")
+    packed = _rows(out)
+    originals = {k: v for k, v in _runs(_rows(src)).items() if v}
+    assert any(r["num_tokens"] < 64 for r in packed[:-1])  # some blocks ended early, before a run
+    assert all(r["num_tokens"] <= 64 for r in packed)
+    kept = [m for r in packed for m in r["media"]]
+    assert len(kept) == sum(len(v) for v in originals.values())
+    for r in packed:
+        for m in r["media"]:
+            assert r["input_ids"][m["start"]:m["start"] + m["length"]] == [IMAGE_PAD] * m["length"]
+    # the stream of tokens is the same, in order
+    assert [t for r in packed for t in r["input_ids"]] == [t for r in rows for t in r["input_ids"]]
+    check = verify(out)
+    assert check.ok, [str(f) for f in check.findings]
+
+
+def test_truncate_never_cuts_a_medium(tmp_path, tok):
+    pics = tmp_path / "pics"
+    big = image(pics, "big.png", (140, 140))  # 25 tokens
+    late = chat_row(tok, "late", "x " * 30, "The end.", [])
+    late_img = chat_row(tok, "img-late", "y " * 40, "Long answer " * 10, [(big, 1, "big.png")])
+    early = chat_row(tok, "img-early", "z", "Long answer " * 40, [(big, 1, "big.png")])
+    # the image in img-late sits after a long prompt: move it there, past the cut
+    text = enc(tok, "<|im_start|>user\n" + "y " * 40)
+    ids = text + [VISION_START] + [IMAGE_PAD] * 25 + [VISION_END] + enc(tok, "ok<|im_end|>\n<|im_start|>assistant\n")
+    answer = enc(tok, "Fine.<|im_end|>")
+    late_img.update(input_ids=ids + answer, labels=[-100] * len(ids) + answer, seq_lengths=[len(ids) + len(answer)],
+                    num_tokens=len(ids) + len(answer), num_loss_tokens=len(answer))
+    late_img["media"][0]["start"] = len(text) + 1
+    src = write_folder(tmp_path / "tok", tok, [late, late_img, early], [".", str(pics)], FLAT, overflow="truncate")
+    assert verify(src).ok
+    max_len = len(text) + 10  # cuts inside img-late's image; img-early's image lies before the cut
+    assert early["media"][0]["start"] + 25 < max_len - 1 < late_img["num_tokens"]
+    rejects = tmp_path / "rejects.jsonl"
+    result = pack(src, tmp_path / "packed", max_len=max_len, rejects=str(rejects))
+    assert result.tally.rejected == {"too_long": 1}
+    reject = json.loads(rejects.read_text().splitlines()[0])
+    assert reject["row"]["ids"] == ["img-late"] and "would cut medium 1" in reject["reasons"][0]["message"]
+    packed = _rows(tmp_path / "packed")
+    (early_row,) = [r for r in packed if "img-early" in r["ids"]]
+    assert len(early_row["media"]) == 1
+    check = verify(tmp_path / "packed")
+    assert check.ok, [str(f) for f in check.findings]
+
+
+@pytest.mark.slow
+def test_pack_under_ray_is_the_local_output_with_media(tmp_path, tok):
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'prep[ray]')")
+    rows, inside = _many_rows(tmp_path, tok, 20)
+    src = write_folder(tmp_path / "tok", tok, rows, [".", str(tmp_path / "pics")], FLAT, inside=inside,
+                       overflow="truncate")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        out = {e: pack(src, tmp_path / e, 30, window=7, engine=e, rejects=str(tmp_path / f"{e}.jsonl"))
+               for e in ("local", "ray")}
+    finally:
+        if started:
+            ray.shutdown()
+    assert out["local"].manifest == out["ray"].manifest
+    assert out["local"].tally.altered["truncated"] and out["local"].tally.rejected["too_long"]
+    assert _rows(tmp_path / "ray") == _rows(tmp_path / "local")
+    assert verify(tmp_path / "ray").ok

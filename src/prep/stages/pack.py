@@ -1,5 +1,10 @@
 """`prep pack`: unpacked token shards in, rows of at most `max_len` tokens out (the algorithms are in
-prep.shards.packing)."""
+prep.shards.packing).
+
+Rows with media keep them (design §2a): the packed folder's `media_roots` are ".", the unpacked folder (where its
+own media files stay) and its other roots, so the packed rows name the same files. For a model whose position ids
+are multi-dimensional (Qwen2-VL's M-RoPE), packing rows with media is refused: their per-document 3-D positions
+are not built here, and the unpacked shards train as they are."""
 
 from __future__ import annotations
 
@@ -16,14 +21,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from prep.core.columns import MEDIA_COLUMN
+from prep.core.columns import schema as shard_schema
 from prep.core.findings import PrepError, Source
 from prep.core.options import checked, parse_size
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files.guard import check_outputs
 from prep.files.hashing import sha256_file
 from prep.shards.layout import MANIFEST, SCHEMAS, read_manifest
+from prep.shards.media import has_media, media_count, multi_dimensional_positions
 from prep.shards.packing import Wrapper, bfd_bins, bfd_window, check_lengths, overflow, packed_rows
-from prep.shards.reader import open_shard, take_rows
+from prep.shards.reader import iter_tables, open_shard, take_rows
 from prep.shards.writer import ShardWriter
 from prep.stages.engine import LOCAL, Engine, Ran, parts_wanted, run_parts
 
@@ -62,11 +70,15 @@ def pack(shards: str | Path, output: str | Path, max_len: int, *, strategy: str 
         raise PrepError(f"{shards}: these shards are packed already ({source['packing']['strategy']}); pack the "
                         f"unpacked folder they came from ({(source.get('source') or {}).get('path', 'prep tokenize')})")
     check_outputs([shards], {"-o": output, "--rejects": rejects})
+    media = has_media(source)
+    if media and media_count(source):
+        _refuse_multi_dimensional(Path(shards), source)
     window = window or 2**62
     options = {"max_len": max_len, "strategy": strategy, "seed": seed, "window": window, "shard_rows": shard_rows,
                "shard_mb": shard_mb}
     source_sha = sha256_file(Path(shards) / MANIFEST)
-    meta = {k: v for k, v in source.items() if k in ("tokenizer", "template", "train_on", "overflow", "inputs")}
+    meta = {k: v for k, v in source.items()
+            if k in ("tokenizer", "template", "train_on", "overflow", "inputs", "processor")}
     meta.update(max_len=max_len, packing={"strategy": strategy, "seed": seed, "window": window},
                 source={"path": str(shards), "manifest_sha256": source_sha, "counts": source["counts"]})
     key = hashlib.sha256(json.dumps([source_sha, options, meta], sort_keys=True).encode()).hexdigest()
@@ -78,8 +90,9 @@ def pack(shards: str | Path, output: str | Path, max_len: int, *, strategy: str 
     if where.ray and wrapper:
         notes.append("--strategy wrap cuts one stream of tokens in order, which runs here: --engine ray packs bfd")
         where = LOCAL
+    roots = _packed_roots(Path(shards), source) if media else None
     with ShardWriter(output, source["kind"], meta, rejects=rejects, shard_rows=shard_rows, shard_mb=shard_mb,
-                     resume_key=key) as writer:
+                     resume_key=key, media_roots=roots) as writer:
         if where.ray:
             _pack_on_ray(Path(shards), source, window, max_len, policy, rng, writer, meter, where, ran)
         for table, sources in _windows(Path(shards), source, window) if not where.ray else ():
@@ -100,6 +113,41 @@ def pack(shards: str | Path, output: str | Path, max_len: int, *, strategy: str 
                       manifest=manifest, notes=notes, engine=ran.to_dict() if where.ray else {})
 
 
+def _refuse_multi_dimensional(folder: Path, manifest: dict[str, Any]) -> None:
+    """Refuse rows with media for a model whose positions are not one number per token, saying why."""
+    grids = []
+    if not (manifest.get("processor") or {}).get("positions"):  # the manifest does not say: the first medium's grid
+        for table in iter_tables(folder, [MEDIA_COLUMN]):
+            grids = [m["grid"] for m in pc.list_flatten(table[MEDIA_COLUMN]).to_pylist()[:1]]
+            if grids:
+                break
+    if why := multi_dimensional_positions(manifest, grids):
+        raise PrepError(f"{folder}: its rows hold media and {why}: packed, each document's media would need its own "
+                        "3-D position ids restarting at the document, which prep does not build (yet), and the model "
+                        "would see positions that differ from the unpacked row's. Train on the unpacked shards (prep "
+                        "train reads them as they are; leave out prep pack / the recipe's pack section)")
+
+
+def _packed_roots(folder: Path, manifest: dict[str, Any]) -> list[str]:
+    """The packed folder's media roots: itself, then the unpacked folder (its root "."), then its other roots, in
+    order, so the packed rows' `root` indexes are the unpacked ones plus one."""
+    return [".", str(folder.resolve()), *[str(r) for r in (manifest.get("media_roots") or ["."])[1:]]]
+
+
+def _columns(manifest: dict[str, Any]) -> list[str]:
+    """The columns packing reads: the tokens, and the media where the rows hold them."""
+    return list(_SCHEMA.names) + ([MEDIA_COLUMN] if has_media(manifest) else [])
+
+
+def _shift_roots(table: pa.Table) -> pa.Table:
+    """Rows of the unpacked folder with `root` indexing the packed folder's roots (`_packed_roots`)."""
+    if MEDIA_COLUMN not in table.column_names:
+        return table
+    field_ = table.schema.field(MEDIA_COLUMN)
+    media = [[{**m, "root": m["root"] + 1} for m in row or ()] for row in table[MEDIA_COLUMN].to_pylist()]
+    return table.set_column(table.schema.get_field_index(MEDIA_COLUMN), field_, pa.array(media, field_.type))
+
+
 @dataclass(frozen=True)
 class _Rows:
     """One part of a window's packed rows for a Ray worker: its documents in row order, as (shard file, 0-based
@@ -110,6 +158,7 @@ class _Rows:
     rows: np.ndarray  # per document: its row in that file
     truncated: list[dict[str, Any]]
     bin_sizes: np.ndarray
+    schema: pa.Schema  # the columns read (the media column too where the rows hold media)
 
 
 def _build_rows(part: _Rows) -> Iterator[pa.Table]:
@@ -119,23 +168,24 @@ def _build_rows(part: _Rows) -> Iterator[pa.Table]:
     for k, path in enumerate(part.files):
         mine = np.flatnonzero(part.file_index == k)
         if len(mine):
-            tables.append(take_rows(path, part.rows[mine], list(_SCHEMA.names)))
+            tables.append(_shift_roots(take_rows(path, part.rows[mine], part.schema.names)))
             where[mine] = taken + np.arange(len(mine))
             taken += len(mine)
     cut = np.flatnonzero(part.file_index < 0)
     if len(cut):
-        tables.append(pa.Table.from_pylist(part.truncated, schema=_SCHEMA))
+        tables.append(pa.Table.from_pylist(part.truncated, schema=part.schema))
         where[cut] = taken + np.arange(len(cut))
     yield packed_rows(pa.concat_tables(tables).take(pa.array(where, pa.int64())), part.bin_sizes)
 
 
-def _long_rows(sources: list[Source], lengths: np.ndarray, max_len: int) -> dict[int, dict[str, Any]]:
+def _long_rows(sources: list[Source], lengths: np.ndarray, max_len: int, columns: list[str]
+               ) -> dict[int, dict[str, Any]]:
     """The documents of a window longer than `max_len` (to cut or reject), read whole from their shards, by index."""
     long = np.flatnonzero(lengths > max_len)
     found: dict[int, dict[str, Any]] = {}
     for file in dict.fromkeys(sources[i].file for i in long):
         mine = [int(i) for i in long if sources[i].file == file]
-        rows = take_rows(file, np.array([sources[i].line - 1 for i in mine]), list(_SCHEMA.names)).to_pylist()
+        rows = _shift_roots(take_rows(file, np.array([sources[i].line - 1 for i in mine]), columns)).to_pylist()
         found.update(zip(mine, rows, strict=True))
     return found
 
@@ -146,10 +196,12 @@ def _pack_on_ray(indir: Path, manifest: dict[str, Any], window: int, max_len: in
     built by the workers, a few parts per worker and window, and written here in order."""
     parts: list[_Rows] = []
     per_window = parts_wanted(engine)
+    columns = _columns(manifest)
+    schema = shard_schema(manifest["kind"], (), has_media(manifest))
     for lengths_table, sources in _windows(indir, manifest, window, ["num_tokens"]):
         lengths = lengths_table["num_tokens"].to_numpy()
         keep, truncated, docs = overflow(lengths, sources, max_len, policy,
-                                         _long_rows(sources, lengths, max_len).__getitem__)
+                                         _long_rows(sources, lengths, max_len, columns).__getitem__)
         writer.account(docs)
         packable = [s for s, k in zip(sources, keep.tolist(), strict=True) if k]
         bins = bfd_bins(np.concatenate((lengths[keep], np.full(len(truncated), max_len))).astype(lengths.dtype),
@@ -163,7 +215,7 @@ def _pack_on_ray(indir: Path, manifest: dict[str, Any], window: int, max_len: in
             mine = [i - len(packable) for i in order if i >= len(packable)]
             parts.append(_Rows(files, np.array([number[packable[i].file] if i < len(packable) else -1 for i in order]),
                                np.array([packable[i].line - 1 if i < len(packable) else 0 for i in order], np.int64),
-                               [truncated[i] for i in mine], np.array([len(b) for b in chosen], np.int64)))
+                               [truncated[i] for i in mine], np.array([len(b) for b in chosen], np.int64), schema))
     for table in run_parts(parts, _build_rows, engine, ran):
         meter.add(int(pc.sum(table["seq_lengths"].combine_chunks().value_lengths()).as_py() or 0),
                   int(pc.sum(table["num_tokens"]).as_py() or 0))
@@ -181,7 +233,7 @@ def _windows(indir: Path, manifest: dict[str, Any], window: int, columns: list[s
         pfile = open_shard(indir, shard)
         row = 0
         for group in range(pfile.num_row_groups):
-            table = pfile.read_row_group(group, columns=columns or list(_SCHEMA.names))
+            table = _shift_roots(pfile.read_row_group(group, columns=columns or _columns(manifest)))
             pending.append(table)
             sources += [Source(path, row + k + 1, len(sources) + k + 1) for k in range(table.num_rows)]
             row += table.num_rows
