@@ -24,6 +24,7 @@ from prep.render.tokenizer import load_tokenizer
 from prep.shards.layout import read_manifest
 from prep.shards.verify import verify
 from prep.shards.writer import ShardWriter
+from prep.stages.export import export
 from prep.stages.inspect import inspect
 from prep.stages.pack import pack
 
@@ -421,3 +422,60 @@ def test_pack_under_ray_is_the_local_output_with_media(tmp_path, tok):
     assert out["local"].tally.altered["truncated"] and out["local"].tally.rejected["too_long"]
     assert _rows(tmp_path / "ray") == _rows(tmp_path / "local")
     assert verify(tmp_path / "ray").ok
+
+
+# ---------------------------------------------------------------- export
+
+
+def test_export_jsonl_writes_each_documents_media_as_references(folder, tmp_path):
+    out = tmp_path / "out.jsonl"
+    result = export(folder, "jsonl", str(out))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert result.tally.written == 3 and "media" in result.columns
+    first = rows[0]["media"][0]
+    assert first["path"] == str((tmp_path / "pics/a.png").resolve()) and first["sha256"] == sha(tmp_path / "pics/a.png")
+    assert (first["width"], first["height"], first["grid"], first["length"]) == (640, 480, [1, 34, 46], 391)
+    a, b = first["text_span"]
+    assert rows[0]["text"][a:b] == "<|image_pad|>" * 391
+    assert rows[0]["text"][:a].endswith("<|vision_start|>") and rows[0]["text"][b:].startswith("<|vision_end|>")
+    assert [m["path"].rsplit("/", 1)[-1] for m in rows[1]["media"]] == ["a.png", "b.jpg"]
+    assert rows[2]["media"][0]["path"] == str((folder / read_manifest(folder)["media"]["files"][2]["path"]).resolve())
+
+
+def test_export_of_packed_rows_gives_each_document_its_own_media(tmp_path, tok):
+    rows, inside = _many_rows(tmp_path, tok)
+    src = write_folder(tmp_path / "tok", tok, rows, [".", str(tmp_path / "pics")], FLAT, inside=inside)
+    pack(src, tmp_path / "packed", max_len=160)
+    exported = {}
+    for name in ("tok", "packed"):
+        export(tmp_path / name, "jsonl", str(tmp_path / f"{name}.jsonl"))
+        exported[name] = {r["id"]: r for r in map(json.loads, (tmp_path / f"{name}.jsonl").read_text().splitlines())}
+    assert exported["packed"].keys() == exported["tok"].keys()
+    for doc, row in exported["tok"].items():
+        assert exported["packed"][doc]["media"] == row["media"], doc
+
+
+def test_export_hf_dataset_has_media_and_images_for_trl(folder, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    export(folder, "hf-dataset", str(tmp_path / "ds"))
+    ds = datasets.load_from_disk(str(tmp_path / "ds"))
+    assert ds.column_names == ["input_ids", "attention_mask", "labels", "media", "images"]
+    assert ds[1]["images"] == [str((tmp_path / "pics" / n).resolve()) for n in ("a.png", "b.jpg")]
+    assert [m["length"] for m in ds[1]["media"]] == [391, 6]
+    from PIL import Image
+
+    assert Image.open(ds[0]["images"][0]).size == (640, 480)
+
+
+@pytest.mark.parametrize("to", ["axolotl", "together"])
+def test_tokenized_parquet_refuses_documents_with_media(tmp_path, tok, to):
+    rows = [chat_row(tok, "plain", "Hi", "Hello.", []),
+            chat_row(tok, "pic", "This?", "A dot.", [(image(tmp_path / "pics", "d.png", (28, 28)), 1, "d.png")])]
+    src = write_folder(tmp_path / "tok", tok, rows, [".", str(tmp_path / "pics")], FLAT)
+    result = export(src, to, str(tmp_path / "out.parquet"))
+    assert (result.tally.read, result.tally.written, dict(result.tally.rejected)) == (2, 1, {"not_expressible": 1})
+    reject = result.tally.examples[0]
+    assert reject.row == {"id": "pic"} and "has no place for its images" in reject.findings[0].message
+    assert "hf-dataset" in reject.findings[0].hint
+    assert pq.read_table(tmp_path / "out.parquet").column_names == ["input_ids", "attention_mask", "labels"]
+    assert pq.read_table(tmp_path / "out.parquet").num_rows == 1

@@ -16,6 +16,12 @@ first label of every document is already -100).
   (`{"id", "text", "spans"}`; pairs as `{"id", "prompt", "chosen", "rejected"}` or `{"id", "prompt",
   "completion", "label"}`). A row whose text cannot be cut exactly where training starts (a byte-level
   token holding half a character there) is refused as `not_expressible`, never written approximately.
+
+Rows with media (design §2a) carry them where the target can: `jsonl` and `hf-dataset` add a `media` column (per
+document, in order: type, the file's absolute path, sha256, width, height, grid, and the run's `start`/`length` in
+the document's tokens; jsonl adds `text_span`, the run's characters in `text`), and hf-dataset an `images` column
+of the image files' paths, which TRL's vision-language collator loads. axolotl's and Together's tokenized Parquet
+has no place for an image: a document with media is refused as `not_expressible`, the rest written.
 """
 
 from __future__ import annotations
@@ -30,13 +36,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from prep.core.findings import Batch, PrepError, RowError, Source, Tally, per_row, row_error
+from prep.core.columns import MEDIA_COLUMN
+from prep.core.findings import Batch, PrepError, RowError, Source, Tally, finding, per_row, row_error
 from prep.core.options import checked
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files.atomic import replaced
 from prep.files.write import RowWriter
 from prep.render.tokenizer import Tokenizer, shard_decoder
 from prep.shards.layout import read_manifest
+from prep.shards.media import has_media, resolve, roots
 from prep.shards.reader import iter_tables
 from prep.stages.inspect import decoded_runs
 
@@ -78,20 +86,27 @@ def export(shards: str | Path, to: str, output: str, *, tokenizer: str | None = 
     meter.start()
     # the carried input columns (--keep-columns) go with the rows of pairs and prompts (a packed row has none)
     carried = [] if kind in ("sft", "pretrain") else list(manifest.get("carried") or [])
+    media = [MEDIA_COLUMN] if has_media(manifest) else []
+    docs = _documents(Path(shards), kind, meter, manifest)
     if to == "jsonl":
-        tally = _jsonl(Path(shards), kind, out, shard_decoder(manifest, tokenizer), meter, carried)
+        tally = _jsonl(docs, Path(shards), kind, out, shard_decoder(manifest, tokenizer), carried + media)
         columns = ["id", "text", "spans"] if kind in ("sft", "pretrain") else ["id", "prompt", *PAIRS[kind][1:]]
-        columns = [c.removesuffix("_input_ids") for c in columns] + carried
-    else:
-        columns = list(TOKENS if kind in ("sft", "pretrain") else PAIRS[kind]) + carried
-        tables = (t.select(columns) for t in _documents(Path(shards), kind, meter))
-        rows = _hf_dataset(tables, out) if to == "hf-dataset" else _parquet(tables, out)
+        columns = [c.removesuffix("_input_ids") for c in columns] + carried + media
+    elif to == "hf-dataset":
+        columns = list(TOKENS if kind in ("sft", "pretrain") else PAIRS[kind]) + carried + media
+        columns += ["images"] if media else []
+        rows = _hf_dataset((_with_images(t).select(columns) if media else t.select(columns) for t in docs), out)
         tally = Tally(rows, rows)
+    else:
+        columns, tally = list(TOKENS), Tally()
+        rows = _parquet((t.select(columns) for t in _without_media(docs, Path(shards), tally, to)), out)
     return ExportResult(tally=tally, outputs=outputs(output=output), columns=columns)
 
 
-def _documents(folder: Path, kind: str, meter: Meter) -> Iterator[pa.Table]:
-    """The shards one document per row, with each document's `id`: packed rows split at `seq_lengths`."""
+def _documents(folder: Path, kind: str, meter: Meter, manifest: dict[str, Any]) -> Iterator[pa.Table]:
+    """The shards one document per row, with each document's `id`: packed rows split at `seq_lengths`; media
+    with their files' paths, each `start` counted from its document's first token."""
+    found = roots(folder, manifest)
     for table in iter_tables(folder):
         if kind in ("sft", "pretrain"):
             lengths = pc.list_flatten(table["seq_lengths"]).to_numpy().astype(np.int32)
@@ -103,10 +118,66 @@ def _documents(folder: Path, kind: str, meter: Meter) -> Iterator[pa.Table]:
                              "attention_mask": pa.ListArray.from_arrays(offsets, ones),
                              "labels": pa.ListArray.from_arrays(offsets, labels),
                              "id": pc.list_flatten(table["ids"])})
+            if MEDIA_COLUMN in table.column_names:
+                docs = docs.append_column(MEDIA_COLUMN, _split_media(table, lengths, found))
         else:
             docs = table.drop_columns(["num_tokens", "ids"]).append_column("id", pc.list_flatten(table["ids"]))
+            if MEDIA_COLUMN in table.column_names:
+                media = [[_reference(m, found, 0) for m in row or ()] for row in table[MEDIA_COLUMN].to_pylist()]
+                docs = docs.set_column(docs.schema.get_field_index(MEDIA_COLUMN), MEDIA_COLUMN, pa.array(media))
         meter.add(docs.num_rows, int(pc.sum(table["num_tokens"]).as_py() or 0))
         yield docs
+
+
+def _reference(m: dict[str, Any], found: list[Path], offset: int) -> dict[str, Any]:
+    """A medium as an export writes it: its file's absolute path in place of root and path, `start` counted from
+    `offset` (its document's first token)."""
+    file = resolve(found, m)
+    return {"type": m["type"], "path": str(file.resolve()) if file else m["path"], "sha256": m["sha256"],
+            "width": m["width"], "height": m["height"], "grid": m["grid"], "start": m["start"] - offset,
+            "length": m["length"]}
+
+
+def _split_media(table: pa.Table, lengths: np.ndarray, found: list[Path]) -> pa.Array:
+    """The media of packed rows, per document (`lengths`: the documents' token counts, row after row)."""
+    out: list[list[dict[str, Any]]] = []
+    pieces = table["seq_lengths"].combine_chunks().value_lengths().to_numpy().tolist()
+    at = 0
+    for media, n in zip(table[MEDIA_COLUMN].to_pylist(), pieces, strict=True):
+        offset = 0
+        for length in lengths[at:at + n].tolist():
+            out.append([_reference(m, found, offset) for m in media or () if offset <= m["start"] < offset + length])
+            offset += length
+        at += n
+    return pa.array(out)
+
+
+def _with_images(docs: pa.Table) -> pa.Table:
+    """TRL's `images` column: each document's image files, in order."""
+    images = [[m["path"] for m in media or () if m["type"] == "image"] for media in docs[MEDIA_COLUMN].to_pylist()]
+    return docs.append_column("images", pa.array(images, pa.list_(pa.string())))
+
+
+def _without_media(docs: Iterator[pa.Table], folder: Path, tally: Tally, to: str) -> Iterator[pa.Table]:
+    """The documents without media; each with media counted as a `not_expressible` reject (the target's tokenized
+    Parquet has no place for an image)."""
+    n = 0
+    for table in docs:
+        batch: Batch[None] = Batch()
+        keep = np.ones(table.num_rows, bool)
+        if MEDIA_COLUMN in table.column_names:
+            keep = table[MEDIA_COLUMN].combine_chunks().value_lengths().to_numpy(zero_copy_only=False) == 0
+        for k, (doc, kept) in enumerate(zip(table["id"].to_pylist(), keep.tolist(), strict=True)):
+            if kept:
+                batch.add(None, Source(str(folder), 0, n + k + 1))
+            else:
+                batch.reject(Source(str(folder), 0, n + k + 1), [finding(
+                    "not_expressible", f"{doc}: {to}'s tokenized Parquet (input_ids, attention_mask, labels) has no "
+                    "place for its images, video or audio", f"$.{MEDIA_COLUMN}",
+                    hint="export --to hf-dataset (media and images columns, for TRL) or --to jsonl")], {"id": doc})
+        n += table.num_rows
+        tally.count(batch)
+        yield table if keep.all() else table.filter(pa.array(keep))
 
 
 def _parquet(tables: Iterator[pa.Table], out: Path) -> int:
@@ -151,14 +222,15 @@ def _hf_dataset(tables: Iterator[pa.Table], out: Path) -> int:
     return rows
 
 
-def _jsonl(folder: Path, kind: str, out: Path, decoder: Tokenizer, meter: Meter, carried: list[str]) -> Tally:
+def _jsonl(docs: Iterator[pa.Table], folder: Path, kind: str, out: Path, decoder: Tokenizer, carried: list[str]
+           ) -> Tally:
     """Decoded rows through `per_row`, so a row that cannot be written exactly is a counted reject."""
     tally = Tally()
     encode = per_row(lambda row, _: {**_text_row(decoder, kind, row), **{c: row[c] for c in carried}},
                      keep=lambda row: {"id": row["id"]})
     with RowWriter(str(out)) as writer:
         n = 0
-        for table in _documents(folder, kind, meter):
+        for table in docs:
             batch: Batch[dict[str, Any]] = Batch()
             for k, row in enumerate(table.to_pylist()):
                 batch.add(row, Source(str(folder), 0, n + k + 1))
@@ -179,7 +251,11 @@ def _text_row(decoder: Tokenizer, kind: str, row: dict[str, Any]) -> dict[str, A
             if trained:
                 spans.append([at, at + len(text)])
             at += len(text)
-        return {"id": row["id"], "text": "".join(t for t, _ in pieces), "spans": spans}
+        text = "".join(t for t, _ in pieces)
+        for m in row.get(MEDIA_COLUMN) or ():  # where each medium's run is in the text
+            m["text_span"] = [len(decoder.decode(row["input_ids"][:m["start"]])),
+                              len(decoder.decode(row["input_ids"][:m["start"] + m["length"]]))]
+        return {"id": row["id"], "text": text, "spans": spans}
     prompt = decoder.decode(row["prompt_input_ids"])
     out: dict[str, Any] = {"id": row["id"], "prompt": prompt}
     for column in PAIRS[kind][1:]:
