@@ -8,6 +8,7 @@ with real images made with Pillow; each image's token count is transformers' own
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 from pathlib import Path
@@ -479,3 +480,26 @@ def test_tokenized_parquet_refuses_documents_with_media(tmp_path, tok, to):
     assert "hf-dataset" in reject.findings[0].hint
     assert pq.read_table(tmp_path / "out.parquet").column_names == ["input_ids", "attention_mask", "labels"]
     assert pq.read_table(tmp_path / "out.parquet").num_rows == 1
+
+
+# ---------------------------------------------------------------- report
+
+
+def test_report_samples_show_a_thumbnail_beside_the_tokens(folder, tmp_path):
+    import base64
+
+    from PIL import Image
+
+    from prep.stages.report import report
+
+    made = report(folder, str(tmp_path / "r.html"))
+    (part,) = made.page["samples"][0]["parts"]
+    (medium,) = [r for r in part["runs"] if isinstance(r, dict)]
+    thumb = Image.open(io.BytesIO(base64.b64decode(medium["thumb"].split(",", 1)[1])))
+    assert thumb.size == (96, 72) and thumb.getpixel((48, 36))[0] > 150  # the red 640×480 picture, small
+    html = (tmp_path / "r.html").read_text()
+    assert f'<img src="{medium["thumb"]}" alt="&lt;image 1: 640×480 → 391 tokens&gt;">' in html
+    (tmp_path / "pics/a.png").unlink()  # a file that is gone: the label alone, the page still made
+    again = report(folder, str(tmp_path / "r2.html"))
+    (medium,) = [r for r in again.page["samples"][0]["parts"][0]["runs"] if isinstance(r, dict)]
+    assert medium["thumb"] is None and medium["media"] == "<image 1: 640×480 → 391 tokens>"

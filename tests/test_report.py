@@ -295,10 +295,11 @@ def _devtools(port_file: Path, proc: subprocess.Popen, timeout: float = 30) -> s
     raise AssertionError("Chromium did not open its DevTools port")
 
 
-def open_in_chromium(page: Path, shot: Path, profile: Path) -> tuple[list[dict], list[str]]:
+def open_in_chromium(page: Path, shot: Path, profile: Path, evaluate: str = "null"
+                     ) -> tuple[list[dict], list[str], Any]:
     """Open `page` in headless Chromium, driven over the DevTools protocol (its websocket on a port the browser
-    picks, so parallel runs never collide), take a screenshot, and return the console errors and every URL the
-    page requested."""
+    picks, so parallel runs never collide), take a screenshot, and return the console errors, every URL the
+    page requested, and the value of the JavaScript expression `evaluate` on the loaded page."""
     websocket = pytest.importorskip("websocket", reason="the DevTools client is websocket-client (dev extra)")
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -331,6 +332,7 @@ def open_in_chromium(page: Path, shot: Path, profile: Path) -> tuple[list[dict],
         while not any(e.get("method") == "Page.loadEventFired" for e in events) and time.monotonic() < deadline:
             events.append(json.loads(ws.recv()))
         time.sleep(0.5)  # anything the page would fetch after load
+        value = call("Runtime.evaluate", session, expression=evaluate, returnByValue=True)["result"].get("value")
         shot.write_bytes(base64.b64decode(call("Page.captureScreenshot", session, format="png")["data"]))
         ws.settimeout(0.5)
         try:
@@ -346,7 +348,7 @@ def open_in_chromium(page: Path, shot: Path, profile: Path) -> tuple[list[dict],
               or e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert", "warning")
               or e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] in ("error", "warning")]
     urls = [e["params"]["request"]["url"] for e in events if e.get("method") == "Network.requestWillBeSent"]
-    return errors, urls
+    return errors, urls, value
 
 
 @pytest.mark.slow
@@ -354,8 +356,33 @@ def open_in_chromium(page: Path, shot: Path, profile: Path) -> tuple[list[dict],
 def test_the_page_opens_in_chromium_without_errors_or_requests(quickstart, tmp_path) -> None:
     run = quickstart
     page = run / "report.html"
-    errors, urls = open_in_chromium(page, tmp_path / "page.png", tmp_path / "profile")
+    errors, urls, _ = open_in_chromium(page, tmp_path / "page.png", tmp_path / "profile")
     assert errors == []
     assert urls == [page.as_uri()]  # the page itself, and not one request more
     png = (tmp_path / "page.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000  # a drawn page, not a blank one
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium (.ci/run installs it)")
+def test_sample_rows_show_their_images_as_thumbnails_in_chromium(tmp_path) -> None:
+    """A shard folder whose rows hold images (test_media_shards builds it over the real Qwen2-VL tokenizer): the
+    sample row shows the image as a thumbnail, inline, where its 391 pad tokens are, and the page asks for nothing."""
+    from test_media_shards import load_tokenizer, three_rows, write_folder
+
+    tok = load_tokenizer(fixture("processors/qwen2-vl"))
+    rows, inside = three_rows(tmp_path, tok)
+    folder = write_folder(tmp_path / "shards", tok, rows, [".", str(tmp_path / "pics")], inside=inside)
+    made = report(folder, str(tmp_path / "media.html"))
+    (part,) = made.page["samples"][0]["parts"]
+    (medium,) = [r for r in part["runs"] if isinstance(r, dict)]
+    assert medium["media"] == "<image 1: 640×480 → 391 tokens>" and medium["thumb"].startswith("data:image/jpeg;base64,")
+    text = "".join(r[0] for r in part["runs"] if not isinstance(r, dict))
+    assert "<|image_pad|>" not in text and text.endswith("A red square.<|im_end|>\n")
+    html = (tmp_path / "media.html").read_text()
+    assert "a.png" not in html and "file:" not in html  # the picture itself, not a link to it
+    errors, urls, seen = open_in_chromium(
+        tmp_path / "media.html", tmp_path / "media.png", tmp_path / "profile",
+        "document.querySelector('.m').scrollIntoView(),"  # the screenshot shows the sample row
+        "[...document.querySelectorAll('.m img')].map(i => [i.complete, i.naturalWidth, i.naturalHeight, i.alt])")
+    assert errors == [] and [u for u in urls if not u.startswith("data:")] == [(tmp_path / "media.html").as_uri()]
+    assert seen == [[True, 96, 72, "<image 1: 640×480 → 391 tokens>"]]  # 640×480 made 96×72, drawn

@@ -29,6 +29,7 @@ from prep.files.atomic import write_text_atomic
 from prep.files.guard import check_outputs
 from prep.render.tokenizer import Tokenizer, shard_decoder
 from prep.shards.layout import MANIFEST, read_manifest
+from prep.shards.media import describe, numbered, resolve, roots, segments, temporal_patch, thumbnail
 from prep.shards.reader import iter_tables, read_row
 from prep.stages.inspect import decoded_runs, trained_runs
 from prep.stages.report_html import page
@@ -406,7 +407,34 @@ def _samples(found: _Found, tokenizer: str | None, notes: list[str], page_dir: P
     if not wanted and manifest["counts"]["rows"]:
         wanted = [("row 0", None)]
     rows = _rows_holding(folder, [doc for _, doc in wanted])
-    return [_decoded(decoder, source, rows[doc], doc, manifest["kind"]) for source, doc in wanted if doc in rows]
+    media = _Media(roots(folder, manifest), temporal_patch(manifest))
+    return [_decoded(decoder, source, rows[doc], doc, manifest["kind"], media) for source, doc in wanted
+            if doc in rows]
+
+
+@dataclass
+class _Media:
+    """What showing a row's media needs: the folder's media roots and the processor's temporal patch."""
+
+    roots: list[Path]
+    temporal: int | None
+
+    def pieces(self, decoder: Tokenizer, ids: list[int], labels: list[int] | None, media: list[dict[str, Any]] | None,
+               offset: int) -> list[Any]:
+        """`_runs` of the text between the media of `ids` (the row's tokens from `offset` on) and, in each
+        medium's place, its label and thumbnail."""
+        mine = [m for m in media or () if offset <= m["start"] < offset + len(ids)]
+        numbers = numbered(mine)
+        out: list[Any] = []
+        for start, end, k in segments(len(ids), mine, offset):
+            if k is None:
+                part = ids[start:end]
+                out += _runs(decoder, part, labels[start:end]) if labels is not None else [(decoder.decode(part), False)]
+            else:
+                m = mine[k]
+                out.append({"media": describe(m, numbers[k], self.temporal), "type": m["type"],
+                            "thumb": thumbnail(resolve(self.roots, m), m["type"])})
+        return out
 
 
 def _rows_holding(folder: Path, ids: list[str | None]) -> dict[str | None, tuple[int, dict[str, Any]]]:
@@ -428,7 +456,7 @@ def _rows_holding(folder: Path, ids: list[str | None]) -> dict[str | None, tuple
 
 
 def _decoded(decoder: Tokenizer, source: str, found: tuple[int, dict[str, Any]], doc: str | None,
-             kind: str) -> dict[str, Any]:
+             kind: str, media: _Media) -> dict[str, Any]:
     index, row = found
     sample: dict[str, Any] = {"source": source, "row": index, "document": doc, "tokens": row["num_tokens"],
                               "parts": []}
@@ -439,7 +467,8 @@ def _decoded(decoder: Tokenizer, source: str, found: tuple[int, dict[str, Any]],
             ids, labels = row["input_ids"][start:start + n], row["labels"][start:start + n]
             shown = min(n, max(budget, 0))
             sample["parts"].append({"title": doc_id, "tokens": n, "trained": sum(x != -100 for x in labels),
-                                    "mark": doc_id == doc, "runs": _runs(decoder, ids[:shown], labels[:shown]),
+                                    "mark": doc_id == doc,
+                                    "runs": media.pieces(decoder, ids[:shown], labels[:shown], row.get("media"), start),
                                     "hidden": n - shown})
             budget -= shown
             start += n
@@ -450,7 +479,9 @@ def _decoded(decoder: Tokenizer, source: str, found: tuple[int, dict[str, Any]],
             sample["parts"].append({"title": column.removesuffix("_input_ids"), "tokens": len(row[column]),
                                     "trained": len(row[column]) if trained else 0, "mark": False,
                                     "side": column.removesuffix("_input_ids"), "hidden": len(row[column]) - len(ids),
-                                    "runs": [(decoder.decode(ids), trained)] if ids else []})
+                                    "runs": (media.pieces(decoder, ids, None, row.get("media"), 0)
+                                             if column == "prompt_input_ids" and row.get("media") else
+                                             [(decoder.decode(ids), trained)] if ids else [])})
             budget -= len(ids)
         if "label" in row:
             sample["label"] = row["label"]

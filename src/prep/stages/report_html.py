@@ -58,6 +58,8 @@ padding:6px 10px;margin:0;max-height:420px;overflow:auto}
 .text .u{color:#8c959f}.text .t{background:var(--trained);color:var(--trained-fg)}
 .text .side-rejected.t{background:#ffebe9;color:#a40e26}
 .more{color:var(--muted);font-style:italic}
+.m{display:inline-flex;align-items:center;gap:6px;background:#fbefff;border:1px solid #d8b9ff;border-radius:6px;padding:2px 6px;margin:2px 0;vertical-align:middle;white-space:nowrap}
+.m img{max-width:96px;max-height:96px;border-radius:4px;display:block}
 footer{color:var(--muted);font-size:12px;margin-top:40px}
 .stop{border:1px solid #ff8182;background:#ffebe9;border-radius:8px;padding:8px 12px}
 """
@@ -288,7 +290,8 @@ def _samples(data: dict[str, Any]) -> str:
         parts = []
         for p in s["parts"]:
             side = f" side-{p['side']}" if p.get("side") else ""
-            text = "".join(f'<span class="{"t" if trained else "u"}{side}">{escape(t)}</span>' for t, trained in p["runs"])
+            text = "".join(_medium(r) if isinstance(r, dict) else
+                           f'<span class="{"t" if r[1] else "u"}{side}">{escape(r[0])}</span>' for r in p["runs"])
             more = f'<span class="more"> … {p["hidden"]:,} more tokens</span>' if p["hidden"] else ""
             mark = " mark" if p["mark"] else ""
             where = " ← the first document of this source" if p["mark"] else ""
@@ -302,8 +305,17 @@ def _samples(data: dict[str, Any]) -> str:
         return ""
     legend = ('<p class="legend"><span><i style="background:#dafbe1"></i>trained (labels = ids)</span>'
               '<span><i style="background:#eaeef2"></i>not trained (label -100)</span>'
-              '<span>dashed lines: document boundaries (positions restart, no attention across)</span></p>')
+              '<span>dashed lines: document boundaries (positions restart, no attention across)</span>'
+              + ('<span><i style="background:#fbefff"></i>a medium in place of its tokens (never trained)</span>'
+                 if any(isinstance(r, dict) for s in data["samples"] for p in s["parts"] for r in p["runs"]) else "")
+              + '</p>')
     return legend + "".join(out)
+
+
+def _medium(piece: dict[str, Any]) -> str:
+    """A medium in place of its tokens: its thumbnail (inline, a data URL) and its label."""
+    thumb = f'<img src="{escape(piece["thumb"])}" alt="{escape(piece["media"])}">' if piece.get("thumb") else ""
+    return f'<span class="m m-{escape(piece["type"])}">{thumb}{escape(piece["media"])}</span>'
 
 
 def _training(data: dict[str, Any]) -> str:
