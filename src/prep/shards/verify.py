@@ -365,26 +365,27 @@ class _Media:
         return None, ""
 
     def check_files(self, folder: Path, manifest: dict[str, Any], result: Verification) -> None:
-        """Every file listed or named: there, and its size and sha256 the manifest's (each file read once)."""
-        listed = {(f.get("sha256"), f.get("root"), f.get("path")): f for f in (manifest.get("media") or {}).get("files")
-                  or ()}
-        if self.items != (manifest.get("media") or {}).get("items"):
+        """Every file the manifest lists or a row names: there, with the size and sha256 the manifest lists for its
+        content (a file is listed once by its sha256, whichever path names it), each read once."""
+        media = manifest.get("media") or {}
+        if self.items != media.get("items"):
             result.add_finding("count_mismatch", f"the rows hold {self.items} media, the manifest says "
-                               f"{(manifest.get('media') or {}).get('items')}", path="$.media.items")
+                               f"{media.get('items')}", path="$.media.items")
+        listed = {f.get("sha256"): f for f in media.get("files") or ()}
+        named = {(f.get("sha256"), f.get("root"), f.get("path")): (MANIFEST, 0, f"$.media.files[{k}]")
+                 for k, f in enumerate(media.get("files") or ())}
         found = roots(folder, manifest)
         hashed: dict[Path, str] = {}
-        for k, key in enumerate(dict.fromkeys([*listed, *self.first])):
-            sha, root, path = key
-            shard, row, where = self.first.get(key, (MANIFEST, 0, f"$.media.files[{k}]"))
-            entry = listed.get(key)
+        for (sha, root, path), (shard, row, where) in {**named, **self.first}.items():
+            entry = listed.get(sha)
             if entry is None:
-                result.add_finding("media_file_missing", f"{path} (root {root}) is not in the manifest's media files",
-                                   shard, row, where)
+                result.add_finding("media_file_missing", f"{path}: its sha256 {str(sha)[:12]}… is not in the manifest's "
+                                   "media files", shard, row, where)
                 continue
             file = resolve(found, {"root": root, "path": path})
             if file is None or not file.is_file():
-                result.add_finding("media_file_missing", f"{path} is not under its root {found[root] if file else root}",
-                                   shard, row, where)
+                result.add_finding("media_file_missing", f"{path} is not under its root "
+                                   f"{found[root] if file is not None else root}", shard, row, where)
                 continue
             size = file.stat().st_size
             if size != entry.get("bytes"):
