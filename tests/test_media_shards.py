@@ -7,6 +7,7 @@ with real images made with Pillow; each image's token count is transformers' own
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -20,6 +21,7 @@ import pytest
 from rich.console import Console
 
 from conftest import fixture
+from prep.core.columns import MEDIA_META
 from prep.core.findings import Batch, PrepError, Source
 from prep.render.tokenizer import load_tokenizer
 from prep.shards.layout import read_manifest
@@ -93,20 +95,27 @@ def chat_row(tok, doc_id: str, prompt: str, answer: str, media: list[tuple[Path,
 
 def write_folder(out: Path, tok, rows: list[dict[str, Any]], roots: list[str], processor: dict | None = QWEN2_VL,
                  max_len: int | None = None, inside: dict[str, Path] | None = None, overflow: str = "drop") -> Path:
-    """A shard folder of `rows`; `inside`: files put into the folder being written (root "."), as the encoder
-    writes data URLs, by their path in it."""
+    """A shard folder of `rows`, handed to the shard writer as the encoder hands them: the table's `prep.media`
+    metadata names the roots the rows' `root` indexes and the files (`inside`: the files of root ".", by their
+    path in the folder, given as data URLs, which the writer writes into the folder)."""
     meta = {"tokenizer": tok.fingerprint(), "template": {"name": "qwen2-vl"}, "train_on": "assistant",
             "max_len": max_len, "overflow": overflow, "inputs": []}
     if processor:
         meta["processor"] = processor
-    with ShardWriter(out, "sft", meta, media_roots=roots) as writer:
-        for rel, file in (inside or {}).items():
-            (writer.work / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(file, writer.work / rel)
+    files: dict[str, dict[str, Any]] = {}
+    for m in (m for row in rows for m in row["media"]):
+        file = (inside or {})[m["path"]] if m["root"] == 0 else Path(roots[m["root"]]) / m["path"]
+        url = {"url": "data:image/png;base64," + base64.b64encode(file.read_bytes()).decode()} if m["root"] == 0 else {}
+        files.setdefault(m["sha256"], {"sha256": m["sha256"], "root": m["root"], "path": m["path"],
+                                       "bytes": file.stat().st_size, "type": m["type"], **url})
+    named = {"roots": roots, "files": list(files.values()), "items": sum(len(r["media"]) for r in rows)}
+    with ShardWriter(out, "sft", meta, media=True) as writer:
         batch: Batch[dict[str, Any]] = Batch()
         for k, row in enumerate(rows):
             batch.add(row, Source("rows.jsonl", k + 1, k + 1))
-        writer.write(batch)
+        writer.account(batch)
+        table = pa.Table.from_pylist(rows, schema=writer.schema)
+        writer.add(table.replace_schema_metadata({MEDIA_META: json.dumps(named)}))
     return out
 
 
@@ -536,3 +545,85 @@ def test_the_verbs_run_from_the_cli_on_media_shards_without_torch_or_transformer
         out[args[0]] = proc.stdout
     assert "<image 1: 84×56 → 6 tokens>" in out["inspect"] and "<image 2: 140×140 → 25 tokens>" in out["inspect"]
     assert 'class="m m-image"><img src="data:image/jpeg;base64,' in (tmp_path / "r.html").read_text()
+
+
+# ---------------------------------------------------------------- on what `prep tokenize` writes
+
+
+def _demo(tmp_path: Path, processor: Path) -> Path:
+    """LLaMA-Factory's multimodal demo (6 rows, 8 images of 3 JPEG files, in a folder of the test's own) as
+    `prep tokenize` writes it with `processor`: its encoder over the records the LLaMA-Factory reader makes, into
+    the shard writer."""
+    from prep.render.encoder import Settings, build_encoder
+    from prep.render.templates import chat_template
+    from test_vision_tokenize import record
+
+    demo = fixture("data", "llamafactory")
+    data = tmp_path / "demo"
+    shutil.copytree(demo / "mllm_demo_data", data / "mllm_demo_data")
+    rows = json.loads((demo / "mllm_demo.json").read_text())
+    tok = load_tokenizer(processor)
+    encoder = build_encoder(tok, chat_template(tok, None), Settings("sft"))
+    out, table = encoder(Batch([record(i, r["messages"], r["images"], data) for i, r in enumerate(rows)],
+                               [Source(str(data / "mllm_demo.json"), i + 1, i + 1) for i in range(len(rows))]))
+    assert not out.rejects
+    folder = tmp_path / "shards"
+    with ShardWriter(folder, "sft", {"tokenizer": tok.fingerprint(), "template": None, "train_on": "assistant",
+                                     "max_len": None, "overflow": "drop", "inputs": []}, media=True) as writer:
+        writer.account(out)
+        writer.add(table)
+    return folder
+
+
+@pytest.mark.slow
+def test_the_verbs_on_qwen2_vl_shards_of_the_llamafactory_demo(tmp_path):
+    """The demo tokenized with the Qwen2-VL folder, then from the CLI: verify passes and catches a changed JPEG;
+    inspect shows each image as its label; pack is refused (M-RoPE) with the reason; export and report carry the
+    images."""
+    from conftest import run_prep
+
+    out = _demo(tmp_path, fixture("processors/qwen2-vl"))
+    data = tmp_path / "demo"
+    done = run_prep("verify", str(out))
+    assert done.returncode == 0, (done.stdout + done.stderr).decode()
+    done = run_prep("inspect", str(out), "--row", "0")
+    shown = " ".join(done.stdout.decode().split())  # as printed, lines wrapped at the terminal's width
+    first = pq.read_table(out / "data/shard-00000.parquet").slice(0, 1).to_pylist()[0]
+    assert len(first["media"]) == 2
+    for k, m in enumerate(first["media"], 1):
+        assert f"<image {k}: {m['width']}×{m['height']} → {m['length']} tokens>" in shown
+        assert m["length"] == m["grid"][0] * m["grid"][1] * m["grid"][2] // 4
+    assert "<|image_pad|>" not in done.stdout.decode()
+    done = run_prep("pack", str(out), "--max-len", "4096", "-o", str(tmp_path / "packed"))
+    assert done.returncode != 0 and "M-RoPE" in done.stderr.decode() and "Train on the unpacked shards" in done.stderr.decode()
+    assert not (tmp_path / "packed").exists()
+    done = run_prep("export", str(out), "--to", "jsonl", "-o", str(tmp_path / "e.jsonl"))
+    assert done.returncode == 0, done.stderr.decode()
+    rows = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
+    assert sum(len(r["media"]) for r in rows) == 8
+    assert {r["media"][0]["path"] for r in rows} <= {str((data / f"mllm_demo_data/{k}.jpg").resolve()) for k in (1, 2, 3)}
+    done = run_prep("report", str(out), "-o", str(tmp_path / "r.html"))
+    assert done.returncode == 0, done.stderr.decode()
+    assert (tmp_path / "r.html").read_text().count('<img src="data:image/jpeg;base64,') >= 1
+    jpeg = data / "mllm_demo_data/1.jpg"
+    body = bytearray(jpeg.read_bytes())
+    body[len(body) // 2] ^= 0xFF  # one byte changed, the size the same
+    jpeg.write_bytes(bytes(body))
+    done = run_prep("verify", str(out))
+    assert done.returncode == 1 and "media_file_changed" in (done.stdout + done.stderr).decode()
+
+
+@pytest.mark.slow
+def test_llava_shards_of_the_demo_pack_and_verify(tmp_path):
+    """LLaVA (576 `<image>` per image, positions one per token): the demo's shards pack, each document's images in
+    order in the packed rows, and both folders verify."""
+    from test_vision_tokenize import _llava_folder
+
+    _demo(tmp_path, _llava_folder(tmp_path)).rename(tmp_path / "tok")
+    assert verify(tmp_path / "tok").ok
+    pack(tmp_path / "tok", tmp_path / "packed", max_len=4096)
+    check = verify(tmp_path / "packed")
+    assert check.ok, [str(f) for f in check.findings]
+    packed = _rows(tmp_path / "packed")
+    assert len(packed) < 6 and _runs(packed) == _runs(_rows(tmp_path / "tok"))
+    assert {len(run[3]) for runs in _runs(packed).values() for run in runs} == {576}

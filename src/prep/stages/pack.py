@@ -2,7 +2,8 @@
 prep.shards.packing).
 
 Rows with media keep them (design §2a): the packed folder's `media_roots` are ".", the unpacked folder (where its
-own media files stay) and its other roots, so the packed rows name the same files. For a model whose position ids
+own media files stay) and its other roots, so the packed rows name the same files (the tables go to the shard
+writer with the `prep.media` metadata that names those roots and files). For a model whose position ids
 are multi-dimensional (Qwen2-VL's M-RoPE), packing rows with media is refused: their per-document 3-D positions
 are not built here, and the unpacked shards train as they are."""
 
@@ -21,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from prep.core.columns import MEDIA_COLUMN
+from prep.core.columns import MEDIA_COLUMN, MEDIA_META
 from prep.core.columns import schema as shard_schema
 from prep.core.findings import PrepError, Source
 from prep.core.options import checked, parse_size
@@ -90,11 +91,11 @@ def pack(shards: str | Path, output: str | Path, max_len: int, *, strategy: str 
     if where.ray and wrapper:
         notes.append("--strategy wrap cuts one stream of tokens in order, which runs here: --engine ray packs bfd")
         where = LOCAL
-    roots = _packed_roots(Path(shards), source) if media else None
+    named = _media_meta(Path(shards), source) if media else None
     with ShardWriter(output, source["kind"], meta, rejects=rejects, shard_rows=shard_rows, shard_mb=shard_mb,
-                     resume_key=key, media_roots=roots) as writer:
+                     resume_key=key, media=media) as writer:
         if where.ray:
-            _pack_on_ray(Path(shards), source, window, max_len, policy, rng, writer, meter, where, ran)
+            _pack_on_ray(Path(shards), source, window, max_len, policy, rng, writer, meter, where, ran, named)
         for table, sources in _windows(Path(shards), source, window) if not where.ray else ():
             meter.add(table.num_rows, int(pc.sum(table["num_tokens"]).as_py() or 0))
             # wrap cuts documents wherever the blocks end, so no document is too long for it
@@ -102,9 +103,9 @@ def pack(shards: str | Path, output: str | Path, max_len: int, *, strategy: str 
             writer.account(docs)
             packed = wrapper.add(table) if wrapper else bfd_window(table, max_len, rng)
             if packed is not None:
-                writer.add(packed)
+                writer.add(_naming(packed, named))
         if wrapper and (last := wrapper.add(None)) is not None:
-            writer.add(last)
+            writer.add(_naming(last, named))
     manifest = read_manifest(output)
     carried = source.get("carried") or []
     notes += [f"carried columns {', '.join(carried)} are not packed (a packed row holds several documents); they "
@@ -128,24 +129,25 @@ def _refuse_multi_dimensional(folder: Path, manifest: dict[str, Any]) -> None:
                         "train reads them as they are; leave out prep pack / the recipe's pack section)")
 
 
-def _packed_roots(folder: Path, manifest: dict[str, Any]) -> list[str]:
-    """The packed folder's media roots: itself, then the unpacked folder (its root "."), then its other roots, in
-    order, so the packed rows' `root` indexes are the unpacked ones plus one."""
-    return [".", str(folder.resolve()), *[str(r) for r in (manifest.get("media_roots") or ["."])[1:]]]
+def _media_meta(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """What the shard writer is told the packed rows' media `root` indexes: the unpacked folder's roots, its "." as
+    the folder itself (so the packed folder's roots are ".", the unpacked folder, then its other roots), and its
+    files."""
+    return {"roots": [str(folder.resolve()), *[str(r) for r in (manifest.get("media_roots") or ["."])[1:]]],
+            "files": (manifest.get("media") or {}).get("files") or []}
+
+
+def _naming(table: pa.Table, named: dict[str, Any] | None) -> pa.Table:
+    """Packed rows with the metadata that names their media's roots and files (design §2a, `prep.media`)."""
+    if named is None:
+        return table
+    items = int(pc.sum(table[MEDIA_COLUMN].combine_chunks().value_lengths()).as_py() or 0)
+    return table.replace_schema_metadata({MEDIA_META: json.dumps({**named, "items": items})})
 
 
 def _columns(manifest: dict[str, Any]) -> list[str]:
     """The columns packing reads: the tokens, and the media where the rows hold them."""
     return list(_SCHEMA.names) + ([MEDIA_COLUMN] if has_media(manifest) else [])
-
-
-def _shift_roots(table: pa.Table) -> pa.Table:
-    """Rows of the unpacked folder with `root` indexing the packed folder's roots (`_packed_roots`)."""
-    if MEDIA_COLUMN not in table.column_names:
-        return table
-    field_ = table.schema.field(MEDIA_COLUMN)
-    media = [[{**m, "root": m["root"] + 1} for m in row or ()] for row in table[MEDIA_COLUMN].to_pylist()]
-    return table.set_column(table.schema.get_field_index(MEDIA_COLUMN), field_, pa.array(media, field_.type))
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,7 @@ def _build_rows(part: _Rows) -> Iterator[pa.Table]:
     for k, path in enumerate(part.files):
         mine = np.flatnonzero(part.file_index == k)
         if len(mine):
-            tables.append(_shift_roots(take_rows(path, part.rows[mine], part.schema.names)))
+            tables.append(take_rows(path, part.rows[mine], part.schema.names))
             where[mine] = taken + np.arange(len(mine))
             taken += len(mine)
     cut = np.flatnonzero(part.file_index < 0)
@@ -185,13 +187,13 @@ def _long_rows(sources: list[Source], lengths: np.ndarray, max_len: int, columns
     found: dict[int, dict[str, Any]] = {}
     for file in dict.fromkeys(sources[i].file for i in long):
         mine = [int(i) for i in long if sources[i].file == file]
-        rows = _shift_roots(take_rows(file, np.array([sources[i].line - 1 for i in mine]), columns)).to_pylist()
+        rows = take_rows(file, np.array([sources[i].line - 1 for i in mine]), columns).to_pylist()
         found.update(zip(mine, rows, strict=True))
     return found
 
 
 def _pack_on_ray(indir: Path, manifest: dict[str, Any], window: int, max_len: int, policy: str, rng: random.Random,
-                 writer: ShardWriter, meter: Meter, engine: Engine, ran: Ran) -> None:
+                 writer: ShardWriter, meter: Meter, engine: Engine, ran: Ran, named: dict[str, Any] | None) -> None:
     """bfd under Ray: each window's lengths read and packed into bins here, as the local engine does; the rows
     built by the workers, a few parts per worker and window, and written here in order."""
     parts: list[_Rows] = []
@@ -219,7 +221,7 @@ def _pack_on_ray(indir: Path, manifest: dict[str, Any], window: int, max_len: in
     for table in run_parts(parts, _build_rows, engine, ran):
         meter.add(int(pc.sum(table["seq_lengths"].combine_chunks().value_lengths()).as_py() or 0),
                   int(pc.sum(table["num_tokens"]).as_py() or 0))
-        writer.add(table)
+        writer.add(_naming(table, named))
 
 
 def _windows(indir: Path, manifest: dict[str, Any], window: int, columns: list[str] | None = None
@@ -233,7 +235,7 @@ def _windows(indir: Path, manifest: dict[str, Any], window: int, columns: list[s
         pfile = open_shard(indir, shard)
         row = 0
         for group in range(pfile.num_row_groups):
-            table = _shift_roots(pfile.read_row_group(group, columns=columns or _columns(manifest)))
+            table = pfile.read_row_group(group, columns=columns or _columns(manifest))
             pending.append(table)
             sources += [Source(path, row + k + 1, len(sources) + k + 1) for k in range(table.num_rows)]
             row += table.num_rows
