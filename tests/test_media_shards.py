@@ -627,3 +627,28 @@ def test_llava_shards_of_the_demo_pack_and_verify(tmp_path):
     packed = _rows(tmp_path / "packed")
     assert len(packed) < 6 and _runs(packed) == _runs(_rows(tmp_path / "tok"))
     assert {len(run[3]) for runs in _runs(packed).values() for run in runs} == {576}
+
+
+# ---------------------------------------------------------------- mix
+
+
+def test_mix_of_shard_folders_keeps_their_media(tmp_path, tok):
+    """Two folders with media (each with a file of its own root ".") and one without: the mixed rows name the same
+    files, under one list of roots, and the mixed folder verifies."""
+    from prep.stages.mix import mix
+
+    rows_a, inside_a = three_rows(tmp_path / "a", tok)
+    a = write_folder(tmp_path / "a" / "shards", tok, rows_a, [".", str(tmp_path / "a" / "pics")], inside=inside_a)
+    rows_b, inside_b = _many_rows(tmp_path / "b", tok, 6)
+    b = write_folder(tmp_path / "b" / "shards", tok, rows_b, [".", str(tmp_path / "b" / "pics")], inside=inside_b)
+    c = write_folder(tmp_path / "c", tok, [chat_row(tok, "plain", "Hi", "Hello.", [])], ["."])
+    result = mix([f"{a}", f"{b}:x2", f"{c}"], str(tmp_path / "mixed"))
+    assert result.tally.written == 3 + 12 + 1
+    manifest = read_manifest(tmp_path / "mixed")
+    assert manifest["media_roots"] == [".", str(a.resolve()), str(tmp_path / "a/pics"), str(b.resolve()),
+                                       str(tmp_path / "b/pics")]
+    assert manifest["media"]["items"] == 4 + 2 * sum(len(r["media"]) for r in rows_b)
+    check = verify(tmp_path / "mixed")
+    assert check.ok, [str(f) for f in check.findings]
+    mixed = _runs(_rows(tmp_path / "mixed"))
+    assert all(mixed[doc] == runs for doc, runs in _runs(_rows(a)).items())

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -31,7 +32,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from prep.core.columns import KIND_OF_RECORD
+from prep.core.columns import KIND_OF_RECORD, MEDIA_COLUMN, MEDIA_META
+from prep.core.columns import schema as shard_schema
 from prep.core.findings import Batch, PrepError, Reject, Source, Tally, finding
 from prep.core.options import DEFAULT_DATE, checked
 from prep.core.records import Record, kind_of
@@ -46,6 +48,7 @@ from prep.render.encoder import Encoder, Settings, build_encoder
 from prep.render.templates import chat_template, parse_kwargs
 from prep.render.tokenizer import load_tokenizer
 from prep.shards.layout import MANIFEST, read_manifest
+from prep.shards.media import has_media
 from prep.shards.reader import iter_tables
 from prep.shards.writer import ShardWriter
 from prep.stages.record_writer import RecordsOut, Removes, open_rejects
@@ -342,8 +345,9 @@ def _mix_shards(sources: list[MixSource], output: str, by: str, seed: int, rejec
         if left := len(s.counts) * s.passes_read - int(s.counts.sum()):
             tally.rejected["not_sampled"] += left
     meta["mix"] = _manifest(sources, by, seed, tally)
-    with ShardWriter(output, first["kind"], meta, rejects=rejects) as writer:
-        streams = [_table_stream(s) for s in sources]
+    media = _Media(sources, manifests) if any(has_media(m) for m in manifests) else None
+    with ShardWriter(output, first["kind"], meta, rejects=rejects, media=media is not None) as writer:
+        streams = [_table_stream(s, media and media.rows(k, first["kind"])) for k, s in enumerate(sources)]
         order = np.fromiter(_schedule(sources), np.int64)
         for start in range(0, len(order), _CHUNK):
             chunk = order[start:start + _CHUNK]
@@ -353,7 +357,7 @@ def _mix_shards(sources: list[MixSource], output: str, by: str, seed: int, rejec
                 places[where] = sum(len(p) for p in parts) + np.arange(len(where))
                 parts.append(_take(streams[i], len(where)))
             table = pa.concat_tables(parts).take(pa.array(places))
-            writer.add(table)
+            writer.add(media.naming(table) if media else table)
             meter.add(table.num_rows)
         if writer.rejects:
             for s in sources:
@@ -370,7 +374,7 @@ class _Tables:
     pending: list[pa.Table] = field(default_factory=list)
 
 
-def _table_stream(s: MixSource) -> _Tables:
+def _table_stream(s: MixSource, media: Callable[[pa.Table], pa.Table] | None = None) -> _Tables:
     def passes() -> Iterator[pa.Table]:
         for number in range(int(s.counts.max()) if len(s.counts) else 0):
             offset = 0
@@ -378,9 +382,46 @@ def _table_stream(s: MixSource) -> _Tables:
                 keep = np.flatnonzero(s.counts[offset:offset + table.num_rows] > number)
                 offset += table.num_rows
                 if len(keep):
-                    yield table.take(pa.array(keep))
+                    yield media(table.take(pa.array(keep))) if media else table.take(pa.array(keep))
 
     return _Tables(passes())
+
+
+class _Media:
+    """Mixing shards with media (design §2a): each source's roots (its own folder for its "."), one list for all,
+    and every source's files; each source's rows re-indexed into that list, rows without media given none."""
+
+    def __init__(self, sources: list[MixSource], manifests: list[dict[str, Any]]) -> None:
+        self.roots: list[str] = []
+        self.index: list[list[int]] = []
+        self.files: list[dict[str, Any]] = []
+        for s, m in zip(sources, manifests, strict=True):
+            mine = [str(Path(s.path).resolve()), *[str(r) for r in (m.get("media_roots") or ["."])[1:]]]
+            mine = mine if (m.get("media") or {}).get("items") else []  # a folder without media adds no root
+            for root in mine:
+                if root not in self.roots:
+                    self.roots.append(root)
+            self.index.append([self.roots.index(r) for r in mine])
+            self.files += [{**f, "root": self.index[-1][f["root"]]} for f in (m.get("media") or {}).get("files") or ()]
+
+    def rows(self, k: int, kind: str) -> Callable[[pa.Table], pa.Table]:
+        """Source k's rows with their media's roots in the common list."""
+        index, type_ = self.index[k], shard_schema(kind, (), True).field(MEDIA_COLUMN).type
+
+        def reindex(table: pa.Table) -> pa.Table:
+            media = table[MEDIA_COLUMN].to_pylist() if MEDIA_COLUMN in table.column_names else [[]] * table.num_rows
+            column = pa.array([[{**m, "root": index[m["root"]]} for m in row or ()] for row in media], type_)
+            if MEDIA_COLUMN in table.column_names:
+                return table.set_column(table.schema.get_field_index(MEDIA_COLUMN), MEDIA_COLUMN, column)
+            return table.append_column(pa.field(MEDIA_COLUMN, type_), column)
+
+        return reindex
+
+    def naming(self, table: pa.Table) -> pa.Table:
+        """The rows with the metadata that names their roots and files for the shard writer."""
+        items = sum(len(row) for row in table[MEDIA_COLUMN].to_pylist())
+        return table.replace_schema_metadata({MEDIA_META: json.dumps({"roots": self.roots, "files": self.files,
+                                                                       "items": items})})
 
 
 def _take(stream: _Tables, n: int) -> pa.Table:
