@@ -94,7 +94,8 @@ def chat_row(tok, doc_id: str, prompt: str, answer: str, media: list[tuple[Path,
 
 
 def write_folder(out: Path, tok, rows: list[dict[str, Any]], roots: list[str], processor: dict | None = QWEN2_VL,
-                 max_len: int | None = None, inside: dict[str, Path] | None = None, overflow: str = "drop") -> Path:
+                 max_len: int | None = None, inside: dict[str, Path] | None = None, overflow: str = "drop",
+                 kind: str = "sft") -> Path:
     """A shard folder of `rows`, handed to the shard writer as the encoder hands them: the table's `prep.media`
     metadata names the roots the rows' `root` indexes and the files (`inside`: the files of root ".", by their
     path in the folder, given as data URLs, which the writer writes into the folder)."""
@@ -109,7 +110,7 @@ def write_folder(out: Path, tok, rows: list[dict[str, Any]], roots: list[str], p
         files.setdefault(m["sha256"], {"sha256": m["sha256"], "root": m["root"], "path": m["path"],
                                        "bytes": file.stat().st_size, "type": m["type"], **url})
     named = {"roots": roots, "files": list(files.values()), "items": sum(len(r["media"]) for r in rows)}
-    with ShardWriter(out, "sft", meta, media=True) as writer:
+    with ShardWriter(out, kind, meta, media=True) as writer:
         batch: Batch[dict[str, Any]] = Batch()
         for k, row in enumerate(rows):
             batch.add(row, Source("rows.jsonl", k + 1, k + 1))
@@ -652,3 +653,28 @@ def test_mix_of_shard_folders_keeps_their_media(tmp_path, tok):
     assert check.ok, [str(f) for f in check.findings]
     mixed = _runs(_rows(tmp_path / "mixed"))
     assert all(mixed[doc] == runs for doc, runs in _runs(_rows(a)).items())
+
+
+
+# ---------------------------------------------------------------- preference shards
+
+
+def test_dpo_shards_with_media_in_the_prompt(tmp_path, tok):
+    """dpo rows hold their media in prompt_input_ids: verify checks them there, inspect labels them, jsonl and
+    hf-dataset carry them."""
+    row = chat_row(tok, "p1", "Which colour?", "Red.", [(image(tmp_path / "pics", "a.png", (640, 480)), 1, "a.png")])
+    prompt = row["input_ids"][:-len(enc(tok, "Red.<|im_end|>\n"))]
+    dpo = {"prompt_input_ids": prompt, "chosen_input_ids": enc(tok, "Red.<|im_end|>"),
+           "rejected_input_ids": enc(tok, "Blue.<|im_end|>"), "ids": ["p1"], "media": row["media"]}
+    dpo["num_tokens"] = sum(len(dpo[c]) for c in ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids"))
+    folder = write_folder(tmp_path / "dpo", tok, [dpo], [".", str(tmp_path / "pics")], kind="dpo")
+    assert verify(folder).ok
+    shown = " ".join(_inspect(folder, 0).split())
+    assert "<|vision_start|><image 1: 640×480 → 391 tokens><|vision_end|>Which colour?" in shown
+    export(folder, "jsonl", str(tmp_path / "d.jsonl"))
+    (line,) = [json.loads(x) for x in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert line["chosen"] == "Red.<|im_end|>" and line["media"][0]["path"] == str((tmp_path / "pics/a.png").resolve())
+    bad = dict(dpo, media=[{**row["media"][0], "start": row["media"][0]["start"] + 1}])
+    broken = write_folder(tmp_path / "bad", tok, [bad], [".", str(tmp_path / "pics")], kind="dpo")
+    found = [(f.code, f.line, f.path) for f in verify(broken).findings]
+    assert ("bad_media_run", 1, "$.media[0].start") in found
