@@ -678,3 +678,32 @@ def test_dpo_shards_with_media_in_the_prompt(tmp_path, tok):
     broken = write_folder(tmp_path / "bad", tok, [bad], [".", str(tmp_path / "pics")], kind="dpo")
     found = [(f.code, f.line, f.path) for f in verify(broken).findings]
     assert ("bad_media_run", 1, "$.media[0].start") in found
+
+def test_thumbnails_of_an_image_a_video_and_a_broken_file(tmp_path):
+    import base64
+
+    import av
+    import numpy as np
+    from PIL import Image
+
+    from prep.files.media import thumbnail
+
+    def picture(url: str) -> Image.Image:
+        return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+
+    tall = image(tmp_path, "tall.png", (30, 300), (0, 200, 0))
+    assert picture(thumbnail(tall)).size == (10, 96)
+    video = tmp_path / "clip.mp4"
+    with av.open(str(video), "w") as container:
+        stream = container.add_stream("mpeg4", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        for k in range(4):
+            frame = av.VideoFrame.from_ndarray(np.full((120, 160, 3), (250, 10 * k, 10), np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    first = picture(thumbnail(video, "video"))
+    assert first.size == (96, 72) and first.getpixel((48, 36))[0] > 200  # the first frame: red
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really")
+    assert thumbnail(broken) is None and thumbnail(tmp_path / "gone.png") is None
+    assert thumbnail(tall, "audio") is None

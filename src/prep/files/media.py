@@ -357,3 +357,30 @@ def _packets(container: Any, stream: Any, *, decode: bool) -> tuple[int, int]:
     if not decoded:
         raise _Failure("media_corrupt", f"no {stream.type} frame decodes")
     return sized, stamped
+
+
+def thumbnail(path: Path | None, kind: str = "image", size: int = 96) -> str | None:
+    """A small JPEG of an image (after its EXIF rotation) or of a video's first frame, as a data URL: a page shows
+    it inline, fetching nothing (`prep report`). None when the file cannot be read: the page shows its label alone."""
+    if path is None or kind not in ("image", "video"):
+        return None
+    try:
+        from PIL import Image, ImageOps  # noqa: PLC0415 - start-up time: rows with media only
+
+        if kind == "video":
+            import av  # noqa: PLC0415 - start-up time: rows with video only
+
+            with av.open(str(path)) as container:
+                picture = next(container.decode(video=0)).to_image()
+        else:
+            with Image.open(path) as im:
+                picture = ImageOps.exif_transpose(im)
+                picture.load()
+        picture.thumbnail((size, size))
+        if picture.mode not in ("RGB", "L"):
+            picture = picture.convert("RGB")
+        out = io.BytesIO()
+        picture.save(out, "JPEG", quality=80)
+    except Exception:  # noqa: BLE001 - Pillow and PyAV raise many types for a file they cannot read; no thumbnail
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()

@@ -10,8 +10,6 @@ the row's markers such as `<|vision_start|>` surround), `root` indexes the manif
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -114,29 +112,3 @@ def numbered(media: list[dict[str, Any]] | None) -> list[int]:
         out.append(seen[item["type"]])
     return out
 
-
-def thumbnail(path: Path | None, kind: str = "image", size: int = 96) -> str | None:
-    """A small JPEG of an image (after its EXIF rotation) or of a video's first frame, as a data URL: a page shows
-    it inline, fetching nothing. None when the file cannot be read (the page then shows the label alone)."""
-    if path is None or kind not in ("image", "video"):
-        return None
-    try:
-        from PIL import Image, ImageOps  # noqa: PLC0415 - only for rows with media
-
-        if kind == "video":
-            import av  # noqa: PLC0415 - only for rows with video
-
-            with av.open(str(path)) as container:
-                picture = next(container.decode(video=0)).to_image()
-        else:
-            with Image.open(path) as im:
-                picture = ImageOps.exif_transpose(im)
-                picture.load()
-        picture.thumbnail((size, size))
-        if picture.mode not in ("RGB", "L"):
-            picture = picture.convert("RGB")
-        out = io.BytesIO()
-        picture.save(out, "JPEG", quality=80)
-    except Exception:  # noqa: BLE001 - Pillow and PyAV raise many types for a file they cannot read; no thumbnail
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()

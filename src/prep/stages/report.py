@@ -27,9 +27,10 @@ from prep.core.options import checked
 from prep.core.result import Result, outputs
 from prep.files.atomic import write_text_atomic
 from prep.files.guard import check_outputs
+from prep.files.media import thumbnail
 from prep.render.tokenizer import Tokenizer, shard_decoder
 from prep.shards.layout import MANIFEST, read_manifest
-from prep.shards.media import describe, numbered, resolve, roots, segments, temporal_patch, thumbnail
+from prep.shards.media import describe, numbered, resolve, roots, segments, temporal_patch
 from prep.shards.reader import iter_tables, read_row
 from prep.stages.inspect import decoded_runs, trained_runs
 from prep.stages.report_html import page
