@@ -286,6 +286,10 @@ def test_inspect_names_a_video_by_its_frames(tmp_path, tok):
     out = write_folder(tmp_path / "v", tok, rows, [".", str(tmp_path / "pics")], inside=inside)
     assert verify(out).ok
     assert "<video 1: 2 frames 640×480 → 391 tokens>" in _inspect(out, 0)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["processor"]  # not recorded: the tokenizer folder's preprocessor_config.json tells the same
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert "<video 1: 2 frames 640×480 → 391 tokens>" in _inspect(out, 0)
 
 
 # ---------------------------------------------------------------- pack

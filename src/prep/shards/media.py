@@ -10,6 +10,8 @@ the row's markers such as `<|vision_start|>` surround), `root` indexes the manif
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -98,8 +100,15 @@ def describe(item: dict[str, Any], number: int, temporal_patch: int | None = Non
 
 
 def temporal_patch(manifest: dict[str, Any]) -> int | None:
-    """The processor's temporal patch size (frames per grid step of a video), where the manifest records it."""
+    """The processor's temporal patch size (frames per grid step of a video): the manifest's `processor` entry, else
+    the processor settings in the tokenizer folder the manifest records (Qwen2-VL's `preprocessor_config.json`)."""
     value = (manifest.get("processor") or {}).get("temporal_patch_size")
+    folder = (manifest.get("tokenizer") or {}).get("path")
+    for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
+        if value is not None or not folder:
+            break
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            value = json.loads((Path(folder) / name).read_text(encoding="utf-8")).get("temporal_patch_size")
     return value if isinstance(value, int) and value > 0 else None
 
 
