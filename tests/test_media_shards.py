@@ -711,3 +711,40 @@ def test_thumbnails_of_an_image_a_video_and_a_broken_file(tmp_path):
     broken.write_bytes(b"\xff\xd8\xff\xe0 not really")
     assert thumbnail(broken) is None and thumbnail(tmp_path / "gone.png") is None
     assert thumbnail(tall, "audio") is None
+
+
+@pytest.mark.slow
+def test_qwen2_vl_video_shards_of_the_demo_verify_and_show_their_frames(tmp_path):
+    """LLaMA-Factory's video demo (mp4 and avi), probed as the reader probes it and tokenized with the Qwen2-VL
+    folder: the folder verifies, inspect names each video by its sampled frames, and packing is refused."""
+    from prep.core.media import from_columns, used
+    from prep.files.media import probe
+    from prep.render.encoder import Settings, build_encoder
+    from prep.render.templates import chat_template
+
+    demo = fixture("data", "llamafactory")
+    data = tmp_path / "demo"
+    shutil.copytree(demo / "mllm_demo_data", data / "mllm_demo_data")
+    rows = json.loads((demo / "mllm_video_demo.json").read_text())
+    records = []
+    for i, r in enumerate(rows):
+        media = [probe(m) for m in from_columns({"videos": r["videos"]}, used(r), str(data))]
+        records.append({"id": f"v{i}", "messages": r["messages"], "media": media})
+    tok = load_tokenizer(fixture("processors/qwen2-vl"))
+    out, table = build_encoder(tok, chat_template(tok, None), Settings("sft"))(
+        Batch(records, [Source("v.json", i + 1, i + 1) for i in range(len(records))]))
+    assert not out.rejects
+    folder = tmp_path / "shards"
+    with ShardWriter(folder, "sft", {"tokenizer": tok.fingerprint(), "template": None, "train_on": "assistant",
+                                     "max_len": None, "overflow": "drop", "inputs": []}, media=True) as writer:
+        writer.account(out)
+        writer.add(table)
+    check = verify(folder)
+    assert check.ok, [str(f) for f in check.findings]
+    for k, row in enumerate(_rows(folder)):
+        (m,) = row["media"]
+        assert m["type"] == "video" and set(row["input_ids"][m["start"]:m["start"] + m["length"]]) == {VIDEO_PAD}
+        label = f"<video 1: {m['grid'][0] * 2} frames {m['width']}×{m['height']} → {m['length']} tokens>"
+        assert label in " ".join(_inspect(folder, k).split())
+    with pytest.raises(PrepError, match="M-RoPE"):
+        pack(folder, tmp_path / "packed", max_len=8192)
