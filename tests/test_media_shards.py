@@ -268,7 +268,7 @@ def test_inspect_keeps_the_masks_around_the_image(folder):
     for line in console._record_buffer:  # the segments printed, each with its style
         if line.text.strip():
             styled.setdefault(line.text, str(line.style))
-    image = next(t for t in styled if t.startswith("<image 1"))
+    image = next(t for t in styled if t.startswith("<image 1: 640×480"))
     assert "magenta" in styled[image]
     answer = next(t for t in styled if "A red square." in t)
     assert "green" in styled[answer]  # trained

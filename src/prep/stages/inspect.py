@@ -114,7 +114,7 @@ def inspect(shards: str | Path, row: int = 0, *, tokenizer: str | None = None, s
     console.print(f"[bold]{shards}[/] row {row} of {manifest['counts']['rows']} ({kind}, {data['num_tokens']} tokens"
                   + (f", {data['num_loss_tokens']} trained" if "num_loss_tokens" in data else "") + ")   legend: "
                   f"[{TRAINED}]trained[/] [{UNTRAINED}]not trained[/]"
-                  + (f" [{MEDIA}]<medium: its tokens>[/]" if data.get("media") else ""))
+                  + (f" [{MEDIA}]<image 1: … → N tokens>[/] a medium in place of its tokens" if data.get("media") else ""))
     temporal = temporal_patch(manifest)
     if kind in ("sft", "pretrain"):
         start = 0
