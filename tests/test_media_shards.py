@@ -556,28 +556,19 @@ def test_the_verbs_run_from_the_cli_on_media_shards_without_torch_or_transformer
 
 
 def _demo(tmp_path: Path, processor: Path) -> Path:
-    """LLaMA-Factory's multimodal demo (6 rows, 8 images of 3 JPEG files, in a folder of the test's own) as
-    `prep tokenize` writes it with `processor`: its encoder over the records the LLaMA-Factory reader makes, into
-    the shard writer."""
-    from prep.render.encoder import Settings, build_encoder
-    from prep.render.templates import chat_template
-    from test_vision_tokenize import record
+    """`prep tokenize` of LLaMA-Factory's multimodal demo (6 rows, 8 images of 3 JPEG files, copied into a folder
+    of the test's own) with the processor folder `processor`."""
+    from conftest import run_prep
 
     demo = fixture("data", "llamafactory")
     data = tmp_path / "demo"
     shutil.copytree(demo / "mllm_demo_data", data / "mllm_demo_data")
-    rows = json.loads((demo / "mllm_demo.json").read_text())
-    tok = load_tokenizer(processor)
-    encoder = build_encoder(tok, chat_template(tok, None), Settings("sft"))
-    out, table = encoder(Batch([record(i, r["messages"], r["images"], data) for i, r in enumerate(rows)],
-                               [Source(str(data / "mllm_demo.json"), i + 1, i + 1) for i in range(len(rows))]))
-    assert not out.rejects
-    folder = tmp_path / "shards"
-    with ShardWriter(folder, "sft", {"tokenizer": tok.fingerprint(), "template": None, "train_on": "assistant",
-                                     "max_len": None, "overflow": "drop", "inputs": []}, media=True) as writer:
-        writer.account(out)
-        writer.add(table)
-    return folder
+    shutil.copy(demo / "mllm_demo.json", data / "mllm_demo.json")
+    done = run_prep("tokenize", str(data / "mllm_demo.json"), "--tokenizer", str(processor), "-o",
+                    str(tmp_path / "shards"))
+    assert done.returncode == 0, done.stderr.decode()
+    assert read_manifest(tmp_path / "shards")["counts"]["written"] == 6
+    return tmp_path / "shards"
 
 
 @pytest.mark.slow
@@ -715,30 +706,17 @@ def test_thumbnails_of_an_image_a_video_and_a_broken_file(tmp_path):
 
 @pytest.mark.slow
 def test_qwen2_vl_video_shards_of_the_demo_verify_and_show_their_frames(tmp_path):
-    """LLaMA-Factory's video demo (mp4 and avi), probed as the reader probes it and tokenized with the Qwen2-VL
-    folder: the folder verifies, inspect names each video by its sampled frames, and packing is refused."""
-    from prep.core.media import from_columns, used
-    from prep.files.media import probe
-    from prep.render.encoder import Settings, build_encoder
-    from prep.render.templates import chat_template
+    """`prep tokenize` of LLaMA-Factory's video demo (mp4 and avi) with the Qwen2-VL folder: the folder verifies,
+    inspect names each video by its sampled frames, and packing is refused."""
+    from conftest import run_prep
 
     demo = fixture("data", "llamafactory")
-    data = tmp_path / "demo"
-    shutil.copytree(demo / "mllm_demo_data", data / "mllm_demo_data")
-    rows = json.loads((demo / "mllm_video_demo.json").read_text())
-    records = []
-    for i, r in enumerate(rows):
-        media = [probe(m) for m in from_columns({"videos": r["videos"]}, used(r), str(data))]
-        records.append({"id": f"v{i}", "messages": r["messages"], "media": media})
-    tok = load_tokenizer(fixture("processors/qwen2-vl"))
-    out, table = build_encoder(tok, chat_template(tok, None), Settings("sft"))(
-        Batch(records, [Source("v.json", i + 1, i + 1) for i in range(len(records))]))
-    assert not out.rejects
+    shutil.copytree(demo / "mllm_demo_data", tmp_path / "mllm_demo_data")
+    shutil.copy(demo / "mllm_video_demo.json", tmp_path / "v.json")
     folder = tmp_path / "shards"
-    with ShardWriter(folder, "sft", {"tokenizer": tok.fingerprint(), "template": None, "train_on": "assistant",
-                                     "max_len": None, "overflow": "drop", "inputs": []}, media=True) as writer:
-        writer.account(out)
-        writer.add(table)
+    done = run_prep("tokenize", str(tmp_path / "v.json"), "--tokenizer", str(fixture("processors/qwen2-vl")), "-o",
+                    str(folder))
+    assert done.returncode == 0, done.stderr.decode()
     check = verify(folder)
     assert check.ok, [str(f) for f in check.findings]
     for k, row in enumerate(_rows(folder)):
