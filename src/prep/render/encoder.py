@@ -124,16 +124,16 @@ class Encoder:
         self.media = settings.kind == "sft" and isinstance(self.scheme, Scheme)
         if isinstance(self.scheme, Scheme):
             for token in self.scheme.tokens():
-                self._single_token(token, f"{self.scheme.family} media token")
-        self.eos_id = self._single_token(specials.eos, "EOS") if specials.eos else None
-        self.eot_id = self._single_token(template.eot, f"end-of-turn token of template {template.name}") \
+                self.single_token(token, f"{self.scheme.family} media token")
+        self.eos_id = self.single_token(specials.eos, "EOS") if specials.eos else None
+        self.eot_id = self.single_token(template.eot, f"end-of-turn token of template {template.name}") \
             if template else self.eos_id
         if settings.kind == "pretrain" and self.eos_id is None:
             raise PrepError("pretraining text ends with the tokenizer's EOS token, and this tokenizer has none")
         self.schema = schema(settings.kind, settings.carried, self.media)
         self.train_on = resolve_train_on(settings.train_on, "chat")
 
-    def _single_token(self, text: str, what: str) -> int:
+    def single_token(self, text: str, what: str) -> int:
         ids = self.backend.encode(text, add_special_tokens=False).ids
         if len(ids) != 1:
             raise PrepError(f"the {what} {text!r} is not one token of this tokenizer (it becomes {len(ids)}): "

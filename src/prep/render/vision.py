@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,18 @@ class Scheme:
     def tokens(self) -> list[str]:
         """The special tokens the scheme writes; each must be one token of the tokenizer."""
         return [t for t in (*self.markers.values(), *self.wrap) if t]
+
+    positions = "1d"  # "mrope": media tokens get (t, h, w) positions, so packed documents cannot simply restart
+
+    def features(self) -> dict[str, str]:
+        """Each media type's feature token: what its run in input_ids is made of."""
+        return dict(self.markers)
+
+    def about(self, token_id: Callable[[str], int]) -> dict[str, Any]:
+        """The manifest's `processor` entry (design §2a): what verify, inspect and pack read about the media runs."""
+        return {"family": self.family, "name": self.name, "positions": self.positions,
+                "media_tokens": {kind: token_id(token) for kind, token in self.features().items()},
+                "temporal_patch_size": int(self.image_config.get("temporal_patch_size", 1))}
 
     def refuse(self, item: Item, why: str) -> RowError:
         return row_error("unsupported_media", f"{self.family} ({self.name}) cannot take the {item['type']} "
@@ -128,6 +141,7 @@ class Qwen2VL(Scheme):
     `<|image_pad|>` * grid_thw.prod() // merge_size**2)."""
 
     family = "Qwen2-VL"
+    positions = "mrope"
 
     def __init__(self, name: str, image_config: dict[str, Any], processor_config: dict[str, Any],
                  video_config: dict[str, Any] | None = None, tokens: dict[str, str] | None = None) -> None:
@@ -241,6 +255,9 @@ class Gemma3(Scheme):
     def tokens(self) -> list[str]:
         boi, soft, eoi, _ = self.parts  # type: ignore[attr-defined]
         return [boi, soft, eoi]
+
+    def features(self) -> dict[str, str]:
+        return {"image": self.parts[1]}  # type: ignore[attr-defined]
 
     def expand(self, item: Item) -> Expansion:
         refused = self.unsupported(item)

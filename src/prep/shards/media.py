@@ -60,6 +60,8 @@ def multi_dimensional_positions(manifest: dict[str, Any], grids: list[list[int]]
     processor = manifest.get("processor") or {}
     name = processor.get("family") or processor.get("name") or "this model"
     positions = processor.get("positions")
+    if positions == "mrope":
+        return f"{name} places media tokens at (t, h, w) positions (M-RoPE)"
     if positions is not None:
         return None if positions in ("1d", "rope") else f"{name} uses {positions} position ids"
     if any(len(g or ()) == 3 for g in grids):

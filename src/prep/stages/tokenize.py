@@ -266,6 +266,7 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, templat
         "train_on": {"sft": resolve_train_on(train_on, "chat"), "pretrain": "all"}.get(kind),
         "train_on_reasoning": train_on_reasoning if kind == "sft" else None,
         "max_len": max_len, "overflow": overflow,
+        "processor": encoder.scheme.about(lambda t: encoder.single_token(t, "media token")) if encoder.media else None,
         "inputs": [], "options": {"kind": kind, **{k: v for k, v in dataclasses.asdict(inputs).items() if k != "files"}},
     }
     meter = Meter(progress)
