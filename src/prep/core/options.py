@@ -420,6 +420,9 @@ TRAIN = (
     Option("qlora", bool, False, "4-bit NF4 base with double quantization (bitsandbytes).", recipe=True),
     Option("full", bool, False, "Train every weight, no adapter (DPO/KTO: beside a frozen copy as the reference).",
            recipe=True),
+    Option("train_vision", bool, False, "Vision-language models: train the vision tower too (LoRA on its linear layers; "
+                                        "with --full, its weights); by default it is frozen and only the language "
+                                        "model is adapted.", recipe=True),
     Option("method", choices=METHODS, recipe=True,
            help="What to optimise; default: sft for sft/pretrain shards, dpo for dpo shards, kto for kto shards. orpo "
                 "and reward (a sequence-classification head scoring chosen above rejected) read dpo shards."),

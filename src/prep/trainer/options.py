@@ -23,6 +23,7 @@ class TrainOptions:
     use_dora: bool = False
     qlora: bool = False
     full: bool = False
+    train_vision: bool = False
     method: str | None = None  # None: from the shard kind
     beta: float = 0.1
     loss_type: str | None = None

@@ -11,7 +11,8 @@ shards train without attention masks: position ids restart at every document (fr
 is already -100, so no document is predicted from the previous one. With flash-attention TRL's
 padding-free collator concatenates a batch's rows; otherwise the rows are stacked (`_StackedRows`).
 Unpacked shards train in padded batches. Before anything loads, the shards are verified and their
-tokenizer fingerprint is compared with the model's tokenizer.
+tokenizer fingerprint is compared with the model's tokenizer. Shards whose rows hold images train a
+vision-language model (trainer/vision.py): the images are loaded by reference and processed at batch time.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from prep.files.atomic import replaced, write_json
 from prep.render.tokenizer import describe_tokenizer, fingerprint, same_tokenizer
 from prep.shards.layout import position_ids, read_manifest
 from prep.shards.verify import require_verified
-from prep.trainer import preference
+from prep.trainer import preference, vision
 from prep.trainer.checkpoints import COMPLETE, SIGNATURE, check_checkpoints, resume_point, signature
 from prep.trainer.options import TrainOptions
 from prep.trainer.preference import method_for
@@ -68,11 +69,15 @@ def check_tokenizer(manifest: dict[str, Any], tokenizer: Any, model: str, force:
 
 
 def _dataset(folder: str) -> Any:
+    """The rows as stored; with media, each row's media (paths resolved) and its source ids, for the collator."""
     import datasets  # noqa: PLC0415 - train extra
 
     manifest = read_manifest(folder)
     files = [str(Path(folder) / s["path"]) for s in manifest["shards"]]
     data = datasets.load_dataset("parquet", data_files=files, split="train")
+    if vision.has_media(manifest):
+        return vision.with_paths(data.select_columns(["input_ids", "labels", "seq_lengths", "ids", "media"]),
+                                 folder, manifest)
     return data.select_columns(["input_ids", "labels", "seq_lengths"])
 
 
@@ -133,17 +138,21 @@ class _StackedRows:
 
 
 def _load_model(options: TrainOptions, cuda: bool, bf16: bool, vocab_size: int | None,
-                method: str = "sft") -> tuple[Any, Any]:
+                method: str = "sft", multimodal: bool = False) -> tuple[Any, Any]:
     """The policy: a causal LM (a sequence-classification model with one output for --method reward), with
     its LoRA adapter unless --full; and, for dpo and kto, the LoRA config for TRL to apply instead.
 
     TRL's DPO and KTO trainers given a model that already has an adapter keep a frozen copy of it (a
     second adapter, "ref") as the reference and run it on every reference pass; given the config, they add
     the adapter themselves and take the reference with it switched off: the same log-probs (a fresh
-    adapter changes nothing), without the copy or its matmuls."""
+    adapter changes nothing), without the copy or its matmuls.
+
+    `multimodal`: a vision-language model (AutoModelForImageTextToText), its vision tower frozen unless
+    --train-vision, the LoRA on the language model's linear layers (and the tower's with --train-vision)."""
     import torch  # noqa: PLC0415 - train extra
     from transformers import (  # noqa: PLC0415 - train extra
         AutoModelForCausalLM,
+        AutoModelForImageTextToText,
         AutoModelForSequenceClassification,
         BitsAndBytesConfig,
     )
@@ -158,9 +167,10 @@ def _load_model(options: TrainOptions, cuda: bool, bf16: bool, vocab_size: int |
         kwargs["device_map"] = {"": 0} if cuda else {"": "cpu"}
     if method == "reward":
         kwargs["num_labels"] = 1
+    auto = AutoModelForSequenceClassification if method == "reward" else \
+        AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
     try:
-        model = (AutoModelForSequenceClassification if method == "reward" else AutoModelForCausalLM).from_pretrained(
-            options.model, **kwargs)
+        model = auto.from_pretrained(options.model, **kwargs)
     except (ImportError, OSError, ValueError) as e:
         first = str(e).splitlines()[0]
         # e.g. flash_attention_2 without the flash_attn package or a GPU, or a kernel transformers does not know
@@ -175,13 +185,17 @@ def _load_model(options: TrainOptions, cuda: bool, bf16: bool, vocab_size: int |
                         "embeddings; re-tokenize with the model's tokenizer")
     model.config.use_cache = False  # a cache would stop transformers from masking attention per packed document
     if options.full:
+        if multimodal and not options.train_vision:
+            vision.freeze_vision(model)
         return model, None
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # noqa: PLC0415 - train extra
 
     if options.qlora:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=options.gradient_checkpointing)
     targets: Any = options.target_modules
-    if targets != "all-linear":
+    if multimodal:  # by full name: a tower's layers may share the language model's names, and all-linear takes both
+        targets = vision.lora_targets(model, targets, options.train_vision)
+    elif targets != "all-linear":
         targets = [t.strip() for t in targets.split(",") if t.strip()]
     config = LoraConfig(r=options.lora_r, lora_alpha=options.lora_alpha, lora_dropout=options.lora_dropout,
                         target_modules=targets, use_rslora=options.use_rslora, use_dora=options.use_dora,
@@ -241,7 +255,8 @@ def _check_options(options: TrainOptions) -> None:
             raise PrepError("--report-to tensorboard needs the tensorboard package (pip install tensorboard)") from None
 
 
-def _config(options: TrainOptions, out: Path, cuda: bool, bf16: bool, flatten: bool, method: str) -> Any:
+def _config(options: TrainOptions, out: Path, cuda: bool, bf16: bool, flatten: bool, method: str,
+            multimodal: bool = False) -> Any:
     from trl import SFTConfig  # noqa: PLC0415 - train extra
 
     saving = options.save_steps is not None
@@ -258,6 +273,7 @@ def _config(options: TrainOptions, out: Path, cuda: bool, bf16: bool, flatten: b
         save_strategy="steps" if saving else "no", save_steps=options.save_steps or 500,
         eval_strategy="steps" if options.eval and saving else "no", eval_steps=options.save_steps,
         report_to=options.report_to, use_cpu=not cuda, bf16=bf16, disable_tqdm=True, dataloader_num_workers=0,
+        **({"remove_unused_columns": False} if multimodal else {}),  # the collator reads the media column
         **options.extra)
     if method != "sft":
         return preference.config(method, options, common)
@@ -287,6 +303,13 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
     if method != "sft":
         preference.check_options(method, options)
     eval_manifest = check_shards(options.eval, "evaluation", method) if options.eval else None
+    config = vision.model_config(options.model)
+    for folder, m in ((shards, manifest), (options.eval, eval_manifest)):
+        if m:
+            vision.check_media_shards(folder, m, config, options.model, method)
+    multimodal = config is not None and vision.is_vision_language(config)
+    if multimodal and method != "sft":
+        raise PrepError(f"--method {method}: {options.model} is a vision-language model, which prep trains with sft")
     out = Path(options.output)
     checkpoints = out / "checkpoints"
     signed = signature(shards, options)
@@ -310,7 +333,7 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
     padding_free = _packed(manifest) or bool(eval_manifest and _packed(eval_manifest))
     vocab = max((m.get("tokenizer") or {}).get("vocab_size") or 0 for m in (manifest, eval_manifest or {}))
     set_seed(options.seed)  # before the adapter's random initialisation, so --seed makes a run repeatable
-    model, lora = _load_model(options, cuda, bf16, vocab, method)
+    model, lora = _load_model(options, cuda, bf16, vocab, method, multimodal)
     ref_model = _load_reference(options, model, cuda, bf16) if options.ref_model else None
     attention = str(model.config._attn_implementation)
     flatten = padding_free and cuda and attention.startswith("flash")
@@ -347,12 +370,12 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
         return _dataset(folder) if method == "sft" else preference.dataset(method, folder, options.margin_column)
 
     kwargs: dict[str, Any] = {"ref_model": ref_model, "peft_config": lora} if method in ("dpo", "kto") else {}
+    collator = vision.MediaCollator(options.model, config, tokenizer.pad_token_id or 0) if multimodal and \
+        not padding_free else _StackedRows(tokenizer.pad_token_id or 0) if padding_free and not flatten else None
     try:
-        trainer = Trainer(model=model, args=_config(options, out, cuda, bf16, flatten, method),
+        trainer = Trainer(model=model, args=_config(options, out, cuda, bf16, flatten, method, multimodal),
                           train_dataset=data(shards), eval_dataset=data(options.eval) if options.eval else None,
-                          processing_class=tokenizer, **kwargs,
-                          data_collator=_StackedRows(tokenizer.pad_token_id or 0) if padding_free and not flatten
-                          else None)
+                          processing_class=tokenizer, **kwargs, data_collator=collator)
     except ValueError as e:  # TRL adds the dpo/kto adapter: --target-modules naming no module of this model
         if lora is None or "target modules" not in str(e).lower():
             raise
@@ -380,6 +403,8 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
     with replaced(saved, folder=True) as tmp:  # a full disk leaves the earlier adapter, never half a new one
         trainer.model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if isinstance(collator, vision.MediaCollator):  # the image settings, for whoever loads the adapter
+            collator.processor.save_pretrained(tmp)
         _write_info(tmp, manifest, options, method)
     metrics = trainer.evaluate() if options.eval else {}
     curve = _curve(trainer.state.log_history)
@@ -389,6 +414,8 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
         "method": "full" if options.full else ("qlora" if options.qlora else "lora"), "objective": method,
         "packed": _packed(manifest), "padding_free": padding_free, "batching": batching,
         "attn_implementation": attention, "output": str(saved),
+        "vision_tower": None if not multimodal else ("trained" if options.full else "lora") if options.train_vision
+        else "frozen",
         "steps": result.global_step, "resumed_from_step": resumed_from, "epochs": result.metrics.get("epoch"),
         "runtime_s": round(runtime, 3), "tokens": counter.tokens, "batch_positions": counter.positions,
         "trained_tokens": counter.trained, "tokens_per_s": round(counter.tokens / runtime, 1) if runtime else None,
@@ -448,19 +475,25 @@ def merge(base: str, adapter: str | Path, target: str | Path) -> Path:
     is merged into the base with its one-output scoring head."""
     from peft import PeftConfig, PeftModel  # noqa: PLC0415 - train extra
     from transformers import (  # noqa: PLC0415 - train extra
+        AutoImageProcessor,
         AutoModelForCausalLM,
+        AutoModelForImageTextToText,
         AutoModelForSequenceClassification,
         AutoTokenizer,
     )
 
     adapter, target = Path(adapter), Path(target)
+    config = vision.model_config(base)
+    multimodal = config is not None and vision.is_vision_language(config)
     if PeftConfig.from_pretrained(adapter).task_type == "SEQ_CLS":
         loaded = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
     else:
-        loaded = AutoModelForCausalLM.from_pretrained(base)
+        loaded = (AutoModelForImageTextToText if multimodal else AutoModelForCausalLM).from_pretrained(base)
     model = PeftModel.from_pretrained(loaded, adapter)
     model.merge_and_unload().save_pretrained(target)
     AutoTokenizer.from_pretrained(adapter).save_pretrained(target)
+    if multimodal:
+        AutoImageProcessor.from_pretrained(base).save_pretrained(target)
     if (adapter / TRAIN_INFO).is_file():
         (target / TRAIN_INFO).write_bytes((adapter / TRAIN_INFO).read_bytes())
     return target
