@@ -301,6 +301,9 @@ def test_rows_with_media_are_refused_where_they_cannot_train(root: Path, model: 
     manifest = json.loads((Path(demo["folder"]) / "manifest.json").read_text())
     with pytest.raises(PrepError, match="text-only model"):
         vision.check_media_shards(demo["folder"], manifest, config, text_model, "sft")
+    text_shards = write_shards(tmp_path / "text", [{**demo["rows"][1], "media": []}], demo_dir(), ["t:1"])
+    with pytest.raises(PrepError, match="--train-vision: .* has no vision tower"):
+        train(str(text_shards), TrainOptions(model=text_model, output=str(tmp_path / "o"), train_vision=True))
     vl = transformers.AutoConfig.from_pretrained(model)
     with pytest.raises(PrepError, match="packed rows with media cannot train.*M-RoPE"):
         vision.check_media_shards(demo["folder"], {**manifest, "packing": {"strategy": "bfd"}}, vl, model, "sft")

@@ -310,6 +310,8 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
     multimodal = config is not None and vision.is_vision_language(config)
     if multimodal and method != "sft":
         raise PrepError(f"--method {method}: {options.model} is a vision-language model, which prep trains with sft")
+    if options.train_vision and not multimodal:
+        raise PrepError(f"--train-vision: {options.model} has no vision tower (it is not a vision-language model)")
     out = Path(options.output)
     checkpoints = out / "checkpoints"
     signed = signature(shards, options)

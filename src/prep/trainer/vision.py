@@ -59,11 +59,25 @@ def model_config(model: str) -> Any:
 
 def check_media_shards(folder: str, manifest: dict[str, Any], config: Any, model: str, method: str) -> None:
     """Refuse, before anything loads, shards with media that this model or run cannot train on: a text-only model,
-    packed rows, video or audio, an item without its grid, a method other than sft, a file that is missing."""
+    packed rows, video or audio, an image without its grid, a method other than sft, a file that is missing."""
     if not has_media(manifest):
         return
+    roots = media_roots(folder, manifest)
+    kinds: Counter[str] = Counter()
+    missing: list[str] = []
+    for table in iter_tables(folder):
+        for item in pc.list_flatten(table[MEDIA_COLUMN]).to_pylist():
+            kinds[item["type"]] += 1
+            if item["type"] == "image" and not item["grid"]:
+                raise PrepError(f"{folder}: image {item['path']} has no grid in the shards; tokenize with the "
+                                "model's processor folder (one with preprocessor_config.json)")
+            path = resolve(roots, item)
+            if not path.is_file() and len(missing) < 3:
+                missing.append(str(path))
+    if not kinds:
+        return  # a media column whose rows hold none: text rows
     if config is not None and not is_vision_language(config):
-        raise PrepError(f"{folder}: the rows hold images but the model {model} ({config.model_type}) is a text-only "
+        raise PrepError(f"{folder}: the rows hold media but the model {model} ({config.model_type}) is a text-only "
                         "model; train a vision-language model (e.g. Qwen2-VL) on them")
     if method != "sft":
         raise PrepError(f"{folder}: --method {method} on rows with media is not supported; prep trains "
@@ -72,19 +86,6 @@ def check_media_shards(folder: str, manifest: dict[str, Any], config: Any, model
         raise PrepError(f"{folder}: packed rows with media cannot train: Qwen2-VL-style models place each image by "
                         "multi-dimensional positions (M-RoPE) that do not restart per packed document; train on the "
                         "unpacked shards")
-    roots = media_roots(folder, manifest)
-    kinds: Counter[str] = Counter()
-    missing: list[str] = []
-    for table in iter_tables(folder):
-        items = pc.list_flatten(table[MEDIA_COLUMN]).to_pylist()
-        for item in items:
-            kinds[item["type"]] += 1
-            if item["type"] == "image" and not item["grid"]:
-                raise PrepError(f"{folder}: image {item['path']} has no grid in the shards; tokenize with the "
-                                "model's processor folder (one with preprocessor_config.json)")
-            path = resolve(roots, item)
-            if not path.is_file() and len(missing) < 3:
-                missing.append(str(path))
     if kinds["video"]:
         raise PrepError(f"{folder}: {kinds['video']} video(s) in the rows: training on video is not supported here "
                         "(Qwen2-VL's video processor needs torchvision, which cannot be installed beside this torch); "
@@ -93,7 +94,7 @@ def check_media_shards(folder: str, manifest: dict[str, Any], config: Any, model
         raise PrepError(f"{folder}: {kinds['audio']} audio clip(s) in the rows: the model {model} takes no audio")
     if missing:
         raise PrepError(f"{folder}: media file(s) missing: {', '.join(missing)}; put them back, or re-tokenize "
-                        "(prep verify lists every one)")
+                        "with the media where they are now")
 
 
 def media_roots(folder: str | Path, manifest: dict[str, Any]) -> list[Path]:
