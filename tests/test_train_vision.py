@@ -29,10 +29,11 @@ peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
 from prep.trainer import vision  # noqa: E402 - needs the train extra
-from prep.trainer.train import TrainOptions, train  # noqa: E402 - needs the train extra
+from prep.trainer.train import TrainOptions, _dataset, train  # noqa: E402 - needs the train extra
 
 IMAGE_PAD, VISION_START, VISION_END = 151655, 151652, 151653
 MERGE = 2
+PAD = 151643  # <|endoftext|>, the tokenizer's pad
 
 
 def processor_dir() -> Path:
@@ -139,8 +140,6 @@ def test_the_tiny_model_is_a_qwen2_vl_over_the_fixture_processor(model: str) -> 
 def test_the_collator_gives_the_shard_ids_and_the_processors_pixels(model: str, demo: dict[str, Any]) -> None:
     config = transformers.AutoConfig.from_pretrained(model)
     collate = vision.MediaCollator(model, config, pad_id=151643)
-    from prep.trainer.train import _dataset
-
     data = _dataset(demo["folder"])
     batch = collate([data[i] for i in range(len(data))])
     ip = image_processor(processor_dir())
@@ -168,8 +167,6 @@ def test_a_grid_other_than_the_processors_is_refused_before_the_model_sees_it(mo
     rows = [dict(r) for r in demo["rows"][:2]]
     rows[1]["media"] = [{**rows[1]["media"][0], "grid": [1, 14, 24]}]  # 84 tokens; the image makes (1, 14, 22)
     folder = write_shards(tmp_path / "bad", rows, demo_dir(), ["a:1", "a:2"])
-    from prep.trainer.train import _dataset
-
     data = _dataset(str(folder))
     collate = vision.MediaCollator(model, transformers.AutoConfig.from_pretrained(model), 151643)
     with pytest.raises(PrepError, match=r"row a:2: image 1 \(.*2\.jpg\) has 77 image tokens .* makes 84"):
@@ -286,8 +283,6 @@ def test_a_missing_image_is_a_clear_error_naming_it(root: Path, model: str, demo
     assert done.returncode == 2 and "Traceback" not in err, err
     assert str(media / "mllm_demo_data" / "2.jpg") in err and "missing" in err
     # at batch time too (the file went after training started)
-    from prep.trainer.train import _dataset
-
     data = _dataset(str(folder))
     collate = vision.MediaCollator(model, transformers.AutoConfig.from_pretrained(model), 151643)
     with pytest.raises(PrepError, match=r"row d:1: image 1 \(.*mllm_demo_data/2\.jpg\) is missing"):
@@ -315,3 +310,17 @@ def test_rows_with_media_are_refused_where_they_cannot_train(root: Path, model: 
     done = run_prep("train", str(folder), "--model", model, "-o", str(tmp_path / "out"), "--max-steps", "1")
     err = done.stderr.decode()
     assert done.returncode == 2 and "video" in err and "torchvision" in err and "Traceback" not in err, err
+
+
+def test_qwen2_5_vl_trains_from_the_same_batches(root: Path, demo: dict[str, Any]) -> None:
+    """Qwen2.5-VL takes the same inputs (its image processor is Qwen2-VL's); its vision MLP shares the language
+    model's layer names (gate_proj, up_proj, down_proj), which the LoRA still leaves out of the tower."""
+    model = str(make_tiny_model(root / "tiny-qwen2.5-vl", processor_dir(), arch="qwen2.5-vl"))
+    lm = transformers.AutoModelForImageTextToText.from_pretrained(model)
+    assert type(lm).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    data = _dataset(demo["folder"])
+    batch = vision.MediaCollator(model, lm.config, PAD)([data[i] for i in range(len(data))])
+    assert torch.isfinite(lm(**batch).loss)
+    targets = vision.lora_targets(lm, "gate_proj,down_proj", False)
+    assert targets and not [n for n in targets if "visual" in n]
+    assert [n for n, _ in lm.named_modules() if "visual" in n and n.endswith("gate_proj")]

@@ -13,8 +13,8 @@ what a Qwen2-VL processor adds beside the ids: `pixel_values`, `image_grid_thw` 
 
 The vision tower is frozen by default (the LoRA targets the language model's linear layers only); with
 `--train-vision` the tower's linear layers (attention, MLP and the merger into the text model) get LoRA too, or with
-`--full` its weights train. Packed rows with media are refused (M-RoPE positions restart per image, not per
-document), and so are video and audio rows: Qwen2-VL's video processor needs torchvision, which this build does not
+`--full` its weights train. Packed rows with media are refused (the model computes M-RoPE positions per row, not
+per packed document), and so are video and audio rows: Qwen2-VL's video processor needs torchvision, which this build does not
 use, and the model takes no audio.
 """
 
@@ -35,6 +35,8 @@ from prep.shards.reader import iter_tables
 VISION_PARTS = frozenset({"visual", "vision_tower", "vision_model"})
 OUTPUT_LAYERS = frozenset({"lm_head"})  # peft's all-linear leaves the output layer out; so does prep
 MEDIA_TYPE_IDS = {"image": 1, "video": 2}  # mm_token_type_ids, as transformers' processors number them
+# The model types whose inputs MediaCollator makes (pixel_values, image_grid_thw, mm_token_type_ids for M-RoPE).
+TRAINS_MEDIA = {"qwen2_vl": "Qwen2-VL", "qwen2_5_vl": "Qwen2.5-VL"}
 
 
 def has_media(manifest: dict[str, Any]) -> bool:
@@ -68,9 +70,10 @@ def check_media_shards(folder: str, manifest: dict[str, Any], config: Any, model
     for table in iter_tables(folder):
         for item in pc.list_flatten(table[MEDIA_COLUMN]).to_pylist():
             kinds[item["type"]] += 1
-            if item["type"] == "image" and not item["grid"]:
-                raise PrepError(f"{folder}: image {item['path']} has no grid in the shards; tokenize with the "
-                                "model's processor folder (one with preprocessor_config.json)")
+            if item["type"] == "image" and len(item["grid"] or ()) != 3:
+                raise PrepError(f"{folder}: image {item['path']} has no (t, h, w) grid in the shards: they were made "
+                                "for a model whose processor gives none (LLaVA, Gemma 3); training on images is "
+                                f"implemented for {' and '.join(TRAINS_MEDIA.values())}")
             path = resolve(roots, item)
             if not path.is_file() and len(missing) < 3:
                 missing.append(str(path))
@@ -79,6 +82,9 @@ def check_media_shards(folder: str, manifest: dict[str, Any], config: Any, model
     if config is not None and not is_vision_language(config):
         raise PrepError(f"{folder}: the rows hold media but the model {model} ({config.model_type}) is a text-only "
                         "model; train a vision-language model (e.g. Qwen2-VL) on them")
+    if config is not None and config.model_type not in TRAINS_MEDIA:
+        raise PrepError(f"{folder}: training on images is implemented for {' and '.join(TRAINS_MEDIA.values())}; the "
+                        f"model {model} is a {config.model_type}")
     if method != "sft":
         raise PrepError(f"{folder}: --method {method} on rows with media is not supported; prep trains "
                         "vision-language models with sft")
