@@ -191,10 +191,12 @@ def test_lora_targets_the_language_model_unless_train_vision(model: str) -> None
 
 @pytest.fixture(scope="module")
 def cli_run(root: Path, model: str, demo: dict[str, Any]) -> dict[str, Any]:
-    """`prep train` on the demo shards: LoRA, vision tower frozen (the default), 9 steps of 2 rows (3 epochs)."""
+    """`prep train` on the demo shards: LoRA, vision tower frozen (the default), 9 steps of 2 rows (3 epochs),
+    evaluated on them and merged."""
     out = root / "lora"
     done = run_prep("train", demo["folder"], "--model", model, "-o", str(out), "--max-steps", "9", "--lr", "3e-2",
-                    "--batch-size", "2", "--warmup-ratio", "0", "--scheduler", "constant", "--quiet")
+                    "--batch-size", "2", "--warmup-ratio", "0", "--scheduler", "constant", "--eval", demo["folder"],
+                    "--merge", "--quiet")
     err = done.stderr.decode()
     assert done.returncode == 0, err
     return {"report": json.loads((out / "training_report.json").read_text()), "stderr": err, "out": out}
@@ -211,6 +213,10 @@ def test_prep_train_lowers_the_loss_on_the_demo_images(cli_run: dict[str, Any], 
     assert report["tokens"] == 3 * sum(len(r["input_ids"]) for r in demo["rows"])
     assert "do not match" not in cli_run["stderr"]
     assert (cli_run["out"] / "adapter" / "preprocessor_config.json").is_file()
+    assert report["eval_loss"] < losses[0]  # the evaluation batches go through the same collator
+    merged = transformers.AutoModelForImageTextToText.from_pretrained(report["merged"])
+    assert type(merged).__name__ == "Qwen2VLForConditionalGeneration"
+    assert (Path(report["merged"]) / "preprocessor_config.json").is_file()
 
 
 @pytest.mark.slow
