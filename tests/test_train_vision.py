@@ -1,10 +1,7 @@
 """prep train on shards whose rows hold images (issue 23 item 6): a LoRA on a tiny Qwen2-VL built from a config over
-the fixture's Qwen2-VL processor folder, on LLaMA-Factory's multimodal demo, the images loaded by reference.
-
-The shards are made here as design §2a describes them: ids from the real tokenizer and Qwen2-VL's chat template,
-each `<|image_pad|>` expanded to t*h*w / merge² copies from the grid transformers' own image processor
-(Qwen2VLImageProcessorPil, the one that runs without torchvision) gives the image, labels on the answers only, and a
-`media` column referencing the files under the demo's folder (a root of the manifest's `media_roots`)."""
+the fixture's Qwen2-VL processor folder, on LLaMA-Factory's multimodal demo tokenized by `prep tokenize` with that
+folder (ids token-exact with transformers' Qwen2VLProcessor, a `media` column referencing the demo's images), the
+images loaded by reference at batch time."""
 
 from __future__ import annotations
 
@@ -15,13 +12,9 @@ from typing import Any
 
 import pytest
 
-from conftest import fixture, make_tiny_model, run_prep
-from prep.core.findings import Batch, PrepError
-from prep.core.media import pieces
-from prep.files.hashing import sha256_file
-from prep.render.tokenizer import load_tokenizer
+from conftest import SAMPLES, fixture, make_tiny_model, run_prep
+from prep.core.findings import PrepError
 from prep.shards.reader import iter_tables
-from prep.shards.writer import ShardWriter
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
@@ -50,57 +43,19 @@ def image_processor(folder: Path) -> Any:
     return Qwen2VLImageProcessorPil(**json.loads((folder / "preprocessor_config.json").read_text()))
 
 
-def encode(tok: Any, template: str, ip: Any, messages: list[dict[str, str]], images: list[Path]) -> dict[str, Any]:
-    """One row as a Qwen2-VL processor makes it: the template's `<|image_pad|>` expanded per image, answers trained."""
-    from PIL import Image
-
-    conv = [{"role": m["role"], "content": [{"type": k} if k == "image" else {"type": "text", "text": t}
-                                            for k, t in pieces(m["content"])]}
-            if m["role"] == "user" else {"role": m["role"], "content": m["content"]} for m in messages]
-    text = tok.apply_chat_template(conv, chat_template=template, tokenize=False)
-    grids = [ip(images=[Image.open(p)], return_tensors="np")["image_grid_thw"][0].tolist() for p in images]
-    parts = text.split("<|image_pad|>")
-    assert len(parts) == len(images) + 1
-    text = parts[0] + "".join("<|image_pad|>" * (t * h * w // MERGE**2) + rest for (t, h, w), rest in
-                              zip(grids, parts[1:], strict=True))
-    spans, at = [], 0
-    while (at := text.find("<|im_start|>assistant\n", at)) >= 0:
-        start = at + len("<|im_start|>assistant\n")
-        at = text.index("<|im_end|>", start) + len("<|im_end|>")
-        spans.append((start, at))
-    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = enc["input_ids"]
-    labels = [i if any(a <= s and e <= b for a, b in spans) else -100 for i, (s, e) in zip(ids, enc["offset_mapping"],
-                                                                                           strict=True)]
-    runs = [i for i in range(len(ids)) if ids[i] == IMAGE_PAD and (i == 0 or ids[i - 1] != IMAGE_PAD)]
-    media = []
-    for start, (t, h, w), path in zip(runs, grids, images, strict=True):
-        with Image.open(path) as im:
-            width, height = im.size
-        media.append({"type": "image", "sha256": sha256_file(path), "start": start, "length": t * h * w // MERGE**2,
-                      "grid": [t, h, w], "width": width, "height": height, "file": path})
-    return {"input_ids": ids, "labels": labels, "media": media}
+def tokenize(data: Path, out: Path, processor: Path | None = None) -> str:
+    """`prep tokenize DATA --tokenizer PROCESSOR -o OUT` (the Qwen2-VL processor folder by default)."""
+    done = run_prep("tokenize", str(data), "--tokenizer", str(processor or processor_dir()), "-o", str(out))
+    assert done.returncode == 0, done.stderr.decode()
+    return str(out)
 
 
-def write_shards(out: Path, rows: list[dict[str, Any]], root: Path, names: list[str]) -> Path:
-    """An sft shard folder with a media column; each file is referenced under `root` (media_roots[1])."""
-    items, files = [], {}
-    for i, row in enumerate(rows):
-        media = [{**{k: v for k, v in m.items() if k != "file"}, "root": 1,
-                  "path": str(Path(m["file"]).relative_to(root))} for m in row["media"]]
-        for m in media:
-            files[m["sha256"]] = {"sha256": m["sha256"], "root": 1, "path": m["path"],
-                                  "bytes": (root / m["path"]).stat().st_size, "type": "image"}
-        n = len(row["input_ids"])
-        items.append({"input_ids": row["input_ids"], "labels": row["labels"], "seq_lengths": [n], "num_tokens": n,
-                      "num_loss_tokens": sum(1 for x in row["labels"] if x != -100), "ids": [names[i]],
-                      "media": media})
-    meta = {"tokenizer": load_tokenizer(processor_dir()).fingerprint(), "template": {"name": "qwen2-vl"},
-            "train_on": "assistant", "max_len": None, "media_roots": [".", str(root)],
-            "media": {"items": sum(len(r["media"]) for r in items), "files": list(files.values())}}
-    with ShardWriter(out, "sft", meta, media=True) as writer:
-        writer.write(Batch(items=items))
-    return out
+def shard_rows(folder: str) -> list[dict[str, Any]]:
+    return [r for t in iter_tables(folder) for r in t.to_pylist()]
+
+
+def collator(model: str) -> vision.MediaCollator:
+    return vision.MediaCollator(model, transformers.AutoConfig.from_pretrained(model), PAD)
 
 
 @pytest.fixture(scope="module")
@@ -115,14 +70,9 @@ def model(root: Path) -> str:
 
 @pytest.fixture(scope="module")
 def demo(root: Path) -> dict[str, Any]:
-    """LLaMA-Factory's mllm_demo.json (6 rows, 8 images) as shards, and the rows as encoded."""
-    tok = transformers.AutoTokenizer.from_pretrained(str(processor_dir()))
-    template = json.loads((processor_dir() / "chat_template.json").read_text())["chat_template"]
-    ip = image_processor(processor_dir())
-    data = json.loads((demo_dir() / "mllm_demo.json").read_text())
-    rows = [encode(tok, template, ip, r["messages"], [demo_dir() / p for p in r["images"]]) for r in data]
-    names = [f"mllm_demo.json:{i + 1}" for i in range(len(rows))]
-    return {"folder": str(write_shards(root / "demo", rows, demo_dir(), names)), "rows": rows}
+    """LLaMA-Factory's mllm_demo.json (6 rows, 8 images) tokenized with the Qwen2-VL processor folder."""
+    folder = tokenize(demo_dir() / "mllm_demo.json", root / "demo")
+    return {"folder": folder, "rows": shard_rows(folder)}
 
 
 def test_the_tiny_model_is_a_qwen2_vl_over_the_fixture_processor(model: str) -> None:
@@ -138,15 +88,15 @@ def test_the_tiny_model_is_a_qwen2_vl_over_the_fixture_processor(model: str) -> 
 
 
 def test_the_collator_gives_the_shard_ids_and_the_processors_pixels(model: str, demo: dict[str, Any]) -> None:
-    config = transformers.AutoConfig.from_pretrained(model)
-    collate = vision.MediaCollator(model, config, pad_id=151643)
-    data = _dataset(demo["folder"])
-    batch = collate([data[i] for i in range(len(data))])
-    ip = image_processor(processor_dir())
     from PIL import Image
 
-    files = [m["file"] for r in demo["rows"] for m in r["media"]]
-    want = ip(images=[Image.open(f).convert("RGB") for f in files], return_tensors="pt")
+    data = _dataset(demo["folder"])
+    batch = collator(model)([data[i] for i in range(len(data))])
+    manifest = json.loads((Path(demo["folder"]) / "manifest.json").read_text())
+    assert manifest["media_roots"] == [".", str(demo_dir())]
+    files = [demo_dir() / m["path"] for r in demo["rows"] for m in r["media"]]
+    assert len(files) == 8
+    want = image_processor(processor_dir())(images=[Image.open(f).convert("RGB") for f in files], return_tensors="pt")
     assert torch.equal(batch["image_grid_thw"], want["image_grid_thw"])
     assert torch.equal(batch["pixel_values"], want["pixel_values"])
     for i, row in enumerate(demo["rows"]):
@@ -162,19 +112,31 @@ def test_the_collator_gives_the_shard_ids_and_the_processors_pixels(model: str, 
     assert torch.isfinite(lm(**batch).loss)
 
 
-def test_a_grid_other_than_the_processors_is_refused_before_the_model_sees_it(model: str, demo: dict[str, Any],
-                                                                             tmp_path: Path) -> None:
-    rows = [dict(r) for r in demo["rows"][:2]]
-    rows[1]["media"] = [{**rows[1]["media"][0], "grid": [1, 14, 24]}]  # 84 tokens; the image makes (1, 14, 22)
-    folder = write_shards(tmp_path / "bad", rows, demo_dir(), ["a:1", "a:2"])
-    data = _dataset(str(folder))
-    collate = vision.MediaCollator(model, transformers.AutoConfig.from_pretrained(model), 151643)
-    with pytest.raises(PrepError, match=r"row a:2: image 1 \(.*2\.jpg\) has 77 image tokens .* makes 84"):
-        collate([data[0], data[1]])
-    rows[1]["media"] = [{**rows[1]["media"][0], "grid": [1, 22, 14]}]  # the same count, the other shape
-    data = _dataset(str(write_shards(tmp_path / "bad2", rows, demo_dir(), ["a:1", "a:2"])))
-    with pytest.raises(PrepError, match=r"row a:2: image 1 .* makes grid \(1, 14, 22\) .* shards say \(1, 22, 14\)"):
-        collate([data[1]])
+def test_shards_made_with_other_image_settings_are_refused_before_the_model_sees_them(model: str, tmp_path: Path) \
+        -> None:
+    # the processor folder with a smaller max_pixels: the demo's images are resized smaller, so other grids
+    other = tmp_path / "processor"
+    shutil.copytree(processor_dir(), other)
+    config = json.loads((other / "preprocessor_config.json").read_text())
+    (other / "preprocessor_config.json").chmod(0o644)
+    (other / "preprocessor_config.json").write_text(json.dumps({**config, "max_pixels": 28 * 28 * 16}))
+    folder = tokenize(demo_dir() / "mllm_demo.json", tmp_path / "small", other)
+    data = _dataset(folder)
+    assert data[1]["media"][0]["grid"] != [1, 14, 22]
+    with pytest.raises(PrepError, match=r"row mllm_demo.json:2: image 1 \(.*2\.jpg\) makes grid \(1, 14, 22\) with the "
+                                        r"image processor of .* but the shards say .*re-tokenize with the model's"):
+        collator(model)([data[1]])
+
+
+def test_an_image_run_that_does_not_match_its_grid_is_refused(model: str, demo: dict[str, Any]) -> None:
+    row = _dataset(demo["folder"])[1]  # 2.jpg: grid (1, 14, 22), 77 image tokens
+    item = row["media"][0]
+    with pytest.raises(PrepError, match=r"row mllm_demo.json:2: image 1 \(.*2\.jpg\) has 77 image tokens .* makes 84"):
+        collator(model)([{**row, "media": [{**item, "grid": [1, 14, 24]}]}])
+    with pytest.raises(PrepError, match=r"makes grid \(1, 14, 22\) .* shards say \(1, 22, 14\)"):  # the same count
+        collator(model)([{**row, "media": [{**item, "grid": [1, 22, 14]}]}])
+    with pytest.raises(PrepError, match=r"1 image token\(s\) outside the row's images"):
+        collator(model)([{**row, "input_ids": [*row["input_ids"], IMAGE_PAD], "labels": [*row["labels"], -100]}])
 
 
 def test_lora_targets_the_language_model_unless_train_vision(model: str) -> None:
@@ -253,7 +215,7 @@ def test_train_vision_adapts_the_tower_and_the_model_sees_the_shard_ids(root: Pa
     report = train(demo["folder"], TrainOptions(model=model, output=str(out), train_vision=True, max_steps=3,
                                                 lr=2e-2, batch_size=2, warmup_ratio=0)).report
     assert report["vision_tower"] == "lora" and len(seen) == 3
-    shard_rows = sorted(r["input_ids"] for t in iter_tables(demo["folder"]) for r in t.to_pylist())
+    stored = sorted(r["input_ids"] for r in demo["rows"])
     fed = []
     for batch in seen:
         grids = iter(batch["image_grid_thw"].tolist())
@@ -265,7 +227,7 @@ def test_train_vision_adapts_the_tower_and_the_model_sees_the_shard_ids(root: Pa
             assert int(types.sum()) == images
             runs = sum(1 for j, x in enumerate(row) if x == VISION_START)
             assert images == sum(t * h * w // MERGE**2 for t, h, w in (next(grids) for _ in range(runs)))
-    assert sorted(fed) == shard_rows  # 3 steps of 2 rows: every row once, exactly as stored
+    assert sorted(fed) == stored  # 3 steps of 2 rows: every row once, exactly as stored
     from safetensors.torch import load_file
 
     adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
@@ -274,25 +236,22 @@ def test_train_vision_adapts_the_tower_and_the_model_sees_the_shard_ids(root: Pa
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in tower.items())  # trained away from its zero start
 
 
-def test_a_missing_image_is_a_clear_error_naming_it(root: Path, model: str, demo: dict[str, Any],
-                                                    tmp_path: Path) -> None:
-    media = tmp_path / "media"
-    (media / "mllm_demo_data").mkdir(parents=True)
+def test_a_missing_image_is_a_clear_error_naming_it(model: str, tmp_path: Path) -> None:
+    data = tmp_path / "demo"
+    (data / "mllm_demo_data").mkdir(parents=True)
     for image in (demo_dir() / "mllm_demo_data").glob("*.jpg"):
-        shutil.copyfile(image, media / "mllm_demo_data" / image.name)
-    rows = [{**r, "media": [{**m, "file": media / Path(m["file"]).relative_to(demo_dir())} for m in r["media"]]}
-            for r in demo["rows"]]
-    folder = write_shards(tmp_path / "shards", rows, media, [f"d:{i}" for i in range(len(rows))])
-    (media / "mllm_demo_data" / "2.jpg").unlink()
-    done = run_prep("train", str(folder), "--model", model, "-o", str(tmp_path / "out"), "--max-steps", "1")
+        shutil.copyfile(image, data / "mllm_demo_data" / image.name)
+    shutil.copyfile(demo_dir() / "mllm_demo.json", data / "mllm_demo.json")
+    folder = tokenize(data / "mllm_demo.json", tmp_path / "shards")
+    rows = _dataset(folder)
+    (data / "mllm_demo_data" / "2.jpg").unlink()
+    done = run_prep("train", folder, "--model", model, "-o", str(tmp_path / "out"), "--max-steps", "1")
     err = done.stderr.decode()
     assert done.returncode == 2 and "Traceback" not in err, err
-    assert str(media / "mllm_demo_data" / "2.jpg") in err and "missing" in err
+    assert "mllm_demo_data/2.jpg" in err and "missing" in err  # named before anything loads
     # at batch time too (the file went after training started)
-    data = _dataset(str(folder))
-    collate = vision.MediaCollator(model, transformers.AutoConfig.from_pretrained(model), 151643)
-    with pytest.raises(PrepError, match=r"row d:1: image 1 \(.*mllm_demo_data/2\.jpg\) is missing"):
-        collate([data[1]])
+    with pytest.raises(PrepError, match=r"row mllm_demo.json:2: image 1 \(.*mllm_demo_data/2\.jpg\) is missing"):
+        collator(model)([rows[1]])
 
 
 def test_rows_with_media_are_refused_where_they_cannot_train(root: Path, model: str, demo: dict[str, Any],
@@ -302,18 +261,16 @@ def test_rows_with_media_are_refused_where_they_cannot_train(root: Path, model: 
     manifest = json.loads((Path(demo["folder"]) / "manifest.json").read_text())
     with pytest.raises(PrepError, match="text-only model"):
         vision.check_media_shards(demo["folder"], manifest, config, text_model, "sft")
-    text_shards = write_shards(tmp_path / "text", [{**demo["rows"][1], "media": []}], demo_dir(), ["t:1"])
+    text_shards = tokenize(SAMPLES / "alpaca.json", tmp_path / "text")
     with pytest.raises(PrepError, match="--train-vision: .* has no vision tower"):
-        train(str(text_shards), TrainOptions(model=text_model, output=str(tmp_path / "o"), train_vision=True))
+        train(text_shards, TrainOptions(model=text_model, output=str(tmp_path / "o"), train_vision=True))
     vl = transformers.AutoConfig.from_pretrained(model)
     with pytest.raises(PrepError, match="packed rows with media cannot train.*M-RoPE"):
         vision.check_media_shards(demo["folder"], {**manifest, "packing": {"strategy": "bfd"}}, vl, model, "sft")
     with pytest.raises(PrepError, match="--method dpo on rows with media"):
         vision.check_media_shards(demo["folder"], manifest, vl, model, "dpo")
-    video = dict(demo["rows"][1])
-    video["media"] = [{**video["media"][0], "type": "video"}]
-    folder = write_shards(tmp_path / "video", [video], demo_dir(), ["v:1"])
-    done = run_prep("train", str(folder), "--model", model, "-o", str(tmp_path / "out"), "--max-steps", "1")
+    folder = tokenize(demo_dir() / "mllm_video_demo.json", tmp_path / "video")  # Qwen2-VL's video tokens
+    done = run_prep("train", folder, "--model", model, "-o", str(tmp_path / "out"), "--max-steps", "1")
     err = done.stderr.decode()
     assert done.returncode == 2 and "video" in err and "torchvision" in err and "Traceback" not in err, err
 
