@@ -248,7 +248,7 @@ def test_a_missing_image_is_a_clear_error_naming_it(model: str, tmp_path: Path) 
     done = run_prep("train", folder, "--model", model, "-o", str(tmp_path / "out"), "--max-steps", "1")
     err = done.stderr.decode()
     assert done.returncode == 2 and "Traceback" not in err, err
-    assert "mllm_demo_data/2.jpg" in err and "missing" in err  # named before anything loads
+    assert "mllm_demo_data/2.jpg" in err and "missing" in err  # named by verify, before anything loads
     # at batch time too (the file went after training started)
     with pytest.raises(PrepError, match=r"row mllm_demo.json:2: image 1 \(.*mllm_demo_data/2\.jpg\) is missing"):
         collator(model)([rows[1]])

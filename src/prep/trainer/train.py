@@ -34,6 +34,7 @@ from prep.core.result import Progress, ProgressFn, Result
 from prep.files.atomic import replaced, write_json
 from prep.render.tokenizer import describe_tokenizer, fingerprint, same_tokenizer
 from prep.shards.layout import position_ids, read_manifest
+from prep.shards.media import has_media
 from prep.shards.verify import require_verified
 from prep.trainer import preference, vision
 from prep.trainer.checkpoints import COMPLETE, SIGNATURE, check_checkpoints, resume_point, signature
@@ -75,7 +76,7 @@ def _dataset(folder: str) -> Any:
     manifest = read_manifest(folder)
     files = [str(Path(folder) / s["path"]) for s in manifest["shards"]]
     data = datasets.load_dataset("parquet", data_files=files, split="train")
-    if vision.has_media(manifest):
+    if has_media(manifest):
         return vision.with_paths(data.select_columns(["input_ids", "labels", "seq_lengths", "ids", "media"]),
                                  folder, manifest)
     return data.select_columns(["input_ids", "labels", "seq_lengths"])

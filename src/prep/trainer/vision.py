@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 from prep.core.columns import MEDIA_COLUMN
 from prep.core.findings import PrepError
+from prep.shards.media import has_media, resolve, roots
 from prep.shards.reader import iter_tables
 
 # Where transformers' vision-language models keep their vision encoder (Qwen2-VL: `model.visual`; LLaVA-style:
@@ -37,11 +38,6 @@ OUTPUT_LAYERS = frozenset({"lm_head"})  # peft's all-linear leaves the output la
 MEDIA_TYPE_IDS = {"image": 1, "video": 2}  # mm_token_type_ids, as transformers' processors number them
 # The model types whose inputs MediaCollator makes (pixel_values, image_grid_thw, mm_token_type_ids for M-RoPE).
 TRAINS_MEDIA = {"qwen2_vl": "Qwen2-VL", "qwen2_5_vl": "Qwen2.5-VL"}
-
-
-def has_media(manifest: dict[str, Any]) -> bool:
-    """The shards carry a media column (their rows were tokenized with a vision-language processor)."""
-    return MEDIA_COLUMN in (manifest.get("columns") or {})
 
 
 def is_vision_language(config: Any) -> bool:
@@ -61,12 +57,11 @@ def model_config(model: str) -> Any:
 
 def check_media_shards(folder: str, manifest: dict[str, Any], config: Any, model: str, method: str) -> None:
     """Refuse, before anything loads, shards with media that this model or run cannot train on: a text-only model,
-    packed rows, video or audio, an image without its grid, a method other than sft, a file that is missing."""
+    packed rows, video or audio, an image without its grid, a method other than sft (verify, which runs first, has
+    found any file that is missing)."""
     if not has_media(manifest):
         return
-    roots = media_roots(folder, manifest)
     kinds: Counter[str] = Counter()
-    missing: list[str] = []
     for table in iter_tables(folder):
         for item in pc.list_flatten(table[MEDIA_COLUMN]).to_pylist():
             kinds[item["type"]] += 1
@@ -74,9 +69,6 @@ def check_media_shards(folder: str, manifest: dict[str, Any], config: Any, model
                 raise PrepError(f"{folder}: image {item['path']} has no (t, h, w) grid in the shards: they were made "
                                 "for a model whose processor gives none (LLaVA, Gemma 3); training on images is "
                                 f"implemented for {' and '.join(TRAINS_MEDIA.values())}")
-            path = resolve(roots, item)
-            if not path.is_file() and len(missing) < 3:
-                missing.append(str(path))
     if not kinds:
         return  # a media column whose rows hold none: text rows
     if config is not None and not is_vision_language(config):
@@ -98,31 +90,15 @@ def check_media_shards(folder: str, manifest: dict[str, Any], config: Any, model
                         "tokenize the image rows into their own shards")
     if kinds["audio"]:
         raise PrepError(f"{folder}: {kinds['audio']} audio clip(s) in the rows: the model {model} takes no audio")
-    if missing:
-        raise PrepError(f"{folder}: media file(s) missing: {', '.join(missing)}; put them back, or re-tokenize "
-                        "with the media where they are now")
-
-
-def media_roots(folder: str | Path, manifest: dict[str, Any]) -> list[Path]:
-    """The manifest's `media_roots` as folders on this machine: "." is the shard folder, the others are absolute."""
-    return [Path(folder) / r if not Path(r).is_absolute() else Path(r) for r in manifest.get("media_roots") or ["."]]
-
-
-def resolve(roots: list[Path], item: dict[str, Any]) -> Path:
-    """Where an item of the media column lies."""
-    root = item.get("root") or 0
-    if not 0 <= root < len(roots):
-        raise PrepError(f"media {item.get('path')}: root {root} is not in the manifest's media_roots ({len(roots)})")
-    return roots[root] / item["path"]
 
 
 def with_paths(data: Any, folder: str, manifest: dict[str, Any]) -> Any:
     """A shard dataset whose media items name the file where it lies on this machine (the collator serves the
     training and the evaluation shards, each with its own roots)."""
-    roots = media_roots(folder, manifest)
+    found = roots(folder, manifest)
 
-    def absolute(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        batch[MEDIA_COLUMN] = [[{**item, "path": str(resolve(roots, item)), "root": 0} for item in row or ()]
+    def absolute(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:  # verify has checked every root index
+        batch[MEDIA_COLUMN] = [[{**item, "path": str(resolve(found, item)), "root": 0} for item in row or ()]
                                for row in batch[MEDIA_COLUMN]]
         return batch
 
