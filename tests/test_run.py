@@ -26,12 +26,19 @@ pytest.importorskip("peft")
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 # Documents each recipe's shards hold, counted by hand from the samples.
 DOCUMENTS = {"quickstart": 4, "alpaca-ko-lora": 7, "together-multiturn": 6, "autotrain-csv-dpo": 5,
-             "llamafactory-registry": 18, "continued-pretraining": 11, "mixture": 13, "llamafactory-kto": 7}
+             "llamafactory-registry": 18, "continued-pretraining": 11, "mixture": 13, "llamafactory-kto": 7,
+             "vision-lora": 10}
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def tiny_vision_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The vision recipe's model: a tiny Qwen2-VL over the vision sample's processor folder."""
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen2-vl", SAMPLES / "vision", arch="qwen2-vl")
 
 
 def go(recipe: Path, *sets: str) -> RunResult:
@@ -52,8 +59,9 @@ def test_recipes_are_all_here() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
-def test_recipe_runs_to_completion_then_skips(recipe: Path, tiny_model: Path, tmp_path: Path) -> None:
-    sets = (f"output={tmp_path}", f"train.model={tiny_model}")
+def test_recipe_runs_to_completion_then_skips(recipe: Path, tiny_model: Path, tiny_vision_model: Path,
+                                             tmp_path: Path) -> None:
+    sets = (f"output={tmp_path}", f"train.model={tiny_vision_model if recipe.stem == 'vision-lora' else tiny_model}")
     loaded = load_recipe(recipe, sets)
     result = run(loaded)
     assert result.stopped is None and result.rejected == 0 and result.exit_code == 0
