@@ -12,12 +12,13 @@ from the hub and no fixtures.
 
 Same code in, same bytes out:
 
-    python samples/make_vision_sample.py
+    python samples/make_vision_sample.py [OUT_DIR]     # default: samples/ (writes OUT_DIR/vision, OUT_DIR/images)
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer
@@ -82,5 +83,6 @@ def _json(path: Path, value: object) -> None:
 
 
 if __name__ == "__main__":
-    processor_folder(SAMPLES / "vision")
-    images(SAMPLES / "images")
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else SAMPLES
+    processor_folder(out / "vision")
+    images(out / "images")

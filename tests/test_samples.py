@@ -52,6 +52,17 @@ def test_tokenizer_script_is_deterministic(tmp_path) -> None:
             f"samples/tokenizer/{name} is stale: run `python samples/make_tokenizer.py` and commit it")
 
 
+def test_vision_sample_script_is_deterministic(tmp_path) -> None:
+    """Re-running make_vision_sample.py gives the committed processor folder and images byte for byte."""
+    subprocess.run([sys.executable, str(SAMPLES / "make_vision_sample.py"), str(tmp_path)], check=True,
+                   capture_output=True)
+    made = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert made == sorted(p.relative_to(SAMPLES) for d in ("vision", "images") for p in (SAMPLES / d).iterdir())
+    for name in made:
+        assert (tmp_path / name).read_bytes() == (SAMPLES / name).read_bytes(), (
+            f"samples/{name} is stale: run `python samples/make_vision_sample.py` and commit it")
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
     transformers = pytest.importorskip("transformers")
