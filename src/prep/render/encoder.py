@@ -49,7 +49,7 @@ from prep.core.records import Message, Record, kind_of
 from prep.files.media_out import MEDIA_DIR, extension
 from prep.render.jinja import JinjaTemplate
 from prep.render.spans import Rendered, Span, Specials, Turn, nothing_to_train, resolve_train_on
-from prep.render.templates import AnyTemplate, document, prompt_text, render_pair, text_only
+from prep.render.templates import AnyTemplate, document, prompt_text, render_pair
 from prep.render.tokenizer import Tokenizer
 from prep.render.vision import Expansion, Scheme, Unknown, load_scheme
 
@@ -182,8 +182,6 @@ class Encoder:
             raise row_error("wrong_kind", f"a {kind} record cannot go into {self.settings.kind} shards",
                             hint=f"tokenize {kind} records with --kind {KIND_OF_RECORD[kind]}")
         media = record.get("media") or []
-        if not media:
-            text_only(record)
         if media and (kind != "chat" or self.settings.kind != "sft"):
             raise row_error("unsupported_media", f"a {kind} row with media: prep tokenizes media into sft shards of "
                             "conversations", "$.media")
