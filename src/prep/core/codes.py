@@ -86,6 +86,8 @@ CODES: dict[str, Code] = {
                                 "image, video, audio)"),
     "bad_tool_call": Code(ERROR, "conversation", "write tool calls as {\"id\", \"type\": \"function\", "
                           "\"function\": {\"name\", \"arguments\"}}"),
+    "bad_text_tool_call": Code(ERROR, "conversation", "a tool call written in the text (--tool-calls) does not parse: "
+                               "fix its text, or read the row without --tool-calls"),
     "bad_tool_arguments": Code(ERROR, "conversation", "arguments must be a JSON object (OpenAI: encoded as a "
                                "string)"),
     "bad_tools": Code(ERROR, "conversation", "each tool is {\"type\": \"function\", \"function\": {\"name\": ...}}"),

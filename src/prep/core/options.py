@@ -27,6 +27,7 @@ READABLE = ("coqa", "lf_parts", "openai", "sharegpt", "alpaca", "autotrain", "tr
 WRITABLE = ("openai", "lf_parts", "sharegpt", "alpaca", "autotrain", "trl", "text")
 CONTAINERS = ("jsonl", "json", "csv", "tsv", "parquet", "txt")
 TXT_SPLITS = ("file", "paragraph", "line")
+TOOL_CALLS = ("hermes", "glaive", "qwen-xml", "llama-python")  # the text forms of tool calls (formats.toolcalls)
 TEMPLATES = ("chatml", "llama3", "llama2", "mistral", "gemma", "zephyr", "phi3", "vicuna", "alpaca", "alpaca_ko",
              "plain", "tokenizer")
 TRAIN_ON = ("auto", "assistant", "last", "all", "content")
@@ -211,6 +212,11 @@ INPUTS = (
            recipe=True),
     Option("split_think", bool, False, "Read an answer's leading <think>…</think> as its reasoning_content.",
            recipe=True),
+    Option("tool_calls", choices=("auto", *TOOL_CALLS), recipe=True,
+           help="Read tool calls written in the text (hermes/qwen <tool_call>{json}, glaive <functioncall>, "
+                "Qwen3-Coder's qwen-xml <function=...>, Llama 3.1's <|python_tag|>; auto: by marker, per message) as "
+                "structured tool_calls, and their results as tool messages; a call that does not parse rejects its "
+                "row."),
     Option("media_root", recipe=True, path="existing-folder",
            help="Folder that relative image/video/audio paths are resolved from (LLaMA-Factory's media_dir); "
                 "default: the folder of the file that names them (for --dataset-info, the registry's folder)."),
@@ -222,6 +228,9 @@ CONVERT = (
            help="Output file (.jsonl .json .csv .tsv .parquet, optionally .gz/.zst); - for stdout."),
     _REJECTS,
     Option("ids", bool, True, "Write each row's id.", flags=("--ids/--no-ids",)),
+    Option("write_tool_calls", choices=TOOL_CALLS, recipe=True,
+           help="Write structured tool calls into the assistant's text and tool results in the same dialect's "
+                "wrapping (what --tool-calls reads back)."),
     Option("media_dir", recipe=True, path="folder",
            help="Where images, videos and audio that lie outside the output's folder, or came as data URLs, are "
                 "written as <sha256>.<ext> for formats that name files (default: media/ beside the output; it must "

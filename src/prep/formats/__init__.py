@@ -16,7 +16,7 @@ from prep.core.records import Record, collecting, json_value, not_expressible, r
 from prep.files.media_out import MediaOut
 from prep.files.paths import split_suffix
 from prep.files.read import read_rows
-from prep.formats import alpaca, autotrain, coqa, lf_parts, openai, sharegpt, text, trl
+from prep.formats import alpaca, autotrain, coqa, lf_parts, openai, sharegpt, text, toolcalls, trl
 
 # Detection order matters: the most specific layouts first (LLaMA-Factory's parts before OpenAI's messages), bare
 # `text` last.
@@ -63,11 +63,13 @@ def detect(row: Any) -> str | None:
 class Fields:
     """What becomes of the fields no reader maps: `keep` carries them (into `record["columns"]`, the written rows
     and the shards), the rest are counted as dropped, or with `strict` rejected; `split_think` takes an answer's
-    leading `<think>…</think>` as its reasoning."""
+    leading `<think>…</think>` as its reasoning; `tool_calls` names the text dialect of tool calls to read
+    (`formats.toolcalls`)."""
 
     keep: tuple[str, ...] = ()
     strict: bool = False
     split_think: bool = False
+    tool_calls: str | None = None
 
 
 class _Seen(dict):  # type: ignore[type-arg]
@@ -136,6 +138,8 @@ def to_records(batches: Iterable[Batch[Any]], fmt: str, options: Any,
             seen.seen.update(kept)
         if len(row) > len(seen.seen) or not seen.seen.issuperset(row):
             dropped += [k for k in row if k not in seen.seen and row[k] is not None]
+        if fields.tool_calls:
+            toolcalls.read_calls(record, fields.tool_calls)
         if fields.split_think:
             _split_think(record)
         return record, dropped
@@ -153,24 +157,29 @@ def _split_think(record: Record) -> None:
 
 
 def from_records(batches: Iterable[Batch[Record]], fmt: str, options: Any, ids: bool = True,
-                 media: MediaOut | None = None) -> Iterator[Batch[Any]]:
+                 media: MediaOut | None = None, tool_calls: str | None = None) -> Iterator[Batch[Any]]:
     """Stage: canonical records -> rows of `fmt`, with the carried columns beside them; a record the format cannot
     express becomes a reject, and what it has no place for (a developer role in sharegpt, tool-call ids in lf_parts)
     is counted as a dropped field. A record's media are first put as the format takes them (its `MEDIA`: inlined as
     data URLs, or files relative to `media.folder`; default: rows written in the current folder); a format without
-    `MEDIA` refuses a record that has media."""
+    `MEDIA` refuses a record that has media. With `tool_calls` (a dialect of `formats.toolcalls`) structured tool
+    calls and results are written into the text first."""
     mod = module(fmt)
     if not hasattr(mod, "write"):
         raise PrepError(f"{fmt} is read-only; write one of {', '.join(WRITABLE)}")
     spelling = getattr(mod, "MEDIA", None)
 
     def write(record: Record, source: Source) -> tuple[Any, list[str]]:
+        dropped: list[str] = []
+        if tool_calls:
+            record, dropped = collecting(toolcalls.write_calls, record, tool_calls)
         if record.get("media"):
             if spelling is None:
                 raise not_expressible(fmt, "images, videos or audio", "$.media",
                                       hint="convert multimodal rows to openai, trl, sharegpt, alpaca or lf_parts")
             record = {**record, "media": (media or MediaOut.beside("-")).place(record["media"], spelling)}
-        row, dropped = collecting(mod.write, record, options)
+        row, more = collecting(mod.write, record, options)
+        dropped += more
         if "chat_template_kwargs" in record or "columns" in record:
             extra = {**({"chat_template_kwargs": record["chat_template_kwargs"]} if "chat_template_kwargs" in record
                         else {}), **record.get("columns", {})}

@@ -38,6 +38,7 @@ class Inputs:
     keep_columns: Sequence[str] = ()
     strict_fields: bool = False  # a field that would be dropped rejects its row
     split_think: bool = False  # an answer's leading <think>…</think> is its reasoning_content
+    tool_calls: str | None = None  # the text dialect of tool calls to read into tool_calls (formats.toolcalls)
     # Where relative media paths are resolved; default: the folder of the file that names them (a registry's folder).
     media_root: str | None = None
 
@@ -46,7 +47,7 @@ class Inputs:
         check("inputs", {"files": list(self.files), "format": self.format, "input_type": self.container,
                          "txt_split": self.txt_split, "dataset_info": self.registry, "datasets": list(self.datasets),
                          "seed": self.seed, "max_row_bytes": self.max_row_bytes, "keep_columns": list(self.keep_columns),
-                         "strict_fields": self.strict_fields, "split_think": self.split_think,
+                         "strict_fields": self.strict_fields, "split_think": self.split_think, "tool_calls": self.tool_calls,
                          "media_root": self.media_root, **self.settings})
 
     @classmethod
@@ -56,12 +57,12 @@ class Inputs:
         return cls(list(v["files"]), v["format"], {k: v[k] for k in SETTINGS if v[k] is not None}, v["input_type"],
                    v["txt_split"], v["dataset_info"], list(v["datasets"]), v["seed"], v["max_row_bytes"],
                    keep_columns=tuple(v["keep_columns"]), strict_fields=v["strict_fields"],
-                   split_think=v["split_think"], media_root=v["media_root"])
+                   split_think=v["split_think"], tool_calls=v["tool_calls"], media_root=v["media_root"])
 
     @property
     def fields(self) -> Fields:
         keep = tuple(dict.fromkeys(c.strip() for spec in self.keep_columns for c in spec.split(",") if c.strip()))
-        return Fields(keep, self.strict_fields, self.split_think)
+        return Fields(keep, self.strict_fields, self.split_think, self.tool_calls)
 
 
 def read_inputs(inputs: Inputs, formats_seen: dict[str, str] | None = None) -> Iterator[Batch[Record]]:

@@ -30,6 +30,9 @@ from prep.core.records import REASONING, Message, fold_reasoning
 from prep.render.spans import Rendered, Turn, developer_as_system, think_span
 
 _PROBE_REASONING = "PREP_PROBE_REASONING"
+# A probe tool call: its arguments as JSON text, which a template that writes `arguments` the way it expects shows.
+_PROBE_ARGUMENTS = {"prep_probe": "PREP_PROBE_VALUE"}
+_PROBE_ARGUMENTS_JSON = json.dumps(_PROBE_ARGUMENTS)
 
 
 class _Generation(jinja2.ext.Extension):
@@ -316,6 +319,7 @@ class JinjaTemplate:
         self.developer = "developer" in self.source  # the template has a place for that role itself
         self.eot = self._probe_eot(sorted(added_tokens, key=len, reverse=True))
         self.reads_reasoning = self._probe_reasoning()
+        self.string_arguments = self._probe_arguments()
 
     @property
     def sha256(self) -> str:
@@ -339,10 +343,37 @@ class JinjaTemplate:
             return False
         return _PROBE_REASONING in text
 
+    def _probe_arguments(self) -> bool:
+        """Whether the template wants tool-call `arguments` as a JSON string: a call rendered with its arguments as
+        an object shows no JSON of them (a dict repr, a double encoding, nothing) and rendered as a string does.
+        Qwen2.5's, Hermes' and Llama 3.1's templates apply `tojson` to an object (then a string would be encoded
+        twice); templates that concatenate `arguments` as text (DeepSeek-V3's) need the string."""
+
+        def shown(arguments: Any) -> str:
+            call = {"id": "call_0", "type": "function", "function": {"name": "prep_probe_tool", "arguments": arguments}}
+            chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "", "tool_calls": [call]}]
+            tool = [{"type": "function", "function": {"name": "prep_probe_tool", "parameters": {"type": "object"}}}]
+            for tools in (tool, None):
+                try:
+                    return self.text(chat, tools, False)
+                except Exception:  # noqa: BLE001 - a template is user code; one that fails on this form does not take it
+                    continue
+            return ""
+
+        as_object = shown(dict(_PROBE_ARGUMENTS))
+        if "PREP_PROBE_VALUE" in as_object and "\\\"prep_probe" not in as_object and "{'prep_probe'" not in as_object:
+            return False
+        return _PROBE_ARGUMENTS_JSON in shown(_PROBE_ARGUMENTS_JSON)
+
     def prepare(self, messages: Sequence[Message]) -> tuple[list[Message], Finding | None]:
         """The messages as the template is given them: reasoning folded into the content where the template does
-        not write it, and a developer message as the system message where it has no developer role."""
+        not write it, a developer message as the system message where it has no developer role, and tool-call
+        arguments as JSON text where the template wants a string (records hold an object)."""
         out, note = list(messages), None
+        if self.string_arguments and any(m.get("tool_calls") for m in out):
+            out = [{**m, "tool_calls": [{**c, "function": {**c["function"], "arguments": json.dumps(
+                c["function"]["arguments"], ensure_ascii=False)}} for c in m["tool_calls"]]} if m.get("tool_calls")
+                   else m for m in out]
         if not self.developer and any(m["role"] == "developer" for m in out):
             out, note = developer_as_system(out, self.label)
         if not self.reads_reasoning and any(m.get("reasoning_content") is not None for m in out):

@@ -40,15 +40,16 @@ class _Convert:
     ids: bool
     skip: dict[str, list[int]]
     media: MediaOut
+    tool_calls: str | None
 
     def __call__(self, part: Part) -> Iterator[Batch[Any]]:
-        return from_records(read_part(part, self.skip), self.to, self.options, self.ids, self.media)
+        return from_records(read_part(part, self.skip), self.to, self.options, self.ids, self.media, self.tool_calls)
 
 
 @checked("convert")
 def convert(inputs: Inputs, to: str, output: str = "-", *, rejects: str | None = None,
             settings: dict[str, Any] | None = None, ids: bool = True, media_dir: str | None = None,
-            progress: ProgressFn | None = None, engine: str = "local", ray_address: str | None = None,
+            write_tool_calls: str | None = None, progress: ProgressFn | None = None, engine: str = "local", ray_address: str | None = None,
             ray_workers: int = 0) -> ConvertResult:
     """Convert `inputs` to format `to` in `output` (`-`: stdout); refused rows go to `rejects`.
 
@@ -56,7 +57,8 @@ def convert(inputs: Inputs, to: str, output: str = "-", *, rejects: str | None =
     when the whole run succeeds. Media go as the format takes them (design §2a): inlined as data URLs, or as paths
     relative to the output's folder, with the files outside it and data URLs written into `media_dir` (default
     `media/` beside the output). `engine="ray"` converts the parts of the inputs on a Ray cluster (design §13):
-    the same output."""
+    the same output. `write_tool_calls` writes structured tool calls and results as text in that dialect
+    (`formats.toolcalls`)."""
     check_outputs(inputs.files, {"-o": output, "--rejects": rejects})
     media = MediaOut.beside(output, media_dir)
     result = ConvertResult(outputs=outputs(output=output, rejects=rejects), to=to)
@@ -66,9 +68,10 @@ def convert(inputs: Inputs, to: str, output: str = "-", *, rejects: str | None =
     if where.ray:
         from_records([], to, options, ids)  # a read-only format is refused before anything runs
         rows: Iterable[Batch[Any]] = run_parts(plan_inputs(inputs, result.formats, parts_wanted(where)),
-                                               _Convert(to, options, ids, inputs.skip, media), where, ran)
+                                               _Convert(to, options, ids, inputs.skip, media, write_tool_calls),
+                                               where, ran)
     else:
-        rows = from_records(read_inputs(inputs, result.formats), to, options, ids, media)
+        rows = from_records(read_inputs(inputs, result.formats), to, options, ids, media, write_tool_calls)
     meter = Meter(progress)
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(RowWriter(output))
