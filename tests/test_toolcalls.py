@@ -195,6 +195,10 @@ def test_text_around_calls_several_calls_and_grouped_results() -> None:
     toolcalls.read_calls(llama, "llama-python")
     assert llama["messages"][1]["tool_calls"][0]["function"] == {"name": "w", "arguments": {"city": "Paris"}}
     assert llama["messages"][2]["tool_call_id"] == "call_0" and "tool_calls" not in llama["messages"][3]
+    several = {"messages": [{"role": "assistant", "content": '[{"name": "w", "parameters": {}}, '
+                                                             '{"name": "v", "parameters": {"a": 1}}]'}]}
+    toolcalls.read_calls(several, "llama-python")  # LLaMA-Factory's Llama 3 formatter writes several as a list
+    assert [c["function"]["name"] for c in several["messages"][0]["tool_calls"]] == ["w", "v"]
 
 
 def test_qwen_xml_values_follow_the_tool_schema() -> None:
@@ -205,6 +209,11 @@ def test_qwen_xml_values_follow_the_tool_schema() -> None:
     with_schema = {"messages": [{"role": "assistant", "content": content}], "tools": tools}
     toolcalls.read_calls(with_schema, "qwen-xml")
     assert with_schema["messages"][0]["tool_calls"][0]["function"]["arguments"] == {"code": "5", "n": 5}
+    # as later Qwen3-Coder templates write non-string scalars (`| string`), and without the <tool_call> around it
+    python = {"messages": [{"role": "assistant", "content": "<function=f>\n<parameter=ok>\nTrue\n</parameter>\n"
+                                                            "<parameter=x>\nNone\n</parameter>\n</function>"}]}
+    toolcalls.read_calls(python, "auto")
+    assert python["messages"][0]["tool_calls"][0]["function"]["arguments"] == {"ok": True, "x": None}
 
 
 # A template that writes `arguments` as text (DeepSeek-V3's way): given an object it would write a dict repr.

@@ -104,12 +104,15 @@ class QwenXml(Hermes):
         assistant: '<tool_call>\\n<function=get_weather>\\n<parameter=city>\\nParis\\n</parameter>\\n</function>\\n</tool_call>'
 
     A value is read as the tool's parameter schema types it (`string`: the text itself), else as JSON where it
-    parses (so without `tools` a string argument "5" comes back as the number 5: the dialect cannot tell them apart).
+    parses (so without `tools` a string argument "5" comes back as the number 5: the dialect cannot tell them apart);
+    `True`, `False` and `None`, which later Qwen3-Coder templates write for booleans and null (`| string`), are read
+    as those. Values are written as JSON (strings as they are). A `<function=…>` element without the `<tool_call>`
+    around it is read too, as vLLM's Qwen3-Coder parser reads it.
     """
 
     name = "qwen-xml"
     example = "<tool_call>\n<function=NAME>\n<parameter=P>\nVALUE\n</parameter>\n</function>\n</tool_call>"
-    _CALL = re.compile(r"<tool_call>\s*<function=([^>\n]+)>(.*?)</function>\s*</tool_call>", re.S)
+    _CALL = re.compile(r"(?:<tool_call>\s*)?<function=([^>\n]+)>(.*?)</function>(?:\s*</tool_call>)?", re.S)
     _PARAM = re.compile(r"<parameter=([^>\n]+)>(.*?)</parameter>", re.S)
 
     def holds(self, content: str) -> bool:
@@ -144,9 +147,14 @@ class QwenXml(Hermes):
         return "".join(out)
 
 
+_PYTHON_WORDS = {"True": True, "False": False, "None": None}
+
+
 def _xml_value(text: str, kind: Any) -> Any:
     if kind == "string":
         return text
+    if text in _PYTHON_WORDS:
+        return _PYTHON_WORDS[text]
     try:
         return json.loads(text)
     except ValueError:
@@ -208,7 +216,7 @@ class Glaive:
 class LlamaPython:
     """Llama 3.1's JSON tool calling: `{"name": ..., "parameters": {...}}` after `<|python_tag|>` (calls separated
     by `;`, as vLLM reads them; the text before the tag is the message's). Llama 3.1's own template writes a call
-    without the tag: a whole message that is exactly such an object is read as a call too. Results are the tool
+    without the tag: a whole message that is exactly such an object (or a list of them) is read as calls too. Results are the tool
     message's text as it is (the template's `ipython` role is their marker).
 
         assistant: '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}'
@@ -219,22 +227,25 @@ class LlamaPython:
     example = '<|python_tag|>{"name": ..., "parameters": {...}}'
 
     def holds(self, content: str) -> bool:
-        return self.tag in content or (content.lstrip().startswith("{") and self._bare(content) is not None)
+        return self.tag in content or (content.lstrip()[:1] in ("{", "[") and self._bare(content) is not None)
 
-    def _bare(self, content: str) -> Call | None:
+    def _bare(self, content: str) -> list[Call] | None:
+        """The calls of a message that is only `{"name", "parameters"}` objects (one, or a list as LLaMA-Factory's
+        Llama 3 formatter writes several); None for any other text, an answer in JSON included."""
         try:
             value = json.loads(content)
         except ValueError:
             return None
-        if isinstance(value, dict) and set(value) == {"name", "parameters"} and isinstance(value["name"], str) \
-                and isinstance(value["parameters"], dict):
-            return value["name"], value["parameters"]
+        calls = value if isinstance(value, list) and value else [value]
+        if all(isinstance(c, dict) and set(c) == {"name", "parameters"} and isinstance(c["name"], str)
+               and isinstance(c["parameters"], dict) for c in calls):
+            return [(c["name"], c["parameters"]) for c in calls]
         return None
 
     def read(self, content: str, path: str, schemas: Schemas) -> tuple[str, list[Call]]:
         if self.tag not in content:
             bare = self._bare(content)
-            return ("", [bare]) if bare else (content, [])
+            return ("", bare) if bare else (content, [])
         text, _, rest = content.partition(self.tag)
         rest = rest.strip()
         for end in ("<|eom_id|>", "<|eot_id|>"):
@@ -271,8 +282,8 @@ NAMES = tuple(DIALECTS)
 
 def _auto_call(content: str) -> Dialect | None:
     """The dialect whose marker an assistant message holds (`auto`)."""
-    if "<tool_call>" in content:
-        return DIALECTS["qwen-xml" if re.search(r"<tool_call>\s*<function=", content) else "hermes"]
+    if "<tool_call>" in content or "<function=" in content:
+        return DIALECTS["qwen-xml" if "<function=" in content else "hermes"]
     if "<functioncall>" in content:
         return DIALECTS["glaive"]
     return DIALECTS["llama-python"] if LlamaPython.tag in content else None
