@@ -40,6 +40,7 @@ MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_calls", "function_cal
                           *REASONING})
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 _THINK = re.compile(r"\s*<think>(.*?)</think>", re.S)
+_HALF_THINK = re.compile(r"(.*?)</think>", re.S)  # the opening tag was in the generation prompt
 KINDS = ("chat", "preference", "feedback", "text")
 Message = dict[str, Any]
 Record = dict[str, Any]
@@ -144,8 +145,12 @@ def collecting(fn: Callable[..., Any], *args: Any) -> tuple[Any, list[str]]:
 
 def split_think(content: str) -> tuple[str | None, str]:
     """A leading `<think>…</think>` block split off the content: (reasoning, answer); (None, content) without one.
-    The inverse of `join_think`: one newline inside each tag and the blank line after the block are markup."""
+    The inverse of `join_think`: one newline inside each tag and the blank line after the block are markup. An
+    answer with a closing `</think>` and no opening tag (a model's output whose `<think>` was in the generation
+    prompt) splits at its first `</think>`."""
     m = _THINK.match(content)
+    if m is None and THINK_CLOSE in content and THINK_OPEN not in content.split(THINK_CLOSE, 1)[0]:
+        m = _HALF_THINK.match(content)
     if m is None:
         return None, content
     reasoning = m.group(1)
