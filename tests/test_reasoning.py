@@ -86,7 +86,7 @@ def test_smollm3_ids_equal_apply_chat_template_and_reasoning_is_masked_exactly_w
         assert result.manifest["template"]["date"] == DEFAULT_DATE
         assert result.manifest["template"]["reasoning"] == "think block"
         tables[train] = {r["ids"][0]: r for r in pq.read_table(tmp_path / train / "data").to_pylist()}
-    masked = trained_reasoning = 0
+    masked = trained_reasoning = empty_trained = 0
     for c in convs:
         reference = apply_chat_template(tok_dir, _folded(c["messages"]), enable_thinking=thinking)
         yes, no = tables["yes"][c["id"]], tables["no"][c["id"]]
@@ -94,18 +94,22 @@ def test_smollm3_ids_equal_apply_chat_template_and_reasoning_is_masked_exactly_w
         blocks = _think_tokens(reference, hf.decode)
         inside = {k for block in blocks for k in block}
         for block in blocks:
-            empty = not hf.decode(reference[block[0] + 1:reference.index(END_THINK, block[0])]).strip()
+            # no-think mode: the template's own empty block right after the header is the generation prompt's
+            given = not thinking and hf.decode(reference[max(block[0] - 2, 0):block[0]]) == "assistant\n"
             for k in block:
                 assert no["labels"][k] == -100  # masked when asked
-                assert (yes["labels"][k] == -100) == empty  # trained unless the block is empty
-            masked += len(block) * (not empty)
-            trained_reasoning += 0 if empty else len(block)
+                assert (yes["labels"][k] == -100) == given  # trained unless the generation prompt holds it
+            masked += len(block) * (not given)
+            trained_reasoning += 0 if given else len(block)
         for k, (a, b) in enumerate(zip(yes["labels"], no["labels"], strict=True)):
             if k not in inside:
                 assert a == b  # the answers themselves are trained the same either way
         if not thinking:  # no-think mode: the template's own empty block before every answer, never trained
             assert len(blocks) >= sum(1 for m in c["messages"] if m["role"] == "assistant")
+        empty_trained += any(not hf.decode(reference[b[0] + 1:reference.index(END_THINK, b[0])]).strip()
+                             and yes["labels"][b[0]] != -100 for b in blocks)
     assert masked > 10_000 and trained_reasoning == masked
+    assert empty_trained == 19  # the rows whose reasoning is empty: the model writes that empty block, trained
 
 
 def _tokenize_cli(out: Path, data: Path, *extra: str, fake_day: str | None = None) -> bytes:
@@ -196,7 +200,9 @@ def test_a_builtin_template_writes_reasoning_as_a_think_block_and_masks_it_on_re
                for reasoning in (True, False)]
     assert trained == ["<think>\nTwo and two.\n</think>\n\n4<|im_end|>", "4<|im_end|>"]
     empty = get_template("chatml").render([messages[0], {**messages[1], "reasoning_content": ""}])
-    assert ["".join(empty.text[a:b] for a, b in empty.spans("assistant"))] == ["4<|im_end|>"]
+    # an empty reasoning is an empty block the model writes after the generation prompt: trained (design §4)
+    assert ["".join(empty.text[a:b] for a, b in empty.spans(*train)) for train in (("assistant",),
+            ("assistant", False))] == ["<think>\n\n</think>\n\n4<|im_end|>", "4<|im_end|>"]
 
 
 def test_developer_role_takes_the_system_slot_where_the_template_has_none(tmp_path) -> None:
@@ -220,8 +226,8 @@ def test_developer_role_takes_the_system_slot_where_the_template_has_none(tmp_pa
 def test_split_think_and_every_reasoning_spelling(tmp_path) -> None:
     rows = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", key: "r"}]}
             for key in ("reasoning_content", "reasoning", "thinking")]
-    rows.append({"messages": [{"role": "user", "content": "q"},
-                              {"role": "assistant", "content": "<think>\nr\n</think>\n\na"}]})
+    rows += [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": content}]}
+             for content in ("<think>\nr\n</think>\n\na", "r\n</think>\n\na")]  # the second: `<think>` was prompted
     data = tmp_path / "r.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "o.jsonl"
@@ -229,7 +235,8 @@ def test_split_think_and_every_reasoning_spelling(tmp_path) -> None:
     for line in out.read_text().splitlines():
         assert json.loads(line)["messages"][1] == {"role": "assistant", "content": "a", "reasoning_content": "r"}
     assert run_prep("convert", str(data), "--to", "openai", "-o", str(out)).returncode == 0
-    assert json.loads(out.read_text().splitlines()[3])["messages"][1]["content"] == "<think>\nr\n</think>\n\na"
+    assert [json.loads(line)["messages"][1]["content"] for line in out.read_text().splitlines()[3:]] == \
+        ["<think>\nr\n</think>\n\na", "r\n</think>\n\na"]
 
 
 def test_three_unknown_fields_are_counted_and_carried_to_the_shards(tmp_path) -> None:
@@ -393,8 +400,8 @@ QWEN3_STYLE = """{%- set ns = namespace(last=messages|length - 1, found=false) -
 @pytest.mark.parametrize("train", ["yes", "no"])
 def test_a_template_that_reads_reasoning_content_gets_it_and_its_ids(tmp_path, train: str) -> None:
     """Qwen3's rule: earlier turns lose their reasoning (the template is not prefix-stable), the answers after
-    the last user message keep it; ids equal apply_chat_template, reasoning is masked only when asked, and an empty
-    think block is never trained."""
+    the last user message keep it; ids equal apply_chat_template, reasoning is masked only when asked, and the empty
+    think block the template writes after the generation prompt (a last answer without reasoning) is trained."""
     tok_dir = fixture("tokenizers", "qwen2.5")
     (tmp_path / "q3.jinja").write_text(QWEN3_STYLE)
     convs = [
@@ -414,8 +421,10 @@ def test_a_template_that_reads_reasoning_content_gets_it_and_its_ids(tmp_path, t
                                                           return_dict=False)
         trained = hf.decode([t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100])
         answers = [m for m in c if m["role"] == "assistant"]
-        if train == "no" or all("reasoning_content" not in m for m in answers):
+        if train == "no":
             assert trained == "".join(m["content"] + "<|im_end|>" for m in answers)
+        elif all("reasoning_content" not in m for m in answers):
+            assert trained == "<think>\n\n</think>\n\n" + answers[-1]["content"] + "<|im_end|>"
         else:  # the earlier turn's reasoning is not in the text at all; the last answer's is trained
             assert trained == "".join(m["content"] + "<|im_end|>" for m in answers[:-1]) + \
                 f"<think>\n{answers[-1]['reasoning_content']}\n</think>\n\n{answers[-1]['content']}<|im_end|>"

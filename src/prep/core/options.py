@@ -210,7 +210,8 @@ INPUTS = (
                 "other unmapped columns are counted as dropped fields)."),
     Option("strict_fields", bool, False, "Reject a row that has a field prep would drop (instead of counting it).",
            recipe=True),
-    Option("split_think", bool, False, "Read an answer's leading <think>…</think> as its reasoning_content.",
+    Option("split_think", bool, False, "Read an answer's leading <think>…</think> (or text up to a first </think> without "
+           "an opening tag, which was in the generation prompt) as its reasoning_content.",
            recipe=True),
     Option("tool_calls", choices=("auto", *TOOL_CALLS), recipe=True,
            help="Read tool calls written in the text (hermes/qwen <tool_call>{json}, glaive <functioncall>, "
@@ -284,7 +285,7 @@ _TEMPLATE_OR_FILE = replace(_TEMPLATE, choices=(), what="", help="Chat template 
                                                                   ".jinja file of one; default: the tokenizer's own.")
 _REASONING = Option("train_on_reasoning", default="yes", choices=YES_NO, recipe=True,
                     help="Train the reasoning (the think block before an answer), or mask it and train the answer "
-                         "only. An empty think block is never trained.")
+                         "only. A think block the generation prompt holds (enable_thinking=false) is never trained.")
 
 TEMPLATE = (
     replace(_TEMPLATE_OR_FILE, recipe=False, help="Template name (see --list) or a .jinja file (with --tokenizer); "

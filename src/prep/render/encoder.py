@@ -522,7 +522,7 @@ def _expand(rendered: Rendered, items: list[tuple[Item, Expansion]], scheme: Sch
         return None if s is None else (move(s[0]), move(s[1]))
 
     turns = [Turn(t.index, t.role, span(t.content), span(t.answer), t.trained,  # type: ignore[arg-type]
-                  None if t.think is None else (move(t.think[0]), move(t.think[1]), t.think[2])) for t in rendered.turns]
+                  span(t.think)) for t in rendered.turns]
     return Rendered(new, turns, rendered.notes), blocks
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import string
 import time
@@ -26,13 +27,14 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
 from prep.core.findings import Finding, PrepError, RowError, row_error
 from prep.core.options import RENDER_CHARS, RENDER_SECONDS
-from prep.core.records import REASONING, Message, fold_reasoning
+from prep.core.records import REASONING, THINK_OPEN, Message, fold_reasoning
 from prep.render.spans import Rendered, Turn, developer_as_system, think_span
 
 _PROBE_REASONING = "PREP_PROBE_REASONING"
 # A probe tool call: its arguments as JSON text, which a template that writes `arguments` the way it expects shows.
 _PROBE_ARGUMENTS = {"prep_probe": "PREP_PROBE_VALUE"}
 _PROBE_ARGUMENTS_JSON = json.dumps(_PROBE_ARGUMENTS)
+_PROBE_ANSWER = "PREP_PROBE_ANSWER"
 
 
 class _Generation(jinja2.ext.Extension):
@@ -293,9 +295,12 @@ class JinjaTemplate:
     """The tokenizer's own chat template, rendered sandboxed, with `tools` passed through.
 
     Spans without re-tokenizing: for each assistant message i the conversation up to it is rendered
-    with the generation prompt; the full render must start with that text (else the template is not
-    prefix-stable at that turn and the row is refused), and the answer runs from there to the first
-    end-of-turn token after the message's content. Templates that rewrite earlier turns (Qwen3 drops
+    with the generation prompt under the same template arguments; the answer (the trained span) runs
+    from where that text ends in the full render to the first end-of-turn token after the message's
+    content. Where the full render does not hold the whole generation prompt at that turn (Qwen3 with
+    enable_thinking=false writes its empty think block in the generation prompt only), the answer starts
+    after the role header the two share; where the earlier messages themselves render differently, the
+    row is refused (`template_not_prefix_stable`). Templates that rewrite earlier turns (Qwen3 drops
     old reasoning) still get exact ids, since only the full render is tokenized, and correct labels,
     since each answer is located in the full render itself. Every message's content must appear in
     order, and tool definitions and calls must appear, or the row is refused: a template that silently
@@ -381,7 +386,7 @@ class JinjaTemplate:
         return out, note
 
     def _probe_eot(self, added: list[str]) -> str:
-        probe = "PREP_PROBE_ANSWER"
+        probe = _PROBE_ANSWER
         try:
             text = self.text([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": probe}], None, False)
             if probe not in text:  # a processor's template that reads text from content parts only (LLaVA's)
@@ -415,13 +420,7 @@ class JinjaTemplate:
                 turns.append(Turn(i, m["role"], found))
                 pos = found[1]
                 continue
-            prefix = self._render(messages[:i], tools, True, kwargs) if i else ""
-            if not full.startswith(prefix):
-                raise row_error("template_not_prefix_stable",
-                                f"the chat template of {self.label} renders messages 1-{i} differently once "
-                                f"assistant message {i + 1} follows, so prep cannot tell where that turn starts",
-                                f"$.messages[{i}]")
-            start = len(prefix)
+            start = self._start(full, messages, i, tools, kwargs)
             if start < pos:
                 raise row_error("template_mismatch", f"the chat template of {self.label} writes message {i} after "
                                 f"the point where assistant message {i + 1} starts", f"$.messages[{i}]")
@@ -454,6 +453,36 @@ class JinjaTemplate:
             raise row_error("template_drops_content", f"the chat template of {self.label} does not write tool calls",
                             f"$.messages[{at}].tool_calls", hint="use a tool-aware template (e.g. --template chatml)")
         return Rendered(full, turns, [note] if note else [])
+
+    def _start(self, full: str, messages: Sequence[Message], i: int, tools: list[dict[str, Any]] | None,
+               kwargs: dict[str, Any] | None) -> int:
+        """Where assistant message i's trained span starts in `full`: where the generation prompt, rendered after
+        messages 1..i with the same arguments, ends (what the model is given, it never writes). Where the turn as
+        the full render writes it does not hold the whole generation prompt (Qwen3's with enable_thinking=false
+        has an empty think block in the generation prompt only), the span starts after the part the two share
+        that is the turn's role header: it ends before any think block (the model's own, trained as reasoning)
+        and before the content, which is told apart by rendering the turn with a probe in its place."""
+        if not i:
+            return 0
+        prompt = self._render(messages[:i], tools, True, kwargs)
+        if full.startswith(prompt):
+            return len(prompt)
+        before = self._render(messages[:i], tools, False, kwargs)
+        probed = [*messages[:i], {**{k: v for k, v in messages[i].items() if k not in REASONING},
+                                  "content": _PROBE_ANSWER}, *messages[i + 1:]]
+        try:
+            text = self.text(probed, tools, False, kwargs)
+        except Exception:  # noqa: BLE001 - a template is user code; one that fails on the probe shows no header
+            text = ""
+        n = len(before)
+        header = os.path.commonprefix([prompt[n:], full[n:], text[n:max(text.find(_PROBE_ANSWER, n), n)]])
+        header = header.split(THINK_OPEN, 1)[0]
+        if not (header and prompt.startswith(before) and full.startswith(before) and text.startswith(before)):
+            raise row_error("template_not_prefix_stable",
+                            f"the chat template of {self.label} renders messages 1-{i} differently once assistant "
+                            f"message {i + 1} follows, so prep cannot tell where that turn starts",
+                            f"$.messages[{i}]")
+        return n + len(header)
 
     def _same(self, full: str, messages: Sequence[Message], tools: list[dict[str, Any]] | None,
               kwargs: dict[str, Any] | None) -> bool:

@@ -1,8 +1,9 @@
 """What rendering produces: the text a model trains on and where every message landed in it.
 
 A span is a half-open character range. An assistant turn's span runs from the point where the
-model starts generating (just after the generation prompt) to the end of its end-of-turn token,
-so every trained answer ends with that token, trained (design §4).
+model starts generating (just after the generation prompt, rendered under the same template
+arguments) to the end of its end-of-turn token, so every trained answer ends with that token,
+trained (design §4). What the model writes there is trained, an empty think block included.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from prep.core.options import TRAIN_ON
 from prep.core.records import Message
 
 Span = tuple[int, int]
-_THINK_BLOCK = re.compile(r"\s*<think>(.*?)</think>\s*", re.S)
+_THINK_BLOCK = re.compile(r"\s*<think>.*?</think>\s*", re.S)
 
 
 @dataclass(slots=True)
@@ -27,8 +28,7 @@ class Turn:
     content: Span
     answer: Span | None = None  # assistant: generation point .. end of the end-of-turn token
     trained: bool = False  # assistant with weight != 0
-    # assistant: the think block that opens the answer, and whether it holds nothing but whitespace
-    think: tuple[int, int, bool] | None = None
+    think: Span | None = None  # assistant: the think block that opens the answer (from the generation point)
 
 
 @dataclass(slots=True)
@@ -39,7 +39,8 @@ class Rendered:
 
     def spans(self, train_on: str, reasoning: bool = True) -> list[Span]:
         """The character spans that carry loss under `train_on` (`auto` must be resolved first). An answer's think
-        block is left out when it is empty (always) or when `reasoning` is False (--train-on-reasoning no)."""
+        block is left out when `reasoning` is False (--train-on-reasoning no); one the generation prompt holds
+        (Qwen3's and SmolLM3's empty block with enable_thinking=false) is before the answer, never in it."""
         if train_on == "all":
             return [(0, len(self.text))]
         answers = [t for t in self.turns if t.answer]
@@ -55,7 +56,7 @@ class Rendered:
         spans = []
         for t in chosen:
             a, b = t.answer  # type: ignore[misc]
-            if t.think and (t.think[2] or not reasoning):
+            if t.think and not reasoning:
                 a = t.think[1]
             if b > a:
                 spans.append((a, b))
@@ -65,11 +66,11 @@ class Rendered:
         return [t.answer for t in self.turns if t.answer]
 
 
-def think_span(text: str, start: int, end: int) -> tuple[int, int, bool] | None:
-    """The think block an answer (text[start:end]) opens with, through the whitespace after `</think>`, and whether
-    it is empty; None when the answer does not open with one."""
+def think_span(text: str, start: int, end: int) -> Span | None:
+    """The think block an answer (text[start:end]) opens with, through the whitespace after `</think>`; None when
+    the answer does not open with one."""
     m = _THINK_BLOCK.match(text, start, end)
-    return (start, m.end(), not m.group(1).strip()) if m else None
+    return (start, m.end()) if m else None
 
 
 def developer_as_system(messages: list[Message], template: str) -> tuple[list[Message], Finding]:
