@@ -25,6 +25,7 @@ from prep.render.encoder import Encoder, Settings
 from prep.render.jinja import JinjaTemplate
 from prep.render.tokenizer import load_tokenizer
 from prep.stages.convert import convert
+from prep.stages.validate import validate
 
 
 def _hermes(content: str, calls: list[tuple[str, dict[str, Any]]]) -> str:
@@ -167,6 +168,20 @@ def test_the_cli_reads_text_calls_into_another_format_and_says_what_it_rejected(
     [row] = read_jsonl(out)
     assert [t["from"] for t in row["conversations"]] == ["human", "function_call", "observation", "gpt"]
     assert json.loads(row["conversations"][1]["value"]) == {"name": "w", "arguments": {"city": "Paris"}}
+
+
+def test_validate_checks_text_calls_as_calls(tmp_path: Path) -> None:
+    """With --tool-calls validate reads the rows as every other verb does: a call that does not parse is an error
+    on its line, a parsed call is checked like a structured one (no tools declared for it: a warning)."""
+    rows = [{"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": BROKEN["hermes"]}]},
+            {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": _hermes("", [("f", {})])}]}]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert validate(Inputs([str(source)])).rows_rejected == 0  # as text, both rows are fine
+    report = validate(Inputs([str(source)], tool_calls="hermes"))
+    assert (report.rows_accepted, report.rows_rejected) == (1, 1)
+    assert report.findings.counts == {"bad_text_tool_call": 1, "no_tools_declared": 1}
+    assert report.findings.examples["bad_text_tool_call"][0].path == "$.messages[1].content"
 
 
 def test_text_around_calls_several_calls_and_grouped_results() -> None:

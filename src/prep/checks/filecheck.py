@@ -28,7 +28,7 @@ from prep.core.records import Record, kind_of, record_id, type_name
 from prep.core.result import Meter
 from prep.files.media import LIMITS, Limits
 from prep.files.write import RowWriter
-from prep.formats import detect, module, reader_options
+from prep.formats import detect, module, reader_options, toolcalls
 
 if TYPE_CHECKING:
     from prep.checks.tokens import TokenCheck
@@ -106,6 +106,7 @@ class Context:
     max_row_bytes: int = MAX_ROW_BYTES
     media_limits: Limits = LIMITS
     media_root: str | None = None  # where relative media paths are resolved (default: each file's folder)
+    tool_calls: str | None = None  # the text dialect of tool calls read into tool_calls (--tool-calls)
 
 
 @dataclass
@@ -172,6 +173,8 @@ class FileCheck:
         record, locs = None, None
         try:
             record = {"id": record_id(row, source), **self.read(row, self.options)}
+            if self.ctx.tool_calls:  # as every other verb reads the row: its calls checked as calls
+                toolcalls.read_calls(record, self.ctx.tool_calls)
         except RowError as e:
             if not errors:
                 found += [normalized(f) for f in e.findings]

@@ -151,7 +151,7 @@ def validate(inputs: Inputs, *, validation: Sequence[str] = (), kind: str | None
     ctx = Context(inputs.format, kind, dict(inputs.settings), inputs.container, inputs.txt_split, min_rows, max_chars,
                   Findings(max_findings), meter=Meter(progress), max_row_bytes=inputs.max_row_bytes,
                   media_limits=Limits(max_media_pixels, max_media_bytes, max_media_seconds),
-                  media_root=inputs.media_root)
+                  media_root=inputs.media_root, tool_calls=inputs.tool_calls)
     if tokenizer is not None:
         from prep.checks.tokens import TokenCheck  # noqa: PLC0415 - start-up time: Arrow and numpy only to count tokens
 
