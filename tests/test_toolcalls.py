@@ -216,6 +216,21 @@ def test_text_around_calls_several_calls_and_grouped_results() -> None:
     assert [c["function"]["name"] for c in several["messages"][0]["tool_calls"]] == ["w", "v"]
 
 
+def test_preference_rows_number_each_answer_after_the_prompt() -> None:
+    """chosen and rejected each continue the prompt: their calls are numbered after the prompt's, independently,
+    and writing then reading gives the record back."""
+    call = {"role": "assistant", "content": _glaive("", [("w", {"city": "Paris"})])}
+    record = {"prompt": [{"role": "user", "content": "Q"}, call, {"role": "user", "content": "FUNCTION RESPONSE: 21"}],
+              "chosen": [{"role": "assistant", "content": _glaive("Again.", [("w", {"city": "Rome"})])}],
+              "rejected": [{"role": "assistant", "content": "No."}]}
+    toolcalls.read_calls(record, "glaive")
+    assert record["prompt"][2] == {"role": "tool", "content": "21", "tool_call_id": "call_0"}
+    assert record["chosen"][0]["content"] == "Again." and record["chosen"][0]["tool_calls"][0]["id"] == "call_1"
+    written = toolcalls.write_calls(record, "glaive")
+    toolcalls.read_calls(written, "auto")
+    assert written == record
+
+
 def test_qwen_xml_values_follow_the_tool_schema() -> None:
     """A string parameter stays text even where it reads as JSON; others are read as JSON."""
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
