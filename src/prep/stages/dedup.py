@@ -161,10 +161,10 @@ def _first_copies(batches: Iterator[Batch[Record]], compare: Compare, meter: Met
     """One pass, exact duplicates only: a row whose key was seen becomes a reject naming the first row with it."""
     seen: dict[bytes, tuple[str, Source]] = {}
     for batch in batches:
-        keys, _ = fingerprint_batch(batch.items, compare, None)
+        keys = [near.exact_key(compared(r, compare)) for r in batch.items]  # bytes: no array row per key
         out: Batch[Record] = batch.carry()
         for record, source, key in zip(batch.items, batch.sources, keys, strict=True):
-            first = seen.setdefault(key.tobytes(), (record["id"], source))
+            first = seen.setdefault(key, (record["id"], source))
             if first[1] is source:
                 out.add(record, source)
             else:
