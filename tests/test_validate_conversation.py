@@ -51,7 +51,7 @@ ROWS = [
     chat("   ", "I did not catch that."),                                                              # 10
     {"messages": [{"role": "user", "content": "Spell cat."},
                   {"role": "assistant", "content": "C-A-T.", "weight": 2}]},                          # 11
-    {"messages": [{"role": "user", "content": "Spell dog.", "weight": 0},
+    {"messages": [{"role": "user", "content": "Spell dog.", "weight": 1.0},
                   {"role": "assistant", "content": "D-O-G."}]},                                        # 12
     {"messages": [{"role": "user", "content": "Spell cow."},
                   {"role": "assistant", "content": "C-O-W.", "weight": 0}]},                          # 13

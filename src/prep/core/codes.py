@@ -77,9 +77,10 @@ CODES: dict[str, Code] = {
     "ends_without_answer": Code(WARNING, "conversation", "end the conversation with the assistant's answer; "
                                 "trailing user or tool turns are never trained"),
     "no_assistant": Code(ERROR, "conversation", "add the assistant answer; a row without one trains nothing"),
-    "nothing_to_train": Code(ERROR, "conversation", "give at least one assistant message weight 1 (or no weight)"),
-    "bad_weight": Code(ERROR, "conversation", "use weight 0 to keep an assistant turn out of the loss, 1 to train "
-                       "it, only on assistant messages"),
+    "nothing_to_train": Code(ERROR, "conversation", "give at least one message weight 1 (an assistant message "
+                             "without a weight is trained)"),
+    "bad_weight": Code(ERROR, "conversation", "use the integer 1 to train a message (any role), 0 to keep it out of "
+                       "the loss"),
     "bad_content_part": Code(ERROR, "conversation", "content parts are {\"type\": \"text\", \"text\": ...} or "
                              "{\"type\": \"image_url\", \"image_url\": {\"url\": ...}}"),
     "unsupported_content": Code(ERROR, "conversation", "use text, image_url, video_url or input_audio parts (TRL: "

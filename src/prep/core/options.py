@@ -169,7 +169,8 @@ _TOKENIZER = Option("tokenizer", help="Tokenizer folder (tokenizer.json, tokeniz
 _TEMPLATE = Option("template", help="Chat template (see `prep template --list`); default: the tokenizer's own.",
                    recipe=True, choices=TEMPLATES, what="a template name (see `prep template --list`)")
 _TRAIN_ON = Option("train_on", default="auto", choices=TRAIN_ON, recipe=True,
-                   help="Which spans carry loss: every assistant turn, the last one, all text, or message contents.")
+                   help="Which spans carry loss: every assistant turn (and any message with weight 1), the last one, "
+                        "all text, or message contents.")
 _KIND = Option("kind", choices=SHARD_KINDS, recipe=True,
                help="Shard kind; default: from the first record (chat: sft, preference: dpo, feedback: kto, text: "
                     "pretrain).")

@@ -6,7 +6,8 @@
     text        {"id", "text": str}
 
 A message is {"role": system|developer|user|assistant|tool, "content": str} plus, where they apply,
-"weight" (0|1, assistant only), "reasoning_content" (assistant: the reasoning before the answer, as
+"weight" (0|1 on any role: 1 trains the message, 0 masks it; without one an assistant message is trained and
+any other is not), "reasoning_content" (assistant: the reasoning before the answer, as
 DeepSeek, vLLM, Qwen3's template and transformers name it), "tool_calls" (assistant), "tool_call_id"
 and "name". A record may also carry `columns`: the input columns kept with `--keep-columns`.
 A tool call is {"id", "type": "function", "function": {"name", "arguments": dict}}: arguments are
@@ -141,6 +142,12 @@ def collecting(fn: Callable[..., Any], *args: Any) -> tuple[Any, list[str]]:
         return fn(*args), _dropped.names
     finally:
         _dropped.names = None
+
+
+def default_weight(m: Message) -> bool:
+    """Whether the message's weight is its role's default (an assistant message trained, any other not): what
+    formats without per-message weights can write."""
+    return m.get("weight", 1 if m["role"] == "assistant" else 0) == (1 if m["role"] == "assistant" else 0)
 
 
 def split_think(content: str) -> tuple[str | None, str]:
@@ -292,10 +299,10 @@ def parse_messages(value: Any, path: str, slots: list[md.Item | None], root: str
             _message_extras(item, role, f"{path}[{i}]", extra)
         weight = item.get("weight")
         if weight is not None:
-            if weight not in (0, 1) or isinstance(weight, bool) or role != "assistant":
-                raise row_error("bad_weight", f"weight must be 0 or 1 on an assistant message, got {weight!r} on {role}",
+            if type(weight) is not int or weight not in (0, 1):  # Together's rule: the integer 0 or 1, on any role
+                raise row_error("bad_weight", f"weight must be the integer 0 or 1, got {weight!r} on {role}",
                                 f"{path}[{i}].weight")
-            extra["weight"] = int(weight)
+            extra["weight"] = weight
         messages.append(message(role, content, **extra))
     return messages
 

@@ -123,7 +123,7 @@ def _prompt_columns(prompt: list[r.Message], o: Options, path: str) -> dict[str,
     """system + alternating user/assistant pairs + a final user turn -> alpaca columns."""
     out: dict[str, Any] = {}
     for i, m in enumerate(prompt):
-        if set(m) - {"role", "content"} - ({"weight"} if m.get("weight") == 1 else set()):
+        if set(m) - {"role", "content"} - ({"weight"} if r.default_weight(m) else set()):
             extra = sorted(set(m) - {"role", "content", "weight"}) or ["weight"]
             raise r.not_expressible(NAME, f"message fields {extra} (tools, names or weights)", path=f"{path}[{i}]")
     if prompt and prompt[0]["role"] == "system":

@@ -90,7 +90,7 @@ def _dump(messages: list[r.Message], o: Options, path: str) -> str:
     lines = []
     for i, m in enumerate(messages):
         if m["role"] not in ("user", "assistant") or set(m) - {"role", "content"} - (
-                {"weight"} if m.get("weight") == 1 else set()):
+                {"weight"} if r.default_weight(m) else set()):
             raise r.not_expressible(NAME, f"a message with role {m['role']!r} or fields beyond role/content",
                                     path=f"{path}[{i}]")
         lines.append(f"{o.human_prefix if m['role'] == 'user' else o.bot_prefix} {m['content']}")

@@ -6,8 +6,9 @@ their prompt.
 
 `reasoning` parts are the message's `reasoning_content`; a `tool_call` part's value is the JSON of
 `{"name", "arguments"}` (ids `call_<n>`, since the format has none; a tool message answers the oldest
-open call). `loss_weight` is OpenAI's `weight`: 1.0 or 0.0 on an assistant message (0.0 keeps it out
-of the loss); other messages carry no loss (0.0), as LLaMA-Factory's own converters write them.
+open call). `loss_weight` is OpenAI's `weight`: 1.0 or 0.0 on any message (0.0 keeps it out
+of the loss); without one an assistant message is trained (1.0) and any other is not (0.0), as LLaMA-Factory's
+own converters write them.
 
 Media are parts too, as LLaMA-Factory v1's converters write them from the `images`/`videos`/`audios` columns:
 `{"type": "image_url" | "video_url" | "audio_url", "value": path or URL}` (`image`, `video`, `audio` are read as
@@ -154,15 +155,12 @@ def _messages(value: Any, path: str, media: list[md.Item], root: str | None) -> 
             extra["tool_call_id"] = open_calls.pop(0) if open_calls else None
         weight = item.get("loss_weight")
         if weight is not None:
-            trained = role == "assistant"
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight not in (0, 1) or \
-                    weight == 1 and not trained:
-                raise r.row_error("bad_weight", f"loss_weight {weight!r} on a {role} message: prep trains assistant "
-                                  "messages fully (1.0) or not at all (0.0)", f"{where}.loss_weight",
-                                  hint="use 1.0 or 0.0 on assistant messages "
-                                  "and 0.0 elsewhere (or --train-on all to train every token)")
-            if trained and weight == 0:
-                extra["weight"] = 0
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight not in (0, 1):
+                raise r.row_error("bad_weight", f"loss_weight {weight!r} on a {role} message: prep trains a message "
+                                  "fully (1.0) or not at all (0.0)", f"{where}.loss_weight",
+                                  hint="use 1.0 to train the message, 0.0 to keep it out of the loss")
+            if weight != (role == "assistant"):  # kept where not the role's default, which LLaMA-Factory writes
+                extra["weight"] = int(weight)
         out.append(r.message(role, "".join(text), **extra))
     return out
 
@@ -191,7 +189,7 @@ def _dump(messages: list[r.Message], media: dict[int, list[md.Item]]) -> list[di
                 r.note_dropped("tool_calls.id")  # the format numbers calls itself
             parts.append({"type": "tool_call", "value": json.dumps(
                 {"name": call["function"]["name"], "arguments": call["function"]["arguments"]}, ensure_ascii=False)})
-        weight = float(m.get("weight", 1)) if role == "assistant" else 0.0
+        weight = float(m.get("weight", 1 if role == "assistant" else 0))
         out.append({"role": role, "content": parts, "loss_weight": weight})
     return out
 

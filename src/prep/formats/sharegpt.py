@@ -170,8 +170,9 @@ def _dump_turns(messages: list[r.Message], o: Options, path: str) -> list[dict[s
     turns = []
     for i, m in enumerate(messages):
         where = f"{path}[{i}]"
-        if m.get("weight") == 0:
-            raise r.not_expressible(NAME, "an untrained (weight 0) assistant turn", path=f"{where}.weight")
+        if not r.default_weight(m):
+            raise r.not_expressible(NAME, f"a weight {m['weight']} on a {m['role']} message (sharegpt trains every "
+                                    "assistant turn and no other)", path=f"{where}.weight")
         if m.get("name"):
             raise r.not_expressible(NAME, "a message name", path=f"{where}.name")
         if m["role"] == "tool" and i > 0 and messages[i - 1]["role"] == "tool":

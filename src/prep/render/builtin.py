@@ -47,12 +47,13 @@ class _Writer:
         self.turns.append(Turn(i, role, (start, self.pos)))
 
     def answer(self, i: int, m: Message, body: str, close: str) -> None:
-        """An assistant turn: `body` then `close`, which ends with the end-of-turn token; both trained."""
+        """An assistant turn: `body` then `close`, which ends with the end-of-turn token; both trained (`render` sets
+        every turn's weight from its message)."""
         start = self.pos
         self.lit(body)
         end = self.pos
         self.lit(close)
-        self.turns.append(Turn(i, "assistant", (start, end), (start, self.pos), m.get("weight", 1) != 0))
+        self.turns.append(Turn(i, "assistant", (start, end), (start, self.pos)))
 
     def done(self) -> Rendered:
         return Rendered("".join(self.parts), self.turns)
@@ -114,6 +115,7 @@ class Template:
         rendered = w.done()
         rendered.notes = notes
         for t in rendered.turns:
+            t.weight = messages[t.index].get("weight")
             if t.answer:
                 t.think = think_span(rendered.text, *t.answer)
         return rendered

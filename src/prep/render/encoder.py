@@ -521,7 +521,7 @@ def _expand(rendered: Rendered, items: list[tuple[Item, Expansion]], scheme: Sch
     def span(s: Span | None) -> Span | None:
         return None if s is None else (move(s[0]), move(s[1]))
 
-    turns = [Turn(t.index, t.role, span(t.content), span(t.answer), t.trained,  # type: ignore[arg-type]
+    turns = [Turn(t.index, t.role, span(t.content), span(t.answer), t.weight,  # type: ignore[arg-type]
                   span(t.think)) for t in rendered.turns]
     return Rendered(new, turns, rendered.notes), blocks
 

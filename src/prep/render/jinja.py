@@ -417,7 +417,7 @@ class JinjaTemplate:
                 found = _find(full, _visible(m), pos)
                 if found is None:
                     raise self._dropped(i, m["role"])
-                turns.append(Turn(i, m["role"], found))
+                turns.append(Turn(i, m["role"], found, weight=m.get("weight")))
                 pos = found[1]
                 continue
             start = self._start(full, messages, i, tools, kwargs)
@@ -440,8 +440,7 @@ class JinjaTemplate:
                                     f"the tool call {call['function']['name']!r} of message {i + 1}",
                                     f"$.messages[{i}].tool_calls",
                                     hint="use a tool-aware template (e.g. --template chatml)")
-            turns.append(Turn(i, "assistant", (at, stop), (start, end), m.get("weight", 1) != 0,
-                              think_span(full, start, end)))
+            turns.append(Turn(i, "assistant", (at, stop), (start, end), m.get("weight"), think_span(full, start, end)))
             pos = end
         if tools and self._same(full, messages, None, kwargs):
             raise row_error("template_drops_content", f"the chat template of {self.label} does not write the tool "

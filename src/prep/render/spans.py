@@ -27,8 +27,14 @@ class Turn:
     role: str
     content: Span
     answer: Span | None = None  # assistant: generation point .. end of the end-of-turn token
-    trained: bool = False  # assistant with weight != 0
+    weight: int | None = None  # the message's weight (0 or 1), None when it has none
     think: Span | None = None  # assistant: the think block that opens the answer (from the generation point)
+
+    @property
+    def trained(self) -> bool:
+        """Whether the message carries loss: an assistant answer unless its weight is 0, any other message only
+        with weight 1 (Together's and LLaMA-Factory's per-message weights)."""
+        return self.weight != 0 if self.answer else self.weight == 1
 
 
 @dataclass(slots=True)
@@ -38,24 +44,30 @@ class Rendered:
     notes: list[Finding] = field(default_factory=list)  # what rendering changed (a developer message as system)
 
     def spans(self, train_on: str, reasoning: bool = True) -> list[Span]:
-        """The character spans that carry loss under `train_on` (`auto` must be resolved first). An answer's think
+        """The character spans that carry loss under `train_on` (`auto` must be resolved first): under `assistant`
+        every trained message (`Turn.trained`: a message of another role with weight 1 by its content), under
+        `content` every content but those with weight 0, under `last` the final answer only. An answer's think
         block is left out when `reasoning` is False (--train-on-reasoning no); one the generation prompt holds
         (Qwen3's and SmolLM3's empty block with enable_thinking=false) is before the answer, never in it."""
         if train_on == "all":
             return [(0, len(self.text))]
         answers = [t for t in self.turns if t.answer]
         if train_on == "assistant":
-            chosen = [t for t in answers if t.trained]
+            chosen = [t for t in self.turns if t.trained]
         elif train_on == "last":
             chosen = answers[-1:] if answers and answers[-1].trained else []
         elif train_on == "content":
-            out = [t.answer if t.answer else t.content for t in self.turns if t.trained or not t.answer]
+            out = [t.answer if t.answer else t.content for t in self.turns if t.trained or (not t.answer
+                   and t.weight != 0)]
             return [s for s in out if s is not None and s[1] > s[0]]
         else:
             raise ValueError(f"unknown train_on {train_on!r}")
         spans = []
         for t in chosen:
-            a, b = t.answer  # type: ignore[misc]
+            if not t.answer:  # a message of another role with weight 1: its content
+                spans += [t.content] if t.content[1] > t.content[0] else []
+                continue
+            a, b = t.answer
             if t.think and not reasoning:
                 a = t.think[1]
             if b > a:
@@ -110,4 +122,5 @@ def cannot_render(template: str, what: str, path: str = "$.messages", *, hint: s
 
 def nothing_to_train(train_on: str) -> RowError:
     return row_error("nothing_to_train", f"no token would be trained with --train-on {train_on}", "$.messages",
-                     hint="give the conversation an assistant answer with weight 1, or choose another --train-on")
+                     hint="give the conversation a message with weight 1 (an assistant answer without a weight is "
+                     "trained), or choose another --train-on")

@@ -170,8 +170,8 @@ def check(record: Record, locs: Mapping[str, list[Loc]], paired: bool = False,
         elif not assistants:
             out.append(finding("no_assistant", "the conversation has no assistant message",
                                _list_path(locs["messages"])))
-        elif all(m.get("weight") == 0 for m in assistants):
-            out.append(finding("nothing_to_train", "every assistant message has weight 0",
+        elif all(m.get("weight") == 0 for m in assistants) and not any(m.get("weight") == 1 for m in messages):
+            out.append(finding("nothing_to_train", "every assistant message has weight 0 and no other weight 1",
                                _list_path(locs["messages"])))
         elif walk.state in ("user", "tool_done"):
             ending = "unpaired_turn" if paired else "ends_without_answer"
