@@ -310,3 +310,109 @@ def test_a_stray_nul_near_the_start_is_the_rows_finding_not_the_files(tmp_path: 
     utf16.write_bytes(b"".join(rows).decode().encode("utf-16-le"))
     done = run_prep("convert", str(utf16), "--to", "openai", "-o", str(out))
     assert done.returncode == 2 and b"UTF-16 or UTF-32 without a byte-order mark" in done.stderr
+
+
+def _repeating_rows() -> tuple[list[str], list[str]]:
+    """JSONL lines: a row repeating its top-level `messages` (the first value, A, is what JSON readers drop), one
+    repeating `role` inside a message with spaces before the colon, and clean rows whose text holds what a cheap
+    count could mistake for keys (JSON text inside strings, escaped colons, `":` in text); and the same as a .json
+    array."""
+    a = '[{"role": "user", "content": "A: lost"}, {"role": "assistant", "content": "A"}]'
+    b = '[{"role": "user", "content": "B"}, {"role": "assistant", "content": "B"}]'
+    lines = [f'{{"messages": {a}, "messages": {b}}}',
+             '{"messages": [{"role" : "system", "content": "s", "role" : "user"}, {"role": "assistant", "content": "x"}]}',
+             '{"messages": [{"role": "user", "content": "{\\"name\\": \\"f\\", \\"a\\": {\\"b\\": 1}}"}, '
+             '{"role": "assistant", "content": "a\\u003ab \\":\\" \\\\\\\\ c:d"}]}',
+             '{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], "id": "r4"}']
+    return lines, [a, b]
+
+
+def test_duplicate_keys_are_a_finding_and_the_dropped_value_is_kept_and_counted(tmp_path: Path) -> None:
+    """`{"messages": A, "messages": B}`: A once vanished, validate said nothing, `convert --strict-fields` wrote B, rc 0."""
+    import json
+
+    import prep
+
+    lines, (a, b) = _repeating_rows()
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("\n".join(lines) + "\n")
+    array = tmp_path / "rows.json"
+    array.write_text("[\n" + ",\n".join(lines) + "\n]")
+    single = tmp_path / "one.json"
+    single.write_text(lines[0])
+    for path, rows in ((jsonl, 4), (array, 4), (single, 1)):
+        out, rejects = tmp_path / f"{path.name}.out.jsonl", tmp_path / f"{path.name}.rejects.jsonl"
+        result = prep.convert(prep.Inputs([str(path)]), "openai", str(out), rejects=str(rejects))
+        repeated = 1 if rows == 1 else 2
+        assert (result.tally.read, result.tally.written, result.tally.altered) == (rows, rows, {"duplicate_key": repeated})
+        assert result.tally.dropped == ({"messages": 1} if rows == 1 else {"messages": 1, "messages[].role": 1})
+        written = [json.loads(x) for x in out.read_text().splitlines()]
+        assert written[0]["messages"] == json.loads(b)  # the last value, as every JSON reader reads it
+        kept = [json.loads(x) for x in rejects.read_text().splitlines()]
+        assert [k["reasons"][0]["code"] for k in kept] == ["duplicate_key"] * repeated and all(k["written"] for k in kept)
+        assert kept[0]["reasons"][0]["path"] == "$.messages" and kept[0]["dropped_values"] == {"messages": 1}
+        assert json.loads(b) != json.loads(a) and a in kept[0]["row"] and b in kept[0]["row"]  # A is not lost
+        if rows > 1:
+            assert kept[1]["reasons"][0]["path"] == "$.messages[0].role"
+        strict = prep.convert(prep.Inputs([str(path)], strict_fields=True), "openai", str(out))
+        assert strict.tally.written == rows - repeated and strict.tally.rejected == {"duplicate_key": repeated}
+        assert len(out.read_text().splitlines()) == rows - repeated
+        for strict_fields, severity in ((False, "warnings"), (True, "errors")):
+            report = prep.validate(prep.Inputs([str(path)], strict_fields=strict_fields)).to_dict()
+            assert report["summary"]["findings_by_code"]["duplicate_key"]["count"] == repeated, report["summary"]
+            assert report["summary"][severity] >= repeated
+            assert report["summary"]["rows_rejected"] == (repeated if strict_fields else 0)
+
+
+def test_the_cheap_duplicate_key_test_misses_no_repeated_key() -> None:
+    """The fast JSONL path sends a line to the exact pairs-aware parse only when its colons outnumber what its decoded
+    value accounts for: over random rows with spaces, escapes and colons in text, no repeated key slips past it, and
+    rows without one are not sent."""
+    import json
+    import random
+
+    import msgspec
+
+    from prep.files.jsondoc import may_repeat_keys, repeated_keys
+
+    rng = random.Random(7)
+    pieces = ["a", ":", '"', "\\", " ", "\\u003a", "é", '":', "{", "}", "x"]
+
+    def text() -> str:
+        return "".join(rng.choice(pieces) for _ in range(rng.randint(0, 6)))
+
+    def value(depth: int) -> object:
+        kind = rng.randint(0, 4 if depth < 3 else 1)
+        if kind == 0:
+            return text()
+        if kind == 1:
+            return rng.choice([1, 2.5, None, True])
+        if kind == 2:
+            return [value(depth + 1) for _ in range(rng.randint(0, 3))]
+        return {text() + str(i): value(depth + 1) for i in range(rng.randint(0, 3))}
+
+    def dumped(v: object, repeat: bool) -> str:
+        if isinstance(v, dict):
+            sep = rng.choice([":", ": ", " : ", "\t:"])
+            pairs = [f"{json.dumps(k)}{sep}{dumped(x, repeat)}" for k, x in v.items()]
+            if repeat and v:
+                pairs.insert(0, f"{json.dumps(next(iter(v)))}{sep}{json.dumps(text())}")
+            return "{" + ", ".join(pairs) + "}"
+        if isinstance(v, list):
+            return "[" + ", ".join(dumped(x, repeat) for x in v) + "]"
+        return json.dumps(v, ensure_ascii=rng.random() < 0.5)
+
+    clean = 0
+    for _ in range(3000):
+        row = {"k": value(0), "m": [value(1), {"r": text()}]}
+        repeat = rng.random() < 0.3
+        raw = dumped(row, repeat).encode()
+        decoded = msgspec.json.decode(raw)
+        if repeat:
+            assert may_repeat_keys(raw, decoded) and repeated_keys(raw.decode()) is not None, raw
+        else:
+            assert repeated_keys(raw.decode()) is None, raw
+            if b"\\u003" not in raw.lower():  # only a colon escape (or text spelling one) sends a clean row on
+                clean += 1
+                assert not may_repeat_keys(raw, decoded), raw
+    assert clean > 500

@@ -28,7 +28,7 @@ from prep.core.records import Record, kind_of, record_id, type_name
 from prep.core.result import Meter
 from prep.files.media import LIMITS, Limits
 from prep.files.write import RowWriter
-from prep.formats import detect, module, reader_options, toolcalls
+from prep.formats import Seen, detect, module, reader_options, toolcalls, unread
 
 if TYPE_CHECKING:
     from prep.checks.tokens import TokenCheck
@@ -80,9 +80,12 @@ class FileReport:
 
     def to_dict(self) -> dict[str, Any]:
         t = self.tally
-        return {"path": self.path, "role": self.role, "format": self.format, "container": self.container,
-                "bytes": self.size, "rows_read": t.read, "rows_accepted": t.written, "rows_rejected": t.rejected_total,
-                "rejected_by_reason": dict(sorted(t.rejected.items()))}
+        out = {"path": self.path, "role": self.role, "format": self.format, "container": self.container,
+               "bytes": self.size, "rows_read": t.read, "rows_accepted": t.written, "rows_rejected": t.rejected_total,
+               "rejected_by_reason": dict(sorted(t.rejected.items()))}
+        if t.dropped:  # the top-level columns no reader maps, by the rows that have them
+            out["unknown_columns"] = dict(t.dropped.most_common())
+        return out
 
 
 @dataclass
@@ -107,6 +110,8 @@ class Context:
     media_limits: Limits = LIMITS
     media_root: str | None = None  # where relative media paths are resolved (default: each file's folder)
     tool_calls: str | None = None  # the text dialect of tool calls read into tool_calls (--tool-calls)
+    strict_fields: bool = False  # a repeated key's dropped value is an error (the row rejected), not a warning
+    keep_columns: tuple[str, ...] = ()  # input columns carried (--keep-columns): not unknown
 
 
 @dataclass
@@ -171,20 +176,30 @@ class FileCheck:
             found += content.check(row, self.fmt)
             errors = _has_error(found)
         record, locs = None, None
+        seen = Seen(row)
         try:
-            record = {"id": record_id(row, source), **self.read(row, self.options)}
+            record = {"id": record_id(row, source), **self.read(seen, self.options)}
             if self.ctx.tool_calls:  # as every other verb reads the row: its calls checked as calls
                 toolcalls.read_calls(record, self.ctx.tool_calls)
         except RowError as e:
             if not errors:
                 found += [normalized(f) for f in e.findings]
         if record is not None:
+            found += self._unknown_columns(seen)
             whole = quality.all_text(record)
             self.ctx.stats.add(record, whole)
             if not errors:
                 locs = Lazy(self.fmt, row, record, self.options)
                 found += self._semantics(record, locs, whole)
         return record, _unique(found) if len(found) > 1 else found, locs
+
+    def _unknown_columns(self, row: Seen) -> list[Finding]:
+        """A warning per top-level column the format's reader does not map: convert, tokenize and the other verbs
+        drop it (counted), unless it is kept."""
+        names = [k for k in unread(row) if k not in self.ctx.keep_columns and k != "chat_template_kwargs"]
+        return [finding("unknown_column", f"the {self.fmt} reader does not read the column {show(k, 40)}: it is "
+                        "dropped (and counted) when the rows are converted or tokenized",
+                        f"$.{k}", hint=f"keep it with --keep-columns {k}, map it, or remove it") for k in names]
 
     def _structure(self, row: dict[str, Any]) -> list[Finding]:
         if not self.renames:
@@ -238,14 +253,25 @@ class FileCheck:
         out.rejects = [self._reader_reject(r) for r in batch.rejects]
         early = [f for r in out.rejects for f in r.findings]
         passed: list[tuple[Any, Record, Source, Lazy, list[Finding]]] = []
+        # Rows whose objects repeat a key: the reader read the last value and kept the row as written.
+        repeated = {r.source: r for r in batch.altered if r.reason == "duplicate_key"} if batch.altered else {}
         for row, source in zip(batch.items, batch.sources, strict=True):
             record, found, locs = self.check(row, source)
             if self.early:
                 early += self.early
                 self.early = []
             placed = [f.at(source) for f in found] if found else []
+            for f in placed:
+                if f.code == "unknown_column":  # the file's count per column, beside the findings
+                    out.dropped[f.path[2:]] += 1
+            said = repeated.get(source) if repeated else None
+            if said:
+                placed += [dataclasses.replace(f, severity=ERROR) if self.ctx.strict_fields else f
+                           for f in said.findings]
             if record is None or locs is None or _has_error(placed):
-                out.rejects.append(Reject(source, placed, row))
+                out.rejects.append(Reject(source, placed, said.row if said else row))
+                if said:  # rejected: no longer a row that went on altered
+                    out.altered = [a for a in out.altered if a.source != source]
                 early += placed
             else:
                 passed.append((row, record, source, locs, placed))

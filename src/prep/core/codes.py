@@ -54,6 +54,8 @@ CODES: dict[str, Code] = {
     "wrong_type": Code(ERROR, "structure", "give the field the type the format expects"),
     "bad_value": Code(ERROR, "structure", "use one of the allowed values"),
     "empty_value": Code(ERROR, "structure", "give this field a value or drop the row"),
+    "unknown_column": Code(WARNING, "structure", "keep it with --keep-columns, map it, or remove it; prep drops it "
+                           "(and counts it) when it converts or tokenizes the rows"),
     "unknown_key": Code(WARNING, "structure", "remove the key or rename it; prep ignores it, OpenAI and Together "
                         "reject it"),
     "wrong_kind": Code(ERROR, "structure", "give rows of the --kind asked for, or change --kind"),
@@ -167,6 +169,8 @@ CODES: dict[str, Code] = {
     # ---- readers and writers of other verbs (convert, export, tokenize, pack, mix, dedup, decontaminate)
     "too_large": Code(ERROR, "file", "split the row, or raise --max-row-bytes if rows this large are meant"),
     "too_deep": Code(ERROR, "file", "flatten the row"),
+    "duplicate_key": Code(WARNING, "file", "give each key once: merge the values or rename one; JSON readers keep "
+                          "only the last (with --strict-fields the row is rejected)"),
     "dropped_field": Code(ERROR, "structure", "map them, keep them with --keep-columns, or leave out --strict-fields"),
     "not_expressible": Code(ERROR, "stage", "convert to openai or trl, which hold every record kind but text"),
     "developer_as_system": Code(WARNING, "tokens", "use a template with a developer role to keep it apart"),

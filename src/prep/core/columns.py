@@ -33,6 +33,8 @@ COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
 # `length` are the medium's expanded token run in input_ids (for dpo/kto/prompt: in prompt_input_ids); `grid` is the
 # processor's (t, h, w) where it has one (else empty); `root` indexes the manifest's `media_roots`.
 MEDIA_COLUMN = "media"
+# Every column a shard of some kind holds: an input column carried with `--keep-columns` must be named otherwise.
+SHARD_COLUMNS = tuple(dict.fromkeys([*(name for columns in COLUMNS.values() for name, _ in columns), MEDIA_COLUMN]))
 # A table's schema metadata on its way to the shard writer: the roots its media `root` indexes, the files it names.
 MEDIA_META = b"prep.media"
 MEDIA_FIELDS = (("type", "string"), ("sha256", "string"), ("root", "int32"), ("path", "string"), ("start", "int32"),

@@ -6,10 +6,13 @@ from __future__ import annotations
 import codecs
 import json
 import re
+from collections import Counter
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
-from prep.core.findings import Finding, PrepError, Source
+import msgspec
+
+from prep.core.findings import Finding, PrepError, Source, finding
 from prep.files.streams import ENCODING_HINT, PREVIEW, UTF8_BOM, text_encoding
 
 # A top-level JSON object whose value under one of these keys is an array is a container of rows
@@ -31,7 +34,105 @@ def _no_constant(name: str) -> Any:
 
 
 STRICT_JSON = json.JSONDecoder(parse_constant=_no_constant)
-Item = tuple[Source, Any, "Finding | None"]
+
+
+class RepeatedKeys(NamedTuple):
+    """What a reader yields in place of a finding for a row whose objects repeat a key: the row goes on with the
+    last value (as every JSON reader keeps it), and this says so (`finding`, a warning), keeps the row as written
+    (`raw`, every value in it) and names the values left behind (`dropped`: field paths without indexes)."""
+
+    finding: Finding
+    raw: str
+    dropped: Counter[str]
+
+
+Item = tuple[Source, Any, "Finding | RepeatedKeys | None"]
+
+# An upper bound on the keys a row's text holds, cheap enough for every row: each key is followed by one colon
+# outside strings, so the text's colons less those inside its decoded strings and keys bound them from above. The
+# decoded value encoded again (compact, in C) holds exactly one colon per key plus those inside, so a row whose
+# text has no more colons than that repeats no key; only the others are parsed again with their pairs
+# (`repeated_keys`). A colon written as the escape \u003a is inside a decoded string but not among the text's
+# colons, so those escapes are counted in.
+_encode = msgspec.json.Encoder().encode
+
+
+def _keys_and_colons(value: Any) -> int:
+    """The keys of every object in a decoded value plus the colons in its strings and keys: what `_encode` counts,
+    for a value it cannot encode (an integer past 64 bits from a .json file)."""
+    total = 0
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        for x in (v if type(v) is list else (*v, *v.values())):
+            if type(x) is str:
+                total += x.count(":")
+            elif type(x) is dict or type(x) is list:
+                stack.append(x)
+        total += len(v) if type(v) is dict else 0
+    return total
+
+
+def may_repeat_keys(raw: str | bytes, value: Any) -> bool:
+    """Whether the text `raw`, decoded as `value`, may hold an object with a repeated key (False: it holds none);
+    the cheap test of every row, `repeated_keys` the exact one. A flat row without colons in its text stops at the
+    first count."""
+    if type(value) is dict:
+        top = len(value)
+    elif type(value) is list:
+        top = 0
+    else:
+        return False
+    data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+    colons = data.count(b":")
+    if colons <= top:
+        return False
+    if b"\\" in data:
+        colons += data.count(b"\\u003a") + data.count(b"\\u003A")
+    try:
+        return colons > _encode(value).count(b":")
+    except (msgspec.EncodeError, OverflowError, TypeError):
+        return colons > _keys_and_colons(value)
+
+
+def _pairs_walk(value: Any, repeats: dict[int, tuple[Any, Counter[str]]], path: str, shape: str,
+                out: list[tuple[str, str, str, int]]) -> None:
+    if isinstance(value, dict):
+        if id(value) in repeats:
+            out += [(path, shape, k, n) for k, n in repeats[id(value)][1].items()]
+        for k, v in value.items():
+            _pairs_walk(v, repeats, f"{path}.{k}", f"{shape}.{k}", out)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _pairs_walk(v, repeats, f"{path}[{i}]", f"{shape}[]", out)
+
+
+def repeated_keys(text: str) -> RepeatedKeys | None:
+    """The exact test, on a row `may_repeat_keys` let through: the row's text parsed again with its key/value
+    pairs, a warning naming each repeated key and the values dropped (None: no key repeats)."""
+    repeats: dict[int, tuple[Any, Counter[str]]] = {}  # the object kept too, so its id stays its own
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(items)
+        if len(obj) < len(items):
+            repeats[id(obj)] = (obj, Counter(k for k, _ in items) - Counter(obj.keys()))
+        return obj
+
+    try:
+        value = json.JSONDecoder(object_pairs_hook=pairs, parse_constant=_no_constant).decode(text)
+    except (ValueError, RecursionError):
+        return None  # the fast reader took it; what the exact one cannot read has no pairs to tell
+    if not repeats:
+        return None
+    found: list[tuple[str, str, str, int]] = []
+    _pairs_walk(value, repeats, "$", "", found)
+    path, _, key, _ = found[0]
+    total = sum(n for *_, n in found)
+    where = "the row" if path == "$" else path
+    more = f" (and {len(found) - 1} more repeated key{'s' if len(found) > 2 else ''})" if len(found) > 1 else ""
+    said = finding("duplicate_key", f"key {key!r} is given more than once in {where}{more}; the last value is read, "
+                   f"{total} earlier value{'s' if total > 1 else ''} dropped", f"{path}.{key}")
+    return RepeatedKeys(said, text, Counter({f"{shape}.{k}"[1:]: n for _, shape, k, n in found}))
 
 
 def lone_surrogate(value: Any, path: str = "$") -> Finding | None:
@@ -68,6 +169,7 @@ class JsonDocument:
         self.buf, self.pos, self.line, self.bytes, self.eof = "", 0, 1, 0, False
         self.started = False
         self.escapes = False  # whether the last value's text holds a surrogate escape
+        self.repeated: RepeatedKeys | None = None  # the last value's repeated keys
         self.escape_at = -1  # where the buffer's next "\\u" is (-1: none ahead)
 
     def _fill(self, size: int = 1 << 20) -> bool:
@@ -147,6 +249,11 @@ class JsonDocument:
                 value, end = STRICT_JSON.raw_decode(self.buf, self.pos)
                 if end < len(self.buf) or self.eof:
                     self.escapes = self._escaped(self.pos, end)
+                    self.repeated = None
+                    if type(value) is dict or type(value) is list:
+                        text = self.buf[self.pos:end]
+                        if may_repeat_keys(text, value):
+                            self.repeated = repeated_keys(text)
                     self._advance(end)
                     return value
             except ValueError as e:
@@ -190,6 +297,15 @@ class JsonDocument:
                         "fix it there or convert the file to JSONL so bad lines can be skipped")
 
 
+def _repeated_in(whole: dict[str, Any], written: list[tuple[str, Any, RepeatedKeys | None]]) -> RepeatedKeys | None:
+    """The repeated keys of a document that is one row, read pair by pair: its text rebuilt from the pairs (a
+    value with repeats of its own as written) and tested as any row is."""
+    if len(written) == len(whole) and not any(r for *_, r in written):
+        return None
+    return repeated_keys("{" + ", ".join(f"{json.dumps(k)}: {r.raw if r else json.dumps(v, ensure_ascii=False)}"
+                                         for k, v, r in written) + "}")
+
+
 def read_json(stream: IO[bytes], name: str) -> Iterator[Item]:
     doc = JsonDocument(stream, name)
     first = doc.peek()
@@ -213,7 +329,7 @@ def read_json(stream: IO[bytes], name: str) -> Iterator[Item]:
                 yield Source(name, line, row), preview, Finding(
                     "too_deep", "the value nests arrays or objects deeper than can be read", "flatten the row")
             else:
-                yield Source(name, line, row), value, lone_surrogate(value) if doc.escapes else None
+                yield Source(name, line, row), value, lone_surrogate(value) if doc.escapes else doc.repeated
             sep = _NEXT_ELEMENT.match(doc.buf, doc.pos)
             if sep and sep.end() < len(doc.buf):  # the next value starts in the buffer: skip the comma at once
                 doc._advance(sep.end())
@@ -228,6 +344,7 @@ def read_json(stream: IO[bytes], name: str) -> Iterator[Item]:
     elif first == "{":
         doc.take("{")
         whole: dict[str, Any] = {}
+        written: list[tuple[str, Any, RepeatedKeys | None]] = []  # the row's pairs as written, repeats and all
         streamed = False
         while doc.peek() != "}":
             if whole or streamed:
@@ -239,9 +356,10 @@ def read_json(stream: IO[bytes], name: str) -> Iterator[Item]:
                 yield from elements()
             else:
                 whole[key] = doc.value()
+                written.append((key, whole[key], doc.repeated))
         doc.take("}")
         if not streamed:
-            yield Source(name, 1, 1), whole, lone_surrogate(whole)
+            yield Source(name, 1, 1), whole, lone_surrogate(whole) or _repeated_in(whole, written)
     elif first:
         doc.fail("a .json file must hold an array of rows or an object")
     if doc.peek():

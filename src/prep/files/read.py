@@ -17,10 +17,19 @@ from typing import IO, Any
 
 import msgspec
 
-from prep.core.findings import Batch, Finding, PrepError, Source
+from prep.core.findings import Batch, Finding, PrepError, Reject, Source
 from prep.core.options import CONTAINERS, MAX_CONFIG_BYTES, MAX_ROW_BYTES
 from prep.files.errors import ERRNO_WORDS, looping
-from prep.files.jsondoc import STRICT_JSON, SURROGATE_ESCAPE, Item, lone_surrogate, read_json
+from prep.files.jsondoc import (
+    STRICT_JSON,
+    SURROGATE_ESCAPE,
+    Item,
+    RepeatedKeys,
+    lone_surrogate,
+    may_repeat_keys,
+    read_json,
+    repeated_keys,
+)
 from prep.files.paths import display_name, split_suffix
 from prep.files.pieces import BATCH_ROWS, Piece, piece_lines
 from prep.files.streams import (
@@ -94,11 +103,14 @@ def _read_jsonl(stream: IO[bytes], name: str, limit: int = MAX_ROW_BYTES, piece:
             continue
         row += 1
         source = Source(name, lineno, row)
-        try:  # the fast path: msgspec takes only lines json takes too, and gives the same values
-            yield source, _decode_fast(raw), None
-            continue
+        try:  # the fast path: msgspec takes only lines json takes too, and gives the same values (the last of a key)
+            value = _decode_fast(raw)
         except (msgspec.MsgspecError, RecursionError):
             pass  # the careful path below says what is wrong with the line (or takes what json takes and msgspec not)
+        else:
+            repeated = may_repeat_keys(raw, value) and repeated_keys(raw.rstrip(b"\r\n").decode("utf-8"))
+            yield source, value, repeated or None
+            continue
         text, bad = decoded(raw.rstrip(b"\r\n"), start, f"line {lineno}")
         if bad:
             yield source, text, bad
@@ -115,7 +127,8 @@ def _read_jsonl(stream: IO[bytes], name: str, limit: int = MAX_ROW_BYTES, piece:
                 "bad_json", f"line is not valid JSON: {msg}", "fix or remove the line; each line must hold one JSON object")
             continue
         escaped = b"\\u" in raw and SURROGATE_ESCAPE.search(text)  # bytes first: a faster search than in text
-        yield source, value, lone_surrogate(value) if escaped else None
+        yield source, value, (lone_surrogate(value) if escaped else None) or (
+            repeated_keys(text) if may_repeat_keys(raw, value) else None)
 
 
 def _read_csv(stream: IO[bytes], name: str, delimiter: str, limit: int = MAX_ROW_BYTES) -> Iterator[Item]:
@@ -310,10 +323,14 @@ def read_rows(path: str, container: str | None = None, txt_split: str = "file",
         batch: Batch[Any] = Batch()
         try:
             for source, value, finding in items:
-                if finding:
-                    batch.reject(source, [finding], value)
-                else:
+                if finding is None:
                     batch.add(value, source)
+                elif isinstance(finding, RepeatedKeys):  # the row goes on, the values left behind are kept and said
+                    batch.add(value, source)
+                    batch.altered.append(Reject(source, [finding.finding.at(source)], finding.raw,
+                                                {"dropped_values": dict(finding.dropped)}))
+                else:
+                    batch.reject(source, [finding], value)
                 if len(batch.items) + len(batch.rejects) >= batch_rows:
                     yield batch
                     batch = Batch()

@@ -6,11 +6,11 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import ModuleType
 from typing import Any
 
-from prep.core.findings import Batch, PrepError, Source, per_row, row_error
+from prep.core.findings import Batch, PrepError, Reject, Source, per_row, row_error
 from prep.core.options import MAX_ROW_BYTES
 from prep.core.records import Record, collecting, json_value, not_expressible, record_id, split_think
 from prep.files.media_out import MediaOut
@@ -72,7 +72,7 @@ class Fields:
     tool_calls: str | None = None
 
 
-class _Seen(dict):  # type: ignore[type-arg]
+class Seen(dict):  # type: ignore[type-arg]
     """A row that remembers which of its keys the reader looked at: the others were not mapped."""
 
     __slots__ = ("seen",)
@@ -118,6 +118,13 @@ def _dropped_stage(fn: Any, fields: Fields) -> Any:
     return stage
 
 
+def unread(row: Seen) -> list[str]:
+    """The keys of a row its reader never looked at (a null one is absent: Arrow fills absent fields with null)."""
+    if len(row) <= len(row.seen) and row.seen.issuperset(row):
+        return []
+    return [k for k, v in row.items() if k not in row.seen and v is not None]
+
+
 def to_records(batches: Iterable[Batch[Any]], fmt: str, options: Any,
                fields: Fields = Fields()) -> Iterator[Batch[Record]]:
     """Stage: raw rows -> canonical records; a row the reader refuses becomes a reject, and every field the reader
@@ -127,7 +134,7 @@ def to_records(batches: Iterable[Batch[Any]], fmt: str, options: Any,
     def one(row: Any, source: Source) -> tuple[Record, list[str]]:
         if not isinstance(row, dict):
             return {"id": record_id(row, source), **read(row, options)}, []
-        seen = _Seen(row)
+        seen = Seen(row)
         record, dropped = collecting(read, seen, options)
         record = {"id": record_id(row, source), **record}
         if row.get("chat_template_kwargs") is not None and ("messages" in record or "prompt" in record):
@@ -136,15 +143,46 @@ def to_records(batches: Iterable[Batch[Any]], fmt: str, options: Any,
         if fields.keep and (kept := {k: row[k] for k in fields.keep if row.get(k) is not None}):
             record["columns"] = kept
             seen.seen.update(kept)
-        if len(row) > len(seen.seen) or not seen.seen.issuperset(row):
-            dropped += [k for k in row if k not in seen.seen and row[k] is not None]
+        dropped += unread(seen)
         if fields.tool_calls:
             toolcalls.read_calls(record, fields.tool_calls)
         if fields.split_think:
             _split_think(record)
         return record, dropped
 
-    return map(_dropped_stage(one, fields), batches)
+    return map(repeated_keys(fields.strict), map(_dropped_stage(one, fields), batches))
+
+
+def repeated_keys(strict: bool) -> Callable[[Batch[Any]], Batch[Any]]:
+    """A batch stage for the rows whose objects repeat a key (the reader's `duplicate_key` alterations): the values
+    left behind are counted as dropped fields, or with `strict` the row is rejected; a row rejected for another
+    reason carries the finding too, and is no longer counted as altered."""
+
+    def stage(batch: Batch[Any]) -> Batch[Any]:
+        if not batch.altered:
+            return batch
+        repeated = {r.source: r for r in batch.altered if r.reason == "duplicate_key"}
+        if not repeated:
+            return batch
+        batch.altered = [r for r in batch.altered if r.source not in repeated]
+        for reject in batch.rejects:
+            if (r := repeated.pop(reject.source, None)) is not None:
+                reject.findings += r.findings
+        if not strict:
+            for r in repeated.values():
+                batch.dropped.update(r.details["dropped_values"])
+                batch.altered.append(r)
+            return batch
+        out: Batch[Any] = batch.carry()
+        for item, source in zip(batch.items, batch.sources, strict=True):
+            if (r := repeated.get(source)) is not None:
+                out.rejects.append(Reject(source, [dataclasses.replace(f, severity="error") for f in r.findings],
+                                          r.row, r.details))
+            else:
+                out.add(item, source)
+        return out
+
+    return stage
 
 
 def _split_think(record: Record) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from itertools import chain
 from typing import Any
 
+from prep.core.columns import SHARD_COLUMNS
 from prep.core.findings import Batch, PrepError
 from prep.core.options import INPUTS, MAX_ROW_BYTES, SETTINGS, check
 from prep.core.records import Record
@@ -49,6 +50,10 @@ class Inputs:
                          "seed": self.seed, "max_row_bytes": self.max_row_bytes, "keep_columns": list(self.keep_columns),
                          "strict_fields": self.strict_fields, "split_think": self.split_think, "tool_calls": self.tool_calls,
                          "media_root": self.media_root, **self.settings})
+        if clash := [c for c in self.fields.keep if c in SHARD_COLUMNS]:
+            raise PrepError(f"--keep-columns {', '.join(clash)}: a shard column has that name, so the input column "
+                            f"could not be carried beside it; rename the column in the input (shard columns: "
+                            f"{', '.join(SHARD_COLUMNS)})")
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any]) -> Inputs:

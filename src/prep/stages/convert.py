@@ -16,6 +16,7 @@ from prep.files.write import RowWriter
 from prep.formats import from_records, make_options
 from prep.formats.inputs import Inputs, Part, plan_inputs, read_inputs, read_part
 from prep.stages.engine import Engine, Ran, parts_wanted, run_parts
+from prep.stages.record_writer import keep_rejects
 
 
 @dataclass
@@ -79,8 +80,7 @@ def convert(inputs: Inputs, to: str, output: str = "-", *, rejects: str | None =
         for batch in rows:
             out.write(batch.items)
             batch.rejects.sort(key=lambda r: r.source.row)  # unreadable lines first otherwise: keep file order
-            if bad:
-                bad.write(r.to_dict() for r in batch.rejects)
+            keep_rejects(batch, bad)  # with the rows that went on altered
             result.tally.count(batch)
             count_by_file(batch, result.files)
             meter.add(len(batch.items) + len(batch.rejects))

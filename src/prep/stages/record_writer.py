@@ -44,10 +44,11 @@ class Removes:
 
 
 def keep_rejects(batch: Batch[Any], rejects: RowWriter | None) -> None:
-    """A batch's rejects into the rejects file (if any), in file order."""
-    if rejects and batch.rejects:
+    """A batch's rejects into the rejects file (if any), in file order, and after them the rows that went on
+    altered (`"written": true`: a repeated key's row as written, the values the output lacks in it)."""
+    if rejects and (batch.rejects or batch.altered):
         batch.rejects.sort(key=lambda r: (r.source.file, r.source.row))
-        rejects.write(r.to_dict() for r in batch.rejects)
+        rejects.write([r.to_dict() for r in batch.rejects] + [a.to_dict(written=True) for a in batch.altered])
 
 
 def open_rejects(stack: contextlib.ExitStack, rejects: str | None, *outputs: str, at: str | None = None

@@ -28,7 +28,6 @@ from prep.checks import bytescan
 from prep.checks.dataset_stats import Stats
 from prep.checks.filecheck import MAX_CHARS, MAX_FINDINGS, Checked, Context, FileCheck, FileReport, Findings
 from prep.checks.rules import quality
-from prep.core.codes import CODES
 from prep.core.findings import Batch, Finding, PrepError, Reject, Source, finding
 from prep.core.options import DEFAULT_DATE, MAX_MEDIA_BYTES, MAX_MEDIA_PIXELS, MAX_MEDIA_SECONDS, checked
 from prep.core.result import Meter, ProgressFn, Result, outputs
@@ -94,7 +93,7 @@ class Report(Result):
             "summary": {
                 "files": len(self.files), "rows_read": self.rows_read, "rows_accepted": self.rows_accepted,
                 "rows_rejected": self.rows_rejected, "errors": f.errors, "warnings": f.warnings,
-                "findings_by_code": {code: {"severity": CODES[code].severity, "count": n}
+                "findings_by_code": {code: {"severity": f.examples[code][0].severity, "count": n}
                                      for code, n in sorted(f.counts.items())},
                 "findings_stored": len(f.stored), "findings_total": f.total,
             },
@@ -151,7 +150,8 @@ def validate(inputs: Inputs, *, validation: Sequence[str] = (), kind: str | None
     ctx = Context(inputs.format, kind, dict(inputs.settings), inputs.container, inputs.txt_split, min_rows, max_chars,
                   Findings(max_findings), meter=Meter(progress), max_row_bytes=inputs.max_row_bytes,
                   media_limits=Limits(max_media_pixels, max_media_bytes, max_media_seconds),
-                  media_root=inputs.media_root, tool_calls=inputs.tool_calls)
+                  media_root=inputs.media_root, tool_calls=inputs.tool_calls, strict_fields=inputs.strict_fields,
+                  keep_columns=inputs.fields.keep)
     if tokenizer is not None:
         from prep.checks.tokens import TokenCheck  # noqa: PLC0415 - start-up time: Arrow and numpy only to count tokens
 

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from prep.core.codes import CODES, ERROR
+from prep.core.codes import ERROR
 from prep.core.findings import Finding
 from prep.files.atomic import write_text_atomic
 from prep.stages.validate import Report
@@ -33,10 +33,10 @@ def table(report: Report) -> Table:
                         ("first finding / what to do", "")):
         t.add_column(name, style=style, justify="right" if name == "count" else "left", overflow="fold")
     counts = report.findings.counts
-    order = sorted(counts, key=lambda c: (CODES[c].severity != ERROR, -counts[c], c))
+    order = sorted(counts, key=lambda c: (report.findings.examples[c][0].severity != ERROR, -counts[c], c))
     for code in order:
         shown = report.findings.examples[code]
-        severity = CODES[code].severity
+        severity = shown[0].severity  # the code's, unless the run made it stricter (--strict-fields: duplicate_key)
         lines = ", ".join(_where(f, single) for f in shown[:SHOW_LINES])
         if counts[code] > len(shown[:SHOW_LINES]):
             lines += ", …"
@@ -72,6 +72,10 @@ def summary_lines(report: Report) -> list[str]:
         if files > 1 or fr.role != "train":
             lines.append(f"  {fr.path}: {fr.format or '?'} ({fr.role}), {fr.tally.read:,} rows, "
                          f"{fr.tally.rejected_total:,} rejected")
+    for fr in report.files:
+        if fr.tally.dropped:
+            lines.append(f"columns no reader maps (dropped unless --keep-columns){f' in {fr.path}' if files > 1 else ''}"
+                         ": " + ", ".join(f"{name} {n:,} rows" for name, n in fr.tally.dropped.most_common()))
     stats = report.stats.to_dict()
     kinds = ", ".join(f"{k} {n:,}" for k, n in stats["rows_by_kind"].items())
     if kinds:
