@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow.compute as pc
+import pytest
 
 import prep
 from conftest import SAMPLES, fixture, run_prep
@@ -271,3 +272,46 @@ def test_an_unknown_role_reads_the_same_in_validate_and_dedup(tmp_path: Path) ->
     said = [{k: r["reasons"][0][k] for k in ("code", "message", "hint", "path")} for r in (validated, deduped)]
     assert said[0] == said[1] == {"code": "bad_role", "message": 'unknown role "human"', "path": "$.messages[0].role",
                                   "hint": "use one of system, developer, user, assistant, tool, function"}
+
+
+def test_decontaminate_compares_every_text_field_and_short_answers_whole(tmp_path: Path) -> None:
+    """Four training rows whose answers are benchmark answers once all passed (0 of 4 dropped): only the question was
+    compared, and with --field answer the short fourth was skipped as "shorter than the n-gram"."""
+    rows = alpaca_chats()[:40]
+    bench = [{"question": "Which gas do plants take in to make their food?", "choices": ["Oxygen", "Carbon dioxide"],
+              "answer": "Plants take in carbon dioxide from the air and with sunlight and water turn it into sugar."},
+             {"question": "Who wrote Hamlet?", "answer": "William Shakespeare wrote the tragedy Hamlet around 1600, "
+                                                         "in London, for the Globe theatre company."},
+             {"question": "What is the largest planet?", "answer": "Jupiter is the largest planet of our solar system "
+                                                                   "by mass and by volume, by far."},
+             {"question": "How do plants make food?", "answer": "By photosynthesis in their green leaves.",
+              "meta": {"source": "the third chapter of the school textbook", "id": 7}}]
+    planted = {}
+    for k, item in zip((3, 11, 25, 38), bench, strict=True):
+        rows[k] = chat(rows[k]["messages"][0]["content"], item["answer"])
+        planted[k + 1] = bench.index(item) + 1
+    rows.append(chat("Tell me about Oxygen.", "Oxygen is a gas."))  # a one-word choice is too short to look for
+    rows.append(chat("Which chapter?", "It was in the third chapter of the school textbook."))  # a nested text, whole
+    planted[len(rows)] = 4
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    benchmark = write_jsonl(tmp_path / "bench.jsonl", bench)
+    result = prep.decontaminate(prep.Inputs([str(train)]), str(tmp_path / "clean.jsonl"), against=[str(benchmark)],
+                                rejects=str(tmp_path / "hits.jsonl"))
+    hits = lines(tmp_path / "hits.jsonl")
+    assert {h["row_number"]: h["benchmark"]["line"] for h in hits} == planted
+    assert [h["benchmark"]["whole"] for h in hits] == [False, False, False, True, True]
+    assert hits[3]["benchmark"]["ngram"] == "by photosynthesis in their green leaves"
+    assert len(lines(tmp_path / "clean.jsonl")) == len(rows) - 5
+    (entry,) = result.benchmarks
+    assert {k: entry[k] for k in ("items", "texts", "texts_ngrams", "texts_whole", "texts_too_short", "hits",
+                                  "hits_whole")} == {"items": 4, "texts": 11, "texts_ngrams": 3, "texts_whole": 5,
+                                                     "texts_too_short": 3, "hits": 5, "hits_whole": 2}
+    narrowed = prep.decontaminate(prep.Inputs([str(train)]), str(tmp_path / "q.jsonl"), against=[str(benchmark)],
+                                  field="question")
+    assert narrowed.tally.rejected_total == 0 and narrowed.benchmarks[0]["texts"] == 4
+    floor = prep.decontaminate(prep.Inputs([str(train)]), str(tmp_path / "f.jsonl"), against=[str(benchmark)],
+                               field="answer", min_item_tokens=7)
+    assert floor.tally.rejected_total == 3 and floor.benchmarks[0]["texts_too_short"] == 1
+    with pytest.raises(PrepError, match="--min-item-tokens 0: must be an integer of at least 1"):
+        prep.decontaminate(prep.Inputs([str(train)]), str(tmp_path / "f.jsonl"), against=[str(benchmark)],
+                           min_item_tokens=0)

@@ -392,10 +392,13 @@ SPLIT = (
 DECONTAMINATE = (
     Option("against", multiple=True, required=True, path="file", recipe=True,
            help="A benchmark file (.jsonl .json .parquet .csv ...; repeatable)."),
-    Option("field", recipe=True, help="The benchmark rows' text field (default: the first of text, question, "
-                                      "prompt, problem, input, instruction, query that a row has)."),
+    Option("field", recipe=True, help="The benchmark rows' text fields to compare, e.g. question or question,answer "
+                                      "(default: every text field of an item: question, answer, each choice...)."),
     Option("ngram", int, 13, "Tokens per n-gram (a word; a character in scripts written without spaces).", low=1,
            recipe=True),
+    Option("min_item_tokens", int, 5, "A benchmark text shorter than --ngram tokens is looked for whole (all its "
+                                      "tokens in a row, in one turn) when it has at least this many tokens; shorter "
+                                      "ones are counted and left out.", low=1, recipe=True),
     Option("output", required=True, flags=("-o", "--output"), help="The rows kept (.jsonl .json .parquet ...)."),
     Option("rejects", help="Keep each dropped row with the benchmark file, line and n-gram (JSONL).", path="file"),
     *_COMPARE,

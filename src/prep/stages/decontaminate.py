@@ -22,10 +22,8 @@ from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files.read import read_rows
 from prep.formats.inputs import Inputs, read_inputs
 from prep.overlap.ngrams import NgramIndex
-from prep.overlap.text import Compare, compared, normalize
+from prep.overlap.text import Compare, compared, normalize, tokens
 from prep.stages.record_writer import RecordsOut, Removes, open_rejects
-
-TEXT_FIELDS = ("text", "question", "prompt", "problem", "input", "instruction", "query")
 
 
 @dataclass
@@ -42,57 +40,74 @@ class DecontaminateResult(Removes, Result):
         return f"{self.tally.summary()} (hits {hits})"
 
     def breakdown(self) -> list[str]:
-        return [f"{b['file']}: {b['items']} items, {b['hits']} rows dropped"
-                + (f", {b['shorter_than_ngram']} items shorter than the n-gram" if b["shorter_than_ngram"] else "")
+        return [f"{b['file']}: {b['items']} items ({b['texts']} texts: {b['texts_ngrams']} by n-grams, "
+                f"{b['texts_whole']} shorter than the n-gram looked for whole, {b['texts_too_short']} too short to "
+                f"look for), {b['hits']} rows dropped ({b['hits_whole']} by a whole short text)"
                 + (f", {b['skipped']} rows without text" if b["skipped"] else "") for b in self.benchmarks]
 
 
-def load_benchmarks(paths: Sequence[str], text_field: str | None, n: int, compare: Compare) -> tuple[
-        NgramIndex, list[dict[str, Any]]]:
-    """The n-gram index of every benchmark item, and per benchmark: items, items shorter than n tokens, rows
-    without the text field (or unreadable)."""
-    index = NgramIndex(n)
+def load_benchmarks(paths: Sequence[str], text_field: str | None, n: int, compare: Compare,
+                    floor: int | None = None) -> tuple[NgramIndex, list[dict[str, Any]]]:
+    """The index of every text of every benchmark item (each of its text fields, or `text_field`'s): its n-grams,
+    or, shorter than n tokens and at least `floor`, the whole text. Per benchmark: items, texts and how each was
+    indexed, rows without text (or unreadable)."""
+    index = NgramIndex(n, floor)
     stats = []
+    names = [f.strip() for f in text_field.split(",") if f.strip()] if text_field else None
     for path in paths:
-        entry = {"file": path, "items": 0, "shorter_than_ngram": 0, "skipped": 0, "hits": 0}
+        entry = {"file": path, "items": 0, "texts": 0, "texts_ngrams": 0, "texts_whole": 0, "texts_too_short": 0,
+                 "skipped": 0, "hits": 0, "hits_whole": 0}
         for batch in read_rows(path):
             entry["skipped"] += len(batch.rejects)
             for row, source in zip(batch.items, batch.sources, strict=True):
-                text = _text(row, text_field)
-                if text is None:
+                texts = _texts(row, names)
+                if not texts:
                     entry["skipped"] += 1
                     continue
                 entry["items"] += 1
-                if not index.add(normalize(text, compare), (path, source.line)):
-                    entry["shorter_than_ngram"] += 1
-        if not entry["items"]:
-            where = f"field {text_field!r}" if text_field else f"any of the fields {', '.join(TEXT_FIELDS)}"
-            raise PrepError(f"{path}: no benchmark row has {where} as text; name the field with --field")
+                for text in texts:
+                    kind = index.add(normalize(text, compare), (path, source.line))
+                    entry["texts"] += 1
+                    entry["texts_" + ("too_short" if kind == "short" else kind)] += 1
+        if not entry["texts_ngrams"] + entry["texts_whole"]:
+            where = f"field {text_field!r}" if text_field else "any text field"
+            raise PrepError(f"{path}: no benchmark row has {where} with at least {index.floor} tokens; name the "
+                            "text field with --field, or lower --min-item-tokens")
         stats.append(entry)
     return index, stats
 
 
-def _text(row: Any, text_field: str | None) -> str | None:
+def _texts(row: Any, names: list[str] | None) -> list[str]:
+    """The texts of a benchmark item: every string in it (question, answer, each choice, nested ones), or those of
+    the fields `names`."""
     if not isinstance(row, dict):
-        return None
-    for name in (text_field,) if text_field else TEXT_FIELDS:
-        if isinstance(row.get(name), str):
-            return row[name]
-    return None
+        return []
+    out: list[str] = []
+    stack: list[Any] = [row[k] for k in names if k in row] if names else [row]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            out.append(value)
+        elif isinstance(value, dict):
+            stack += value.values()
+        elif isinstance(value, list):
+            stack += value
+    return out
 
 
 @checked("decontaminate")
 def decontaminate(inputs: Inputs, output: str, *, against: Sequence[str], field: str | None = None,
-                  ngram: int = 13, rejects: str | None = None, fields: str = "all", nfkc: bool = True,
-                  ignore_case: bool = True, ignore_space: bool = True, to: str = "trl",
+                  ngram: int = 13, min_item_tokens: int = 5, rejects: str | None = None, fields: str = "all",
+                  nfkc: bool = True, ignore_case: bool = True, ignore_space: bool = True, to: str = "trl",
                   progress: ProgressFn | None = None) -> DecontaminateResult:
-    """Write the rows of `inputs` that share no `ngram`-gram with an item of the `against` benchmarks."""
+    """Write the rows of `inputs` that share no `ngram`-gram with a text of an item of the `against` benchmarks,
+    nor hold whole a text of one shorter than that (of at least `min_item_tokens` tokens)."""
     if not against:
         raise PrepError("--against: give at least one benchmark file")
     compare = Compare(fields, nfkc, ignore_case, ignore_space)
-    index, stats = load_benchmarks(against, field, ngram, compare)
+    index, stats = load_benchmarks(against, field, ngram, compare, min_item_tokens)
     result = DecontaminateResult(outputs=outputs(output=output, rejects=rejects), benchmarks=stats)
-    hits: Counter[str] = Counter()
+    hits: Counter[tuple[str, bool]] = Counter()
     meter = Meter(progress)
     meter.start()
     with contextlib.ExitStack() as stack:
@@ -101,12 +116,15 @@ def decontaminate(inputs: Inputs, output: str, *, against: Sequence[str], field:
             out.write(_drop(batch, index, compare, ngram, hits))
             meter.add(len(batch.items) + len(batch.rejects))
     for entry in stats:
-        entry["hits"] = hits[entry["file"]]
+        entry["hits_whole"] = hits[entry["file"], True]
+        entry["hits"] = hits[entry["file"], False] + entry["hits_whole"]
     return result
 
 
-def _drop(batch: Batch[Record], index: NgramIndex, compare: Compare, n: int, hits: Counter[str]) -> Batch[Record]:
-    """The per-batch step: rows holding a benchmark n-gram become rejects naming it."""
+def _drop(batch: Batch[Record], index: NgramIndex, compare: Compare, n: int,
+          hits: Counter[tuple[str, bool]]) -> Batch[Record]:
+    """The per-batch step: rows holding a benchmark n-gram (or a short benchmark text whole) become rejects naming
+    it."""
     out: Batch[Record] = batch.carry()
     found = index.find([compared(r, compare) for r in batch.items])
     for record, source, match in zip(batch.items, batch.sources, found, strict=True):
@@ -114,8 +132,10 @@ def _drop(batch: Batch[Record], index: NgramIndex, compare: Compare, n: int, hit
             out.add(record, source)
             continue
         gram, (bench, line) = match
-        hits[bench] += 1
-        why = finding("contaminated", f"the row shares the {n}-gram \"{gram}\" with {bench}:{line}")
+        whole = len(tokens(gram)) < n
+        hits[bench, whole] += 1
+        why = finding("contaminated", f"the row holds the whole text \"{gram}\" of {bench}:{line}" if whole else
+                      f"the row shares the {n}-gram \"{gram}\" with {bench}:{line}")
         out.rejects.append(Reject(source, [why.at(source)], record,
-                                  {"benchmark": {"file": bench, "line": line, "ngram": gram}}))
+                                  {"benchmark": {"file": bench, "line": line, "ngram": gram, "whole": whole}}))
     return out
