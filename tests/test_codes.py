@@ -15,7 +15,8 @@ SRC = Path(prep.__file__).parent
 # What makes a finding, and which positional argument is its code (verify's and the conversation walk's
 # `add_finding` take the code first too; verify's `_report_rows` after the result and the mask; files.media's
 # `_Failure`, a finding before the item it is about is known).
-_MAKERS = {"finding": 0, "row_error": 0, "Finding": 0, "add_finding": 0, "_report_rows": 2, "_Failure": 0}
+_MAKERS = {"finding": 0, "row_error": 0, "Finding": 0, "add_finding": 0, "_report_rows": 2, "_Failure": 0,
+           "Mismatch": 0}
 
 # Modules whose codes are data: the schema checker's come from the JSON Schemas (read by _schema_codes).
 _DATA = {"checks/schemas.py"}

@@ -18,6 +18,7 @@ from prep.core.findings import PrepError
 from prep.formats.inputs import Inputs
 from prep.shards.layout import read_manifest
 from prep.shards.reader import iter_tables
+from prep.shards.verify import verify
 from prep.stages.pack import pack
 from prep.stages.tokenize import tokenize
 
@@ -413,6 +414,20 @@ def test_attn_implementation_reaches_the_model(root: Path, model: str, shards: d
         done = CliRunner().invoke(main, ["train", shards["packed"], "--model", model, "-o", str(root / "flash"),
                                          "--attn-implementation", "flash_attention_2"])
         assert done.exit_code == 2 and "--attn-implementation flash_attention_2" in done.output, done.output
+
+
+def test_the_adapter_and_the_merged_model_serve_as_trained(lora: dict, shards: dict) -> None:
+    """Both folders carry the shards' built-in chatml (as its jinja form) and stop on <|im_end|>: transformers
+    renders every sample conversation from them alone to the shards' ids."""
+    for folder in (lora["output"], lora["merged"]):
+        result = verify(shards["unpacked"], serving=folder)
+        assert result.ok, [str(f) for f in result.findings]
+        assert result.serving["rows"] == read_manifest(shards["unpacked"])["counts"]["rows"]
+    generation = json.loads((Path(lora["merged"]) / "generation_config.json").read_text(encoding="utf-8"))
+    assert 2 in generation["eos_token_id"]  # <|im_end|>
+    assert read_manifest(shards["unpacked"])["template"]["name"] == "chatml"
+    assert (Path(lora["merged"]) / "chat_template.jinja").read_text(encoding="utf-8") == \
+        read_manifest(shards["unpacked"])["template"]["chat_template"]
 
 
 def test_a_failed_merge_keeps_the_report_and_the_adapter(model: str, shards: dict, tmp_path: Path) -> None:

@@ -183,6 +183,13 @@ CODES: dict[str, Code] = {
     "not_sampled": Code(INFO, "stage", "ask for more of this source (SRC:N, SRC:xK) to keep more of its rows"),
     # ---- shard folders (`prep verify`; its too_long and count_mismatch are the codes above, with REBUILD)
     "bad_manifest": Code(ERROR, "shards", REBUILD),
+    # ---- a model folder against the shards it was trained on (`prep verify --serving`)
+    "serving_mismatch": Code(ERROR, "shards", "save the model with prep train from these shards (it writes their "
+                             "template, with the template arguments as defaults), or tokenize with the model's template"),
+    "serving_no_stop": Code(ERROR, "shards", "add the end-of-turn id to generation_config.json's eos_token_id (prep "
+                            "train writes it), or pass it as a stop token to the server"),
+    "serving_input_changed": Code(ERROR, "shards", "run verify --serving where the inputs the shards were made from "
+                                  "are, unchanged (their paths as tokenize was given them)"),
     "unlisted_file": Code(WARNING, "shards", REBUILD),
     "missing_shard": Code(ERROR, "shards", REBUILD),
     "size_mismatch": Code(ERROR, "shards", REBUILD),

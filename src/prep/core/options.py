@@ -406,7 +406,14 @@ DECONTAMINATE = (
     _QUIET,
 )
 
-VERIFY = (Option("quiet", bool, False, "Print only the findings.", flags=("-q", "--quiet")),)
+VERIFY = (
+    Option("quiet", bool, False, "Print only the findings.", flags=("-q", "--quiet")),
+    Option("serving", path="existing-folder",
+           help="A model folder prep train wrote (adapter, model or merged): render --sample rows of SHARDS from it "
+                "alone with transformers, as a server would, and report each row whose ids differ from the shards' "
+                "and a generation_config.json that does not stop on the trained end-of-turn token."),
+    Option("sample", int, 100, "Rows --serving renders, spread evenly over the shards.", low=1),
+)
 
 INSPECT = (
     Option("row", int, 0, "Row to show (0-based).", low=0),

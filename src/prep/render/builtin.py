@@ -123,6 +123,16 @@ class Template:
     def build(self, w: _Writer, messages: Sequence[Message], tools: list[dict[str, Any]] | None) -> None:
         raise NotImplementedError
 
+    def jinja(self) -> str:
+        """The same template as jinja for `apply_chat_template` (what a served model carries, design §6): the
+        same text for every conversation `render` takes, with this tokenizer's BOS and EOS written in, reasoning
+        folded into the answer and a developer message in the system slot as `render` does; with
+        `add_generation_prompt`, the text up to where an answer starts."""
+        return _MACROS + self.body()
+
+    def body(self) -> str:
+        raise NotImplementedError
+
     def start(self, w: _Writer) -> None:
         """BOS first, for templates that take it from the tokenizer's own behaviour on plain text."""
         if self.adds_bos and self.bos:
@@ -165,6 +175,30 @@ class ChatML(Template):
     summary = "<|im_start|>role … <|im_end|> (Qwen2.5, Yi, Hermes); tool calls as Qwen's <tool_call> JSON"
     eot = "<|im_end|>"
     tools = True
+
+    def body(self) -> str:
+        return ("{%- set sys = messages and messages[0].role in ['system', 'developer'] -%}"
+                "{%- if tools -%}{{- '<|im_start|>system\\n' -}}"
+                "{%- if sys -%}{{- messages[0].content ~ '\\n\\n' -}}{%- endif -%}"
+                "{{- " + _q(TOOLS_HEAD) + " -}}{%- for t in tools -%}{{- '\\n' ~ (t | tojson) -}}{%- endfor -%}"
+                "{{- " + _q(TOOLS_TAIL + "<|im_end|>\n") + " -}}"
+                "{%- elif sys -%}{{- '<|im_start|>system\\n' ~ messages[0].content ~ '<|im_end|>\\n' -}}{%- endif -%}"
+                "{%- for m in messages -%}{%- if not (loop.first and sys) -%}"
+                "{%- if m.role == 'assistant' -%}{%- set c = _c(m) -%}{{- '<|im_start|>assistant\\n' -}}"
+                "{%- if c or not m.tool_calls -%}{{- c -}}{%- endif -%}"
+                "{%- for call in m.tool_calls or [] -%}{%- if not loop.first or c -%}{{- '\\n' -}}{%- endif -%}"
+                "{%- set f = call.function if call.function is defined else call -%}"
+                "{%- set args = f.arguments if f.arguments is defined else {} -%}"
+                "{{- '<tool_call>\\n{\"name\": \"' ~ f.name ~ '\", \"arguments\": ' ~ "
+                "(args if args is string else args | tojson) ~ '}\\n</tool_call>' -}}{%- endfor -%}"
+                "{{- '<|im_end|>\\n' -}}"
+                "{%- elif m.role == 'tool' -%}"
+                "{%- if loop.first or loop.previtem.role != 'tool' -%}{{- '<|im_start|>user' -}}{%- endif -%}"
+                "{{- '\\n<tool_response>\\n' ~ m.content ~ '\\n</tool_response>' -}}"
+                "{%- if loop.last or loop.nextitem.role != 'tool' -%}{{- '<|im_end|>\\n' -}}{%- endif -%}"
+                "{%- else -%}{{- '<|im_start|>' ~ _r(m) ~ '\\n' ~ m.content ~ '<|im_end|>\\n' -}}{%- endif -%}"
+                "{%- endif -%}{%- endfor -%}"
+                "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}")
 
     def build(self, w: _Writer, messages: Sequence[Message], tools: list[dict[str, Any]] | None) -> None:
         first_system = bool(messages) and messages[0]["role"] == "system"
@@ -215,6 +249,13 @@ class Llama3(Template):
     eot = "<|eot_id|>"
     default_bos = "<|begin_of_text|>"
 
+    def body(self) -> str:
+        return ("{{- " + _q(self.bos or "") + " -}}{%- for m in messages -%}"
+                "{{- '<|start_header_id|>' ~ _r(m) ~ '<|end_header_id|>\\n\\n' ~ (_c(m) | trim) ~ '<|eot_id|>' -}}"
+                "{%- endfor -%}"
+                "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}"
+                "{%- endif -%}")
+
     def build(self, w: _Writer, messages: Sequence[Message], tools: list[dict[str, Any]] | None) -> None:
         if self.bos:
             w.lit(self.bos)
@@ -233,6 +274,15 @@ class Llama2(Template):
     eot = "{eos}"
     alternate = True
     default_bos, default_eos = "<s>", "</s>"
+
+    def body(self) -> str:
+        return (_SYSTEM + "{%- for m in rest -%}{%- if m.role == 'assistant' -%}"
+                "{{- ' ' ~ (_c(m) | trim) ~ ' ' ~ " + _q(self.eos or "") + " -}}{%- else -%}"
+                "{{- " + _q(self.bos or "") + " ~ '[INST] ' -}}"
+                "{%- if loop.first and system is not none -%}{%- set user = m.content.rstrip() -%}"
+                "{{- '<<SYS>>\\n' ~ system ~ ('\\n<</SYS>>\\n\\n' if user else '\\n<</SYS>>') ~ user -}}"
+                "{%- else -%}{{- m.content | trim -}}{%- endif -%}{{- ' [/INST]' -}}{%- endif -%}{%- endfor -%}"
+                "{%- if add_generation_prompt -%}{{- ' ' -}}{%- endif -%}")
 
     def build(self, w: _Writer, messages: Sequence[Message], tools: list[dict[str, Any]] | None) -> None:
         system, rest = _split_system(self.name, messages)
@@ -261,6 +311,13 @@ class Mistral(Template):
     alternate = True
     default_bos, default_eos = "<s>", "</s>"
 
+    def body(self) -> str:
+        return (_SYSTEM + "{{- " + _q(self.bos or "") + " -}}{%- for m in rest -%}{%- if m.role == 'assistant' -%}"
+                "{{- ' ' ~ (_c(m) | trim) ~ " + _q(self.eos or "") + " -}}{%- else -%}{{- '[INST] ' -}}"
+                "{%- if loop.first and system is not none -%}{{- system ~ '\\n\\n' -}}{%- endif -%}"
+                "{{- m.content ~ '[/INST]' -}}{%- endif -%}{%- endfor -%}"
+                "{%- if add_generation_prompt -%}{{- ' ' -}}{%- endif -%}")
+
     def build(self, w: _Writer, messages: Sequence[Message], tools: list[dict[str, Any]] | None) -> None:
         system, rest = _split_system(self.name, messages)
         w.lit(self.bos or "")
@@ -284,6 +341,13 @@ class Gemma(Template):
     alternate = True
     default_bos = "<bos>"
 
+    def body(self) -> str:
+        return (_SYSTEM + "{{- " + _q(self.bos or "") + " -}}{%- for m in rest -%}"
+                "{{- '<start_of_turn>' ~ ('model' if m.role == 'assistant' else m.role) ~ '\\n' -}}"
+                "{%- if loop.first and system is not none -%}{{- system ~ '\\n\\n' -}}{%- endif -%}"
+                "{{- (_c(m) | trim) ~ '<end_of_turn>\\n' -}}{%- endfor -%}"
+                "{%- if add_generation_prompt -%}{{- '<start_of_turn>model\\n' -}}{%- endif -%}")
+
     def build(self, w: _Writer, messages: Sequence[Message], tools: list[dict[str, Any]] | None) -> None:
         system, rest = _split_system(self.name, messages)
         w.lit(self.bos or "")
@@ -306,6 +370,10 @@ class Zephyr(Template):
     eot = "{eos}"
     default_eos = "</s>"
 
+    def body(self) -> str:
+        return ("{%- for m in messages -%}{{- '<|' ~ _r(m) ~ '|>\\n' ~ _c(m) ~ " + _q(self.eos or "") + " ~ '\\n' -}}"
+                "{%- endfor -%}{%- if add_generation_prompt -%}{{- '<|assistant|>\\n' -}}{%- endif -%}")
+
     def build(self, w: _Writer, messages: Sequence[Message], tools: list[dict[str, Any]] | None) -> None:
         for i, m in enumerate(messages):
             w.lit(f"<|{m['role']}|>\n")
@@ -322,6 +390,11 @@ class Phi3(Template):
     summary = "Phi-3-instruct: <|system|>/<|user|>/<|assistant|>\\n … <|end|>\\n, EOS at the end"
     eot = "<|end|>"
     default_eos = "<|endoftext|>"
+
+    def body(self) -> str:
+        return ("{%- for m in messages -%}{{- '<|' ~ _r(m) ~ '|>\\n' ~ _c(m) ~ '<|end|>\\n' -}}{%- endfor -%}"
+                "{%- if add_generation_prompt -%}{{- '<|assistant|>\\n' -}}{%- else -%}{{- " + _q(self.eos or "")
+                + " -}}{%- endif -%}")
 
     def build(self, w: _Writer, messages: Sequence[Message], tools: list[dict[str, Any]] | None) -> None:
         for i, m in enumerate(messages):
@@ -341,6 +414,12 @@ class Vicuna(Template):
     eot = "{eos}"
     alternate = True
     default_bos, default_eos = "<s>", "</s>"
+
+    def body(self) -> str:
+        return (_SYSTEM + "{{- " + _q(self.bos or "") + " ~ (system if system is not none else " + _q(VICUNA_SYSTEM)
+                + ") ~ ' ' -}}{%- for m in rest -%}{%- if m.role == 'assistant' -%}"
+                "{{- 'ASSISTANT: ' ~ _c(m) ~ " + _q(self.eos or "") + " -}}{%- else -%}{{- 'USER: ' ~ m.content ~ ' ' -}}"
+                "{%- endif -%}{%- endfor -%}{%- if add_generation_prompt -%}{{- 'ASSISTANT: ' -}}{%- endif -%}")
 
     def build(self, w: _Writer, messages: Sequence[Message], tools: list[dict[str, Any]] | None) -> None:
         system, rest = _split_system(self.name, messages)
@@ -371,6 +450,25 @@ class Alpaca(Template):
     header_with_input = ("Below is an instruction that describes a task, paired with an input that provides further "
                          "context. Write a response that appropriately completes the request.")
     sections = ("### Instruction:\n", "### Input:\n", "### Response:\n")
+
+    def body(self) -> str:
+        # a user message right after an instruction is its input; the header says so if any turn has one
+        instruction, given, response = (_q(s) for s in self.sections)
+        return (_SYSTEM + "{%- set ns = namespace(state='start', has_input=false) -%}{%- for m in rest -%}"
+                "{%- if m.role == 'user' and ns.state == 'inst' -%}{%- set ns.has_input = true -%}"
+                "{%- set ns.state = 'input' -%}{%- elif m.role == 'user' -%}{%- set ns.state = 'inst' -%}"
+                "{%- else -%}{%- set ns.state = 'start' -%}{%- endif -%}{%- endfor -%}"
+                "{{- " + _q(self.bos or "" if self.adds_bos else "") + " -}}"
+                "{{- (system if system is not none else " + _q(self.header_with_input) + " if ns.has_input else "
+                + _q(self.header) + ") ~ '\\n\\n' -}}"
+                "{%- set ns.state = 'start' -%}{%- for m in rest -%}"
+                "{%- if m.role == 'user' and ns.state == 'inst' -%}{{- " + given + " ~ m.content ~ '\\n\\n' -}}"
+                "{%- set ns.state = 'input' -%}{%- elif m.role == 'user' -%}"
+                "{%- if ns.state == 'input' -%}{{- " + response + " -}}{%- endif -%}"
+                "{{- " + instruction + " ~ m.content ~ '\\n\\n' -}}{%- set ns.state = 'inst' -%}"
+                "{%- elif m.role == 'assistant' -%}{{- " + response + " ~ _c(m) ~ " + _q(self.eos or "")
+                + " ~ '\\n\\n' -}}{%- set ns.state = 'start' -%}{%- endif -%}{%- endfor -%}"
+                "{%- if ns.state != 'start' -%}{{- " + response + " -}}{%- endif -%}")
 
     def build(self, w: _Writer, messages: Sequence[Message], tools: list[dict[str, Any]] | None) -> None:
         system, rest = _split_system(self.name, messages)
@@ -427,6 +525,10 @@ class Plain(Template):
     eot = "{eos}"
     needs_tokenizer = True
 
+    def body(self) -> str:
+        return ("{{- " + _q(self.bos or "" if self.adds_bos else "") + " -}}{%- for m in messages -%}{{- _c(m) -}}"
+                "{%- if m.role == 'assistant' -%}{{- " + _q(self.eos or "") + " -}}{%- endif -%}{%- endfor -%}")
+
     def build(self, w: _Writer, messages: Sequence[Message], tools: list[dict[str, Any]] | None) -> None:
         self.start(w)
         for i, m in enumerate(messages):
@@ -434,6 +536,21 @@ class Plain(Template):
                 w.answer(i, m, m["content"], self.eos or "")
             else:
                 w.content(i, m["role"], m["content"])
+
+
+def _q(s: str) -> str:
+    """`s` as a jinja string literal."""
+    return json.dumps(s, ensure_ascii=False)
+
+
+# the jinja forms' shared parts: a message's content with its reasoning folded in as `render` folds it, its role
+# with developer as system, and (for templates that fold it into the first user turn) the leading system message
+_MACROS = ("{%- macro _c(m) -%}{%- if m.reasoning_content is defined and m.reasoning_content is not none -%}"
+           "{{- '<think>\\n' ~ m.reasoning_content ~ '\\n</think>\\n\\n' ~ (m.content or '') -}}{%- else -%}"
+           "{{- m.content or '' -}}{%- endif -%}{%- endmacro -%}"
+           "{%- macro _r(m) -%}{{- 'system' if m.role == 'developer' else m.role -}}{%- endmacro -%}")
+_SYSTEM = ("{%- set system = messages[0].content if messages and messages[0].role in ['system', 'developer'] "
+           "else none -%}{%- set rest = messages[1:] if system is not none else messages -%}")
 
 
 def _m(role: str, content: str, **extra: Any) -> Message:

@@ -33,6 +33,7 @@ from prep.core.result import Meter, ProgressFn, Result
 from prep.files.hashing import sha256_file
 from prep.shards.layout import DATA_DIR, MANIFEST, SCHEMAS, read_manifest
 from prep.shards.media import has_media, media_tokens, resolve, roots
+from prep.shards.serving import check_serving
 
 MAX_PER_CODE = 20
 
@@ -48,12 +49,15 @@ class Verification(Result):
     rows: int = 0
     tokens: int = 0
 
+    serving: dict[str, Any] | None = None  # with --serving: the model folder and the rows compared
+
     def add_finding(self, code: str, message: str, file: str = MANIFEST, line: int = 0, path: str = "$",
-            severity: str = "error") -> None:
+                    severity: str = "error", hint: str | None = REBUILD) -> None:
+        """`hint` None: the code's own from the table (the serving checks' say what to do with the model)."""
         self.counts[code] += 1
         if self.counts[code] <= MAX_PER_CODE:
             self.findings.append(finding(code, message, path,
-                                         hint=REBUILD, severity=severity).at(Source(file, line, 0)))
+                                         hint=hint, severity=severity).at(Source(file, line, 0)))
 
     @property
     def errors(self) -> int:
@@ -69,19 +73,26 @@ class Verification(Result):
 
     def summary(self) -> str:
         verdict = "OK" if self.ok else f"FAILED ({self.errors} errors)"
-        return f"{self.folder}: {verdict}: {self.rows} rows, {self.tokens} tokens checked"
+        served = f"; served by {self.serving['model']}: {self.serving['rows']} renders compared" + (
+            f" ({self.serving['cut']} rows cut at tokenize left out)" if self.serving["cut"] else "") \
+            if self.serving else ""
+        return f"{self.folder}: {verdict}: {self.rows} rows, {self.tokens} tokens checked{served}"
 
     def details(self) -> dict[str, Any]:
         return {"folder": self.folder, "ok": self.ok, "rows": self.rows, "tokens": self.tokens,
-                "counts": dict(self.counts), "findings": [f.to_dict() for f in self.findings]}
+                "counts": dict(self.counts), "findings": [f.to_dict() for f in self.findings],
+                "serving": self.serving}
 
 
 _WARNINGS = {"unlisted_file"}
 
 
 @checked("verify")
-def verify(shards: str | Path, progress: ProgressFn | None = None) -> Verification:
-    """Check the shard folder `shards` against its manifest; every problem becomes a finding."""
+def verify(shards: str | Path, progress: ProgressFn | None = None, serving: str | None = None,
+           sample: int = 100) -> Verification:
+    """Check the shard folder `shards` against its manifest; every problem becomes a finding. With `serving` (a
+    model folder prep train wrote), then render `sample` of its rows from that folder alone and compare the ids
+    (`shards.serving`)."""
     folder = Path(shards)
     if not folder.is_dir():
         raise PrepError(f"{folder}: no such folder")
@@ -114,6 +125,11 @@ def verify(shards: str | Path, progress: ProgressFn | None = None) -> Verificati
             media.check_files(folder, manifest, result)
     result.rows, result.tokens = totals["rows"], totals["tokens"]
     result.tally.read = result.tally.written = result.rows
+    if serving and result.ok:  # rows that do not verify cannot be traced back to their inputs
+        served = check_serving(folder, serving, sample)
+        result.serving = served.to_dict()
+        for p in served.problems:
+            result.add_finding(p.code, p.message, p.file, p.line, p.path, hint=None)
     return result
 
 

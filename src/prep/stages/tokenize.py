@@ -36,6 +36,7 @@ from prep.files.hashing import sha256_file
 from prep.formats.inputs import Inputs, Part, plan_inputs, read_inputs, read_part
 from prep.render.encoder import Encoder, Settings, build_encoder
 from prep.render.jinja import JinjaTemplate
+from prep.render.serving import serving_template
 from prep.render.spans import resolve_train_on
 from prep.render.templates import chat_template, parse_kwargs
 from prep.render.tokenizer import Tokenizer, load_tokenizer
@@ -260,6 +261,8 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, templat
     about: dict[str, Any] = {"name": tmpl.name, "sha256": tmpl.sha256} if tmpl else {}
     if isinstance(tmpl, JinjaTemplate):  # what else decides its text: the arguments and the day it is told
         about.update(kwargs=kwargs, date=date, reasoning="template" if tmpl.reads_reasoning else "think block")
+    if tmpl:  # what prep train gives the model folder, so it is served as it was trained (design §6)
+        about.update(serving_template(tmpl))
     meta: dict[str, Any] = {
         "tokenizer": tok.fingerprint(),
         "template": about or None,

@@ -40,6 +40,7 @@ from prep.trainer import preference, vision
 from prep.trainer.checkpoints import COMPLETE, SIGNATURE, check_checkpoints, resume_point, signature
 from prep.trainer.options import TrainOptions
 from prep.trainer.preference import method_for
+from prep.trainer.serving import GENERATION_CONFIG, save_serving
 
 REPORT = "training_report.json"
 TRAIN_INFO = "prep_train.json"
@@ -405,7 +406,7 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
         trainer.model.config.use_cache = True
     with replaced(saved, folder=True) as tmp:  # a full disk leaves the earlier adapter, never half a new one
         trainer.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        save_serving(tmp, manifest, tokenizer, None if method == "reward" else trainer.model, notes)
         if isinstance(collator, vision.MediaCollator):  # the image settings, for whoever loads the adapter
             collator.processor.save_pretrained(tmp)
         _write_info(tmp, manifest, options, method)
@@ -494,7 +495,9 @@ def merge(base: str, adapter: str | Path, target: str | Path) -> Path:
         loaded = (AutoModelForImageTextToText if multimodal else AutoModelForCausalLM).from_pretrained(base)
     model = PeftModel.from_pretrained(loaded, adapter)
     model.merge_and_unload().save_pretrained(target)
-    AutoTokenizer.from_pretrained(adapter).save_pretrained(target)
+    AutoTokenizer.from_pretrained(adapter).save_pretrained(target)  # with the template the adapter carries
+    if (adapter / GENERATION_CONFIG).is_file():  # the stop ids it was trained with, over the base's
+        (target / GENERATION_CONFIG).write_bytes((adapter / GENERATION_CONFIG).read_bytes())
     if multimodal:
         AutoImageProcessor.from_pretrained(base).save_pretrained(target)
     if (adapter / TRAIN_INFO).is_file():

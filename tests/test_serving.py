@@ -1,0 +1,93 @@
+"""The serving hand-off (design §6): a model folder prep train saves carries the shards' chat template (template
+arguments baked in as defaults) and stops on the trained end-of-turn token, and `prep verify --serving` proves it
+by rendering shard rows from that folder alone with transformers.
+
+Each fixture tokenizer gets a tiny model (hidden 16, one layer) saved through `save_serving`, the function
+`prep train` saves every adapter and model with (`--merge` copies the adapter's files; test_train.py checks a
+trained and merged model the same way)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import fixture, make_tiny_model
+from prep.formats.inputs import Inputs
+from prep.shards.layout import read_manifest
+from prep.shards.verify import verify
+from prep.stages.tokenize import tokenize
+
+tokenizers = pytest.importorskip("tokenizers")
+transformers = pytest.importorskip("transformers")
+
+from prep.trainer.serving import save_serving  # noqa: E402 - needs the train extra
+
+# each fixture tokenizer with its own template: its inputs (qwen2.5: LLaMA-Factory's tool-calling rows) and
+# template arguments (smollm3: no thinking, where its own default is thinking)
+CASES = {
+    "qwen2.5": ("glaive_toolcall_en_demo.json", ()),
+    "llama3": ("alpaca_en_demo.json", ()),
+    "phi-3-mini": ("alpaca_en_demo.json", ()),
+    "smollm3": ("alpaca_en_demo.json", ("enable_thinking=false",)),
+}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Shards of 100 rows, a tiny base model with the fixture tokenizer (as its folder holds it), and that model
+    saved by save_serving from the shards' manifest."""
+    data, kwargs = CASES[request.param]
+    tok_dir = fixture("tokenizers", request.param)
+    root = tmp_path_factory.mktemp(request.param)
+    rows = json.loads(fixture("data", "llamafactory", data).read_text(encoding="utf-8"))[:100]
+    (root / data).write_text(json.dumps(rows), encoding="utf-8")
+    shards = root / "shards"
+    tokenize(Inputs([str(root / data)]), str(tok_dir), str(shards), template_kwargs=kwargs)
+    base = make_tiny_model(root / "base", tokenizer=tok_dir, hidden=16, layers=1)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(base)
+    model = transformers.AutoModelForCausalLM.from_pretrained(base)
+    saved = root / "saved"
+    notes: list[str] = []
+    model.save_pretrained(saved)
+    save_serving(saved, read_manifest(shards), tokenizer, model, notes)
+    return {"shards": str(shards), "base": str(base), "saved": str(saved), "notes": notes, "case": request.param}
+
+
+def test_the_saved_folder_renders_the_shard_rows_exactly(served: dict) -> None:
+    """AutoTokenizer from the saved folder alone, no template arguments: 100 rows, the shards' ids each."""
+    result = verify(served["shards"], serving=served["saved"], sample=100)
+    assert result.ok, [str(f) for f in result.findings]
+    assert result.serving["rows"] == 100 and served["notes"] == []
+    eot = read_manifest(served["shards"])["template"]["eot"]
+    eot_id = tokenizers.Tokenizer.from_file(str(Path(served["saved"]) / "tokenizer.json")).token_to_id(eot)
+    config = json.loads((Path(served["saved"]) / "generation_config.json").read_text(encoding="utf-8"))
+    assert eot_id in config["eos_token_id"]
+
+
+def test_the_base_folder_is_caught_where_it_differs(served: dict) -> None:
+    """The tokenizer's own folder, as the base model holds it, serves smollm3's no-thinking shards with its default
+    (thinking: a /think system prompt), and phi-3's without stopping at <|end|> (its EOS is <|endoftext|>)."""
+    if served["case"] not in ("smollm3", "phi-3-mini"):
+        pytest.skip("the others' base folders serve their shards as they are (the test above shows the same ids)")
+    result = verify(served["shards"], serving=served["base"], sample=10)
+    if served["case"] == "smollm3":
+        assert set(result.counts) == {"serving_mismatch"} and result.counts["serving_mismatch"] == 10
+        assert "another template" in result.findings[0].message
+    else:
+        assert set(result.counts) == {"serving_no_stop"}
+
+
+def test_a_doubled_bos_and_a_missing_stop_are_named(served: dict, tmp_path: Path) -> None:
+    if served["case"] != "llama3":
+        pytest.skip("shown on llama3, whose template writes the BOS")
+    folder = tmp_path / "broken"
+    tok = transformers.AutoTokenizer.from_pretrained(served["saved"])
+    tok.chat_template = "{{ bos_token }}" + tok.chat_template
+    tok.save_pretrained(folder)
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [tok.bos_token_id]}))
+    result = verify(served["shards"], serving=str(folder), sample=5)
+    assert result.counts == {"serving_mismatch": 5, "serving_no_stop": 1}
+    assert all("doubled BOS" in f.message for f in result.findings if f.code == "serving_mismatch")
+    assert result.exit_code == 1
