@@ -314,3 +314,44 @@ def test_template_cli_errors() -> None:
     assert bad.exit_code == 2 and "--template nope: must be a template name" in bad.stderr
     refused = CliRunner().invoke(main, ["template", str(SAMPLES / "openai.jsonl"), "--template", "llama3"])
     assert refused.exit_code == 1 and "template_cannot_render" in refused.stderr
+
+
+_CALLS = [{"id": "1", "type": "function", "function": {"name": "g", "arguments": {"a": "é"}}},
+          {"id": "2", "type": "function", "function": {"name": "h"}}]
+_SERVED = [
+    [{"role": "user", "content": " Q1 "}, {"role": "assistant", "content": " A1 "}, {"role": "user", "content": "Q2"},
+     {"role": "assistant", "content": "A2", "weight": 0}],
+    [{"role": "system", "content": "S"}, {"role": "user", "content": "I"}, {"role": "user", "content": "In"},
+     {"role": "user", "content": "I2"}, {"role": "assistant", "content": "A2"}],
+    [{"role": "developer", "content": "D"}, {"role": "user", "content": "안녕"},
+     {"role": "assistant", "content": "Yo", "reasoning_content": "think"}],
+    [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"},
+     {"role": "assistant", "content": "", "tool_calls": _CALLS}, {"role": "tool", "content": "r1"},
+     {"role": "tool", "content": "r2"}, {"role": "assistant", "content": "done"}],
+]
+
+
+@pytest.mark.parametrize("name", list(BUILTIN))
+def test_each_builtin_jinja_form_renders_what_it_renders(name: str) -> None:
+    """What a model trained on a built-in is served with (design §6): transformers renders the jinja form to the
+    built-in's text, and with the generation prompt to the text before the answer, for every conversation the
+    built-in takes (tools, reasoning, developer, instruction + input), with and without a BOS."""
+    compared = 0
+    for specials in (Specials(bos="<s>", eos="</s>", adds_bos=True), Specials(eos="<|endoftext|>")):
+        template = BUILTIN[name](specials)
+        source = template.jinja()
+        for messages in _SERVED:
+            tools = [{"type": "function", "function": {"name": "g", "parameters": {}}}] if "tool" in str(messages) \
+                else None
+            try:
+                want = template.render(messages, tools)
+            except RowError:  # a conversation the built-in refuses (tools, alternation)
+                continue
+            given = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
+            assert render_jinja_template([given], tools, chat_template=source)[0][0] == want.text
+            start = next(t.answer[0] for t in reversed(want.turns) if t.answer)
+            last = max(t.index for t in want.turns if t.answer)
+            prompt = render_jinja_template([given[:last]], tools, chat_template=source, add_generation_prompt=True)
+            assert prompt[0][0] == want.text[:start]
+            compared += 1
+    assert compared >= 2
