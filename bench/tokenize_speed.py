@@ -190,18 +190,27 @@ def startup(one: Path, work: Path, repeat: int) -> None:
 
 def llamafactory(python: str, work: Path, copies: int) -> tuple[float, int]:
     """Seconds inside LLaMA-Factory's get_dataset on the alpaca rows x copies (its own JSON), and its tokens."""
-    folder = work / "llamafactory"
-    folder.mkdir()
     rows = json.loads(ALPACA.read_text(encoding="utf-8"))
-    (folder / "bench.json").write_text(json.dumps(rows * copies, ensure_ascii=False), encoding="utf-8")
-    (folder / "dataset_info.json").write_text(json.dumps({"bench": {"file_name": "bench.json"}}), encoding="utf-8")
+    folder = llamafactory_folder(work / "llamafactory", rows * copies, {"file_name": "bench.json"})
     print("  LLaMA-Factory: preparing (this takes a while) ...", flush=True)
-    done = subprocess.run([python, "-c", LLAMAFACTORY, str(TOKENIZER), str(folder), str(folder / "out"),
-                           str(MAX_LEN)], capture_output=True, text=True, cwd=folder)
+    done = subprocess.run(llamafactory_command(python, folder), capture_output=True, text=True, cwd=folder)
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["rows"] == len(rows) * copies, out
     return out["seconds"], out["tokens"]
+
+
+def llamafactory_folder(folder: Path, rows: list[dict[str, Any]], info: dict[str, Any]) -> Path:
+    """A LLaMA-Factory dataset folder: `rows` as its dataset `bench` (bench.json), described by `info`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "bench.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    (folder / "dataset_info.json").write_text(json.dumps({"bench": info}), encoding="utf-8")
+    return folder
+
+
+def llamafactory_command(python: str, folder: Path) -> list[str]:
+    """LLaMA-Factory's get_dataset on the folder's `bench` in `python` (its venv); prints seconds, rows and tokens."""
+    return [python, "-c", LLAMAFACTORY, str(TOKENIZER), str(folder), str(folder / "out"), str(MAX_LEN)]
 
 
 def trl_prepare(data: Path, shards: Path) -> float:
@@ -249,6 +258,178 @@ def report(times: dict[str, list[float]], tokens: dict[str, int]) -> None:
         median = f"({statistics.median(t):.2f})" if len(t) > 1 else ""
         print(f"{name:58} {min(t):8.2f} {median:>7} {tokens[name]:11,} {rate[name]:12,.0f} {rate[name] / ceiling:10.2f} "
               f"{cli / rate[name]:13.2f}")
+
+
+# bench/run.py's comparison: unique rows, each tool its own process -------------------------------------------------
+
+GLAIVE = FIXTURES / "data" / "llamafactory" / "glaive_toolcall_en_demo.json"
+SYSTEM = "You are a helpful assistant."
+# the raw tokenizer on prep's own rendered texts, timed around encode_batch alone (as the issue measured it)
+RAW = """
+import json, sys, time
+from prep.render.tokenizer import load_tokenizer
+tok = load_tokenizer(sys.argv[1])
+texts = json.loads(open(sys.argv[2], encoding="utf-8").read())
+start = time.perf_counter()
+encodings = tok.backend.encode_batch(texts, add_special_tokens=False)
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "tokens": sum(len(e.ids) for e in encodings)}))
+"""
+TRL_PROCESS = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("bench_tokenize_speed", sys.argv[1])
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+print(json.dumps({"seconds": bench.trl_prepare(bench.Path(sys.argv[2]), bench.Path(sys.argv[3]))}))
+"""
+
+
+def unique_alpaca(folder: Path, copies: int) -> tuple[Path, list[dict[str, Any]]]:
+    """The alpaca fixture as chats with a system prompt, `copies` times, every copy's user and assistant text tagged
+    with its number: no two rows alike (so no cache keyed on whole rows or turns can skip one), the system prompt
+    shared as in real data. Also the same rows as LLaMA-Factory alpaca rows (with their system prompt)."""
+    from prep.formats import read_records
+
+    records = [r for b in read_records([str(ALPACA)]) for r in b.items]
+    path, lf = folder / f"alpaca_unique_x{copies}.jsonl", []
+    with path.open("w", encoding="utf-8") as f:
+        for k in range(copies):
+            for r in records:
+                messages = [{"role": m["role"], "content": f"[{k}] {m['content']}"} for m in r["messages"]]
+                f.write(json.dumps({"id": f"{r['id']}#{k}", "messages": [{"role": "system", "content": SYSTEM},
+                                                                        *messages]}, ensure_ascii=False) + "\n")
+                lf.append({"instruction": messages[0]["content"], "input": "", "output": messages[1]["content"],
+                           "system": SYSTEM})
+    return path, lf
+
+
+def glaive_shared_tools(folder: Path, copies: int, functions: int = 6) -> Path:
+    """The glaive tool-call fixture (sharegpt) `copies` times, every row offered the same tools (the first
+    `functions` distinct functions of the fixture: one agent's schema), every copy's human and gpt turns tagged
+    with its number so no two rows are alike."""
+    rows = json.loads(GLAIVE.read_text(encoding="utf-8"))
+    schema: dict[str, Any] = {}
+    for row in rows:
+        for fn in json.loads(row.get("tools") or "[]"):
+            schema.setdefault(fn["name"], fn)
+    tools = json.dumps(list(schema.values())[:functions], ensure_ascii=False)
+    path = folder / f"glaive_shared_tools_x{copies}.jsonl"
+    with path.open("w", encoding="utf-8") as f:
+        for k in range(copies):
+            for row in rows:
+                turns = [{**t, "value": f"[{k}] {t['value']}"} if t["from"] in ("human", "gpt") else t
+                         for t in row["conversations"]]
+                f.write(json.dumps({"conversations": turns, "tools": tools}, ensure_ascii=False) + "\n")
+    return path
+
+
+def rendered(data: Path, out: Path, max_len: int) -> Path:
+    """What `prep tokenize --template chatml` hands the tokenizer for each row of `data`, as a JSON list."""
+    from prep.core.options import DEFAULT_DATE
+    from prep.formats.inputs import Inputs, read_inputs
+    from prep.render.encoder import Settings, build_encoder
+    from prep.render.templates import chat_template
+    from prep.render.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(str(TOKENIZER))
+    encoder = build_encoder(tok, chat_template(tok, "chatml", {}, DEFAULT_DATE), Settings("sft", max_len=max_len))
+    texts = [t for batch in read_inputs(Inputs([str(data)]), {}) for job in encoder.prepare(batch).items
+             for t in job.texts]
+    out.write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
+    return out
+
+
+def comparison(runner: Any, work: Path, quick: bool, trl: bool, llamafactory_python: str | None,
+               log: Any = print) -> tuple[list[Any], Any]:
+    """bench/run.py's tools for tokenizing, each its own process: on unique alpaca chats and on glaive rows sharing
+    a tools schema, the raw tokenizer's encode_batch on prep's rendered texts (timed around it alone), the prep CLI
+    with 1 and 2 workers (whole process), TRL's SFTTrainer preparation and LLaMA-Factory's get_dataset (whole
+    process, alpaca only: their ids are checked against prep's); and start-up: one-row `prep tokenize` beside
+    loading the tokenizer alone. `runner` is bench/run.py. Returns the tools and a function of them giving the
+    lines under the table."""
+    Tool = runner.Tool  # noqa: N806 - the runner's class
+    python = sys.executable
+    env = {**os.environ, "PREP_CACHE": str(work / "cache")}
+    alpaca, lf_rows = unique_alpaca(work, 1 if quick else 20)
+    # max-len: alpaca's rows all fit 2048; glaive's longest row has 12k tokens (every row is kept, as by the raw tokenizer)
+    sets = {"alpaca unique": (alpaca, MAX_LEN), "glaive shared tools": (glaive_shared_tools(work, 2 if quick else 40),
+                                                                         16384)}
+    tools: list[Any] = []
+    shards: dict[str, dict[str, list[str]]] = {}
+    for group, (data, max_len) in sets.items():
+        log(f"{group}: {data.name}, rendering for the raw tokenizer ...")
+        texts = rendered(data, work / f"{data.stem}.texts.json", max_len)
+        raw = Tool("raw encode_batch", group, [python, "-c", RAW, str(TOKENIZER), str(texts)],
+                   seconds=lambda r: json.loads(r.stdout)["seconds"], what="in process, encode_batch alone", env=env)
+        raw.tokens = json.loads(runner.run_process(raw.command, env).stdout)["tokens"]  # also warms the page cache
+        raw.baseline = raw.name
+        tools.append(raw)
+        for workers in (1, 2):
+            out = work / f"{data.stem}-cli-{workers}"
+            name = f"prep tokenize CLI --workers {workers}"
+            tools.append(Tool(name, group, [python, "-m", "prep", "tokenize", str(data), "--tokenizer", str(TOKENIZER),
+                                            "--template", "chatml", "--max-len", str(max_len), "--workers",
+                                            str(workers), "-o", str(out), "-q"],
+                              check=_same_shards(out, raw.tokens, shards.setdefault(group, {})), tokens=raw.tokens,
+                              baseline=raw.name, env=env))
+        if group == "alpaca unique" and trl:
+            tools.append(Tool("TRL SFTTrainer preparation", group, [
+                python, "-c", TRL_PROCESS, str(Path(__file__).resolve()), str(data), str(work / f"{data.stem}-cli-1")],
+                tokens=raw.tokens, baseline=raw.name, peer=True, what="whole process; ids and labels = prep's",
+                env=env))
+        if group == "alpaca unique" and llamafactory_python:
+            folder = llamafactory_folder(work / "llamafactory", lf_rows, {"file_name": "bench.json", "columns": {
+                "prompt": "instruction", "query": "input", "response": "output", "system": "system"}})
+            tools.append(Tool("LLaMA-Factory get_dataset", group, llamafactory_command(llamafactory_python, folder),
+                              check=_lf_tokens(len(lf_rows), raw.tokens), tokens=raw.tokens, baseline=raw.name,
+                              peer=True, what="whole process, qwen template, 2 workers", env=env))
+    one = work / "one.jsonl"
+    one.write_text(alpaca.read_text(encoding="utf-8").split("\n", 1)[0] + "\n", encoding="utf-8")
+    startup = [Tool("prep tokenize, one row", "start-up", [
+        python, "-m", "prep", "tokenize", str(one), "--tokenizer", str(TOKENIZER), "--template", "chatml", "-o",
+        str(work / "one"), "-q"], env=env),
+        Tool("tokenizers.Tokenizer.from_file alone", "start-up", [
+            python, "-c", f"from tokenizers import Tokenizer; Tokenizer.from_file({str(TOKENIZER / 'tokenizer.json')!r})"],
+            env=env)]
+    tools += startup
+
+    def summary(measured: list[Any]) -> list[str]:
+        prep_row, alone = (t.best for t in startup)
+        lines = [f"One-row `prep tokenize` (whole process): {prep_row.wall:.2f} s and {prep_row.rss:.0f} MB peak RSS; "
+                 f"loading the tokenizer alone {alone.wall:.2f} s and {alone.rss:.0f} MB: "
+                 f"+{prep_row.wall - alone.wall:.2f} s, +{prep_row.rss - alone.rss:.0f} MB."]
+        for group, digests in shards.items():
+            lines.append(f"{group}: every prep CLI run ({sum(map(len, digests.values()))} runs, 1 and 2 workers) wrote "
+                         f"the same shards; sha256 of each: {', '.join(next(iter(digests.values()))[0])}")
+        return lines
+
+    return tools, summary
+
+
+def _same_shards(out: Path, tokens: int, seen: dict[str, list[str]]) -> Any:
+    """A check of a prep CLI run: the raw tokenizer's tokens, and the same shards (sha256) as every other run."""
+    from prep.shards.layout import read_manifest
+
+    def check(_: Any) -> None:
+        manifest = read_manifest(out)
+        assert manifest["tokens"]["total"] == tokens, (manifest["tokens"]["total"], tokens)
+        digests = [s["sha256"] for s in manifest["shards"]]
+        assert all(d == digests for runs in seen.values() for d in runs), "prep runs wrote different shards"
+        seen.setdefault(str(out), []).append(digests)
+
+    return check
+
+
+def _lf_tokens(rows: int, tokens: int) -> Any:
+    """A check of a LLaMA-Factory run: every row prepared; its token count is printed beside prep's."""
+
+    def check(run: Any) -> None:
+        out = json.loads(run.stdout.strip().splitlines()[-1])
+        assert out["rows"] == rows, out
+        if out["tokens"] != tokens:
+            print(f"  LLaMA-Factory made {out['tokens']:,} tokens, prep {tokens:,}", file=sys.stderr)
+
+    return check
 
 
 if __name__ == "__main__":

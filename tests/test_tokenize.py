@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -281,3 +284,20 @@ def test_clear_errors(tmp_path) -> None:
         done = invoke("tokenize", openai, "-o", str(tmp_path / "o"), *args)
         assert done.exit_code == 2 and message in done.stderr, (args, done.stderr)
         assert "Traceback" not in done.stderr
+
+
+def test_one_row_cli_imports_only_what_tokenizing_needs(tmp_path) -> None:
+    """Start-up (design §9): a data verb imports neither pandas (pyarrow would, on its first list), rich (with -q
+    nothing is drawn) nor yaml (no --template-kwargs); the shards are the same as the API's."""
+    data = write_jsonl(tmp_path / "one.jsonl", [{"messages": [m("user", "hi"), m("assistant", "hello")]}])
+    script = ("import runpy, sys\nsys.argv = ['prep', *sys.argv[1:]]\ntry:\n    runpy.run_module('prep', "
+              "run_name='__main__')\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+              "print(sorted(m for m in ('pandas', 'rich', 'yaml', 'torch', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script, "tokenize", data, "--tokenizer", TOKENIZER, "--template",
+                           "chatml", "-o", str(tmp_path / "cli"), "-q"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
+    api = tokenize(Inputs([data]), TOKENIZER, str(tmp_path / "api"), template="chatml")
+    assert [s["sha256"] for s in read_manifest(tmp_path / "cli")["shards"]] == \
+        [s["sha256"] for s in api.manifest["shards"]]

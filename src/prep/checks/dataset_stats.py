@@ -7,8 +7,11 @@ from __future__ import annotations
 import math
 from array import array
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from prep.core.records import Record, kind_of
 
@@ -110,3 +113,47 @@ class Stats:
                                     for kind, n in self.media.items() if not kind.endswith(" errors")}
         out.update(self.extra)
         return out
+
+
+class LengthCounts:
+    """Token lengths counted in bins of a power-of-two width, the narrowest that keeps the range in at most
+    `bins` bins: exact counts of any number of rows in a few hundred bytes of JSON (the manifest's
+    per-source histograms), the same whatever order the lengths come in, and two of them re-binned to
+    a common width bin for bin (`prep report` draws before and after overflow on one axis)."""
+
+    def __init__(self, width: int = 1, counts: dict[int, int] | None = None, bins: int = 64) -> None:
+        self.width, self.bins = width, bins
+        self.counts: Counter[int] = Counter(counts or {})  # bin start -> rows
+
+    def add(self, lengths: Iterable[int] | np.ndarray) -> None:
+        values = np.asarray(lengths if isinstance(lengths, np.ndarray) else list(lengths), dtype=np.int64)
+        if not len(values):
+            return
+        low, high = int(values.min()), int(values.max())
+        if self.counts:
+            low, high = min(low, min(self.counts)), max(high, max(self.counts))
+        width = self.width
+        while high // width - low // width >= self.bins:
+            width *= 2
+        if width != self.width:
+            self.widen(width)
+        starts, counts = np.unique(values - values % width, return_counts=True)
+        self.counts.update(dict(zip(starts.tolist(), counts.tolist(), strict=True)))
+
+    def widen(self, width: int) -> None:
+        """Re-bin to `width` (a power-of-two multiple of the current width): exact, bins only merge."""
+        merged: Counter[int] = Counter()
+        for start, count in self.counts.items():
+            merged[start - start % width] += count
+        self.width, self.counts = width, merged
+
+    @property
+    def rows(self) -> int:
+        return sum(self.counts.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"width": self.width, "bins": [[start, self.counts[start]] for start in sorted(self.counts)]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LengthCounts:
+        return cls(data["width"], {start: count for start, count in data["bins"]})

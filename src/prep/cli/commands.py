@@ -133,6 +133,10 @@ def tokenize(**values: Any) -> None:
       prep tokenize alpaca_data.json --tokenizer ./llama3 --template llama3 --max-len 2048 --overflow truncate -o s/
       prep tokenize --dataset-info data/dataset_info.json --dataset dpo_en_demo --tokenizer ./tok -o dpo/
     """
+    if values.get("tokenizer") and values.get("engine", "local") == "local":
+        from prep.render.tokenizer import preload_tokenizer  # noqa: PLC0415 - start-up time
+
+        preload_tokenizer(values["tokenizer"])  # before pyarrow is imported: their peaks do not add up
     run_verb("tokenize", values, "loading the tokenizer")
 
 

@@ -26,13 +26,13 @@ AnyTemplate = Template | JinjaTemplate
 def parse_kwargs(specs: Iterable[str], template: str | None = None) -> dict[str, Any]:
     """`--template-kwargs KEY=VALUE` pairs, each value read as YAML (`enable_thinking=false` is the boolean); the
     `template` they go to is checked first, so a bad name is refused before any file is read."""
-    import yaml  # noqa: PLC0415 - start-up time: only a run with template arguments reads YAML here
-
     if template is not None and template not in NAMES and template != "tokenizer" and not template.endswith(".jinja"):
         raise PrepError(f"--template {template}: must be a template name (see `prep template --list`) or a .jinja "
                         "file")
     out: dict[str, Any] = {}
     for spec in specs:
+        import yaml  # noqa: PLC0415 - start-up time: only a run with template arguments reads YAML here
+
         key, sep, value = spec.partition("=")
         if not sep or not key.strip().isidentifier():
             raise PrepError(f"--template-kwargs {spec}: must be KEY=VALUE, e.g. enable_thinking=false")

@@ -16,6 +16,7 @@ The vocabulary part is cached by the files' sha256.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -169,8 +170,30 @@ def shard_decoder(manifest: dict[str, Any], given: str | None) -> Tokenizer:
     return tokenizer
 
 
+_PRELOADED: dict[tuple[str, tuple[int, ...]], Tokenizer] = {}  # at most one, by path and its files' mtimes
+
+
+def preload_tokenizer(path: str) -> None:
+    """Load the tokenizer at `path` now, for the next `load_tokenizer(path)` to take: the CLI does this before a verb
+    imports pyarrow, so the peak of parsing tokenizer.json (tens of MB, freed at once) and pyarrow's libraries do not
+    add up (a one-row `prep tokenize` peaks where loading the tokenizer alone does). A folder that cannot be loaded
+    is left for the verb to refuse, in its place among the verb's checks."""
+    _PRELOADED.clear()
+    with contextlib.suppress(PrepError):
+        _PRELOADED[_preload_key(path)] = load_tokenizer(path)
+
+
+def _preload_key(path: str | Path) -> tuple[str, tuple[int, ...]]:
+    """A preloaded tokenizer is taken only while its files are the ones it was loaded from."""
+    folder = Path(path).expanduser()
+    files = (folder / "tokenizer.json", folder / "tokenizer_config.json")
+    return str(path), tuple(f.stat().st_mtime_ns if f.is_file() else 0 for f in files)
+
+
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """A tokenizer from a local folder (or a hub id already in the local cache; nothing is downloaded)."""
+    if _PRELOADED and (preloaded := _PRELOADED.pop(_preload_key(path), None)) is not None:
+        return preloaded
     folder = tokenizer_folder(str(path))
     config = _read_json(folder / "tokenizer_config.json") or {}
     if not isinstance(config, dict):

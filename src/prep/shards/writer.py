@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from prep import __version__
@@ -133,9 +132,9 @@ class ShardWriter(AllOrNothing):
         """Append shard rows; a shard ends after the row that reaches `shard_rows` or the size bound."""
         if self.media:
             table = self._media(table)
-        self.tokens += pc.sum(table["num_tokens"]).as_py() or 0
+        self.tokens += int(table["num_tokens"].to_numpy().sum())
         if "num_loss_tokens" in table.column_names:
-            self.loss_tokens += pc.sum(table["num_loss_tokens"]).as_py() or 0
+            self.loss_tokens += int(table["num_loss_tokens"].to_numpy().sum())
         while table.num_rows:
             tokens = table["num_tokens"].to_numpy().astype(np.int64)
             cum = np.cumsum(8 * tokens + 64) + self._bytes  # ids and labels as int32 plus overhead: an estimate

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from prep import __version__
+from prep.checks.dataset_stats import LengthCounts
 from prep.core.findings import PrepError, Tally
 from prep.core.options import checked
 from prep.core.result import Result, outputs
@@ -34,7 +35,7 @@ from prep.shards.media import describe, numbered, resolve, roots, segments, temp
 from prep.shards.reader import iter_tables, read_row
 from prep.stages.inspect import decoded_runs, trained_runs
 from prep.stages.report_html import page
-from prep.stages.stats import LengthCounts, shard_stats
+from prep.stages.stats import shard_stats
 
 RUN, VALIDATE_REPORT, TRAIN_REPORT = "run.json", "report.json", "training_report.json"
 PAGE = "report.html"

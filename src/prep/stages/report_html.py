@@ -17,7 +17,7 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
-from prep.stages.stats import LengthCounts
+from prep.checks.dataset_stats import LengthCounts
 
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 _PALETTE = ("#0969da", "#cf222e", "#1a7f37", "#8250df", "#bc4c00", "#1b7c83", "#6e7781", "#bf3989")

@@ -4,15 +4,13 @@ the terminal: counts, token lengths, packing efficiency and the share of tokens 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.compute as pc
-from rich.console import Console
-from rich.table import Table
 
 from prep.checks.dataset_stats import Distribution
 from prep.core.findings import PrepError, Tally
@@ -22,6 +20,9 @@ from prep.core.result import Meter, ProgressFn, Result
 from prep.formats.inputs import Inputs, read_inputs
 from prep.shards.layout import MANIFEST, read_manifest
 from prep.shards.reader import iter_tables
+
+if TYPE_CHECKING:  # rich only where a table is drawn: tokenize imports LengthCounts from here (start-up time)
+    from rich.console import Console
 
 BINS = 12
 
@@ -43,50 +44,6 @@ def histogram(values: np.ndarray, bins: int = BINS) -> list[tuple[int, int, int]
     edges = np.unique(np.linspace(lo, hi + 1, min(bins, hi - lo + 1) + 1).astype(int))
     counts, _ = np.histogram(values, edges)
     return [(int(a), int(b) - 1, int(c)) for a, b, c in zip(edges[:-1], edges[1:], counts, strict=True)]
-
-
-class LengthCounts:
-    """Token lengths counted in bins of a power-of-two width, the narrowest that keeps the range in at most
-    `bins` bins: exact counts of any number of rows in a few hundred bytes of JSON (the manifest's
-    per-source histograms), the same whatever order the lengths come in, and two of them re-binned to
-    a common width bin for bin (`prep report` draws before and after overflow on one axis)."""
-
-    def __init__(self, width: int = 1, counts: dict[int, int] | None = None, bins: int = 64) -> None:
-        self.width, self.bins = width, bins
-        self.counts: Counter[int] = Counter(counts or {})  # bin start -> rows
-
-    def add(self, lengths: Iterable[int] | np.ndarray) -> None:
-        values = np.asarray(lengths if isinstance(lengths, np.ndarray) else list(lengths), dtype=np.int64)
-        if not len(values):
-            return
-        low, high = int(values.min()), int(values.max())
-        if self.counts:
-            low, high = min(low, min(self.counts)), max(high, max(self.counts))
-        width = self.width
-        while high // width - low // width >= self.bins:
-            width *= 2
-        if width != self.width:
-            self.widen(width)
-        starts, counts = np.unique(values - values % width, return_counts=True)
-        self.counts.update(dict(zip(starts.tolist(), counts.tolist(), strict=True)))
-
-    def widen(self, width: int) -> None:
-        """Re-bin to `width` (a power-of-two multiple of the current width): exact, bins only merge."""
-        merged: Counter[int] = Counter()
-        for start, count in self.counts.items():
-            merged[start - start % width] += count
-        self.width, self.counts = width, merged
-
-    @property
-    def rows(self) -> int:
-        return sum(self.counts.values())
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"width": self.width, "bins": [[start, self.counts[start]] for start in sorted(self.counts)]}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LengthCounts:
-        return cls(data["width"], {start: count for start, count in data["bins"]})
 
 
 def shard_stats(folder: str | Path, meter: Meter | None = None) -> dict[str, Any]:
@@ -206,6 +163,8 @@ def draw_histogram(console: Console, title: str, buckets: list[tuple[int, int, i
     if not buckets:
         return
     top = max(c for _, _, c in buckets) or 1
+    from rich.table import Table  # noqa: PLC0415 - start-up time
+
     table = Table(title=title, show_header=False, box=None, padding=(0, 1))
     for lo, hi, count in buckets:
         bar = "█" * round(width * count / top) or ("▏" if count else "")

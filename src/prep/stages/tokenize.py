@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from prep.checks.dataset_stats import LengthCounts
 from prep.core.columns import KIND_OF_RECORD
 from prep.core.findings import Batch, PrepError, Tally, count_by_file
 from prep.core.options import DEFAULT_DATE, checked
@@ -42,7 +42,6 @@ from prep.render.templates import chat_template, parse_kwargs
 from prep.render.tokenizer import Tokenizer, load_tokenizer
 from prep.shards.writer import ShardWriter
 from prep.stages.engine import Engine, Ran, parts_wanted, run_parts
-from prep.stages.stats import LengthCounts
 
 # running ---------------------------------------------------------------------------------------------------------
 
@@ -191,6 +190,7 @@ def _bounded_lengths(kind: str, table: pa.Table) -> np.ndarray:
     """Each row's length as `max_len` bounds it: all its tokens, or for a pair the prompt and its longer answer."""
     if kind in ("sft", "pretrain", "prompt"):
         return table["num_tokens"].to_numpy()
+    import pyarrow.compute as pc  # noqa: PLC0415 - start-up time: pairs only
     prompt = pc.list_value_length(table["prompt_input_ids"]).to_numpy()
     answers = [pc.list_value_length(table[c]).to_numpy() for c in ("chosen_input_ids", "rejected_input_ids",
                                                                    "completion_input_ids") if c in table.column_names]

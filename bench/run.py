@@ -1,0 +1,265 @@
+"""The benchmark runner: each tool its own process, on a quiet machine, rounds interleaved, one table of ratios.
+
+A figure taken while other processes share the cores measures them as much as the tool. So before each run the
+runner waits until the rest of the machine is quiet (the CPU time of every other process, read from /proc/stat,
+is under `--quiet-cores` cores over a `--settle` window), and after it checks the run itself: the machine's busy
+CPU time during the run, less the run's own (its rusage, children included), must stay under the same bound, or
+the run is discarded and repeated. `--max-wait` bounds the waiting for each run (then the runner stops and says
+so); `--loaded` skips the waiting and keeps every run, with the other processes' load printed beside it, for a
+smoke test on a shared machine. Rounds are interleaved (each round runs every tool, in a rotated order), and the
+best run of each tool is reported.
+
+The comparisons are defined beside their own benches (`bench/tokenize_speed.py`: `comparison`), which make the
+data and name each tool's command; this runner times them. A markdown table goes to stdout (for the README), with
+the date, the machine and the load.
+
+    python bench/run.py [--quick] [--rounds 3] [--max-wait 1800] [--quiet-cores 0.1] [--loaded]
+                        [--skip-trl] [--llamafactory-python PATH] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# bench/ is taken off sys.path (see bench/validate.py); the comparisons are loaded by their paths.
+# ruff: noqa: E402 - the imports below must come after this
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != os.path.dirname(os.path.realpath(__file__))]
+
+import argparse
+import json
+import platform
+import runpy
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# the machine ----------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CpuTimes:
+    """The machine's CPU time so far from /proc/stat's `cpu` line, in seconds: busy (every process and the kernel's
+    work for them) and all (busy, idle and waiting)."""
+
+    busy: float
+    all: float
+
+    @classmethod
+    def parse(cls, stat: str) -> CpuTimes:
+        fields = next(line for line in stat.splitlines() if line.startswith("cpu ")).split()[1:]
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in (fields + ["0"] * 8)[:8])
+        busy = user + nice + system + irq + softirq + steal  # guest time is already inside user and nice
+        return cls(busy / CLOCK_TICKS, (busy + idle + iowait) / CLOCK_TICKS)
+
+    @classmethod
+    def now(cls) -> CpuTimes:
+        return cls.parse(Path("/proc/stat").read_text())
+
+
+def others(before: CpuTimes, after: CpuTimes, seconds: float, own: float = 0.0) -> float:
+    """The cores the rest of the machine kept busy between two readings `seconds` apart, `own` CPU seconds (the
+    measured run's, children included) left out. Never below zero: the clocks tick at different times."""
+    if seconds <= 0:
+        return 0.0
+    return max(0.0, (after.busy - before.busy - own) / seconds)
+
+
+class Busy(Exception):
+    """The machine did not become quiet within --max-wait."""
+
+
+def wait_quiet(limit: float, max_wait: float, settle: float = 2.0, read: Callable[[], CpuTimes] = CpuTimes.now,
+               sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> float:
+    """Wait until the other processes kept at most `limit` cores busy over a whole `settle` window (this process
+    sleeps through it, so the load is theirs); return that load. Raises Busy after `max_wait` seconds."""
+    start = clock()
+    worst = 0.0
+    while True:
+        before, t0 = read(), clock()
+        sleep(settle)
+        load = others(before, read(), clock() - t0)
+        if load <= limit:
+            return load
+        worst = max(worst, load)
+        if clock() - start + settle > max_wait:
+            raise Busy(f"the machine was not quiet for {max_wait:.0f} s (other processes kept up to {worst:.2f} "
+                       f"cores busy; the bound is {limit:.2f}): run again when it is idle, or raise --max-wait")
+
+
+# one run --------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """One process: its wall seconds, CPU seconds (children included), peak RSS in MB, stdout, and the cores the
+    rest of the machine kept busy meanwhile."""
+
+    wall: float
+    cpu: float
+    rss: float
+    stdout: str
+    others: float
+
+
+# Runs the command and measures it from a small interpreter of its own: a child's peak RSS counts the memory of
+# the process it was forked from, so forked from this runner (which has rendered texts with a tokenizer loaded)
+# every tool would read as at least the runner's size.
+MEASURE = """
+import json, os, resource, subprocess, sys, time
+stat_before, start = open("/proc/stat").read(), time.perf_counter()
+code = subprocess.call(sys.argv[2:])
+wall, stat_after = time.perf_counter() - start, open("/proc/stat").read()
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+with open(sys.argv[1], "w") as f:
+    json.dump({"code": code, "wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_kb": usage.ru_maxrss,
+               "before": stat_before, "after": stat_after}, f)
+"""
+
+
+def run_process(command: Sequence[str], env: dict[str, str] | None = None) -> Run:
+    """Run `command` as its own process: wall and CPU seconds, peak RSS and the machine's load around it."""
+    with tempfile.TemporaryDirectory() as folder:
+        out, err, measured = (Path(folder) / name for name in ("out", "err", "measured.json"))
+        with out.open("w") as stdout, err.open("w") as stderr:
+            subprocess.run([sys.executable, "-c", MEASURE, str(measured), *command], stdout=stdout, stderr=stderr,
+                           env=env, check=False)
+        m = json.loads(measured.read_text()) if measured.exists() else {"code": "no measurement"}
+        if m["code"] != 0:
+            raise RuntimeError(f"{' '.join(command[:4])} ... exited {m['code']}:\n{err.read_text()[-3000:]}")
+        load = others(CpuTimes.parse(m["before"]), CpuTimes.parse(m["after"]), m["wall"], m["cpu"])
+        return Run(m["wall"], m["cpu"], m["rss_kb"] / 1024, out.read_text(), load)
+
+
+# tools, rounds and the table ------------------------------------------------------------------------------------
+
+@dataclass
+class Tool:
+    """A command to time. `seconds` reads the figure from a run (default: its wall time, the whole process; a tool
+    that times an inner step prints it); `check` looks at the run's output (same tokens, same ids) and raises when
+    it is wrong. `group` is the data set; `baseline` names the tool ratios are taken to in the group; `peer` marks
+    the tools prep is compared with."""
+
+    name: str
+    group: str
+    command: list[str]
+    seconds: Callable[[Run], float] = lambda run: run.wall
+    check: Callable[[Run], None] | None = None
+    tokens: int = 0
+    rows: int = 0
+    baseline: str = ""
+    peer: bool = False
+    what: str = "whole process"
+    env: dict[str, str] | None = None
+    runs: list[Run] = field(default_factory=list)
+    discarded: list[Run] = field(default_factory=list)
+
+    @property
+    def best(self) -> Run:
+        return min(self.runs, key=self.seconds)
+
+
+def measure(tool: Tool, limit: float, max_wait: float, loaded: bool, settle: float, log: Callable[[str], None]) -> None:
+    """One kept run of `tool`: waits for quiet before it, repeats it when the machine did not stay quiet."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        if not loaded:
+            wait_quiet(limit, max(0.0, deadline - time.monotonic()), settle)
+        run = run_process(tool.command, tool.env)
+        if tool.check is not None:
+            tool.check(run)
+        if loaded or run.others <= limit:
+            tool.runs.append(run)
+            log(f"  {tool.group} | {tool.name}: {tool.seconds(run):.2f} s (wall {run.wall:.2f} s, cpu {run.cpu:.2f} s, "
+                f"{run.rss:.0f} MB; others {run.others:.2f} cores)")
+            return
+        tool.discarded.append(run)
+        log(f"  {tool.group} | {tool.name}: discarded, other processes kept {run.others:.2f} cores busy")
+        if time.monotonic() > deadline:
+            raise Busy(f"{tool.name}: every run for {max_wait:.0f} s shared the machine; run again when it is idle")
+
+
+def rounds(tools: list[Tool], n: int, limit: float, max_wait: float, loaded: bool, settle: float,
+           log: Callable[[str], None]) -> None:
+    """`n` rounds, each running every tool once, the order rotated each round so no tool always runs first."""
+    for r in range(n):
+        log(f"round {r + 1}/{n}")
+        order = tools[r % len(tools):] + tools[:r % len(tools)]
+        for tool in order:
+            measure(tool, limit, max_wait, loaded, settle, log)
+
+
+def table(tools: list[Tool]) -> list[str]:
+    """The markdown table: per data set, each tool's best seconds, tokens/s, × the baseline (its tokens/s ratio)
+    and how many times faster prep's fastest command is than each peer."""
+    lines = ["| data | tool | seconds (best) | runs kept / discarded | peak RSS MB | others' load (cores) | "
+             "tokens/s | × raw encode_batch | prep CLI × it |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    by_name = {(t.group, t.name): t for t in tools}
+    for tool in tools:
+        best = tool.best
+        seconds = tool.seconds(best)
+        rate = tool.tokens / seconds if tool.tokens and seconds else 0.0
+        base = by_name.get((tool.group, tool.baseline))
+        ratio = f"{(tool.tokens / seconds) / (base.tokens / base.seconds(base.best)):.2f}" \
+            if base is not None and tool.tokens and base.tokens else ""
+        prep = [t for t in tools if t.group == tool.group and t.name.startswith("prep tokenize CLI")]
+        fastest = min(prep, key=lambda t: t.seconds(t.best), default=None)
+        versus = f"{seconds / fastest.seconds(fastest.best):.2f}" if tool.peer and fastest is not None else ""
+        lines.append(f"| {tool.group} | {tool.name} ({tool.what}) | {seconds:.2f} | {len(tool.runs)} / "
+                     f"{len(tool.discarded)} | {best.rss:.0f} | {max(r.others for r in tool.runs):.2f} | "
+                     f"{f'{rate:,.0f}' if rate else ''} | {ratio} | {versus} |")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small data and one round: a smoke test")
+    parser.add_argument("--rounds", type=int, help="rounds of every tool (default 3; 1 with --quick)")
+    parser.add_argument("--max-wait", type=float, default=1800.0,
+                        help="seconds to wait for a quiet machine before each run (default 1800)")
+    parser.add_argument("--quiet-cores", type=float, default=0.1,
+                        help="most cores other processes may keep busy for the machine to count as quiet (0.1)")
+    parser.add_argument("--settle", type=float, default=2.0, help="seconds the machine must stay quiet before a run")
+    parser.add_argument("--loaded", action="store_true",
+                        help="do not wait for a quiet machine and keep every run (the load is printed beside it)")
+    parser.add_argument("--skip-trl", action="store_true")
+    parser.add_argument("--llamafactory-python", help="interpreter of a venv with llamafactory installed")
+    parser.add_argument("--keep", help="folder for the data and outputs (default: a temporary one, removed)")
+    args = parser.parse_args(argv)
+    n = args.rounds or (1 if args.quick else 3)
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="prep-bench-run-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        speed = runpy.run_path(str(Path(__file__).with_name("tokenize_speed.py")), run_name="bench_tokenize_speed")
+        tools, summary = speed["comparison"](sys.modules[__name__], work, quick=args.quick, trl=not args.skip_trl,
+                                                             llamafactory_python=args.llamafactory_python, log=log)
+        started = datetime.now(timezone.utc)
+        rounds(tools, n, args.quiet_cores, args.max_wait, args.loaded, args.settle, log)
+    except Busy as e:
+        sys.exit(f"bench/run.py: {e}")
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"{started:%Y-%m-%d %H:%M} UTC, {platform.node()}: {os.cpu_count()} CPUs "
+          f"({platform.processor() or platform.machine()}), Python {platform.python_version()}; "
+          f"{'machine NOT quiet (--loaded)' if args.loaded else f'quiet machine (others ≤ {args.quiet_cores} cores)'}; "
+          f"{n} round(s), best run shown; load average now {os.getloadavg()[0]:.2f}\n")
+    print("\n".join(table(tools)))
+    for line in summary(tools):
+        print(f"\n{line}")
+    print("\n" + json.dumps({f"{t.group} | {t.name}": [round(t.seconds(r), 3) for r in t.runs] for t in tools}))
+
+
+if __name__ == "__main__":
+    main()
