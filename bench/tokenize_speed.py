@@ -305,8 +305,8 @@ def unique_alpaca(folder: Path, copies: int) -> tuple[Path, list[dict[str, Any]]
 
 def glaive_shared_tools(folder: Path, copies: int, functions: int = 6) -> Path:
     """The glaive tool-call fixture (sharegpt) `copies` times, every row offered the same tools (the first
-    `functions` distinct functions of the fixture: one agent's schema), every copy's human and gpt turns tagged
-    with its number so no two rows are alike."""
+    `functions` distinct functions of the fixture: one agent's schema), every copy's human, gpt and tool-result
+    turns tagged with its number so no two rows are alike."""
     rows = json.loads(GLAIVE.read_text(encoding="utf-8"))
     schema: dict[str, Any] = {}
     for row in rows:
@@ -317,7 +317,7 @@ def glaive_shared_tools(folder: Path, copies: int, functions: int = 6) -> Path:
     with path.open("w", encoding="utf-8") as f:
         for k in range(copies):
             for row in rows:
-                turns = [{**t, "value": f"[{k}] {t['value']}"} if t["from"] in ("human", "gpt") else t
+                turns = [{**t, "value": f"[{k}] {t['value']}"} if t["from"] in ("human", "gpt", "observation") else t
                          for t in row["conversations"]]
                 f.write(json.dumps({"conversations": turns, "tools": tools}, ensure_ascii=False) + "\n")
     return path

@@ -48,6 +48,7 @@ from prep.core.media import PLACEHOLDERS, Item, location, pieces, placeholders
 from prep.core.records import Message, Record, kind_of
 from prep.files.media_out import MEDIA_DIR, extension
 from prep.render.jinja import JinjaTemplate
+from prep.render.segments import Segments
 from prep.render.spans import Rendered, Span, Specials, Turn, nothing_to_train, resolve_train_on
 from prep.render.templates import AnyTemplate, document, prompt_text, render_pair
 from prep.render.tokenizer import Tokenizer
@@ -119,6 +120,7 @@ class Encoder:
     def __init__(self, backend: Any, template: AnyTemplate | None, specials: Specials, settings: Settings,
                  scheme: Scheme | Unknown | None = None) -> None:
         self.backend, self.template, self.specials, self.settings = backend, template, specials, settings
+        self.segments = Segments(backend)  # repeated stretches between special tokens (system prompts, tools) once
         self.scheme = scheme or Unknown("no processor folder given")
         # sft shards of a model with a media scheme carry the media column (empty lists for text-only rows)
         self.media = settings.kind == "sft" and isinstance(self.scheme, Scheme)
@@ -157,7 +159,7 @@ class Encoder:
     def encode(self, jobs: Batch[_Job]) -> tuple[Batch[str], pa.Table]:
         """The Rust half (the GIL is released while it runs), then labels and the Arrow table. Each job keeps its
         encodings (`encode_measured` reads their lengths)."""
-        encodings = self.backend.encode_batch([t for job in jobs.items for t in job.texts], add_special_tokens=False)
+        encodings = self.segments.encode_batch([t for job in jobs.items for t in job.texts])
         k = 0
         for job in jobs.items:
             job.encodings = encodings[k:k + len(job.texts)]

@@ -1,0 +1,83 @@
+"""A repeated stretch between special tokens is tokenized once (prep.render.segments): every row's encoding stays
+that of the whole text (ids, offsets, char_to_token), on real tokenizers and rows that share a tools schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import fixture
+from prep.formats import read_records
+from prep.formats.inputs import Inputs
+from prep.render.segments import MIN_CHARS, Segments
+from prep.render.templates import get_template
+from prep.render.tokenizer import load_tokenizer
+from prep.shards.layout import read_manifest
+from prep.stages.tokenize import tokenize
+
+
+def shared_tools_rows(n: int) -> list[dict]:
+    """Glaive tool-call rows, each offered the same tools (all the fixture's functions): the stretch they repeat."""
+    path = fixture("data", "llamafactory", "glaive_toolcall_en_demo.json")
+    records = [r for b in read_records([str(path)]) for r in b.items][:n]
+    tools = {t["function"]["name"]: t for r in records for t in r.get("tools") or []}
+    return [{**r, "tools": list(tools.values())[:6]} for r in records]
+
+
+def same(a, b, text: str) -> bool:
+    return a.ids == b.ids and a.offsets == b.offsets and \
+        all(a.char_to_token(i) == b.char_to_token(i) for i in range(len(text) + 1))
+
+
+@pytest.mark.parametrize("name", ["qwen2.5", "llama3", "smollm3", "phi-3-mini"])
+def test_rows_encode_as_if_whole(name: str) -> None:
+    tok = load_tokenizer(fixture("tokenizers", name))
+    template = get_template("chatml", tok.specials) if name != "llama3" else None
+    if template is None:  # llama3's own template: tools in the first user turn; a long shared system prompt here
+        template = get_template("llama3", tok.specials)
+        rows = [{"messages": [{"role": "system", "content": "Answer as a pirate. " * 30},
+                              {"role": "user", "content": f"Question {k}?"}, {"role": "assistant", "content": f"Arr {k}."}]}
+                for k in range(40)]
+    else:
+        rows = shared_tools_rows(40)
+    texts = [template.render(r["messages"], r.get("tools")).text for r in rows]
+    segments = Segments(tok.backend)
+    got = segments.encode_batch(texts[:20]) + segments.encode_batch(texts[20:])
+    want = tok.backend.encode_batch(texts, add_special_tokens=False)
+    assert all(same(g, w, t) for g, w, t in zip(got, want, texts, strict=True))
+    if name == "phi-3-mini":  # its Metaspace marks only the text's first word: always whole
+        assert segments.pattern is None and not segments.cache
+    else:
+        assert segments.hits and any(len(s) >= MIN_CHARS for s in segments.cache)
+
+
+def test_a_run_without_repeats_stops_looking() -> None:
+    tok = load_tokenizer(fixture("tokenizers", "qwen2.5"))
+    chatml = get_template("chatml", tok.specials)
+    texts = [chatml.render([{"role": "user", "content": f"question {k} " * 80},
+                            {"role": "assistant", "content": f"answer {k} " * 80}]).text for k in range(30)]
+    segments = Segments(tok.backend)
+    for k in range(0, 30, 10):
+        batch = texts[k:k + 10]
+        assert [e.ids for e in segments.encode_batch(batch)] == \
+            [e.ids for e in tok.backend.encode_batch(batch, add_special_tokens=False)]
+    assert segments.pattern is None and not segments.cache
+
+
+def test_shards_equal_with_one_and_two_workers(tmp_path: Path) -> None:
+    rows = shared_tools_rows(30)
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"messages": r["messages"], "tools": r["tools"]}) + "\n" for r in rows))
+    tokenizer = str(fixture("tokenizers", "qwen2.5"))
+    for workers in (1, 2):
+        tokenize(Inputs([str(data)]), tokenizer, str(tmp_path / f"w{workers}"), template="chatml", workers=workers)
+    whole = Segments.encode_batch
+    try:  # the same run with every row encoded whole
+        Segments.encode_batch = lambda self, texts: self.backend.encode_batch(texts, add_special_tokens=False)
+        tokenize(Inputs([str(data)]), tokenizer, str(tmp_path / "whole"), template="chatml")
+    finally:
+        Segments.encode_batch = whole
+    shards = [[s["sha256"] for s in read_manifest(tmp_path / d)["shards"]] for d in ("w1", "w2", "whole")]
+    assert shards[0] == shards[1] == shards[2]
