@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import gzip
 import os
+import re
 import zlib
 from dataclasses import dataclass, field
 
@@ -22,6 +23,7 @@ _UTF8_BOM = codecs.BOM_UTF8
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _CHUNK = 1 << 20
 _READER_HEAD = 64  # read_rows refuses a file with a NUL byte this near its start
+_BLANK_LINE = re.compile(rb"\n[ \t\r\x0b\x0c]*\n")  # a whole line of whitespace (bytes.isspace) after a line
 
 
 @dataclass
@@ -112,17 +114,22 @@ def _scan_lines(head: bytes, stream: object, name: str, out: Scan) -> None:
     for chunk in _chunks(head, stream):
         lines = chunk.split(b"\n")
         last = lines.pop()
-        for k, raw in enumerate(lines):
+        first = 0
+        if lines and size:  # the line the last chunk ended inside ends here
             lineno += 1
-            if k == 0 and size:
-                part(raw)
-                _line(lineno, offset, size, nul, blank, name, out)
-                offset += size + 1
-            else:
+            part(lines[0])
+            _line(lineno, offset, size, nul, blank, name, out)
+            offset += size + 1
+            size, nul, blank, first = 0, -1, True, 1
+        if b"\x00" not in chunk and not _BLANK_LINE.search(chunk) and (first or not lines or lines[0].strip()):
+            # most chunks: no NUL, no blank line (every line but the first follows a newline): counted, not walked
+            lineno += len(lines) - first
+            offset += len(chunk) - len(last) - (len(lines[0]) + 1 if first else 0)
+        else:
+            for raw in lines[first:]:
+                lineno += 1
                 _line(lineno, offset, len(raw), raw.find(b"\x00"), not raw or raw.isspace(), name, out)
                 offset += len(raw) + 1
-            if k == 0:
-                size, nul, blank = 0, -1, True
         part(last)
     if size:
         _line(lineno + 1, offset, size, nul, blank, name, out)

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 from functools import cache
 from importlib import resources
-from typing import Any
-
-from jsonschema import Draft202012Validator, ValidationError
-from referencing import Registry, Resource
+from typing import TYPE_CHECKING, Any
 
 from prep.core.findings import Finding, finding
 from prep.core.records import type_name, unknown_role
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator, ValidationError
+    from referencing import Registry
 
 BASE = "https://prep.invalid/schemas/"
 FORMAT_SCHEMAS = ("openai", "lf_parts", "sharegpt", "alpaca", "trl", "autotrain", "coqa", "text")
@@ -40,11 +41,15 @@ def load(name: str) -> dict[str, Any]:
 
 @cache
 def _registry() -> Registry:
+    from referencing import Registry, Resource  # noqa: PLC0415 - start-up time: only to explain a failing row
+
     return Registry().with_resources((BASE + f"{n}.json", Resource.from_contents(load(n))) for n in NAMES)
 
 
 @cache
 def _explainer(name: str) -> Draft202012Validator:
+    from jsonschema import Draft202012Validator  # noqa: PLC0415 - start-up time: only to explain a failing row
+
     return Draft202012Validator(load(name), registry=_registry())
 
 

@@ -260,6 +260,10 @@ def parse_messages(value: Any, path: str, slots: list[md.Item | None], root: str
             get(item, "role", where)
             words, hint = unknown_role(role, ACCEPTED_ROLES)
             raise row_error("bad_role", words, f"{where}.role", hint=hint)
+        content = item.get("content")
+        if len(item) == 2 and content.__class__ is str and role != "tool":
+            messages.append({"role": role, "content": content})  # most messages: role and text, nothing to check
+            continue
         extra: dict[str, Any] = {}
         raw_calls = item.get("tool_calls") or ([item["function_call"]] if item.get("function_call") else [])
         if raw_calls:
@@ -280,7 +284,6 @@ def parse_messages(value: Any, path: str, slots: list[md.Item | None], root: str
                 extra["tool_calls"].append(
                     tool_call(function["name"], arguments(function.get("arguments", {}), f"{cw}.function.arguments"),
                               call_id))
-        content = item.get("content")
         if content is None and (raw_calls or role == "assistant" and "tool_calls" in item):
             content = ""
         if not isinstance(content, str):

@@ -16,13 +16,16 @@ import json
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prep.checks.locate import Loc
 from prep.core.codes import CODES
 from prep.core.findings import Finding, Source, finding
 from prep.core.records import Record, kind_of
-from prep.overlap.near import NearIndex, sketch
 from prep.overlap.text import Compare, compared
+
+if TYPE_CHECKING:
+    from prep.overlap.near import NearIndex
 
 NEAR = 0.8  # prep dedup's and prep split's default
 _COMPARE = Compare()
@@ -158,16 +161,22 @@ class NearDuplicates:
     normalisation and threshold); training rows are looked up as they stream by, so a split made by
     `prep split` has no near duplicate here."""
 
-    index: NearIndex = field(default_factory=lambda: NearIndex(NEAR))
+    index: NearIndex | None = None  # made by the first validation row: numpy and rensa load only then
     reported: set[int] = field(default_factory=set)
 
     def add(self, record: Record, key: int, source: Source) -> None:
+        from prep.overlap.near import NearIndex, sketch  # noqa: PLC0415 - start-up time: without validation rows, unused
+
+        if self.index is None:
+            self.index = NearIndex(NEAR)
         self.index.add(sketch([compared(record, _COMPARE)], NEAR), [(len(self.index.refs), key, source)])
 
     def check(self, record: Record, key: int, source: Source) -> Finding | None:
         """A finding placed at the validation row this training row (nearly) repeats, once per such row."""
-        if len(self.reported) == len(self.index.refs):
+        if self.index is None or len(self.reported) == len(self.index.refs):
             return None
+        from prep.overlap.near import sketch  # noqa: PLC0415 - loaded by add() already
+
         for (held, held_key, where), score in self.index.query(sketch([compared(record, _COMPARE)], NEAR), 0):
             if held not in self.reported:
                 self.reported.add(held)
