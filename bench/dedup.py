@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import random
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -139,6 +141,45 @@ def peers(path: Path, limit: int) -> None:
         if not lsh.query(batch):
             lsh.insert(i, batch)
     print(f"  datasketch MinHash.bulk + MinHashLSH ({len(few):,} rows): {len(few) / (time.perf_counter() - start):,.0f} rows/s")
+
+
+WORK_ALONE = """
+import json, runpy, sys
+from pathlib import Path
+bench = runpy.run_path(sys.argv[1], run_name="bench_dedup")
+seconds, _, removed = bench["work_alone"](Path(sys.argv[2]), None if sys.argv[3] == "exact" else float(sys.argv[3]))
+print(json.dumps({"seconds": seconds, "removed": removed}))
+"""
+
+
+def comparison(runner: Any, work: Path, quick: bool, log: Any = print, rows: int = 1_000_000) -> tuple[list[Any], Any]:
+    """bench/run.py's tools for `--suite dedup`: on `rows` short chat rows (10,000 with --quick), the `prep dedup` CLI
+    (whole process) beside the dedup work alone (fingerprints and decision, in process, reading left out) as the
+    baseline, for exact copies (`--exact`) and for near duplicates at 0.8."""
+    Tool = runner.Tool  # noqa: N806 - the runner's class
+    rows = 10_000 if quick else rows
+    data = work / f"dedup-{rows}.jsonl"
+    exact, nearby = make_rows(data, rows)
+    mb = data.stat().st_size / 1e6  # the folder is gone when summary runs
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    tools: list[Any] = []
+    for group, flags, threshold in ((f"dedup exact, {rows:,} rows", ["--exact"], "exact"),
+                                    (f"dedup near 0.8, {rows:,} rows", [], "0.8")):
+        alone = Tool("dedup work alone", group, [sys.executable, "-c", WORK_ALONE, str(Path(__file__).resolve()),
+                                                 str(data), threshold],
+                     seconds=lambda run: json.loads(run.stdout.strip().splitlines()[-1])["seconds"], rows=rows,
+                     what="in process, fingerprints and decision", env=env)
+        alone.baseline = alone.name
+        tools += [alone, Tool(f"prep dedup{' --exact' if flags else ''} CLI", group,
+                              [sys.executable, "-m", "prep", "dedup", str(data), *flags, "-o",
+                               str(work / f"dedup-out-{threshold}.jsonl"), "-q"], rows=rows, baseline=alone.name,
+                              env=env)]
+
+    def summary(measured: list[Any]) -> list[str]:
+        return [f"dedup: {rows:,} short chat rows ({mb:.0f} MB), {exact:,} exact and "
+                f"{nearby:,} near copies planted."]
+
+    return tools, summary
 
 
 def main() -> None:

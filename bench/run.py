@@ -9,12 +9,18 @@ so); `--loaded` skips the waiting and keeps every run, with the other processes'
 smoke test on a shared machine. Rounds are interleaved (each round runs every tool, in a rotated order), and the
 best run of each tool is reported.
 
-The comparisons are defined beside their own benches (`bench/tokenize_speed.py`: `comparison`), which make the
+The comparisons are defined beside their own benches (`bench/tokenize_speed.py`, `bench/validate.py`,
+`bench/dedup.py`: `comparison`), which make the
 data and name each tool's command; this runner times them. A markdown table goes to stdout (for the README), with
 the date, the machine and the load.
 
-    python bench/run.py [--quick] [--rounds 3] [--max-wait 1800] [--quiet-cores 0.1] [--loaded]
-                        [--skip-trl] [--llamafactory-python PATH] [--keep DIR]
+    python bench/run.py [--suite tokenize|validate|dedup] [--quick] [--rounds 3] [--max-wait 1800]
+                        [--quiet-cores 0.1] [--loaded] [--skip-trl] [--llamafactory-python PATH]
+                        [--together-python PATH ...] [--dedup-rows 1000000] [--keep DIR]
+
+`--suite validate` (bench/validate.py: `comparison`) times `prep validate` beside Together's check_file, whole
+process and in process; `--suite dedup` (bench/dedup.py) the `prep dedup` CLI beside the dedup work alone. Their
+rates are rows/s.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+SUITES = {"tokenize": "tokenize_speed.py", "validate": "validate.py", "dedup": "dedup.py"}  # each has `comparison`
 
 
 # the machine ----------------------------------------------------------------------------------------------------
@@ -199,22 +206,26 @@ def table(tools: list[Tool]) -> list[str]:
     """The markdown table: per data set, each tool's best seconds, tokens/s, × the baseline (its tokens/s ratio)
     and how many times faster prep's fastest command is than each peer."""
     lines = ["| data | tool | seconds (best) | runs kept / discarded | peak RSS MB | others' load (cores) | "
-             "tokens/s | × raw encode_batch | prep CLI × it |",
+             "tokens/s or rows/s | × the group's baseline | prep CLI × it |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     by_name = {(t.group, t.name): t for t in tools}
     for tool in tools:
         best = tool.best
         seconds = tool.seconds(best)
-        rate = tool.tokens / seconds if tool.tokens and seconds else 0.0
+        units = tool.tokens or tool.rows  # tokens for tokenize, rows for validate and dedup
+        unit = "tokens" if tool.tokens else "rows"
+        rate = units / seconds if units and seconds else 0.0
         base = by_name.get((tool.group, tool.baseline))
-        ratio = f"{(tool.tokens / seconds) / (base.tokens / base.seconds(base.best)):.2f}" \
-            if base is not None and tool.tokens and base.tokens else ""
-        prep = [t for t in tools if t.group == tool.group and t.name.startswith("prep tokenize CLI")]
+        base_units = base and (base.tokens or base.rows)
+        ratio = f"{rate / (base_units / base.seconds(base.best)):.2f}" if base is not None and units and base_units \
+            else ""
+        prep = [t for t in tools if t.group == tool.group and t.name.startswith("prep ") and t.name.endswith("CLI")
+                or t.name.startswith("prep tokenize CLI")]
         fastest = min(prep, key=lambda t: t.seconds(t.best), default=None)
         versus = f"{seconds / fastest.seconds(fastest.best):.2f}" if tool.peer and fastest is not None else ""
         lines.append(f"| {tool.group} | {tool.name} ({tool.what}) | {seconds:.2f} | {len(tool.runs)} / "
                      f"{len(tool.discarded)} | {best.rss:.0f} | {max(r.others for r in tool.runs):.2f} | "
-                     f"{f'{rate:,.0f}' if rate else ''} | {ratio} | {versus} |")
+                     f"{f'{rate:,.0f} {unit}/s' if rate else ''} | {ratio} | {versus} |")
     return lines
 
 
@@ -231,6 +242,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="do not wait for a quiet machine and keep every run (the load is printed beside it)")
     parser.add_argument("--skip-trl", action="store_true")
     parser.add_argument("--llamafactory-python", help="interpreter of a venv with llamafactory installed")
+    parser.add_argument("--suite", choices=SUITES, default="tokenize", help="what to compare (default tokenize)")
+    parser.add_argument("--together-python", action="append", default=[],
+                        help="validate: an interpreter that imports together (repeatable; the first is the baseline)")
+    parser.add_argument("--dedup-rows", type=int, default=1_000_000, help="dedup: rows to make (default 1,000,000)")
     parser.add_argument("--keep", help="folder for the data and outputs (default: a temporary one, removed)")
     args = parser.parse_args(argv)
     n = args.rounds or (1 if args.quick else 3)
@@ -241,9 +256,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="prep-bench-run-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        speed = runpy.run_path(str(Path(__file__).with_name("tokenize_speed.py")), run_name="bench_tokenize_speed")
-        tools, summary = speed["comparison"](sys.modules[__name__], work, quick=args.quick, trl=not args.skip_trl,
-                                                             llamafactory_python=args.llamafactory_python, log=log)
+        suite = runpy.run_path(str(Path(__file__).with_name(SUITES[args.suite])), run_name=f"bench_{args.suite}")
+        options = {"tokenize": {"trl": not args.skip_trl, "llamafactory_python": args.llamafactory_python},
+                   "validate": {"together_python": args.together_python},
+                   "dedup": {"rows": args.dedup_rows}}[args.suite]
+        tools, summary = suite["comparison"](sys.modules[__name__], work, quick=args.quick, log=log, **options)
         started = datetime.now(timezone.utc)
         rounds(tools, n, args.quiet_cores, args.max_wait, args.loaded, args.settle, log)
     except Busy as e:

@@ -33,6 +33,7 @@ import importlib.util
 import json
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,39 @@ def together_pythons(given: list[str]) -> list[str]:
         return given
     found = subprocess.run([sys.executable, "-c", "import together"], capture_output=True).returncode == 0
     return [sys.executable] if found else []
+
+
+def comparison(runner: Any, work: Path, quick: bool, log: Any = print, together_python: Sequence[str] = ()
+               ) -> tuple[list[Any], Any]:
+    """bench/run.py's tools for `--suite validate`: `prep validate` beside Together's `check_file` on the same file
+    (the tokenize bench's unique alpaca chats, x20: 19,980 rows), whole process (`prep validate -q`; a Python that
+    imports together and checks) and in process (seconds around the check alone), each against the first
+    `together_python`'s check_file as the baseline (the issue compares with together 1.5.35)."""
+    Tool = runner.Tool  # noqa: N806 - the runner's class
+    data, _ = _sibling("tokenize_speed").unique_alpaca(work, 1 if quick else 20)
+    rows, mb = sum(1 for _ in data.open("rb")), data.stat().st_size / 1e6  # the folder is gone when summary runs
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TOGETHER_NO_BANNER": "1"}
+    inner = lambda run: json.loads(run.stdout.strip().splitlines()[-1])["seconds"]  # noqa: E731
+    tools: list[Any] = []
+    pythons = together_pythons(list(together_python))
+    versions = [runner.run_process([p, "-c", TOGETHER, str(data)], env) for p in pythons]  # also warms the page cache
+    names = [f"together {json.loads(v.stdout.strip().splitlines()[-1])['version']} check_file" for v in versions]
+    for group, what in (("validate, whole process", "whole process"), ("validate, in process", "in process")):
+        seconds = (lambda run: run.wall) if what == "whole process" else inner
+        command = [sys.executable, "-m", "prep", "validate", str(data), "-q"] if what == "whole process" else \
+            [sys.executable, "-c", PREP, str(data)]
+        tools.append(Tool(f"prep validate{' CLI' if what == 'whole process' else ''}", group, command, seconds=seconds,
+                          rows=rows, baseline=names[0] if names else "", what=what, env=env))
+        for python, name in zip(pythons, names, strict=True):
+            tools.append(Tool(name, group, [python, "-c", TOGETHER, str(data)], seconds=seconds, rows=rows,
+                              baseline=names[0], peer=True, what=what, env=env))
+    if not names:
+        log("validate: no Python that imports together (give --together-python): prep alone")
+
+    def summary(measured: list[Any]) -> list[str]:
+        return [f"validate: {rows:,} unique alpaca chats with a system prompt ({mb:.1f} MB)."]
+
+    return tools, summary
 
 
 def main() -> None:
