@@ -100,6 +100,7 @@ def _shards(path: Path, out: Path, thinking: bool, **kw: Any) -> dict[str, dict[
     return {r["ids"][0]: r for r in pq.read_table(out / "data").to_pylist()}
 
 
+@pytest.mark.slow  # 80 rows, each rendered by transformers per turn (the file's first: it imports transformers)
 @pytest.mark.parametrize("thinking", [True, False])
 def test_qwen3_style_trains_from_the_generation_prompt_and_refuses_no_multi_turn_row(rows, tmp_path,
                                                                                      thinking: bool) -> None:
