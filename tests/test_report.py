@@ -4,11 +4,7 @@ single request beyond itself."""
 
 from __future__ import annotations
 
-import base64
 import json
-import shutil
-import subprocess
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -18,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from tokenizers import Tokenizer
 
+from browser import needs_chromium, open_in_chromium
 from conftest import ROOT, SAMPLES, fixture, make_tiny_model, run_prep
 from prep.cli import main
 from prep.formats.inputs import Inputs
@@ -284,75 +281,8 @@ def refused_in_one_line(args: list[str], words: str) -> None:
 # ---------------------------------------------------------------- in a browser
 
 
-def _devtools(port_file: Path, proc: subprocess.Popen, timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if port_file.is_file() and len(lines := port_file.read_text().split()) >= 2:
-            return f"ws://127.0.0.1:{lines[0]}{lines[1]}"
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    raise AssertionError("Chromium did not open its DevTools port")
-
-
-def open_in_chromium(page: Path, shot: Path, profile: Path, evaluate: str = "null"
-                     ) -> tuple[list[dict], list[str], Any]:
-    """Open `page` in headless Chromium, driven over the DevTools protocol (its websocket on a port the browser
-    picks, so parallel runs never collide), take a screenshot, and return the console errors, every URL the
-    page requested, and the value of the JavaScript expression `evaluate` on the loaded page."""
-    websocket = pytest.importorskip("websocket", reason="the DevTools client is websocket-client (dev extra)")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank"]
-    proc = subprocess.Popen([shutil.which("chromium"), *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        ws = websocket.create_connection(_devtools(profile / "DevToolsActivePort", proc), timeout=30,
-                                         suppress_origin=True)
-        counter = iter(range(1, 10_000))
-        events: list[dict] = []
-
-        def call(method: str, session: str | None = None, **params: Any) -> dict:
-            n = next(counter)
-            ws.send(json.dumps({"id": n, "method": method, "params": params,
-                                **({"sessionId": session} if session else {})}))
-            while True:
-                message = json.loads(ws.recv())
-                if message.get("id") == n:
-                    assert "error" not in message, message
-                    return message["result"]
-                events.append(message)
-
-        target = call("Target.createTarget", url="about:blank")["targetId"]
-        session = call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-        for domain in ("Page", "Runtime", "Log", "Network"):
-            call(f"{domain}.enable", session)
-        call("Emulation.setDeviceMetricsOverride", session, width=1100, height=1400, deviceScaleFactor=1, mobile=False)
-        call("Page.navigate", session, url=page.as_uri())
-        deadline = time.monotonic() + 30
-        while not any(e.get("method") == "Page.loadEventFired" for e in events) and time.monotonic() < deadline:
-            events.append(json.loads(ws.recv()))
-        time.sleep(0.5)  # anything the page would fetch after load
-        value = call("Runtime.evaluate", session, expression=evaluate, returnByValue=True)["result"].get("value")
-        shot.write_bytes(base64.b64decode(call("Page.captureScreenshot", session, format="png")["data"]))
-        ws.settimeout(0.5)
-        try:
-            while True:
-                events.append(json.loads(ws.recv()))
-        except websocket.WebSocketTimeoutException:
-            pass
-        ws.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    errors = [e for e in events if e.get("method") == "Runtime.exceptionThrown"
-              or e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert", "warning")
-              or e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] in ("error", "warning")]
-    urls = [e["params"]["request"]["url"] for e in events if e.get("method") == "Network.requestWillBeSent"]
-    return errors, urls, value
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium (.ci/run installs it)")
+@needs_chromium
 def test_the_page_opens_in_chromium_without_errors_or_requests(quickstart, tmp_path) -> None:
     run = quickstart
     page = run / "report.html"
@@ -363,7 +293,7 @@ def test_the_page_opens_in_chromium_without_errors_or_requests(quickstart, tmp_p
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000  # a drawn page, not a blank one
 
 
-@pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium (.ci/run installs it)")
+@needs_chromium
 def test_sample_rows_show_their_images_as_thumbnails_in_chromium(tmp_path) -> None:
     """A shard folder whose rows hold images (test_media_shards builds it over the real Qwen2-VL tokenizer): the
     sample row shows the image as a thumbnail, inline, where its 391 pad tokens are, and the page asks for nothing."""

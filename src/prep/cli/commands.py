@@ -329,7 +329,7 @@ def train(**values: Any) -> None:
 @main.command("run")
 @click.argument("recipe_file", metavar="RECIPE.yaml", type=click.Path(dir_okay=False))
 @options("run")
-def run_recipe(recipe_file: str, sets: tuple[str, ...], dry_run: bool, quiet: bool) -> None:
+def run_recipe(recipe_file: str, sets: tuple[str, ...], dry_run: bool, quiet: bool, events: str | None) -> None:
     """Run a recipe: convert -> validate -> tokenize -> pack -> train, skipping stages whose output is
     already there for the same inputs and options.
 
@@ -342,12 +342,15 @@ def run_recipe(recipe_file: str, sets: tuple[str, ...], dry_run: bool, quiet: bo
       prep run recipes/quickstart.yaml
       prep run recipes/alpaca-ko-lora.yaml --set train.max_steps=200 --set output=runs/ko-200
       prep run recipes/quickstart.yaml --dry-run
+      prep run recipes/quickstart.yaml -q --events events.jsonl    # follow it: tail -f events.jsonl
     """
+    import contextlib  # noqa: PLC0415 - start-up time
+
     from rich.console import Console  # noqa: PLC0415 - start-up time
 
     from prep.recipes.recipe import load_recipe  # noqa: PLC0415 - start-up time
     from prep.recipes.runner import plan, run, write_report, write_run_json  # noqa: PLC0415 - start-up time
-    from prep.recipes.view import RichView, print_plan, print_summary  # noqa: PLC0415 - start-up time
+    from prep.recipes.view import EventsView, RichView, print_plan, print_summary  # noqa: PLC0415 - start-up time
 
     recipe = load_recipe(recipe_file, sets)
     console = Console(stderr=True, highlight=False)
@@ -356,14 +359,37 @@ def run_recipe(recipe_file: str, sets: tuple[str, ...], dry_run: bool, quiet: bo
         return
     if "train" in recipe.stages:
         _quiet_libraries()
-    if quiet:
-        result = run(recipe)
-    else:
-        stages = plan(recipe)
-        with RichView(stages, console) as view:
-            result = run(recipe, view=view, stages=stages)
+    stages = plan(recipe)
+    with contextlib.ExitStack() as stack:
+        view = None if quiet else stack.enter_context(RichView(stages, console))
+        if events:
+            view = EventsView(stages, stack.enter_context(open(events, "w", encoding="utf-8")), view)
+        result = run(recipe, view=view, stages=stages)
     print_summary(result, console, write_run_json(result), write_report(result))
     sys.exit(result.exit_code)
+
+
+@main.command()
+@click.argument("root", default=".", type=click.Path(exists=True, file_okay=False))
+@options("ui")
+def ui(root: str, host: str, port: int, token: str | None) -> None:
+    """A local web app over ROOT (default: this folder): look at the data and its findings, see a row's trained
+    tokens, build a recipe from the options table, run it and watch it, compare runs. It reads and writes only
+    under ROOT, listens on this machine only unless --host says otherwise (then --token is needed), and fetches
+    nothing from the network. Needs the ui extra: pip install 'prep[ui]'.
+
+    \b
+    Examples:
+      prep ui                                     # prints http://127.0.0.1:PORT/ (a free port)
+      prep ui ~/data --port 8765
+      prep ui . --host 0.0.0.0 --token "$(openssl rand -hex 16)"
+    """
+    from prep.core.extras import require_ui_extra  # noqa: PLC0415 - start-up time
+
+    require_ui_extra()
+    from prep.ui.app import serve  # noqa: PLC0415 - start-up time: the web framework only when the app starts
+
+    serve(root, host, port, token)
 
 
 @main.command()

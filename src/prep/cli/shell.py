@@ -64,7 +64,7 @@ class _Group(click.Group):
 # The parameters of the verbs that name what they read, and those that name what they write.
 _READS = ("files", "validation", "against", "shards", "target", "targets", "dataset_info", "tokenizer", "model",
           "adapter", "eval", "recipe_file")
-_WRITES = {"output": "-o", "rejects": "--rejects", "report": "--report"}
+_WRITES = {"output": "-o", "rejects": "--rejects", "report": "--report", "events": "--events"}
 
 
 def _terminate(signum: int, frame: Any) -> None:

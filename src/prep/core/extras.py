@@ -10,6 +10,7 @@ from typing import Any
 from prep.core.findings import PrepError
 
 TRAIN = ("torch", "transformers", "datasets", "accelerate", "peft", "trl", "matplotlib")
+UI = ("starlette", "uvicorn")
 
 
 def require_train_extra(load: bool = True) -> None:
@@ -39,3 +40,11 @@ def require_ray() -> Any:
     except ImportError as e:
         raise PrepError(f"--engine ray needs the ray extra ({e}): pip install 'prep[ray]'") from None
     return ray
+
+
+def require_ui_extra() -> None:
+    """Refuse `prep ui`, with the install line, when the ui extra's web framework and server are not installed
+    (looked for, not imported: the app imports them when it starts)."""
+    missing = [m for m in UI if importlib.util.find_spec(m) is None]
+    if missing:
+        raise PrepError(f"prep ui needs the ui extra ({', '.join(missing)} not installed): pip install 'prep[ui]'")

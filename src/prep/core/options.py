@@ -522,13 +522,26 @@ RUN = (
                 "is read as YAML; paths are relative to the current folder)."),
     Option("dry_run", bool, False, "Print the stages, their keys and which would run; run nothing."),
     Option("quiet", bool, False, "No progress view; print the summary only.", flags=("-q", "--quiet")),
+    Option("events", path="file",
+           help="Also write each stage's start, progress and end as JSON lines to FILE, as they happen (what `prep ui` "
+                "shows live; a script can follow it too)."),
+)
+
+# `prep ui`: where it listens, and the secret a request must carry when it listens beyond this machine.
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+UI = (
+    Option("host", default="127.0.0.1",
+           help="Address to listen on; any but loopback (127.0.0.1, ::1, localhost) needs --token."),
+    Option("port", int, 0, "Port to listen on (0: a free one, chosen when it starts).", low=0, high=65535),
+    Option("token", help="A secret every request must carry (the printed URL holds it once; the page keeps it in a "
+                         "cookie). Needed with a --host other than loopback."),
 )
 
 TABLES: dict[str, tuple[Option, ...]] = {
     "inputs": INPUTS, "convert": CONVERT, "validate": VALIDATE, "template": TEMPLATE, "tokenize": TOKENIZE,
     "pack": PACK, "verify": VERIFY, "inspect": INSPECT, "stats": STATS, "train": TRAIN, "generate": GENERATE,
     "report": REPORT, "export": EXPORT, "run": RUN, "mix": MIX, "dedup": DEDUP, "split": SPLIT,
-    "decontaminate": DECONTAMINATE,
+    "decontaminate": DECONTAMINATE, "ui": UI,
 }
 RECIPE_SECTIONS = ("inputs", "convert", "mix", "dedup", "decontaminate", "split", "validate", "tokenize", "pack",
                    "train")

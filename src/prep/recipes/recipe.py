@@ -259,7 +259,7 @@ def _exponent_hint(value: Any, wanted: Any) -> str:
     return ""
 
 
-def _path_keys(data: dict[str, Any]) -> Iterable[JsonPath]:
+def path_keys(data: dict[str, Any]) -> Iterable[JsonPath]:
     """Every value of the recipe that is a path."""
     if "output" in data:
         yield ("output",)
@@ -285,7 +285,7 @@ def _path_keys(data: dict[str, Any]) -> Iterable[JsonPath]:
 def _resolve(data: dict[str, Any], folder: Path, lines: _Lines) -> dict[str, Any]:
     """Paths made absolute: against the recipe's folder, or the current one for --set values. A model or
     tokenizer that is no local folder but reads like owner/name stays a hub id."""
-    for at in _path_keys(data):
+    for at in path_keys(data):
         node = data
         for step in at[:-1]:
             node = node[step]
@@ -309,7 +309,7 @@ def split_spec(entry: str) -> tuple[str, str]:
 def _check_files(data: dict[str, Any], lines: _Lines) -> None:
     """Every named file and folder is there before anything runs (`--dry-run` too), the message naming the line
     and the key; a missing model says how to make the tiny one."""
-    for at in _path_keys(data):
+    for at in path_keys(data):
         if at != ("output",) and (problem := _path_problem(data, at)):
             raise PrepError(f"{lines.at(at)}: {_dotted(at)}: {problem}")
     inputs = data["inputs"]

@@ -3,8 +3,10 @@ of where everything went."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from prep.core.result import Progress
 from prep.recipes.recipe import relative
@@ -52,6 +54,42 @@ class RichView(View):
         self.bar.update(self.tasks[stage.name], mark=mark, info=word + escape(stage.summary.get("line", "")),
                         completed=1, total=1)
         self.bar.stop_task(self.tasks[stage.name])
+
+
+class EventsView(View):
+    """`prep run --events FILE`: each stage's start, progress and end as one JSON line, flushed as it happens, so a
+    reader (prep ui, a script) follows the run while it goes; progress lines at most every EVERY seconds. `inner`, a
+    terminal view, is told the same."""
+
+    EVERY = 0.25
+
+    def __init__(self, stages: list[Stage], out: IO[str], inner: View | None = None) -> None:
+        self.out, self.inner, self.last = out, inner, 0.0
+        self._write({"event": "plan", "stages": [{"stage": s.name, "status": s.status, "key": s.key,
+                                                  "folder": str(s.folder)} for s in stages]})
+
+    def _write(self, event: dict[str, Any]) -> None:
+        self.out.write(json.dumps(event, ensure_ascii=False) + "\n")
+        self.out.flush()
+
+    def start(self, stage: Stage) -> None:
+        self._write({"event": "start", "stage": stage.name, "status": stage.status})
+        if self.inner:
+            self.inner.start(stage)
+
+    def progress(self, stage: Stage, progress: Progress) -> None:
+        if time.monotonic() - self.last >= self.EVERY:
+            self.last = time.monotonic()
+            self._write({"event": "progress", "stage": stage.name, "line": progress.line(), "rows": progress.rows,
+                         "tokens": progress.tokens, "step": progress.step, "steps": progress.steps})
+        if self.inner:
+            self.inner.progress(stage, progress)
+
+    def finish(self, stage: Stage) -> None:
+        self._write({"event": "finish", "stage": stage.name, "status": stage.status,
+                     "line": stage.summary.get("line", "")})
+        if self.inner:
+            self.inner.finish(stage)
 
 
 def print_plan(result: RunResult, console: Any) -> None:

@@ -414,6 +414,18 @@ def _samples(found: _Found, tokenizer: str | None, notes: list[str], page_dir: P
             if doc in rows]
 
 
+def sample(folder: str | Path, index: int, tokenizer: str | None = None) -> dict[str, Any]:
+    """Row `index` of the shard folder decoded as the page shows a sample (each document a part of runs of trained
+    and untrained text, media labelled in place): what `prep inspect` prints, as data (prep ui's Template page)."""
+    manifest = read_manifest(folder)
+    rows = manifest["counts"]["rows"]
+    if not 0 <= index < rows:
+        raise PrepError(f"{folder}: no row {index}; it has {rows} rows (0 to {rows - 1})")
+    media = _Media(roots(Path(folder), manifest), temporal_patch(manifest))
+    return _decoded(shard_decoder(manifest, tokenizer), str(folder), (index, read_row(folder, index)), None,
+                    manifest["kind"], media)
+
+
 @dataclass
 class _Media:
     """What showing a row's media needs: the folder's media roots and the processor's temporal patch."""
