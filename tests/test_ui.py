@@ -188,8 +188,8 @@ def _click(selector: str) -> str:
 
 
 def _stage(name: str) -> str:
-    return (f"[...document.querySelectorAll('#stages tr')].map(r => [...r.cells].map(c => c.textContent))"
-            f".find(r => r[0] === '{name}')?.[1] ?? ''")
+    return (f"([...document.querySelectorAll('#stages tr')].map(r => [...r.cells].map(c => c.textContent))"
+            f".find(r => r[0] === '{name}')?.[1] ?? '')")
 
 
 @pytest.mark.slow
@@ -243,7 +243,7 @@ def test_the_whole_chain_in_chromium(tmp_path: Path) -> None:
         browser.evaluate(f"{_FILL}({json.dumps(_QUICKSTART)}, "
                          "['inputs', 'convert', 'validate', 'tokenize', 'pack', 'train'])")
         browser.evaluate(_click("#save"))
-        browser.wait("document.querySelector('#torun')")
+        browser.wait("!!document.querySelector('#torun')")
         assert browser.evaluate("document.querySelector('#saved').textContent") == "saved recipes/ui.yaml"
         assert browser.evaluate("document.querySelector('#problem')") is None
         browser.screenshot(shots / "ui-recipe.png")
@@ -254,7 +254,7 @@ def test_the_whole_chain_in_chromium(tmp_path: Path) -> None:
         assert len(mine.stages) == 5
 
         browser.evaluate(_click("#torun"))  # Run: start, stop in train, the stages before still valid
-        browser.wait("location.pathname === '/run' && document.querySelector('#recipe').value === 'recipes/ui.yaml'")
+        browser.wait("location.pathname === '/run' && document.querySelector('#recipe')?.value === 'recipes/ui.yaml'")
         browser.evaluate(_click("#start"))
         browser.wait(f"{_stage('train')} === 'running'", 600)
         assert [browser.evaluate(_stage(s)) for s in ("convert", "validate", "tokenize", "pack")] == ["ran"] * 4
@@ -280,7 +280,7 @@ def test_the_whole_chain_in_chromium(tmp_path: Path) -> None:
         browser.screenshot(shots / "ui-run.png")
         browser.evaluate("document.querySelector('#report').removeAttribute('target') ?? true")
         browser.evaluate(_click("#report"))
-        assert browser.wait("location.pathname.endsWith('report.html') && document.title").startswith("prep report")
+        assert browser.wait("location.pathname.endsWith('report.html') && document.title") == "prep run quickstart"
 
         # a second run folder (the quickstart without training) to set beside the first
         second = load_recipe(folder / "recipes" / "ui.yaml", [f"output={folder / 'runs' / 'data-only'}"])

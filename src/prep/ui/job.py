@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -124,12 +123,3 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
-
-
-def wait(job: Job, seconds: float) -> dict[str, Any]:
-    """The job's status once its process has ended or `seconds` have passed (tests, a script)."""
-    end = time.monotonic() + seconds
-    while job.process is not None and job.process.poll() is None and time.monotonic() < end:
-        time.sleep(0.2)
-    return job.status()
-
