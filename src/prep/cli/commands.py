@@ -322,6 +322,9 @@ def train(**values: Any) -> None:
             for line in result.breakdown():
                 console.print(line, soft_wrap=True)
 
+    from prep.trainer import ranks  # noqa: PLC0415 - start-up time (it imports nothing heavy)
+
+    values["quiet"] = values["quiet"] or not ranks.is_main()  # under torchrun: one progress and summary, rank 0's
     _quiet_libraries()
     run_verb("train", values, "loading", display=display)
 

@@ -12,6 +12,7 @@ from typing import Any
 from prep.core.findings import PrepError
 from prep.files.hashing import sha256_file
 from prep.shards.layout import MANIFEST
+from prep.trainer import ranks
 from prep.trainer.options import TrainOptions
 
 COMPLETE = "prep_complete.json"  # written into a checkpoint last: one without it was cut off while it was saved
@@ -28,6 +29,8 @@ def signature(shards: str, options: TrainOptions) -> dict[str, Any]:
     for key, value in asdict(options).items():
         if key not in _RESUMABLE:
             signature[f"--{key.replace('_', '-')}"] = value
+    if ranks.world_size() > 1:  # the batches each step takes; one process signs none, as before processes were
+        signature["processes"] = ranks.world_size()
     return json.loads(json.dumps(signature, default=str))
 
 
@@ -76,10 +79,11 @@ def _checkpoints(checkpoints: Path) -> tuple[list[Path], list[Path]]:
     return complete, [p for p in found if p not in complete]
 
 
-def resume_point(checkpoints: Path, notes: list[str]) -> Path:
-    """The newest complete checkpoint; newer incomplete ones are removed, and the notes say which."""
+def resume_point(checkpoints: Path, notes: list[str], remove: bool = True) -> Path:
+    """The newest complete checkpoint; newer incomplete ones are removed (by the main process only: `remove`),
+    and the notes say which."""
     complete, cut = _checkpoints(checkpoints)
-    for p in cut:
+    for p in cut if remove else ():
         notes.append(f"skipped {p.name}: it was cut off while it was saved (removed); resuming from "
                      f"{complete[-1].name if complete else 'the start'}")
         shutil.rmtree(p)

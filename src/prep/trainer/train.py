@@ -36,7 +36,7 @@ from prep.render.tokenizer import describe_tokenizer, fingerprint, same_tokenize
 from prep.shards.layout import position_ids, read_manifest
 from prep.shards.media import has_media
 from prep.shards.verify import require_verified
-from prep.trainer import preference, vision
+from prep.trainer import preference, ranks, vision
 from prep.trainer.checkpoints import COMPLETE, SIGNATURE, check_checkpoints, resume_point, signature
 from prep.trainer.options import TrainOptions
 from prep.trainer.preference import method_for
@@ -95,6 +95,12 @@ class _Counts:
     tokens: int = 0
     positions: int = 0
     trained: int = 0
+    run_tokens: int = 0  # `tokens` summed over the processes, as of the last logged step
+
+    def total(self) -> tuple[int, int, int]:
+        """(tokens, positions, trained) summed over the processes of the run: each counts only its own batches."""
+        tokens, positions, trained = ranks.reduce([self.tokens, self.positions, self.trained])
+        return tokens, positions, trained
 
     def add(self, batch: dict[str, Any], real: Any = None) -> None:
         """`real`: the real tokens of a batch that has padding but no attention mask (stacked packed rows)."""
@@ -232,11 +238,14 @@ def _load_reference(options: TrainOptions, model: Any, cuda: bool, bf16: bool) -
 
 
 def _peak_memory(cuda: bool) -> dict[str, Any]:
+    """This process's peak (its GPU's reserved memory, else its RSS), maxed over the processes of the run."""
     if cuda:
         import torch  # noqa: PLC0415 - train extra
 
-        return {"kind": "cuda_max_reserved", "bytes": int(torch.cuda.max_memory_reserved())}
-    return {"kind": "process_max_rss", "bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+        kind, peak = "cuda_max_reserved", int(torch.cuda.max_memory_reserved())
+    else:
+        kind, peak = "process_max_rss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"kind": kind, "bytes": ranks.reduce([peak], "max")[0], "processes": ranks.world_size()}
 
 
 def _check_options(options: TrainOptions) -> None:
@@ -297,7 +306,13 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
     """Train on `shards`; writes the adapter (or model), checkpoints and the report into options.output.
 
     `progress` is called after every logged step with the step, the steps in all, the loss and the
-    tokens trained on so far."""
+    tokens trained on so far.
+
+    Under torchrun or accelerate launch every process calls this; each trains on its share of the batches,
+    and only the main one writes the outputs, calls `progress` and gets the notes (trainer/ranks.py); every
+    process returns the same report, its counts summed (memory maxed) over the processes."""
+    main = ranks.is_main()
+    progress = progress if main else None
     _check_options(options)
     require_train_extra()
     manifest = check_shards(shards, method=options.method)
@@ -360,14 +375,17 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
 
         def _save_checkpoint(self, model: Any, trial: Any) -> None:
             super()._save_checkpoint(model, trial)
-            write_json(checkpoints / f"checkpoint-{self.state.global_step}" / COMPLETE,
-                       {"step": self.state.global_step})
+            ranks.barrier()  # every process has saved its part (its random state, its optimizer shard)
+            if main:
+                write_json(checkpoints / f"checkpoint-{self.state.global_step}" / COMPLETE,
+                           {"step": self.state.global_step})
 
         def log(self, logs: dict[str, Any], *args: Any, **kwargs: Any) -> None:
             if "loss" in logs:  # our count, kept in the trainer state so that it carries over a --resume
                 if self.seen_before is None:
                     self.seen_before = max((h.get("tokens_seen", 0) for h in self.state.log_history), default=0)
-                logs["tokens_seen"] = self.seen_before + counter.tokens
+                counter.run_tokens = ranks.reduce([counter.tokens])[0]  # every process logs the same steps
+                logs["tokens_seen"] = self.seen_before + counter.run_tokens
             super().log(logs, *args, **kwargs)
 
     def data(folder: str) -> Any:
@@ -390,27 +408,30 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
     class OnLog(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any) -> None:
             if progress and logs and "loss" in logs:
-                progress(Progress(tokens=counter.tokens, seconds=time.perf_counter() - started,
+                progress(Progress(tokens=counter.run_tokens, seconds=time.perf_counter() - started,
                                   step=state.global_step, steps=state.max_steps, loss=float(logs["loss"])))
 
     trainer.add_callback(OnLog())
     checkpoints.mkdir(parents=True, exist_ok=True)
-    write_json(checkpoints / SIGNATURE, signed)
+    if main:
+        write_json(checkpoints / SIGNATURE, signed)
     notes: list[str] = []
-    start = resume_point(checkpoints, notes) if options.resume else None
+    start = resume_point(checkpoints, notes, remove=main) if options.resume else None
     resumed_from = int(start.name.rsplit("-", 1)[1]) if start else None
     result = trainer.train(resume_from_checkpoint=str(start) if start else None)
     runtime = time.perf_counter() - started
     saved = out / ("model" if options.full else "adapter")
     if options.full:  # off for training only (see _load_model); generation from the saved model wants its cache
         trainer.model.config.use_cache = True
-    with replaced(saved, folder=True) as tmp:  # a full disk leaves the earlier adapter, never half a new one
-        trainer.model.save_pretrained(tmp)
-        save_serving(tmp, manifest, tokenizer, None if method == "reward" else trainer.model, notes)
-        if isinstance(collator, vision.MediaCollator):  # the image settings, for whoever loads the adapter
-            collator.processor.save_pretrained(tmp)
-        _write_info(tmp, manifest, options, method)
-    metrics = trainer.evaluate() if options.eval else {}
+    if main:
+        with replaced(saved, folder=True) as tmp:  # a full disk leaves the earlier adapter, never half a new one
+            trainer.model.save_pretrained(tmp)
+            save_serving(tmp, manifest, tokenizer, None if method == "reward" else trainer.model, notes)
+            if isinstance(collator, vision.MediaCollator):  # the image settings, for whoever loads the adapter
+                collator.processor.save_pretrained(tmp)
+            _write_info(tmp, manifest, options, method)
+    metrics = trainer.evaluate() if options.eval else {}  # every process evaluates its share
+    tokens, positions, trained = counter.total()
     curve = _curve(trainer.state.log_history)
     losses = [p["loss"] for p in curve if p.get("loss") is not None]
     report = {
@@ -421,14 +442,19 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
         "vision_tower": None if not multimodal else ("trained" if options.full else "lora") if options.train_vision
         else "frozen",
         "steps": result.global_step, "resumed_from_step": resumed_from, "epochs": result.metrics.get("epoch"),
-        "runtime_s": round(runtime, 3), "tokens": counter.tokens, "batch_positions": counter.positions,
-        "trained_tokens": counter.trained, "tokens_per_s": round(counter.tokens / runtime, 1) if runtime else None,
+        "processes": ranks.world_size(), "runtime_s": round(runtime, 3), "tokens": tokens,
+        "batch_positions": positions, "trained_tokens": trained,
+        "tokens_per_s": round(tokens / runtime, 1) if runtime else None,
         "train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None, "eval_loss": metrics.get("eval_loss"),
         "eval": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         "peak_memory": _peak_memory(cuda), "options": json.loads(json.dumps(asdict(options), default=str)),
         "loss_curve": curve, "notes": notes,
     }
+    rows = manifest["counts"]["rows"]
+    outputs = {"output": str(out), "model": str(saved), "report": str(out / REPORT)}
+    if not main:  # the main process writes, merges and says what it noted
+        return TrainResult(tally=Tally(rows, rows), report=report, outputs=outputs)
     _write_curve(out, curve)  # report and curve first: a failed merge must not lose them
     write_json(out / REPORT, report)
     if options.merge:
@@ -438,9 +464,7 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
             raise PrepError(f"--merge failed ({str(e).splitlines()[0]}); the trained {saved.name} and {REPORT} are "
                             f"saved in {out}; merge them with prep.trainer.train.merge(base, adapter, target)") from None
         write_json(out / REPORT, report)
-    rows = manifest["counts"]["rows"]
-    return TrainResult(tally=Tally(rows, rows), report=report, notes=notes,
-                       outputs={"output": str(out), "model": str(saved), "report": str(out / REPORT)})
+    return TrainResult(tally=Tally(rows, rows), report=report, notes=notes, outputs=outputs)
 
 
 _CURVE = ("step", "loss", "eval_loss", "learning_rate", "tokens_seen")  # first in the CSV; then what the trainer logs

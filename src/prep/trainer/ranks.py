@@ -1,0 +1,57 @@
+"""One `prep train` run over many processes (`torchrun`, `accelerate launch`, one process per device, on one
+machine or many): which process is the main one, and the run's counts summed or maxed over all of them.
+
+Each process trains on its own batches (the trainer's sampler deals them out), so each counts only its own
+tokens and knows only its own peak memory; the report wants the run's. Only the main process (global rank 0)
+writes what the run leaves behind (adapter, report, curves, checkpoint markers) and prints; the others would
+write the same files into the same folder at the same time. Every method (sft, dpo, kto, orpo, reward, vision)
+trains through trainer/train.py, which asks this module, so none of them has its own copy of these rules.
+
+The launchers say who is who through the environment (RANK, WORLD_SIZE), read here without importing torch, so
+the CLI can tell before anything loads; the counts are reduced over the process group the trainer set up.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def world_size() -> int:
+    """How many processes train together (1 when not launched by torchrun or accelerate launch)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main() -> bool:
+    """Whether this is the process that writes the outputs and prints: global rank 0."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _group() -> Any:
+    """torch.distributed when the trainer has joined the processes into a group, else None (one process)."""
+    import torch.distributed as dist  # noqa: PLC0415 - train extra
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def reduce(values: list[int], op: str = "sum") -> list[int]:
+    """`values` summed (`op` "sum") or maxed ("max") element-wise over the processes; as they are in one
+    process. Every process must call it at the same point, as any collective."""
+    dist = _group()
+    if dist is None:
+        return values
+    import torch  # noqa: PLC0415 - train extra
+
+    # nccl reduces GPU tensors only; gloo (CPU) and the others take CPU tensors
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return [int(v) for v in tensor.tolist()]
+
+
+def barrier() -> None:
+    """Wait until every process gets here (e.g. each has saved its part of a checkpoint before it is marked
+    complete); nothing with one process."""
+    dist = _group()
+    if dist is not None:
+        dist.barrier()
