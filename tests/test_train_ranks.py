@@ -1,10 +1,12 @@
 """prep train under torchrun: two CPU processes (gloo) train the steps one process trains with --grad-accum 2, write
 one set of outputs, count the run's tokens (not one process's), and resume after one of them is killed.
 
-Slow by nature: every torchrun launch starts torch, transformers and TRL twice. One test, two launches."""
+Slow by nature: every torchrun launch starts torch, transformers and TRL twice. One test, two launches. And the
+sharding options (--fsdp, --deepspeed) refused where the trainer cannot take them up, as on this CPU machine."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SAMPLES, make_tiny_model
+from prep.core.findings import PrepError
 from prep.formats.inputs import Inputs
 from prep.stages.tokenize import tokenize
 
@@ -90,3 +93,39 @@ def test_two_processes_train_the_steps_of_one_with_grad_accum_and_resume_after_o
     assert sorted(p.name for p in out.iterdir()) == ["adapter", "checkpoints", "loss_curve.csv", "loss_curve.png",
                                                      "training_report.json"]
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_sharding_is_refused_in_one_process(tmp_path: Path) -> None:
+    """FSDP and DeepSpeed shard over the processes of torchrun or accelerate launch: one process has none to
+    shard over (transformers would stop with "Using fsdp only works in distributed training"). Refused before the
+    shards or the model are even opened (so any folder stands for them here)."""
+    model = shards = tmp_path
+    with pytest.raises(PrepError, match=r"--fsdp shards the model over the processes .* this is one process"):
+        train(str(shards), TrainOptions(model=str(model), output=str(tmp_path / "out"), max_steps=1, fsdp=True))
+    assert not (tmp_path / "out").exists()
+
+
+def test_deepspeed_options_are_checked_before_anything_loads(tmp_path: Path) -> None:
+    model = shards = tmp_path
+    options = {"model": str(model), "output": str(tmp_path / "out"), "max_steps": 1}
+    with pytest.raises(PrepError, match="--deepspeed .*ds.json: no such file"):
+        train(str(shards), TrainOptions(**options, deepspeed=str(tmp_path / "ds.json")))
+    config = tmp_path / "ds.json"
+    config.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    with pytest.raises(PrepError, match="--fsdp and --deepspeed"):
+        train(str(shards), TrainOptions(**options, deepspeed=str(config), fsdp=True))
+    with pytest.raises(PrepError, match="--qlora with --fsdp or --deepspeed"):
+        train(str(shards), TrainOptions(**options, fsdp=True, qlora=True))
+    if importlib.util.find_spec("deepspeed") is None:
+        with pytest.raises(PrepError, match=r"--deepspeed needs the deepspeed package.*pip install deepspeed"):
+            train(str(shards), TrainOptions(**options, deepspeed=str(config)))
+
+
+def test_prep_run_under_torchrun_is_refused_before_any_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prep.recipes.recipe import load_recipe
+    from prep.recipes.runner import run
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(PrepError, match=r"torchrun or accelerate launch \(2 processes\).*-m prep train"):
+        run(load_recipe(str(ROOT / "recipes" / "quickstart.yaml"), [f"output={tmp_path / 'qs'}"]))
+    assert not (tmp_path / "qs").exists()

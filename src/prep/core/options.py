@@ -482,6 +482,10 @@ TRAIN = (
     Option("save_steps", int, None, "Checkpoint (and evaluate) every N steps.", low=1, recipe=True),
     Option("logging_steps", int, 1, "Log the loss every N steps.", low=1, recipe=True),
     Option("resume", bool, False, "Continue from the last checkpoint in OUTPUT."),
+    Option("fsdp", bool, False, "Under torchrun/accelerate launch on GPUs: shard the weights, gradients and optimizer "
+           "state over the processes (PyTorch FSDP2, full shard, one unit per decoder layer)."),
+    Option("deepspeed", path="file", help="Under torchrun/accelerate launch on GPUs: a DeepSpeed config JSON (e.g. "
+           "ZeRO-3), passed to the trainer; needs the deepspeed package."),
     Option("merge", bool, False, "Also save the base model with the adapter merged in.", recipe=True),
     Option("report_to", default="none", choices=REPORT_TO, recipe=True, help="Where the trainer also logs."),
     Option("force", bool, False, "Train even if the tokenizer fingerprints differ.", recipe=True),

@@ -41,6 +41,7 @@ from prep.formats.inputs import Inputs
 from prep.recipes.recipe import Recipe, relative, split_spec
 from prep.shards.layout import MANIFEST
 from prep.shards.reader import folder_problem
+from prep.trainer import ranks
 from prep.verbs import VERBS, call
 
 STAMP = "prep-stage.json"
@@ -437,6 +438,10 @@ def run(recipe: Recipe, *, dry_run: bool = False, view: View | None = None,
     check_outputs(_recipe_inputs(recipe).files, {"output:": recipe.output})
     if dry_run:
         return result
+    if ranks.world_size() > 1:  # every process would run every data stage into the same folders
+        raise PrepError(f"run under torchrun or accelerate launch ({ranks.world_size()} processes): each would run every "
+                        "stage into the same folders; run the recipe as it is, "
+                        "then train its shards with `torchrun ... -m prep train`")
     with locked(recipe.output):
         try:
             _run_stages(recipe, result, view)

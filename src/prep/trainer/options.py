@@ -44,6 +44,8 @@ class TrainOptions:
     eval: str | None = None
     save_steps: int | None = None
     resume: bool = False
+    fsdp: bool = False
+    deepspeed: str | None = None
     merge: bool = False
     report_to: str = "none"
     force: bool = False

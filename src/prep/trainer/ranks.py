@@ -22,6 +22,11 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def local_rank() -> int:
+    """This process's index on its machine: the GPU it trains on."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def is_main() -> bool:
     """Whether this is the process that writes the outputs and prints: global rank 0."""
     return int(os.environ.get("RANK", "0")) == 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import json
 import math
 import resource
@@ -172,7 +173,7 @@ def _load_model(options: TrainOptions, cuda: bool, bf16: bool, vocab_size: int |
     if options.qlora:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
-        kwargs["device_map"] = {"": 0} if cuda else {"": "cpu"}
+        kwargs["device_map"] = {"": ranks.local_rank()} if cuda else {"": "cpu"}  # each process its own GPU
     if method == "reward":
         kwargs["num_labels"] = 1
     auto = AutoModelForSequenceClassification if method == "reward" else \
@@ -259,11 +260,37 @@ def _check_options(options: TrainOptions) -> None:
         raise PrepError("--merge folds an adapter into the model; --full already saves the whole model")
     if options.max_steps <= 0 and options.epochs <= 0:
         raise PrepError("give --epochs above 0 or --max-steps")
+    if options.fsdp and options.deepspeed:
+        raise PrepError("--fsdp and --deepspeed each shard the model their own way: give one of them")
+    if options.deepspeed:
+        if not Path(options.deepspeed).is_file():
+            raise PrepError(f"--deepspeed {options.deepspeed}: no such file (give a DeepSpeed config JSON)")
+        if importlib.util.find_spec("deepspeed") is None:
+            raise PrepError("--deepspeed needs the deepspeed package, which the train extra does not install "
+                            "(pip install deepspeed, on a machine with GPUs)")
+    if options.qlora and (options.fsdp or options.deepspeed):
+        raise PrepError("--qlora with --fsdp or --deepspeed is not supported: train QLoRA with one GPU per process "
+                        "(torchrun without them)")
+    for flag, asked in (("--fsdp", options.fsdp), ("--deepspeed", options.deepspeed)):
+        if asked and ranks.world_size() < 2:
+            raise PrepError(f"{flag} shards the model over the processes of torchrun or accelerate launch, and this is "
+                            f"one process: start it with e.g. `torchrun --nproc_per_node 2 -m prep train ...`")
     if options.report_to == "tensorboard":
         try:
             import tensorboard  # noqa: F401, PLC0415 - train extra
         except ImportError:
             raise PrepError("--report-to tensorboard needs the tensorboard package (pip install tensorboard)") from None
+
+
+def _check_sharding(trainer: Any, options: TrainOptions) -> None:
+    """Refuse --fsdp/--deepspeed the trainer did not take up: accelerate (1.x) shards with FSDP on GPUs and other
+    accelerators only and never runs DeepSpeed on CPU; it would train whole copies instead, without a word."""
+    for asked, enabled, flag in ((options.fsdp, trainer.is_fsdp_enabled, "--fsdp"),
+                                 (options.deepspeed, trainer.is_deepspeed_enabled, "--deepspeed")):
+        if asked and not enabled:
+            raise PrepError(f"{flag}: the trainer did not shard the model (accelerate shards over several processes on "
+                            f"GPUs only; this run: {trainer.args.device.type}, {ranks.world_size()} process(es)); "
+                            f"without {flag} the processes train together, each holding a whole copy")
 
 
 def _config(options: TrainOptions, out: Path, cuda: bool, bf16: bool, flatten: bool, method: str,
@@ -284,6 +311,7 @@ def _config(options: TrainOptions, out: Path, cuda: bool, bf16: bool, flatten: b
         save_strategy="steps" if saving else "no", save_steps=options.save_steps or 500,
         eval_strategy="steps" if options.eval and saving else "no", eval_steps=options.save_steps,
         report_to=options.report_to, use_cpu=not cuda, bf16=bf16, disable_tqdm=True, dataloader_num_workers=0,
+        deepspeed=options.deepspeed, **({"fsdp": True} if options.fsdp else {}),
         **({"remove_unused_columns": False} if multimodal else {}),  # the collator reads the media column
         **options.extra)
     if method != "sft":
@@ -402,6 +430,7 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
         if lora is None or "target modules" not in str(e).lower():
             raise
         raise _target_modules(options, e) from None
+    _check_sharding(trainer, options)
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; the CLI draws its own progress
     started = time.perf_counter()
 
@@ -423,10 +452,13 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
     saved = out / ("model" if options.full else "adapter")
     if options.full:  # off for training only (see _load_model); generation from the saved model wants its cache
         trainer.model.config.use_cache = True
+    # sharded weights (FSDP, ZeRO-3) are gathered by every process together; the main one saves them
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped) if options.fsdp or options.deepspeed else None
     if main:
         with replaced(saved, folder=True) as tmp:  # a full disk leaves the earlier adapter, never half a new one
-            trainer.model.save_pretrained(tmp)
-            save_serving(tmp, manifest, tokenizer, None if method == "reward" else trainer.model, notes)
+            unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+            unwrapped.save_pretrained(tmp, state_dict=state)
+            save_serving(tmp, manifest, tokenizer, None if method == "reward" else unwrapped, notes)
             if isinstance(collator, vision.MediaCollator):  # the image settings, for whoever loads the adapter
                 collator.processor.save_pretrained(tmp)
             _write_info(tmp, manifest, options, method)
@@ -584,6 +616,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     """The end-of-run summary, in the spirit of the Unsloth notebooks."""
     mem = report["peak_memory"]
     where = "peak reserved GPU memory" if mem["kind"].startswith("cuda") else "peak process RSS"
+    processes = mem.get("processes", 1)
+    where += f" (the largest of {processes} processes)" if processes > 1 else ""
     resumed = f" (resumed at step {report['resumed_from_step']})" if report.get("resumed_from_step") else ""
     objective = report.get("objective", "sft")
     lines = [f"{report['method']}{'' if objective == 'sft' else ' ' + objective} on {report['shards']}: "
