@@ -156,22 +156,30 @@ class Encoder:
         job = _Job(record, plan, texts)
         return Altered(job, notes[0]) if notes else job
 
-    def encode(self, jobs: Batch[_Job]) -> tuple[Batch[str], pa.Table]:
-        """The Rust half (the GIL is released while it runs), then labels and the Arrow table. Each job keeps its
-        encodings (`encode_measured` reads their lengths)."""
+    def tokenize(self, jobs: Batch[_Job]) -> Batch[_Job]:
+        """The Rust half (the GIL is released while it runs): each job's encodings. Separate from `encode` so a
+        pipeline can tokenize one batch while it labels and writes the one before (stages.tokenize)."""
         encodings = self.segments.encode_batch([t for job in jobs.items for t in job.texts])
         k = 0
         for job in jobs.items:
             job.encodings = encodings[k:k + len(job.texts)]
             k += len(job.texts)
+        return jobs
+
+    def encode(self, jobs: Batch[_Job], tokenized: bool = False) -> tuple[Batch[str], pa.Table]:
+        """`tokenize` (unless done), then labels and the Arrow table. Each job keeps its encodings
+        (`encode_measured` reads their lengths)."""
+        if not tokenized:
+            self.tokenize(jobs)
         done = per_row(self._finish, keep=lambda job: job.record)(jobs)
         ids = Batch([job_row.id for job_row in done.items], done.sources, done.rejects, done.altered, done.dropped)
         return ids, self._table(done.items, ids.items)
 
-    def encode_measured(self, jobs: Batch[_Job]) -> tuple[Batch[str], pa.Table, list[tuple[str, int]]]:
+    def encode_measured(self, jobs: Batch[_Job], tokenized: bool = False) -> tuple[Batch[str], pa.Table,
+                                                                                  list[tuple[str, int]]]:
         """`encode`, and the file and length of every row tokenized, before `max_len` cut or dropped it (for
         a pair: the longer side with the prompt, the length `max_len` bounds), for the per-source histograms."""
-        ids, table = self.encode(jobs)
+        ids, table = self.encode(jobs, tokenized)
         lengths = [(source.file, max(len(e.ids) for e in job.encodings))
                    for job, source in zip(jobs.items, jobs.sources, strict=True)]
         return ids, table, lengths

@@ -1,9 +1,10 @@
 """`prep tokenize`: canonical records -> token ids and labels in unpacked shards (design §4, §5).
 
 The encoder (prep.render.encoder) does the work; this stage reads the inputs, runs the encoder over
-the batches and writes the shards. With `workers > 1` a process pool tokenizes batches while the
-parent reads and writes; batches come back in order, so the shards are byte-identical to a one-worker
-run.
+the batches and writes the shards. With one worker three threads overlap: reading and rendering a batch,
+tokenizing the one before (the Rust tokenizer, on every core, without the GIL), labelling and writing the
+one before that. With `workers > 1` a process pool tokenizes batches while the parent reads and writes;
+batches come back in order, so the shards are byte-identical to a one-worker run.
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ def _work(batch: Batch[Record]) -> Encoded:
 def run_encoder(batches: Iterable[Batch[Record]], encoder: Encoder, workers: int = 1) -> Iterator[Encoded]:
     """Encode batches in order, in this process or in a pool of `workers` processes (a bounded window
     of batches in flight, so memory stays flat however long the input)."""
-    if workers <= 1:
-        yield from map(encoder.encode_measured, _prefetch(map(encoder.prepare, batches)))
+    if workers <= 1:  # three threads: read and render | tokenize (Rust, without the GIL) | label and write
+        tokenized = _prefetch(map(encoder.tokenize, _prefetch(map(encoder.prepare, batches))), depth=1)
+        yield from (encoder.encode_measured(jobs, tokenized=True) for jobs in tokenized)
         return
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     # One Rust thread per worker (the workers are the parallelism), and no fork warning from tokenizers.
