@@ -9,12 +9,19 @@ trains through trainer/train.py, which asks this module, so none of them has its
 
 The launchers say who is who through the environment (RANK, WORLD_SIZE), read here without importing torch, so
 the CLI can tell before anything loads; the counts are reduced over the process group the trainer set up.
+Sharding the model over the processes (--fsdp, --deepspeed) is the trainer's; this module refuses it where
+the trainer cannot take it up.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 from typing import Any
+
+from prep.core.findings import PrepError
+from prep.trainer.options import TrainOptions
 
 
 def world_size() -> int:
@@ -60,3 +67,33 @@ def barrier() -> None:
     dist = _group()
     if dist is not None:
         dist.barrier()
+
+
+def check_sharding(options: TrainOptions) -> None:
+    """Refuse, before anything loads, --fsdp/--deepspeed values no run could use."""
+    if options.fsdp and options.deepspeed:
+        raise PrepError("--fsdp and --deepspeed each shard the model their own way: give one of them")
+    if options.deepspeed:
+        if not Path(options.deepspeed).is_file():
+            raise PrepError(f"--deepspeed {options.deepspeed}: no such file (give a DeepSpeed config JSON)")
+        if importlib.util.find_spec("deepspeed") is None:
+            raise PrepError("--deepspeed needs the deepspeed package, which the train extra does not install "
+                            "(pip install deepspeed, on a machine with GPUs)")
+    if options.qlora and (options.fsdp or options.deepspeed):
+        raise PrepError("--qlora with --fsdp or --deepspeed is not supported: train QLoRA with one GPU per process "
+                        "(torchrun without them)")
+    for flag, asked in (("--fsdp", options.fsdp), ("--deepspeed", options.deepspeed)):
+        if asked and world_size() < 2:
+            raise PrepError(f"{flag} shards the model over the processes of torchrun or accelerate launch, and this is "
+                            f"one process: start it with e.g. `torchrun --nproc_per_node 2 -m prep train ...`")
+
+
+def check_sharded(trainer: Any, options: TrainOptions) -> None:
+    """Refuse --fsdp/--deepspeed the trainer did not take up: accelerate (1.x) shards with FSDP on GPUs and other
+    accelerators only and never runs DeepSpeed on CPU; it would train whole copies instead, without a word."""
+    for asked, enabled, flag in ((options.fsdp, trainer.is_fsdp_enabled, "--fsdp"),
+                                 (options.deepspeed, trainer.is_deepspeed_enabled, "--deepspeed")):
+        if asked and not enabled:
+            raise PrepError(f"{flag}: the trainer did not shard the model (accelerate shards over several processes on "
+                            f"GPUs only; this run: {trainer.args.device.type}, {world_size()} process(es)); "
+                            f"without {flag} the processes train together, each holding a whole copy")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib.util
 import json
 import math
 import resource
@@ -260,37 +259,12 @@ def _check_options(options: TrainOptions) -> None:
         raise PrepError("--merge folds an adapter into the model; --full already saves the whole model")
     if options.max_steps <= 0 and options.epochs <= 0:
         raise PrepError("give --epochs above 0 or --max-steps")
-    if options.fsdp and options.deepspeed:
-        raise PrepError("--fsdp and --deepspeed each shard the model their own way: give one of them")
-    if options.deepspeed:
-        if not Path(options.deepspeed).is_file():
-            raise PrepError(f"--deepspeed {options.deepspeed}: no such file (give a DeepSpeed config JSON)")
-        if importlib.util.find_spec("deepspeed") is None:
-            raise PrepError("--deepspeed needs the deepspeed package, which the train extra does not install "
-                            "(pip install deepspeed, on a machine with GPUs)")
-    if options.qlora and (options.fsdp or options.deepspeed):
-        raise PrepError("--qlora with --fsdp or --deepspeed is not supported: train QLoRA with one GPU per process "
-                        "(torchrun without them)")
-    for flag, asked in (("--fsdp", options.fsdp), ("--deepspeed", options.deepspeed)):
-        if asked and ranks.world_size() < 2:
-            raise PrepError(f"{flag} shards the model over the processes of torchrun or accelerate launch, and this is "
-                            f"one process: start it with e.g. `torchrun --nproc_per_node 2 -m prep train ...`")
+    ranks.check_sharding(options)
     if options.report_to == "tensorboard":
         try:
             import tensorboard  # noqa: F401, PLC0415 - train extra
         except ImportError:
             raise PrepError("--report-to tensorboard needs the tensorboard package (pip install tensorboard)") from None
-
-
-def _check_sharding(trainer: Any, options: TrainOptions) -> None:
-    """Refuse --fsdp/--deepspeed the trainer did not take up: accelerate (1.x) shards with FSDP on GPUs and other
-    accelerators only and never runs DeepSpeed on CPU; it would train whole copies instead, without a word."""
-    for asked, enabled, flag in ((options.fsdp, trainer.is_fsdp_enabled, "--fsdp"),
-                                 (options.deepspeed, trainer.is_deepspeed_enabled, "--deepspeed")):
-        if asked and not enabled:
-            raise PrepError(f"{flag}: the trainer did not shard the model (accelerate shards over several processes on "
-                            f"GPUs only; this run: {trainer.args.device.type}, {ranks.world_size()} process(es)); "
-                            f"without {flag} the processes train together, each holding a whole copy")
 
 
 def _config(options: TrainOptions, out: Path, cuda: bool, bf16: bool, flatten: bool, method: str,
@@ -430,7 +404,7 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
         if lora is None or "target modules" not in str(e).lower():
             raise
         raise _target_modules(options, e) from None
-    _check_sharding(trainer, options)
+    ranks.check_sharded(trainer, options)
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; the CLI draws its own progress
     started = time.perf_counter()
 
