@@ -276,3 +276,30 @@ def test_arguments_are_given_as_the_template_expects(glaive: list[dict[str, Any]
         assert row["input_ids"] == hf.apply_chat_template(as_strings, chat_template=_STRING_TEMPLATE, tokenize=True,
                                                           return_dict=False)
         assert "{'" not in hf.decode(row["input_ids"])
+
+
+def test_hostile_calls_are_their_rows_findings_not_the_runs_end(tmp_path: Path) -> None:
+    """JSON nested deeper than Python can read, inside a text call or in a structured call's arguments, rejects its
+    row (the run went on to abort as a whole); a tool whose `parameters` are not a schema types no argument (it
+    stopped the run as an internal error)."""
+    deep = "[" * 100_000 + "]" * 100_000
+    q, a = {"role": "user", "content": "Q"}, "assistant"
+    rows = [{"messages": [q, {"role": a, "content": f'<tool_call>{{"name": "f", "arguments": {{"a": {deep}}}}}'
+                                                    "</tool_call>"}]},
+            {"messages": [q, {"role": a, "content": "<|python_tag|>" + deep}]},
+            {"messages": [q, {"role": a, "content": None, "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": "f", "arguments": deep}}]}]},
+            *({"messages": [q, {"role": a, "content": "<function=f>\n<parameter=n>\n5\n</parameter>\n</function>"}],
+               "tools": [{"type": "function", "function": {"name": "f", "parameters": parameters}}]}
+              for parameters in ("x", {"properties": [1]}, {"properties": {"n": "integer"}}))]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    rejects = tmp_path / "rejects.jsonl"
+    result = convert(Inputs([str(source)], tool_calls="auto"), "openai", str(tmp_path / "out.jsonl"),
+                     rejects=str(rejects))
+    assert (result.tally.read, result.tally.written) == (6, 3)
+    assert [(k["line"], k["reasons"][0]["code"], "deeper than can be read" in k["reasons"][0]["message"])
+            for k in read_jsonl(rejects)] == [(1, "bad_text_tool_call", True), (2, "bad_text_tool_call", True),
+                                              (3, "bad_tool_arguments", True)]
+    assert [r["messages"][1]["tool_calls"][0]["function"]["arguments"] for r in read_jsonl(tmp_path / "out.jsonl")
+            ] == ['{"n": 5}'] * 3

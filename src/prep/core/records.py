@@ -100,11 +100,24 @@ def text(value: Any, path: str, *, allow_empty: bool = True) -> str:
     return value
 
 
+def loads(text: str, start: int | None = None) -> Any:
+    """JSON text held in a field (tool calls, tools, arguments): nesting too deep for Python is a ValueError like any
+    other bad JSON, so it is that row's finding rather than the end of the run. With `start`, `raw_decode` from
+    there: (value, end)."""
+    try:
+        return json.loads(text) if start is None else _RAW_DECODE(text, start)
+    except RecursionError:
+        raise ValueError("it nests arrays or objects deeper than can be read") from None
+
+
+_RAW_DECODE = json.JSONDecoder().raw_decode
+
+
 def json_value(value: Any, path: str, expect: type) -> Any:
     """A list/object field; a string holding JSON (CSV cells, LLaMA-Factory `tools`) is parsed."""
     if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
         try:
-            value = json.loads(value)
+            value = loads(value)
         except ValueError as e:
             raise row_error("bad_json", f"field holds text that is not valid JSON: {e}", path,
                             hint="fix the JSON in this field") from None
@@ -205,7 +218,7 @@ def arguments(value: Any, path: str) -> dict[str, Any]:
     """Tool-call arguments as an object; OpenAI sends them as a JSON string."""
     if isinstance(value, str):
         try:
-            value = json.loads(value) if value.strip() else {}
+            value = loads(value) if value.strip() else {}
         except ValueError as e:
             raise row_error("bad_tool_arguments", f"tool-call arguments are not valid JSON: {e}", path) from None
     if not isinstance(value, dict):

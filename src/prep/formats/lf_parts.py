@@ -128,7 +128,7 @@ def _messages(value: Any, path: str, media: list[md.Item], root: str | None) -> 
                 reasoning.append(part["value"])
             elif kind == "tool_call" and role == "assistant":
                 try:
-                    call = json.loads(part["value"])
+                    call = r.loads(part["value"])
                 except ValueError as e:
                     raise r.row_error("bad_tool_call", f"a tool_call part's value is not JSON: {e}",
                                       f"{pw}.value",

@@ -126,6 +126,10 @@ def _turn(turn: Any, path: str, o: Options, calls: _Calls, tags: tuple[str, ...]
         turn = r.json_value(turn, where, dict)
         tag = r.get(turn, o.role_tag, where)
         value = r.text(r.get(turn, o.content_tag, where), f"{where}.{o.content_tag}")
+    if len(turn) > 2:  # a turn is its tag and text; any other key (a `weight`, a `loss_weight`) is not carried
+        for key in turn:
+            if key not in (o.role_tag, o.content_tag):
+                r.note_dropped(key)
     if o.lenient and isinstance(tag, str) and tag not in tags:
         tag = _ALIASES.get(tag, tag)
     if tag == o.user_tag:
@@ -140,7 +144,7 @@ def _turn(turn: Any, path: str, o: Options, calls: _Calls, tags: tuple[str, ...]
     if tag == o.function_tag:
         where = _where(path, index)
         try:
-            parsed = json.loads(value)
+            parsed = r.loads(value)
         except ValueError as e:
             raise r.row_error("bad_tool_call", f"{o.function_tag} value is not JSON: {e}",
                               f"{where}.{o.content_tag}",

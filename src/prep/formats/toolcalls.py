@@ -22,7 +22,6 @@ from prep.core.findings import RowError, row_error
 
 Call = tuple[str, dict[str, Any]]  # a function's name and its arguments
 Schemas = dict[str, dict[str, Any]]  # a tool's name -> its parameters' JSON schema properties
-_DECODE = json.JSONDecoder().raw_decode
 
 
 def _bad(why: str, path: str, example: str) -> RowError:
@@ -76,7 +75,7 @@ class Hermes:
             text.append(content[pos:m.start()])
             pos = m.end()
             try:
-                value = json.loads(m.group(1))
+                value = r.loads(m.group(1))
             except ValueError as e:
                 raise _bad(f"the text of <tool_call> {len(calls) + 1} is not JSON: {e}", path, self.example) from None
             calls.append(_call_object(value, path, "arguments", self.example))
@@ -128,7 +127,8 @@ class QwenXml(Hermes):
             args = {}
             for p in self._PARAM.finditer(body):
                 key = p.group(1).strip()
-                args[key] = _xml_value(_unwrap(p.group(2)), types.get(key, {}).get("type"))
+                spec = types.get(key)
+                args[key] = _xml_value(_unwrap(p.group(2)), spec.get("type") if isinstance(spec, dict) else None)
             if self._PARAM.sub("", body).strip():
                 raise _bad(f"call {name!r} holds text outside its <parameter> elements", path, self.example)
             calls.append((name, args))
@@ -156,7 +156,7 @@ def _xml_value(text: str, kind: Any) -> Any:
     if text in _PYTHON_WORDS:
         return _PYTHON_WORDS[text]
     try:
-        return json.loads(text)
+        return r.loads(text)
     except ValueError:
         return text
 
@@ -185,14 +185,14 @@ class Glaive:
             quoted = self._QUOTED.fullmatch(piece)
             if quoted:
                 try:
-                    calls.append((json.loads(quoted.group(1)), json.loads(quoted.group(2))))
+                    calls.append((r.loads(quoted.group(1)), r.loads(quoted.group(2))))
                 except ValueError as e:
                     raise _bad(f"the arguments of call {len(calls) + 1} are not JSON: {e}", path, self.example) from None
                 if not isinstance(calls[-1][1], dict):
                     raise _bad(f"the arguments of call {len(calls) + 1} are not a JSON object", path, self.example)
                 continue
             try:
-                value = json.loads(piece)
+                value = r.loads(piece)
             except ValueError as e:
                 raise _bad(f"call {len(calls) + 1} after <functioncall> is not JSON: {e}", path, self.example) from None
             calls.append(_call_object(value, path, "arguments", self.example))
@@ -233,7 +233,7 @@ class LlamaPython:
         """The calls of a message that is only `{"name", "parameters"}` objects (one, or a list as LLaMA-Factory's
         Llama 3 formatter writes several); None for any other text, an answer in JSON included."""
         try:
-            value = json.loads(content)
+            value = r.loads(content)
         except ValueError:
             return None
         calls = value if isinstance(value, list) and value else [value]
@@ -253,7 +253,7 @@ class LlamaPython:
         calls, pos = [], 0
         while pos < len(rest):
             try:
-                value, pos = _DECODE(rest, pos)
+                value, pos = r.loads(rest, pos)
             except ValueError as e:
                 raise _bad(f"call {len(calls) + 1} after {self.tag} is not JSON: {e}", path, self.example) from None
             for one in value if isinstance(value, list) else [value]:
@@ -298,6 +298,14 @@ def _auto_response(content: str) -> Dialect | None:
 _CONVERSATIONS = ("messages", "prompt", "chosen", "rejected", "completion")
 
 
+def _properties(function: dict[str, Any]) -> dict[str, Any]:
+    """A tool's parameter schemas by name; {} where the tool's `parameters` are not a JSON schema object (tools are
+    carried as they come, so a malformed one types no argument rather than stopping the run)."""
+    parameters = function.get("parameters")
+    properties = parameters.get("properties") if isinstance(parameters, dict) else None
+    return properties if isinstance(properties, dict) else {}
+
+
 def read_calls(record: r.Record, dialect: str) -> None:
     """Each text tool call of the record's messages as a structured call, each text tool result as a tool message
     (in place). `dialect` is one of NAMES, or `auto`."""
@@ -306,8 +314,7 @@ def read_calls(record: r.Record, dialect: str) -> None:
         lambda c: one if one.holds(c) else None)
     pick_response: Callable[[str], Dialect | None] = _auto_response if one is None else (
         lambda c: one if one.responses(c) is not None else None)
-    schemas = {t["function"]["name"]: (t["function"].get("parameters") or {}).get("properties") or {}
-               for t in record.get("tools") or ()}
+    schemas = {t["function"]["name"]: _properties(t["function"]) for t in record.get("tools") or ()}
     count, opened = 0, []
     base: tuple[int, list[str]] = (0, [])
     for key in _CONVERSATIONS:
