@@ -58,3 +58,26 @@ def test_validate_warns_about_unknown_top_level_columns_with_their_counts(tmp_pa
     alpaca = tmp_path / "alpaca.jsonl"
     alpaca.write_text(json.dumps({"instruction": "i", "input": "", "output": "o", "history": [], "score": 1}) + "\n")
     assert prep.validate(prep.Inputs([str(alpaca)])).to_dict()["files"][0]["unknown_columns"] == {"score": 1}
+
+
+def test_keys_of_a_sharegpt_turn_no_reader_maps_are_counted_as_dropped(tmp_path: Path) -> None:
+    """A ShareGPT turn is its tag and its text: a `loss_weight` or `weight` on one (an OpenAI/LLaMA-Factory v1
+    message key, not a ShareGPT one) was dropped without a count, even under --strict-fields."""
+    data = tmp_path / "sg.jsonl"
+    rows = [{"conversations": [{"from": "human", "value": "q", "weight": 1},
+                               {"from": "gpt", "value": "a", "loss_weight": 0.0}]},
+            {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = prep.convert(prep.Inputs([str(data)]), "openai", str(tmp_path / "out.jsonl"))
+    assert result.tally.written == 2 and result.tally.dropped == {"weight": 1, "loss_weight": 1}
+    strict = prep.convert(prep.Inputs([str(data)], strict_fields=True), "openai", str(tmp_path / "strict.jsonl"))
+    assert (strict.tally.written, strict.tally.rejected) == (1, {"dropped_field": 1})
+
+
+def test_a_weight_that_is_not_an_integer_is_said_so() -> None:
+    """validate's schema message for 0.5 read "expected a number, got a number"."""
+    from prep.checks import schemas  # noqa: PLC0415
+
+    row = {"messages": [{"role": "user", "content": "q", "weight": 0.5}, {"role": "assistant", "content": "a"}]}
+    messages = [f.message for f in schemas.check("openai", row) if f.code == "bad_weight"]
+    assert messages == ["expected an integer, got a number"], messages

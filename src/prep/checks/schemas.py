@@ -131,8 +131,8 @@ def _findings(error: ValidationError) -> list[Finding]:
                 for key in value if key not in known]
     if keyword == "type":
         want = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
-        names = " or ".join(type_name({"object": {}, "array": [], "string": "", "boolean": True, "integer": 0,
-                                       "number": 0.0, "null": None}[t]) for t in want if t != "null")
+        names = " or ".join("an integer" if t == "integer" else type_name(  # not "a number, got a number" for 0.5
+            {"object": {}, "array": [], "string": "", "boolean": True, "number": 0.0}[t]) for t in want if t != "null")
         if value is None:
             return [finding(code, f"{path} is null; expected {names}", path, hint=hint)]
         return [finding(code, f"expected {names}, got {type_name(value)}", path, hint=hint)]
