@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prep.core.findings import Batch, Tally, count_by_file
+from prep.core.heap import streaming
 from prep.core.options import checked
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files.guard import check_outputs
@@ -48,6 +49,7 @@ class _Convert:
 
 
 @checked("convert")
+@streaming()
 def convert(inputs: Inputs, to: str, output: str = "-", *, rejects: str | None = None,
             settings: dict[str, Any] | None = None, ids: bool = True, media_dir: str | None = None,
             write_tool_calls: str | None = None, progress: ProgressFn | None = None, engine: str = "local", ray_address: str | None = None,

@@ -22,6 +22,7 @@ import numpy as np
 
 from prep.core.codes import ERROR
 from prep.core.findings import Batch, Reject, Source, finding
+from prep.core.heap import streaming
 from prep.core.options import checked
 from prep.core.records import Record
 from prep.core.result import Meter, ProgressFn, Result, outputs
@@ -113,6 +114,7 @@ class DedupResult(Removes, Result):
 
 
 @checked("dedup")
+@streaming()
 def dedup(inputs: Inputs, output: str, *, rejects: str | None = None, exact: bool = False, near: float = 0.8,
           fields: str = "all", nfkc: bool = True, ignore_case: bool = True, ignore_space: bool = True,
           to: str = "trl", progress: ProgressFn | None = None, engine: str = "local", ray_address: str | None = None,

@@ -35,6 +35,7 @@ import pyarrow as pa
 from prep.core.columns import KIND_OF_RECORD, MEDIA_COLUMN, MEDIA_META
 from prep.core.columns import schema as shard_schema
 from prep.core.findings import Batch, PrepError, Reject, Source, Tally, finding
+from prep.core.heap import streaming
 from prep.core.options import DEFAULT_DATE, checked
 from prep.core.records import Record, kind_of
 from prep.core.result import Meter, ProgressFn, Result, outputs
@@ -158,6 +159,7 @@ class MixResult(Removes, Result):
 
 
 @checked("mix")
+@streaming()
 def mix(inputs: Inputs | Sequence[str], output: str, *, by: str = "rows", seed: int = 42, tokenizer: str | None = None,
         template: str | None = None, rejects: str | None = None, progress: ProgressFn | None = None,
         template_kwargs: Iterable[str] = (), date: str = DEFAULT_DATE) -> MixResult:
