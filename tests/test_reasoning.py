@@ -295,10 +295,11 @@ def test_prompt_shards_equal_apply_chat_template_with_the_generation_prompt(tmp_
                       kind="prompt")
     assert result.tally.written == 60 and result.manifest["kind"] == "prompt"
     table = pq.read_table(tmp_path / "s" / "data")
-    assert table.column_names == ["prompt_input_ids", "num_tokens", "ids", "reference_answer"]
+    assert table.column_names == ["prompt_input_ids", "prompt_record", "num_tokens", "ids", "reference_answer"]
     for d, row in zip(data, table.to_pylist(), strict=True):
         prompt = [m for m in d["messages"] if m["role"] != "assistant"]
         assert row["prompt_input_ids"] == apply_chat_template(tok_dir, prompt, add_generation_prompt=True), d["id"]
+        assert json.loads(row["prompt_record"]) == {"messages": prompt}  # what export --to trl-grpo writes
         assert row["reference_answer"] == d["reference_answer"] and row["num_tokens"] == len(row["prompt_input_ids"])
     assert run_prep("verify", str(tmp_path / "s")).returncode == 0
     assert run_prep("export", str(tmp_path / "s"), "--to", "jsonl", "-o", str(tmp_path / "p.out.jsonl")).returncode == 0

@@ -291,6 +291,7 @@ def export(**values: Any) -> None:
       prep export runs/quickstart/pack --to together -o train.parquet    # together files upload
       prep export runs/quickstart/pack --to hf-dataset -o train_ds       # datasets.load_from_disk
       prep export runs/quickstart/pack --to jsonl -o train.jsonl         # text and trained spans
+      prep export shards/rl --to trl-grpo -o grpo.jsonl                  # prompt shards: messages + answers
     """
     if values["to"] == "hf-dataset":
         _quiet_libraries()  # datasets' progress bars; the other targets load none of the train extra
@@ -302,7 +303,8 @@ def export(**values: Any) -> None:
 @options("train")
 def train(**values: Any) -> None:
     """LoRA / QLoRA / full fine-tuning on SHARDS, exactly on the tokens and labels stored there: SFT on
-    sft and pretrain shards; DPO, ORPO or a reward model on dpo shards; KTO on kto shards.
+    sft and pretrain shards; DPO, ORPO or a reward model on dpo shards; KTO on kto shards; GRPO (online RL,
+    scored by --reward) on prompt shards.
 
     \b
     Examples:
@@ -312,6 +314,7 @@ def train(**values: Any) -> None:
       prep train shards/dpo --model ./Qwen2.5-0.5B-Instruct --beta 0.1 --loss-type sigmoid -o runs/dpo
       prep train shards/dpo --model ./Qwen2.5-0.5B-Instruct --method reward -o runs/rm
       prep train shards/kto --model ./Qwen2.5-0.5B-Instruct --batch-size 8 -o runs/kto
+      prep train shards/rl --model ./Qwen2.5-0.5B-Instruct --reward math:answer --reward format --beta 0 -o runs/grpo
     """
 
     def display(result: Any) -> None:

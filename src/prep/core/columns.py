@@ -25,7 +25,7 @@ COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     "pretrain": _TOKENS,
     "dpo": (("prompt_input_ids", _IDS), ("chosen_input_ids", _IDS), ("rejected_input_ids", _IDS), *_COMMON),
     "kto": (("prompt_input_ids", _IDS), ("completion_input_ids", _IDS), ("label", "bool"), *_COMMON),
-    "prompt": (("prompt_input_ids", _IDS), *_COMMON),
+    "prompt": (("prompt_input_ids", _IDS), ("prompt_record", "string"), *_COMMON),
 }
 
 

@@ -41,12 +41,13 @@ SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_wi
 ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 REPORT_TO = ("none", "tensorboard")
 # What `prep train` optimises, and the shard kinds each objective reads (the default: the first that takes the kind).
-METHODS = ("sft", "dpo", "kto", "orpo", "reward")
-METHOD_KINDS = {"sft": ("sft", "pretrain"), "dpo": ("dpo",), "kto": ("kto",), "orpo": ("dpo",), "reward": ("dpo",)}
+METHODS = ("sft", "dpo", "kto", "orpo", "reward", "grpo")
+METHOD_KINDS = {"sft": ("sft", "pretrain"), "dpo": ("dpo",), "kto": ("kto",), "orpo": ("dpo",), "reward": ("dpo",),
+                "grpo": ("prompt",)}
 # TRL's DPO losses that need nothing but the pairs and --beta, and its KTO losses (trl 1.16)
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down")
 KTO_LOSSES = ("kto", "apo_zero_unpaired")
-EXPORTS = ("hf-dataset", "axolotl", "together", "jsonl")  # what `prep export --to` writes
+EXPORTS = ("hf-dataset", "axolotl", "together", "jsonl", "trl-grpo")  # what `prep export --to` writes
 COMPARED = ("all", "user", "assistant")  # which turns dedup, split and decontaminate compare
 MIX_BY = ("rows", "tokens")
 RENDER_SECONDS = 5.0  # a chat template rendering one conversation longer than this is stopped (a runaway loop)
@@ -445,10 +446,23 @@ TRAIN = (
                                         "with --full, its weights); by default it is frozen and only the language "
                                         "model is adapted.", recipe=True),
     Option("method", choices=METHODS, recipe=True,
-           help="What to optimise; default: sft for sft/pretrain shards, dpo for dpo shards, kto for kto shards. orpo "
-                "and reward (a sequence-classification head scoring chosen above rejected) read dpo shards."),
+           help="What to optimise; default: sft for sft/pretrain shards, dpo for dpo shards, kto for kto shards, grpo "
+                "(online RL: TRL's GRPOTrainer generating from the prompts, scored by --reward) for prompt shards. "
+                "orpo and reward (a sequence-classification head scoring chosen above rejected) read dpo shards."),
     Option("beta", float, 0.1, "DPO/KTO: strength of the pull towards the reference; ORPO: weight of the odds-ratio "
-                               "term.", low=0, low_open=True, recipe=True),
+                               "term; GRPO: the KL coefficient (0: no reference pass, TRL's default).", low=0,
+           recipe=True),
+    Option("reward", multiple=True, default=(), recipe=True,
+           help="GRPO: a reward function (repeatable; the rewards add up): exact[:COLUMN] or math[:COLUMN] against a "
+                "carried column (default answer), format[:REGEX] (default: a think block, then an answer), "
+                "length[:N] (nearness to N tokens), or FILE.py:FUNCTION (TRL's reward signature; the row's carried "
+                "columns come as keyword arguments)."),
+    Option("num_generations", int, 4, "GRPO: completions generated per prompt, compared with one another (a multiple "
+                                      "of it makes --batch-size x --grad-accum).", low=2,
+           recipe=True),
+    Option("max_completion_len", int, 256, "GRPO: longest completion in tokens.", low=1, recipe=True),
+    Option("temperature", float, 1.0, "GRPO: sampling temperature of the completions.", low=0, low_open=True,
+           recipe=True),
     Option("loss_type", choices=tuple(dict.fromkeys(DPO_LOSSES + KTO_LOSSES)), recipe=True,
            help="DPO: sigmoid (default), hinge, ipo, robust, bco_pair, sppo_hard, nca_pair, apo_zero, apo_down; "
                 "KTO: kto (default) or apo_zero_unpaired."),
@@ -513,9 +527,10 @@ REPORT = (
 EXPORT = (
     Option("to", required=True, choices=EXPORTS,
            help="hf-dataset: a datasets.save_to_disk folder; axolotl, together: Parquet of input_ids, attention_mask, "
-                "labels; jsonl: decoded text and trained spans."),
+                "labels; jsonl: decoded text and trained spans; trl-grpo (prompt shards): JSONL of the messages-form "
+                "prompt and the carried columns, for TRL's GRPOTrainer."),
     Option("output", required=True, flags=("-o", "--output"),
-           help="A folder (hf-dataset), a .parquet file (axolotl, together) or a .jsonl file (jsonl)."),
+           help="A folder (hf-dataset), a .parquet file (axolotl, together) or a .jsonl file (jsonl, trl-grpo)."),
     Option("tokenizer", help="Tokenizer folder for --to jsonl, if the one the manifest records has moved."),
     Option("quiet", bool, False, "Print nothing but errors.", flags=("-q", "--quiet")),
 )

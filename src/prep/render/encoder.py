@@ -50,7 +50,7 @@ from prep.files.media_out import MEDIA_DIR, extension
 from prep.render.jinja import JinjaTemplate
 from prep.render.segments import Segments
 from prep.render.spans import Rendered, Span, Specials, Turn, nothing_to_train, resolve_train_on
-from prep.render.templates import AnyTemplate, document, prompt_text, render_pair
+from prep.render.templates import AnyTemplate, document, prompt_record, prompt_text, render_pair
 from prep.render.tokenizer import Tokenizer
 from prep.render.vision import Expansion, Scheme, Unknown, load_scheme
 
@@ -75,6 +75,7 @@ class _Row:
     id: str = ""
     columns: dict[str, Any] = field(default_factory=dict)  # the record's carried columns
     media: list[dict[str, Any]] = field(default_factory=list)  # the media column's entries, root as a folder
+    prompt: str | None = None  # prompt shards: what the prompt was rendered from, as JSON (see prompt_record)
 
 
 @dataclass(slots=True)
@@ -261,7 +262,7 @@ class Encoder:
             ids = encs[0].ids
             if self.settings.max_len and len(ids) > self.settings.max_len:
                 raise _too_long(len(ids), self.settings.max_len, "a prompt is not cut")
-            return _Row([ids]), None
+            return _Row([ids], prompt=json.dumps(prompt_record(record), ensure_ascii=False)), None
         enc = encs[0]
         ids = enc.ids
         blocks: list[tuple[int, int, int, int]] = []
@@ -377,6 +378,8 @@ class Encoder:
         sides = {"prompt": 1, "kto": 2, "dpo": 3}[self.settings.kind]
         flat = [_flatten([r.parts[j] for r in rows]) for j in range(sides)]
         columns = [_list(off, val) for val, off, _ in flat]
+        if self.settings.kind == "prompt":
+            columns.append(pa.array([r.prompt for r in rows], type=pa.string()))
         total = np.sum([lens for _, _, lens in flat], axis=0, dtype=np.int32)
         if self.settings.kind == "kto":
             columns.append(pa.array([r.label for r in rows], type=pa.bool_()))

@@ -119,6 +119,13 @@ def prompt_messages(record: Record) -> list[Message]:
     return messages
 
 
+def prompt_record(record: Record) -> dict[str, Any]:
+    """What a prompt shard row was rendered from, for tools that render it again (`export --to trl-grpo`): its
+    messages, and its tools and template arguments where it has them."""
+    keep = {k: record[k] for k in ("tools", "chat_template_kwargs") if record.get(k)}
+    return {"messages": prompt_messages(record), **keep}
+
+
 def prompt_text(template: AnyTemplate, record: Record, kwargs: dict[str, Any] | None) -> str:
     """The prompt rendered with the generation prompt after it: `apply_chat_template(prompt,
     add_generation_prompt=True)` for the tokenizer's template, the text up to the generation point for a built-in."""

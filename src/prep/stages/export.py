@@ -1,4 +1,4 @@
-"""`prep export SHARDS --to hf-dataset|axolotl|together|jsonl -o OUT`: the shards as other tools take them.
+"""`prep export SHARDS --to hf-dataset|axolotl|together|jsonl|trl-grpo -o OUT`: the shards as other tools take them.
 
 Packed rows are unpacked first, one row per document (split at `seq_lengths`): the tools below read
 a row as one sequence, so a packed row handed over as it is would let its documents attend to each
@@ -17,6 +17,13 @@ first label of every document is already -100).
   "completion", "label"}`). A row whose text cannot be cut exactly where training starts (a byte-level
   token holding half a character there) is refused as `not_expressible`, never written approximately.
 
+- `trl-grpo` (prompt shards): JSONL of `{"id", "prompt": [messages], <carried columns>}`, what TRL's GRPOTrainer
+  reads: the messages the prompt ids were rendered from (tokenize keeps them in `prompt_record`), which
+  GRPOTrainer renders with the tokenizer's chat template, and the carried columns its reward functions receive
+  by name. The shards' template and template arguments are not in the rows: a note says what to pass TRL
+  (`chat_template_kwargs`, or the built-in template the ids were made with). TRL 1.16 renders every prompt
+  with the trainer's tools and template arguments, not a row's: a row with its own is `not_expressible`.
+
 Rows with media (design §2a) carry them where the target can: `jsonl` and `hf-dataset` add a `media` column (per
 document, in order: type, the file's absolute path, sha256, width, height, grid, and the run's `start`/`length` in
 the document's tokens; jsonl adds `text_span`, the run's characters in `text`), and hf-dataset an `images` column
@@ -26,7 +33,8 @@ has no place for an image: a document with media is refused as `not_expressible`
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,8 +86,14 @@ def export(shards: str | Path, to: str, output: str, *, tokenizer: str | None = 
                             "(input_ids, attention_mask, labels); export them --to hf-dataset or --to jsonl")
         if out.suffix != ".parquet":
             raise PrepError(f"-o {output}: {to} reads pre-tokenized data from a .parquet file; name it *.parquet")
-    elif to == "jsonl" and out.suffix != ".jsonl":
-        raise PrepError(f"-o {output}: --to jsonl writes a .jsonl file; name it *.jsonl")
+    elif to == "trl-grpo" and kind != "prompt":
+        raise PrepError(f"{shards}: {kind} shards; --to trl-grpo writes the prompts of prompt shards (tokenize with "
+                        "--kind prompt)")
+    elif to == "trl-grpo" and "prompt_record" not in _column_names(Path(shards), manifest):
+        raise PrepError(f"{shards}: the prompt shards hold no prompt_record (made by an earlier prep); tokenize "
+                        "them again")
+    if to in ("jsonl", "trl-grpo") and out.suffix != ".jsonl":
+        raise PrepError(f"-o {output}: --to {to} writes a .jsonl file; name it *.jsonl")
     elif to == "hf-dataset" and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PrepError(f"-o {output}: already there; give a new folder for the dataset")
     meter = Meter(progress)
@@ -88,8 +102,14 @@ def export(shards: str | Path, to: str, output: str, *, tokenizer: str | None = 
     carried = [] if kind in ("sft", "pretrain") else list(manifest.get("carried") or [])
     media = [MEDIA_COLUMN] if has_media(manifest) else []
     docs = _documents(Path(shards), kind, meter, manifest)
+    if to == "trl-grpo":
+        tally = _rows(docs, Path(shards), out, lambda row: _grpo_row(row, carried))
+        columns = ["id", "prompt", *carried]
+        return ExportResult(tally=tally, outputs=outputs(output=output), columns=columns,
+                            notes=_template_notes(manifest))
     if to == "jsonl":
-        tally = _jsonl(docs, Path(shards), kind, out, shard_decoder(manifest, tokenizer), carried + media)
+        decoder, kept = shard_decoder(manifest, tokenizer), carried + media
+        tally = _rows(docs, Path(shards), out, lambda row: {**_text_row(decoder, kind, row), **{c: row[c] for c in kept}})
         columns = ["id", "text", "spans"] if kind in ("sft", "pretrain") else ["id", "prompt", *PAIRS[kind][1:]]
         columns = [c.removesuffix("_input_ids") for c in columns] + carried + media
     elif to == "hf-dataset":
@@ -127,6 +147,38 @@ def _documents(folder: Path, kind: str, meter: Meter, manifest: dict[str, Any]) 
                 docs = docs.set_column(docs.schema.get_field_index(MEDIA_COLUMN), MEDIA_COLUMN, pa.array(media))
         meter.add(docs.num_rows, int(pc.sum(table["num_tokens"]).as_py() or 0))
         yield docs
+
+
+def _column_names(folder: Path, manifest: dict[str, Any]) -> list[str]:
+    return pq.read_schema(folder / manifest["shards"][0]["path"]).names if manifest["shards"] else []
+
+
+def _grpo_row(row: dict[str, Any], carried: list[str]) -> dict[str, Any]:
+    """A prompt as TRL's conversational row: the messages and the carried columns; a row with its own tools or
+    template arguments is refused (TRL renders every prompt with the trainer's)."""
+    record = json.loads(row["prompt_record"])
+    own = [k for k in ("tools", "chat_template_kwargs") if k in record]
+    if own:
+        raise row_error("not_expressible", f"{row['id']}: the row has its own {' and '.join(own)}, and TRL's "
+                        "GRPOTrainer renders every prompt with the trainer's (GRPOTrainer(tools=...), "
+                        "GRPOConfig(chat_template_kwargs=...))", f"$.{own[0]}",
+                        hint="export --to jsonl (the rendered prompt) or hf-dataset (its ids)")
+    return {"id": row["id"], "prompt": record["messages"], **{c: row[c] for c in carried}}
+
+
+def _template_notes(manifest: dict[str, Any]) -> list[str]:
+    """What TRL must be told to render the prompts as the shards did: their template arguments, or the built-in
+    template (TRL renders with the tokenizer's own chat template)."""
+    template = manifest.get("template") or {}
+    notes = []
+    if template.get("name") not in (None, "tokenizer"):
+        notes.append(f"the shards' prompts were rendered with prep's built-in template {template['name']}; TRL renders "
+                     "`prompt` with the tokenizer's chat template: give the model's tokenizer that template (prep "
+                     f"template --list) or tokenize with --template tokenizer")
+    if template.get("kwargs"):
+        notes.append(f"the shards used template arguments {json.dumps(template['kwargs'])}: pass them to TRL as "
+                     "GRPOConfig(chat_template_kwargs=...)")
+    return notes
 
 
 def _reference(m: dict[str, Any], found: list[Path], offset: int) -> dict[str, Any]:
@@ -222,12 +274,12 @@ def _hf_dataset(tables: Iterator[pa.Table], out: Path) -> int:
     return rows
 
 
-def _jsonl(docs: Iterator[pa.Table], folder: Path, kind: str, out: Path, decoder: Tokenizer, carried: list[str]
-           ) -> Tally:
-    """Decoded rows through `per_row`, so a row that cannot be written exactly is a counted reject."""
+def _rows(docs: Iterator[pa.Table], folder: Path, out: Path, make: Callable[[dict[str, Any]], dict[str, Any]]
+          ) -> Tally:
+    """JSONL of `make(row)` for each document, through `per_row`, so a row that cannot be written exactly is a
+    counted reject."""
     tally = Tally()
-    encode = per_row(lambda row, _: {**_text_row(decoder, kind, row), **{c: row[c] for c in carried}},
-                     keep=lambda row: {"id": row["id"]})
+    encode = per_row(lambda row, _: make(row), keep=lambda row: {"id": row["id"]})
     with RowWriter(str(out)) as writer:
         n = 0
         for table in docs:

@@ -26,6 +26,10 @@ class TrainOptions:
     train_vision: bool = False
     method: str | None = None  # None: from the shard kind
     beta: float = 0.1
+    reward: tuple[str, ...] = ()
+    num_generations: int = 4
+    max_completion_len: int = 256
+    temperature: float = 1.0
     loss_type: str | None = None
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0

@@ -30,9 +30,6 @@ from prep.trainer.bridge import TRL_COLUMNS, pretokenized
 def method_for(kind: str, method: str | None) -> str:
     """The objective for shards of `kind`: the one asked for if it reads that kind, else the kind's default."""
     fits = [m for m, kinds in METHOD_KINDS.items() if kind in kinds]
-    if not fits:
-        raise PrepError(f"{kind} shards hold prompts without answers: they feed an online trainer (TRL's "
-                        "GRPOTrainer, RLOOTrainer), which prep train is not")
     if method is None:
         return fits[0]
     if kind not in METHOD_KINDS[method]:
@@ -44,6 +41,8 @@ def method_for(kind: str, method: str | None) -> str:
 
 def check_options(method: str, options: Any) -> None:
     """Refuse what the objective cannot take, naming the option."""
+    if options.beta == 0 and method in ("dpo", "kto", "orpo"):
+        raise PrepError(f"--beta 0: --method {method} takes a --beta above 0 (0 is for grpo: no KL term)")
     if options.loss_type is not None:
         losses = {"dpo": DPO_LOSSES, "kto": KTO_LOSSES}.get(method, ())
         if options.loss_type not in losses:

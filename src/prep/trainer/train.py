@@ -36,7 +36,7 @@ from prep.render.tokenizer import describe_tokenizer, fingerprint, same_tokenize
 from prep.shards.layout import position_ids, read_manifest
 from prep.shards.media import has_media
 from prep.shards.verify import require_verified
-from prep.trainer import preference, ranks, vision
+from prep.trainer import grpo, preference, ranks, vision
 from prep.trainer.checkpoints import COMPLETE, SIGNATURE, check_checkpoints, resume_point, signature
 from prep.trainer.options import TrainOptions
 from prep.trainer.preference import method_for
@@ -104,8 +104,8 @@ class _Counts:
 
     def add(self, batch: dict[str, Any], real: Any = None) -> None:
         """`real`: the real tokens of a batch that has padding but no attention mask (stacked packed rows)."""
-        if "labels" not in batch:  # a preference batch
-            tokens, positions, trained = preference.counts(batch)
+        if "labels" not in batch:  # a preference batch, or a GRPO step's prompts and completions
+            tokens, positions, trained = grpo.counts(batch) if "prompt_mask" in batch else preference.counts(batch)
             self.tokens, self.positions, self.trained = self.tokens + tokens, self.positions + positions, \
                 self.trained + trained
             return
@@ -288,6 +288,8 @@ def _config(options: TrainOptions, out: Path, cuda: bool, bf16: bool, flatten: b
         deepspeed=options.deepspeed, **({"fsdp": True} if options.fsdp else {}),
         **({"remove_unused_columns": False} if multimodal else {}),  # the collator reads the media column
         **options.extra)
+    if method == "grpo":
+        return grpo.config(options, common)
     if method != "sft":
         return preference.config(method, options, common)
     return SFTConfig(**common, padding_free=flatten, dataset_kwargs={"skip_prepare_dataset": True}, max_length=None)
@@ -321,6 +323,12 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
     method = method_for(manifest["kind"], options.method)
     if method != "sft":
         preference.check_options(method, options)
+    if method == "grpo":
+        grpo.check_options(options)
+        reward_funcs = grpo.rewards(options, manifest)
+    elif options.reward:
+        raise PrepError(f"--reward: --method {method} learns from the shards' answers; rewards score generated ones "
+                        "(--method grpo, on prompt shards)")
     eval_manifest = check_shards(options.eval, "evaluation", method) if options.eval else None
     config = vision.model_config(options.model)
     for folder, m in ((shards, manifest), (options.eval, eval_manifest)):
@@ -362,15 +370,23 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
     out.mkdir(parents=True, exist_ok=True)
     counter = _Counts()
 
-    base = SFTTrainer if method == "sft" else preference.trainer_class(method)
+    base = SFTTrainer if method == "sft" else grpo.trainer_class() if method == "grpo" else \
+        preference.trainer_class(method)
 
     class Trainer(base):  # type: ignore[misc, valid-type]
         seen_before: int | None = None  # tokens trained on before a resumed checkpoint
 
         def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-            inputs = dict(inputs)
-            counter.add(inputs, inputs.pop(REAL_TOKENS, None))
+            if method != "grpo":  # a GRPO step's batch is generated inside it, and counted in _prepare_inputs
+                inputs = dict(inputs)
+                counter.add(inputs, inputs.pop(REAL_TOKENS, None))
             return super().training_step(model, inputs, *args, **kwargs)
+
+        def _prepare_inputs(self, inputs: Any) -> Any:
+            prepared = super()._prepare_inputs(inputs)
+            if method == "grpo" and self.model.training:
+                counter.add(prepared)
+            return prepared
 
         def prediction_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
             return super().prediction_step(model, {k: v for k, v in inputs.items() if k != REAL_TOKENS}, *args, **kwargs)
@@ -391,15 +407,22 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
             super().log(logs, *args, **kwargs)
 
     def data(folder: str) -> Any:
+        if method == "grpo":
+            return grpo.dataset(folder, tokenizer)
         return _dataset(folder) if method == "sft" else preference.dataset(method, folder, options.margin_column)
 
     kwargs: dict[str, Any] = {"ref_model": ref_model, "peft_config": lora} if method in ("dpo", "kto") else {}
     collator = vision.MediaCollator(options.model, config, tokenizer.pad_token_id or 0) if multimodal and \
         not padding_free else _StackedRows(tokenizer.pad_token_id or 0) if padding_free and not flatten else None
+    if method == "grpo":  # GRPOTrainer's collator is its own (the rows as they are, generated from in the step)
+        kwargs = {"reward_funcs": reward_funcs}
+        model.generation_config.eos_token_id = grpo.stop_ids(manifest, options.model)
+    else:
+        kwargs["data_collator"] = collator
     try:
         trainer = Trainer(model=model, args=_config(options, out, cuda, bf16, flatten, method, multimodal),
                           train_dataset=data(shards), eval_dataset=data(options.eval) if options.eval else None,
-                          processing_class=tokenizer, **kwargs, data_collator=collator)
+                          processing_class=tokenizer, **kwargs)
     except ValueError as e:  # TRL adds the dpo/kto adapter: --target-modules naming no module of this model
         if lora is None or "target modules" not in str(e).lower():
             raise
@@ -600,6 +623,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
              f"{report['tokens_per_s']:,.0f} tokens/s"]
     if report["first_loss"] is not None:
         lines.append(f"loss: {report['first_loss']:.4f} -> {report['last_loss']:.4f}")
+    scores = [p["reward"] for p in report.get("loss_curve") or () if p.get("reward") is not None]
+    if scores:  # GRPO: the mean reward of the completions generated at the first and the last logged step
+        lines.append(f"reward: {scores[0]:.4f} -> {scores[-1]:.4f}")
     if report.get("eval_loss") is not None:
         lines.append(f"eval loss: {report['eval_loss']:.4f} (perplexity {math.exp(min(report['eval_loss'], 50)):.2f})")
     last = report["loss_curve"][-1] if report.get("loss_curve") else {}
