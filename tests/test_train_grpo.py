@@ -114,6 +114,7 @@ def _train_extra() -> None:
         pytest.importorskip(name)
 
 
+@pytest.mark.slow  # each refusal comes after train() has imported torch, transformers and trl (40 s at load 20)
 def test_grpo_is_refused_where_it_cannot_train(root: Path, prompts: str) -> None:
     _train_extra()
     from prep.trainer.train import TrainOptions, train  # noqa: PLC0415 - needs the train extra
