@@ -19,7 +19,7 @@ import pytest
 from conftest import fixture, hf_tokenizer, run_prep
 from prep.core.findings import Batch, Source
 from prep.core.options import TOOL_CALLS
-from prep.formats import read_records, toolcalls
+from prep.formats import Fields, read_records, toolcalls
 from prep.formats.inputs import Inputs
 from prep.render.encoder import Encoder, Settings
 from prep.render.jinja import JinjaTemplate
@@ -303,3 +303,28 @@ def test_hostile_calls_are_their_rows_findings_not_the_runs_end(tmp_path: Path) 
                                               (3, "bad_tool_arguments", True)]
     assert [r["messages"][1]["tool_calls"][0]["function"]["arguments"] for r in read_jsonl(tmp_path / "out.jsonl")
             ] == ['{"n": 5}'] * 3
+
+
+@pytest.mark.parametrize(("dialect", "value"), [("hermes", "a </tool_call> b"), ("glaive", "<functioncall> x"),
+                                                ("qwen-xml", "a</parameter>b"), ("qwen-xml", "5")])
+def test_a_row_the_dialect_would_not_give_back_is_refused_not_changed(tmp_path: Path, dialect: str,
+                                                                     value: str) -> None:
+    """--write-tool-calls wrote a value holding the dialect's own tags (or a qwen-xml string that reads as JSON,
+    without a tool schema to type it) into text that read back otherwise, or not at all, rc 0; and results that
+    answer two calls in another order than they were made came back answering the other call."""
+    call, plain = ({"type": "function", "function": {"name": "f", "arguments": {"k": v}}} for v in (value, "v"))
+    rows = [{"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "", "tool_calls": [
+                {**call, "id": "call_0"}]}, {"role": "tool", "content": "r", "tool_call_id": "call_0"}]},
+            {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "", "tool_calls": [
+                {**plain, "id": "a"}, {**plain, "id": "b"}]}, {"role": "tool", "content": "rb", "tool_call_id": "b"},
+                {"role": "tool", "content": "ra", "tool_call_id": "a"}]},
+            {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "", "tool_calls": [
+                {**plain, "id": "call_0"}]}]}]
+    source, out, rejects = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "rejects.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    result = convert(Inputs([str(source)]), "openai", str(out), write_tool_calls=dialect, rejects=str(rejects))
+    assert (result.tally.written, result.tally.rejected) == (1, {"not_expressible": 2})
+    assert [(k["line"], k["reasons"][0]["path"]) for k in read_jsonl(rejects)] == [(1, "$.messages[1]"),
+                                                                                   (2, "$.messages[2]")]
+    back = [r for b in read_records([str(out)], fields=Fields(tool_calls=dialect)) for r in b.items]
+    assert [m for r in back for m in r["messages"]] == rows[2]["messages"]

@@ -12,6 +12,7 @@ results. Only messages that hold a dialect's marker are touched; `auto` picks th
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import Callable
@@ -386,4 +387,42 @@ def write_calls(record: r.Record, dialect: str) -> r.Record:
         out[key] = messages
         if key == "prompt":
             base = count
+    _reads_back(record, out, dialect)
+    return out
+
+
+def _reads_back(record: r.Record, written: r.Record, dialect: str) -> None:
+    """Refuse a record whose text `read_calls` would not give back: a value or a text holding the dialect's own
+    tags, a qwen-xml string that reads as JSON without a tool schema, a result answering another call than the
+    oldest open one. Such a row would convert, and come back changed."""
+    back = copy.deepcopy(written)
+    try:
+        read_calls(back, dialect)
+    except RowError as e:
+        paths = [e.findings[0].path]
+    else:
+        paths = []
+        for key in _CONVERSATIONS:
+            if key in record and (a := _shape(record, key)) != (b := _shape(back, key)):
+                i = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+                paths.append(f"$.{key}[{min(i, len(a) - 1)}]")
+    if paths:
+        raise r.not_expressible(f"--write-tool-calls {dialect}", "this message: read back, its text gives other "
+                                "calls, results or text", paths[0].removesuffix(".content"),
+                                hint="write the row's calls in another dialect, or leave out --write-tool-calls")
+
+
+def _shape(record: r.Record, key: str) -> list[dict[str, Any]]:
+    """The messages of `record[key]` as `read_calls` can give them back: calls as names and arguments, a result as
+    the place of the call it answers in the conversation (chosen and rejected continue the prompt)."""
+    before = record.get("prompt", []) if key in ("chosen", "rejected", "completion") else []
+    ids = [c["id"] for m in [*before, *record[key]] for c in m.get("tool_calls") or ()]
+    out = []
+    for m in record[key]:
+        shape = {k: v for k, v in m.items() if k not in ("tool_calls", "tool_call_id")}
+        if m.get("tool_calls"):
+            shape["tool_calls"] = [(c["function"]["name"], c["function"]["arguments"]) for c in m["tool_calls"]]
+        if m["role"] == "tool":
+            shape["answers"] = ids.index(m["tool_call_id"]) if m.get("tool_call_id") in ids else None
+        out.append(shape)
     return out
