@@ -78,20 +78,22 @@ class Seen(dict):  # type: ignore[type-arg]
     __slots__ = ("seen",)
 
     def __init__(self, row: dict[str, Any]) -> None:
-        super().__init__(row)
+        dict.__init__(self, row)
         self.seen: set[Any] = {"id"}
 
+    # dict's own methods called directly: a zero-argument super() builds an object per call, and readers call
+    # these a few times per row
     def get(self, key: Any, default: Any = None) -> Any:
         self.seen.add(key)
-        return super().get(key, default)
+        return dict.get(self, key, default)
 
     def __getitem__(self, key: Any) -> Any:
         self.seen.add(key)
-        return super().__getitem__(key)
+        return dict.__getitem__(self, key)
 
     def __contains__(self, key: Any) -> bool:
         self.seen.add(key)
-        return super().__contains__(key)
+        return dict.__contains__(self, key)
 
 
 def _dropped_stage(fn: Any, fields: Fields) -> Any:
