@@ -114,14 +114,25 @@ def together_pythons(given: list[str]) -> list[str]:
     return [sys.executable] if found else []
 
 
+def _passed(run: Any) -> None:
+    """A check_file that stopped at a row it refused has not checked the file: its time would mean nothing."""
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    if not result["passed"] or result["rows"] is None:
+        raise RuntimeError(f"together {result['version']} check_file refused the file: {result['message']}")
+
+
 def comparison(runner: Any, work: Path, quick: bool, log: Any = print, together_python: Sequence[str] = ()
                ) -> tuple[list[Any], Any]:
     """bench/run.py's tools for `--suite validate`: `prep validate` beside Together's `check_file` on the same file
-    (the tokenize bench's unique alpaca chats, x20: 19,980 rows), whole process (`prep validate -q`; a Python that
+    (the tokenize bench's unique alpaca chats, x20: 19,980 rows, `messages` alone), whole process (`prep validate -q`; a Python that
     imports together and checks) and in process (seconds around the check alone), each against the first
     `together_python`'s check_file as the baseline (the issue compares with together 1.5.35)."""
     Tool = runner.Tool  # noqa: N806 - the runner's class
-    data, _ = _sibling("tokenize_speed").unique_alpaca(work, 1 if quick else 20)
+    tagged, _ = _sibling("tokenize_speed").unique_alpaca(work, 1 if quick else 20)
+    data = work / "alpaca_unique_messages.jsonl"  # Together refuses any key but `messages` ("extra column id")
+    with tagged.open(encoding="utf-8") as rows_in, data.open("w", encoding="utf-8") as rows_out:
+        rows_out.writelines(json.dumps({"messages": json.loads(line)["messages"]}, ensure_ascii=False) + "\n"
+                            for line in rows_in)
     rows, mb = sum(1 for _ in data.open("rb")), data.stat().st_size / 1e6  # the folder is gone when summary runs
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TOGETHER_NO_BANNER": "1"}
     inner = lambda run: json.loads(run.stdout.strip().splitlines()[-1])["seconds"]  # noqa: E731
@@ -137,7 +148,7 @@ def comparison(runner: Any, work: Path, quick: bool, log: Any = print, together_
                           rows=rows, baseline=names[0] if names else "", what=what, env=env))
         for python, name in zip(pythons, names, strict=True):
             tools.append(Tool(name, group, [python, "-c", TOGETHER, str(data)], seconds=seconds, rows=rows,
-                              baseline=names[0], peer=True, what=what, env=env))
+                              baseline=names[0], peer=True, what=what, env=env, check=_passed))
     if not names:
         log("validate: no Python that imports together (give --together-python): prep alone")
 
