@@ -39,7 +39,8 @@ OVERFLOW = ("drop", "truncate", "turns")  # what a row longer than max_len becom
 STRATEGIES = ("bfd", "wrap")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts")
 ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
-REPORT_TO = ("none", "tensorboard")
+REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
+LORA_INITS = ("default", "gaussian", "pissa", "olora", "loftq")
 # What `prep train` optimises, and the shard kinds each objective reads (the default: the first that takes the kind).
 METHODS = ("sft", "dpo", "kto", "orpo", "reward", "grpo")
 METHOD_KINDS = {"sft": ("sft", "pretrain"), "dpo": ("dpo",), "kto": ("kto",), "orpo": ("dpo",), "reward": ("dpo",),
@@ -439,7 +440,20 @@ TRAIN = (
     Option("target_modules", default="all-linear", recipe=True, help="all-linear or q_proj,v_proj,..."),
     Option("use_rslora", bool, False, "Rank-stabilised LoRA scaling (alpha / sqrt(r)).", recipe=True),
     Option("use_dora", bool, False, "Weight-decomposed LoRA.", recipe=True),
-    Option("qlora", bool, False, "4-bit NF4 base with double quantization (bitsandbytes).", recipe=True),
+    Option("qlora", bool, False, "4-bit NF4 base with double quantization (bitsandbytes); the same as --quant 4.",
+           recipe=True),
+    Option("quant", int, None, low=4, high=8, what="4 or 8 (bits)", recipe=True,
+           help="Load the base quantized by bitsandbytes under the LoRA adapter: 4 (NF4, double quantization: "
+                "QLoRA) or 8 (LLM.int8)."),
+    Option("lora_init", default="default", choices=LORA_INITS, recipe=True,
+           help="The adapter's initialisation (peft's init_lora_weights): default (A random, B zero), gaussian, "
+                "pissa (A and B from the weights' principal singular vectors, fast SVD of 16 iterations; the saved "
+                "adapter is converted to apply to the original base), olora (QR, converted the same way), loftq "
+                "(with a 4-bit base: A and B set to make up for the quantization error)."),
+    Option("loraplus_lr_ratio", float, None, "LoRA+: the B matrices learn at this multiple of --lr (the paper: 16).",
+           low=0, low_open=True, recipe=True),
+    Option("freeze_layers", int, 0, "Freeze tuning: train every weight of the last N decoder layers, no adapter, the "
+                                    "rest frozen (0: off); saved as a whole model like --full.", low=0, recipe=True),
     Option("full", bool, False, "Train every weight, no adapter (DPO/KTO: beside a frozen copy as the reference).",
            recipe=True),
     Option("train_vision", bool, False, "Vision-language models: train the vision tower too (LoRA on its linear layers; "
@@ -501,7 +515,9 @@ TRAIN = (
     Option("deepspeed", path="file", help="Under torchrun/accelerate launch on GPUs: a DeepSpeed config JSON (e.g. "
            "ZeRO-3), passed to the trainer; needs the deepspeed package."),
     Option("merge", bool, False, "Also save the base model with the adapter merged in.", recipe=True),
-    Option("report_to", default="none", choices=REPORT_TO, recipe=True, help="Where the trainer also logs."),
+    Option("report_to", default="none", choices=REPORT_TO, recipe=True,
+           help="Where the trainer also logs (the package must be installed: pip install tensorboard, wandb or "
+                "mlflow; W&B and MLflow read their own settings, e.g. WANDB_MODE=offline, MLFLOW_TRACKING_URI)."),
     Option("force", bool, False, "Train even if the tokenizer fingerprints differ.", recipe=True),
     replace(_QUIET, help="No progress bar or summary."),
 )

@@ -22,6 +22,10 @@ class TrainOptions:
     use_rslora: bool = False
     use_dora: bool = False
     qlora: bool = False
+    quant: int | None = None  # 4 or 8: a bitsandbytes base under the adapter
+    lora_init: str = "default"
+    loraplus_lr_ratio: float | None = None
+    freeze_layers: int = 0
     full: bool = False
     train_vision: bool = False
     method: str | None = None  # None: from the shard kind

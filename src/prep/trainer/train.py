@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import json
 import math
+import re
 import resource
 import time
 from dataclasses import asdict, dataclass, field
@@ -165,13 +167,19 @@ def _load_model(options: TrainOptions, cuda: bool, bf16: bool, vocab_size: int |
         BitsAndBytesConfig,
     )
 
+    if options.lora_init == "loftq" and not cuda:  # peft (0.21) computes the quantization error on "cuda" or "xpu"
+        raise PrepError("--lora-init loftq needs a GPU: peft computes the 4-bit base's quantization error there")
     dtype = torch.bfloat16 if bf16 else torch.float32
     kwargs: dict[str, Any] = {"dtype": dtype}
     if options.attn_implementation:
         kwargs["attn_implementation"] = options.attn_implementation
-    if options.qlora:
+    bits = _bits(options)
+    if bits == 4:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+    elif bits == 8:
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    if bits:
         kwargs["device_map"] = {"": ranks.local_rank()} if cuda else {"": "cpu"}  # each process its own GPU
     if method == "reward":
         kwargs["num_labels"] = 1
@@ -196,9 +204,12 @@ def _load_model(options: TrainOptions, cuda: bool, bf16: bool, vocab_size: int |
         if multimodal and not options.train_vision:
             vision.freeze_vision(model)
         return model, None
+    if options.freeze_layers:
+        _freeze_layers(model, options)
+        return model, None
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # noqa: PLC0415 - train extra
 
-    if options.qlora:
+    if bits:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=options.gradient_checkpointing)
     targets: Any = options.target_modules
     if multimodal:  # by full name: a tower's layers may share the language model's names, and all-linear takes both
@@ -207,13 +218,54 @@ def _load_model(options: TrainOptions, cuda: bool, bf16: bool, vocab_size: int |
         targets = [t.strip() for t in targets.split(",") if t.strip()]
     config = LoraConfig(r=options.lora_r, lora_alpha=options.lora_alpha, lora_dropout=options.lora_dropout,
                         target_modules=targets, use_rslora=options.use_rslora, use_dora=options.use_dora,
+                        init_lora_weights=_INIT[options.lora_init],
                         task_type="SEQ_CLS" if method == "reward" else "CAUSAL_LM")
     if method in ("dpo", "kto"):
         return model, config
     try:
-        return get_peft_model(model, config), None
+        model = get_peft_model(model, config)
     except ValueError as e:  # e.g. --target-modules naming no module of this model
         raise _target_modules(options, e) from None
+    if options.lora_init == "loftq":  # A and B from the base's weights as stored, against their 4-bit copies
+        from peft import replace_lora_weights_loftq  # noqa: PLC0415 - train extra
+
+        local = Path(options.model).is_dir()  # else peft finds the weights in the hub cache
+        replace_lora_weights_loftq(model, model_path=str(options.model) if local else None)
+    return model, None
+
+
+# --lora-init: peft's init_lora_weights (loftq: the default, then replace_lora_weights_loftq on the 4-bit base)
+_INIT: dict[str, Any] = {"default": True, "gaussian": "gaussian", "pissa": "pissa_niter_16", "olora": "olora",
+                         "loftq": True}
+CONVERTED = ("pissa", "olora")  # initialisations that change the base: the saved adapter is converted back
+INITIAL_ADAPTER = "initial_adapter"  # the adapter as initialised, which the conversion subtracts
+_LAYER = re.compile(r"\.layers\.(\d+)\.")  # a decoder layer's weights: model.layers.N. (language_model.layers.N.)
+
+
+def _bits(options: TrainOptions) -> int | None:
+    """The base's quantization: 4 for --qlora or --quant 4, 8 for --quant 8, else None."""
+    return 4 if options.qlora else options.quant
+
+
+def _freeze_layers(model: Any, options: TrainOptions) -> None:
+    """--freeze-layers N: only the weights of the last N decoder layers train (LLaMA-Factory's freeze tuning)."""
+    layers = sorted({int(m.group(1)) for name, _ in model.named_parameters() if (m := _LAYER.search(name))})
+    if options.freeze_layers > len(layers):
+        raise PrepError(f"--freeze-layers {options.freeze_layers}: {options.model} has {len(layers)} decoder layers")
+    trained = set(layers[-options.freeze_layers:])
+    for name, parameter in model.named_parameters():
+        m = _LAYER.search(name)
+        parameter.requires_grad_(m is not None and int(m.group(1)) in trained)
+
+
+def _save_initial(model: Any, folder: Path) -> None:
+    """The pissa/olora adapter before training, which saving converts against (peft's recipe): marked as a
+    default-initialised adapter, so loading it for the conversion does not run the decomposition again."""
+    config = model.peft_config["default"]
+    init, config.init_lora_weights = config.init_lora_weights, True
+    with replaced(folder, folder=True) as tmp:
+        model.save_pretrained(tmp)
+    config.init_lora_weights = init
 
 
 def _target_modules(options: TrainOptions, e: ValueError) -> PrepError:
@@ -253,18 +305,32 @@ def _check_options(options: TrainOptions) -> None:
     against the options table, before anything loads (the libraries would fail later with messages about
     something else, e.g. --lora-r 0 as a --target-modules error), then the combinations."""
     check("train", asdict(options))  # again: a caller may have changed a field since
-    if options.qlora and options.full:
-        raise PrepError("--qlora trains an adapter on a 4-bit model; it cannot be combined with --full")
-    if options.merge and options.full:
-        raise PrepError("--merge folds an adapter into the model; --full already saves the whole model")
+    if options.qlora and options.quant:
+        raise PrepError("--qlora is --quant 4; give one of them")
+    if options.quant not in (None, 4, 8):
+        raise PrepError(f"--quant {options.quant}: must be 4 or 8 (bits)")
+    whole = "--full" if options.full else f"--freeze-layers {options.freeze_layers}" if options.freeze_layers else None
+    if options.full and options.freeze_layers:
+        raise PrepError("--freeze-layers trains the last layers' weights; --full trains every weight: give one")
+    if whole:
+        given = [flag for flag, on in (("--qlora", options.qlora), (f"--quant {options.quant}", options.quant),
+                                       (f"--lora-init {options.lora_init}", options.lora_init != "default"),
+                                       (f"--loraplus-lr-ratio {options.loraplus_lr_ratio}", options.loraplus_lr_ratio),
+                                       ("--merge", options.merge)) if on]
+        if given:
+            raise PrepError(f"{given[0]} goes with a LoRA adapter; {whole} trains the model's own weights "
+                            "(and saves the whole model)")
+    if options.lora_init == "loftq" and _bits(options) != 4:
+        raise PrepError("--lora-init loftq makes up for a 4-bit base's quantization error: add --qlora (or --quant 4)")
+    if options.lora_init in CONVERTED and _bits(options):
+        raise PrepError(f"--lora-init {options.lora_init} takes the adapter out of the base's full-precision weights; "
+                        "it cannot be combined with a quantized base (--qlora, --quant)")
     if options.max_steps <= 0 and options.epochs <= 0:
         raise PrepError("give --epochs above 0 or --max-steps")
     ranks.check_sharding(options)
-    if options.report_to == "tensorboard":
-        try:
-            import tensorboard  # noqa: F401, PLC0415 - train extra
-        except ImportError:
-            raise PrepError("--report-to tensorboard needs the tensorboard package (pip install tensorboard)") from None
+    if options.report_to != "none" and importlib.util.find_spec(options.report_to) is None:
+        raise PrepError(f"--report-to {options.report_to} needs the {options.report_to} package: pip install "
+                        f"{options.report_to}")
 
 
 def _config(options: TrainOptions, out: Path, cuda: bool, bf16: bool, flatten: bool, method: str,
@@ -321,6 +387,9 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
     require_train_extra()
     manifest = check_shards(shards, method=options.method)
     method = method_for(manifest["kind"], options.method)
+    if options.lora_init in CONVERTED and method in ("dpo", "kto", "grpo"):
+        raise PrepError(f"--lora-init {options.lora_init} changes the base's weights, and --method {method} takes the "
+                        "base with the adapter off as its reference: use the default initialisation")
     if method != "sft":
         preference.check_options(method, options)
     if method == "grpo":
@@ -391,6 +460,17 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
         def prediction_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
             return super().prediction_step(model, {k: v for k, v in inputs.items() if k != REAL_TOKENS}, *args, **kwargs)
 
+        def create_optimizer(self, *args: Any, **kwargs: Any) -> Any:
+            """--loraplus-lr-ratio: peft's LoRA+ optimizer (AdamW, the B matrices at the ratio times --lr)."""
+            if not options.loraplus_lr_ratio or self.optimizer is not None:
+                return super().create_optimizer(*args, **kwargs)
+            from peft.optimizers import create_loraplus_optimizer  # noqa: PLC0415 - train extra
+
+            self.optimizer = create_loraplus_optimizer(
+                self.model, torch.optim.AdamW, lr=self.args.learning_rate, loraplus_lr_ratio=options.loraplus_lr_ratio,
+                weight_decay=self.args.weight_decay)
+            return self.optimizer
+
         def _save_checkpoint(self, model: Any, trial: Any) -> None:
             super()._save_checkpoint(model, trial)
             ranks.barrier()  # every process has saved its part (its random state, its optimizer shard)
@@ -444,17 +524,24 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
     notes: list[str] = []
     start = resume_point(checkpoints, notes, remove=main) if options.resume else None
     resumed_from = int(start.name.rsplit("-", 1)[1]) if start else None
+    initial = out / INITIAL_ADAPTER
+    if main and options.lora_init in CONVERTED and not (options.resume and initial.is_dir()):
+        _save_initial(trainer.model, initial)
     result = trainer.train(resume_from_checkpoint=str(start) if start else None)
     runtime = time.perf_counter() - started
-    saved = out / ("model" if options.full else "adapter")
-    if options.full:  # off for training only (see _load_model); generation from the saved model wants its cache
+    whole = options.full or options.freeze_layers
+    saved = out / ("model" if whole else "adapter")
+    if whole:  # off for training only (see _load_model); generation from the saved model wants its cache
         trainer.model.config.use_cache = True
     # sharded weights (FSDP, ZeRO-3) are gathered by every process together; the main one saves them
     state = trainer.accelerator.get_state_dict(trainer.model_wrapped) if options.fsdp or options.deepspeed else None
     if main:
         with replaced(saved, folder=True) as tmp:  # a full disk leaves the earlier adapter, never half a new one
             unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-            unwrapped.save_pretrained(tmp, state_dict=state)
+            # pissa/olora: the adapter as the change from the initial one, which applies to the original base
+            converted = {"path_initial_model_for_weight_conversion": str(initial)} \
+                if options.lora_init in CONVERTED else {}
+            unwrapped.save_pretrained(tmp, state_dict=state, **converted)
             save_serving(tmp, manifest, tokenizer, None if method == "reward" else unwrapped, notes)
             if isinstance(collator, vision.MediaCollator):  # the image settings, for whoever loads the adapter
                 collator.processor.save_pretrained(tmp)
@@ -465,7 +552,11 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
     losses = [p["loss"] for p in curve if p.get("loss") is not None]
     report = {
         "shards": str(shards), "model": str(options.model),
-        "method": "full" if options.full else ("qlora" if options.qlora else "lora"), "objective": method,
+        "method": "full" if options.full else "freeze" if options.freeze_layers else "qlora" if _bits(options) == 4
+        else "lora", "objective": method, "quant_bits": _bits(options), "lora_init": options.lora_init,
+        "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "optimizer_groups": [{"lr": g.get("initial_lr", g["lr"]), "tensors": len(g["params"]),
+                              "params": sum(p.numel() for p in g["params"])} for g in trainer.optimizer.param_groups],
         "packed": _packed(manifest), "padding_free": padding_free, "batching": batching,
         "attn_implementation": attention, "output": str(saved),
         "vision_tower": None if not multimodal else ("trained" if options.full else "lora") if options.train_vision
