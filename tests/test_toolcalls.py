@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from conftest import fixture, hf_tokenizer, run_prep
-from prep.core.findings import Batch, Source
+from prep.core.findings import Batch, RowError, Source
 from prep.core.options import TOOL_CALLS
 from prep.formats import Fields, read_records, toolcalls
 from prep.formats.inputs import Inputs
@@ -328,3 +328,18 @@ def test_a_row_the_dialect_would_not_give_back_is_refused_not_changed(tmp_path: 
                                                                                    (2, "$.messages[2]")]
     back = [r for b in read_records([str(out)], fields=Fields(tool_calls=dialect)) for r in b.items]
     assert [m for r in back for m in r["messages"]] == rows[2]["messages"]
+
+
+def test_many_tags_are_read_in_one_pass() -> None:
+    """A user turn of 40 <tool_response> blocks and a word after them is text, not results, and stays: the fullmatch
+    that decided it backtracked exponentially (prep hung on it), and `auto`, taking the marker alone, dropped any
+    user message that mentioned <tool_response> without being made of such blocks. Tags opened 100,000 times and never closed are a
+    finding from counting them, where each opening scanned to the end of the text."""
+    blocks = "<tool_response>x</tool_response>" * 40 + " and a word"
+    record = {"messages": [{"role": "user", "content": blocks}, {"role": "assistant", "content": "A"}]}
+    toolcalls.read_calls(record, "auto")
+    assert record["messages"][0] == {"role": "user", "content": blocks}
+    for dialect, text in (("hermes", "<tool_call>" * 100_000), ("qwen-xml", "<function=f>" * 100_000),
+                          ("qwen-xml", "<function=f>" + "<parameter=a>" * 100_000 + "</function>")):
+        with pytest.raises(RowError, match="not closed"):
+            toolcalls.read_calls({"messages": [{"role": "assistant", "content": text}]}, dialect)

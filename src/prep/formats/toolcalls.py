@@ -44,10 +44,18 @@ def _call_object(value: Any, path: str, args_key: str, example: str) -> Call:
 def _tool_responses(content: str) -> list[str] | None:
     """The results of a message made only of `<tool_response>` blocks (Hermes, Qwen), each without the newline
     the templates put inside the tags; None for any other message."""
-    found = re.fullmatch(r"\s*(?:<tool_response>.*?</tool_response>\s*)+", content, re.S)
-    if found is None:
+    if content.count("<tool_response>") != content.count("</tool_response>"):  # (also keeps the scan linear)
         return None
-    return [_unwrap(body) for body in re.findall(r"<tool_response>(.*?)</tool_response>", content, re.S)]
+    out, pos = [], 0
+    for m in _RESPONSE.finditer(content):  # blocks with nothing but whitespace between (a fullmatch backtracked
+        if content[pos:m.start()].strip():  # exponentially on a message of many blocks and a word after them)
+            return None
+        out.append(_unwrap(m.group(1)))
+        pos = m.end()
+    return out if out and not content[pos:].strip() else None
+
+
+_RESPONSE = re.compile(r"<tool_response>(.*?)</tool_response>", re.S)
 
 
 def _unwrap(text: str) -> str:
@@ -71,6 +79,8 @@ class Hermes:
         return "<tool_call>" in content
 
     def read(self, content: str, path: str, schemas: Schemas) -> tuple[str, list[Call]]:
+        if content.count("<tool_call>") != content.count("</tool_call>"):  # before a scan that is then linear
+            raise _bad("a <tool_call> tag is not closed (or a </tool_call> not opened)", path, self.example)
         calls, text, pos = [], [], 0
         for m in re.finditer(r"<tool_call>(.*?)</tool_call>", content, re.S):
             text.append(content[pos:m.start()])
@@ -119,12 +129,16 @@ class QwenXml(Hermes):
         return "<tool_call>" in content or "<function=" in content
 
     def read(self, content: str, path: str, schemas: Schemas) -> tuple[str, list[Call]]:
+        if content.count("<function=") != content.count("</function>"):  # before a scan that is then linear
+            raise _bad("a <function=NAME> element is not closed", path, self.example)
         calls, text, pos = [], [], 0
         for m in self._CALL.finditer(content):
             text.append(content[pos:m.start()])
             pos = m.end()
             name, body = m.group(1).strip(), m.group(2)
             types = schemas.get(name, {})
+            if body.count("<parameter=") != body.count("</parameter>"):  # before a scan that is then linear
+                raise _bad(f"a <parameter=...> of call {name!r} is not closed", path, self.example)
             args = {}
             for p in self._PARAM.finditer(body):
                 key = p.group(1).strip()
@@ -291,9 +305,9 @@ def _auto_call(content: str) -> Dialect | None:
 
 
 def _auto_response(content: str) -> Dialect | None:
-    if "<tool_response>" in content:
-        return DIALECTS["hermes"]
-    return DIALECTS["glaive"] if content.startswith(Glaive._PREFIX) else None
+    """The dialect whose results a message is made of (`auto`); None for a message that only mentions a marker
+    (it stays the text it is: taking the marker alone dropped such a message)."""
+    return next((d for d in (DIALECTS["hermes"], DIALECTS["glaive"]) if d.responses(content) is not None), None)
 
 
 _CONVERSATIONS = ("messages", "prompt", "chosen", "rejected", "completion")
