@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from prep.checks import bytescan
 from validate_util import assert_exactly, chat, run, write_rows
 
 GOOD = [chat("Hello?", "Hi."), chat("Day?", "Monday."), chat("Colour?", "Teal.")]
@@ -95,6 +96,24 @@ def test_blank_lines_not_objects_bad_json(tmp_path: Path) -> None:
     assert_exactly(report, {(2, "blank_line", "$"), (4, "not_an_object", "$"), (5, "not_an_object", "$"),
                             (6, "bad_json", "$"), (8, "blank_line", "$")})
     assert report.rows_read == 6 and report.rows_rejected == 3
+
+
+def test_blank_lines_and_nul_bytes_found_wherever_the_chunks_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    """The byte pass counts a chunk's lines without walking them when it holds no NUL and no blank line; lines
+    that span chunks are followed across them. Every chunk size finds the same lines."""
+    path = tmp_path / "chunks.jsonl"
+    data = lines([GOOD[0], b"", GOOD[1], b" \t", b'{"messages": "a\x00b"}', GOOD[2], b"\r", GOOD[0], GOOD[1]])
+    path.write_bytes(data)
+    clean = tmp_path / "clean.jsonl"
+    clean.write_bytes(lines(GOOD * 3))
+    want = {(2, "blank_line"), (4, "blank_line"), (7, "blank_line")}
+    for size in range(1, len(data) + 2):
+        monkeypatch.setattr(bytescan, "_CHUNK", size)
+        found = bytescan.scan(str(path), "chunks.jsonl", "jsonl")
+        assert {(f.line, f.code) for f in found.findings} == want, size
+        assert list(found.nul_lines) == [5] and f"byte {data.index(bytes([0]))}" in found.nul_lines[5].message, size
+        assert bytescan.scan(str(clean), "clean.jsonl", "jsonl").findings == [], size
 
 
 def test_mixed_formats(tmp_path: Path) -> None:
