@@ -198,7 +198,7 @@ def test_kill_9_in_tokenize_then_rerun_gives_the_same_bytes_and_no_stray_files(t
 @pytest.mark.slow
 def test_kill_9_in_pack_then_rerun_gives_the_same_bytes_and_no_stray_files(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
-    data = random_chats(tmp_path / "data" / "in.jsonl", 4000)
+    data = random_chats(tmp_path / "data" / "in.jsonl", 10_000)  # pack must run long enough to be killed mid-way
     tok = tmp_path / "tok"
     assert run_prep("tokenize", str(data), "--tokenizer", str(TOKENIZER), "--template", "chatml", "-o", str(tok),
                     "-q").returncode == 0

@@ -473,7 +473,7 @@ def test_with_token_statistics_every_row_is_tokenized_once(tmp_path: Path, monke
 
     encoded: list[int] = []
     real = Encoder.encode
-    monkeypatch.setattr(Encoder, "encode", lambda self, jobs: encoded.append(len(jobs.items)) or real(self, jobs))
+    monkeypatch.setattr(Encoder, "encode", lambda self, jobs, *rest: encoded.append(len(jobs.items)) or real(self, jobs, *rest))
     short = '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}'
     long = json.dumps({"messages": [{"role": "user", "content": "tell " * 80}, {"role": "assistant", "content": "No."}]})
     result = go(_token_recipe(tmp_path, [short, short, long]))

@@ -125,7 +125,10 @@ def test_prep_run_under_torchrun_is_refused_before_any_stage(tmp_path: Path, mon
     from prep.recipes.recipe import load_recipe
     from prep.recipes.runner import run
 
+    recipe = tmp_path / "r.yaml"  # no train stage: the refusal must not depend on a model being there
+    recipe.write_text(f"inputs:\n  files: [{SAMPLES / 'openai.jsonl'}]\ntokenize:\n  tokenizer: {SAMPLES / 'tokenizer'}\n"
+                      f"  template: chatml\noutput: {tmp_path / 'qs'}\n", encoding="utf-8")
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(PrepError, match=r"torchrun or accelerate launch \(2 processes\).*-m prep train"):
-        run(load_recipe(str(ROOT / "recipes" / "quickstart.yaml"), [f"output={tmp_path / 'qs'}"]))
+        run(load_recipe(str(recipe)))
     assert not (tmp_path / "qs").exists()

@@ -71,6 +71,19 @@ def test_paths_outside_root_are_refused(root: Path, client: TestClient) -> None:
     assert not (root.parent / "outside" / "run").exists()
 
 
+def test_an_upload_is_written_whole_or_not_at_all(root: Path, client: TestClient,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from prep.ui import app
+
+    assert client.put("/api/upload", params={"path": "up/a.jsonl"}, content=b'{"text": "hi"}\n').json() == \
+        {"saved": "up/a.jsonl", "bytes": 15}
+    assert (root / "up" / "a.jsonl").read_bytes() == b'{"text": "hi"}\n'
+    assert client.put("/api/upload", params={"path": "up/a.jsonl"}, content=b"x").status_code != 200  # kept
+    monkeypatch.setattr(app, "MAX_UPLOAD", 4)
+    assert client.put("/api/upload", params={"path": "up/b.jsonl"}, content=b"0123456789").status_code != 200
+    assert sorted(p.name for p in (root / "up").iterdir()) == ["a.jsonl"]  # no part of b, no temporary file
+
+
 def test_a_request_without_the_token_is_refused(root: Path) -> None:
     guarded = TestClient(make_app(root, token="s3cret"), base_url="http://127.0.0.1")
     for url in ("/data", "/api/files", "/static/ui.js", "/files/samples/coqa.json"):
@@ -219,7 +232,9 @@ def test_the_whole_chain_in_chromium(tmp_path: Path) -> None:
         assert browser.wait(_choose("#file", "samples/coqa.json"))
         browser.evaluate(_click("#check"))
         assert browser.wait("document.querySelector('#fmt')?.textContent") == "coqa"
-        assert browser.evaluate("document.querySelector('#codes').textContent") == "no findings"
+        # CoQA's own columns that no reader maps (source, filename, name, additional_answers): warned, counted
+        assert browser.evaluate("document.querySelector('#codes').textContent") == \
+            "codeseverityrowsunknown_columnwarning13"
         browser.evaluate(_click("#rows button"))
         assert '"role": "assistant"' in browser.wait("document.querySelector('#record')?.textContent")
         browser.screenshot(shots / "ui-data.png")

@@ -9,9 +9,7 @@ batches come back in order, so the shards are byte-identical to a one-worker run
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import multiprocessing
 import os
 import queue
@@ -29,6 +27,7 @@ import pyarrow as pa
 from prep.checks.dataset_stats import LengthCounts
 from prep.core.columns import KIND_OF_RECORD
 from prep.core.findings import Batch, PrepError, Tally, count_by_file
+from prep.core.heap import streaming
 from prep.core.options import DEFAULT_DATE, checked
 from prep.core.records import Record, kind_of
 from prep.core.result import Meter, ProgressFn, Result, outputs
@@ -129,22 +128,6 @@ def _prefetch(items: Iterator[Any], depth: int = 4) -> Iterator[Any]:
     finally:
         stop.set()
         thread.join()
-
-
-@contextlib.contextmanager
-def _steady_gc() -> Iterator[None]:
-    """Keep the cyclic garbage collector from rescanning, batch after batch, the millions of long-lived
-    objects transformers and torch leave behind (measured: up to a third of a run): they are frozen out
-    of its sight and young collections run less often. Restored afterwards; forked workers inherit it."""
-    threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
-    gc.freeze()
-    gc.set_threshold(max(threshold[0], 50_000), *threshold[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*threshold)
-        if not frozen:  # a caller that froze objects itself keeps them frozen
-            gc.unfreeze()
 
 
 def _first_kind(batches: Iterator[Batch[Record]]) -> tuple[str, Iterator[Batch[Record]]]:
@@ -276,7 +259,8 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, templat
     }
     meter = Meter(progress)
     sources = _Sources()
-    with _steady_gc(), ShardWriter(output, kind, meta, rejects=rejects, carried=carried,
+    # transformers and torch leave millions of long-lived objects behind (up to a third of a run rescanned)
+    with streaming(50_000), ShardWriter(output, kind, meta, rejects=rejects, carried=carried,
                                    media=encoder.media) as writer:
         meter.start()
         encoded = run_parts(parts, _Encode(encoder, inputs.skip), where, ran) if where.ray else \

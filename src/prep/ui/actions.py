@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import yaml
 
 from prep.core.findings import PrepError, Tally
 from prep.core.options import RECIPE_SECTIONS, TABLES, Option
-from prep.files.atomic import write_text_atomic
+from prep.files.atomic import new_temp, write_text_atomic
 from prep.files.read import read_rows
 from prep.formats.inputs import Inputs, read_inputs
 from prep.recipes.recipe import STAGES, Recipe, load_recipe, path_keys, split_spec
@@ -157,16 +156,15 @@ def save(root: Root, where: str, given: dict[str, Any], write: bool = True) -> d
         raise PrepError(f"{where}: a recipe is a .yaml file")
     text = dump(build(root, where, given))
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, scratch = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".yaml", dir=target.parent)
-    os.close(fd)
+    scratch = new_temp(target)  # checked beside the target, so its relative paths mean what they will mean there
     try:
-        Path(scratch).write_text(text, encoding="utf-8")
+        scratch.write_text(text, encoding="utf-8")
         try:
             recipe = checked(root, load_recipe(scratch))
         except PrepError as e:
-            return {"yaml": text, "error": str(e).replace(scratch, where).replace(Path(scratch).name, target.name)}
+            return {"yaml": text, "error": str(e).replace(str(scratch), where).replace(scratch.name, target.name)}
     finally:
-        os.unlink(scratch)
+        scratch.unlink(missing_ok=True)
     if write:
         write_text_atomic(target, text)
     return {"yaml": text, "error": None, "saved": where if write else None,

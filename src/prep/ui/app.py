@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import os
 import socket
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from http.cookies import SimpleCookie
 from importlib import resources
@@ -36,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from prep.core.findings import PrepError
 from prep.core.options import LOOPBACK
+from prep.files.atomic import Staged
 from prep.files.errors import os_error_message
 from prep.ui import actions, pages
 from prep.ui.job import Job
@@ -146,19 +145,14 @@ def make_app(folder: str | Path, token: str | None = None, hosts: tuple[str, ...
                             "written over)")
         target.parent.mkdir(parents=True, exist_ok=True)
         root.inside(target.parent)
-        fd, scratch = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         size = 0
-        try:
-            with os.fdopen(fd, "wb") as out:
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > MAX_UPLOAD:
-                        raise PrepError(f"an upload may hold at most {MAX_UPLOAD >> 30} GB")
-                    out.write(chunk)
-            os.replace(scratch, target)
-        finally:
-            if os.path.exists(scratch):
-                os.unlink(scratch)
+        # a failed or oversized upload leaves nothing behind
+        with Staged(target) as staged, open(staged.path, "wb") as out:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_UPLOAD:
+                    raise PrepError(f"an upload may hold at most {MAX_UPLOAD >> 30} GB")
+                out.write(chunk)
         return {"saved": root.rel(target), "bytes": size}
 
     async def data(request: Request) -> Any:
