@@ -2,9 +2,8 @@
 arguments baked in as defaults) and stops on the trained end-of-turn token, and `prep verify --serving` proves it
 by rendering shard rows from that folder alone with transformers.
 
-Each fixture tokenizer gets a tiny model (hidden 16, one layer) saved through `save_serving`, the function
-`prep train` saves every adapter and model with (`--merge` copies the adapter's files; test_train.py checks a
-trained and merged model the same way)."""
+Each fixture tokenizer gets a tiny model (hidden 16, one layer), trained one step on its shards with `--merge`
+(as `prep train SHARDS --model BASE --max-steps 1 --merge` does); the merged folder is what is served."""
 
 from __future__ import annotations
 
@@ -22,7 +21,8 @@ from prep.stages.tokenize import tokenize
 tokenizers = pytest.importorskip("tokenizers")
 transformers = pytest.importorskip("transformers")
 
-from prep.trainer.serving import save_serving  # noqa: E402 - needs the train extra
+pytest.importorskip("peft")
+from prep.trainer.train import TrainOptions, train  # noqa: E402 - needs the train extra
 
 # each fixture tokenizer with its own template: its inputs (qwen2.5: LLaMA-Factory's tool-calling rows) and
 # template arguments (smollm3: no thinking, where its own default is thinking)
@@ -37,7 +37,7 @@ CASES = {
 @pytest.fixture(scope="module", params=list(CASES))
 def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Shards of 100 rows, a tiny base model with the fixture tokenizer (as its folder holds it), and that model
-    saved by save_serving from the shards' manifest."""
+    trained one step on them and merged by prep train."""
     data, kwargs = CASES[request.param]
     tok_dir = fixture("tokenizers", request.param)
     root = tmp_path_factory.mktemp(request.param)
@@ -46,16 +46,14 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     shards = root / "shards"
     tokenize(Inputs([str(root / data)]), str(tok_dir), str(shards), template_kwargs=kwargs)
     base = make_tiny_model(root / "base", tokenizer=tok_dir, hidden=16, layers=1)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(base)
-    model = transformers.AutoModelForCausalLM.from_pretrained(base)
-    saved = root / "saved"
-    notes: list[str] = []
-    model.save_pretrained(saved)
-    save_serving(saved, read_manifest(shards), tokenizer, model, notes)
-    return {"shards": str(shards), "base": str(base), "saved": str(saved), "notes": notes, "case": request.param}
+    report = train(str(shards), TrainOptions(model=str(base), output=str(root / "out"), max_steps=1, batch_size=2,
+                                             merge=True)).report
+    notes = [n for n in report.get("notes", []) if "template" in n]  # any note about the template it saved
+    return {"shards": str(shards), "base": str(base), "saved": report["merged"], "notes": notes,
+            "case": request.param}
 
 
-@pytest.mark.slow  # per tokenizer: tokenize 100 rows, a tiny model over a 32k-151k vocabulary, 100 renders by transformers
+@pytest.mark.slow  # per tokenizer: tokenize 100 rows, train and merge a tiny model over a 32k-151k vocabulary, 100 renders
 def test_the_saved_folder_renders_the_shard_rows_exactly(served: dict, tmp_path: Path) -> None:
     """AutoTokenizer from the saved folder alone, no template arguments: 100 rows, the shards' ids each, and the
     trained end-of-turn id among the stop ids. The base folder is caught where it differs, and a doubled BOS and a
