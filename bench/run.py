@@ -18,6 +18,10 @@ the date, the machine and the load.
                         [--quiet-cores 0.1] [--loaded] [--skip-trl] [--llamafactory-python PATH]
                         [--together-python PATH ...] [--dedup-rows 1000000] [--keep DIR]
 
+prep's own modules are compiled to bytecode before any run, as an installed prep has them (pip compiles at install):
+a checkout run with PYTHONDONTWRITEBYTECODE set would otherwise compile every module changed since its last
+__pycache__ at every start, which a user never pays.
+
 `--suite validate` (bench/validate.py: `comparison`) times `prep validate` beside Together's check_file, whole
 process and in process; `--suite dedup` (bench/dedup.py) the `prep dedup` CLI beside the dedup work alone. Their
 rates are rows/s.
@@ -33,6 +37,8 @@ import sys
 sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != os.path.dirname(os.path.realpath(__file__))]
 
 import argparse
+import compileall
+import importlib.util
 import json
 import platform
 import runpy
@@ -99,6 +105,15 @@ def wait_quiet(limit: float, max_wait: float, settle: float = 2.0, read: Callabl
         if clock() - start + settle > max_wait:
             raise Busy(f"the machine was not quiet for {max_wait:.0f} s (other processes kept up to {worst:.2f} "
                        f"cores busy; the bound is {limit:.2f}): run again when it is idle, or raise --max-wait")
+
+
+def compile_prep() -> None:
+    """Compile the prep the tools import (its __pycache__, as pip does at install), so no run compiles its source."""
+    spec = importlib.util.find_spec("prep")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("bench/run.py: prep is not importable (run with PYTHONPATH=src or install it)")
+    for folder in spec.submodule_search_locations:
+        compileall.compile_dir(folder, quiet=1)
 
 
 # one run --------------------------------------------------------------------------------------------------------
@@ -255,6 +270,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="prep-bench-run-"))
     work.mkdir(parents=True, exist_ok=True)
+    compile_prep()
     try:
         suite = runpy.run_path(str(Path(__file__).with_name(SUITES[args.suite])), run_name=f"bench_{args.suite}")
         options = {"tokenize": {"trl": not args.skip_trl, "llamafactory_python": args.llamafactory_python},

@@ -14,13 +14,22 @@ Data: the alpaca fixture x40 (--copies) as conversations, the qwen2.5 tokenizer,
     equal to prep's);
   - LLaMA-Factory's `get_dataset` (sft, its qwen template, 2 preprocessing workers) on the same rows as an
     alpaca JSON, when `--llamafactory-python` names an interpreter where llamafactory is installed (it is not
-    a dependency of prep: `python -m venv lf && lf/bin/pip install torch==2.13.0 llamafactory==0.9.5`);
+    a dependency of prep; make its venv outside the repository, see LLAMAFACTORY_VENV below);
 - peak RSS of `prep tokenize` on a quarter of the data and on x200 (it must stay flat).
 
 This machine is shared, so timings are noisy: measurements are repeated (--repeat), the kinds interleaved, and
 the best is reported with the median.
 
     python bench/tokenize_speed.py [--copies 40] [--repeat 3] [--skip-trl] [--llamafactory-python PATH]
+
+LLaMA-Factory's venv (the CPU torch wheel; the torchvision and torchaudio that pip brings are CUDA builds that do
+not load beside it: torchvision is removed, which LLaMA-Factory's text path does not import, and torchaudio, which
+it imports, is left without its compiled extension, which it then does without):
+
+    python3 -m venv /work/lf-venv && /work/lf-venv/bin/pip install torch==2.13.0 llamafactory==0.9.5 \
+      && /work/lf-venv/bin/pip uninstall -y torchvision \
+      && rm /work/lf-venv/lib/python3.11/site-packages/torchaudio/lib/*.so
+    python bench/run.py --suite tokenize --llamafactory-python /work/lf-venv/bin/python
 """
 
 from __future__ import annotations
@@ -63,6 +72,8 @@ template = get_template_and_fix_tokenizer(tokenizer["tokenizer"], data_args)
 start = time.perf_counter()
 data = get_dataset(template, model_args, data_args, training_args, stage="sft", **tokenizer)["train_dataset"]
 seconds = time.perf_counter() - start
+if len(sys.argv) > 5:  # its ids and labels, for the bench to compare with prep's
+    data.select_columns(["input_ids", "labels"]).to_parquet(sys.argv[5])
 print(json.dumps({"seconds": seconds, "rows": len(data), "tokens": sum(map(len, data["input_ids"]))}))
 """
 
@@ -208,9 +219,11 @@ def llamafactory_folder(folder: Path, rows: list[dict[str, Any]], info: dict[str
     return folder
 
 
-def llamafactory_command(python: str, folder: Path) -> list[str]:
-    """LLaMA-Factory's get_dataset on the folder's `bench` in `python` (its venv); prints seconds, rows and tokens."""
-    return [python, "-c", LLAMAFACTORY, str(TOKENIZER), str(folder), str(folder / "out"), str(MAX_LEN)]
+def llamafactory_command(python: str, folder: Path, ids: Path | None = None) -> list[str]:
+    """LLaMA-Factory's get_dataset on the folder's `bench` in `python` (its venv); prints seconds, rows and tokens,
+    and writes its input_ids and labels to `ids` (parquet) when given."""
+    return [python, "-c", LLAMAFACTORY, str(TOKENIZER), str(folder), str(folder / "out"), str(MAX_LEN),
+            *([str(ids)] if ids else [])]
 
 
 def trl_prepare(data: Path, shards: Path) -> float:
@@ -356,6 +369,7 @@ def comparison(runner: Any, work: Path, quick: bool, trl: bool, llamafactory_pyt
                                                                          16384)}
     tools: list[Any] = []
     shards: dict[str, dict[str, list[str]]] = {}
+    lf_found: list[str] = []  # what the LLaMA-Factory check found, for the lines under the table
     for group, (data, max_len) in sets.items():
         log(f"{group}: {data.name}, rendering for the raw tokenizer ...")
         texts = rendered(data, work / f"{data.stem}.texts.json", max_len)
@@ -380,9 +394,11 @@ def comparison(runner: Any, work: Path, quick: bool, trl: bool, llamafactory_pyt
         if group == "alpaca unique" and llamafactory_python:
             folder = llamafactory_folder(work / "llamafactory", lf_rows, {"file_name": "bench.json", "columns": {
                 "prompt": "instruction", "query": "input", "response": "output", "system": "system"}})
-            tools.append(Tool("LLaMA-Factory get_dataset", group, llamafactory_command(llamafactory_python, folder),
-                              check=_lf_tokens(len(lf_rows), raw.tokens), tokens=raw.tokens, baseline=raw.name,
-                              peer=True, what="whole process, qwen template, 2 workers", env=env))
+            ids = work / "llamafactory-ids.parquet"
+            tools.append(Tool("LLaMA-Factory get_dataset", group, llamafactory_command(llamafactory_python, folder, ids),
+                              check=_lf_same(ids, work / f"{data.stem}-cli-1", len(lf_rows), raw.tokens, lf_found),
+                              tokens=raw.tokens, baseline=raw.name, peer=True,
+                              what="whole process, qwen template, 2 workers; ids = prep's", env=env))
     one = work / "one.jsonl"
     one.write_text(alpaca.read_text(encoding="utf-8").split("\n", 1)[0] + "\n", encoding="utf-8")
     startup = [Tool("prep tokenize, one row", "start-up", [
@@ -401,7 +417,7 @@ def comparison(runner: Any, work: Path, quick: bool, trl: bool, llamafactory_pyt
         for group, digests in shards.items():
             lines.append(f"{group}: every prep CLI run ({sum(map(len, digests.values()))} runs, 1 and 2 workers) wrote "
                          f"the same shards; sha256 of each: {', '.join(next(iter(digests.values()))[0])}")
-        return lines
+        return lines + lf_found[-1:]
 
     return tools, summary
 
@@ -420,14 +436,36 @@ def _same_shards(out: Path, tokens: int, seen: dict[str, list[str]]) -> Any:
     return check
 
 
-def _lf_tokens(rows: int, tokens: int) -> Any:
-    """A check of a LLaMA-Factory run: every row prepared; its token count is printed beside prep's."""
+def _lf_same(ids: Path, shards: Path, rows: int, tokens: int, found: list[str]) -> Any:
+    """A check of a LLaMA-Factory run: every row prepared, and every row's input_ids identical to prep's (its 1-worker
+    shards). Labels: LLaMA-Factory's qwen template trains the newline after each answer's <|im_end|> (its assistant
+    slot is `{{content}}<|im_end|>\\n`), prep's chatml the answer and <|im_end|> only; every other label must be
+    equal. What it found goes to `found`."""
 
     def check(run: Any) -> None:
+        import pyarrow.parquet as pq
+
+        from prep.render.tokenizer import load_tokenizer
+        from prep.shards.layout import read_manifest
+
         out = json.loads(run.stdout.strip().splitlines()[-1])
-        assert out["rows"] == rows, out
-        if out["tokens"] != tokens:
-            print(f"  LLaMA-Factory made {out['tokens']:,} tokens, prep {tokens:,}", file=sys.stderr)
+        assert out["rows"] == rows and out["tokens"] == tokens, (out, rows, tokens)
+        theirs = pq.read_table(ids).to_pylist()
+        ours = [r for s in read_manifest(shards)["shards"]
+                for r in pq.read_table(shards / s["path"], columns=["input_ids", "labels"]).to_pylist()]
+        assert len(theirs) == len(ours) == rows, (len(theirs), len(ours), rows)
+        backend = load_tokenizer(str(TOKENIZER)).backend
+        end, newline = backend.token_to_id("<|im_end|>"), backend.encode("\n", add_special_tokens=False).ids[0]
+        newlines = 0
+        for n, (a, b) in enumerate(zip(theirs, ours, strict=True)):
+            assert a["input_ids"] == b["input_ids"], f"row {n}: LLaMA-Factory's input_ids differ from prep's"
+            for i, (x, y) in enumerate(zip(a["labels"], b["labels"], strict=True)):
+                if x != y:
+                    assert y == -100 and x == newline and b["input_ids"][i - 1] == end, f"row {n}: labels differ at {i}"
+                    newlines += 1
+        found.append(f"LLaMA-Factory: input_ids identical to prep's on all {rows:,} rows ({tokens:,} tokens); labels "
+                     f"identical but for {newlines:,} tokens, each the newline after an answer's <|im_end|>, which its "
+                     "qwen template trains and prep's chatml does not.")
 
     return check
 
