@@ -226,6 +226,26 @@ def arguments(value: Any, path: str) -> dict[str, Any]:
     return value
 
 
+CALL_HINT = "write the call as {\"name\": ..., \"arguments\": {...}}"
+
+
+def named_calls(value: str, path: str, what: str, *, many: bool) -> list[tuple[str, dict[str, Any]]]:
+    """The calls of a `{"name", "arguments"}` JSON text (ShareGPT's function_call turns, LLaMA-Factory's tool_call
+    parts), each as (name, arguments); with `many`, a JSON list of such calls is read too (each path indexed)."""
+    try:
+        parsed = loads(value)
+    except ValueError as e:
+        raise row_error("bad_tool_call", f"{what} is not JSON: {e}", path, hint=CALL_HINT) from None
+    listed = many and isinstance(parsed, list)
+    calls = []
+    for k, call in enumerate(parsed if listed else [parsed]):
+        where = f"{path}[{k}]" if listed else path
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            raise row_error("bad_tool_call", "a tool call needs a string name", where, hint=CALL_HINT)
+        calls.append((call["name"], arguments(call.get("arguments", {}), f"{where}.arguments")))
+    return calls
+
+
 def tools(value: Any, path: str) -> list[dict[str, Any]] | None:
     """Tool definitions in OpenAI form; bare function specs (LLaMA-Factory, glaive) are wrapped."""
     if value is None or value == "" or value == []:

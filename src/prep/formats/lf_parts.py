@@ -127,20 +127,11 @@ def _messages(value: Any, path: str, media: list[md.Item], root: str | None) -> 
             elif kind == "reasoning" and role == "assistant":
                 reasoning.append(part["value"])
             elif kind == "tool_call" and role == "assistant":
-                try:
-                    call = r.loads(part["value"])
-                except ValueError as e:
-                    raise r.row_error("bad_tool_call", f"a tool_call part's value is not JSON: {e}",
-                                      f"{pw}.value",
-                                      hint="write the call as {\"name\": ..., \"arguments\": {...}}") from None
-                if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-                    raise r.row_error("bad_tool_call", "a tool call needs a string name", f"{pw}.value",
-                                      hint="write the call as {\"name\": ..., \"arguments\": {...}}")
-                call_id = f"call_{calls}"
-                calls += 1
-                open_calls.append(call_id)
-                tool_calls.append(r.tool_call(call["name"], r.arguments(call.get("arguments", {}),
-                                                                        f"{pw}.value.arguments"), call_id))
+                for name, args in r.named_calls(part["value"], f"{pw}.value", "a tool_call part's value", many=False):
+                    call_id = f"call_{calls}"
+                    calls += 1
+                    open_calls.append(call_id)
+                    tool_calls.append(r.tool_call(name, args, call_id))
             else:
                 raise r.row_error("unsupported_content", f"a {role} message cannot hold a content part of type "
                                   f"{kind!r}", f"{pw}.type",

@@ -142,24 +142,13 @@ def _turn(turn: Any, path: str, o: Options, calls: _Calls, tags: tuple[str, ...]
         call_id = calls.open.pop(0) if calls.open else None
         return [r.message("tool", value, tool_call_id=call_id)]
     if tag == o.function_tag:
-        where = _where(path, index)
-        try:
-            parsed = r.loads(value)
-        except ValueError as e:
-            raise r.row_error("bad_tool_call", f"{o.function_tag} value is not JSON: {e}",
-                              f"{where}.{o.content_tag}",
-                              hint="write the call as {\"name\": ..., \"arguments\": {...}}") from None
         tool_calls = []
-        for k, call in enumerate(parsed if isinstance(parsed, list) else [parsed]):
-            cw = f"{where}.{o.content_tag}" + (f"[{k}]" if isinstance(parsed, list) else "")
-            if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-                raise r.row_error("bad_tool_call", "a function call needs a string name", cw,
-                                  hint="write the call as {\"name\": ..., \"arguments\": {...}}")
+        for name, args in r.named_calls(value, f"{_where(path, index)}.{o.content_tag}", f"{o.function_tag} value",
+                                        many=True):
             call_id = f"call_{calls.count}"
             calls.count += 1
             calls.open.append(call_id)
-            tool_calls.append(r.tool_call(call["name"], r.arguments(call.get("arguments", {}), f"{cw}.arguments"),
-                                          call_id))
+            tool_calls.append(r.tool_call(name, args, call_id))
         return [r.message("assistant", "", tool_calls=tool_calls)]
     raise r.row_error("bad_role", f"unknown turn tag {tag!r}", f"{_where(path, index)}.{o.role_tag}",
                       hint=f"use {o.user_tag}, {o.assistant_tag}, {o.function_tag}, {o.observation_tag} or "
