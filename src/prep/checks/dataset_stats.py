@@ -33,6 +33,10 @@ class Distribution:
     def add(self, value: int) -> None:
         self.values.append(value)
 
+    def extend(self, values: np.ndarray) -> None:
+        """Many values at once (int64)."""
+        self.values.frombytes(values.astype(np.int64).tobytes())
+
     def merge(self, other: Distribution) -> None:
         """Take another's values too (the quantiles do not depend on the order values came in)."""
         self.values.extend(other.values)
@@ -90,6 +94,16 @@ class Stats:
         self.missing_user += "user" not in roles
         self.messages.add(len(messages))
         self.assistant_characters.add(answers)
+
+    def add_chats(self, messages: np.ndarray, characters: np.ndarray, assistant_characters: np.ndarray,
+                  missing_system: int, missing_user: int) -> None:
+        """What `add` counts of many chat rows, given per row (validate's proved blocks, `checks.plain`)."""
+        self.kinds["chat"] += len(messages)
+        self.missing_system += missing_system
+        self.missing_user += missing_user
+        self.messages.extend(messages)
+        self.characters.extend(characters)
+        self.assistant_characters.extend(assistant_characters)
 
     def merge(self, other: Stats) -> None:
         """Add the statistics of other rows (a Ray worker's batch) to these."""

@@ -23,10 +23,11 @@ from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prep.checks import bytescan
+from prep.checks import bytescan, plain
 from prep.checks.dataset_stats import Stats
 from prep.checks.filecheck import MAX_CHARS, MAX_FINDINGS, Checked, Context, FileCheck, FileReport, Findings
 from prep.checks.rules import quality
+from prep.core.columns import ACCEPTS
 from prep.core.findings import Batch, Finding, PrepError, Reject, Source, finding
 from prep.core.heap import streaming
 from prep.core.options import DEFAULT_DATE, MAX_MEDIA_BYTES, MAX_MEDIA_PIXELS, MAX_MEDIA_SECONDS, checked
@@ -34,9 +35,9 @@ from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files.media import Limits
 from prep.files.paths import display_name, split_suffix
 from prep.files.pieces import BATCH_ROWS, Piece, cut, pieces
-from prep.files.read import read_rows, readable_file
+from prep.files.read import jsonl_blocks, read_rows, readable_file
 from prep.files.write import RowWriter
-from prep.formats import detect
+from prep.formats import detect, openai
 from prep.formats.inputs import Inputs
 from prep.stages.engine import Engine, Ran, parts_wanted, run_parts
 
@@ -190,7 +191,10 @@ def _local(path: str) -> Iterator[str]:
 
 
 def _validate_file(path: str, report: FileReport, ctx: Context) -> None:
-    opened = _open(path, report, ctx)
+    scan = _scan(path, report, ctx)
+    if scan is None or _validate_plain(path, scan, report, ctx):
+        return
+    opened = _open(path, scan, report, ctx)
     if opened is None:
         return
     check, batches = opened
@@ -203,16 +207,71 @@ def _validate_file(path: str, report: FileReport, ctx: Context) -> None:
     _finish(check, report, ctx)
 
 
-def _open(path: str, report: FileReport, ctx: Context) -> tuple[FileCheck, Iterator[Batch[Any]]] | None:
-    """A file's byte pass and format (detected from its first rows unless given): its FileCheck and its row
-    batches (None: it cannot be read as rows, which its findings say)."""
-    name = report.path
-    scan = bytescan.scan(path, name, ctx.container or split_suffix(path)[0])
+def _validate_plain(path: str, scan: bytescan.Scan, report: FileReport, ctx: Context) -> bool:
+    """A plain JSONL file whose first block `checks.plain` proves clean (the row path checks nothing first), read
+    in blocks: each proved block counted in bulk, each other one checked by the row path, in file order, so the
+    findings, counts and statistics are the row path's. False (nothing read): the file is not such a file."""
+    if not _plain_run(path, scan, report, ctx):
+        return False
+    blocks = jsonl_blocks(path, BATCH_ROWS, ctx.max_row_bytes)
+    first = next(blocks, None)
+    proved = plain.prove(first.lines, ctx.max_chars) if first and first.lines else None
+    if first is None or proved is None:
+        return False
+    report.format = "openai"
+    check = FileCheck(ctx, report, "openai", scan, path)
+    if check.options != openai.Options(media_root=check.options.media_root):  # columns renamed: the row path
+        return False
+    try:
+        for block in chain([first], blocks):
+            if block is not first:
+                proved = plain.prove(block.lines, ctx.max_chars) if block.lines else None
+            if proved is None:
+                rows = read_rows(path, scan.container, ctx.txt_split, BATCH_ROWS, ctx.max_row_bytes, block.piece)
+                for batch in check.stage(_named(rows, report.path, path)):
+                    _count(batch, report, ctx)
+                continue
+            rows = len(proved.keys)
+            check.first_row = False
+            check.first_kind = check.first_kind or (None if ctx.kind else "chat")
+            ctx.stats.add_chats(proved.messages, proved.characters, proved.assistant_characters,
+                                proved.missing_system, proved.missing_user)
+            for answer in proved.answers:
+                check.answers.add(answer)
+            for f in check.duplicates.check_lines(proved.keys, report.path, block.piece.line + 1):
+                ctx.findings.add(f)
+            report.tally.read += rows
+            report.tally.written += rows
+            ctx.meter.add(rows)
+    except PrepError as e:
+        _unreadable(e, path, report, ctx)
+        return True
+    _finish(check, report, ctx)
+    return True
+
+
+def _plain_run(path: str, scan: bytescan.Scan, report: FileReport, ctx: Context) -> bool:
+    """Whether the fast path may take the file: plain JSONL read as openai rows, and nothing asked that needs each
+    record (tokens, tool calls read from text, near duplicates of validation rows, a kind that takes no chat)."""
+    return (scan.container == "jsonl" and split_suffix(path)[1] is None and ctx.format in ("auto", "openai")
+            and ctx.tokens is None and not ctx.tool_calls and report.role != "validation"
+            and ctx.near.index is None and (ctx.kind is None or "chat" in ACCEPTS[ctx.kind]))
+
+
+def _scan(path: str, report: FileReport, ctx: Context) -> bytescan.Scan | None:
+    """A file's byte pass, its findings reported (None: it cannot be read as rows, which its findings say)."""
+    scan = bytescan.scan(path, report.path, ctx.container or split_suffix(path)[0])
     report.container, report.size = scan.container, scan.size
     for f in scan.findings:
         ctx.findings.add(f)
-    if not scan.readable:
-        return None
+    return scan if scan.readable else None
+
+
+def _open(path: str, scan: bytescan.Scan, report: FileReport, ctx: Context
+          ) -> tuple[FileCheck, Iterator[Batch[Any]]] | None:
+    """A file's format (detected from its first rows unless given): its FileCheck and its row batches (None: it
+    cannot be read as rows, which its findings say)."""
+    name = report.path
     batches: Iterator[Batch[Any]] = _named(read_rows(path, scan.container, ctx.txt_split, BATCH_ROWS,
                                                      ctx.max_row_bytes), name, path)
     fmt: str | None = ctx.format
@@ -336,7 +395,8 @@ def _validate_on_ray(paths: list[str], reports: dict[str, FileReport], ctx: Cont
     jobs: list[tuple[FileCheck, list[_FilePart]]] = []
     for path in paths:
         report = reports[path]
-        opened = _open(path, report, ctx)
+        scan = _scan(path, report, ctx)
+        opened = _open(path, scan, report, ctx) if scan else None
         if opened is None:
             continue
         check, batches = opened

@@ -1,0 +1,139 @@
+"""validate's fast path (checks.plain over files.read.jsonl_blocks) gives the row path's report, finding for finding,
+on the LLaMA-Factory demo data as OpenAI JSONL, clean and with defects its proof must not miss."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import fixture
+from prep.checks import plain
+from prep.files.pieces import BATCH_ROWS
+from prep.files.read import jsonl_blocks, read_rows
+from prep.formats.inputs import Inputs
+from prep.stages import validate as stage
+from prep.stages.convert import convert
+
+
+def test_blocks_are_the_row_readers_batches(tmp_path: Path) -> None:
+    """Each plain block holds the lines the row reader reads as one batch from its piece; from a blank line, a line
+    not starting with `{` or one over the limit on, the rest is one block without lines, read by the row reader."""
+    rows = [json.dumps({"n": i}) for i in range(11)]
+    cases = {"clean.jsonl": "\n".join(rows) + "\n", "no_newline.jsonl": "\r\n".join(rows),
+             "blank.jsonl": "\n".join(rows[:5] + [" "] + rows[5:]) + "\n",
+             "long.jsonl": "\n".join(rows[:9] + [json.dumps({"n": "x" * 60})] + rows[9:]) + "\n",
+             "bom.jsonl": "\ufeff" + "\n".join(rows) + "\n"}
+    expect = {"clean.jsonl": [4, 4, 3, None], "no_newline.jsonl": [4, 4, 3, None], "blank.jsonl": [4, -1],
+              "long.jsonl": [4, 4, -1], "bom.jsonl": [-1]}
+    for name, text in cases.items():
+        path = tmp_path / name
+        path.write_bytes(text.encode("utf-8"))
+        whole = [(s.line, s.row, v) for b in read_rows(str(path), "jsonl", batch_rows=4, max_row_bytes=50)
+                 for s, v in zip(b.sources, b.items, strict=True)] + [
+                 (r.source.line, r.source.row, r.findings[0].code) for b in read_rows(str(path), "jsonl",
+                                                                                     batch_rows=4, max_row_bytes=50)
+                 for r in b.rejects]
+        got, sizes = [], []
+        for block in jsonl_blocks(str(path), rows=4, limit=50, chunk=16):
+            sizes.append(len(block.lines) if block.lines is not None else -1)
+            again = list(read_rows(str(path), "jsonl", batch_rows=4, max_row_bytes=50, piece=block.piece))
+            if block.lines is not None:
+                assert len(again) == 1 and again[0].items == [json.loads(x) for x in block.lines]
+                assert [s.line for s in again[0].sources] == [block.piece.line + k + 1 for k in range(len(block.lines))]
+            got += [(s.line, s.row, v) for b in again for s, v in zip(b.sources, b.items, strict=True)]
+            got += [(r.source.line, r.source.row, r.findings[0].code) for b in again for r in b.rejects]
+        assert sorted(got, key=str) == sorted(whole, key=str), name
+        assert sizes == [s for s in expect[name] if s is not None], name
+
+
+def _chats(tmp: Path, name: str) -> list[str]:
+    """A fixture file's rows as OpenAI JSONL lines (prep convert, no ids)."""
+    out = tmp / f"{name}.openai.jsonl"
+    convert(Inputs([str(fixture("data", "llamafactory", name))]), "openai", str(out), ids=False)
+    return out.read_text(encoding="utf-8").splitlines()
+
+
+_DEFECTS: dict[str, Any] = {  # a row's change, the finding it must give
+    "mostly_uppercase": lambda m: m[-1].update(content="THIS ANSWER IS WRITTEN IN CAPITAL LETTERS ONLY"),
+    "control_char": lambda m: m[0].update(content=m[0]["content"] + "\u0001"),
+    "zero_width_run": lambda m: m[-1].update(content="a\u200b\u200b\u200bb"),
+    "role_order": lambda m: m.append({"role": "assistant", "content": "again"}),
+    "empty_content": lambda m: m[0].update(content=" "),
+    "too_long_text": lambda m: m.insert(0, {"role": "system", "content": "x" * 40_000}),
+    "bad_role": lambda m: m[0].update(role="robot"),
+    "missing_field": lambda m: m[0].update(role="tool"),
+    "misplaced_system": lambda m: m.insert(1, {"role": "system", "content": "late"}),
+    "ends_without_answer": lambda m: m.append({"role": "user", "content": "and?"}),
+    "no_assistant": lambda m: m.pop(),
+    "duplicate_key": '"role": "user", "role": "user"',
+    "unknown_column": ', "source": 7}',
+    "legacy_function_call": lambda m: m[-1].update(function_call={"name": "f", "arguments": "{}"}),
+}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("plain")
+    alpaca = _chats(tmp, "alpaca_en_demo.json")
+    rows = (alpaca * 5)[:4 * BATCH_ROWS + 100]  # replicated: duplicates across proved and row-path blocks
+    out = {}
+
+    def write(name: str, lines: list[str]) -> None:
+        out[name] = tmp / f"{name}.jsonl"
+        out[name].write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    at = BATCH_ROWS + 10  # the second block holds the defect: the first is proved, the second must not be
+    for code, change in _DEFECTS.items():
+        lines = rows[:BATCH_ROWS + 50]
+        if isinstance(change, str) and change.endswith("}"):
+            lines[at] = lines[at][:-1] + change
+        elif isinstance(change, str):
+            lines[at] = lines[at].replace('"role": "user"', change, 1)
+        else:
+            row = json.loads(lines[at])
+            change(row["messages"])
+            lines[at] = json.dumps(row, ensure_ascii=False)
+        write(code, lines)
+    mixed = list(rows)
+    mixed[BATCH_ROWS + 3] = mixed[BATCH_ROWS + 3].replace('"content": "', '"content": "\\u0041\\u003a', 1)
+    mixed[2 * BATCH_ROWS + 7] = mixed[2 * BATCH_ROWS + 7].replace('"messages"', '"MESSAGES"')  # no messages
+    mixed[3 * BATCH_ROWS + 5] = ""  # a blank line: from this block on, the row path
+    write("clean", rows)
+    write("mixed", mixed)
+    write("escaped", [json.dumps(json.loads(x)) for x in alpaca])  # ensure_ascii: \u escapes throughout
+    for name in ("glaive_toolcall_en_demo.json", "kto_en_demo.json", "dpo_en_demo.json"):
+        write(name, _chats(tmp, name))
+    return out
+
+
+def _report(paths: list[Path], **options: Any) -> dict[str, Any]:
+    report = stage.validate(Inputs([str(p) for p in paths]), **options)
+    out = report.to_dict()
+    out["examples"] = {code: [f.to_dict() for f in shown] for code, shown in report.findings.examples.items()}
+    return out
+
+
+@pytest.mark.parametrize("names", [["clean"], ["mixed"], ["escaped"], ["glaive_toolcall_en_demo.json"],
+                                   ["kto_en_demo.json", "dpo_en_demo.json", "clean"], *[[c] for c in _DEFECTS]])
+def test_fast_path_reports_as_the_row_path(files: dict[str, Path], names: list[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = [files[n] for n in names]
+    proved = []
+    prove = plain.prove
+    monkeypatch.setattr(plain, "prove", lambda *a: proved.append(prove(*a)) or proved[-1])
+    fast = _report(paths, max_findings=50)
+    monkeypatch.setattr(stage, "_plain_run", lambda *a: False)
+    slow = _report(paths, max_findings=50)
+    assert fast == slow
+    taken = sum(p is not None for p in proved)
+    if names[-1] in ("clean", "escaped"):
+        assert taken == -(-len(files[names[-1]].read_bytes().splitlines()) // BATCH_ROWS)
+    elif names == ["mixed"]:  # blocks 1 and 2 (with an escaped colon) proved, 3 (a bad row) and 4 on (a blank line) not
+        assert [p is not None for p in proved] == [True, True, False]
+        assert {"duplicate_row", "missing_field", "blank_line"} <= set(fast["summary"]["findings_by_code"])
+    elif names[0] in _DEFECTS:
+        assert [p is not None for p in proved] == [True, False]
+        assert names[0] in fast["summary"]["findings_by_code"]
