@@ -1,6 +1,7 @@
-"""`--engine ray` (design §13) on a local Ray cluster of two CPUs: every stage's output is the local engine's,
-byte for byte (rows, ids, shards, manifest, tally, rejects), a worker killed in mid-run costs nothing, and a
-big JSONL file runs in parallel pieces with its own line numbers."""
+"""`--engine ray` (design §13) on a local Ray cluster of two CPUs: every stage's output is the local engine's
+(rows, ids, manifest, tally, rejects; byte for byte but for tokenize's shards, which the workers write a part
+each), a worker killed in mid-run costs nothing, and a big JSONL file runs in parallel pieces with its own line
+numbers."""
 
 from __future__ import annotations
 
@@ -11,11 +12,16 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from conftest import ROOT, SAMPLES, fixture, run_prep
+from prep.core.findings import PrepError
 from prep.core.result import Progress
 from prep.formats.inputs import Inputs
+from prep.shards.layout import read_manifest
+from prep.shards.reader import iter_tables
+from prep.shards.verify import verify
 from prep.stages import validate_report as show
 from prep.stages.convert import convert
 from prep.stages.dedup import dedup
@@ -63,6 +69,16 @@ def _big_jsonl(path: Path, copies: int) -> Path:
 
 def _same(a: Path, b: Path) -> None:
     assert filecmp.cmp(a, b, shallow=False), f"{a} and {b} differ"
+
+
+def _same_rows(local: Path, distributed: Path, parts: int) -> None:
+    """Shards the Ray workers wrote (one per part) hold the local engine's rows, in order, under the same manifest
+    but for the shard list, and pass verify."""
+    mine, theirs = read_manifest(local), read_manifest(distributed)
+    assert {k: v for k, v in mine.items() if k != "shards"} == {k: v for k, v in theirs.items() if k != "shards"}
+    assert len(theirs["shards"]) == parts > len(mine["shards"])
+    assert pa.concat_tables(iter_tables(local)).equals(pa.concat_tables(iter_tables(distributed)))
+    assert verify(distributed).exit_code == 0
 
 
 def _ours(pid: int) -> bool:
@@ -156,8 +172,10 @@ def test_dedup_under_ray_is_the_local_output(tmp_path: Path) -> None:
 
 
 def test_tokenize_and_pack_under_ray_are_the_local_shards(tmp_path: Path) -> None:
-    """sft from the fixture (rows cut by max_len, rejects from every piece), dpo from the samples; then pack with
-    documents to cut and a small window: the same manifests (every shard's sha256), tallies and rejects."""
+    """sft from the fixture (rows cut by max_len, rejects from every piece), dpo from the samples, the workers
+    writing their parts: the same rows, manifest (but the shard list) and rejects; a file that breaks off leaves
+    nothing behind. Then pack with documents to cut and a small window: the same manifests (every shard's sha256),
+    tallies and rejects."""
     qwen = fixture("tokenizers", "qwen2.5")
     big = _big_jsonl(tmp_path / "big.jsonl", 3)
     runs = {
@@ -173,12 +191,19 @@ def test_tokenize_and_pack_under_ray_are_the_local_shards(tmp_path: Path) -> Non
             out[engine] = tokenize(kw["inputs"], kw["tokenizer"], str(tmp_path / name / engine), template=kw["template"],
                                    max_len=kw["max_len"], overflow=kw.get("overflow", "drop"),
                                    rejects=str(tmp_path / name / f"{engine}.rejects.jsonl"), engine=engine)
-        assert out["local"].manifest == out["ray"].manifest, name
+        _same_rows(tmp_path / name / "local", tmp_path / name / "ray", out["ray"].engine["parts"])
         assert out["local"].tally.to_dict() == out["ray"].tally.to_dict()
+        assert out["local"].tally.examples == out["ray"].tally.examples
         _same(tmp_path / name / "local.rejects.jsonl", tmp_path / name / "ray.rejects.jsonl")
         assert 1 <= out["ray"].engine["workers"] <= 2 and out["ray"].engine["nodes"] == 1
         tallies[name] = out["ray"].tally
     assert tallies["sft"].rejected["bad_json"] and tallies["sft"].altered["truncated"]
+    broken = tmp_path / "broken.json"  # the first part fails while the workers write the others: nothing is left
+    broken.write_text('[{"instruction": "a", "output": "b"},\n{"instruction": ', encoding="utf-8")
+    with pytest.raises(PrepError, match="broken.json:2"):
+        tokenize(Inputs([str(broken), str(big)]), str(qwen), str(tmp_path / "b" / "out"), template="chatml",
+                 rejects=str(tmp_path / "b" / "rejects.jsonl"), engine="ray")
+    assert not os.listdir(tmp_path / "b")
     for max_len, window in ((1024, 100_000), (256, 700)):  # 256: documents to cut (the input was truncated)
         packed = {}
         for engine in ("local", "ray"):
@@ -192,7 +217,8 @@ def test_tokenize_and_pack_under_ray_are_the_local_shards(tmp_path: Path) -> Non
 
 def test_a_worker_killed_mid_run_loses_nothing_and_writes_nothing_twice(tmp_path: Path) -> None:
     """SIGKILL of a Ray Data worker process after the first part is back: Ray Data restarts it and runs its part
-    again; the shards are the local engine's (every row once, in order)."""
+    again, writing it over its half-written files; the shards hold the local engine's rows (every row once, in
+    order)."""
     qwen = fixture("tokenizers", "qwen2.5")
     inputs = Inputs([str(_big_jsonl(tmp_path / "big.jsonl", 4))])
     local = tokenize(inputs, str(qwen), str(tmp_path / "local"), template="chatml")
@@ -201,7 +227,7 @@ def test_a_worker_killed_mid_run_loses_nothing_and_writes_nothing_twice(tmp_path
                            progress=_killer(killed))
     assert killed, "no worker was running to kill"
     assert killed[0][1] < distributed.tally.read, "the kill came after the last part was back: it tested nothing"
-    assert distributed.manifest == local.manifest
+    _same_rows(tmp_path / "local", tmp_path / "ray", distributed.engine["parts"])
     assert distributed.tally.read == local.tally.read == distributed.tally.written + distributed.tally.rejected_total
 
 

@@ -154,6 +154,21 @@ class LengthCounts:
         starts, counts = np.unique(values - values % width, return_counts=True)
         self.counts.update(dict(zip(starts.tolist(), counts.tolist(), strict=True)))
 
+    def merge(self, other: LengthCounts) -> None:
+        """Add another's counts (a Ray worker's part): the bins adding its lengths here would give, since bins of
+        power-of-two widths nest and the width is the narrowest that keeps the whole range in `bins` bins."""
+        if not other.counts:
+            return
+        width = max(self.width, other.width)
+        if width != self.width:
+            self.widen(width)
+        for start, count in other.counts.items():
+            self.counts[start - start % width] += count
+        while max(self.counts) // width - min(self.counts) // width >= self.bins:
+            width *= 2
+        if width != self.width:
+            self.widen(width)
+
     def widen(self, width: int) -> None:
         """Re-bin to `width` (a power-of-two multiple of the current width): exact, bins only merge."""
         merged: Counter[int] = Counter()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from prep.core.codes import CODES
@@ -212,6 +212,16 @@ class Tally:
         self.altered.update(other.altered)
         self.examples += other.examples
         self.dropped.update(other.dropped)
+
+    def follow(self, other: Tally) -> None:
+        """Add the tally of the rows that came next (a Ray worker's part): the same as counting their batches here,
+        the first few examples of each reason included."""
+        shown = Counter(e.reason for e in self.examples)
+        self.add(replace(other, examples=[]))
+        for example in other.examples:
+            shown[example.reason] += 1
+            if shown[example.reason] <= EXAMPLES_PER_REASON:
+                self.examples.append(example)
 
     def summary(self) -> str:
         text = f"read {self.read}, wrote {self.written}, rejected {self.rejected_total}"

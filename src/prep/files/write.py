@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -88,6 +89,15 @@ class RowWriter(AllOrNothing):
         with self._named():
             self.out.write(data)
         self.rows += len(lines)
+
+    def append(self, path: str | Path, rows: int) -> None:
+        """Copy the `rows` JSONL lines another RowWriter wrote to `path` (a Ray worker's part) after the rows here:
+        the bytes writing those rows here would give."""
+        if self.container != "jsonl":
+            raise PrepError(f"{self.path}: only JSONL lines can be appended")
+        with open(path, "rb") as f, self._named():
+            shutil.copyfileobj(f, self.out)
+        self.rows += rows
 
     @contextlib.contextmanager
     def _named(self) -> Iterator[None]:

@@ -5,9 +5,12 @@ Under Ray the driver (this process) plans the work as parts (`formats.inputs.pla
 JSONL cut into pieces of whole batches on line boundaries), a pool of Ray Data actors each receives the stage
 once (a `Work`: the stage's own per-batch functions and what they hold, the tokenizer included, put in the
 object store once and kept as actor state) and runs it over the parts it is given; the outputs come back to the
-driver in input order, and the driver writes them with the same writers as the local engine. So the output is
-the local engine's, byte for byte. A worker that dies is restarted by Ray Data and its part run again; its
-output reaches the driver once, since only what a part returns is written, never what a worker did half-way.
+driver in input order. Either they are rows, which the driver writes with the same writers as the local engine
+(the local engine's output, byte for byte), or, for tokenize, the worker has written its part's shards and
+rejects itself into the output's folder being made (`shards.writer.PartWriter`) and what comes back is their list
+and counts, which the driver adopts in order and commits (the same rows, a shard per part). A worker that dies
+is restarted by Ray Data and its part run again; its output reaches the driver once, since only what a part
+returns is written or adopted, never what a worker did half-way.
 
 Ray is imported only here, and only when `--engine ray` is asked for.
 """

@@ -9,6 +9,7 @@ batches come back in order, so the shards are byte-identical to a one-worker run
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -40,7 +41,7 @@ from prep.render.serving import serving_template
 from prep.render.spans import resolve_train_on
 from prep.render.templates import chat_template, parse_kwargs
 from prep.render.tokenizer import Tokenizer, load_tokenizer
-from prep.shards.writer import ShardWriter
+from prep.shards.writer import PartSpec, PartWriter, ShardWriter, WrittenPart
 from prep.stages.engine import Engine, Ran, parts_wanted, run_parts
 
 # running ---------------------------------------------------------------------------------------------------------
@@ -165,6 +166,17 @@ class _Sources:
         for file, ns in by_file.items():
             self.before[file].add(ns)
 
+    def follow(self, other: _Sources, written: int) -> None:
+        """Add the sources of the rows that came next (a Ray worker's part), `written` the rows written before them:
+        what adding their batches here would give."""
+        for file, tally in other.tallies.items():
+            self.tallies.setdefault(file, Tally()).add(tally)
+        for file, row in other.first_row.items():
+            self.first_row.setdefault(file, written + row)
+        for mine, theirs in ((self.before, other.before), (self.after, other.after)):
+            for file, counts in theirs.items():
+                mine[file].merge(counts)
+
     def to_list(self) -> list[dict[str, Any]]:
         return [{"path": file, **tally.to_dict(), "first_row": self.first_row.get(file),
                  "lengths": {"before": self.before[file].to_dict(), "after": self.after[file].to_dict()}}
@@ -209,6 +221,29 @@ class _Encode:
 
     def __call__(self, part: Part) -> Iterator[Encoded]:
         return map(self.encoder.encode_measured, map(self.encoder.prepare, read_part(part, self.skip)))
+
+
+@dataclass(frozen=True)
+class _EncodeAndWrite:
+    """The stage a Ray worker runs over one part when it writes the part itself (design §13): the local engine's
+    reader and encoder, and a `PartWriter` into the output's folder being made. It hands back the part's shard list
+    and counts (and its rows' sources), never its rows."""
+
+    encoder: Encoder
+    skip: dict[str, list[int]]
+    kind: str
+    spec: PartSpec
+
+    def __call__(self, job: tuple[int, Part]) -> Iterator[tuple[WrittenPart, _Sources]]:
+        index, part = job
+        sources = _Sources()
+        with PartWriter(self.spec, index) as writer:
+            for out, table, lengths in run_encoder(read_part(part, self.skip), self.encoder):
+                sources.add(out, _bounded_lengths(self.kind, table), lengths, writer.tally.written)
+                writer.account(out)
+                writer.add(table)
+        assert writer.written is not None
+        yield writer.written, sources
 
 
 @checked("tokenize")
@@ -261,15 +296,23 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, templat
     sources = _Sources()
     # transformers and torch leave millions of long-lived objects behind (up to a third of a run rescanned)
     with streaming(50_000), ShardWriter(output, kind, meta, rejects=rejects, carried=carried,
-                                   media=encoder.media) as writer:
+                                   media=encoder.media) as writer, contextlib.ExitStack() as stack:
         meter.start()
-        encoded = run_parts(parts, _Encode(encoder, inputs.skip), where, ran) if where.ray else \
-            run_encoder(batches, encoder, workers)
-        for out, table, lengths in encoded:
-            sources.add(out, _bounded_lengths(kind, table), lengths, writer.tally.written)
-            writer.account(out)
-            writer.add(table)
-            meter.add(len(out.items) + len(out.rejects), int(table["num_tokens"].to_numpy().sum()))
+        if where.ray and not encoder.media:  # the workers write their parts; here they are adopted in order
+            written = run_parts(list(enumerate(parts)), _EncodeAndWrite(encoder, inputs.skip, kind, writer.parts()),
+                                where, ran)
+            for part, part_sources in stack.enter_context(contextlib.closing(written)):
+                sources.follow(part_sources, writer.tally.written)
+                writer.adopt(part)
+                meter.add(part.tally.read, part.tokens)
+        else:  # here, or on Ray with media (their roots and files are numbered in the order the whole output meets them)
+            encoded = run_parts(parts, _Encode(encoder, inputs.skip), where, ran) if where.ray else \
+                run_encoder(batches, encoder, workers)
+            for out, table, lengths in encoded:
+                sources.add(out, _bounded_lengths(kind, table), lengths, writer.tally.written)
+                writer.account(out)
+                writer.add(table)
+                meter.add(len(out.items) + len(out.rejects), int(table["num_tokens"].to_numpy().sum()))
         meta["inputs"] = [{"path": p, "sha256": sha256_file(p) if p != "-" else None} for p in formats]
         meta["sources"] = sources.to_list()
     return TokenizeResult(tally=writer.tally, outputs=outputs(output=output, rejects=rejects),
