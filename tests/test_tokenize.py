@@ -159,6 +159,23 @@ def test_workers_give_identical_shards(tmp_path, tok) -> None:
     assert one.manifest["counts"] == two.manifest["counts"]
 
 
+def test_workers_reading_their_own_batches_give_the_one_worker_run(tmp_path, tok) -> None:
+    """Two workers read a JSONL cut into batches themselves (rejects, an unreadable line and skipped rows on the way),
+    or, for one batch, are sent it by the parent: the same shards, manifest and rejects as one worker."""
+    lines = [json.dumps({"messages": [m("user", f"q{i}"), m("assistant", f"a{i}")]}) for i in range(2100)]
+    lines[5], lines[1500] = "{not json", json.dumps({"messages": [m("user", "no answer")]})
+    big, small = tmp_path / "big.jsonl", tmp_path / "small.jsonl"
+    big.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    small.write_text("\n".join(lines[:50]) + "\n", encoding="utf-8")
+    for data, skip, rejected in ((big, {str(big): [7, 1100]}, 2), (small, {}, 1)):
+        runs = [tokenize(Inputs([str(data)], skip=skip), tok, str(tmp_path / f"{data.stem}{w}"), template="chatml",
+                         workers=w, rejects=str(tmp_path / f"{data.stem}{w}.rejects.jsonl")) for w in (1, 2)]
+        one, two = (json.loads((tmp_path / f"{data.stem}{w}" / "manifest.json").read_text()) for w in (1, 2))
+        assert one == two and sum(one["counts"]["rejected"].values()) == rejected
+        assert runs[0].formats == runs[1].formats
+        assert (tmp_path / f"{data.stem}1.rejects.jsonl").read_text() == (tmp_path / f"{data.stem}2.rejects.jsonl").read_text()
+
+
 def test_the_manifest_accounts_for_each_source_with_its_lengths_before_and_after_max_len(tmp_path, tok) -> None:
     files = [str(SAMPLES / "openai.jsonl"), str(SAMPLES / "sharegpt.jsonl")]
     whole = tokenize(Inputs(files), tok, str(tmp_path / "whole"), template="chatml")

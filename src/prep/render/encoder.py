@@ -181,7 +181,7 @@ class Encoder:
         """`encode`, and the file and length of every row tokenized, before `max_len` cut or dropped it (for
         a pair: the longer side with the prompt, the length `max_len` bounds), for the per-source histograms."""
         ids, table = self.encode(jobs, tokenized)
-        lengths = [(source.file, max(len(e.ids) for e in job.encodings))
+        lengths = [(source.file, max(map(len, job.encodings)))  # len(): no list of the ids made
                    for job, source in zip(jobs.items, jobs.sources, strict=True)]
         return ids, table, lengths
 

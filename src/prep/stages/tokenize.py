@@ -3,8 +3,11 @@
 The encoder (prep.render.encoder) does the work; this stage reads the inputs, runs the encoder over
 the batches and writes the shards. With one worker three threads overlap: reading and rendering a batch,
 tokenizing the one before (the Rust tokenizer, on every core, without the GIL), labelling and writing the
-one before that. With `workers > 1` a process pool tokenizes batches while the parent reads and writes;
-batches come back in order, so the shards are byte-identical to a one-worker run.
+one before that. With `workers > 1` a process pool does the work and the parent
+only writes: each worker reads its own batches of the input (`formats.inputs.plan_inputs` cuts plain JSONL on
+batch ends, as for Ray), renders, tokenizes and labels them; where the input cannot be cut (standard input,
+registry entries, a big file of another format) the parent reads and sends the workers its batches. Batches come
+back in order, so the shards are byte-identical to a one-worker run.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from prep.core.records import Record, kind_of
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files.guard import check_outputs
 from prep.files.hashing import sha256_file
+from prep.files.pieces import BATCH_ROWS
 from prep.formats.inputs import Inputs, Part, plan_inputs, read_inputs, read_part
 from prep.render.encoder import Encoder, Settings, build_encoder
 from prep.render.jinja import JinjaTemplate
@@ -46,12 +50,12 @@ from prep.stages.engine import Engine, Ran, parts_wanted, run_parts
 
 # running ---------------------------------------------------------------------------------------------------------
 
-_worker: Encoder | None = None
+_worker: Any = None  # what a pool process runs: the Encoder (batches sent to it) or an _Encode (parts it reads)
 
 
-def _init_worker(encoder: Encoder) -> None:
+def _init_worker(work: Any) -> None:
     global _worker
-    _worker = encoder
+    _worker = work
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the pool ends its workers with SIGTERM; only the parent cleans up
 
 
@@ -59,8 +63,11 @@ Encoded = tuple[Batch[str], pa.Table, list[tuple[str, int]]]  # Encoder.encode_m
 
 
 def _work(batch: Batch[Record]) -> Encoded:
-    assert _worker is not None
     return _worker.encode_measured(_worker.prepare(batch))
+
+
+def _work_part(part: Part) -> list[Encoded]:
+    return list(_worker(part))
 
 
 def run_encoder(batches: Iterable[Batch[Record]], encoder: Encoder, workers: int = 1) -> Iterator[Encoded]:
@@ -70,12 +77,18 @@ def run_encoder(batches: Iterable[Batch[Record]], encoder: Encoder, workers: int
         tokenized = _prefetch(map(encoder.tokenize, _prefetch(map(encoder.prepare, batches))), depth=1)
         yield from (encoder.encode_measured(jobs, tokenized=True) for jobs in tokenized)
         return
+    yield from _in_pool(_work, batches, encoder, workers)
+
+
+def _in_pool(fn: Any, items: Iterable[Any], work: Any, workers: int) -> Iterator[Any]:
+    """`fn(item)` for every item, in order, in a pool of `workers` processes that hold `work` (at most two items
+    per worker in flight)."""
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     # One Rust thread per worker (the workers are the parallelism), and no fork warning from tokenizers.
     saved = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
-        pool = multiprocessing.get_context(method).Pool(workers, _init_worker, (encoder,))
+        pool = multiprocessing.get_context(method).Pool(workers, _init_worker, (work,))
     finally:
         if saved is None:
             del os.environ["TOKENIZERS_PARALLELISM"]
@@ -83,12 +96,31 @@ def run_encoder(batches: Iterable[Batch[Record]], encoder: Encoder, workers: int
             os.environ["TOKENIZERS_PARALLELISM"] = saved
     with pool:
         pending: deque[Any] = deque()
-        for batch in batches:
-            pending.append(pool.apply_async(_work, (batch,)))
+        for item in items:
+            pending.append(pool.apply_async(fn, (item,)))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
+
+
+_WHOLE_PART_BYTES = 64 * 1024 * 1024  # a part that is a whole file (not cut into batches) at most: it travels whole
+
+
+def _local_parts(inputs: Inputs, formats: dict[str, str], workers: int) -> list[Part]:
+    """For `workers > 1`: the inputs as parts of one batch each, which the workers read themselves, so the parent
+    does not read, parse and send every row. [] (the parent reads) for one worker, standard input, registry
+    entries, a single batch, or a part that would carry more than `_WHOLE_PART_BYTES` of a file that cannot be cut
+    (its output comes back whole)."""
+    if workers <= 1 or inputs.datasets or "-" in inputs.files:
+        return []
+    seen: dict[str, str] = {}
+    parts = plan_inputs(inputs, seen, len(inputs.files) * 1_000_000, BATCH_ROWS)
+    if len(parts) < 2 or any(p.piece.lines is None and os.path.getsize(p.piece.path) - p.piece.seek >
+                             _WHOLE_PART_BYTES for p in parts):
+        return []
+    formats.update(seen)
+    return parts
 
 
 def _prefetch(items: Iterator[Any], depth: int = 4) -> Iterator[Any]:
@@ -264,8 +296,9 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, templat
     kwargs = parse_kwargs(template_kwargs, template)
     formats: dict[str, str] = {}
     where, ran = Engine(engine, ray_address, ray_workers), Ran()
-    parts = plan_inputs(inputs, formats, parts_wanted(where)) if where.ray else []
-    batches = chain.from_iterable(read_part(p, inputs.skip) for p in parts) if where.ray else read_inputs(inputs, formats)
+    parts = plan_inputs(inputs, formats, parts_wanted(where)) if where.ray else _local_parts(inputs, formats, workers)
+    batches = chain.from_iterable(read_part(p, inputs.skip) for p in parts) if where.ray or parts else \
+        read_inputs(inputs, formats)
     if kind is None:
         kind, batches = _first_kind(batches)
     if overflow == "turns" and kind != "sft":
@@ -306,8 +339,12 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, templat
                 writer.adopt(part)
                 meter.add(part.tally.read, part.tokens)
         else:  # here, or on Ray with media (their roots and files are numbered in the order the whole output meets them)
-            encoded = run_parts(parts, _Encode(encoder, inputs.skip), where, ran) if where.ray else \
-                run_encoder(batches, encoder, workers)
+            if where.ray:
+                encoded = run_parts(parts, _Encode(encoder, inputs.skip), where, ran)
+            elif parts:  # the workers read their own batches
+                encoded = chain.from_iterable(_in_pool(_work_part, parts, _Encode(encoder, inputs.skip), workers))
+            else:
+                encoded = run_encoder(batches, encoder, workers)
             for out, table, lengths in encoded:
                 sources.add(out, _bounded_lengths(kind, table), lengths, writer.tally.written)
                 writer.account(out)
