@@ -14,6 +14,9 @@ The engines run interleaved, --repeat times, and the best of each is kept (this 
 those, the estimate for 8 and 64 nodes printed last states its assumptions.
 
     python bench/ray_engine.py [--copies 200] [--repeat 2] [--cores-per-node 16]
+
+`comparison` is bench/run.py's `--suite ray`: the same input tokenized by the local engine and by Ray with 1 and
+2 workers, each a fresh process (and a fresh local Ray), in rows/s, every run's rows checked against the others'.
 """
 
 from __future__ import annotations
@@ -22,15 +25,18 @@ import argparse
 import json
 import os
 import pickle
+import runpy
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tokenize_speed import MAX_LEN, ROOT, TOKENIZER, make_data  # noqa: E402
+# bench/ stays off sys.path (see bench/validate.py): the tokenize bench is loaded by its path
+SPEED = runpy.run_path(str(Path(__file__).with_name("tokenize_speed.py")), run_name="bench_tokenize_speed")
+MAX_LEN, ROOT, TOKENIZER, make_data = SPEED["MAX_LEN"], SPEED["ROOT"], SPEED["TOKENIZER"], SPEED["make_data"]
 
 
 def tree_rss(pid: int) -> int:
@@ -100,6 +106,59 @@ def driver_cost(shards: Path) -> tuple[float, float]:
         seconds = time.perf_counter() - start
     rows = sum(t.num_rows for t in tables)
     return seconds / rows, rows
+
+
+def comparison(runner: Any, work: Path, quick: bool, log: Any = print, copies: int = 40) -> tuple[list[Any], Any]:
+    """bench/run.py's tools for `--suite ray`: the unique alpaca chats of the tokenize suite (`copies` x 999 rows;
+    2 copies with --quick), qwen2.5/chatml, `prep tokenize` CLI whole process: `--engine ray --ray-workers 1` (the
+    baseline), `--ray-workers 2`, and the local engine (1 process). Each Ray run starts its own local Ray of this
+    machine's cores. Checks after every run: its rows (every column, in order) are the first run's, `prep verify`
+    passes, and a Ray run's shards are the workers' (one per part: more than one, none over a part's 16,384 rows)."""
+    Tool = runner.Tool  # noqa: N806 - the runner's class
+    data, _ = SPEED["unique_alpaca"](work, 2 if quick else copies)
+    rows = sum(1 for _ in data.open(encoding="utf-8"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    group = f"tokenize {rows:,} unique chats"
+    seen: dict[str, Any] = {}
+    tools = []
+    for name, extra in (("prep tokenize CLI --engine ray --ray-workers 1", ["--engine", "ray", "--ray-workers", "1"]),
+                        ("prep tokenize CLI --engine ray --ray-workers 2", ["--engine", "ray", "--ray-workers", "2"]),
+                        ("prep tokenize CLI (local engine)", [])):
+        out = work / f"ray-{len(tools)}"
+        tools.append(Tool(name, group, [sys.executable, "-m", "prep", *tokenize_args(data, out, extra)],
+                          check=_same_rows(out, bool(extra), seen), rows=rows,
+                          baseline="prep tokenize CLI --engine ray --ray-workers 1", env=env))
+
+    def summary(measured: list[Any]) -> list[str]:
+        one, two, local = (t.seconds(t.best) for t in measured)
+        return [f"ray: {rows:,} unique alpaca chats ({data.name}), qwen2.5/chatml, max-len {MAX_LEN}: Ray with 2 "
+                f"workers {rows / two:,.0f} rows/s, {one / two:.2f}x 1 worker ({rows / one:,.0f} rows/s); the local "
+                f"engine {rows / local:,.0f} rows/s. Every run's rows are the same and pass `prep verify`; the Ray "
+                f"runs' shards were written by the workers, one per part ({' and '.join(seen['shards'].values())} shards)."]
+
+    return tools, summary
+
+
+def _same_rows(out: Path, on_ray: bool, seen: dict[str, Any]) -> Any:
+    """A check of a run: the rows in its shards are the first checked run's, `prep verify` passes, and under Ray the
+    shards are one per part (the workers'); `seen` keeps the first rows and the shard counts."""
+    import pyarrow as pa
+
+    from prep.files.pieces import BATCH_ROWS
+    from prep.shards.layout import read_manifest
+    from prep.shards.reader import iter_tables
+    from prep.shards.verify import verify
+
+    def check(_: Any) -> None:
+        table = pa.concat_tables(iter_tables(out))
+        assert seen.setdefault("rows", table).equals(table), f"{out}: not the rows of the other runs"
+        assert verify(out).exit_code == 0, f"{out}: prep verify failed"
+        shards = read_manifest(out)["shards"]
+        if on_ray:
+            assert len(shards) > 1 and all(s["rows"] <= 16 * BATCH_ROWS for s in shards), f"{out}: not one per part"
+            seen.setdefault("shards", {})[str(out)] = str(len(shards))
+
+    return check
 
 
 def main() -> None:

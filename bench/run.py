@@ -14,17 +14,18 @@ The comparisons are defined beside their own benches (`bench/tokenize_speed.py`,
 data and name each tool's command; this runner times them. A markdown table goes to stdout (for the README), with
 the date, the machine and the load.
 
-    python bench/run.py [--suite tokenize|validate|dedup] [--quick] [--rounds 3] [--max-wait 1800]
+    python bench/run.py [--suite tokenize|validate|dedup|ray] [--quick] [--rounds 3] [--max-wait 1800]
                         [--quiet-cores 0.1] [--loaded] [--skip-trl] [--llamafactory-python PATH]
-                        [--together-python PATH ...] [--dedup-rows 1000000] [--keep DIR]
+                        [--together-python PATH ...] [--dedup-rows 1000000] [--ray-copies 40] [--keep DIR]
 
 prep's own modules are compiled to bytecode before any run, as an installed prep has them (pip compiles at install):
 a checkout run with PYTHONDONTWRITEBYTECODE set would otherwise compile every module changed since its last
 __pycache__ at every start, which a user never pays.
 
 `--suite validate` (bench/validate.py: `comparison`) times `prep validate` beside Together's check_file, whole
-process and in process; `--suite dedup` (bench/dedup.py) the `prep dedup` CLI beside the dedup work alone. Their
-rates are rows/s.
+process and in process; `--suite dedup` (bench/dedup.py) the `prep dedup` CLI beside the dedup work alone;
+`--suite ray` (bench/ray_engine.py) `prep tokenize --engine ray` with 1 and 2 workers beside the local engine, on
+the same input, every run's rows checked equal. Their rates are rows/s.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-SUITES = {"tokenize": "tokenize_speed.py", "validate": "validate.py", "dedup": "dedup.py"}  # each has `comparison`
+SUITES = {"tokenize": "tokenize_speed.py", "validate": "validate.py", "dedup": "dedup.py",  # each has `comparison`
+          "ray": "ray_engine.py"}
 
 
 # the machine ----------------------------------------------------------------------------------------------------
@@ -261,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--together-python", action="append", default=[],
                         help="validate: an interpreter that imports together (repeatable; the first is the baseline)")
     parser.add_argument("--dedup-rows", type=int, default=1_000_000, help="dedup: rows to make (default 1,000,000)")
+    parser.add_argument("--ray-copies", type=int, default=40,
+                        help="ray: copies of the alpaca fixture, 999 unique chats each (default 40)")
     parser.add_argument("--keep", help="folder for the data and outputs (default: a temporary one, removed)")
     args = parser.parse_args(argv)
     n = args.rounds or (1 if args.quick else 3)
@@ -275,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         suite = runpy.run_path(str(Path(__file__).with_name(SUITES[args.suite])), run_name=f"bench_{args.suite}")
         options = {"tokenize": {"trl": not args.skip_trl, "llamafactory_python": args.llamafactory_python},
                    "validate": {"together_python": args.together_python},
-                   "dedup": {"rows": args.dedup_rows}}[args.suite]
+                   "dedup": {"rows": args.dedup_rows}, "ray": {"copies": args.ray_copies}}[args.suite]
         tools, summary = suite["comparison"](sys.modules[__name__], work, quick=args.quick, log=log, **options)
         started = datetime.now(timezone.utc)
         rounds(tools, n, args.quiet_cores, args.max_wait, args.loaded, args.settle, log)

@@ -252,7 +252,14 @@ class _Encode:
     skip: dict[str, list[int]]
 
     def __call__(self, part: Part) -> Iterator[Encoded]:
+        _one_rust_thread()
         return map(self.encoder.encode_measured, map(self.encoder.prepare, read_part(part, self.skip)))
+
+
+def _one_rust_thread() -> None:
+    """In a Ray worker, which reserved one CPU: the tokenizer runs one Rust thread, as in the local process pool
+    (the workers are the parallelism; a node's workers must not each take all its cores)."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
 @dataclass(frozen=True)
@@ -268,6 +275,7 @@ class _EncodeAndWrite:
 
     def __call__(self, job: tuple[int, Part]) -> Iterator[tuple[WrittenPart, _Sources]]:
         index, part = job
+        _one_rust_thread()
         sources = _Sources()
         with PartWriter(self.spec, index) as writer:
             for out, table, lengths in run_encoder(read_part(part, self.skip), self.encoder):
