@@ -143,14 +143,14 @@ def test_fast_path_reports_as_the_row_path(files: dict[str, Path], names: list[s
 
 
 def test_cli_loads_pyarrow_only_when_used(files: dict[str, Path], tmp_path: Path) -> None:
-    """Start-up (design §11): validating JSONL loads no pyarrow; a verb that loads it later (convert to Parquet) still
-    keeps it from importing pandas, by the hook on its import."""
+    """Start-up (design §11): validating JSONL with -q loads no pyarrow and no rich; a verb that loads pyarrow later
+    (convert to Parquet) still keeps it from importing pandas, by the hook on its import."""
     script = ("import runpy, sys\n"
               "def run(*args):\n"
               "    sys.argv = ['prep', *args]\n"
               "    try:\n        runpy.run_module('prep', run_name='__main__')\n"
               "    except SystemExit as e:\n        assert not e.code, e.code\n"
-              "    print(sorted(m for m in ('pandas', 'pyarrow') if m in sys.modules))\n"
+              "    print(sorted(m for m in ('pandas', 'pyarrow', 'rich') if m in sys.modules))\n"
               f"run('validate', {str(files['clean'])!r}, '-q')\n"
               f"run('convert', {str(files['clean'])!r}, '--to', 'sharegpt', '-o', {str(tmp_path / 'x.parquet')!r}, '-q')\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

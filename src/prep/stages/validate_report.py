@@ -4,16 +4,15 @@ hint), the cookbook-style statistics, and the JSON report written by `--report`.
 from __future__ import annotations
 
 import json
-from typing import IO, Any
-
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from typing import IO, TYPE_CHECKING, Any
 
 from prep.core.codes import ERROR
 from prep.core.findings import Finding
 from prep.files.atomic import write_text_atomic
 from prep.stages.validate import Report
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 SHOW_LINES = 5
 
@@ -26,6 +25,9 @@ def _where(f: Finding, single_file: bool) -> str:
 
 def table(report: Report) -> Table:
     """One row per code: errors first, then by count."""
+    from rich.table import Table  # noqa: PLC0415 - start-up time: rich only to draw (not with -q)
+    from rich.text import Text  # noqa: PLC0415 - start-up time: rich only to draw (not with -q)
+
     single = len(report.files) == 1
     t = Table(title=f"findings in {report.files[0].path}" if single else "findings", title_justify="left",
               show_lines=False, expand=False)
@@ -100,10 +102,16 @@ def summary_lines(report: Report) -> list[str]:
 
 
 def show(report: Report, out: IO[str], quiet: bool = False) -> None:
+    """The table and statistics; with `quiet` the summary line alone, written as it is (no rich to load)."""
+    if quiet:
+        out.write(summary_lines(report)[0] + "\n")
+        return
+    from rich.console import Console  # noqa: PLC0415 - start-up time: rich only to draw (not with -q)
+
     console = Console(file=out, soft_wrap=False, highlight=False)
-    if report.findings.total and not quiet:
+    if report.findings.total:
         console.print(table(report))
-    for line in summary_lines(report)[: 1 if quiet else None]:
+    for line in summary_lines(report):
         console.print(line, markup=False)
 
 
