@@ -247,7 +247,11 @@ class _ArrowLoaded:
 
 
 def _no_pandas(pa: Any) -> None:
-    """pyarrow's first list conversion, while pandas cannot be found (pyarrow remembers that it is not there)."""
+    """pyarrow's first list conversion, while pandas cannot be found (pyarrow remembers that it is not there).
+    Not when pandas is loaded or loading (Ray Data imports it, and pandas pyarrow): there is nothing to spare, and
+    pyarrow would find the half-made module."""
+    if "pandas" in sys.modules:
+        return
 
     class _NoPandas:
         def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
