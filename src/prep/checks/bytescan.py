@@ -112,25 +112,28 @@ def _scan_lines(head: bytes, stream: object, name: str, out: Scan) -> None:
         size += len(piece)
 
     for chunk in _chunks(head, stream):
-        lines = chunk.split(b"\n")
-        last = lines.pop()
+        end = chunk.rfind(b"\n")  # the chunk's last newline; what follows it is a line the next chunk goes on with
+        if end < 0:
+            part(chunk)
+            continue
+        first_end = chunk.find(b"\n")
         first = 0
-        if lines and size:  # the line the last chunk ended inside ends here
+        if size:  # the line the last chunk ended inside ends here
             lineno += 1
-            part(lines[0])
+            part(chunk[:first_end])
             _line(lineno, offset, size, nul, blank, name, out)
             offset += size + 1
             size, nul, blank, first = 0, -1, True, 1
-        if b"\x00" not in chunk and not _BLANK_LINE.search(chunk) and (first or not lines or lines[0].strip()):
+        if b"\x00" not in chunk and not _BLANK_LINE.search(chunk) and (first or chunk[:first_end].strip()):
             # most chunks: no NUL, no blank line (every line but the first follows a newline): counted, not walked
-            lineno += len(lines) - first
-            offset += len(chunk) - len(last) - (len(lines[0]) + 1 if first else 0)
+            lineno += chunk.count(b"\n") - first
+            offset += end + 1 - (first_end + 1 if first else 0)
         else:
-            for raw in lines[first:]:
+            for raw in chunk[:end].split(b"\n")[first:]:
                 lineno += 1
                 _line(lineno, offset, len(raw), raw.find(b"\x00"), not raw or raw.isspace(), name, out)
                 offset += len(raw) + 1
-        part(last)
+        part(chunk[end + 1:])
     if size:
         _line(lineno + 1, offset, size, nul, blank, name, out)
 
