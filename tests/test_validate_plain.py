@@ -52,10 +52,10 @@ def test_blocks_are_the_row_readers_batches(tmp_path: Path) -> None:
         assert sizes == [s for s in expect[name] if s is not None], name
 
 
-def _chats(tmp: Path, name: str) -> list[str]:
-    """A fixture file's rows as OpenAI JSONL lines (prep convert, no ids)."""
-    out = tmp / f"{name}.openai.jsonl"
-    convert(Inputs([str(fixture("data", "llamafactory", name))]), "openai", str(out), ids=False)
+def _chats(tmp: Path, name: str, ids: bool = False) -> list[str]:
+    """A fixture file's rows as OpenAI JSONL lines (prep convert)."""
+    out = tmp / f"{name}.{ids}.openai.jsonl"
+    convert(Inputs([str(fixture("data", "llamafactory", name))]), "openai", str(out), ids=ids)
     return out.read_text(encoding="utf-8").splitlines()
 
 
@@ -73,6 +73,7 @@ _DEFECTS: dict[str, Any] = {  # a row's change, the finding it must give
     "no_assistant": lambda m: m.pop(),
     "duplicate_key": '"role": "user", "role": "user"',
     "unknown_column": ', "source": 7}',
+    "duplicate_key_id": ', "id": "a", "id": "b"}',
     "legacy_function_call": lambda m: m[-1].update(function_call={"name": "f", "arguments": "{}"}),
 }
 
@@ -107,6 +108,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     write("clean", rows)
     write("mixed", mixed)
     write("escaped", [json.dumps(json.loads(x)) for x in alpaca])  # ensure_ascii: \u escapes throughout
+    write("ids", _chats(tmp, "alpaca_en_demo.json", ids=True) * 2)  # "id": "alpaca_en_demo.json:1", ...
     for name in ("glaive_toolcall_en_demo.json", "kto_en_demo.json", "dpo_en_demo.json"):
         write(name, _chats(tmp, name))
     return out
@@ -119,7 +121,7 @@ def _report(paths: list[Path], **options: Any) -> dict[str, Any]:
     return out
 
 
-@pytest.mark.parametrize("names", [["clean"], ["mixed"], ["escaped"], ["glaive_toolcall_en_demo.json"],
+@pytest.mark.parametrize("names", [["clean"], ["mixed"], ["escaped"], ["ids"], ["glaive_toolcall_en_demo.json"],
                                    ["kto_en_demo.json", "dpo_en_demo.json", "clean"], *[[c] for c in _DEFECTS]])
 def test_fast_path_reports_as_the_row_path(files: dict[str, Path], names: list[str],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
@@ -132,14 +134,14 @@ def test_fast_path_reports_as_the_row_path(files: dict[str, Path], names: list[s
     slow = _report(paths, max_findings=50)
     assert fast == slow
     taken = sum(p is not None for p in proved)
-    if names[-1] in ("clean", "escaped"):
+    if names[-1] in ("clean", "escaped", "ids"):
         assert taken == -(-len(files[names[-1]].read_bytes().splitlines()) // BATCH_ROWS)
     elif names == ["mixed"]:  # blocks 1 and 2 (with an escaped colon) proved, 3 (a bad row) and 4 on (a blank line) not
         assert [p is not None for p in proved] == [True, True, False]
         assert {"duplicate_row", "missing_field", "blank_line"} <= set(fast["summary"]["findings_by_code"])
     elif names[0] in _DEFECTS:
         assert [p is not None for p in proved] == [True, False]
-        assert names[0] in fast["summary"]["findings_by_code"]
+        assert names[0].removesuffix("_id") in fast["summary"]["findings_by_code"]
 
 
 def test_cli_loads_pyarrow_only_when_used(files: dict[str, Path], tmp_path: Path) -> None:

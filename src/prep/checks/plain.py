@@ -1,7 +1,7 @@
 """Validate's fast path: a block of JSONL lines (`files.read.jsonl_blocks`) proved clean in bulk, or not at all.
 
-A block is proved when every line decodes as a `PlainChat` (msgspec, typed: `messages` alone, each message a
-role of system/developer/user/assistant and a string content, nothing else) and the rules that could find anything
+A block is proved when every line decodes as a `PlainChat` (msgspec, typed: `messages` and at most a string or
+integer `id`, each message a role of system/developer/user/assistant and a string content, nothing else) and the rules that could find anything
 in such rows find nothing, checked over the whole block at once (numpy over the flattened roles and lengths, C-speed
 searches over the bytes):
 
@@ -84,10 +84,12 @@ def prove(lines: list[bytes], max_chars: int) -> Proved | None:
     escaped = _ESCAPE.search(joined) is not None or b"\x7f" in joined
     if any(map(suspicious, contents if escaped else (c for c in contents if not c.isascii()))):
         return None
+    ids = [r.id for r in rows if r.id is not msgspec.UNSET]
     colons = joined.count(b":") + (joined.count(b"\\u003a") + joined.count(b"\\u003A") if escaped else 0)
-    if colons != len(rows) + 2 * len(messages) + sum(map(str.count, contents, repeat(":"))):
+    if colons != len(rows) + len(ids) + 2 * len(messages) + sum(map(str.count, contents, repeat(":"))) + \
+            sum(i.count(":") for i in ids if type(i) is str):
         return None
-    return Proved(keys=list(map(hash, rows)), answers=[contents[e - 1] for e in ends.tolist()], messages=n,
+    return Proved(keys=list(map(hash, (r.messages for r in rows))), answers=[contents[e - 1] for e in ends.tolist()], messages=n,
                   characters=characters, assistant_characters=np.add.reduceat(lengths * assistant, starts),
                   missing_system=int((np.add.reduceat(system, starts) == 0).sum()),
                   missing_user=int((np.add.reduceat(user, starts) == 0).sum()))

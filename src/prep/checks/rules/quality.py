@@ -42,26 +42,26 @@ _DUPLICATE = CODES["duplicate_row"]
 
 class PlainMessage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A message of role and text alone, as `checks.plain` decodes it (a role no plain chat starts or alternates
-    with is a decode error there)."""
+    with is a decode error there). Frozen: hashable, for content keys."""
 
     role: Literal["system", "developer", "user", "assistant"]
     content: str
 
 
-class PlainChat(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A row of `messages` alone, each of role and text: what `checks.plain` proves clean in bulk. Frozen: its
-    hash is its content key (`content_key`), computed in C."""
+class PlainChat(msgspec.Struct, forbid_unknown_fields=True):
+    """A row of `messages` of role and text alone, and at most an id: what `checks.plain` proves clean in bulk."""
 
     messages: tuple[PlainMessage, ...]
+    id: str | int | None | msgspec.UnsetType = msgspec.UNSET
 
 
 def content_key(record: Record) -> int:
     """A 64-bit key for the record's content (its id left out): equal rows, equal keys, within one run. A chat of
-    messages of role and text alone is keyed as the `PlainChat` it is (the key `checks.plain` takes from the rows
-    it decodes), any other record by its pickle (7x faster than JSON)."""
+    messages of role and text alone is keyed by the hash of its `PlainMessage` tuple (the key `checks.plain` takes
+    from the rows it decodes, in C), any other record by its pickle (7x faster than JSON)."""
     messages = record.get("messages")
     if len(record) == 2 and messages is not None and all(len(m) == 2 for m in messages):  # "id" and "messages"
-        return hash(PlainChat(tuple(PlainMessage(m["role"], m["content"]) for m in messages)))
+        return hash(tuple(PlainMessage(m["role"], m["content"]) for m in messages))
     return hash(pickle.dumps([(k, v) for k, v in record.items() if k != "id"], protocol=5))
 
 
