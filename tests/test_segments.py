@@ -3,6 +3,7 @@ that of the whole text (ids, offsets, char_to_token), on real tokenizers and row
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -81,3 +82,20 @@ def test_shards_equal_with_one_and_two_workers(tmp_path: Path) -> None:
         Segments.encode_batch = whole
     shards = [[s["sha256"] for s in read_manifest(tmp_path / d)["shards"]] for d in ("w1", "w2", "whole")]
     assert shards[0] == shards[1] == shards[2]
+
+
+def test_texts_in_the_normal_form_skip_the_normalizer_with_the_same_encodings() -> None:
+    """qwen2.5's normalizer is NFC alone: texts already in NFC go to a copy without it, others to the tokenizer (a
+    decomposed é or Å tokenizes otherwise unnormalized), in a worker process too (the copy is left out of the pickled
+    state and made again there: copy.copy goes through the same __getstate__/__setstate__)."""
+    tok = load_tokenizer(fixture("tokenizers", "qwen2.5"))
+    chatml = get_template("chatml", tok.specials)
+    contents = ["Café au lait, déjà vu.", "Cafe\u0301 au lait, de\u0301ja\u0300 vu.", "A\u030a and \u212b", "plain text"]
+    texts = [chatml.render([{"role": "user", "content": c}, {"role": "assistant", "content": c[::-1]}]).text
+             for c in contents]
+    for segments in (Segments(tok.backend), copy.copy(Segments(tok.backend))):
+        assert segments.form == "NFC" and segments.bare is not None
+        got = segments.encode_batch(texts)
+        want = tok.backend.encode_batch(texts, add_special_tokens=False)
+        assert all(same(g, w, t) for g, w, t in zip(got, want, texts, strict=True))
+    assert segments.bare.encode(texts[1], add_special_tokens=False).ids != got[1].ids  # the copy would not do here
