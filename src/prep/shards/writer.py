@@ -159,14 +159,13 @@ class ShardWriter(_Rows, AllOrNothing):
 
     def adopt(self, part: WrittenPart) -> None:
         """Take the part a Ray worker wrote as the next rows (parts come in input order): its shards renamed into
-        `data/` as the next shards, its tally and tokens added, its rejects copied after the ones before."""
+        `data/` as the next shards, its tally and tokens added, its rejects copied after the ones before. Adopted
+        shards are not journaled: they are cut a part each, so a resumed run (on either engine) writes them again."""
         self.files.finish()
         for entry in part.shards:
             name = shard_name(len(self.shards))
             swap_in(self.work / PARTS_DIR / entry["path"], self.work / name)
             self.shards.append({**entry, "path": name})
-            if self.files.on_shard is not None:
-                self.files.on_shard()
         self.tally.follow(part.tally)
         self.tokens += part.tokens
         self.loss_tokens += part.loss_tokens

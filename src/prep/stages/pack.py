@@ -9,6 +9,8 @@ are not built here, and the unpacked shards train as they are."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import random
@@ -33,7 +35,7 @@ from prep.shards.layout import MANIFEST, SCHEMAS, read_manifest
 from prep.shards.media import has_media, media_count, multi_dimensional_positions
 from prep.shards.packing import Wrapper, bfd_bins, bfd_window, check_lengths, overflow, packed_rows
 from prep.shards.reader import iter_tables, open_shard, take_rows
-from prep.shards.writer import ShardWriter
+from prep.shards.writer import PartSpec, PartWriter, ShardWriter, WrittenPart
 from prep.stages.engine import LOCAL, Engine, Ran, parts_wanted, run_parts
 
 DEFAULT_WINDOW = 100_000
@@ -218,10 +220,40 @@ def _pack_on_ray(indir: Path, manifest: dict[str, Any], window: int, max_len: in
             parts.append(_Rows(files, np.array([number[packable[i].file] if i < len(packable) else -1 for i in order]),
                                np.array([packable[i].line - 1 if i < len(packable) else 0 for i in order], np.int64),
                                [truncated[i] for i in mine], np.array([len(b) for b in chosen], np.int64), schema))
-    for table in run_parts(parts, _build_rows, engine, ran):
-        meter.add(int(pc.sum(table["seq_lengths"].combine_chunks().value_lengths()).as_py() or 0),
-                  int(pc.sum(table["num_tokens"]).as_py() or 0))
+    if named is None:  # the workers write their parts' shards; here they are adopted in order
+        spec = dataclasses.replace(writer.parts(), rejects=False)  # a document is rejected here, before the bins
+        with contextlib.closing(run_parts(list(enumerate(parts)), _BuildAndWrite(spec), engine, ran)) as written:
+            for part, documents in written:
+                meter.add(documents, part.tokens)
+                writer.adopt(part)
+        return
+    for table in run_parts(parts, _build_rows, engine, ran):  # rows with media: the driver numbers their roots
+        meter.add(_documents(table), int(pc.sum(table["num_tokens"]).as_py() or 0))
         writer.add(_naming(table, named))
+
+
+def _documents(table: pa.Table) -> int:
+    """The documents packed into `table`'s rows."""
+    return int(pc.sum(table["seq_lengths"].combine_chunks().value_lengths()).as_py() or 0)
+
+
+@dataclass(frozen=True)
+class _BuildAndWrite:
+    """A Ray worker's work when it writes its part itself (design §13): the part's packed rows (`_build_rows`)
+    written with a `PartWriter` into the output's folder being made. It hands back the part's shard list and the
+    documents it packed, never its rows."""
+
+    spec: PartSpec
+
+    def __call__(self, job: tuple[int, _Rows]) -> Iterator[tuple[WrittenPart, int]]:
+        index, part = job
+        documents = 0
+        with PartWriter(self.spec, index) as writer:
+            for table in _build_rows(part):
+                documents += _documents(table)
+                writer.add(table)
+        assert writer.written is not None
+        yield writer.written, documents
 
 
 def _windows(indir: Path, manifest: dict[str, Any], window: int, columns: list[str] | None = None
