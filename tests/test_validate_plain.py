@@ -105,7 +105,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     mixed[BATCH_ROWS + 3] = mixed[BATCH_ROWS + 3].replace('"content": "', '"content": "\\u0041\\u003a', 1)
     mixed[2 * BATCH_ROWS + 7] = mixed[2 * BATCH_ROWS + 7].replace('"messages"', '"MESSAGES"')  # no messages
     mixed[3 * BATCH_ROWS + 5] = ""  # a blank line: from this block on, the row path
-    write("clean", rows)
+    write("clean", rows[:2 * BATCH_ROWS + 100])
     write("mixed", mixed)
     write("escaped", [json.dumps(json.loads(x)) for x in alpaca])  # ensure_ascii: \u escapes throughout
     write("ids", _chats(tmp, "alpaca_en_demo.json", ids=True) * 2)  # "id": "alpaca_en_demo.json:1", ...
@@ -122,7 +122,8 @@ def _report(paths: list[Path], **options: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("names", [["clean"], ["mixed"], ["escaped"], ["ids"], ["glaive_toolcall_en_demo.json"],
-                                   ["kto_en_demo.json", "dpo_en_demo.json", "clean"], *[[c] for c in _DEFECTS]])
+                                   ["kto_en_demo.json", "dpo_en_demo.json"], ["ids", "escaped"],
+                                   *[[c] for c in _DEFECTS]])
 def test_fast_path_reports_as_the_row_path(files: dict[str, Path], names: list[str],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     paths = [files[n] for n in names]
@@ -134,8 +135,9 @@ def test_fast_path_reports_as_the_row_path(files: dict[str, Path], names: list[s
     slow = _report(paths, max_findings=50)
     assert fast == slow
     taken = sum(p is not None for p in proved)
-    if names[-1] in ("clean", "escaped", "ids"):
-        assert taken == -(-len(files[names[-1]].read_bytes().splitlines()) // BATCH_ROWS)
+    clean = [n for n in names if n in ("clean", "escaped", "ids")]
+    if clean:  # every block of the plain chat files proved, none of the others
+        assert taken == sum(-(-len(files[n].read_bytes().splitlines()) // BATCH_ROWS) for n in clean)
     elif names == ["mixed"]:  # blocks 1 and 2 (with an escaped colon) proved, 3 (a bad row) and 4 on (a blank line) not
         assert [p is not None for p in proved] == [True, True, False]
         assert {"duplicate_row", "missing_field", "blank_line"} <= set(fast["summary"]["findings_by_code"])
@@ -159,3 +161,11 @@ def test_cli_loads_pyarrow_only_when_used(files: dict[str, Path], tmp_path: Path
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-2:] == ["[]", "['pyarrow']"], done.stdout
+
+
+@pytest.mark.parametrize("options", [{"kind": "sft"}, {"kind": "dpo"}, {"max_chars": 1000}, {"min_rows": 10**6}])
+def test_fast_path_reports_as_the_row_path_with_options(files: dict[str, Path], options: dict[str, Any],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = _report([files["ids"]], **options)
+    monkeypatch.setattr(stage, "_plain_run", lambda *a: False)
+    assert fast == _report([files["ids"]], **options)
