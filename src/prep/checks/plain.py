@@ -27,7 +27,7 @@ from itertools import repeat
 import msgspec
 import numpy as np
 
-from prep.checks.rules.quality import PlainChat, _shouting
+from prep.checks.rules.quality import PlainChat, shouting
 from prep.checks.rules.text import suspicious
 
 _decode = msgspec.json.Decoder(PlainChat).decode
@@ -78,7 +78,7 @@ def prove(lines: list[bytes], max_chars: int) -> Proved | None:
     if (characters > max_chars).any():
         return None
     answers = [c for c, a in zip(contents, assistant.tolist(), strict=True) if a]
-    if any(map(_shouting, answers)):
+    if any(map(shouting, answers)):
         return None
     joined = b"\n".join(lines)
     escaped = _ESCAPE.search(joined) is not None or b"\x7f" in joined
@@ -89,7 +89,7 @@ def prove(lines: list[bytes], max_chars: int) -> Proved | None:
     if colons != len(rows) + len(ids) + 2 * len(messages) + sum(map(str.count, contents, repeat(":"))) + \
             sum(i.count(":") for i in ids if type(i) is str):
         return None
-    return Proved(keys=list(map(hash, (r.messages for r in rows))), answers=[contents[e - 1] for e in ends.tolist()], messages=n,
-                  characters=characters, assistant_characters=np.add.reduceat(lengths * assistant, starts),
-                  missing_system=int((np.add.reduceat(system, starts) == 0).sum()),
-                  missing_user=int((np.add.reduceat(user, starts) == 0).sum()))
+    return Proved(keys=list(map(hash, (r.messages for r in rows))), answers=[contents[e - 1] for e in ends.tolist()],
+                  messages=n, characters=characters, assistant_characters=np.add.reduceat(lengths * assistant, starts),
+                  missing_system=int((~np.logical_or.reduceat(system, starts)).sum()),
+                  missing_user=int((~np.logical_or.reduceat(user, starts)).sum()))

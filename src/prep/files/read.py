@@ -379,7 +379,9 @@ def jsonl_blocks(path: str, rows: int = BATCH_ROWS, limit: int = MAX_ROW_BYTES, 
                         lines.append(tail)
                         tail = b""
                     break
-                lines += (tail + more).split(b"\n")
+                parts = more.split(b"\n")  # not (tail + more): no copy of the chunk
+                parts[0] = tail + parts[0]
+                lines += parts
                 tail = lines.pop()
             block, lines = lines[:rows], lines[rows:]
             if not block and not tail:

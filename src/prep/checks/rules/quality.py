@@ -87,13 +87,14 @@ def row_checks(record: Record, locs: Mapping[str, list[Loc]], max_chars: int, wh
         out.append(finding("too_long_text", f"the row holds {len(whole):,} characters (limit {max_chars:,})", "$"))
     for key in ("messages", "chosen", "completion"):
         for i, m in enumerate(record.get(key, ())):
-            if m["role"] == "assistant" and _shouting(m["content"]):
+            if m["role"] == "assistant" and shouting(m["content"]):
                 loc = locs[key][i]
                 out.append(finding("mostly_uppercase", "the answer is mostly in capitals", loc[0] + loc[2]))
     return out
 
 
-def _shouting(text: str) -> bool:
+def shouting(text: str) -> bool:
+    """An answer mostly in capitals: over 70% of its ASCII letters, at least 20 of them (row_checks, checks.plain)."""
     if len(text) < 20:
         return False
     ascii_text = text.encode("ascii", "ignore")
