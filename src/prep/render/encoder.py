@@ -47,7 +47,7 @@ from prep.core.findings import (
 from prep.core.media import PLACEHOLDERS, Item, location, pieces, placeholders
 from prep.core.records import Message, Record, kind_of
 from prep.files.media_out import MEDIA_DIR, extension
-from prep.render.jinja import JinjaTemplate
+from prep.render.builtin import Template
 from prep.render.segments import Segments
 from prep.render.spans import Rendered, Span, Specials, Turn, nothing_to_train, resolve_train_on
 from prep.render.templates import AnyTemplate, document, prompt_record, prompt_text, render_pair
@@ -241,7 +241,7 @@ class Encoder:
             return _Chat(rendered, rendered.spans(self.train_on, self.settings.train_on_reasoning), [])
         scheme = self.scheme
         assert isinstance(scheme, Scheme)
-        as_parts = isinstance(self.template, JinjaTemplate)
+        as_parts = not isinstance(self.template, Template)  # a JinjaTemplate takes content parts
         given = [_for_template(m, scheme, as_parts) for m in messages]
         rendered, blocks = _expand(self.template.render(given, tools, kwargs), items, scheme)
         spans = rendered.spans(self.train_on, self.settings.train_on_reasoning)
@@ -370,10 +370,12 @@ class Encoder:
             values, offsets, lengths = _flatten([r.parts[0] for r in rows])
             trained = _trained(rows, offsets, len(values))
             labels = np.where(trained, values, np.int32(-100))
-            loss = np.add.reduceat(trained.astype(np.int32), offsets[:-1]) if len(values) else np.zeros(n, np.int32)
+            # int32 as the schema's column (an int64 sum would be cast by pyarrow.compute: 50 ms of start-up)
+            loss = np.add.reduceat(trained.astype(np.int32), offsets[:-1], dtype=np.int32) if len(values) else \
+                np.zeros(n, np.int32)
             loss[lengths == 0] = 0  # reduceat gives an empty row the next row's first value
             columns = [_list(offsets, values), _list(offsets, labels),
-                       _list(np.arange(n + 1, dtype=np.int32), lengths), pa.array(lengths), pa.array(loss), doc_ids]
+                       _list(np.arange(n + 1, dtype=np.int32), lengths), _int32(lengths), _int32(loss), doc_ids]
             return pa.Table.from_arrays(columns, schema=own)
         sides = {"prompt": 1, "kto": 2, "dpo": 3}[self.settings.kind]
         flat = [_flatten([r.parts[j] for r in rows]) for j in range(sides)]
@@ -383,7 +385,7 @@ class Encoder:
         total = np.sum([lens for _, _, lens in flat], axis=0, dtype=np.int32)
         if self.settings.kind == "kto":
             columns.append(pa.array([r.label for r in rows], type=pa.bool_()))
-        columns += [pa.array(total, type=pa.int32()), doc_ids]
+        columns += [_int32(total), doc_ids]
         return pa.Table.from_arrays(columns, schema=own)
 
 
@@ -406,7 +408,14 @@ def _flatten(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def _list(offsets: np.ndarray, values: np.ndarray) -> pa.Array:
-    return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), pa.array(values, type=pa.int32()))
+    return pa.ListArray.from_arrays(_int32(offsets), _int32(values))
+
+
+def _int32(values: np.ndarray) -> pa.Array:
+    """An int32 Arrow array over the numpy array's memory, as `pa.array` makes it; `pa.array` looks for numpy.ma
+    first, which costs a one-row `prep tokenize` 15 ms of start-up."""
+    values = np.ascontiguousarray(values, dtype=np.int32)
+    return pa.Array.from_buffers(pa.int32(), len(values), [None, pa.py_buffer(values)])
 
 
 def _token_ranges(enc: Any, spans: Iterable[Span]) -> list[tuple[int, int]]:

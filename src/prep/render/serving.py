@@ -9,13 +9,12 @@ the template's own default. A caller that passes the argument still wins."""
 from __future__ import annotations
 
 import json
-from typing import Any
-
-import jinja2
-import jinja2.meta
+from typing import TYPE_CHECKING, Any
 
 from prep.render.builtin import Template
-from prep.render.jinja import JinjaTemplate
+
+if TYPE_CHECKING:  # jinja2 is imported only for a jinja template (start-up of a built-in's run)
+    from prep.render.jinja import JinjaTemplate
 
 DEFAULT = "default"
 TOOL_USE = "tool_use"
@@ -23,6 +22,9 @@ TOOL_USE = "tool_use"
 
 def read_variables(source: str) -> set[str]:
     """The names a template reads from its caller (what `apply_chat_template(**kwargs)` can set)."""
+    import jinja2  # noqa: PLC0415 - start-up time
+    import jinja2.meta  # noqa: PLC0415 - start-up time
+
     return jinja2.meta.find_undeclared_variables(jinja2.Environment(extensions=["jinja2.ext.loopcontrols"]).parse(
         _without_generation(source)))
 
@@ -55,7 +57,7 @@ def serving_template(template: Template | JinjaTemplate) -> dict[str, Any]:
     """The manifest's record of what to serve with (design §5): `chat_template` (one jinja text, or by name
     `default` and `tool_use` where the tokenizer has a tool-use variant) and `eot`, the end-of-turn token that
     closes every trained answer."""
-    if isinstance(template, JinjaTemplate):
+    if not isinstance(template, Template):  # a JinjaTemplate
         default = bake(template.source, template.kwargs)
         tools = bake(template.tool_source, template.kwargs)
         chat: str | dict[str, str] = default if tools == default else {DEFAULT: default, TOOL_USE: tools}

@@ -9,18 +9,20 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from prep.core.findings import PrepError, row_error
 from prep.core.options import DEFAULT_DATE
 from prep.core.records import Message, Record
 from prep.files.read import read_config
 from prep.render.builtin import BUILTIN, NAMES, Template
-from prep.render.jinja import JinjaTemplate
 from prep.render.spans import Specials
 from prep.render.tokenizer import Tokenizer
 
-AnyTemplate = Template | JinjaTemplate
+if TYPE_CHECKING:  # jinja2 is imported only when a jinja template is used (start-up of a built-in's run)
+    from prep.render.jinja import JinjaTemplate
+
+AnyTemplate: TypeAlias = "Template | JinjaTemplate"  # one that is not a Template is a JinjaTemplate
 
 
 def parse_kwargs(specs: Iterable[str], template: str | None = None) -> dict[str, Any]:
@@ -134,7 +136,7 @@ def prompt_text(template: AnyTemplate, record: Record, kwargs: dict[str, Any] | 
         raise row_error("empty_value", "the row has no prompt to answer (no user message before the answer)",
                         "$.messages", hint="give the row a user message")
     tools = record.get("tools")
-    if isinstance(template, JinjaTemplate):
+    if not isinstance(template, Template):
         prepared, _ = template.prepare(messages)
         try:
             return template.text(prepared, tools, True, kwargs)

@@ -22,7 +22,7 @@ import json
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokenizers import Regex, decoders, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as Backend
@@ -31,8 +31,10 @@ from prep.core.findings import PrepError
 from prep.core.options import DEFAULT_DATE
 from prep.files.hashing import cache_path, read_cache, sha256_file, write_cache
 from prep.files.read import config_file, read_config
-from prep.render.jinja import JinjaTemplate
 from prep.render.spans import Specials
+
+if TYPE_CHECKING:
+    from prep.render.jinja import JinjaTemplate
 
 # The files that decide how a folder tokenizes (never model weights), hashed into the fingerprint.
 _TOKENIZER_FILES = re.compile(r"^(tokenizer.*|special_tokens_map\.json|added_tokens\.json|vocab\..*|merges\.txt|"
@@ -92,6 +94,8 @@ class Tokenizer:
         """The tokenizer's own chat template (tool-use variant when it has one), or `source` (a .jinja file) with this
         tokenizer's special tokens; `kwargs` are the template arguments, `date` the day strftime_now gives
         (`today`: the machine's clock)."""
+        from prep.render.jinja import JinjaTemplate  # noqa: PLC0415 - start-up time: jinja2 only for jinja templates
+
         pinned = None if date == "today" else date
         if source is not None:
             return JinjaTemplate(source, None, dict(self.special_tokens), self.name, self.added_tokens(), kwargs,

@@ -39,8 +39,8 @@ from prep.files.guard import check_outputs
 from prep.files.hashing import sha256_file
 from prep.files.pieces import BATCH_ROWS
 from prep.formats.inputs import Inputs, Part, plan_inputs, read_inputs, read_part
+from prep.render.builtin import Template
 from prep.render.encoder import Encoder, Settings, build_encoder
-from prep.render.jinja import JinjaTemplate
 from prep.render.serving import serving_template
 from prep.render.spans import resolve_train_on
 from prep.render.templates import chat_template, parse_kwargs
@@ -320,7 +320,7 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, templat
     encoder = build_encoder(tok, tmpl, Settings(kind, train_on, max_len, overflow, train_on_reasoning == "yes",
                                                 carried))
     about: dict[str, Any] = {"name": tmpl.name, "sha256": tmpl.sha256} if tmpl else {}
-    if isinstance(tmpl, JinjaTemplate):  # what else decides its text: the arguments and the day it is told
+    if tmpl is not None and not isinstance(tmpl, Template):  # jinja: its arguments and day decide its text too
         about.update(kwargs=kwargs, date=date, reasoning="template" if tmpl.reads_reasoning else "think block")
     if tmpl:  # what prep train gives the model folder, so it is served as it was trained (design §6)
         about.update(serving_template(tmpl))
