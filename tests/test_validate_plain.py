@@ -7,10 +7,14 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import fixture
 from prep.checks import plain
@@ -169,3 +173,53 @@ def test_fast_path_reports_as_the_row_path_with_options(files: dict[str, Path], 
     fast = _report([files["ids"]], **options)
     monkeypatch.setattr(stage, "_plain_run", lambda *a: False)
     assert fast == _report([files["ids"]], **options)
+
+
+_ROLES = ["system", "developer", "user", "assistant", "tool", "robot"]
+_TEXTS = st.one_of(st.sampled_from(["", " ", "A: b", "SHOUTING IN CAPITAL LETTERS NOW", "x\x00", "\x01", "\x7f",
+                                    "a\u200b\u200b\u200bb", "\ud800", "é: ü", "\\u0041"]), st.text(max_size=30))
+_BENDS = ["role", "content", "weight", "name", "id", "drop", "repeat", "blank", "cut", "colon", "none"]
+
+
+@st.composite
+def _plain_file(draw: st.DrawFn) -> str:
+    """A few plain chats (system?, user/assistant turns), one of them bent at most: another role, odd text, a field
+    beside role and content, an id, a message left out, a repeated key, an escaped colon, a blank or broken line."""
+    rows = []
+    for _ in range(draw(st.integers(1, 6))):
+        turns = draw(st.integers(1, 3))
+        rows.append({"messages": ([{"role": "system", "content": "be brief"}] if draw(st.booleans()) else []) + [
+            {"role": role, "content": f"question {k}" if role == "user" else f"answer {k}"}
+            for k in range(turns) for role in ("user", "assistant")]})
+    at = draw(st.integers(0, len(rows) - 1))
+    row, bend = rows[at], draw(st.sampled_from(_BENDS))
+    m = draw(st.sampled_from(row["messages"]))
+    if bend == "role":
+        m["role"] = draw(st.sampled_from(_ROLES))
+    elif bend == "content":
+        m["content"] = draw(_TEXTS)
+    elif bend in ("weight", "name"):
+        m[bend] = 0 if bend == "weight" else "bob"
+    elif bend == "id":
+        row["id"] = draw(st.one_of(st.text(max_size=8), st.integers(), st.none(), st.booleans()))
+    elif bend == "drop":
+        row["messages"].remove(m)
+    lines = [json.dumps(r, ensure_ascii=draw(st.booleans())) for r in rows]
+    if bend == "repeat":
+        lines[at] = lines[at].replace('"role": ', '"role": "user", "role": ', 1)
+    elif bend in ("blank", "cut"):
+        lines[at] = lines[at] + "\n" if bend == "blank" else lines[at][:-1]
+    elif bend == "colon":
+        lines[at] = lines[at].replace('"content": "', '"content": "\\u003a', 1)
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=_plain_file())
+def test_fast_path_reports_as_the_row_path_on_bent_chats(text: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "rows.jsonl")
+        path.write_text(text, encoding="utf-8", errors="surrogatepass")
+        fast = _report([path])
+        with mock.patch.object(stage, "_plain_run", lambda *a: False):
+            assert fast == _report([path])
