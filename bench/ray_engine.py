@@ -7,8 +7,11 @@ qwen2.5 tokenizer, chatml, max-len 2048. Measured, each as a user runs it (the C
   Ray with 1 and 2 Ray Data workers: wall seconds, rows/s and tokens/s, and the peak RSS of the whole process
   tree (the driver, Ray's own processes and its workers, sampled every 0.1 s);
 - the same with one row: the fixed start-up cost of each engine, so the per-row cost is (wall - start-up) / rows;
-- in process: what the driver does per row under Ray (unpickle a part's output, write the shards), which bounds
-  the rows a single driver can take in whatever the cluster's size, and the planning scan of a JSONL file.
+- the driver's own CPU seconds (the `prep` process alone, sampled from /proc), at one row and on the data: what
+  it spends per row bounds the rows a single driver can take whatever the cluster's size. tokenize's workers
+  write their shards themselves, so the driver only plans, adopts each part and commits; for the stages whose
+  driver still writes (convert, dedup's second pass) the cost of unpickling and writing the rows is measured
+  in process; and the planning scan of a JSONL file.
 
 The engines run interleaved, --repeat times, and the best of each is kept (this machine is shared). From
 those, the estimate for 8 and 64 nodes printed last states its assumptions.
@@ -59,16 +62,27 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def run(args: list[str]) -> tuple[float, float, str]:
-    """`prep ARGS` in a fresh process: wall seconds, peak RSS of its process tree in MB, stderr."""
+def own_cpu(pid: int) -> float:
+    """CPU seconds process `pid` itself has used (not its children's), or 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(args: list[str]) -> tuple[float, float, str, float]:
+    """`prep ARGS` in a fresh process: wall seconds, peak RSS of its process tree in MB, stderr, and the CPU seconds of
+    the `prep` process alone (sampled every 0.1 s: the last sample before it ended)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "prep", *args], stderr=subprocess.PIPE, text=True, env=env)
-    peak = [0]
+    peak, cpu = [0], [0.0]
 
     def sample() -> None:
         while proc.poll() is None:
             peak[0] = max(peak[0], tree_rss(proc.pid))
+            cpu[0] = max(cpu[0], own_cpu(proc.pid))
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -78,7 +92,7 @@ def run(args: list[str]) -> tuple[float, float, str]:
     sampler.join()
     if proc.returncode not in (0, 1):
         raise SystemExit(f"prep {' '.join(args)} failed:\n{err}")
-    return seconds, peak[0] / 2**20, err
+    return seconds, peak[0] / 2**20, err, cpu[0]
 
 
 def tokenize_args(data: Path, out: Path, engine: list[str]) -> list[str]:
@@ -87,8 +101,8 @@ def tokenize_args(data: Path, out: Path, engine: list[str]) -> list[str]:
 
 
 def driver_cost(shards: Path) -> tuple[float, float]:
-    """Seconds per row the driver spends on what Ray hands it: unpickling each part's tables and writing them
-    as shards; and the rows in the shards."""
+    """Seconds per row a driver that writes the rows spends on what Ray hands it: unpickling each part's tables and
+    writing them as shards (tokenize's driver did until its workers wrote their parts); and the rows."""
     import pyarrow.parquet as pq
 
     from prep.shards.layout import read_manifest
@@ -176,48 +190,56 @@ def main() -> None:
                    "ray, 1 worker": ["--engine", "ray", "--ray-workers", "1"],
                    "ray, 2 workers": ["--engine", "ray", "--ray-workers", "2"]}
         print(f"data: {data.name}, {data.stat().st_size / 2**20:.0f} MB; `uptime`: {os.getloadavg()}")
-        results: dict[str, tuple[float, float, int, int, float]] = {}
+        results: dict[str, tuple[float, float, int, int, float, float, float]] = {}
         for attempt in range(a.repeat):  # the engines interleaved, the best of each kept: this machine is shared
             for name, extra in engines.items():
-                start_up = run(tokenize_args(one, work / "one", extra))[0]
-                seconds, rss, _ = run(tokenize_args(data, work / name.replace(" ", "_"), extra))
+                start_up, _, _, cpu_one = run(tokenize_args(one, work / "one", extra))
+                seconds, rss, _, cpu = run(tokenize_args(data, work / name.replace(" ", "_"), extra))
                 manifest = json.loads((work / name.replace(" ", "_") / "manifest.json").read_text())
                 rows, tokens = manifest["counts"]["read"], manifest["tokens"]["total"]
                 print(f"  {attempt + 1}: {name:20} {seconds:7.1f} s ({start_up:4.1f} s start-up) {rows / seconds:8,.0f} "
                       f"rows/s {tokens / seconds:10,.0f} tok/s; after start-up {rows / (seconds - start_up):8,.0f} "
-                      f"rows/s; peak RSS {rss:6.0f} MB; load {os.getloadavg()[0]:.1f}", flush=True)
+                      f"rows/s; peak RSS {rss:6.0f} MB; the prep process's own CPU {cpu:5.1f} s ({cpu_one:4.1f} s "
+                      f"for one row); load {os.getloadavg()[0]:.1f}", flush=True)
                 if name not in results or seconds < results[name][0]:
-                    results[name] = (seconds, start_up, rows, tokens, rss)
+                    results[name] = (seconds, start_up, rows, tokens, rss, cpu, cpu_one)
         print("best of each:")
-        for name, (seconds, start_up, rows, tokens, rss) in results.items():
+        for name, (seconds, start_up, rows, tokens, rss, *_) in results.items():
             print(f"  {name:20} {seconds:7.1f} s ({start_up:4.1f} s start-up) {rows / seconds:8,.0f} rows/s "
                   f"{tokens / seconds:10,.0f} tok/s; peak RSS {rss:6.0f} MB")
-        same = {json.dumps({k: v for k, v in json.loads((work / n.replace(" ", "_") / "manifest.json").read_text())
-                            .items() if k != "source"}, sort_keys=True) for n in engines}
-        print(f"  the four manifests (every shard's sha256) are {'the same' if len(same) == 1 else 'NOT the same'}")
+        seen: dict[str, Any] = {}
+        for name, extra in engines.items():
+            _same_rows(work / name.replace(" ", "_"), "ray" in extra, seen)(None)
+        print("  the four outputs hold the same rows and pass prep verify; the Ray runs' shards are the workers', one "
+              f"per part ({' and '.join(seen['shards'].values())} shards)")
         base = results["local, 1 process"]
         for name in ("ray, 1 worker", "ray, 2 workers"):
-            s, up, rows, _, rss = results[name]
+            s, up, rows, _, rss, *_ = results[name]
             print(f"  {name}: {s / base[0]:.2f}x the local wall time, start-up +{up - base[1]:.1f} s, "
                   f"per row {(s - up) / rows * 1e6:.0f} us vs local {(base[0] - base[1]) / rows * 1e6:.0f} us, "
                   f"RSS {rss - base[4]:+.0f} MB")
-        per_row_driver, rows = driver_cost(work / "local,_1_process")
+        per_row_writing, rows = driver_cost(work / "local,_1_process")
+        _, _, rows, _, _, cpu, cpu_one = results["ray, 2 workers"]
+        per_row_driver = max(cpu - cpu_one, 1e-3) / rows  # at least a millisecond: no zero to divide by
         from prep.files.pieces import pieces
 
         start = time.perf_counter()
         pieces(str(data))
         scan = data.stat().st_size / (time.perf_counter() - start) / 2**20
         worker_us = (results["ray, 1 worker"][0] - results["ray, 1 worker"][1]) / rows * 1e6
-        print(f"  driver: {per_row_driver * 1e6:.1f} us per row to unpickle and write shards "
-              f"({1 / per_row_driver:,.0f} rows/s); planning scan of the JSONL {scan:,.0f} MB/s")
+        print(f"  tokenize's driver (2 workers): {cpu:.1f} CPU s on {rows:,} rows, {cpu_one:.1f} s on one row: at most "
+              f"{per_row_driver * 1e6:.2f} us per row, so at least {1 / per_row_driver:,.0f} rows/s (an upper bound on "
+              "its cost: Ray's own threads in it take CPU for as long as the run lasts); a driver that writes the "
+              f"rows (convert, dedup) {per_row_writing * 1e6:.1f} us per row to unpickle and write them "
+              f"({1 / per_row_writing:,.0f} rows/s); planning scan of the JSONL {scan:,.0f} MB/s")
         print(f"estimate (one driver; a worker per core; {a.cores_per_node} cores a node; a worker's per-row cost as "
               f"measured here with 1 Ray worker, {worker_us:.0f} us; the parts read from shared storage at no cost):")
         for nodes in (8, 64):
             cores = nodes * a.cores_per_node
             cluster = cores / (worker_us / 1e6)
-            print(f"  {nodes:3} nodes, {cores:5} workers: the workers {cluster:12,.0f} rows/s; the driver takes at most "
-                  f"{1 / per_row_driver:,.0f} rows/s -> {min(cluster, 1 / per_row_driver):,.0f} rows/s")
-
+            print(f"  {nodes:3} nodes, {cores:5} workers: the workers {cluster:12,.0f} rows/s; tokenize's driver takes "
+                  f"at least {1 / per_row_driver:,.0f} rows/s -> at least {min(cluster, 1 / per_row_driver):,.0f} "
+                  f"rows/s (a driver that wrote the rows: at most {min(cluster, 1 / per_row_writing):,.0f})")
 
 if __name__ == "__main__":
     main()
