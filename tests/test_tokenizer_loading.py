@@ -3,11 +3,13 @@ and the data verbs never import torch or transformers."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import yaml
 
 from conftest import ROOT, SAMPLES, fixture, hf_tokenizer
 from prep.core.findings import PrepError
+from prep.files import hashing
 from prep.render.tokenizer import fingerprint, load_tokenizer
 
 FOLDERS = ["samples", "qwen2.5", "llama3", "phi-3-mini", "smollm3"]
@@ -86,6 +89,26 @@ def test_the_fingerprint_is_cached_by_the_files_sha256(tmp_path: Path, monkeypat
     (folder / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 99}))
     again = load_tokenizer(folder).fingerprint()  # other files, another entry
     assert again["vocab_size"] == first["vocab_size"] and again["sha256"] != first["sha256"]
+
+
+def test_a_tokenizer_file_is_hashed_once_between_runs_until_its_bytes_change(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fingerprint's file hashes are kept between runs (start-up), by the file's times, size and inode: new bytes
+    are hashed again even when the modification time is set back (the change time moves)."""
+    monkeypatch.setenv("PREP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(hashing, "_SETTLED_NS", 0)  # a file written just now counts as settled
+    path = tmp_path / "tokenizer.json"
+    path.write_text("a")
+    first = hashing.sha256_kept(path)
+    assert first == hashlib.sha256(b"a").hexdigest()
+    [kept] = (tmp_path / "cache" / "sha256").iterdir()
+    kept.write_text(json.dumps("f" * 64))
+    assert hashing.sha256_kept(path) == "f" * 64  # read from the cache, not hashed
+    st = path.stat()
+    time.sleep(0.05)  # past the kernel's coarse clock, so the change time moves
+    path.write_text("b")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert hashing.sha256_kept(path) == hashlib.sha256(b"b").hexdigest()
 
 
 def test_a_class_prep_does_not_rebuild_loads_through_transformers_with_a_note(tmp_path: Path) -> None:

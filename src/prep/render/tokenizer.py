@@ -29,7 +29,7 @@ from tokenizers import Tokenizer as Backend
 
 from prep.core.findings import PrepError
 from prep.core.options import DEFAULT_DATE
-from prep.files.hashing import cache_path, read_cache, sha256_file, write_cache
+from prep.files.hashing import cache_path, read_cache, sha256_kept, write_cache
 from prep.files.read import config_file, read_config
 from prep.render.spans import Specials
 
@@ -110,7 +110,7 @@ class Tokenizer:
     def fingerprint(self) -> dict[str, Any]:
         """What shards record about the tokenizer: its name and folder, the sha256 of its files, the sha256 of its
         vocabulary (token -> id, added tokens included: what the ids mean), the vocabulary size, the special ids."""
-        files = {p.name: sha256_file(p) for p in sorted(self.path.iterdir())
+        files = {p.name: sha256_kept(p) for p in sorted(self.path.iterdir())
                  if p.is_file() and _TOKENIZER_FILES.match(p.name)}
         sha = hashlib.sha256("".join(f"{n}\0{h}\n" for n, h in files.items()).encode()).hexdigest()
         cache = cache_path("fingerprints", f"{sha}-{self.loaded_as}-{_FINGERPRINT_VERSION}.json")

@@ -17,7 +17,6 @@ Ray is imported only here, and only when `--engine ray` is asked for.
 
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 from collections.abc import Callable, Iterator, Sequence
@@ -65,6 +64,8 @@ class Ran:
 def connect(engine: Engine) -> int:
     """Connect to Ray: to `engine.address`, or to a Ray this process already started, or to a new local Ray with
     this machine's cores (loopback only, no usage reporting). Returns the number of workers the stage gets."""
+    import logging  # noqa: PLC0415 - start-up time: only Ray's runs set log levels
+
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not engine.address:  # a one-machine Ray: every process on the loopback address (read when Ray is imported)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import multiprocessing
 import os
 import queue
 import signal
@@ -83,6 +82,8 @@ def run_encoder(batches: Iterable[Batch[Record]], encoder: Encoder, workers: int
 def _in_pool(fn: Any, items: Iterable[Any], work: Any, workers: int) -> Iterator[Any]:
     """`fn(item)` for every item, in order, in a pool of `workers` processes that hold `work` (at most two items
     per worker in flight)."""
+    import multiprocessing  # noqa: PLC0415 - start-up time: one worker needs no pool
+
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     # One Rust thread per worker (the workers are the parallelism), and no fork warning from tokenizers.
     saved = os.environ.get("TOKENIZERS_PARALLELISM")
