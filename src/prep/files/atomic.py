@@ -165,9 +165,9 @@ class Staged(AllOrNothing):
         self._scratch: list[Path] = []
         self._pending = True
 
-    def scratch(self) -> Path:
-        """Another temporary file beside the target, gone when this one is closed or aborted."""
-        path = new_temp(self.target)
+    def scratch(self, folder: bool = False) -> Path:
+        """Another temporary file (or folder) beside the target, gone when this one is closed or aborted."""
+        path = new_temp(self.target, folder)
         self._scratch.append(path)
         return path
 
@@ -192,7 +192,7 @@ class Staged(AllOrNothing):
 
     def _drop_scratch(self) -> None:
         while self._scratch:
-            self._scratch.pop().unlink(missing_ok=True)
+            _remove(self._scratch.pop())
 
 
 def link_others(old: Path, new: Path) -> None:

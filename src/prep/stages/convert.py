@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +48,50 @@ class _Convert:
         return from_records(read_part(part, self.skip), self.to, self.options, self.ids, self.media, self.tool_calls)
 
 
+@dataclass(frozen=True)
+class _ConvertAndWrite:
+    """The stage a Ray worker runs over one part when it writes the part itself (design §13): `_Convert`'s rows
+    written as JSONL into a folder beside the output being made (`PART.jsonl`, its rejects `PART.rejects.jsonl`),
+    as the driver would write them. It hands back the files, their rows and the part's tallies, never a row."""
+
+    convert: _Convert
+    folder: str
+    rejects: bool
+
+    def __call__(self, job: tuple[int, Part]) -> Iterator[_WrittenRows]:
+        index, part = job
+        tally, files = Tally(), {}
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(RowWriter(f"{self.folder}/{index:06d}.jsonl", "jsonl"))
+            bad = stack.enter_context(RowWriter(f"{self.folder}/{index:06d}.rejects.jsonl", "jsonl")) \
+                if self.rejects else None
+            for batch in self.convert(part):
+                _take(batch, out, bad, tally, files)
+        yield _WrittenRows(out.path, out.rows, bad.path if bad else None, bad.rows if bad else 0, tally, files)
+
+
+@dataclass
+class _WrittenRows:
+    """A part a Ray worker wrote: its rows file and rejects file (with their row counts), its tally and each
+    input file's."""
+
+    rows: str
+    written: int
+    rejects: str | None
+    rejected: int
+    tally: Tally
+    files: dict[str, Tally]
+
+
+def _take(batch: Batch[Any], out: RowWriter, bad: RowWriter | None, tally: Tally, files: dict[str, Tally]) -> None:
+    """A converted batch written, its rejects kept in file order (with the rows that went on altered), counted."""
+    out.write(batch.items)
+    batch.rejects.sort(key=lambda r: r.source.row)  # unreadable lines first otherwise: keep file order
+    keep_rejects(batch, bad)  # with the rows that went on altered
+    tally.count(batch)
+    count_by_file(batch, files)
+
+
 @checked("convert")
 @streaming()
 def convert(inputs: Inputs, to: str, output: str = "-", *, rejects: str | None = None,
@@ -68,24 +112,33 @@ def convert(inputs: Inputs, to: str, output: str = "-", *, rejects: str | None =
     options = make_options(to, settings if settings is not None else inputs.settings)
     where = Engine(engine, ray_address, ray_workers)
     ran = Ran()
+    stage = _Convert(to, options, ids, inputs.skip, media, write_tool_calls)
+    parts: list[Part] = []
     if where.ray:
         from_records([], to, options, ids)  # a read-only format is refused before anything runs
-        rows: Iterable[Batch[Any]] = run_parts(plan_inputs(inputs, result.formats, parts_wanted(where)),
-                                               _Convert(to, options, ids, inputs.skip, media, write_tool_calls),
-                                               where, ran)
-    else:
-        rows = from_records(read_inputs(inputs, result.formats), to, options, ids, media, write_tool_calls)
+        parts = plan_inputs(inputs, result.formats, parts_wanted(where))
     meter = Meter(progress)
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(RowWriter(output))
         bad = stack.enter_context(RowWriter(rejects, "jsonl")) if rejects else None
-        for batch in rows:
-            out.write(batch.items)
-            batch.rejects.sort(key=lambda r: r.source.row)  # unreadable lines first otherwise: keep file order
-            keep_rejects(batch, bad)  # with the rows that went on altered
-            result.tally.count(batch)
-            count_by_file(batch, result.files)
-            meter.add(len(batch.items) + len(batch.rejects))
+        if where.ray and out.container == "jsonl" and out.staged is not None:  # the workers write their parts
+            folder = str(out.staged.scratch(folder=True).resolve())
+            written = stack.enter_context(contextlib.closing(run_parts(
+                list(enumerate(parts)), _ConvertAndWrite(stage, folder, bad is not None), where, ran)))
+            for part in written:  # in input order: the files' lines copied, the counts added
+                out.append(part.rows, part.written)
+                if bad is not None and part.rejects is not None:
+                    bad.append(part.rejects, part.rejected)
+                result.tally.follow(part.tally)
+                for file, tally in part.files.items():
+                    result.files.setdefault(file, Tally()).follow(tally)
+                meter.add(part.tally.read)
+        else:
+            rows = run_parts(parts, stage, where, ran) if where.ray else \
+                from_records(read_inputs(inputs, result.formats), to, options, ids, media, write_tool_calls)
+            for batch in rows:
+                _take(batch, out, bad, result.tally, result.files)
+                meter.add(len(batch.items) + len(batch.rejects))
     if where.ray:
         result.engine = ran.to_dict()
     return result
