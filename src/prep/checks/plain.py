@@ -27,8 +27,9 @@ from itertools import repeat
 import msgspec
 import numpy as np
 
-from prep.checks.rules.quality import PlainChat, shouting
+from prep.checks.rules.quality import shouting
 from prep.checks.rules.text import suspicious
+from prep.formats.chat_lines import PlainChat
 
 _decode = msgspec.json.Decoder(PlainChat).decode
 _ESCAPE = re.compile(rb"\\[bfu]")  # escapes that can spell a control or zero-width character (or a colon)

@@ -60,11 +60,16 @@ def kind_of(record: Record) -> str:
 
 def record_id(row: Any, source: Source, key: str = "id") -> str:
     """The row's own id when it has one, else `<file name>:<row number>` (stable across runs)."""
-    if isinstance(row, dict):
-        own = row.get(key)
-        if isinstance(own, (str, int)) and not isinstance(own, bool) and str(own).strip():
-            return str(own)
+    if isinstance(row, dict) and (own := own_id(row.get(key))) is not None:
+        return own
     return f"{_basename(source.file)}:{source.row}"
+
+
+def own_id(value: Any) -> str | None:
+    """An id value as a row's own id: a string or integer (not a boolean) that is not blank; else None."""
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
+        return str(value)
+    return None
 
 
 _basename = functools.lru_cache(maxsize=64)(os.path.basename)  # runs once per row, on a few file names

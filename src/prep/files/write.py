@@ -99,6 +99,15 @@ class RowWriter(AllOrNothing):
             shutil.copyfileobj(f, self.out)
         self.rows += rows
 
+    def write_lines(self, data: bytes, rows: int) -> None:
+        """`rows` rows already encoded as `write` encodes them, UTF-8 JSONL lines with their newlines (a fast
+        lane's rows, formats.chat_lines): written as they are. JSONL only."""
+        if self.container != "jsonl":
+            raise PrepError(f"{self.path}: only JSONL lines can be written as they are")
+        with self._named():
+            self.out.write(data)
+        self.rows += rows
+
     @contextlib.contextmanager
     def _named(self) -> Iterator[None]:
         """An OS error without a file name (a full disk on write or close) names this writer's output, so a verb

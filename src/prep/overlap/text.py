@@ -16,9 +16,11 @@ token, so word n-grams there are character n-grams.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import unicodedata
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,8 +50,13 @@ def compared(record: Record, compare: Compare) -> str:
     text = record.get("text")
     if isinstance(text, str):
         return normalize(text, compare)
-    return "".join([f"{_TURN}{m['role']}{_ROLE}{normalize(_turn_text(m), compare)}" for side in _SIDES
-                    if side in record for m in record[side] if compare.fields == "all" or m["role"] == compare.fields])
+    return tagged([(m["role"], _turn_text(m)) for side in _SIDES if side in record for m in record[side]], compare)
+
+
+def tagged(turns: Iterable[tuple[str, str]], compare: Compare) -> str:
+    """Turns (role, text) as compared: the chosen ones, role-tagged, each normalised (`compared` of their record)."""
+    fields, norm = compare.fields, normalizer(compare)
+    return "".join([f"{_TURN}{role}{_ROLE}{norm(text)}" for role, text in turns if fields == "all" or role == fields])
 
 
 def _turn_text(message: dict[str, Any]) -> str:
@@ -64,13 +71,22 @@ def _turn_text(message: dict[str, Any]) -> str:
 def normalize(text: str, compare: Compare) -> str:
     """NFKC (full-width letters, ligatures and compatibility forms become their plain forms), case folded,
     whitespace runs made one space and trimmed, as `compare` asks."""
-    if compare.nfkc and not text.isascii():  # ASCII is NFKC already
-        text = unicodedata.normalize("NFKC", text)
-    if compare.ignore_case:
-        text = text.casefold()
-    if compare.ignore_space:
-        text = " ".join(text.split())
-    return text
+    return normalizer(compare)(text)
+
+
+@functools.cache
+def normalizer(compare: Compare) -> Callable[[str], str]:
+    """`normalize` with `compare`'s choices made once: the function a long run calls per turn."""
+    nfkc, fold, space = compare.nfkc, compare.ignore_case, compare.ignore_space
+
+    def norm(text: str) -> str:
+        if nfkc and not text.isascii():  # ASCII is NFKC already
+            text = unicodedata.normalize("NFKC", text)
+        if fold:
+            text = text.casefold()
+        return " ".join(text.split()) if space else text
+
+    return norm
 
 
 def turns(text: str) -> list[str]:

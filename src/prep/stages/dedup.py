@@ -9,14 +9,19 @@ set in view, which rows repeat which (exact keys grouped, near pairs from the LS
 input order: a row goes when it repeats an earlier row that stays). The second pass writes the
 rows that stay and rejects the others. Memory: about 400 bytes a row for the sketches, none for
 the rows themselves.
+
+Locally, batches of plain chat rows (formats.chat_lines) take a fast lane (`_lanes`): no records, the keys,
+sketches and output lines made straight from the typed rows. The same bytes out as the careful path
+(tests/test_dedup_lanes.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -26,9 +31,10 @@ from prep.core.heap import streaming
 from prep.core.options import checked
 from prep.core.records import Record
 from prep.core.result import Meter, ProgressFn, Result, outputs
-from prep.formats.inputs import Inputs, Part, plan_inputs, read_inputs, read_part
+from prep.formats.chat_lines import ChatLines, read_chats
+from prep.formats.inputs import Inputs, Part, plan_inputs, read_part
 from prep.overlap import near
-from prep.overlap.text import Compare, compared
+from prep.overlap.text import Compare, compared, tagged
 from prep.stages.engine import LOCAL, Engine, Ran, parts_wanted, run_parts
 from prep.stages.record_writer import RecordsOut, Removes, open_rejects
 
@@ -54,6 +60,52 @@ def fingerprint_batch(records: list[Record], compare: Compare, threshold: float 
     return keys, near.sketch(texts, threshold) if threshold is not None else None
 
 
+class _Done(NamedTuple):
+    """What `_ChatStep` makes of plain chat rows: their exact keys, sketches, ids and written lines (each when asked)."""
+
+    keys: bytes | None  # 16 bytes a row
+    sketches: near.Sketches | None
+    ids: list[str] | None  # None: each row's is its place (ChatLines.ids)
+    written: tuple[bytes, list[int]] | None  # ChatLines.written
+
+
+@dataclass(frozen=True)
+class _ChatStep:
+    """The work on a batch of plain chat rows (formats.chat_lines): None when the lines are not all plain chat rows
+    (then they are read the careful way)."""
+
+    compare: Compare | None  # None: no keys (pass two)
+    threshold: float | None  # sketches too
+    encode: bool  # the lines as written (RecordsOut.encodes)
+
+    def __call__(self, chats: ChatLines) -> _Done | None:
+        if not chats.plain():
+            return None
+        assert chats.rows is not None
+        compare = self.compare
+        texts = [] if compare is None else [tagged([(m.role, m.content) for m in row.messages], compare)
+                                            for row in chats.rows]
+        ids = chats.ids()
+        return _Done(None if compare is None else b"".join(map(near.exact_key, texts)),
+                     near.sketch(texts, self.threshold) if self.threshold is not None else None, ids,
+                     chats.written(ids) if self.encode else None)
+
+
+Laned = Batch[Record] | tuple[ChatLines, _Done]
+
+
+def _lanes(items: Iterator[Batch[Record] | ChatLines], step: _ChatStep) -> Iterator[Laned]:
+    """`read_chats`'s batches in order, each `ChatLines` with `step` done on it, or read the careful way when it is
+    not plain."""
+    for item in items:
+        if not isinstance(item, ChatLines):
+            yield item
+        elif (done := step(item)) is None:
+            yield from item.careful()
+        else:
+            yield item, done
+
+
 @dataclass(frozen=True)
 class _Fingerprint:
     """Pass one's per-batch step over one part (`--engine ray`: on the workers): each batch's keys, sketches, the
@@ -63,7 +115,12 @@ class _Fingerprint:
     threshold: float | None
     skip: dict[str, list[int]] = field(default_factory=dict)
 
-    def batch(self, batch: Batch[Record]) -> tuple[np.ndarray, near.Sketches | None, list[str], int]:
+    def batch(self, batch: Laned) -> tuple[np.ndarray, near.Sketches | None, list[str], int]:
+        if isinstance(batch, tuple):  # plain chat rows, fingerprinted already
+            chats, done = batch
+            assert done.keys is not None
+            return (np.frombuffer(done.keys, np.uint8).reshape(-1, 16), done.sketches,
+                    [chats.file] * len(chats), len(chats))
         keys, sketches = fingerprint_batch(batch.items, self.compare, self.threshold)
         return keys, sketches, [src.file for src in batch.sources], len(batch.items) + len(batch.rejects)
 
@@ -77,7 +134,7 @@ def fingerprint(inputs: Inputs, compare: Compare, threshold: float | None, forma
     keys, sketches, files, file_of = [], [], {}, []
     step = _Fingerprint(compare, threshold, inputs.skip)
     batches = run_parts(plan_inputs(inputs, formats, parts_wanted(engine)), step, engine, ran or Ran()) \
-        if engine.ray else map(step.batch, read_inputs(inputs, formats))
+        if engine.ray else map(step.batch, _lanes(read_chats(inputs, formats), _ChatStep(compare, threshold, False)))
     for k, s, row_files, read in batches:
         keys.append(k)
         if s is not None:
@@ -138,8 +195,8 @@ def dedup(inputs: Inputs, output: str, *, rejects: str | None = None, exact: boo
     if exact:
         with contextlib.ExitStack() as stack:
             out = RecordsOut(stack, output, to, result.tally, open_rejects(stack, rejects, output))
-            for batch in _first_copies(read_inputs(inputs, result.formats), compare, meter):
-                out.write(batch)
+            step = _ChatStep(compare, None, out.encodes)
+            _first_copies(_lanes(read_chats(inputs, result.formats), step), compare, meter, out)
         result.exact = result.tally.rejected["duplicate"]
         return result
     _remove(inputs, fingerprint(inputs, compare, near, result.formats, meter), near, output, rejects, to, result)
@@ -155,45 +212,81 @@ def _remove(inputs: Inputs, fp: Fingerprints, threshold: float | None, output: s
     with contextlib.ExitStack() as stack:
         bad = open_rejects(stack, rejects, output)
         out = RecordsOut(stack, output, to, result.tally, bad)
-        for batch in _marked(read_inputs(inputs), twin, score):
-            out.write(batch)
+        _marked(_lanes(read_chats(inputs), _ChatStep(None, None, out.encodes)), twin, score, out)
 
 
-def _first_copies(batches: Iterator[Batch[Record]], compare: Compare, meter: Meter) -> Iterator[Batch[Record]]:
+# A row that stays, as a reject names it: its id (None: `<file name>:<row>`, as record_id makes it), file, line and
+# row number (a tuple: one per distinct row is kept)
+First = tuple[str | None, str, int, int]
+
+
+def _first_copies(batches: Iterator[Laned], compare: Compare, meter: Meter, out: RecordsOut) -> None:
     """One pass, exact duplicates only: a row whose key was seen becomes a reject naming the first row with it."""
-    seen: dict[bytes, tuple[str, Source]] = {}
+    seen: dict[bytes, First] = {}
     for batch in batches:
-        keys = [near.exact_key(compared(r, compare)) for r in batch.items]  # bytes: no array row per key
-        out: Batch[Record] = batch.carry()
-        for record, source, key in zip(batch.items, batch.sources, keys, strict=True):
-            first = seen.setdefault(key, (record["id"], source))
-            if first[1] is source:
-                out.add(record, source)
+        if isinstance(batch, tuple):  # plain chat rows, with their keys
+            chats, done = batch
+            keys, ids, file = done.keys, done.ids, chats.file
+            assert keys is not None
+            gone, rejects = [], []
+            line, row = chats.part.piece.line + 1, chats.part.piece.row + 1
+            for k in range(len(chats)):
+                first = seen.get(key := keys[16 * k:16 * k + 16])
+                if first is None:
+                    seen[key] = (ids[k] if ids else None, file, line + k, row + k)
+                else:
+                    gone.append(k)
+                    rejects.append(_reject(chats.record(k), chats.source(k), first, 1_000_000))
+            out.write_chats(chats, gone, rejects, done.written)
+            meter.add(len(chats))
+            continue
+        kept: Batch[Record] = batch.carry()
+        for record, source in zip(batch.items, batch.sources, strict=True):
+            first = seen.setdefault(near.exact_key(compared(record, compare)), entry := (record["id"], *_place(source)))
+            if first is entry:
+                kept.add(record, source)
             else:
-                out.rejects.append(_reject(record, source, *first, 1_000_000))
+                kept.rejects.append(_reject(record, source, first, 1_000_000))
         meter.add(len(batch.items) + len(batch.rejects))
-        yield out
+        out.write(kept)
 
 
-def _marked(batches: Iterator[Batch[Record]], twin: np.ndarray, score: np.ndarray) -> Iterator[Batch[Record]]:
+def _place(source: Source) -> tuple[str, int, int]:
+    return source.file, source.line, source.row
+
+
+def _marked(batches: Iterator[Laned], twin: np.ndarray, score: np.ndarray, out: RecordsOut) -> None:
     """Pass two: the rows with a twin become rejects naming it (the twin comes earlier, so it has been seen)."""
-    wanted = set(twin[twin >= 0].tolist())
-    seen: dict[int, tuple[str, Source]] = {}
+    wanted = np.zeros(len(twin), bool)
+    wanted[twin[twin >= 0]] = True
+    seen: dict[int, First] = {}
     index = 0
     for batch in batches:
-        out: Batch[Record] = batch.carry()
+        if isinstance(batch, tuple):  # plain chat rows
+            chats, done = batch
+            for k in np.flatnonzero(wanted[index:index + len(chats)]).tolist():
+                seen[index + k] = (done.ids[k] if done.ids else None, *_place(chats.source(k)))
+            gone = np.flatnonzero(twin[index:index + len(chats)] >= 0).tolist()
+            rejects = [_reject(chats.record(k), chats.source(k), seen[int(twin[index + k])], int(score[index + k]))
+                       for k in gone]
+            index += len(chats)
+            out.write_chats(chats, gone, rejects, done.written)
+            continue
+        kept: Batch[Record] = batch.carry()
         for record, source in zip(batch.items, batch.sources, strict=True):
-            if index in wanted:
-                seen[index] = (record["id"], source)
+            if wanted[index]:
+                seen[index] = (record["id"], *_place(source))
             if twin[index] < 0:
-                out.add(record, source)
+                kept.add(record, source)
             else:
-                out.rejects.append(_reject(record, source, *seen[int(twin[index])], int(score[index])))
+                kept.rejects.append(_reject(record, source, seen[int(twin[index])], int(score[index])))
             index += 1
-        yield out
+        out.write(kept)
 
 
-def _reject(record: Record, source: Source, twin_id: str, twin: Source, score: int) -> Reject:
+def _reject(record: Record, source: Source, first: First, score: int) -> Reject:
+    twin = Source(*first[1:])
+    twin_id = first[0] or f"{os.path.basename(twin.file)}:{twin.row}"  # a plain chat row's place is its id
     where = f"line {twin.line}" if twin.file == source.file else str(twin)
     if score == 1_000_000:
         why = finding("duplicate", f"the row repeats {where} (id {twin_id})")

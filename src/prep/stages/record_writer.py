@@ -6,12 +6,13 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from prep.core.findings import Batch, Tally
+from prep.core.findings import Batch, Reject, Tally
 from prep.core.records import Record
 from prep.files.guard import check_outputs
 from prep.files.media_out import MediaOut
 from prep.files.write import RowWriter
 from prep.formats import from_records, make_options
+from prep.formats.chat_lines import ChatLines
 
 
 class RecordsOut:
@@ -29,6 +30,36 @@ class RecordsOut:
         self.out.write(rows.items)
         keep_rejects(rows, self.rejects)
         self.tally.count(rows)
+
+    @property
+    def encodes(self) -> bool:
+        """Whether plain chat rows may come as lines already encoded (`write_chats`): JSONL of openai or trl rows,
+        which write a plain chat record as {"id", "messages"}."""
+        return self.to in ("openai", "trl") and self.out.container == "jsonl"
+
+    def write_chats(self, rows: ChatLines, gone: list[int], rejects: list[Reject],
+                    written: tuple[bytes, list[int]] | None = None) -> None:
+        """A batch of plain chat rows (formats.chat_lines) less the rows at `gone` (ascending), which are `rejects`.
+        `written` (when `encodes`): every row's line as `write` would write its record, and where each ends."""
+        if written is None:
+            batch: Batch[Record] = Batch(rejects=rejects)
+            left = set(gone)
+            for k in range(len(rows)):
+                if k not in left:
+                    batch.add(rows.record(k), rows.source(k))
+            self.write(batch)
+            return
+        data, ends = written
+        if gone:  # the runs of lines between the rows that go
+            starts = [0, *ends]
+            data = b"".join([data[starts[a]:starts[b]] for a, b in zip([0, *(k + 1 for k in gone)], [*gone, len(rows)],
+                                                                       strict=True)])
+        self.out.write_lines(data, len(rows) - len(gone))
+        done: Batch[Any] = Batch(rejects=rejects)
+        keep_rejects(done, self.rejects)
+        self.tally.count(done)
+        self.tally.read += len(rows) - len(gone)
+        self.tally.written += len(rows) - len(gone)
 
 
 class Removes:

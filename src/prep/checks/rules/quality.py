@@ -16,14 +16,13 @@ import json
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
-
-import msgspec
+from typing import TYPE_CHECKING
 
 from prep.checks.locate import Loc
 from prep.core.codes import CODES
 from prep.core.findings import Finding, Source, finding
 from prep.core.records import Record, kind_of
+from prep.formats.chat_lines import PlainMessage
 from prep.overlap.text import Compare, compared
 
 if TYPE_CHECKING:
@@ -38,21 +37,6 @@ _LOWER = _UPPER.lower()
 _SIDES = ("messages", "prompt", "chosen", "rejected", "completion")
 _ANSWER_SIDE = {"chat": "messages", "preference": "chosen", "feedback": "completion"}
 _DUPLICATE = CODES["duplicate_row"]
-
-
-class PlainMessage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A message of role and text alone, as `checks.plain` decodes it (a role no plain chat starts or alternates
-    with is a decode error there). Frozen: hashable, for content keys."""
-
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str
-
-
-class PlainChat(msgspec.Struct, forbid_unknown_fields=True):
-    """A row of `messages` of role and text alone, and at most an id: what `checks.plain` proves clean in bulk."""
-
-    messages: tuple[PlainMessage, ...]
-    id: str | int | None | msgspec.UnsetType = msgspec.UNSET
 
 
 def content_key(record: Record) -> int:
