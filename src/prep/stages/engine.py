@@ -6,9 +6,10 @@ JSONL cut into pieces of whole batches on line boundaries), a pool of Ray Data a
 once (a `Work`: the stage's own per-batch functions and what they hold, the tokenizer included, put in the
 object store once and kept as actor state) and runs it over the parts it is given; the outputs come back to the
 driver in input order. Either they are rows, which the driver writes with the same writers as the local engine
-(the local engine's output, byte for byte), or, for tokenize, the worker has written its part's shards and
-rejects itself into the output's folder being made (`shards.writer.PartWriter`) and what comes back is their list
-and counts, which the driver adopts in order and commits (the same rows, a shard per part). A worker that dies
+(the local engine's output, byte for byte), or the worker has written its part itself and what comes back is
+the list of its files and its counts, which the driver adopts in order and commits: tokenize's and pack's shards
+and rejects in the output's folder being made (`shards.writer.PartWriter`: the same rows, a shard per part),
+convert's JSONL lines beside the output (copied in order: the same bytes). A worker that dies
 is restarted by Ray Data and its part run again; its output reaches the driver once, since only what a part
 returns is written or adopted, never what a worker did half-way.
 
