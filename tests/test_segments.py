@@ -99,3 +99,19 @@ def test_texts_in_the_normal_form_skip_the_normalizer_with_the_same_encodings() 
         want = tok.backend.encode_batch(texts, add_special_tokens=False)
         assert all(same(g, w, t) for g, w, t in zip(got, want, texts, strict=True))
     assert segments.bare.encode(texts[1], add_special_tokens=False).ids != got[1].ids  # the copy would not do here
+
+
+def test_an_added_token_the_normalizer_would_change_keeps_the_normalizer() -> None:
+    """An added token with normalized=true is matched in the normalized text, so the tokenizer matches the NFC form of
+    a decomposed token's content; the copy without the normalizer would match only the decomposed spelling, which no
+    NFC text holds: such a tokenizer is not given the copy (found on the second reading)."""
+    from tokenizers import AddedToken
+
+    tok = load_tokenizer(fixture("tokenizers", "qwen2.5"))
+    tok.backend.add_tokens([AddedToken("e\u0301x", normalized=True)])
+    texts = ["\u00e9x and caf\u00e9x", "e\u0301x"]
+    segments = Segments(tok.backend)
+    got = segments.encode_batch(texts)
+    want = tok.backend.encode_batch(texts, add_special_tokens=False)
+    assert [g.ids for g in got] == [w.ids for w in want]
+    assert segments.bare is None

@@ -149,9 +149,14 @@ _FORMS = {"NFC": "NFC", "NFD": "NFD", "NFKC": "NFKC", "NFKD": "NFKD"}  # the nor
 def _without_normalizer(backend: Any) -> tuple[str, Any | None]:
     """The Unicode normal form the tokenizer's normalizer applies and a copy of the tokenizer without it (sharing its
     model, pre-tokenizer, decoder and post-processor, with the same added tokens), or ("", None) when the normalizer
-    is anything else (or there is none) or the copy's added tokens do not come out the same."""
+    is anything else (or there is none), an added token it normalizes is not in the form (the tokenizer matches the
+    token's normalized content, the copy would match its content as written) or the copy's added tokens do not come
+    out the same."""
     form = _FORMS.get(type(backend.normalizer).__name__, "")
     if not form or backend.padding or backend.truncation:
+        return "", None
+    added = sorted(backend.get_added_tokens_decoder().items())
+    if any(t.normalized and not unicodedata.is_normalized(form, t.content) for _, t in added):
         return "", None
     from tokenizers import AddedToken, Tokenizer  # noqa: PLC0415 - the Rust library is loaded with the tokenizer
 
@@ -160,7 +165,6 @@ def _without_normalizer(backend: Any) -> tuple[str, Any | None]:
         if getattr(backend, part) is not None:
             setattr(bare, part, getattr(backend, part))
     bare.encode_special_tokens = backend.encode_special_tokens
-    added = sorted(backend.get_added_tokens_decoder().items())
     for _, t in added:
         token = AddedToken(t.content, single_word=t.single_word, lstrip=t.lstrip, rstrip=t.rstrip,
                            normalized=t.normalized, special=t.special)
