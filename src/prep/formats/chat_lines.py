@@ -18,7 +18,6 @@ every file that is not plain JSONL read as openai, and every input the options a
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -112,21 +111,21 @@ class ChatLines:
         return {"id": own_id(row.id) or f"{self.base}:{self.part.piece.row + k + 1}",
                 "messages": [{"role": m.role, "content": m.content} for m in row.messages]}
 
-    def written(self, ids: list[str] | None) -> tuple[bytes, list[int]]:
+    def written(self, ids: list[str] | None) -> list[bytes]:
         """Every row's record as a JSONL line of openai or trl rows, as `files.write.dumps` writes it (after
-        `plain`; `ids` from `ids`): the lines joined, and where each ends. msgspec encodes each row's messages
-        compactly, with the escapes of json's own string encoder (the same bytes for every character); the
-        separators are then spaced as json spaces them. Each pattern replaced holds a quote after `{` or `,`,
-        which no string can hold unescaped, so it is matched only between values, never inside one."""
+        `plain`; `ids` from `ids`). msgspec encodes the block's messages in one call, compactly, with the escapes of
+        json's own string encoder (the same bytes for every character); the separators are then spaced as json
+        spaces them and the rows cut apart. Each pattern replaced or cut at holds a quote after `{` or `,`, which
+        no string can hold unescaped, so it matches only between values, never inside one."""
         assert self.rows is not None
-        row = self.part.piece.row
-        out = []
-        for k, r in enumerate(self.rows):
-            turns = _encode(r.messages).replace(b'"},{"role":"', b'"}, {"role": "')
-            out.append(b'{"id": ' + _encode(ids[k] if ids else f"{self.base}:{row + k + 1}") +
-                       b', "messages": [{"role": "' + turns[10:].replace(b'","content":', b'", "content": ') +
-                       b"}\n")
-        return b"".join(out), list(itertools.accumulate(map(len, out)))
+        spaced = _encode([r.messages for r in self.rows]).replace(b'"},{"role":"', b'"}, {"role": "')
+        bodies = spaced.replace(b'","content":', b'", "content": ')[11:-4].split(b'"}],[{"role":"')  # [[{"role":" "}]]
+        if ids is None:
+            head, row = _encode(self.base)[:-1] + b":", self.part.piece.row
+            keys = [b'%b%d"' % (head, row + k) for k in range(1, len(bodies) + 1)]
+        else:
+            keys = list(map(_encode, ids))
+        return [b'{"id": %b, "messages": [{"role": "%b"}]}\n' % pair for pair in zip(keys, bodies, strict=True)]
 
 
 def read_chats(inputs: Inputs, formats_seen: dict[str, str] | None = None) -> Iterator[Batch[Record] | ChatLines]:

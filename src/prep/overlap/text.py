@@ -50,13 +50,16 @@ def compared(record: Record, compare: Compare) -> str:
     text = record.get("text")
     if isinstance(text, str):
         return normalize(text, compare)
-    return tagged([(m["role"], _turn_text(m)) for side in _SIDES if side in record for m in record[side]], compare)
+    return tagged([[(m["role"], _turn_text(m)) for side in _SIDES if side in record for m in record[side]]],
+                  compare)[0]
 
 
-def tagged(turns: Iterable[tuple[str, str]], compare: Compare) -> str:
-    """Turns (role, text) as compared: the chosen ones, role-tagged, each normalised (`compared` of their record)."""
+def tagged(chats: Iterable[Iterable[tuple[str, str]]], compare: Compare) -> list[str]:
+    """Each chat's turns (role, text) as compared: the chosen ones, role-tagged, each normalised (`compared` of
+    their record). A batch at a time: the normaliser is looked up once."""
     fields, norm = compare.fields, normalizer(compare)
-    return "".join([f"{_TURN}{role}{_ROLE}{norm(text)}" for role, text in turns if fields == "all" or role == fields])
+    return ["".join([f"{_TURN}{role}{_ROLE}{norm(text)}" for role, text in turns if fields == "all" or role == fields])
+            for turns in chats]
 
 
 def _turn_text(message: dict[str, Any]) -> str:

@@ -63,10 +63,10 @@ def fingerprint_batch(records: list[Record], compare: Compare, threshold: float 
 class _Done(NamedTuple):
     """What `_ChatStep` makes of plain chat rows: their exact keys, sketches, ids and written lines (each when asked)."""
 
-    keys: bytes | None  # 16 bytes a row
+    keys: list[bytes] | None  # 16 bytes a row
     sketches: near.Sketches | None
     ids: list[str] | None  # None: each row's is its place (ChatLines.ids)
-    written: tuple[bytes, list[int]] | None  # ChatLines.written
+    written: list[bytes] | None  # ChatLines.written
 
 
 @dataclass(frozen=True)
@@ -83,10 +83,10 @@ class _ChatStep:
             return None
         assert chats.rows is not None
         compare = self.compare
-        texts = [] if compare is None else [tagged([(m.role, m.content) for m in row.messages], compare)
-                                            for row in chats.rows]
+        texts = [] if compare is None else tagged([[(m.role, m.content) for m in row.messages]
+                                                   for row in chats.rows], compare)
         ids = chats.ids()
-        return _Done(None if compare is None else b"".join(map(near.exact_key, texts)),
+        return _Done(None if compare is None else list(map(near.exact_key, texts)),
                      near.sketch(texts, self.threshold) if self.threshold is not None else None, ids,
                      chats.written(ids) if self.encode else None)
 
@@ -119,7 +119,7 @@ class _Fingerprint:
         if isinstance(batch, tuple):  # plain chat rows, fingerprinted already
             chats, done = batch
             assert done.keys is not None
-            return (np.frombuffer(done.keys, np.uint8).reshape(-1, 16), done.sketches,
+            return (np.frombuffer(b"".join(done.keys), np.uint8).reshape(-1, 16), done.sketches,
                     [chats.file] * len(chats), len(chats))
         keys, sketches = fingerprint_batch(batch.items, self.compare, self.threshold)
         return keys, sketches, [src.file for src in batch.sources], len(batch.items) + len(batch.rejects)
@@ -230,8 +230,8 @@ def _first_copies(batches: Iterator[Laned], compare: Compare, meter: Meter, out:
             assert keys is not None
             gone, rejects = [], []
             line, row = chats.part.piece.line + 1, chats.part.piece.row + 1
-            for k in range(len(chats)):
-                first = seen.get(key := keys[16 * k:16 * k + 16])
+            for k, key in enumerate(keys):
+                first = seen.get(key)
                 if first is None:
                     seen[key] = (ids[k] if ids else None, file, line + k, row + k)
                 else:

@@ -38,28 +38,24 @@ class RecordsOut:
         return self.to in ("openai", "trl") and self.out.container == "jsonl"
 
     def write_chats(self, rows: ChatLines, gone: list[int], rejects: list[Reject],
-                    written: tuple[bytes, list[int]] | None = None) -> None:
+                    written: list[bytes] | None = None) -> None:
         """A batch of plain chat rows (formats.chat_lines) less the rows at `gone` (ascending), which are `rejects`.
-        `written` (when `encodes`): every row's line as `write` would write its record, and where each ends."""
+        `written` (when `encodes`): every row's line as `write` would write its record."""
+        left = set(gone)
         if written is None:
             batch: Batch[Record] = Batch(rejects=rejects)
-            left = set(gone)
             for k in range(len(rows)):
                 if k not in left:
                     batch.add(rows.record(k), rows.source(k))
             self.write(batch)
             return
-        data, ends = written
-        if gone:  # the runs of lines between the rows that go
-            starts = [0, *ends]
-            data = b"".join([data[starts[a]:starts[b]] for a, b in zip([0, *(k + 1 for k in gone)], [*gone, len(rows)],
-                                                                       strict=True)])
-        self.out.write_lines(data, len(rows) - len(gone))
+        kept = [line for k, line in enumerate(written) if k not in left] if left else written
+        self.out.write_lines(b"".join(kept), len(kept))
         done: Batch[Any] = Batch(rejects=rejects)
         keep_rejects(done, self.rejects)
         self.tally.count(done)
-        self.tally.read += len(rows) - len(gone)
-        self.tally.written += len(rows) - len(gone)
+        self.tally.read += len(kept)
+        self.tally.written += len(kept)
 
 
 class Removes:
