@@ -134,6 +134,23 @@ def test_jsonl_encodings(tmp_path: Path) -> None:
         rows(write(tmp_path / "nobom.jsonl", text.encode("utf-16-le")))
 
 
+def test_a_reader_closed_early_leaves_nothing_reading_a_closed_file(tmp_path: Path, monkeypatch) -> None:
+    """Format detection reads a file's first batch and closes the reader (tokenize --workers 2, dedup's lane): the
+    line reader of a UTF-16 file must be done before the file is closed, or its clean-up printed
+    "Exception ignored ... I/O operation on closed file" on stderr (found on the second reading)."""
+    import gc
+    import sys
+
+    raised: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: raised.append(u.exc_value))
+    path = write(tmp_path / "u16.jsonl", "".join(f'{{"t": {i}}}\n' for i in range(3 * BATCH_ROWS)).encode("utf-16"))
+    batches = read_rows(str(path))
+    assert len(next(batches).items) == BATCH_ROWS
+    batches.close()
+    gc.collect()
+    assert raised == []
+
+
 def test_batches_hold_at_most_batch_rows(tmp_path: Path) -> None:
     path = write(tmp_path / "a.jsonl", "".join(f'{{"i": {i}}}\n' if i % 5 else "bad\n" for i in range(23)))
     batches = list(read_rows(str(path), batch_rows=4))

@@ -321,6 +321,7 @@ def read_rows(path: str, container: str | None = None, txt_split: str = "file",
                 items = _read_txt(stream, name, txt_split, max_row_bytes)
             else:
                 raise PrepError(f"{name}: unknown input type {container!r}; one of {', '.join(CONTAINERS)}")
+        stack.callback(items.close)  # before the stream closes: a reader closed early leaves no line reader behind
         batch: Batch[Any] = Batch()
         try:
             for source, value, finding in items:
