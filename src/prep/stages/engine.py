@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,11 +75,15 @@ def connect(engine: Engine) -> int:
     ray = require_ray()
     if not ray.is_initialized():
         quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
+        main = threading.current_thread() is threading.main_thread()
+        handler = signal.getsignal(signal.SIGTERM) if main else None
         if engine.address:
             ray.init(address=engine.address, **quiet)
         else:
             ray.init(num_cpus=max(os.cpu_count() or 1, engine.workers), include_dashboard=False,
                      _node_ip_address="127.0.0.1", **quiet)
+        if handler is not None:  # Ray puts its own (a stack dump, exit 15): prep's removes what it half wrote, exit 130
+            signal.signal(signal.SIGTERM, handler)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # parts come back in input order
     context.enable_progress_bars = False  # the verb draws its own, in rows/s over the whole cluster
