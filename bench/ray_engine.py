@@ -141,7 +141,8 @@ def comparison(runner: Any, work: Path, quick: bool, log: Any = print, copies: i
         out = work / f"ray-{len(tools)}"
         tools.append(Tool(name, group, [sys.executable, "-m", "prep", *tokenize_args(data, out, extra)],
                           check=_same_rows(out, bool(extra), seen), rows=rows,
-                          baseline="prep tokenize CLI --engine ray --ray-workers 1", env=env))
+                          baseline="prep tokenize CLI --engine ray --ray-workers 1", env=env,
+                          tree=True))  # Ray's daemons are the run's own load, not the machine's
 
     def summary(measured: list[Any]) -> list[str]:
         one, two, local = (t.seconds(t.best) for t in measured)

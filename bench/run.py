@@ -134,26 +134,56 @@ class Run:
 
 # Runs the command and measures it from a small interpreter of its own: a child's peak RSS counts the memory of
 # the process it was forked from, so forked from this runner (which has rendered texts with a tokenizer loaded)
-# every tool would read as at least the runner's size.
+# every tool would read as at least the runner's size. With "tree", it also samples every 0.1 s the CPU time of each
+# process descended from the command (by pid and start time; the last sample before each ended): a tool whose
+# processes are not all waited for by it (a local Ray: its raylet, GCS and workers outlive the wait) would
+# otherwise count its own daemons as the rest of the machine's load. The run's CPU is the larger of the two.
 MEASURE = """
-import json, os, resource, subprocess, sys, time
+import json, os, resource, subprocess, sys, threading, time
+tick, seen, done = os.sysconf("SC_CLK_TCK"), {}, threading.Event()
+
+def sample(root):
+    parents, cpu = {}, {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                fields = open(f"/proc/{name}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(name)] = int(fields[1])
+            cpu[int(name)] = (fields[19], (int(fields[11]) + int(fields[12])) / tick)
+    for pid in cpu:
+        p = pid
+        while p not in (0, 1, root):
+            p = parents.get(p, 0)
+        if p == root:
+            seen[(pid, cpu[pid][0])] = cpu[pid][1]
+
 stat_before, start = open("/proc/stat").read(), time.perf_counter()
-code = subprocess.call(sys.argv[2:])
+proc = subprocess.Popen(sys.argv[3:])
+if sys.argv[2] == "tree":
+    def watch():
+        while not done.wait(0.1):
+            sample(proc.pid)
+    threading.Thread(target=watch, daemon=True).start()
+code = proc.wait()
 wall, stat_after = time.perf_counter() - start, open("/proc/stat").read()
+done.set()
 usage = resource.getrusage(resource.RUSAGE_CHILDREN)
 with open(sys.argv[1], "w") as f:
-    json.dump({"code": code, "wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_kb": usage.ru_maxrss,
-               "before": stat_before, "after": stat_after}, f)
+    json.dump({"code": code, "wall": wall, "cpu": max(usage.ru_utime + usage.ru_stime, sum(seen.values())),
+               "rss_kb": usage.ru_maxrss, "before": stat_before, "after": stat_after}, f)
 """
 
 
-def run_process(command: Sequence[str], env: dict[str, str] | None = None) -> Run:
-    """Run `command` as its own process: wall and CPU seconds, peak RSS and the machine's load around it."""
+def run_process(command: Sequence[str], env: dict[str, str] | None = None, tree: bool = False) -> Run:
+    """Run `command` as its own process: wall and CPU seconds, peak RSS and the machine's load around it (`tree`:
+    its CPU sampled over every process it started, see MEASURE)."""
     with tempfile.TemporaryDirectory() as folder:
         out, err, measured = (Path(folder) / name for name in ("out", "err", "measured.json"))
         with out.open("w") as stdout, err.open("w") as stderr:
-            subprocess.run([sys.executable, "-c", MEASURE, str(measured), *command], stdout=stdout, stderr=stderr,
-                           env=env, check=False)
+            subprocess.run([sys.executable, "-c", MEASURE, str(measured), "tree" if tree else "own", *command],
+                           stdout=stdout, stderr=stderr, env=env, check=False)
         m = json.loads(measured.read_text()) if measured.exists() else {"code": "no measurement"}
         if m["code"] != 0:
             raise RuntimeError(f"{' '.join(command[:4])} ... exited {m['code']}:\n{err.read_text()[-3000:]}")
@@ -168,7 +198,7 @@ class Tool:
     """A command to time. `seconds` reads the figure from a run (default: its wall time, the whole process; a tool
     that times an inner step prints it); `check` looks at the run's output (same tokens, same ids) and raises when
     it is wrong. `group` is the data set; `baseline` names the tool ratios are taken to in the group; `peer` marks
-    the tools prep is compared with."""
+    the tools prep is compared with; `tree` samples the CPU of every process the command starts (see MEASURE)."""
 
     name: str
     group: str
@@ -181,6 +211,7 @@ class Tool:
     peer: bool = False
     what: str = "whole process"
     env: dict[str, str] | None = None
+    tree: bool = False
     runs: list[Run] = field(default_factory=list)
     discarded: list[Run] = field(default_factory=list)
 
@@ -195,7 +226,7 @@ def measure(tool: Tool, limit: float, max_wait: float, loaded: bool, settle: flo
     while True:
         if not loaded:
             wait_quiet(limit, max(0.0, deadline - time.monotonic()), settle)
-        run = run_process(tool.command, tool.env)
+        run = run_process(tool.command, tool.env, tool.tree)
         if tool.check is not None:
             tool.check(run)
         if loaded or run.others <= limit:

@@ -86,7 +86,7 @@ def test_a_run_that_shared_the_machine_is_discarded_and_repeated(run: Any, monke
 def test_loaded_keeps_every_run_and_rounds_rotate(run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     order: list[str] = []
 
-    def fake(command: list[str], env: Any = None) -> Any:
+    def fake(command: list[str], env: Any = None, tree: bool = False) -> Any:
         order.append(command[0])
         return run.Run(1.0, 1.0, 10.0, "", 1.5)
 
@@ -103,3 +103,20 @@ def test_real_run_is_measured_in_its_own_process(run: Any) -> None:
     assert done.stdout == "hello\n" and done.wall > 0 and done.rss > 0 and done.others >= 0
     with pytest.raises(RuntimeError, match="exited 3"):
         run.run_process([sys.executable, "-c", "import sys; sys.exit(3)"])
+
+
+# a parent that leaves a child it never waits for: the child spends 0.4 s of CPU, tells the parent, and outlives it
+LEAVES_A_CHILD = """
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time, sys\\nwhile time.process_time() < 0.4: pass\\n"
+                          "print(flush=True); time.sleep(1)"], stdout=subprocess.PIPE)
+child.stdout.readline()
+time.sleep(0.3)
+os._exit(0)
+"""
+
+
+def test_tree_counts_the_cpu_of_a_child_the_command_does_not_wait_for(run: Any) -> None:
+    own = run.run_process([sys.executable, "-c", LEAVES_A_CHILD])
+    tree = run.run_process([sys.executable, "-c", LEAVES_A_CHILD], tree=True)
+    assert own.cpu < 0.3 <= tree.cpu, (own.cpu, tree.cpu)
