@@ -2,8 +2,8 @@
 reject naming the row it repeats (`duplicate_of`).
 
 `--exact` is one pass: each row's 16-byte key is looked up among the keys seen so far (the first row of
-each key is remembered: about 300 bytes a distinct row). With near duplicates, two passes over the
-inputs. The first fingerprints every row (a per-batch function: the 16-byte key
+each key is remembered, as a number in a plain chat block: 1M short rows peak at 190 MB). With near
+duplicates, two passes over the inputs. The first fingerprints every row (a per-batch function: the 16-byte key
 of its compared text and its MinHash sketch, prep.overlap); the driver then decides, with the whole
 set in view, which rows repeat which (exact keys grouped, near pairs from the LSH bands, greedy in
 input order: a row goes when it repeats an earlier row that stays). The second pass writes the
@@ -221,22 +221,30 @@ First = tuple[str | None, str, int, int]
 
 
 def _first_copies(batches: Iterator[Laned], compare: Compare, meter: Meter, out: RecordsOut) -> None:
-    """One pass, exact duplicates only: a row whose key was seen becomes a reject naming the first row with it."""
-    seen: dict[bytes, First] = {}
+    """One pass, exact duplicates only: a row whose key was seen becomes a reject naming the first row with it.
+    A plain chat block's first copies are remembered as numbers (block << 32 | row in it), set a block at a time by
+    C calls; the block's ids and place say which row a number is when a later row repeats it."""
+    seen: dict[bytes, First | int] = {}
+    blocks: list[tuple[list[str] | None, str, int, int]] = []  # per plain block: its ids, file, first line and row
+
+    def first_row(first: First | int) -> First:
+        if isinstance(first, tuple):
+            return first
+        ids, file, line, row = blocks[first >> 32]
+        k = first & 0xFFFFFFFF
+        return (ids[k] if ids else None, file, line + k, row + k)
+
     for batch in batches:
         if isinstance(batch, tuple):  # plain chat rows, with their keys
             chats, done = batch
-            keys, ids, file = done.keys, done.ids, chats.file
-            assert keys is not None
-            gone, rejects = [], []
-            line, row = chats.part.piece.line + 1, chats.part.piece.row + 1
-            for k, key in enumerate(keys):
-                first = seen.get(key)
-                if first is None:
-                    seen[key] = (ids[k] if ids else None, file, line + k, row + k)
-                else:
-                    gone.append(k)
-                    rejects.append(_reject(chats.record(k), chats.source(k), first, 1_000_000))
+            assert done.keys is not None
+            base = len(blocks) << 32
+            blocks.append((done.ids, chats.file, chats.part.piece.line + 1, chats.part.piece.row + 1))
+            numbers = range(base, base + len(done.keys))
+            firsts = list(map(seen.setdefault, done.keys, numbers))
+            gone = [] if firsts == list(numbers) else \
+                [k for k, (first, n) in enumerate(zip(firsts, numbers, strict=True)) if first != n]
+            rejects = [_reject(chats.record(k), chats.source(k), first_row(firsts[k]), 1_000_000) for k in gone]
             out.write_chats(chats, gone, rejects, done.written)
             meter.add(len(chats))
             continue
@@ -246,7 +254,7 @@ def _first_copies(batches: Iterator[Laned], compare: Compare, meter: Meter, out:
             if first is entry:
                 kept.add(record, source)
             else:
-                kept.rejects.append(_reject(record, source, first, 1_000_000))
+                kept.rejects.append(_reject(record, source, first_row(first), 1_000_000))
         meter.add(len(batch.items) + len(batch.rejects))
         out.write(kept)
 
