@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from itertools import repeat
 
-import msgspec
 import numpy as np
 
 from prep.checks.rules.quality import shouting
 from prep.checks.rules.text import suspicious
-from prep.formats.chat_lines import PlainChat
+from prep.formats.chat_lines import plain_rows
 
-_decode = msgspec.json.Decoder(PlainChat).decode
 _ESCAPE = re.compile(rb"\\[bfu]")  # escapes that can spell a control or zero-width character (or a colon)
 _SYSTEM = ("system", "developer")
 
@@ -53,13 +50,10 @@ class Proved:
 
 def prove(lines: list[bytes], max_chars: int) -> Proved | None:
     """The block's figures when every row in it is a plain chat no rule finds anything in; None otherwise."""
-    try:
-        rows = list(map(_decode, lines))
-    except (msgspec.DecodeError, RecursionError):
+    rows = plain_rows(lines)
+    if not rows:
         return None
     n = np.fromiter(map(len, (r.messages for r in rows)), np.int64, len(rows))
-    if not len(rows) or not n.all():
-        return None
     messages = [m for r in rows for m in r.messages]
     contents = [m.content for m in messages]
     if not all(contents) or any(map(str.isspace, contents)):
@@ -84,11 +78,6 @@ def prove(lines: list[bytes], max_chars: int) -> Proved | None:
     joined = b"\n".join(lines)
     escaped = _ESCAPE.search(joined) is not None or b"\x7f" in joined
     if any(map(suspicious, contents if escaped else (c for c in contents if not c.isascii()))):
-        return None
-    ids = [r.id for r in rows if r.id is not msgspec.UNSET]
-    colons = joined.count(b":") + (joined.count(b"\\u003a") + joined.count(b"\\u003A") if escaped else 0)
-    if colons != len(rows) + len(ids) + 2 * len(messages) + sum(map(str.count, contents, repeat(":"))) + \
-            sum(i.count(":") for i in ids if type(i) is str):
         return None
     return Proved(keys=list(map(hash, (r.messages for r in rows))), answers=[contents[e - 1] for e in ends.tolist()],
                   messages=n, characters=characters, assistant_characters=np.add.reduceat(lengths * assistant, starts),

@@ -53,6 +53,26 @@ _decode = msgspec.json.Decoder(PlainChat).decode
 _encode = msgspec.json.Encoder().encode
 
 
+def plain_rows(lines: list[bytes]) -> list[PlainChat] | None:
+    """The lines as typed rows when every one is a plain chat row with at least one message and no key repeated,
+    which the typed decoding would hide: the lines' colons (escaped ones counted) must be exactly those of their
+    keys and their text. None otherwise. Dedup's lane (`ChatLines.plain`) and validate's proof (checks.plain)."""
+    try:
+        rows = list(map(_decode, lines))
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    if not all(r.messages for r in rows):
+        return None
+    data = b"".join(lines)
+    ids = [r.id for r in rows if r.id is not msgspec.UNSET]
+    texts = "".join(m.content for r in rows for m in r.messages)
+    keys = len(rows) + len(ids) + 2 * sum(len(r.messages) for r in rows)
+    colons = data.count(b":") + (data.count(b"\\u003a") + data.count(b"\\u003A") if b"\\u003" in data else 0)
+    if colons != keys + texts.count(":") + "".join(i for i in ids if type(i) is str).count(":"):
+        return None
+    return rows
+
+
 @dataclass
 class ChatLines:
     """A block of lines that may all be plain chat rows (see the module): what `part` (exactly these lines) reads.
@@ -72,22 +92,9 @@ class ChatLines:
         return len(self.lines)
 
     def plain(self) -> bool:
-        """Decode the lines; False when one of them is no plain chat row, or may repeat a key, which the typed
-        decoding would hide (the colons of the lines must be exactly those of the keys and the text)."""
-        try:
-            rows = list(map(_decode, self.lines))
-        except (msgspec.DecodeError, RecursionError):
-            return False
-        data = b"".join(self.lines)
-        if not all(r.messages for r in rows) or b"\\u003" in data:  # an escaped colon hides a key's from the count
-            return False
-        ids = [r.id for r in rows if r.id is not msgspec.UNSET]
-        texts = [m.content for r in rows for m in r.messages]
-        colons = len(rows) + len(ids) + 2 * len(texts) + "".join(texts).count(":")
-        if data.count(b":") != colons + "".join(i for i in ids if type(i) is str).count(":"):
-            return False
-        self.rows = rows
-        return True
+        """Decode the lines (`plain_rows`); False when one of them is no plain chat row."""
+        self.rows = plain_rows(self.lines)
+        return self.rows is not None
 
     def careful(self) -> Iterator[Batch[Record]]:
         """The lines read the careful way (records, findings, rejects), as `read_inputs` reads them."""

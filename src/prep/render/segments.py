@@ -143,7 +143,7 @@ def _splitter(backend: Any) -> re.Pattern[str] | None:
     return re.compile("|".join(re.escape(t.content) for t in sorted(added, key=lambda t: -len(t.content))))
 
 
-_FORMS = {"NFC": "NFC", "NFD": "NFD", "NFKC": "NFKC", "NFKD": "NFKD"}  # the normalizer classes that are a normal form
+_FORMS = frozenset({"NFC", "NFD", "NFKC", "NFKD"})  # the normalizer classes that are a Unicode normal form, by name
 
 
 def _without_normalizer(backend: Any) -> tuple[str, Any | None]:
@@ -152,8 +152,8 @@ def _without_normalizer(backend: Any) -> tuple[str, Any | None]:
     is anything else (or there is none), an added token it normalizes is not in the form (the tokenizer matches the
     token's normalized content, the copy would match its content as written) or the copy's added tokens do not come
     out the same."""
-    form = _FORMS.get(type(backend.normalizer).__name__, "")
-    if not form or backend.padding or backend.truncation:
+    form = type(backend.normalizer).__name__
+    if form not in _FORMS or backend.padding or backend.truncation:
         return "", None
     added = sorted(backend.get_added_tokens_decoder().items())
     if any(t.normalized and not unicodedata.is_normalized(form, t.content) for _, t in added):
