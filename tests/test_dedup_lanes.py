@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 import prep
 from prep.formats import chat_lines
+from prep.overlap.text import Compare, tagged, tagged_turns
 
 WORDS = ["alpha", "Beta", "gamma:", "delta", "straße", "Ｈｅｌｌｏ", "你好", "say \"hi\"", "back\\slash", "tab\there",
          "line\nbreak", "ctl\x01x", "é", "😀", "  spaced  ", "colon:", "{brace}", "</think>"]
@@ -133,3 +136,25 @@ def test_the_lane_covers_the_plain_batches(inputs: list[str]) -> None:
     batches = list(chat_lines.read_chats(prep.Inputs(inputs, max_row_bytes=4096)))
     plain = [b.plain() for b in batches if isinstance(b, chat_lines.ChatLines)]
     assert plain.count(True) >= 2 and len(plain) < len(batches)
+
+
+PIECES = ["a", "Word", "ΣΑΣ", "straße", "Ｈｅｌｌｏ", "\u00a8x", "e\u0301", "ﬁ", "你好", "😀", " ", "  ", "\t", "\n", "\r\n",
+          "\u00a0", "\u3000", "\x1c", "\x1e", "\x1f", "\x01", ":", "\\"]
+
+
+@settings(max_examples=300, deadline=None)
+@example([[("user", " A\tb\nc\x0bd\x0ce\rf\x1cg\x1dh\x1ei\x1fj  \t k ")]], "all", True, True, True)  # ASCII space
+@example([[("user", "A\x00b")], [("assistant", " x ")]], "all", True, True, True)  # a NUL: turn by turn
+@example([[("user", "Ä\x00")], [("assistant", "x")]], "all", True, True, True)
+@given(st.lists(st.lists(st.tuples(st.sampled_from(["system", "user", "assistant"]),
+                                   st.lists(st.sampled_from(PIECES), max_size=6).map("".join)),
+                         min_size=1, max_size=3), min_size=1, max_size=6),
+       st.sampled_from(["all", "user", "assistant"]), st.booleans(), st.booleans(), st.booleans())
+def test_the_flat_compared_texts_are_the_tagged_ones(chats: list[list[tuple[str, str]]], fields: str, nfkc: bool,
+                                                      fold: bool, space: bool) -> None:
+    """tagged_turns (dedup's lane: the ASCII turns normalised in one string) gives what `tagged` gives turn by turn,
+    whatever the whitespace, case, compatibility forms, separators or NULs in the texts."""
+    compare = Compare(fields, nfkc, fold, space)
+    flat = [turn for chat in chats for turn in chat]
+    assert tagged_turns([r for r, _ in flat], [t for _, t in flat], [len(c) for c in chats], compare) == \
+        tagged(chats, compare)

