@@ -49,10 +49,10 @@ def _row(rng: random.Random) -> dict[str, Any]:
     return {"messages": turns}
 
 
-def _line(row: dict[str, Any], rng: random.Random) -> str:
+def _line(row: dict[str, Any], rng: random.Random, ids: bool) -> str:
     """A row as some writer wrote it: prep's own spelling mostly, else ASCII escapes, no spaces, keys reordered,
-    an id of its own."""
-    pick = rng.random()
+    an id of its own (when `ids`)."""
+    pick = rng.random() if ids else rng.random() * 0.2
     if pick < 0.1:
         return json.dumps(row)  # \u escapes
     if pick < 0.15:
@@ -91,7 +91,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
         else:
             row = _row(rng)
             rows.append(row)
-        line = _line(row, rng)
+        line = _line(row, rng, n < 2048)  # the third batch: no ids
         lines.append(line + "\r" if n % 97 == 0 else line)
     lines[3200] = json.dumps({"messages": [{"role": "user", "content": "x" * 5000}]})
     a = folder / "a.jsonl"

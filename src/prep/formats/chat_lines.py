@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from itertools import chain
+from itertools import chain, compress, repeat
 from operator import attrgetter
 from typing import Literal
 
@@ -134,21 +134,31 @@ class ChatLines:
         return {"id": own_id(row.id) or f"{self.base}:{self.part.piece.row + k + 1}",
                 "messages": [{"role": m.role, "content": m.content} for m in row.messages]}
 
-    def written(self, ids: list[str] | None) -> list[bytes]:
-        """Every row's record as a JSONL line of openai or trl rows, as `files.write.dumps` writes it (after
-        `plain`; `ids` from `ids`). msgspec encodes the block's messages in one call, compactly, with the escapes of
-        json's own string encoder (the same bytes for every character); the separators are then spaced as json
-        spaces them and the rows cut apart. Each pattern replaced or cut at holds a quote after `{` or `,`, which
-        no string can hold unescaped, so it matches only between values, never inside one."""
+    def written(self, ids: list[str] | None, gone: list[int]) -> bytes:
+        """The rows but those at `gone` as JSONL lines of openai or trl rows, as `files.write.dumps` writes their
+        records (after `plain`; `ids` from `ids`). msgspec encodes the rows' messages in one call with the escapes of
+        json's own string encoder (the same bytes for every character) and spaces them as json does
+        (`json.format`, indent 0); the rows are cut apart at `"}], [{"`, which holds a quote after `{`, which no
+        string holds unescaped, so it is found only between rows, and joined again with their ids and the keys
+        between, all in C loops."""
         assert self.rows is not None
-        spaced = _encode([r.messages for r in self.rows]).replace(b'"},{"role":"', b'"}, {"role": "')
-        bodies = spaced.replace(b'","content":', b'", "content": ')[11:-4].split(b'"}],[{"role":"')  # [[{"role":" "}]]
-        if ids is None:
-            head, row = _encode(self.base)[:-1] + b":", self.part.piece.row
-            keys = [b'%b%d"' % (head, row + k) for k in range(1, len(bodies) + 1)]
+        keep = bytearray(b"\x01") * len(self.rows)
+        for k in gone:
+            keep[k] = 0
+        if not any(keep):
+            return b""
+        spaced = msgspec.json.format(_encode(list(compress(map(_MESSAGES, self.rows), keep))), indent=0)
+        bodies = spaced[4:-4].split(b'"}], [{"')  # [[{" "}]]
+        if ids is None:  # "<file name>:<row number>": the heads made by one join of the numbers
+            row, head = self.part.piece.row, _encode(self.base)[:-1].decode() + ":"
+            numbers = map(str, compress(range(row + 1, row + len(keep) + 1), keep))
+            heads = (('", "messages": [{"\x00"}]}\n{"id": ' + head).join(numbers) + '", "messages": [{"').encode() \
+                .split(b"\x00")
+            heads[0] = b'{"id": ' + head.encode() + heads[0]
         else:
-            keys = list(map(_encode, ids))
-        return [b'{"id": %b, "messages": [{"role": "%b"}]}\n' % pair for pair in zip(keys, bodies, strict=True)]
+            heads = list(map(b"".join, zip(chain([b'{"id": '], repeat(b'"}]}\n{"id": ')),
+                                           map(_encode, compress(ids, keep)), repeat(b', "messages": [{"'))))
+        return b"".join(chain.from_iterable(zip(heads, bodies, strict=True))) + b'"}]}\n'
 
 
 def read_chats(inputs: Inputs, formats_seen: dict[str, str] | None = None) -> Iterator[Batch[Record] | ChatLines]:

@@ -61,12 +61,11 @@ def fingerprint_batch(records: list[Record], compare: Compare, threshold: float 
 
 
 class _Done(NamedTuple):
-    """What `_ChatStep` makes of plain chat rows: their exact keys, sketches, ids and written lines (each when asked)."""
+    """What `_ChatStep` makes of plain chat rows: their exact keys and sketches (each when asked) and ids."""
 
     keys: list[bytes] | None  # 16 bytes a row
     sketches: near.Sketches | None
     ids: list[str] | None  # None: each row's is its place (ChatLines.ids)
-    written: list[bytes] | None  # ChatLines.written
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,6 @@ class _ChatStep:
 
     compare: Compare | None  # None: no keys (pass two)
     threshold: float | None  # sketches too
-    encode: bool  # the lines as written (RecordsOut.encodes)
 
     def __call__(self, chats: ChatLines) -> _Done | None:
         if not chats.plain():
@@ -84,10 +82,8 @@ class _ChatStep:
         assert chats.rows is not None
         compare = self.compare
         texts = [] if compare is None else tagged_turns(*chats.turns(), compare)
-        ids = chats.ids()
         return _Done(None if compare is None else list(map(near.exact_key, texts)),
-                     near.sketch(texts, self.threshold) if self.threshold is not None else None, ids,
-                     chats.written(ids) if self.encode else None)
+                     near.sketch(texts, self.threshold) if self.threshold is not None else None, chats.ids())
 
 
 Laned = Batch[Record] | tuple[ChatLines, _Done]
@@ -133,7 +129,7 @@ def fingerprint(inputs: Inputs, compare: Compare, threshold: float | None, forma
     keys, sketches, files, file_of = [], [], {}, []
     step = _Fingerprint(compare, threshold, inputs.skip)
     batches = run_parts(plan_inputs(inputs, formats, parts_wanted(engine)), step, engine, ran or Ran()) \
-        if engine.ray else map(step.batch, _lanes(read_chats(inputs, formats), _ChatStep(compare, threshold, False)))
+        if engine.ray else map(step.batch, _lanes(read_chats(inputs, formats), _ChatStep(compare, threshold)))
     for k, s, row_files, read in batches:
         keys.append(k)
         if s is not None:
@@ -194,7 +190,7 @@ def dedup(inputs: Inputs, output: str, *, rejects: str | None = None, exact: boo
     if exact:
         with contextlib.ExitStack() as stack:
             out = RecordsOut(stack, output, to, result.tally, open_rejects(stack, rejects, output))
-            step = _ChatStep(compare, None, out.encodes)
+            step = _ChatStep(compare, None)
             _first_copies(_lanes(read_chats(inputs, result.formats), step), compare, meter, out)
         result.exact = result.tally.rejected["duplicate"]
         return result
@@ -211,7 +207,7 @@ def _remove(inputs: Inputs, fp: Fingerprints, threshold: float | None, output: s
     with contextlib.ExitStack() as stack:
         bad = open_rejects(stack, rejects, output)
         out = RecordsOut(stack, output, to, result.tally, bad)
-        _marked(_lanes(read_chats(inputs), _ChatStep(None, None, out.encodes)), twin, score, out)
+        _marked(_lanes(read_chats(inputs), _ChatStep(None, None)), twin, score, out)
 
 
 # A row that stays, as a reject names it: its id (None: `<file name>:<row>`, as record_id makes it), file, line and
@@ -244,7 +240,7 @@ def _first_copies(batches: Iterator[Laned], compare: Compare, meter: Meter, out:
             gone = [] if firsts == list(numbers) else \
                 [k for k, (first, n) in enumerate(zip(firsts, numbers, strict=True)) if first != n]
             rejects = [_reject(chats.record(k), chats.source(k), first_row(firsts[k]), 1_000_000) for k in gone]
-            out.write_chats(chats, gone, rejects, done.written)
+            out.write_chats(chats, gone, rejects, done.ids)
             meter.add(len(chats))
             continue
         kept: Batch[Record] = batch.carry()
@@ -277,7 +273,7 @@ def _marked(batches: Iterator[Laned], twin: np.ndarray, score: np.ndarray, out: 
             rejects = [_reject(chats.record(k), chats.source(k), seen[int(twin[index + k])], int(score[index + k]))
                        for k in gone]
             index += len(chats)
-            out.write_chats(chats, gone, rejects, done.written)
+            out.write_chats(chats, gone, rejects, done.ids)
             continue
         kept: Batch[Record] = batch.carry()
         for record, source in zip(batch.items, batch.sources, strict=True):

@@ -37,25 +37,24 @@ class RecordsOut:
         which write a plain chat record as {"id", "messages"}."""
         return self.to in ("openai", "trl") and self.out.container == "jsonl"
 
-    def write_chats(self, rows: ChatLines, gone: list[int], rejects: list[Reject],
-                    written: list[bytes] | None = None) -> None:
-        """A batch of plain chat rows (formats.chat_lines) less the rows at `gone` (ascending), which are `rejects`.
-        `written` (when `encodes`): every row's line as `write` would write its record."""
-        left = set(gone)
-        if written is None:
+    def write_chats(self, rows: ChatLines, gone: list[int], rejects: list[Reject], ids: list[str] | None) -> None:
+        """A batch of plain chat rows (formats.chat_lines; `ids`: ChatLines.ids) less the rows at `gone` (ascending),
+        which are `rejects`: when `encodes`, written as lines made straight from the typed rows."""
+        if not self.encodes:
+            left = set(gone)
             batch: Batch[Record] = Batch(rejects=rejects)
             for k in range(len(rows)):
                 if k not in left:
                     batch.add(rows.record(k), rows.source(k))
             self.write(batch)
             return
-        kept = [line for k, line in enumerate(written) if k not in left] if left else written
-        self.out.write_lines(b"".join(kept), len(kept))
+        kept = len(rows) - len(gone)
+        self.out.write_lines(rows.written(ids, gone), kept)
         done: Batch[Any] = Batch(rejects=rejects)
         keep_rejects(done, self.rejects)
         self.tally.count(done)
-        self.tally.read += len(kept)
-        self.tally.written += len(kept)
+        self.tally.read += kept
+        self.tally.written += kept
 
 
 class Removes:
