@@ -50,12 +50,11 @@ class Proved:
 
 def prove(lines: list[bytes], max_chars: int) -> Proved | None:
     """The block's figures when every row in it is a plain chat no rule finds anything in; None otherwise."""
-    rows = plain_rows(lines)
-    if not rows:
+    plain = plain_rows(lines)
+    if not plain or not plain.rows:
         return None
-    n = np.fromiter(map(len, (r.messages for r in rows)), np.int64, len(rows))
-    messages = [m for r in rows for m in r.messages]
-    contents = [m.content for m in messages]
+    rows, messages, contents = plain.rows, plain.flat, plain.texts
+    n = np.fromiter(map(len, plain.messages), np.int64, len(rows))
     if not all(contents) or any(map(str.isspace, contents)):
         return None
     roles = np.array([m.role for m in messages])

@@ -14,6 +14,7 @@ import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import repeat
 from typing import IO, Any
 
 import msgspec
@@ -389,7 +390,7 @@ def jsonl_blocks(path: str, rows: int = BATCH_ROWS, limit: int = MAX_ROW_BYTES, 
                 return
             size = sum(map(len, block)) + len(block)  # with the newlines
             if not block or len(block) < rows and tail or size > limit and max(map(len, block)) >= limit or \
-                    any(raw[:1] != b"{" for raw in block):
+                    not all(map(bytes.startswith, block, repeat(b"{"))):
                 yield Block(Piece(path, seek, None, line, line, seek), None)
                 return
             yield Block(Piece(path, seek, len(block), line, line, seek), block)

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from itertools import chain, compress, repeat
 from operator import attrgetter
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import msgspec
 import numpy as np
@@ -57,7 +57,17 @@ _MESSAGES, _ID, _ROLE, _CONTENT = attrgetter("messages"), attrgetter("id"), attr
 _encode = msgspec.json.Encoder().encode
 
 
-def plain_rows(lines: list[bytes]) -> list[PlainChat] | None:
+class Plain(NamedTuple):
+    """A block's typed rows and, made once for whoever reads them next, their messages row by row and flat and the
+    flat messages' texts."""
+
+    rows: list[PlainChat]
+    messages: list[tuple[PlainMessage, ...]]
+    flat: list[PlainMessage]
+    texts: list[str]
+
+
+def plain_rows(lines: list[bytes]) -> Plain | None:
     """The lines as typed rows when every one is a plain chat row with at least one message and no key repeated,
     which the typed decoding would hide: the lines' colons (escaped ones counted) must be exactly those of their
     keys and their text. None otherwise. Dedup's lane (`ChatLines.plain`) and validate's proof (checks.plain)."""
@@ -71,15 +81,16 @@ def plain_rows(lines: list[bytes]) -> list[PlainChat] | None:
     data = b"".join(lines)
     ids = list(map(_ID, rows))
     unset = ids.count(msgspec.UNSET)
-    texts = "".join(map(_CONTENT, chain.from_iterable(messages)))
-    keys = 2 * len(rows) - unset + 2 * sum(map(len, messages))
+    flat = list(chain.from_iterable(messages))
+    texts = list(map(_CONTENT, flat))
+    keys = 2 * len(rows) - unset + 2 * len(flat)
     colons = int(np.count_nonzero(np.frombuffer(data, np.uint8) == ord(":")))  # numpy: 5x bytes.count
     if b"\\u003" in data:
         colons += data.count(b"\\u003a") + data.count(b"\\u003A")
     in_ids = "".join(i for i in ids if type(i) is str).count(":") if unset < len(rows) else 0
-    if colons != keys + texts.count(":") + in_ids:
+    if colons != keys + "".join(texts).count(":") + in_ids:
         return None
-    return rows
+    return Plain(rows, messages, flat, texts)
 
 
 @dataclass
@@ -90,6 +101,7 @@ class ChatLines:
     part: Part
     lines: list[bytes]  # without their newlines
     rows: list[PlainChat] | None = None
+    decoded: Plain | None = None
     file: str = field(init=False, default="")  # as Source.file names it
     base: str = field(init=False, default="")  # the file's name, the ids' head
 
@@ -102,7 +114,8 @@ class ChatLines:
 
     def plain(self) -> bool:
         """Decode the lines (`plain_rows`); False when one of them is no plain chat row."""
-        self.rows = plain_rows(self.lines)
+        self.decoded = plain_rows(self.lines)
+        self.rows = self.decoded.rows if self.decoded else None
         return self.rows is not None
 
     def careful(self) -> Iterator[Batch[Record]]:
@@ -111,10 +124,8 @@ class ChatLines:
 
     def turns(self) -> tuple[list[str], list[str], list[int]]:
         """Every row's turns flat (after `plain`): their roles and texts in order, and each row's number of turns."""
-        assert self.rows is not None
-        messages = list(map(_MESSAGES, self.rows))
-        flat = list(chain.from_iterable(messages))
-        return list(map(_ROLE, flat)), list(map(_CONTENT, flat)), list(map(len, messages))
+        assert self.decoded is not None
+        return list(map(_ROLE, self.decoded.flat)), self.decoded.texts, list(map(len, self.decoded.messages))
 
     def source(self, k: int) -> Source:
         return Source(self.file, self.part.piece.line + k + 1, self.part.piece.row + k + 1)
@@ -123,7 +134,7 @@ class ChatLines:
         """Each row's id, as `core.records.record_id` gives it (after `plain`); None when no row has an id field
         (then each row's is its place, `<file name>:<row number>`)."""
         assert self.rows is not None
-        if all(r.id is msgspec.UNSET for r in self.rows):
+        if list(map(_ID, self.rows)).count(msgspec.UNSET) == len(self.rows):
             return None
         row = self.part.piece.row
         return [own_id(r.id) or f"{self.base}:{row + k}" for k, r in enumerate(self.rows, 1)]
