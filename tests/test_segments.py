@@ -12,7 +12,7 @@ import pytest
 from conftest import fixture
 from prep.formats import read_records
 from prep.formats.inputs import Inputs
-from prep.render.segments import MIN_CHARS, Segments
+from prep.render.segments import MIN_CHARS, Segments, Tokens, _merged_back
 from prep.render.templates import get_template
 from prep.render.tokenizer import load_tokenizer
 from prep.shards.layout import read_manifest
@@ -115,3 +115,57 @@ def test_an_added_token_the_normalizer_would_change_keeps_the_normalizer() -> No
     want = tok.backend.encode_batch(texts, add_special_tokens=False)
     assert [g.ids for g in got] == [w.ids for w in want]
     assert segments.bare is None
+
+
+MANY_SCRIPTS = ["你好，世界！这是一个测试。", "emoji 😀👍🏽 family 👨‍👩‍👧 ok", "café naïve Ångström", "日本語のテキスト　全角スペース",
+                "русский текст и  двойные  пробелы", "\u200b zero width \ufeff bom", "tabs\tand\r\nnewlines\n\n\n end  "]
+
+
+@pytest.mark.parametrize("name", ["qwen2.5", "llama3", "smollm3", "phi-3-mini"])
+def test_tokens_without_offsets_answer_as_the_tokenizers_offsets(name: str) -> None:
+    """A long batch of a byte-level BPE is encoded without offsets (`Tokens`): the same ids, and char_to_token at every
+    character as the tokenizer's own offsets answer it (characters split between tokens: emoji, CJK); phi-3's
+    Metaspace pre-tokenizer is not byte-level and keeps the tokenizer's encodings."""
+    tok = load_tokenizer(fixture("tokenizers", name))
+    chatml = get_template("chatml", tok.specials)
+    records = [r for b in read_records([str(fixture("data", "llamafactory", "alpaca_en_demo.json"))]) for r in b.items]
+    texts = [chatml.render(r["messages"]).text for r in records[:250]]
+    texts += [chatml.render([{"role": "user", "content": a}, {"role": "assistant", "content": b + a}]).text
+              for a in MANY_SCRIPTS for b in MANY_SCRIPTS]
+    segments = Segments(tok.backend)
+    got = segments.encode_batch(texts)
+    want = tok.backend.encode_batch(texts, add_special_tokens=False)
+    assert [g.ids for g in got] == [w.ids for w in want]
+    if name == "phi-3-mini":
+        assert segments.widths is None and not any(isinstance(g, Tokens) for g in got)
+        return
+    assert all(isinstance(g, Tokens) for g in got)
+    for g, w, t in zip(got[-len(MANY_SCRIPTS) ** 2 - 20:], want[-len(MANY_SCRIPTS) ** 2 - 20:], texts[-len(MANY_SCRIPTS) ** 2 - 20:],
+                       strict=True):
+        assert [g.char_to_token(i) for i in range(len(t) + 2)] == [w.char_to_token(i) for i in range(len(t) + 2)]
+
+
+def test_a_vocabulary_that_merges_back_is_looked_up_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """qwen2.5 loads as transformers' Qwen2Tokenizer, which merges every word: all 151,643 vocabulary words merge back
+    to themselves, so on a run's second batch the model looks whole words up instead (the same ids), and the check is
+    kept for the next run. A vocabulary with a word its merges cannot make is left merging."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import BPE
+
+    monkeypatch.setenv("PREP_CACHE", str(tmp_path))
+    tok = load_tokenizer(fixture("tokenizers", "qwen2.5"))
+    assert not tok.backend.model.ignore_merges
+    texts = [get_template("chatml", tok.specials).render([{"role": "user", "content": f"Say {k} in words."}]).text
+             for k in range(20)]
+    want = [e.ids for e in tok.backend.encode_batch(texts, add_special_tokens=False)]
+    segments = Segments(tok.backend, tok.files_key())
+    assert [e.ids for e in segments.encode_batch(texts[:10]) + segments.encode_batch(texts[10:])] == want
+    assert tok.backend.model.ignore_merges and list((tmp_path / "merges").iterdir())
+    again = load_tokenizer(fixture("tokenizers", "qwen2.5"))
+    Segments(again.backend, again.files_key())  # the kept check: set at once
+    assert again.backend.model.ignore_merges
+
+    odd = Tokenizer(BPE({"a": 0, "b": 1, "c": 2, "ab": 3, "abc": 4, "bc": 5}, [("b", "c"), ("a", "b")]))
+    assert not _merged_back(odd)  # "abc" merges to a + bc
+    odd = Tokenizer(BPE({"a": 0, "b": 1, "c": 2, "ab": 3, "abc": 4}, [("a", "b"), ("ab", "c")]))
+    assert _merged_back(odd)

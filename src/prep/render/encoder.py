@@ -112,16 +112,17 @@ def build_encoder(tok: Tokenizer, template: AnyTemplate | None, settings: Settin
     arguments and day); plain text (pretrain) takes no template. tokenize, mix --by tokens and validate
     --tokenizer all encode through here, so they count the same tokens."""
     return Encoder(tok.backend, None if settings.kind == "pretrain" else template, tok.specials, settings,
-                   load_scheme(tok.path))
+                   load_scheme(tok.path), tok.files_key())
 
 
 class Encoder:
     """Record batches -> shard rows: everything a worker process needs, and nothing it has to import."""
 
     def __init__(self, backend: Any, template: AnyTemplate | None, specials: Specials, settings: Settings,
-                 scheme: Scheme | Unknown | None = None) -> None:
+                 scheme: Scheme | Unknown | None = None, tokenizer_key: str | None = None) -> None:
         self.backend, self.template, self.specials, self.settings = backend, template, specials, settings
-        self.segments = Segments(backend)  # repeated stretches between special tokens (system prompts, tools) once
+        # repeated stretches between special tokens (system prompts, tools) once; `tokenizer_key`: Segments'
+        self.segments = Segments(backend, tokenizer_key)
         self.scheme = scheme or Unknown("no processor folder given")
         # sft shards of a model with a media scheme carry the media column (empty lists for text-only rows)
         self.media = settings.kind == "sft" and isinstance(self.scheme, Scheme)

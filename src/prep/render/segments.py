@@ -15,29 +15,88 @@ that form, yet its pass over every character (with an alignment kept for each) c
 the texts already in the form (`unicodedata.is_normalized`: nearly all) are encoded by a copy of the tokenizer
 without the normalizer (the same model, pre-tokenizer, post-processor and added tokens, shared, not copied), the
 others by the tokenizer itself: the same ids and offsets.
+
+A BPE model keeps the merges of at most 10,000 words it has seen and never evicts one, so a long run fills it early
+and merges most later words again: the cache is made larger (`_BPE_CACHE_WORDS`). A BPE model told to merge even the
+words its vocabulary holds whole (transformers 5's Qwen2Tokenizer: `ignore_merges` false) merges every word, where
+one that ignores the merges looks a whole word up; the two give the same tokens for every text when the merges of
+every vocabulary word give back that word, one token. That is checked once per tokenizer (its files' sha256, the
+class it loads as), on a run's second batch (0.4 s for Qwen2's 151,643 words), and kept in the cache; a tokenizer
+shown to merge its words back is then run with `ignore_merges` set (on the loaded tokenizer itself, whose ids it
+does not change).
+
+The tokenizer's offsets cost about a seventh of its work (a map of every byte of the text to its character), and
+the encoder only asks where a few characters fall (`char_to_token` at each trained span's edges). A byte-level BPE
+(Qwen2, Llama 3, SmolLM3: tokens are runs of the text's UTF-8 bytes, in order, each vocabulary token one character
+per byte) tells that from its ids alone: each token's byte count, summed, gives where each token ends in the text's
+bytes. So in a long run (a batch of `_FAST_TEXTS` texts or more), a byte-level tokenizer that adds, strips and
+normalizes nothing (the copy without the normalizer, for texts in its form) encodes without offsets
+(`encode_batch_fast`), and each text's tokens are `Tokens`: its ids, where they end, and `char_to_token` as the
+tokenizer's offsets answer it. A text whose token bytes do not add up to its own is encoded again with offsets.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
+from itertools import chain
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from prep.files.hashing import cache_path, read_cache, write_cache
 
 MIN_CHARS = 256  # shorter stretches cost more to look up and join than to tokenize again
 _PROBE_BATCHES = 2  # a run that repeats no long stretch in its first batches stops looking
 _MOST = 4096  # stretches cached (and twice as many remembered as seen once), then the memory starts again
+_BPE_CACHE_WORDS = 1 << 17  # words whose merges a BPE model keeps (tokenizers' default: 10,000)
+_MERGES_PROOF = 1  # version of the kept proof that a vocabulary's words merge back to themselves
+_FAST_TEXTS = 256  # a batch at least this long turns on encoding without offsets (a one-row run never pays its set-up)
+
+
+class Tokens:
+    """A text's tokens from a byte-level BPE, without the tokenizer's offsets: the ids, and where each token's bytes
+    end in the text's UTF-8 (`ends[k] - base`, a view into the batch's running sum)."""
+
+    __slots__ = ("base", "ends", "ids", "text")
+
+    def __init__(self, ids: list[int], ends: np.ndarray, base: int, text: str) -> None:
+        self.ids, self.ends, self.base, self.text = ids, ends, base, text
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def char_to_token(self, pos: int) -> int | None:
+        """The token holding the character's first byte, as `Encoding.char_to_token` answers (a character whose bytes
+        two tokens share belongs to the first); None past the end."""
+        text = self.text
+        if not 0 <= pos < len(text):
+            return None
+        at = pos if text.isascii() else len(text[:pos].encode("utf-8"))
+        return int(self.ends.searchsorted(self.base + at, side="right"))
 
 
 class Segments:
     """`encode_batch` for the encoder: whole texts, or texts in pieces with their repeated stretches from a cache."""
 
-    def __init__(self, backend: Any) -> None:
+    def __init__(self, backend: Any, key: str | None = None) -> None:
+        """`key` names the tokenizer's files (`Tokenizer.files_key`): with it, a BPE model that merges whole
+        vocabulary words may be shown not to need to (see the module's docstring)."""
         self.backend = backend
         self.pattern = _splitter(backend)
         self.cache: dict[str, Any] = {}
         self.seen: set[int] = set()
         self.batches = self.hits = 0
         self.form, self.bare = _without_normalizer(backend)
+        # byte-level and adding, stripping and normalizing nothing (the copy without the normalizer, when there is one)
+        self.byte_level = _byte_level(backend) and (self.bare is not None or backend.normalizer is None)
+        self.widths: np.ndarray | None = None  # each token's length in bytes, once encoding without offsets is on
+        self.key = key if _merges_words(backend.model) else None  # None: nothing (more) to show
+        _larger_cache(backend.model)
+        if self.key is not None and read_cache(self._proof()) is not None:
+            self._look_up_words(read_cache(self._proof()))
 
     def __getstate__(self) -> dict[str, Any]:
         """Sent to a worker process without what it has cached (each worker fills its own) or the copy without the
@@ -47,13 +106,21 @@ class Segments:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.form, self.bare = _without_normalizer(self.backend)
+        _larger_cache(self.backend.model)  # a model comes out of its JSON with the default cache
 
     def encode_batch(self, texts: list[str]) -> list[Any]:
         """Each text's encoding (`add_special_tokens=False`), equal to encoding it whole."""
+        self.batches += 1
+        if self.key is not None and self.batches == _PROBE_BATCHES:  # a long run: worth the check
+            kept = _merged_back(self.backend)
+            write_cache(self._proof(), kept)
+            self._look_up_words(kept)
+        if self.byte_level and self.widths is None and len(texts) >= _FAST_TEXTS:
+            self.widths = _token_widths(self.backend)
+            self.byte_level = self.widths is not None
         if self.pattern is None:
             return self._encode(texts)
         plans = [self._plan(t) for t in texts]
-        self.batches += 1
         if not any(plans):
             if self.batches >= _PROBE_BATCHES and not self.hits:
                 self.pattern = None  # nothing repeats here: stop looking
@@ -61,10 +128,10 @@ class Segments:
         self.hits += 1
         new = [s for s in dict.fromkeys(s for plan in plans if plan for kind, s in plan if kind)
                if s not in self.cache]
-        inputs = [t for t, plan in zip(texts, plans, strict=True) if not plan] + \
-                 [s for plan in plans if plan for kind, s in plan if not kind] + new
-        encoded = iter(self._encode(inputs))
-        whole = [next(encoded) if not plan else None for plan in plans]
+        whole_texts = iter(self._encode([t for t, plan in zip(texts, plans, strict=True) if not plan]))
+        whole = [next(whole_texts) if not plan else None for plan in plans]
+        # pieces are joined by their offsets (Encoding.merge)
+        encoded = iter(self._encode([s for plan in plans if plan for kind, s in plan if not kind] + new, offsets=True))
         pieces = [[(kind, s, None if kind else next(encoded)) for kind, s in plan] if plan else None for plan in plans]
         if len(self.cache) + len(new) > _MOST:
             self.cache.clear()
@@ -72,18 +139,49 @@ class Segments:
             self.cache[s] = next(encoded)
         return [w if w is not None else self._merge(t, p) for t, w, p in zip(texts, whole, pieces, strict=True)]
 
-    def _encode(self, texts: list[str]) -> list[Any]:
-        """`encode_batch` of the texts, those already in the normalizer's form by the copy without it."""
+    def _proof(self) -> Path:
+        return cache_path("merges", f"{self.key}-{_MERGES_PROOF}.json")
+
+    def _look_up_words(self, merged_back: bool) -> None:
+        """Whole vocabulary words looked up, not merged, when that was shown to give the same tokens."""
+        if merged_back is True:
+            self.backend.model.ignore_merges = True
+        self.key = None
+
+    def _encode(self, texts: list[str], offsets: bool = False) -> list[Any]:
+        """Each text's encoding, or its `Tokens` once encoding without offsets is on (unless `offsets`); those
+        already in the normalizer's form by the copy without it."""
+        fast = self.widths is not None and not offsets
         if self.bare is None:
-            return self.backend.encode_batch(texts, add_special_tokens=False)
+            return self._tokens(self.backend, texts) if fast else self.backend.encode_batch(texts, add_special_tokens=False)
         normal = [unicodedata.is_normalized(self.form, t) for t in texts]
+        bare = self.bare
         if all(normal):
-            return self.bare.encode_batch(texts, add_special_tokens=False)
-        done = iter(self.bare.encode_batch([t for t, n in zip(texts, normal, strict=True) if n],
-                                           add_special_tokens=False))
+            return self._tokens(bare, texts) if fast else bare.encode_batch(texts, add_special_tokens=False)
+        mine = [t for t, n in zip(texts, normal, strict=True) if n]
+        done = iter(self._tokens(bare, mine) if fast else bare.encode_batch(mine, add_special_tokens=False))
         rest = iter(self.backend.encode_batch([t for t, n in zip(texts, normal, strict=True) if not n],
                                               add_special_tokens=False))
         return [next(done) if n else next(rest) for n in normal]
+
+    def _tokens(self, tokenizer: Any, texts: list[str]) -> list[Any]:
+        """The texts encoded without offsets, as `Tokens`; a text whose tokens' bytes do not add up to its own (never
+        seen) is encoded with the tokenizer's offsets instead."""
+        assert self.widths is not None
+        ids = [e.ids for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+        flat = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=sum(map(len, ids)))
+        ends = np.cumsum(self.widths[flat])
+        out: list[Any] = []
+        k = 0
+        for text, row in zip(texts, ids, strict=True):
+            lo, k = k, k + len(row)
+            base = int(ends[lo - 1]) if lo else 0
+            size = int(ends[k - 1]) - base if k > lo else 0
+            if size == (len(text) if text.isascii() else len(text.encode("utf-8"))):
+                out.append(Tokens(row, ends[lo:k], base, text))
+            else:
+                out.append(tokenizer.encode(text, add_special_tokens=False))
+        return out
 
     def _plan(self, text: str) -> list[tuple[bool, str]] | None:
         """The row as pieces, (True, stretch) for a cached or repeated stretch and (False, text) between them;
@@ -129,6 +227,73 @@ class Segments:
         merged = Encoding.merge(encodings, growing_offsets=True)
         merged.set_sequence_id(0)  # as a single text's encoding: char_to_token reads sequence 0
         return merged
+
+
+def _byte_level(backend: Any) -> bool:
+    """Whether the tokenizer's tokens are runs of the text's bytes, in order, with nothing added, stripped or moved:
+    byte-level BPE, its pre-tokenizer only splits (Split keeping every piece, ByteLevel adding no prefix space),
+    its post-processor keeps the offsets whole, and its added tokens match their content as written."""
+    if type(backend.model).__name__ != "BPE" or backend.pre_tokenizer is None:
+        return False
+    pre = json.loads(backend.pre_tokenizer.__getstate__())
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    if not any(step.get("type") == "ByteLevel" for step in steps) or any(
+            step.get("type") not in ("Split", "ByteLevel", "Digits", "Punctuation") or step.get("add_prefix_space")
+            or str(step.get("behavior", "Isolated")).lower() == "removed" for step in steps):
+        return False
+    post = backend.post_processor
+    if post is not None and b'"trim_offsets":true' in post.__getstate__():
+        return False
+    return not any(t.lstrip or t.rstrip or t.single_word or t.normalized
+                   for t in backend.get_added_tokens_decoder().values())
+
+
+def _token_widths(backend: Any) -> np.ndarray | None:
+    """Each token's length in bytes (a vocabulary token is one byte-level character per byte; an added token its
+    content's UTF-8), or None when a vocabulary token holds a character outside the byte-level alphabet."""
+    vocab = backend.get_vocab(with_added_tokens=False)
+    if not set("".join(vocab)) <= _BYTE_ALPHABET:
+        return None
+    widths = np.zeros(backend.get_vocab_size(with_added_tokens=True), dtype=np.int64)
+    widths[np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))] = \
+        np.fromiter(map(len, vocab), dtype=np.int64, count=len(vocab))
+    for index, token in backend.get_added_tokens_decoder().items():
+        widths[index] = len(token.content.encode("utf-8"))
+    return widths
+
+
+def _byte_alphabet() -> frozenset[str]:
+    """The 256 characters byte-level BPE writes bytes as (GPT-2's table: printable bytes as themselves, the rest
+    moved past 255)."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+            *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    moved = [256 + n for n in range(256 - len(kept))]
+    return frozenset(map(chr, kept + moved))
+
+
+_BYTE_ALPHABET = _byte_alphabet()
+
+
+def _larger_cache(model: Any) -> None:
+    if type(model).__name__ == "BPE" and hasattr(model, "_resize_cache"):
+        model._resize_cache(_BPE_CACHE_WORDS)
+
+
+def _merges_words(model: Any) -> bool:
+    """Whether a model is BPE merging every word, even those its vocabulary holds whole (and drops no merges at
+    random)."""
+    return type(model).__name__ == "BPE" and not model.ignore_merges and not model.dropout
+
+
+def _merged_back(backend: Any) -> bool:
+    """Whether the merges of every word of the BPE model's vocabulary give back that word, one token: then looking
+    whole words up gives the same tokens as merging them."""
+    tokenize = backend.model.tokenize
+    for word, index in backend.get_vocab(with_added_tokens=False).items():
+        tokens = tokenize(word)
+        if len(tokens) != 1 or tokens[0].id != index:
+            return False
+    return True
 
 
 def _splitter(backend: Any) -> re.Pattern[str] | None:

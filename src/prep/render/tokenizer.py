@@ -107,12 +107,18 @@ class Tokenizer:
     def has_chat_template(self) -> bool:
         return bool(self.chat_templates)
 
+    def _files(self) -> dict[str, str]:
+        return {p.name: sha256_kept(p) for p in sorted(self.path.iterdir()) if p.is_file() and _TOKENIZER_FILES.match(p.name)}
+
+    def files_key(self) -> str:
+        """What names this tokenizer's pipeline in the cache: the sha256 of its files and the class it loads as."""
+        return f"{_files_sha(self._files())}-{self.loaded_as}"
+
     def fingerprint(self) -> dict[str, Any]:
         """What shards record about the tokenizer: its name and folder, the sha256 of its files, the sha256 of its
         vocabulary (token -> id, added tokens included: what the ids mean), the vocabulary size, the special ids."""
-        files = {p.name: sha256_kept(p) for p in sorted(self.path.iterdir())
-                 if p.is_file() and _TOKENIZER_FILES.match(p.name)}
-        sha = hashlib.sha256("".join(f"{n}\0{h}\n" for n, h in files.items()).encode()).hexdigest()
+        files = self._files()
+        sha = _files_sha(files)
         cache = cache_path("fingerprints", f"{sha}-{self.loaded_as}-{_FINGERPRINT_VERSION}.json")
         vocab = read_cache(cache)
         if vocab is None:
@@ -122,6 +128,10 @@ class Tokenizer:
             write_cache(cache, vocab)
         return {"name": self.path.name, "path": str(self.path), "sha256": sha, "files": files, **vocab,
                 "class": self.loaded_as}
+
+
+def _files_sha(files: dict[str, str]) -> str:
+    return hashlib.sha256("".join(f"{n}\0{h}\n" for n, h in files.items()).encode()).hexdigest()
 
 
 def fingerprint(tokenizer: Any) -> dict[str, Any]:
