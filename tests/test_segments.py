@@ -169,3 +169,33 @@ def test_a_vocabulary_that_merges_back_is_looked_up_whole(tmp_path: Path, monkey
     assert not _merged_back(odd)  # "abc" merges to a + bc
     odd = Tokenizer(BPE({"a": 0, "b": 1, "c": 2, "ab": 3, "abc": 4}, [("a", "b"), ("ab", "c")]))
     assert _merged_back(odd)
+
+
+def test_a_batchs_labels_found_at_once_equal_row_by_row() -> None:
+    """The encoder labels a batch of sft rows at once (Tokens rows by one search over their run, the rows in pieces by
+    their offsets): the same table as row by row, on rows in many scripts, rows sharing a tools schema and rows whose
+    every message is trained."""
+    from prep.core.findings import Batch, Source
+    from prep.render.encoder import Encoder, Settings
+
+    tok = load_tokenizer(fixture("tokenizers", "qwen2.5"))
+    chatml = get_template("chatml", tok.specials)
+    records = [r for b in read_records([str(fixture("data", "llamafactory", "alpaca_en_demo.json"))]) for r in b.items]
+    rows = records[:100] + shared_tools_rows(30) + \
+        [{"id": f"s{k}", "messages": [{"role": "user", "content": a}, {"role": "assistant", "content": a[::-1]}]}
+         for k, a in enumerate(MANY_SCRIPTS * 3)]
+    tables = []
+    for train_on in ("assistant", "all"):
+        for at_once in (True, False):
+            encoder = Encoder(tok.backend, chatml, tok.specials, Settings("sft", train_on=train_on))
+            if not at_once:
+                encoder._at_once = lambda jobs: None
+            batch: Batch = Batch()
+            for k, r in enumerate(rows):
+                batch.add({**r, "id": r.get("id", str(k))}, Source("rows", k + 1, k + 1))
+            jobs = encoder.tokenize(encoder.prepare(batch))
+            assert encoder._at_once(jobs) is not None or not at_once
+            tables.append(encoder.encode(jobs, tokenized=True)[1])
+    assert tables[0].equals(tables[1]) and tables[2].equals(tables[3]) and not tables[0].equals(tables[2])
+    assert any(isinstance(job.encodings[0], Tokens) for job in jobs.items) and \
+        not all(isinstance(job.encodings[0], Tokens) for job in jobs.items)

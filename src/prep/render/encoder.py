@@ -48,7 +48,7 @@ from prep.core.media import PLACEHOLDERS, Item, location, pieces, placeholders
 from prep.core.records import Message, Record, kind_of
 from prep.files.media_out import MEDIA_DIR, extension
 from prep.render.builtin import Template
-from prep.render.segments import Segments
+from prep.render.segments import Segments, Tokens
 from prep.render.spans import Rendered, Span, Specials, Turn, nothing_to_train, resolve_train_on
 from prep.render.templates import AnyTemplate, document, prompt_record, prompt_text, render_pair
 from prep.render.tokenizer import Tokenizer
@@ -173,6 +173,10 @@ class Encoder:
         (`encode_measured` reads their lengths)."""
         if not tokenized:
             self.tokenize(jobs)
+        table = self._at_once(jobs)
+        if table is not None:
+            return Batch([job.record["id"] for job in jobs.items], jobs.sources, jobs.rejects, jobs.altered,
+                         jobs.dropped), table
         done = per_row(self._finish, keep=lambda job: job.record)(jobs)
         ids = Batch([job_row.id for job_row in done.items], done.sources, done.rejects, done.altered, done.dropped)
         return ids, self._table(done.items, ids.items)
@@ -349,6 +353,46 @@ class Encoder:
             "truncated", f"{longest} tokens > --max-len {max_len}: answers cut to {room} tokens, ending with "
             f"{self.template.eot if self.template else 'EOS'}", hint="raise --max-len to keep them whole")
 
+    def _at_once(self, jobs: Batch[_Job]) -> pa.Table | None:
+        """The sft table of a batch without media, none of its rows longer than `max_len`, each with a span to train,
+        its labels found at once: for the rows encoded without offsets (`segments.Tokens`), where each span's first
+        and last characters fall in their run's bytes, searched for all of them together (`_token_ranges` asks
+        row by row); for the others, their encoding's offsets. None for any other batch (the rows go one by one, to
+        be cut, dropped or rejected)."""
+        items = jobs.items
+        if self.settings.kind != "sft" or self.media or self.settings.carried or not items:
+            return None
+        by_run: dict[int, tuple[Any, list[int], list[int], list[int]]] = {}  # run -> (a row's Tokens, rows, first, last)
+        others: list[tuple[int, int, int]] = []  # (row, first token, last token + 1) of the rows with offsets
+        for row, job in enumerate(items):
+            enc = job.encodings[0]
+            spans = [(a, b) for a, b in job.plan.spans if b > a]
+            if job.plan.blocks or not spans:
+                return None
+            if isinstance(enc, Tokens):
+                _, rows, first, last = by_run.setdefault(id(enc.run), (enc, [], [], []))
+                rows += [row] * len(spans)
+                first += [enc.bytes_at(a) for a, _ in spans]  # where in the run's bytes
+                last += [enc.bytes_at(b - 1) for _, b in spans]
+            else:
+                ranges = _token_ranges(enc, spans)
+                if not ranges:
+                    return None
+                others += [(row, a, b) for a, b in ranges]
+        values, offsets, lengths = _flatten([job.encodings[0].ids for job in items])
+        if self.settings.max_len and lengths.max() > self.settings.max_len:
+            return None
+        edges = np.zeros(len(values) + 1, dtype=np.int32)
+        for enc, rows, first, last in by_run.values():
+            # a row's tokens start at lo in its run and at offsets[row] in the table
+            shift = offsets[rows] - np.array([items[r].encodings[0].lo for r in rows])
+            np.add.at(edges, enc.run.starts.searchsorted(first, side="right") - 1 + shift, 1)
+            np.add.at(edges, enc.run.starts.searchsorted(last, side="right") + shift, -1)
+        for row, a, b in others:
+            edges[offsets[row] + a] += 1
+            edges[offsets[row] + b] -= 1
+        return self._sft_table(values, offsets, lengths, np.cumsum(edges[:-1]) > 0, [job.record["id"] for job in items])
+
     # Arrow ---------------------------------------------------------------------------------------------------
 
     def _table(self, rows: list[_Row], ids: list[str]) -> pa.Table:
@@ -363,21 +407,23 @@ class Encoder:
                  for v in values], type=pa.string()))
         return table.replace_schema_metadata({MEDIA_META: json.dumps(meta)}) if self.media else table
 
+    def _sft_table(self, values: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, trained: np.ndarray,
+                   ids: list[str]) -> pa.Table:
+        """The columns of sft/pretrain shards: the rows' ids flat (`values`, cut at `offsets`), which carry loss."""
+        n = len(lengths)
+        labels = np.where(trained, values, np.int32(-100))
+        # int32 as the schema's column (an int64 sum would be cast by pyarrow.compute: 50 ms of start-up)
+        loss = np.add.reduceat(trained.astype(np.int32), offsets[:-1], dtype=np.int32) if len(values) else \
+            np.zeros(n, np.int32)
+        loss[lengths == 0] = 0  # reduceat gives an empty row the next row's first value
+        columns = [_list(offsets, values), _list(offsets, labels),
+                   _list(np.arange(n + 1, dtype=np.int32), lengths), _int32(lengths), _int32(loss), _doc_ids(ids)]
+        return pa.Table.from_arrays(columns, schema=schema(self.settings.kind))
+
     def _own_columns(self, rows: list[_Row], ids: list[str]) -> pa.Table:
-        n = len(rows)
-        doc_ids = pa.array([[i] for i in ids], type=pa.list_(pa.string()))
-        own = schema(self.settings.kind)
         if self.settings.kind in ("sft", "pretrain"):
             values, offsets, lengths = _flatten([r.parts[0] for r in rows])
-            trained = _trained(rows, offsets, len(values))
-            labels = np.where(trained, values, np.int32(-100))
-            # int32 as the schema's column (an int64 sum would be cast by pyarrow.compute: 50 ms of start-up)
-            loss = np.add.reduceat(trained.astype(np.int32), offsets[:-1], dtype=np.int32) if len(values) else \
-                np.zeros(n, np.int32)
-            loss[lengths == 0] = 0  # reduceat gives an empty row the next row's first value
-            columns = [_list(offsets, values), _list(offsets, labels),
-                       _list(np.arange(n + 1, dtype=np.int32), lengths), _int32(lengths), _int32(loss), doc_ids]
-            return pa.Table.from_arrays(columns, schema=own)
+            return self._sft_table(values, offsets, lengths, _trained(rows, offsets, len(values)), ids)
         sides = {"prompt": 1, "kto": 2, "dpo": 3}[self.settings.kind]
         flat = [_flatten([r.parts[j] for r in rows]) for j in range(sides)]
         columns = [_list(off, val) for val, off, _ in flat]
@@ -386,8 +432,8 @@ class Encoder:
         total = np.sum([lens for _, _, lens in flat], axis=0, dtype=np.int32)
         if self.settings.kind == "kto":
             columns.append(pa.array([r.label for r in rows], type=pa.bool_()))
-        columns += [_int32(total), doc_ids]
-        return pa.Table.from_arrays(columns, schema=own)
+        columns += [_int32(total), _doc_ids(ids)]
+        return pa.Table.from_arrays(columns, schema=schema(self.settings.kind))
 
 
 def _trained(rows: list[_Row], offsets: np.ndarray, size: int) -> np.ndarray:
@@ -406,6 +452,10 @@ def _flatten(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray
     np.cumsum(lengths, out=offsets[1:])
     values = np.fromiter(chain.from_iterable(lists), dtype=np.int32, count=int(offsets[-1]))
     return values, offsets, lengths
+
+
+def _doc_ids(ids: list[str]) -> pa.Array:
+    return pa.array([[i] for i in ids], type=pa.list_(pa.string()))
 
 
 def _list(offsets: np.ndarray, values: np.ndarray) -> pa.Array:

@@ -42,7 +42,7 @@ import re
 import unicodedata
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -56,26 +56,37 @@ _MERGES_PROOF = 1  # version of the kept proof that a vocabulary's words merge b
 _FAST_TEXTS = 256  # a batch at least this long turns on encoding without offsets (a one-row run never pays its set-up)
 
 
+class Run(NamedTuple):
+    """One `encode_batch_fast` call's ids, flat, and where each token starts in the texts' UTF-8, one text after the
+    other (the running sum of the tokens' bytes, from 0; one more entry, the total)."""
+
+    ids: np.ndarray
+    starts: np.ndarray
+
+
 class Tokens:
-    """A text's tokens from a byte-level BPE, without the tokenizer's offsets: the ids, and where each token's bytes
-    end in the text's UTF-8 (`ends[k] - base`, a view into the batch's running sum)."""
+    """A text's tokens from a byte-level BPE, without the tokenizer's offsets: the ids, and where they lie in their
+    run (tokens `lo:lo + len(ids)`, the text's bytes starting at `base`)."""
 
-    __slots__ = ("base", "ends", "ids", "text")
+    __slots__ = ("base", "ids", "lo", "run", "text")
 
-    def __init__(self, ids: list[int], ends: np.ndarray, base: int, text: str) -> None:
-        self.ids, self.ends, self.base, self.text = ids, ends, base, text
+    def __init__(self, ids: list[int], run: Run, lo: int, base: int, text: str) -> None:
+        self.ids, self.run, self.lo, self.base, self.text = ids, run, lo, base, text
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def bytes_at(self, pos: int) -> int:
+        """Where the text's character `pos` starts in its run's bytes."""
+        text = self.text
+        return self.base + (pos if text.isascii() else len(text[:pos].encode("utf-8")))
+
     def char_to_token(self, pos: int) -> int | None:
         """The token holding the character's first byte, as `Encoding.char_to_token` answers (a character whose bytes
         two tokens share belongs to the first); None past the end."""
-        text = self.text
-        if not 0 <= pos < len(text):
+        if not 0 <= pos < len(self.text):
             return None
-        at = pos if text.isascii() else len(text[:pos].encode("utf-8"))
-        return int(self.ends.searchsorted(self.base + at, side="right"))
+        return int(self.run.starts.searchsorted(self.bytes_at(pos), side="right")) - 1 - self.lo
 
 
 class Segments:
@@ -170,15 +181,17 @@ class Segments:
         assert self.widths is not None
         ids = [e.ids for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
         flat = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=sum(map(len, ids)))
-        ends = np.cumsum(self.widths[flat])
+        starts = np.zeros(len(flat) + 1, dtype=np.int64)
+        np.cumsum(self.widths[flat], out=starts[1:])
+        run = Run(flat, starts)
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        his = np.cumsum(lengths)  # each text's tokens: los[i]:his[i] of the run
+        los = his - lengths
         out: list[Any] = []
-        k = 0
-        for text, row in zip(texts, ids, strict=True):
-            lo, k = k, k + len(row)
-            base = int(ends[lo - 1]) if lo else 0
-            size = int(ends[k - 1]) - base if k > lo else 0
-            if size == (len(text) if text.isascii() else len(text.encode("utf-8"))):
-                out.append(Tokens(row, ends[lo:k], base, text))
+        for text, row, lo, base, top in zip(texts, ids, los.tolist(), starts[los].tolist(), starts[his].tolist(),
+                                           strict=True):
+            if top - base == (len(text) if text.isascii() else len(text.encode("utf-8"))):
+                out.append(Tokens(row, run, lo, base, text))
             else:
                 out.append(tokenizer.encode(text, add_special_tokens=False))
         return out
