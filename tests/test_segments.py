@@ -181,7 +181,7 @@ def test_a_batchs_labels_found_at_once_equal_row_by_row() -> None:
     tok = load_tokenizer(fixture("tokenizers", "qwen2.5"))
     chatml = get_template("chatml", tok.specials)
     records = [r for b in read_records([str(fixture("data", "llamafactory", "alpaca_en_demo.json"))]) for r in b.items]
-    rows = records[:100] + shared_tools_rows(30) + \
+    rows = records[:210] + shared_tools_rows(30) + \
         [{"id": f"s{k}", "messages": [{"role": "user", "content": a}, {"role": "assistant", "content": a[::-1]}]}
          for k, a in enumerate(MANY_SCRIPTS * 3)]
     tables = []
