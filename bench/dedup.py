@@ -107,7 +107,7 @@ def peers(path: Path, limit: int) -> None:
         seen.add(hashlib.sha256(t.encode()).hexdigest())
     print(f"  axolotl-style exact (sha256 + set), texts in memory: {len(texts) / (time.perf_counter() - start):,.0f} rows/s")
     start = time.perf_counter()
-    keys = np.frombuffer(b"".join(map(near.exact_key, texts)), np.uint8).reshape(-1, 16)
+    keys = np.frombuffer(b"".join(near.exact_keys(texts)), np.uint8).reshape(-1, 16)
     near.first_copies(keys)
     print(f"  prep exact keys + groups, texts in memory: {len(texts) / (time.perf_counter() - start):,.0f} rows/s")
     start = time.perf_counter()

@@ -21,6 +21,8 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import ne
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -56,7 +58,7 @@ def fingerprint_batch(records: list[Record], compare: Compare, threshold: float 
         np.ndarray, near.Sketches | None]:
     """The per-batch step: 16-byte exact keys (n x 16 uint8) and, with a threshold, the MinHash sketches."""
     texts = [compared(r, compare) for r in records]
-    keys = np.frombuffer(b"".join(map(near.exact_key, texts)), np.uint8).reshape(-1, 16)
+    keys = np.frombuffer(b"".join(near.exact_keys(texts)), np.uint8).reshape(-1, 16)
     return keys, near.sketch(texts, threshold) if threshold is not None else None
 
 
@@ -82,7 +84,7 @@ class _ChatStep:
         assert chats.rows is not None
         compare = self.compare
         texts = [] if compare is None else tagged_turns(*chats.turns(), compare)
-        return _Done(None if compare is None else list(map(near.exact_key, texts)),
+        return _Done(None if compare is None else near.exact_keys(texts),
                      near.sketch(texts, self.threshold) if self.threshold is not None else None, chats.ids())
 
 
@@ -235,10 +237,10 @@ def _first_copies(batches: Iterator[Laned], compare: Compare, meter: Meter, out:
             assert done.keys is not None
             base = len(blocks) << 32
             blocks.append((done.ids, chats.file, chats.part.piece.line + 1, chats.part.piece.row + 1))
-            numbers = range(base, base + len(done.keys))
+            numbers, before = range(base, base + len(done.keys)), len(seen)
             firsts = list(map(seen.setdefault, done.keys, numbers))
-            gone = [] if firsts == list(numbers) else \
-                [k for k, (first, n) in enumerate(zip(firsts, numbers, strict=True)) if first != n]
+            gone = [] if len(seen) - before == len(firsts) else \
+                list(compress(range(len(firsts)), map(ne, firsts, numbers)))  # the rows whose key was there
             rejects = [_reject(chats.record(k), chats.source(k), first_row(firsts[k]), 1_000_000) for k in gone]
             out.write_chats(chats, gone, rejects, done.ids)
             meter.add(len(chats))
