@@ -194,8 +194,8 @@ def test_a_batchs_labels_found_at_once_equal_row_by_row() -> None:
             for k, r in enumerate(rows):
                 batch.add({**r, "id": r.get("id", str(k))}, Source("rows", k + 1, k + 1))
             jobs = encoder.tokenize(encoder.prepare(batch))
-            assert encoder._at_once(jobs) is not None or not at_once
             tables.append(encoder.encode(jobs, tokenized=True)[1])
+            assert encoder._at_once(jobs) is not None or not at_once
     assert tables[0].equals(tables[1]) and tables[2].equals(tables[3]) and not tables[0].equals(tables[2])
     assert any(isinstance(job.encodings[0], Tokens) for job in jobs.items) and \
         not all(isinstance(job.encodings[0], Tokens) for job in jobs.items)

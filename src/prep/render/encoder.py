@@ -161,18 +161,23 @@ class Encoder:
     def tokenize(self, jobs: Batch[_Job]) -> Batch[_Job]:
         """The Rust half (the GIL is released while it runs): each job's encodings. Separate from `encode` so a
         pipeline can tokenize one batch while it labels and writes the one before (stages.tokenize)."""
-        encodings = self.segments.encode_batch([t for job in jobs.items for t in job.texts])
+        self._hand_out(jobs, self.segments.start([t for job in jobs.items for t in job.texts]))
+        return jobs
+
+    @staticmethod
+    def _hand_out(jobs: Batch[_Job], encodings: list[Any]) -> None:
         k = 0
         for job in jobs.items:
             job.encodings = encodings[k:k + len(job.texts)]
             k += len(job.texts)
-        return jobs
 
     def encode(self, jobs: Batch[_Job], tokenized: bool = False) -> tuple[Batch[str], pa.Table]:
         """`tokenize` (unless done), then labels and the Arrow table. Each job keeps its encodings
         (`encode_measured` reads their lengths)."""
         if not tokenized:
             self.tokenize(jobs)
+        # what the tokenizer made without offsets, read here (in a pipeline, beside the tokenizer's next batch)
+        self._hand_out(jobs, self.segments.finish([e for job in jobs.items for e in job.encodings]))
         table = self._at_once(jobs)
         if table is not None:
             return Batch([job.record["id"] for job in jobs.items], jobs.sources, jobs.rejects, jobs.altered,

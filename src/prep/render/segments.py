@@ -64,6 +64,26 @@ class Run(NamedTuple):
     starts: np.ndarray
 
 
+class _Call(NamedTuple):
+    """One `encode_batch_fast` call: its tokenizer, texts and encodings, not yet read into `Tokens`."""
+
+    tokenizer: Any
+    texts: list[str]
+    encodings: list[Any]
+
+
+class _Later(NamedTuple):
+    """A text's place in its `_Call`, until `Segments.finish` makes its `Tokens`."""
+
+    call: _Call
+    index: int
+
+
+def _later(tokenizer: Any, texts: list[str]) -> list[_Later]:
+    call = _Call(tokenizer, texts, tokenizer.encode_batch_fast(texts, add_special_tokens=False))
+    return [_Later(call, k) for k in range(len(texts))]
+
+
 class Tokens:
     """A text's tokens from a byte-level BPE, without the tokenizer's offsets: the ids, and where they lie in their
     run (tokens `lo:lo + len(ids)`, the text's bytes starting at `base`)."""
@@ -121,6 +141,19 @@ class Segments:
 
     def encode_batch(self, texts: list[str]) -> list[Any]:
         """Each text's encoding (`add_special_tokens=False`), equal to encoding it whole."""
+        return self.finish(self.start(texts))
+
+    def finish(self, encoded: list[Any]) -> list[Any]:
+        """`start`'s encodings with those made without offsets read into `Tokens` (Python work: a pipeline does it
+        in another thread, while the tokenizer encodes the next batch)."""
+        calls = {id(e.call): e.call for e in encoded if type(e) is _Later}
+        if not calls:
+            return encoded
+        made = {key: self._tokens(*call) for key, call in calls.items()}
+        return [made[id(e.call)][e.index] if type(e) is _Later else e for e in encoded]
+
+    def start(self, texts: list[str]) -> list[Any]:
+        """The Rust half of `encode_batch`: each text's encoding, or a `_Later` for `finish`."""
         self.batches += 1
         if self.key is not None and self.batches == _PROBE_BATCHES:  # a long run: worth the check
             kept = _merged_back(self.backend)
@@ -164,22 +197,22 @@ class Segments:
         already in the normalizer's form by the copy without it."""
         fast = self.widths is not None and not offsets
         if self.bare is None:
-            return self._tokens(self.backend, texts) if fast else self.backend.encode_batch(texts, add_special_tokens=False)
+            return _later(self.backend, texts) if fast else self.backend.encode_batch(texts, add_special_tokens=False)
         normal = [unicodedata.is_normalized(self.form, t) for t in texts]
         bare = self.bare
         if all(normal):
-            return self._tokens(bare, texts) if fast else bare.encode_batch(texts, add_special_tokens=False)
+            return _later(bare, texts) if fast else bare.encode_batch(texts, add_special_tokens=False)
         mine = [t for t, n in zip(texts, normal, strict=True) if n]
-        done = iter(self._tokens(bare, mine) if fast else bare.encode_batch(mine, add_special_tokens=False))
+        done = iter(_later(bare, mine) if fast else bare.encode_batch(mine, add_special_tokens=False))
         rest = iter(self.backend.encode_batch([t for t, n in zip(texts, normal, strict=True) if not n],
                                               add_special_tokens=False))
         return [next(done) if n else next(rest) for n in normal]
 
-    def _tokens(self, tokenizer: Any, texts: list[str]) -> list[Any]:
-        """The texts encoded without offsets, as `Tokens`; a text whose tokens' bytes do not add up to its own (never
-        seen) is encoded with the tokenizer's offsets instead."""
+    def _tokens(self, tokenizer: Any, texts: list[str], encodings: list[Any]) -> list[Any]:
+        """The texts' encodings without offsets as `Tokens`; a text whose tokens' bytes do not add up to its own
+        (never seen) is encoded with the tokenizer's offsets instead."""
         assert self.widths is not None
-        ids = [e.ids for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+        ids = [e.ids for e in encodings]
         flat = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=sum(map(len, ids)))
         starts = np.zeros(len(flat) + 1, dtype=np.int64)
         np.cumsum(self.widths[flat], out=starts[1:])
