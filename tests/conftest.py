@@ -40,23 +40,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                           "skip, saying why, as in a fresh clone without ../shared)")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # `-n 2 --dist loadfile` hands out whole files in the collected order (below), not xdist's default of the files
-    # with the most tests first, which left the slow files (few tests each: training, Ray, the browser) to the end,
-    # one worker finishing them while the other sat idle
-    if hasattr(config.option, "loadscopereorder"):
-        config.option.loadscopereorder = False
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--only-fixture-tests"):
         keep = [item for item in items if _opens_fixtures(item)]
         config.hook.pytest_deselected(items=[item for item in items if item not in keep])
         items[:] = keep
-    # the files with a slow test first (each file's tests in their order): the many quick files then fill in
-    # beside them, so both workers end together
-    slow = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow)
 
 
 def _opens_fixtures(item: pytest.Item) -> bool:
