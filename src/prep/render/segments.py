@@ -126,8 +126,9 @@ class Segments:
         self.widths: np.ndarray | None = None  # each token's length in bytes, once encoding without offsets is on
         self.key = key if _merges_words(backend.model) else None  # None: nothing (more) to show
         _larger_cache(backend.model)
-        if self.key is not None and read_cache(self._proof()) is not None:
-            self._look_up_words(read_cache(self._proof()))
+        kept = read_cache(self._proof()) if self.key is not None else None
+        if kept is not None:
+            self._look_up_words(kept)
 
     def __getstate__(self) -> dict[str, Any]:
         """Sent to a worker process without what it has cached (each worker fills its own) or the copy without the
