@@ -361,13 +361,15 @@ class Encoder:
     def _at_once(self, jobs: Batch[_Job]) -> pa.Table | None:
         """The sft table of a batch without media, none of its rows longer than `max_len`, each with a span to train,
         its labels found at once: for the rows encoded without offsets (`segments.Tokens`), where each span's first
-        and last characters fall in their run's bytes, searched for all of them together (`_token_ranges` asks
-        row by row); for the others, their encoding's offsets. None for any other batch (the rows go one by one, to
-        be cut, dropped or rejected)."""
+        and last characters fall in their `encode_batch_fast` call's bytes, searched for all of them together
+        (`_token_ranges` asks row by row); for the others, their encoding's offsets. None for any other batch (the
+        rows go one by one, to be cut, dropped or rejected)."""
         items = jobs.items
         if self.settings.kind != "sft" or self.media or self.settings.carried or not items:
             return None
-        by_run: dict[int, tuple[Any, list[int], list[int], list[int]]] = {}  # run -> (a row's Tokens, rows, first, last)
+        # per encode_batch_fast call: its token starts, and for each span its row, the row's first token in the call
+        # and where the span's first and last characters start in the call's bytes
+        by_call: dict[int, tuple[np.ndarray, list[int], list[int], list[int], list[int]]] = {}
         others: list[tuple[int, int, int]] = []  # (row, first token, last token + 1) of the rows with offsets
         for row, job in enumerate(items):
             enc = job.encodings[0]
@@ -375,9 +377,10 @@ class Encoder:
             if job.plan.blocks or not spans:
                 return None
             if isinstance(enc, Tokens):
-                _, rows, first, last = by_run.setdefault(id(enc.run), (enc, [], [], []))
+                _, rows, los, first, last = by_call.setdefault(id(enc.starts), (enc.starts, [], [], [], []))
                 rows += [row] * len(spans)
-                first += [enc.bytes_at(a) for a, _ in spans]  # where in the run's bytes
+                los += [enc.lo] * len(spans)
+                first += [enc.bytes_at(a) for a, _ in spans]
                 last += [enc.bytes_at(b - 1) for _, b in spans]
             else:
                 ranges = _token_ranges(enc, spans)
@@ -388,11 +391,10 @@ class Encoder:
         if self.settings.max_len and lengths.max() > self.settings.max_len:
             return None
         edges = np.zeros(len(values) + 1, dtype=np.int32)
-        for enc, rows, first, last in by_run.values():
-            # a row's tokens start at lo in its run and at offsets[row] in the table
-            shift = offsets[rows] - np.array([items[r].encodings[0].lo for r in rows])
-            np.add.at(edges, enc.run.starts.searchsorted(first, side="right") - 1 + shift, 1)
-            np.add.at(edges, enc.run.starts.searchsorted(last, side="right") + shift, -1)
+        for starts, rows, los, first, last in by_call.values():
+            shift = offsets[rows] - np.asarray(los)  # a row's tokens start at lo in its call, at offsets[row] here
+            np.add.at(edges, starts.searchsorted(first, side="right") - 1 + shift, 1)
+            np.add.at(edges, starts.searchsorted(last, side="right") + shift, -1)
         for row, a, b in others:
             edges[offsets[row] + a] += 1
             edges[offsets[row] + b] -= 1

@@ -56,14 +56,6 @@ _MERGES_PROOF = 1  # version of the kept proof that a vocabulary's words merge b
 _FAST_TEXTS = 256  # a batch at least this long turns on encoding without offsets (a one-row run never pays its set-up)
 
 
-class Run(NamedTuple):
-    """One `encode_batch_fast` call's ids, flat, and where each token starts in the texts' UTF-8, one text after the
-    other (the running sum of the tokens' bytes, from 0; one more entry, the total)."""
-
-    ids: np.ndarray
-    starts: np.ndarray
-
-
 class _Call(NamedTuple):
     """One `encode_batch_fast` call: its tokenizer, texts and encodings, not yet read into `Tokens`."""
 
@@ -85,13 +77,15 @@ def _later(tokenizer: Any, texts: list[str]) -> list[_Later]:
 
 
 class Tokens:
-    """A text's tokens from a byte-level BPE, without the tokenizer's offsets: the ids, and where they lie in their
-    run (tokens `lo:lo + len(ids)`, the text's bytes starting at `base`)."""
+    """A text's tokens from a byte-level BPE, without the tokenizer's offsets: the ids, and where they lie among
+    their `encode_batch_fast` call's: `starts`, shared by the call's texts, is where each of its tokens starts in
+    their UTF-8, one text after the other (from 0, the total last); this text's are tokens `lo:lo + len(ids)`, its
+    bytes from `base`."""
 
-    __slots__ = ("base", "ids", "lo", "run", "text")
+    __slots__ = ("base", "ids", "lo", "starts", "text")
 
-    def __init__(self, ids: list[int], run: Run, lo: int, base: int, text: str) -> None:
-        self.ids, self.run, self.lo, self.base, self.text = ids, run, lo, base, text
+    def __init__(self, ids: list[int], starts: np.ndarray, lo: int, base: int, text: str) -> None:
+        self.ids, self.starts, self.lo, self.base, self.text = ids, starts, lo, base, text
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -106,7 +100,7 @@ class Tokens:
         two tokens share belongs to the first); None past the end."""
         if not 0 <= pos < len(self.text):
             return None
-        return int(self.run.starts.searchsorted(self.bytes_at(pos), side="right")) - 1 - self.lo
+        return int(self.starts.searchsorted(self.bytes_at(pos), side="right")) - 1 - self.lo
 
 
 class Segments:
@@ -197,14 +191,16 @@ class Segments:
         """Each text's encoding, or its `Tokens` once encoding without offsets is on (unless `offsets`); those
         already in the normalizer's form by the copy without it."""
         fast = self.widths is not None and not offsets
+
+        def encode(tokenizer: Any, some: list[str]) -> list[Any]:
+            return _later(tokenizer, some) if fast else tokenizer.encode_batch(some, add_special_tokens=False)
+
         if self.bare is None:
-            return _later(self.backend, texts) if fast else self.backend.encode_batch(texts, add_special_tokens=False)
+            return encode(self.backend, texts)
         normal = [unicodedata.is_normalized(self.form, t) for t in texts]
-        bare = self.bare
         if all(normal):
-            return _later(bare, texts) if fast else bare.encode_batch(texts, add_special_tokens=False)
-        mine = [t for t, n in zip(texts, normal, strict=True) if n]
-        done = iter(_later(bare, mine) if fast else bare.encode_batch(mine, add_special_tokens=False))
+            return encode(self.bare, texts)
+        done = iter(encode(self.bare, [t for t, n in zip(texts, normal, strict=True) if n]))
         rest = iter(self.backend.encode_batch([t for t, n in zip(texts, normal, strict=True) if not n],
                                               add_special_tokens=False))
         return [next(done) if n else next(rest) for n in normal]
@@ -217,7 +213,6 @@ class Segments:
         flat = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=sum(map(len, ids)))
         starts = np.zeros(len(flat) + 1, dtype=np.int64)
         np.cumsum(self.widths[flat], out=starts[1:])
-        run = Run(flat, starts)
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         his = np.cumsum(lengths)  # each text's tokens: los[i]:his[i] of the run
         los = his - lengths
@@ -225,7 +220,7 @@ class Segments:
         for text, row, lo, base, top in zip(texts, ids, los.tolist(), starts[los].tolist(), starts[his].tolist(),
                                            strict=True):
             if top - base == (len(text) if text.isascii() else len(text.encode("utf-8"))):
-                out.append(Tokens(row, run, lo, base, text))
+                out.append(Tokens(row, starts, lo, base, text))
             else:
                 out.append(tokenizer.encode(text, add_special_tokens=False))
         return out
