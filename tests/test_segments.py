@@ -7,6 +7,7 @@ import copy
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import fixture
@@ -169,6 +170,29 @@ def test_a_vocabulary_that_merges_back_is_looked_up_whole(tmp_path: Path, monkey
     assert not _merged_back(odd)  # "abc" merges to a + bc
     odd = Tokenizer(BPE({"a": 0, "b": 1, "c": 2, "ab": 3, "abc": 4}, [("a", "b"), ("ab", "c")]))
     assert _merged_back(odd)
+
+
+def test_the_token_widths_are_kept_per_tokenizer_and_added_tokens(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each token's byte length is read from the vocabulary once and kept in the cache: a later run reads the same
+    widths back; a tokenizer given another added token keeps its own; a tokenizer outside the byte alphabet keeps
+    its "none"."""
+    from tokenizers import AddedToken
+
+    monkeypatch.setenv("PREP_CACHE", str(tmp_path))
+    tok = load_tokenizer(fixture("tokenizers", "qwen2.5"))
+    made = Segments(tok.backend, tok.files_key())._widths()
+    assert made is not None and made[tok.backend.token_to_id("<|im_start|>")] == len("<|im_start|>")
+    assert made[tok.backend.token_to_id("ĠHello")] == len(" Hello")
+    assert len(list((tmp_path / "widths").iterdir())) == 1
+    assert np.array_equal(Segments(tok.backend, tok.files_key())._widths(), made)
+    tok.backend.add_tokens([AddedToken("<|mine|>", normalized=False)])
+    mine = Segments(tok.backend, tok.files_key())._widths()
+    assert len(mine) == len(made) + 1 and mine[-1] == len("<|mine|>")
+    phi = load_tokenizer(fixture("tokenizers", "phi-3-mini"))
+    assert Segments(phi.backend, phi.files_key())._widths() is None
+    assert Segments(phi.backend, phi.files_key())._widths() is None
+    assert len(list((tmp_path / "widths").iterdir())) == 3
 
 
 def test_a_batchs_labels_found_at_once_equal_row_by_row() -> None:

@@ -37,7 +37,10 @@ tokenizer's offsets answer it. A text whose token bytes do not add up to its own
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
 import re
 import unicodedata
 from itertools import chain
@@ -53,6 +56,7 @@ _PROBE_BATCHES = 2  # a run that repeats no long stretch in its first batches st
 _MOST = 4096  # stretches cached (and twice as many remembered as seen once), then the memory starts again
 _BPE_CACHE_WORDS = 1 << 17  # words whose merges a BPE model keeps (tokenizers' default: 10,000)
 _MERGES_PROOF = 1  # version of the kept proof that a vocabulary's words merge back to themselves
+_WIDTHS_VERSION = 1  # version of the kept token widths
 _FAST_TEXTS = 256  # a batch at least this long turns on encoding without offsets (a one-row run never pays its set-up)
 
 
@@ -118,6 +122,7 @@ class Segments:
         # byte-level and adding, stripping and normalizing nothing (the copy without the normalizer, when there is one)
         self.byte_level = _byte_level(backend) and (self.bare is not None or backend.normalizer is None)
         self.widths: np.ndarray | None = None  # each token's length in bytes, once encoding without offsets is on
+        self.files = key
         self.key = key if _merges_words(backend.model) else None  # None: nothing (more) to show
         _larger_cache(backend.model)
         kept = read_cache(self._proof()) if self.key is not None else None
@@ -155,7 +160,7 @@ class Segments:
             write_cache(self._proof(), kept)
             self._look_up_words(kept)
         if self.byte_level and self.widths is None and len(texts) >= _FAST_TEXTS:
-            self.widths = _token_widths(self.backend)
+            self.widths = self._widths()
             self.byte_level = self.widths is not None
         if self.pattern is None:
             return self._encode(texts)
@@ -180,6 +185,25 @@ class Segments:
 
     def _proof(self) -> Path:
         return cache_path("merges", f"{self.key}-{_MERGES_PROOF}.json")
+
+    def _widths(self) -> np.ndarray | None:
+        """`_token_widths`, kept in the cache per tokenizer (its files, and its added tokens as loaded): reading the
+        vocabulary costs a worker a tenth of a second or more at its first batch."""
+        if self.files is None:
+            return _token_widths(self.backend)
+        added = hashlib.sha256(repr(_described(self.backend.get_added_tokens_decoder())).encode()).hexdigest()[:16]
+        path = cache_path("widths", f"{self.files}-{added}-{_WIDTHS_VERSION}.npy")
+        try:
+            kept = np.load(path)
+            return kept if len(kept) else None  # empty: not in the byte alphabet
+        except (OSError, ValueError, EOFError):
+            pass
+        widths = _token_widths(self.backend)
+        with contextlib.suppress(OSError):  # a cache that cannot be written only costs the next run time
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(f"{path}.{os.getpid()}.npy", widths if widths is not None else np.zeros(0, dtype=np.int64))
+            os.replace(f"{path}.{os.getpid()}.npy", path)
+        return widths
 
     def _look_up_words(self, merged_back: bool) -> None:
         """Whole vocabulary words looked up, not merged, when that was shown to give the same tokens."""
