@@ -9,6 +9,12 @@ so); `--loaded` skips the waiting and keeps every run, with the other processes'
 smoke test on a shared machine. Rounds are interleaved (each round runs every tool, in a rotated order), and the
 best run of each tool is reported.
 
+The best runs alone mislead on a VM whose speed drifts from minute to minute while it is quiet (the same raw
+`encode_batch` took 3.9 s in one minute and 5.2 s in another, with no other process running): each tool's best run
+may come from a different minute. So a tool compared with a baseline runs right after a run of that baseline, in
+every round, and the table also gives the median of those adjacent pairs' ratios (with their range): a tool and its
+baseline then share each minute's speed.
+
 The comparisons are defined beside their own benches (`bench/tokenize_speed.py`, `bench/validate.py`,
 `bench/dedup.py`: `comparison`), which make the
 data and name each tool's command; this runner times them. A markdown table goes to stdout (for the README), with
@@ -44,6 +50,7 @@ import json
 import platform
 import runpy
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -214,10 +221,21 @@ class Tool:
     tree: bool = False
     runs: list[Run] = field(default_factory=list)
     discarded: list[Run] = field(default_factory=list)
+    pairs: list[tuple[Run, Run]] = field(default_factory=list)  # (the baseline's run just before, this tool's run)
 
     @property
     def best(self) -> Run:
         return min(self.runs, key=self.seconds)
+
+    def units(self) -> int:
+        return self.tokens or self.rows  # tokens for tokenize, rows for validate and dedup
+
+
+def pair_ratios(tool: Tool, base: Tool) -> list[float]:
+    """Each adjacent pair's ratio: the tool's rate over its baseline's (their seconds' ratio when neither counts
+    units)."""
+    units, base_units = tool.units() or 1, base.units() or 1
+    return [(units / tool.seconds(run)) / (base_units / base.seconds(before)) for before, run in tool.pairs]
 
 
 def measure(tool: Tool, limit: float, max_wait: float, loaded: bool, settle: float, log: Callable[[str], None]) -> None:
@@ -242,38 +260,52 @@ def measure(tool: Tool, limit: float, max_wait: float, loaded: bool, settle: flo
 
 def rounds(tools: list[Tool], n: int, limit: float, max_wait: float, loaded: bool, settle: float,
            log: Callable[[str], None]) -> None:
-    """`n` rounds, each running every tool once, the order rotated each round so no tool always runs first."""
+    """`n` rounds, each running every tool once, the order rotated each round so no tool always runs first; a tool
+    with a baseline runs right after a run of it (the pair), and a baseline every other tool pairs with runs only
+    in those pairs."""
+    by_name = {(t.group, t.name): t for t in tools}
+    paired = {(t.group, t.baseline) for t in tools if t.baseline and t.baseline != t.name}
     for r in range(n):
         log(f"round {r + 1}/{n}")
         order = tools[r % len(tools):] + tools[:r % len(tools)]
         for tool in order:
+            base = by_name.get((tool.group, tool.baseline)) if tool.baseline != tool.name else None
+            if base is None and (tool.group, tool.name) in paired:
+                continue
+            if base is not None:
+                measure(base, limit, max_wait, loaded, settle, log)
             measure(tool, limit, max_wait, loaded, settle, log)
+            if base is not None:
+                tool.pairs.append((base.runs[-1], tool.runs[-1]))
 
 
 def table(tools: list[Tool]) -> list[str]:
     """The markdown table: per data set, each tool's best seconds, tokens/s, × the baseline (its tokens/s ratio)
     and how many times faster prep's fastest command is than each peer."""
     lines = ["| data | tool | seconds (best) | runs kept / discarded | peak RSS MB | others' load (cores) | "
-             "tokens/s or rows/s | × the group's baseline | prep CLI × it |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "tokens/s or rows/s | × the group's baseline, best runs | × it, adjacent pairs: median (range) | "
+             "prep CLI × it |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     by_name = {(t.group, t.name): t for t in tools}
     for tool in tools:
         best = tool.best
         seconds = tool.seconds(best)
-        units = tool.tokens or tool.rows  # tokens for tokenize, rows for validate and dedup
+        units = tool.units()
         unit = "tokens" if tool.tokens else "rows"
         rate = units / seconds if units and seconds else 0.0
         base = by_name.get((tool.group, tool.baseline))
-        base_units = base and (base.tokens or base.rows)
+        base_units = base and base.units()
         ratio = f"{rate / (base_units / base.seconds(base.best)):.2f}" if base is not None and units and base_units \
             else ""
+        ratios = pair_ratios(tool, base) if base is not None and tool.pairs else []
+        pairs = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})" if ratios else ""
         prep = [t for t in tools if t.group == tool.group and t.name.startswith("prep ") and t.name.endswith("CLI")
                 or t.name.startswith("prep tokenize CLI")]
         fastest = min(prep, key=lambda t: t.seconds(t.best), default=None)
         versus = f"{seconds / fastest.seconds(fastest.best):.2f}" if tool.peer and fastest is not None else ""
         lines.append(f"| {tool.group} | {tool.name} ({tool.what}) | {seconds:.2f} | {len(tool.runs)} / "
                      f"{len(tool.discarded)} | {best.rss:.0f} | {max(r.others for r in tool.runs):.2f} | "
-                     f"{f'{rate:,.0f} {unit}/s' if rate else ''} | {ratio} | {versus} |")
+                     f"{f'{rate:,.0f} {unit}/s' if rate else ''} | {ratio} | {pairs} | {versus} |")
     return lines
 
 
@@ -322,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"{started:%Y-%m-%d %H:%M} UTC, {platform.node()}: {os.cpu_count()} CPUs "
           f"({platform.processor() or platform.machine()}), Python {platform.python_version()}; "
           f"{'machine NOT quiet (--loaded)' if args.loaded else f'quiet machine (others ≤ {args.quiet_cores} cores)'}; "
-          f"{n} round(s), best run shown; load average now {os.getloadavg()[0]:.2f}\n")
+          f"{n} round(s), best run and adjacent pairs shown; load average now {os.getloadavg()[0]:.2f}\n")
     print("\n".join(table(tools)))
     for line in summary(tools):
         print(f"\n{line}")

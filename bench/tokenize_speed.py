@@ -426,19 +426,23 @@ def comparison(runner: Any, work: Path, quick: bool, trl: bool, llamafactory_pyt
                               what="whole process, qwen template, 2 workers; ids = prep's", env=env))
     one = work / "one.jsonl"
     one.write_text(alpaca.read_text(encoding="utf-8").split("\n", 1)[0] + "\n", encoding="utf-8")
+    load_alone = "tokenizers.Tokenizer.from_file alone"
     startup = [Tool("prep tokenize, one row", "start-up", [
         python, "-m", "prep", "tokenize", str(one), "--tokenizer", str(TOKENIZER), "--template", "chatml", "-o",
-        str(work / "one"), "-q"], env=env),
-        Tool("tokenizers.Tokenizer.from_file alone", "start-up", [
+        str(work / "one"), "-q"], env=env, baseline=load_alone),
+        Tool(load_alone, "start-up", [
             python, "-c", f"from tokenizers import Tokenizer; Tokenizer.from_file({str(TOKENIZER / 'tokenizer.json')!r})"],
             env=env)]
     tools += startup
 
     def summary(measured: list[Any]) -> list[str]:
         prep_row, alone = (t.best for t in startup)
+        more = [(run.wall - before.wall, run.rss - before.rss) for before, run in startup[0].pairs]
         lines = [f"One-row `prep tokenize` (whole process): {prep_row.wall:.2f} s and {prep_row.rss:.0f} MB peak RSS; "
                  f"loading the tokenizer alone {alone.wall:.2f} s and {alone.rss:.0f} MB: "
-                 f"+{prep_row.wall - alone.wall:.2f} s, +{prep_row.rss - alone.rss:.0f} MB."]
+                 f"{prep_row.wall - alone.wall:+.2f} s, {prep_row.rss - alone.rss:+.0f} MB (best runs); each run "
+                 f"right after a load alone: median {statistics.median(s for s, _ in more):+.2f} s "
+                 f"({', '.join(f'{s:+.2f}' for s, _ in more)}), {statistics.median(m for _, m in more):+.0f} MB."]
         for group, digests in shards.items():
             lines.append(f"{group}: every prep CLI run ({sum(map(len, digests.values()))} runs, 1 and 2 workers) wrote "
                          f"the same shards; sha256 of each: {', '.join(next(iter(digests.values()))[0])}")

@@ -98,6 +98,29 @@ def test_loaded_keeps_every_run_and_rounds_rotate(run: Any, monkeypatch: pytest.
     assert "| g | a (whole process) | 1.00 | 3 / 0 |" in "\n".join(run.table(tools))
 
 
+def test_a_tool_with_a_baseline_runs_right_after_it_and_the_pairs_ratios_are_shown(run: Any,
+                                                                                   monkeypatch: pytest.MonkeyPatch) \
+        -> None:
+    """The machine slows down (every run takes longer than the one before): the best runs come from different
+    minutes, the adjacent pairs share theirs. The baseline runs only in its pairs."""
+    order: list[str] = []
+
+    def slowing(command: list[str], env: Any = None, tree: bool = False) -> Any:
+        order.append(command[0])
+        speed = 1 + 0.5 * len(order)
+        return run.Run({"raw": 1.0, "prep": 1.25}[command[0]] * speed, 1.0, 10.0, "", 0.0)
+
+    monkeypatch.setattr(run, "run_process", slowing)
+    raw = run.Tool("raw", "g", ["raw"], tokens=100, baseline="raw")
+    prep = run.Tool("prep", "g", ["prep"], tokens=100, baseline="raw")
+    run.rounds([raw, prep], 2, 0.1, max_wait=0, loaded=True, settle=0, log=lambda line: None)
+    assert order == ["raw", "prep", "raw", "prep"]
+    assert [(b.wall, r.wall) for b, r in prep.pairs] == [(1.5, 2.5), (2.5, 3.75)]
+    assert run.pair_ratios(prep, raw) == pytest.approx([0.6, 2.5 / 3.75])
+    row = next(line for line in run.table([raw, prep]) if line.startswith("| g | prep "))
+    assert "| 0.60 | 0.63 (0.60-0.67) |" in row  # best runs: 1.5 / 2.5; the pairs: 0.6 and 0.67
+
+
 def test_real_run_is_measured_in_its_own_process(run: Any) -> None:
     done = run.run_process([sys.executable, "-c", "print('hello')"])
     assert done.stdout == "hello\n" and done.wall > 0 and done.rss > 0 and done.others >= 0
