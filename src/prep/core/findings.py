@@ -7,6 +7,7 @@ Every stage speaks this vocabulary: a row that cannot go on becomes a `Reject` c
 from __future__ import annotations
 
 from collections import Counter
+from itertools import chain
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Generic, NamedTuple, TypeVar
@@ -244,6 +245,10 @@ class Tally:
 def count_by_file(batch: Batch[Any], files: dict[str, Tally]) -> None:
     """Account for each row of a batch in the tally of its own input file (the per-source figures of
     convert and tokenize; the stage's own tally counts the batch as a whole)."""
+    named = {s.file for s in batch.sources} | {r.source.file for r in chain(batch.rejects, batch.altered)}
+    if len(named) == 1:  # one file (nearly always): the batch as it is, less what a batch split by file leaves out
+        files.setdefault(named.pop(), Tally()).count(Batch(batch.items, batch.sources, batch.rejects, batch.altered))
+        return
     parts: dict[str, Batch[Any]] = {}
     for item, source in zip(batch.items, batch.sources, strict=True):
         parts.setdefault(source.file, Batch()).add(item, source)

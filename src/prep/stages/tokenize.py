@@ -195,10 +195,16 @@ class _Sources:
         """One encoded batch: `after` the written rows' lengths, `before` every tokenized row's (file, length),
         `written` the rows written before this batch."""
         count_by_file(out, self.tallies)
-        for k, source in enumerate(out.sources):
-            self.first_row.setdefault(source.file, written + k)
-        files = np.array([s.file for s in out.sources], dtype=object)
-        for file in dict.fromkeys(files.tolist()):
+        names = [s.file for s in out.sources]
+        if len(set(names)) == 1 and all(file == names[0] for file, _ in before):  # one file (nearly always)
+            self.first_row.setdefault(names[0], written)
+            self.after[names[0]].add(after)
+            self.before[names[0]].add([n for _, n in before])
+            return
+        for k, file in enumerate(names):
+            self.first_row.setdefault(file, written + k)
+        files = np.array(names, dtype=object)
+        for file in dict.fromkeys(names):
             self.after[file].add(after[files == file])
         by_file: dict[str, list[int]] = defaultdict(list)
         for file, n in before:
