@@ -7,9 +7,9 @@ Every stage speaks this vocabulary: a row that cannot go on becomes a `Reject` c
 from __future__ import annotations
 
 from collections import Counter
-from itertools import chain
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from itertools import chain
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from prep.core.codes import CODES
