@@ -114,8 +114,11 @@ def test_deepspeed_options_are_checked_before_anything_loads(tmp_path: Path) -> 
     config.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
     with pytest.raises(PrepError, match="--fsdp and --deepspeed"):
         train(str(shards), TrainOptions(**options, deepspeed=str(config), fsdp=True))
-    with pytest.raises(PrepError, match="--qlora with --fsdp or --deepspeed"):
+    with pytest.raises(PrepError, match=r"--qlora \(a quantized base\) with --fsdp or --deepspeed"):
         train(str(shards), TrainOptions(**options, fsdp=True, qlora=True))
+    for bits in (4, 8):
+        with pytest.raises(PrepError, match=rf"--quant {bits} \(a quantized base\) with --fsdp or --deepspeed"):
+            train(str(shards), TrainOptions(**options, deepspeed=str(config), quant=bits))
     if importlib.util.find_spec("deepspeed") is None:
         with pytest.raises(PrepError, match=r"--deepspeed needs the deepspeed package.*pip install deepspeed"):
             train(str(shards), TrainOptions(**options, deepspeed=str(config)))

@@ -73,15 +73,16 @@ def check_sharding(options: TrainOptions) -> None:
     """Refuse, before anything loads, --fsdp/--deepspeed values no run could use."""
     if options.fsdp and options.deepspeed:
         raise PrepError("--fsdp and --deepspeed each shard the model their own way: give one of them")
+    if (options.qlora or options.quant) and (options.fsdp or options.deepspeed):
+        flag = "--qlora" if options.qlora else f"--quant {options.quant}"
+        raise PrepError(f"{flag} (a quantized base) with --fsdp or --deepspeed is not supported: train a quantized "
+                        "base with one GPU per process (torchrun without them)")
     if options.deepspeed:
         if not Path(options.deepspeed).is_file():
             raise PrepError(f"--deepspeed {options.deepspeed}: no such file (give a DeepSpeed config JSON)")
         if importlib.util.find_spec("deepspeed") is None:
             raise PrepError("--deepspeed needs the deepspeed package, which the train extra does not install "
                             "(pip install deepspeed, on a machine with GPUs)")
-    if options.qlora and (options.fsdp or options.deepspeed):
-        raise PrepError("--qlora with --fsdp or --deepspeed is not supported: train QLoRA with one GPU per process "
-                        "(torchrun without them)")
     for flag, asked in (("--fsdp", options.fsdp), ("--deepspeed", options.deepspeed)):
         if asked and world_size() < 2:
             raise PrepError(f"{flag} shards the model over the processes of torchrun or accelerate launch, and this is "
