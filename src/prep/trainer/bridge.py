@@ -46,10 +46,15 @@ def load_for_trl(folder: str | Path, tokenizer: Any = None) -> Any:
     require_verified(folder)
 
     require_train_extra()
+    return shard_rows(folder, manifest).rename_columns(TRL_COLUMNS[kind])
+
+
+def shard_rows(folder: str | Path, manifest: dict[str, Any]) -> Any:
+    """The shards' rows as stored, as one `datasets.Dataset` in manifest order (what every trainer reads)."""
     import datasets  # noqa: PLC0415 - train extra
 
     files = [str(Path(folder) / s["path"]) for s in manifest["shards"]]
-    return datasets.load_dataset("parquet", data_files=files, split="train").rename_columns(TRL_COLUMNS[kind])
+    return datasets.load_dataset("parquet", data_files=files, split="train")
 
 
 def pretokenized(trainer_cls: type) -> type:

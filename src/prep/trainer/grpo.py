@@ -15,13 +15,13 @@ PPO: TRL 1.16 ships no PPOTrainer (neither `trl` nor `trl.experimental`), so the
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prep.core.findings import PrepError
 from prep.render.templates import get_template
 from prep.render.tokenizer import load_tokenizer
 from prep.shards.layout import read_manifest
+from prep.trainer.bridge import shard_rows
 from prep.trainer.rewards import Reward, reward_functions
 
 
@@ -45,11 +45,8 @@ def check_options(options: Any) -> None:
 def dataset(folder: str, tokenizer: Any) -> Any:
     """The prompt shards as GRPOTrainer reads them: `prompt` (the ids decoded, special tokens kept), the shard's
     `prompt_input_ids` and its carried columns (TRL hands every column but `prompt` to the reward functions)."""
-    import datasets  # noqa: PLC0415 - train extra
-
     manifest = read_manifest(folder)
-    files = [str(Path(folder) / s["path"]) for s in manifest["shards"]]
-    data = datasets.load_dataset("parquet", data_files=files, split="train")
+    data = shard_rows(folder, manifest)
     data = data.select_columns(["prompt_input_ids", *(manifest.get("carried") or [])])
     return data.map(lambda rows: {"prompt": tokenizer.batch_decode(rows["prompt_input_ids"])}, batched=True)
 

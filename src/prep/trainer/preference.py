@@ -18,13 +18,12 @@ The reference model of DPO and KTO is TRL's: under LoRA/QLoRA the policy with it
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prep.core.findings import PrepError
 from prep.core.options import DPO_LOSSES, KTO_LOSSES, METHOD_KINDS
 from prep.shards.layout import read_manifest
-from prep.trainer.bridge import TRL_COLUMNS, pretokenized
+from prep.trainer.bridge import TRL_COLUMNS, pretokenized, shard_rows
 
 
 def method_for(kind: str, method: str | None) -> str:
@@ -60,11 +59,8 @@ def check_options(method: str, options: Any) -> None:
 def dataset(method: str, folder: str, margin_column: str | None = None) -> Any:
     """The shards as the method's TRL trainer reads them; the ids are not touched, only named and joined.
     A reward model's `margin_column` (carried into the shards as text) becomes TRL's numeric `margin`."""
-    import datasets  # noqa: PLC0415 - train extra
-
     manifest = read_manifest(folder)
-    files = [str(Path(folder) / s["path"]) for s in manifest["shards"]]
-    data = datasets.load_dataset("parquet", data_files=files, split="train")
+    data = shard_rows(folder, manifest)
     if method in ("dpo", "kto"):
         columns = TRL_COLUMNS[manifest["kind"]]
         return data.select_columns([*columns, *(["label"] if method == "kto" else [])]).rename_columns(columns)

@@ -39,6 +39,7 @@ from prep.shards.layout import position_ids, read_manifest
 from prep.shards.media import has_media
 from prep.shards.verify import require_verified
 from prep.trainer import grpo, preference, ranks, vision
+from prep.trainer.bridge import shard_rows
 from prep.trainer.checkpoints import COMPLETE, SIGNATURE, check_checkpoints, resume_point, signature
 from prep.trainer.options import TrainOptions
 from prep.trainer.preference import method_for
@@ -74,11 +75,8 @@ def check_tokenizer(manifest: dict[str, Any], tokenizer: Any, model: str, force:
 
 def _dataset(folder: str) -> Any:
     """The rows as stored; with media, each row's media (paths resolved) and its source ids, for the collator."""
-    import datasets  # noqa: PLC0415 - train extra
-
     manifest = read_manifest(folder)
-    files = [str(Path(folder) / s["path"]) for s in manifest["shards"]]
-    data = datasets.load_dataset("parquet", data_files=files, split="train")
+    data = shard_rows(folder, manifest)
     if has_media(manifest):
         return vision.with_paths(data.select_columns(["input_ids", "labels", "seq_lengths", "ids", "media"]),
                                  folder, manifest)
