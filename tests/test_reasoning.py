@@ -239,6 +239,22 @@ def test_split_think_and_every_reasoning_spelling(tmp_path) -> None:
         ["<think>\nr\n</think>\n\na", "r\n</think>\n\na"]
 
 
+def test_validate_reads_think_blocks_as_the_other_verbs_do_with_split_think(tmp_path) -> None:
+    """With --split-think, validate checks an answer's think block as its reasoning, as convert and tokenize read
+    it: an answer that is only a think block is then as empty as one given with reasoning_content and no content."""
+    from prep.stages.validate import validate
+
+    think = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>\nr\n</think>\n\n"}]}
+    given = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "reasoning_content": "r"}]}
+    counts = {}
+    for name, row, split in (("think", think, False), ("think", think, True), ("given", given, False)):
+        data = tmp_path / f"{name}.jsonl"
+        data.write_text(json.dumps(row) + "\n")
+        counts[name, split] = validate(Inputs([str(data)], split_think=split), min_rows=0).findings.counts
+    assert counts["think", False] == {}
+    assert counts["think", True] == counts["given", False] == {"empty_content": 1}
+
+
 def test_three_unknown_fields_are_counted_and_carried_to_the_shards(tmp_path) -> None:
     rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}],
              "reference_answer": f"a{i}", **({"task": {"n": i}} if i % 2 else {}), **({"source": "web"} if i < 3 else {})}

@@ -28,7 +28,7 @@ from prep.core.records import Record, kind_of, record_id, type_name
 from prep.core.result import Meter
 from prep.files.media import LIMITS, Limits
 from prep.files.write import RowWriter
-from prep.formats import Seen, detect, module, reader_options, toolcalls, unread
+from prep.formats import Seen, detect, module, read_think, reader_options, toolcalls, unread
 
 if TYPE_CHECKING:
     from prep.checks.tokens import TokenCheck
@@ -112,6 +112,7 @@ class Context:
     tool_calls: str | None = None  # the text dialect of tool calls read into tool_calls (--tool-calls)
     strict_fields: bool = False  # a repeated key's dropped value is an error (the row rejected), not a warning
     keep_columns: tuple[str, ...] = ()  # input columns carried (--keep-columns): not unknown
+    split_think: bool = False  # an answer's leading think block read as its reasoning (--split-think)
 
 
 @dataclass
@@ -181,6 +182,8 @@ class FileCheck:
             record = {"id": record_id(row, source), **self.read(seen, self.options)}
             if self.ctx.tool_calls:  # as every other verb reads the row: its calls checked as calls
                 toolcalls.read_calls(record, self.ctx.tool_calls)
+            if self.ctx.split_think:  # and its think blocks as reasoning
+                read_think(record)
         except RowError as e:
             if not errors:
                 found += [normalized(f) for f in e.findings]

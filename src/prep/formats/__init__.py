@@ -149,7 +149,7 @@ def to_records(batches: Iterable[Batch[Any]], fmt: str, options: Any,
         if fields.tool_calls:
             toolcalls.read_calls(record, fields.tool_calls)
         if fields.split_think:
-            _split_think(record)
+            read_think(record)
         return record, dropped
 
     return map(repeated_keys(fields.strict), map(_dropped_stage(one, fields), batches))
@@ -187,7 +187,8 @@ def repeated_keys(strict: bool) -> Callable[[Batch[Any]], Batch[Any]]:
     return stage
 
 
-def _split_think(record: Record) -> None:
+def read_think(record: Record) -> None:
+    """Each answer's leading think block read as its reasoning_content (`--split-think`), in place."""
     for key in ("messages", "prompt", "chosen", "rejected", "completion"):
         for i, m in enumerate(record.get(key) or ()):
             if m["role"] == "assistant" and "reasoning_content" not in m:

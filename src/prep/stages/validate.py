@@ -152,7 +152,7 @@ def validate(inputs: Inputs, *, validation: Sequence[str] = (), kind: str | None
                   Findings(max_findings), meter=Meter(progress), max_row_bytes=inputs.max_row_bytes,
                   media_limits=Limits(max_media_pixels, max_media_bytes, max_media_seconds),
                   media_root=inputs.media_root, tool_calls=inputs.tool_calls, strict_fields=inputs.strict_fields,
-                  keep_columns=inputs.fields.keep)
+                  keep_columns=inputs.fields.keep, split_think=inputs.split_think)
     if tokenizer is not None:
         from prep.checks.tokens import TokenCheck  # noqa: PLC0415 - start-up time: Arrow and numpy only to count tokens
 
@@ -252,9 +252,9 @@ def _validate_plain(path: str, scan: bytescan.Scan, report: FileReport, ctx: Con
 
 def _plain_run(path: str, scan: bytescan.Scan, report: FileReport, ctx: Context) -> bool:
     """Whether the fast path may take the file: plain JSONL read as openai rows, and nothing asked that needs each
-    record (tokens, tool calls read from text, near duplicates of validation rows, a kind that takes no chat)."""
+    record (tokens, tool calls or think blocks read from text, near duplicates of validation rows, a kind that takes no chat)."""
     return (scan.container == "jsonl" and split_suffix(path)[1] is None and ctx.format in ("auto", "openai")
-            and ctx.tokens is None and not ctx.tool_calls and report.role != "validation"
+            and ctx.tokens is None and not ctx.tool_calls and not ctx.split_think and report.role != "validation"
             and ctx.near.index is None and (ctx.kind is None or "chat" in ACCEPTS[ctx.kind]))
 
 
