@@ -180,3 +180,18 @@ def test_every_data_verb_shows_progress_and_none_when_quiet(tmp_path: Path) -> N
         assert quiet_code == 0 and "rows/s" not in quiet, (verb, quiet[-2000:])
         for name in ("c.jsonl", "t.jsonl", "m.jsonl", "d.jsonl", "x.jsonl", "m.manifest.json"):
             (tmp_path / name).unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize(("verb", "threads"), [("tokenize", "1"), ("dedup", "1"), ("train", None), ("run", None)])
+def test_data_verbs_start_numpy_without_blas_threads(verb: str, threads: str | None,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A data verb sets OPENBLAS_NUM_THREADS=1 before numpy loads (its thread per core costs start-up and no data verb
+    does linear algebra); the verbs that may train leave it to the user, and a user's own value stays."""
+    from prep.cli import main
+
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    assert CliRunner().invoke(main, [verb, "--help"]).exit_code == 0
+    assert os.environ.get("OPENBLAS_NUM_THREADS") == threads
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")
+    assert CliRunner().invoke(main, [verb, "--help"]).exit_code == 0
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "4"

@@ -106,6 +106,13 @@ def main() -> None:
     # Arrow's default pool (jemalloc) holds on to freed buffers: the system allocator keeps ~50 MB off the peak
     # RSS of prep tokenize at the same speed (bench/tokenize_speed.py). Set before pyarrow loads; a user's wins.
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    # numpy's OpenBLAS starts a thread per core as it loads: 50-100 ms of a data verb's start-up, for linear algebra
+    # no data verb does. The verbs that may train keep the user's setting (their compute is torch's own).
+    if click.get_current_context().invoked_subcommand not in _MAY_TRAIN:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+_MAY_TRAIN = frozenset({"train", "generate", "run", "ui"})
 
 
 # ---------------------------------------------------------------- options from the tables
