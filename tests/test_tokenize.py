@@ -20,7 +20,7 @@ from prep.render.encoder import Encoder, Settings
 from prep.render.tokenizer import load_tokenizer, same_tokenizer
 from prep.shards.layout import read_manifest
 from prep.shards.verify import verify
-from prep.stages.tokenize import tokenize
+from prep.stages.tokenize import _auto_workers, tokenize
 
 TOKENIZER = str(SAMPLES / "tokenizer")
 
@@ -174,6 +174,10 @@ def test_workers_reading_their_own_batches_give_the_one_worker_run(tmp_path, tok
         assert one == two and sum(one["counts"]["rejected"].values()) == rejected
         assert runs[0].formats == runs[1].formats
         assert (tmp_path / f"{data.stem}1.rejects.jsonl").read_text() == (tmp_path / f"{data.stem}2.rejects.jsonl").read_text()
+        picked = tokenize(Inputs([str(data)], skip=skip), tok, str(tmp_path / f"{data.stem}0"), template="chatml")
+        # the default picks one worker per core for the 3 parts of the big file (at most 3), one for the small one
+        assert picked.workers == (min(_auto_workers(), 3) if data is big else 1)
+        assert json.loads((tmp_path / f"{data.stem}0" / "manifest.json").read_text()) == one
 
 
 def test_the_manifest_accounts_for_each_source_with_its_lengths_before_and_after_max_len(tmp_path, tok) -> None:

@@ -56,6 +56,7 @@ RENDER_CHARS = 16 << 20  # ... or writing more characters than this
 RECIPE_NODES = 100_000  # values a recipe may expand to through its YAML aliases
 MAX_CONFIG_BYTES = 64 << 20  # a template, registry, recipe or tokenizer file larger than this is refused (tokenizer.json: 7-33 MB)
 MAX_ROW_BYTES = 64 << 20  # a line-based row longer than this is a too_large reject, not read (JSONL rows: a few KB)
+AUTO_WORKERS = 8  # tokenize --workers 0 takes at most this many: each holds its own tokenizer caches and batches
 # What a medium may hold before it is media_too_large: Pillow's own decompression-bomb limit (its
 # Image.MAX_IMAGE_PIXELS), a gigabyte, an hour.
 MAX_MEDIA_PIXELS = 178_956_970
@@ -315,7 +316,8 @@ TOKENIZE = (
     _MAX_LEN,
     Option("overflow", default="drop", choices=OVERFLOW, recipe=True,
            help="A row over --max-len: reject it, cut it (keeping the EOS trained), or drop trailing turns."),
-    Option("workers", int, 1, "Processes tokenizing batches (order and output do not depend on it).", low=1,
+    Option("workers", int, 0, "Processes tokenizing batches (order and output do not depend on it); 0: one per "
+           f"core, at most {AUTO_WORKERS}, for a plain JSONL input of 2 batches (2,048 rows) or more, else 1.", low=0,
            recipe=True),
     Option("output", required=True, flags=("-o", "--output"), path="folder", help="Shard folder."),
     Option("rejects", help="Keep rejected and cut rows with reasons (JSONL).", path="file"),

@@ -7,7 +7,8 @@ one before that. With `workers > 1` a process pool does the work and the parent
 only writes: each worker reads its own batches of the input (`formats.inputs.plan_inputs` cuts plain JSONL on
 batch ends, as for Ray), renders, tokenizes and labels them; where the input cannot be cut (standard input,
 registry entries, a big file of another format) the parent reads and sends the workers its batches. Batches come
-back in order, so the shards are byte-identical to a one-worker run.
+back in order, so the shards are byte-identical to a one-worker run. `workers=0` (the default) picks the count: one
+per core this process may use (at most `core.options.AUTO_WORKERS`) when the input is cut into parts the workers read, else one.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from prep.checks.dataset_stats import LengthCounts
 from prep.core.columns import KIND_OF_RECORD
 from prep.core.findings import Batch, PrepError, Tally, count_by_file
 from prep.core.heap import streaming
-from prep.core.options import DEFAULT_DATE, checked
+from prep.core.options import AUTO_WORKERS, DEFAULT_DATE, checked
 from prep.core.records import Record, kind_of
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files.guard import check_outputs
@@ -110,6 +111,12 @@ def _in_pool(fn: Any, items: Iterable[Any], work: Any, workers: int) -> Iterator
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
+
+
+def _auto_workers() -> int:
+    """One worker per core this process may run on, at most AUTO_WORKERS."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, AUTO_WORKERS))
 
 
 _WHOLE_PART_BYTES = 64 * 1024 * 1024  # a part that is a whole file (not cut into batches) at most: it travels whole
@@ -244,17 +251,19 @@ def _bounded_lengths(kind: str, table: pa.Table) -> np.ndarray:
 class TokenizeResult(Result):
     manifest: dict[str, Any] = field(default_factory=dict)
     formats: dict[str, str] = field(default_factory=dict)
+    workers: int = 1  # the processes that tokenized (--workers 0 picks them)
 
     def details(self) -> dict[str, Any]:
-        return {"formats": self.formats, "manifest": self.manifest}
+        return {"formats": self.formats, "manifest": self.manifest, "workers": self.workers}
 
     def summary(self) -> str:
         m = self.manifest
         trained = f", {m['tokens']['loss']:,} trained" if m["kind"] in ("sft", "pretrain") else ""
         items = (m.get("media") or {}).get("items")
         media = f", {items:,} media ({len(m['media']['files']):,} files)" if items else ""
+        workers = f", {self.workers} workers" if self.workers > 1 else ""
         return (f"{self.tally.summary()}; {m['tokens']['total']:,} tokens{trained}{media} ({m['kind']}, template "
-                f"{(m['template'] or {}).get('name', 'none')})")
+                f"{(m['template'] or {}).get('name', 'none')}{workers})")
 
 
 @dataclass(frozen=True)
@@ -303,7 +312,7 @@ class _EncodeAndWrite:
 @checked("tokenize")
 def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, template: str | None = None,
              kind: str | None = None, train_on: str = "auto", max_len: int | None = None, overflow: str = "drop",
-             workers: int = 1, rejects: str | None = None, progress: ProgressFn | None = None,
+             workers: int = 0, rejects: str | None = None, progress: ProgressFn | None = None,
              train_on_reasoning: str = "yes", template_kwargs: Iterable[str] = (),
              date: str = DEFAULT_DATE, engine: str = "local", ray_address: str | None = None,
              ray_workers: int = 0) -> TokenizeResult:
@@ -318,7 +327,11 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, templat
     kwargs = parse_kwargs(template_kwargs, template)
     formats: dict[str, str] = {}
     where, ran = Engine(engine, ray_address, ray_workers), Ran()
-    parts = plan_inputs(inputs, formats, parts_wanted(where)) if where.ray else _local_parts(inputs, formats, workers)
+    if where.ray:
+        parts = plan_inputs(inputs, formats, parts_wanted(where))
+    else:
+        parts = _local_parts(inputs, formats, workers or _auto_workers())
+        workers = workers or min(_auto_workers(), len(parts)) or 1  # 0: one per core, when the workers read parts
     batches = chain.from_iterable(read_part(p, inputs.skip) for p in parts) if where.ray or parts else \
         read_inputs(inputs, formats)
     if kind is None:
@@ -376,4 +389,4 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, templat
         meta["sources"] = sources.to_list()
     return TokenizeResult(tally=writer.tally, outputs=outputs(output=output, rejects=rejects),
                           manifest=writer.manifest(), formats=formats, notes=tok.notes,
-                          engine=ran.to_dict() if where.ray else {})
+                          engine=ran.to_dict() if where.ray else {}, workers=1 if where.ray else workers)
