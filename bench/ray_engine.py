@@ -125,7 +125,7 @@ def driver_cost(shards: Path) -> tuple[float, float]:
 def comparison(runner: Any, work: Path, quick: bool, log: Any = print, copies: int = 40) -> tuple[list[Any], Any]:
     """bench/run.py's tools for `--suite ray`: the unique alpaca chats of the tokenize suite (`copies` x 999 rows;
     2 copies with --quick), qwen2.5/chatml, `prep tokenize` CLI whole process: `--engine ray --ray-workers 1` (the
-    baseline), `--ray-workers 2`, and the local engine (1 process). Each Ray run starts its own local Ray of this
+    baseline), `--ray-workers 2`, and the local engine (its default, one worker per core). Each Ray run starts its own local Ray of this
     machine's cores. Checks after every run: its rows (every column, in order) are the first run's, `prep verify`
     passes, and a Ray run's shards are the workers' (one per part: more than one, none over a part's 16,384 rows)."""
     Tool = runner.Tool  # noqa: N806 - the runner's class
@@ -137,7 +137,7 @@ def comparison(runner: Any, work: Path, quick: bool, log: Any = print, copies: i
     tools = []
     for name, extra in (("prep tokenize CLI --engine ray --ray-workers 1", ["--engine", "ray", "--ray-workers", "1"]),
                         ("prep tokenize CLI --engine ray --ray-workers 2", ["--engine", "ray", "--ray-workers", "2"]),
-                        ("prep tokenize CLI (local engine)", [])):
+                        ("prep tokenize CLI (local engine, --workers 0: one per core)", [])):
         out = work / f"ray-{len(tools)}"
         tools.append(Tool(name, group, [sys.executable, "-m", "prep", *tokenize_args(data, out, extra)],
                           check=_same_rows(out, bool(extra), seen), rows=rows,
