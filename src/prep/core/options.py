@@ -183,8 +183,8 @@ _ENGINE = (
     Option("engine", default="local", choices=ENGINES, recipe=True,
            help="local: this machine; ray: a Ray cluster through Ray Data (pip install 'prep[ray]'). Same output."),
     Option("ray_address", recipe=True,
-           help="With --engine ray: the cluster to join (e.g. ray://head:10001, or auto); default: start a local Ray "
-                "with this machine's cores."),
+           help="With --engine ray: the cluster to join (e.g. ray://head:10001, or auto); default: $RAY_ADDRESS if set, "
+                "else start a local Ray with this machine's cores."),
     Option("ray_workers", int, 0, "With --engine ray: Ray Data actors running the stage (0: one per CPU of the "
                                   "cluster).", low=0, recipe=True),
 )

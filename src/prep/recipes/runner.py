@@ -222,6 +222,11 @@ def _call(verb: str, stage: Stage, view: View, values: dict[str, Any]) -> Any:
     return call(verb, values, lambda p: view.progress(stage, p))
 
 
+def _line(result: Result) -> str:
+    """The stage's line: the verb's summary and, under Ray, where it ran, as the verb's CLI line says."""
+    return result.summary() + result.where()
+
+
 def _outputs(stage: Stage, recipe: Recipe, output: str | None = "data.jsonl") -> dict[str, Any]:
     """The stage's section writing into the stage's folder (`output` a file in it, "" the folder itself, None none),
     with where it runs when its verb can run on an engine."""
@@ -239,7 +244,7 @@ def _convert(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str,
             "rejected": t.rejected_total, "rejected_by_reason": dict(t.rejected), "formats": result.formats,
             "files": {f: tally.to_dict() for f, tally in result.files.items()},
             "dropped_fields": dict(sorted(t.dropped.items())),
-            "rejects": "rejects.jsonl" if t.rejected_total else None, "line": result.summary()}
+            "rejects": "rejects.jsonl" if t.rejected_total else None, "line": _line(result)}
 
 
 def _kept(result: Any) -> dict[str, Any]:
@@ -249,7 +254,7 @@ def _kept(result: Any) -> dict[str, Any]:
     removed = sum(n for code, n in t.rejected.items() if code in result.purpose)
     return {"outputs": ["data.jsonl"], "read": t.read, "written": t.written, "rejected": t.rejected_total - removed,
             "removed": removed, "rejected_by_reason": dict(t.rejected), "rejects": "rejects.jsonl" if t.rejected_total
-            else None, "line": result.summary()}
+            else None, "line": _line(result)}
 
 
 def _mix(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
@@ -274,7 +279,7 @@ def _split(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, A
     rows, t = result.manifest["rows"], result.tally
     return {"outputs": ["train.jsonl", "validation.jsonl", "manifest.json"], "read": t.read, "written": t.written,
             "rejected": t.rejected_total, "train": rows["train"], "validation": rows["validation"],
-            "rejects": "rejects.jsonl" if t.rejected_total else None, "line": result.summary()}
+            "rejects": "rejects.jsonl" if t.rejected_total else None, "line": _line(result)}
 
 
 def _validate(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
@@ -290,7 +295,7 @@ def _validate(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str
     summary = {"outputs": ["report.json"], "read": result.rows_read, "accepted": result.rows_accepted,
                "rejected": result.rows_rejected, "errors": result.findings.errors,
                "warnings": result.findings.warnings, "report": "report.json",
-               "rejects": "rejects.jsonl" if result.rows_rejected else None, "line": result.summary()}
+               "rejects": "rejects.jsonl" if result.rows_rejected else None, "line": _line(result)}
     if result.exit_code and not values.get("allow_errors"):
         show.show(result, sys.stderr)
         raise _Stopped(f"validation found {result.findings.errors} errors and {result.findings.warnings} warnings "
@@ -349,7 +354,7 @@ def _tokenize(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str
         outputs.append("validation/manifest.json")
     return {"outputs": outputs, "kind": m["kind"], "read": t.read, "written": t.written,
             "rejected": t.rejected_total, "rejected_by_reason": dict(t.rejected), "tokens": m["tokens"],
-            "rejects": "rejects.jsonl" if t.rejected_total else None, "line": result.summary()}
+            "rejects": "rejects.jsonl" if t.rejected_total else None, "line": _line(result)}
 
 
 def _pack(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:
@@ -359,7 +364,7 @@ def _pack(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, An
     rejected = sum(c["rejected"].values())
     return {"outputs": ["manifest.json"], "read": c["read"], "written": c["written"], "rows": c["rows"],
             "rejected": rejected, "efficiency": packing.get("efficiency"),
-            "rejects": "rejects.jsonl" if rejected else None, "line": result.summary()}
+            "rejects": "rejects.jsonl" if rejected else None, "line": _line(result)}
 
 
 def _train(recipe: Recipe, stage: Stage, flow: _Flow, view: View) -> dict[str, Any]:

@@ -34,9 +34,9 @@ Work = Callable[[Any], Iterator[Any]]  # one part in, its per-batch outputs out 
 
 @dataclass(frozen=True)
 class Engine:
-    """Which engine runs a stage: `name` local or ray; for Ray the cluster's `address` (None: start a local Ray
-    with this machine's cores) and the number of `workers` (Ray Data actors; 0: one per CPU of the cluster). The
-    verbs check the values with their options tables first."""
+    """Which engine runs a stage: `name` local or ray; for Ray the cluster's `address` (None: $RAY_ADDRESS if set,
+    else start a local Ray with this machine's cores) and the number of `workers` (Ray Data actors; 0: one per CPU
+    of the cluster). The verbs check the values with their options tables first."""
 
     name: str = "local"
     address: str | None = None
@@ -65,20 +65,22 @@ class Ran:
 
 
 def connect(engine: Engine) -> int:
-    """Connect to Ray: to `engine.address`, or to a Ray this process already started, or to a new local Ray with
-    this machine's cores (loopback only, no usage reporting). Returns the number of workers the stage gets."""
+    """Connect to Ray: to `engine.address`, else to $RAY_ADDRESS (as Ray's own tools do), or to a Ray this process
+    already started, or to a new local Ray with this machine's cores (loopback only, no usage reporting). Returns
+    the number of workers the stage gets."""
     import logging  # noqa: PLC0415 - start-up time: only Ray's runs set log levels
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if not engine.address:  # a one-machine Ray: every process on the loopback address (read when Ray is imported)
+    address = engine.address or os.environ.get("RAY_ADDRESS")
+    if not address:  # a one-machine Ray: every process on the loopback address (read when Ray is imported)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray = require_ray()
     if not ray.is_initialized():
         quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
         main = threading.current_thread() is threading.main_thread()
         handler = signal.getsignal(signal.SIGTERM) if main else None
-        if engine.address:
-            ray.init(address=engine.address, **quiet)
+        if address:  # given one (flag or $RAY_ADDRESS), ray.init refuses a local Ray's num_cpus: join it
+            ray.init(address=address, **quiet)
         else:
             ray.init(num_cpus=max(os.cpu_count() or 1, engine.workers), include_dashboard=False,
                      _node_ip_address="127.0.0.1", **quiet)
