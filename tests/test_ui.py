@@ -196,6 +196,11 @@ def _choose(select: str, value: str) -> str:
             f"'{value}')) return false; s.value = '{value}'; s.dispatchEvent(new Event('change')); return true; }})()")
 
 
+def _set(name: str, value: str) -> str:
+    return (f"(() => {{ const el = document.querySelector('[name=\"{name}\"]'); el.value = '{value}'; "
+            "el.dispatchEvent(new Event('input', {bubbles: true})); return true; })()")
+
+
 def _click(selector: str) -> str:
     return f"document.querySelector('{selector}').click() ?? true"
 
@@ -210,7 +215,7 @@ def _stage(name: str) -> str:
 def test_the_whole_chain_in_chromium(tmp_path: Path) -> None:
     """From an empty ROOT holding the samples: `prep ui ROOT` prints its URL; the Data page reads coqa.json, the
     Template page shows the trained tokens, the Recipe page makes the quickstart (the same stage keys and values
-    as recipes/quickstart.yaml), the Run page runs it, is stopped in train (the stages before stay valid: prep
+    as recipes/quickstart.yaml) and saves it again with fewer training steps, the Run page runs it, is stopped in train (the stages before stay valid: prep
     verify) and run again to a trained adapter, its report opens, and the Runs page sets two runs side by side.
     No console error, and no request leaves this server. With PREP_UI_SHOTS=docs the screenshots are the README's."""
     folder = tmp_path / "root"
@@ -267,6 +272,12 @@ def test_the_whole_chain_in_chromium(tmp_path: Path) -> None:
         assert [(s.name, s.key) for s in run(mine, dry_run=True).stages] == \
                [(s.name, s.key) for s in run(theirs, dry_run=True).stages]
         assert len(mine.stages) == 5
+        # the same page edits the saved recipe: 4 training steps show the loss falling as the quickstart's 30 do
+        browser.evaluate(_set("train.max_steps", "4") + " && (document.querySelector('#saved').remove() ?? true)")
+        browser.evaluate(_click("#save"))
+        assert browser.wait("document.querySelector('#saved')?.textContent") == "saved recipes/ui.yaml"
+        shorter = load_recipe(folder / "recipes" / "ui.yaml")
+        assert shorter.data == {**theirs.data, "train": {**theirs.data["train"], "max_steps": 4}}
 
         browser.evaluate(_click("#torun"))  # Run: start, stop in train, the stages before still valid
         browser.wait("location.pathname === '/run' && document.querySelector('#recipe')?.value === 'recipes/ui.yaml'")
@@ -290,7 +301,7 @@ def test_the_whole_chain_in_chromium(tmp_path: Path) -> None:
         ran = json.loads((folder / "runs" / "quickstart" / "run.json").read_text())
         assert [s["status"] for s in ran["stages"]] == ["skipped"] * 4 + ["ran"]
         train = ran["stages"][-1]["summary"]
-        assert train["steps"] == 30 and train["last_loss"] < train["first_loss"]
+        assert train["steps"] == 4 and train["last_loss"] < train["first_loss"]
         assert (folder / "runs" / "quickstart" / "train" / train["adapter"] / "adapter_model.safetensors").is_file()
         browser.screenshot(shots / "ui-run.png")
         browser.evaluate("document.querySelector('#report').removeAttribute('target') ?? true")
