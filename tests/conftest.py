@@ -7,6 +7,7 @@ import datetime
 import functools
 import importlib.util
 import inspect
+import json
 import os
 import re
 import subprocess
@@ -74,6 +75,39 @@ def run_prep(*args: str, input: bytes | None = None, cwd: Path | None = None) ->
     """`prep ARGS` in a subprocess, as a user runs it (stdout and stderr captured as bytes)."""
     return subprocess.run([sys.executable, "-m", "prep", *args], input=input, capture_output=True,
                           cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+
+
+HEAVY = ("torch", "transformers", "datasets", "trl", "ray")  # what the data verbs never import (start-up time)
+_IN_ONE = """\
+import contextlib, json, sys
+from prep.cli import main
+runs, said, heavy = json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+for n, argv in enumerate(runs):
+    code = None
+    with open(f"{said}.{n}", "w", encoding="utf-8") as out, contextlib.redirect_stdout(out):
+        try:
+            main(argv)
+        except SystemExit as e:
+            code = e.code
+    with open(said, "a", encoding="utf-8") as f:
+        f.write(json.dumps([code, [m for m in heavy if m in sys.modules]]) + "\\n")
+"""
+
+
+def prep_in_one_interpreter(runs: list[list[str]], folder: Path, **env: str) -> tuple[list[Any], str]:
+    """`prep ARGS` for each ARGS of `runs`, in order, in one fresh interpreter that imported nothing else (one
+    start-up, not one per run): for each run (its exit code, None when it returned; which of HEAVY were in
+    sys.modules after it; its stdout), and the interpreter's stderr. A module stays imported, so the first run to
+    import one shows it."""
+    said = folder / "said.jsonl"
+    proc = subprocess.run([sys.executable, "-c", _IN_ONE, json.dumps(runs), str(said), json.dumps(HEAVY)],
+                          capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **env})
+    assert proc.returncode == 0, proc.stderr
+    ran = [json.loads(line) for line in said.read_text(encoding="utf-8").splitlines()]
+    assert len(ran) == len(runs), proc.stderr
+    return [(code, loaded, Path(f"{said}.{n}").read_text(encoding="utf-8")) for n, (code, loaded) in enumerate(ran)], \
+        proc.stderr
 
 
 def make_tiny_model(out: Path, *args: Any, **kwargs: Any) -> Path:

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
-from conftest import fixture
+from conftest import fixture, prep_in_one_interpreter
 from prep.core.columns import MEDIA_META
 from prep.core.findings import Batch, PrepError, Source
 from prep.render.tokenizer import load_tokenizer
@@ -524,30 +524,19 @@ def test_report_samples_show_a_thumbnail_beside_the_tokens(folder, tmp_path):
 
 @pytest.mark.slow
 def test_the_verbs_run_from_the_cli_on_media_shards_without_torch_or_transformers(tmp_path, tok):
-    """verify, inspect, pack, export and report on shards with media, each in a fresh interpreter: they work, and
-    none imports the heavy libraries (Pillow only where a thumbnail is made)."""
-    import os
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
+    """verify, inspect, pack, export and report on shards with media, in order in one fresh interpreter: they work,
+    and none imports the heavy libraries (Pillow only where a thumbnail is made)."""
     rows, inside = _many_rows(tmp_path, tok)
     src = write_folder(tmp_path / "tok", tok, rows, [".", str(tmp_path / "pics")], FLAT, inside=inside)
-    heavy = ("torch", "transformers", "datasets", "trl", "ray")
-    probe = ("import sys, json\nfrom prep.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
-             f"    code = e.code\nprint(json.dumps([code, [m for m in {heavy!r} if m in sys.modules]]))")
-    out = {}
-    for args in (["verify", str(src)], ["inspect", str(src), "--row", "2"],
-                 ["pack", str(src), "--max-len", "160", "-o", str(tmp_path / "packed"), "-q"],
-                 ["verify", str(tmp_path / "packed")],
-                 ["export", str(tmp_path / "packed"), "--to", "jsonl", "-o", str(tmp_path / "e.jsonl")],
-                 ["report", str(tmp_path / "packed"), "-o", str(tmp_path / "r.html")]):
-        proc = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=ROOT,
-                              env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "COLUMNS": "300"})
-        code, loaded = json.loads(proc.stdout.strip().splitlines()[-1])
-        assert code in (0, None) and loaded == [], (args, proc.stderr)
-        out[args[0]] = proc.stdout
+    runs = [["verify", str(src)], ["inspect", str(src), "--row", "2"],
+            ["pack", str(src), "--max-len", "160", "-o", str(tmp_path / "packed"), "-q"],
+            ["verify", str(tmp_path / "packed")],
+            ["export", str(tmp_path / "packed"), "--to", "jsonl", "-o", str(tmp_path / "e.jsonl")],
+            ["report", str(tmp_path / "packed"), "-o", str(tmp_path / "r.html")]]
+    ran, stderr = prep_in_one_interpreter(runs, tmp_path, COLUMNS="300")
+    for args, (code, loaded, _) in zip(runs, ran, strict=True):
+        assert code in (0, None) and loaded == [], (args, stderr)
+    out = {args[0]: stdout for args, (_, _, stdout) in zip(runs, ran, strict=True)}
     assert "<image 1: 84×56 → 6 tokens>" in out["inspect"] and "<image 2: 140×140 → 25 tokens>" in out["inspect"]
     assert 'class="m m-image"><img src="data:image/jpeg;base64,' in (tmp_path / "r.html").read_text()
 

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import ROOT, SAMPLES, fixture, hf_tokenizer
+from conftest import ROOT, SAMPLES, fixture, hf_tokenizer, prep_in_one_interpreter
 from prep.core.findings import PrepError
 from prep.files import hashing
 from prep.render.tokenizer import fingerprint, load_tokenizer
@@ -146,22 +145,18 @@ VERBS = {
 
 @pytest.mark.slow
 def test_the_data_verbs_import_neither_torch_nor_transformers(tmp_path: Path) -> None:
-    """Each verb in a fresh interpreter, in order (pack reads what tokenize wrote), tokenize also on rows with images
-    and video (Pillow and PyAV probe them, the Qwen2-VL scheme expands them); afterwards none of the heavy
-    libraries is in sys.modules, nor Ray (the local engine never imports it)."""
-    heavy = ("torch", "transformers", "datasets", "trl", "ray")
+    """Every verb, in order (pack reads what tokenize wrote), in one fresh interpreter that imported nothing else,
+    tokenize also on rows with images and video (Pillow and PyAV probe them, the Qwen2-VL scheme expands them); after
+    each, none of the heavy libraries is in sys.modules, nor Ray (the local engine never imports it): a module stays
+    imported, so the first verb to import one is the one named."""
     recipe = yaml.safe_load((ROOT / "recipes" / "autotrain-csv-dpo.yaml").read_text(encoding="utf-8"))
     del recipe["train"]
     recipe["inputs"]["files"] = [str(ROOT / "samples" / "autotrain_dpo.csv")]
     recipe["tokenize"]["tokenizer"] = str(ROOT / "samples" / "tokenizer")
     (tmp_path / "data-only.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
-    probe = ("import sys, json\nfrom prep.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
-             f"    code = e.code\nprint(json.dumps([code, [m for m in {heavy!r} if m in sys.modules]]))")
-    for verb, args in VERBS.items():
-        argv = [a.format(tmp=tmp_path, qwen=fixture("tokenizers", "qwen2.5"), mllm=fixture("data", "llamafactory"),
-                         qwen2vl=fixture("processors", "qwen2-vl")) for a in args]
-        proc = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, cwd=ROOT,
-                              env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-        code, loaded = json.loads(proc.stdout.strip().splitlines()[-1])
-        assert code in (0, 1, None), (verb, proc.stderr)  # 1: rows rejected, as intended by the data
+    runs = [[a.format(tmp=tmp_path, qwen=fixture("tokenizers", "qwen2.5"), mllm=fixture("data", "llamafactory"),
+                      qwen2vl=fixture("processors", "qwen2-vl")) for a in args] for args in VERBS.values()]
+    ran, stderr = prep_in_one_interpreter(runs, tmp_path)
+    for verb, (code, loaded, _) in zip(VERBS, ran, strict=True):
+        assert code in (0, 1, None), (verb, stderr)  # 1: rows rejected, as intended by the data
         assert loaded == [], f"prep {verb} imported {loaded}"
