@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,23 @@ def prep_in_one_interpreter(runs: list[list[str]], folder: Path, **env: str) -> 
     assert len(ran) == len(runs), proc.stderr
     return [(code, loaded, Path(f"{said}.{n}").read_text(encoding="utf-8")) for n, (code, loaded) in enumerate(ran)], \
         proc.stderr
+
+
+def invoke_prep(*args: str) -> Any:
+    """`prep ARGS` run in this process by click's test runner: the CLI's parsing, messages and exit code, without a
+    new interpreter's start-up and imports (seconds with the train extra; run_prep is the user's own process). The
+    environment variables and warning filters the CLI sets for itself are put back afterwards."""
+    from click.testing import CliRunner
+
+    from prep.cli import main
+
+    saved = dict(os.environ)
+    try:
+        with warnings.catch_warnings():
+            return CliRunner().invoke(main, list(args))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def make_tiny_model(out: Path, *args: Any, **kwargs: Any) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SAMPLES, fixture, make_tiny_model, run_prep
+from conftest import SAMPLES, fixture, invoke_prep, make_tiny_model, run_prep
 from prep.core.findings import PrepError
 from prep.formats.inputs import Inputs
 from prep.shards.layout import read_manifest
@@ -218,8 +218,8 @@ def test_checkpoints_of_another_run_are_never_mixed_or_resumed(root: Path, model
         train(shards["packed"], TrainOptions(output=out, max_steps=4, lr=2e-2, resume=True, **common))
     with pytest.raises(PrepError, match="shards manifest sha256 [0-9a-f]{64} then, [0-9a-f]{64} now"):
         train(shards["pretrain"], TrainOptions(output=out, max_steps=4, lr=1e-2, resume=True, **common))
-    refused = run_prep("train", shards["packed"], "--model", model, "-o", out, "--max-steps", "2")
-    assert refused.returncode == 2 and "--resume" in refused.stderr.decode(), refused.stderr.decode()
+    refused = invoke_prep("train", shards["packed"], "--model", model, "-o", out, "--max-steps", "2")
+    assert refused.exit_code == 2 and "--resume" in refused.stderr, refused.output
 
 
 def swapped_tokenizer(folder: Path) -> Path:
@@ -241,11 +241,11 @@ def test_fingerprint_mismatch_is_refused_and_force_overrides(root: Path, model: 
     err = refused.stderr.decode()
     assert refused.returncode == 2, err
     assert "swapped" in err and "tiny-llama" in err and "--force" in err and "Traceback" not in err
-    forced = run_prep("train", str(shards), "--model", model, "-o", str(tmp_path / "out"), "--max-steps", "1",
-                      "--force")
-    assert forced.returncode == 0, forced.stderr.decode()
+    forced = invoke_prep("train", str(shards), "--model", model, "-o", str(tmp_path / "out"), "--max-steps", "1",
+                         "--force")
+    assert forced.exit_code == 0, forced.output
     assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
-    assert "1 steps" in forced.stderr.decode()
+    assert "1 steps" in forced.stderr
 
 
 def test_a_tokenizer_larger_than_the_model_is_refused_even_with_force(model: str, tmp_path: Path) -> None:
@@ -265,9 +265,8 @@ def test_corrupted_shard_is_refused(shards: dict, model: str, tmp_path: Path) ->
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
-    done = run_prep("train", str(broken), "--model", model, "-o", str(tmp_path / "out"))
-    err = done.stderr.decode()
-    assert done.returncode == 2 and "fail verification" in err and "Traceback" not in err, err
+    done = invoke_prep("train", str(broken), "--model", model, "-o", str(tmp_path / "out"))
+    assert done.exit_code == 2 and "fail verification" in done.stderr, done.output
     assert not (tmp_path / "out").exists()
 
 
@@ -358,12 +357,7 @@ BAD_OPTIONS = [("--batch-size", "0", "batch_size", 0), ("--grad-accum", "0", "gr
 @pytest.mark.parametrize(("flag", "text", "name", "value"), BAD_OPTIONS)
 def test_bad_option_values_are_refused_naming_the_option(flag: str, text: str, name: str, value: float,
                                                           shards: dict, tmp_path: Path) -> None:
-    from click.testing import CliRunner
-
-    from prep.cli import main
-
-    done = CliRunner().invoke(main, ["train", shards["packed"], "--model", str(tmp_path), "-o", str(tmp_path / "o"),
-                                     flag, text])
+    done = invoke_prep("train", shards["packed"], "--model", str(tmp_path), "-o", str(tmp_path / "o"), flag, text)
     assert done.exit_code == 2 and flag in done.output and "internal error" not in done.output, done.output
     with pytest.raises(PrepError, match=f"^{flag} "):
         train(shards["packed"], TrainOptions(model=str(tmp_path), output=str(tmp_path / "o"), **{name: value}))
@@ -401,18 +395,14 @@ def test_a_missing_train_extra_is_named_with_the_install_line(missing: str, shar
 def test_attn_implementation_reaches_the_model(root: Path, model: str, shards: dict) -> None:
     """eager on CPU: packed rows still stacked, same first loss; flash-attention without its package (or a GPU)
     is refused naming the option."""
-    from click.testing import CliRunner
-
-    from prep.cli import main
-
     options = TrainOptions(model=model, output=str(root / "eager"), max_steps=1, lr=1e-3, batch_size=4,
                            attn_implementation="eager")
     report = train(shards["packed"], options).report
     assert report["attn_implementation"] == "eager" and report["batching"] == "packed rows stacked"
     assert report["first_loss"] == pytest.approx(manual_loss(base(model), shards["packed"]), rel=1e-4)
     if importlib.util.find_spec("flash_attn") is None:
-        done = CliRunner().invoke(main, ["train", shards["packed"], "--model", model, "-o", str(root / "flash"),
-                                         "--attn-implementation", "flash_attention_2"])
+        done = invoke_prep("train", shards["packed"], "--model", model, "-o", str(root / "flash"),
+                           "--attn-implementation", "flash_attention_2")
         assert done.exit_code == 2 and "--attn-implementation flash_attention_2" in done.output, done.output
 
 
@@ -456,9 +446,9 @@ def test_generate_warns_when_the_base_model_is_not_the_one_trained_on(lora: dict
     shutil.copytree(model, other)
     swapped = swapped_tokenizer(tmp_path / "swapped")
     shutil.copy(swapped / "tokenizer.json", other / "tokenizer.json")
-    done = run_prep("generate", "--model", str(other), "--adapter", lora["output"], "--max-new-tokens", "2", "Hi")
-    err = done.stderr.decode()
-    assert done.returncode == 0, err
+    done = invoke_prep("generate", "--model", str(other), "--adapter", lora["output"], "--max-new-tokens", "2", "Hi")
+    err = done.stderr
+    assert done.exit_code == 0, done.output
     assert "template: chatml" in err
     assert "but " + str(other) + " has tokenizer other-llama" in err, err
     assert f"trained on the base model {model}; --model is {other}" in err, err
