@@ -2,8 +2,9 @@
 arguments baked in as defaults) and stops on the trained end-of-turn token, and `prep verify --serving` proves it
 by rendering shard rows from that folder alone with transformers.
 
-Each fixture tokenizer gets a tiny model (hidden 16, one layer), trained one step on its shards with `--merge`
-(as `prep train SHARDS --model BASE --max-steps 1 --merge` does); the merged folder is what is served."""
+Each fixture tokenizer gets a tiny model (hidden 16, one layer), trained one step on its shards' first row with
+`--merge` (as `prep train SHARDS --model BASE --max-steps 1 --batch-size 1 --merge` does); the merged folder is what
+is served. One row, not a batch of random ones: the step's cost is its tokens times a vocabulary of up to 151k."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ CASES = {
 @pytest.fixture(scope="module", params=list(CASES))
 def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Shards of 100 rows, a tiny base model with the fixture tokenizer (as its folder holds it), and that model
-    trained one step on them and merged by prep train."""
+    trained one step on their first row and merged by prep train."""
     data, kwargs = CASES[request.param]
     tok_dir = fixture("tokenizers", request.param)
     root = tmp_path_factory.mktemp(request.param)
@@ -46,8 +47,8 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     shards = root / "shards"
     tokenize(Inputs([str(root / data)]), str(tok_dir), str(shards), template_kwargs=kwargs)
     base = make_tiny_model(root / "base", tokenizer=tok_dir, hidden=16, layers=1)
-    report = train(str(shards), TrainOptions(model=str(base), output=str(root / "out"), max_steps=1, batch_size=2,
-                                             merge=True)).report
+    report = train(str(shards), TrainOptions(model=str(base), output=str(root / "out"), max_steps=1, batch_size=1,
+                                             merge=True, extra={"train_sampling_strategy": "sequential"})).report
     notes = [n for n in report.get("notes", []) if "template" in n]  # any note about the template it saved
     return {"shards": str(shards), "base": str(base), "saved": report["merged"], "notes": notes,
             "case": request.param}
