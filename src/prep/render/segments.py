@@ -6,7 +6,8 @@ between two special tokens tokenizes the same alone as inside its row. A row who
 `MIN_CHARS`) was seen before is encoded in pieces: that stretch's encoding from the cache, the text around it
 encoded as usual, the pieces merged with their offsets moved on (`Encoding.merge`), which gives the ids, offsets and
 `char_to_token` of the whole row's encoding. A stretch is cached on its second sighting (a stretch seen once costs a
-hash), and a run whose first batches repeat no stretch stops looking. Tokenizers for which a stretch alone may
+hash), and a run whose first batches repeat a stretch in fewer than one row in 20 stops looking (a look costs
+every row a scan; a rare hit saves little). Tokenizers for which a stretch alone may
 tokenize otherwise (an added token that strips the space beside it or matches only whole words; a pre-tokenizer
 that marks only the first word of the text) are always encoded whole, as is any row whose pieces do not join up.
 
@@ -52,7 +53,8 @@ import numpy as np
 from prep.files.hashing import cache_path, read_cache, write_cache
 
 MIN_CHARS = 256  # shorter stretches cost more to look up and join than to tokenize again
-_PROBE_BATCHES = 2  # a run that repeats no long stretch in its first batches stops looking
+_PROBE_BATCHES = 2  # a run whose first batches repeat few long stretches stops looking
+_FEW = 20  # few: fewer than one row in this many (a row's look costs more than a rare hit saves)
 _MOST = 4096  # stretches cached (and twice as many remembered as seen once), then the memory starts again
 _BPE_CACHE_WORDS = 1 << 17  # words whose merges a BPE model keeps (tokenizers' default: 10,000)
 _MERGES_PROOF = 1  # version of the kept proof that a vocabulary's words merge back to themselves
@@ -117,7 +119,7 @@ class Segments:
         self.pattern = _splitter(backend)
         self.cache: dict[str, Any] = {}
         self.seen: set[int] = set()
-        self.batches = self.hits = 0
+        self.batches = self.hits = self.looked = 0  # batches encoded, rows with a repeated stretch, rows looked at
         self.form, self.bare = _without_normalizer(backend)
         # byte-level and adding, stripping and normalizing nothing (the copy without the normalizer, when there is one)
         self.byte_level = _byte_level(backend) and (self.bare is not None or backend.normalizer is None)
@@ -165,11 +167,12 @@ class Segments:
         if self.pattern is None:
             return self._encode(texts)
         plans = [self._plan(t) for t in texts]
+        self.looked += len(texts)
+        self.hits += len(texts) - plans.count(None)
+        if self.batches >= _PROBE_BATCHES and self.hits * _FEW < self.looked:
+            self.pattern = None  # (next batch on) little repeats here: stop looking
         if not any(plans):
-            if self.batches >= _PROBE_BATCHES and not self.hits:
-                self.pattern = None  # nothing repeats here: stop looking
             return self._encode(texts)
-        self.hits += 1
         new = [s for s in dict.fromkeys(s for plan in plans if plan for kind, s in plan if kind)
                if s not in self.cache]
         whole_texts = iter(self._encode([t for t, plan in zip(texts, plans, strict=True) if not plan]))
