@@ -276,12 +276,14 @@ def test_rows_with_media_are_refused_where_they_cannot_train(root: Path, model: 
 
 def test_qwen2_5_vl_trains_from_the_same_batches(root: Path, demo: dict[str, Any]) -> None:
     """Qwen2.5-VL takes the same inputs (its image processor is Qwen2-VL's); its vision MLP shares the language
-    model's layer names (gate_proj, up_proj, down_proj), which the LoRA still leaves out of the tower."""
+    model's layer names (gate_proj, up_proj, down_proj), which the LoRA still leaves out of the tower. The batch is
+    the demo's first two rows (three images, two in one row): the forward pass's logits are its tokens times 151k."""
     model = str(make_tiny_model(root / "tiny-qwen2.5-vl", processor_dir(), arch="qwen2.5-vl"))
     lm = transformers.AutoModelForImageTextToText.from_pretrained(model)
     assert type(lm).__name__ == "Qwen2_5_VLForConditionalGeneration"
     data = _dataset(demo["folder"])
-    batch = vision.MediaCollator(model, lm.config, PAD)([data[i] for i in range(len(data))])
+    batch = vision.MediaCollator(model, lm.config, PAD)([data[0], data[1]])
+    assert batch["image_grid_thw"].shape[0] == 3
     assert torch.isfinite(lm(**batch).loss)
     targets = vision.lora_targets(lm, "gate_proj,down_proj", False)
     assert targets and not [n for n in targets if "visual" in n]
