@@ -418,27 +418,6 @@ def test_truncate_never_cuts_a_medium(tmp_path, tok):
     assert check.ok, [str(f) for f in check.findings]
 
 
-@pytest.mark.slow
-def test_pack_under_ray_is_the_local_output_with_media(tmp_path, tok):
-    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'prep[ray]')")
-    rows, inside = _many_rows(tmp_path, tok, 20)
-    src = write_folder(tmp_path / "tok", tok, rows, [".", str(tmp_path / "pics")], FLAT, inside=inside,
-                       overflow="truncate")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        out = {e: pack(src, tmp_path / e, 30, window=7, engine=e, rejects=str(tmp_path / f"{e}.jsonl"))
-               for e in ("local", "ray")}
-    finally:
-        if started:
-            ray.shutdown()
-    assert out["local"].manifest == out["ray"].manifest
-    assert out["local"].tally.altered["truncated"] and out["local"].tally.rejected["too_long"]
-    assert _rows(tmp_path / "ray") == _rows(tmp_path / "local")
-    assert verify(tmp_path / "ray").ok
-
-
 # ---------------------------------------------------------------- export
 
 

@@ -1,6 +1,6 @@
 """`--engine ray` (design §13) on a local Ray cluster of two CPUs: every stage's output is the local engine's
 (rows, ids, manifest, tally, rejects; byte for byte but for tokenize's and pack's shards, which the workers write
-a part each), a worker killed in mid-run costs nothing, and a big JSONL file runs in parallel pieces with its own line
+a part each; pack's rows with media too), a worker killed in mid-run costs nothing, and a big JSONL file runs in parallel pieces with its own line
 numbers."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from prep.core.findings import PrepError
 from prep.core.result import Progress
 from prep.formats.inputs import Inputs
 from prep.recipes.recipe import load_recipe
+from prep.render.tokenizer import load_tokenizer
 from prep.shards.layout import read_manifest
 from prep.shards.reader import iter_tables
 from prep.shards.verify import verify
@@ -30,6 +31,7 @@ from prep.stages.dedup import dedup
 from prep.stages.pack import pack
 from prep.stages.tokenize import tokenize
 from prep.stages.validate import validate
+from test_media_shards import FLAT, _many_rows, _rows, write_folder
 
 # A one-machine Ray on the loopback address, reporting nothing: read when Ray is imported, so set first.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -180,7 +182,7 @@ def test_tokenize_and_pack_under_ray_are_the_local_shards(tmp_path: Path) -> Non
     nothing behind. Then pack with documents to cut and a small window, the workers writing the packed rows: the
     same rows, manifest (but the shard list), tallies and rejects."""
     qwen = fixture("tokenizers", "qwen2.5")
-    big = _big_jsonl(tmp_path / "big.jsonl", 3)
+    big = _big_jsonl(tmp_path / "big.jsonl", 2)  # two pieces, each with rejects
     runs = {
         "sft": dict(inputs=Inputs([str(big), str(SAMPLES / "openai.jsonl")]), tokenizer=str(qwen),
                     template="chatml", max_len=384, overflow="truncate"),
@@ -216,6 +218,21 @@ def test_tokenize_and_pack_under_ray_are_the_local_shards(tmp_path: Path) -> Non
         assert packed["local"].tally.to_dict() == packed["ray"].tally.to_dict()
         _same(tmp_path / f"p{max_len}local.rejects.jsonl", tmp_path / f"p{max_len}ray.rejects.jsonl")
     assert packed["ray"].tally.altered["truncated"] > 0
+
+
+def test_pack_under_ray_is_the_local_output_with_media(tmp_path: Path) -> None:
+    """Shards whose rows hold images (test_media_shards' rows, one-dimensional positions), packed with documents to
+    cut and rows too long: the workers' packed rows, media columns and manifest are the local engine's."""
+    tok = load_tokenizer(fixture("processors/qwen2-vl"))
+    rows, inside = _many_rows(tmp_path, tok, 20)
+    src = write_folder(tmp_path / "tok", tok, rows, [".", str(tmp_path / "pics")], FLAT, inside=inside,
+                       overflow="truncate")
+    out = {e: pack(src, tmp_path / e, 30, window=7, engine=e, rejects=str(tmp_path / f"{e}.jsonl"))
+           for e in ("local", "ray")}
+    assert out["local"].manifest == out["ray"].manifest
+    assert out["local"].tally.altered["truncated"] and out["local"].tally.rejected["too_long"]
+    assert _rows(tmp_path / "ray") == _rows(tmp_path / "local")
+    assert verify(tmp_path / "ray").ok
 
 
 def test_a_worker_killed_mid_run_loses_nothing_and_writes_nothing_twice(tmp_path: Path) -> None:
