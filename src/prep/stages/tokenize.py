@@ -18,6 +18,7 @@ import dataclasses
 import os
 import queue
 import signal
+import sys
 import threading
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
@@ -54,10 +55,11 @@ _worker: Any = None  # what a pool process runs: the Encoder (batches sent to it
 _thread: Any = None  # the pool process's thread that runs it (see _init_worker)
 
 
-def _init_worker(work: Any) -> None:
+def _init_worker(work: Any, parent: int) -> None:
     global _worker, _thread
     from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415 - start-up time: one worker needs no pool
 
+    _die_with(parent)
     _worker = work
     # The work runs in a thread, not the process's main thread: the Rust tokenizer (one thread per worker) then
     # allocates from that thread's own malloc arena, not the main arena it would share with Python's objects, which
@@ -65,6 +67,20 @@ def _init_worker(work: Any) -> None:
     _thread = ThreadPoolExecutor(1, thread_name_prefix="prep-worker")
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the pool ends its workers with SIGTERM; only the parent cleans up
 
+
+def _die_with(parent: int) -> None:
+    """On Linux, have the kernel kill this worker when `parent` (prep) dies: a `kill -9` of prep would otherwise
+    leave its workers waiting for work forever, holding the output's lock (inherited at fork), so that a new run
+    into the same output is refused."""
+    if sys.platform.startswith("linux"):
+        import ctypes  # noqa: PLC0415 - only in pool workers
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # died before that took hold
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 
 Encoded = tuple[Batch[str], pa.Table, list[tuple[str, int]]]  # Encoder.encode_measured's rows, table, lengths
 
@@ -97,7 +113,7 @@ def _in_pool(fn: Any, items: Iterable[Any], work: Any, workers: int) -> Iterator
     saved = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
-        pool = multiprocessing.get_context(method).Pool(workers, _init_worker, (work,))
+        pool = multiprocessing.get_context(method).Pool(workers, _init_worker, (work, os.getpid()))
     finally:
         if saved is None:
             del os.environ["TOKENIZERS_PARALLELISM"]
