@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 import unicodedata
 from itertools import chain
@@ -50,6 +49,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from prep.files.atomic import replaced
 from prep.files.hashing import cache_path, read_cache, write_cache
 
 MIN_CHARS = 256  # shorter stretches cost more to look up and join than to tokenize again
@@ -204,8 +204,8 @@ class Segments:
         widths = _token_widths(self.backend)
         with contextlib.suppress(OSError):  # a cache that cannot be written only costs the next run time
             path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(f"{path}.{os.getpid()}.npy", widths if widths is not None else np.zeros(0, dtype=np.int64))
-            os.replace(f"{path}.{os.getpid()}.npy", path)
+            with replaced(path) as new, new.open("wb") as f:
+                np.save(f, widths if widths is not None else np.zeros(0, dtype=np.int64))
         return widths
 
     def _look_up_words(self, merged_back: bool) -> None:
