@@ -317,7 +317,7 @@ TOKENIZE = (
     Option("overflow", default="drop", choices=OVERFLOW, recipe=True,
            help="A row over --max-len: reject it, cut it (keeping the EOS trained), or drop trailing turns."),
     Option("workers", int, 0, "Processes tokenizing batches (order and output do not depend on it); 0: one per "
-           f"core, at most {AUTO_WORKERS}, for a plain JSONL input of 2 batches (2,048 rows) or more, else 1.", low=0,
+           f"core, at most {AUTO_WORKERS}, for a plain JSONL input of more than one batch (1,024 rows), else 1.", low=0,
            recipe=True),
     Option("output", required=True, flags=("-o", "--output"), path="folder", help="Shard folder."),
     Option("rejects", help="Keep rejected and cut rows with reasons (JSONL).", path="file"),
