@@ -189,7 +189,8 @@ def test_data_verbs_start_numpy_without_blas_threads(verb: str, threads: str | N
     does linear algebra); the verbs that may train leave it to the user, and a user's own value stays."""
     from prep.cli import main
 
-    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "")  # recorded, so that the CLI's setting is undone after the test
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
     assert CliRunner().invoke(main, [verb, "--help"]).exit_code == 0
     assert os.environ.get("OPENBLAS_NUM_THREADS") == threads
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")

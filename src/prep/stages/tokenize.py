@@ -352,9 +352,10 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, templat
     if where.ray:
         parts = plan_inputs(inputs, formats, parts_wanted(where))
     else:
-        parts = _local_parts(inputs, formats, workers or _auto_workers())
+        most = workers or _auto_workers()
+        parts = _local_parts(inputs, formats, most)
         if not workers:  # one per core when a file was cut into batches the workers read (more than one batch)
-            workers = min(_auto_workers(), len(parts)) if any(p.piece.lines is not None for p in parts) else 1
+            workers = min(most, len(parts)) if any(p.piece.lines is not None for p in parts) else 1
             parts = parts if workers > 1 else []
     batches = chain.from_iterable(read_part(p, inputs.skip) for p in parts) if where.ray or parts else \
         read_inputs(inputs, formats)
