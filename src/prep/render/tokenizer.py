@@ -24,11 +24,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tokenizers import Regex, decoders, normalizers, pre_tokenizers
+import tokenizers
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as Backend
 
 from prep.core.findings import PrepError
 from prep.core.options import DEFAULT_DATE
+from prep.files.atomic import replaced
 from prep.files.hashing import cache_path, read_cache, sha256_kept, write_cache
 from prep.files.read import config_file, read_config
 from prep.render.spans import Specials
@@ -42,6 +44,10 @@ _TOKENIZER_FILES = re.compile(r"^(tokenizer.*|special_tokens_map\.json|added_tok
 SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 _GENERIC = ("", "PreTrainedTokenizer", "TokenizersBackend")  # the file is the pipeline (after "Fast" is cut)
 _FINGERPRINT_VERSION = 1  # of the cached part; bump when what it holds changes
+_SPLIT_VERSION = 1  # of a kept split tokenizer.json (see _read_backend)
+_SHELL = "tokenizer.json"  # a split's pipeline without the BPE model's vocabulary and merges
+_BPE_OPTIONS = ("dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix", "fuse_unk", "byte_fallback",
+                "ignore_merges")
 # transformers' Qwen2Tokenizer splits text with this pattern before byte-level BPE
 _QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"""
                 r"""\s+(?!\S)|\s+""")
@@ -221,7 +227,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     special = _special_tokens(folder, config)
     try:
         config_file(folder / "tokenizer.json", "tokenizer file")
-        backend = Backend.from_file(str(folder / "tokenizer.json"))
+        backend = _read_backend(folder / "tokenizer.json")
         if base in _REBUILDS:
             _REBUILDS[base](backend, config)
             backend = _with_config_added_tokens(backend, config)
@@ -239,6 +245,59 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     loaded_as = "TokenizersBackend" if base in _GENERIC else base
     return Tokenizer(folder, backend, Specials(bos, special.get("eos_token"), adds_bos), special,
                      _chat_templates(folder, config), loaded_as, bool(config.get("clean_up_tokenization_spaces")))
+
+
+def _read_backend(file: Path) -> Any:
+    """tokenizer.json as a Rust tokenizer. A BPE one loads from its split kept in the cache: the pipeline alone, and
+    the model's vocabulary and merges in the two files `models.BPE.from_file` reads without serde's untagged enums
+    (qwen2.5's 18 MB file, 294k merges: 0.30 s instead of 0.47). That load is start-up no other core can share (it
+    holds the GIL, and pool workers inherit the tokenizer), so it bounds how close `prep tokenize` gets to the
+    tokenizer's pace. The split is kept only when what it loads serializes to the same JSON as the file's tokenizer
+    (else an empty folder says so, and the file loads as it is)."""
+    kept = cache_path("tokenizers", f"{sha256_kept(file)}-{tokenizers.__version__}-{_SPLIT_VERSION}")
+    if (kept / _SHELL).is_file():
+        try:
+            return _from_split(kept)
+        except Exception:  # noqa: BLE001 - a damaged cache entry: the file itself loads below
+            pass
+    backend = Backend.from_file(str(file))
+    if not kept.exists():
+        _keep_split(backend, kept)
+    return backend
+
+
+def _from_split(folder: Path) -> Any:
+    backend = Backend.from_file(str(folder / _SHELL))
+    options = {k: v for k in _BPE_OPTIONS if (v := getattr(backend.model, k)) is not None}
+    backend.model = models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt"), **options)
+    return backend
+
+
+def _keep_split(backend: Any, folder: Path) -> None:
+    """Keep `backend` split in `folder` (see _read_backend), or the folder empty when the split does not load back
+    the same (a token merges.txt cannot hold: one with a space)."""
+    with contextlib.suppress(OSError), replaced(folder, folder=True) as new:
+        try:
+            same = type(backend.model).__name__ == "BPE" and _split(backend, new) == backend.to_str()
+        except Exception:  # noqa: BLE001 - the Rust library refuses such a split in its own exception types
+            same = False
+        if not same:
+            for kept in new.iterdir():
+                kept.unlink()
+
+
+def _split(backend: Any, folder: Path) -> str:
+    """Write the split into `folder` and load it back: the JSON of what it loads. The pipeline keeps the added tokens
+    (they keep their ids when it loads) with a model of their own while it is written."""
+    model = backend.model
+    model.save(str(folder))
+    backend.model = models.BPE({t.content: i for i, t in backend.get_added_tokens_decoder().items()}, [],
+                               **{k: v for k in _BPE_OPTIONS if (v := getattr(model, k)) is not None})
+    try:
+        (folder / _SHELL).write_text(backend.to_str(), encoding="utf-8")
+    finally:
+        backend.model = model
+    return _from_split(folder).to_str()
 
 
 def _load_with_transformers(folder: Path, note: str) -> Tokenizer:
