@@ -200,6 +200,21 @@ def _prefetch(items: Iterator[Any], depth: int = 4) -> Iterator[Any]:
         thread.join()
 
 
+def _hash_early(files: list[str]) -> threading.Thread:
+    """Hash the input files in a thread now, beside the tokenizer's work (reading and hashing let go of the GIL), for
+    the manifest's sha256 at the end to come from `sha256_file`'s memory instead of a pass over them after the last
+    row (a file that cannot be hashed is left for that pass to report)."""
+
+    def run() -> None:
+        for path in files:
+            with contextlib.suppress(OSError):
+                sha256_file(path)
+
+    thread = threading.Thread(target=run, name="prep-hash-inputs", daemon=True)
+    thread.start()
+    return thread
+
+
 def _first_kind(batches: Iterator[Batch[Record]]) -> tuple[str, Iterator[Batch[Record]]]:
     """The shard kind the first record calls for (sft when there is none), without losing a batch."""
     seen: list[Batch[Record]] = []
@@ -347,6 +362,7 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, templat
     check_outputs([*inputs.files, tokenizer if isinstance(tokenizer, str) else None], {"-o": output,
                                                                                          "--rejects": rejects})
     kwargs = parse_kwargs(template_kwargs, template)
+    hashing = _hash_early([f for f in inputs.files if f != "-"])
     formats: dict[str, str] = {}
     where, ran = Engine(engine, ray_address, ray_workers), Ran()
     if where.ray:
@@ -410,6 +426,7 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, templat
                 writer.account(out)
                 writer.add(table)
                 meter.add(len(out.items) + len(out.rejects), int(table["num_tokens"].to_numpy().sum()))
+        hashing.join()
         meta["inputs"] = [{"path": p, "sha256": sha256_file(p) if p != "-" else None} for p in formats]
         meta["sources"] = sources.to_list()
     return TokenizeResult(tally=writer.tally, outputs=outputs(output=output, rejects=rejects),
