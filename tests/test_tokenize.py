@@ -311,8 +311,9 @@ def test_one_row_cli_imports_only_what_tokenizing_needs(tmp_path) -> None:
     """Start-up (design §9): a data verb imports neither pandas (pyarrow would, on its first list), rich (with -q
     nothing is drawn) nor yaml (no --template-kwargs); the shards are the same as the API's."""
     data = write_jsonl(tmp_path / "one.jsonl", [{"messages": [m("user", "hi"), m("assistant", "hello")]}])
-    script = ("import runpy, sys\nsys.argv = ['prep', *sys.argv[1:]]\ntry:\n    runpy.run_module('prep', "
-              "run_name='__main__')\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+    # main(), not the command's run(): a data verb run by that ends its process before anything could be printed
+    script = ("import sys\nfrom prep.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+              "    assert not e.code, e.code\n"
               "print(sorted(m for m in ('pandas', 'rich', 'yaml', 'torch', 'transformers') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", script, "tokenize", data, "--tokenizer", TOKENIZER, "--template",
                            "chatml", "-o", str(tmp_path / "cli"), "-q"], capture_output=True, text=True,

@@ -153,10 +153,10 @@ def test_fast_path_reports_as_the_row_path(files: dict[str, Path], names: list[s
 def test_cli_loads_pyarrow_only_when_used(files: dict[str, Path], tmp_path: Path) -> None:
     """Start-up (design §11): validating JSONL with -q loads no pyarrow and no rich; a verb that loads pyarrow later
     (convert to Parquet) still keeps it from importing pandas, by the hook on its import."""
-    script = ("import runpy, sys\n"
+    # main(), not the command's run(): a data verb run by that ends its process when it is done
+    script = ("import sys\nfrom prep.cli import main\n"
               "def run(*args):\n"
-              "    sys.argv = ['prep', *args]\n"
-              "    try:\n        runpy.run_module('prep', run_name='__main__')\n"
+              "    try:\n        main(list(args))\n"
               "    except SystemExit as e:\n        assert not e.code, e.code\n"
               "    print(sorted(m for m in ('pandas', 'pyarrow', 'rich') if m in sys.modules))\n"
               f"run('validate', {str(files['clean'])!r}, '-q')\n"

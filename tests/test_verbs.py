@@ -196,3 +196,28 @@ def test_data_verbs_start_numpy_without_blas_threads(verb: str, threads: str | N
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")
     assert CliRunner().invoke(main, [verb, "--help"]).exit_code == 0
     assert os.environ["OPENBLAS_NUM_THREADS"] == "4"
+
+
+def test_a_data_verb_run_as_its_own_process_skips_the_interpreters_teardown(tmp_path: Path) -> None:
+    """`prep` as a process of its own (`run()`, the console script and `python -m prep`) ends a data verb with
+    os._exit once it is done: an atexit hook does not run, and standard output, piped and so block-buffered, is whole
+    (19,980 converted rows, JSON statistics). A verb that fails, and `main()` inside another program, end as usual."""
+    big = tmp_path / "big.jsonl"
+    row = (SAMPLES / "openai.jsonl").read_text(encoding="utf-8").splitlines()[0]
+    big.write_text("".join(json.dumps({**json.loads(row), "id": str(k)}) + "\n" for k in range(19_980)),
+                   encoding="utf-8")
+    hook = "import atexit, sys\natexit.register(lambda: sys.stderr.write('teardown\\n'))\nfrom prep.cli import {}\n{}()"
+
+    def prep(*args: str, entry: str = "run") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", hook.format(entry, entry), *args], capture_output=True,
+                              text=True, cwd=tmp_path)
+
+    converted = prep("convert", str(big), "--to", "sharegpt", "-o", "-", "-q")
+    assert converted.returncode == 0 and "teardown" not in converted.stderr
+    assert len(converted.stdout.splitlines()) == 19_980 and json.loads(converted.stdout.splitlines()[-1])
+    stats = prep("stats", str(big), "--json")
+    assert stats.returncode == 0 and "teardown" not in stats.stderr and json.loads(stats.stdout)["counts"]
+    missing = prep("stats", str(tmp_path / "missing.jsonl"))
+    assert missing.returncode == 2 and "teardown" in missing.stderr
+    inside = prep("stats", str(big), "--json", entry="main")
+    assert inside.returncode == 0 and "teardown" in inside.stderr and json.loads(inside.stdout)["counts"]

@@ -1,4 +1,4 @@
-from prep.cli import main
+from prep.cli import run
 
 if __name__ == "__main__":
-    main()
+    run()
