@@ -387,7 +387,7 @@ class Encoder:
                 if not ranges:
                     return None
                 others += [(row, a, b) for a, b in ranges]
-        values, offsets, lengths = _flatten([job.encodings[0].ids for job in items])
+        values, offsets, lengths = _flat_ids([job.encodings[0] for job in items])
         if self.settings.max_len and lengths.max() > self.settings.max_len:
             return None
         edges = np.zeros(len(values) + 1, dtype=np.int32)
@@ -459,6 +459,21 @@ def _flatten(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray
     np.cumsum(lengths, out=offsets[1:])
     values = np.fromiter(chain.from_iterable(lists), dtype=np.int32, count=int(offsets[-1]))
     return values, offsets, lengths
+
+
+def _flat_ids(encodings: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_flatten` of the encodings' ids. When they are the `Tokens` of one `encode_batch_fast` call, one after the
+    other (a batch encoded whole, in order), the ids are a slice of the array that call's were read into: no second
+    pass over every id in Python (a fifth of a million per batch)."""
+    first = encodings[0]
+    if type(first) is Tokens and all(type(e) is Tokens and e.flat is first.flat for e in encodings):
+        lengths = np.fromiter(map(len, encodings), dtype=np.int32, count=len(encodings))
+        los = np.fromiter((e.lo for e in encodings), dtype=np.int64, count=len(encodings))
+        if (los[1:] == los[:-1] + lengths[:-1]).all():
+            offsets = np.zeros(len(encodings) + 1, dtype=np.int32)
+            np.cumsum(lengths, out=offsets[1:])
+            return first.flat[los[0]:los[0] + offsets[-1]], offsets, lengths
+    return _flatten([e.ids for e in encodings])
 
 
 def _doc_ids(ids: list[str]) -> pa.Array:

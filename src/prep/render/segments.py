@@ -86,12 +86,12 @@ class Tokens:
     """A text's tokens from a byte-level BPE, without the tokenizer's offsets: the ids, and where they lie among
     their `encode_batch_fast` call's: `starts`, shared by the call's texts, is where each of its tokens starts in
     their UTF-8, one text after the other (from 0, the total last); this text's are tokens `lo:lo + len(ids)`, its
-    bytes from `base`."""
+    bytes from `base`. `flat` is the call's ids in one array, as `starts` is laid out."""
 
-    __slots__ = ("base", "ids", "lo", "starts", "text")
+    __slots__ = ("base", "flat", "ids", "lo", "starts", "text")
 
-    def __init__(self, ids: list[int], starts: np.ndarray, lo: int, base: int, text: str) -> None:
-        self.ids, self.starts, self.lo, self.base, self.text = ids, starts, lo, base, text
+    def __init__(self, ids: list[int], flat: np.ndarray, starts: np.ndarray, lo: int, base: int, text: str) -> None:
+        self.ids, self.flat, self.starts, self.lo, self.base, self.text = ids, flat, starts, lo, base, text
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -247,7 +247,7 @@ class Segments:
         for text, row, lo, base, top in zip(texts, ids, los.tolist(), starts[los].tolist(), starts[his].tolist(),
                                            strict=True):
             if top - base == (len(text) if text.isascii() else len(text.encode("utf-8"))):
-                out.append(Tokens(row, starts, lo, base, text))
+                out.append(Tokens(row, flat, starts, lo, base, text))
             else:
                 out.append(tokenizer.encode(text, add_special_tokens=False))
         return out
