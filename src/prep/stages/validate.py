@@ -236,8 +236,7 @@ def _validate_plain(path: str, scan: bytescan.Scan, report: FileReport, ctx: Con
             check.first_kind = check.first_kind or (None if ctx.kind else "chat")
             ctx.stats.add_chats(proved.messages, proved.characters, proved.assistant_characters,
                                 proved.missing_system, proved.missing_user)
-            for answer in proved.answers:
-                check.answers.add(answer)
+            check.answers.add_all(proved.answers)
             for f in check.duplicates.check_lines(proved.keys, report.path, block.piece.line + 1):
                 ctx.findings.add(f)
             report.tally.read += rows
