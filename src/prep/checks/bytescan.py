@@ -16,6 +16,8 @@ import re
 import zlib
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from prep.core.findings import Finding, PrepError, finding
 from prep.files.streams import open_binary
 
@@ -124,9 +126,11 @@ def _scan_lines(head: bytes, stream: object, name: str, out: Scan) -> None:
             _line(lineno, offset, size, nul, blank, name, out)
             offset += size + 1
             size, nul, blank, first = 0, -1, True, 1
-        if b"\x00" not in chunk and not _BLANK_LINE.search(chunk) and (first or chunk[:first_end].strip()):
+        after = _after_newlines(chunk)
+        if b"\x00" not in chunk and not (_BLANK_START[after].any() and _BLANK_LINE.search(chunk)) and \
+                (first or chunk[:first_end].strip()):
             # most chunks: no NUL, no blank line (every line but the first follows a newline): counted, not walked
-            lineno += chunk.count(b"\n") - first
+            lineno += len(after) + (chunk[-1] == 10) - first
             offset += end + 1 - (first_end + 1 if first else 0)
         else:
             for raw in chunk[:end].split(b"\n")[first:]:
@@ -136,6 +140,17 @@ def _scan_lines(head: bytes, stream: object, name: str, out: Scan) -> None:
         part(chunk[end + 1:])
     if size:
         _line(lineno + 1, offset, size, nul, blank, name, out)
+
+
+def _after_newlines(chunk: bytes) -> np.ndarray:
+    """The byte after each of the chunk's newlines but a last one (numpy: the chunk is looked at once, where
+    `_BLANK_LINE` would stop at every newline): a blank line can begin only after a newline followed by whitespace."""
+    codes = np.frombuffer(chunk, np.uint8)
+    return codes[np.flatnonzero(codes[:-1] == 10) + 1]
+
+
+_BLANK_START = np.zeros(256, bool)  # the bytes a blank line's rest can start with: whitespace, or its newline
+_BLANK_START[list(b" \t\r\x0b\x0c\n")] = True
 
 
 def _line(lineno: int, offset: int, size: int, nul: int, blank: bool, name: str, out: Scan) -> None:
