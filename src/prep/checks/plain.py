@@ -20,7 +20,6 @@ row path's.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +28,6 @@ from prep.checks.rules.quality import shouting
 from prep.checks.rules.text import suspicious
 from prep.formats.chat_lines import plain_rows
 
-_ESCAPE = re.compile(rb"\\[bfu]")  # escapes that can spell a control or zero-width character (or a colon)
 _SYSTEM = ("system", "developer")
 
 
@@ -74,8 +72,7 @@ def prove(lines: list[bytes], max_chars: int) -> Proved | None:
     answers = [c for c, a in zip(contents, assistant.tolist(), strict=True) if a]
     if any(map(shouting, answers)):
         return None
-    joined = b"\n".join(lines)
-    escaped = _ESCAPE.search(joined) is not None or b"\x7f" in joined
+    escaped = plain.escaped or b"\x7f" in plain.data
     if any(map(suspicious, contents if escaped else (c for c in contents if not c.isascii()))):
         return None
     return Proved(keys=list(map(hash, (r.messages for r in rows))), answers=[contents[e - 1] for e in ends.tolist()],

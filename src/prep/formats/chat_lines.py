@@ -19,6 +19,7 @@ every file that is not plain JSONL read as openai, and every input the options a
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from itertools import chain, compress, repeat
@@ -58,13 +59,20 @@ _encode = msgspec.json.Encoder().encode
 
 
 class Plain(NamedTuple):
-    """A block's typed rows and, made once for whoever reads them next, their messages row by row and flat and the
-    flat messages' texts."""
+    """A block's typed rows and, made once for whoever reads them next, their messages row by row and flat, the
+    flat messages' texts, the lines' bytes one after the other (each ends with its object's `}`, so no escape
+    straddles two), and whether they hold an escape that can spell a control or zero-width character or a colon
+    (`\\b`, `\\f`, `\\u`)."""
 
     rows: list[PlainChat]
     messages: list[tuple[PlainMessage, ...]]
     flat: list[PlainMessage]
     texts: list[str]
+    data: bytes
+    escaped: bool
+
+
+_ESCAPE = re.compile(rb"\\[bfu]")
 
 
 def plain_rows(lines: list[bytes]) -> Plain | None:
@@ -85,12 +93,13 @@ def plain_rows(lines: list[bytes]) -> Plain | None:
     texts = list(map(_CONTENT, flat))
     keys = 2 * len(rows) - unset + 2 * len(flat)
     colons = int(np.count_nonzero(np.frombuffer(data, np.uint8) == ord(":")))  # numpy: 5x bytes.count
-    if b"\\u003" in data:
+    escaped = _ESCAPE.search(data) is not None
+    if escaped and b"\\u003" in data:
         colons += data.count(b"\\u003a") + data.count(b"\\u003A")
     in_ids = "".join(i for i in ids if type(i) is str).count(":") if unset < len(rows) else 0
     if colons != keys + "".join(texts).count(":") + in_ids:
         return None
-    return Plain(rows, messages, flat, texts)
+    return Plain(rows, messages, flat, texts, data, escaped)
 
 
 @dataclass
