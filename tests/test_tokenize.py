@@ -180,6 +180,23 @@ def test_workers_reading_their_own_batches_give_the_one_worker_run(tmp_path, tok
         assert json.loads((tmp_path / f"{data.stem}0" / "manifest.json").read_text()) == one
 
 
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_fifo_input_is_read_once_whole(tmp_path, tok, workers: int) -> None:
+    """A named pipe (or `<(zcat x.gz)`) can be read once: no worker plans it into parts (planning read its first
+    rows, 1,027 of 3,000 were lost), nothing hashes it beside the reader or after it (hashing it at the end waited
+    for a writer forever); its sha256 in the manifest is None, as standard input's."""
+    fifo, rows = tmp_path / "in.jsonl", tmp_path / "rows.jsonl"
+    os.mkfifo(fifo)
+    rows.write_text("".join(json.dumps({"messages": [m("user", f"q{i}"), m("assistant", f"a{i}")]}) + "\n"
+                            for i in range(2100)), encoding="utf-8")
+    # another process writes, as a shell's pipe does (a thread's open end would be copied into the pool's workers)
+    writer = subprocess.Popen(["sh", "-c", 'cat "$0" > "$1"', str(rows), str(fifo)])
+    result = tokenize(Inputs([str(fifo)]), tok, str(tmp_path / "out"), template="chatml", workers=workers)
+    assert writer.wait(5) == 0
+    assert result.tally.read == result.tally.written == 2100
+    assert result.manifest["inputs"] == [{"path": str(fifo), "sha256": None}]
+
 def test_the_manifest_accounts_for_each_source_with_its_lengths_before_and_after_max_len(tmp_path, tok) -> None:
     files = [str(SAMPLES / "openai.jsonl"), str(SAMPLES / "sharegpt.jsonl")]
     whole = tokenize(Inputs(files), tok, str(tmp_path / "whole"), template="chatml")

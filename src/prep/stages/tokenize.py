@@ -146,10 +146,11 @@ _WHOLE_PART_BYTES = 64 * 1024 * 1024  # a part that is a whole file (not cut int
 
 def _local_parts(inputs: Inputs, formats: dict[str, str], workers: int) -> list[Part]:
     """For `workers > 1`: the inputs as parts of one batch each, which the workers read themselves, so the parent
-    does not read, parse and send every row. [] (the parent reads) for one worker, standard input, registry
-    entries, a single batch, or a part that would carry more than `_WHOLE_PART_BYTES` of a file that cannot be cut
-    (its output comes back whole)."""
-    if workers <= 1 or inputs.datasets or "-" in inputs.files:
+    does not read, parse and send every row. [] (the parent reads) for one worker, standard input or any input that
+    is not a regular file (a pipe can be read once: planning would take its first rows), registry entries, a single
+    batch, or a part that would carry more than `_WHOLE_PART_BYTES` of a file that cannot be cut (its output comes
+    back whole)."""
+    if workers <= 1 or inputs.datasets or not all(map(os.path.isfile, inputs.files)):  # stdin, a pipe: read once
         return []
     seen: dict[str, str] = {}
     parts = plan_inputs(inputs, seen, len(inputs.files) * 1_000_000, BATCH_ROWS)
@@ -203,7 +204,8 @@ def _prefetch(items: Iterator[Any], depth: int = 4) -> Iterator[Any]:
 def _hash_early(files: list[str]) -> threading.Thread:
     """Hash the input files in a thread now, beside the tokenizer's work (reading and hashing let go of the GIL), for
     the manifest's sha256 at the end to come from `sha256_file`'s memory instead of a pass over them after the last
-    row (a file that cannot be hashed is left for that pass to report)."""
+    row (a file that cannot be hashed is left for that pass to report). Regular files only: a pipe or FIFO read
+    here would take rows from its reader."""
 
     def run() -> None:
         for path in files:
@@ -362,7 +364,7 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, templat
     check_outputs([*inputs.files, tokenizer if isinstance(tokenizer, str) else None], {"-o": output,
                                                                                          "--rejects": rejects})
     kwargs = parse_kwargs(template_kwargs, template)
-    hashing = _hash_early([f for f in inputs.files if f != "-"])
+    hashing = _hash_early([f for f in inputs.files if os.path.isfile(f)])  # never a pipe: its reader would lose rows
     formats: dict[str, str] = {}
     where, ran = Engine(engine, ray_address, ray_workers), Ran()
     if where.ray:
@@ -427,7 +429,8 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, templat
                 writer.add(table)
                 meter.add(len(out.items) + len(out.rejects), int(table["num_tokens"].to_numpy().sum()))
         hashing.join()
-        meta["inputs"] = [{"path": p, "sha256": sha256_file(p) if p != "-" else None} for p in formats]
+        # a pipe or FIFO (like standard input) was read once, by the rows: nothing is left to hash
+        meta["inputs"] = [{"path": p, "sha256": sha256_file(p) if os.path.isfile(p) else None} for p in formats]
         meta["sources"] = sources.to_list()
     return TokenizeResult(tally=writer.tally, outputs=outputs(output=output, rejects=rejects),
                           manifest=writer.manifest(), formats=formats, notes=tok.notes,
