@@ -94,9 +94,11 @@ def test_the_fingerprint_is_cached_by_the_files_sha256(tmp_path: Path, monkeypat
 @pytest.mark.parametrize("name", ["samples", "qwen2.5", "phi-3-mini"])
 def test_a_bpe_tokenizer_loads_again_from_its_split_kept_in_the_cache(name: str, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """The second load of a BPE tokenizer reads the split the first one kept (pipeline, vocab.json, merges.txt) and
-    is the same tokenizer: the same JSON, the same ids. phi-3's merges hold a token with a space, which merges.txt
-    cannot: its folder is kept empty and it loads from its file. A damaged split loads from the file too."""
+    """The second load of a BPE tokenizer reads the split the first one kept (pipeline, vocab.json, merges.txt, and
+    last their sizes) and is the same tokenizer: the same JSON, the same ids. phi-3's merges hold a token with a space,
+    which merges.txt cannot: a `none` file says so and it loads from its file. A split cut short (an empty merges.txt
+    would load, with other merges) is not read, and one that cannot be read is tried: either way the file loads and
+    the split is written again."""
     from tokenizers import Tokenizer as Backend
 
     from prep.render import tokenizer as module
@@ -106,19 +108,28 @@ def test_a_bpe_tokenizer_loads_again_from_its_split_kept_in_the_cache(name: str,
     first = load_tokenizer(folder)
     [kept] = (tmp_path / "cache" / "tokenizers").iterdir()
     split = name != "phi-3-mini"
-    assert sorted(p.name for p in kept.iterdir()) == (["merges.txt", "tokenizer.json", "vocab.json"] if split else [])
+    assert sorted(p.name for p in kept.iterdir()) == \
+        (["merges.txt", "split.json", "tokenizer.json", "vocab.json"] if split else ["none"])
     loads: list[Path] = []
     monkeypatch.setattr(module, "_from_split", lambda at, real=module._from_split: loads.append(at) or real(at))
     second = load_tokenizer(folder)
     assert loads == ([kept] if split else [])
-    assert second.backend.to_str() == first.backend.to_str() == load_tokenizer(folder).backend.to_str()
+    assert second.backend.to_str() == first.backend.to_str()
     original = Backend.from_file(str(folder / "tokenizer.json"))
     assert second.backend.get_vocab() == original.get_vocab()
     texts = ["<|im_start|>user\nHi there, what's 2+2?<|im_end|>\n", "  naïve café\r\n\t中文 🙂 <s></s>", "x" * 300]
     assert [e.ids for e in second.backend.encode_batch(texts)] == [e.ids for e in first.backend.encode_batch(texts)]
     if split:
-        (kept / "vocab.json").write_text("{")
-        assert load_tokenizer(folder).backend.to_str() == first.backend.to_str()
+        for damage in ({"merges.txt": ""}, {"vocab.json": None}):  # None: not JSON, its size kept
+            for file, text in damage.items():
+                (kept / file).write_text(text if text is not None else "{".ljust((kept / file).stat().st_size))
+            loads.clear()
+            again = load_tokenizer(folder)
+            assert again.backend.to_str() == first.backend.to_str()
+            # cut short: not read; unreadable: tried (the split written again is read back where it is written)
+            assert [at for at in loads if at == kept] == ([] if "merges.txt" in damage else [kept])
+            assert load_tokenizer(folder).backend.to_str() == first.backend.to_str() and loads[-1] == kept  # rewritten
+
 
 def test_a_tokenizer_file_is_hashed_once_between_runs_until_its_bytes_change(tmp_path: Path,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:

@@ -30,7 +30,7 @@ from tokenizers import Tokenizer as Backend
 
 from prep.core.findings import PrepError
 from prep.core.options import DEFAULT_DATE
-from prep.files.atomic import replaced
+from prep.files.atomic import replaced, write_json
 from prep.files.hashing import cache_path, read_cache, sha256_kept, write_cache
 from prep.files.read import config_file, read_config
 from prep.render.spans import Specials
@@ -44,8 +44,11 @@ _TOKENIZER_FILES = re.compile(r"^(tokenizer.*|special_tokens_map\.json|added_tok
 SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 _GENERIC = ("", "PreTrainedTokenizer", "TokenizersBackend")  # the file is the pipeline (after "Fast" is cut)
 _FINGERPRINT_VERSION = 1  # of the cached part; bump when what it holds changes
-_SPLIT_VERSION = 1  # of a kept split tokenizer.json (see _read_backend)
+_SPLIT_VERSION = 2  # of a kept split tokenizer.json (see _read_backend)
 _SHELL = "tokenizer.json"  # a split's pipeline without the BPE model's vocabulary and merges
+_SPLIT_FILES = (_SHELL, "vocab.json", "merges.txt")
+_STAMP = "split.json"  # written last: the sizes of _SPLIT_FILES
+_NONE = "none"  # a tokenizer whose split would not load back the same
 _BPE_OPTIONS = ("dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix", "fuse_unk", "byte_fallback",
                 "ignore_merges")
 # transformers' Qwen2Tokenizer splits text with this pattern before byte-level BPE
@@ -252,18 +255,28 @@ def _read_backend(file: Path) -> Any:
     the model's vocabulary and merges in the two files `models.BPE.from_file` reads without serde's untagged enums
     (qwen2.5's 18 MB file, 294k merges: 0.30 s instead of 0.47). That load is start-up no other core can share (it
     holds the GIL, and pool workers inherit the tokenizer), so it bounds how close `prep tokenize` gets to the
-    tokenizer's pace. The split is kept only when what it loads serializes to the same JSON as the file's tokenizer
-    (else an empty folder says so, and the file loads as it is)."""
+    tokenizer's pace. A split is kept only when what it loads serializes to the same JSON as the file's tokenizer
+    (else a `none` file says so, and the file loads as it is), and read only while its files have the sizes its stamp,
+    written last, gives them (a split cut short, by a crash before the disk had it all, could load other merges
+    without a word): else the file loads and the split is written again."""
     kept = cache_path("tokenizers", f"{sha256_kept(file)}-{tokenizers.__version__}-{_SPLIT_VERSION}")
-    if (kept / _SHELL).is_file():
+    stamp = read_cache(kept / _STAMP)
+    if isinstance(stamp, dict) and _sizes(kept) == stamp:
         try:
             return _from_split(kept)
-        except Exception:  # noqa: BLE001 - a damaged cache entry: the file itself loads below
+        except Exception:  # noqa: BLE001 - a damaged split (the Rust library raises its own types): written again
             pass
     backend = Backend.from_file(str(file))
-    if not kept.exists():
+    if not (kept / _NONE).is_file():
         _keep_split(backend, kept)
     return backend
+
+
+def _sizes(folder: Path) -> dict[str, int] | None:
+    try:
+        return {name: (folder / name).stat().st_size for name in _SPLIT_FILES}
+    except OSError:
+        return None
 
 
 def _from_split(folder: Path) -> Any:
@@ -274,21 +287,23 @@ def _from_split(folder: Path) -> Any:
 
 
 def _keep_split(backend: Any, folder: Path) -> None:
-    """Keep `backend` split in `folder` (see _read_backend), or the folder empty when the split does not load back
-    the same (a token merges.txt cannot hold: one with a space)."""
-    with contextlib.suppress(OSError), replaced(folder, folder=True) as new:
-        try:
-            same = type(backend.model).__name__ == "BPE" and _split(backend, new) == backend.to_str()
-        except Exception:  # noqa: BLE001 - the Rust library refuses such a split in its own exception types
-            same = False
-        if not same:
+    """Keep `backend` split in `folder` with its stamp (see _read_backend), or a `none` file alone when the split does
+    not load back the same (merges.txt cannot hold a token with a space: phi-3's). A split that cannot be written
+    (a full disk, a read-only cache) is not kept at all: a later load tries again."""
+    with contextlib.suppress(Exception), replaced(folder, folder=True) as new:
+        if type(backend.model).__name__ == "BPE":
+            _write_split(backend, new)
+            if _loads_back(backend, new):
+                write_json(new / _STAMP, _sizes(new))
+                return
             for kept in new.iterdir():
                 kept.unlink()
+        (new / _NONE).write_text("", encoding="utf-8")
 
 
-def _split(backend: Any, folder: Path) -> str:
-    """Write the split into `folder` and load it back: the JSON of what it loads. The pipeline keeps the added tokens
-    (they keep their ids when it loads) with a model of their own while it is written."""
+def _write_split(backend: Any, folder: Path) -> None:
+    """The model's vocab.json and merges.txt, and the pipeline with the added tokens (they keep their ids when it
+    loads) and a model of their own while it is written."""
     model = backend.model
     model.save(str(folder))
     backend.model = models.BPE({t.content: i for i, t in backend.get_added_tokens_decoder().items()}, [],
@@ -297,7 +312,13 @@ def _split(backend: Any, folder: Path) -> str:
         (folder / _SHELL).write_text(backend.to_str(), encoding="utf-8")
     finally:
         backend.model = model
-    return _from_split(folder).to_str()
+
+
+def _loads_back(backend: Any, folder: Path) -> bool:
+    try:
+        return _from_split(folder).to_str() == backend.to_str()
+    except Exception:  # noqa: BLE001 - BPE refuses a merges.txt with a token holding a space, in its own types
+        return False
 
 
 def _load_with_transformers(folder: Path, note: str) -> Tokenizer:
