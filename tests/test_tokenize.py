@@ -197,6 +197,17 @@ def test_a_fifo_input_is_read_once_whole(tmp_path, tok, workers: int) -> None:
     assert result.tally.read == result.tally.written == 2100
     assert result.manifest["inputs"] == [{"path": str(fifo), "sha256": None}]
 
+
+def test_planning_parts_refuses_a_pipe(tmp_path) -> None:
+    """What cuts inputs into parts for Ray (`plan_inputs`) refuses a FIFO before reading it, as it refuses standard
+    input: a part of a pipe cannot be read again."""
+    from prep.formats.inputs import plan_inputs
+
+    fifo = tmp_path / "in.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(PrepError, match="no regular file"):
+        plan_inputs(Inputs([str(fifo)]), {}, 2)
+
 def test_the_manifest_accounts_for_each_source_with_its_lengths_before_and_after_max_len(tmp_path, tok) -> None:
     files = [str(SAMPLES / "openai.jsonl"), str(SAMPLES / "sharegpt.jsonl")]
     whole = tokenize(Inputs(files), tok, str(tmp_path / "whole"), template="chatml")

@@ -3,6 +3,7 @@ entries, as one stream of canonical record batches. Every verb that reads record
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import chain
@@ -133,12 +134,15 @@ def plan_inputs(inputs: Inputs, formats_seen: dict[str, str] | None = None, part
     entries = [lf.load_entry(inputs.registry, name) for name in inputs.datasets]
     found: list[tuple[list[Piece], str, dict[str, Any], str | None, str]] = []
     for path in inputs.files:
+        if path == "-":
+            raise PrepError("--engine ray reads files, not standard input: write it to a file first")
+        if os.path.exists(path) and not os.path.isfile(path):  # a pipe is read once: planning would take its rows
+            raise PrepError(f"{path}: --engine ray reads each input in parts, and this is no regular file (a pipe or "
+                            "a device can be read once): write it to a file first")
         fmt = inputs.format
         if fmt == "auto" and (inputs.container or split_suffix(path)[0]) == "txt":
             fmt = "text"
         elif fmt == "auto":
-            if path == "-":
-                raise PrepError("--engine ray reads files, not standard input: write it to a file first")
             batches = read_rows(path, inputs.container, inputs.txt_split, max_row_bytes=inputs.max_row_bytes)
             fmt, _ = detect_file(batches, path)
             batches.close()
