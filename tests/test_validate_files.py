@@ -184,3 +184,18 @@ def test_parquet_values_json_has_no_type_for(tmp_path: Path) -> None:
     assert_exactly(report, {(1, "wrong_type", "$.output"), (2, "missing_field", "$.output"),
                             (3, "missing_field", "$.output"), (0, "too_few_rows", "$")})
     assert json.loads(rejects.read_text().splitlines()[0])["row"]["output"] == repr(b"binary")
+
+
+def test_a_fifo_is_validated_whole(tmp_path: Path) -> None:
+    """A named pipe (or `<(zcat x.gz)`) can be read once; validate reads its input twice (the byte pass, then the
+    rows), so it is spooled first, as standard input is: every row is read, not an empty file."""
+    import os
+    import subprocess
+
+    rows = write_rows(tmp_path / "rows.jsonl", [chat(f"q{k}", f"a{k}") for k in range(300)])
+    fifo = tmp_path / "in.jsonl"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["sh", "-c", 'cat "$0" > "$1"', str(rows), str(fifo)])
+    report = run(fifo)
+    assert writer.wait(5) == 0
+    assert report.rows_read == 300 and report.findings.errors == 0

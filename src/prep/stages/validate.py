@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import re
 import shutil
 import sys
@@ -180,12 +181,15 @@ def validate(inputs: Inputs, *, validation: Sequence[str] = (), kind: str | None
 
 @contextlib.contextmanager
 def _local(path: str) -> Iterator[str]:
-    """A path that can be read twice (byte pass, then rows): stdin is spooled to a temporary file."""
-    if path != "-":
+    """A path that can be read twice (byte pass, then rows): stdin, a pipe or a FIFO (read once: the rows would find
+    it drained, an empty file) is spooled to a temporary file, with the name's suffixes (they tell its format)."""
+    if path != "-" and os.path.isfile(path):
         yield path
         return
-    with tempfile.NamedTemporaryFile(prefix="prep-stdin-") as tmp:
-        shutil.copyfileobj(sys.stdin.buffer, tmp)
+    suffix = "" if path == "-" else "".join(Path(path).suffixes)
+    with tempfile.NamedTemporaryFile(prefix="prep-stdin-", suffix=suffix) as tmp, \
+            contextlib.nullcontext(sys.stdin.buffer) if path == "-" else open(path, "rb") as source:  # noqa: SIM115
+        shutil.copyfileobj(source, tmp)
         tmp.flush()
         yield tmp.name
 
