@@ -315,3 +315,22 @@ def test_decontaminate_compares_every_text_field_and_short_answers_whole(tmp_pat
     with pytest.raises(PrepError, match="--min-item-tokens 0: must be an integer of at least 1"):
         prep.decontaminate(prep.Inputs([str(train)]), str(tmp_path / "f.jsonl"), against=[str(benchmark)],
                            min_item_tokens=0)
+
+
+def test_near_dedup_refuses_what_can_be_read_once(tmp_path: Path) -> None:
+    """Near-duplicate dedup reads its inputs twice: a FIFO or standard input is refused in one line (it came back
+    empty from the second pass: 0 rows written, none reported lost); exact dedup, one pass, takes it whole."""
+    import os
+    import subprocess
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in alpaca_chats()[:50]), encoding="utf-8")
+    fifo = tmp_path / "in.jsonl"
+    os.mkfifo(fifo)
+    for path in (str(fifo), "-"):
+        with pytest.raises(PrepError, match="reads its inputs twice"):
+            prep.dedup(prep.Inputs([path]), str(tmp_path / "out.jsonl"))
+    writer = subprocess.Popen(["sh", "-c", 'cat "$0" > "$1"', str(rows), str(fifo)])
+    result = prep.dedup(prep.Inputs([str(fifo)]), str(tmp_path / "out.jsonl"), exact=True)
+    assert writer.wait(5) == 0
+    assert result.tally.read == 50 == result.tally.written + sum(result.tally.rejected.values())
