@@ -317,9 +317,9 @@ def test_decontaminate_compares_every_text_field_and_short_answers_whole(tmp_pat
                            min_item_tokens=0)
 
 
-def test_near_dedup_refuses_what_can_be_read_once(tmp_path: Path) -> None:
-    """Near-duplicate dedup reads its inputs twice: a FIFO or standard input is refused in one line (it came back
-    empty from the second pass: 0 rows written, none reported lost); exact dedup, one pass, takes it whole."""
+def test_verbs_that_read_twice_refuse_what_can_be_read_once(tmp_path: Path) -> None:
+    """Near-duplicate dedup, split and mix read their inputs twice: a FIFO or standard input is refused in one line
+    (the second pass found it empty: 0 rows written, none reported lost); exact dedup, one pass, takes it whole."""
     import os
     import subprocess
 
@@ -330,6 +330,10 @@ def test_near_dedup_refuses_what_can_be_read_once(tmp_path: Path) -> None:
     for path in (str(fifo), "-"):
         with pytest.raises(PrepError, match="reads its inputs twice"):
             prep.dedup(prep.Inputs([path]), str(tmp_path / "out.jsonl"))
+        with pytest.raises(PrepError, match="reads its inputs twice"):  # split too (it wrote 0 of 3,000 rows)
+            prep.split(prep.Inputs([path]), str(tmp_path / "split"), val=0.1)
+    with pytest.raises(PrepError, match="reads its record files twice"):  # and mix
+        prep.mix([str(fifo)], str(tmp_path / "mixed.jsonl"))
     writer = subprocess.Popen(["sh", "-c", 'cat "$0" > "$1"', str(rows), str(fifo)])
     result = prep.dedup(prep.Inputs([str(fifo)]), str(tmp_path / "out.jsonl"), exact=True)
     assert writer.wait(5) == 0

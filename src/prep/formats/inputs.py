@@ -4,7 +4,7 @@ entries, as one stream of canonical record batches. Every verb that reads record
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import chain
 from typing import Any
@@ -119,6 +119,16 @@ class Part:
     txt_split: str = "file"
     max_row_bytes: int = MAX_ROW_BYTES
     fields: Fields = Fields()
+
+
+def refuse_read_once(paths: Iterable[str], why: str) -> None:
+    """Refuse, in one line, standard input and any input that is neither a regular file nor a folder (a pipe, a FIFO,
+    a device: read once) for a verb that reads its inputs twice (`why` says so): its second pass would find them
+    empty, and every row would be gone without a word."""
+    for path in paths:
+        if path == "-" or os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path)):
+            raise PrepError(f"{'standard input' if path == '-' else path}: {why}, and this can be read once: write it "
+                            "to a file first")
 
 
 def plan_inputs(inputs: Inputs, formats_seen: dict[str, str] | None = None, parts: int = 1,

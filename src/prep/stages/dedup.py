@@ -28,13 +28,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from prep.core.codes import ERROR
-from prep.core.findings import Batch, PrepError, Reject, Source, finding
+from prep.core.findings import Batch, Reject, Source, finding
 from prep.core.heap import streaming
 from prep.core.options import checked
 from prep.core.records import Record
 from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.formats.chat_lines import ChatLines, read_chats
-from prep.formats.inputs import Inputs, Part, plan_inputs, read_part
+from prep.formats.inputs import Inputs, Part, plan_inputs, read_part, refuse_read_once
 from prep.overlap import near
 from prep.overlap.text import Compare, compared, tagged_turns
 from prep.stages.engine import LOCAL, Engine, Ran, parts_wanted, run_parts
@@ -178,12 +178,9 @@ def dedup(inputs: Inputs, output: str, *, rejects: str | None = None, exact: boo
 
     `engine="ray"` fingerprints the rows on a Ray cluster (pass one, also for `exact`); the driver decides and
     writes as locally (design §13): the same output."""
-    if not exact or engine == "ray":  # two passes over the rows: what can be read once would come back empty
-        for path in inputs.files:
-            if path == "-" or os.path.exists(path) and not os.path.isfile(path):
-                raise PrepError(f"{'standard input' if path == '-' else path}: near-duplicate dedup reads its inputs "
-                                "twice (fingerprints, then the rows it keeps), and this can be read once: write it to "
-                                "a file first, or use --exact (one pass)")
+    if not exact or engine == "ray":
+        refuse_read_once(inputs.files, "near-duplicate dedup (and dedup on Ray) reads its inputs twice, fingerprints "
+                                       "then the rows it keeps (--exact locally is one pass)")
     compare = Compare(fields, nfkc, ignore_case, ignore_space)
     result = DedupResult(outputs=outputs(output=output, rejects=rejects))
     meter = Meter(progress)

@@ -44,7 +44,7 @@ from prep.files.atomic import write_json
 from prep.files.hashing import sha256_file
 from prep.files.paths import stem
 from prep.files.write import RowWriter
-from prep.formats.inputs import Inputs, read_inputs
+from prep.formats.inputs import Inputs, read_inputs, refuse_read_once
 from prep.render.encoder import Encoder, Settings, build_encoder
 from prep.render.templates import chat_template, parse_kwargs
 from prep.render.tokenizer import load_tokenizer
@@ -178,6 +178,7 @@ def mix(inputs: Inputs | Sequence[str], output: str, *, by: str = "rows", seed: 
     for s in parsed:
         if not Path(s.path).exists():
             raise PrepError(f"{s.path}: no such file or folder")
+    refuse_read_once([s.path for s in parsed], "mix reads its record files twice, counting then taking the rows")
     shards = [Path(s.path).is_dir() for s in parsed]
     if any(shards) and not all(shards):
         raise PrepError("mix either record files or shard folders, not both (tokenize the records first)")

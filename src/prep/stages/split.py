@@ -27,7 +27,7 @@ from prep.core.result import Meter, ProgressFn, Result, outputs
 from prep.files.atomic import Staged, link_others, write_json
 from prep.files.guard import is_within, reserve
 from prep.files.media_out import MEDIA_DIR
-from prep.formats.inputs import Inputs, read_inputs
+from prep.formats.inputs import Inputs, read_inputs, refuse_read_once
 from prep.overlap import near
 from prep.overlap.text import Compare
 from prep.stages.dedup import Fingerprints, fingerprint
@@ -64,6 +64,7 @@ def split(inputs: Inputs, output: str, *, val: float, per_source: bool = False, 
     `per_source`)."""
     if val >= 1 and val != int(val):
         raise PrepError(f"--val {val}: give a share below 1 (0.05) or a whole number of rows (100)")
+    refuse_read_once(inputs.files, "split reads its inputs twice, fingerprints then the rows")
     threshold = None if exact else near
     folder = Path(output)
     if folder.is_dir() and (sub := next((p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()
