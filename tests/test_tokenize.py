@@ -205,8 +205,9 @@ def test_planning_parts_refuses_a_pipe(tmp_path) -> None:
 
     fifo = tmp_path / "in.jsonl"
     os.mkfifo(fifo)
-    with pytest.raises(PrepError, match="no regular file"):
-        plan_inputs(Inputs([str(fifo)]), {}, 2)
+    for path in (str(fifo), "-"):
+        with pytest.raises(PrepError, match="reads each input in parts, and this can be read once"):
+            plan_inputs(Inputs([path]), {}, 2)
 
 def test_the_manifest_accounts_for_each_source_with_its_lengths_before_and_after_max_len(tmp_path, tok) -> None:
     files = [str(SAMPLES / "openai.jsonl"), str(SAMPLES / "sharegpt.jsonl")]

@@ -141,14 +141,10 @@ def plan_inputs(inputs: Inputs, formats_seen: dict[str, str] | None = None, part
         raise PrepError("nothing to read: give input files or --dataset-info with --dataset")
     if inputs.datasets and not inputs.registry:
         raise PrepError("--dataset needs --dataset-info PATH/dataset_info.json")
+    refuse_read_once(inputs.files, "--engine ray reads each input in parts")  # planning would take a pipe's rows
     entries = [lf.load_entry(inputs.registry, name) for name in inputs.datasets]
     found: list[tuple[list[Piece], str, dict[str, Any], str | None, str]] = []
     for path in inputs.files:
-        if path == "-":
-            raise PrepError("--engine ray reads files, not standard input: write it to a file first")
-        if os.path.exists(path) and not os.path.isfile(path):  # a pipe is read once: planning would take its rows
-            raise PrepError(f"{path}: --engine ray reads each input in parts, and this is no regular file (a pipe or "
-                            "a device can be read once): write it to a file first")
         fmt = inputs.format
         if fmt == "auto" and (inputs.container or split_suffix(path)[0]) == "txt":
             fmt = "text"

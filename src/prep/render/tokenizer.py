@@ -281,9 +281,14 @@ def _sizes(folder: Path) -> dict[str, int] | None:
 
 def _from_split(folder: Path) -> Any:
     backend = Backend.from_file(str(folder / _SHELL))
-    options = {k: v for k in _BPE_OPTIONS if (v := getattr(backend.model, k)) is not None}
-    backend.model = models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt"), **options)
+    backend.model = models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt"),
+                                         **_bpe_options(backend.model))
     return backend
+
+
+def _bpe_options(model: Any) -> dict[str, Any]:
+    """A BPE model's settings (those set), which its JSON holds beside the vocabulary and merges."""
+    return {k: v for k in _BPE_OPTIONS if (v := getattr(model, k)) is not None}
 
 
 def _keep_split(backend: Any, folder: Path) -> None:
@@ -307,7 +312,7 @@ def _write_split(backend: Any, folder: Path) -> None:
     model = backend.model
     model.save(str(folder))
     backend.model = models.BPE({t.content: i for i, t in backend.get_added_tokens_decoder().items()}, [],
-                               **{k: v for k in _BPE_OPTIONS if (v := getattr(model, k)) is not None})
+                               **_bpe_options(model))
     try:
         (folder / _SHELL).write_text(backend.to_str(), encoding="utf-8")
     finally:

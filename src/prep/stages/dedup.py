@@ -178,9 +178,9 @@ def dedup(inputs: Inputs, output: str, *, rejects: str | None = None, exact: boo
 
     `engine="ray"` fingerprints the rows on a Ray cluster (pass one, also for `exact`); the driver decides and
     writes as locally (design §13): the same output."""
-    if not exact or engine == "ray":
-        refuse_read_once(inputs.files, "near-duplicate dedup (and dedup on Ray) reads its inputs twice, fingerprints "
-                                       "then the rows it keeps (--exact locally is one pass)")
+    if not exact:  # (on Ray, planning the parts refuses them too)
+        refuse_read_once(inputs.files, "near-duplicate dedup reads its inputs twice, fingerprints then the rows it "
+                                       "keeps (--exact is one pass)")
     compare = Compare(fields, nfkc, ignore_case, ignore_space)
     result = DedupResult(outputs=outputs(output=output, rejects=rejects))
     meter = Meter(progress)

@@ -39,7 +39,7 @@ from prep.files.pieces import BATCH_ROWS, Piece, cut, pieces
 from prep.files.read import jsonl_blocks, read_rows, readable_file
 from prep.files.write import RowWriter
 from prep.formats import detect, openai
-from prep.formats.inputs import Inputs
+from prep.formats.inputs import Inputs, refuse_read_once
 from prep.stages.engine import Engine, Ran, parts_wanted, run_parts
 
 if TYPE_CHECKING:
@@ -145,8 +145,8 @@ def validate(inputs: Inputs, *, validation: Sequence[str] = (), kind: str | None
     for path, _ in roles:
         if path != "-" and (problem := readable_file(path)):
             raise PrepError(f"{path}: {problem}")
-        if path == "-" and where.ray:
-            raise PrepError("--engine ray reads files, not standard input: write it to a file first")
+    if where.ray:  # locally, what can be read once is spooled (_local)
+        refuse_read_once([path for path, _ in roles], "--engine ray reads each input in parts")
     if max_len is not None and tokenizer is None:
         raise PrepError("--max-len counts tokens: give --tokenizer too")
     ctx = Context(inputs.format, kind, dict(inputs.settings), inputs.container, inputs.txt_split, min_rows, max_chars,
