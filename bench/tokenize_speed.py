@@ -317,6 +317,14 @@ print(json.dumps({"seconds": bench.trl_prepare(bench.Path(sys.argv[2]), bench.Pa
 """
 
 
+def prep_malloc(env: dict[str, str]) -> str:
+    """The allocator `prep tokenize` preloads in `env` on this machine (prep/__main__.py), or ""."""
+    from prep.__main__ import with_fast_malloc
+
+    restarted = with_fast_malloc(["prep", "tokenize"], env)
+    return restarted["LD_PRELOAD"].split()[0] if restarted else ""
+
+
 def unique_alpaca(folder: Path, copies: int) -> tuple[Path, list[dict[str, Any]]]:
     """The alpaca fixture as chats with a system prompt, `copies` times, every copy's user and assistant text tagged
     with its number: no two rows alike (so no cache keyed on whole rows or turns can skip one), the system prompt
@@ -383,6 +391,10 @@ def comparison(runner: Any, work: Path, quick: bool, trl: bool, llamafactory_pyt
     Tool = runner.Tool  # noqa: N806 - the runner's class
     python = sys.executable
     env = {**os.environ, "PREP_CACHE": str(work / "cache")}
+    malloc = prep_malloc(env)
+    malloc_name = Path(malloc).name.split(".so")[0].removeprefix("lib") if malloc else ""
+    malloc_what = f", {malloc_name} preloaded" if malloc else ", glibc malloc (no faster one on this machine)"
+    log(f"prep tokenize preloads {malloc or 'nothing (the system malloc)'}")
     alpaca, lf_rows = unique_alpaca(work, 1 if quick else 20)
     # max-len: alpaca's rows all fit 2048; glaive's longest row has 12k tokens (every row is kept, as by the raw tokenizer)
     sets = {"alpaca unique": (alpaca, MAX_LEN), "glaive shared tools": (glaive_shared_tools(work, 2 if quick else 40),
@@ -398,19 +410,29 @@ def comparison(runner: Any, work: Path, quick: bool, trl: bool, llamafactory_pyt
         raw.tokens = json.loads(runner.run_process(raw.command, env).stdout)["tokens"]  # also warms the page cache
         raw.baseline = raw.name
         tools.append(raw)
+        same = None  # the raw tokenizer under the allocator prep preloads, and prep's runs paired with it
+        if malloc:
+            same = Tool(f"raw encode_batch, {malloc_name} preloaded", group, raw.command, seconds=raw.seconds,
+                        tokens=raw.tokens, baseline=raw.name, what="in process, encode_batch alone",
+                        env={**env, "LD_PRELOAD": malloc})
+            tools.append(same)
         tools.append(Tool("raw encode_batch_fast, tuned as prep runs it", group,
                           [python, "-c", RAW_AS_PREP, str(TOKENIZER), str(texts)],
                           seconds=lambda r: json.loads(r.stdout)["seconds"], tokens=raw.tokens, baseline=raw.name,
-                          what="in process, batches of 1,024 alone; no NFC pass, whole-word lookup, no offsets",
-                          env=env))
-        for workers in (1, 2):
+                          what="in process, batches of 1,024 alone; no NFC pass, whole-word lookup, no offsets"
+                          + (f", {malloc_name} preloaded" if malloc else ""),
+                          env={**env, "LD_PRELOAD": malloc} if malloc else env))
+        for workers, against in ((1, raw), (2, raw), (2, same)):
+            if against is None:
+                continue
             out = work / f"{data.stem}-cli-{workers}"
-            name = f"prep tokenize CLI --workers {workers}"
+            name = f"prep tokenize CLI --workers {workers}" + (f", against raw under {malloc_name}" if against is same
+                                                                  else "")
             tools.append(Tool(name, group, [python, "-m", "prep", "tokenize", str(data), "--tokenizer", str(TOKENIZER),
                                             "--template", "chatml", "--max-len", str(max_len), "--workers",
                                             str(workers), "-o", str(out), "-q"],
                               check=_same_shards(out, raw.tokens, shards.setdefault(group, {})), tokens=raw.tokens,
-                              baseline=raw.name, env=env))
+                              baseline=against.name, env=env, what=f"whole process{malloc_what}"))
         if group == "alpaca unique" and trl:
             tools.append(Tool("TRL SFTTrainer preparation", group, [
                 python, "-c", TRL_PROCESS, str(Path(__file__).resolve()), str(data), str(work / f"{data.stem}-cli-1")],

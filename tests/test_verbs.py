@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import SAMPLES
+from prep.__main__ import MALLOC_LIBRARIES, put_back_preload, with_fast_malloc
 from prep.cli import main
 from prep.core import options as opts
 from prep.core.findings import PrepError
@@ -221,3 +222,53 @@ def test_a_data_verb_run_as_its_own_process_skips_the_interpreters_teardown(tmp_
     assert missing.returncode == 2 and "teardown" in missing.stderr
     inside = prep("stats", str(big), "--json", entry="main")
     assert inside.returncode == 0 and "teardown" in inside.stderr and json.loads(inside.stdout)["counts"]
+
+
+def test_the_command_picks_a_faster_malloc_for_tokenize_only_and_says_when_it_cannot(tmp_path: Path,
+                                                                                      capsys: Any) -> None:
+    """prep/__main__.py's decision: tokenize starts again with the library PREP_MALLOC names (before any other
+    preload), and not for another verb, `PREP_MALLOC=system`, a process already started again, a library already
+    preloaded, or a PREP_MALLOC naming no file (said on stderr); started again, LD_PRELOAD is put back as it was."""
+    lib = tmp_path / "libfast.so.2"
+    lib.write_bytes(b"")
+    env = {"PREP_MALLOC": str(lib), "LD_PRELOAD": "/other.so"}
+    restarted = with_fast_malloc(["prep", "tokenize", "x.jsonl"], env)
+    assert restarted is not None and restarted["LD_PRELOAD"] == f"{lib} /other.so"
+    put_back_preload(restarted)
+    assert restarted["LD_PRELOAD"] == "/other.so" and "_PREP_LD_PRELOAD" not in restarted
+    again = with_fast_malloc(["prep", "tokenize"], {"PREP_MALLOC": str(lib)})
+    assert again is not None
+    assert with_fast_malloc(["prep", "tokenize"], again) is None  # started again: never a second time
+    put_back_preload(again)
+    assert "LD_PRELOAD" not in again
+    for argv, environ in ((["prep", "stats", "x.jsonl"], env), (["prep", "--help"], env),
+                          (["prep", "tokenize"], {**env, "PREP_MALLOC": "system"}),
+                          (["prep", "tokenize"], {**env, "LD_PRELOAD": f"/a.so:{lib}"})):
+        assert with_fast_malloc(argv, environ) is None, (argv, environ)
+    assert with_fast_malloc(["prep", "tokenize"], {"PREP_MALLOC": str(tmp_path / "none.so")}) is None
+    assert "PREP_MALLOC=" in capsys.readouterr().err
+
+
+def test_tokenize_run_as_a_command_preloads_mimalloc_and_writes_the_same_shards(tmp_path: Path) -> None:
+    """`python -m prep tokenize` on a machine with mimalloc or jemalloc: the process started again loads it (the
+    dynamic loader's own log, LD_DEBUG=files), and its shards are byte for byte those of a run with the system's
+    malloc; `prep stats` loads none."""
+    library = next((p for p in MALLOC_LIBRARIES if os.path.isfile(p)), None)
+    if library is None:
+        pytest.skip("no mimalloc or jemalloc on this machine (Debian: apt-get install libmimalloc2.0)")
+    args = [str(SAMPLES / "openai.jsonl"), "--tokenizer", str(SAMPLES / "tokenizer"), "--template", "chatml", "-q"]
+
+    def prep(*more: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "prep", *more], capture_output=True, text=True, cwd=tmp_path,
+                              env={**os.environ, "LD_DEBUG": "files", **env})
+
+    fast = prep("tokenize", *args, "-o", "fast")
+    system = prep("tokenize", *args, "-o", "system", PREP_MALLOC="system")
+    assert fast.returncode == 0 and system.returncode == 0, fast.stderr[-2000:] + system.stderr[-2000:]
+    assert f"calling init: {library}" in fast.stderr
+    assert library not in system.stderr
+    shards = sorted((tmp_path / "fast" / "data").iterdir())
+    assert shards and [s.read_bytes() for s in shards] == [
+        (tmp_path / "system" / "data" / s.name).read_bytes() for s in shards]
+    stats = prep("stats", str(SAMPLES / "openai.jsonl"))
+    assert stats.returncode == 0 and library not in stats.stderr
