@@ -181,6 +181,18 @@ def test_workers_reading_their_own_batches_give_the_one_worker_run(tmp_path, tok
 
 
 
+
+def test_workers_take_the_kind_from_the_first_record_past_the_first_lines(tmp_path, tok) -> None:
+    """With workers reading their own parts, the parent reads only a part's first lines for the kind; when those hold
+    no record (20 broken lines), it reads on: the first preference row makes the shards dpo, as with one worker."""
+    pair = {"prompt": [m("user", "q")], "chosen": [m("assistant", "yes")], "rejected": [m("assistant", "no")]}
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("{not json\n" * 20 + "".join(json.dumps({**pair, "id": str(i)}) + "\n" for i in range(2100)),
+                    encoding="utf-8")
+    one, two = (tokenize(Inputs([str(data)]), tok, str(tmp_path / f"out{w}"), workers=w) for w in (1, 2))
+    assert one.manifest["kind"] == two.manifest["kind"] == "dpo" and two.workers == 2
+    assert one.manifest == two.manifest and two.tally.rejected == {"bad_json": 20}
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_fifo_input_is_read_once_whole(tmp_path, tok, workers: int) -> None:
     """A named pipe (or `<(zcat x.gz)`) can be read once: no worker plans it into parts (planning read its first

@@ -23,7 +23,7 @@ import sys
 import threading
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import chain
 from typing import Any
 
@@ -217,6 +217,18 @@ def _hash_early(files: list[str]) -> threading.Thread:
     return thread
 
 
+def _heads(parts: list[Part], skip: dict[str, list[int]]) -> Iterator[Batch[Record]]:
+    """The parts' batches, each part's first `_HEAD_LINES` lines read first on their own: the first record is
+    nearly always there, and a whole part is a thousand rows to parse."""
+    for part in parts:
+        if part.piece.lines is not None and part.piece.lines > _HEAD_LINES:
+            yield from read_part(replace(part, piece=replace(part.piece, lines=_HEAD_LINES)), skip)
+        yield from read_part(part, skip)
+
+
+_HEAD_LINES = 16
+
+
 def _first_kind(batches: Iterator[Batch[Record]]) -> tuple[str, Iterator[Batch[Record]]]:
     """The shard kind the first record calls for (sft when there is none), without losing a batch."""
     seen: list[Batch[Record]] = []
@@ -375,10 +387,13 @@ def tokenize(inputs: Inputs, tokenizer: str | Tokenizer, output: str, *, templat
         if not workers:  # one per core when a file was cut into batches the workers read (more than one batch)
             workers = min(most, len(parts)) if any(p.piece.lines is not None for p in parts) else 1
             parts = parts if workers > 1 else []
-    batches = chain.from_iterable(read_part(p, inputs.skip) for p in parts) if where.ray or parts else \
-        read_inputs(inputs, formats)
-    if kind is None:
-        kind, batches = _first_kind(batches)
+    if where.ray or parts:  # the workers read the parts: here only their first record, for the kind
+        batches: Iterator[Batch[Record]] = iter(())
+        kind = kind or _first_kind(_heads(parts, inputs.skip))[0]
+    else:
+        batches = read_inputs(inputs, formats)
+        if kind is None:
+            kind, batches = _first_kind(batches)
     if overflow == "turns" and kind != "sft":
         raise PrepError(f"--overflow turns drops conversation turns; {kind} rows can be dropped or truncated")
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
