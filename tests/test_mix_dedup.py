@@ -338,3 +338,25 @@ def test_verbs_that_read_twice_refuse_what_can_be_read_once(tmp_path: Path) -> N
     result = prep.dedup(prep.Inputs([str(fifo)]), str(tmp_path / "out.jsonl"), exact=True)
     assert writer.wait(5) == 0
     assert result.tally.read == 50 == result.tally.written + sum(result.tally.rejected.values())
+
+
+def test_decontaminate_reads_a_fifo_input_and_a_fifo_benchmark_whole(tmp_path: Path) -> None:
+    """decontaminate reads each input and each benchmark once, so FIFOs (`<(zcat x.gz)`) are taken whole: every one of
+    3,000 rows read and accounted for, the planted benchmark item found through the benchmark's FIFO too."""
+    import os
+    import subprocess
+
+    rows, bench = tmp_path / "rows.jsonl", tmp_path / "bench.jsonl"
+    rows.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"question {i} about tides"},
+                                                     {"role": "assistant", "content": f"answer {i}"}]}) + "\n"
+                            for i in range(3000)), encoding="utf-8")
+    bench.write_text(json.dumps({"question": "question 7 about tides"}) + "\n", encoding="utf-8")
+    fifos = [tmp_path / "in.jsonl", tmp_path / "against.jsonl"]
+    writers = []
+    for fifo, source in zip(fifos, (rows, bench), strict=True):
+        os.mkfifo(fifo)
+        writers.append(subprocess.Popen(["sh", "-c", 'cat "$0" > "$1"', str(source), str(fifo)]))
+    result = prep.decontaminate(prep.Inputs([str(fifos[0])]), str(tmp_path / "clean.jsonl"),
+                                against=[str(fifos[1])], min_item_tokens=2)
+    assert [w.wait(5) for w in writers] == [0, 0]
+    assert result.tally.read == 3000 and result.tally.written == 2999 and result.tally.rejected == {"contaminated": 1}
