@@ -18,6 +18,7 @@ import pytest
 from conftest import SAMPLES, fixture, make_tiny_model
 from prep.core.findings import PrepError
 from prep.formats.inputs import Inputs
+from prep.shards.layout import read_manifest
 from prep.shards.reader import iter_tables
 from prep.stages.export import export
 from prep.stages.tokenize import tokenize
@@ -112,6 +113,33 @@ def test_reward_specs_are_checked_before_training(tmp_path: Path) -> None:
 def _train_extra() -> None:
     for name in ("torch", "trl", "peft", "transformers"):
         pytest.importorskip(name)
+
+
+def test_completions_stop_where_the_served_model_will(root: Path, prompts: str, tmp_path: Path, monkeypatch) -> None:
+    """GRPO's stop ids are the ones the saved model is served with (`serving.eos_ids`): the model's own, the EOS, and
+    the end-of-turn token as the manifest records it; for prompts rendered with a .jinja file (named in the manifest
+    by its file name alone) too, from another working directory."""
+    pytest.importorskip("transformers")
+    from transformers import AutoTokenizer  # noqa: PLC0415 - train extra
+
+    from prep.trainer.grpo import stop_ids  # noqa: PLC0415 - imports the trainer layer
+    from prep.trainer.serving import eos_ids  # noqa: PLC0415 - as above
+
+    hf = AutoTokenizer.from_pretrained(str(SAMPLES / "tokenizer"))
+    end, eos, start = (hf.convert_tokens_to_ids(t) for t in ("<|im_end|>", hf.eos_token, "<|im_start|>"))
+    assert read_manifest(prompts)["template"]["eot"] == "<|im_end|>" and end == eos  # the samples' EOS ends turns
+    assert stop_ids(read_manifest(prompts), hf, [7, eos]) == eos_ids([7, eos], hf, "<|im_end|>") == [7, eos]
+    assert stop_ids({"template": {"eot": "<|im_start|>"}}, hf, 7) == [7, eos, start]  # the manifest's, as recorded
+    template = tmp_path / "turns.jinja"
+    template.write_text("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}", encoding="utf-8")
+    out = tmp_path / "prompts"
+    tokenize(Inputs([str(write_questions(tmp_path / "sums.jsonl"))]), str(SAMPLES / "tokenizer"), str(out),
+             template=str(template), kind="prompt")
+    manifest = read_manifest(out)
+    assert manifest["template"]["name"] == "turns.jinja"
+    monkeypatch.chdir(root)  # where no turns.jinja is (the name alone was read as a path there)
+    assert manifest["template"]["eot"] == "<|im_end|>" and stop_ids(manifest, hf, None) == [eos]
 
 
 @pytest.mark.slow  # each refusal comes after train() has imported torch, transformers and trl (40 s at load 20)

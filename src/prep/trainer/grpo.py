@@ -8,7 +8,8 @@ columns and `prompt` (the ids decoded, for the reward functions and TRL's comple
 each generation batch's `prompt_input_ids` as it arrives (`_generate_and_score_completions`, rows already
 repeated --num-generations times) and returns them from `_tokenize_prompts`. Generation starts from those
 ids, and the loss and the reference log-probs are computed on them padded on the left, as TRL does with
-its own. Completions stop at the template's end-of-turn token as well as the tokenizer's EOS.
+its own. Completions stop where the saved model will when served: the template's end-of-turn token, the
+tokenizer's EOS and the model's own stop ids.
 
 PPO: TRL 1.16 ships no PPOTrainer (neither `trl` nor `trl.experimental`), so there is no --method ppo.
 """
@@ -18,11 +19,10 @@ from __future__ import annotations
 from typing import Any
 
 from prep.core.findings import PrepError
-from prep.render.templates import get_template
-from prep.render.tokenizer import load_tokenizer
 from prep.shards.layout import read_manifest
 from prep.trainer.bridge import shard_rows
 from prep.trainer.rewards import Reward, reward_functions
+from prep.trainer.serving import eos_ids
 
 
 def rewards(options: Any, manifest: dict[str, Any]) -> list[Reward]:
@@ -51,13 +51,12 @@ def dataset(folder: str, tokenizer: Any) -> Any:
     return data.map(lambda rows: {"prompt": tokenizer.batch_decode(rows["prompt_input_ids"])}, batched=True)
 
 
-def stop_ids(manifest: dict[str, Any], model: str) -> list[int]:
-    """The ids a completion ends with: the template's end-of-turn token and the tokenizer's EOS."""
-    tok = load_tokenizer(model)
-    name = (manifest.get("template") or {}).get("name")
-    template = get_template(name, tok.specials, tok.jinja) if name else None
-    ids = (tok.token_id(template.eot) if template else None, tok.token_id(tok.specials.eos))
-    return list(dict.fromkeys(i for i in ids if i is not None))
+def stop_ids(manifest: dict[str, Any], tokenizer: Any, existing: Any) -> list[int]:
+    """The ids a completion ends with: those the saved model stops at when served (`serving.eos_ids`: the model's
+    own, `existing`, the tokenizer's EOS, and the end-of-turn token every trained answer ends with as the manifest
+    records it), so GRPO samples completions that end where served ones will. Read from the manifest, not the
+    template's name: a .jinja template is named there by its file name alone."""
+    return eos_ids(existing, tokenizer, (manifest.get("template") or {}).get("eot"))
 
 
 def trainer_class() -> type:
