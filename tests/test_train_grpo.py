@@ -128,8 +128,10 @@ def test_completions_stop_where_the_served_model_will(root: Path, prompts: str, 
     hf = AutoTokenizer.from_pretrained(str(SAMPLES / "tokenizer"))
     end, eos, start = (hf.convert_tokens_to_ids(t) for t in ("<|im_end|>", hf.eos_token, "<|im_start|>"))
     assert read_manifest(prompts)["template"]["eot"] == "<|im_end|>" and end == eos  # the samples' EOS ends turns
-    assert stop_ids(read_manifest(prompts), hf, [7, eos]) == eos_ids([7, eos], hf, "<|im_end|>") == [7, eos]
-    assert stop_ids({"template": {"eot": "<|im_start|>"}}, hf, 7) == [7, eos, start]  # the manifest's, as recorded
+    model = str(SAMPLES / "tokenizer")
+    assert stop_ids(read_manifest(prompts), hf, [7, eos], model) == eos_ids([7, eos], hf, "<|im_end|>") == [7, eos]
+    # the manifest's, as recorded (a name it would not be built again from)
+    assert stop_ids({"template": {"name": "chatml", "eot": "<|im_start|>"}}, hf, 7, model) == [7, eos, start]
     template = tmp_path / "turns.jinja"
     template.write_text("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
                         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}", encoding="utf-8")
@@ -139,7 +141,25 @@ def test_completions_stop_where_the_served_model_will(root: Path, prompts: str, 
     manifest = read_manifest(out)
     assert manifest["template"]["name"] == "turns.jinja"
     monkeypatch.chdir(root)  # where no turns.jinja is (the name alone was read as a path there)
-    assert manifest["template"]["eot"] == "<|im_end|>" and stop_ids(manifest, hf, None) == [eos]
+    assert manifest["template"]["eot"] == "<|im_end|>" and stop_ids(manifest, hf, None, model) == [eos]
+    old = {"template": {"name": "turns.jinja"}}  # an older prep's manifest, no eot recorded, away from the file
+    assert stop_ids(old, hf, None, model) == [eos]
+
+
+def test_older_prompt_shards_stop_at_their_templates_end_of_turn_too() -> None:
+    """Shards made before manifests recorded the end-of-turn token: it comes from their template, built again by
+    name (phi-3: `<|end|>`, 32007, beside the EOS `<|endoftext|>`, 32000)."""
+    pytest.importorskip("transformers")
+    from transformers import AutoTokenizer  # noqa: PLC0415 - train extra
+
+    from prep.trainer.grpo import stop_ids  # noqa: PLC0415 - imports the trainer layer
+
+    phi = str(fixture("tokenizers", "phi-3-mini"))
+    hf = AutoTokenizer.from_pretrained(phi)
+    end = hf.convert_tokens_to_ids("<|end|>")
+    assert end != hf.eos_token_id
+    for name in ("phi3", "tokenizer"):
+        assert stop_ids({"template": {"name": name}}, hf, None, phi) == [hf.eos_token_id, end], name
 
 
 @pytest.mark.slow  # each refusal comes after train() has imported torch, transformers and trl (40 s at load 20)

@@ -224,16 +224,17 @@ def test_a_data_verb_run_as_its_own_process_skips_the_interpreters_teardown(tmp_
     assert inside.returncode == 0 and "teardown" in inside.stderr and json.loads(inside.stdout)["counts"]
 
 
-def test_the_command_picks_a_faster_malloc_for_tokenize_only_and_says_when_it_cannot(tmp_path: Path,
-                                                                                      capsys: Any) -> None:
-    """prep/__main__.py's decision: tokenize starts again with the library PREP_MALLOC names (before any other
-    preload), and not for another verb, `PREP_MALLOC=system`, a process already started again, a library already
-    preloaded, or a PREP_MALLOC naming no file (said on stderr); started again, LD_PRELOAD is put back as it was."""
+def test_the_command_picks_a_faster_malloc_for_tokenize_only_and_says_when_it_cannot(tmp_path: Path, capsys: Any,
+                                                                                      monkeypatch: Any) -> None:
+    """prep/__main__.py's decision: tokenize starts again with the library PREP_MALLOC names, after any the user
+    preloads (theirs comes first and wins), and not for another verb, `PREP_MALLOC=system`, a process already
+    started again, a library already preloaded, or a PREP_MALLOC path that is no shared library (said on stderr); a
+    bare name goes to the loader as it is. Started again, LD_PRELOAD is put back as it was."""
     lib = tmp_path / "libfast.so.2"
-    lib.write_bytes(b"")
+    lib.write_bytes(b"\x7fELF" + bytes(60))
     env = {"PREP_MALLOC": str(lib), "LD_PRELOAD": "/other.so"}
     restarted = with_fast_malloc(["prep", "tokenize", "x.jsonl"], env)
-    assert restarted is not None and restarted["LD_PRELOAD"] == f"{lib} /other.so"
+    assert restarted is not None and restarted["LD_PRELOAD"] == f"/other.so {lib}"
     put_back_preload(restarted)
     assert restarted["LD_PRELOAD"] == "/other.so" and "_PREP_LD_PRELOAD" not in restarted
     again = with_fast_malloc(["prep", "tokenize"], {"PREP_MALLOC": str(lib)})
@@ -245,8 +246,16 @@ def test_the_command_picks_a_faster_malloc_for_tokenize_only_and_says_when_it_ca
                           (["prep", "tokenize"], {**env, "PREP_MALLOC": "system"}),
                           (["prep", "tokenize"], {**env, "LD_PRELOAD": f"/a.so:{lib}"})):
         assert with_fast_malloc(argv, environ) is None, (argv, environ)
-    assert with_fast_malloc(["prep", "tokenize"], {"PREP_MALLOC": str(tmp_path / "none.so")}) is None
-    assert "PREP_MALLOC=" in capsys.readouterr().err
+    bare = with_fast_malloc(["prep", "tokenize"], {"PREP_MALLOC": "libjemalloc.so.2"})
+    assert bare is not None and bare["LD_PRELOAD"] == "libjemalloc.so.2"
+    monkeypatch.chdir(tmp_path)  # a relative path is made absolute: the loader does not look in the working directory
+    relative = with_fast_malloc(["prep", "tokenize"], {"PREP_MALLOC": f"./{lib.name}"})
+    assert relative is not None and relative["LD_PRELOAD"] == str(lib)
+    text = tmp_path / "notes.txt"
+    text.write_text("not a library", encoding="utf-8")
+    for wanted in (str(tmp_path / "none.so"), str(text)):
+        assert with_fast_malloc(["prep", "tokenize"], {"PREP_MALLOC": wanted}) is None
+        assert f"PREP_MALLOC={wanted} is not a shared library" in capsys.readouterr().err
 
 
 def test_tokenize_run_as_a_command_preloads_mimalloc_and_writes_the_same_shards(tmp_path: Path) -> None:

@@ -5,9 +5,11 @@ that is a third of its work (19,980 alpaca chats, one thread: 1.83 CPU-s, of whi
 under mimalloc, 1.32 under jemalloc). A library loads its own allocator only before the process starts
 (`LD_PRELOAD`), so a verb that tokenizes many rows (`FAST_MALLOC_VERBS`) starts itself again, at once, before any
 import, with mimalloc (or else jemalloc) preloaded when the machine has one (`MALLOC_LIBRARIES`; Debian and Ubuntu:
-`apt-get install libmimalloc2.0`). The new process takes the same arguments, standard streams and process id; it
-puts `LD_PRELOAD` back as it was, so nothing it starts inherits the allocator. `PREP_MALLOC` names another library
-to preload, or `system` to keep glibc's. Nothing prep writes depends on the allocator: it changes only the time.
+`apt-get install libmimalloc2.0`), after any library `LD_PRELOAD` already names. The new process takes the same
+arguments, standard streams and process id (what the interpreter or the loader print as they start, such as
+`-X importtime`, shows twice); it puts `LD_PRELOAD` back as it was, so nothing it starts inherits the allocator.
+`PREP_MALLOC` names another library to preload, or `system` to keep glibc's. Nothing prep writes depends on the
+allocator: it changes only the time.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ _BEFORE = "_PREP_LD_PRELOAD"  # in the process started again: what LD_PRELOAD wa
 def main() -> None:
     """Run the `prep` command, in a process started again with a faster allocator where that pays (see above)."""
     restarted = with_fast_malloc(sys.argv, os.environ)
-    if restarted is not None:
+    # only a process that is this command (not a program that called main() with argv of its own) starts again
+    if restarted is not None and sys.orig_argv[len(sys.orig_argv) - len(sys.argv) + 1:] == sys.argv[1:]:
         sys.stdout.flush()
         with contextlib.suppress(OSError):  # not started again: the same run, with the system's allocator
             os.execve(sys.executable, sys.orig_argv, restarted)
@@ -38,24 +41,38 @@ def main() -> None:
 
 
 def with_fast_malloc(argv: Sequence[str], environ: Mapping[str, str]) -> dict[str, str] | None:
-    """The environment to start this command again in, with a faster allocator preloaded; None to run it as it is:
-    not Linux, not a verb in FAST_MALLOC_VERBS, already started again, `PREP_MALLOC=system`, or no library found
-    (a `PREP_MALLOC` that names no file is said on stderr and left out)."""
+    """The environment to start this command again in, with a faster allocator preloaded after whatever `LD_PRELOAD`
+    holds (a user's own allocator or sanitizer comes first and wins); None to run it as it is: not Linux, not a verb
+    in FAST_MALLOC_VERBS, already started again, `PREP_MALLOC=system`, or no library found. `PREP_MALLOC` is a path
+    to a shared library (a path that is not one is said on stderr and left out), or a bare file name the dynamic
+    loader looks for in its own folders."""
     verb = next((a for a in argv[1:] if not a.startswith("-")), None)
     if not sys.platform.startswith("linux") or verb not in FAST_MALLOC_VERBS or _BEFORE in environ:
         return None
     wanted = environ.get("PREP_MALLOC", "")
     if wanted == "system":
         return None
-    if wanted and not os.path.isfile(wanted):
-        print(f"prep: PREP_MALLOC={wanted} names no file; running with the system's malloc (set PREP_MALLOC to a "
-              "malloc library such as libmimalloc.so.2, or to 'system')", file=sys.stderr)
-        return None
+    if "/" in wanted:
+        if not _shared_library(wanted):
+            print(f"prep: PREP_MALLOC={wanted} is not a shared library; running with the system's malloc (set "
+                  "PREP_MALLOC to a malloc library's path, such as /usr/lib/x86_64-linux-gnu/libmimalloc.so.2, or to "
+                  "'system')", file=sys.stderr)
+            return None
+        wanted = os.path.abspath(wanted)
     library = wanted or next((p for p in MALLOC_LIBRARIES if os.path.isfile(p)), None)
     before = environ.get("LD_PRELOAD", "")
     if library is None or library in before.replace(":", " ").split():
         return None
-    return {**environ, "LD_PRELOAD": f"{library} {before}".strip(), _BEFORE: before}
+    return {**environ, "LD_PRELOAD": f"{before} {library}".strip(), _BEFORE: before}
+
+
+def _shared_library(path: str) -> bool:
+    """Whether `path` is an ELF file (what the dynamic loader can preload)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
 
 
 def put_back_preload(environ: MutableMapping[str, str]) -> None:

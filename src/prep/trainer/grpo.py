@@ -16,9 +16,12 @@ PPO: TRL 1.16 ships no PPOTrainer (neither `trl` nor `trl.experimental`), so the
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from prep.core.findings import PrepError
+from prep.render.templates import get_template
+from prep.render.tokenizer import load_tokenizer
 from prep.shards.layout import read_manifest
 from prep.trainer.bridge import shard_rows
 from prep.trainer.rewards import Reward, reward_functions
@@ -51,12 +54,19 @@ def dataset(folder: str, tokenizer: Any) -> Any:
     return data.map(lambda rows: {"prompt": tokenizer.batch_decode(rows["prompt_input_ids"])}, batched=True)
 
 
-def stop_ids(manifest: dict[str, Any], tokenizer: Any, existing: Any) -> list[int]:
+def stop_ids(manifest: dict[str, Any], tokenizer: Any, existing: Any, model: str) -> list[int]:
     """The ids a completion ends with: those the saved model stops at when served (`serving.eos_ids`: the model's
     own, `existing`, the tokenizer's EOS, and the end-of-turn token every trained answer ends with as the manifest
-    records it), so GRPO samples completions that end where served ones will. Read from the manifest, not the
-    template's name: a .jinja template is named there by its file name alone."""
-    return eos_ids(existing, tokenizer, (manifest.get("template") or {}).get("eot"))
+    records it), so GRPO samples completions that end where served ones will. Shards made before manifests recorded
+    that token have it from their template, built again by name with the tokenizer at `model` (a .jinja file is named
+    there by its file name alone: found only beside it)."""
+    template = manifest.get("template") or {}
+    eot = template.get("eot")
+    if eot is None and template.get("name"):
+        tok = load_tokenizer(model)
+        with contextlib.suppress(PrepError):
+            eot = get_template(template["name"], tok.specials, tok.jinja).eot
+    return eos_ids(existing, tokenizer, eot)
 
 
 def trainer_class() -> type:

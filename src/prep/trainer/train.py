@@ -494,7 +494,8 @@ def train(shards: str, options: TrainOptions, progress: ProgressFn | None = None
         not padding_free else _StackedRows(tokenizer.pad_token_id or 0) if padding_free and not flatten else None
     if method == "grpo":  # GRPOTrainer's collator is its own (the rows as they are, generated from in the step)
         kwargs = {"reward_funcs": reward_funcs}
-        model.generation_config.eos_token_id = grpo.stop_ids(manifest, tokenizer, model.generation_config.eos_token_id)
+        model.generation_config.eos_token_id = grpo.stop_ids(manifest, tokenizer, model.generation_config.eos_token_id,
+                                                             options.model)
     else:
         kwargs["data_collator"] = collator
     try:
