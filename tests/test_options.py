@@ -19,7 +19,7 @@ from prep.core.findings import PrepError
 from prep.recipes.recipe import load_recipe
 
 SCHEMA = json.loads((ROOT / "schemas" / "recipe.json").read_text(encoding="utf-8"))
-_BOUNDS = ("type", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "pattern")
+_BOUNDS = ("type", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "pattern", "not")
 
 
 def _shape(schema: dict) -> dict:

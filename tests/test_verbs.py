@@ -40,6 +40,8 @@ def _bad(option: opts.Option) -> Any:
     """A value the option's table refuses, or None when the table leaves any text to the verb."""
     if option.choices or option.pattern:
         return "nope"
+    if option.path == "folder":
+        return "-"
     if option.type is bool:
         return "maybe"
     if option.type in (int, float):

@@ -103,6 +103,8 @@ class Option:
         """The accepted values in words: "an integer of at least 1", "a number in [0, 1)", "one of a, b"."""
         if self.what:
             return self.what
+        if self.path == "folder":
+            return "a folder (what goes there is several files: not -, standard output)"
         if self.choices:
             return "one of " + ", ".join(self.choices)
         if self.type is bool:
@@ -133,6 +135,8 @@ class Option:
                 or self.type is str and isinstance(value, os.PathLike))
         if fits and self.pattern:
             fits = re.fullmatch(self.pattern, str(value), re.IGNORECASE) is not None
+        if fits and self.path == "folder":
+            fits = str(value) != "-"  # else a folder named `-` appears where the user meant a stream
         if fits and self.choices:
             fits = value in self.choices
         if fits and self.type in (int, float):
@@ -151,6 +155,8 @@ class Option:
                 one["exclusive" + key.capitalize() if is_open else key] = bound
         if self.pattern:
             one["pattern"] = f"^(?i:{self.pattern})$"
+        if self.path == "folder":
+            one["not"] = {"const": "-"}
         return {"type": "array", "items": one} if self.multiple else one
 
 
