@@ -27,20 +27,22 @@ from prep.stages.convert import convert
 
 def test_blocks_are_the_row_readers_batches(tmp_path: Path) -> None:
     """Each plain block holds the lines the row reader reads as one batch from its piece; from a blank line, a line
-    not starting with `{` or one over the limit on, the rest is one block without lines, read by the row reader."""
+    not starting with `{` or one over the limit on, the rest is one block without lines, read by the row reader. A
+    BOM opening the file is skipped: the blocks' rows, and the byte offsets in their findings, are the reader's."""
     rows = [json.dumps({"n": i}) for i in range(11)]
+    broken = "\n".join(rows[:6] + ['{"n": "\udcff"}'] + rows[6:]) + "\n"  # a byte that is not UTF-8 in line 7
     cases = {"clean.jsonl": "\n".join(rows) + "\n", "no_newline.jsonl": "\r\n".join(rows),
              "blank.jsonl": "\n".join(rows[:5] + [" "] + rows[5:]) + "\n",
              "long.jsonl": "\n".join(rows[:9] + [json.dumps({"n": "x" * 60})] + rows[9:]) + "\n",
-             "bom.jsonl": "\ufeff" + "\n".join(rows) + "\n"}
+             "bom.jsonl": "\ufeff" + "\n".join(rows) + "\n", "bom_broken.jsonl": "\ufeff" + broken}
     expect = {"clean.jsonl": [4, 4, 3, None], "no_newline.jsonl": [4, 4, 3, None], "blank.jsonl": [4, -1],
-              "long.jsonl": [4, 4, -1], "bom.jsonl": [-1]}
+              "long.jsonl": [4, 4, -1], "bom.jsonl": [4, 4, 3, None], "bom_broken.jsonl": [4, 4, 4]}
     for name, text in cases.items():
         path = tmp_path / name
-        path.write_bytes(text.encode("utf-8"))
+        path.write_bytes(text.encode("utf-8", "surrogateescape"))
         whole = [(s.line, s.row, v) for b in read_rows(str(path), "jsonl", batch_rows=4, max_row_bytes=50)
                  for s, v in zip(b.sources, b.items, strict=True)] + [
-                 (r.source.line, r.source.row, r.findings[0].code) for b in read_rows(str(path), "jsonl",
+                 (r.source.line, r.source.row, r.findings[0].message) for b in read_rows(str(path), "jsonl",
                                                                                      batch_rows=4, max_row_bytes=50)
                  for r in b.rejects]
         got, sizes = [], []
@@ -48,10 +50,11 @@ def test_blocks_are_the_row_readers_batches(tmp_path: Path) -> None:
             sizes.append(len(block.lines) if block.lines is not None else -1)
             again = list(read_rows(str(path), "jsonl", batch_rows=4, max_row_bytes=50, piece=block.piece))
             if block.lines is not None:
-                assert len(again) == 1 and again[0].items == [json.loads(x) for x in block.lines]
-                assert [s.line for s in again[0].sources] == [block.piece.line + k + 1 for k in range(len(block.lines))]
+                assert len(again) == 1 and again[0].items == [json.loads(x) for x in block.lines if x.isascii()]
+                assert sorted([s.line for s in again[0].sources] + [r.source.line for r in again[0].rejects]) == [
+                    block.piece.line + k + 1 for k in range(len(block.lines))]
             got += [(s.line, s.row, v) for b in again for s, v in zip(b.sources, b.items, strict=True)]
-            got += [(r.source.line, r.source.row, r.findings[0].code) for b in again for r in b.rejects]
+            got += [(r.source.line, r.source.row, r.findings[0].message) for b in again for r in b.rejects]
         assert sorted(got, key=str) == sorted(whole, key=str), name
         assert sizes == [s for s in expect[name] if s is not None], name
 
@@ -110,6 +113,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     mixed[2 * BATCH_ROWS + 7] = mixed[2 * BATCH_ROWS + 7].replace('"messages"', '"MESSAGES"')  # no messages
     mixed[3 * BATCH_ROWS + 5] = ""  # a blank line: from this block on, the row path
     write("clean", rows[:2 * BATCH_ROWS + 100])
+    write("bom", ["\ufeff" + rows[0], *rows[1:2 * BATCH_ROWS + 100]])  # a UTF-8 BOM opening the file
     write("mixed", mixed)
     write("escaped", [json.dumps(json.loads(x)) for x in alpaca])  # ensure_ascii: \u escapes throughout
     write("ids", _chats(tmp, "alpaca_en_demo.json", ids=True) * 2)  # "id": "alpaca_en_demo.json:1", ...
@@ -125,7 +129,7 @@ def _report(paths: list[Path], **options: Any) -> dict[str, Any]:
     return out
 
 
-@pytest.mark.parametrize("names", [["clean"], ["mixed"], ["escaped"], ["ids"], ["glaive_toolcall_en_demo.json"],
+@pytest.mark.parametrize("names", [["clean"], ["bom"], ["mixed"], ["escaped"], ["ids"], ["glaive_toolcall_en_demo.json"],
                                    ["kto_en_demo.json", "dpo_en_demo.json"], ["ids", "escaped"],
                                    *[[c] for c in _DEFECTS]])
 def test_fast_path_reports_as_the_row_path(files: dict[str, Path], names: list[str],
@@ -139,9 +143,10 @@ def test_fast_path_reports_as_the_row_path(files: dict[str, Path], names: list[s
     slow = _report(paths, max_findings=50)
     assert fast == slow
     taken = sum(p is not None for p in proved)
-    clean = [n for n in names if n in ("clean", "escaped", "ids")]
+    clean = [n for n in names if n in ("clean", "bom", "escaped", "ids")]
     if clean:  # every block of the plain chat files proved, none of the others
         assert taken == sum(-(-len(files[n].read_bytes().splitlines()) // BATCH_ROWS) for n in clean)
+        assert ("utf8_bom" in fast["summary"]["findings_by_code"]) == (names == ["bom"])
     elif names == ["mixed"]:  # blocks 1 and 2 (with an escaped colon) proved, 3 (a bad row) and 4 on (a blank line) not
         assert [p is not None for p in proved] == [True, True, False]
         assert {"duplicate_row", "missing_field", "blank_line"} <= set(fast["summary"]["findings_by_code"])

@@ -356,8 +356,9 @@ class Block:
     """A run of whole lines of a JSONL file for readers that parse many rows at once (validate's proof of clean
     rows; typed or columnar decoders). `piece` says where it is, so the row reader (`read_rows(..., piece=)`) can
     read it again line by line. `lines` holds its lines (without their newlines) when each is one row: non-blank,
-    starting with `{` (so no BOM), within the byte limit; then `lines[k]` is row piece.row + k + 1 at line
-    piece.line + k + 1. Otherwise `lines` is None and the piece runs to the end of the file."""
+    starting with `{`, within the byte limit (a UTF-8 BOM opening the file is left out, as the reader drops it);
+    then `lines[k]` is row piece.row + k + 1 at line piece.line + k + 1. Otherwise `lines` is None and the piece
+    runs to the end of the file."""
 
     piece: Piece
     lines: list[bytes] | None
@@ -367,11 +368,16 @@ def jsonl_blocks(path: str, rows: int = BATCH_ROWS, limit: int = MAX_ROW_BYTES, 
                  ) -> Iterator[Block]:
     """A plain (uncompressed) JSONL file as blocks of `rows` lines, cut where `read_rows` cuts its batches (a block
     the row reader reads again makes the same batch). From the first line that is not a plain row on (a blank
-    line, a BOM, a line that does not start with `{` or is over `limit` bytes), the rest of the file is one block
-    without lines, for the row reader. The lines are split in C, a chunk at a time; memory: a chunk and a block."""
+    line, a line that does not start with `{` or is over `limit` bytes), the rest of the file is one block
+    without lines, for the row reader. A UTF-8 BOM opening the file is skipped, and left out of the pieces' offsets
+    as the reader leaves it out of its own. The lines are split in C, a chunk at a time; memory: a chunk and a
+    block."""
     lines: list[bytes] = []  # whole lines read and not yet given out
     tail, eof, seek, line = b"", False, 0, 0
     with open(path, "rb") as f:
+        bom = len(UTF8_BOM) if f.read(len(UTF8_BOM)) == UTF8_BOM else 0
+        seek = bom
+        f.seek(bom)
         while True:
             while len(lines) < rows and not eof:
                 more = f.read(chunk)
@@ -391,8 +397,8 @@ def jsonl_blocks(path: str, rows: int = BATCH_ROWS, limit: int = MAX_ROW_BYTES, 
             size = sum(map(len, block)) + len(block)  # with the newlines
             if not block or len(block) < rows and tail or size > limit and max(map(len, block)) >= limit or \
                     not all(map(bytes.startswith, block, repeat(b"{"))):
-                yield Block(Piece(path, seek, None, line, line, seek), None)
+                yield Block(Piece(path, seek, None, line, line, seek - bom), None)
                 return
-            yield Block(Piece(path, seek, len(block), line, line, seek), block)
+            yield Block(Piece(path, seek, len(block), line, line, seek - bom), block)
             seek += size
             line += len(block)
