@@ -226,3 +226,36 @@ def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path: Path) -> None:
         _, err = victim.communicate()
     assert victim.returncode == 130 and b"interrupted" in err, (victim.returncode, err)  # not 0: it was running
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_an_interrupt_that_breaks_a_lock_on_its_way_out_still_says_interrupted() -> None:
+    """SIGTERM (or Ctrl-C) landing inside threading's Condition.wait can turn into "RuntimeError: release unlocked
+    lock" (seen in CI, exit 2 as an internal error): an error raised while a KeyboardInterrupt was being handled is
+    an interruption, exit 130, never "a bug in prep"; any other error is still an internal error."""
+    import threading
+
+    import click
+    from click.testing import CliRunner
+
+    from prep.cli.shell import _Group
+
+    @click.group(cls=_Group)
+    def group() -> None:
+        pass
+
+    @group.command()
+    def broken_lock() -> None:
+        lock = threading.Lock()
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            lock.release()  # what Condition.__exit__ does when the interrupt came before its acquire
+
+    @group.command()
+    def bug() -> None:
+        threading.Lock().release()
+
+    interrupted = CliRunner().invoke(group, ["broken-lock"])
+    assert interrupted.exit_code == 130 and "prep: interrupted" in interrupted.stderr
+    other = CliRunner().invoke(group, ["bug"])
+    assert other.exit_code == 2 and "internal error (RuntimeError: release unlocked lock)" in other.stderr
