@@ -373,11 +373,10 @@ def jsonl_blocks(path: str, rows: int = BATCH_ROWS, limit: int = MAX_ROW_BYTES, 
     as the reader leaves it out of its own. The lines are split in C, a chunk at a time; memory: a chunk and a
     block."""
     lines: list[bytes] = []  # whole lines read and not yet given out
-    tail, eof, seek, line = b"", False, 0, 0
+    tail, eof, line = b"", False, 0
     with open(path, "rb") as f:
-        bom = len(UTF8_BOM) if f.read(len(UTF8_BOM)) == UTF8_BOM else 0
-        seek = bom
-        f.seek(bom)
+        bom = seek = len(UTF8_BOM) if f.read(len(UTF8_BOM)) == UTF8_BOM else 0
+        f.seek(seek)
         while True:
             while len(lines) < rows and not eof:
                 more = f.read(chunk)

@@ -11,9 +11,9 @@ records, sources, ids and written lines are those the careful path gives, made s
 
 A block with anything else in it (another field, a tool message, a broken line, a repeated key, text that msgspec
 refuses) is read the careful way (`careful()`: `read_part` of its lines), so its findings, rejects and counts are
-the ones it always had; so is the rest of a file from its first blank line, non-object or over-long line on (a BOM opening it is skipped),
-every file that is not plain JSONL read as openai, and every input the options ask more of (columns kept,
-`<think>` split, tool calls in the text, rows skipped).
+the ones it always had; so is the rest of a file from its first blank line, non-object or over-long line on (a BOM
+opening it is skipped), every file that is not plain JSONL read as openai, and every input the options ask more of
+(columns kept, `<think>` split, tool calls in the text, rows skipped).
 """
 
 from __future__ import annotations
